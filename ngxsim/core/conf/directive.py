@@ -1,0 +1,162 @@
+"""Directives are data: what a module declares, and the table the core checks a config against.
+
+A module never parses its own lines. It declares each directive (name, contexts, arguments,
+value type, default, inheritance) and the core does the checking, the conversion of values and
+the merge from outer to inner contexts, with nginx's error wording.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from .errors import ConfigError
+
+MAIN, HTTP, SERVER, LOCATION = "main", "http", "server", "location"
+CONTEXTS = (MAIN, HTTP, SERVER, LOCATION)
+
+# value types a directive can declare
+STRING, SIZE, TIME, NUMBER, FLAG, ARGS = "string", "size", "time", "number", "flag", "args"
+TYPES = (STRING, SIZE, TIME, NUMBER, FLAG, ARGS)
+
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_TIME_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "M": 2592000, "y": 31536000}
+_TIME_PART = re.compile(r"(\d+)(ms|s|m|h|d|w|M|y)?")
+
+
+def parse_size(text: str) -> int:
+    """nginx sizes: ``512``, ``16k``, ``1m``, ``2g`` (case-insensitive unit) -> bytes."""
+    m = re.fullmatch(r"(\d+)([kKmMgG]?)", text)
+    if not m:
+        raise ValueError("invalid value")
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+
+
+def parse_time(text: str) -> float:
+    """nginx times: ``500ms``, ``5s``, ``1h30m``; a bare number is seconds -> seconds (float)."""
+    pos, total = 0, 0.0
+    if not text:
+        raise ValueError("invalid value")
+    while pos < len(text):
+        m = _TIME_PART.match(text, pos)
+        if not m:
+            raise ValueError("invalid value")
+        total += int(m.group(1)) * _TIME_UNITS[m.group(2) or "s"]
+        pos = m.end()
+    return total
+
+
+def parse_number(text: str) -> int:
+    """A non-negative decimal integer."""
+    if not re.fullmatch(r"\d+", text):
+        raise ValueError("invalid number")
+    return int(text)
+
+
+_CONVERT: dict[str, Callable[[str], Any]] = {SIZE: parse_size, TIME: parse_time, NUMBER: parse_number}
+
+
+@dataclass(frozen=True)
+class Directive:
+    """One directive a module declares.
+
+    - ``contexts``: where it may stand (``main``, ``http``, ``server``, ``location``).
+    - ``nargs``: exact argument count, or ``(min, max)`` with ``max=None`` for no upper bound.
+      A ``flag`` takes no argument (``worker_events_api;``), or ``on``/``off`` when ``nargs=1``.
+    - ``type``: how the single argument is converted: ``string``, ``size`` (bytes),
+      ``time`` (seconds), ``number``, ``flag`` (bool), or ``args`` (the raw list of strings).
+    - ``parse``: a callable taking the argument list and returning the value, for arguments with
+      a shape of their own (``listen``, ``return``); it raises ``ValueError(message)``.
+    - ``default``: the value where no level sets it.
+    - ``inherit``: an inner context without the directive takes the outer one's value
+      (nginx's merge); with ``False`` every level starts from ``default``.
+    - ``multiple``: may repeat in one context; the value is the list of each occurrence's value,
+      and (as nginx does for arrays) a level that has its own list inherits nothing from above.
+    - ``block``: the directive opens a block whose inside is the context named by ``block``.
+    """
+
+    name: str
+    contexts: frozenset[str] | tuple[str, ...]
+    nargs: int | tuple[int, int | None] = 1
+    type: str = STRING
+    default: Any = None
+    inherit: bool = True
+    multiple: bool = False
+    parse: Callable[[list[str]], Any] | None = None
+    block: str | None = None
+    doc: str = ""
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", self.name):
+            raise ValueError(f"directive name {self.name!r} is not a lower-case identifier")
+        contexts = frozenset(self.contexts)
+        unknown = contexts - set(CONTEXTS)
+        if unknown or not contexts:
+            raise ValueError(f"directive {self.name!r}: unknown contexts {sorted(unknown)}")
+        object.__setattr__(self, "contexts", contexts)
+        if self.type not in TYPES:
+            raise ValueError(f"directive {self.name!r}: unknown type {self.type!r}")
+        if self.block is not None and self.block not in CONTEXTS:
+            raise ValueError(f"directive {self.name!r}: unknown block context {self.block!r}")
+
+    def accepts(self, count: int) -> bool:
+        if isinstance(self.nargs, int):
+            return count == self.nargs or (self.type == FLAG and self.nargs == 0 and count == 1)
+        low, high = self.nargs
+        return count >= low and (high is None or count <= high)
+
+    def value(self, args: list[str]) -> Any:
+        """Convert the arguments of one occurrence; raises ValueError with nginx's wording."""
+        if self.parse is not None:
+            return self.parse(args)
+        if self.type == ARGS:
+            return list(args)
+        if self.type == FLAG:
+            if not args:
+                return True
+            if args[0] in ("on", "off"):
+                return args[0] == "on"
+            raise ValueError(f'invalid value "{args[0]}" in "{self.name}" directive, it must be "on" or "off"')
+        if not args:
+            return True
+        convert = _CONVERT.get(self.type)
+        if convert is None:
+            return args[0]
+        try:
+            return convert(args[0])
+        except ValueError:
+            raise ValueError(f'"{self.name}" directive invalid value "{args[0]}"') from None
+
+
+@dataclass
+class DirectiveTable:
+    """Every directive of the loaded modules, by name; frozen once the modules are loaded."""
+
+    directives: dict[str, Directive] = field(default_factory=dict)
+    owners: dict[str, str] = field(default_factory=dict)
+    frozen: bool = False
+
+    def registrar(self, module: str) -> Callable[[Directive], None]:
+        """The ``register`` callable handed to one module."""
+
+        def register(directive: Directive) -> None:
+            if self.frozen:
+                raise RuntimeError("the directive table is frozen: declare directives in ngxsim_directives")
+            if not isinstance(directive, Directive):
+                raise TypeError(f"module {module!r} registered {directive!r}, not an ngxsim.Directive")
+            owner = self.owners.get(directive.name)
+            if owner is not None:
+                raise ConfigError(
+                    f'duplicate directive "{directive.name}" declared by modules "{owner}" and "{module}"'
+                )
+            self.directives[directive.name] = directive
+            self.owners[directive.name] = module
+
+        return register
+
+    def get(self, name: str) -> Directive | None:
+        return self.directives.get(name)
+
+    def in_context(self, context: str) -> Iterable[Directive]:
+        return (d for d in self.directives.values() if context in d.contexts)

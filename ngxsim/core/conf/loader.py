@@ -1,0 +1,203 @@
+"""Load a configuration: parse, load the modules it names, check every directive, merge.
+
+The order is nginx's: ``load_module`` lines are resolved first (they decide which directives
+exist), then every statement is checked against the directive table, values are merged from
+outer to inner contexts, and each module validates its part (``ngxsim_postconfiguration``).
+Nothing here touches shared memory or sockets: ``ngxsim -t`` runs all of it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import pluggy
+
+from ..modules import create_plugin_manager, load_module
+from .directive import LOCATION, MAIN, Directive, DirectiveTable
+from .errors import ConfigError
+from .parser import Statement, parse_file, parse_text
+from .zones import ZoneSpecs
+
+
+class Block:
+    """One context of the configuration (main, an ``http``, a ``server``, a ``location``).
+
+    ``block["name"]`` is the effective value of a directive here: set at this level, else
+    inherited from the enclosing one (when the directive inherits), else its default.
+    """
+
+    def __init__(self, context: str, statement: Statement | None, parent: "Block | None", value: Any = None):
+        self.context = context
+        self.statement = statement
+        self.parent = parent
+        self.value = value  # what the opening directive's arguments parsed to (e.g. a location spec)
+        self.children: list[Block] = []
+        self.own: dict[str, Any] = {}
+        self.where: dict[str, Statement] = {}
+        self.effective: dict[str, Any] = {}
+        self.stash: dict[str, Any] = {}  # per-block data modules compute at load (by module name)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.effective[name]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.effective.get(name, default)
+
+    def is_set(self, name: str) -> bool:
+        """Set at this level or inherited from one that set it (not just the default)."""
+        return self.where_of(name) is not None
+
+    def where_of(self, name: str) -> Statement | None:
+        """The statement that gave ``name`` its effective value here, if any did."""
+        block: Block | None = self
+        while block is not None:
+            if name in block.where:
+                return block.where[name]
+            block = block.parent
+        return None
+
+    def error(self, name: str | None, message: str) -> ConfigError:
+        """A ConfigError at the line that set ``name`` (or the block's own line)."""
+        stmt = self.where_of(name) if name else None
+        stmt = stmt or self.statement
+        if stmt is None:
+            return ConfigError(message)
+        return stmt.error(message)
+
+    def walk(self) -> Iterator["Block"]:
+        yield self
+        for child in self.children:
+            yield from child.walk()
+
+    def __repr__(self) -> str:
+        where = f" {self.statement.file}:{self.statement.line}" if self.statement else ""
+        return f"<Block {self.context}{where}>"
+
+
+@dataclass
+class Configuration:
+    """A checked, merged configuration and the modules it loaded (one plugin manager each)."""
+
+    path: str
+    main: Block
+    table: DirectiveTable
+    pm: pluggy.PluginManager
+    modules: list[tuple[str, object]]
+    zones: ZoneSpecs = field(default_factory=ZoneSpecs)
+    # query arguments whose values the access log writes as *** (e.g. worker_events' key)
+    secret_args: set[str] = field(default_factory=set)
+    stash: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def hook(self):
+        return self.pm.hook
+
+    def blocks(self, context: str) -> list[Block]:
+        return [b for b in self.main.walk() if b.context == context]
+
+    @property
+    def worker_processes(self) -> int:
+        return self.main["worker_processes"]
+
+    def module_names(self) -> list[str]:
+        return [name for name, _ in self.modules]
+
+
+def load_configuration(path: str | None = None, text: str | None = None) -> Configuration:
+    """Load the config in file ``path`` (or ``text``, named ``path`` in errors)."""
+    if text is None:
+        if path is None:
+            raise ValueError("load_configuration needs a path or a text")
+        path = os.path.abspath(path)
+        tree = parse_file(path)
+    else:
+        path = path or "<string>"
+        tree = parse_text(text, path)
+
+    pm = create_plugin_manager()
+    modules = [("core", pm.get_plugin("core"))]
+    for stmt in tree:
+        if stmt.name == "load_module" and stmt.block is None:
+            if len(stmt.args) != 1:
+                raise stmt.error('invalid number of arguments in "load_module" directive')
+            name = stmt.args[0]
+            if pm.get_plugin(name) is not None:
+                raise stmt.error(f'module "{name}" is already loaded')
+            try:
+                plugin = load_module(name)
+            except LookupError as exc:
+                raise stmt.error(str(exc)) from None
+            pm.register(plugin, name=name)
+            modules.append((name, plugin))
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise ConfigError(f"module failed validation: {exc}") from None
+
+    table = DirectiveTable()
+    for impl in pm.hook.ngxsim_directives.get_hookimpls():
+        impl.function(register=table.registrar(pm.get_name(impl.plugin)))
+    table.frozen = True
+
+    main = Block(MAIN, None, None)
+    _build(tree, main, table)
+    _merge(main, table)
+    config = Configuration(path=path, main=main, table=table, pm=pm, modules=modules)
+    pm.hook.ngxsim_postconfiguration(config=config)
+    for loc in config.blocks(LOCATION):
+        loc.stash["core.handler"] = pm.hook.ngxsim_content_handler(location=loc, config=config)
+        # pluggy calls the last registered first; filters run in load order
+        filters = pm.hook.ngxsim_header_filter(location=loc, config=config)
+        loc.stash["core.filters"] = [f for f in reversed(filters) if f is not None]
+    return config
+
+
+def _build(stmts: list[Statement], block: Block, table: DirectiveTable) -> None:
+    for st in stmts:
+        d: Directive | None = table.get(st.name)
+        if d is None:
+            raise st.error(f'unknown directive "{st.name}"')
+        if block.context not in d.contexts:
+            raise st.error(f'"{st.name}" directive is not allowed here')
+        if d.block and st.block is None:
+            raise st.error(f'directive "{st.name}" has no opening "{{"')
+        if not d.block and st.block is not None:
+            raise st.error(f'directive "{st.name}" is not terminated by ";"')
+        if not d.accepts(len(st.args)):
+            raise st.error(f'invalid number of arguments in "{st.name}" directive')
+        try:
+            value = d.value(st.args)
+        except ValueError as exc:
+            raise st.error(str(exc)) from None
+        if d.block:
+            if not d.multiple and st.name in block.where:
+                raise st.error(f'"{st.name}" directive is duplicate')
+            block.where.setdefault(st.name, st)
+            child = Block(d.block, st, block, value)
+            block.children.append(child)
+            _build(st.block or [], child, table)
+        elif d.multiple:
+            block.own.setdefault(st.name, []).append(value)
+            block.where.setdefault(st.name, st)
+        else:
+            if st.name in block.own:
+                raise st.error(f'"{st.name}" directive is duplicate')
+            block.own[st.name] = value
+            block.where[st.name] = st
+
+
+def _merge(block: Block, table: DirectiveTable) -> None:
+    parent = block.parent
+    for d in table.in_context(block.context):
+        if d.block:
+            continue
+        if d.name in block.own:
+            block.effective[d.name] = block.own[d.name]
+        elif d.inherit and parent is not None and d.name in parent.effective:
+            block.effective[d.name] = parent.effective[d.name]
+        else:
+            block.effective[d.name] = d.default
+    for child in block.children:
+        _merge(child, table)

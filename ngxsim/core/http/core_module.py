@@ -1,0 +1,160 @@
+"""The core module: nginx's core and HTTP-core directives, declared like any module's.
+
+It is registered in every plugin manager (``BUILTIN_MODULES``), so a config needs no
+``load_module`` for ``http``, ``server``, ``location``, ``listen`` and the rest.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ... import hookimpl
+from ..conf.directive import HTTP, LOCATION, MAIN, SERVER, SIZE, STRING, Directive
+from ..conf.errors import ConfigError
+from .location import LocationMatcher, parse_location
+from .server import Listen, ServerTable, parse_listen
+from .variables import Template
+
+ALL = (MAIN, HTTP, SERVER, LOCATION)
+HTTP_LEVELS = (HTTP, SERVER, LOCATION)
+LOG_LEVELS = ("debug", "info", "notice", "warn", "error", "crit", "alert", "emerg")
+DEFAULT_LISTEN = Listen("127.0.0.1", 8080)
+
+
+@dataclass(frozen=True)
+class Return:
+    code: int
+    text: Template | None
+
+    @property
+    def is_redirect(self) -> bool:
+        return self.code in (301, 302, 303, 307, 308)
+
+
+@dataclass(frozen=True)
+class AddHeader:
+    name: str
+    value: Template
+    always: bool
+
+
+def parse_return(args: list[str]) -> Return:
+    first = args[0]
+    if len(args) == 1 and first.startswith(("http://", "https://", "$scheme")):
+        return Return(302, Template(first))
+    if not first.isdigit() or not 0 <= int(first) <= 999:
+        raise ValueError(f'invalid return code "{first}"')
+    return Return(int(first), Template(args[1]) if len(args) > 1 else None)
+
+
+def parse_add_header(args: list[str]) -> AddHeader:
+    name, value, *rest = args
+    if rest and rest[0] != "always":
+        raise ValueError(f'invalid parameter "{rest[0]}"')
+    if not name or any(c in name for c in " \t:\r\n"):
+        raise ValueError(f'invalid header name "{name}"')
+    return AddHeader(name, Template(value), bool(rest))
+
+
+def parse_access_log(args: list[str]) -> tuple[str, str] | None:
+    if args == ["off"]:
+        return None
+    if len(args) == 2 and args[1] != "combined":
+        raise ValueError(f'unknown log format "{args[1]}"')
+    return (args[0], "combined")
+
+
+def parse_error_log(args: list[str]) -> tuple[str, str]:
+    level = args[1] if len(args) > 1 else "error"
+    if level not in LOG_LEVELS:
+        raise ValueError(f'invalid log level "{level}"')
+    return (args[0], level)
+
+
+def parse_worker_processes(args: list[str]) -> int:
+    if args[0] == "auto":
+        return os.cpu_count() or 1
+    if not args[0].isdigit() or int(args[0]) < 1:
+        raise ValueError(f'invalid value "{args[0]}" in "worker_processes" directive')
+    return int(args[0])
+
+
+def _server_names(args: list[str]) -> list[str]:
+    return list(args)
+
+
+CORE_DIRECTIVES = (
+    Directive("load_module", (MAIN,), 1, multiple=True, inherit=False, doc="load a module by entry point or dotted path"),
+    Directive("worker_processes", (MAIN,), 1, parse=parse_worker_processes, default=1,
+              doc="number of gunicorn workers under `ngxsim -c`; `auto` = CPU count"),
+    Directive("error_log", ALL, (1, 2), parse=parse_error_log, default=("stderr", "error"),
+              doc="where the server's own log goes (`stderr` or a path) and from which level"),
+    Directive("http", (MAIN,), 0, block=HTTP, doc="the HTTP context"),
+    Directive("server", (HTTP,), 0, block=SERVER, multiple=True, doc="a virtual server"),
+    Directive("listen", (SERVER,), (1, 2), parse=parse_listen, multiple=True, inherit=False,
+              default=[DEFAULT_LISTEN], doc="`ADDR:PORT [default_server]`"),
+    Directive("server_name", (SERVER,), (1, None), parse=_server_names, multiple=True, inherit=False,
+              default=[[""]], doc="names: exact, `*.x`, `x.*`, `~regex`, `_`"),
+    Directive("location", (SERVER,), (1, 2), parse=parse_location, block=LOCATION, multiple=True,
+              doc="`[=|^~|~|~*] PATH`"),
+    Directive("return", (SERVER, LOCATION), (1, 2), parse=parse_return, inherit=False,
+              doc="`CODE [TEXT|URL]` or `URL`"),
+    Directive("add_header", HTTP_LEVELS, (2, 3), parse=parse_add_header, multiple=True, default=[],
+              doc="`NAME VALUE [always]`; a level with its own add_header inherits none"),
+    Directive("client_max_body_size", HTTP_LEVELS, 1, type=SIZE, default=1024 * 1024,
+              doc="largest request body; 0 = no limit"),
+    Directive("access_log", HTTP_LEVELS, (1, 2), parse=parse_access_log, default=None,
+              doc="`PATH [combined]` or `off` (default)"),
+    Directive("default_type", HTTP_LEVELS, 1, type=STRING, default="text/plain",
+              doc="Content-Type of `return` text bodies"),
+)
+
+@hookimpl
+def ngxsim_directives(register):
+    for directive in CORE_DIRECTIVES:
+        register(directive)
+
+
+@dataclass
+class HttpCore:
+    """What the core built from the ``http`` block: the server table and each server's matcher."""
+
+    servers: ServerTable
+    listens: list[Listen]
+
+
+@hookimpl(tryfirst=True)
+def ngxsim_postconfiguration(config):
+    http_blocks = config.blocks(HTTP)
+    if not http_blocks:
+        config.stash["core.http"] = None
+        return
+    table: ServerTable = ServerTable()
+    listens: dict[tuple[str, int], Listen] = {}
+    for server in config.blocks(SERVER):
+        server_listens: list[Listen] = server["listen"]
+        names = [n for names in server["server_name"] for n in names]
+        try:
+            table.add(server_listens, names, server)
+        except ValueError as exc:
+            raise server.error("listen", str(exc)) from None
+        for listen in server_listens:
+            listens.setdefault(listen.address, listen)
+        matcher: LocationMatcher = LocationMatcher()
+        for loc in server.children:
+            try:
+                matcher.add(loc.value, loc)
+            except ValueError as exc:
+                raise ConfigError(str(exc), loc.statement.file, loc.statement.line) from None
+        server.stash["core.locations"] = matcher
+    _check_binds(list(listens.values()), http_blocks[0])
+    config.stash["core.http"] = HttpCore(table, list(listens.values()))
+
+
+def _check_binds(listens: list[Listen], http) -> None:
+    """A wildcard and a specific address on one port cannot both be bound by gunicorn."""
+    ports_any = {listen.port for listen in listens if listen.host == "*"}
+    for listen in listens:
+        if listen.host != "*" and listen.port in ports_any:
+            raise http.error(None, f'listen {listen} overlaps with a wildcard listen on port {listen.port}')

@@ -1,0 +1,83 @@
+"""Which server instance this process belongs to, and whether a process is still alive.
+
+An *instance* is one running server: a gunicorn arbiter and its workers, or one standalone
+process (a test, ``flask run``). It is named by its master's pid and that process's start time
+(``/proc/PID/stat`` field 22), so a reused pid never adopts a dead server's shared memory, and
+two servers never share zones by accident.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+MASTER, WORKER, STANDALONE = "master", "worker", "standalone"
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot, or None if it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    # the command name may hold spaces and parentheses: fields start after the last ")"
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
+
+
+def alive(pid: int, start_time: int) -> bool:
+    """Is the process that had ``pid`` and started at ``start_time`` still running?"""
+    return process_start_time(pid) == start_time
+
+
+@dataclass(frozen=True)
+class Instance:
+    pid: int
+    start_time: int
+    role: str
+
+    @property
+    def tag(self) -> str:
+        return f"{self.pid}.{self.start_time}"
+
+    def alive(self) -> bool:
+        return alive(self.pid, self.start_time)
+
+
+def _gunicorn_role() -> tuple[str, int] | None:
+    """Find gunicorn's worker or arbiter object up the stack of the code loading the app.
+
+    A worker loads the app from ``Worker.init_process`` (no ``--preload``); the arbiter loads
+    it from ``Arbiter.setup`` with ``--preload``. The worker object knows its master's pid.
+    """
+    if "gunicorn.arbiter" not in sys.modules:
+        return None
+    from gunicorn.arbiter import Arbiter
+    from gunicorn.workers.base import Worker
+
+    frame = sys._getframe(1)
+    while frame is not None:
+        obj = frame.f_locals.get("self")
+        if isinstance(obj, Worker):
+            return (WORKER, obj.ppid)
+        if isinstance(obj, Arbiter):
+            return (MASTER, os.getpid())
+        frame = frame.f_back
+    return None
+
+
+def current_instance(role: str | None = None, master_pid: int | None = None) -> Instance:
+    """The instance of this process: ask gunicorn's objects on the stack when not told."""
+    if role is None:
+        found = _gunicorn_role()
+        role, master_pid = found if found else (STANDALONE, os.getpid())
+    if master_pid is None:
+        master_pid = os.getpid() if role in (MASTER, STANDALONE) else os.getppid()
+    start = process_start_time(master_pid)
+    if start is None:
+        raise RuntimeError(f"the master process {master_pid} of this server is not running")
+    return Instance(master_pid, start, role)

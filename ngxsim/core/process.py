@@ -1,0 +1,173 @@
+"""The processes of a running server and the nginx phases they go through.
+
+=====================  ===========================  =========================================
+nginx                  gunicorn                     here
+=====================  ===========================  =========================================
+init_module            arbiter (``ngxsim -c``,      ``load_configuration`` + ``start_instance``:
+                       ``--preload``) or the first  stale files removed, zones created/kept,
+                       worker to load the app       janitor started, ``ngxsim_init_master``
+init_process           ``post_fork`` / app load     ``start_worker``: ``ngxsim_init_worker``
+                       in the worker                (worker_events starts its dispatcher)
+exit_process           ``worker_exit`` / atexit     ``stop_worker``: ``ngxsim_exit_worker``
+master reaps a worker  ``child_exit``               nothing to do: no shared state depends on
+                                                    a worker's goodbye (slots are checked for
+                                                    liveness by pid and start time)
+=====================  ===========================  =========================================
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+from importlib import resources
+from typing import Callable
+
+from .conf.loader import Configuration, load_configuration
+from .http.app import HttpCore, NgxsimFlask
+from .http.logs import log, setup_error_log
+from .instance import MASTER, STANDALONE, WORKER, Instance, current_instance
+from .shm import Zone, attach_zone, ensure_janitor, remove_stale_zone_files, remove_zone_files
+
+CONF_ENV = "NGXSIM_CONF"
+
+
+def default_config_text() -> str:
+    return resources.files("ngxsim").joinpath("default.conf").read_text(encoding="utf-8")
+
+
+def load(path: str | None = None) -> Configuration:
+    """The config at ``path``, else at ``$NGXSIM_CONF``, else the embedded default."""
+    path = path or os.environ.get(CONF_ENV) or None
+    if path:
+        return load_configuration(path)
+    return load_configuration("<embedded default.conf>", text=default_config_text())
+
+
+class Runtime:
+    """One process's view of a running server: its config, its zones, its role.
+
+    Modules keep per-process state in ``runtime.stash[module_name]``.
+    """
+
+    def __init__(self, config: Configuration, instance: Instance):
+        self.config = config
+        self.instance = instance
+        self.hook = config.pm.hook
+        self.zones: dict[str, Zone] = {}
+        self.stash: dict[str, object] = {}
+        # cheap callables run at the start of every request, before the handler (worker_events
+        # drains pending events here: read-your-publish whatever the GIL delays)
+        self.on_request_start: list[Callable[[], None]] = []
+        self.worker_pid: int | None = None
+        self._http: HttpCore | None = None
+        self._app: NgxsimFlask | None = None
+
+    # -- zones --------------------------------------------------------------------------------
+
+    def attach_zones(self) -> None:
+        for spec in self.config.zones:
+            if spec.name not in self.zones:
+                self.zones[spec.name] = attach_zone(self.instance, spec.name, spec.size, spec.tag)
+
+    def zone(self, name: str) -> Zone:
+        try:
+            return self.zones[name]
+        except KeyError:
+            raise LookupError(f'zone "{name}" is not declared by the configuration') from None
+
+    # -- phases ---------------------------------------------------------------------------------
+
+    def start_instance(self) -> None:
+        """Make the instance's zones exist (before any worker serves) and run the master hook
+        once per instance: in the master, or in the first worker when the master is a plain
+        gunicorn arbiter that never loads ngxsim."""
+        remove_stale_zone_files()
+        self.attach_zones()
+        first = True
+        if self.instance.role != STANDALONE:
+            first = ensure_janitor(self.instance) or self.instance.role == MASTER
+        if first:
+            self.hook.ngxsim_init_master(runtime=self)
+
+    def start_worker(self) -> None:
+        """This process becomes a serving worker (idempotent per process)."""
+        pid = os.getpid()
+        if self.worker_pid == pid:
+            return
+        self.worker_pid = pid
+        self.on_request_start = []
+        self.attach_zones()
+        setup_error_log(self.config.main["error_log"])
+        self.hook.ngxsim_init_worker(runtime=self)
+        atexit.register(self.stop_worker)
+
+    def stop_worker(self) -> None:
+        if self.worker_pid != os.getpid():
+            return
+        self.worker_pid = None
+        try:
+            self.hook.ngxsim_exit_worker(runtime=self)
+        except Exception:  # exiting anyway: say why, do not mask the exit
+            log.exception("ngxsim_exit_worker failed")
+
+    def enter_request(self) -> None:
+        if self.worker_pid != os.getpid():
+            self.start_worker()
+        for fn in self.on_request_start:
+            fn()
+
+    def close(self) -> None:
+        """Stop this process's part; a standalone instance also removes its zone files."""
+        self.stop_worker()
+        if self.instance.role == STANDALONE and self.instance.pid == os.getpid():
+            remove_zone_files(self.instance)
+        for zone in self.zones.values():
+            zone.close()
+        self.zones.clear()
+
+    # -- services for modules -------------------------------------------------------------------
+
+    def publish(self, zone: str, channel: str, type: str, payload: str = "") -> int:
+        """Publish an event through the ``ngxsim_publish`` hook; returns its generation."""
+        generation = self.hook.ngxsim_publish(runtime=self, zone=zone, channel=channel, type=type, payload=payload)
+        if generation is None:
+            raise RuntimeError(f'no loaded module publishes events (zone "{zone}"): add "load_module worker_events;"')
+        return generation
+
+    @property
+    def app(self) -> NgxsimFlask:
+        if self._app is None:
+            self._http = HttpCore(self.config, self)
+            self._app = NgxsimFlask(self._http)
+        return self._app
+
+
+def build_application(path: str | None = None, config: Configuration | None = None,
+                      role: str | None = None, master_pid: int | None = None) -> NgxsimFlask:
+    """Load the config and return the WSGI app, doing what this process's role requires.
+
+    The role is found from gunicorn's objects on the stack when not given: the arbiter with
+    ``--preload`` (zones created here, each worker started right after fork), a worker without
+    ``--preload`` (zones attached or created, then this worker starts), or standalone.
+    """
+    config = config or load(path)
+    instance = current_instance(role, master_pid)
+    runtime = Runtime(config, instance)
+    runtime.start_instance()
+    if instance.role == MASTER:
+        master = os.getpid()
+
+        def after_fork() -> None:
+            if os.getppid() == master:
+                runtime.start_worker()
+
+        os.register_at_fork(after_in_child=after_fork)
+    else:
+        runtime.start_worker()
+        if instance.role == STANDALONE:
+            atexit.register(runtime.close)
+    app = runtime.app
+    return app
+
+
+__all__ = ["Runtime", "build_application", "load", "WORKER", "MASTER", "STANDALONE"]

@@ -1,0 +1,308 @@
+"""Shared-memory zones: named, fixed-size memory every worker of one server instance maps.
+
+A zone is a file in ``/dev/shm`` (``NGXSIM_SHM_DIR`` overrides), named after its instance
+(master pid and start time) and the zone, mapped ``MAP_SHARED`` by every process that attaches.
+The first 64 bytes are the core's: a magic, the size, the owner's layout tag and the doorbell
+word. ``zone.buf`` is the rest, for the owning module.
+
+Why these primitives (measured on 2-core boxes, see DESIGN.md):
+
+- **Lock**: ``flock`` on a file descriptor that *this process* opened. The kernel releases it
+  when the holder dies, even by SIGKILL. An fd inherited across fork shares its open file
+  description with the parent and gives no exclusion at all, so each process reopens the zone
+  through ``/proc/self/fd`` (a new description of the same inode, even if the path was replaced
+  meanwhile). flock does not exclude threads of one process from each other: a per-process
+  ``threading.Lock`` is taken first. ``multiprocessing.Lock`` and POSIX semaphores stay locked
+  forever when their holder is SIGKILLed, so they are not used.
+- **Doorbell**: a futex on a 32-bit word inside the zone. Waiters block in the kernel (no
+  polling, GIL released); a ringer bumps the word and wakes them all. It needs no per-worker
+  file descriptors, so a respawned worker just attaches. A waiter that read the word before a
+  ring never sleeps through it: ``FUTEX_WAIT`` returns at once when the word has moved.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import mmap
+import os
+import platform
+import re
+import struct
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+from .instance import Instance, alive
+
+SHM_DIR_ENV = "NGXSIM_SHM_DIR"
+PREFIX = "ngxsim."
+HEADER_SIZE = 64
+_MAGIC = b"NGXZONE1"
+# magic(8) size(8) tag(40) doorbell(4) pad(4)
+_HEADER = struct.Struct("<8sQ40sII")
+_DOORBELL_OFFSET = 56
+_FILE = re.compile(r"ngxsim\.(\d+)\.(\d+)\.(.+)")
+JANITOR_MARKER = "@janitor"  # not a valid zone name, so never a zone's file
+
+
+def shm_dir() -> str:
+    return os.environ.get(SHM_DIR_ENV, "/dev/shm")
+
+
+def zone_path(instance: Instance, name: str) -> str:
+    return os.path.join(shm_dir(), f"{PREFIX}{instance.tag}.{name}")
+
+
+# ------------------------------------------------------------------------------------------
+# futex
+# ------------------------------------------------------------------------------------------
+
+_SYS_FUTEX = {"x86_64": 202, "aarch64": 98, "i686": 240, "armv7l": 240, "ppc64le": 221, "s390x": 238}.get(
+    platform.machine()
+)
+_FUTEX_WAIT, _FUTEX_WAKE = 0, 1
+_INT_MAX = 2**31 - 1
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class Doorbell:
+    """A futex word in shared memory: ``wait(seen, timeout)`` blocks until ``ring()``.
+
+    Usage: ``seen = bell.value``; check the shared state; if nothing new, ``bell.wait(seen)``.
+    """
+
+    def __init__(self, word: ctypes.c_uint32):
+        if _SYS_FUTEX is None:  # pragma: no cover - other architectures
+            raise RuntimeError(f"no futex syscall number known for {platform.machine()}")
+        self._word = word
+        self._addr = ctypes.c_void_p(ctypes.addressof(word))
+
+    @property
+    def value(self) -> int:
+        return self._word.value
+
+    def ring(self) -> None:
+        """Bump the word and wake every waiter (of every process)."""
+        self._word.value = (self._word.value + 1) & 0xFFFFFFFF
+        _libc.syscall(_SYS_FUTEX, self._addr, _FUTEX_WAKE, _INT_MAX, None, None, 0)
+
+    def wait(self, seen: int, timeout: float | None) -> bool:
+        """Sleep while the word still equals ``seen``, at most ``timeout`` seconds.
+
+        Returns True when woken or the word had already moved, False on timeout. The GIL is
+        released while blocked (ctypes does that for every foreign call).
+        """
+        ts = None
+        if timeout is not None:
+            timeout = max(timeout, 0.0)
+            sec = int(timeout)
+            ts = ctypes.byref(_Timespec(sec, int((timeout - sec) * 1e9)))
+        rc = _libc.syscall(_SYS_FUTEX, self._addr, _FUTEX_WAIT, ctypes.c_uint32(seen), ts, None, 0)
+        if rc == 0:
+            return True
+        err = ctypes.get_errno()
+        if err == errno.EAGAIN:
+            return True
+        if err == errno.ETIMEDOUT:
+            return False
+        if err == errno.EINTR:
+            return True  # a signal: let the caller re-check its state and deadline
+        raise OSError(err, os.strerror(err))
+
+
+# ------------------------------------------------------------------------------------------
+# zones
+# ------------------------------------------------------------------------------------------
+
+
+class Zone:
+    """One attached zone in this process."""
+
+    def __init__(self, name: str, size: int, tag: str, path: str, fd: int, fresh: bool):
+        self.name = name
+        self.size = size
+        self.tag = tag
+        self.path = path
+        self.fresh = fresh  # created (or recreated) by this attach, rather than kept
+        self._fd = fd
+        self._mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self.buf = memoryview(self._mm)[HEADER_SIZE:]
+        self._word = ctypes.c_uint32.from_buffer(self._mm, _DOORBELL_OFFSET)
+        self.doorbell = Doorbell(self._word)
+        self._lock_pid = -1
+        self._lock_fd = -1
+        self._tlock = threading.Lock()
+
+    @property
+    def usable(self) -> int:
+        return self.size - HEADER_SIZE
+
+    def _lock_fd_for_this_process(self) -> int:
+        pid = os.getpid()
+        if self._lock_pid != pid:
+            # after a fork: our own open file description, and a thread lock nobody holds
+            self._lock_fd = os.open(f"/proc/self/fd/{self._fd}", os.O_RDWR | os.O_CLOEXEC)
+            self._tlock = threading.Lock()
+            self._lock_pid = pid
+        return self._lock_fd
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive across every thread of every process attached to this zone; released by
+        the kernel if the holder dies."""
+        fd = self._lock_fd_for_this_process()
+        with self._tlock:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        """Unmap and close. Views still held elsewhere (a dispatcher thread's doorbell) keep
+        the mapping alive until they go; the file descriptors are closed regardless."""
+        if self._mm is None:
+            return
+        mm, self._mm = self._mm, None
+        self.buf.release()
+        try:
+            mm.close()
+        except BufferError:
+            pass  # exported views remain; the mapping goes when they do (or at exit)
+        for fd in (self._fd, self._lock_fd if self._lock_pid == os.getpid() else -1):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._fd = self._lock_fd = -1
+
+    def __repr__(self) -> str:
+        return f"<Zone {self.name} {self.size} bytes at {self.path}>"
+
+
+def attach_zone(instance: Instance, name: str, size: int, tag: str = "") -> Zone:
+    """Map zone ``name`` of ``instance``, creating it (zero-filled) if it does not exist, and
+    recreating it if it exists with another size or layout tag (nginx keeps a zone across a
+    reload only when its name and size are unchanged)."""
+    if size <= HEADER_SIZE:
+        raise ValueError(f'zone "{name}": {size} bytes is not more than the {HEADER_SIZE}-byte header')
+    path = zone_path(instance, name)
+    want = _HEADER.pack(_MAGIC, size, tag.encode()[:40], 0, 0)[:56]
+    for _ in range(100):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # a fresh fd of ours: real exclusion
+            fresh = _claim(fd, path, size, want)
+            zone = None if fresh is None else Zone(name, size, tag, path, fd, fresh)
+        except BaseException:
+            os.close(fd)
+            raise
+        if zone is None:
+            os.close(fd)  # replaced meanwhile, or replaced by us: open the current file
+            continue
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return zone
+    raise RuntimeError(f'zone "{name}": could not attach {path} (it keeps being replaced)')
+
+
+def _claim(fd: int, path: str, size: int, header: bytes) -> bool | None:
+    """With the creation lock held: True if we initialised the file, False if it is kept as it
+    is, None if the caller must reopen the path (another file is there now)."""
+    st = os.fstat(fd)
+    try:
+        if os.stat(path).st_ino != st.st_ino:
+            return None
+    except FileNotFoundError:
+        return None
+    if st.st_size == 0:
+        os.ftruncate(fd, size)
+        os.pwrite(fd, header, 0)
+        return True
+    if st.st_size != size or os.pread(fd, len(header), 0) != header:
+        os.unlink(path)  # processes that still map the old file keep it until they unmap it
+        return None
+    return False
+
+
+def remove_zone_files(instance: Instance, keep: set[str] | None = None) -> list[str]:
+    """Unlink this instance's zone files (all, or all but the names in ``keep``)."""
+    removed = []
+    tag = instance.tag
+    for entry in _entries():
+        m = _FILE.fullmatch(entry)
+        if m and f"{m.group(1)}.{m.group(2)}" == tag and (keep is None or m.group(3) not in keep):
+            try:
+                os.unlink(os.path.join(shm_dir(), entry))
+                removed.append(entry)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def remove_stale_zone_files() -> list[str]:
+    """Unlink zone files whose instance's master is gone (a crash, a SIGKILLed master)."""
+    removed = []
+    for entry in _entries():
+        m = _FILE.fullmatch(entry)
+        if m and not alive(int(m.group(1)), int(m.group(2))):
+            try:
+                os.unlink(os.path.join(shm_dir(), entry))
+                removed.append(entry)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def _entries() -> list[str]:
+    try:
+        return [e for e in os.listdir(shm_dir()) if e.startswith(PREFIX)]
+    except FileNotFoundError:
+        return []
+
+
+# ------------------------------------------------------------------------------------------
+# janitor: removes an instance's files when its master exits, however it exits
+# ------------------------------------------------------------------------------------------
+
+
+def ensure_janitor(instance: Instance) -> bool:
+    """Start, once per instance, a small detached process that waits for the master to exit
+    (``pidfd``: no polling) and then unlinks the instance's zone files. Under plain
+    ``gunicorn ngxsim.wsgi`` nothing of ngxsim runs in the master, so this is how its zones go
+    away with it. Returns True if this call started it."""
+    marker = zone_path(instance, JANITOR_MARKER)
+    try:
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    env = dict(os.environ)
+    env[SHM_DIR_ENV] = shm_dir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ngxsim.core.janitor", str(instance.pid), str(instance.start_time)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, close_fds=True, env=env,
+    )
+    proc.wait(timeout=30)  # the janitor forks and its first process exits at once
+    return True
+
+
+def wait_janitor_done(instance: Instance, timeout: float = 10.0) -> bool:
+    """For tests and the CLI: wait until an exited instance's files are gone."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(_FILE.fullmatch(e) and e.startswith(PREFIX + instance.tag + ".") for e in _entries()):
+            return True
+        time.sleep(0.02)
+    return False

@@ -1,0 +1,147 @@
+"""Every hook ngxsim's core calls, grouped by the phase in which it runs.
+
+A module is any importable object (usually a Python module) with functions marked
+``@ngxsim.hookimpl``; ``load_module NAME;`` in the config registers it. Hooks are called with
+keyword arguments; an implementation may accept any subset of them (pluggy's rule).
+
+Processes: the *master* is the process that parses the config and creates the shared-memory
+zones (gunicorn's arbiter under ``ngxsim -c`` or ``--preload``, otherwise the first worker to
+start). *Workers* are gunicorn's worker processes; every worker runs the ``worker`` hooks.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover - types only
+    from .core.conf.directive import Directive
+    from .core.conf.loader import Block, Configuration
+    from .core.events import Event, Gap, Subscription
+    from .core.http.context import RequestContext
+    from .core.process import Runtime
+
+hookspec = pluggy.HookspecMarker("ngxsim")
+hookimpl = pluggy.HookimplMarker("ngxsim")
+
+# --------------------------------------------------------------------------------------------
+# registration: what a module brings. Called once per module while the config is loaded.
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def ngxsim_directives(register: Callable[["Directive"], None]) -> None:
+    """Declare the module's directives by calling ``register(Directive(...))`` once for each.
+
+    Runs in the process that loads the config (master, ``ngxsim -t``, or a worker that loads the
+    app itself), right after the ``load_module`` lines are resolved and before the rest of the
+    config is checked. The core calls each module's implementation separately so that every
+    declaration is attributed to its module: two modules declaring the same name fail the load
+    with both names. The table is frozen afterwards; registering later raises.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# configuration: check and finish what was parsed. ``ngxsim -t`` runs these too.
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def ngxsim_postconfiguration(config: "Configuration") -> None:
+    """Validate and finish this module's configuration, and declare the shared zones it needs.
+
+    Runs once per config load, after every directive was checked and merged (``config.blocks``
+    gives each context with its effective values). Raise ``ConfigError`` (best made with
+    ``block.error(name, message)`` so it names the file and line) to fail the load; declare zones
+    with ``config.zones.declare(name, size, owner=..., where=...)``. Must not touch shared
+    memory: zones are created later, and only if the whole config is valid.
+    """
+
+
+@hookspec(firstresult=True)
+def ngxsim_content_handler(location: "Block", config: "Configuration") -> Callable[["RequestContext"], Any] | None:
+    """Return the content handler of ``location``, or None when this module does not handle it.
+
+    Called once per ``location`` block at config load (never per request). The first module that
+    returns a callable owns the location (``firstresult``). The handler is later called in a
+    worker with a ``RequestContext`` and returns a Flask/Werkzeug response.
+    """
+
+
+@hookspec
+def ngxsim_header_filter(location: "Block", config: "Configuration") -> Callable[["RequestContext", Any], None] | None:
+    """Return a header filter for ``location``, or None.
+
+    Called once per ``location`` at config load. Every returned filter runs, in module load order,
+    on each response of that location after the core's ``add_header``; it may change
+    ``response.headers``.
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# lifecycle: the processes of a running server.
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def ngxsim_init_master(runtime: "Runtime") -> None:
+    """The server instance starts: zones exist and were created or kept (``zone.fresh`` says
+    which). Runs once per instance and config load, in the process that created the zones,
+    before any worker serves. Initialise zone contents here."""
+
+
+@hookspec
+def ngxsim_init_worker(runtime: "Runtime") -> None:
+    """A worker process starts (first start, respawn after a crash, or reload). Zones are
+    attached in this process. Runs before the worker serves its first request."""
+
+
+@hookspec
+def ngxsim_exit_worker(runtime: "Runtime") -> None:
+    """A worker process stops cleanly. Not called for a worker that is killed: nothing in shared
+    memory may depend on this hook having run."""
+
+
+# --------------------------------------------------------------------------------------------
+# events: the worker_events bus. ``ngxsim_publish`` is implemented by the worker_events module;
+# the other three are implemented by any module that wants to hear events.
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def ngxsim_publish(runtime: "Runtime", zone: str, channel: str, type: str, payload: str) -> int | None:
+    """Publish one event into the event ring of ``zone``; return its generation.
+
+    Called by any module in any worker (use ``runtime.publish(...)``, which calls this hook and
+    raises when no module handles it). Implemented by ``worker_events``. Raises ``ValueError``
+    naming the problem (unknown zone, empty type, a field over its byte limit) and publishes
+    nothing then. ``firstresult``: the first implementation that returns a generation wins.
+    """
+
+
+@hookspec
+def ngxsim_event_subscriptions(config: "Configuration") -> "list[Subscription] | Subscription | None":
+    """Say which events this module wants: zone, channels (None: all), and whether a worker
+    that starts should first replay what is still in the ring. A module that implements
+    ``ngxsim_event`` without this hook hears every channel of every zone. Called once per config
+    load for each module separately."""
+
+
+@hookspec
+def ngxsim_event(runtime: "Runtime", event: "Event") -> None:
+    """One event, delivered in **every** worker (the publishing one included), in generation
+    order, exactly once per worker while the event is still in the ring.
+
+    Runs on the worker's event dispatcher thread, or on a request thread that drains pending
+    events before its handler runs; calls for one zone never overlap. Keep it short; an
+    exception is logged with the event's generation and delivery goes on.
+    """
+
+
+@hookspec
+def ngxsim_event_gap(runtime: "Runtime", gap: "Gap") -> None:
+    """Events this worker never delivered because the ring overwrote them first (it fell
+    behind by more than the ring holds). ``gap.first``..``gap.last`` are the lost generations.
+    Resync instead of staying stale (drop a local cache, re-read a snapshot). Same threads and
+    ordering as ``ngxsim_event``: called before the first event after the gap."""

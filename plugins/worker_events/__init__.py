@@ -1,0 +1,158 @@
+"""worker_events: a shared-memory event ring that every worker of a server sees.
+
+- directives: ``worker_events_api``, ``worker_events_zone NAME [SIZE]``,
+  ``worker_events_channel``, ``worker_events_ring_size``, ``worker_events_publish_key``;
+- ``ngxsim_publish``: any module publishes through it (``runtime.publish(...)``);
+- a JSON API on the locations that say ``worker_events_api`` (see ``api.py``);
+- in every worker a dispatcher delivers each event to the modules' ``ngxsim_event`` hooks
+  (see ``dispatcher.py``).
+
+See docs/worker_events.md for the user's guide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ngxsim import FLAG, HTTP, LOCATION, SERVER, Directive, hookimpl
+from ngxsim.core.conf.directive import parse_size
+from ngxsim.core.shm import HEADER_SIZE
+
+from .api import WorkerEventsApi
+from .dispatcher import Dispatcher, collect_subscribers
+from .ring import CHANNEL_MAX, LAYOUT_VERSION, MAX_CAPACITY, Ring, encode_event, ring_bytes
+from .state import NAME, State, state
+
+DEFAULT_RING_SIZE = 1024
+
+
+def _parse_zone(args: list[str]) -> tuple[str, int | None]:
+    name = args[0]
+    if len(args) == 1:
+        return (name, None)
+    try:
+        return (name, parse_size(args[1]))
+    except ValueError:
+        raise ValueError(f'invalid zone size "{args[1]}" in "worker_events_zone" directive') from None
+
+
+def _parse_ring_size(args: list[str]) -> int:
+    text = args[0]
+    if not text.isdigit() or not 1 <= int(text) <= MAX_CAPACITY:
+        raise ValueError(f'"worker_events_ring_size" must be a number of entries from 1 to {MAX_CAPACITY}, not "{text}"')
+    return int(text)
+
+
+def _parse_channel(args: list[str]) -> str:
+    channel = args[0]
+    size = len(channel.encode())
+    if not channel or size > CHANNEL_MAX:
+        raise ValueError(f'"worker_events_channel" must be 1 to {CHANNEL_MAX} bytes of UTF-8, not {size}')
+    return channel
+
+
+def _parse_key(args: list[str]) -> str:
+    if not args[0]:
+        raise ValueError('"worker_events_publish_key" must not be empty')
+    return args[0]
+
+
+@hookimpl
+def ngxsim_directives(register):
+    levels = (HTTP, SERVER, LOCATION)
+    register(Directive("worker_events_api", (LOCATION,), 0, type=FLAG, default=False, inherit=False,
+                       doc="this location is the publish/inspect endpoint"))
+    register(Directive("worker_events_zone", levels, (1, 2), parse=_parse_zone,
+                       doc="`NAME [SIZE]`: the zone holding the ring (sized to fit when SIZE is omitted)"))
+    register(Directive("worker_events_channel", (LOCATION,), 1, parse=_parse_channel,
+                       doc="channel every event published through this endpoint is tagged with"))
+    register(Directive("worker_events_ring_size", levels, 1, parse=_parse_ring_size, default=DEFAULT_RING_SIZE,
+                       doc="ring capacity in entries"))
+    register(Directive("worker_events_publish_key", (LOCATION,), 1, parse=_parse_key,
+                       doc="POST needs ?key=SECRET"))
+
+
+@dataclass
+class _ZonePlan:
+    capacity: int
+    size: int | None
+    where_capacity: object
+    where_size: object = None
+
+
+@hookimpl
+def ngxsim_postconfiguration(config):
+    """Check the API locations, and declare one zone per ring name with the size it needs."""
+    plans: dict[str, _ZonePlan] = {}
+    for block in config.main.walk():
+        api = bool(block.get("worker_events_api"))
+        if api:
+            for needed in ("worker_events_zone", "worker_events_channel"):
+                if not block.is_set(needed):
+                    raise block.error("worker_events_api", f'"worker_events_api" requires "{needed}"')
+            if block.get("worker_events_publish_key"):
+                config.secret_args.add("key")
+        if not (api or "worker_events_zone" in block.own):
+            continue
+        name, size = block["worker_events_zone"]
+        capacity = block["worker_events_ring_size"]
+        where_cap = block.where_of("worker_events_ring_size") or block.where_of("worker_events_zone")
+        plan = plans.setdefault(name, _ZonePlan(capacity, None, where_cap))
+        if plan.capacity != capacity:
+            first = plan.where_capacity
+            raise block.error(
+                "worker_events_ring_size",
+                f'zone "{name}" is used with ring size {capacity} here and {plan.capacity} in {first.file}:{first.line}',
+            )
+        if size is not None:
+            if plan.size is not None and plan.size != size:
+                raise block.error("worker_events_zone", f'zone "{name}" is given size {size} here and {plan.size} elsewhere')
+            plan.size, plan.where_size = size, block.where_of("worker_events_zone")
+    for name, plan in plans.items():
+        needed = HEADER_SIZE + ring_bytes(plan.capacity)
+        if plan.size is not None and plan.size < needed:
+            raise plan.where_size.error(
+                f'zone "{name}" is too small for a ring of {plan.capacity} entries: {needed} bytes needed, {plan.size} given'
+            )
+        config.zones.declare(name, plan.size or needed, owner=NAME, where=plan.where_size or plan.where_capacity,
+                             tag=f"{NAME} v{LAYOUT_VERSION} capacity={plan.capacity}")
+    config.stash[NAME] = {name: plan.capacity for name, plan in plans.items()}
+
+
+@hookimpl
+def ngxsim_content_handler(location, config):
+    if location["worker_events_api"]:
+        return WorkerEventsApi(location, config).handle
+    return None
+
+
+@hookimpl
+def ngxsim_publish(runtime, zone, channel, type, payload):
+    ring = state(runtime).rings.get(zone)
+    if ring is None:
+        raise ValueError(f'unknown worker_events zone "{zone}"')
+    ch, ty, pl = encode_event(channel, type, payload)
+    return ring.publish(ch, ty, pl)
+
+
+@hookimpl
+def ngxsim_init_worker(runtime):
+    st = state(runtime)
+    subscribers = collect_subscribers(runtime.config)
+    for name, ring in st.rings.items():
+        dispatcher = Dispatcher(runtime, ring, subscribers)
+        st.dispatchers[name] = dispatcher
+        dispatcher.start()
+        runtime.on_request_start.append(dispatcher.drain)
+
+
+@hookimpl
+def ngxsim_exit_worker(runtime):
+    st = runtime.stash.get(NAME)
+    if st is not None:
+        for dispatcher in st.dispatchers.values():
+            dispatcher.stop()
+        st.dispatchers.clear()
+
+
+__all__ = ["Ring", "State", "state"]

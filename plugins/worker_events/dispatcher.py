@@ -1,0 +1,216 @@
+"""Delivery: in every worker, every new event of a zone reaches the modules' subscribers.
+
+One thread per zone per worker blocks on the zone's doorbell (a futex: no polling) and, when
+woken, delivers every generation published since its cursor, in order. A burst coalesces into
+one wake-up. The wait's timeout is a safety net only (a publisher killed between its write and
+its ring); it is not what delivers events.
+
+Request threads call ``drain()`` before their handler runs: a cheap look at the ring's newest
+generation, and delivery of whatever is pending, so a worker never answers from state older
+than an event published before the request arrived, however long the GIL keeps the
+dispatcher thread from running.
+
+A worker that falls behind by more than the ring holds gets a ``Gap`` (the generations it
+lost) before the next event, never a silent skip.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from ngxsim.core.events import Event, Gap, Subscription
+from ngxsim.core.http.logs import log
+from ngxsim.core.instance import process_start_time
+
+from .ring import Ring
+
+SAFETY_TIMEOUT = 1.0
+_NOT_READY_RETRIES = 1000
+
+
+def call_impl(impl, **kwargs):
+    """Call one pluggy hook implementation with the arguments it declares."""
+    return impl.function(*(kwargs[name] for name in impl.argnames))
+
+
+@dataclass
+class Subscriber:
+    module: str
+    on_event: Callable | None
+    on_gap: Callable | None
+    subscriptions: list[Subscription] | None  # None: every channel of every zone
+
+    def wants_zone(self, zone: str) -> bool:
+        return self.subscriptions is None or any(s.zone == zone for s in self.subscriptions)
+
+    def wants(self, zone: str, channel: str) -> bool:
+        return self.subscriptions is None or any(s.wants(zone, channel) for s in self.subscriptions)
+
+    def replays(self, zone: str) -> bool:
+        return self.subscriptions is not None and any(s.zone == zone and s.replay for s in self.subscriptions)
+
+
+def collect_subscribers(config) -> list[Subscriber]:
+    """One Subscriber per module implementing ``ngxsim_event`` or ``ngxsim_event_gap``, in
+    module load order, with what its ``ngxsim_event_subscriptions`` asked for."""
+    hook = config.pm.hook
+    events = {impl.plugin_name: impl for impl in hook.ngxsim_event.get_hookimpls()}
+    gaps = {impl.plugin_name: impl for impl in hook.ngxsim_event_gap.get_hookimpls()}
+    subs: dict[str, list[Subscription]] = {}
+    for impl in hook.ngxsim_event_subscriptions.get_hookimpls():
+        result = call_impl(impl, config=config)
+        if result is None:
+            continue
+        items = [result] if isinstance(result, Subscription) else list(result)
+        for item in items:
+            if not isinstance(item, Subscription):
+                raise TypeError(f"module {impl.plugin_name!r}: ngxsim_event_subscriptions returned {item!r}")
+        subs.setdefault(impl.plugin_name, []).extend(items)
+    out = []
+    for name in config.module_names():
+        if name in events or name in gaps:
+            ev, gap = events.get(name), gaps.get(name)
+            out.append(Subscriber(
+                name,
+                ev and (lambda runtime, event, _impl=ev: call_impl(_impl, runtime=runtime, event=event)),
+                gap and (lambda runtime, gap, _impl=gap: call_impl(_impl, runtime=runtime, gap=gap)),
+                subs.get(name),
+            ))
+    return out
+
+
+class Dispatcher:
+    """Delivers one zone's events in this worker."""
+
+    def __init__(self, runtime, ring: Ring, subscribers: list[Subscriber]):
+        self.runtime = runtime
+        self.ring = ring
+        self.zone = ring.name
+        self.subscribers = [s for s in subscribers if s.wants_zone(self.zone)]
+        newest = ring.newest
+        replay = any(s.replays(self.zone) for s in self.subscribers)
+        # generations up to live_from were published before this worker started: only the
+        # modules that asked for a replay get them
+        self.live_from = newest
+        self.cursor = ring.oldest_for(newest) - 1 if replay and newest else newest
+        self.events = self.gaps = self.lost = self.wakeups = self.errors = 0
+        self.last_delivery_msec = 0
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.pid = os.getpid()
+        self.slot = ring.claim_slot(self.pid, process_start_time(self.pid) or 0, self.cursor)
+        if self.slot is None:
+            log.warning("worker_events: zone %s has no free worker slot; this worker is not listed", self.zone)
+
+    # -- thread -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"ngxsim-events-{self.zone}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self.slot is not None:
+            self.ring.release_slot(self.slot, self.pid)
+            self.slot = None
+
+    def _run(self) -> None:
+        bell = self.ring.zone.doorbell
+        while not self._stopping.is_set():
+            seen = bell.value
+            try:
+                self.drain()
+            except Exception:  # never let the dispatcher die: log and keep listening
+                log.exception("worker_events: dispatcher of zone %s failed", self.zone)
+            if bell.wait(seen, SAFETY_TIMEOUT):
+                self.wakeups += 1
+
+    # -- delivery ---------------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Deliver everything published so far (cheap when nothing is pending)."""
+        if self.ring.newest <= self.cursor:
+            return
+        with self._lock:
+            self._deliver()
+
+    def _deliver(self) -> None:
+        ring = self.ring
+        while True:
+            newest = ring.newest
+            if newest <= self.cursor:
+                break
+            gen = self.cursor + 1
+            while gen <= newest:
+                oldest = ring.oldest_for(newest)
+                if gen < oldest:
+                    self._gap(gen, oldest - 1)
+                    gen = oldest
+                    continue
+                event = ring.read(gen)
+                if event is None:
+                    event, newest = self._retry(gen, newest)
+                    if event is None:
+                        if gen >= ring.oldest_for(newest):
+                            gen += 1  # never readable: _retry counted it lost
+                        continue  # else lapped: the top of the loop reports the gap
+                self._event(event)
+                self.cursor = gen
+                gen += 1
+            self.cursor = max(self.cursor, newest)
+        self.last_delivery_msec = int(time.time() * 1000)
+        if self.slot is not None:
+            ring.update_slot(self.slot, self.cursor, self.gaps, self.lost, self.last_delivery_msec, self.events, self.wakeups)
+
+    def _retry(self, gen: int, newest: int) -> tuple[Event | None, int]:
+        """``gen`` was unreadable: overwritten by writers that lapped us (-> a gap), or, on a
+        machine with weak memory ordering, not yet visible (-> read again)."""
+        for _ in range(_NOT_READY_RETRIES):
+            newest = max(newest, self.ring.newest)
+            if gen < self.ring.oldest_for(newest):
+                return None, newest
+            event = self.ring.read(gen)
+            if event is not None:
+                return event, newest
+            time.sleep(0)
+        # never became readable: count it lost rather than stall delivery
+        self._gap(gen, gen)
+        return None, newest
+
+    def _event(self, event: Event) -> None:
+        self.events += 1
+        backlog = event.generation <= self.live_from
+        for sub in self.subscribers:
+            if sub.on_event is None or not sub.wants(self.zone, event.channel):
+                continue
+            if backlog and not sub.replays(self.zone):
+                continue
+            try:
+                sub.on_event(self.runtime, event)
+            except Exception:
+                self.errors += 1
+                log.exception("worker_events: module %s failed on generation %d of zone %s",
+                              sub.module, event.generation, self.zone)
+
+    def _gap(self, first: int, last: int) -> None:
+        self.gaps += 1
+        self.lost += last - first + 1
+        log.warning("worker_events: worker %d lost generations %d..%d of zone %s (overwritten before delivery)",
+                    self.pid, first, last, self.zone)
+        for sub in self.subscribers:
+            if sub.on_gap is None:
+                continue
+            lo = first if sub.replays(self.zone) else max(first, self.live_from + 1)
+            if lo > last:
+                continue
+            try:
+                sub.on_gap(self.runtime, Gap(self.zone, lo, last))
+            except Exception:
+                self.errors += 1
+                log.exception("worker_events: module %s failed on the gap %d..%d of zone %s",
+                              sub.module, lo, last, self.zone)

@@ -1,0 +1,246 @@
+"""The event ring: fixed-size entries in a shared-memory zone, one writer at a time.
+
+Layout of ``zone.buf`` (little endian)::
+
+    control   64 bytes     newest generation u64, dropped events u64, last publish msec u64
+    workers   128 x 64     one slot per worker process (see ``WorkerSlot``)
+    entries   capacity x 664
+        seq u64            2g-1 while generation g is being written, 2g once it is whole
+        timestamp u64      ms since the epoch (time.time(), so freezegun can fix it)
+        lengths            channel u8, type u8, payload u16, 4 bytes padding
+        channel 64, type 64, payload 512 bytes (UTF-8)
+
+An all-zero zone is an empty ring, so a freshly created zone needs no initialisation.
+
+Generation g lives in slot (g-1) % capacity. A writer takes the zone lock, marks the slot in
+flux, writes it, marks it whole, and only then advances ``newest``: a reader never trusts a
+slot whose seq is not exactly 2g, and re-reads seq after copying (a seqlock), so it never
+returns a torn entry. A writer SIGKILLed mid-write leaves an odd seq past ``newest``; the next
+writer takes the same generation and overwrites it, and the kernel has already dropped its
+lock. Generations therefore start at 1 and are strictly increasing and never reused as long as
+the zone lives (worker respawns included).
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from dataclasses import dataclass
+
+from ngxsim.core.events import Event
+from ngxsim.core.instance import alive
+from ngxsim.core.shm import Zone
+
+CHANNEL_MAX, TYPE_MAX, PAYLOAD_MAX = 64, 64, 512
+MAX_WORKERS = 128
+MAX_CAPACITY = 262_144  # 166 MiB of shared memory; more is a misconfiguration, not a ring
+
+_CONTROL = struct.Struct("<QQQ")  # newest, dropped, last_publish_msec
+_NEWEST = struct.Struct("<Q")
+CONTROL_SIZE = 64
+_SLOT = struct.Struct("<IIQQQQQQQ")  # pid, pad, start, delivered, gaps, lost, last_msec, events, wakeups
+SLOT_SIZE = 64
+_SEQ = struct.Struct("<Q")
+_BODY = struct.Struct(f"<QBBH4x{CHANNEL_MAX}s{TYPE_MAX}s{PAYLOAD_MAX}s")
+ENTRY_SIZE = _SEQ.size + _BODY.size
+ENTRIES_OFFSET = CONTROL_SIZE + MAX_WORKERS * SLOT_SIZE
+LAYOUT_VERSION = 1
+
+assert ENTRY_SIZE == 664 and ENTRY_SIZE % 8 == 0
+
+
+def ring_bytes(capacity: int) -> int:
+    """Bytes of zone memory (after the core's zone header) a ring of ``capacity`` needs."""
+    return ENTRIES_OFFSET + capacity * ENTRY_SIZE
+
+
+def encode_event(channel: str, type: str, payload: str) -> tuple[bytes, bytes, bytes]:
+    """Check an event's fields and return them as UTF-8; ValueError names the problem.
+
+    Limits are bytes of UTF-8, not characters, and too long is rejected, never truncated.
+    """
+    out = []
+    for field, value, limit, required in (
+        ("channel", channel, CHANNEL_MAX, True),
+        ("type", type, TYPE_MAX, True),
+        ("payload", payload, PAYLOAD_MAX, False),
+    ):
+        if not isinstance(value, str):
+            raise ValueError(f'"{field}" must be a string, not {_json_type(value)}')
+        data = value.encode("utf-8", "strict") if value.isascii() else _utf8(field, value)
+        if required and not data:
+            raise ValueError(f'"{field}" must not be empty')
+        if len(data) > limit:
+            raise ValueError(f'"{field}" is {len(data)} bytes of UTF-8, more than the limit of {limit}')
+        out.append(data)
+    return out[0], out[1], out[2]
+
+
+def _utf8(field: str, value: str) -> bytes:
+    try:
+        return value.encode("utf-8", "strict")
+    except UnicodeEncodeError:
+        raise ValueError(f'"{field}" is not valid Unicode (lone surrogate)') from None
+
+
+def _json_type(value: object) -> str:
+    return {type(None): "null", bool: "a boolean", int: "a number", float: "a number",
+            list: "an array", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+@dataclass
+class Scan:
+    """The answer to one read of the ring."""
+
+    events: list[Event]
+    newest: int
+    oldest: int
+    missed: int  # generations the reader asked for that were overwritten before it read them
+
+
+@dataclass(frozen=True)
+class WorkerSlot:
+    index: int
+    pid: int
+    start_time: int
+    delivered: int
+    gaps: int
+    lost: int
+    last_delivery_msec: int
+    events: int
+    wakeups: int
+
+
+class Ring:
+    """A view of one zone's ring in this process."""
+
+    def __init__(self, zone: Zone, capacity: int):
+        if not 1 <= capacity <= MAX_CAPACITY:
+            raise ValueError(f"ring capacity must be between 1 and {MAX_CAPACITY}")
+        if zone.usable < ring_bytes(capacity):
+            raise ValueError(f'zone "{zone.name}" has {zone.usable} bytes, the ring needs {ring_bytes(capacity)}')
+        self.zone = zone
+        self.name = zone.name
+        self.capacity = capacity
+        self.buf = zone.buf
+
+    # -- control block --------------------------------------------------------------------------
+
+    @property
+    def newest(self) -> int:
+        return _NEWEST.unpack_from(self.buf, 0)[0]
+
+    def control(self) -> tuple[int, int, int]:
+        """(newest generation, dropped events, last publish msec)."""
+        return _CONTROL.unpack_from(self.buf, 0)
+
+    def oldest_for(self, newest: int) -> int:
+        return max(1, newest - self.capacity + 1) if newest else 0
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def publish(self, channel: bytes, type: bytes, payload: bytes, timestamp_msec: int | None = None) -> int:
+        """Append one (already checked) event; returns its generation and wakes every waiter."""
+        if timestamp_msec is None:
+            timestamp_msec = int(time.time() * 1000)
+        buf, cap = self.buf, self.capacity
+        with self.zone.lock():
+            newest, dropped, _ = _CONTROL.unpack_from(buf, 0)
+            gen = newest + 1
+            off = ENTRIES_OFFSET + ((gen - 1) % cap) * ENTRY_SIZE
+            _SEQ.pack_into(buf, off, 2 * gen - 1)
+            _BODY.pack_into(buf, off + 8, timestamp_msec, len(channel), len(type), len(payload), channel, type, payload)
+            _SEQ.pack_into(buf, off, 2 * gen)
+            _CONTROL.pack_into(buf, 0, gen, dropped + (gen > cap), timestamp_msec)
+            self.zone.doorbell.ring()
+        return gen
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def read(self, gen: int) -> Event | None:
+        """Generation ``gen`` if its slot still holds it whole, else None (overwritten, or being
+        overwritten right now)."""
+        buf = self.buf
+        off = ENTRIES_OFFSET + ((gen - 1) % self.capacity) * ENTRY_SIZE
+        want = 2 * gen
+        if _SEQ.unpack_from(buf, off)[0] != want:
+            return None
+        ts, lc, lt, lp, ch, ty, pl = _BODY.unpack_from(buf, off + 8)
+        if _SEQ.unpack_from(buf, off)[0] != want:
+            return None  # a writer lapped us while we copied: the copy may be torn
+        return Event(gen, self.name, ch[:lc].decode(), ty[:lt].decode(), pl[:lp].decode(), ts)
+
+    def scan(self, since: int | None = None, limit: int | None = None, channel: str | None = None) -> Scan:
+        """Events in ascending generation order.
+
+        Without ``since``: the newest ``limit`` (all when None). With ``since``: generations
+        after it, the oldest ``limit`` first (so a client pages forward). ``missed`` counts the
+        generations after ``since`` that the ring no longer holds.
+        """
+        newest = self.newest
+        oldest = self.oldest_for(newest)
+        events: list[Event] = []
+        missed = 0
+        if newest == 0 or limit == 0:
+            return Scan(events, newest, oldest, 0)
+        if since is not None:
+            first = since + 1
+            if first < oldest:
+                missed = oldest - first
+                first = oldest
+            gen = first
+            while gen <= newest and (limit is None or len(events) < limit):
+                ev = self.read(gen)
+                if ev is None:
+                    missed += 1  # overwritten between our look at newest and now
+                elif channel is None or ev.channel == channel:
+                    events.append(ev)
+                gen += 1
+            return Scan(events, newest, oldest, missed)
+        gen = newest
+        while gen >= oldest and (limit is None or len(events) < limit):
+            ev = self.read(gen)
+            if ev is None:
+                break  # from here down the writers have lapped us: everything older is gone
+            if channel is None or ev.channel == channel:
+                events.append(ev)
+            gen -= 1
+        events.reverse()
+        return Scan(events, newest, oldest, 0)
+
+    # -- worker slots ---------------------------------------------------------------------------
+
+    def _slot_off(self, index: int) -> int:
+        return CONTROL_SIZE + index * SLOT_SIZE
+
+    def slot(self, index: int) -> WorkerSlot:
+        return WorkerSlot(index, *(v for i, v in enumerate(_SLOT.unpack_from(self.buf, self._slot_off(index))) if i != 1))
+
+    def claim_slot(self, pid: int, start_time: int, delivered: int) -> int | None:
+        """Take a free slot (empty, or whose worker is dead) for this worker; None if all 128
+        are held by live workers."""
+        with self.zone.lock():
+            for index in range(MAX_WORKERS):
+                s = self.slot(index)
+                if s.pid == 0 or s.pid == pid or not alive(s.pid, s.start_time):
+                    _SLOT.pack_into(self.buf, self._slot_off(index), pid, 0, start_time, delivered, 0, 0, 0, 0, 0)
+                    return index
+        return None
+
+    def update_slot(self, index: int, delivered: int, gaps: int, lost: int, last_msec: int, events: int, wakeups: int) -> None:
+        """Only the slot's own worker writes it; readers tolerate a stale value."""
+        s = self.slot(index)
+        _SLOT.pack_into(self.buf, self._slot_off(index), s.pid, 0, s.start_time, delivered, gaps, lost, last_msec, events, wakeups)
+
+    def release_slot(self, index: int, pid: int) -> None:
+        with self.zone.lock():
+            if self.slot(index).pid == pid:
+                _SLOT.pack_into(self.buf, self._slot_off(index), 0, 0, 0, 0, 0, 0, 0, 0, 0)
+
+    def live_slots(self) -> list[WorkerSlot]:
+        out = []
+        for index in range(MAX_WORKERS):
+            s = self.slot(index)
+            if s.pid and alive(s.pid, s.start_time):
+                out.append(s)
+        return out
