@@ -13,11 +13,13 @@ from ... import hookimpl
 from ..conf.directive import HTTP, LOCATION, MAIN, SERVER, SIZE, STRING, Directive
 from ..conf.errors import ConfigError
 from .location import LocationMatcher, parse_location
-from .server import Listen, ServerTable, parse_listen
+from .server import Listen, ServerTable, parse_listen, parse_server_name
 from .variables import Template
 
 ALL = (MAIN, HTTP, SERVER, LOCATION)
 HTTP_LEVELS = (HTTP, SERVER, LOCATION)
+# gevent/eventlet are left out on purpose: the event dispatcher blocks a real thread in a futex
+WORKER_CLASSES = ("sync", "gthread")
 LOG_LEVELS = ("debug", "info", "notice", "warn", "error", "crit", "alert", "emerg")
 DEFAULT_LISTEN = Listen("127.0.0.1", 8080)
 
@@ -80,21 +82,33 @@ def parse_worker_processes(args: list[str]) -> int:
     return int(args[0])
 
 
-def _server_names(args: list[str]) -> list[str]:
-    return list(args)
+def parse_worker_class(args: list[str]) -> str:
+    if args[0] not in WORKER_CLASSES:
+        raise ValueError(f'invalid value "{args[0]}" in "worker_class" directive, it must be one of {", ".join(WORKER_CLASSES)}')
+    return args[0]
+
+
+def parse_worker_threads(args: list[str]) -> int:
+    if not args[0].isdigit() or not 1 <= int(args[0]) <= 1024:
+        raise ValueError(f'invalid value "{args[0]}" in "worker_threads" directive')
+    return int(args[0])
 
 
 CORE_DIRECTIVES = (
     Directive("load_module", (MAIN,), 1, multiple=True, inherit=False, doc="load a module by entry point or dotted path"),
     Directive("worker_processes", (MAIN,), 1, parse=parse_worker_processes, default=1,
               doc="number of gunicorn workers under `ngxsim -c`; `auto` = CPU count"),
+    Directive("worker_class", (MAIN,), 1, parse=parse_worker_class, default="sync",
+              doc="ngxsim extension: gunicorn worker class under `ngxsim -c` (`sync` or `gthread`)"),
+    Directive("worker_threads", (MAIN,), 1, parse=parse_worker_threads, default=1,
+              doc="ngxsim extension: threads per worker with `worker_class gthread`"),
     Directive("error_log", ALL, (1, 2), parse=parse_error_log, default=("stderr", "error"),
               doc="where the server's own log goes (`stderr` or a path) and from which level"),
     Directive("http", (MAIN,), 0, block=HTTP, doc="the HTTP context"),
     Directive("server", (HTTP,), 0, block=SERVER, multiple=True, doc="a virtual server"),
     Directive("listen", (SERVER,), (1, 2), parse=parse_listen, multiple=True, inherit=False,
               default=[DEFAULT_LISTEN], doc="`ADDR:PORT [default_server]`"),
-    Directive("server_name", (SERVER,), (1, None), parse=_server_names, multiple=True, inherit=False,
+    Directive("server_name", (SERVER,), (1, None), parse=parse_server_name, multiple=True, inherit=False,
               default=[[""]], doc="names: exact, `*.x`, `x.*`, `~regex`, `_`"),
     Directive("location", (SERVER,), (1, 2), parse=parse_location, block=LOCATION, multiple=True,
               doc="`[=|^~|~|~*] PATH`"),

@@ -27,6 +27,15 @@ class LocationSpec:
         return f"{self.modifier} {self.path}" if self.modifier else self.path
 
 
+_PCRE_NAMED = re.compile(r"\(\?<(?![=!])")
+
+
+def compile_pcre(pattern: str, flags: int = 0) -> re.Pattern:
+    """Compile an nginx (PCRE) regex with Python's ``re``: ``(?<name>...)`` becomes
+    ``(?P<name>...)``; lookbehinds are left alone."""
+    return re.compile(_PCRE_NAMED.sub("(?P<", pattern), flags)
+
+
 def parse_location(args: list[str]) -> LocationSpec:
     """The arguments of ``location [modifier] path``; also accepts ``~*\\.png$`` glued forms."""
     if len(args) == 2:
@@ -43,7 +52,7 @@ def parse_location(args: list[str]) -> LocationSpec:
             modifier, path = "", arg
     if modifier in ("~", "~*"):
         try:
-            regex = re.compile(path, re.IGNORECASE if modifier == "~*" else 0)
+            regex = compile_pcre(path, re.IGNORECASE if modifier == "~*" else 0)
         except re.error as exc:
             raise ValueError(f'invalid regular expression "{path}" in location: {exc}') from None
         return LocationSpec(modifier, path, regex)

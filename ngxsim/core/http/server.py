@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from .location import compile_pcre
+
 T = TypeVar("T")
 
 DEFAULT_PORT = 8080
@@ -80,6 +82,19 @@ def _normalize_host(host: str, addr: str) -> str:
         raise ValueError(f'host not found in "{addr}" of the "listen" directive (use an IP address)') from None
 
 
+def parse_server_name(args: list[str]) -> list[str]:
+    """Check the names of one ``server_name`` line (wildcards only at an end, valid regexes)."""
+    for name in args:
+        if name.startswith("~"):
+            try:
+                compile_pcre(name[1:], re.IGNORECASE)
+            except re.error as exc:
+                raise ValueError(f'invalid server_name regex "{name}": {exc}') from None
+        elif "*" in name and not (name.startswith("*.") or name.endswith(".*")) or name.count("*") > 1:
+            raise ValueError(f'invalid server name or wildcard "{name}"')
+    return list(args)
+
+
 class _NameIndex(Generic[T]):
     """The server_name lookup of one listen address."""
 
@@ -97,10 +112,7 @@ class _NameIndex(Generic[T]):
         for name in names:
             name = name.lower()
             if name.startswith("~"):
-                try:
-                    self.regex.append((re.compile(name[1:], re.IGNORECASE), item))
-                except re.error as exc:
-                    raise ValueError(f'invalid server_name regex "{name}": {exc}') from None
+                self.regex.append((compile_pcre(name[1:], re.IGNORECASE), item))
             elif name.startswith("*."):
                 self.head.append((name[1:], item))
             elif name.startswith("."):
@@ -108,8 +120,6 @@ class _NameIndex(Generic[T]):
                 self.head.append((name, item))
             elif name.endswith(".*"):
                 self.tail.append((name[:-1], item))
-            elif "*" in name:
-                raise ValueError(f'invalid server name or wildcard "{name}"')
             elif name and name != "_":
                 self.exact.setdefault(name, item)
         self.head.sort(key=lambda e: len(e[0]), reverse=True)
@@ -160,4 +170,4 @@ class ServerTable(Generic[T]):
 
     def select(self, local_ip: str, local_port: int, host: str) -> T | None:
         index = self._by_address.get((local_ip, local_port)) or self._by_address.get(("*", local_port)) or self._any
-        return index.lookup(host)
+        return index.lookup(host.lower())

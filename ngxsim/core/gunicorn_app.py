@@ -1,0 +1,95 @@
+"""``ngxsim -c FILE``: gunicorn hosted with settings taken from the config.
+
+``worker_processes`` -> workers, every ``listen`` -> a bind, ``error_log`` -> gunicorn's error
+log, and the process hooks map onto nginx's phases (see ``process.py``). SIGHUP re-reads the
+file: a valid new config replaces the old one (zones of unchanged name and size keep their
+contents), an invalid one is logged and the running config goes on serving.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from gunicorn.app.base import BaseApplication
+from gunicorn.config import KNOWN_SETTINGS
+
+from .conf.errors import ConfigError
+from .instance import MASTER, current_instance
+from .process import Runtime, load
+from .shm import JANITOR_MARKER, remove_zone_files
+
+_SETTINGS = {s.name for s in KNOWN_SETTINGS}
+GUNICORN_LEVELS = {"debug": "debug", "info": "info", "notice": "info", "warn": "warning", "error": "error",
+                   "crit": "critical", "alert": "critical", "emerg": "critical"}
+
+
+class NgxsimApplication(BaseApplication):
+    def __init__(self, path: str | None):
+        self.path = path
+        self.runtime: Runtime | None = None
+        super().__init__()
+
+    # gunicorn calls this at start and again in the master on every SIGHUP
+    def load_config(self) -> None:
+        try:
+            config = load(self.path)
+        except ConfigError as exc:
+            if self.runtime is None:
+                raise
+            print(f"ngxsim: [emerg] {exc}; reload rejected, the running configuration stays", file=sys.stderr, flush=True)
+            config = None
+        if config is not None:
+            old = self.runtime
+            runtime = Runtime(config, old.instance if old else current_instance(MASTER))
+            runtime.start_instance()
+            if old is not None:
+                remove_zone_files(runtime.instance, keep={spec.name for spec in config.zones} | {JANITOR_MARKER})
+                for zone in old.zones.values():
+                    zone.close()
+            self.runtime = runtime
+        self._apply(self.runtime)
+
+    def _apply(self, runtime: Runtime) -> None:
+        config = runtime.config
+        core = config.stash.get("core.http")
+        binds = [listen.bind for listen in core.listens] if core else []
+        error_log, level = config.main["error_log"]
+        settings = {
+            "bind": binds or ["127.0.0.1:8080"],
+            "workers": config.worker_processes,
+            "worker_class": config.main["worker_class"],
+            "threads": config.main["worker_threads"],
+            "loglevel": GUNICORN_LEVELS[level],
+            "errorlog": "-" if error_log == "stderr" else error_log,
+            "post_fork": self._post_fork,
+            "worker_exit": self._worker_exit,
+            "on_exit": self._on_exit,
+            "proc_name": "ngxsim",
+        }
+        if "control_socket_disable" in _SETTINGS:
+            settings["control_socket_disable"] = True  # one per user by default: servers would collide
+        for key, value in settings.items():
+            self.cfg.set(key, value)
+
+    def _post_fork(self, arbiter, worker) -> None:
+        self.runtime.start_worker()
+
+    def _worker_exit(self, arbiter, worker) -> None:
+        self.runtime.stop_worker()
+
+    def _on_exit(self, arbiter) -> None:
+        if self.runtime is not None:
+            remove_zone_files(self.runtime.instance)
+
+    def load(self):
+        return self.runtime.app
+
+
+def serve(path: str | None) -> int:
+    try:
+        app = NgxsimApplication(path)
+    except ConfigError as exc:
+        print(f"ngxsim: [emerg] {exc}", file=sys.stderr, flush=True)
+        return 1
+    app.run()
+    return 0
