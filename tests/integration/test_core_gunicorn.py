@@ -1,0 +1,151 @@
+"""The core under real gunicorn: workers, zones across workers and respawns, ngxsim -c, reload."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from helpers import instance_files, seen_pids, wait_for
+
+ZONE_CONF = """
+load_module ngxsim_test_zone;
+worker_processes 3;
+http {
+    test_zone scratch 64k;
+    server {
+        listen 127.0.0.1:{port};
+        add_header X-Worker-Pid $pid always;
+        location / { return 200 "hello from $pid"; }
+        location /zone { test_zone_rw; }
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["no-preload", "preload"])
+def test_a_zone_written_by_one_worker_is_read_by_every_other_and_by_a_respawned_one(server_factory, preload):
+    server = server_factory(ZONE_CONF, workers=4, preload=preload)
+    assert len(server.worker_pids()) == 4
+    writer = server.post("/zone", data=b"written-once")
+    assert writer.status_code == 200
+    readers = seen_pids(server, "/zone", 4)
+    for pid, r in readers.items():
+        assert r.json()["data"] == "written-once", pid
+    assert writer.json()["pid"] in readers
+
+    victim = server.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    new = server.wait_workers(4, exclude={victim})
+    replacement = (set(new) - set(readers)).pop()
+    got = seen_pids(server, "/zone", 4)
+    assert replacement in got and got[replacement].json()["data"] == "written-once"
+    assert len(instance_files(server.tag)) == 2  # the zone and the janitor's marker, nothing more
+
+
+def test_ngxsim_c_runs_worker_processes_from_the_config_and_stops_on_sigterm(server_factory):
+    server = server_factory(ZONE_CONF, workers=3, mode="ngxsim")
+    assert len(server.worker_pids()) == 3
+    r = server.get("/")
+    assert r.status_code == 200 and r.text == f"hello from {r.headers['X-Worker-Pid']}"
+    tag = server.tag
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(20) == 0
+    wait_for(lambda: not instance_files(tag), 10, what="zone files removed")
+
+
+def test_sighup_keeps_a_zone_of_unchanged_size_recreates_a_resized_one_and_rejects_a_bad_config(server_factory):
+    server = server_factory(ZONE_CONF, workers=3, mode="ngxsim")
+    server.post("/zone", data=b"survives")
+    old = set(server.worker_pids())
+
+    def reload_and_wait():
+        before = set(server.worker_pids())
+        server.proc.send_signal(signal.SIGHUP)
+        return server.wait_workers(3, exclude=before, timeout=30)
+
+    # same name and size: contents kept
+    server.conf.write_text(server.conf.read_text().replace('return 200 "hello', 'return 200 "reloaded'))
+    new = reload_and_wait()
+    assert not set(new) & old
+    wait_for(lambda: set(server.worker_pids()) == set(new), 20, what="old workers to exit")
+    assert server.get("/").text.startswith("reloaded")
+    assert all(r.json()["data"] == "survives" for r in seen_pids(server, "/zone", 3).values())
+
+    # a bad config: rejected, the running one keeps serving
+    good = server.conf.read_text()
+    server.conf.write_text(good + "\nbogus_directive;\n")
+    reload_and_wait()
+    assert 'unknown directive "bogus_directive"' in server.output()
+    assert "reload rejected" in server.output()
+    assert server.get("/").text.startswith("reloaded")
+    assert server.get("/zone").json()["data"] == "survives"
+
+    # another size: created afresh
+    server.conf.write_text(good.replace("scratch 64k", "scratch 128k"))
+    reload_and_wait()
+    wait_for(lambda: all(r.json()["data"] == "" for r in seen_pids(server, "/zone", 3).values()), 20,
+             what="every worker to see the new, empty zone")
+    assert len(instance_files(server.tag)) == 2
+
+
+def test_workers_auto_and_listen_from_the_config(server_factory):
+    server = server_factory(ZONE_CONF.replace("worker_processes 3", "worker_processes auto"),
+                            workers=os.cpu_count(), mode="ngxsim")
+    assert len(server.worker_pids()) == os.cpu_count()
+
+
+def test_two_servers_never_share_a_zone(server_factory):
+    a = server_factory(ZONE_CONF, workers=2)
+    b = server_factory(ZONE_CONF, workers=2)
+    a.post("/zone", data=b"only-in-a")
+    assert b.get("/zone").json()["data"] == ""
+    assert a.tag != b.tag
+
+
+def test_server_name_choice_under_gunicorn(server_factory):
+    server = server_factory("""
+worker_processes 2;
+http {
+    server { listen 127.0.0.1:{port}; server_name a.test; return 200 a; }
+    server { listen 127.0.0.1:{port} default_server; server_name b.test; return 200 b; }
+    server { listen 127.0.0.1:{port}; server_name *.c.test; return 200 c; }
+}
+""", workers=2, mode="ngxsim")
+    assert server.get("/", headers={"Host": "a.test"}).text == "a"
+    assert server.get("/", headers={"Host": "x.c.test:123"}).text == "c"
+    assert server.get("/", headers={"Host": "unknown"}).text == "b"
+
+
+@pytest.mark.parametrize("mode", ["gunicorn", "ngxsim"])
+def test_a_config_error_stops_the_server_with_nginx_wording(tmp_path, mode):
+    from helpers import start_server
+
+    server = start_server(tmp_path, "http {\n  server {\n    listen 127.0.0.1:{port};\n    nope;\n  }\n}\n",
+                          workers=2, mode=mode, wait_ready=False)
+    try:
+        server.proc.wait(30)
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait(5)
+    assert server.proc.returncode != 0
+    assert f'unknown directive "nope" in {server.conf}:4' in server.output()
+
+
+def test_ngxsim_t(tmp_path):
+    good = tmp_path / "good.conf"
+    good.write_text("load_module worker_events;\nhttp { server { listen 127.0.0.1:1; } }\n")
+    run = subprocess.run([sys.executable, "-m", "ngxsim.cli", "-t", "-c", str(good)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0
+    assert f"ngxsim: the configuration file {good} syntax is ok" in run.stderr
+    assert f"ngxsim: configuration file {good} test is successful" in run.stderr
+    bad = tmp_path / "bad.conf"
+    bad.write_text("http {\n  server {\n    listen 1 2 3;\n  }\n}\n")
+    run = subprocess.run([sys.executable, "-m", "ngxsim.cli", "-t", "-c", str(bad)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1
+    assert f'ngxsim: [emerg] invalid number of arguments in "listen" directive in {bad}:3' in run.stderr
+    assert f"configuration file {bad} test failed" in run.stderr

@@ -1,0 +1,54 @@
+"""Test module: records every event and gap its worker is given.
+
+Each worker appends lines to ``$NGXSIM_TEST_RECORD_DIR/<pid>.log`` (``E gen channel type
+payload`` / ``G first last``) and keeps them in memory; ``recorder_dump;`` makes a location
+answer with this worker's record. ``recorder_replay on;`` asks a starting worker to replay
+what the ring holds; ``recorder_channels a b;`` narrows the subscription.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ngxsim import FLAG, LOCATION, MAIN, Directive, Subscription, hookimpl, json_response
+
+RECORD: list[str] = []
+
+
+@hookimpl
+def ngxsim_directives(register):
+    register(Directive("recorder_zone", (MAIN,), 1, default="bus"))
+    register(Directive("recorder_replay", (MAIN,), 1, type=FLAG, default=False))
+    register(Directive("recorder_channels", (MAIN,), (1, None), parse=list, default=None))
+    register(Directive("recorder_dump", (LOCATION,), 0, type=FLAG, default=False, inherit=False))
+
+
+@hookimpl
+def ngxsim_event_subscriptions(config):
+    main = config.main
+    return Subscription(main["recorder_zone"], main["recorder_channels"], replay=main["recorder_replay"])
+
+
+def _record(line: str) -> None:
+    RECORD.append(line)
+    folder = os.environ.get("NGXSIM_TEST_RECORD_DIR")
+    if folder:
+        with open(os.path.join(folder, f"{os.getpid()}.log"), "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+
+
+@hookimpl
+def ngxsim_event(runtime, event):
+    _record(f"E {event.generation} {event.channel} {event.type} {event.payload}")
+
+
+@hookimpl
+def ngxsim_event_gap(runtime, gap):
+    _record(f"G {gap.first} {gap.last}")
+
+
+@hookimpl
+def ngxsim_content_handler(location, config):
+    if location["recorder_dump"]:
+        return lambda ctx: json_response({"pid": os.getpid(), "record": list(RECORD)})
+    return None

@@ -1,0 +1,224 @@
+"""The event ring's layout, wrap-around, limits, scans and torn-slot detection."""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+import time
+
+import pytest
+from freezegun import freeze_time
+
+from ngxsim.core.instance import STANDALONE, current_instance
+from ngxsim.core.shm import HEADER_SIZE, attach_zone, remove_zone_files
+from ngxsim_plugins.worker_events.ring import (
+    ENTRIES_OFFSET, ENTRY_SIZE, MAX_CAPACITY, Ring, encode_event, ring_bytes,
+)
+
+
+@pytest.fixture
+def make_ring(shm_leftovers):
+    inst = current_instance(STANDALONE)
+    zones = []
+
+    def make(capacity, name="ring"):
+        zone = attach_zone(inst, f"{name}{len(zones)}", HEADER_SIZE + ring_bytes(capacity))
+        zones.append(zone)
+        return Ring(zone, capacity)
+
+    yield make
+    for z in zones:
+        z.close()
+    remove_zone_files(inst)
+
+
+def pub(ring, type="t", payload="", channel="c", ts=None):
+    return ring.publish(*encode_event(channel, type, payload), ts)
+
+
+def test_layout_sizes():
+    assert ENTRY_SIZE == 664
+    assert ring_bytes(1024) == ENTRIES_OFFSET + 1024 * 664
+    assert ENTRIES_OFFSET % 8 == 0
+
+
+def test_empty_ring_is_all_zero(make_ring):
+    ring = make_ring(4)
+    assert ring.control() == (0, 0, 0)
+    scan = ring.scan()
+    assert (scan.events, scan.newest, scan.oldest) == ([], 0, 0)
+
+
+def test_generations_start_at_one_and_increase(make_ring):
+    ring = make_ring(8)
+    assert [pub(ring) for _ in range(3)] == [1, 2, 3]
+    assert [e.generation for e in ring.scan().events] == [1, 2, 3]
+
+
+@freeze_time("2026-01-02 03:04:05.678")
+def test_timestamp_comes_from_time_time(make_ring):
+    ring = make_ring(2)
+    pub(ring)
+    expected = int(time.time() * 1000)
+    assert ring.scan().events[0].timestamp_msec == expected == 1767323045678
+    assert ring.control()[2] == expected
+
+
+def test_wrap_around_overwrites_the_oldest_and_counts_drops(make_ring):
+    ring = make_ring(4)
+    for i in range(1, 11):
+        pub(ring, payload=f"p{i}")
+    newest, dropped, _ = ring.control()
+    assert (newest, dropped) == (10, 6)
+    scan = ring.scan()
+    assert scan.oldest == 7
+    assert [(e.generation, e.payload) for e in scan.events] == [(7, "p7"), (8, "p8"), (9, "p9"), (10, "p10")]
+    assert ring.read(6) is None and ring.read(7).payload == "p7"
+
+
+def test_byte_limits_are_utf8_bytes_not_characters():
+    assert encode_event("c", "t", "é" * 256)[2] == "é".encode() * 256  # 512 bytes: fits
+    with pytest.raises(ValueError, match=r'"payload" is 514 bytes of UTF-8, more than the limit of 512'):
+        encode_event("c", "t", "é" * 257)
+    with pytest.raises(ValueError, match=r'"type" is 68 bytes'):
+        encode_event("c", "€" * 22 + "xx", "")
+    encode_event("c", "€" * 21 + "x", "")  # 64 bytes
+    with pytest.raises(ValueError, match=r'"channel" is 65 bytes'):
+        encode_event("c" * 65, "t", "")
+
+
+@pytest.mark.parametrize("fields, message", [
+    (("c", "", ""), '"type" must not be empty'),
+    (("", "t", ""), '"channel" must not be empty'),
+    (("c", 5, ""), '"type" must be a string, not a number'),
+    (("c", "t", None), '"payload" must be a string, not null'),
+    (("c", "t", "\ud800"), '"payload" is not valid Unicode'),
+])
+def test_invalid_fields(fields, message):
+    with pytest.raises(ValueError, match=message):
+        encode_event(*fields)
+
+
+def test_multibyte_round_trip(make_ring):
+    ring = make_ring(2)
+    pub(ring, type="ünïcode", payload="日本語 🎉", channel="kanäl")
+    e = ring.scan().events[0]
+    assert (e.channel, e.type, e.payload) == ("kanäl", "ünïcode", "日本語 🎉")
+
+
+def test_filters_and_paging(make_ring):
+    ring = make_ring(16)
+    for i in range(1, 11):
+        pub(ring, channel="a" if i % 2 else "b", payload=str(i))
+    gens = lambda scan: [e.generation for e in scan.events]  # noqa: E731
+    assert gens(ring.scan(limit=3)) == [8, 9, 10]  # newest N
+    assert gens(ring.scan(since=4, limit=3)) == [5, 6, 7]  # oldest N after since
+    assert gens(ring.scan(since=4)) == [5, 6, 7, 8, 9, 10]
+    assert gens(ring.scan(channel="b")) == [2, 4, 6, 8, 10]
+    assert gens(ring.scan(channel="b", limit=2)) == [8, 10]
+    assert gens(ring.scan(channel="a", since=3, limit=2)) == [5, 7]
+    assert gens(ring.scan(since=10)) == [] and gens(ring.scan(limit=0)) == []
+    # paging forward reaches everything exactly once
+    seen, since = [], 0
+    while True:
+        page = ring.scan(since=since, limit=4)
+        if not page.events:
+            break
+        seen += gens(page)
+        since = page.events[-1].generation
+    assert seen == list(range(1, 11))
+
+
+def test_since_older_than_the_ring_reports_missed(make_ring):
+    ring = make_ring(4)
+    for _ in range(10):
+        pub(ring)
+    scan = ring.scan(since=2)
+    assert scan.missed == 4  # generations 3..6 are gone
+    assert [e.generation for e in scan.events] == [7, 8, 9, 10]
+    assert ring.scan(since=6).missed == 0
+
+
+def _slot_offset(ring, gen):
+    return ENTRIES_OFFSET + ((gen - 1) % ring.capacity) * ENTRY_SIZE
+
+
+def test_a_slot_in_flux_is_never_returned(make_ring):
+    ring = make_ring(4)
+    for _ in range(3):
+        pub(ring)
+    off = _slot_offset(ring, 2)
+    struct.pack_into("<Q", ring.buf, off, 2 * 2 - 1)  # a writer is in the middle of generation 2
+    ring.buf[off + 40 : off + 44] = b"XXXX"
+    assert ring.read(2) is None
+    assert [e.generation for e in ring.scan().events] == [3]  # the newest-first scan stops at the hole
+    scan = ring.scan(since=0)
+    assert [e.generation for e in scan.events] == [1, 3] and scan.missed == 1
+
+
+def test_a_torn_copy_is_detected_by_the_second_sequence_read(make_ring, monkeypatch):
+    """A writer that laps the reader between its two reads of seq: the copy is discarded."""
+    ring = make_ring(2)
+    pub(ring, payload="one")
+    import ngxsim_plugins.worker_events.ring as ring_mod
+
+    real_body = ring_mod._BODY
+    lapped = []
+
+    class Interleaved:
+        size = real_body.size
+        pack_into = real_body.pack_into
+
+        def unpack_from(self, buf, off):
+            out = real_body.unpack_from(buf, off)
+            if not lapped:
+                lapped.append(True)
+                pub(ring), pub(ring)  # generation 3 rewrites generation 1's slot mid-read
+            return out
+
+    monkeypatch.setattr(ring_mod, "_BODY", Interleaved())
+    assert ring.read(1) is None
+
+
+def test_a_writer_killed_mid_write_leaves_the_ring_usable(make_ring):
+    ring = make_ring(8)
+    pub(ring, payload="before")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the writer: takes the lock, marks generation 2 in flux, then dies
+        try:
+            with ring.zone.lock():
+                struct.pack_into("<Q", ring.buf, _slot_offset(ring, 2), 3)
+                os.write(w, b"x")
+                time.sleep(60)
+        finally:
+            os._exit(1)
+    assert os.read(r, 1) == b"x"
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    assert ring.newest == 1 and ring.read(2) is None
+    assert pub(ring, payload="after") == 2  # the lock is free and generation 2 is written whole
+    assert [(e.generation, e.payload) for e in ring.scan().events] == [(1, "before"), (2, "after")]
+
+
+def test_capacity_bounds(make_ring):
+    with pytest.raises(ValueError):
+        Ring(make_ring(1).zone, 0)
+    with pytest.raises(ValueError):
+        Ring(make_ring(1).zone, MAX_CAPACITY + 1)
+    with pytest.raises(ValueError, match="has .* bytes, the ring needs"):
+        Ring(make_ring(1).zone, 2)
+
+
+def test_worker_slots(make_ring):
+    ring = make_ring(4)
+    me = current_instance(STANDALONE)
+    slot = ring.claim_slot(os.getpid(), me.start_time, 0)
+    ring.update_slot(slot, 5, 1, 3, 123, 9, 2)
+    [s] = ring.live_slots()
+    assert (s.pid, s.delivered, s.gaps, s.lost, s.last_delivery_msec, s.events, s.wakeups) == (os.getpid(), 5, 1, 3, 123, 9, 2)
+    ring.claim_slot(999_999_99, 1, 0)  # a dead process: not listed
+    assert [s.pid for s in ring.live_slots()] == [os.getpid()]
+    ring.release_slot(slot, os.getpid())
+    assert ring.live_slots() == []

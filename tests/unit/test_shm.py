@@ -1,0 +1,227 @@
+"""Zones, their lock and their doorbell, across real processes."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import struct
+import time
+
+import pytest
+
+from ngxsim.core.instance import STANDALONE, Instance, current_instance, process_start_time
+from ngxsim.core.shm import HEADER_SIZE, attach_zone, remove_stale_zone_files, remove_zone_files, zone_path
+
+from helpers import wait_for
+
+
+@pytest.fixture
+def instance(shm_leftovers):
+    inst = current_instance(STANDALONE)
+    yield inst
+    remove_zone_files(inst)
+
+
+def _child(fn):
+    """Run fn in a forked child; return its pid (exit status 0 on success)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            fn()
+            code = 0
+        finally:
+            os._exit(code)
+    return pid
+
+
+def _exit_status(pid, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.005)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError(f"child {pid} did not finish")
+
+
+def test_a_zone_is_shared_between_processes_and_kept_on_reattach(instance):
+    zone = attach_zone(instance, "z1", 4096)
+    assert zone.fresh and zone.usable == 4096 - HEADER_SIZE
+    assert bytes(zone.buf[:16]) == bytes(16)  # zero-filled
+
+    def write():
+        other = attach_zone(instance, "z1", 4096)
+        assert not other.fresh
+        other.buf[0:5] = b"hello"
+
+    assert _exit_status(_child(write)) == 0
+    assert bytes(zone.buf[0:5]) == b"hello"
+    again = attach_zone(instance, "z1", 4096)
+    assert not again.fresh and bytes(again.buf[0:5]) == b"hello"
+    again.close()
+    zone.close()
+
+
+def test_a_zone_with_another_size_or_tag_is_created_afresh(instance):
+    zone = attach_zone(instance, "z2", 4096, tag="v1")
+    zone.buf[0:3] = b"old"
+    bigger = attach_zone(instance, "z2", 8192, tag="v1")
+    assert bigger.fresh and bytes(bigger.buf[0:3]) == bytes(3)
+    assert bytes(zone.buf[0:3]) == b"old"  # the old mapping stays valid for whoever holds it
+    retagged = attach_zone(instance, "z2", 8192, tag="v2")
+    assert retagged.fresh
+    for z in (zone, bigger, retagged):
+        z.close()
+
+
+def test_two_instances_never_share_a_zone(instance):
+    other = Instance(instance.pid, instance.start_time + 1, STANDALONE)
+    a = attach_zone(instance, "same", 4096)
+    b = attach_zone(other, "same", 4096)
+    a.buf[0:1] = b"a"
+    assert bytes(b.buf[0:1]) == b"\0" and a.path != b.path
+    a.close()
+    b.close()
+    remove_zone_files(other)
+
+
+def test_stale_zone_of_a_dead_master_is_removed(instance):
+    pid = _child(lambda: None)
+    start = process_start_time(pid)
+    assert _exit_status(pid) == 0
+    dead = Instance(pid, start or 1, STANDALONE)
+    path = zone_path(dead, "stale")
+    open(path, "wb").close()
+    live = attach_zone(instance, "live", 4096)
+    removed = remove_stale_zone_files()
+    assert os.path.basename(path) in removed and not os.path.exists(path)
+    assert os.path.exists(live.path)
+    live.close()
+
+
+def test_lock_excludes_other_processes_even_after_fork(instance):
+    """Each process gets its own open file description: an inherited fd would give no exclusion."""
+    zone = attach_zone(instance, "lock", 4096)
+    counter = struct.Struct("<Q")
+    rounds, procs = 2000, 4
+
+    def bump():
+        for _ in range(rounds):
+            with zone.lock():
+                (n,) = counter.unpack_from(zone.buf, 0)
+                counter.pack_into(zone.buf, 0, n + 1)
+
+    pids = [_child(bump) for _ in range(procs)]
+    assert [_exit_status(p, 60) for p in pids] == [0] * procs
+    assert counter.unpack_from(zone.buf, 0)[0] == rounds * procs
+    zone.close()
+
+
+def test_an_inherited_flock_fd_gives_no_exclusion(instance):
+    """The pitfall the zone lock avoids, shown: parent and child both 'hold' LOCK_EX."""
+    fd = os.open(zone_path(instance, "pitfall"), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+
+    def try_lock():
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # succeeds: same open file description
+
+    assert _exit_status(_child(try_lock)) == 0
+    os.close(fd)
+
+
+def test_lock_is_released_when_its_holder_is_sigkilled(instance):
+    zone = attach_zone(instance, "killed", 4096)
+    r, w = os.pipe()
+
+    def hold():
+        with zone.lock():
+            os.write(w, b"x")
+            time.sleep(60)
+
+    pid = _child(hold)
+    assert os.read(r, 1) == b"x"
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    started = time.monotonic()
+    with zone.lock():
+        pass
+    assert time.monotonic() - started < 5
+    zone.close()
+
+
+def test_lock_excludes_threads_of_one_process(instance):
+    import threading
+
+    zone = attach_zone(instance, "threads", 4096)
+    counter = struct.Struct("<Q")
+
+    def bump():
+        for _ in range(3000):
+            with zone.lock():
+                (n,) = counter.unpack_from(zone.buf, 0)
+                time.sleep(0) if n % 500 == 0 else None
+                counter.pack_into(zone.buf, 0, n + 1)
+
+    threads = [threading.Thread(target=bump) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert counter.unpack_from(zone.buf, 0)[0] == 12000
+    zone.close()
+
+
+def test_doorbell_wakes_a_waiter_in_another_process(instance):
+    zone = attach_zone(instance, "bell", 4096)
+    r, w = os.pipe()
+
+    def waiter():
+        seen = zone.doorbell.value
+        os.write(w, b"r")
+        woke = zone.doorbell.wait(seen, 10.0)
+        os.write(w, b"w" if woke else b"t")
+
+    pid = _child(waiter)
+    assert os.read(r, 1) == b"r"
+    time.sleep(0.05)  # let it block
+    zone.doorbell.ring()
+    assert os.read(r, 1) == b"w"
+    assert _exit_status(pid) == 0
+    zone.close()
+
+
+def test_doorbell_wait_returns_at_once_if_rung_since_it_was_read(instance):
+    zone = attach_zone(instance, "bell2", 4096)
+    seen = zone.doorbell.value
+    zone.doorbell.ring()
+    started = time.monotonic()
+    assert zone.doorbell.wait(seen, 5.0) is True
+    assert time.monotonic() - started < 1.0
+    assert zone.doorbell.wait(zone.doorbell.value, 0.05) is False  # times out when nobody rings
+    zone.close()
+
+
+def test_janitor_removes_zone_files_when_the_master_exits(shm_leftovers):
+    from ngxsim.core.shm import ensure_janitor
+
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+
+    def master():
+        inst = current_instance(STANDALONE)
+        attach_zone(inst, "j", 4096)
+        assert ensure_janitor(Instance(inst.pid, inst.start_time, "master"))
+        os.write(ready_w, b"x")
+        os.read(go_r, 1)  # wait until told to exit
+
+    pid = _child(master)
+    assert os.read(ready_r, 1) == b"x"
+    assert any(e.startswith(f"ngxsim.{pid}.") for e in os.listdir("/dev/shm"))
+    os.write(go_w, b"g")
+    assert _exit_status(pid) == 0
+    wait_for(lambda: not any(e.startswith(f"ngxsim.{pid}.") for e in os.listdir("/dev/shm")), 10,
+             what="the janitor to remove the zone files")
