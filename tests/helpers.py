@@ -140,8 +140,9 @@ def start_server(tmp_path: Path, conf_text: str, workers: int = 4, mode: str = "
     if mode == "gunicorn":
         env["NGXSIM_CONF"] = str(conf)
         cmd = [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{port}",
-               "--graceful-timeout", "5", "--worker-class", worker_class, "--threads", "4",
-               "--log-level", "info", "ngxsim.wsgi"]
+               "--graceful-timeout", "5", "--worker-class", worker_class, "--log-level", "info", "ngxsim.wsgi"]
+        if worker_class == "gthread":
+            cmd[-1:-1] = ["--threads", "4"]
         if preload:
             cmd.insert(-1, "--preload")
         if _has_control_socket():

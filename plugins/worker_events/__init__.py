@@ -102,7 +102,7 @@ def ngxsim_postconfiguration(config):
             first = plan.where_capacity
             raise block.error(
                 "worker_events_ring_size",
-                f'zone "{name}" is used with ring size {capacity} here and {plan.capacity} in {first.file}:{first.line}',
+                f'zone "{name}" is used with ring size {capacity} here and with {plan.capacity} at {first.file}:{first.line}',
             )
         if size is not None:
             if plan.size is not None and plan.size != size:

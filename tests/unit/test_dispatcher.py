@@ -1,0 +1,174 @@
+"""Delivery in one process: order, exactly once, gaps, replay, filters, read-your-publish."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+import ngxsim_test_recorder as recorder
+from ngxsim.core.process import build_application
+from ngxsim_plugins.worker_events.state import state
+
+CONF = """
+load_module worker_events;
+load_module ngxsim_test_raiser;
+load_module ngxsim_test_recorder;
+{extra}
+http {{
+    worker_events_zone bus;
+    worker_events_ring_size {size};
+    server {{
+        listen 127.0.0.1:8080;
+        location /dump {{ recorder_dump; }}
+    }}
+}}
+"""
+
+
+@pytest.fixture
+def make(tmp_path, shm_leftovers, monkeypatch):
+    monkeypatch.delenv("NGXSIM_TEST_RECORD_DIR", raising=False)
+    apps = []
+
+    def build(size=64, extra="", start_thread=True):
+        recorder.RECORD.clear()
+        path = tmp_path / f"d{len(apps)}.conf"
+        path.write_text(CONF.format(size=size, extra=extra))
+        app = build_application(str(path))
+        apps.append(app)
+        dispatcher = state(app.runtime).dispatchers["bus"]
+        if not start_thread:
+            _stop_thread(dispatcher)
+        return app, dispatcher
+
+    yield build
+    for app in apps:
+        app.runtime.close()
+
+
+def _stop_thread(dispatcher):
+    """Silence the dispatcher thread so that only explicit drains deliver."""
+    dispatcher._stopping.set()
+    dispatcher.ring.zone.doorbell.ring()
+    dispatcher._thread.join(5)
+    assert not dispatcher._thread.is_alive()
+
+
+def test_read_your_publish_a_request_delivers_what_is_pending_before_its_handler(make):
+    app, dispatcher = make(start_thread=False)
+    gen = app.runtime.publish("bus", "c", "purged", "p")
+    assert recorder.RECORD == []  # nobody delivered it yet
+    record = app.test_client().get("/dump").get_json()["record"]
+    assert record == [f"E {gen} c purged p"]
+
+
+def test_the_dispatcher_thread_delivers_without_any_request(make):
+    from helpers import wait_for
+
+    app, _ = make()
+    app.runtime.publish("bus", "c", "t", "1")
+    wait_for(lambda: recorder.RECORD == ["E 1 c t 1"], 5, what="the dispatcher thread to deliver")
+
+
+def test_events_arrive_in_order_exactly_once_under_concurrent_drains(make):
+    app, dispatcher = make(size=512)  # larger than the burst: no gap is possible
+    stop = threading.Event()
+
+    def drainer():
+        while not stop.is_set():
+            dispatcher.drain()
+            time.sleep(0)  # let the publisher have the GIL too
+
+    threads = [threading.Thread(target=drainer) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for i in range(1, 301):
+        app.runtime.publish("bus", "c", "t", str(i))
+    stop.set()
+    for t in threads:
+        t.join(10)
+    dispatcher.drain()
+    assert recorder.RECORD == [f"E {i} c t {i}" for i in range(1, 301)]
+
+
+def test_falling_behind_by_more_than_the_ring_gives_a_gap_before_the_next_event(make):
+    app, dispatcher = make(size=4, start_thread=False)
+    for i in range(1, 11):
+        app.runtime.publish("bus", "c", "t", str(i))
+    dispatcher.drain()
+    assert recorder.RECORD == ["G 1 6", "E 7 c t 7", "E 8 c t 8", "E 9 c t 9", "E 10 c t 10"]
+    assert (dispatcher.gaps, dispatcher.lost) == (1, 6)
+    [slot] = dispatcher.ring.live_slots()
+    assert (slot.gaps, slot.lost, slot.delivered) == (1, 6, 10)
+
+
+def test_a_raising_subscriber_does_not_stop_the_others_or_later_events(make, caplog):
+    app, dispatcher = make(start_thread=False)
+    app.runtime.publish("bus", "c", "boom", "")
+    app.runtime.publish("bus", "c", "after", "")
+    dispatcher.drain()
+    assert recorder.RECORD == ["E 1 c boom ", "E 2 c after "]
+    assert dispatcher.errors == 1
+
+
+def test_channel_subscription_filters(make):
+    app, dispatcher = make(extra="recorder_channels wanted;", start_thread=False)
+    for channel in ("wanted", "other", "wanted"):
+        app.runtime.publish("bus", channel, "t", "")
+    dispatcher.drain()
+    assert recorder.RECORD == ["E 1 wanted t ", "E 3 wanted t "]
+
+
+def test_a_starting_worker_begins_at_the_newest_generation_unless_a_module_asks_for_replay(make):
+    from ngxsim_plugins.worker_events.dispatcher import Dispatcher, collect_subscribers
+
+    app, first = make(start_thread=False)
+    for i in range(3):
+        app.runtime.publish("bus", "c", "t", str(i))
+    first.drain()
+    recorder.RECORD.clear()
+    ring = first.ring
+    fresh = Dispatcher(app.runtime, ring, collect_subscribers(app.runtime.config))
+    app.runtime.publish("bus", "c", "t", "new")
+    fresh.drain()
+    assert recorder.RECORD == ["E 4 c t new"]
+    fresh.stop()
+
+
+def test_replay_delivers_what_the_ring_still_holds(make):
+    app, first = make(extra="recorder_replay on;", start_thread=False)
+    assert recorder.RECORD == []
+    for i in range(3):
+        app.runtime.publish("bus", "c", "t", str(i))
+    first.drain()
+    from ngxsim_plugins.worker_events.dispatcher import Dispatcher, collect_subscribers
+
+    recorder.RECORD.clear()
+    replaying = Dispatcher(app.runtime, first.ring, collect_subscribers(app.runtime.config))
+    replaying.drain()
+    assert recorder.RECORD == ["E 1 c t 0", "E 2 c t 1", "E 3 c t 2"]
+    replaying.stop()
+
+
+def test_publish_hook_validates_like_the_api(make):
+    app, _ = make(start_thread=False)
+    with pytest.raises(ValueError, match='unknown worker_events zone "nope"'):
+        app.runtime.publish("nope", "c", "t", "")
+    with pytest.raises(ValueError, match='"type" must not be empty'):
+        app.runtime.publish("bus", "c", "", "")
+    with pytest.raises(ValueError, match='"payload" is 513 bytes'):
+        app.runtime.publish("bus", "c", "t", "x" * 513)
+    assert state(app.runtime).rings["bus"].newest == 0
+
+
+def test_publishing_without_worker_events_loaded_says_what_is_missing(tmp_path, shm_leftovers):
+    path = tmp_path / "n.conf"
+    path.write_text("http { server { listen 127.0.0.1:8080; } }")
+    app = build_application(str(path))
+    try:
+        with pytest.raises(RuntimeError, match="load_module worker_events"):
+            app.runtime.publish("bus", "c", "t", "")
+    finally:
+        app.runtime.close()
