@@ -52,7 +52,8 @@ def ngxsim_postconfiguration(config: "Configuration") -> None:
     """Validate and finish this module's configuration, and declare the shared zones it needs.
 
     Runs once per config load, after every directive was checked and merged (``config.blocks``
-    gives each context with its effective values). Raise ``ConfigError`` (best made with
+    gives each context with its effective values), for the core first and then for each module
+    in the order of the ``load_module`` lines (what earlier modules declared is visible). Raise ``ConfigError`` (best made with
     ``block.error(name, message)`` so it names the file and line) to fail the load; declare zones
     with ``config.zones.declare(name, size, owner=..., where=...)``. Must not touch shared
     memory: zones are created later, and only if the whole config is valid.

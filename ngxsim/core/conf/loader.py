@@ -145,7 +145,11 @@ def load_configuration(path: str | None = None, text: str | None = None) -> Conf
     _build(tree, main, table)
     _merge(main, table)
     config = Configuration(path=path, main=main, table=table, pm=pm, modules=modules)
-    pm.hook.ngxsim_postconfiguration(config=config)
+    # nginx's order: the core first, then modules in the order of their load_module lines, so a
+    # module can rely on what the modules loaded before it declared (e.g. their zones)
+    rank = {name: i for i, (name, _) in enumerate(modules)}
+    for impl in sorted(pm.hook.ngxsim_postconfiguration.get_hookimpls(), key=lambda i: rank[i.plugin_name]):
+        impl.function(*(dict(config=config)[arg] for arg in impl.argnames))
     for loc in config.blocks(LOCATION):
         loc.stash["core.handler"] = pm.hook.ngxsim_content_handler(location=loc, config=config)
         # pluggy calls the last registered first; filters run in load order

@@ -138,7 +138,7 @@ class HttpCore:
     listens: list[Listen]
 
 
-@hookimpl(tryfirst=True)
+@hookimpl
 def ngxsim_postconfiguration(config):
     http_blocks = config.blocks(HTTP)
     if not http_blocks:
