@@ -34,8 +34,7 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
-from typing import Iterator
+import weakref
 
 from .instance import Instance, alive
 
@@ -43,9 +42,10 @@ SHM_DIR_ENV = "NGXSIM_SHM_DIR"
 PREFIX = "ngxsim."
 HEADER_SIZE = 64
 _MAGIC = b"NGXZONE1"
-# magic(8) size(8) tag(40) doorbell(4) pad(4)
+# magic(8) size(8) tag(40) doorbell word(4) sleepers(4)
 _HEADER = struct.Struct("<8sQ40sII")
 _DOORBELL_OFFSET = 56
+_SLEEPERS_OFFSET = 60
 _FILE = re.compile(r"ngxsim\.(\d+)\.(\d+)\.(.+)")
 JANITOR_MARKER = "@janitor"  # not a valid zone name, so never a zone's file
 
@@ -76,25 +76,44 @@ class _Timespec(ctypes.Structure):
 
 
 class Doorbell:
-    """A futex word in shared memory: ``wait(seen, timeout)`` blocks until ``ring()``.
+    """A futex word in shared memory, and a count of the processes sleeping on it.
 
-    Usage: ``seen = bell.value``; check the shared state; if nothing new, ``bell.wait(seen)``.
+    Waiter: ``seen = bell.value``; check the shared state; if nothing new, ``bell.wait(seen)``.
+    Ringer: ``wake = bell.bump()`` while holding the zone lock (after writing the state), then
+    ``bell.wake()`` after releasing it if ``wake`` is true. The sleeper count (changed under the
+    zone lock) spares the ringer the wake-up syscall when nobody sleeps: a waiter counts itself
+    before its last look at the word, so a ringer either sees it counted or it sees the new word.
+    A waiter SIGKILLed while asleep leaves the count one too high: ringers then make a syscall
+    they could have skipped, nothing worse.
     """
 
-    def __init__(self, word: ctypes.c_uint32):
+    def __init__(self, zone: "Zone", word: ctypes.c_uint32, sleepers: ctypes.c_uint32):
         if _SYS_FUTEX is None:  # pragma: no cover - other architectures
             raise RuntimeError(f"no futex syscall number known for {platform.machine()}")
+        self._zone = zone
         self._word = word
+        self._sleepers = sleepers
         self._addr = ctypes.c_void_p(ctypes.addressof(word))
 
     @property
     def value(self) -> int:
         return self._word.value
 
-    def ring(self) -> None:
-        """Bump the word and wake every waiter (of every process)."""
+    def bump(self) -> bool:
+        """Advance the word (hold the zone lock); True if someone sleeps and must be woken."""
         self._word.value = (self._word.value + 1) & 0xFFFFFFFF
+        return self._sleepers.value > 0
+
+    def wake(self) -> None:
+        """Wake every process sleeping on the word."""
         _libc.syscall(_SYS_FUTEX, self._addr, _FUTEX_WAKE, _INT_MAX, None, None, 0)
+
+    def ring(self) -> None:
+        """Bump and wake, taking the zone lock for the bump."""
+        with self._zone.lock():
+            wake = self.bump()
+        if wake:
+            self.wake()
 
     def wait(self, seen: int, timeout: float | None) -> bool:
         """Sleep while the word still equals ``seen``, at most ``timeout`` seconds.
@@ -102,12 +121,21 @@ class Doorbell:
         Returns True when woken or the word had already moved, False on timeout. The GIL is
         released while blocked (ctypes does that for every foreign call).
         """
-        ts = None
-        if timeout is not None:
-            timeout = max(timeout, 0.0)
-            sec = int(timeout)
-            ts = ctypes.byref(_Timespec(sec, int((timeout - sec) * 1e9)))
-        rc = _libc.syscall(_SYS_FUTEX, self._addr, _FUTEX_WAIT, ctypes.c_uint32(seen), ts, None, 0)
+        zone = self._zone
+        with zone.lock():
+            self._sleepers.value += 1
+        try:
+            if self._word.value != seen:
+                return True
+            ts = None
+            if timeout is not None:
+                timeout = max(timeout, 0.0)
+                sec = int(timeout)
+                ts = ctypes.byref(_Timespec(sec, int((timeout - sec) * 1e9)))
+            rc = _libc.syscall(_SYS_FUTEX, self._addr, _FUTEX_WAIT, ctypes.c_uint32(seen), ts, None, 0)
+        finally:
+            with zone.lock():
+                self._sleepers.value = max(self._sleepers.value - 1, 0)
         if rc == 0:
             return True
         err = ctypes.get_errno()
@@ -137,36 +165,49 @@ class Zone:
         self._fd = fd
         self._mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self.buf = memoryview(self._mm)[HEADER_SIZE:]
-        self._word = ctypes.c_uint32.from_buffer(self._mm, _DOORBELL_OFFSET)
-        self.doorbell = Doorbell(self._word)
-        self._lock_pid = -1
+        self.doorbell = Doorbell(
+            self,
+            ctypes.c_uint32.from_buffer(self._mm, _DOORBELL_OFFSET),
+            ctypes.c_uint32.from_buffer(self._mm, _SLEEPERS_OFFSET),
+        )
         self._lock_fd = -1
         self._tlock = threading.Lock()
+        _ZONES.add(self)
 
     @property
     def usable(self) -> int:
         return self.size - HEADER_SIZE
 
-    def _lock_fd_for_this_process(self) -> int:
-        pid = os.getpid()
-        if self._lock_pid != pid:
-            # after a fork: our own open file description, and a thread lock nobody holds
-            self._lock_fd = os.open(f"/proc/self/fd/{self._fd}", os.O_RDWR | os.O_CLOEXEC)
-            self._tlock = threading.Lock()
-            self._lock_pid = pid
+    def _forked(self) -> None:
+        """In a child after fork: the lock fd is the parent's (no exclusion), the thread lock
+        may be held by a thread that does not exist here. Reopen both lazily."""
+        self._lock_fd = -1
+        self._tlock = threading.Lock()
+
+    def _open_lock_fd(self) -> int:
+        # a new open file description of the same inode, even if the path was replaced since
+        self._lock_fd = os.open(f"/proc/self/fd/{self._fd}", os.O_RDWR | os.O_CLOEXEC)
         return self._lock_fd
 
-    @contextmanager
-    def lock(self) -> Iterator[None]:
-        """Exclusive across every thread of every process attached to this zone; released by
-        the kernel if the holder dies."""
-        fd = self._lock_fd_for_this_process()
-        with self._tlock:
+    def lock(self) -> "Zone":
+        """``with zone.lock():`` — exclusive across every thread of every process attached to
+        this zone; released by the kernel if the holder dies. Not re-entrant."""
+        return self
+
+    def __enter__(self) -> None:
+        self._tlock.acquire()
+        try:
+            fd = self._lock_fd
+            if fd < 0:  # first use in this process: opened under the thread lock, once
+                fd = self._open_lock_fd()
             fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+        except BaseException:
+            self._tlock.release()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        self._tlock.release()
 
     def close(self) -> None:
         """Unmap and close. Views still held elsewhere (a dispatcher thread's doorbell) keep
@@ -179,7 +220,7 @@ class Zone:
             mm.close()
         except BufferError:
             pass  # exported views remain; the mapping goes when they do (or at exit)
-        for fd in (self._fd, self._lock_fd if self._lock_pid == os.getpid() else -1):
+        for fd in (self._fd, self._lock_fd):
             if fd >= 0:
                 try:
                     os.close(fd)
@@ -189,6 +230,17 @@ class Zone:
 
     def __repr__(self) -> str:
         return f"<Zone {self.name} {self.size} bytes at {self.path}>"
+
+
+_ZONES: "weakref.WeakSet[Zone]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for zone in list(_ZONES):
+        zone._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def attach_zone(instance: Instance, name: str, size: int, tag: str = "") -> Zone:

@@ -54,20 +54,25 @@ def ring_bytes(capacity: int) -> int:
     return ENTRIES_OFFSET + capacity * ENTRY_SIZE
 
 
-def encode_event(channel: str, type: str, payload: str) -> tuple[bytes, bytes, bytes]:
+def encode_event(channel: str, type_: str, payload: str) -> tuple[bytes, bytes, bytes]:
     """Check an event's fields and return them as UTF-8; ValueError names the problem.
 
     Limits are bytes of UTF-8, not characters, and too long is rejected, never truncated.
     """
+    if (channel.__class__ is str and type_.__class__ is str and payload.__class__ is str
+            and channel.isascii() and type_.isascii() and payload.isascii()):
+        c, t, p = channel.encode(), type_.encode(), payload.encode()  # the common case, fast
+        if 0 < len(c) <= CHANNEL_MAX and 0 < len(t) <= TYPE_MAX and len(p) <= PAYLOAD_MAX:
+            return c, t, p
     out = []
     for field, value, limit, required in (
         ("channel", channel, CHANNEL_MAX, True),
-        ("type", type, TYPE_MAX, True),
+        ("type", type_, TYPE_MAX, True),
         ("payload", payload, PAYLOAD_MAX, False),
     ):
         if not isinstance(value, str):
             raise ValueError(f'"{field}" must be a string, not {_json_type(value)}')
-        data = value.encode("utf-8", "strict") if value.isascii() else _utf8(field, value)
+        data = _utf8(field, value)
         if required and not data:
             raise ValueError(f'"{field}" must not be empty')
         if len(data) > limit:
@@ -143,8 +148,8 @@ class Ring:
         """Append one (already checked) event; returns its generation and wakes every waiter."""
         if timestamp_msec is None:
             timestamp_msec = int(time.time() * 1000)
-        buf, cap = self.buf, self.capacity
-        with self.zone.lock():
+        buf, cap, zone = self.buf, self.capacity, self.zone
+        with zone:  # the zone lock
             newest, dropped, _ = _CONTROL.unpack_from(buf, 0)
             gen = newest + 1
             off = ENTRIES_OFFSET + ((gen - 1) % cap) * ENTRY_SIZE
@@ -152,7 +157,9 @@ class Ring:
             _BODY.pack_into(buf, off + 8, timestamp_msec, len(channel), len(type), len(payload), channel, type, payload)
             _SEQ.pack_into(buf, off, 2 * gen)
             _CONTROL.pack_into(buf, 0, gen, dropped + (gen > cap), timestamp_msec)
-            self.zone.doorbell.ring()
+            wake = zone.doorbell.bump()
+        if wake:
+            zone.doorbell.wake()
         return gen
 
     # -- reading --------------------------------------------------------------------------------

@@ -81,7 +81,7 @@ def test_events_arrive_in_order_exactly_once_under_concurrent_drains(make):
             dispatcher.drain()
             time.sleep(0)  # let the publisher have the GIL too
 
-    threads = [threading.Thread(target=drainer) for _ in range(3)]
+    threads = [threading.Thread(target=drainer, daemon=True) for _ in range(3)]
     for t in threads:
         t.start()
     for i in range(1, 301):

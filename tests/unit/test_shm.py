@@ -166,7 +166,7 @@ def test_lock_excludes_threads_of_one_process(instance):
                 time.sleep(0) if n % 500 == 0 else None
                 counter.pack_into(zone.buf, 0, n + 1)
 
-    threads = [threading.Thread(target=bump) for _ in range(4)]
+    threads = [threading.Thread(target=bump, daemon=True) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
