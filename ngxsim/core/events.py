@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class Event:
-    """One published event as stored in a zone's ring."""
+class Event(NamedTuple):
+    """One published event as stored in a zone's ring (a named tuple: readers make many)."""
 
     generation: int
     zone: str

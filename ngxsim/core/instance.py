@@ -9,7 +9,9 @@ two servers never share zones by accident.
 from __future__ import annotations
 
 import os
+import select
 import sys
+import threading
 from dataclasses import dataclass
 
 MASTER, WORKER, STANDALONE = "master", "worker", "standalone"
@@ -32,6 +34,59 @@ def process_start_time(pid: int) -> int | None:
 def alive(pid: int, start_time: int) -> bool:
     """Is the process that had ``pid`` and started at ``start_time`` still running?"""
     return process_start_time(pid) == start_time
+
+
+class LivenessWatch:
+    """Which of many (pid, start time) processes are alive, cheaply enough for every request.
+
+    The first look at a process opens a pidfd for it and checks its start time once (so the
+    pidfd is known to refer to *that* process, not a later one with the same pid). Afterwards
+    one ``poll`` with no timeout answers for all of them: a pidfd turns readable when its
+    process exits. No /proc reads on the hot path.
+    """
+
+    def __init__(self) -> None:
+        self._fds: dict[tuple[int, int], int] = {}
+        self._lock = threading.Lock()
+
+    def alive(self, procs: list[tuple[int, int]]) -> set[tuple[int, int]]:
+        with self._lock:
+            live: set[tuple[int, int]] = set()
+            poller = select.poll()
+            watched: dict[int, tuple[int, int]] = {}
+            for key in procs:
+                fd = self._fds.get(key)
+                if fd is None:
+                    fd = self._open(*key)
+                    if fd is None:
+                        continue
+                    if fd < 0:  # no pidfd here: ask /proc
+                        if alive(*key):
+                            live.add(key)
+                        continue
+                watched[fd] = key
+                poller.register(fd, select.POLLIN)
+            exited = {fd for fd, _ in poller.poll(0)}
+            for fd, key in watched.items():
+                if fd in exited:
+                    os.close(self._fds.pop(key))
+                else:
+                    live.add(key)
+            return live
+
+    def _open(self, pid: int, start: int) -> int | None:
+        """A pidfd known to be this process's; None if it is gone; -1 without pidfd support."""
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return None
+        except (OSError, AttributeError):  # pragma: no cover - kernels before 5.3
+            return -1
+        if process_start_time(pid) != start:
+            os.close(fd)
+            return None
+        self._fds[(pid, start)] = fd
+        return fd
 
 
 @dataclass(frozen=True)

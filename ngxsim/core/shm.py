@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import fcntl
 import mmap
 import os
@@ -69,10 +70,30 @@ _FUTEX_WAIT, _FUTEX_WAKE = 0, 1
 _INT_MAX = 2**31 - 1
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
+# futex(uaddr, op, val, timeout, uaddr2, val3): declared so each call converts nothing by hand
+_libc.syscall.argtypes = [ctypes.c_long, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p,
+                          ctypes.c_void_p, ctypes.c_uint32]
 
 
 class _Timespec(ctypes.Structure):
     _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+@functools.lru_cache(maxsize=64)
+def _timespec_cached(timeout: float):
+    sec = int(timeout)
+    return ctypes.pointer(_Timespec(sec, int((timeout - sec) * 1e9)))
+
+
+def _timespec(timeout: float | None):
+    """A relative timeout for FUTEX_WAIT (the dispatcher's constant one is made once)."""
+    if timeout is None:
+        return None
+    timeout = max(timeout, 0.0)
+    if timeout == int(timeout):
+        return _timespec_cached(timeout)
+    sec = int(timeout)
+    return ctypes.pointer(_Timespec(sec, int((timeout - sec) * 1e9)))
 
 
 class Doorbell:
@@ -80,11 +101,15 @@ class Doorbell:
 
     Waiter: ``seen = bell.value``; check the shared state; if nothing new, ``bell.wait(seen)``.
     Ringer: ``wake = bell.bump()`` while holding the zone lock (after writing the state), then
-    ``bell.wake()`` after releasing it if ``wake`` is true. The sleeper count (changed under the
-    zone lock) spares the ringer the wake-up syscall when nobody sleeps: a waiter counts itself
-    before its last look at the word, so a ringer either sees it counted or it sees the new word.
-    A waiter SIGKILLed while asleep leaves the count one too high: ringers then make a syscall
-    they could have skipped, nothing worse.
+    ``bell.wake()`` after releasing it if ``wake`` is true.
+
+    The sleeper count (changed under the zone lock) spares the ringer the wake-up syscall when
+    nobody can be waiting: a waiter counts itself before its last look at the word, so a ringer
+    either sees it counted or it sees the new word. A long-lived waiter (a dispatcher thread)
+    ``register()``s once and stays counted, so each of its wake-ups costs no lock; a one-off
+    waiter (a long-poll) is counted for the length of its ``wait``. A waiter SIGKILLed while
+    counted leaves the count too high: ringers then make a syscall they could have skipped,
+    nothing worse.
     """
 
     def __init__(self, zone: "Zone", word: ctypes.c_uint32, sleepers: ctypes.c_uint32):
@@ -115,27 +140,31 @@ class Doorbell:
         if wake:
             self.wake()
 
-    def wait(self, seen: int, timeout: float | None) -> bool:
+    def register(self) -> None:
+        """Count a long-lived waiter (call before its first look at the shared state)."""
+        with self._zone.lock():
+            self._sleepers.value += 1
+
+    def unregister(self) -> None:
+        with self._zone.lock():
+            self._sleepers.value = max(self._sleepers.value - 1, 0)
+
+    def wait(self, seen: int, timeout: float | None, registered: bool = False) -> bool:
         """Sleep while the word still equals ``seen``, at most ``timeout`` seconds.
 
         Returns True when woken or the word had already moved, False on timeout. The GIL is
-        released while blocked (ctypes does that for every foreign call).
+        released while blocked (ctypes does that for every foreign call). ``registered``: the
+        caller is counted already (``register()``).
         """
-        zone = self._zone
-        with zone.lock():
-            self._sleepers.value += 1
+        if not registered:
+            self.register()
         try:
             if self._word.value != seen:
                 return True
-            ts = None
-            if timeout is not None:
-                timeout = max(timeout, 0.0)
-                sec = int(timeout)
-                ts = ctypes.byref(_Timespec(sec, int((timeout - sec) * 1e9)))
-            rc = _libc.syscall(_SYS_FUTEX, self._addr, _FUTEX_WAIT, ctypes.c_uint32(seen), ts, None, 0)
+            rc = _libc.syscall(_SYS_FUTEX, self._addr, _FUTEX_WAIT, seen, _timespec(timeout), None, 0)
         finally:
-            with zone.lock():
-                self._sleepers.value = max(self._sleepers.value - 1, 0)
+            if not registered:
+                self.unregister()
         if rc == 0:
             return True
         err = ctypes.get_errno()

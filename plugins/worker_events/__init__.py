@@ -142,8 +142,9 @@ def ngxsim_init_worker(runtime):
     for name, ring in st.rings.items():
         dispatcher = Dispatcher(runtime, ring, subscribers)
         st.dispatchers[name] = dispatcher
-        dispatcher.start()
-        runtime.on_request_start.append(dispatcher.drain)
+        if dispatcher.active:
+            dispatcher.start()
+            runtime.on_request_start.append(dispatcher.drain)
 
 
 @hookimpl

@@ -12,6 +12,8 @@ import json
 import math
 import time
 
+from werkzeug.wrappers import Response
+
 from ngxsim import Event, json_error, json_response
 
 from .ring import CHANNEL_MAX, encode_event
@@ -56,11 +58,11 @@ class WorkerEventsApi:
         if channel is not None and len(channel.encode()) > CHANNEL_MAX:
             return json_error(400, f'parameter "channel" is longer than {CHANNEL_MAX} bytes')
         ring = state(ctx.runtime).rings[self.zone]
-        scan = ring.scan(since, limit, channel)
-        if wait and not scan.events:
-            scan = self._long_poll(ring, since, limit, channel, wait)
+        texts, _, _, missed = ring.json_scan(since, limit, channel)
+        if wait and not texts:
+            texts, missed = self._long_poll(ring, since, limit, channel, wait)
         newest, dropped, last_publish = ring.control()
-        body = {
+        head = {
             "module": "worker_events",
             "zone": self.zone,
             "channel": self.channel,
@@ -71,13 +73,14 @@ class WorkerEventsApi:
             "last_publish_msec": last_publish,
         }
         if since is not None:
-            body["missed"] = scan.missed
-        body["events"] = [e.as_json() for e in scan.events]
-        body["workers"] = [
+            head["missed"] = missed
+        workers = [
             {
                 "pid": s.pid,
-                "delivered_generation": s.delivered,
-                "lag": max(0, newest - s.delivered),
+                "subscribers": s.subscribers,
+                # a worker where no module listens has nothing to deliver: never behind
+                "delivered_generation": s.delivered if s.subscribers else newest,
+                "lag": max(0, newest - s.delivered) if s.subscribers else 0,
                 "gaps": s.gaps,
                 "lost_events": s.lost,
                 "events_delivered": s.events,
@@ -86,7 +89,9 @@ class WorkerEventsApi:
             }
             for s in ring.live_slots()
         ]
-        return json_response(body)
+        # the events are JSON texts already (made once per process): splice them in
+        body = "".join((_dumps(head)[:-1], ',"events":[', ",".join(texts), '],"workers":', _dumps(workers), "}"))
+        return Response(body, status=200, content_type="application/json")
 
     @staticmethod
     def _long_poll(ring, since, limit, channel, wait):
@@ -96,10 +101,10 @@ class WorkerEventsApi:
         deadline = time.monotonic() + wait
         while True:
             seen = bell.value
-            scan = ring.scan(since, limit, channel)
+            texts, _, _, missed = ring.json_scan(since, limit, channel)
             left = deadline - time.monotonic()
-            if scan.events or left <= 0:
-                return scan
+            if texts or left <= 0:
+                return texts, missed
             bell.wait(seen, left)
 
     # -- POST ---------------------------------------------------------------------------------
@@ -142,6 +147,10 @@ class WorkerEventsApi:
         timestamp = int(time.time() * 1000)
         gen = ring.publish(ch, ty, pl, timestamp)
         return json_response(Event(gen, self.zone, self.channel, event_type, payload, timestamp).as_json(), 201)
+
+
+def _dumps(value) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def _nonneg_int(args, name):

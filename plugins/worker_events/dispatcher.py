@@ -37,6 +37,22 @@ def call_impl(impl, **kwargs):
     return impl.function(*(kwargs[name] for name in impl.argnames))
 
 
+def bind_impl(impl, first: str, second: str) -> Callable:
+    """``f(a, b)`` that calls the hook implementation with the part of ``first=a, second=b``
+    it declares (pluggy lets an implementation take any subset), without building keyword
+    dicts on every event."""
+    fn, names = impl.function, tuple(impl.argnames)
+    if names == (first, second):
+        return fn
+    if names == (second, first):
+        return lambda a, b: fn(b, a)
+    if names == (first,):
+        return lambda a, b: fn(a)
+    if names == (second,):
+        return lambda a, b: fn(b)
+    return lambda a, b: fn()
+
+
 @dataclass
 class Subscriber:
     module: str
@@ -52,6 +68,18 @@ class Subscriber:
 
     def replays(self, zone: str) -> bool:
         return self.subscriptions is not None and any(s.zone == zone and s.replay for s in self.subscriptions)
+
+    def channels(self, zone: str) -> frozenset[str] | None:
+        """The channels of ``zone`` it wants (None: all of them)."""
+        if self.subscriptions is None:
+            return None
+        wanted: set[str] = set()
+        for sub in self.subscriptions:
+            if sub.zone == zone:
+                if sub.channels is None:
+                    return None
+                wanted.update(sub.channels)
+        return frozenset(wanted)
 
 
 def collect_subscribers(config) -> list[Subscriber]:
@@ -76,8 +104,8 @@ def collect_subscribers(config) -> list[Subscriber]:
             ev, gap = events.get(name), gaps.get(name)
             out.append(Subscriber(
                 name,
-                ev and (lambda runtime, event, _impl=ev: call_impl(_impl, runtime=runtime, event=event)),
-                gap and (lambda runtime, gap, _impl=gap: call_impl(_impl, runtime=runtime, gap=gap)),
+                ev and bind_impl(ev, "runtime", "event"),
+                gap and bind_impl(gap, "runtime", "gap"),
                 subs.get(name),
             ))
     return out
@@ -91,6 +119,9 @@ class Dispatcher:
         self.ring = ring
         self.zone = ring.name
         self.subscribers = [s for s in subscribers if s.wants_zone(self.zone)]
+        # what each event needs, decided once: (module, callable, channels or None, replays)
+        self._targets = [(s.module, s.on_event, s.channels(self.zone), s.replays(self.zone))
+                         for s in self.subscribers if s.on_event is not None]
         newest = ring.newest
         replay = any(s.replays(self.zone) for s in self.subscribers)
         # generations up to live_from were published before this worker started: only the
@@ -103,13 +134,21 @@ class Dispatcher:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.pid = os.getpid()
-        self.slot = ring.claim_slot(self.pid, process_start_time(self.pid) or 0, self.cursor)
+        self.slot = ring.claim_slot(self.pid, process_start_time(self.pid) or 0, self.cursor, len(self.subscribers))
         if self.slot is None:
             log.warning("worker_events: zone %s has no free worker slot; this worker is not listed", self.zone)
 
     # -- thread -----------------------------------------------------------------------------
 
+    @property
+    def active(self) -> bool:
+        """Does any module of this worker listen to this zone? If not, there is nothing to
+        deliver: no thread runs and publishers do not wake this worker."""
+        return bool(self.subscribers)
+
     def start(self) -> None:
+        if not self.active:
+            return
         self._thread = threading.Thread(target=self._run, name=f"ngxsim-events-{self.zone}", daemon=True)
         self._thread.start()
 
@@ -121,14 +160,19 @@ class Dispatcher:
 
     def _run(self) -> None:
         bell = self.ring.zone.doorbell
-        while not self._stopping.is_set():
-            seen = bell.value
-            try:
-                self.drain()
-            except Exception:  # never let the dispatcher die: log and keep listening
-                log.exception("worker_events: dispatcher of zone %s failed", self.zone)
-            if bell.wait(seen, SAFETY_TIMEOUT):
-                self.wakeups += 1
+        timeout = SAFETY_TIMEOUT
+        bell.register()  # counted once: publishers wake us without a per-wake lock on our side
+        try:
+            while not self._stopping.is_set():
+                seen = bell.value
+                try:
+                    self.drain()
+                except Exception:  # never let the dispatcher die: log and keep listening
+                    log.exception("worker_events: dispatcher of zone %s failed", self.zone)
+                if bell.wait(seen, timeout, registered=True):
+                    self.wakeups += 1
+        finally:
+            bell.unregister()
 
     # -- delivery ---------------------------------------------------------------------------
 
@@ -185,17 +229,16 @@ class Dispatcher:
     def _event(self, event: Event) -> None:
         self.events += 1
         backlog = event.generation <= self.live_from
-        for sub in self.subscribers:
-            if sub.on_event is None or not sub.wants(self.zone, event.channel):
-                continue
-            if backlog and not sub.replays(self.zone):
+        runtime, channel = self.runtime, event.channel
+        for module, on_event, channels, replays in self._targets:
+            if (channels is not None and channel not in channels) or (backlog and not replays):
                 continue
             try:
-                sub.on_event(self.runtime, event)
+                on_event(runtime, event)
             except Exception:
                 self.errors += 1
                 log.exception("worker_events: module %s failed on generation %d of zone %s",
-                              sub.module, event.generation, self.zone)
+                              module, event.generation, self.zone)
 
     def _gap(self, first: int, last: int) -> None:
         self.gaps += 1

@@ -23,12 +23,13 @@ the zone lives (worker respawns included).
 
 from __future__ import annotations
 
+import json
 import struct
 import time
 from dataclasses import dataclass
 
 from ngxsim.core.events import Event
-from ngxsim.core.instance import alive
+from ngxsim.core.instance import LivenessWatch, alive
 from ngxsim.core.shm import Zone
 
 CHANNEL_MAX, TYPE_MAX, PAYLOAD_MAX = 64, 64, 512
@@ -38,7 +39,8 @@ MAX_CAPACITY = 262_144  # 166 MiB of shared memory; more is a misconfiguration, 
 _CONTROL = struct.Struct("<QQQ")  # newest, dropped, last_publish_msec
 _NEWEST = struct.Struct("<Q")
 CONTROL_SIZE = 64
-_SLOT = struct.Struct("<IIQQQQQQQ")  # pid, pad, start, delivered, gaps, lost, last_msec, events, wakeups
+_SLOT = struct.Struct("<IIQQQQQQQ")  # pid, subscribers, start, delivered, gaps, lost, last_msec, events, wakeups
+_SLOT_STATS = struct.Struct("<QQQQQQ")  # the part after pid, subscribers and start time
 SLOT_SIZE = 64
 _SEQ = struct.Struct("<Q")
 _BODY = struct.Struct(f"<QBBH4x{CHANNEL_MAX}s{TYPE_MAX}s{PAYLOAD_MAX}s")
@@ -107,6 +109,7 @@ class Scan:
 class WorkerSlot:
     index: int
     pid: int
+    subscribers: int  # modules listening to this zone in that worker; 0: nothing to deliver
     start_time: int
     delivered: int
     gaps: int
@@ -128,6 +131,10 @@ class Ring:
         self.name = zone.name
         self.capacity = capacity
         self.buf = zone.buf
+        self._watch = LivenessWatch()
+        # generation -> (channel, the event's JSON text): events never change once published,
+        # so each process serialises each one once (the API's hot path)
+        self._json: dict[int, tuple[str, str]] = {}
 
     # -- control block --------------------------------------------------------------------------
 
@@ -215,29 +222,76 @@ class Ring:
         events.reverse()
         return Scan(events, newest, oldest, 0)
 
+    def json_scan(self, since: int | None = None, limit: int | None = None, channel: str | None = None):
+        """Like ``scan`` but returns each event as its JSON text: (texts, newest, oldest, missed).
+
+        Serves the API: a generation's JSON is made once per process and reused while the ring
+        holds it (``oldest`` is arithmetic on ``newest``, so a cached event is known to be still
+        there without touching its slot)."""
+        cache = self._json
+        newest = self.newest
+        oldest = self.oldest_for(newest)
+        texts: list[str] = []
+        missed = 0
+        if newest == 0 or limit == 0:
+            return texts, newest, oldest, 0
+        if since is not None:
+            first = since + 1
+            if first < oldest:
+                missed, first = oldest - first, oldest
+            gens = range(first, newest + 1)
+        else:
+            gens = range(newest, oldest - 1, -1)
+        for gen in gens:
+            if limit is not None and len(texts) >= limit:
+                break
+            hit = cache.get(gen)
+            if hit is None:
+                event = self.read(gen)
+                if event is None:
+                    if since is None:
+                        break  # lapped: everything older is gone too
+                    missed += 1
+                    continue
+                hit = cache[gen] = (event.channel, json.dumps(event.as_json(), separators=(",", ":"), ensure_ascii=False))
+            if channel is None or hit[0] == channel:
+                texts.append(hit[1])
+        if since is None:
+            texts.reverse()
+        if len(cache) > self.capacity + 256:
+            for gen in [g for g in cache if g < oldest]:
+                del cache[gen]
+        return texts, newest, oldest, missed
+
     # -- worker slots ---------------------------------------------------------------------------
 
     def _slot_off(self, index: int) -> int:
         return CONTROL_SIZE + index * SLOT_SIZE
 
     def slot(self, index: int) -> WorkerSlot:
-        return WorkerSlot(index, *(v for i, v in enumerate(_SLOT.unpack_from(self.buf, self._slot_off(index))) if i != 1))
+        return WorkerSlot(index, *_SLOT.unpack_from(self.buf, self._slot_off(index)))
 
-    def claim_slot(self, pid: int, start_time: int, delivered: int) -> int | None:
+    def _slots(self) -> list[WorkerSlot]:
+        """Every occupied slot, from one read of the table."""
+        table = self.buf[CONTROL_SIZE:ENTRIES_OFFSET]
+        return [WorkerSlot(i, *fields) for i, fields in enumerate(_SLOT.iter_unpack(table)) if fields[0]]
+
+    def claim_slot(self, pid: int, start_time: int, delivered: int, subscribers: int = 0) -> int | None:
         """Take a free slot (empty, or whose worker is dead) for this worker; None if all 128
         are held by live workers."""
         with self.zone.lock():
+            taken = {s.index: s for s in self._slots()}
             for index in range(MAX_WORKERS):
-                s = self.slot(index)
-                if s.pid == 0 or s.pid == pid or not alive(s.pid, s.start_time):
-                    _SLOT.pack_into(self.buf, self._slot_off(index), pid, 0, start_time, delivered, 0, 0, 0, 0, 0)
+                s = taken.get(index)
+                if s is None or s.pid == pid or not alive(s.pid, s.start_time):
+                    _SLOT.pack_into(self.buf, self._slot_off(index), pid, subscribers, start_time, delivered, 0, 0, 0, 0, 0)
                     return index
         return None
 
     def update_slot(self, index: int, delivered: int, gaps: int, lost: int, last_msec: int, events: int, wakeups: int) -> None:
-        """Only the slot's own worker writes it; readers tolerate a stale value."""
-        s = self.slot(index)
-        _SLOT.pack_into(self.buf, self._slot_off(index), s.pid, 0, s.start_time, delivered, gaps, lost, last_msec, events, wakeups)
+        """Only the slot's own worker writes it (pid and start time stay); readers tolerate a
+        value one delivery old."""
+        _SLOT_STATS.pack_into(self.buf, self._slot_off(index) + 16, delivered, gaps, lost, last_msec, events, wakeups)
 
     def release_slot(self, index: int, pid: int) -> None:
         with self.zone.lock():
@@ -245,9 +299,7 @@ class Ring:
                 _SLOT.pack_into(self.buf, self._slot_off(index), 0, 0, 0, 0, 0, 0, 0, 0, 0)
 
     def live_slots(self) -> list[WorkerSlot]:
-        out = []
-        for index in range(MAX_WORKERS):
-            s = self.slot(index)
-            if s.pid and alive(s.pid, s.start_time):
-                out.append(s)
-        return out
+        """The slots of workers that are still running (a dead one's slot is not listed)."""
+        slots = self._slots()
+        live = self._watch.alive([(s.pid, s.start_time) for s in slots])
+        return [s for s in slots if (s.pid, s.start_time) in live]

@@ -172,3 +172,34 @@ def test_publishing_without_worker_events_loaded_says_what_is_missing(tmp_path, 
             app.runtime.publish("bus", "c", "t", "")
     finally:
         app.runtime.close()
+
+
+def test_a_worker_where_no_module_listens_runs_no_dispatcher_and_is_never_behind(tmp_path, shm_leftovers):
+    path = tmp_path / "quiet.conf"
+    path.write_text("""
+load_module worker_events;
+http { server { listen 127.0.0.1:8080;
+  location /ev { worker_events_api; worker_events_zone bus; worker_events_channel c; } } }
+""")
+    app = build_application(str(path))
+    try:
+        dispatcher = state(app.runtime).dispatchers["bus"]
+        assert not dispatcher.active and dispatcher._thread is None
+        assert dispatcher.drain not in app.runtime.on_request_start
+        client = app.test_client()
+        client.post("/ev", json={"type": "t"})
+        [worker] = client.get("/ev").get_json()["workers"]
+        assert (worker["subscribers"], worker["delivered_generation"], worker["lag"]) == (0, 1, 0)
+    finally:
+        app.runtime.close()
+
+
+def test_subscribers_are_counted_in_the_workers_slot(make):
+    from helpers import wait_for
+
+    app, _ = make()
+    app.runtime.publish("bus", "c", "t", "")
+    wait_for(lambda: recorder.RECORD, 5, what="delivery")
+    [slot] = state(app.runtime).rings["bus"].live_slots()
+    assert slot.subscribers == 2  # the raiser and the recorder
+    assert slot.delivered == 1 and slot.events == 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from flask import Flask, request
+from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from .context import RequestContext
@@ -67,6 +68,8 @@ class HttpCore:
         plan: _Plan = (loc or server).stash["core.plan"]
         try:
             response = self._content(ctx, req, server.stash["core.plan"], plan, loc)
+        except HTTPException as exc:  # e.g. a client that hung up mid-body, a body over the limit
+            response = json_error(exc.code or 400, exc.description or exc.name)
         except Exception:
             log.exception("unhandled error in %s %s", environ.get("REQUEST_METHOD"), ctx.uri)
             response = json_error(500, "internal error (see the error log)")
@@ -117,9 +120,12 @@ class NgxsimFlask(Flask):
     """Flask without routes: every request goes to the ngxsim core's dispatch."""
 
     def __init__(self, core: HttpCore):
-        super().__init__("ngxsim")
+        super().__init__("ngxsim", static_folder=None)
         self.ngxsim = core
         self.runtime = core.runtime
+
+    def create_url_adapter(self, request):  # noqa: D401 - no routes: skip Werkzeug's matching
+        return None
 
     def dispatch_request(self):  # noqa: D401 - Flask's override point
         return self.ngxsim.handle(request.environ, request._get_current_object())
