@@ -23,6 +23,7 @@ Why these primitives (measured on 2-core boxes, see DESIGN.md):
 from __future__ import annotations
 
 import ctypes
+import enum
 import errno
 import functools
 import fcntl
@@ -77,6 +78,14 @@ _libc.syscall.argtypes = [ctypes.c_long, ctypes.c_void_p, ctypes.c_int, ctypes.c
 
 class _Timespec(ctypes.Structure):
     _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class Wait(enum.IntEnum):
+    """How a ``Doorbell.wait`` ended."""
+
+    TIMED_OUT = 0
+    WOKEN = 1
+    MOVED = 2
 
 
 @functools.lru_cache(maxsize=64)
@@ -149,31 +158,32 @@ class Doorbell:
         with self._zone.lock():
             self._sleepers.value = max(self._sleepers.value - 1, 0)
 
-    def wait(self, seen: int, timeout: float | None, registered: bool = False) -> bool:
+    def wait(self, seen: int, timeout: float | None, registered: bool = False) -> "Wait":
         """Sleep while the word still equals ``seen``, at most ``timeout`` seconds.
 
-        Returns True when woken or the word had already moved, False on timeout. The GIL is
-        released while blocked (ctypes does that for every foreign call). ``registered``: the
-        caller is counted already (``register()``).
+        Returns ``Wait.WOKEN`` (slept, then rung), ``Wait.MOVED`` (rung before it could sleep:
+        no sleep at all) or ``Wait.TIMED_OUT`` (false; the others are true). The GIL is released
+        while blocked (ctypes does that for every foreign call). ``registered``: the caller is
+        counted already (``register()``).
         """
         if not registered:
             self.register()
         try:
             if self._word.value != seen:
-                return True
+                return Wait.MOVED
             rc = _libc.syscall(_SYS_FUTEX, self._addr, _FUTEX_WAIT, seen, _timespec(timeout), None, 0)
         finally:
             if not registered:
                 self.unregister()
         if rc == 0:
-            return True
+            return Wait.WOKEN
         err = ctypes.get_errno()
         if err == errno.EAGAIN:
-            return True
+            return Wait.MOVED
         if err == errno.ETIMEDOUT:
-            return False
+            return Wait.TIMED_OUT
         if err == errno.EINTR:
-            return True  # a signal: let the caller re-check its state and deadline
+            return Wait.WOKEN  # a signal: let the caller re-check its state and deadline
         raise OSError(err, os.strerror(err))
 
 

@@ -12,9 +12,10 @@ See docs/worker_events.md for the user's guide.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
-from ngxsim import FLAG, HTTP, LOCATION, SERVER, Directive, hookimpl
+from ngxsim import FLAG, HTTP, LOCATION, SERVER, TIME, Directive, hookimpl
 from ngxsim.core.conf.directive import parse_size
 from ngxsim.core.shm import HEADER_SIZE
 
@@ -24,6 +25,10 @@ from .ring import CHANNEL_MAX, LAYOUT_VERSION, MAX_CAPACITY, Ring, encode_event,
 from .state import NAME, State, state
 
 DEFAULT_RING_SIZE = 1024
+# Python's default is 5 ms: a worker whose Python is busy would hand the GIL to its dispatcher
+# only that often. 1 ms bounds the delay at a cost nobody measures: the interval only matters
+# while a second thread waits for the GIL.
+DEFAULT_SWITCH_INTERVAL = 0.001
 
 
 def _parse_zone(args: list[str]) -> tuple[str, int | None]:
@@ -70,6 +75,9 @@ def ngxsim_directives(register):
                        doc="ring capacity in entries"))
     register(Directive("worker_events_publish_key", (LOCATION,), 1, parse=_parse_key,
                        doc="POST needs ?key=SECRET"))
+    register(Directive("worker_events_gil_switch_interval", (HTTP,), 1, type=TIME, default=DEFAULT_SWITCH_INTERVAL,
+                       doc="Python's GIL switch interval in workers whose modules listen to events "
+                           "(bounds how long a busy worker delays its dispatcher); 0 keeps Python's"))
 
 
 @dataclass
@@ -145,6 +153,14 @@ def ngxsim_init_worker(runtime):
         if dispatcher.active:
             dispatcher.start()
             runtime.on_request_start.append(dispatcher.drain)
+    interval = _switch_interval(runtime.config)
+    if interval and any(d.active for d in st.dispatchers.values()):
+        sys.setswitchinterval(interval)
+
+
+def _switch_interval(config) -> float:
+    http = config.blocks(HTTP)
+    return http[0]["worker_events_gil_switch_interval"] if http else DEFAULT_SWITCH_INTERVAL
 
 
 @hookimpl

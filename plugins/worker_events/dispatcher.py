@@ -25,6 +25,7 @@ from typing import Callable
 from ngxsim.core.events import Event, Gap, Subscription
 from ngxsim.core.http.logs import log
 from ngxsim.core.instance import process_start_time
+from ngxsim.core.shm import Wait
 
 from .ring import Ring
 
@@ -169,8 +170,8 @@ class Dispatcher:
                     self.drain()
                 except Exception:  # never let the dispatcher die: log and keep listening
                     log.exception("worker_events: dispatcher of zone %s failed", self.zone)
-                if bell.wait(seen, timeout, registered=True):
-                    self.wakeups += 1
+                if bell.wait(seen, timeout, registered=True) is Wait.WOKEN:
+                    self.wakeups += 1  # a real sleep ended by a publish (not a look that found news)
         finally:
             bell.unregister()
 

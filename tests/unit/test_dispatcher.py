@@ -203,3 +203,22 @@ def test_subscribers_are_counted_in_the_workers_slot(make):
     [slot] = state(app.runtime).rings["bus"].live_slots()
     assert slot.subscribers == 2  # the raiser and the recorder
     assert slot.delivered == 1 and slot.events == 1
+
+
+@pytest.mark.parametrize("setting, expected", [("", 0.001), ("worker_events_gil_switch_interval 2ms;", 0.002),
+                                               ("worker_events_gil_switch_interval 0;", None)])
+def test_a_worker_with_listeners_sets_the_gil_switch_interval(tmp_path, shm_leftovers, monkeypatch, setting, expected):
+    import sys
+
+    before = sys.getswitchinterval()
+    monkeypatch.setattr(sys, "setswitchinterval", lambda value: calls.append(value))
+    calls = []
+    path = tmp_path / "gil.conf"
+    path.write_text(f"load_module worker_events;\nload_module ngxsim_test_recorder;\n"
+                    f"http {{ worker_events_zone bus; {setting} server {{ listen 127.0.0.1:8080; }} }}")
+    app = build_application(str(path))
+    try:
+        assert calls == ([] if expected is None else [expected])
+    finally:
+        app.runtime.close()
+    assert sys.getswitchinterval() == before

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from ngxsim.core.instance import STANDALONE, Instance, current_instance, process_start_time
-from ngxsim.core.shm import HEADER_SIZE, attach_zone, remove_stale_zone_files, remove_zone_files, zone_path
+from ngxsim.core.shm import HEADER_SIZE, Wait, attach_zone, remove_stale_zone_files, remove_zone_files, zone_path
 
 from helpers import wait_for
 
@@ -183,7 +183,7 @@ def test_doorbell_wakes_a_waiter_in_another_process(instance):
         seen = zone.doorbell.value
         os.write(w, b"r")
         woke = zone.doorbell.wait(seen, 10.0)
-        os.write(w, b"w" if woke else b"t")
+        os.write(w, b"w" if woke is Wait.WOKEN else b"t")
 
     pid = _child(waiter)
     assert os.read(r, 1) == b"r"
@@ -199,9 +199,9 @@ def test_doorbell_wait_returns_at_once_if_rung_since_it_was_read(instance):
     seen = zone.doorbell.value
     zone.doorbell.ring()
     started = time.monotonic()
-    assert zone.doorbell.wait(seen, 5.0) is True
+    assert zone.doorbell.wait(seen, 5.0) is Wait.MOVED  # no sleep at all
     assert time.monotonic() - started < 1.0
-    assert zone.doorbell.wait(zone.doorbell.value, 0.05) is False  # times out when nobody rings
+    assert zone.doorbell.wait(zone.doorbell.value, 0.05) is Wait.TIMED_OUT  # nobody rings
     zone.close()
 
 

@@ -1,0 +1,321 @@
+"""Delivery latency and bursts of worker_events under real ``gunicorn -w 4``.
+
+    python benchmarks/bench_delivery.py [--samples N]
+
+1. Latency from publish to the subscriber having run in **all 4** workers (idle workers),
+   p50/p99, next to Redis pub/sub to 4 subscriber processes (a ``redis-server`` started on
+   loopback from Debian's package if installed; "skipped" otherwise) and a 1 s poll of the
+   ring (lua-resty-worker-events' default interval), all measured in this run.
+2. The same with every worker's Python busy (a spinning thread per worker: the dispatcher
+   waits for the GIL, bounded by the interpreter's switch interval).
+3. Burst: 20 000 publishes from one worker as fast as it can into a 32 768 ring: time until
+   every worker delivered all, lost events (must be 0), wake-ups per worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from common import percentile, table  # noqa: E402
+
+from ngxsim.core.conf.loader import load_configuration  # noqa: E402
+from ngxsim.core.instance import Instance, process_start_time  # noqa: E402
+from ngxsim.core.shm import attach_zone  # noqa: E402
+from ngxsim.testing import free_port, start_server, wait_for  # noqa: E402
+from ngxsim_plugins.worker_events.ring import Ring, encode_event  # noqa: E402
+
+WORKERS = 4
+RING = 32768
+CONF = f"""
+load_module worker_events;
+load_module ngxsim_bench_latency;
+worker_processes {WORKERS};
+http {{
+    worker_events_gil_switch_interval {{switch}};
+    server {{
+        listen 127.0.0.1:{{port}};
+        location /internal/worker-events {{
+            worker_events_api;
+            worker_events_zone bus;
+            worker_events_channel bench;
+            worker_events_ring_size {RING};
+        }}
+        location /burst {{ bench_burst; }}
+    }}
+}}
+"""
+_REC = struct.Struct("<QQ")
+
+
+def api(server, path="/internal/worker-events?limit=0"):
+    return json.load(urllib.request.urlopen(server.url(path), timeout=30))
+
+
+def attach_ring(server) -> Ring:
+    spec = load_configuration(str(server.conf)).zones["bus"]
+    instance = Instance(server.master, process_start_time(server.master), "worker")
+    return Ring(attach_zone(instance, "bus", spec.size, spec.tag), RING)
+
+
+def spaced(n: int):
+    """Publish moments ~2 ms apart, with jitter, so wake-ups do not coalesce."""
+    for _ in range(n):
+        time.sleep(0.0015 + random.random() * 0.001)
+        yield
+
+
+def conf(switch: str = "1ms") -> str:
+    return CONF.replace("{switch}", switch)
+
+
+def ngxsim_latency(folder: Path, samples: int, busy: bool, switch: str = "1ms") -> list[float]:
+    out = folder / f"{'busy' if busy else 'idle'}-{switch}"
+    out.mkdir()
+    env = {"NGXSIM_BENCH_DIR": str(out)}
+    if busy:
+        env["NGXSIM_BENCH_BUSY"] = "1"
+    server = start_server(folder, conf(switch), workers=WORKERS, pythonpath=[HERE], extra_env=env)
+    try:
+        wait_for(lambda: len(api(server)["workers"]) == WORKERS, 20, what="workers")
+        ring = attach_ring(server)
+        for _ in spaced(samples):
+            ring.publish(*encode_event("bench", "lat", str(time.monotonic_ns())))
+        newest = ring.newest
+        wait_for(lambda: all(w["delivered_generation"] >= newest for w in api(server)["workers"]), 30,
+                 what="every worker to deliver")
+        ring.zone.close()
+    finally:
+        server.stop()
+    per_gen: dict[int, list[int]] = {}
+    for path in out.glob("*.lat"):
+        data = path.read_bytes()
+        for gen, ns in _REC.iter_unpack(data):
+            per_gen.setdefault(gen, []).append(ns)
+    complete = [max(v) / 1000 for v in per_gen.values() if len(v) == WORKERS]
+    assert len(complete) == samples, f"{len(complete)} of {samples} events reached all {WORKERS} workers"
+    return complete
+
+
+# -- Redis pub/sub baseline ---------------------------------------------------------------------
+
+
+def _resp(*parts: str) -> bytes:
+    out = [f"*{len(parts)}\r\n".encode()]
+    for p in parts:
+        b = p.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(out)
+
+
+def _redis_subscriber(port: int, ready_w: int, out_path: str) -> None:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(_resp("SUBSCRIBE", "bench"))
+    f = sock.makefile("rb")
+    fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    def read_reply():
+        line = f.readline()
+        if line.startswith(b"*"):
+            return [read_reply() for _ in range(int(line[1:]))]
+        if line.startswith(b"$"):
+            data = f.read(int(line[1:]) + 2)[:-2]
+            return data
+        return line.strip()
+
+    read_reply()  # subscribe confirmation
+    os.write(ready_w, b"r")
+    gen = 0
+    while True:
+        msg = read_reply()
+        now = time.monotonic_ns()
+        if msg[2] == b"stop":
+            break
+        gen += 1
+        os.write(fd, _REC.pack(gen, now - int(msg[2])))
+
+
+def redis_latency(folder: Path, samples: int) -> list[float] | None:
+    if not shutil.which("redis-server"):
+        return None
+    port = free_port()
+    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pids = []
+    try:
+        wait_for(lambda: _connects(port), 10, what="redis")
+        out = folder / "redis"
+        out.mkdir()
+        r, w = os.pipe()
+        for i in range(WORKERS):
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    _redis_subscriber(port, w, str(out / f"{i}.lat"))
+                finally:
+                    os._exit(0)
+            pids.append(pid)
+        for _ in range(WORKERS):
+            os.read(r, 1)
+        pub = socket.create_connection(("127.0.0.1", port))
+        pf = pub.makefile("rb")
+        for _ in spaced(samples):
+            pub.sendall(_resp("PUBLISH", "bench", str(time.monotonic_ns())))
+            pf.readline()
+        pub.sendall(_resp("PUBLISH", "bench", "stop"))
+        pf.readline()
+        for pid in pids:
+            os.waitpid(pid, 0)
+        pids.clear()
+        per_gen: dict[int, list[int]] = {}
+        for path in out.glob("*.lat"):
+            for gen, ns in _REC.iter_unpack(path.read_bytes()):
+                per_gen.setdefault(gen, []).append(ns)
+        return [max(v) / 1000 for v in per_gen.values() if len(v) == WORKERS]
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        redis.terminate()
+        redis.wait(10)
+
+
+def _connects(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+# -- 1 s poll baseline -------------------------------------------------------------------------
+
+
+def poll_latency(folder: Path, samples: int) -> list[float]:
+    """4 processes look at the ring's newest generation once a second (no wake-ups)."""
+    server = start_server(folder, conf(), workers=1, pythonpath=[HERE])  # it only hosts the ring
+    out = folder / "poll"
+    out.mkdir()
+    pids = []
+    try:
+        ring = attach_ring(server)
+        stop_at = time.monotonic() + samples * 0.45 + 2.5
+        for i in range(WORKERS):
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    fd = os.open(out / f"{i}.lat", os.O_WRONLY | os.O_CREAT, 0o644)
+                    cursor = ring.newest
+                    while time.monotonic() < stop_at:
+                        time.sleep(1.0)
+                        now = time.monotonic_ns()
+                        newest = ring.newest
+                        for gen in range(cursor + 1, newest + 1):
+                            ev = ring.read(gen)
+                            os.write(fd, _REC.pack(gen, now - int(ev.payload)))
+                        cursor = newest
+                finally:
+                    os._exit(0)
+            pids.append(pid)
+        time.sleep(0.3)
+        for _ in range(samples):
+            time.sleep(0.3 + random.random() * 0.3)
+            ring.publish(*encode_event("bench", "lat", str(time.monotonic_ns())))
+        for pid in pids:
+            os.waitpid(pid, 0)
+        pids.clear()
+        ring.zone.close()
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        server.stop()
+    per_gen: dict[int, list[int]] = {}
+    for path in out.glob("*.lat"):
+        for gen, ns in _REC.iter_unpack(path.read_bytes()):
+            per_gen.setdefault(gen, []).append(ns)
+    return [max(v) / 1000 for v in per_gen.values() if len(v) == WORKERS]
+
+
+# -- burst --------------------------------------------------------------------------------------
+
+
+def burst(folder: Path, count: int) -> list[list[object]]:
+    out = folder / "burst"
+    out.mkdir()
+    server = start_server(folder, conf(), workers=WORKERS, pythonpath=[HERE], extra_env={"NGXSIM_BENCH_DIR": str(out)})
+    try:
+        wait_for(lambda: len(api(server)["workers"]) == WORKERS, 20, what="workers")
+        before = {w["pid"]: w for w in api(server)["workers"]}
+        start = time.monotonic()
+        answer = json.load(urllib.request.urlopen(server.url(f"/burst?n={count}"), timeout=120))
+        last = answer["first"] + count - 1
+        wait_for(lambda: all(w["delivered_generation"] >= last for w in api(server)["workers"]), 60, 0.001,
+                 what="every worker to deliver the burst")
+        done = time.monotonic() - start
+        after = api(server)["workers"]
+    finally:
+        server.stop()
+    rows = [["publishing (one worker)", f"{answer['seconds'] * 1000:.1f} ms", f"{count / answer['seconds']:,.0f} ev/s", ""]]
+    rows.append(["until all 4 delivered all", f"{done * 1000:.1f} ms", "", ""])
+    for w in after:
+        b = before.get(w["pid"], {})
+        wakeups = w["wakeups"] - b.get("wakeups", 0)
+        delivered = w["events_delivered"] - b.get("events_delivered", 0)
+        rows.append([f"worker {w['pid']}", f"{delivered} delivered, {w['lost_events']} lost",
+                     f"{wakeups} wake-ups", f"{delivered / max(wakeups, 1):.0f} events/wake-up"])
+    return rows
+
+
+def summarize(name: str, values: list[float] | None) -> list[object]:
+    if values is None:
+        return [name, "skipped", "skipped", "skipped", "redis-server not installed"]
+    return [name, len(values), f"{percentile(values, 50):,.0f}", f"{percentile(values, 99):,.0f}",
+            f"{max(values):,.0f}"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--samples", type=int, default=2000)
+    parser.add_argument("--poll-samples", type=int, default=12)
+    parser.add_argument("--burst", type=int, default=20000)
+    args = parser.parse_args()
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        idle = ngxsim_latency(folder, args.samples, busy=False)
+        redis = redis_latency(folder, args.samples)
+        busy = ngxsim_latency(folder, args.samples, busy=True)
+        busy_default = ngxsim_latency(folder, args.samples, busy=True, switch="0")
+        poll = poll_latency(folder, args.poll_samples)
+        rows = [summarize("ngxsim worker_events, idle workers", idle),
+                summarize("Redis pub/sub, 4 subscriber processes", redis),
+                summarize("ngxsim, busy workers, GIL switch interval 1 ms (default)", busy),
+                summarize("ngxsim, busy workers, Python's 5 ms switch interval", busy_default),
+                summarize("1 s poll of the ring (lua-resty-worker-events default)", poll)]
+        print(table("Publish -> subscriber ran in all 4 workers (microseconds)",
+                    ["mechanism", "samples", "p50 us", "p99 us", "max us"], rows))
+        if redis:
+            ratio = percentile(idle, 99) / percentile(redis, 99)
+            print(f"ngxsim p99 / Redis p99 = {ratio:.2f} (goal <= 0.5); busy p99 = {percentile(busy, 99) / 1000:.2f} ms (goal <= 2 ms)")
+        print(table(f"Burst: {args.burst:,} publishes from one worker into a {RING:,} ring",
+                    ["what", "value", "", ""], burst(folder, args.burst)))
+
+
+if __name__ == "__main__":
+    main()
