@@ -65,6 +65,9 @@ class NgxsimApplication(BaseApplication):
             "worker_exit": self._worker_exit,
             "on_exit": self._on_exit,
             "proc_name": "ngxsim",
+            # a sync worker answering a long-poll (wait <= 30 s) sends no heartbeat meanwhile:
+            # gunicorn's default 30 s timeout would kill it mid-answer
+            "timeout": 60,
         }
         if "control_socket_disable" in _SETTINGS:
             settings["control_socket_disable"] = True  # one per user by default: servers would collide

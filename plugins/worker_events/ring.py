@@ -34,6 +34,7 @@ from ngxsim.core.shm import Zone
 
 CHANNEL_MAX, TYPE_MAX, PAYLOAD_MAX = 64, 64, 512
 MAX_WORKERS = 128
+_JSON_CACHE_MAX = 16384  # events whose JSON text a process keeps for the API
 MAX_CAPACITY = 262_144  # 166 MiB of shared memory; more is a misconfiguration, not a ring
 
 _CONTROL = struct.Struct("<QQQ")  # newest, dropped, last_publish_msec
@@ -258,10 +259,21 @@ class Ring:
                 texts.append(hit[1])
         if since is None:
             texts.reverse()
-        if len(cache) > self.capacity + 256:
-            for gen in [g for g in cache if g < oldest]:
-                del cache[gen]
+        if len(cache) > min(self.capacity, _JSON_CACHE_MAX) + 256:
+            self._prune_json(oldest)
         return texts, newest, oldest, missed
+
+    def _prune_json(self, oldest: int) -> None:
+        """Forget what the ring no longer holds, and keep at most _JSON_CACHE_MAX entries (a
+        huge ring read whole must not pin its JSON in every worker). list(dict) is one atomic
+        copy, so a concurrent request thread adding an entry cannot break the walk."""
+        cache = self._json
+        gens = sorted(list(cache))
+        stale = [g for g in gens if g < oldest]
+        keep_from = gens[-_JSON_CACHE_MAX] if len(gens) - len(stale) > _JSON_CACHE_MAX else oldest
+        for gen in gens:
+            if gen < keep_from:
+                cache.pop(gen, None)
 
     # -- worker slots ---------------------------------------------------------------------------
 

@@ -222,3 +222,24 @@ def test_worker_slots(make_ring):
     assert [s.pid for s in ring.live_slots()] == [os.getpid()]
     ring.release_slot(slot, os.getpid())
     assert ring.live_slots() == []
+
+
+def test_json_scan_matches_scan_and_its_cache_stays_bounded(make_ring, monkeypatch):
+    import json
+
+    import ngxsim_plugins.worker_events.ring as ring_mod
+
+    monkeypatch.setattr(ring_mod, "_JSON_CACHE_MAX", 8)
+    ring = make_ring(64)
+    for i in range(1, 41):
+        pub(ring, channel="a" if i % 3 else "b", payload=f"p{i}")
+    for args in [(None, None, None), (None, 5, "b"), (10, 7, None), (0, None, "a"), (None, 0, None)]:
+        texts, newest, oldest, missed = ring.json_scan(*args)
+        scan = ring.scan(*args)
+        assert [json.loads(t) for t in texts] == [e.as_json() for e in scan.events], args
+        assert (newest, oldest, missed) == (scan.newest, scan.oldest, scan.missed)
+    big = make_ring(1024)
+    for _ in range(400):  # read whole, 400 events are more than the cap allows: only the newest stay
+        pub(big)
+    assert len(big.json_scan()[0]) == 400
+    assert sorted(big._json) == list(range(393, 401))

@@ -1,0 +1,16 @@
+"""Run every benchmark, one after the other (each prints its own table with its baseline).
+
+    python benchmarks/run_all.py
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+for script in ("bench_ring.py", "bench_http.py", "bench_delivery.py"):
+    print(f"\n=== {script}", flush=True)
+    subprocess.run([sys.executable, str(HERE / script)], check=True)
