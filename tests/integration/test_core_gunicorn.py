@@ -149,3 +149,34 @@ def test_ngxsim_t(tmp_path):
     assert run.returncode == 1
     assert f'ngxsim: [emerg] invalid number of arguments in "listen" directive in {bad}:3' in run.stderr
     assert f"configuration file {bad} test failed" in run.stderr
+
+
+def test_ngxsim_with_no_config_serves_the_embedded_default(tmp_path):
+    """The README's first command: `ngxsim` alone serves the default config on 127.0.0.1:8080."""
+    import socket
+
+    import requests
+
+    from ngxsim.testing import Server
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", 8080))
+        except OSError:
+            pytest.skip("127.0.0.1:8080 is taken on this machine")
+    env = {k: v for k, v in os.environ.items() if k != "NGXSIM_CONF"}
+    log = tmp_path / "default.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "ngxsim.cli"], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    server = Server(proc, 8080, tmp_path / "none", 2, log, env)
+    try:
+        server.wait_workers(2)
+        wait_for(lambda: server.answers("/"), 20, what="the default server")
+        r = requests.get("http://127.0.0.1:8080/", timeout=10)
+        assert r.status_code == 200 and "ngxsim is running" in r.text and r.headers["X-Worker-Pid"]
+        r = requests.post("http://127.0.0.1:8080/internal/worker-events", json={"type": "hello"}, timeout=10)
+        assert r.status_code == 201 and r.json()["channel"] == "default"
+    finally:
+        server.stop()
