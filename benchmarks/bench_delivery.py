@@ -73,6 +73,16 @@ def attach_ring(server) -> Ring:
     return Ring(attach_zone(instance, "bus", spec.size, spec.tag), RING)
 
 
+def latency_to_all(folder: Path) -> list[float]:
+    """Microseconds until the last of the WORKERS receivers had each sample, from the
+    (generation, latency ns) records they wrote to folder/*.lat; partial samples are dropped."""
+    per_gen: dict[int, list[int]] = {}
+    for path in folder.glob("*.lat"):
+        for gen, ns in _REC.iter_unpack(path.read_bytes()):
+            per_gen.setdefault(gen, []).append(ns)
+    return [max(v) / 1000 for v in per_gen.values() if len(v) == WORKERS]
+
+
 def spaced(n: int):
     """Publish moments ~2 ms apart, with jitter, so wake-ups do not coalesce."""
     for _ in range(n):
@@ -102,12 +112,7 @@ def ngxsim_latency(folder: Path, samples: int, busy: bool, switch: str = "1ms") 
         ring.zone.close()
     finally:
         server.stop()
-    per_gen: dict[int, list[int]] = {}
-    for path in out.glob("*.lat"):
-        data = path.read_bytes()
-        for gen, ns in _REC.iter_unpack(data):
-            per_gen.setdefault(gen, []).append(ns)
-    complete = [max(v) / 1000 for v in per_gen.values() if len(v) == WORKERS]
+    complete = latency_to_all(out)
     assert len(complete) == samples, f"{len(complete)} of {samples} events reached all {WORKERS} workers"
     return complete
 
@@ -182,11 +187,7 @@ def redis_latency(folder: Path, samples: int) -> list[float] | None:
         for pid in pids:
             os.waitpid(pid, 0)
         pids.clear()
-        per_gen: dict[int, list[int]] = {}
-        for path in out.glob("*.lat"):
-            for gen, ns in _REC.iter_unpack(path.read_bytes()):
-                per_gen.setdefault(gen, []).append(ns)
-        return [max(v) / 1000 for v in per_gen.values() if len(v) == WORKERS]
+        return latency_to_all(out)
     finally:
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
@@ -245,11 +246,7 @@ def poll_latency(folder: Path, samples: int) -> list[float]:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
         server.stop()
-    per_gen: dict[int, list[int]] = {}
-    for path in out.glob("*.lat"):
-        for gen, ns in _REC.iter_unpack(path.read_bytes()):
-            per_gen.setdefault(gen, []).append(ns)
-    return [max(v) / 1000 for v in per_gen.values() if len(v) == WORKERS]
+    return latency_to_all(out)
 
 
 # -- burst --------------------------------------------------------------------------------------

@@ -136,19 +136,30 @@ def test_a_config_error_stops_the_server_with_nginx_wording(tmp_path, mode):
     assert f'unknown directive "nope" in {server.conf}:4' in server.output()
 
 
+def _ngxsim_t(path):
+    return subprocess.run([sys.executable, "-m", "ngxsim.cli", "-t", "-c", str(path)], capture_output=True, text=True,
+                          timeout=60)
+
+
 def test_ngxsim_t(tmp_path):
     good = tmp_path / "good.conf"
     good.write_text("load_module worker_events;\nhttp { server { listen 127.0.0.1:1; } }\n")
-    run = subprocess.run([sys.executable, "-m", "ngxsim.cli", "-t", "-c", str(good)], capture_output=True, text=True, timeout=60)
+    run = _ngxsim_t(good)
     assert run.returncode == 0
     assert f"ngxsim: the configuration file {good} syntax is ok" in run.stderr
     assert f"ngxsim: configuration file {good} test is successful" in run.stderr
     bad = tmp_path / "bad.conf"
     bad.write_text("http {\n  server {\n    listen 1 2 3;\n  }\n}\n")
-    run = subprocess.run([sys.executable, "-m", "ngxsim.cli", "-t", "-c", str(bad)], capture_output=True, text=True, timeout=60)
+    run = _ngxsim_t(bad)
     assert run.returncode == 1
     assert f'ngxsim: [emerg] invalid number of arguments in "listen" directive in {bad}:3' in run.stderr
     assert f"configuration file {bad} test failed" in run.stderr
+    api = tmp_path / "api.conf"  # a module's own check runs under -t too
+    api.write_text("load_module worker_events;\nhttp {\n server {\n  location /e {\n   worker_events_api;\n"
+                   "   worker_events_zone bus;\n  }\n }\n}\n")
+    run = _ngxsim_t(api)
+    assert run.returncode == 1
+    assert f'"worker_events_api" requires "worker_events_channel" in {api}:5' in run.stderr
 
 
 def test_ngxsim_with_no_config_serves_the_embedded_default(tmp_path):
