@@ -25,8 +25,8 @@ from typing import Callable
 from .conf.loader import Configuration, load_configuration
 from .http.app import HttpCore, NgxsimFlask
 from .http.logs import log, setup_error_log
-from .modules import TRACE_ENV
 from .instance import MASTER, STANDALONE, WORKER, Instance, current_instance
+from .modules import TRACE_ENV
 from .shm import Zone, attach_zone, ensure_janitor, remove_stale_zone_files, remove_zone_files
 
 CONF_ENV = "NGXSIM_CONF"

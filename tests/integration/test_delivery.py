@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 
-from helpers import seen_pids, wait_for
+from helpers import wait_for
 from ngxsim.core.conf.loader import load_configuration
 from ngxsim.core.instance import Instance, process_start_time
 from ngxsim.core.shm import attach_zone
@@ -193,10 +193,14 @@ def test_long_poll_returns_on_publish_well_before_its_deadline(start, worker_cla
 
 def test_long_poll_returns_empty_at_its_deadline_and_ignores_other_channels(start):
     server = start(conf(), worker_class="gthread")
-    started = time.monotonic()
-    r = server.get(f"{API}?since=0&wait=1&channel=elsewhere")
-    publish(server)  # noqa: this one is after; the wait above saw none of its channel
-    assert r.json()["events"] == [] and 0.9 < time.monotonic() - started < 5
+    out = []
+    waiter = threading.Thread(target=_timed_get, args=(server, f"{API}?since=0&wait=1.5&channel=elsewhere", out))
+    waiter.start()
+    time.sleep(0.3)
+    publish(server, payload="not-for-this-channel")  # wakes the poller, which must go back to waiting
+    waiter.join(10)
+    elapsed, r = out[0]
+    assert r.json()["events"] == [] and 1.4 < elapsed < 5
 
 
 def _tail(server, target, since, count, publish_after):
