@@ -38,6 +38,25 @@ def create_plugin_manager() -> pluggy.PluginManager:
     return pm
 
 
+def tracing() -> bool:
+    return bool(os.environ.get(TRACE_ENV))
+
+
+def call_impl(impl, **kwargs):
+    """Call one hook implementation by itself, with the arguments it declares.
+
+    The core does this where it needs what a plain hook call cannot give: each module's answer
+    attributed to it (directives), nginx's module order (postconfiguration), or one module's
+    failure kept from the others (event delivery). Traced like a hook call under
+    ``NGXSIM_TRACE_HOOKS``.
+    """
+    args = [kwargs[name] for name in impl.argnames]
+    if tracing():
+        shown = ", ".join(f"{n}={kwargs[n]!r}" for n in impl.argnames)
+        sys.stderr.write(f"{impl.function.__name__} [{impl.plugin_name}] {shown}\n")
+    return impl.function(*args)
+
+
 def load_module(name: str) -> object:
     """Resolve ``load_module NAME``: entry point first, dotted import path second.
 

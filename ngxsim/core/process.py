@@ -26,7 +26,7 @@ from .conf.loader import Configuration, load_configuration
 from .http.app import HttpCore, NgxsimFlask
 from .http.logs import log, setup_error_log
 from .instance import MASTER, STANDALONE, WORKER, Instance, current_instance
-from .modules import TRACE_ENV
+from .modules import tracing
 from .shm import Zone, attach_zone, ensure_janitor, remove_stale_zone_files, remove_zone_files
 
 CONF_ENV = "NGXSIM_CONF"
@@ -146,7 +146,7 @@ class Runtime:
         firstresult hook call, without pluggy's per-call machinery (a third of a publish).
         Tracing, wrappers or several implementations take the regular hook path."""
         impls = self.hook.ngxsim_publish.get_hookimpls()
-        if len(impls) != 1 or os.environ.get(TRACE_ENV):
+        if len(impls) != 1 or tracing():
             return None
         impl = impls[0]
         if impl.hookwrapper or impl.wrapper or tuple(impl.argnames) != ("runtime", "zone", "channel", "type", "payload"):

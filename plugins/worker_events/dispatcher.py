@@ -25,6 +25,7 @@ from typing import Callable
 from ngxsim.core.events import Event, Gap, Subscription
 from ngxsim.core.http.logs import log
 from ngxsim.core.instance import process_start_time
+from ngxsim.core.modules import call_impl, tracing
 from ngxsim.core.shm import Wait
 
 from .ring import Ring
@@ -33,15 +34,12 @@ SAFETY_TIMEOUT = 1.0
 _NOT_READY_RETRIES = 1000
 
 
-def call_impl(impl, **kwargs):
-    """Call one pluggy hook implementation with the arguments it declares."""
-    return impl.function(*(kwargs[name] for name in impl.argnames))
-
-
 def bind_impl(impl, first: str, second: str) -> Callable:
     """``f(a, b)`` that calls the hook implementation with the part of ``first=a, second=b``
     it declares (pluggy lets an implementation take any subset), without building keyword
-    dicts on every event."""
+    dicts on every event. Under ``NGXSIM_TRACE_HOOKS`` every call is traced instead."""
+    if tracing():
+        return lambda a, b: call_impl(impl, **{first: a, second: b})
     fn, names = impl.function, tuple(impl.argnames)
     if names == (first, second):
         return fn
@@ -154,7 +152,11 @@ class Dispatcher:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the thread (woken, joined, bounded) and give the worker slot back."""
         self._stopping.set()
+        if self._thread is not None and self._thread.is_alive():
+            self.ring.zone.doorbell.wake()  # a wake without news: others look, find none, sleep
+            self._thread.join(2 * SAFETY_TIMEOUT)
         if self.slot is not None:
             self.ring.release_slot(self.slot, self.pid)
             self.slot = None
@@ -170,7 +172,7 @@ class Dispatcher:
                     self.drain()
                 except Exception:  # never let the dispatcher die: log and keep listening
                     log.exception("worker_events: dispatcher of zone %s failed", self.zone)
-                if bell.wait(seen, timeout, registered=True) is Wait.WOKEN:
+                if bell.wait(seen, timeout, registered=True) is Wait.WOKEN and bell.value != seen:
                     self.wakeups += 1  # a real sleep ended by a publish (not a look that found news)
         finally:
             bell.unregister()

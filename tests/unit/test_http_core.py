@@ -171,3 +171,39 @@ def test_default_config_serves_something_useful(monkeypatch, shm_leftovers):
         assert c.get("/internal/worker-events").get_json()["newest_generation"] == 1
     finally:
         app.runtime.close()
+
+
+def test_module_header_filters_run_after_add_header_on_their_locations(make_app):
+    c = make_app("""
+load_module ngxsim_test_filter;
+http {
+    server {
+        listen 127.0.0.1:8080;
+        location /f { add_header X-Core core; test_filter one; return 200 x; }
+        location /plain { return 200 y; }
+    }
+}""")
+    assert c.get("/f").headers["X-Filtered"] == "one 200 core"
+    assert "X-Filtered" not in c.get("/plain").headers
+
+
+def test_trace_env_writes_every_hook_call(tmp_path, monkeypatch, capfd):
+    from ngxsim.core.conf.loader import load_configuration
+
+    monkeypatch.setenv("NGXSIM_TRACE_HOOKS", "1")
+    load_configuration("/p/t.conf", text="load_module worker_events;")
+    err = capfd.readouterr().err
+    assert "ngxsim_postconfiguration" in err and "ngxsim_content_handler" not in err  # no locations
+
+
+def test_ngxsim_modules_lists_installed_and_loaded_modules(tmp_path):
+    import subprocess
+    import sys
+
+    conf = tmp_path / "m.conf"
+    conf.write_text("load_module worker_events;\nhttp { worker_events_zone bus; }\n")
+    out = subprocess.run([sys.executable, "-m", "ngxsim.cli", "modules", "-c", str(conf)], capture_output=True,
+                         text=True, timeout=60).stdout
+    assert "worker_events        ngxsim_plugins.worker_events" in out
+    assert "worker_events_api" in out and "ngxsim_publish" in out
+    assert "zone bus:" in out

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import pluggy
 
-from ..modules import create_plugin_manager, load_module
+from ..modules import call_impl, create_plugin_manager, load_module
 from .directive import LOCATION, MAIN, Directive, DirectiveTable
 from .errors import ConfigError
 from .parser import Statement, parse_file, parse_text
@@ -138,7 +138,7 @@ def load_configuration(path: str | None = None, text: str | None = None) -> Conf
 
     table = DirectiveTable()
     for impl in pm.hook.ngxsim_directives.get_hookimpls():
-        impl.function(register=table.registrar(pm.get_name(impl.plugin)))
+        call_impl(impl, register=table.registrar(impl.plugin_name))
     table.frozen = True
 
     main = Block(MAIN, None, None)
@@ -149,7 +149,7 @@ def load_configuration(path: str | None = None, text: str | None = None) -> Conf
     # module can rely on what the modules loaded before it declared (e.g. their zones)
     rank = {name: i for i, (name, _) in enumerate(modules)}
     for impl in sorted(pm.hook.ngxsim_postconfiguration.get_hookimpls(), key=lambda i: rank[i.plugin_name]):
-        impl.function(*(dict(config=config)[arg] for arg in impl.argnames))
+        call_impl(impl, config=config)
     for loc in config.blocks(LOCATION):
         loc.stash["core.handler"] = pm.hook.ngxsim_content_handler(location=loc, config=config)
         # pluggy calls the last registered first; filters run in load order
