@@ -72,6 +72,8 @@ class LivenessWatch:
                     os.close(self._fds.pop(key))
                 else:
                     live.add(key)
+            for key in set(self._fds) - set(procs):  # no longer asked about: let go of its fd
+                os.close(self._fds.pop(key))
             return live
 
     def _open(self, pid: int, start: int) -> int | None:

@@ -225,3 +225,19 @@ def test_janitor_removes_zone_files_when_the_master_exits(shm_leftovers):
     assert _exit_status(pid) == 0
     wait_for(lambda: not any(e.startswith(f"ngxsim.{pid}.") for e in os.listdir("/dev/shm")), 10,
              what="the janitor to remove the zone files")
+
+
+def test_liveness_watch_sees_exits_and_keeps_no_fd_it_no_longer_needs():
+    from ngxsim.core.instance import LivenessWatch
+
+    watch = LivenessWatch()
+    r, w = os.pipe()
+    pid = _child(lambda: os.read(r, 1))
+    me = (os.getpid(), process_start_time(os.getpid()))
+    child = (pid, process_start_time(pid))
+    assert watch.alive([me, child]) == {me, child}
+    os.write(w, b"x")
+    assert _exit_status(pid) == 0
+    assert watch.alive([me, child]) == {me}
+    assert watch.alive([(me[0], me[1] + 1)]) == set()  # same pid, another start time: not us
+    assert watch.alive([]) == set() and watch._fds == {}
