@@ -62,9 +62,6 @@ class Subscriber:
     def wants_zone(self, zone: str) -> bool:
         return self.subscriptions is None or any(s.zone == zone for s in self.subscriptions)
 
-    def wants(self, zone: str, channel: str) -> bool:
-        return self.subscriptions is None or any(s.wants(zone, channel) for s in self.subscriptions)
-
     def replays(self, zone: str) -> bool:
         return self.subscriptions is not None and any(s.zone == zone and s.replay for s in self.subscriptions)
 
