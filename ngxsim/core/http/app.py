@@ -56,7 +56,10 @@ class HttpCore:
                 block.stash["core.plan"] = _Plan(block, logs)
 
     def handle(self, environ: dict, req) -> Response:
-        self.runtime.enter_request()
+        try:
+            self.runtime.enter_request()
+        except Exception:  # a module's request-start work failed: say so, serve the request anyway
+            log.exception("request start failed for %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
         ctx = RequestContext(environ, req, self.runtime)
         ctx.secret_args = self.secrets
         server = self.servers.select(*ctx.local_addr, ctx.host) if self.servers else None
