@@ -192,50 +192,41 @@ class Ring:
         after it, the oldest ``limit`` first (so a client pages forward). ``missed`` counts the
         generations after ``since`` that the ring no longer holds.
         """
-        newest = self.newest
-        oldest = self.oldest_for(newest)
-        events: list[Event] = []
-        missed = 0
-        if newest == 0 or limit == 0:
-            return Scan(events, newest, oldest, 0)
-        if since is not None:
-            first = since + 1
-            if first < oldest:
-                missed = oldest - first
-                first = oldest
-            gen = first
-            while gen <= newest and (limit is None or len(events) < limit):
-                ev = self.read(gen)
-                if ev is None:
-                    missed += 1  # overwritten between our look at newest and now
-                elif channel is None or ev.channel == channel:
-                    events.append(ev)
-                gen += 1
-            return Scan(events, newest, oldest, missed)
-        gen = newest
-        while gen >= oldest and (limit is None or len(events) < limit):
-            ev = self.read(gen)
-            if ev is None:
-                break  # from here down the writers have lapped us: everything older is gone
-            if channel is None or ev.channel == channel:
-                events.append(ev)
-            gen -= 1
-        events.reverse()
-        return Scan(events, newest, oldest, 0)
+        return Scan(*self._walk(since, limit, channel, self._event_of))
 
     def json_scan(self, since: int | None = None, limit: int | None = None, channel: str | None = None):
-        """Like ``scan`` but returns each event as its JSON text: (texts, newest, oldest, missed).
+        """Like ``scan`` but gives each event as its JSON text: (texts, newest, oldest, missed).
 
         Serves the API: a generation's JSON is made once per process and reused while the ring
         holds it (``oldest`` is arithmetic on ``newest``, so a cached event is known to be still
         there without touching its slot)."""
-        cache = self._json
+        texts, newest, oldest, missed = self._walk(since, limit, channel, self._json_of)
+        if len(self._json) > min(self.capacity, _JSON_CACHE_MAX) + 256:
+            self._prune_json(oldest)
+        return texts, newest, oldest, missed
+
+    def _event_of(self, gen: int) -> tuple[str, Event] | None:
+        event = self.read(gen)
+        return None if event is None else (event.channel, event)
+
+    def _json_of(self, gen: int) -> tuple[str, str] | None:
+        hit = self._json.get(gen)
+        if hit is None:
+            event = self.read(gen)
+            if event is None:
+                return None
+            hit = self._json[gen] = (event.channel, json.dumps(event.as_json(), separators=(",", ":"), ensure_ascii=False))
+        return hit
+
+    def _walk(self, since, limit, channel, fetch):
+        """The one scan behind ``scan`` and ``json_scan``: ``fetch(gen)`` gives (channel, item)
+        or None when the slot no longer holds ``gen``. Returns (items, newest, oldest, missed)."""
         newest = self.newest
         oldest = self.oldest_for(newest)
-        texts: list[str] = []
+        items: list = []
         missed = 0
         if newest == 0 or limit == 0:
-            return texts, newest, oldest, 0
+            return items, newest, oldest, 0
         if since is not None:
             first = since + 1
             if first < oldest:
@@ -244,24 +235,18 @@ class Ring:
         else:
             gens = range(newest, oldest - 1, -1)
         for gen in gens:
-            if limit is not None and len(texts) >= limit:
+            if limit is not None and len(items) >= limit:
                 break
-            hit = cache.get(gen)
+            hit = fetch(gen)
             if hit is None:
-                event = self.read(gen)
-                if event is None:
-                    if since is None:
-                        break  # lapped: everything older is gone too
-                    missed += 1
-                    continue
-                hit = cache[gen] = (event.channel, json.dumps(event.as_json(), separators=(",", ":"), ensure_ascii=False))
-            if channel is None or hit[0] == channel:
-                texts.append(hit[1])
+                if since is None:
+                    break  # newest first: from here down the writers have lapped us, all is gone
+                missed += 1  # overwritten between our look at newest and now
+            elif channel is None or hit[0] == channel:
+                items.append(hit[1])
         if since is None:
-            texts.reverse()
-        if len(cache) > min(self.capacity, _JSON_CACHE_MAX) + 256:
-            self._prune_json(oldest)
-        return texts, newest, oldest, missed
+            items.reverse()
+        return items, newest, oldest, missed
 
     def _prune_json(self, oldest: int) -> None:
         """Forget what the ring no longer holds, and keep at most _JSON_CACHE_MAX entries (a
