@@ -148,12 +148,17 @@ class Dispatcher:
         self._thread = threading.Thread(target=self._run, name=f"ngxsim-events-{self.zone}", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop the thread (woken, joined, bounded) and give the worker slot back."""
+    def stop_thread(self) -> None:
+        """Stop the dispatcher thread (woken, joined, bounded); the worker stays listed and
+        requests still drain pending events."""
         self._stopping.set()
         if self._thread is not None and self._thread.is_alive():
             self.ring.zone.doorbell.wake()  # a wake without news: others look, find none, sleep
             self._thread.join(2 * SAFETY_TIMEOUT)
+
+    def stop(self) -> None:
+        """Stop the thread and give the worker slot back."""
+        self.stop_thread()
         if self.slot is not None:
             self.ring.release_slot(self.slot, self.pid)
             self.slot = None

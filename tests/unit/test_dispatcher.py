@@ -50,9 +50,7 @@ def make(tmp_path, shm_leftovers, monkeypatch):
 
 def _stop_thread(dispatcher):
     """Silence the dispatcher thread so that only explicit drains deliver."""
-    dispatcher._stopping.set()
-    dispatcher.ring.zone.doorbell.ring()
-    dispatcher._thread.join(5)
+    dispatcher.stop_thread()
     assert not dispatcher._thread.is_alive()
 
 
