@@ -10,10 +10,11 @@ import sys
 
 from .core.conf.errors import ConfigError
 from .core.process import build_application
+from .core.shm import ZoneError
 
 try:
     application = build_application()
-except ConfigError as exc:
+except (ConfigError, ZoneError) as exc:  # a bad config, or shared memory that cannot be had
     print(f"ngxsim: [emerg] {exc}", file=sys.stderr, flush=True)
     # gunicorn's "app failed to load" exit code: the arbiter stops instead of respawning
     raise SystemExit(4) from None

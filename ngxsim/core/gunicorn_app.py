@@ -16,7 +16,7 @@ from gunicorn.config import KNOWN_SETTINGS
 from .conf.errors import ConfigError
 from .instance import MASTER, current_instance
 from .process import Runtime, load
-from .shm import JANITOR_MARKER, remove_zone_files
+from .shm import JANITOR_MARKER, ZoneError, remove_zone_files
 
 _SETTINGS = {s.name for s in KNOWN_SETTINGS}
 GUNICORN_LEVELS = {"debug": "debug", "info": "info", "notice": "info", "warn": "warning", "error": "error",
@@ -35,13 +35,24 @@ class NgxsimApplication(BaseApplication):
             config = load(self.path)
         except ConfigError as exc:
             if self.runtime is None:
-                raise
+                print(f"ngxsim: [emerg] {exc}", file=sys.stderr, flush=True)
+                raise SystemExit(1) from None
             print(f"ngxsim: [emerg] {exc}; reload rejected, the running configuration stays", file=sys.stderr, flush=True)
             config = None
         if config is not None:
             old = self.runtime
             runtime = Runtime(config, old.instance if old else current_instance(MASTER))
-            runtime.start_instance()
+            try:
+                runtime.start_instance()
+            except ZoneError as exc:
+                if old is None:
+                    # gunicorn would print a bare "Error:" line for anything raised here
+                    print(f"ngxsim: [emerg] {exc}", file=sys.stderr, flush=True)
+                    raise SystemExit(1) from None
+                print(f"ngxsim: [emerg] {exc}; reload rejected, the running configuration stays",
+                      file=sys.stderr, flush=True)
+                self._apply(old)
+                return
             if old is not None:
                 remove_zone_files(runtime.instance, keep={spec.name for spec in config.zones} | {JANITOR_MARKER})
                 for zone in old.zones.values():
@@ -89,10 +100,5 @@ class NgxsimApplication(BaseApplication):
 
 
 def serve(path: str | None) -> int:
-    try:
-        app = NgxsimApplication(path)
-    except ConfigError as exc:
-        print(f"ngxsim: [emerg] {exc}", file=sys.stderr, flush=True)
-        return 1
-    app.run()
+    NgxsimApplication(path).run()  # a bad config or zone exits 1 with nginx's message
     return 0

@@ -192,6 +192,10 @@ class Doorbell:
 # ------------------------------------------------------------------------------------------
 
 
+class ZoneError(RuntimeError):
+    """A zone cannot be created or attached (e.g. the shared memory is full)."""
+
+
 class Zone:
     """One attached zone in this process."""
 
@@ -317,7 +321,13 @@ def _claim(fd: int, path: str, size: int, header: bytes) -> bool | None:
     except FileNotFoundError:
         return None
     if st.st_size == 0:
-        os.ftruncate(fd, size)
+        try:
+            # reserve the memory now: a sparse file on a full tmpfs would SIGBUS a worker the
+            # first time it touched an unbacked page, long after start
+            os.posix_fallocate(fd, 0, size)
+        except OSError as exc:
+            os.unlink(path)
+            raise ZoneError(f"cannot reserve {size} bytes for zone file {path}: {exc.strerror}") from None
         os.pwrite(fd, header, 0)
         return True
     if st.st_size != size or os.pread(fd, len(header), 0) != header:

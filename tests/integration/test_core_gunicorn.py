@@ -191,3 +191,21 @@ def test_ngxsim_with_no_config_serves_the_embedded_default(tmp_path):
         assert r.status_code == 201 and r.json()["channel"] == "default"
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("mode", ["gunicorn", "ngxsim"])
+def test_a_zone_that_cannot_be_had_stops_the_server_with_a_clear_message(tmp_path, mode):
+    from helpers import start_server
+
+    size_g = os.statvfs("/dev/shm").f_blocks * os.statvfs("/dev/shm").f_frsize // (1 << 30) + 2
+    server = start_server(tmp_path, f"load_module ngxsim_test_zone;\nhttp {{\n test_zone huge {size_g}g;\n"
+                          "  server { listen 127.0.0.1:{port}; }\n}\n", workers=2, mode=mode, wait_ready=False)
+    try:
+        server.proc.wait(30)
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait(5)
+    assert server.proc.returncode != 0
+    assert "ngxsim: [emerg] cannot reserve" in server.output() and "No space left on device" in server.output()
+    assert not [e for e in os.listdir("/dev/shm") if e.startswith(f"ngxsim.{server.proc.pid}.") and e.endswith(".huge")]

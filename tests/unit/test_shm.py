@@ -11,7 +11,7 @@ import time
 import pytest
 
 from ngxsim.core.instance import STANDALONE, Instance, current_instance, process_start_time
-from ngxsim.core.shm import HEADER_SIZE, Wait, attach_zone, remove_stale_zone_files, remove_zone_files, zone_path
+from ngxsim.core.shm import HEADER_SIZE, Wait, ZoneError, attach_zone, remove_stale_zone_files, remove_zone_files, zone_path
 
 from helpers import wait_for
 
@@ -241,3 +241,11 @@ def test_liveness_watch_sees_exits_and_keeps_no_fd_it_no_longer_needs():
     assert watch.alive([me, child]) == {me}
     assert watch.alive([(me[0], me[1] + 1)]) == set()  # same pid, another start time: not us
     assert watch.alive([]) == set() and watch._fds == {}
+
+
+def test_a_zone_larger_than_the_shared_memory_fails_at_once_and_leaves_no_file(instance):
+    total = os.statvfs("/dev/shm")
+    too_big = (total.f_blocks * total.f_frsize) + (1 << 30)
+    with pytest.raises(ZoneError, match="cannot reserve .* bytes for zone file"):
+        attach_zone(instance, "huge", too_big)
+    assert not os.path.exists(zone_path(instance, "huge"))
