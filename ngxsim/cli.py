@@ -108,6 +108,7 @@ def tail(target: str, channel: str | None, since: int | None, count: int | None,
         retry = 0.2
         if state.get("missed"):
             print(f"ngxsim: missed {state['missed']} event(s) overwritten before they were read", file=sys.stderr, flush=True)
+            since = max(since, state["oldest_generation"] - 1)  # say it once, not on every poll
         if since > state["newest_generation"]:
             print("ngxsim: the ring restarted (newest generation went back); following from its start", file=sys.stderr, flush=True)
             since = 0
