@@ -220,3 +220,24 @@ def test_a_worker_with_listeners_sets_the_gil_switch_interval(tmp_path, shm_left
     finally:
         app.runtime.close()
     assert sys.getswitchinterval() == before
+
+
+def test_error_log_gets_a_failing_subscriber_with_its_generation(tmp_path, shm_leftovers):
+    log_path = tmp_path / "error.log"
+    path = tmp_path / "e.conf"
+    path.write_text(f"load_module worker_events;\nload_module ngxsim_test_raiser;\nerror_log {log_path} warn;\n"
+                    "http { worker_events_zone bus; server { listen 127.0.0.1:8080; } }")
+    app = build_application(str(path))
+    try:
+        dispatcher = state(app.runtime).dispatchers["bus"]
+        _stop_thread(dispatcher)
+        app.runtime.publish("bus", "c", "boom", "")
+        dispatcher.drain()
+        text = log_path.read_text()
+        assert "[ERROR]" in text and "module ngxsim_test_raiser failed on generation 1 of zone bus" in text
+        assert "RuntimeError: boom at generation 1" in text
+    finally:
+        app.runtime.close()
+        from ngxsim.core.http.logs import setup_error_log
+
+        setup_error_log(("stderr", "error"))  # give the process's logger back
