@@ -35,7 +35,6 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 import weakref
 
 from .instance import Instance, alive
@@ -397,13 +396,3 @@ def ensure_janitor(instance: Instance) -> bool:
     )
     proc.wait(timeout=30)  # the janitor forks and its first process exits at once
     return True
-
-
-def wait_janitor_done(instance: Instance, timeout: float = 10.0) -> bool:
-    """For tests and the CLI: wait until an exited instance's files are gone."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not any(_FILE.fullmatch(e) and e.startswith(PREFIX + instance.tag + ".") for e in _entries()):
-            return True
-        time.sleep(0.02)
-    return False

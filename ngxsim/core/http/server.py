@@ -165,9 +165,6 @@ class ServerTable(Generic[T]):
                     self._any.default = item
         self._any.add(names, item)
 
-    def addresses(self) -> list[tuple[str, int]]:
-        return list(self._by_address)
-
     def select(self, local_ip: str, local_port: int, host: str) -> T | None:
         index = self._by_address.get((local_ip, local_port)) or self._by_address.get(("*", local_port)) or self._any
         return index.lookup(host.lower())
