@@ -120,12 +120,11 @@ http {
     assert server.get("/", headers={"Host": "unknown"}).text == "b"
 
 
-@pytest.mark.parametrize("mode", ["gunicorn", "ngxsim"])
-def test_a_config_error_stops_the_server_with_nginx_wording(tmp_path, mode):
+def _failed_start(tmp_path, conf_text, mode):
+    """Start a server that must refuse to start; wait (bounded) for it to exit non-zero."""
     from helpers import start_server
 
-    server = start_server(tmp_path, "http {\n  server {\n    listen 127.0.0.1:{port};\n    nope;\n  }\n}\n",
-                          workers=2, mode=mode, wait_ready=False)
+    server = start_server(tmp_path, conf_text, workers=2, mode=mode, wait_ready=False)
     try:
         server.proc.wait(30)
     finally:
@@ -133,6 +132,12 @@ def test_a_config_error_stops_the_server_with_nginx_wording(tmp_path, mode):
             server.proc.kill()
             server.proc.wait(5)
     assert server.proc.returncode != 0
+    return server
+
+
+@pytest.mark.parametrize("mode", ["gunicorn", "ngxsim"])
+def test_a_config_error_stops_the_server_with_nginx_wording(tmp_path, mode):
+    server = _failed_start(tmp_path, "http {\n  server {\n    listen 127.0.0.1:{port};\n    nope;\n  }\n}\n", mode)
     assert f'unknown directive "nope" in {server.conf}:4' in server.output()
 
 
@@ -195,17 +200,8 @@ def test_ngxsim_with_no_config_serves_the_embedded_default(tmp_path):
 
 @pytest.mark.parametrize("mode", ["gunicorn", "ngxsim"])
 def test_a_zone_that_cannot_be_had_stops_the_server_with_a_clear_message(tmp_path, mode):
-    from helpers import start_server
-
     size_g = os.statvfs("/dev/shm").f_blocks * os.statvfs("/dev/shm").f_frsize // (1 << 30) + 2
-    server = start_server(tmp_path, f"load_module ngxsim_test_zone;\nhttp {{\n test_zone huge {size_g}g;\n"
-                          "  server { listen 127.0.0.1:{port}; }\n}\n", workers=2, mode=mode, wait_ready=False)
-    try:
-        server.proc.wait(30)
-    finally:
-        if server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait(5)
-    assert server.proc.returncode != 0
+    server = _failed_start(tmp_path, f"load_module ngxsim_test_zone;\nhttp {{\n test_zone huge {size_g}g;\n"
+                           "  server { listen 127.0.0.1:{port}; }\n}\n", mode)
     assert "ngxsim: [emerg] cannot reserve" in server.output() and "No space left on device" in server.output()
     assert not [e for e in os.listdir("/dev/shm") if e.startswith(f"ngxsim.{server.proc.pid}.") and e.endswith(".huge")]
