@@ -33,32 +33,25 @@ class NgxsimApplication(BaseApplication):
     def load_config(self) -> None:
         try:
             config = load(self.path)
-        except ConfigError as exc:
-            if self.runtime is None:
-                print(f"ngxsim: [emerg] {exc}", file=sys.stderr, flush=True)
-                raise SystemExit(1) from None
-            print(f"ngxsim: [emerg] {exc}; reload rejected, the running configuration stays", file=sys.stderr, flush=True)
-            config = None
-        if config is not None:
-            old = self.runtime
-            runtime = Runtime(config, old.instance if old else current_instance(MASTER))
-            try:
-                runtime.start_instance()
-            except ZoneError as exc:
-                if old is None:
-                    # gunicorn would print a bare "Error:" line for anything raised here
-                    print(f"ngxsim: [emerg] {exc}", file=sys.stderr, flush=True)
-                    raise SystemExit(1) from None
-                print(f"ngxsim: [emerg] {exc}; reload rejected, the running configuration stays",
-                      file=sys.stderr, flush=True)
-                self._apply(old)
-                return
-            if old is not None:
+            runtime = Runtime(config, self.runtime.instance if self.runtime else current_instance(MASTER))
+            runtime.start_instance()
+        except (ConfigError, ZoneError) as exc:
+            self._reject(exc)
+        else:
+            if self.runtime is not None:
                 remove_zone_files(runtime.instance, keep={spec.name for spec in config.zones} | {JANITOR_MARKER})
-                for zone in old.zones.values():
+                for zone in self.runtime.zones.values():
                     zone.close()
             self.runtime = runtime
         self._apply(self.runtime)
+
+    def _reject(self, exc: Exception) -> None:
+        """A config (or its zones) that cannot be served: stop at start, keep the old on reload.
+        The message is printed here: gunicorn would print a bare "Error:" line."""
+        if self.runtime is None:
+            print(f"ngxsim: [emerg] {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(1)
+        print(f"ngxsim: [emerg] {exc}; reload rejected, the running configuration stays", file=sys.stderr, flush=True)
 
     def _apply(self, runtime: Runtime) -> None:
         config = runtime.config
