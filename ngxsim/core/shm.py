@@ -88,18 +88,12 @@ class Wait(enum.IntEnum):
 
 
 @functools.lru_cache(maxsize=64)
-def _timespec_cached(timeout: float):
-    sec = int(timeout)
-    return ctypes.pointer(_Timespec(sec, int((timeout - sec) * 1e9)))
-
-
 def _timespec(timeout: float | None):
-    """A relative timeout for FUTEX_WAIT (the dispatcher's constant one is made once)."""
+    """A relative timeout for FUTEX_WAIT, made once per distinct value (the dispatcher's is
+    a constant). The kernel only reads it, so threads may share one."""
     if timeout is None:
         return None
     timeout = max(timeout, 0.0)
-    if timeout == int(timeout):
-        return _timespec_cached(timeout)
     sec = int(timeout)
     return ctypes.pointer(_Timespec(sec, int((timeout - sec) * 1e9)))
 
