@@ -15,6 +15,7 @@ import time
 from werkzeug.wrappers import Response
 
 from ngxsim import Event, json_error, json_response
+from ngxsim.core.http.responses import compact_json
 
 from .ring import CHANNEL_MAX, encode_event
 from .state import state
@@ -90,7 +91,7 @@ class WorkerEventsApi:
             for s in ring.live_slots()
         ]
         # the events are JSON texts already (made once per process): splice them in
-        body = "".join((_dumps(head)[:-1], ',"events":[', ",".join(texts), '],"workers":', _dumps(workers), "}"))
+        body = "".join((compact_json(head)[:-1], ',"events":[', ",".join(texts), '],"workers":', compact_json(workers), "}"))
         return Response(body, status=200, content_type="application/json")
 
     @staticmethod
@@ -147,10 +148,6 @@ class WorkerEventsApi:
         timestamp = int(time.time() * 1000)
         gen = ring.publish(ch, ty, pl, timestamp)
         return json_response(Event(gen, self.zone, self.channel, event_type, payload, timestamp).as_json(), 201)
-
-
-def _dumps(value) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def _nonneg_int(args, name):

@@ -23,12 +23,12 @@ the zone lives (worker respawns included).
 
 from __future__ import annotations
 
-import json
 import struct
 import time
 from dataclasses import dataclass
 
 from ngxsim.core.events import Event
+from ngxsim.core.http.responses import compact_json
 from ngxsim.core.instance import LivenessWatch, alive
 from ngxsim.core.shm import Zone
 
@@ -215,7 +215,7 @@ class Ring:
             event = self.read(gen)
             if event is None:
                 return None
-            hit = self._json[gen] = (event.channel, json.dumps(event.as_json(), separators=(",", ":"), ensure_ascii=False))
+            hit = self._json[gen] = (event.channel, compact_json(event.as_json()))
         return hit
 
     def _walk(self, since, limit, channel, fetch):

@@ -8,8 +8,13 @@ from http import HTTPStatus
 from werkzeug.wrappers import Response
 
 
+def compact_json(value: object) -> str:
+    """The JSON text every ngxsim answer uses: no spaces, UTF-8 left as is."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
 def json_response(body: object, status: int = 200, headers: dict | None = None) -> Response:
-    data = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    data = compact_json(body)
     return Response(data, status=status, headers=headers, content_type="application/json")
 
 
