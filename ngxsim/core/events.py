@@ -57,6 +57,3 @@ class Subscription:
             object.__setattr__(self, "channels", (self.channels,))
         elif self.channels is not None:
             object.__setattr__(self, "channels", tuple(self.channels))
-
-    def wants(self, zone: str, channel: str) -> bool:
-        return zone == self.zone and (self.channels is None or channel in self.channels)
