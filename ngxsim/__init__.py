@@ -6,9 +6,11 @@ JSON API endpoint (``ApiError``, ``check_key``, ``read_json``, ``Methods``, ``qu
 """
 
 from .core.conf.directive import (
-    ARGS, FLAG, HTTP, LOCATION, MAIN, NUMBER, SERVER, SIZE, STRING, TIME, Directive,
+    ARGS, FLAG, HTTP, LOCATION, MAIN, NUMBER, SERVER, SIZE, STRING, TIME, Directive, OutOfRange, parse_number,
+    parse_size, parse_time,
 )
 from .core.conf.errors import ConfigError
+from .core.conf.zones import MAX_ZONE_SIZE
 from .core.events import Event, Gap, Subscription
 from .core.http.jsonapi import (
     ApiError, Methods, check_key, query_int, query_seconds, query_str, read_body, read_json, register_secret_arg,
@@ -19,7 +21,8 @@ from .hookspecs import hookimpl, hookspec
 __version__ = "0.1.0"
 
 __all__ = [
-    "ARGS", "FLAG", "HTTP", "LOCATION", "MAIN", "NUMBER", "SERVER", "SIZE", "STRING", "TIME",
+    "ARGS", "FLAG", "HTTP", "LOCATION", "MAIN", "MAX_ZONE_SIZE", "NUMBER", "SERVER", "SIZE", "STRING", "TIME",
+    "OutOfRange", "parse_number", "parse_size", "parse_time",
     "ApiError", "ConfigError", "Directive", "Event", "Gap", "Methods", "Subscription", "check_key", "hookimpl",
     "hookspec", "json_error", "json_response", "query_int", "query_seconds", "query_str", "read_body", "read_json",
     "register_secret_arg", "__version__",

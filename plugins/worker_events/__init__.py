@@ -15,8 +15,9 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from ngxsim import FLAG, HTTP, LOCATION, SERVER, TIME, Directive, hookimpl, register_secret_arg
-from ngxsim.core.conf.directive import parse_size
+from ngxsim import (
+    FLAG, HTTP, LOCATION, MAX_ZONE_SIZE, SERVER, TIME, Directive, OutOfRange, hookimpl, parse_number, parse_size, register_secret_arg,
+)
 from ngxsim.core.shm import HEADER_SIZE
 
 from .api import WorkerEventsApi
@@ -36,16 +37,18 @@ def _parse_zone(args: list[str]) -> tuple[str, int | None]:
     if len(args) == 1:
         return (name, None)
     try:
-        return (name, parse_size(args[1]))
+        return (name, parse_size(args[1], 1, MAX_ZONE_SIZE))
+    except OutOfRange as exc:
+        raise ValueError(f'invalid zone size "{args[1]}" in "worker_events_zone" directive: {exc}') from None
     except ValueError:
         raise ValueError(f'invalid zone size "{args[1]}" in "worker_events_zone" directive') from None
 
 
 def _parse_ring_size(args: list[str]) -> int:
-    text = args[0]
-    if not text.isdigit() or not 1 <= int(text) <= MAX_CAPACITY:
-        raise ValueError(f'"worker_events_ring_size" must be a number of entries from 1 to {MAX_CAPACITY}, not "{text}"')
-    return int(text)
+    try:
+        return parse_number(args[0], 1, MAX_CAPACITY)
+    except ValueError:
+        raise ValueError(f'"worker_events_ring_size" must be a number of entries from 1 to {MAX_CAPACITY}, not "{args[0]}"') from None
 
 
 def _parse_channel(args: list[str]) -> str:
@@ -76,6 +79,7 @@ def ngxsim_directives(register):
     register(Directive("worker_events_publish_key", (LOCATION,), 1, parse=_parse_key,
                        doc="POST needs ?key=SECRET"))
     register(Directive("worker_events_gil_switch_interval", (HTTP,), 1, type=TIME, default=DEFAULT_SWITCH_INTERVAL,
+                       range=(0, 1),
                        doc="Python's GIL switch interval in workers whose modules listen to events "
                            "(bounds how long a busy worker delays its dispatcher); 0 keeps Python's"))
 

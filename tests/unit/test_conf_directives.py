@@ -27,7 +27,7 @@ def error(text):
     ("worker_processes 2 { }", 'directive "worker_processes" is not terminated by ";" in /p/a.conf:1'),
     ("worker_processes 2;\nworker_processes 3;", '"worker_processes" directive is duplicate in /p/a.conf:2'),
     ("http { }\nhttp { }", '"http" directive is duplicate in /p/a.conf:2'),
-    ("worker_processes none;", 'invalid value "none" in "worker_processes" directive in /p/a.conf:1'),
+    ("worker_processes none;", 'invalid value "none" in "worker_processes" directive, it must be "auto" or from 1 to 1024 in /p/a.conf:1'),
     ("http {\n client_max_body_size 1x;\n}", '"client_max_body_size" directive invalid value "1x" in /p/a.conf:2'),
     ("http {\n server {\n  listen 80 ssl;\n }\n}", 'invalid parameter "ssl" in /p/a.conf:3'),
     ("http {\n server {\n  listen 127.0.0.1:99999;\n }\n}", 'invalid port in "127.0.0.1:99999" of the "listen" directive in /p/a.conf:3'),

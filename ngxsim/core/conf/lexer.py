@@ -75,6 +75,7 @@ def tokenize(text: str, file: str) -> Iterator[Token]:
                         close = text.find("}", i)
                         if close < 0:
                             raise ConfigError("the closing bracket in variable is missing", file, line)
+                        line += text.count("\n", i, close)  # the word may span lines
                         i = close + 1
                         continue
                     break

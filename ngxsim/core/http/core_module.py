@@ -7,10 +7,11 @@ It is registered in every plugin manager (``BUILTIN_MODULES``), so a config need
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 from ... import hookimpl
-from ..conf.directive import HTTP, LOCATION, MAIN, SERVER, SIZE, STRING, Directive
+from ..conf.directive import HTTP, LOCATION, MAIN, SERVER, SIZE, STRING, Directive, parse_number
 from ..conf.errors import ConfigError
 from .location import LocationMatcher, parse_location
 from .server import Listen, ServerTable, parse_listen, parse_server_name
@@ -22,6 +23,7 @@ HTTP_LEVELS = (HTTP, SERVER, LOCATION)
 WORKER_CLASSES = ("sync", "gthread")
 LOG_LEVELS = ("debug", "info", "notice", "warn", "error", "crit", "alert", "emerg")
 DEFAULT_LISTEN = Listen("127.0.0.1", 8080)
+MAX_WORKER_PROCESSES = 1024  # nginx's NGX_MAX_PROCESSES
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ def parse_return(args: list[str]) -> Return:
     first = args[0]
     if len(args) == 1 and first.startswith(("http://", "https://", "$scheme")):
         return Return(302, Template(first))
-    if not first.isdigit() or not 0 <= int(first) <= 999:
+    if not re.fullmatch("[0-9]{1,3}", first):
         raise ValueError(f'invalid return code "{first}"')
     return Return(int(first), Template(args[1]) if len(args) > 1 else None)
 
@@ -77,9 +79,11 @@ def parse_error_log(args: list[str]) -> tuple[str, str]:
 def parse_worker_processes(args: list[str]) -> int:
     if args[0] == "auto":
         return os.cpu_count() or 1
-    if not args[0].isdigit() or int(args[0]) < 1:
-        raise ValueError(f'invalid value "{args[0]}" in "worker_processes" directive')
-    return int(args[0])
+    try:
+        return parse_number(args[0], 1, MAX_WORKER_PROCESSES)
+    except ValueError:
+        raise ValueError(f'invalid value "{args[0]}" in "worker_processes" directive, '
+                         f'it must be "auto" or from 1 to {MAX_WORKER_PROCESSES}') from None
 
 
 def parse_worker_class(args: list[str]) -> str:
@@ -89,9 +93,10 @@ def parse_worker_class(args: list[str]) -> str:
 
 
 def parse_worker_threads(args: list[str]) -> int:
-    if not args[0].isdigit() or not 1 <= int(args[0]) <= 1024:
-        raise ValueError(f'invalid value "{args[0]}" in "worker_threads" directive')
-    return int(args[0])
+    try:
+        return parse_number(args[0], 1, 1024)
+    except ValueError:
+        raise ValueError(f'invalid value "{args[0]}" in "worker_threads" directive, it must be from 1 to 1024') from None
 
 
 CORE_DIRECTIVES = (
@@ -157,6 +162,8 @@ def ngxsim_postconfiguration(config):
             listens.setdefault(listen.address, listen)
         matcher: LocationMatcher = LocationMatcher()
         for loc in server.children:
+            if loc.statement.name != "location":  # a module's own block that opens a location context
+                continue
             try:
                 matcher.add(loc.value, loc)
             except ValueError as exc:

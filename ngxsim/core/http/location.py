@@ -32,8 +32,14 @@ _PCRE_NAMED = re.compile(r"\(\?<(?![=!])")
 
 def compile_pcre(pattern: str, flags: int = 0) -> re.Pattern:
     """Compile an nginx (PCRE) regex with Python's ``re``: ``(?<name>...)`` becomes
-    ``(?P<name>...)``; lookbehinds are left alone."""
-    return re.compile(_PCRE_NAMED.sub("(?P<", pattern), flags)
+    ``(?P<name>...)``; lookbehinds are left alone. Every failure is a ``re.error``: ``re`` also
+    raises OverflowError (``a{4294967296}``) and RecursionError (a thousand nested groups)."""
+    try:
+        return re.compile(_PCRE_NAMED.sub("(?P<", pattern), flags)
+    except OverflowError as exc:
+        raise re.error(str(exc)) from None
+    except RecursionError:
+        raise re.error("groups nested too deeply") from None
 
 
 def parse_location(args: list[str]) -> LocationSpec:
