@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from helpers import seen_pids, wait_for
+from helpers import raw_request, seen_pids, wait_for
 
 CONF = """
 load_module worker_events;
@@ -243,29 +243,9 @@ def _quiet_get(url):
 
 
 def _raw(server, head: bytes, body: bytes = b"", half_close: bool = False) -> tuple[int, dict]:
-    """Send one hand-made request on a raw socket; returns (status, JSON body)."""
-    import socket
-
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(head + body)
-        if half_close:
-            sock.shutdown(socket.SHUT_WR)
-        data = b""
-        while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < _length(data):
-            part = sock.recv(65536)
-            if not part:
-                break
-            data += part
-    header, _, content = data.partition(b"\r\n\r\n")
-    return int(header.split()[1]), json.loads(content)
-
-
-def _length(data: bytes) -> int:
-    for line in data.partition(b"\r\n\r\n")[0].split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            return int(value)
-    return 0
+    """Send one hand-made request; returns (status, JSON body)."""
+    status, _, content = raw_request(server.port, head + body, half_close)
+    return status, json.loads(content)
 
 
 def _post_head(length: bytes | None = None, chunked: bool = False) -> bytes:
