@@ -143,7 +143,7 @@ def load_configuration(path: str | None = None, text: str | None = None) -> Conf
     table = DirectiveTable()
     for impl in pm.hook.ngxsim_directives.get_hookimpls():
         call_impl(impl, register=table.registrar(impl.plugin_name))
-    table.frozen = True
+    table.freeze()
     variables = VariableTable()
     for impl in pm.hook.ngxsim_variables.get_hookimpls():
         try:
@@ -174,10 +174,10 @@ def load_configuration(path: str | None = None, text: str | None = None) -> Conf
 
 def _build(stmts: list[Statement], block: Block, table: DirectiveTable) -> None:
     for st in stmts:
-        d: Directive | None = table.get(st.name)
+        d: Directive | None = table.get(st.name, block.context)
         if d is None:
-            raise st.error(f'unknown directive "{st.name}"')
-        if block.context not in d.contexts:
+            if table.get(st.name) is None:
+                raise st.error(f'unknown directive "{st.name}"')
             raise st.error(f'"{st.name}" directive is not allowed here')
         if d.block and st.block is None:
             raise st.error(f'directive "{st.name}" has no opening "{{"')
