@@ -16,6 +16,7 @@ from werkzeug.wrappers import Response
 
 from .context import RequestContext
 from .core_module import AddHeader, Return
+from .jsonapi import ApiError
 from .logs import AccessLog, log
 from .responses import json_error
 
@@ -75,6 +76,8 @@ class HttpCore:
             response = self._content(ctx, req, server.stash["core.plan"], plan, loc)
             for body_filter in plan.body_filters:
                 response = body_filter(ctx, response)
+        except ApiError as exc:  # a handler's answer to a bad request
+            response = exc.response()
         except HTTPException as exc:  # e.g. a client that hung up mid-body, a body over the limit
             response = json_error(exc.code or 400, exc.description or exc.name)
         except Exception:
