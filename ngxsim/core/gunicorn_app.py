@@ -8,6 +8,7 @@ contents), an invalid one is logged and the running config goes on serving.
 
 from __future__ import annotations
 
+import socket
 import sys
 
 from gunicorn.app.base import BaseApplication
@@ -23,6 +24,36 @@ GUNICORN_LEVELS = {"debug": "debug", "info": "info", "notice": "info", "warn": "
                    "crit": "critical", "alert": "critical", "emerg": "critical"}
 
 
+class BindError(RuntimeError):
+    """An address of the config cannot be listened on."""
+
+
+def config_binds(config) -> list[str]:
+    """The gunicorn ``bind`` values of a config: one per distinct ``listen`` address."""
+    core = config.stash.get("core.http")
+    return [listen.bind for listen in core.listens] if core and core.listens else ["127.0.0.1:8080"]
+
+
+def check_binds(binds: list[str], bound: set[str]) -> None:
+    """Raise BindError, worded like nginx's, for the first address in ``binds`` (other than the
+    ``bound`` ones this server listens on already) that cannot be bound now. gunicorn would
+    retry five times over five seconds and then print "Can't connect to ...". The socket is
+    closed again: gunicorn binds right after; a program that takes the port in between gets
+    gunicorn's own message."""
+    for bind in binds:
+        if bind in bound:
+            continue
+        host, _, port = bind.rpartition(":")
+        host = host.strip("[]")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn: TIME_WAIT is no conflict
+            try:
+                sock.bind((host, int(port)))
+            except OSError as exc:
+                raise BindError(f"bind() to {bind} failed ({exc.errno}: {exc.strerror})") from None
+
+
 class NgxsimApplication(BaseApplication):
     def __init__(self, path: str | None):
         self.path = path
@@ -33,9 +64,10 @@ class NgxsimApplication(BaseApplication):
     def load_config(self) -> None:
         try:
             config = load(self.path)
+            check_binds(config_binds(config), set(config_binds(self.runtime.config)) if self.runtime else set())
             runtime = Runtime(config, self.runtime.instance if self.runtime else current_instance(MASTER))
             runtime.start_instance()
-        except (ConfigError, ZoneError) as exc:
+        except (ConfigError, ZoneError, BindError) as exc:
             self._reject(exc)
         else:
             if self.runtime is not None:
@@ -55,11 +87,9 @@ class NgxsimApplication(BaseApplication):
 
     def _apply(self, runtime: Runtime) -> None:
         config = runtime.config
-        core = config.stash.get("core.http")
-        binds = [listen.bind for listen in core.listens] if core else []
         error_log, level = config.main["error_log"]
         settings = {
-            "bind": binds or ["127.0.0.1:8080"],
+            "bind": config_binds(config),
             "workers": config.worker_processes,
             "worker_class": config.main["worker_class"],
             "threads": config.main["worker_threads"],

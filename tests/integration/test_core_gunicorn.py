@@ -120,11 +120,11 @@ http {
     assert server.get("/", headers={"Host": "unknown"}).text == "b"
 
 
-def _failed_start(tmp_path, conf_text, mode):
+def _failed_start(tmp_path, conf_text, mode, extra_env=None):
     """Start a server that must refuse to start; wait (bounded) for it to exit non-zero."""
     from helpers import start_server
 
-    server = start_server(tmp_path, conf_text, workers=2, mode=mode, wait_ready=False)
+    server = start_server(tmp_path, conf_text, workers=2, mode=mode, wait_ready=False, extra_env=extra_env)
     try:
         server.proc.wait(30)
     finally:
@@ -205,3 +205,47 @@ def test_a_zone_that_cannot_be_had_stops_the_server_with_a_clear_message(tmp_pat
                            "  server { listen 127.0.0.1:{port}; }\n}\n", mode)
     assert "ngxsim: [emerg] cannot reserve" in server.output() and "No space left on device" in server.output()
     assert not [e for e in os.listdir("/dev/shm") if e.startswith(f"ngxsim.{server.proc.pid}.") and e.endswith(".huge")]
+
+
+@pytest.fixture
+def busy_port():
+    """A loopback port another program listens on."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def test_a_port_in_use_stops_ngxsim_with_nginx_bind_message(tmp_path, busy_port):
+    server = _failed_start(tmp_path, f"http {{\n server {{\n  listen 127.0.0.1:{busy_port};\n }}\n}}\n", "ngxsim")
+    out = server.output()
+    assert f"ngxsim: [emerg] bind() to 127.0.0.1:{busy_port} failed (98: Address already in use)" in out
+    assert "Traceback" not in out and "Connection in use" not in out  # no five retries by gunicorn
+    assert not [e for e in os.listdir("/dev/shm") if e.startswith(f"ngxsim.{server.proc.pid}.")]
+
+
+def test_a_reload_adding_a_port_in_use_is_rejected_and_the_old_config_serves(server_factory, busy_port):
+    conf = "worker_processes 2;\nhttp {\n server {\n  listen 127.0.0.1:{port};\n  return 200 one;\n }\n}\n"
+    server = server_factory(conf, workers=2, mode="ngxsim")
+    before = set(server.worker_pids())
+    text = server.conf.read_text().replace("return 200 one;", f"return 200 one;\n }}\n server {{\n  listen 127.0.0.1:{busy_port};")
+    server.conf.write_text(text)
+    server.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "reload rejected" in server.output(), 20, what="the reload to be rejected")
+    assert f"ngxsim: [emerg] bind() to 127.0.0.1:{busy_port} failed (98: Address already in use); reload rejected" in server.output()
+    assert server.get("/").text == "one" and server.proc.poll() is None
+    assert "Traceback" not in server.output()
+    server.wait_workers(2, exclude=before)
+
+
+@pytest.mark.parametrize("mode", ["gunicorn", "ngxsim"])
+def test_a_shared_memory_folder_that_cannot_be_used_stops_the_server_with_an_emerg_line(tmp_path, mode):
+    missing = tmp_path / "no-such-dir"
+    server = _failed_start(tmp_path, "load_module worker_events;\nhttp {\n worker_events_zone bus;\n"
+                           " server { listen 127.0.0.1:{port}; }\n}\n", mode, extra_env={"NGXSIM_SHM_DIR": str(missing)})
+    out = server.output()
+    assert f'ngxsim: [emerg] open() "{missing}/ngxsim.' in out and 'failed (2: No such file or directory)' in out
+    assert "Traceback" not in out
+
