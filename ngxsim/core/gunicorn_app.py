@@ -99,6 +99,7 @@ class NgxsimApplication(BaseApplication):
             "worker_exit": self._worker_exit,
             "on_exit": self._on_exit,
             "proc_name": "ngxsim",
+            "logger_class": "ngxsim.glogging.Logger",  # masks secret query arguments in gunicorn's logs
             # a sync worker answering a long-poll (wait <= 30 s) sends no heartbeat meanwhile:
             # gunicorn's default 30 s timeout would kill it mid-answer
             "timeout": 60,

@@ -17,6 +17,7 @@ from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import ClientDisconnected
 from werkzeug.wrappers import Response
 
+from .logs import SECRET_ARGS
 from .responses import json_error
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -46,8 +47,10 @@ class ApiError(Exception):
 def register_secret_arg(config: "Configuration", name: str = "key") -> None:
     """Mask query argument ``name`` in every access log line (its value becomes ``***``).
     Call it at load time (``ngxsim_postconfiguration``) for each argument that carries a secret;
-    the log matches the argument by its decoded name, so ``?%6bey=`` is masked too."""
+    the log matches the argument by its decoded name, so ``?%6bey=`` is masked too. gunicorn's own
+    logs mask it as well with ``ngxsim.glogging.Logger``."""
     config.secret_args.add(name)
+    SECRET_ARGS.add(name)
 
 
 def check_key(ctx: "RequestContext", key: str | None, arg: str = "key", action: str = "this request") -> None:

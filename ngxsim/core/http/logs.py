@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, unquote_plus, urlencode
 
 LEVELS = {
     "debug": logging.DEBUG, "info": logging.INFO, "notice": logging.INFO, "warn": logging.WARNING,
@@ -28,6 +29,30 @@ def setup_error_log(target: tuple[str, str]) -> None:
     log.addHandler(handler)
     log.setLevel(LEVELS[level])
     log.propagate = False
+
+
+# Names of query arguments that carry secrets, in this process: "key" (worker_events' publish
+# key) always, and whatever a loaded configuration registered (``register_secret_arg``). Logs that
+# see raw request text (gunicorn's own) mask these.
+SECRET_ARGS: set[str] = {"key"}
+
+# name=value in free text: after "?", "&", ";", a space, a quote or the start; the value runs to
+# the next separator. The name is compared decoded (%6bey is key).
+_ARG_IN_TEXT = re.compile(r"""(?P<pre>^|[?&;\s"'(])(?P<name>[^=&;\s"'?#]+)=(?P<value>[^&;\s"'#)]*)""")
+
+
+def mask_text(text: str, secrets: set[str] | frozenset[str] = SECRET_ARGS) -> str:
+    """``text`` (a request line, a log message) with the value of every secret argument
+    (matched by decoded name) replaced by ``***``."""
+    if "=" not in text:
+        return text
+
+    def repl(m: re.Match) -> str:
+        if unquote_plus(m.group("name")) in secrets:
+            return f'{m.group("pre")}{m.group("name")}=***'
+        return m.group(0)
+
+    return _ARG_IN_TEXT.sub(repl, text)
 
 
 def mask_query(query: str, secrets: frozenset[str]) -> str:
