@@ -17,6 +17,10 @@ from dataclasses import dataclass
 MASTER, WORKER, STANDALONE = "master", "worker", "standalone"
 
 
+class MasterGone(RuntimeError):
+    """This worker's master exited: the worker must not serve (its zones are about to go)."""
+
+
 def process_start_time(pid: int) -> int | None:
     """Start time of ``pid`` in clock ticks since boot, or None if it is gone or a zombie."""
     try:

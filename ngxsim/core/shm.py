@@ -397,13 +397,47 @@ def _unlink(entry: str) -> bool:
 
 
 def remove_stale_zone_files() -> list[str]:
-    """Unlink zone files whose instance's master is gone (a crash, a SIGKILLed master)."""
+    """Unlink zone files whose instance's master is gone (a crash, a SIGKILLed master) and
+    that no process has open any more (orphaned workers finishing their last request)."""
     removed = []
+    in_use: dict[tuple[int, int], bool] = {}
     for entry in _entries():
         m = _FILE.fullmatch(entry)
-        if m and not alive(int(m.group(1)), int(m.group(2))) and _unlink(entry):
+        if not m:
+            continue
+        key = (int(m.group(1)), int(m.group(2)))
+        if alive(*key):
+            continue
+        if key not in in_use:
+            in_use[key] = bool(zone_file_holders(Instance(key[0], key[1], "master")))
+        if not in_use[key] and _unlink(entry):
             removed.append(entry)
     return removed
+
+
+def zone_file_holders(instance: Instance) -> set[int]:
+    """Pids of the processes (other than this one) with a file of ``instance`` open: its
+    workers, orphaned or not. Scans /proc; only what this user may read is seen (its own
+    processes, which is all a server has)."""
+    prefix = os.path.join(shm_dir(), f"{PREFIX}{instance.tag}.")
+    me = str(os.getpid())
+    holders: set[int] = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or pid == me:
+            continue
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:  # gone, or not ours to look at
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith(prefix) and not target.endswith(" (deleted)"):
+                holders.add(int(pid))
+                break
+    return holders
 
 
 def _entries() -> list[str]:

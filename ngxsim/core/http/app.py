@@ -14,6 +14,7 @@ from flask import Flask, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
+from ..instance import MasterGone
 from .context import RequestContext
 from .core_module import AddHeader, Return
 from .jsonapi import ApiError
@@ -61,6 +62,8 @@ class HttpCore:
     def handle(self, environ: dict, req) -> Response:
         try:
             self.runtime.enter_request()
+        except MasterGone as exc:  # an orphaned worker: nothing it accepted would last
+            return json_error(503, str(exc), headers={"Connection": "close", "Retry-After": "1"})
         except Exception:  # a module's request-start work failed: say so, serve the request anyway
             log.exception("request start failed for %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
         ctx = RequestContext(environ, req, self.runtime)
