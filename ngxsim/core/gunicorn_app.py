@@ -20,6 +20,7 @@ from .process import Runtime, load
 from .shm import JANITOR_MARKER, ZoneError, remove_zone_files
 
 _SETTINGS = {s.name for s in KNOWN_SETTINGS}
+GUNICORN_WORKER_CLASSES = {"sync": "sync", "gthread": "gthread", "ngxsim": "ngxsim.worker.Worker"}
 GUNICORN_LEVELS = {"debug": "debug", "info": "info", "notice": "info", "warn": "warning", "error": "error",
                    "crit": "critical", "alert": "critical", "emerg": "critical"}
 
@@ -88,11 +89,17 @@ class NgxsimApplication(BaseApplication):
     def _apply(self, runtime: Runtime) -> None:
         config = runtime.config
         error_log, level = config.main["error_log"]
+        worker_class = config.main["worker_class"]
         settings = {
             "bind": config_binds(config),
             "workers": config.worker_processes,
-            "worker_class": config.main["worker_class"],
-            "threads": config.main["worker_threads"],
+            "worker_class": GUNICORN_WORKER_CLASSES[worker_class],
+            # gunicorn turns sync into gthread when threads > 1
+            "threads": 1 if worker_class == "sync" else config.main["worker_threads"],
+            # a connection closes after its response, as under sync workers: each request is a
+            # new accept, taken by a worker with a free thread (a kept-alive client would stay
+            # with one worker however busy it is)
+            "keepalive": 0,
             "loglevel": GUNICORN_LEVELS[level],
             "errorlog": "-" if error_log == "stderr" else error_log,
             "post_fork": self._post_fork,

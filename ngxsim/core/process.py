@@ -28,7 +28,7 @@ from .conf.loader import Configuration, load_configuration
 from .http.app import HttpCore, NgxsimFlask
 from .http.logs import log, setup_error_log
 from .jobs import JobRunner
-from .instance import MASTER, STANDALONE, WORKER, Instance, MasterGone, current_instance
+from .instance import MASTER, STANDALONE, WORKER, Instance, MasterGone, current_instance, gunicorn_threads
 from .modules import tracing
 from .shm import Zone, attach_zone, ensure_janitor, remove_stale_zone_files, remove_zone_files
 
@@ -78,6 +78,9 @@ class Runtime:
         self.on_request_start: list[Callable[[], None]] = []
         self.worker_pid: int | None = None
         self._master: int | None = None  # a worker's master pid: requests stop when it is gone
+        # requests one worker process serves at once (gunicorn's --threads; 1 for sync workers):
+        # a module that blocks a request (a long-poll) must leave threads for the others
+        self.threads = 1
         self._http: HttpCore | None = None
         self._app: NgxsimFlask | None = None
         self._publish_impl = self._single_publish_impl()
@@ -121,6 +124,7 @@ class Runtime:
         if self.instance.role != STANDALONE and self.instance.pid != pid:
             self._master = self.instance.pid
             _die_with_master(self._master)
+        self.threads = gunicorn_threads() or self.threads
         self.attach_zones()
         setup_error_log(self.config.main["error_log"])
         self.hook.ngxsim_init_worker(runtime=self)

@@ -59,6 +59,15 @@ def _parse_channel(args: list[str]) -> str:
     return channel
 
 
+def _parse_long_poll_limit(args: list[str]) -> int | None:
+    if args[0] == "auto":
+        return None
+    try:
+        return parse_number(args[0], 0, 1024)
+    except ValueError:
+        raise ValueError(f'"worker_events_long_poll_limit" must be "auto" or a number from 0 to 1024, not "{args[0]}"') from None
+
+
 def _parse_key(args: list[str]) -> str:
     if not args[0]:
         raise ValueError('"worker_events_publish_key" must not be empty')
@@ -78,6 +87,9 @@ def ngxsim_directives(register):
                        doc="ring capacity in entries"))
     register(Directive("worker_events_publish_key", (LOCATION,), 1, parse=_parse_key,
                        doc="POST needs ?key=SECRET"))
+    register(Directive("worker_events_long_poll_limit", levels, 1, parse=_parse_long_poll_limit, default=None,
+                       doc="`N|auto`: a long-poll here waits only while fewer than N long-polls (of any location) "
+                           "wait in its worker; past it the answer is 503 at once. auto: threads - 1 (1 for sync)"))
     register(Directive("worker_events_gil_switch_interval", (HTTP,), 1, type=TIME, default=DEFAULT_SWITCH_INTERVAL,
                        range=(0, 1),
                        doc="Python's GIL switch interval in workers whose modules listen to events "

@@ -16,6 +16,7 @@ from ngxsim.core.instance import process_start_time
 CONF = """
 load_module worker_events;
 worker_processes 2;
+worker_class sync;  # the long-poll runs on the main thread, where the test looks for it
 http {
     server {
         listen 127.0.0.1:{port};

@@ -82,7 +82,12 @@ class HttpCore:
         except ApiError as exc:  # a handler's answer to a bad request
             response = exc.response()
         except HTTPException as exc:  # e.g. a client that hung up mid-body, a body over the limit
-            response = json_error(exc.code or 400, exc.description or exc.name)
+            if isinstance(exc.__context__, TimeoutError):  # werkzeug's wrapper around a body read
+                response = _body_timeout()
+            else:
+                response = json_error(exc.code or 400, exc.description or exc.name)
+        except TimeoutError:  # ngxsim.worker.Worker: the body paused longer than client_body_timeout
+            response = _body_timeout()
         except Exception:
             log.exception("unhandled error in %s %s", environ.get("REQUEST_METHOD"), ctx.uri)
             response = json_error(500, "internal error (see the error log)")
@@ -131,6 +136,10 @@ class HttpCore:
                         response.headers.add(h.name, value)
         for header_filter in plan.filters:
             header_filter(ctx, response)
+
+
+def _body_timeout() -> Response:
+    return json_error(408, "the request body did not arrive within client_body_timeout", headers={"Connection": "close"})
 
 
 class NgxsimFlask(Flask):

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 
 from ... import hookimpl
-from ..conf.directive import HTTP, LOCATION, MAIN, SERVER, SIZE, STRING, Directive, parse_number
+from ..conf.directive import HTTP, LOCATION, MAIN, MAX_TIME, SERVER, SIZE, STRING, TIME, Directive, parse_number
 from ..conf.errors import ConfigError
 from .location import LocationMatcher, parse_location
 from .server import Listen, ServerTable, parse_listen, parse_server_name
@@ -20,7 +20,8 @@ from .variables import Template
 ALL = (MAIN, HTTP, SERVER, LOCATION)
 HTTP_LEVELS = (HTTP, SERVER, LOCATION)
 # gevent/eventlet are left out on purpose: the event dispatcher blocks a real thread in a futex
-WORKER_CLASSES = ("sync", "gthread")
+# "ngxsim": ngxsim.worker.Worker (gthread that reads requests in its event loop, see worker.py)
+WORKER_CLASSES = ("sync", "gthread", "ngxsim")
 LOG_LEVELS = ("debug", "info", "notice", "warn", "error", "crit", "alert", "emerg")
 DEFAULT_LISTEN = Listen("127.0.0.1", 8080)
 MAX_WORKER_PROCESSES = 1024  # nginx's NGX_MAX_PROCESSES
@@ -103,10 +104,14 @@ CORE_DIRECTIVES = (
     Directive("load_module", (MAIN,), 1, multiple=True, inherit=False, doc="load a module by entry point or dotted path"),
     Directive("worker_processes", (MAIN,), 1, parse=parse_worker_processes, default=1,
               doc="number of gunicorn workers under `ngxsim -c`; `auto` = CPU count"),
-    Directive("worker_class", (MAIN,), 1, parse=parse_worker_class, default="sync",
-              doc="ngxsim extension: gunicorn worker class under `ngxsim -c` (`sync` or `gthread`)"),
-    Directive("worker_threads", (MAIN,), 1, parse=parse_worker_threads, default=1,
-              doc="ngxsim extension: threads per worker with `worker_class gthread`"),
+    Directive("worker_class", (MAIN,), 1, parse=parse_worker_class, default="ngxsim",
+              doc="ngxsim extension: gunicorn worker class under `ngxsim -c` (`ngxsim`, `gthread` or `sync`)"),
+    Directive("worker_threads", (MAIN,), 1, parse=parse_worker_threads, default=4,
+              doc="ngxsim extension: threads per worker under `ngxsim -c` (default 4; sync workers have 1)"),
+    Directive("client_header_timeout", (HTTP,), 1, type=TIME, default=60.0, range=(0.001, MAX_TIME),
+              doc="a request header must be complete within this (else 408); applied by `worker_class ngxsim`"),
+    Directive("client_body_timeout", (HTTP,), 1, type=TIME, default=60.0, range=(0.001, MAX_TIME),
+              doc="longest pause between two reads of a request body (else 408); applied by `worker_class ngxsim`"),
     Directive("error_log", ALL, (1, 2), parse=parse_error_log, default=("stderr", "error"),
               doc="where the server's own log goes (`stderr` or a path) and from which level"),
     Directive("http", (MAIN,), 0, block=HTTP, doc="the HTTP context"),
