@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from ... import hookimpl
 from ..conf.directive import HTTP, LOCATION, MAIN, SERVER, SIZE, STRING, Directive
 from ..conf.errors import ConfigError
-from .location import LocationMatcher, parse_location
-from .server import Listen, ServerTable, parse_listen, parse_server_name
+from .location import LocationMatcher, LocationSpec, nesting_error, parse_location
+from .server import Listen, ServerTable, parse_listen, parse_server_name, primary_name
 from .variables import Template
 
 ALL = (MAIN, HTTP, SERVER, LOCATION)
@@ -110,8 +110,8 @@ CORE_DIRECTIVES = (
               default=[DEFAULT_LISTEN], doc="`ADDR:PORT [default_server]`"),
     Directive("server_name", (SERVER,), (1, None), parse=parse_server_name, multiple=True, inherit=False,
               default=[[""]], doc="names: exact, `*.x`, `x.*`, `~regex`, `_`"),
-    Directive("location", (SERVER,), (1, 2), parse=parse_location, block=LOCATION, multiple=True,
-              doc="`[=|^~|~|~*] PATH`"),
+    Directive("location", (SERVER, LOCATION), (1, 2), parse=parse_location, block=LOCATION, multiple=True,
+              doc="`[=|^~|~|~*] PATH` or `@name`; nests as nginx allows"),
     Directive("return", (SERVER, LOCATION), (1, 2), parse=parse_return, inherit=False,
               doc="`CODE [TEXT|URL]` or `URL`"),
     Directive("add_header", HTTP_LEVELS, (2, 3), parse=parse_add_header, multiple=True, default=[],
@@ -155,15 +155,37 @@ def ngxsim_postconfiguration(config):
             raise server.error("listen", str(exc)) from None
         for listen in server_listens:
             listens.setdefault(listen.address, listen)
-        matcher: LocationMatcher = LocationMatcher()
-        for loc in server.children:
-            try:
-                matcher.add(loc.value, loc)
-            except ValueError as exc:
-                raise ConfigError(str(exc), loc.statement.file, loc.statement.line) from None
-        server.stash["core.locations"] = matcher
+        server.stash["core.server_name"] = primary_name(names)
+        _check_nesting(server, None)
+        server.stash["core.locations"] = _locations(server)
     _check_binds(list(listens.values()), http_blocks[0])
     config.stash["core.http"] = HttpCore(table, list(listens.values()))
+
+
+def _check_nesting(block, parent: LocationSpec | None) -> None:
+    """nginx's rules for what may nest, checked in config order (as nginx does while parsing)."""
+    for loc in block.children:
+        if loc.context != LOCATION:
+            continue
+        if parent is not None:
+            problem = nesting_error(parent, loc.value)
+            if problem:
+                raise loc.statement.error(problem)
+        _check_nesting(loc, loc.value)
+
+
+def _locations(block) -> LocationMatcher | None:
+    """The matcher of the locations directly inside ``block`` (each with its own inside)."""
+    locs = [loc for loc in block.children if loc.context == LOCATION]
+    if not locs:
+        return None
+    matcher: LocationMatcher = LocationMatcher()
+    for loc in locs:
+        try:
+            matcher.add(loc.value, loc, _locations(loc))
+        except ValueError as exc:  # nginx: "duplicate location "/x" in FILE:LINE", the later one
+            raise loc.statement.error(str(exc)) from None
+    return matcher
 
 
 def _check_binds(listens: list[Listen], http) -> None:
