@@ -1,21 +1,29 @@
 """ngxsim: nginx's module system in Python.
 
-The public API for module authors: the hook markers, the directive declaration, the value
-types of the event hooks, and the error a configuration check raises.
+The public API for module authors: the hook markers, the directive and variable declarations,
+the value types of the event hooks, value parsers, response helpers, the error a configuration
+check raises, and the toolkit of a module's JSON API endpoint (``ApiError``, ``check_key``,
+``read_json``, ``Methods``, ``query_*``). First-party modules use nothing else of ngxsim.
 """
 
 from .core.conf.directive import (
-    ARGS, FLAG, HTTP, LOCATION, MAIN, NUMBER, SERVER, SIZE, STRING, TIME, Directive,
+    ARGS, FLAG, HTTP, LOCATION, MAIN, NUMBER, SERVER, SIZE, STRING, TIME, Directive, parse_size, parse_time,
 )
 from .core.conf.errors import ConfigError
-from .core.events import Event, Gap, Subscription
-from .core.http.responses import json_error, json_response
+from .core.events import Event, Gap, Subscription, http_event_zone
+from .core.http.jsonapi import (
+    ApiError, Methods, check_key, query_int, query_seconds, query_str, read_body, read_json, register_secret_arg,
+)
+from .core.http.responses import compact_json, error_page, json_error, json_response
+from .core.http.variables import Template, Variable
 from .hookspecs import hookimpl, hookspec
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ARGS", "FLAG", "HTTP", "LOCATION", "MAIN", "NUMBER", "SERVER", "SIZE", "STRING", "TIME",
-    "ConfigError", "Directive", "Event", "Gap", "Subscription", "hookimpl", "hookspec",
-    "json_error", "json_response", "__version__",
+    "ApiError", "ConfigError", "Directive", "Event", "Gap", "Methods", "Subscription", "Template", "Variable",
+    "check_key", "compact_json", "error_page", "hookimpl", "hookspec", "http_event_zone", "json_error",
+    "json_response", "parse_size", "parse_time", "query_int", "query_seconds", "query_str", "read_body",
+    "read_json", "register_secret_arg", "__version__",
 ]

@@ -51,7 +51,7 @@ def list_modules(path: str | None) -> int:
         return 1
     print(f"loaded by {config.path}:")
     owners: dict[str, list[str]] = {}
-    for directive, owner in config.table.owners.items():
+    for directive, owner in config.table.owners():
         owners.setdefault(owner, []).append(directive)
     for name, plugin in config.modules:
         hooks = sorted(caller.name for caller in config.pm.get_hookcallers(plugin) or [])

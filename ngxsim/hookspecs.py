@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover - types only
     from .core.events import Event, Gap, Subscription
     from .core.http.context import RequestContext
     from .core.process import Runtime
+    from .core.http.variables import Variable
 
 hookspec = pluggy.HookspecMarker("ngxsim")
 hookimpl = pluggy.HookimplMarker("ngxsim")
@@ -39,6 +40,18 @@ def ngxsim_directives(register: Callable[["Directive"], None]) -> None:
     config is checked. The core calls each module's implementation separately so that every
     declaration is attributed to its module: two modules declaring the same name fail the load
     with both names. The table is frozen afterwards; registering later raises.
+    """
+
+
+@hookspec
+def ngxsim_variables(register: Callable[["Variable"], None]) -> None:
+    """Declare the module's variables (``$upstream_addr``) by calling ``register(Variable(...))``.
+
+    Runs once per module while the config is loaded, right after ``ngxsim_directives`` and before
+    any directive value is compiled, so every directive (``add_header``, ``log_format``,
+    ``proxy_set_header``...) can use them. A ``Variable`` is a name (or a prefix, like nginx's
+    ``$arg_``) and a getter ``f(ctx) -> str`` run per request. A name declared twice, or one that
+    shadows a core variable, fails the load naming both modules.
     """
 
 
@@ -77,6 +90,31 @@ def ngxsim_header_filter(location: "Block", config: "Configuration") -> Callable
     Called once per ``location`` at config load. Every returned filter runs, in module load order,
     on each response of that location after the core's ``add_header``; it may change
     ``response.headers``.
+    """
+
+
+@hookspec
+def ngxsim_precontent_handler(location: "Block", config: "Configuration") -> Callable[["RequestContext"], Any] | None:
+    """Return a pre-content handler for ``location``, or None.
+
+    Called once per ``location`` at config load. Every returned handler runs, in module load
+    order, on each request of that location after the core chose it and before its content
+    handler (nginx's precontent phase: where a cache answers a hit or a ``PURGE``). A handler
+    returns a response to answer the request itself (later handlers and the content handler do
+    not run), or None to pass it on.
+    """
+
+
+@hookspec
+def ngxsim_body_filter(location: "Block", config: "Configuration") -> Callable[["RequestContext", Any], Any] | None:
+    """Return a body filter for ``location``, or None.
+
+    Called once per ``location`` at config load. Every returned filter runs, in module load order,
+    on each response of that location right after it was made (by the content handler, a
+    pre-content handler or ``return``), before ``add_header`` and the header filters. It returns
+    the response to send on: the same one, or a new one (e.g. one whose body iterator keeps a copy
+    of what it streams, to store it in a cache once complete). ``ctx.vars`` holds what earlier
+    phases recorded (``upstream_status``...).
     """
 
 

@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "modules"))
 
 from helpers import start_server  # noqa: E402
+from ngxsim.testing import stop_all  # noqa: E402
 
 
 @pytest.fixture
@@ -34,10 +35,4 @@ def server_factory(tmp_path):
         return server
 
     yield start
-    errors = []
-    for server in servers:
-        try:
-            server.stop()
-        except AssertionError as exc:
-            errors.append(str(exc))
-    assert not errors, "\n".join(errors)
+    stop_all(servers)

@@ -57,3 +57,24 @@ class Subscription:
             object.__setattr__(self, "channels", (self.channels,))
         elif self.channels is not None:
             object.__setattr__(self, "channels", tuple(self.channels))
+
+
+def http_event_zone(config, module: str) -> str | None:
+    """The zone of the http-level ``worker_events_zone`` that consumer modules publish into.
+
+    Every first-party consumer (upstreams, cache_purge, healthchecks) publishes into this one bus.
+    Fails the load with the fix when the bus is missing: no module declares the directive
+    (``load_module worker_events;`` missing) or the http block does not set it. None when the
+    config has no http block (nothing to serve, nothing to publish).
+    """
+    blocks = config.blocks("http")
+    if not blocks:
+        return None
+    http = blocks[0]
+    if config.table.get("worker_events_zone") is None:
+        raise http.error(None, f'module "{module}" publishes events, but no loaded module provides them: '
+                               f'add "load_module worker_events;" and "worker_events_zone NAME;" in the http block')
+    if "worker_events_zone" not in http.own:
+        raise http.error(None, f'module "{module}" publishes events into the http-level "worker_events_zone": '
+                               f'add "worker_events_zone NAME;" to this http block')
+    return http.own["worker_events_zone"][0]

@@ -25,6 +25,7 @@ from typing import Callable
 from .conf.loader import Configuration, load_configuration
 from .http.app import HttpCore, NgxsimFlask
 from .http.logs import log, setup_error_log
+from .jobs import JobRunner
 from .instance import MASTER, STANDALONE, WORKER, Instance, current_instance
 from .modules import tracing
 from .shm import Zone, attach_zone, ensure_janitor, remove_stale_zone_files, remove_zone_files
@@ -63,6 +64,8 @@ class Runtime:
         self._http: HttpCore | None = None
         self._app: NgxsimFlask | None = None
         self._publish_impl = self._single_publish_impl()
+        # instance-wide periodic jobs (``config.jobs``); started in workers only
+        self.jobs: JobRunner | None = None
 
     # -- zones --------------------------------------------------------------------------------
 
@@ -101,12 +104,18 @@ class Runtime:
         self.attach_zones()
         setup_error_log(self.config.main["error_log"])
         self.hook.ngxsim_init_worker(runtime=self)
+        if len(self.config.jobs):
+            self.jobs = JobRunner(self, self.config.jobs)
+            self.jobs.start()
         atexit.register(self.stop_worker)
 
     def stop_worker(self) -> None:
         if self.worker_pid != os.getpid():
             return
         self.worker_pid = None
+        if self.jobs is not None:
+            self.jobs.stop()
+            self.jobs = None
         try:
             self.hook.ngxsim_exit_worker(runtime=self)
         except Exception:  # exiting anyway: say why, do not mask the exit

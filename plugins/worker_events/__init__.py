@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from ngxsim import FLAG, HTTP, LOCATION, SERVER, TIME, Directive, hookimpl
+from ngxsim import FLAG, HTTP, LOCATION, SERVER, TIME, Directive, hookimpl, register_secret_arg
 from ngxsim.core.conf.directive import parse_size
 from ngxsim.core.shm import HEADER_SIZE
 
@@ -99,7 +99,7 @@ def ngxsim_postconfiguration(config):
                 if not block.is_set(needed):
                     raise block.error("worker_events_api", f'"worker_events_api" requires "{needed}"')
             if block.get("worker_events_publish_key"):
-                config.secret_args.add("key")
+                register_secret_arg(config, "key")
         if not (api or "worker_events_zone" in block.own):
             continue
         name, size = block["worker_events_zone"]

@@ -240,3 +240,81 @@ def _quiet_get(url):
         requests.get(url, timeout=30)
     except requests.RequestException:
         pass  # the worker serving it is killed on purpose
+
+
+def _raw(server, head: bytes, body: bytes = b"", half_close: bool = False) -> tuple[int, dict]:
+    """Send one hand-made request on a raw socket; returns (status, JSON body)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head + body)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < _length(data):
+            part = sock.recv(65536)
+            if not part:
+                break
+            data += part
+    header, _, content = data.partition(b"\r\n\r\n")
+    return int(header.split()[1]), json.loads(content)
+
+
+def _length(data: bytes) -> int:
+    for line in data.partition(b"\r\n\r\n")[0].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
+
+
+def _post_head(length: bytes | None = None, chunked: bool = False) -> bytes:
+    lines = [f"POST {API}?key=changeme HTTP/1.1", "Host: localhost", "Content-Type: application/json", "Connection: close"]
+    if length is not None:
+        lines.append(f"Content-Length: {length}")
+    if chunked:
+        lines.append("Transfer-Encoding: chunked")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def test_a_body_shorter_than_its_content_length_is_400_and_publishes_nothing(shared):
+    before = shared.get(API).json()["newest_generation"]
+    body = b'{"type": "half"}'
+    status, answer = _raw(shared, _post_head(100), body, half_close=True)
+    assert status == 400 and f"after {len(body)} of the 100 bytes" in answer["message"]
+    assert shared.get(API).json()["newest_generation"] == before
+
+
+@pytest.mark.parametrize("body, words", [
+    (b"zz\r\n{}\r\n0\r\n\r\n", "chunk"),                       # not a hex size
+    (b'10\r\n{"type": "t"}', "incomplete"),                      # the connection ends inside a chunk
+])
+def test_a_broken_chunked_body_is_400_and_publishes_nothing(shared, body, words):
+    before = shared.get(API).json()["newest_generation"]
+    status, answer = _raw(shared, _post_head(chunked=True), body, half_close=True)
+    assert status == 400 and words in answer["message"], answer
+    assert shared.get(API).json()["newest_generation"] == before
+
+
+def test_json_nested_too_deep_is_400(shared):
+    before = shared.get(API).json()["newest_generation"]
+    r = shared.post(API + "?key=changeme", data="[" * 2000 + "]" * 2000, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and "nested too deeply" in r.json()["message"]
+    assert shared.get(API).json()["newest_generation"] == before
+
+
+def test_a_percent_encoded_key_name_is_masked_in_the_access_log(server, tmp_path):
+    import http.client
+
+    def post(query):  # http.client sends the target as is (requests would decode %6b to k)
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        try:
+            conn.request("POST", API + query, body=b'{"type": "t"}', headers={"Content-Type": "application/json"})
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    assert post("?%6bey=changeme") == 201
+    assert post("?%6Bey=guess%20two") == 403
+    log = (tmp_path / "access.log").read_text()
+    assert "changeme" not in log and "guess" not in log and log.count("key=***") == 2

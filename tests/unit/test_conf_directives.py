@@ -135,3 +135,28 @@ def test_worker_processes_auto():
     import os
 
     assert load("worker_processes auto;").worker_processes == (os.cpu_count() or 1)
+
+
+def test_same_name_in_disjoint_contexts_and_module_contexts():
+    from ngxsim import HTTP, Directive
+    from ngxsim.core.conf.directive import DirectiveTable
+
+    table = DirectiveTable()
+    table.registrar("core")(Directive("server", (HTTP,), 0, block="server"))
+    reg = table.registrar("ups")
+    reg(Directive("upstream", (HTTP,), 1, block="upstream"))
+    reg(Directive("server", ("upstream",), (1, None), type="args"))
+    table.freeze()
+    assert table.get("server", "http").block == "server"
+    assert table.get("server", "upstream").type == "args"
+    assert table.get("server", "location") is None
+
+    clash = DirectiveTable()
+    clash.registrar("a")(Directive("x", (HTTP, "server"), 1))
+    with pytest.raises(ConfigError, match='duplicate directive "x" declared by modules "a" and "b"'):
+        clash.registrar("b")(Directive("x", ("server",), 1))
+
+    lost = DirectiveTable()
+    lost.registrar("m")(Directive("y", ("nowhere",), 1))
+    with pytest.raises(ConfigError, match=r'directive "y" of module "m" names unknown context\(s\) nowhere'):
+        lost.freeze()

@@ -14,7 +14,8 @@ from typing import Any, Callable, Iterable
 from .errors import ConfigError
 
 MAIN, HTTP, SERVER, LOCATION = "main", "http", "server", "location"
-CONTEXTS = (MAIN, HTTP, SERVER, LOCATION)
+CONTEXTS = (MAIN, HTTP, SERVER, LOCATION)  # the core's; a module's block directive may open more
+_CONTEXT_NAME = re.compile(r"[a-z_][a-z0-9_]*")
 
 # value types a directive can declare
 STRING, SIZE, TIME, NUMBER, FLAG, ARGS = "string", "size", "time", "number", "flag", "args"
@@ -61,7 +62,8 @@ _CONVERT: dict[str, Callable[[str], Any]] = {SIZE: parse_size, TIME: parse_time,
 class Directive:
     """One directive a module declares.
 
-    - ``contexts``: where it may stand (``main``, ``http``, ``server``, ``location``).
+    - ``contexts``: where it may stand (``main``, ``http``, ``server``, ``location``, or a
+      context a module's block directive opens, like ``upstream``).
     - ``nargs``: exact argument count, or ``(min, max)`` with ``max=None`` for no upper bound.
       A ``flag`` takes no argument (``worker_events_api;``), or ``on``/``off`` when ``nargs=1``.
     - ``type``: how the single argument is converted: ``string``, ``size`` (bytes),
@@ -73,7 +75,11 @@ class Directive:
       (nginx's merge); with ``False`` every level starts from ``default``.
     - ``multiple``: may repeat in one context; the value is the list of each occurrence's value,
       and (as nginx does for arrays) a level that has its own list inherits nothing from above.
-    - ``block``: the directive opens a block whose inside is the context named by ``block``.
+    - ``block``: the directive opens a block whose inside is the context named by ``block``
+      (a core context, or a new one: ``Directive("upstream", (HTTP,), 1, block="upstream")``).
+
+    Two modules may declare the same name for different contexts (nginx's ``server`` in
+    ``http`` and in ``upstream``); the context of a line decides which one it is.
     """
 
     name: str
@@ -90,15 +96,15 @@ class Directive:
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z_][a-z0-9_]*", self.name):
             raise ValueError(f"directive name {self.name!r} is not a lower-case identifier")
-        contexts = frozenset(self.contexts)
-        unknown = contexts - set(CONTEXTS)
-        if unknown or not contexts:
-            raise ValueError(f"directive {self.name!r}: unknown contexts {sorted(unknown)}")
+        contexts = frozenset((self.contexts,) if isinstance(self.contexts, str) else self.contexts)
+        bad = [c for c in contexts if not isinstance(c, str) or not _CONTEXT_NAME.fullmatch(c)]
+        if bad or not contexts:
+            raise ValueError(f"directive {self.name!r}: invalid contexts {sorted(map(str, bad))}")
         object.__setattr__(self, "contexts", contexts)
         if self.type not in TYPES:
             raise ValueError(f"directive {self.name!r}: unknown type {self.type!r}")
-        if self.block is not None and self.block not in CONTEXTS:
-            raise ValueError(f"directive {self.name!r}: unknown block context {self.block!r}")
+        if self.block is not None and not _CONTEXT_NAME.fullmatch(self.block):
+            raise ValueError(f"directive {self.name!r}: invalid block context {self.block!r}")
 
     def accepts(self, count: int) -> bool:
         if isinstance(self.nargs, int):
@@ -131,10 +137,13 @@ class Directive:
 
 @dataclass
 class DirectiveTable:
-    """Every directive of the loaded modules, by name; frozen once the modules are loaded."""
+    """Every directive of the loaded modules; frozen once the modules are loaded.
 
-    directives: dict[str, Directive] = field(default_factory=dict)
-    owners: dict[str, str] = field(default_factory=dict)
+    A name may be declared more than once for disjoint contexts; ``get(name, context)`` finds
+    the one for a line's context.
+    """
+
+    entries: dict[str, list[tuple[Directive, str]]] = field(default_factory=dict)
     frozen: bool = False
 
     def registrar(self, module: str) -> Callable[[Directive], None]:
@@ -145,18 +154,45 @@ class DirectiveTable:
                 raise RuntimeError("the directive table is frozen: declare directives in ngxsim_directives")
             if not isinstance(directive, Directive):
                 raise TypeError(f"module {module!r} registered {directive!r}, not an ngxsim.Directive")
-            owner = self.owners.get(directive.name)
-            if owner is not None:
-                raise ConfigError(
-                    f'duplicate directive "{directive.name}" declared by modules "{owner}" and "{module}"'
-                )
-            self.directives[directive.name] = directive
-            self.owners[directive.name] = module
+            same = self.entries.setdefault(directive.name, [])
+            for other, owner in same:
+                if other.contexts & directive.contexts:
+                    raise ConfigError(
+                        f'duplicate directive "{directive.name}" declared by modules "{owner}" and "{module}"'
+                    )
+            same.append((directive, module))
 
         return register
 
-    def get(self, name: str) -> Directive | None:
-        return self.directives.get(name)
+    def freeze(self) -> None:
+        """No more declarations; every context a directive names must exist."""
+        self.frozen = True
+        known = set(CONTEXTS) | {d.block for d, _ in self._all() if d.block}
+        for d, owner in self._all():
+            missing = d.contexts - known
+            if missing:
+                raise ConfigError(f'directive "{d.name}" of module "{owner}" names unknown context(s) '
+                                  f'{", ".join(sorted(missing))} (no directive opens such a block)')
+
+    def _all(self) -> Iterable[tuple[Directive, str]]:
+        for same in self.entries.values():
+            yield from same
+
+    def get(self, name: str, context: str | None = None) -> Directive | None:
+        """The directive ``name`` allowed in ``context`` (any context: the first declared)."""
+        same = self.entries.get(name)
+        if not same:
+            return None
+        if context is None:
+            return same[0][0]
+        for d, _ in same:
+            if context in d.contexts:
+                return d
+        return None
+
+    def owners(self) -> list[tuple[str, str]]:
+        """(directive name, module) of every declaration."""
+        return [(d.name, owner) for d, owner in self._all()]
 
     def in_context(self, context: str) -> Iterable[Directive]:
-        return (d for d in self.directives.values() if context in d.contexts)
+        return (d for d, _ in self._all() if context in d.contexts)

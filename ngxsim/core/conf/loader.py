@@ -14,11 +14,12 @@ from typing import Any, Iterator
 
 import pluggy
 
+from ..http.variables import VariableTable, module_variables
 from ..modules import call_impl, create_plugin_manager, load_module
 from .directive import LOCATION, MAIN, Directive, DirectiveTable
 from .errors import ConfigError
 from .parser import Statement, parse_file, parse_text
-from .zones import ZoneSpecs
+from .zones import JobSpecs, ZoneSpecs
 
 
 class Block:
@@ -89,6 +90,9 @@ class Configuration:
     # query arguments whose values the access log writes as *** (e.g. worker_events' key)
     secret_args: set[str] = field(default_factory=set)
     stash: dict[str, Any] = field(default_factory=dict)
+    variables: VariableTable = field(default_factory=VariableTable)
+    # instance-wide periodic jobs modules declared (run by one live worker at a time)
+    jobs: "JobSpecs" = field(default_factory=lambda: JobSpecs())
 
     @property
     def hook(self):
@@ -139,31 +143,41 @@ def load_configuration(path: str | None = None, text: str | None = None) -> Conf
     table = DirectiveTable()
     for impl in pm.hook.ngxsim_directives.get_hookimpls():
         call_impl(impl, register=table.registrar(impl.plugin_name))
-    table.frozen = True
+    table.freeze()
+    variables = VariableTable()
+    for impl in pm.hook.ngxsim_variables.get_hookimpls():
+        try:
+            call_impl(impl, register=variables.registrar(impl.plugin_name))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
-    main = Block(MAIN, None, None)
-    _build(tree, main, table)
-    _merge(main, table)
-    config = Configuration(path=path, main=main, table=table, pm=pm, modules=modules)
-    # nginx's order: the core first, then modules in the order of their load_module lines, so a
-    # module can rely on what the modules loaded before it declared (e.g. their zones)
-    rank = {name: i for i, (name, _) in enumerate(modules)}
-    for impl in sorted(pm.hook.ngxsim_postconfiguration.get_hookimpls(), key=lambda i: rank[i.plugin_name]):
-        call_impl(impl, config=config)
-    for loc in config.blocks(LOCATION):
-        loc.stash["core.handler"] = pm.hook.ngxsim_content_handler(location=loc, config=config)
-        # pluggy calls the last registered first; filters run in load order
-        filters = pm.hook.ngxsim_header_filter(location=loc, config=config)
-        loc.stash["core.filters"] = [f for f in reversed(filters) if f is not None]
+    with module_variables(variables):  # values that name module variables compile now
+        main = Block(MAIN, None, None)
+        _build(tree, main, table)
+        _merge(main, table)
+        config = Configuration(path=path, main=main, table=table, pm=pm, modules=modules, variables=variables)
+        # nginx's order: the core first, then modules in the order of their load_module lines, so
+        # a module can rely on what the modules loaded before it declared (e.g. their zones)
+        rank = {name: i for i, (name, _) in enumerate(modules)}
+        for impl in sorted(pm.hook.ngxsim_postconfiguration.get_hookimpls(), key=lambda i: rank[i.plugin_name]):
+            call_impl(impl, config=config)
+        config.jobs.declare_zone(config.zones)
+        for loc in config.blocks(LOCATION):
+            loc.stash["core.handler"] = pm.hook.ngxsim_content_handler(location=loc, config=config)
+            # pluggy calls the last registered first: per-location phases run in load order
+            for phase, hook in (("core.precontent", pm.hook.ngxsim_precontent_handler),
+                                ("core.body_filters", pm.hook.ngxsim_body_filter),
+                                ("core.filters", pm.hook.ngxsim_header_filter)):
+                loc.stash[phase] = [f for f in reversed(hook(location=loc, config=config)) if f is not None]
     return config
 
 
 def _build(stmts: list[Statement], block: Block, table: DirectiveTable) -> None:
     for st in stmts:
-        d: Directive | None = table.get(st.name)
+        d: Directive | None = table.get(st.name, block.context)
         if d is None:
-            raise st.error(f'unknown directive "{st.name}"')
-        if block.context not in d.contexts:
+            if table.get(st.name) is None:
+                raise st.error(f'unknown directive "{st.name}"')
             raise st.error(f'"{st.name}" directive is not allowed here')
         if d.block and st.block is None:
             raise st.error(f'directive "{st.name}" has no opening "{{"')

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -44,6 +45,12 @@ class ZoneSpecs:
         self._specs[name] = spec
         return spec
 
+    def declare_core(self, name: str, size: int, owner: str, tag: str) -> ZoneSpec:
+        """A zone of the core's own, under a name no module can declare."""
+        spec = ZoneSpec(name, size, owner, tag)
+        self._specs[name] = spec
+        return spec
+
     def __iter__(self):
         return iter(self._specs.values())
 
@@ -55,3 +62,60 @@ class ZoneSpecs:
 
     def __len__(self) -> int:
         return len(self._specs)
+
+
+JOBS_ZONE = "@jobs"  # not a valid zone name for modules, so never one of theirs
+JOB_SLOT = 64
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str
+    interval: float
+    run: object  # callable(runtime), run in the one worker holding the job's lease
+    owner: str
+    lease: float  # how long a silent holder keeps the job before another worker takes it
+
+
+class JobSpecs:
+    """The instance-wide periodic jobs a configuration declares (``config.jobs.declare``).
+
+    Each job runs every ``interval`` in exactly one live worker of the instance: the holder of
+    its lease, a slot in the core's ``@jobs`` zone. See ``ngxsim/core/jobs.py``.
+    """
+
+    def __init__(self) -> None:
+        self._specs: dict[str, JobSpec] = {}
+
+    def declare(self, name: str, interval: float, run, owner: str, where: Statement | None = None,
+                lease: float | None = None) -> JobSpec:
+        def fail(message: str) -> ConfigError:
+            return where.error(message) if where else ConfigError(message)
+
+        if not name or len(name.encode()) > 200:
+            raise fail(f'invalid job name "{name}"')
+        if name in self._specs:
+            raise fail(f'periodic job "{name}" is already declared by module "{self._specs[name].owner}"')
+        if not 0.01 <= interval <= 86400:
+            raise fail(f'periodic job "{name}": interval {interval:g}s is outside 10ms..1d')
+        spec = JobSpec(name, float(interval), run, owner, float(lease if lease is not None else 2 * interval))
+        self._specs[name] = spec
+        return spec
+
+    def declare_zone(self, zones: ZoneSpecs) -> None:
+        """The core's zone of leases, sized for the declared jobs (none: no zone)."""
+        if self._specs:
+            names = ",".join(self._specs)
+            # the tag carries the job list: a reload that changes it gets a fresh zone
+            zones.declare_core(JOBS_ZONE, JOB_SLOT * len(self._specs) + 64, owner="core",
+                               tag=f"jobs {len(self._specs)} {hash_names(names)}")
+
+    def __iter__(self):
+        return iter(self._specs.values())
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+
+def hash_names(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:16]

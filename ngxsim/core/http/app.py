@@ -16,6 +16,7 @@ from werkzeug.wrappers import Response
 
 from .context import RequestContext
 from .core_module import AddHeader, Return
+from .jsonapi import ApiError
 from .logs import AccessLog, log
 from .responses import json_error
 
@@ -30,10 +31,12 @@ _ADD_HEADER_CODES = frozenset((200, 201, 204, 206, 301, 302, 303, 304, 307, 308)
 class _Plan:
     """What the core precomputed for one server or location block."""
 
-    __slots__ = ("handler", "filters", "headers", "ret", "max_body", "access_log", "default_type")
+    __slots__ = ("handler", "precontent", "body_filters", "filters", "headers", "ret", "max_body", "access_log", "default_type")
 
     def __init__(self, block: "Block", logs: dict[str, AccessLog]):
         self.handler = block.stash.get("core.handler")
+        self.precontent = block.stash.get("core.precontent", ())
+        self.body_filters = block.stash.get("core.body_filters", ())
         self.filters = block.stash.get("core.filters", ())
         self.headers: list[AddHeader] = block.get("add_header") or []
         self.ret: Return | None = block.get("return")
@@ -71,6 +74,10 @@ class HttpCore:
         plan: _Plan = (loc or server).stash["core.plan"]
         try:
             response = self._content(ctx, req, server.stash["core.plan"], plan, loc)
+            for body_filter in plan.body_filters:
+                response = body_filter(ctx, response)
+        except ApiError as exc:  # a handler's answer to a bad request
+            response = exc.response()
         except HTTPException as exc:  # e.g. a client that hung up mid-body, a body over the limit
             response = json_error(exc.code or 400, exc.description or exc.name)
         except Exception:
@@ -93,6 +100,10 @@ class HttpCore:
             return json_error(404, f"no location matches {ctx.uri}")
         if plan.ret is not None:
             return self._return(ctx, plan.ret, plan)
+        for precontent in plan.precontent:  # nginx's precontent phase: a cache may answer here
+            response = precontent(ctx)
+            if response is not None:
+                return response
         if plan.handler is not None:
             return plan.handler(ctx)
         return json_error(404, f"location {loc.value} has no content handler")

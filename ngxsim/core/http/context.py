@@ -51,6 +51,9 @@ class RequestContext:
         self.server: Block | None = None
         self.location: Block | None = None
         self.secret_args: frozenset[str] = frozenset()
+        # per-request values modules record for their variables and later phases
+        # (``upstream_addr``, ``upstream_cache_status``...)
+        self.vars: dict[str, str] = {}
 
     @cached_property
     def request_id(self) -> str:

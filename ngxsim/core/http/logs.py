@@ -31,8 +31,11 @@ def setup_error_log(target: tuple[str, str]) -> None:
 
 
 def mask_query(query: str, secrets: frozenset[str]) -> str:
-    """The query string with the values of secret arguments replaced by ``***``."""
-    if not secrets or not query or not any(s + "=" in query for s in secrets):
+    """The query string with the values of secret arguments replaced by ``***``. Arguments are
+    matched by their decoded name, as the handler that reads them sees it (``%6bey`` is ``key``)."""
+    if not secrets or not query:
+        return query
+    if "%" not in query and "+" not in query and not any(s + "=" in query for s in secrets):
         return query
     pairs = parse_qsl(query, keep_blank_values=True)
     return urlencode([(k, "***" if k in secrets else v) for k, v in pairs], safe="*/:")

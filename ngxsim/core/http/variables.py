@@ -1,15 +1,20 @@
 """nginx variables in directive values (``return`` text, ``add_header`` values).
 
 A value is compiled once at config load into literal parts and variable getters; an unknown
-variable fails the load (``unknown "x" variable``), as in nginx.
+variable fails the load (``unknown "x" variable``), as in nginx. Modules add variables through
+the ``ngxsim_variables`` hook; the loader makes them visible (``module_variables``) while that
+config's values are compiled.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import re
 import time
-from typing import TYPE_CHECKING, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterator
 
 if TYPE_CHECKING:  # pragma: no cover
     from .context import RequestContext
@@ -42,6 +47,59 @@ PREFIXED: dict[str, Callable[[str], Callable[["RequestContext"], str]]] = {
 }
 
 
+@dataclass(frozen=True)
+class Variable:
+    """A variable a module declares: ``$name`` read by ``get(ctx) -> str`` for each request.
+
+    With ``prefix=True``, ``name`` is a prefix (like ``arg_``) and ``get`` is a factory: called
+    once per distinct full name at config load with the rest of the name, it returns the getter.
+    Per-request values a module computes are usually kept in ``ctx.vars`` and read from there.
+    """
+
+    name: str
+    get: Callable
+    prefix: bool = False
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_]+", self.name):
+            raise ValueError(f"variable name {self.name!r} must be letters, digits and _")
+
+
+class VariableTable:
+    """The variables one configuration's modules declared (the core's are always there)."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, Callable] = {}
+        self.prefixes: dict[str, Callable] = {}
+        self.owners: dict[str, str] = {}
+
+    def registrar(self, module: str) -> Callable[[Variable], None]:
+        def register(var: Variable) -> None:
+            if not isinstance(var, Variable):
+                raise TypeError(f"module {module!r} registered {var!r}, not an ngxsim.Variable")
+            key = var.name + ("*" if var.prefix else "")
+            taken = self.owners.get(key) or ("core" if var.name in VARIABLES or var.name in PREFIXED else None)
+            if taken:
+                raise ValueError(f'duplicate variable "{var.name}" declared by modules "{taken}" and "{module}"')
+            (self.prefixes if var.prefix else self.names)[var.name] = var.get
+            self.owners[key] = module
+
+        return register
+
+
+_MODULE_VARIABLES: contextvars.ContextVar[VariableTable | None] = contextvars.ContextVar("ngxsim_variables", default=None)
+
+
+@contextlib.contextmanager
+def module_variables(table: VariableTable) -> Iterator[None]:
+    """Compile values with ``table``'s variables visible (the loader, while one config loads)."""
+    token = _MODULE_VARIABLES.set(table)
+    try:
+        yield
+    finally:
+        _MODULE_VARIABLES.reset(token)
+
+
 class Template:
     """A string with variables; ``render(ctx)`` gives its value for one request."""
 
@@ -72,7 +130,13 @@ class Template:
 def _getter(name: str) -> Callable[["RequestContext"], str]:
     if name in VARIABLES:
         return VARIABLES[name]
-    for prefix, make in PREFIXED.items():
+    table = _MODULE_VARIABLES.get()
+    if table is not None and name in table.names:
+        return table.names[name]
+    prefixed = dict(PREFIXED)
+    if table is not None:
+        prefixed.update(table.prefixes)
+    for prefix, make in prefixed.items():
         if name.startswith(prefix) and len(name) > len(prefix):
             return make(name[len(prefix) :])
     raise ValueError(f'unknown "{name}" variable')

@@ -25,8 +25,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core.instance import process_start_time
-from .core.shm import shm_dir
+from ..core.instance import process_start_time
+from ..core.shm import shm_dir
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
@@ -188,3 +188,15 @@ def _has_control_socket() -> bool:
     from gunicorn.config import KNOWN_SETTINGS
 
     return any(s.name == "control_socket_disable" for s in KNOWN_SETTINGS)
+
+
+def stop_all(things) -> None:
+    """Stop every server or backend in ``things``, even when some fail; then fail with all their errors."""
+    errors = []
+    for thing in things:
+        try:
+            thing.stop()
+        except AssertionError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise AssertionError("\n".join(errors))

@@ -1,0 +1,188 @@
+"""The toolkit for a module's JSON API endpoint: errors, the key check, the body, the query.
+
+A content handler raises ``ApiError`` wherever a request is bad; the core answers it with the
+usual JSON error (``{"status", "error", "message"}``). Every helper here either returns a valid
+value or raises an ``ApiError`` whose message names the problem, so a handler never sees a
+half-read body, a malformed number or an unexpected method.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import math
+from typing import TYPE_CHECKING, Callable
+
+from gunicorn.http.errors import ParseException
+from werkzeug.exceptions import ClientDisconnected
+from werkzeug.wrappers import Response
+
+from .responses import json_error
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..conf.loader import Configuration
+    from .context import RequestContext
+
+# one read of the body at most this much at a time (a body is bounded by ``max_body`` anyway)
+_READ_STEP = 65536
+
+
+class ApiError(Exception):
+    """Raised by a content handler: the core answers ``json_error(status, message, headers)``."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+    def response(self) -> Response:
+        return json_error(self.status, self.message, headers=self.headers)
+
+
+# -- the key ----------------------------------------------------------------------------------
+
+
+def register_secret_arg(config: "Configuration", name: str = "key") -> None:
+    """Mask query argument ``name`` in every access log line (its value becomes ``***``).
+    Call it at load time (``ngxsim_postconfiguration``) for each argument that carries a secret;
+    the log matches the argument by its decoded name, so ``?%6bey=`` is masked too."""
+    config.secret_args.add(name)
+
+
+def check_key(ctx: "RequestContext", key: str | None, arg: str = "key", action: str = "this request") -> None:
+    """Raise ``ApiError(403)`` unless ``key`` is None (no key configured) or the request's
+    ``?key=`` (``arg``) equals it; ``action`` names what needs it in the message. Constant-time
+    compare: the answer time says nothing about how much of a guess was right. Register ``arg``
+    with ``register_secret_arg`` at load time."""
+    if key is None:
+        return
+    given = ctx.args.get(arg)
+    if not given or not given[0]:
+        raise ApiError(403, f'{action} needs the "{arg}" query parameter')
+    if not hmac.compare_digest(given[0].encode(), key.encode()):
+        raise ApiError(403, f'wrong "{arg}"')
+
+
+# -- the body ---------------------------------------------------------------------------------
+
+
+def read_body(ctx: "RequestContext", max_body: int) -> bytes:
+    """The whole request body, at most ``max_body`` bytes, or an ``ApiError``: 413 when it is
+    larger (declared or actually sent), 400 when it is shorter than its ``Content-Length`` (the
+    client stopped sending) or its chunked encoding is broken."""
+    req = ctx.request
+    length = req.content_length
+    if length is not None and length > max_body:
+        raise ApiError(413, f"body of {length} bytes is larger than {max_body}")
+    stream = req.stream
+    parts: list[bytes] = []
+    got = 0
+    try:
+        while got <= max_body:
+            part = stream.read(min(_READ_STEP, max_body + 1 - got))
+            if not part:
+                break
+            parts.append(part)
+            got += len(part)
+    except ClientDisconnected:
+        raise ApiError(400, _incomplete(got, length)) from None
+    except ParseException as exc:  # gunicorn's chunked decoder: a bad size, extension or terminator
+        raise ApiError(400, f"body is not valid chunked encoding: {exc}") from None
+    except OSError as exc:  # gunicorn: the connection ended inside a chunk; or a socket error
+        raise ApiError(400, f"{_incomplete(got, length)} ({exc})") from None
+    if got > max_body:
+        raise ApiError(413, f"body is larger than {max_body} bytes")
+    if length is not None and got < length:
+        raise ApiError(400, _incomplete(got, length))
+    return b"".join(parts)
+
+
+def _incomplete(got: int, length: int | None) -> str:
+    declared = f" of the {length} bytes its Content-Length declares" if length is not None else ""
+    return f"body is incomplete: the client stopped sending after {got}{declared}"
+
+
+_KINDS = {dict: "a JSON object", list: "a JSON array"}
+
+
+def read_json(ctx: "RequestContext", max_body: int, *, want: type | None = dict) -> object:
+    """The request's JSON body, parsed; or an ``ApiError``: 415 unless the Content-Type is
+    ``application/json`` (parameters such as ``charset`` allowed), what ``read_body`` raises,
+    400 for invalid UTF-8 or JSON, NaN/Infinity, nesting too deep to parse, or (with ``want``)
+    a value of another type."""
+    req = ctx.request
+    if (req.mimetype or "").lower() != "application/json":
+        raise ApiError(415, f'Content-Type must be application/json, not "{req.content_type or ""}"')
+    raw = read_body(ctx, max_body)
+    try:
+        body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ApiError(400, f"body is not valid JSON: {exc}") from None
+    except RecursionError:  # the C decoder recurses per level: 1000 "[" exhaust the stack
+        raise ApiError(400, "body is not valid JSON: nested too deeply") from None
+    if want is not None and not isinstance(body, want):
+        raise ApiError(400, f"body must be {_KINDS.get(want, want.__name__)}")
+    return body
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+# -- the method -------------------------------------------------------------------------------
+
+
+class Methods:
+    """Dispatch a request by method: ``Methods(GET=inspect, HEAD=inspect, POST=publish)(ctx)``.
+    Any other method is ``405`` with an ``Allow`` header listing the accepted ones."""
+
+    def __init__(self, **handlers: Callable[["RequestContext"], Response]):
+        self.handlers = handlers
+        self.allow = ", ".join(handlers)
+
+    def __call__(self, ctx: "RequestContext") -> Response:
+        method = ctx.environ["REQUEST_METHOD"]
+        handler = self.handlers.get(method)
+        if handler is None:
+            raise ApiError(405, f"method {method} is not allowed here; use {self.allow}", headers={"Allow": self.allow})
+        return handler(ctx)
+
+
+# -- the query --------------------------------------------------------------------------------
+
+
+def query_int(ctx: "RequestContext", name: str) -> int | None:
+    """Query argument ``name`` as a non-negative integer (ASCII digits only), None when absent."""
+    values = ctx.args.get(name)
+    if values is None:
+        return None
+    text = values[0]
+    if not text.isascii() or not text.isdigit():
+        raise ApiError(400, f'parameter "{name}" must be a non-negative integer, not "{text}"')
+    return int(text)
+
+
+def query_seconds(ctx: "RequestContext", name: str, maximum: float) -> float | None:
+    """Query argument ``name`` as a number of seconds from 0 to ``maximum``, None when absent."""
+    values = ctx.args.get(name)
+    if values is None:
+        return None
+    text = values[0]
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not text.isascii() or not (0 <= value <= maximum):  # NaN fails both comparisons
+        raise ApiError(400, f'parameter "{name}" must be a number of seconds from 0 to {maximum:g}, not "{text}"')
+    return value
+
+
+def query_str(ctx: "RequestContext", name: str, max_bytes: int) -> str | None:
+    """Query argument ``name`` (at most ``max_bytes`` of UTF-8), None when absent."""
+    values = ctx.args.get(name)
+    if values is None:
+        return None
+    if len(values[0].encode()) > max_bytes:
+        raise ApiError(400, f'parameter "{name}" is longer than {max_bytes} bytes')
+    return values[0]

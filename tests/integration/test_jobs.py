@@ -1,0 +1,76 @@
+"""Instance-wide periodic jobs under gunicorn -w 4: one runner per interval, taken over when
+its worker dies or hangs."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from helpers import wait_for
+
+CONF = """
+load_module ngxsim_test_phases;
+test_job {interval};
+{extra}
+http {
+    server {
+        listen 127.0.0.1:{port};
+        location /jobs { test_jobs_status; }
+    }
+}
+"""
+
+
+def ticks(folder):
+    path = folder / "ticks.log"
+    if not path.exists():
+        return []
+    return [(int(p), float(t)) for p, t in (line.split() for line in path.read_text().splitlines())]
+
+
+@pytest.fixture
+def start(server_factory, tmp_path):
+    def run(interval="200ms", extra="", **kw):
+        text = CONF.replace("{interval}", interval).replace("{extra}", extra)
+        return server_factory(text, workers=4, extra_env={"NGXSIM_TEST_RECORD_DIR": str(tmp_path)}, **kw)
+
+    return run
+
+
+@pytest.mark.parametrize("mode", ["gunicorn", "ngxsim"])
+def test_one_worker_runs_the_job_once_per_interval(start, tmp_path, mode):
+    server = start(mode=mode, extra="worker_processes 4;")
+    wait_for(lambda: len(ticks(tmp_path)) >= 11, 15, what="11 runs")
+    runs = ticks(tmp_path)
+    # one holder for the whole instance, not one run per worker per interval
+    assert len({pid for pid, _ in runs}) == 1, runs
+    gaps = [b - a for (_, a), (_, b) in zip(runs, runs[1:])]
+    assert all(g > 0.15 for g in gaps), gaps  # never two runs for one due time
+    status = server.get("/jobs").json()["jobs"]
+    assert status[0]["name"] == "test.tick" and status[0]["holder_pid"] == runs[-1][0]
+    assert status[0]["runs"] >= len(runs)
+
+
+def test_a_killed_holder_is_replaced_within_two_intervals(start, tmp_path):
+    server = start(interval="300ms")
+    wait_for(lambda: len(ticks(tmp_path)) >= 2, 15, what="the first runs")
+    holder = ticks(tmp_path)[-1][0]
+    os.kill(holder, signal.SIGKILL)
+    killed_at = ticks(tmp_path)[-1][1]
+    new = wait_for(lambda: [t for t in ticks(tmp_path) if t[0] != holder], 10, what="another worker to run the job")
+    # the successor looks at least once an interval: the schedule slips by < 2 intervals
+    assert new[0][1] - killed_at < 2 * 0.3 + 0.25, (killed_at, new[0])
+    wait_for(lambda: len([t for t in ticks(tmp_path) if t[0] != holder]) >= 3, 10, what="runs to go on")
+    assert holder not in server.worker_pids()
+
+
+def test_a_hung_holder_loses_the_job_when_its_lease_runs_out(start, tmp_path):
+    # each run lasts 2 s: longer than the 2 x 300 ms lease, so the holder looks hung
+    start(interval="300ms", extra="test_job_sleep 2s;")
+    wait_for(lambda: ticks(tmp_path), 15, what="the first run")
+    first = ticks(tmp_path)[0]
+    second = wait_for(lambda: ticks(tmp_path)[1:], 10, what="a second run")[0]
+    assert second[0] != first[0], "the hung holder kept the job"
+    assert 0.3 < second[1] - first[1] < 1.2, (first, second)

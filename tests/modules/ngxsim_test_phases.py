@@ -1,0 +1,81 @@
+"""Test module: an instance-wide periodic job, a module variable and the request phases.
+
+- ``test_job INTERVAL;`` (main) declares the job ``test.tick``: each run appends
+  ``<pid> <monotonic time>`` to ``$NGXSIM_TEST_RECORD_DIR/ticks.log``; ``test_job_sleep`` makes
+  a run last that long (a hung holder); ``/jobs`` (``test_jobs_status;``) answers
+  ``runtime.jobs.status()``.
+- ``$test_phase`` is what the pre-content handler recorded in ``ctx.vars``.
+- ``test_precontent on;``: a request with ``?short=1`` is answered by the pre-content handler.
+- ``test_body_filter on;``: responses get their body upper-cased by a body filter.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from ngxsim import FLAG, LOCATION, MAIN, TIME, Directive, Variable, hookimpl, json_response
+from werkzeug.wrappers import Response
+
+
+@hookimpl
+def ngxsim_directives(register):
+    register(Directive("test_job", (MAIN,), 1, type=TIME, default=None))
+    register(Directive("test_job_sleep", (MAIN,), 1, type=TIME, default=0))
+    register(Directive("test_jobs_status", (LOCATION,), 0, type=FLAG, default=False, inherit=False))
+    register(Directive("test_precontent", (LOCATION,), 1, type=FLAG, default=False))
+    register(Directive("test_body_filter", (LOCATION,), 1, type=FLAG, default=False))
+
+
+@hookimpl
+def ngxsim_variables(register):
+    register(Variable("test_phase", lambda ctx: ctx.vars.get("test_phase", "")))
+
+
+def _tick(runtime):
+    folder = os.environ["NGXSIM_TEST_RECORD_DIR"]
+    with open(os.path.join(folder, "ticks.log"), "a") as fh:
+        fh.write(f"{os.getpid()} {time.monotonic():.6f}\n")
+    pause = runtime.config.main["test_job_sleep"]
+    if pause:
+        time.sleep(pause)
+
+
+@hookimpl
+def ngxsim_postconfiguration(config):
+    interval = config.main["test_job"]
+    if interval:
+        config.jobs.declare("test.tick", interval, _tick, owner="ngxsim_test_phases",
+                            where=config.main.where_of("test_job"))
+
+
+@hookimpl
+def ngxsim_content_handler(location, config):
+    if location["test_jobs_status"]:
+        return lambda ctx: json_response({"pid": os.getpid(), "jobs": ctx.runtime.jobs.status() if ctx.runtime.jobs else []})
+    return None
+
+
+@hookimpl
+def ngxsim_precontent_handler(location, config):
+    if not location["test_precontent"]:
+        return None
+
+    def precontent(ctx):
+        ctx.vars["test_phase"] = "precontent-saw-it"
+        if ctx.arg("short"):
+            return Response("short-circuited", status=200, content_type="text/plain")
+        return None
+
+    return precontent
+
+
+@hookimpl
+def ngxsim_body_filter(location, config):
+    if not location["test_body_filter"]:
+        return None
+
+    def body_filter(ctx, response):
+        return Response(response.get_data().upper(), status=response.status_code, headers=dict(response.headers))
+
+    return body_filter
