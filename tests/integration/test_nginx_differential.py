@@ -12,7 +12,10 @@ from __future__ import annotations
 import pytest
 
 from helpers import start_server
-from nginx_reference import Nginx, check_config, find_nginx, first_emerg, raw_request
+from nginx_reference import Nginx, check_config, find_nginx, raw_request
+
+from ngxsim import ConfigError
+from ngxsim.core.conf.loader import load_configuration
 
 NGINX = find_nginx()
 pytestmark = pytest.mark.skipif(NGINX is None, reason="no nginx binary on PATH or in /usr/sbin "
@@ -60,7 +63,64 @@ server {
 server {
     listen 127.0.0.1:{port};
     server_name www.served.* ~^(?<sub>[a-z]+)\.re\.test$;
-    location / { return 200 "regex server $host\n"; }
+    location / { return 200 "regex server $host $sub\n"; }
+}
+
+server {
+    listen 127.0.0.1:{port};
+    server_name nested.test;
+    location /outer/ {
+        add_header X-Outer o;
+        location /outer/inner/ { return 200 "inner $uri\n"; }
+        location ~ \.txt$ { return 200 "outer-txt $uri\n"; }
+        return 200 "outer $uri\n";
+    }
+    location ^~ /noregex/ {
+        location ~ \.txt$ { return 200 "nested-regex\n"; }
+        return 200 "noregex\n";
+    }
+    location ~ \.txt$ { return 200 "top-txt\n"; }
+    location ~ ^/cap/(\d+)/(?<word>\w+)$ { add_header X-Cap "$1-$word"; return 200 "cap $1 $2 $word $3\n"; }
+    location ~ ^/posix/[[:digit:]]+\Z { return 200 "posix\n"; }
+    location ~ ^/mid/a(?i)bc$ { return 200 "mid-i\n"; }
+    location ~ "^/letters/\p{L}+$" { return 200 "letters\n"; }
+    location ~ ^/word/\w+$ { return 200 "word\n"; }
+    location /café/ { return 200 "cafe $uri\n"; }
+    location @named { return 200 "named\n"; }
+    location / { return 200 "nested-root $uri\n"; }
+    location = /type.html { return 200 "<p>x</p>\n"; }
+    location = /img.GIF { return 200 "gif\n"; }
+    location /r-noabs { absolute_redirect off; return 301 /x; }
+    location /r-noport { port_in_redirect off; return 301 /x; }
+    location /r-sname { server_name_in_redirect on; return 301 /x; }
+    location /r-rel { return 301 x/y; }
+    location /r-text { return 302 "/to/$uri?a=$arg_a"; }
+    location /not-modified { return 304; }
+    location /odd { return 299 "odd\n"; }
+    location /teapot { return 418; }
+    location /e401 { return 401; }
+}
+
+server {
+    listen 127.0.0.1:{port};
+    server_name "" noname.test;
+    location / { return 200 "empty-name [$host] [$server_name]\n"; }
+}
+
+server {
+    listen 127.0.0.1:{port};
+    server_name down.test;
+    add_header X-Down d always;
+    client_max_body_size 1;
+    return 503;
+    location / { add_header X-Loc l always; return 200 ok; }
+}
+
+server {
+    listen 127.0.0.1:{port};
+    server_name ~^(?<first>[a-z]+)\.(\d+)\.caps\.test$ ~^\D+\.nodigit\.test$;
+    location / { return 200 "caps [$first] [$1] [$2] [$server_name]\n"; }
+    location ~ ^/(\w+)$ { return 200 "loc [$first] [$1] [$2]\n"; }
 }
 """
 
@@ -126,6 +186,53 @@ CASES = {
     "args": req("/vars?a=1&A=2&b=%20x"),
     "arg-case-insensitive": req("/vars?A=up"),
     "repeated-header": req("/hdr", extra="X-A: one\r\nX-A: two\r\n"),
+    "header-case": req("/hdr", extra="x-a: lower\r\n"),
+    "trace": req("/exact", method="TRACE"),
+    "absolute-form-without-host-header": req("http://other.test/p", host=None),
+    "head-of-error-page": req("/e404", method="HEAD"),
+    "chrome-padding": req("/e404", extra="User-Agent: Mozilla/5.0 (X11; Linux x86_64) Chrome/120.0 Safari/537.36\r\n"),
+    "msie-padding": req("/e404", extra="User-Agent: Mozilla/4.0 (compatible; MSIE 8.0; Windows NT 6.1)\r\n"),
+    "firefox-no-padding": req("/e404", extra="User-Agent: Mozilla/5.0 (X11; rv:120.0) Gecko/20100101 Firefox/120.0\r\n"),
+    # nested locations, regex captures, PCRE features
+    "nested-prefix": req("/outer/inner/x", host="nested.test"),
+    "nested-regex": req("/outer/a.txt", host="nested.test"),
+    "nested-prefix-then-outer-regex": req("/outer/inner/a.txt", host="nested.test"),
+    "outer-return": req("/outer/x", host="nested.test"),
+    "caret-tilde-nested-regex": req("/noregex/a.txt", host="nested.test"),
+    "caret-tilde-plain": req("/noregex/a", host="nested.test"),
+    "top-regex": req("/top.txt", host="nested.test"),
+    "captures": req("/cap/42/hello", host="nested.test"),
+    "posix-class-and-Z": req("/posix/123", host="nested.test"),
+    "posix-class-no-match": req("/posix/12a", host="nested.test"),
+    "inline-caseless": req("/mid/aBC", host="nested.test"),
+    "inline-caseless-not-before": req("/mid/ABC", host="nested.test"),
+    "unicode-letter-class": req("/letters/abc", host="nested.test"),
+    "ascii-word": req("/word/caf%C3%A9", host="nested.test"),
+    "utf8-location": req("/caf%C3%A9/x", host="nested.test"),
+    "utf8-location-raw-case": req("/caf%c3%a9/x", host="nested.test"),
+    "named-location-not-by-uri": req("/@named", host="nested.test"),
+    "type-by-extension": req("/type.html", host="nested.test"),
+    "type-by-extension-case": req("/img.GIF", host="nested.test"),
+    "no-absolute-redirect": req("/r-noabs", host="nested.test"),
+    "no-port-in-redirect": req("/r-noport", host="nested.test"),
+    "server-name-in-redirect": req("/r-sname", host="Nested.Test"),
+    "relative-redirect-text": req("/r-rel", host="nested.test"),
+    "redirect-with-variables": req("/r-text?a=1", host="nested.test:99"),
+    "redirect-http10-no-host": req("/r-rel", host=None, version="HTTP/1.0"),
+    "not-modified": req("/not-modified", host="nested.test"),
+    "unknown-code-with-text": req("/odd", host="nested.test"),
+    "unknown-error-code": req("/teapot", host="nested.test"),
+    "return-401": req("/e401", host="nested.test"),
+    # the empty server name, server-level return, server_name regex captures
+    "http10-without-host-empty-name": req("/x", host=None, version="HTTP/1.0"),
+    "empty-name-server-by-name": req("/x", host="noname.test"),
+    "server-return-keeps-server-headers": req("/x", host="down.test"),
+    "server-return-before-body-limit": req("/x", host="down.test", method="POST",
+                                           extra="Content-Length: 5\r\n") + b"hello",
+    "server-regex-captures": req("/", host="abc.42.caps.test"),
+    "location-regex-replaces-numbered": req("/zzz", host="abc.42.caps.test"),
+    "server-regex-with-upper-escape": req("/", host="abc.nodigit.test"),
+    "server-regex-with-upper-escape-no-match": req("/", host="a1c.nodigit.test"),
 }
 
 
@@ -144,11 +251,28 @@ def pair(tmp_path_factory):
     nginx.stop()
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+# Where ngxsim still answers differently, and why; each is listed in docs/configuration.md. The
+# tests run anyway and must fail (strict): one that starts to pass means the docs need updating.
+KNOWN_DIFFERENCES = {
+    "repeated-header": "gunicorn joins a repeated request header with ',' before ngxsim sees it; "
+                       "nginx 1.22's $http_NAME is the first value",
+    "regex-error-offset": "ngxsim reads the whole file before checking directives, so a syntax error "
+                          "later in the file is reported before a directive error earlier in it",
+}
+
+
+def _cases(table):
+    return [pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=KNOWN_DIFFERENCES[name]))
+            if name in KNOWN_DIFFERENCES else name for name in sorted(table)]
+
+
+@pytest.mark.parametrize("name", _cases(CASES))
 def test_same_answer_as_nginx(pair, name):
     nginx, ngxsim = pair
     data = CASES[name]
     expected = raw_request(nginx.port, data).comparable(nginx.port)
+    # the one difference on purpose: ngxsim's own pages sign as ngxsim (docs/configuration.md)
+    expected["body"] = expected["body"].replace(b"<hr><center>nginx</center>", b"<hr><center>ngxsim</center>")
     got = raw_request(ngxsim.port, data).comparable(ngxsim.port)
     assert got == expected, f"request {data!r}"
 
@@ -163,6 +287,20 @@ BAD_CONFIGS = {
     "bad-regex": "http {\n  server {\n    location ~ ^/(a {\n    }\n  }\n}\n",
     "missing-semicolon": "http {\n  server {\n    listen 8080\n    server_name a;\n  }\n}\n",
     "eof-inside-block": "http {\n  server {\n    listen 8080;\n",
+    "eof-without-newline": "http {\n  server {\n    listen 8080;",
+    "listen-extra-words": "http {\n  server {\n    listen 8080 default_server\n    other;\n  }\n}\n",
+    "statement-ends-later": "http {\n  server {\n    location /a\n    /b { }\n  }\n}\n",
+    "bad-flag": "http {\n  absolute_redirect maybe;\n}\n",
+    "dollar-at-end": "http {\n  server {\n    location / { return 200 \"a$\"; }\n  }\n}\n",
+    "bracket-bad-name": "http {\n  server {\n    location / { return 200 \"${a-b}\"; }\n  }\n}\n",
+    "regex-error-offset": "http {\n  server {\n    location ~ ^/a{2,1} { }\n  }\n}\n",
+    "server-name-regex-error": "http {\n  server {\n    server_name ~^(x;\n  }\n}\n",
+    "duplicate-caret-prefix": "http {\n  server {\n    location /a { }\n    location ^~ /a { }\n  }\n}\n",
+    "duplicate-exact": "http {\n  server {\n    location = /a { }\n    location /a { }\n    location = /a { }\n  }\n}\n",
+    "inside-named-location": "http {\n  server {\n    location @n {\n      location /x { }\n    }\n  }\n}\n",
+    "location-in-http": "http {\n  location / { }\n}\n",
+    "server-name-star": "http {\n  server {\n    server_name *;\n  }\n}\n",
+    "wildcard-on-shared-address": "http {\n  server { listen 8080; server_name a*b; }\n  server { listen 8080; }\n}\n",
     "unknown-variable": "http {\n  server {\n    location / { return 200 $nope; }\n  }\n}\n",
     "bad-variable-syntax": "http {\n  server {\n    location / { return 200 \"cost 5$ total\"; }\n  }\n}\n",
     "unclosed-brace-variable": "http {\n  server {\n    location / { return 200 \"${uri\"; }\n  }\n}\n",
@@ -170,15 +308,12 @@ BAD_CONFIGS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(BAD_CONFIGS))
+@pytest.mark.parametrize("name", _cases(BAD_CONFIGS))
 def test_same_config_error_as_nginx(tmp_path, name):
-    import subprocess
-    import sys
-
     conf = tmp_path / "t.conf"
     conf.write_text(BAD_CONFIGS[name])
     expected = check_config(NGINX, tmp_path / "prefix", conf)
     assert expected, f"nginx accepted the {name} config"
-    out = subprocess.run([sys.executable, "-m", "ngxsim.cli", "-t", "-c", str(conf)], capture_output=True,
-                         text=True, timeout=60)
-    assert first_emerg(out.stderr) == expected
+    with pytest.raises(ConfigError) as err:  # what `ngxsim -t` prints after "[emerg] "
+        load_configuration(str(conf))
+    assert str(err.value) == expected

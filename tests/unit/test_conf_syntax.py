@@ -50,12 +50,12 @@ def test_tree_shape():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("http {\n  server {\n  }\n", 'unexpected end of file, expecting "}" in t.conf:3'),
+    ("http {\n  server {\n  }\n", 'unexpected end of file, expecting "}" in t.conf:4'),
     ("worker_processes 2", 'unexpected end of file, expecting ";" or "}" in t.conf:1'),
     ("http {\n}\n}\n", 'unexpected "}" in t.conf:3'),
     ("http {\n  server {\n    listen 80\n  }\n}\n", 'unexpected "}" in t.conf:4'),
     ("http {\n ;\n}", 'unexpected ";" in t.conf:2'),
-    ("a 'unterminated;\n", "unexpected end of file, expecting \"'\" in t.conf:1"),
+    ("a 'unterminated;\n", 'unexpected end of file, expecting ";" or "}" in t.conf:2'),
     ('a "x"y;', 'unexpected "y" in t.conf:1'),
 ])
 def test_syntax_errors(text, message):

@@ -161,6 +161,10 @@ def load_configuration(path: str | None = None, text: str | None = None) -> Conf
         rank = {name: i for i, (name, _) in enumerate(modules)}
         for impl in sorted(pm.hook.ngxsim_postconfiguration.get_hookimpls(), key=lambda i: rank[i.plugin_name]):
             call_impl(impl, config=config)
+        try:  # nginx's last check of the values: every variable they name now exists
+            variables.check_pending()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         config.jobs.declare_zone(config.zones)
         for loc in config.blocks(LOCATION):
             loc.stash["core.handler"] = pm.hook.ngxsim_content_handler(location=loc, config=config)

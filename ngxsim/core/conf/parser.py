@@ -49,7 +49,7 @@ def parse_file(path: str, _depth: int = 0) -> list[Statement]:
 def parse_text(text: str, file: str, _depth: int = 0) -> list[Statement]:
     """Parse configuration ``text``; ``file`` names it in errors and anchors relative includes."""
     tokens = tokenize(text, file)
-    last_line = text.count("\n") + (0 if text.endswith("\n") else 1)
+    last_line = text.count("\n") + 1  # nginx counts the line after the last newline too
     return _Parser(tokens, file, last_line, _depth).block(inside=False)
 
 
@@ -74,7 +74,8 @@ class _Parser:
             if not words:
                 raise ConfigError(f'unexpected "{tok.value}"', self.file, tok.line)
             stmt = Statement(
-                words[0].value, [w.value for w in words[1:]], self.file, words[0].line,
+                # nginx names the line where a statement ends (its ";" or "{")
+                words[0].value, [w.value for w in words[1:]], self.file, tok.line,
                 quoted=[w.quoted for w in words[1:]],
             )
             words = []

@@ -37,9 +37,11 @@ class RequestContext:
         # why nginx would refuse this request with 400 (None: it would not)
         self.invalid: str | None = None
         self._line_host: bytes | None = None
+        # $request_uri: the path and query as sent (an absolute-form target without its host)
+        self.unparsed_uri = b"/"
         try:
-            path, self._line_host = split_target(raw_target(environ))
-            self.uri_bytes, self.args_bytes = parse_path(path)
+            self.unparsed_uri, self._line_host = split_target(raw_target(environ))
+            self.uri_bytes, self.args_bytes = parse_path(self.unparsed_uri)
         except BadRequest as exc:
             self.invalid = str(exc)
             self.uri_bytes, self.args_bytes = b"/", b""
@@ -61,11 +63,27 @@ class RequestContext:
 
     @cached_property
     def request_uri(self) -> str:
-        raw = self.environ.get("RAW_URI")
-        if raw:
-            return raw
-        qs = self.environ.get("QUERY_STRING", "")
-        return self.environ.get("PATH_INFO", "/") + ("?" + qs if qs else "")
+        return to_text(self.unparsed_uri)
+
+    @property
+    def args_text(self) -> str:
+        """``$args``: the query as sent."""
+        return to_text(self.args_bytes)
+
+    @cached_property
+    def request_line(self) -> str:
+        """``$request``: the request line as nginx logs it."""
+        target = to_text(raw_target(self.environ))
+        return f'{self.environ.get("REQUEST_METHOD", "")} {target} {self.environ.get("SERVER_PROTOCOL", "HTTP/1.0")}'
+
+    def cookie(self, name: str) -> str:
+        """``$cookie_NAME``: the value of the first cookie of that name (any case), as sent."""
+        want = name.lower()
+        for part in self.environ.get("HTTP_COOKIE", "").split(";"):
+            key, sep, value = part.strip().partition("=")
+            if sep and key.lower() == want:
+                return value
+        return ""
 
     @cached_property
     def request_host(self) -> str | None:

@@ -10,8 +10,7 @@ import os
 from dataclasses import dataclass
 
 from ... import hookimpl
-from ..conf.directive import HTTP, LOCATION, MAIN, SERVER, SIZE, STRING, Directive
-from ..conf.errors import ConfigError
+from ..conf.directive import FLAG, HTTP, LOCATION, MAIN, SERVER, SIZE, STRING, Directive
 from .location import LocationMatcher, LocationSpec, nesting_error, parse_location
 from .server import Listen, ServerTable, parse_listen, parse_server_name, primary_name
 from .variables import Template
@@ -106,7 +105,7 @@ CORE_DIRECTIVES = (
               doc="where the server's own log goes (`stderr` or a path) and from which level"),
     Directive("http", (MAIN,), 0, block=HTTP, doc="the HTTP context"),
     Directive("server", (HTTP,), 0, block=SERVER, multiple=True, doc="a virtual server"),
-    Directive("listen", (SERVER,), (1, 2), parse=parse_listen, multiple=True, inherit=False,
+    Directive("listen", (SERVER,), (1, None), parse=parse_listen, multiple=True, inherit=False,
               default=[DEFAULT_LISTEN], doc="`ADDR:PORT [default_server]`"),
     Directive("server_name", (SERVER,), (1, None), parse=parse_server_name, multiple=True, inherit=False,
               default=[[""]], doc="names: exact, `*.x`, `x.*`, `~regex`, `_`"),
@@ -121,7 +120,13 @@ CORE_DIRECTIVES = (
     Directive("access_log", HTTP_LEVELS, (1, 2), parse=parse_access_log, default=None,
               doc="`PATH [combined]` or `off` (default)"),
     Directive("default_type", HTTP_LEVELS, 1, type=STRING, default="text/plain",
-              doc="Content-Type of `return` text bodies"),
+              doc="Content-Type of `return` text bodies whose URI has no extension nginx knows"),
+    Directive("absolute_redirect", HTTP_LEVELS, 1, type=FLAG, default=True,
+              doc="a `Location` starting with `/` is sent as an absolute URL"),
+    Directive("port_in_redirect", HTTP_LEVELS, 1, type=FLAG, default=True,
+              doc="that absolute URL names the port (unless it is 80)"),
+    Directive("server_name_in_redirect", HTTP_LEVELS, 1, type=FLAG, default=False,
+              doc="that absolute URL names the server's first name instead of the request's host"),
 )
 
 @hookimpl
@@ -158,6 +163,7 @@ def ngxsim_postconfiguration(config):
         server.stash["core.server_name"] = primary_name(names)
         _check_nesting(server, None)
         server.stash["core.locations"] = _locations(server)
+    table.check()
     _check_binds(list(listens.values()), http_blocks[0])
     config.stash["core.http"] = HttpCore(table, list(listens.values()))
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import pcre2
 
+from .variables import declare_captures
+
 _POSITION = re.compile(r"compilation failed at position (\d+); (.*)", re.S)
 
 
@@ -57,6 +59,7 @@ class Regex:
             raise ValueError(_compile_error(source, str(exc))) from None
         self.captures: int = self._code.groups
         self.names: dict[str, int] = dict(self._code.groupindex)
+        declare_captures(self.names)  # nginx: each named capture is a variable of the config
 
     def search(self, subject: bytes) -> Captures | None:
         m = self._code.search(subject)

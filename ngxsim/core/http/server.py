@@ -47,12 +47,6 @@ class Listen:
 def parse_listen(args: list[str]) -> Listen:
     """``listen [ADDR:]PORT [default_server]`` / ``listen ADDR [default_server]``."""
     addr, *params = args
-    default = False
-    for p in params:
-        if p in ("default_server", "default"):
-            default = True
-        else:
-            raise ValueError(f'invalid parameter "{p}"')
     host, port = "*", DEFAULT_PORT
     if addr.startswith("["):
         m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?", addr)
@@ -72,6 +66,12 @@ def parse_listen(args: list[str]) -> Listen:
         raise ValueError(f'invalid port in "{addr}" of the "listen" directive')
     if host != "*":
         host = _normalize_host(host, addr)
+    default = False  # nginx reads the address first, then the parameters
+    for p in params:
+        if p in ("default_server", "default"):
+            default = True
+        else:
+            raise ValueError(f'invalid parameter "{p}"')
     return Listen(host, port, default)
 
 
@@ -126,14 +126,21 @@ class _NameIndex(Generic[T]):
         self.regex: list[tuple[Regex, T]] = []
         self.default: T | None = None
         self.first: T | None = None
+        self.servers = 0
+        self.invalid: list[str] = []  # nginx only checks the names of a shared address
+        self.where = ""
 
     def add(self, names: list[str], item: T, where: str) -> None:
         if self.first is None:
             self.first = item
+        self.servers += 1
+        self.where = where
         for name in names:
             if name.startswith("~"):
                 self.regex.append((server_name_regex(name), item))
-            elif name.startswith("*.") and "*" not in name[1:]:
+            elif name.count("*") > 1 or ".." in name:
+                self.invalid.append(name)
+            elif name.startswith("*."):
                 self.head.append((name[1:], item))
             elif name.startswith("."):
                 self.exact.setdefault(name[1:], item)
@@ -141,12 +148,17 @@ class _NameIndex(Generic[T]):
             elif name.endswith(".*") and "*" not in name[:-1]:
                 self.tail.append((name[:-1], item))
             elif "*" in name:
-                # nginx says this once the http block is read, without a file and line
-                raise ConfigError(f'invalid server name or wildcard "{name}" on {where}')
+                self.invalid.append(name)
             else:
                 self.exact.setdefault(name, item)
         self.head.sort(key=lambda e: len(e[0]), reverse=True)
         self.tail.sort(key=lambda e: len(e[0]), reverse=True)
+
+    def check(self) -> None:
+        """nginx checks wildcards when it builds an address's name hash, which it does only for
+        an address that several servers share; it says so without a file and line."""
+        if self.invalid and self.servers > 1:
+            raise ConfigError(f'invalid server name or wildcard "{self.invalid[0]}" on {self.where}')
 
     def lookup(self, host: str | None) -> tuple[T | None, Captures | None]:
         if host is not None:
@@ -190,6 +202,10 @@ class ServerTable(Generic[T]):
                 if self._any.default is None:
                     self._any.default = item
         self._any.add(names, item, "*")
+
+    def check(self) -> None:
+        for index in self._by_address.values():
+            index.check()
 
     def select(self, local_ip: str, local_port: int, host: str | None) -> T | None:
         return self.find(local_ip, local_port, host)[0]
