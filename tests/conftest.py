@@ -24,6 +24,26 @@ def shm_leftovers():
 
 
 @pytest.fixture
+def make_app(tmp_path, shm_leftovers):
+    """make(conf_text) -> a Flask test client of the core serving that config (in this process,
+    no gunicorn); every app's runtime is closed at teardown."""
+    from ngxsim.core.process import build_application
+
+    apps = []
+
+    def make(text):
+        path = tmp_path / "t.conf"
+        path.write_text(text)
+        app = build_application(str(path))
+        apps.append(app)
+        return app.test_client()
+
+    yield make
+    for app in apps:
+        app.runtime.close()
+
+
+@pytest.fixture
 def server_factory(tmp_path):
     """start(conf_text, **kw) -> a running Server; every server is stopped and checked for
     leftovers (processes, zone files) at teardown."""

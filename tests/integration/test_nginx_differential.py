@@ -12,7 +12,8 @@ from __future__ import annotations
 import pytest
 
 from helpers import start_server
-from nginx_reference import Nginx, check_config, find_nginx, raw_request
+from nginx_reference import Nginx, check_config, find_nginx
+from rawhttp import raw_request
 
 from ngxsim import ConfigError
 from ngxsim.core.conf.loader import load_configuration

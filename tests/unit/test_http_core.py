@@ -5,26 +5,7 @@ from __future__ import annotations
 import os
 import re
 
-import pytest
-
 from ngxsim.core.process import build_application
-
-
-@pytest.fixture
-def make_app(tmp_path, shm_leftovers):
-    apps = []
-
-    def make(text):
-        path = tmp_path / "t.conf"
-        path.write_text(text)
-        app = build_application(str(path))
-        apps.append(app)
-        return app.test_client()
-
-    yield make
-    for app in apps:
-        app.runtime.close()
-
 
 HEADERS = """
 http {
