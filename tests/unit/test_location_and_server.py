@@ -142,3 +142,19 @@ def test_wildcards_of_an_address_with_one_server_are_not_checked():
     # nginx builds (and checks) the name hash of an address only when servers share it
     config = load_configuration("/p/s.conf", text="http { server { listen 80; server_name a*b.com; } }")
     assert config.stash["core.http"].servers.select("127.0.0.1", 80, "x") is not None
+
+
+def test_a_name_two_servers_share_is_nginx_s_warning_and_the_first_keeps_it():
+    config = load_configuration("/p/s.conf", text="http {\n server { listen 80; server_name ok.test; return 200 a; }\n"
+                                                  " server { listen 80; server_name ok.test; return 200 b; }\n}")
+    assert config.warnings == ['conflicting server name "ok.test" on 0.0.0.0:80, ignored']
+    assert config.stash["core.http"].servers.select("127.0.0.1", 80, "ok.test")["return"].text.source == "a"
+
+
+def test_ngxsim_t_prints_warnings(tmp_path, capsys):
+    from ngxsim.cli import test_config
+
+    conf = tmp_path / "w.conf"
+    conf.write_text("http { server { server_name a; } server { server_name a; } }\n")
+    assert test_config(str(conf)) == 0
+    assert 'ngxsim: [warn] conflicting server name "a" on 127.0.0.1:8080, ignored' in capsys.readouterr().err

@@ -91,6 +91,9 @@ class Configuration:
     secret_args: set[str] = field(default_factory=set)
     stash: dict[str, Any] = field(default_factory=dict)
     variables: VariableTable = field(default_factory=VariableTable)
+    # nginx's [warn] lines for what it accepts but ignores (a conflicting server name): `ngxsim -t`
+    # prints them, a starting server logs them
+    warnings: list[str] = field(default_factory=list)
     # instance-wide periodic jobs modules declared (run by one live worker at a time)
     jobs: "JobSpecs" = field(default_factory=lambda: JobSpecs())
 

@@ -163,7 +163,7 @@ def ngxsim_postconfiguration(config):
         server.stash["core.server_name"] = primary_name(names)
         _check_nesting(server, None)
         server.stash["core.locations"] = _locations(server)
-    table.check()
+    config.warnings.extend(table.check())
     _check_binds(list(listens.values()), http_blocks[0])
     config.stash["core.http"] = HttpCore(table, list(listens.values()))
 

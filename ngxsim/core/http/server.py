@@ -128,6 +128,7 @@ class _NameIndex(Generic[T]):
         self.first: T | None = None
         self.servers = 0
         self.invalid: list[str] = []  # nginx only checks the names of a shared address
+        self.conflicts: list[str] = []
         self.where = ""
 
     def add(self, names: list[str], item: T, where: str) -> None:
@@ -149,16 +150,22 @@ class _NameIndex(Generic[T]):
                 self.tail.append((name[:-1], item))
             elif "*" in name:
                 self.invalid.append(name)
+            elif name in self.exact and self.exact[name] is not item:
+                self.conflicts.append(name)  # nginx keeps the first server of a name
             else:
-                self.exact.setdefault(name, item)
+                self.exact[name] = item
         self.head.sort(key=lambda e: len(e[0]), reverse=True)
         self.tail.sort(key=lambda e: len(e[0]), reverse=True)
 
-    def check(self) -> None:
-        """nginx checks wildcards when it builds an address's name hash, which it does only for
-        an address that several servers share; it says so without a file and line."""
-        if self.invalid and self.servers > 1:
+    def check(self) -> list[str]:
+        """nginx checks names when it builds an address's name hash, which it does only for an
+        address that several servers share; it says so without a file and line. Returns its
+        warnings (a name two servers give)."""
+        if self.servers < 2:
+            return []
+        if self.invalid:
             raise ConfigError(f'invalid server name or wildcard "{self.invalid[0]}" on {self.where}')
+        return [f'conflicting server name "{name}" on {self.where}, ignored' for name in self.conflicts]
 
     def lookup(self, host: str | None) -> tuple[T | None, Captures | None]:
         if host is not None:
@@ -203,9 +210,9 @@ class ServerTable(Generic[T]):
                     self._any.default = item
         self._any.add(names, item, "*")
 
-    def check(self) -> None:
-        for index in self._by_address.values():
-            index.check()
+    def check(self) -> list[str]:
+        """nginx's checks of each address's names: raises for an invalid one, returns warnings."""
+        return [warning for index in self._by_address.values() for warning in index.check()]
 
     def select(self, local_ip: str, local_port: int, host: str | None) -> T | None:
         return self.find(local_ip, local_port, host)[0]
