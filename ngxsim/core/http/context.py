@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
@@ -56,6 +57,8 @@ class RequestContext:
         # per-request values modules record for their variables and later phases
         # (``upstream_addr``, ``upstream_cache_status``...)
         self.vars: dict[str, str] = {}
+        self.started = time.monotonic()
+        self.logging = False  # rendering the access log line: secrets are masked
 
     @cached_property
     def request_id(self) -> str:
