@@ -104,6 +104,16 @@ server {
 
 server {
     listen 127.0.0.1:{port};
+    server_name typed.test;
+    types { text/css css CSS; application/x-thing thing; }
+    types { text/x-later thing; }
+    default_type application/octet-stream;
+    location / { return 200 "typed\n"; }
+    location /own { types { image/png png; } return 200 "own\n"; }
+}
+
+server {
+    listen 127.0.0.1:{port};
     server_name "" noname.test;
     location / { return 200 "empty-name [$host] [$server_name]\n"; }
 }
@@ -224,6 +234,11 @@ CASES = {
     "unknown-code-with-text": req("/odd", host="nested.test"),
     "unknown-error-code": req("/teapot", host="nested.test"),
     "return-401": req("/e401", host="nested.test"),
+    "types-block": req("/a.css", host="typed.test"),
+    "types-later-line-wins": req("/a.thing", host="typed.test"),
+    "types-unknown-extension": req("/a.html", host="typed.test"),
+    "types-own-level-inherits-none": req("/own/a.css", host="typed.test"),
+    "types-own-level": req("/own/a.png", host="typed.test"),
     # the empty server name, server-level return, server_name regex captures
     "http10-without-host-empty-name": req("/x", host=None, version="HTTP/1.0"),
     "empty-name-server-by-name": req("/x", host="noname.test"),
@@ -301,6 +316,8 @@ BAD_CONFIGS = {
     "inside-named-location": "http {\n  server {\n    location @n {\n      location /x { }\n    }\n  }\n}\n",
     "location-in-http": "http {\n  location / { }\n}\n",
     "server-name-star": "http {\n  server {\n    server_name *;\n  }\n}\n",
+    "types-nested-block": "http {\n  types {\n    text/html html;\n    text/x { }\n  }\n}\n",
+    "worker-processes-word": "worker_processes none;\nhttp { }\n",
     "wildcard-on-shared-address": "http {\n  server { listen 8080; server_name a*b; }\n  server { listen 8080; }\n}\n",
     "unknown-variable": "http {\n  server {\n    location / { return 200 $nope; }\n  }\n}\n",
     "bad-variable-syntax": "http {\n  server {\n    location / { return 200 \"cost 5$ total\"; }\n  }\n}\n",

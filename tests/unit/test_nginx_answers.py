@@ -262,3 +262,31 @@ http { server { listen 127.0.0.1:8080; location /ev { worker_events_api; worker_
     r = c.post("/ev", data="not json", headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and r.content_type == "application/json" and r.get_json()["status"] == 400
     assert r.status == "400 Bad Request"
+
+
+def test_types_blocks_and_an_included_types_file(make_app, tmp_path):
+    (tmp_path / "mime.types").write_text("types {\n    text/css css;\n    application/json json map;\n}\n")
+    c = make_app("""
+http {
+    include mime.types;
+    default_type application/octet-stream;
+    server {
+        listen 127.0.0.1:8080;
+        location / { return 200 x; }
+        location /own/ { types { text/x-own map; } return 200 y; }
+    }
+}""")
+    assert c.get("/a.css").content_type == "text/css"
+    assert c.get("/a.MAP").content_type == "application/json"
+    assert c.get("/a.html").content_type == "application/octet-stream"  # a types table replaces the built-in one
+    assert c.get("/own/a.map").content_type == "text/x-own"
+    assert c.get("/own/a.css").content_type == "application/octet-stream"  # a level with its own inherits none
+
+
+def test_a_block_inside_types_is_nginx_s_error():
+    from ngxsim import ConfigError
+    from ngxsim.core.conf.loader import load_configuration
+
+    with pytest.raises(ConfigError) as err:
+        load_configuration("/p/t.conf", text="http {\n  types {\n    text/x x { }\n  }\n}\n")
+    assert str(err.value) == 'unexpected "{" in /p/t.conf:3'

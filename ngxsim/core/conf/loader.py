@@ -186,14 +186,15 @@ def _build(stmts: list[Statement], block: Block, table: DirectiveTable) -> None:
             if table.get(st.name) is None:
                 raise st.error(f'unknown directive "{st.name}"')
             raise st.error(f'"{st.name}" directive is not allowed here')
-        if d.block and st.block is None:
+        has_block = d.block is not None or d.data is not None
+        if has_block and st.block is None:
             raise st.error(f'directive "{st.name}" has no opening "{{"')
-        if not d.block and st.block is not None:
+        if not has_block and st.block is not None:
             raise st.error(f'directive "{st.name}" is not terminated by ";"')
         if not d.accepts(len(st.args)):
             raise st.error(f'invalid number of arguments in "{st.name}" directive')
         try:
-            value = d.value(st.args)
+            value = d.data(st.block) if d.data is not None else d.value(st.args)
         except ValueError as exc:
             raise st.error(str(exc)) from None
         if d.block:

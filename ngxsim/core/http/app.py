@@ -39,11 +39,21 @@ CLOSE = 444  # nginx's code for "close the connection without an answer"
 DEFAULT_TYPES = {"html": "text/html", "gif": "image/gif", "jpg": "image/jpeg"}
 
 
+def _types(tables: list[dict[str, str]]) -> dict[str, str]:
+    """The extension table of a level: its ``types`` blocks together, else nginx's built-in one."""
+    if not tables:
+        return DEFAULT_TYPES
+    merged: dict[str, str] = {}
+    for table in tables:
+        merged.update(table)
+    return merged
+
+
 class _Plan:
     """What the core precomputed for one server or location block."""
 
     __slots__ = ("handler", "precontent", "body_filters", "filters", "headers", "ret", "max_body", "access_log",
-                 "default_type", "absolute_redirect", "port_in_redirect", "server_name_in_redirect")
+                 "default_type", "types", "absolute_redirect", "port_in_redirect", "server_name_in_redirect")
 
     def __init__(self, block: "Block", logs: dict[tuple[str, str], AccessLog], formats: dict):
         self.handler = block.stash.get("core.handler")
@@ -56,6 +66,7 @@ class _Plan:
         target = block.get("access_log")
         self.access_log = logs.setdefault(target, AccessLog(target[0], formats[target[1]])) if target else None
         self.default_type: str = block.get("default_type") or "text/plain"
+        self.types: dict[str, str] = _types(block.get("types") or [])
         self.absolute_redirect: bool = block.get("absolute_redirect", True)
         self.port_in_redirect: bool = block.get("port_in_redirect", True)
         self.server_name_in_redirect: bool = block.get("server_name_in_redirect", False)
@@ -207,11 +218,11 @@ def _header_value(text: str) -> str:
 
 
 def _content_type(ctx: RequestContext, plan: _Plan) -> str:
-    """nginx's type by the URI's extension (its built-in types), else ``default_type``."""
+    """nginx's type by the URI's extension (``types``), else ``default_type``."""
     segment = ctx.uri.rpartition("/")[2]
     dot = segment.rfind(".")
     if dot > 0:
-        found = DEFAULT_TYPES.get(segment[dot + 1 :].lower())
+        found = plan.types.get(segment[dot + 1 :].lower())
         if found:
             return found
     return plan.default_type

@@ -7,6 +7,7 @@ It is registered in every plugin manager (``BUILTIN_MODULES``), so a config need
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 from ... import hookimpl
@@ -58,6 +59,18 @@ def parse_add_header(args: list[str]) -> AddHeader:
     return AddHeader(name, Template(value), bool(rest))
 
 
+def parse_types(lines) -> dict[str, str]:
+    """The lines of a ``types { TYPE EXT ...; }`` block -> {extension: type}; a later line wins
+    an extension, as in nginx (which warns about it)."""
+    table: dict[str, str] = {}
+    for line in lines:
+        if line.block is not None:
+            raise line.error('unexpected "{"')
+        for ext in line.args:
+            table[ext.lower()] = line.name
+    return table
+
+
 def parse_access_log(args: list[str]) -> tuple[str, str] | None:
     """``PATH [FORMAT]`` or ``off``; FORMAT is checked against the ``log_format`` names once the
     whole config is read (``ngxsim_postconfiguration``)."""
@@ -95,8 +108,10 @@ def parse_error_log(args: list[str]) -> tuple[str, str]:
 def parse_worker_processes(args: list[str]) -> int:
     if args[0] == "auto":
         return os.cpu_count() or 1
-    if not args[0].isdigit() or int(args[0]) < 1:
-        raise ValueError(f'invalid value "{args[0]}" in "worker_processes" directive')
+    if not re.fullmatch("[0-9]+", args[0]):
+        raise ValueError('"worker_processes" directive invalid value')  # nginx's wording
+    if int(args[0]) < 1:  # nginx takes 0 (a master without workers, serving nothing)
+        raise ValueError('"worker_processes" directive invalid value: ngxsim needs at least one worker')
     return int(args[0])
 
 
@@ -142,6 +157,8 @@ CORE_DIRECTIVES = (
               doc="`NAME STRING...`: an access log line with variables (`$upstream_addr`...)"),
     Directive("default_type", HTTP_LEVELS, 1, type=STRING, default="text/plain",
               doc="Content-Type of `return` text bodies whose URI has no extension nginx knows"),
+    Directive("types", HTTP_LEVELS, 0, data=parse_types, multiple=True, default=[],
+              doc="`{ TYPE EXT ...; }`: Content-Type by the URI's extension; none set: nginx's built-in three"),
     Directive("absolute_redirect", HTTP_LEVELS, 1, type=FLAG, default=True,
               doc="a `Location` starting with `/` is sent as an absolute URL"),
     Directive("port_in_redirect", HTTP_LEVELS, 1, type=FLAG, default=True,
