@@ -185,6 +185,10 @@ CASES = {
     "host-with-slash": req("/exact", host="a/b"),
     "host-double-dot": req("/exact", host="a..b"),
     "options-star": req("*", method="OPTIONS"),
+    "invalid-utf8-escape": req("/docs/%FF"),
+    "utf8-host": req("/vars", host="café.test".encode().decode("latin-1")),
+    "host-with-port-junk": req("/vars", host="other.test:abc"),
+    "head-of-redirect": req("/r301", method="HEAD"),
     "absolute-form": req("http://other.test/p", host="exact.test"),
     # servers and $host
     "host-port-and-case": req("/vars", host="Other.TEST:8080"),

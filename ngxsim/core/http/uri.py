@@ -38,6 +38,9 @@ def split_target(target: bytes) -> tuple[bytes, bytes | None]:
 def parse_path(target: bytes, merge_slashes: bool = True) -> tuple[bytes, bytes]:
     """``(uri, args)`` of an origin-form target: the decoded, normalised path and the raw
     query (after the first ``?``, before a ``#``). Raises BadRequest as nginx answers 400."""
+    path, _, args = target.partition(b"?")
+    if b"%" not in path and b"/." not in path and b"//" not in path and b"#" not in target:
+        return path, args  # nothing to decode or resolve: nginx uses it as it came, so do we
     out = bytearray()
     args = b""
     state = "usual"  # usual, slash, dot, dot_dot
