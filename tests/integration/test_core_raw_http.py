@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from rawhttp import raw_request
+from ngxsim.testing import raw_request, start_server
 
 CONF = """
 http {
@@ -22,8 +22,6 @@ http {
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from helpers import start_server
-
     srv = start_server(tmp_path_factory.mktemp("raw"), CONF, workers=1)
     yield srv
     srv.stop()

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import start_server
 from nginx_reference import Nginx, check_config, find_nginx
-from rawhttp import raw_request
 
 from ngxsim import ConfigError
 from ngxsim.core.conf.loader import load_configuration
+from ngxsim.testing import raw_request, start_server
 
 NGINX = find_nginx()
 pytestmark = pytest.mark.skipif(NGINX is None, reason="no nginx binary on PATH or in /usr/sbin "

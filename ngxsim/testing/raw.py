@@ -1,8 +1,12 @@
 """Raw HTTP/1.x on a socket: send any bytes (a malformed request line too) and read one answer.
 
-Used where a normal client would refuse to send the request or would hide what came back: a
-connection closed without an answer (``444``), the reason phrase as written, a body of an error
-page, a target such as ``*`` or ``/%zz``.
+For what an ordinary client refuses to send or hides: a connection closed without an answer
+(nginx's ``444``), the reason phrase as written, a target such as ``*`` or ``/%zz``::
+
+    answer = raw_request(server.port, b"GET /%zz HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert (answer.status, answer.reason) == (400, "Bad Request")
+
+Standard library only; every read is bounded by ``timeout``.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ SERVER_OWN = {"server", "date", "connection", "content-length", "keep-alive", "t
 
 
 @dataclass
-class Answer:
+class RawAnswer:
     """What came back for one raw request: ``status`` None means the connection was closed
     without an answer (nginx's 444)."""
 
@@ -49,7 +53,7 @@ class Answer:
                 "content-type": self.header("Content-Type"), "headers": added, "body": norm(self.body)}
 
 
-def raw_request(port: int, data: bytes, timeout: float = 5.0) -> Answer:
+def raw_request(port: int, data: bytes, timeout: float = 5.0) -> RawAnswer:
     """Send ``data`` as is and read one answer (by Content-Length, chunks, or to the close)."""
     deadline = time.monotonic() + timeout
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
@@ -59,7 +63,7 @@ def raw_request(port: int, data: bytes, timeout: float = 5.0) -> Answer:
             chunk = _recv(sock, deadline)
             if not chunk:
                 if not buf:
-                    return Answer(None)
+                    return RawAnswer(None)
                 raise AssertionError(f"connection closed inside the response head: {buf!r}")
             buf += chunk
         head, _, rest = buf.partition(b"\r\n\r\n")
@@ -69,7 +73,7 @@ def raw_request(port: int, data: bytes, timeout: float = 5.0) -> Answer:
             raise AssertionError(f"not an HTTP status line: {lines[0]!r}")
         status, reason = int(m.group(1)), m.group(2) or ""
         headers = [tuple(part.strip() for part in line.split(":", 1)) for line in lines[1:]]
-        answer = Answer(status, reason, headers)
+        answer = RawAnswer(status, reason, headers)
         method = data.split(b" ", 1)[0]
         if method == b"HEAD" or status in (204, 304) or 100 <= status < 200:
             return answer
