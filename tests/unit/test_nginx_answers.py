@@ -290,3 +290,15 @@ def test_a_block_inside_types_is_nginx_s_error():
     with pytest.raises(ConfigError) as err:
         load_configuration("/p/t.conf", text="http {\n  types {\n    text/x x { }\n  }\n}\n")
     assert str(err.value) == 'unexpected "{" in /p/t.conf:3'
+
+
+def test_a_kept_status_line_is_sent_as_it_is_and_others_get_nginx_s_phrase():
+    from ngxsim import keep_status_line
+    from ngxsim.core.http.responses import NginxResponse, set_status_line
+
+    kept = keep_status_line(NginxResponse(b"x", status=200), "200 Fine")
+    set_status_line(kept)  # the core's finishing step leaves it alone
+    assert (kept.status, kept.status_code) == ("200 Fine", 200)
+    plain = NginxResponse(b"x", status=302)
+    set_status_line(plain)
+    assert plain.status == "302 Moved Temporarily"

@@ -61,8 +61,21 @@ def status_line(code: int) -> str:
     return f"{code} {reason}" if reason else f"{code} "
 
 
+def keep_status_line(response: Response, line: str) -> Response:
+    """Send ``response`` with the status line ``line`` (``"200 Fine"``) as it is, as nginx's
+    proxy does with an upstream's; every other response gets nginx's phrase for its code."""
+    code = int(line.split(" ", 1)[0])
+    response._status = line if " " in line else f"{line} "  # noqa: SLF001 - see set_status_line
+    response._status_code = code  # noqa: SLF001
+    response.ngxsim_status_line = True
+    return response
+
+
 def set_status_line(response: Response, code: int | None = None) -> None:
-    """Give ``response`` nginx's status line (all of ngxsim's answers carry nginx's phrases)."""
+    """Give ``response`` nginx's status line (all of ngxsim's answers carry nginx's phrases,
+    except one a module kept with ``keep_status_line``)."""
+    if code is None and getattr(response, "ngxsim_status_line", False):
+        return
     code = response.status_code if code is None else code
     # Werkzeug fills in (upper-case) phrases of its own and strips a trailing space: set the
     # line nginx sends as it is
