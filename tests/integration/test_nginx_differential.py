@@ -99,6 +99,14 @@ server {
     location /odd { return 299 "odd\n"; }
     location /teapot { return 418; }
     location /e401 { return 401; }
+    location /hdr-outer/ {
+        add_header X-Outer outer;
+        location /hdr-outer/inner/ { return 200 "inherits\n"; }
+        location /hdr-outer/own/ { add_header X-Own own; return 200 "own\n"; }
+    }
+    location /small { client_max_body_size 4; return 200 "small\n"; }
+    location "/a b/" { return 200 "space [$uri] [$request_uri]\n"; }
+    location ~* ^/CASE/ { return 200 "caseless $uri\n"; }
 }
 
 server {
@@ -242,6 +250,15 @@ CASES = {
     "types-unknown-extension": req("/a.html", host="typed.test"),
     "types-own-level-inherits-none": req("/own/a.css", host="typed.test"),
     "types-own-level": req("/own/a.png", host="typed.test"),
+    "nested-inherits-add-header": req("/hdr-outer/inner/x", host="nested.test"),
+    "nested-own-add-header": req("/hdr-outer/own/x", host="nested.test"),
+    "body-over-limit": req("/small", host="nested.test", method="POST", extra="Content-Length: 5\r\n") + b"hello",
+    "body-at-limit": req("/small", host="nested.test", method="POST", extra="Content-Length: 4\r\n") + b"hell",
+    "encoded-space": req("/a%20b/c?x=%20", host="nested.test"),
+    "fragment-in-target": req("/docs/x#frag"),
+    "bad-escape-in-args-only": req("/docs/?a=%zz"),
+    "caseless-regex": req("/case/x", host="nested.test"),
+    "backslash-in-path": req("/docs/a\\b"),
     # the empty server name, server-level return, server_name regex captures
     "http10-without-host-empty-name": req("/x", host=None, version="HTTP/1.0"),
     "empty-name-server-by-name": req("/x", host="noname.test"),
