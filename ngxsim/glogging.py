@@ -14,7 +14,7 @@ import logging
 
 from gunicorn import glogging
 
-from .core.http.logs import mask_text
+from .core.http.logs import SECRET_ARGS, mask_target
 
 
 class _MaskSecrets(logging.Filter):
@@ -22,11 +22,11 @@ class _MaskSecrets(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        masked = mask_text(message)
+        masked = mask_target(message, SECRET_ARGS)
         if masked is not message:
             record.msg, record.args = masked, ()
         if record.exc_info and not record.exc_text:  # a traceback may quote the request too
-            record.exc_text = mask_text(logging.Formatter().formatException(record.exc_info))
+            record.exc_text = mask_target(logging.Formatter().formatException(record.exc_info), SECRET_ARGS)
         return True
 
 

@@ -1,3 +1,8 @@
+"""The project's tests use ngxsim's own pytest plugin (pytest_ngxsim, registered by the
+package's pytest11 entry point: not listed here, or it would be registered twice) for real
+servers and backends. The test modules in tests/modules are importable here, and so — the
+plugin passes this process's project folders on — in every server the tests start."""
+
 from __future__ import annotations
 
 import os
@@ -6,11 +11,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "modules"))
-
-from helpers import start_server  # noqa: E402
-from ngxsim.testing import stop_all  # noqa: E402
 
 
 @pytest.fixture
@@ -24,15 +25,20 @@ def shm_leftovers():
 
 
 @pytest.fixture
-def server_factory(tmp_path):
-    """start(conf_text, **kw) -> a running Server; every server is stopped and checked for
-    leftovers (processes, zone files) at teardown."""
-    servers = []
+def make_app(tmp_path, shm_leftovers):
+    """make(conf_text) -> a Flask test client of the core serving that config (in this process,
+    no gunicorn); every app's runtime is closed at teardown."""
+    from ngxsim.core.process import build_application
 
-    def start(conf_text: str, **kw):
-        server = start_server(tmp_path, conf_text, **kw)
-        servers.append(server)
-        return server
+    apps = []
 
-    yield start
-    stop_all(servers)
+    def make(text):
+        path = tmp_path / "t.conf"
+        path.write_text(text)
+        app = build_application(str(path))
+        apps.append(app)
+        return app.test_client()
+
+    yield make
+    for app in apps:
+        app.runtime.close()

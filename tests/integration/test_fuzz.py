@@ -14,7 +14,8 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import raw_request, start_server
+from half_close import send
+from ngxsim.testing import start_server
 
 CONF = """
 load_module worker_events;
@@ -88,7 +89,7 @@ def _send(server, method, path, query, body, ctype, transport):
         data += b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"
     else:  # a chunk size that is not hex, after a good first chunk
         data = "\r\n".join(head + ["Transfer-Encoding: chunked"]).encode() + b"\r\n\r\n1\r\n{\r\nzz\r\n"
-    status, _, content = raw_request(server.port, data, half_close=True)
+    status, _, content = send(server.port, data, half_close=True)
     return status, json.loads(content)
 
 

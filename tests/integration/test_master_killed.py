@@ -10,8 +10,8 @@ import threading
 import pytest
 import requests
 
-from helpers import instance_files, start_server, wait_for
 from ngxsim.core.instance import process_start_time
+from ngxsim.testing import instance_files, start_server, wait_for
 
 CONF = """
 load_module worker_events;

@@ -6,7 +6,7 @@ import http.client
 
 import pytest
 
-from helpers import raw_request, wait_for
+from ngxsim.testing import raw_request, wait_for
 
 CONF = """
 load_module worker_events;
@@ -36,17 +36,17 @@ def _requests(server) -> None:
             conn.getresponse().read()
         finally:
             conn.close()
-    status, _, _ = raw_request(server.port, b"GET /api?key=s3cret-malformed\r\n\r\n")
-    assert status == 400
+    assert raw_request(server.port, b"GET /api?key=s3cret-malformed\r\n\r\n").status == 400
 
 
-@pytest.mark.parametrize("mode", ["gunicorn", "ngxsim"])
-def test_no_log_holds_a_secret(server_factory, tmp_path, mode):
+@pytest.mark.ngxsim_modes
+def test_no_log_holds_a_secret(ngxsim_server, ngxsim_mode, tmp_path):
     ngx_log, gunicorn_log = tmp_path / "access.log", tmp_path / "gunicorn-access.log"
     env = {}
+    mode = ngxsim_mode
     if mode == "gunicorn":  # what the docs tell a plain gunicorn user to pass
         env["GUNICORN_CMD_ARGS"] = f"--logger-class ngxsim.glogging.Logger --access-logfile {gunicorn_log}"
-    server = server_factory(CONF.replace("{log}", str(ngx_log)), workers=2, mode=mode, extra_env=env)
+    server = ngxsim_server(CONF.replace("{log}", str(ngx_log)), workers=2, extra_env=env)
     _requests(server)
     wait_for(lambda: "Invalid request from" in server.output(), 10, what="gunicorn to log the malformed request")
     logs = {"error log": server.output(), "ngxsim access log": ngx_log.read_text()}
@@ -56,6 +56,6 @@ def test_no_log_holds_a_secret(server_factory, tmp_path, mode):
     for name, text in logs.items():
         assert "s3cret" not in text, f"{name}:\n{text}"
     assert "Invalid HTTP request line: 'GET /api?key=***'" in logs["error log"]
-    assert logs["ngxsim access log"].count("key=***") == 2
+    assert "?%6bey=*** HTTP/1.1" in logs["ngxsim access log"] and "?key=***&x=1 HTTP/1.1" in logs["ngxsim access log"]
     if mode == "gunicorn":
         assert "%6bey=***" in logs["gunicorn access log"] and "key=***&x=1" in logs["gunicorn access log"]

@@ -10,7 +10,7 @@ import threading
 import pytest
 import requests
 
-from helpers import wait_for
+from ngxsim.testing import start_server, wait_for
 
 CONF = """
 load_module worker_events;
@@ -34,8 +34,6 @@ THREADS = 2
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """One worker with two threads: any two clients that held a thread each would starve it."""
-    from helpers import start_server
-
     srv = start_server(tmp_path_factory.mktemp("slow"), CONF, workers=1, worker_class="ngxsim.worker.Worker",
                        extra_env={"GUNICORN_CMD_ARGS": f"--threads {THREADS}"})
     yield srv
@@ -113,9 +111,9 @@ def test_long_polls_past_the_limit_are_answered_503_at_once_and_a_thread_stays_f
     assert [e["type"] for e in out["r"].json()["events"]] == ["wake"]
 
 
-def test_ngxsim_c_uses_the_ngxsim_worker_with_the_config_timeouts(server_factory):
+def test_ngxsim_c_uses_the_ngxsim_worker_with_the_config_timeouts(ngxsim_server):
     conf = CONF.replace("http {", "worker_processes 1;\nworker_threads 2;\nerror_log stderr info;\nhttp {", 1)
-    server = server_factory(conf, mode="ngxsim", workers=1)
+    server = ngxsim_server(conf, mode="ngxsim", workers=1)
     assert "Using worker: ngxsim.worker.Worker" in server.output()
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")

@@ -69,7 +69,7 @@ def test_stale_files_still_open_in_a_process_are_kept_until_it_exits(tmp_path, m
 
     holder = _child(hold)
     try:
-        from helpers import wait_for
+        from ngxsim.testing import wait_for
 
         wait_for(lambda: any(os.readlink(f"/proc/{holder}/fd/{fd}") == path for fd in os.listdir(f"/proc/{holder}/fd")),
                  10, what="the holder to open the file")

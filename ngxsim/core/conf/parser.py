@@ -38,10 +38,12 @@ class Statement:
         return ConfigError(message, self.file, self.line)
 
 
-def parse_file(path: str, _depth: int = 0, _where: Statement | None = None) -> list[Statement]:
-    """Parse the file at ``path`` (includes resolved relative to its folder). ``_where`` is the
-    ``include`` that names it: a file that cannot be read is reported at that line."""
-    return parse_text(read_config_file(path, _where), path, _depth)
+def parse_file(path: str, _depth: int = 0, _root: str | None = None, _where: Statement | None = None) -> list[Statement]:
+    """Parse the file at ``path``. A relative ``include`` is resolved, as nginx does, against
+    the folder of the main configuration file (``_root``; the file's own folder for the main
+    file), whichever file names it. ``_where`` is the ``include`` that names the file: a file
+    that cannot be read is reported at that line."""
+    return parse_text(read_config_file(path, _where), path, _depth, _root)
 
 
 def read_config_file(path: str, where: Statement | None = None) -> str:
@@ -85,19 +87,21 @@ def read_config_file(path: str, where: Statement | None = None) -> str:
         raise fail(f"invalid UTF-8 (byte 0x{data[exc.start]:02x}: {exc.reason})", path, line) from None
 
 
-def parse_text(text: str, file: str, _depth: int = 0) -> list[Statement]:
+def parse_text(text: str, file: str, _depth: int = 0, _root: str | None = None) -> list[Statement]:
     """Parse configuration ``text``; ``file`` names it in errors and anchors relative includes."""
     tokens = tokenize(text, file)
-    last_line = text.count("\n") + (0 if text.endswith("\n") else 1)
-    return _Parser(tokens, file, last_line, _depth).parse()
+    last_line = text.count("\n") + 1  # nginx counts the line after the last newline too
+    root = _root if _root is not None else os.path.dirname(os.path.abspath(file))
+    return _Parser(tokens, file, last_line, _depth, root).parse()
 
 
 class _Parser:
-    def __init__(self, tokens: Iterator[Token], file: str, last_line: int, depth: int):
+    def __init__(self, tokens: Iterator[Token], file: str, last_line: int, depth: int, root: str):
         self.tokens = tokens
         self.file = file
         self.last_line = max(last_line, 1)
         self.depth = depth
+        self.root = root
 
     def parse(self) -> list[Statement]:
         """The statements of the file. Iterative (an explicit stack of open blocks): a file of a
@@ -118,7 +122,8 @@ class _Parser:
             if not words:
                 raise ConfigError(f'unexpected "{tok.value}"', self.file, tok.line)
             stmt = Statement(
-                words[0].value, [w.value for w in words[1:]], self.file, words[0].line,
+                # nginx names the line where a statement ends (its ";" or "{")
+                words[0].value, [w.value for w in words[1:]], self.file, tok.line,
                 quoted=[w.quoted for w in words[1:]],
             )
             words = []
@@ -144,12 +149,12 @@ class _Parser:
             raise stmt.error(f'include nesting deeper than {MAX_INCLUDE_DEPTH} levels (a loop?)')
         pattern = stmt.args[0]
         if not os.path.isabs(pattern):
-            pattern = os.path.join(os.path.dirname(os.path.abspath(self.file)), pattern)
+            pattern = os.path.join(self.root, pattern)
         if glob.has_magic(pattern):
             paths = sorted(glob.glob(pattern))  # nginx: a glob matching nothing is fine
         else:
             paths = [pattern]
         out: list[Statement] = []
         for path in paths:
-            out.extend(parse_file(path, self.depth + 1, stmt))
+            out.extend(parse_file(path, self.depth + 1, self.root, stmt))
         return out

@@ -36,25 +36,6 @@ def setup_error_log(target: tuple[str, str]) -> None:
 # see raw request text (gunicorn's own) mask these.
 SECRET_ARGS: set[str] = {"key"}
 
-# name=value in free text: after "?", "&", ";", a space, a quote or the start; the value runs to
-# the next separator. The name is compared decoded (%6bey is key).
-_ARG_IN_TEXT = re.compile(r"""(?P<pre>^|[?&;\s"'(])(?P<name>[^=&;\s"'?#]+)=(?P<value>[^&;\s"'#)]*)""")
-
-
-def mask_text(text: str, secrets: set[str] | frozenset[str] = SECRET_ARGS) -> str:
-    """``text`` (a request line, a log message) with the value of every secret argument
-    (matched by decoded name) replaced by ``***``."""
-    if "=" not in text:
-        return text
-
-    def repl(m: re.Match) -> str:
-        if unquote_plus(m.group("name")) in secrets:
-            return f'{m.group("pre")}{m.group("name")}=***'
-        return m.group(0)
-
-    return _ARG_IN_TEXT.sub(repl, text)
-
-
 def mask_query(query: str, secrets: frozenset[str]) -> str:
     """The query string with the values of secret arguments replaced by ``***``. Arguments are
     matched by their decoded name, as the handler that reads them sees it (``%6bey`` is ``key``)."""
@@ -66,29 +47,42 @@ def mask_query(query: str, secrets: frozenset[str]) -> str:
     return urlencode([(k, "***" if k in secrets else v) for k, v in pairs], safe="*/:")
 
 
-class AccessLog:
-    """One log file, opened per process in append mode (each line is one atomic write)."""
+# the value ends at a separator, a space or a quote (a request line quoted in a log message)
+_QUERY_PAIR = re.compile(r"""(^|[?&;])([^=&;\s?]+)=([^&;\s'"]*)""")
 
-    def __init__(self, path: str):
+
+def mask_target(text: str, secrets: frozenset[str]) -> str:
+    """``text`` (a query, a request target or a request line) with the values of secret query
+    arguments, matched by decoded name, replaced by ``***``."""
+    if not secrets or "=" not in text:
+        return text
+
+    def mask(m: re.Match) -> str:
+        return f"{m.group(1)}{m.group(2)}=***" if unquote_plus(m.group(2)) in secrets else m.group(0)
+
+    return _QUERY_PAIR.sub(mask, text)
+
+
+class AccessLog:
+    """One log file and its line format (``combined`` or a ``log_format``), opened per process in
+    append mode (each line is one atomic write)."""
+
+    def __init__(self, path: str, template):
         self.path = path
+        self.template = template
         self._fd = -1
         self._pid = -1
 
-    def write(self, environ: dict, status: int, length: int, secrets: frozenset[str]) -> None:
+    def write(self, ctx, status: int, length: int) -> None:
         if self._pid != os.getpid():
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
             self._pid = os.getpid()
-        query = mask_query(environ.get("QUERY_STRING", ""), secrets)
-        target = environ.get("PATH_INFO", "/") + ("?" + query if query else "")
-        request = f'{environ.get("REQUEST_METHOD", "-")} {target} {environ.get("SERVER_PROTOCOL", "HTTP/1.0")}'
-        line = '{} - {} [{}] "{}" {} {} "{}" "{}"\n'.format(
-            environ.get("REMOTE_ADDR", "-"),
-            environ.get("REMOTE_USER") or "-",
-            time.strftime("%d/%b/%Y:%H:%M:%S %z"),
-            request.replace('"', '\\"'),
-            status,
-            length,
-            environ.get("HTTP_REFERER", "-").replace('"', '\\"'),
-            environ.get("HTTP_USER_AGENT", "-").replace('"', '\\"'),
-        )
-        os.write(self._fd, line.encode("utf-8", "backslashreplace"))
+        ctx.vars["status"] = str(status)
+        ctx.vars["body_bytes_sent"] = str(length)
+        ctx.logging = True
+        try:
+            line = self.template.render_log(ctx)
+        finally:
+            ctx.logging = False
+        os.write(self._fd, (line + "\n").encode("utf-8", "backslashreplace"))
+
