@@ -303,4 +303,6 @@ def test_a_percent_encoded_key_name_is_masked_in_the_access_log(server, tmp_path
     assert post("?%6bey=changeme") == 201
     assert post("?%6Bey=guess%20two") == 403
     log = (tmp_path / "access.log").read_text()
-    assert "changeme" not in log and "guess" not in log and log.count("key=***") == 2
+    # the line keeps the target as sent (as nginx logs it), with the secret's value masked
+    assert "changeme" not in log and "guess" not in log
+    assert "?%6bey=*** HTTP/1.1" in log and "?%6Bey=*** HTTP/1.1" in log
