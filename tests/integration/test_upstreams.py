@@ -397,13 +397,13 @@ def test_state_file_survives_a_restart(start, backends, tmp_path):
 # -- health reported by another module (the healthchecks contract) ----------------------------------
 
 
-def test_health_reported_through_the_public_functions_steers_every_worker(server_factory, backends):
+def test_health_reported_through_the_public_functions_steers_every_worker(start, backends):
     a, b, c = backends[:3]
     text = conf([f"server {a.address};", f"server {b.address};"],
                 server_extra="location = /mark { test_mark_health; }").replace(
         "load_module upstreams;", "load_module upstreams;\nload_module ngxsim_test_health;").replace(
         "worker_events_zone bus;", "worker_events_zone bus;\n    test_health_for backend mandatory;", 1)
-    server = server_factory(text, workers=4)
+    server = start(text, workers=4)
     ids = {p["server"]: p["id"] for p in api(server, "GET", "/backend/servers").json()}
     r = server.post("/mark", params={"upstream": "backend", "peer": ids[a.address], "healthy": "0"})
     assert r.json()["recorded"] is True
