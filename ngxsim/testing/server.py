@@ -236,9 +236,11 @@ class Server:
             out.append(self.request(method, path, **kw))
         return out
 
-    def kill_worker(self, pid: int | None = None, sig: int = signal.SIGKILL, timeout: float = 20.0) -> int:
+    def kill_worker(self, pid: int | None = None, sig: int = signal.SIGKILL, timeout: float = 20.0,
+                    path: str = "/") -> int:
         """Kill worker ``pid`` (default: the oldest), wait until gunicorn has replaced it and
-        the replacement serves (``each_worker``); returns the replacement's pid."""
+        the replacement served ``path`` (``each_worker``: every worker gets that request once);
+        returns the replacement's pid."""
         before = set(self.worker_pids())
         victim = min(before) if pid is None else pid
         if victim not in before:
@@ -250,7 +252,7 @@ class Server:
         if len(new) != 1:
             raise AssertionError(f"expected one replacement for {victim}, workers went {sorted(before)} -> {now}")
         (replacement,) = new
-        served = self.each_worker(timeout=timeout)
+        served = self.each_worker(path, timeout=timeout)
         assert replacement in served, f"replacement {replacement} did not serve: {sorted(served)}"
         return replacement
 
