@@ -32,6 +32,7 @@ from pathlib import Path
 from ..core.instance import process_start_time
 from ..core.shm import shm_dir
 from .client import PendingRequest, Response, request
+from .events import ApiEvents, ZoneEvents
 from .procs import children
 
 MODES = ("gunicorn", "ngxsim")
@@ -258,17 +259,13 @@ class Server:
 
     # -- events ---------------------------------------------------------------------------------
 
-    def events(self, path: str | None = None, key: str | None = None):
+    def events(self, path: str | None = None, key: str | None = None) -> ApiEvents:
         """The ring behind a ``worker_events_api`` location, over HTTP (``path`` found in the
         config when there is exactly one such location)."""
-        from .events import ApiEvents
-
         return ApiEvents(self, path or _api_location(self.conf.read_text()), key)
 
-    def zone_events(self, zone: str):
+    def zone_events(self, zone: str) -> ZoneEvents:
         """The ring in zone ``zone``, read (and written) directly in shared memory."""
-        from .events import ZoneEvents
-
         return ZoneEvents(self, zone)
 
     # -- lifecycle --------------------------------------------------------------------------------
