@@ -236,6 +236,12 @@ def test_api_changes_reach_every_worker_from_the_next_request(start, backends):
     assert up["version"] == 2 and [p["server"] for p in up["peers"]] == [a.address, b.address, c.address]
     assert [e["payload"] for e in events(server, "snapshot_activated")] == ['{"upstream":"backend","version":2}']
 
+    # a new weight steers every worker from the next request: c takes 10 of 12
+    assert api(server, "PATCH", f"/backend/servers/{added['id']}", json={"weight": 10}).json()["weight"] == 10
+    for be in (a, b, c):
+        be.reset()
+    spray(server, count=120)
+    assert c.hits >= 90 and a.hits + b.hits <= 30, (a.hits, b.hits, c.hits)
     # weight 0 is invalid: nothing changes; then down=true takes a out of every worker at once
     assert api(server, "PATCH", f"/backend/servers/{up['peers'][0]['id']}", json={"weight": 0}).status_code == 400
     assert api(server, "PATCH", f"/backend/servers/{up['peers'][0]['id']}", json={"down": True}).status_code == 200
@@ -248,12 +254,13 @@ def test_api_changes_reach_every_worker_from_the_next_request(start, backends):
     b.reset()
     spray(server, count=80)
     assert b.hits == 0
-    assert api(server, "GET", "/backend").json()["version"] == 4
+    assert api(server, "GET", "/backend").json()["version"] == 5
 
 
 def test_drain_publishes_both_events_and_the_peer_gets_nothing_new(start, backends):
     a, b = backends[:2]
-    a.respond("/slow", body="slow", delay=1.5)
+    a.respond("/slow", body="slow", delay=2)
+    b.respond("/slow", body="slow", delay=0.2)
     server = start(conf([f"server {a.address};", f"server {b.address};"]), workers=4)
     peers = api(server, "GET", "/backend/servers").json()
     a_id = next(p["id"] for p in peers if p["server"] == a.address)
@@ -261,11 +268,17 @@ def test_drain_publishes_both_events_and_the_peer_gets_nothing_new(start, backen
     import threading
 
     slow = []
-    threads = [threading.Thread(target=lambda: slow.append(server.get("/slow", timeout=10)))
-               for _ in range(2)]
-    for t in threads:
+    threads = []
+    for _ in range(12):  # until one of them is in flight to a (the others go to b)
+        t = threading.Thread(target=lambda: slow.append(server.get("/slow", timeout=10)))
         t.start()
-    a.wait_hits(1, path="/slow")
+        threads.append(t)
+        try:
+            a.wait_hits(1, path="/slow", timeout=1)
+            break
+        except AssertionError:
+            continue
+    assert a.requests_for("/slow"), "no slow request reached a"
     r = api(server, "PATCH", f"/backend/servers/{a_id}", json={"drain": True})
     assert r.status_code == 200 and r.json()["state"] == "draining" and r.json()["active"] >= 1
     assert len(events(server, "peer_draining")) == 1
