@@ -18,7 +18,7 @@ import re
 import sys
 from dataclasses import dataclass
 
-from ngxsim import FLAG, HTTP, LOCATION, Directive, hookimpl, http_event_zone
+from ngxsim import FLAG, HTTP, LOCATION, ZONE_HEADER_SIZE, Directive, hookimpl, http_event_zone
 
 from .checker import NAME, ZONE, UpstreamCheck, process_state
 from .conf import parse_health_check
@@ -93,7 +93,7 @@ def ngxsim_postconfiguration(config):
         return
     names = list(checks)
     first = where[names[0]]
-    config.zones.declare(ZONE, zone_size(len(names)), owner=NAME, where=first,
+    config.zones.declare(ZONE, ZONE_HEADER_SIZE + zone_size(len(names)), owner=NAME, where=first,
                          tag=f"{NAME} v{LAYOUT_VERSION} s{SLOTS} {_digest(names)}")
     for name, uc in checks.items():
         # a round lasts up to one timeout: the lease must outlive it, or a busy prober would look hung

@@ -95,7 +95,8 @@ class UpstreamCheck:
             for tracked, peer in targets if not peer.down
         }
         for future in as_completed(futures):
-            self.record(runtime, section, futures[future], future.result())
+            if not future.cancelled():  # cancelled: this worker is exiting
+                self.record(runtime, section, futures[future], future.result())
 
     def record(self, runtime, section: Section, tracked: Tracked, result: ProbeResult) -> None:
         """Count one probe's result for its peer, and say what flipped."""

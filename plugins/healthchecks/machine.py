@@ -41,10 +41,10 @@ class PeerHealth:
     since_msec: int = 0       # the last transition, or when the peer was first seen
 
     @classmethod
-    def new(cls, mandatory: bool) -> "PeerHealth":
-        """A peer seen for the first time: healthy, or ``checking`` until its first probe
-        when the check is ``mandatory``."""
-        return cls(state=CHECKING if mandatory else HEALTHY, since_msec=now_msec())
+    def new(cls, checking: bool) -> "PeerHealth":
+        """A peer seen for the first time: healthy, or ``checking`` until its first probe (a
+        peer added at run time under a ``mandatory`` check)."""
+        return cls(state=CHECKING if checking else HEALTHY, since_msec=now_msec())
 
     @property
     def healthy(self) -> bool:

@@ -135,7 +135,7 @@ def _row(peer: dict, now: int) -> str:
     return f'<tr class="{classes}" data-server="{escape(peer["server"])}" data-state="{state}">{"".join(cells)}</tr>'
 
 
-_HEAD = ("<tr><th>peer</th><th>state</th><th>for</th><th>last probe</th><th>status</th><th>duration</th>"
+_HEAD = ("<tr><th>peer</th><th>state</th><th>in state for</th><th>last probe</th><th>status</th><th>duration</th>"
          "<th>fails / passes</th><th>checks (failed)</th><th>transitions</th><th>last failure</th></tr>")
 
 

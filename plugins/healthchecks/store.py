@@ -101,19 +101,26 @@ class Section:
         off = self._slot_offset(slot)
         self.zone.buf[off:off + SLOT_SIZE] = bytes(SLOT_SIZE)
 
+    def _used(self, slot: int) -> bool:
+        return bool(self.zone.buf[self._slot_offset(slot)])
+
     def tracked(self) -> list[Tracked]:
-        return [t for t in (self.read(i) for i in range(self.slots)) if t is not None]
+        # the used byte first: most slots are empty, and this runs for every probe result
+        return [self.read(i) for i in range(self.slots) if self._used(i)]
 
     def sync(self, peers, mandatory: bool) -> tuple[list[tuple[Tracked, object]], list[object]]:
         """Make the slots follow the upstream's current peers: forget peers that left, add new
-        ones (healthy, or ``checking`` under ``mandatory``), keep the rest with their counts.
-        Returns (tracked, peer) in the order of ``peers``, and the peers with no free slot."""
+        ones, keep the rest with their counts. A new peer starts healthy, except that under
+        ``mandatory`` one added at run time (after the first look) starts ``checking`` — as
+        upstreams routes it (its contract: ``require_health_checks``). Returns (tracked, peer) in
+        the order of ``peers``, and the peers with no free slot."""
+        checking = mandatory and self._head()[0] is not None
         by_key = {(t.peer_id, t.server): t for t in self.tracked()}
         wanted = {(p.id, p.server[:128]): p for p in peers}
         for key, t in by_key.items():
             if key not in wanted:
                 self.clear(t.slot)
-        free = [i for i in range(self.slots) if not self.zone.buf[self._slot_offset(i)]]
+        free = [i for i in range(self.slots) if not self._used(i)]
         out, overflow = [], []
         for key, peer in wanted.items():
             t = by_key.get(key)
@@ -121,7 +128,7 @@ class Section:
                 if not free:
                     overflow.append(peer)
                     continue
-                t = Tracked(free.pop(0), peer.id, key[1], bool(peer.down), PeerHealth.new(mandatory))
+                t = Tracked(free.pop(0), peer.id, key[1], bool(peer.down), PeerHealth.new(checking))
             elif t.down != bool(peer.down):
                 t = Tracked(t.slot, t.peer_id, t.server, bool(peer.down), t.health)
             else:

@@ -49,15 +49,21 @@ def probe_once(section, tracked, result, fails=2, passes=2):
         return old, section.update_service()
 
 
-def test_new_peers_get_slots_healthy_or_checking(section):
+def test_new_peers_get_slots_and_under_mandatory_only_later_ones_start_checking(section):
     with section.lock():
-        tracked, overflow = section.sync([Peer(0, "127.0.0.1:1"), Peer(1, "127.0.0.1:2")], mandatory=False)
+        # the first look: the peers the instance starts with are healthy, mandatory or not (upstreams
+        # routes them from the start)
+        tracked, overflow = section.sync([Peer(0, "127.0.0.1:1"), Peer(1, "127.0.0.1:2")], mandatory=True)
+        section.update_service()
     assert overflow == [] and [t.health.state for t, _ in tracked] == [HEALTHY, HEALTHY]
     with section.lock():
         tracked, _ = section.sync([Peer(0, "127.0.0.1:1"), Peer(2, "127.0.0.1:3")], mandatory=True)
-        # the kept peer keeps its state; the new one waits for its first probe
+        # the kept peer keeps its state; the one added at run time waits for its first probe
         assert [(t.peer_id, t.health.state) for t, _ in tracked] == [(0, HEALTHY), (2, CHECKING)]
         assert sorted(t.peer_id for t in section.tracked()) == [0, 2]  # peer 1 is forgotten
+        tracked, _ = section.sync([Peer(0, "127.0.0.1:1"), Peer(2, "127.0.0.1:3"), Peer(3, "127.0.0.1:4")],
+                                  mandatory=False)
+        assert tracked[2][0].health.state == HEALTHY
 
 
 def test_counts_are_kept_across_syncs_and_an_id_reused_for_another_server_starts_afresh(section):
@@ -112,9 +118,13 @@ def test_upstreams_have_sections_of_their_own(zone):
     store = HealthStore(zone, ["backend", "other"], slots=4)
     with zone.lock():
         store.section("backend").sync([Peer(0, "a:1")], mandatory=False)
+        store.section("backend").update_service()
+        store.section("backend").sync([Peer(0, "a:1"), Peer(1, "b:1")], mandatory=True)
         store.section("other").sync([Peer(0, "z:1")], mandatory=True)
-        assert [t.server for t in store.section("backend").tracked()] == ["a:1"]
-        assert [(t.server, t.health.state) for t in store.section("other").tracked()] == [("z:1", CHECKING)]
+        assert [(t.server, t.health.state) for t in store.section("backend").tracked()] == [
+            ("a:1", HEALTHY), ("b:1", CHECKING)]
+        # the other upstream's first look is its own
+        assert [(t.server, t.health.state) for t in store.section("other").tracked()] == [("z:1", HEALTHY)]
     with pytest.raises(ValueError, match="too small"):
         HealthStore(zone, ["a", "b", "c"], slots=4)
 

@@ -1,0 +1,350 @@
+"""healthchecks under gunicorn -w 4 with real backends whose /health the tests flip: routing
+follows the probes in every worker, one event per flip, one prober for the instance that another
+worker replaces when it is killed, and the status page in a real browser."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+import requests
+
+from browser import BrowserError, Chromium, chromium_path
+from helpers import wait_for
+
+STATUS = "/api/health"
+EVENTS = "/internal/worker-events"
+INTERVAL = 0.3
+
+CONF = """
+load_module worker_events;
+load_module upstreams;
+load_module healthchecks;
+http {
+    worker_events_zone bus;
+    match ok {
+        status 200-399;
+        header Content-Type ~ json;
+        body ~ "\\"status\\": *\\"up\\"";
+    }
+    upstream backend {
+        zone backend 256k;
+        %(servers)s
+    }
+    server {
+        listen 127.0.0.1:{port};
+        add_header X-Worker-Pid $pid always;
+        add_header X-Upstream-Addr $upstream_addr always;
+        location / {
+            proxy_pass http://backend;
+            health_check %(check)s;
+        }
+        location /api/health { health_check_status; }
+        location /api/upstreams { upstreams_api; }
+        location /internal/worker-events {
+            worker_events_api;
+            worker_events_zone bus;
+            worker_events_channel ops;
+        }
+    }
+}
+"""
+CHECK = "interval=300ms fails=2 passes=2 uri=/health timeout=250ms match=ok"
+
+
+def conf(backends, check=CHECK) -> str:
+    return CONF % {"servers": "\n        ".join(f"server {b.address};" for b in backends), "check": check}
+
+
+def hc_events(server, type_=None) -> list[dict]:
+    """The healthchecks events in the ring, oldest first, payloads parsed."""
+    data = server.get(EVENTS, params={"since": 0, "channel": "healthchecks"}).json()
+    return [dict(json.loads(e["payload"]), type=e["type"]) for e in data["events"]
+            if type_ is None or e["type"] == type_]
+
+
+def transitions(server, backend) -> list[dict]:
+    return [e for e in hc_events(server, "peer_transition") if e["server"] == backend.address]
+
+
+def status(server) -> dict:
+    return server.get(STATUS).json()["upstreams"]["backend"]
+
+
+def peer_status(server, backend) -> dict:
+    return next(p for p in status(server)["peers"] if p["server"] == backend.address)
+
+
+def wait_checks(server, backend, more: int, base: int | None = None) -> dict:
+    """Wait until ``backend`` was probed ``more`` times beyond ``base`` (its count now)."""
+    base = peer_status(server, backend)["checks"] if base is None else base
+    return wait_for(lambda: (p := peer_status(server, backend))["checks"] >= base + more and p,
+                    timeout=more * INTERVAL + 10, what=f"{more} more probes of {backend.name}")
+
+
+def wait_transition(server, backend, count: int) -> list[dict]:
+    """Wait until ``backend`` has ``count`` peer_transition events; returns them all."""
+    def enough():
+        found = transitions(server, backend)
+        return found if len(found) >= count else None
+
+    return wait_for(enough, timeout=10, what=f"transition {count} of {backend.name}")
+
+
+def spray(server, count=120) -> list[requests.Response]:
+    return [server.get("/") for _ in range(count)]
+
+
+def served_by(responses) -> Counter:
+    return Counter(r.headers.get("X-Upstream-Addr", "") for r in responses)
+
+
+def pids(responses) -> set[int]:
+    return {int(r.headers["X-Worker-Pid"]) for r in responses}
+
+
+@pytest.fixture
+def backends(ngxsim_backend):
+    return [ngxsim_backend(name=f"b{i}") for i in range(3)]
+
+
+@pytest.fixture
+def start(server_factory):
+    def run(backends, check=CHECK):
+        server = server_factory(conf(backends, check), workers=4, ready_path=STATUS)
+        # the prober has looked at every peer once: the state below is the instance's
+        wait_for(lambda: len([p for p in status(server)["peers"] if p["checks"]]) == len(backends), 15,
+                 what="the first round of probes")
+        return server
+
+    return run
+
+
+def test_a_flip_stops_traffic_from_every_worker_and_is_published_once(start, backends):
+    a, b = backends[:2]
+    server = start([a, b])
+    assert hc_events(server) == [], "nothing is published at start"
+    assert {p["state"] for p in status(server)["peers"]} == {"healthy"}
+
+    b.set_healthy(False)
+    (down,) = wait_transition(server, b, 1)
+    peer_id = down["peer"]
+    assert down == {"type": "peer_transition", "upstream": "backend", "peer": peer_id, "server": b.address,
+                    "from": "healthy", "to": "unhealthy", "fails": 2, "passes": 0}
+    # every worker has delivered the event before it answers (drained at request start): none
+    # sends b anything any more
+    b.reset()
+    responses = spray(server)
+    assert {r.status_code for r in responses} == {200}
+    assert pids(responses) == set(server.worker_pids()), "every worker served some"
+    assert served_by(responses) == Counter({a.address: len(responses)})
+    assert b.requests_for("/") == []
+    api = server.get(f"/api/upstreams/backend/servers/{peer_id}").json()
+    assert api["state"] == "unhealthy" and api["health"]["healthy"] is False and api["health"]["fails"] >= 2
+
+    # more failed probes while unhealthy flip nothing: still exactly one event for the flip
+    peer = wait_checks(server, b, 3)
+    assert peer["state"] == "unhealthy" and peer["consecutive_fails"] >= 5
+    assert peer["last_failure"] == "status 503" and peer["last_status"] == 503 and peer["transitions"] == 1
+    assert len(transitions(server, b)) == 1
+
+    b.set_healthy(True)
+    up = wait_transition(server, b, 2)[1]
+    assert (up["from"], up["to"], up["fails"], up["passes"]) == ("unhealthy", "healthy", 0, 2)
+    b.reset()
+    responses = spray(server)
+    assert b.worker_pids("/") == pids(responses) == set(server.worker_pids()), "every worker routes to b again"
+    wait_checks(server, b, 3)
+    assert len(transitions(server, b)) == 2
+    assert hc_events(server, "service_transition") == [], "a stayed healthy: the service never flipped"
+    assert server.get(f"/api/upstreams/backend/servers/{peer_id}").json()["health"]["healthy"] is True
+
+
+def test_the_service_goes_down_with_its_last_peer_and_answers_502_without_trying(start, backends):
+    a, b = backends[:2]
+    server = start([a, b])
+    a.set_healthy(False)
+    b.set_healthy(False)
+    wait_for(lambda: hc_events(server, "service_transition"), 10, what="service_transition down")
+    wait_transition(server, a, 1)
+    wait_transition(server, b, 1)
+    (down,) = hc_events(server, "service_transition")
+    assert down == {"type": "service_transition", "upstream": "backend", "from": "up", "to": "down",
+                    "healthy": 0, "peers": 2}
+    a.reset()
+    b.reset()
+    responses = spray(server, 40)
+    assert {r.status_code for r in responses} == {502}
+    assert pids(responses) == set(server.worker_pids())
+    assert a.requests_for("/") == b.requests_for("/") == [], "no peer was tried"
+    assert status(server)["service"] == "down"
+
+    a.set_healthy(True)
+    wait_for(lambda: len(hc_events(server, "service_transition")) == 2, 10, what="service_transition up")
+    up = hc_events(server, "service_transition")[1]
+    assert (up["from"], up["to"], up["healthy"], up["peers"]) == ("down", "up", 1, 2)
+    responses = spray(server, 40)
+    assert {r.status_code for r in responses} == {200} and served_by(responses) == Counter({a.address: 40})
+    # the service event follows the peer event that caused it, in the ring's order
+    kinds = [(e["type"], e.get("server"), e["to"]) for e in hc_events(server)]
+    assert kinds[-2:] == [("peer_transition", a.address, "healthy"), ("service_transition", None, "up")]
+    wait_checks(server, b, 2)
+    assert len(hc_events(server, "service_transition")) == 2
+
+
+def test_one_prober_for_the_instance_and_another_worker_takes_over_when_it_is_killed(start, backends):
+    a, b = backends[:2]
+    server = start([a, b], check="interval=300ms fails=3 passes=1 uri=/health timeout=250ms")
+    first = status(server)["prober"]
+    prober, runs = first["pid"], first["runs"]
+    assert prober in server.worker_pids()
+    a.reset()
+    b.reset()
+    wait_for(lambda: status(server)["prober"]["runs"] >= runs + 6, 15, what="six rounds")
+    done = status(server)["prober"]["runs"] - runs
+    for backend in (a, b):
+        probes = backend.requests_for("/health")
+        # one probe per peer per round for the whole instance (4 workers would make 4 per round)
+        assert done - 1 <= len(probes) <= done + 1, (backend.name, len(probes), done)
+        assert backend.worker_pids("/health") == {prober}
+
+    # b fails once, then its prober dies: the successor continues b's counts from the zone
+    b.set_healthy(False)
+    failing = wait_for(lambda: (p := peer_status(server, b))["consecutive_fails"] >= 1 and p, 10,
+                       what="b's first failed probe")
+    os.kill(prober, signal.SIGKILL)
+    wait_for(lambda: {r.worker_pid for r in b.requests_for("/health")} - {prober}, 10,
+             what="probes from another worker")
+    (down,) = wait_transition(server, b, 1)
+    assert down["fails"] == 3 and down["to"] == "unhealthy"
+    after = peer_status(server, b)
+    assert after["checks"] > failing["checks"] and after["transitions"] == 1
+    successor = status(server)["prober"]["pid"]
+    assert successor != prober and successor in server.worker_pids()
+    assert a.worker_pids("/health") - {prober} == {successor}
+    # the respawned worker routes by the health in the zone too
+    server.wait_workers(4, timeout=20)
+    b.reset()
+    responses = spray(server)
+    assert pids(responses) == set(server.worker_pids()) and b.requests_for("/") == []
+    assert len(transitions(server, b)) == 1
+
+
+def test_a_peer_added_under_mandatory_takes_no_traffic_until_its_probes_pass(start, backends):
+    a, b, c = backends
+    # a long timeout holds c's first probe in flight while the test looks at it
+    server = start([a, b], check="interval=500ms fails=1 passes=2 uri=/health timeout=2s mandatory")
+    c.respond("/health", delay=30)   # c's first probe hangs until the timeout: c stays "checking"
+    added = requests.post(server.url("/api/upstreams/backend/servers"), json={"server": c.address}, timeout=10)
+    assert added.status_code == 201, added.text
+    c_id = added.json()["id"]
+    wait_for(lambda: c.requests_for("/health"), 10, what="c's first probe")
+    assert server.get(f"/api/upstreams/backend/servers/{c_id}").json()["state"] == "checking"
+    assert peer_status(server, c)["state"] == "checking"
+    responses = spray(server, 40)
+    assert c.requests_for("/") == [] and set(served_by(responses)) == {a.address, b.address}
+
+    c.forget("/health")               # from now on c answers its probes healthy
+    first, = wait_transition(server, c, 1)
+    assert (first["from"], first["to"], first["fails"]) == ("checking", "unhealthy", 1)
+    assert c.requests_for("/") == []
+    second = wait_transition(server, c, 2)[1]
+    assert (second["from"], second["to"], second["passes"]) == ("unhealthy", "healthy", 2)
+    c.reset()
+    responses = spray(server)
+    assert c.worker_pids("/") == set(server.worker_pids())
+    assert hc_events(server, "service_transition") == []
+
+
+def test_a_config_error_names_file_and_line(tmp_path, backends):
+    path = tmp_path / "bad.conf"
+    path.write_text(conf(backends[:1], "interval=1s fails=0").replace("{port}", "1"))
+    run = subprocess.run([sys.executable, "-m", "ngxsim.cli", "-t", "-c", str(path)], capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 1
+    line = path.read_text().splitlines().index("            health_check interval=1s fails=0;") + 1
+    assert (f'ngxsim: [emerg] invalid value "fails=0" in "health_check" directive: a number from 1 to 1000000 '
+            f'is required in {path}:{line}') in run.stderr
+
+
+# -- the status page ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """start() -> a headless Chromium (closed at teardown); skips the rest of the test when the
+    machine has none."""
+    started = []
+
+    def start():
+        if chromium_path() is None:
+            pytest.skip("chromium is not installed (Debian: apt-get install chromium): the status page was "
+                        "not tested in a browser")
+        started.append(Chromium.start(tmp_path / "chromium-profile"))
+        return started[-1]
+
+    yield start
+    for chromium in started:
+        chromium.close()
+
+
+ROW = "document.querySelector('tr.peer[data-server=\"%s\"]')"
+BG = "getComputedStyle(%s.querySelector('td')).backgroundColor"
+GREEN, RED = "rgb(205, 236, 207)", "rgb(246, 196, 196)"
+
+
+def check_negotiation(server, a) -> None:
+    """JSON for programs, HTML for browsers (Accept or ?format=), 400 for another format."""
+    doc = server.get(STATUS).json()
+    up = doc["upstreams"]["backend"]
+    assert up["check"] == {"interval": 0.3, "fails": 2, "passes": 2, "uri": "/health", "port": None,
+                           "timeout": 0.25, "match": "ok", "mandatory": False}
+    assert up["service"] == "up" and up["prober"]["pid"] in server.worker_pids()
+    peer = peer_status(server, a)
+    assert peer["state"] == "healthy" and peer["last_status"] == 200 and peer["last_failure"] is None
+    assert peer["last_probe_msec"] <= doc["now_msec"] and 0 < peer["last_duration"] < 0.25
+    html = server.get(STATUS, headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
+    assert html.headers["Content-Type"].startswith("text/html") and html.headers["Vary"] == "Accept"
+    assert html.text.count('<tr class="peer healthy"') == 2
+    assert server.get(STATUS + "?format=html").headers["Content-Type"].startswith("text/html")
+    assert server.get(STATUS + "?format=json", headers={"Accept": "text/html"}).json()["module"] == "healthchecks"
+    bad = server.get(STATUS + "?format=xml")
+    assert bad.status_code == 400 and bad.json()["message"] == 'parameter "format" must be "json" or "html", not "xml"'
+    assert server.post(STATUS).status_code == 405
+
+
+def test_the_status_page_negotiates_and_in_a_real_browser_follows_a_flip_by_itself(start, backends, browser):
+    a, b = backends[:2]
+    server = start([a, b])
+    check_negotiation(server, a)
+    page = browser().open(server.url(STATUS))    # the browser's own Accept header asks for HTML
+    assert page.evaluate("document.contentType") == "text/html"
+    assert page.evaluate("document.querySelectorAll('tr.peer').length") == 2
+    assert page.evaluate("document.querySelector('span.service').textContent") == "up"
+    for backend in (a, b):
+        row = ROW % backend.address
+        assert page.evaluate(f"{row}.dataset.state") == "healthy"
+        assert page.evaluate(BG % row) == GREEN
+    # the time since the last transition ticks by itself
+    since = f"{ROW % b.address}.querySelector('td.since').textContent"
+    before = page.evaluate(since)
+    assert before.endswith("s")
+    page.wait_for(f"{since} !== {json.dumps(before)}", timeout=5)
+
+    b.set_healthy(False)
+    wait_transition(server, b, 1)
+    # no reload: the page refreshes itself in place
+    try:
+        page.wait_for(f"{ROW % b.address}.dataset.state === 'unhealthy'", timeout=10)
+    except BrowserError:
+        raise AssertionError(page.evaluate("document.body.outerHTML")) from None
+    assert page.evaluate(BG % (ROW % b.address)) == RED
+    assert page.evaluate(BG % (ROW % a.address)) == GREEN
+    assert page.evaluate(f"{ROW % b.address}.querySelector('td.failure').textContent") == "status 503"
+    assert page.evaluate("Number(document.body.dataset.refreshed)") >= 1
+    assert page.evaluate("location.search") == ""   # the same page, never navigated
