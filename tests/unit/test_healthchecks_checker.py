@@ -57,14 +57,20 @@ def first_round(client):
                     and all(p["checks"] for p in peers) and peers, 10, what="the first round")
 
 
-def test_probers_in_several_processes_counting_at_once_publish_a_flip_once(app):
-    """A hung prober and its successor may count results at the same time: the zone lock makes
-    each count whole and the flip is found, and published, once."""
+@pytest.fixture
+def checked(app):
+    """(client, runtime, the upstream's check, its zone section), after the first round."""
     client = app.test_client()
     first_round(client)
     runtime = app.runtime
-    uc = runtime.config.stash["healthchecks"].checks["backend"]
     section = process_state(runtime).store.section("backend")
+    return client, runtime, runtime.config.stash["healthchecks"].checks["backend"], section
+
+
+def test_probers_in_several_processes_counting_at_once_publish_a_flip_once(app, checked):
+    """A hung prober and its successor may count results at the same time: the zone lock makes
+    each count whole and the flip is found, and published, once."""
+    client, runtime, uc, section = checked
     with section.lock():
         b = next(t for t in section.tracked() if t.server == app.backends[1].address)
     go_r, go_w = os.pipe()
@@ -98,12 +104,8 @@ def test_probers_in_several_processes_counting_at_once_publish_a_flip_once(app):
     assert api["state"] == "unhealthy" and api["health"]["healthy"] is False and api["health"]["fails"] >= 3
 
 
-def test_a_result_for_a_peer_that_left_is_dropped(app):
-    client = app.test_client()
-    first_round(client)
-    runtime = app.runtime
-    uc = runtime.config.stash["healthchecks"].checks["backend"]
-    section = process_state(runtime).store.section("backend")
+def test_a_result_for_a_peer_that_left_is_dropped(checked):
+    client, runtime, uc, section = checked
     with section.lock():
         gone = section.tracked()[0]
         section.clear(gone.slot)
