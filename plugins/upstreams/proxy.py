@@ -202,7 +202,9 @@ class ProxyHandler:
                 state.end(upstream, target, failed=False, success=True, snapshot=snapshot)
 
         stream = _Body(resp, method != "HEAD", finished)
-        response = Response(stream, status=resp.status, headers=headers, direct_passthrough=True)
+        # not direct_passthrough: werkzeug then closes the response (and its on-close callbacks:
+        # the access log line) when the server closes the body
+        response = Response(stream, status=resp.status, headers=headers)
         if not any(name.lower() == "content-type" for name, _ in headers):
             del response.headers["Content-Type"]  # the backend sent none: add none
         return response

@@ -12,13 +12,11 @@ import sys
 from collections import Counter
 
 import pytest
-import requests
 
 from browser import BrowserError, Chromium, chromium_path
-from helpers import wait_for
+from ngxsim.testing import wait_for
 
 STATUS = "/api/health"
-EVENTS = "/internal/worker-events"
 INTERVAL = 0.3
 
 CONF = """
@@ -38,7 +36,6 @@ http {
     }
     server {
         listen 127.0.0.1:{port};
-        add_header X-Worker-Pid $pid always;
         add_header X-Upstream-Addr $upstream_addr always;
         location / {
             proxy_pass http://backend;
@@ -63,9 +60,8 @@ def conf(backends, check=CHECK) -> str:
 
 def hc_events(server, type_=None) -> list[dict]:
     """The healthchecks events in the ring, oldest first, payloads parsed."""
-    data = server.get(EVENTS, params={"since": 0, "channel": "healthchecks"}).json()
-    return [dict(json.loads(e["payload"]), type=e["type"]) for e in data["events"]
-            if type_ is None or e["type"] == type_]
+    return [dict(json.loads(e["payload"]), type=e["type"])
+            for e in server.events().read(since=0, channel="healthchecks", type=type_)]
 
 
 def transitions(server, backend) -> list[dict]:
@@ -89,15 +85,14 @@ def wait_checks(server, backend, more: int, base: int | None = None) -> dict:
 
 def wait_transition(server, backend, count: int) -> list[dict]:
     """Wait until ``backend`` has ``count`` peer_transition events; returns them all."""
-    def enough():
-        found = transitions(server, backend)
-        return found if len(found) >= count else None
-
-    return wait_for(enough, timeout=10, what=f"transition {count} of {backend.name}")
+    server.events().expect_at_least(count, type="peer_transition", channel="healthchecks",
+                                    payload={"server": backend.address})
+    return transitions(server, backend)
 
 
-def spray(server, count=120) -> list[requests.Response]:
-    return [server.get("/") for _ in range(count)]
+def spray(server, count=40) -> list:
+    """``count`` requests through the proxy, every worker serving some."""
+    return server.spray("/", count)
 
 
 def served_by(responses) -> Counter:
@@ -105,7 +100,7 @@ def served_by(responses) -> Counter:
 
 
 def pids(responses) -> set[int]:
-    return {int(r.headers["X-Worker-Pid"]) for r in responses}
+    return {r.worker_pid for r in responses}
 
 
 @pytest.fixture
@@ -114,9 +109,9 @@ def backends(ngxsim_backend):
 
 
 @pytest.fixture
-def start(server_factory):
+def start(ngxsim_server):
     def run(backends, check=CHECK):
-        server = server_factory(conf(backends, check), workers=4, ready_path=STATUS)
+        server = ngxsim_server(conf(backends, check), workers=4, ready_path=STATUS)
         # the prober has looked at every peer once: the state below is the instance's
         wait_for(lambda: len([p for p in status(server)["peers"] if p["checks"]]) == len(backends), 15,
                  what="the first round of probes")
@@ -170,7 +165,7 @@ def test_the_service_goes_down_with_its_last_peer_and_answers_502_without_trying
     server = start([a, b])
     a.set_healthy(False)
     b.set_healthy(False)
-    wait_for(lambda: hc_events(server, "service_transition"), 10, what="service_transition down")
+    server.events().expect(1, type="service_transition", channel="healthchecks", payload={"to": "down"})
     wait_transition(server, a, 1)
     wait_transition(server, b, 1)
     (down,) = hc_events(server, "service_transition")
@@ -185,7 +180,7 @@ def test_the_service_goes_down_with_its_last_peer_and_answers_502_without_trying
     assert status(server)["service"] == "down"
 
     a.set_healthy(True)
-    wait_for(lambda: len(hc_events(server, "service_transition")) == 2, 10, what="service_transition up")
+    server.events().expect(1, type="service_transition", channel="healthchecks", payload={"to": "up"})
     up = hc_events(server, "service_transition")[1]
     assert (up["from"], up["to"], up["healthy"], up["peers"]) == ("down", "up", 1, 2)
     responses = spray(server, 40)
@@ -240,7 +235,7 @@ def test_a_peer_added_under_mandatory_takes_no_traffic_until_its_probes_pass(sta
     # a long timeout holds c's first probe in flight while the test looks at it
     server = start([a, b], check="interval=500ms fails=1 passes=2 uri=/health timeout=2s mandatory")
     c.respond("/health", delay=30)   # c's first probe hangs until the timeout: c stays "checking"
-    added = requests.post(server.url("/api/upstreams/backend/servers"), json={"server": c.address}, timeout=10)
+    added = server.post("/api/upstreams/backend/servers", json={"server": c.address})
     assert added.status_code == 201, added.text
     c_id = added.json()["id"]
     wait_for(lambda: c.requests_for("/health"), 10, what="c's first probe")

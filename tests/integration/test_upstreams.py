@@ -409,3 +409,38 @@ def test_state_file_survives_a_restart(server_factory, backends, tmp_path):
     b.reset()
     spray(again, count=20)
     assert b.hits == 0 and a.hits >= 20
+
+
+# -- health reported by another module (the healthchecks contract) ----------------------------------
+
+
+def test_health_reported_through_the_public_functions_steers_every_worker(server_factory, backends):
+    a, b, c = backends[:3]
+    text = conf([f"server {a.address};", f"server {b.address};"],
+                server_extra="location = /mark { test_mark_health; }").replace(
+        "load_module upstreams;", "load_module upstreams;\nload_module ngxsim_test_health;").replace(
+        "worker_events_zone bus;", "worker_events_zone bus;\n    test_health_for backend mandatory;", 1)
+    server = server_factory(text, workers=4)
+    ids = {p["server"]: p["id"] for p in api(server, "GET", "/backend/servers").json()}
+    r = server.post("/mark", params={"upstream": "backend", "peer": ids[a.address], "healthy": "0"})
+    assert r.json()["recorded"] is True
+    a.reset()
+    responses = spray(server, count=80)
+    assert a.hits == 0 and len(workers_seen(responses)) == 4  # no worker routes to it any more
+    peer = api(server, "GET", f"/backend/servers/{ids[a.address]}").json()
+    assert peer["state"] == "unhealthy" and peer["health"] == {"healthy": False, "fails": 2, "passes": 0}
+    # every peer unhealthy: 502 at once, nobody tried
+    server.post("/mark", params={"upstream": "backend", "peer": ids[b.address], "healthy": "0"})
+    a.reset(), b.reset()
+    r = server.get("/x")
+    assert r.status_code == 502 and a.hits == 0 and b.hits == 0
+    server.post("/mark", params={"upstream": "backend", "peer": ids[a.address], "healthy": "1"})
+    assert all(r.status_code == 200 for r in spray(server, count=20)) and a.hits == 20
+    # mandatory: a peer added at run time takes nothing before it is reported healthy
+    new = api(server, "POST", "/backend/servers", json={"server": c.address}).json()
+    assert new["state"] == "checking"
+    spray(server, count=40)
+    assert c.hits == 0
+    server.post("/mark", params={"upstream": "backend", "peer": new["id"], "healthy": "1"})
+    responses = spray(server, count=80)
+    assert c.worker_pids() >= workers_seen(responses)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import posixpath
+import time
 import secrets
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,8 @@ class RequestContext:
         # per-request values modules record for their variables and later phases
         # (``upstream_addr``, ``upstream_cache_status``...)
         self.vars: dict[str, str] = {}
+        self.started = time.monotonic()
+        self.logging = False  # rendering the access log line: secrets are masked
 
     @cached_property
     def request_id(self) -> str:
