@@ -14,7 +14,7 @@ from collections import Counter
 import pytest
 
 from browser import BrowserError, Chromium, chromium_path
-from ngxsim.testing import wait_for
+from ngxsim.testing import Backend, start_server, stop_all, wait_for
 
 STATUS = "/api/health"
 INTERVAL = 0.3
@@ -58,41 +58,12 @@ def conf(backends, check=CHECK) -> str:
     return CONF % {"servers": "\n        ".join(f"server {b.address};" for b in backends), "check": check}
 
 
-def hc_events(server, type_=None) -> list[dict]:
-    """The healthchecks events in the ring, oldest first, payloads parsed."""
-    return [dict(json.loads(e["payload"]), type=e["type"])
-            for e in server.events().read(since=0, channel="healthchecks", type=type_)]
-
-
-def transitions(server, backend) -> list[dict]:
-    return [e for e in hc_events(server, "peer_transition") if e["server"] == backend.address]
-
-
 def status(server) -> dict:
     return server.get(STATUS).json()["upstreams"]["backend"]
 
 
 def peer_status(server, backend) -> dict:
     return next(p for p in status(server)["peers"] if p["server"] == backend.address)
-
-
-def wait_checks(server, backend, more: int, base: int | None = None) -> dict:
-    """Wait until ``backend`` was probed ``more`` times beyond ``base`` (its count now)."""
-    base = peer_status(server, backend)["checks"] if base is None else base
-    return wait_for(lambda: (p := peer_status(server, backend))["checks"] >= base + more and p,
-                    timeout=more * INTERVAL + 10, what=f"{more} more probes of {backend.name}")
-
-
-def wait_transition(server, backend, count: int) -> list[dict]:
-    """Wait until ``backend`` has ``count`` peer_transition events; returns them all."""
-    server.events().expect_at_least(count, type="peer_transition", channel="healthchecks",
-                                    payload={"server": backend.address})
-    return transitions(server, backend)
-
-
-def spray(server, count=40) -> list:
-    """``count`` requests through the proxy, every worker serving some."""
-    return server.spray("/", count)
 
 
 def served_by(responses) -> Counter:
@@ -103,38 +74,88 @@ def pids(responses) -> set[int]:
     return {r.worker_pid for r in responses}
 
 
-@pytest.fixture
-def backends(ngxsim_backend):
-    return [ngxsim_backend(name=f"b{i}") for i in range(3)]
+class Scene:
+    """A server and its backends, and the healthchecks events since ``mark``."""
+
+    def __init__(self, server, backends, mark: int = 0):
+        self.server, self.backends, self.mark = server, backends, mark
+
+    def events(self, type_=None) -> list[dict]:
+        """The healthchecks events after the mark, oldest first, payloads parsed."""
+        return [dict(json.loads(e["payload"]), type=e["type"])
+                for e in self.server.events().read(since=self.mark, channel="healthchecks", type=type_)]
+
+    def transitions(self, backend) -> list[dict]:
+        return [e for e in self.events("peer_transition") if e["server"] == backend.address]
+
+    def wait_transition(self, backend, count: int) -> list[dict]:
+        """Wait until ``backend`` has ``count`` peer_transition events; returns them all."""
+        self.server.events().expect_at_least(count, type="peer_transition", channel="healthchecks",
+                                             payload={"server": backend.address}, since=self.mark)
+        return self.transitions(backend)
+
+    def wait_service(self, to: str) -> dict:
+        self.server.events().expect(1, type="service_transition", channel="healthchecks", payload={"to": to},
+                                    since=self.mark)
+        return next(e for e in self.events("service_transition") if e["to"] == to)
+
+    def wait_checks(self, backend, more: int) -> dict:
+        """Wait until ``backend`` was probed ``more`` times more than now; its status then."""
+        base = peer_status(self.server, backend)["checks"]
+        return wait_for(lambda: (p := peer_status(self.server, backend))["checks"] >= base + more and p,
+                        timeout=more * INTERVAL + 10, what=f"{more} more probes of {backend.name}")
+
+    def spray(self, count=40) -> list:
+        """``count`` requests through the proxy, every worker serving some."""
+        return self.server.spray("/", count)
+
+
+def first_round(server, count: int) -> None:
+    """The prober has looked at every peer once: what the status says is the instance's state."""
+    wait_for(lambda: len([p for p in status(server)["peers"] if p["checks"]]) == count, 15,
+             what="the first round of probes")
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One server for the tests of the CHECK config (each start costs seconds on 2 cores): the
+    ``scene`` fixture hands it over with every peer healthy again."""
+    backends = [Backend(f"b{i}").start() for i in range(2)]
+    server = start_server(tmp_path_factory.mktemp("healthchecks"), conf(backends), workers=4, ready_path=STATUS)
+    try:
+        first_round(server, 2)
+        assert Scene(server, backends).events() == [], "nothing is published at start"
+    except BaseException:
+        stop_all([server, *backends])
+        raise
+    yield server, backends
+    stop_all([server, *backends])
 
 
 @pytest.fixture
-def start(ngxsim_server):
-    def run(backends, check=CHECK):
-        server = ngxsim_server(conf(backends, check), workers=4, ready_path=STATUS)
-        # the prober has looked at every peer once: the state below is the instance's
-        wait_for(lambda: len([p for p in status(server)["peers"] if p["checks"]]) == len(backends), 15,
-                 what="the first round of probes")
-        return server
+def scene(shared) -> Scene:
+    server, backends = shared
+    for backend in backends:
+        backend.forget("/health")
+        backend.set_healthy(True)
+    wait_for(lambda: status(server)["service"] == "up" and
+             {p["state"] for p in status(server)["peers"]} == {"healthy"}, 15, what="every peer healthy")
+    for backend in backends:
+        backend.reset()
+    return Scene(server, backends, server.events().newest())
 
-    return run
 
-
-def test_a_flip_stops_traffic_from_every_worker_and_is_published_once(start, backends):
-    a, b = backends[:2]
-    server = start([a, b])
-    assert hc_events(server) == [], "nothing is published at start"
-    assert {p["state"] for p in status(server)["peers"]} == {"healthy"}
-
+def test_a_flip_stops_traffic_from_every_worker_and_is_published_once(scene):
+    server, (a, b) = scene.server, scene.backends
     b.set_healthy(False)
-    (down,) = wait_transition(server, b, 1)
+    (down,) = scene.wait_transition(b, 1)
     peer_id = down["peer"]
     assert down == {"type": "peer_transition", "upstream": "backend", "peer": peer_id, "server": b.address,
                     "from": "healthy", "to": "unhealthy", "fails": 2, "passes": 0}
     # every worker has delivered the event before it answers (drained at request start): none
     # sends b anything any more
     b.reset()
-    responses = spray(server)
+    responses = scene.spray()
     assert {r.status_code for r in responses} == {200}
     assert pids(responses) == set(server.worker_pids()), "every worker served some"
     assert served_by(responses) == Counter({a.address: len(responses)})
@@ -143,58 +164,54 @@ def test_a_flip_stops_traffic_from_every_worker_and_is_published_once(start, bac
     assert api["state"] == "unhealthy" and api["health"]["healthy"] is False and api["health"]["fails"] >= 2
 
     # more failed probes while unhealthy flip nothing: still exactly one event for the flip
-    peer = wait_checks(server, b, 3)
+    peer = scene.wait_checks(b, 3)
     assert peer["state"] == "unhealthy" and peer["consecutive_fails"] >= 5
-    assert peer["last_failure"] == "status 503" and peer["last_status"] == 503 and peer["transitions"] == 1
-    assert len(transitions(server, b)) == 1
+    assert peer["last_failure"] == "status 503" and peer["last_status"] == 503
+    assert len(scene.transitions(b)) == 1
 
     b.set_healthy(True)
-    up = wait_transition(server, b, 2)[1]
+    up = scene.wait_transition(b, 2)[1]
     assert (up["from"], up["to"], up["fails"], up["passes"]) == ("unhealthy", "healthy", 0, 2)
     b.reset()
-    responses = spray(server)
+    responses = scene.spray()
     assert b.worker_pids("/") == pids(responses) == set(server.worker_pids()), "every worker routes to b again"
-    wait_checks(server, b, 3)
-    assert len(transitions(server, b)) == 2
-    assert hc_events(server, "service_transition") == [], "a stayed healthy: the service never flipped"
+    scene.wait_checks(b, 3)
+    assert len(scene.transitions(b)) == 2
+    assert scene.events("service_transition") == [], "a stayed healthy: the service never flipped"
     assert server.get(f"/api/upstreams/backend/servers/{peer_id}").json()["health"]["healthy"] is True
 
 
-def test_the_service_goes_down_with_its_last_peer_and_answers_502_without_trying(start, backends):
-    a, b = backends[:2]
-    server = start([a, b])
+def test_the_service_goes_down_with_its_last_peer_and_answers_502_without_trying(scene):
+    server, (a, b) = scene.server, scene.backends
     a.set_healthy(False)
     b.set_healthy(False)
-    server.events().expect(1, type="service_transition", channel="healthchecks", payload={"to": "down"})
-    wait_transition(server, a, 1)
-    wait_transition(server, b, 1)
-    (down,) = hc_events(server, "service_transition")
+    down = scene.wait_service("down")
     assert down == {"type": "service_transition", "upstream": "backend", "from": "up", "to": "down",
                     "healthy": 0, "peers": 2}
+    scene.wait_transition(a, 1)
+    scene.wait_transition(b, 1)
     a.reset()
     b.reset()
-    responses = spray(server, 40)
+    responses = scene.spray()
     assert {r.status_code for r in responses} == {502}
     assert pids(responses) == set(server.worker_pids())
     assert a.requests_for("/") == b.requests_for("/") == [], "no peer was tried"
     assert status(server)["service"] == "down"
 
     a.set_healthy(True)
-    server.events().expect(1, type="service_transition", channel="healthchecks", payload={"to": "up"})
-    up = hc_events(server, "service_transition")[1]
+    up = scene.wait_service("up")
     assert (up["from"], up["to"], up["healthy"], up["peers"]) == ("down", "up", 1, 2)
-    responses = spray(server, 40)
+    responses = scene.spray()
     assert {r.status_code for r in responses} == {200} and served_by(responses) == Counter({a.address: 40})
     # the service event follows the peer event that caused it, in the ring's order
-    kinds = [(e["type"], e.get("server"), e["to"]) for e in hc_events(server)]
+    kinds = [(e["type"], e.get("server"), e["to"]) for e in scene.events()]
     assert kinds[-2:] == [("peer_transition", a.address, "healthy"), ("service_transition", None, "up")]
-    wait_checks(server, b, 2)
-    assert len(hc_events(server, "service_transition")) == 2
+    scene.wait_checks(b, 2)
+    assert len(scene.events("service_transition")) == 2
 
 
-def test_one_prober_for_the_instance_and_another_worker_takes_over_when_it_is_killed(start, backends):
-    a, b = backends[:2]
-    server = start([a, b], check="interval=300ms fails=3 passes=1 uri=/health timeout=250ms")
+def test_one_prober_for_the_instance_and_another_worker_takes_over_when_it_is_killed(scene):
+    server, (a, b) = scene.server, scene.backends
     first = status(server)["prober"]
     prober, runs = first["pid"], first["runs"]
     assert prober in server.worker_pids()
@@ -208,32 +225,36 @@ def test_one_prober_for_the_instance_and_another_worker_takes_over_when_it_is_ki
         assert done - 1 <= len(probes) <= done + 1, (backend.name, len(probes), done)
         assert backend.worker_pids("/health") == {prober}
 
-    # b fails once, then its prober dies: the successor continues b's counts from the zone
+    # b goes unhealthy, then its prober dies: the successor goes on from the zone's counts (a
+    # fresh start would see b healthy again and publish a second flip after two failures)
     b.set_healthy(False)
-    failing = wait_for(lambda: (p := peer_status(server, b))["consecutive_fails"] >= 1 and p, 10,
-                       what="b's first failed probe")
+    scene.wait_transition(b, 1)
+    before = peer_status(server, b)
     os.kill(prober, signal.SIGKILL)
     wait_for(lambda: {r.worker_pid for r in b.requests_for("/health")} - {prober}, 10,
              what="probes from another worker")
-    (down,) = wait_transition(server, b, 1)
-    assert down["fails"] == 3 and down["to"] == "unhealthy"
-    after = peer_status(server, b)
-    assert after["checks"] > failing["checks"] and after["transitions"] == 1
     successor = status(server)["prober"]["pid"]
     assert successor != prober and successor in server.worker_pids()
+    after = scene.wait_checks(b, 3)
+    assert after["state"] == "unhealthy" and after["transitions"] == before["transitions"]
+    assert after["checks"] >= before["checks"] + 3
+    assert after["consecutive_fails"] >= before["consecutive_fails"] + 3
+    assert len(scene.transitions(b)) == 1
     assert a.worker_pids("/health") - {prober} == {successor}
     # the respawned worker routes by the health in the zone too
     server.wait_workers(4, timeout=20)
     b.reset()
-    responses = spray(server)
+    responses = scene.spray()
     assert pids(responses) == set(server.worker_pids()) and b.requests_for("/") == []
-    assert len(transitions(server, b)) == 1
 
 
-def test_a_peer_added_under_mandatory_takes_no_traffic_until_its_probes_pass(start, backends):
-    a, b, c = backends
+def test_a_peer_added_under_mandatory_takes_no_traffic_until_its_probes_pass(ngxsim_server, ngxsim_backend):
+    a, b, c = (ngxsim_backend(name=f"m{i}") for i in range(3))
     # a long timeout holds c's first probe in flight while the test looks at it
-    server = start([a, b], check="interval=500ms fails=1 passes=2 uri=/health timeout=2s mandatory")
+    server = ngxsim_server(conf([a, b], "interval=500ms fails=1 passes=2 uri=/health timeout=2s mandatory"),
+                           workers=4, ready_path=STATUS)
+    first_round(server, 2)
+    scene = Scene(server, [a, b, c])
     c.respond("/health", delay=30)   # c's first probe hangs until the timeout: c stays "checking"
     added = server.post("/api/upstreams/backend/servers", json={"server": c.address})
     assert added.status_code == 201, added.text
@@ -241,24 +262,24 @@ def test_a_peer_added_under_mandatory_takes_no_traffic_until_its_probes_pass(sta
     wait_for(lambda: c.requests_for("/health"), 10, what="c's first probe")
     assert server.get(f"/api/upstreams/backend/servers/{c_id}").json()["state"] == "checking"
     assert peer_status(server, c)["state"] == "checking"
-    responses = spray(server, 40)
+    responses = scene.spray()
     assert c.requests_for("/") == [] and set(served_by(responses)) == {a.address, b.address}
 
     c.forget("/health")               # from now on c answers its probes healthy
-    first, = wait_transition(server, c, 1)
+    first, = scene.wait_transition(c, 1)
     assert (first["from"], first["to"], first["fails"]) == ("checking", "unhealthy", 1)
     assert c.requests_for("/") == []
-    second = wait_transition(server, c, 2)[1]
+    second = scene.wait_transition(c, 2)[1]
     assert (second["from"], second["to"], second["passes"]) == ("unhealthy", "healthy", 2)
     c.reset()
-    responses = spray(server)
+    scene.spray()
     assert c.worker_pids("/") == set(server.worker_pids())
-    assert hc_events(server, "service_transition") == []
+    assert scene.events("service_transition") == []
 
 
-def test_a_config_error_names_file_and_line(tmp_path, backends):
+def test_a_config_error_names_file_and_line(tmp_path, ngxsim_backend):
     path = tmp_path / "bad.conf"
-    path.write_text(conf(backends[:1], "interval=1s fails=0").replace("{port}", "1"))
+    path.write_text(conf([ngxsim_backend()], "interval=1s fails=0").replace("{port}", "1"))
     run = subprocess.run([sys.executable, "-m", "ngxsim.cli", "-t", "-c", str(path)], capture_output=True, text=True,
                          timeout=60)
     assert run.returncode == 1
@@ -313,9 +334,8 @@ def check_negotiation(server, a) -> None:
     assert server.post(STATUS).status_code == 405
 
 
-def test_the_status_page_negotiates_and_in_a_real_browser_follows_a_flip_by_itself(start, backends, browser):
-    a, b = backends[:2]
-    server = start([a, b])
+def test_the_status_page_negotiates_and_in_a_real_browser_follows_a_flip_by_itself(scene, browser):
+    server, (a, b) = scene.server, scene.backends
     check_negotiation(server, a)
     page = browser().open(server.url(STATUS))    # the browser's own Accept header asks for HTML
     assert page.evaluate("document.contentType") == "text/html"
@@ -332,7 +352,7 @@ def test_the_status_page_negotiates_and_in_a_real_browser_follows_a_flip_by_itse
     page.wait_for(f"{since} !== {json.dumps(before)}", timeout=5)
 
     b.set_healthy(False)
-    wait_transition(server, b, 1)
+    scene.wait_transition(b, 1)
     # no reload: the page refreshes itself in place
     try:
         page.wait_for(f"{ROW % b.address}.dataset.state === 'unhealthy'", timeout=10)
