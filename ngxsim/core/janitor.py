@@ -2,8 +2,9 @@
 
 Detaches (double fork, new session) so that it outlives the worker that started it and is
 nobody's zombie. Waits on a pidfd: the kernel wakes it when the master exits, no polling. Then
-waits for every process that still has one of the instance's files open (the workers of a
-SIGKILLed master stop serving at once, but finish what they are doing) before removing them.
+waits for every process of the master's process group that still has one of the instance's
+files open (the workers of a SIGKILLed master stop serving at once, but finish what they are
+doing) before removing them; a process outside it (a test attaching a zone) does not count.
 """
 
 from __future__ import annotations
@@ -27,24 +28,26 @@ def main(argv: list[str]) -> int:
     instance = Instance(pid, start, "master")
     try:
         pidfd = os.pidfd_open(pid)
+        group = os.getpgid(pid)  # the workers' group too; read while the master lives
     except ProcessLookupError:
-        pidfd = None
+        pidfd = group = None
     if pidfd is not None and alive(pid, start):
         poller = select.poll()
         poller.register(pidfd, select.POLLIN)
         while not poller.poll(None):
             pass
         os.close(pidfd)
-    _wait_for_holders(instance)
+        _wait_for_holders(instance, group)
     remove_zone_files(instance)
     return 0
 
 
-def _wait_for_holders(instance: Instance) -> None:
+def _wait_for_holders(instance: Instance, group: int) -> None:
+    """Until no process of the server's process group has one of its files open."""
     while True:
         poller = select.poll()
         fds = []
-        for pid in zone_file_holders(instance):
+        for pid in zone_file_holders(instance, group):
             try:
                 fds.append(os.pidfd_open(pid))
             except ProcessLookupError:

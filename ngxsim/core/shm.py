@@ -415,16 +415,23 @@ def remove_stale_zone_files() -> list[str]:
     return removed
 
 
-def zone_file_holders(instance: Instance) -> set[int]:
-    """Pids of the processes (other than this one) with a file of ``instance`` open: its
-    workers, orphaned or not. Scans /proc; only what this user may read is seen (its own
-    processes, which is all a server has)."""
+def zone_file_holders(instance: Instance, group: int | None = None) -> set[int]:
+    """Pids of the processes (other than this one) with a file of ``instance`` open, only those
+    of process group ``group`` if given (a server's workers share their master's group, orphaned
+    or not; an observer such as a test attaching a zone does not). Scans /proc; only what this
+    user may read is seen (its own processes, which is all a server has)."""
     prefix = os.path.join(shm_dir(), f"{PREFIX}{instance.tag}.")
     me = str(os.getpid())
     holders: set[int] = set()
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or pid == me:
             continue
+        if group is not None:
+            try:
+                if os.getpgid(int(pid)) != group:
+                    continue
+            except OSError:
+                continue
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
         except OSError:  # gone, or not ours to look at

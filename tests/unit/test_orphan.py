@@ -78,3 +78,33 @@ def test_stale_files_still_open_in_a_process_are_kept_until_it_exits(tmp_path, m
         os.write(w, b"x")
         assert _exit_status(holder) == 0
     assert os.path.basename(path) in remove_stale_zone_files() and not os.path.exists(path)
+
+
+def test_only_holders_of_the_servers_process_group_count(tmp_path, monkeypatch):
+    """A test (or any observer) attaching a zone is not one of the server's processes: the
+    janitor does not wait for it."""
+    from ngxsim.core.instance import STANDALONE, Instance
+    from ngxsim.core.shm import zone_file_holders, zone_path
+    from ngxsim.testing import wait_for
+
+    monkeypatch.setenv("NGXSIM_SHM_DIR", str(tmp_path))
+    instance = Instance(os.getpid(), 1, STANDALONE)
+    path = zone_path(instance, "z")
+    open(path, "wb").close()
+    r, w = os.pipe()
+
+    def hold(own_group: bool):
+        if own_group:
+            os.setpgid(0, 0)
+        fd = os.open(path, os.O_RDONLY)
+        os.read(r, 1)
+        os.close(fd)
+
+    same, other = _child(lambda: hold(False)), _child(lambda: hold(True))
+    try:
+        wait_for(lambda: zone_file_holders(instance) == {same, other}, 10, what="both children to open the file")
+        assert zone_file_holders(instance, os.getpgid(0)) == {same}
+        assert zone_file_holders(instance, other) == {other}
+    finally:
+        os.write(w, b"xx")
+        assert _exit_status(same) == 0 and _exit_status(other) == 0
