@@ -1,0 +1,354 @@
+"""upstreams: upstream groups, ``proxy_pass`` to real backends, and a dynamic API whose changes
+reach every worker through the event bus.
+
+- directives: ``upstream NAME { server ...; zone ...; state ...; upstream_refresh ...; }``,
+  ``proxy_pass``, ``proxy_set_header``, ``proxy_connect_timeout``, ``proxy_read_timeout``,
+  ``proxy_next_upstream``, ``upstreams_api``, ``upstreams_api_key``;
+- variables: ``$proxy_host``, ``$proxy_port``, ``$proxy_add_x_forwarded_for``, ``$upstream_addr``,
+  ``$upstream_status``, ``$upstream_response_time``;
+- events on channel ``upstreams`` of the http-level ``worker_events_zone``: ``snapshot_activated``,
+  ``peer_draining``, ``peer_drained``, ``refresh_failed`` (docs/events.md);
+- public functions other modules use (healthchecks): ``location_upstream``, ``upstream_names``,
+  ``require_health_checks``, ``peers``, ``set_peer_health``, ``PeerInfo``.
+
+See docs/upstreams.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+from ngxsim import (
+    FLAG, HTTP, LOCATION, SERVER, ConfigError, Directive, Subscription, Variable, hookimpl, http_event_zone,
+    process_alive, register_secret_arg,
+)
+
+from . import snapshots
+from .api import UpstreamsApi
+from .conf import (
+    NEXT_UPSTREAM, ProxyPass, UpstreamConf, parse_next_upstream, parse_proxy_pass, parse_refresh, parse_server, parse_set_header,
+    parse_timeout, parse_zone,
+)
+from .proxy import ProxyHandler
+from .refresh import refresh_job
+from .state import CHANNEL, NAME, state
+from .zone import HEALTH_CHECKING, HEALTH_DOWN, HEALTH_UP, UpstreamZone, slot_count
+
+HEALTH_CHANNEL = "healthchecks"
+UPSTREAM = "upstream"  # the context an upstream block opens
+DRAIN_CHECK_INTERVAL = 1.0
+
+
+# -- configuration -------------------------------------------------------------------------------
+
+
+def _api_key(args: list[str]) -> str:
+    if not args[0]:
+        raise ValueError('"upstreams_api_key" must not be empty')
+    return args[0]
+
+
+@hookimpl
+def ngxsim_directives(register):
+    levels = (HTTP, SERVER, LOCATION)
+    register(Directive("upstream", (HTTP,), 1, block=UPSTREAM, multiple=True, doc="`NAME { ... }`: a group of peers"))
+    register(Directive("server", (UPSTREAM,), (1, 6), parse=parse_server, multiple=True,
+                       doc="`ADDR [weight=N] [max_fails=N] [fail_timeout=T] [backup] [down]`"))
+    register(Directive("zone", (UPSTREAM,), (1, 2), parse=parse_zone,
+                       doc="`NAME [SIZE]`: the shared zone of the group's peers and snapshots (default 256k)"))
+    register(Directive("state", (UPSTREAM,), 1, doc="file that keeps dynamic changes across restarts"))
+    register(Directive("upstream_refresh", (UPSTREAM,), (1, 4), parse=parse_refresh,
+                       doc="`file=PATH|url=URL [interval=5s] [timeout=2s]`: re-read the servers, once per instance"))
+    register(Directive("proxy_pass", (LOCATION,), 1, parse=parse_proxy_pass, inherit=False,
+                       doc="`http://UPSTREAM[/URI]` or `http://ADDR:PORT[/URI]`"))
+    register(Directive("proxy_set_header", levels, 2, parse=parse_set_header, multiple=True, default=[],
+                       doc="`NAME VALUE`; an empty value removes the header; `Host` defaults to `$proxy_host`"))
+    register(Directive("proxy_connect_timeout", levels, 1, parse=parse_timeout, default=60.0))
+    register(Directive("proxy_read_timeout", levels, 1, parse=parse_timeout, default=60.0))
+    register(Directive("proxy_next_upstream", levels, (1, len(NEXT_UPSTREAM)),
+                       parse=parse_next_upstream, default=frozenset(("error", "timeout")),
+                       doc="when to try the next peer: `error timeout http_502 http_503 http_504 ... | off`"))
+    register(Directive("upstreams_api", (LOCATION,), 0, type=FLAG, default=False, inherit=False,
+                       doc="this location is the upstreams API"))
+    register(Directive("upstreams_api_key", (LOCATION,), 1, parse=_api_key,
+                       doc="writes need `?key=SECRET`"))
+
+
+def _xff(ctx) -> str:
+    given = ctx.environ.get("HTTP_X_FORWARDED_FOR", "")
+    addr = ctx.environ.get("REMOTE_ADDR", "")
+    return f"{given}, {addr}" if given else addr
+
+
+@hookimpl
+def ngxsim_variables(register):
+    for name in ("proxy_host", "proxy_port", "upstream_addr", "upstream_status", "upstream_response_time"):
+        register(Variable(name, lambda ctx, _n=name: ctx.vars.get(_n, "")))
+    register(Variable("proxy_add_x_forwarded_for", _xff))
+
+
+@dataclass
+class ProxySettings:
+    proxy_pass: ProxyPass
+    prefix: str
+    set_headers: list
+    connect_timeout: float
+    read_timeout: float
+    next_upstream: frozenset
+
+
+@dataclass
+class UpstreamsConf:
+    """What the module built from the config (``config.stash["upstreams"]``)."""
+
+    bus: str | None
+    upstreams: dict[str, UpstreamConf] = field(default_factory=dict)
+
+
+@hookimpl
+def ngxsim_postconfiguration(config):
+    bus = http_event_zone(config, NAME)
+    conf = UpstreamsConf(bus)
+    zones_used: dict[str, str] = {}
+    for block in config.blocks(UPSTREAM):
+        name = block.value[0] if isinstance(block.value, list) else block.value
+        if name in conf.upstreams:
+            raise ConfigError(f'duplicate upstream "{name}"', block.statement.file, block.statement.line)
+        servers = block.get("server") or []
+        zone_name, zone_size = block.get("zone") or (f"upstream.{name}", 256 * 1024)
+        if zone_name in zones_used:
+            raise block.error("zone", f'zone "{zone_name}" is already used by upstream "{zones_used[zone_name]}": '
+                                      f'give each upstream a zone of its own')
+        zones_used[zone_name] = name
+        state_path = block.get("state")
+        if state_path is not None:
+            state_path = os.path.abspath(state_path)
+            folder = os.path.dirname(state_path)
+            if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+                raise block.error("state", f'the folder of state file "{state_path}" does not exist or is not writable')
+            try:
+                snapshots.read_state(state_path)
+            except ValueError as exc:
+                raise block.error("state", f"invalid state file: {exc}") from None
+        elif not servers and block.get("upstream_refresh") is None:
+            raise ConfigError(f'no servers are inside upstream "{name}"', block.statement.file, block.statement.line)
+        seen = set()
+        for spec in servers:
+            if spec.server in seen:
+                raise block.error("server", f'server "{spec.server}" is listed twice in upstream "{name}"')
+            seen.add(spec.server)
+        up = UpstreamConf(name, zone_name, zone_size, servers, state_path, block.get("upstream_refresh"), block)
+        conf.upstreams[name] = up
+        usable = zone_size - 64
+        if len(servers) > slot_count(usable):
+            raise block.error("zone", f'zone "{zone_name}" has room for {slot_count(usable)} peers, '
+                                      f'upstream "{name}" lists {len(servers)}')
+        config.zones.declare(zone_name, zone_size, owner=NAME, where=block.where_of("zone") or block.statement,
+                             tag=f"{NAME} v1 {name}")
+        if up.refresh is not None:
+            config.jobs.declare(f"upstreams.refresh.{name}", up.refresh.interval, refresh_job(name, up.refresh, {}),
+                                owner=NAME, where=block.where_of("upstream_refresh"))
+    if conf.upstreams:
+        config.jobs.declare("upstreams.drained", DRAIN_CHECK_INTERVAL, _drain_job, owner=NAME)
+    for loc in config.blocks(LOCATION):
+        spec: ProxyPass | None = loc.get("proxy_pass")
+        if spec is not None:
+            if spec.upstream is not None and spec.upstream not in conf.upstreams:
+                if spec.host == "localhost":
+                    loc.own["proxy_pass"] = loc.effective["proxy_pass"] = ProxyPass("localhost", None, ("localhost", 80), spec.uri)
+                else:
+                    raise loc.error("proxy_pass", f'host not found in upstream "{spec.host}"')
+            if spec.uri is not None and loc.value.modifier in ("~", "~*"):
+                raise loc.error("proxy_pass", '"proxy_pass" cannot have URI part in location given by regular '
+                                              'expression, or inside named location, or inside "if" statement, '
+                                              'or inside "limit_except" block')
+        if loc.get("upstreams_api") and loc.get("upstreams_api_key"):
+            register_secret_arg(config, "key")
+    config.stash[NAME] = conf
+
+
+def _drain_job(runtime) -> None:
+    """Catch drains that finished without a request ending (a worker died mid-request)."""
+    st = state(runtime)
+    for name in st.zones:
+        st.check_drained(name)
+
+
+@hookimpl
+def ngxsim_content_handler(location, config):
+    conf = config.stash.get(NAME)
+    if location["upstreams_api"]:
+        return UpstreamsApi(location, conf)
+    spec = location.get("proxy_pass")
+    if spec is None:
+        return None
+    prefix = location.value.path if location.value.modifier in ("", "^~", "=") else ""
+    settings = ProxySettings(spec, prefix, location["proxy_set_header"], location["proxy_connect_timeout"],
+                             location["proxy_read_timeout"], location["proxy_next_upstream"])
+    return ProxyHandler(location, state, settings)
+
+
+# -- processes -----------------------------------------------------------------------------------
+
+
+def _first_snapshot(up, zone: UpstreamZone, rebuild: bool) -> None:
+    """Give the upstream its snapshot from the state file when it exists (dynamic changes survive
+    a restart), else from the config's server lines. Without ``rebuild`` this does nothing when a
+    snapshot is there already: under plain gunicorn every worker calls it at start, and the first
+    one (under the zone lock) makes it."""
+    specs = snapshots.read_state(up.state) if up.state else None
+    if specs is None:
+        specs = up.servers
+
+    def change(cur):
+        if cur is not None and not rebuild:
+            return None
+        new = snapshots.from_specs(specs, cur, zone.layout.slots)
+        if up.state:
+            snapshots.write_state(up.state, new["peers"])
+        return new
+
+    zone.update(change)
+
+
+@hookimpl
+def ngxsim_init_master(runtime):
+    """A new instance, or a reload (``ngxsim -c``, before its workers start): a zone that was kept
+    gets rebuilt from the state file or the (new) config's server lines, as nginx re-reads them."""
+    conf = runtime.config.stash.get(NAME)
+    if not conf:
+        return
+    for up in conf.upstreams.values():
+        zone = runtime.zone(up.zone)
+        _first_snapshot(up, UpstreamZone(zone), rebuild=not zone.fresh)
+
+
+@hookimpl
+def ngxsim_init_worker(runtime):
+    conf = runtime.config.stash.get(NAME)
+    if not conf or not conf.upstreams:
+        return
+    st = state(runtime)
+    for name, zone in st.zones.items():
+        _first_snapshot(conf.upstreams[name], zone, rebuild=False)  # the master hook may run in a peer worker
+        zone.claim_row(process_alive)
+    st.reload_all()
+
+
+@hookimpl
+def ngxsim_exit_worker(runtime):
+    st = runtime.stash.get(NAME)
+    if st is not None:
+        for zone in st.zones.values():
+            zone.release_row()
+        st.pools.clear()
+
+
+@hookimpl
+def ngxsim_event_subscriptions(config):
+    conf = config.stash.get(NAME)
+    if not conf or not conf.bus or not conf.upstreams:
+        return None
+    return Subscription(conf.bus, (CHANNEL, HEALTH_CHANNEL))
+
+
+@hookimpl
+def ngxsim_event(runtime, event):
+    conf = runtime.config.stash.get(NAME)
+    if not conf or event.zone != conf.bus:
+        return
+    if event.channel == CHANNEL and event.type == "snapshot_activated":
+        name = _payload(event).get("upstream")
+        if name in conf.upstreams:
+            state(runtime).reload(name)
+    elif event.channel == HEALTH_CHANNEL and event.type == "peer_transition":
+        data = _payload(event)
+        if data.get("upstream") in conf.upstreams and isinstance(data.get("peer"), int):
+            state(runtime).refresh_health(data["upstream"], data["peer"])
+
+
+@hookimpl
+def ngxsim_event_gap(runtime, gap):
+    """Events were lost: re-read every upstream's snapshot and health from its zone."""
+    conf = runtime.config.stash.get(NAME)
+    if conf and conf.upstreams and gap.zone == conf.bus:
+        state(runtime).reload_all()
+
+
+def _payload(event) -> dict:
+    try:
+        data = json.loads(event.payload)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+# -- public functions ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    id: int
+    server: str
+    host: str
+    port: int
+    weight: int
+    max_fails: int
+    fail_timeout: float
+    backup: bool
+    down: bool
+    drain: bool
+
+
+def location_upstream(location) -> str | None:
+    """The upstream group a location's ``proxy_pass`` names (None: no group)."""
+    spec = location.get("proxy_pass")
+    return spec.upstream if spec is not None else None
+
+
+def upstream_names(config) -> list[str]:
+    conf = config.stash.get(NAME)
+    return list(conf.upstreams) if conf else []
+
+
+def require_health_checks(config, upstream: str, mandatory: bool, where=None) -> None:
+    """Health checks watch ``upstream`` (called by healthchecks at load time). With ``mandatory``
+    a peer added at run time takes no traffic until it is reported healthy."""
+    conf = config.stash.get(NAME)
+    if conf is None or upstream not in conf.upstreams:
+        message = f'upstream "{upstream}" is not defined (or "load_module upstreams;" comes after the module that checks it)'
+        raise where.error(message) if where is not None else ConfigError(message)
+    up = conf.upstreams[upstream]
+    up.health_checked = True
+    up.mandatory = up.mandatory or mandatory
+
+
+def peers(runtime, upstream: str) -> list[PeerInfo]:
+    """The peers of ``upstream``'s current snapshot, read from its zone."""
+    data = state(runtime).zone(upstream).read_snapshot() or {"peers": []}
+    out = []
+    for p in data["peers"]:
+        host, _, port = p["server"].rpartition(":")
+        out.append(PeerInfo(p["id"], p["server"], host.strip("[]"), int(port), p["weight"], p["max_fails"],
+                            float(p["fail_timeout"]), p["backup"], p["down"], p.get("drain", False)))
+    return out
+
+
+def set_peer_health(runtime, upstream: str, peer_id: int, healthy: bool, fails: int = 0, passes: int = 0) -> bool:
+    """Record what a health check found for a peer. Every worker routes by it once it delivers
+    the ``peer_transition`` event the caller publishes next (this worker: at once). False when the
+    peer is gone."""
+    st = state(runtime)
+    data = st.zone(upstream).read_snapshot() or {"peers": []}
+    for p in data["peers"]:
+        if p["id"] == peer_id:
+            ok = st.zone(upstream).set_health(p["slot"], peer_id, HEALTH_UP if healthy else HEALTH_DOWN, fails, passes)
+            st.refresh_health(upstream, peer_id)
+            return ok
+    return False
+
+
+__all__ = ["CHANNEL", "HEALTH_CHANNEL", "PeerInfo", "location_upstream", "peers", "require_health_checks",
+           "set_peer_health", "upstream_names", "HEALTH_CHECKING"]

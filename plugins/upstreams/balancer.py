@@ -1,0 +1,116 @@
+"""Choosing a peer: nginx's smooth weighted round-robin over one snapshot.
+
+Each worker balances on its own (as nginx does without a shared balancer state), so the
+aggregate split over all workers follows the weights too. What a peer may take is read per pick:
+its snapshot flags (``down``, ``drain``), the health healthchecks reported (a per-worker copy kept
+current by ``peer_transition`` events) and nginx's passive failure window from the zone
+(``max_fails`` failures within ``fail_timeout`` make a peer unavailable for ``fail_timeout``;
+after that one request tries it again).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from .zone import HEALTH_CHECKING, HEALTH_DOWN, UpstreamZone
+
+
+@dataclass(eq=False)
+class Peer:
+    id: int
+    slot: int
+    host: str
+    port: int
+    weight: int
+    max_fails: int
+    fail_timeout: float
+    backup: bool
+    down: bool
+    drain: bool
+    current: int = 0
+    effective: int = 0
+
+    @property
+    def server(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @classmethod
+    def from_json(cls, item: dict) -> "Peer":
+        host, _, port = item["server"].rpartition(":")
+        host = host[1:-1] if host.startswith("[") else host
+        return cls(item["id"], item["slot"], host, int(port), item["weight"], item["max_fails"],
+                   float(item["fail_timeout"]), item["backup"], item["down"], item.get("drain", False),
+                   effective=item["weight"])
+
+
+@dataclass(eq=False)
+class Snapshot:
+    """One upstream's peers at one version, as this worker routes by it."""
+
+    name: str
+    version: int
+    peers: list[Peer]
+    health: dict[int, int] = field(default_factory=dict)  # slot -> health, from the zone and events
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def primary(self) -> list[Peer]:
+        return [p for p in self.peers if not p.backup]
+
+    @property
+    def backups(self) -> list[Peer]:
+        return [p for p in self.peers if p.backup]
+
+    def unhealthy(self, peer: Peer) -> bool:
+        return self.health.get(peer.slot, 0) in (HEALTH_DOWN, HEALTH_CHECKING)
+
+    def usable(self, peer: Peer, zone: UpstreamZone, now: float) -> bool:
+        """May ``peer`` take a new request (ignoring which ones this request already tried)?"""
+        if peer.down or peer.drain or self.unhealthy(peer):
+            return False
+        if peer.max_fails:
+            c = zone.counters(peer.slot)
+            if c.fails >= peer.max_fails and now - c.checked <= peer.fail_timeout:
+                return False
+        return True
+
+    def all_unhealthy(self) -> bool:
+        """Every peer that is not down is reported unhealthy: answer 502 without trying."""
+        live = [p for p in self.peers if not p.down]
+        return bool(live) and all(self.unhealthy(p) for p in live)
+
+    def pick(self, zone: UpstreamZone, tried: set[int], now: float) -> Peer | None:
+        """The next peer for a request that already tried ``tried`` (peer ids): primaries while
+        any is usable, backups only after."""
+        with self.lock:
+            for group in (self.primary, self.backups):
+                best = self._smooth(group, zone, tried, now)
+                if best is not None:
+                    if best.max_fails:
+                        c = zone.counters(best.slot)
+                        if c.fails >= best.max_fails:
+                            zone.mark_checked(best.slot, now)  # the one request that re-tries it
+                    return best
+        return None
+
+    def _smooth(self, group: list[Peer], zone: UpstreamZone, tried: set[int], now: float) -> Peer | None:
+        best, total = None, 0
+        for peer in group:
+            if peer.id in tried or not self.usable(peer, zone, now):
+                continue
+            peer.current += peer.effective
+            total += peer.effective
+            if peer.effective < peer.weight:
+                peer.effective += 1
+            if best is None or peer.current > best.current:
+                best = peer
+        if best is not None:
+            best.current -= total
+        return best
+
+    def failed(self, peer: Peer) -> None:
+        """nginx lowers a failing peer's effective weight, and restores it step by step."""
+        with self.lock:
+            step = peer.weight // peer.max_fails if peer.max_fails else 0
+            peer.effective = max(peer.effective - step, 0)

@@ -1,0 +1,208 @@
+"""Building an upstream's next snapshot: from the config's ``server`` lines, the state file, the
+API's add/change/delete, or a refresh source. Each builder checks the whole new peer list before
+anything is activated; a ``ValueError`` (400), ``LookupError`` (404) or ``KeyError`` (409)
+activates nothing."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from ngxsim import parse_time
+
+from .conf import ServerSpec, parse_address, parse_server
+
+FIELDS = ("server", "weight", "max_fails", "fail_timeout", "backup", "down", "drain")
+
+
+class Conflict(Exception):
+    """The change conflicts with what is there (409)."""
+
+
+def peer_json(spec: ServerSpec, peer_id: int, slot: int, drain: bool = False) -> dict:
+    return {"id": peer_id, "slot": slot, **spec.params(), "drain": drain}
+
+
+def spec_of(item: dict) -> ServerSpec:
+    host, port = parse_address(item["server"])
+    return ServerSpec(host, port, item["weight"], item["max_fails"], float(item["fail_timeout"]), item["backup"], item["down"])
+
+
+def from_specs(specs: list[ServerSpec], current: dict | None, slots: int, checking_new: bool = False) -> dict:
+    """A snapshot of ``specs``; a peer whose server and parameters are unchanged keeps its id,
+    slot and drain state (so a refresh that changes nothing elsewhere keeps its counters)."""
+    old = {(p["server"]): p for p in (current or {"peers": []})["peers"]}
+    next_id = (current or {}).get("next_id", 1)
+    used = set()
+    peers = []
+    seen = set()
+    for spec in specs:
+        if spec.server in seen:
+            raise Conflict(f'server "{spec.server}" is listed twice')
+        seen.add(spec.server)
+        before = old.get(spec.server)
+        if before is not None:
+            peers.append({**peer_json(spec, before["id"], before["slot"], before.get("drain", False))})
+            used.add(before["slot"])
+        else:
+            peers.append(None)
+    for i, spec in enumerate(specs):
+        if peers[i] is None:
+            slot = _free_slot(used, slots)
+            used.add(slot)
+            peers[i] = peer_json(spec, next_id, slot)
+            if checking_new:
+                peers[i]["checking"] = True
+            next_id += 1
+    return {"peers": peers, "next_id": next_id}
+
+
+def _free_slot(used: set[int], slots: int) -> int:
+    for slot in range(slots):
+        if slot not in used:
+            return slot
+    raise ValueError(f"the upstream's zone has room for {slots} peers: give it a larger zone")
+
+
+def _clean(peers: list[dict]) -> list[dict]:
+    return [{k: v for k, v in p.items() if k != "checking"} for p in peers]
+
+
+# -- the API's changes ---------------------------------------------------------------------------
+
+
+def checked_fields(body: dict, adding: bool) -> dict:
+    """The API body's fields, each checked; ValueError names the first bad one."""
+    allowed = set(FIELDS) - ({"drain"} if adding else {"server"})
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        extra = ' ("server" cannot be changed: delete the peer and add a new one)' if "server" in unknown else ""
+        raise ValueError(f"unknown field(s) {', '.join(repr(u) for u in unknown)}{extra}; allowed: {', '.join(sorted(allowed))}")
+    out = {}
+    for key, value in body.items():
+        if key == "server":
+            if not isinstance(value, str):
+                raise ValueError('field "server" must be a string "HOST:PORT"')
+            out["server"] = ServerSpec(*parse_address(value)).server
+        elif key in ("weight", "max_fails"):
+            low, high = (1, 1000) if key == "weight" else (0, 1000)
+            if type(value) is not int or not low <= value <= high:
+                raise ValueError(f'field "{key}" must be an integer from {low} to {high}, not {value!r}')
+            out[key] = value
+        elif key == "fail_timeout":
+            out[key] = _seconds(value)
+        else:  # backup, down, drain
+            if type(value) is not bool:
+                raise ValueError(f'field "{key}" must be true or false, not {value!r}')
+            out[key] = value
+    if adding and "server" not in out:
+        raise ValueError('field "server" is required')
+    return out
+
+
+def _seconds(value) -> float:
+    if type(value) in (int, float) and 0 <= value <= 86400:
+        return float(value)
+    if isinstance(value, str):
+        try:
+            seconds = parse_time(value)
+        except (ValueError, OverflowError):
+            seconds = -1
+        if 0 <= seconds <= 86400:
+            return seconds
+    raise ValueError(f'field "fail_timeout" must be a time such as "10s" or a number of seconds (0 to 1d), not {value!r}')
+
+
+def add_peer(current: dict, fields: dict, slots: int, checking: bool) -> tuple[dict, dict]:
+    peers = _clean(current["peers"])
+    if any(p["server"] == fields["server"] for p in peers):
+        raise Conflict(f'server "{fields["server"]}" is already in the upstream')
+    defaults = ServerSpec("h", 1).params()
+    item = {**defaults, **fields}
+    spec = spec_of({**item, "server": fields["server"]})
+    slot = _free_slot({p["slot"] for p in peers}, slots)
+    new_peer = peer_json(spec, current.get("next_id", 1), slot)
+    if checking:
+        new_peer["checking"] = True
+    return {"peers": peers + [new_peer], "next_id": current.get("next_id", 1) + 1}, new_peer
+
+
+def change_peer(current: dict, peer_id: int, fields: dict) -> tuple[dict, dict, dict]:
+    peers = _clean(current["peers"])
+    for i, p in enumerate(peers):
+        if p["id"] == peer_id:
+            before = dict(p)
+            peers[i] = {**p, **fields}
+            return {"peers": peers, "next_id": current.get("next_id", 1)}, peers[i], before
+    raise LookupError(f"no peer with id {peer_id}")
+
+
+def delete_peer(current: dict, peer_id: int) -> tuple[dict, dict]:
+    peers = _clean(current["peers"])
+    for p in peers:
+        if p["id"] == peer_id:
+            return {"peers": [q for q in peers if q["id"] != peer_id], "next_id": current.get("next_id", 1)}, p
+    raise LookupError(f"no peer with id {peer_id}")
+
+
+# -- the refresh source and the state file ---------------------------------------------------------
+
+
+def specs_from_json(data) -> list[ServerSpec]:
+    """A refresh source: a JSON list of servers with the API's fields (``drain`` excepted)."""
+    if isinstance(data, dict) and "servers" in data:
+        data = data["servers"]
+    if not isinstance(data, list):
+        raise ValueError("a JSON list of servers is expected")
+    specs = []
+    for i, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise ValueError(f"entry {i} is not a JSON object")
+        try:
+            fields = checked_fields(item, adding=True)
+        except ValueError as exc:
+            raise ValueError(f"entry {i}: {exc}") from None
+        specs.append(spec_of({**ServerSpec("h", 1).params(), **fields}))
+    return specs
+
+
+def read_state(path: str) -> list[ServerSpec] | None:
+    """The state file's ``server`` lines (NGINX Plus's format), or None when there is none."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read(1 << 20)
+    except FileNotFoundError:
+        return None
+    specs = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        words = line.rstrip(";").split()
+        if not line.endswith(";") or not words or words[0] != "server" or len(words) < 2:
+            raise ValueError(f"{path}:{number}: expected \"server ADDRESS [parameters];\"")
+        try:
+            specs.append(parse_server(words[1:]))
+        except ValueError as exc:
+            raise ValueError(f"{path}:{number}: {exc}") from None
+    return specs
+
+
+def write_state(path: str, peers: list[dict]) -> None:
+    """Write the peers atomically (a temp file renamed over the old one): a crash leaves the
+    old file or the new one, never half of one."""
+    lines = [spec_of(p).line() for p in peers]
+    folder = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".ngxsim-state.", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write("".join(line + "\n" for line in lines))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise

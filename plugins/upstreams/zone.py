@@ -1,0 +1,272 @@
+"""An upstream's shared memory: its snapshots, its peers' counters, every worker's in-flight count.
+
+Layout of ``zone.buf`` (every field little-endian)::
+
+    header (64)   magic, snapshot version, active area, snapshot length, slots N, rows W, area size
+    N peer slots  (64 each) peer id, flags, requests, fails, the passive-failure window (fails,
+                  accessed, checked) and the health healthchecks reports
+    W worker rows (16 + 2N each) pid, start time, and the requests it has in flight to each slot
+    2 areas       snapshot JSON, double-buffered: a new one is written into the idle area and
+                  activated by one header write, under the zone lock
+
+Why this shape: a snapshot changes rarely (API, refresh) and is read whole by each worker when it
+delivers ``snapshot_activated``, so it is plain JSON under the lock. Counters change on every
+proxied request, so they are fixed-size fields. In-flight counts are per worker row (no lock: each
+worker writes only its own row) and summed over the *live* rows, so a worker SIGKILLed mid-request
+does not leave a peer "active" forever and ``peer_drained`` still comes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import threading
+from dataclasses import dataclass
+
+from ngxsim import process_start_time
+
+_MAGIC = b"UPSZONE1"
+_HEADER = struct.Struct("<8sQIIIII")  # magic, version, active area, length, slots, rows, area size
+_SLOT = struct.Struct("<IIQQIBBHIIdd")
+SLOT_SIZE = 64
+ROWS = 128
+_ROW_HEAD = struct.Struct("<IIQ")
+HEALTH_NONE, HEALTH_UP, HEALTH_DOWN, HEALTH_CHECKING = 0, 1, 2, 3
+FLAG_DRAINED_PUBLISHED = 1
+
+
+def slot_count(usable: int) -> int:
+    return max(8, min(1024, usable // 2048))
+
+
+@dataclass(frozen=True)
+class Layout:
+    slots: int
+    rows: int
+    row_size: int
+    slots_at: int
+    rows_at: int
+    areas_at: int
+    area_size: int
+
+    @classmethod
+    def for_size(cls, usable: int) -> "Layout":
+        n = slot_count(usable)
+        row_size = (_ROW_HEAD.size + 2 * n + 7) // 8 * 8
+        slots_at = 64
+        rows_at = slots_at + n * SLOT_SIZE
+        areas_at = rows_at + ROWS * row_size
+        return cls(n, ROWS, row_size, slots_at, rows_at, areas_at, (usable - areas_at) // 2)
+
+
+@dataclass
+class PeerCounters:
+    requests: int
+    fails_total: int
+    fails: int
+    health: int
+    health_fails: int
+    health_passes: int
+    accessed: float
+    checked: float
+    flags: int
+
+
+class UpstreamZone:
+    """One upstream's zone in this process."""
+
+    def __init__(self, zone):
+        self.zone = zone
+        self.buf = zone.buf
+        self.layout = Layout.for_size(zone.usable)
+        self._row: int | None = None
+        self._row_lock = threading.Lock()  # threads of one worker share its row
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def initialised(self) -> bool:
+        return bytes(self.buf[:8]) == _MAGIC
+
+    def read_snapshot(self) -> dict | None:
+        """The active snapshot (None before the first one was written)."""
+        with self.zone.lock():
+            return self._read_locked()
+
+    def _read_locked(self) -> dict | None:
+        magic, version, active, length, *_ = _HEADER.unpack_from(self.buf, 0)
+        if magic != _MAGIC or not length:
+            return None
+        start = self.layout.areas_at + active * self.layout.area_size
+        return json.loads(bytes(self.buf[start:start + length]))
+
+    def update(self, change):
+        """Under the zone lock: ``change(current_snapshot_or_None) -> new snapshot dict`` (or
+        raise, activating nothing). Writes the new snapshot into the idle area and activates it
+        with the next version. Returns ``(new snapshot, change's second result)`` when change
+        returns a pair, else ``(new, None)``."""
+        with self.zone.lock():
+            current = self._read_locked()
+            result = change(current)
+            new, extra = result if isinstance(result, tuple) else (result, None)
+            if new is None:
+                return current, extra
+            version = (current["version"] if current else 0) + 1
+            new["version"] = version
+            text = json.dumps(new, separators=(",", ":")).encode()
+            if len(text) > self.layout.area_size:
+                raise OverflowError(f"the snapshot needs {len(text)} bytes and the zone holds {self.layout.area_size}: "
+                                    f"give the upstream a larger zone")
+            magic, _, active, *_ = _HEADER.unpack_from(self.buf, 0)
+            idle = 0 if magic != _MAGIC else 1 - active
+            start = self.layout.areas_at + idle * self.layout.area_size
+            self.buf[start:start + len(text)] = text
+            for slot in {p["slot"] for p in new["peers"]} - {p["slot"] for p in (current or {"peers": []})["peers"]}:
+                self._reset_slot(slot, 0)
+            for peer in new["peers"]:
+                if self._slot_id(peer["slot"]) != peer["id"]:
+                    # a new peer: fresh counters; "checking" when mandatory health checks must pass first
+                    self._reset_slot(peer["slot"], peer["id"], HEALTH_CHECKING if peer.pop("checking", False) else HEALTH_NONE)
+            _HEADER.pack_into(self.buf, 0, _MAGIC, version, idle, len(text), self.layout.slots, self.layout.rows,
+                              self.layout.area_size)
+            return new, extra
+
+    # -- peer slots --------------------------------------------------------------------------
+
+    def _slot_at(self, slot: int) -> int:
+        return self.layout.slots_at + slot * SLOT_SIZE
+
+    def _slot_id(self, slot: int) -> int:
+        return struct.unpack_from("<I", self.buf, self._slot_at(slot))[0]
+
+    def _reset_slot(self, slot: int, peer_id: int, health: int = HEALTH_NONE) -> None:
+        _SLOT.pack_into(self.buf, self._slot_at(slot), peer_id, 0, 0, 0, 0, health, 0, 0, 0, 0, 0.0, 0.0)
+
+    def counters(self, slot: int) -> PeerCounters:
+        (_, flags, requests, fails_total, fails, health, _, _, hfails, hpasses,
+         accessed, checked) = _SLOT.unpack_from(self.buf, self._slot_at(slot))
+        return PeerCounters(requests, fails_total, fails, health, hfails, hpasses, accessed, checked, flags)
+
+    def health(self, slot: int) -> int:
+        return self.buf[self._slot_at(slot) + 28]
+
+    def set_health(self, slot: int, peer_id: int, health: int, fails: int, passes: int) -> bool:
+        """Record what healthchecks reports; False when the slot no longer holds that peer."""
+        with self.zone.lock():
+            values = list(_SLOT.unpack_from(self.buf, self._slot_at(slot)))
+            if values[0] != peer_id:
+                return False
+            values[5], values[8], values[9] = health, fails, passes
+            _SLOT.pack_into(self.buf, self._slot_at(slot), *values)
+            return True
+
+    def finish(self, slot: int, peer_id: int, failed: bool, success: bool, now: float, max_fails: int) -> bool:
+        """A request to the peer ended: count it, and run nginx's passive failure accounting
+        (``max_fails`` failures within ``fail_timeout`` make the peer unavailable for that long).
+        Returns True when this failure just made the peer unavailable."""
+        with self.zone.lock():
+            at = self._slot_at(slot)
+            values = list(_SLOT.unpack_from(self.buf, at))
+            if values[0] != peer_id:
+                return False
+            values[2] += 1
+            tripped = False
+            if failed:
+                values[3] += 1
+                values[4] += 1
+                values[10] = values[11] = now  # accessed, checked
+                tripped = bool(max_fails) and values[4] == max_fails
+            elif success and values[10] < values[11]:
+                values[4] = 0  # a success after the last failure was checked: nginx resets
+            _SLOT.pack_into(self.buf, at, *values)
+            return tripped
+
+    def mark_checked(self, slot: int, now: float) -> None:
+        """nginx's retry of an unavailable peer after ``fail_timeout``: one request probes it."""
+        with self.zone.lock():
+            at = self._slot_at(slot)
+            values = list(_SLOT.unpack_from(self.buf, at))
+            values[11] = now
+            _SLOT.pack_into(self.buf, at, *values)
+
+    def take_drained_flag(self, slot: int, peer_id: int) -> bool:
+        """True exactly once per drain of the peer: whoever sees it first publishes
+        ``peer_drained``."""
+        with self.zone.lock():
+            at = self._slot_at(slot)
+            values = list(_SLOT.unpack_from(self.buf, at))
+            if values[0] != peer_id or values[1] & FLAG_DRAINED_PUBLISHED:
+                return False
+            values[1] |= FLAG_DRAINED_PUBLISHED
+            _SLOT.pack_into(self.buf, at, *values)
+            return True
+
+    def clear_drained_flag(self, slot: int) -> None:
+        with self.zone.lock():
+            at = self._slot_at(slot)
+            values = list(_SLOT.unpack_from(self.buf, at))
+            values[1] &= ~FLAG_DRAINED_PUBLISHED
+            _SLOT.pack_into(self.buf, at, *values)
+
+    # -- in flight ---------------------------------------------------------------------------
+
+    def _row_at(self, row: int) -> int:
+        return self.layout.rows_at + row * self.layout.row_size
+
+    def claim_row(self, alive) -> int | None:
+        """This worker's row: a free one, or one whose worker is dead (``alive(pid, start)``)."""
+        pid = os.getpid()
+        start = _start_time(pid)
+        with self.zone.lock():
+            for row in range(self.layout.rows):
+                at = self._row_at(row)
+                rpid, _, rstart = _ROW_HEAD.unpack_from(self.buf, at)
+                if rpid == 0 or (rpid, rstart) == (pid, start) or not alive(rpid, rstart):
+                    self.buf[at:at + self.layout.row_size] = bytes(self.layout.row_size)
+                    _ROW_HEAD.pack_into(self.buf, at, pid, 0, start)
+                    self._row = row
+                    return row
+        return None
+
+    def release_row(self) -> None:
+        if self._row is not None:
+            at = self._row_at(self._row)
+            with self.zone.lock():
+                self.buf[at:at + self.layout.row_size] = bytes(self.layout.row_size)
+            self._row = None
+
+    def add_active(self, slot: int, delta: int) -> None:
+        if self._row is None:
+            return
+        at = self._row_at(self._row) + _ROW_HEAD.size + 2 * slot
+        with self._row_lock:
+            value = struct.unpack_from("<H", self.buf, at)[0] + delta
+            struct.pack_into("<H", self.buf, at, max(0, min(value, 0xFFFF)))
+
+    def active(self, live_rows: set[int] | None = None) -> list[int]:
+        """Requests in flight to each slot, summed over the rows of live workers."""
+        n = self.layout.slots
+        totals = [0] * n
+        fmt = struct.Struct(f"<{n}H")
+        for row in range(self.layout.rows):
+            at = self._row_at(row)
+            pid = struct.unpack_from("<I", self.buf, at)[0]
+            if pid == 0 or (live_rows is not None and row not in live_rows):
+                continue
+            for i, count in enumerate(fmt.unpack_from(self.buf, at + _ROW_HEAD.size)):
+                if count:
+                    totals[i] += count
+        return totals
+
+    def rows(self) -> list[tuple[int, int, int]]:
+        """(row, pid, start time) of every claimed row."""
+        out = []
+        for row in range(self.layout.rows):
+            pid, _, start = _ROW_HEAD.unpack_from(self.buf, self._row_at(row))
+            if pid:
+                out.append((row, pid, start))
+        return out
+
+
+def _start_time(pid: int) -> int:
+    return process_start_time(pid) or 0
