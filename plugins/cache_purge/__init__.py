@@ -21,7 +21,7 @@ from .api import PurgeApi
 from .cache import CHANNEL, apply_event, drop_all, start, state
 from .conf import DIRECTIVES, NAME, cache_paths, check_api, check_location
 from .handlers import STATUS, CachedLocation
-from .levels import EPOCH_ZONE_SIZE, ZONE_TAG
+from .levels import EPOCH_ZONE_SIZE, ZONE_TAG, SharedLevel
 
 # how often the cache manager (one worker of the instance) expires and culls the shared level
 MANAGER_MIN, MANAGER_MAX = 0.1, 10.0
@@ -57,7 +57,7 @@ def ngxsim_postconfiguration(config):
             continue  # the API's own answers are never cached
         spec = check_location(location, specs)
         if spec is not None:
-            location.stash[NAME] = CachedLocation(location, spec)
+            location.stash[NAME] = CachedLocation(location, spec, config)
     config.stash[NAME] = {"caches": specs, "bus": bus}
 
 
@@ -84,6 +84,13 @@ def ngxsim_precontent_handler(location, config):
 def ngxsim_body_filter(location, config):
     cached = location.stash.get(NAME)
     return cached.body_filter if cached is not None else None
+
+
+@hookimpl
+def ngxsim_init_master(runtime):
+    plan = runtime.config.stash.get(NAME)
+    for spec in (plan["caches"].values() if plan else ()):
+        SharedLevel.prepare(spec)
 
 
 @hookimpl

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass
 
 from .conf import NAME, CachePath
@@ -23,12 +24,16 @@ class Cache:
         self.runtime = runtime
         self.memory = MemoryLevel(spec.mem_size)
         self._shared: SharedLevel | None = None
+        self._opening = threading.Lock()
 
     @property
     def shared(self) -> SharedLevel:
         shared = self._shared
         if shared is None:  # first use in this process (SQLite connections must not cross a fork)
-            shared = self._shared = SharedLevel(self.spec, self.runtime.zone(self.spec.zone))
+            with self._opening:  # a request and the manager job may both be first
+                if self._shared is None:
+                    self._shared = SharedLevel(self.spec, self.runtime.zone(self.spec.zone))
+                shared = self._shared
         return shared
 
     def close(self) -> None:

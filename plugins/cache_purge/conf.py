@@ -244,12 +244,43 @@ def _make_dir(path: str, stmt) -> None:
         raise stmt.error(f'cache path "{path}" is not writable')
 
 
-def default_key(location) -> Template:
-    try:
-        return Template(DEFAULT_KEY)
-    except ValueError as exc:
-        raise location.error("proxy_cache", f'{exc}: the default "proxy_cache_key" ({DEFAULT_KEY}) needs the '
-                                            f'upstreams module (load_module upstreams;), or set "proxy_cache_key"') from None
+_PROXY_VARIABLES = re.compile(r"\$(?:\{)?(proxy_host|proxy_port)\b")
+
+
+def cache_key(location, config) -> Template:
+    """The location's ``proxy_cache_key``, or nginx's default ``$scheme$proxy_host$request_uri``.
+
+    The upstreams module sets ``$proxy_host`` and ``$proxy_port`` when it proxies, which is after
+    the cache's lookup: read there they would be empty, and every key would lack its host. For a
+    ``proxy_pass`` to an upstream group ``$proxy_host`` is the group's name, known at load time
+    (``upstreams.location_upstream``, upstreams' public contract), so the default key is built
+    with it. Anywhere else a key that needs them fails the load with the fix."""
+    key = location["proxy_cache_key"]
+    if key is not None:
+        used = _PROXY_VARIABLES.search(key.source)
+        if used:
+            raise location.error("proxy_cache_key", f'"proxy_cache_key" uses ${used.group(1)}, which the upstreams module '
+                                                    f'sets only when it proxies, after the cache lookup: write the host '
+                                                    f'literally, or leave "proxy_cache_key" unset to get the default')
+        return key
+    group = _upstream_group(location, config)
+    if group is None:
+        raise location.error("proxy_cache", f'the default "proxy_cache_key" ({DEFAULT_KEY}) needs $proxy_host, known '
+                                            f'before proxying only for "proxy_pass" to an upstream group: set '
+                                            f'"proxy_cache_key" here')
+    return Template(f"${{scheme}}{group}$request_uri")
+
+
+def _upstream_group(location, config) -> str | None:
+    modules = config.module_names()
+    if "upstreams" not in modules:
+        return None
+    if modules.index("upstreams") > modules.index(NAME):
+        raise location.error("proxy_cache", '"load_module upstreams;" must come before "load_module cache_purge;" '
+                                            '(the cache reads the upstream groups at load time)')
+    import ngxsim_plugins.upstreams as upstreams  # only with upstreams loaded
+
+    return upstreams.location_upstream(location)
 
 
 def check_location(location, caches: dict[str, CachePath]) -> CachePath | None:
@@ -278,4 +309,4 @@ def _named_cache(location, directive: str, caches: dict[str, CachePath]) -> Cach
     return spec
 
 
-__all__ = ["DIRECTIVES", "CachePath", "PurgeMethod", "Valid", "cache_paths", "check_api", "check_location", "default_key"]
+__all__ = ["DIRECTIVES", "CachePath", "PurgeMethod", "Valid", "cache_key", "cache_paths", "check_api", "check_location"]

@@ -22,7 +22,7 @@ from werkzeug.wrappers import Response
 from ngxsim import error_page
 
 from .cache import purge
-from .conf import NAME, CachePath, default_key
+from .conf import NAME, CachePath, cache_key
 from .events import Invalidation
 from .levels import Entry
 from .policy import freshness, stored_headers, tags
@@ -55,10 +55,10 @@ def _any_set(templates: Iterable, ctx) -> bool:
 class CachedLocation:
     """The cache part of one location (built once at config load)."""
 
-    def __init__(self, location, spec: CachePath):
+    def __init__(self, location, spec: CachePath, config):
         self.zone = spec.zone
         self.max_entry = spec.max_size
-        self.key = location["proxy_cache_key"] or default_key(location)
+        self.key = cache_key(location, config)
         self.valid = tuple(location["proxy_cache_valid"])
         self.bypass = tuple(t for templates in location["proxy_cache_bypass"] for t in templates)
         self.no_cache = tuple(t for templates in location["proxy_no_cache"] for t in templates)

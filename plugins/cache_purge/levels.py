@@ -147,11 +147,15 @@ class KeyIndex:
         self.path = path
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        # WAL is a property of the file, set once (by the master: see SharedLevel.prepare); switching
+        # needs the database to itself, which workers opening it together would fight over
+        if self._db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        with self._write():
-            for statement in self.SCHEMA:
-                self._db.execute(statement)
+        if self._db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'keys'").fetchone()[0] == 0:
+            with self._write():
+                for statement in self.SCHEMA:
+                    self._db.execute(statement)
 
     def _write(self):
         return _Transaction(self._db, self._lock)
@@ -278,9 +282,21 @@ class SharedLevel:
         self.spec = spec
         self.zone = zone
         self.inactive = spec.inactive
-        self.disk = diskcache.Cache(spec.path, timeout=30, size_limit=spec.max_size or 2**62,
-                                    eviction_policy="least-recently-used", statistics=0)
-        self.index = KeyIndex(os.path.join(spec.path, "ngxsim-keys.sqlite3"))
+        self.disk, self.index = self._open(spec)
+
+    @staticmethod
+    def _open(spec) -> tuple[diskcache.Cache, KeyIndex]:
+        disk = diskcache.Cache(spec.path, timeout=30, size_limit=spec.max_size or 2**62,
+                               eviction_policy="least-recently-used", statistics=0)
+        return disk, KeyIndex(os.path.join(spec.path, "ngxsim-keys.sqlite3"))
+
+    @classmethod
+    def prepare(cls, spec) -> None:
+        """Create (or upgrade the settings of) the directory's databases once, in the master,
+        before the workers open them all at the same moment."""
+        disk, index = cls._open(spec)
+        disk.close()
+        index.close()
 
     # -- the purge epoch (keys zone) ------------------------------------------------------------
 
