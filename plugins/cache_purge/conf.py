@@ -284,11 +284,18 @@ def _upstream_group(location, config) -> str | None:
 
 
 def check_location(location, caches: dict[str, CachePath]) -> CachePath | None:
-    """The cache this location uses (None: none), after checking what it names."""
+    """The cache this location uses (None: none), after checking what it names.
+
+    As in nginx, a ``proxy_cache`` inherited from server or http applies where the location
+    proxies (``proxy_pass``), not to every location below it (an API, a ``return``). Set in the
+    location itself it caches whatever the location's content handler answers."""
+    own = location.statement.block or []
     if location["proxy_cache"] is None:
-        purge_here = location.where_of("proxy_cache_purge") in (location.statement.block or [])
-        if purge_here and location["proxy_cache_purge"] is not None:
+        if location.where_of("proxy_cache_purge") in own and location["proxy_cache_purge"] is not None:
             raise location.error("proxy_cache_purge", '"proxy_cache_purge" requires "proxy_cache"')
+        return None
+    if location.where_of("proxy_cache") not in own and location.get("proxy_pass") is None:
+        return None
     return _named_cache(location, "proxy_cache", caches)
 
 

@@ -4,7 +4,7 @@
   entry gone when it stops being fresh). A hit here touches neither disk nor shared memory.
 - ``SharedLevel``: what every worker sees and what survives a restart, under the
   ``proxy_cache_path`` directory: the responses in a diskcache ``Cache`` (bounded by
-  ``max_size``, least recently used out first; an entry unused for ``inactive`` expires), and a
+  ``max_size``, oldest stored out first; an entry unused for ``inactive`` expires), and a
   ``KeyIndex`` (SQLite, never culled) of every key that may still be fresh in some level, with
   its tags, so a purge by prefix or tag finds them all.
 
@@ -286,8 +286,10 @@ class SharedLevel:
 
     @staticmethod
     def _open(spec) -> tuple[diskcache.Cache, KeyIndex]:
+        # oldest stored out first: with diskcache's least-recently-used every read is a write
+        # (measured 315 us a read against 53 us here); hot entries live in memory levels anyway
         disk = diskcache.Cache(spec.path, timeout=30, size_limit=spec.max_size or 2**62,
-                               eviction_policy="least-recently-used", statistics=0)
+                               eviction_policy="least-recently-stored", statistics=0)
         return disk, KeyIndex(os.path.join(spec.path, "ngxsim-keys.sqlite3"))
 
     @classmethod

@@ -174,3 +174,12 @@ def test_purge_method_addresses():
     assert rule.allows("127.0.0.1") and rule.allows("10.2.3.4") and rule.allows("::1")
     assert not rule.allows("127.0.0.2") and not rule.allows("") and not rule.allows("garbage")
     assert parse_purge(["PURGE", "from", "all"]).allows("192.0.2.1")
+
+
+def test_an_inherited_proxy_cache_applies_where_the_location_proxies(tmp_path):
+    text = edit(tmp_path, "        listen 127.0.0.1:8080;\n",
+                "        listen 127.0.0.1:8080;\n        proxy_cache assets;\n"
+                "        location /events { worker_events_api; worker_events_zone bus; worker_events_channel x; }\n")
+    config = load(tmp_path, text)
+    cached = {b.value.path for b in config.blocks("location") if "cache_purge" in b.stash}
+    assert cached == {"/static/", "/plain/"}  # not the purge API, not the worker_events API
