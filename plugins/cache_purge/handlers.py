@@ -7,7 +7,8 @@ a copy of cacheable responses as they stream to the client.
   ngx_cache_purge's answer.
 - body filter: decide from the status and headers (``policy.freshness``) whether to store; if so,
   wrap the body so the bytes streamed to the client are also kept, and store them when the body
-  is complete (a client that hangs up, or a body shorter than its Content-Length, stores nothing).
+  is complete — before its last bytes go out when its length is known (a client that hangs up,
+  or a body shorter than its Content-Length, stores nothing).
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ class CachedLocation:
             self._store(pending, entry, response.get_data(), expected)
             return response
         response.response = _Copy(response.response, limit,
-                                  lambda body: self._store(pending, entry, body, expected))
+                                  lambda body: self._store(pending, entry, body, expected), expected)
         return response
 
     def _store(self, pending: _Pending, entry: Entry, body: bytes, expected: int | None) -> None:
@@ -151,28 +152,38 @@ class CachedLocation:
 
 
 class _Copy:
-    """A response body that keeps a copy of what it yields and hands the whole to ``done``
-    once the last chunk went out; at most ``limit`` bytes are kept (more: nothing stored).
-    ``close`` reaches the wrapped body (the proxy releases its connection there)."""
+    """A response body that keeps a copy of what it yields and hands the whole to ``done``.
 
-    def __init__(self, body, limit: int | None, done):
+    With a Content-Length, ``done`` runs as soon as the last byte is in hand and before it goes
+    out: a client that has read the whole response knows it is stored (a purge it sends next
+    finds it). Without one, ``done`` runs after the last chunk went out (a purge racing it is
+    caught by the purge epoch). At most ``limit`` bytes are kept (more: nothing stored), and a
+    body longer or shorter than announced is not stored. ``close`` reaches the wrapped body
+    (the proxy releases its connection there)."""
+
+    def __init__(self, body, limit: int | None, done, expected: int | None = None):
         self.body = body
         self.limit = limit
         self.done = done
+        self.expected = expected
 
     def __iter__(self) -> Iterator[bytes]:
         parts: list[bytes] | None = []
         size = 0
+        expected = self.expected
         for chunk in self.body:
             if parts is not None:
                 data = chunk.encode() if isinstance(chunk, str) else bytes(chunk)
                 size += len(data)
-                if self.limit is not None and size > self.limit:
+                if (self.limit is not None and size > self.limit) or (expected is not None and size > expected):
                     parts = None
                 else:
                     parts.append(data)
+                    if size == expected:
+                        self.done(b"".join(parts))
+                        parts = None  # stored: keep no more
             yield chunk
-        if parts is not None:
+        if parts is not None and (expected is None or size == expected):  # no length given, or 0
             self.done(b"".join(parts))
 
     def close(self) -> None:

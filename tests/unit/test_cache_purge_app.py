@@ -184,6 +184,17 @@ def test_a_streamed_body_is_stored_once_complete_and_a_short_one_never(client):
         assert r.headers["X-Cache-Status"] == "MISS"  # the body fell short of its Content-Length
 
 
+def test_a_body_of_known_length_is_stored_before_its_last_bytes_go_out(client, app):
+    """A client that has read the whole response can count on it being stored (a purge it sends
+    next finds it)."""
+    origin.ORIGIN["/static/order"] = (200, {}, b"0123456789")
+    r = client.get("/static/order?stream=1", buffered=False)
+    chunks = iter(r.response)
+    assert next(chunks) == b"01234" and caches(app).shared.disk.get("/static/order") is None
+    assert next(chunks) == b"56789" and caches(app).shared.disk.get("/static/order") is not None
+    r.close()
+
+
 def test_an_origin_error_the_proxy_made_is_not_stored(client, app):
     """upstreams records an empty $upstream_status when no backend answered: never store that."""
     loc = next(b for b in app.runtime.config.blocks("location") if b.value.path == "/static/")
