@@ -85,9 +85,14 @@ class CachedLocation:
             ctx.vars[STATUS] = "HIT"
             return entry.response()
         mem_epoch = memory.epoch  # before the shared read: an invalidation after it voids the copy
-        shared = cache.shared
-        epoch = shared.epoch()
-        entry = shared.get(key)
+        try:
+            shared = cache.shared
+            epoch = shared.epoch()
+            entry = shared.get(key)
+        except Exception:  # nginx too answers from the backend when its cache cannot be read
+            log.exception("cache_purge: reading %r from zone %s failed; answering from the backend", key, self.zone)
+            ctx.vars[STATUS] = "MISS"
+            return None
         if entry is not None and entry.valid_until > time.time():
             memory.put(key, entry, mem_epoch)
             ctx.vars[STATUS] = "HIT"

@@ -210,6 +210,20 @@ def test_an_origin_error_the_proxy_made_is_not_stored(client, app):
     assert statuses(client, "/static/502", 2) == ["MISS", "MISS"]
 
 
+def test_a_shared_level_that_cannot_be_read_sends_the_request_to_the_origin(client, app, monkeypatch):
+    import sqlite3
+
+    def broken(key):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(caches(app).shared, "get", broken)
+    origin.ORIGIN["/static/io"] = (200, {}, b"from origin")
+    for _ in range(2):
+        r = client.get("/static/io")
+        assert (r.status_code, r.data, r.headers["X-Cache-Status"]) == (200, b"from origin", "MISS")
+    assert origin.HITS["/static/io"] == 2
+
+
 # -- inactive and max_size ---------------------------------------------------------------------
 
 
