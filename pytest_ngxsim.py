@@ -4,28 +4,137 @@ Registered through the ``pytest11`` entry point, so ``pip install ngxsim`` is al
 needs (``-p no:ngxsim`` turns it off). It lives outside the ``ngxsim`` package on purpose:
 importing ``ngxsim`` pulls in Flask and werkzeug (~150 ms), and every pytest session on a machine
 with ngxsim installed loads this module — so nothing here imports ngxsim until a fixture runs.
+
+Fixtures: ``ngxsim_server`` (a factory of started servers), ``ngxsim_backend`` (a factory of
+started backends), ``ngxsim_mode`` (the hosting mode a test runs in). The marker
+``@pytest.mark.ngxsim_modes`` runs a test in both modes; ``--ngxsim-mode`` chooses the mode of
+every other test (``both`` runs them all twice). See docs/testing.md.
 """
 
 from __future__ import annotations
 
 import pytest
 
+_MODES = ("gunicorn", "ngxsim")  # ngxsim.testing.MODES, without importing ngxsim at startup
+_STARTED = pytest.StashKey[list]()
+_LOG_LINES = 200
+_BACKEND_LINES = 30
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("ngxsim", "ngxsim servers and backends")
+    group.addoption("--ngxsim-mode", choices=(*_MODES, "both"), default=None,
+                    help="how ngxsim_server hosts servers: plain gunicorn (default), ngxsim -c, or both "
+                         "(every test that uses ngxsim_server runs once per mode)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "ngxsim_modes(*modes): run the test once per hosting mode "
+                                       "(default: gunicorn and ngxsim); ngxsim_server uses it")
+
+
+def pytest_generate_tests(metafunc):
+    if "ngxsim_mode" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("ngxsim_modes")
+    if marker is not None:
+        modes = marker.args or _MODES
+        unknown = [m for m in modes if m not in _MODES]
+        if unknown:
+            raise pytest.UsageError(f"{metafunc.definition.nodeid}: unknown ngxsim mode(s) {unknown}; known: {_MODES}")
+    elif metafunc.config.getoption("ngxsim_mode") == "both":
+        modes = _MODES
+    else:
+        return
+    metafunc.parametrize("ngxsim_mode", modes, ids=[f"mode={m}" for m in modes])
+
 
 @pytest.fixture
-def ngxsim_backend():
+def ngxsim_mode(request) -> str:
+    """``"gunicorn"`` or ``"ngxsim"``: how ``ngxsim_server`` hosts servers in this test."""
+    chosen = request.config.getoption("ngxsim_mode")
+    return chosen if chosen in _MODES else "gunicorn"
+
+
+@pytest.fixture
+def ngxsim_server(request, tmp_path, ngxsim_mode):
+    """A factory of started :class:`ngxsim.testing.Server` s::
+
+        server = ngxsim_server(CONF, workers=4, preload=False, worker_class="sync",
+                               placeholders={"backend": backend.address})
+
+    The config text may use ``{port}``, ``{tmp}`` (this test's ``tmp_path``) and the
+    ``placeholders``. ``mode`` defaults to the test's ``ngxsim_mode``. It returns once every
+    worker answered ``ready_path``; a server that cannot start raises
+    :class:`ngxsim.testing.ServerStartError` with its ``[emerg]`` lines. At teardown every
+    server is stopped and checked: no process, no shared-memory file left. The log of each is
+    attached to the report of a failed test.
+    """
+    from ngxsim.testing import start_server, stop_all
+
+    started = request.node.stash.setdefault(_STARTED, [])
+    servers = []
+
+    def start(conf_text: str, *, mode: str | None = None, **kw):
+        # registered before it is ready, so a server that fails to start still shows its log
+        kw.setdefault("wait_ready", True)
+        wait = kw.pop("wait_ready")
+        server = start_server(tmp_path, conf_text, mode=mode or ngxsim_mode, wait_ready=False, **kw)
+        servers.append(server)
+        started.append(server)
+        if wait:
+            server.wait_ready(kw.get("ready_path", "/"), kw.get("timeout", 30.0))
+        return server
+
+    yield start
+    stop_all(servers)
+
+
+@pytest.fixture
+def ngxsim_backend(request):
     """A factory of started :class:`ngxsim.testing.Backend` s (HTTP/1.1 keep-alive on 127.0.0.1).
 
     ``backend = ngxsim_backend(name="a")``; every backend it made is stopped at teardown, and
-    a backend whose threads do not end fails the test.
+    a backend whose threads do not end fails the test. What each received is attached to the
+    report of a failed test.
     """
     from ngxsim.testing import Backend, stop_all
 
+    started = request.node.stash.setdefault(_STARTED, [])
     made: list[Backend] = []
 
     def make(name: str | None = None, **kw) -> Backend:
         backend = Backend(name, **kw)
         made.append(backend)
+        started.append(backend)
         return backend.start()
 
     yield make
     stop_all(made)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    things = item.stash.get(_STARTED, None)
+    if not report.failed or not things:
+        return
+    for thing in things:
+        section = _section(thing)
+        if section is not None:
+            report.sections.append(section)
+
+
+def _section(thing):
+    """(title, text) for the report of a failed test: a server's log tail, a backend's requests."""
+    from ngxsim.testing import Backend, Server
+
+    if isinstance(thing, Server):
+        return (f"ngxsim {thing.describe()}: {thing.log} (last {_LOG_LINES} lines)", thing.tail(_LOG_LINES))
+    if isinstance(thing, Backend):
+        requests = thing.requests
+        lines = [f"{r.method} {r.path}{'?' + r.query if r.query else ''} from pid {r.worker_pid} (connection {r.connection})"
+                 for r in requests[-_BACKEND_LINES:]]
+        return (f"ngxsim backend {thing!r}: {len(requests)} requests (last {_BACKEND_LINES})", "\n".join(lines) or "(none)")
+    return None

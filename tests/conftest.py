@@ -1,3 +1,8 @@
+"""The project's tests use ngxsim's own pytest plugin (pytest_ngxsim, registered by the
+package's pytest11 entry point: not listed here, or it would be registered twice) for real
+servers and backends. The test modules in tests/modules are importable here, and so — the
+plugin passes this process's project folders on — in every server the tests start."""
+
 from __future__ import annotations
 
 import os
@@ -6,11 +11,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "modules"))
-
-from helpers import start_server  # noqa: E402
-from ngxsim.testing import stop_all  # noqa: E402
 
 
 @pytest.fixture
@@ -21,18 +22,3 @@ def shm_leftovers():
     after = {e for e in os.listdir("/dev/shm") if e.startswith("ngxsim.")}
     mine = {e for e in after - before if e.startswith(f"ngxsim.{os.getpid()}.")}
     assert not mine, f"left in /dev/shm: {sorted(mine)}"
-
-
-@pytest.fixture
-def server_factory(tmp_path):
-    """start(conf_text, **kw) -> a running Server; every server is stopped and checked for
-    leftovers (processes, zone files) at teardown."""
-    servers = []
-
-    def start(conf_text: str, **kw):
-        server = start_server(tmp_path, conf_text, **kw)
-        servers.append(server)
-        return server
-
-    yield start
-    stop_all(servers)

@@ -22,15 +22,16 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import socket
 import struct
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from urllib.parse import parse_qsl, urlsplit
+
+from .procs import peer_pid
 
 ANSWER, CLOSE, RESET = "answer", "close", "reset"
 _ACTIONS = (ANSWER, CLOSE, RESET)
@@ -391,110 +392,3 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         return body if len(body) == length else None
-
-
-# -- which process sent it ---------------------------------------------------------------------
-#
-# A request carries no trustworthy sender pid, and a header would need the proxying module's
-# cooperation. The kernel knows: the peer's TCP socket has an inode, which appears as
-# "socket:[INODE]" among the fds of the process that owns it. The inode comes from one exact
-# sock_diag netlink lookup (~60 µs; reading /proc/net/tcp instead costs ~10 ms on a box with a
-# thousand sockets, so it is only the fallback). The processes started by this test process
-# (a server's master and workers) are searched first, then every process we may read. Each
-# connection is looked up once, when it is accepted, while the peer's socket surely exists.
-
-_SOCK_DIAG_BY_FAMILY = 20
-_NETLINK_SOCK_DIAG = 4
-_NLM_F_REQUEST = 1
-_NO_COOKIE = 0xFFFFFFFF
-
-
-def _diag_inode(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
-    """The inode of the TCP socket bound to ``local`` and connected to ``remote`` (sock_diag)."""
-    sockid = struct.pack(">HH16s16s", local[1], remote[1], socket.inet_aton(local[0]).ljust(16, b"\0"),
-                         socket.inet_aton(remote[0]).ljust(16, b"\0")) + struct.pack("=III", 0, _NO_COOKIE, _NO_COOKIE)
-    # inet_diag_req_v2: family, protocol, extensions, pad, state mask (all states), socket id
-    request = struct.pack("=BBBBI", socket.AF_INET, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF) + sockid
-    header = struct.pack("=IHHII", 16 + len(request), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST, 1, 0)
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as nl:
-        nl.settimeout(1.0)
-        nl.sendto(header + request, (0, 0))
-        data = nl.recv(65536)
-    if len(data) < 88 or struct.unpack_from("=H", data, 4)[0] != _SOCK_DIAG_BY_FAMILY:
-        return None  # NLMSG_ERROR: no such socket
-    # nlmsghdr (16) + inet_diag_msg: 4 bytes, socket id (48), expires, rqueue, wqueue, uid, inode
-    return struct.unpack_from("=I", data, 16 + 4 + 48 + 16)[0] or None
-
-
-def _hex_address(host: str, port: int) -> str:
-    return "%08X:%04X" % (struct.unpack("=I", socket.inet_aton(host))[0], port)
-
-
-def _proc_net_tcp_inode(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
-    want_local, want_remote = _hex_address(*local), _hex_address(*remote)
-    with open("/proc/net/tcp") as fh:
-        next(fh)
-        for line in fh:
-            f = line.split()
-            if f[1] == want_local and f[2] == want_remote:
-                return int(f[9]) or None
-    return None
-
-
-def _socket_inode(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
-    try:
-        return _diag_inode(local, remote)
-    except OSError:  # no sock_diag here (a sandbox without netlink)
-        try:
-            return _proc_net_tcp_inode(local, remote)
-        except OSError:
-            return None
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/children") as fh:
-                out.extend(int(c) for c in fh.read().split())
-    except OSError:
-        pass
-    return out
-
-
-def _candidates():
-    """This process and its descendants (breadth first), then every other visible process."""
-    seen = set()
-    todo = [os.getpid()]
-    while todo:
-        pid = todo.pop(0)
-        if pid not in seen:
-            seen.add(pid)
-            yield pid
-            todo.extend(_children(pid))
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) not in seen:
-            yield int(entry)
-
-
-def _owns(pid: int, target: str) -> bool:
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return False
-    for fd in fds:
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
-                return True
-        except OSError:
-            continue
-    return False
-
-
-def peer_pid(peer: tuple[str, int], local: tuple[str, int]) -> int | None:
-    """The pid of the process owning the loopback TCP socket ``peer`` connected to ``local``."""
-    inode = _socket_inode(peer[:2], local[:2])
-    if inode is None:
-        return None
-    target = f"socket:[{inode}]"
-    return next((pid for pid in _candidates() if _owns(pid, target)), None)

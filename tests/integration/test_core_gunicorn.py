@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from helpers import instance_files, seen_pids, wait_for
+from ngxsim.testing import ServerStartError, instance_files, wait_for
 
 ZONE_CONF = """
 load_module ngxsim_test_zone;
@@ -27,38 +27,36 @@ http {
 
 
 @pytest.mark.parametrize("preload", [False, True], ids=["no-preload", "preload"])
-def test_a_zone_written_by_one_worker_is_read_by_every_other_and_by_a_respawned_one(server_factory, preload):
-    server = server_factory(ZONE_CONF, workers=4, preload=preload)
+def test_a_zone_written_by_one_worker_is_read_by_every_other_and_by_a_respawned_one(ngxsim_server, preload):
+    server = ngxsim_server(ZONE_CONF, workers=4, preload=preload)
     assert len(server.worker_pids()) == 4
     writer = server.post("/zone", data=b"written-once")
     assert writer.status_code == 200
-    readers = seen_pids(server, "/zone", 4)
+    readers = server.each_worker("/zone")
+    assert len(readers) == 4
     for pid, r in readers.items():
         assert r.json()["data"] == "written-once", pid
-    assert writer.json()["pid"] in readers
+    assert writer.json()["pid"] == writer.worker_pid
 
-    victim = server.worker_pids()[0]
-    os.kill(victim, signal.SIGKILL)
-    new = server.wait_workers(4, exclude={victim})
-    replacement = (set(new) - set(readers)).pop()
-    got = seen_pids(server, "/zone", 4)
+    replacement = server.kill_worker(server.worker_pids()[0])
+    got = server.each_worker("/zone")
     assert replacement in got and got[replacement].json()["data"] == "written-once"
     assert len(instance_files(server.tag)) == 2  # the zone and the janitor's marker, nothing more
 
 
-def test_ngxsim_c_runs_worker_processes_from_the_config_and_stops_on_sigterm(server_factory):
-    server = server_factory(ZONE_CONF, workers=3, mode="ngxsim")
+def test_ngxsim_c_runs_worker_processes_from_the_config_and_stops_on_sigterm(ngxsim_server):
+    server = ngxsim_server(ZONE_CONF, workers=3, mode="ngxsim")
     assert len(server.worker_pids()) == 3
     r = server.get("/")
-    assert r.status_code == 200 and r.text == f"hello from {r.headers['X-Worker-Pid']}"
+    assert r.status_code == 200 and r.text == f"hello from {r.worker_pid}" == f"hello from {r.headers['X-Worker-Pid']}"
     tag = server.tag
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(20) == 0
     wait_for(lambda: not instance_files(tag), 10, what="zone files removed")
 
 
-def test_sighup_keeps_a_zone_of_unchanged_size_recreates_a_resized_one_and_rejects_a_bad_config(server_factory):
-    server = server_factory(ZONE_CONF, workers=3, mode="ngxsim")
+def test_sighup_keeps_a_zone_of_unchanged_size_recreates_a_resized_one_and_rejects_a_bad_config(ngxsim_server):
+    server = ngxsim_server(ZONE_CONF, workers=3, mode="ngxsim")
     server.post("/zone", data=b"survives")
     old = set(server.worker_pids())
 
@@ -73,7 +71,7 @@ def test_sighup_keeps_a_zone_of_unchanged_size_recreates_a_resized_one_and_rejec
     assert not set(new) & old
     wait_for(lambda: set(server.worker_pids()) == set(new), 20, what="old workers to exit")
     assert server.get("/").text.startswith("reloaded")
-    assert all(r.json()["data"] == "survives" for r in seen_pids(server, "/zone", 3).values())
+    assert all(r.json()["data"] == "survives" for r in server.each_worker("/zone").values())
 
     # a bad config: rejected, the running one keeps serving
     good = server.conf.read_text()
@@ -87,27 +85,27 @@ def test_sighup_keeps_a_zone_of_unchanged_size_recreates_a_resized_one_and_rejec
     # another size: created afresh
     server.conf.write_text(good.replace("scratch 64k", "scratch 128k"))
     reload_and_wait()
-    wait_for(lambda: all(r.json()["data"] == "" for r in seen_pids(server, "/zone", 3).values()), 20,
+    wait_for(lambda: all(r.json()["data"] == "" for r in server.each_worker("/zone").values()), 20,
              what="every worker to see the new, empty zone")
     assert len(instance_files(server.tag)) == 2
 
 
-def test_workers_auto_and_listen_from_the_config(server_factory):
-    server = server_factory(ZONE_CONF.replace("worker_processes 3", "worker_processes auto"),
+def test_workers_auto_and_listen_from_the_config(ngxsim_server):
+    server = ngxsim_server(ZONE_CONF.replace("worker_processes 3", "worker_processes auto"),
                             workers=os.cpu_count(), mode="ngxsim")
     assert len(server.worker_pids()) == os.cpu_count()
 
 
-def test_two_servers_never_share_a_zone(server_factory):
-    a = server_factory(ZONE_CONF, workers=2)
-    b = server_factory(ZONE_CONF, workers=2)
+def test_two_servers_never_share_a_zone(ngxsim_server):
+    a = ngxsim_server(ZONE_CONF, workers=2)
+    b = ngxsim_server(ZONE_CONF, workers=2)
     a.post("/zone", data=b"only-in-a")
     assert b.get("/zone").json()["data"] == ""
     assert a.tag != b.tag
 
 
-def test_server_name_choice_under_gunicorn(server_factory):
-    server = server_factory("""
+def test_server_name_choice_under_gunicorn(ngxsim_server):
+    server = ngxsim_server("""
 worker_processes 2;
 http {
     server { listen 127.0.0.1:{port}; server_name a.test; return 200 a; }
@@ -120,25 +118,19 @@ http {
     assert server.get("/", headers={"Host": "unknown"}).text == "b"
 
 
-def _failed_start(tmp_path, conf_text, mode):
-    """Start a server that must refuse to start; wait (bounded) for it to exit non-zero."""
-    from helpers import start_server
-
-    server = start_server(tmp_path, conf_text, workers=2, mode=mode, wait_ready=False)
-    try:
-        server.proc.wait(30)
-    finally:
-        if server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait(5)
-    assert server.proc.returncode != 0
-    return server
+def _failed_start(ngxsim_server, conf_text) -> ServerStartError:
+    """Start a server that must refuse to start: the plugin raises with its [emerg] lines."""
+    with pytest.raises(ServerStartError) as failed:
+        ngxsim_server(conf_text, workers=2)
+    assert failed.value.server.proc.returncode != 0
+    return failed.value
 
 
-@pytest.mark.parametrize("mode", ["gunicorn", "ngxsim"])
-def test_a_config_error_stops_the_server_with_nginx_wording(tmp_path, mode):
-    server = _failed_start(tmp_path, "http {\n  server {\n    listen 127.0.0.1:{port};\n    nope;\n  }\n}\n", mode)
-    assert f'unknown directive "nope" in {server.conf}:4' in server.output()
+@pytest.mark.ngxsim_modes()
+def test_a_config_error_stops_the_server_with_nginx_wording(ngxsim_server):
+    failed = _failed_start(ngxsim_server, "http {\n  server {\n    listen 127.0.0.1:{port};\n    nope;\n  }\n}\n")
+    emerg = f'[emerg] unknown directive "nope" in {failed.server.conf}:4'
+    assert any(emerg in line for line in failed.emerg) and emerg in str(failed).splitlines()[1]
 
 
 def _ngxsim_t(path):
@@ -171,8 +163,6 @@ def test_ngxsim_with_no_config_serves_the_embedded_default(tmp_path):
     """The README's first command: `ngxsim` alone serves the default config on 127.0.0.1:8080."""
     import socket
 
-    import requests
-
     from ngxsim.testing import Server
 
     with socket.socket() as s:
@@ -186,22 +176,21 @@ def test_ngxsim_with_no_config_serves_the_embedded_default(tmp_path):
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "ngxsim.cli"], env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-    server = Server(proc, 8080, tmp_path / "none", 2, log, env)
+    server = Server(proc, 8080, tmp_path / "none", 2, log, env, mode="ngxsim")
     try:
-        server.wait_workers(2)
-        wait_for(lambda: server.answers("/"), 20, what="the default server")
-        r = requests.get("http://127.0.0.1:8080/", timeout=10)
-        assert r.status_code == 200 and "ngxsim is running" in r.text and r.headers["X-Worker-Pid"]
-        r = requests.post("http://127.0.0.1:8080/internal/worker-events", json={"type": "hello"}, timeout=10)
+        server.wait_ready("/", 20)
+        r = server.get("/")
+        assert r.status_code == 200 and "ngxsim is running" in r.text and int(r.headers["X-Worker-Pid"]) == r.worker_pid
+        r = server.post("/internal/worker-events", json={"type": "hello"})
         assert r.status_code == 201 and r.json()["channel"] == "default"
     finally:
         server.stop()
 
 
-@pytest.mark.parametrize("mode", ["gunicorn", "ngxsim"])
-def test_a_zone_that_cannot_be_had_stops_the_server_with_a_clear_message(tmp_path, mode):
+@pytest.mark.ngxsim_modes()
+def test_a_zone_that_cannot_be_had_stops_the_server_with_a_clear_message(ngxsim_server):
     size_g = os.statvfs("/dev/shm").f_blocks * os.statvfs("/dev/shm").f_frsize // (1 << 30) + 2
-    server = _failed_start(tmp_path, f"load_module ngxsim_test_zone;\nhttp {{\n test_zone huge {size_g}g;\n"
-                           "  server { listen 127.0.0.1:{port}; }\n}\n", mode)
-    assert "ngxsim: [emerg] cannot reserve" in server.output() and "No space left on device" in server.output()
-    assert not [e for e in os.listdir("/dev/shm") if e.startswith(f"ngxsim.{server.proc.pid}.") and e.endswith(".huge")]
+    failed = _failed_start(ngxsim_server, f"load_module ngxsim_test_zone;\nhttp {{\n test_zone huge {size_g}g;\n"
+                           "  server { listen 127.0.0.1:{port}; }\n}\n")
+    assert any("ngxsim: [emerg] cannot reserve" in line and "No space left on device" in line for line in failed.emerg)
+    assert not [e for e in os.listdir("/dev/shm") if e.startswith(f"ngxsim.{failed.server.master}.") and e.endswith(".huge")]

@@ -10,13 +10,8 @@ import threading
 import time
 
 import pytest
-import requests
 
-from helpers import wait_for
-from ngxsim.core.conf.loader import load_configuration
-from ngxsim.core.instance import Instance, process_start_time
-from ngxsim.core.shm import attach_zone
-from ngxsim_plugins.worker_events.ring import Ring, encode_event
+from ngxsim.testing import wait_for
 
 CONF = """
 load_module worker_events;
@@ -27,7 +22,6 @@ worker_processes 4;
 http {
     server {
         listen 127.0.0.1:{port};
-        add_header X-Worker-Pid $pid always;
         location /internal/worker-events {
             worker_events_api;
             worker_events_zone bus;
@@ -46,12 +40,12 @@ def conf(size=1024, extra=""):
 
 
 @pytest.fixture
-def start(server_factory, tmp_path):
+def start(ngxsim_server, tmp_path):
     def run(text, **kw):
-        server = server_factory(text, workers=4, extra_env={"NGXSIM_TEST_RECORD_DIR": str(tmp_path)}, **kw)
+        server = ngxsim_server(text, workers=4, extra_env={"NGXSIM_TEST_RECORD_DIR": str(tmp_path)}, **kw)
         server.record_dir = tmp_path
         # a worker that starts begins at the newest generation: publish only once all four listen
-        wait_for(lambda: len(server.get(API).json()["workers"]) == 4, 20, what="4 workers to register")
+        server.events(API).wait_delivered(0)
         return server
 
     return run
@@ -80,7 +74,7 @@ def test_every_worker_sees_every_generation_in_order(start):
     server = start(conf())
     publishers = set()
     for i in range(1, 31):
-        publishers.add(int(publish(server, payload=str(i)).headers["X-Worker-Pid"]))
+        publishers.add(publish(server, payload=str(i)).worker_pid)
     assert len(publishers) >= 2  # published through several workers
     expected = [f"E {i} cache.invalidate t {i}" for i in range(1, 31)]
     wait_records(server, lambda lines: len(lines) >= 30, "every worker to record 30 events")
@@ -91,30 +85,22 @@ def test_every_worker_sees_every_generation_in_order(start):
     assert all(w["delivered_generation"] == 30 and w["lag"] == 0 and w["gaps"] == 0 for w in workers)
 
 
-def _attach_ring(server, capacity):
-    """The test process attaches the server's ring like one more worker would."""
-    config = load_configuration(str(server.conf))
-    spec = config.zones["bus"]
-    instance = Instance(server.master, process_start_time(server.master), "worker")
-    return Ring(attach_zone(instance, "bus", spec.size, spec.tag), capacity)
-
-
 def test_a_burst_larger_than_the_ring_gives_every_worker_a_gap_of_the_right_size(start):
     server = start(conf(size=16))
     publish(server, payload="first")
     wait_records(server, lambda lines: lines == ["E 1 cache.invalidate t first"], "the first event everywhere")
-    ring = _attach_ring(server, 16)
+    ring = server.zone_events("bus")  # the test process attaches the ring like one more worker
     pids = server.worker_pids()
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
     try:
         wait_for(lambda: all(_state(pid) == "T" for pid in pids), 10, what="the workers to be stopped")
         for i in range(2, 102):  # 100 events into a ring of 16 while no worker can run
-            ring.publish(*encode_event("cache.invalidate", "burst", str(i)))
+            ring.publish("burst", str(i), channel="cache.invalidate")
     finally:
         for pid in pids:
             os.kill(pid, signal.SIGCONT)
-    ring.zone.close()
+    ring.close()
     expected = ["E 1 cache.invalidate t first", "G 2 85"] + [f"E {i} cache.invalidate burst {i}" for i in range(86, 102)]
     wait_records(server, lambda lines: len(lines) >= len(expected), "every worker to catch up")
     for pid, lines in records(server).items():
@@ -135,10 +121,7 @@ def test_a_respawned_worker_catches_up(start, replay):
     for i in range(1, 6):
         publish(server, payload=str(i))
     wait_records(server, lambda lines: len(lines) == 5, "5 events everywhere")
-    before = set(server.worker_pids())
-    victim = min(before)
-    os.kill(victim, signal.SIGKILL)
-    [replacement] = set(server.wait_workers(4, exclude={victim})) - before
+    replacement = server.kill_worker(min(server.worker_pids()))
     wait_for(lambda: any(w["pid"] == replacement for w in server.get(API).json()["workers"]), 10,
              what="the replacement to register")
     publish(server, payload="6")
@@ -172,7 +155,7 @@ def test_read_your_publish_across_workers(start):
 
 def _timed_get(server, path, out):
     started = time.monotonic()
-    r = requests.get(server.url(path), timeout=40)
+    r = server.get(path, timeout=40)
     out.append((time.monotonic() - started, r))
 
 

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from helpers import wait_for
+from ngxsim.testing import wait_for
 
 CONF = """
 load_module ngxsim_test_phases;
@@ -31,17 +31,17 @@ def ticks(folder):
 
 
 @pytest.fixture
-def start(server_factory, tmp_path):
+def start(ngxsim_server, tmp_path):
     def run(interval="200ms", extra="", **kw):
         text = CONF.replace("{interval}", interval).replace("{extra}", extra)
-        return server_factory(text, workers=4, extra_env={"NGXSIM_TEST_RECORD_DIR": str(tmp_path)}, **kw)
+        return ngxsim_server(text, workers=4, extra_env={"NGXSIM_TEST_RECORD_DIR": str(tmp_path)}, **kw)
 
     return run
 
 
-@pytest.mark.parametrize("mode", ["gunicorn", "ngxsim"])
-def test_one_worker_runs_the_job_once_per_interval(start, tmp_path, mode):
-    server = start(mode=mode, extra="worker_processes 4;")
+@pytest.mark.ngxsim_modes("gunicorn", "ngxsim")
+def test_one_worker_runs_the_job_once_per_interval(start, tmp_path):
+    server = start()
     wait_for(lambda: len(ticks(tmp_path)) >= 11, 15, what="11 runs")
     runs = ticks(tmp_path)
     # one holder for the whole instance, not one run per worker per interval

@@ -63,7 +63,7 @@ def test_read_your_publish_a_request_delivers_what_is_pending_before_its_handler
 
 
 def test_the_dispatcher_thread_delivers_without_any_request(make):
-    from helpers import wait_for
+    from ngxsim.testing import wait_for
 
     app, _ = make()
     app.runtime.publish("bus", "c", "t", "1")
@@ -193,7 +193,7 @@ http { server { listen 127.0.0.1:8080;
 
 
 def test_subscribers_are_counted_in_the_workers_slot(make):
-    from helpers import wait_for
+    from ngxsim.testing import wait_for
 
     app, _ = make()
     app.runtime.publish("bus", "c", "t", "")

@@ -13,7 +13,7 @@ import pytest
 from ngxsim.core.instance import STANDALONE, Instance, current_instance, process_start_time
 from ngxsim.core.shm import HEADER_SIZE, Wait, ZoneError, attach_zone, remove_stale_zone_files, remove_zone_files, zone_path
 
-from helpers import wait_for
+from ngxsim.testing import wait_for
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ class _Plan:
 
     __slots__ = ("handler", "precontent", "body_filters", "filters", "headers", "ret", "max_body", "access_log", "default_type")
 
-    def __init__(self, block: "Block", logs: dict[str, AccessLog]):
+    def __init__(self, block: "Block", logs: dict[tuple[str, str], AccessLog], formats: dict):
         self.handler = block.stash.get("core.handler")
         self.precontent = block.stash.get("core.precontent", ())
         self.body_filters = block.stash.get("core.body_filters", ())
@@ -42,7 +42,7 @@ class _Plan:
         self.ret: Return | None = block.get("return")
         self.max_body: int = block.get("client_max_body_size") or 0
         target = block.get("access_log")
-        self.access_log = logs.setdefault(target[0], AccessLog(target[0])) if target else None
+        self.access_log = logs.setdefault(target, AccessLog(target[0], formats[target[1]])) if target else None
         self.default_type: str = block.get("default_type") or "text/plain"
 
 
@@ -53,10 +53,11 @@ class HttpCore:
         core = config.stash.get("core.http")
         self.servers = core.servers if core else None
         self.secrets: frozenset[str] = frozenset(config.secret_args)
-        logs: dict[str, AccessLog] = {}
+        logs: dict[tuple[str, str], AccessLog] = {}
+        formats = config.stash.get("core.log_formats") or {}
         for block in config.main.walk():
             if block.context in ("server", "location"):
-                block.stash["core.plan"] = _Plan(block, logs)
+                block.stash["core.plan"] = _Plan(block, logs, formats)
 
     def handle(self, environ: dict, req) -> Response:
         try:
@@ -85,7 +86,13 @@ class HttpCore:
             response = json_error(500, "internal error (see the error log)")
         self._headers(ctx, response, plan)
         if plan.access_log is not None:
-            plan.access_log.write(environ, response.status_code, response.calculate_content_length() or 0, self.secrets)
+            length = response.calculate_content_length()
+            if length is None and response.headers.get("Content-Length", "").isdigit():
+                length = int(response.headers["Content-Length"])
+            if response.is_streamed:  # nginx logs once the response was sent: so do we
+                response.call_on_close(lambda: plan.access_log.write(ctx, response.status_code, length or 0))
+            else:
+                plan.access_log.write(ctx, response.status_code, length or 0)
         return response
 
     def _content(self, ctx: RequestContext, req, server_plan: _Plan, plan: _Plan, loc) -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import posixpath
+import time
 import secrets
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,8 @@ class RequestContext:
         # per-request data a module keeps for its own later phases (a pre-content handler's
         # lookup for its body filter), by module name; never read another module's entry
         self.stash: dict[str, object] = {}
+        self.started = time.monotonic()
+        self.logging = False  # rendering the access log line: secrets are masked
 
     @cached_property
     def request_id(self) -> str:

@@ -60,11 +60,30 @@ def parse_add_header(args: list[str]) -> AddHeader:
 
 
 def parse_access_log(args: list[str]) -> tuple[str, str] | None:
+    """``PATH [FORMAT]`` or ``off``; FORMAT is checked against the ``log_format`` names once the
+    whole config is read (``ngxsim_postconfiguration``)."""
     if args == ["off"]:
         return None
-    if len(args) == 2 and args[1] != "combined":
-        raise ValueError(f'unknown log format "{args[1]}"')
-    return (args[0], "combined")
+    return (args[0], args[1] if len(args) == 2 else "combined")
+
+
+# nginx's predefined format
+COMBINED = ('$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent '
+            '"$http_referer" "$http_user_agent"')
+
+
+@dataclass(frozen=True)
+class LogFormat:
+    name: str
+    template: Template
+
+
+def parse_log_format(args: list[str]) -> LogFormat:
+    """``log_format NAME STRING...``: the strings are joined, as nginx does."""
+    name, *parts = args
+    if name == "combined":
+        raise ValueError('duplicate "log_format" name "combined"')
+    return LogFormat(name, Template("".join(parts)))
 
 
 def parse_error_log(args: list[str]) -> tuple[str, str]:
@@ -119,7 +138,9 @@ CORE_DIRECTIVES = (
     Directive("client_max_body_size", HTTP_LEVELS, 1, type=SIZE, default=1024 * 1024,
               doc="largest request body; 0 = no limit"),
     Directive("access_log", HTTP_LEVELS, (1, 2), parse=parse_access_log, default=None,
-              doc="`PATH [combined]` or `off` (default)"),
+              doc="`PATH [FORMAT]` (FORMAT: `combined` or a `log_format` name) or `off` (default)"),
+    Directive("log_format", (HTTP,), (2, None), parse=parse_log_format, multiple=True, default=[],
+              doc="`NAME STRING...`: an access log line with variables (`$upstream_addr`...)"),
     Directive("default_type", HTTP_LEVELS, 1, type=STRING, default="text/plain",
               doc="Content-Type of `return` text bodies"),
 )
@@ -144,6 +165,17 @@ def ngxsim_postconfiguration(config):
     if not http_blocks:
         config.stash["core.http"] = None
         return
+    formats = {"combined": Template(COMBINED)}
+    for fmt in http_blocks[0]["log_format"]:
+        if fmt.name in formats:
+            raise http_blocks[0].error("log_format", f'duplicate "log_format" name "{fmt.name}"')
+        formats[fmt.name] = fmt.template
+    for block in config.main.walk():
+        if "access_log" in block.own and block.own["access_log"] is not None:
+            name = block.own["access_log"][1]
+            if name not in formats:
+                raise block.error("access_log", f'unknown log format "{name}"')
+    config.stash["core.log_formats"] = formats
     table: ServerTable = ServerTable()
     listens: dict[tuple[str, int], Listen] = {}
     for server in config.blocks(SERVER):

@@ -6,7 +6,8 @@ import logging
 import os
 import sys
 import time
-from urllib.parse import parse_qsl, urlencode
+import re
+from urllib.parse import parse_qsl, unquote_plus, urlencode
 
 LEVELS = {
     "debug": logging.DEBUG, "info": logging.INFO, "notice": logging.INFO, "warn": logging.WARNING,
@@ -41,29 +42,41 @@ def mask_query(query: str, secrets: frozenset[str]) -> str:
     return urlencode([(k, "***" if k in secrets else v) for k, v in pairs], safe="*/:")
 
 
-class AccessLog:
-    """One log file, opened per process in append mode (each line is one atomic write)."""
+_QUERY_PAIR = re.compile(r"(^|[?&;])([^=&;\s?]+)=([^&;\s]*)")
 
-    def __init__(self, path: str):
+
+def mask_target(text: str, secrets: frozenset[str]) -> str:
+    """``text`` (a query, a request target or a request line) with the values of secret query
+    arguments, matched by decoded name, replaced by ``***``."""
+    if not secrets or "=" not in text:
+        return text
+
+    def mask(m: re.Match) -> str:
+        return f"{m.group(1)}{m.group(2)}=***" if unquote_plus(m.group(2)) in secrets else m.group(0)
+
+    return _QUERY_PAIR.sub(mask, text)
+
+
+class AccessLog:
+    """One log file and its line format (``combined`` or a ``log_format``), opened per process in
+    append mode (each line is one atomic write)."""
+
+    def __init__(self, path: str, template):
         self.path = path
+        self.template = template
         self._fd = -1
         self._pid = -1
 
-    def write(self, environ: dict, status: int, length: int, secrets: frozenset[str]) -> None:
+    def write(self, ctx, status: int, length: int) -> None:
         if self._pid != os.getpid():
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
             self._pid = os.getpid()
-        query = mask_query(environ.get("QUERY_STRING", ""), secrets)
-        target = environ.get("PATH_INFO", "/") + ("?" + query if query else "")
-        request = f'{environ.get("REQUEST_METHOD", "-")} {target} {environ.get("SERVER_PROTOCOL", "HTTP/1.0")}'
-        line = '{} - {} [{}] "{}" {} {} "{}" "{}"\n'.format(
-            environ.get("REMOTE_ADDR", "-"),
-            environ.get("REMOTE_USER") or "-",
-            time.strftime("%d/%b/%Y:%H:%M:%S %z"),
-            request.replace('"', '\\"'),
-            status,
-            length,
-            environ.get("HTTP_REFERER", "-").replace('"', '\\"'),
-            environ.get("HTTP_USER_AGENT", "-").replace('"', '\\"'),
-        )
-        os.write(self._fd, line.encode("utf-8", "backslashreplace"))
+        ctx.vars["status"] = str(status)
+        ctx.vars["body_bytes_sent"] = str(length)
+        ctx.logging = True
+        try:
+            line = self.template.render_log(ctx)
+        finally:
+            ctx.logging = False
+        os.write(self._fd, (line + "\n").encode("utf-8", "backslashreplace"))
+

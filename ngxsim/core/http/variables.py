@@ -31,9 +31,17 @@ VARIABLES: dict[str, Callable[["RequestContext"], str]] = {
     "msec": lambda ctx: f"{time.time():.3f}",
     "request_id": lambda ctx: ctx.request_id,
     "uri": lambda ctx: ctx.uri,
-    "request_uri": lambda ctx: ctx.request_uri,
-    "args": lambda ctx: ctx.environ.get("QUERY_STRING", ""),
-    "query_string": lambda ctx: ctx.environ.get("QUERY_STRING", ""),
+    "request_uri": lambda ctx: _logged(ctx, ctx.request_uri),
+    "args": lambda ctx: _logged(ctx, ctx.environ.get("QUERY_STRING", "")),
+    "query_string": lambda ctx: _logged(ctx, ctx.environ.get("QUERY_STRING", "")),
+    # the log phase (access_log, log_format)
+    "status": lambda ctx: ctx.vars.get("status", ""),
+    "body_bytes_sent": lambda ctx: ctx.vars.get("body_bytes_sent", "0"),
+    "request": lambda ctx: _logged(ctx, "{} {} {}".format(ctx.environ.get("REQUEST_METHOD", "-"), ctx.request_uri,
+                                                          ctx.environ.get("SERVER_PROTOCOL", "HTTP/1.0"))),
+    "time_local": lambda ctx: time.strftime("%d/%b/%Y:%H:%M:%S %z"),
+    "remote_user": lambda ctx: ctx.environ.get("REMOTE_USER") or "",
+    "request_time": lambda ctx: f"{time.monotonic() - ctx.started:.3f}",
     "host": _host,
     "remote_addr": lambda ctx: ctx.environ.get("REMOTE_ADDR", ""),
     "request_method": lambda ctx: ctx.environ.get("REQUEST_METHOD", ""),
@@ -100,6 +108,22 @@ def module_variables(table: VariableTable) -> Iterator[None]:
         _MODULE_VARIABLES.reset(token)
 
 
+_LOG_ESCAPE = {c: f"\\x{c:02X}" for c in [*range(0x20), 0x22, 0x5C, 0x7F]}
+
+
+def _log_escape(value: str) -> str:
+    return value.translate(_LOG_ESCAPE)
+
+
+def _logged(ctx: "RequestContext", text: str) -> str:
+    """In an access log line, secret query arguments (an API key) are written as ``***``."""
+    if ctx.logging and ctx.secret_args:
+        from .logs import mask_target
+
+        return mask_target(text, ctx.secret_args)
+    return text
+
+
 class Template:
     """A string with variables; ``render(ctx)`` gives its value for one request."""
 
@@ -122,6 +146,11 @@ class Template:
         if self.static:
             return self.source
         return "".join(p if isinstance(p, str) else p(ctx) for p in self.parts)
+
+    def render_log(self, ctx: "RequestContext") -> str:
+        """The value as an access log line writes it: an empty variable is ``-``, and ``"``,
+        ``\\`` and control characters in a value are escaped as ``\\xHH`` (nginx's escaping)."""
+        return "".join(p if isinstance(p, str) else (_log_escape(p(ctx)) or "-") for p in self.parts)
 
     def __repr__(self) -> str:
         return f"Template({self.source!r})"
