@@ -11,6 +11,8 @@ every worker's memory — all measured in one run.
    - a shared-level hit (a cache whose memory level holds nothing: ``mem_size=1``);
    - an uncached proxied request (ngxsim -> the bare Flask app as origin).
    Goal: memory hit >= 90% of bare Flask.
+   The same three as CPU time per request in one process (a WSGI call, no HTTP): a number the
+   other processes of a busy machine do not move, unlike wrk's.
 2. Purge -> every worker evicted: the time from sending a purge to the moment cache_purge's
    event hook has run in all 4 workers (a bench module loaded after cache_purge records each
    delivery), p50/p99; the purge's own round trip; and, as the floor, the same for an event
@@ -19,7 +21,9 @@ every worker's memory — all measured in one run.
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import struct
 import sys
 import tempfile
@@ -131,6 +135,64 @@ def purge_latency(server, folder: Path, samples: int) -> tuple[list[float], list
     return round_trips, purges, to_all(publishes, folder)
 
 
+def _environ(path: str, port: int) -> dict:
+    return {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": "", "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": str(port), "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http",
+            "wsgi.input": io.BytesIO(b""), "wsgi.errors": sys.stderr, "wsgi.multithread": False,
+            "wsgi.multiprocess": True, "wsgi.run_once": False, "HTTP_HOST": f"127.0.0.1:{port}", "REMOTE_ADDR": "127.0.0.1"}
+
+
+def _wsgi_get(app, path: str, port: int) -> bytes:
+    body = app(_environ(path, port), lambda status, headers, exc_info=None: None)
+    try:
+        return b"".join(body)
+    finally:
+        getattr(body, "close", lambda: None)()
+
+
+def cpu_per_request(folder: Path, conf: str, env: dict, rounds: int, n: int = 2000) -> dict[str, list[float]]:
+    """CPU microseconds (``time.process_time``: what other processes on a busy box do not move)
+    per WSGI call in this process, no HTTP: the bare Flask view, an ngxsim memory-level hit, a
+    shared-level hit (memory level emptied before each call)."""
+    os.environ.update(env)
+    import bare_bytes_app  # noqa: E402 - reads $BARE_BYTES when imported
+
+    from ngxsim.core.process import build_application
+    from ngxsim_plugins.cache_purge.cache import state
+
+    port = 8999
+    path = folder / "inproc.conf"
+    path.write_text(conf.replace("{port}", str(port)).replace(f"{folder}/mem", f"{folder}/inproc-mem")
+                    .replace(f"{folder}/disk", f"{folder}/inproc-disk"))
+    app = build_application(str(path), role="standalone")
+    try:
+        want = _wsgi_get(bare_bytes_app.app, "/a.css", port)
+        for p in ("/mem/a.css", "/disk/a.css"):
+            _wsgi_get(app, p, port)
+            assert _wsgi_get(app, p, port) == want, f"{p} must answer the same bytes"
+        memory = state(app.runtime).caches["mem"].memory
+
+        def shared_hit():
+            memory.clear()
+            _wsgi_get(app, "/mem/a.css", port)
+
+        cases = {
+            "bare Flask view, same bytes": lambda: _wsgi_get(bare_bytes_app.app, "/a.css", port),
+            "ngxsim memory-level hit": lambda: _wsgi_get(app, "/mem/a.css", port),
+            "ngxsim shared-level hit": shared_hit,
+        }
+        out: dict[str, list[float]] = {name: [] for name in cases}
+        for _ in range(rounds):
+            for name, call in cases.items():
+                start = time.process_time()
+                for _ in range(n):
+                    call()
+                out[name].append((time.process_time() - start) / n * 1e6)
+        return out
+    finally:
+        app.runtime.close()
+
+
 def main() -> None:
     args = throughput_args(__doc__, samples=300)
     if args is None:
@@ -163,6 +225,7 @@ def main() -> None:
                 for name, url in urls.items():
                     results[name].append(wrk(url, args.seconds))
             round_trips, purges, publishes = purge_latency(ngx, evict, args.samples)
+            cpu = cpu_per_request(folder, conf, env, args.rounds)
         finally:
             for server in (ngx, bare):
                 if server is not None:
@@ -172,6 +235,10 @@ def main() -> None:
     print(table(f"req/s for a {BODY_BYTES}-byte asset, gunicorn -w {WORKERS} sync, wrk -t2 -c8, "
                 f"{args.seconds:g}s x {args.rounds} rounds (medians)", ["request", "req/s", "vs bare Flask"], rows))
     print("goal: memory-level hit >= 90% of bare Flask")
+    base = median(cpu["bare Flask view, same bytes"])
+    rows = [[name, f"{median(v):,.0f}", f"{base / median(v):.0%}"] for name, v in cpu.items()]
+    print(table(f"CPU per request in one process, WSGI call without HTTP (time.process_time), {args.rounds} rounds "
+                f"(medians)", ["request", "CPU us", "throughput vs bare"], rows))
     rows = [[what, f"{percentile(v, 50):,.0f}", f"{percentile(v, 99):,.0f}"] for what, v in (
         ("purge API round trip (client sees the answer)", round_trips),
         ("purge sent -> evicted in all 4 workers", purges),
