@@ -130,7 +130,6 @@ def test_proxy_cache_names_an_unknown_zone(tmp_path):
      '"proxy_cache_purge" requires "proxy_cache"', 17),
     ("cache_purge_api assets; cache_purge_key changeme;", "cache_purge_key changeme;",
      '"cache_purge_key" requires "cache_purge_api"', 18),
-    ("proxy_cache_purge PURGE", "proxy_cache_key $nope; proxy_cache_purge PURGE", 'unknown "nope" variable', 15),
     ("proxy_pass http://backend;\n            proxy_cache assets;", "proxy_cache assets;",
      'the default "proxy_cache_key" ($scheme$proxy_host$request_uri) needs $proxy_host, known before proxying only '
      'for "proxy_pass" to an upstream group: set "proxy_cache_key" here', 11),
@@ -144,6 +143,12 @@ def test_proxy_cache_names_an_unknown_zone(tmp_path):
 ])
 def test_location_errors(tmp_path, old, new, message, line):
     fails(tmp_path, edit(tmp_path, old, new), message, line)
+
+
+def test_an_unknown_variable_in_the_key_fails_as_in_nginx(tmp_path):
+    with pytest.raises(ConfigError) as info:  # nginx resolves variables after the parse: no line
+        load(tmp_path, edit(tmp_path, "proxy_cache_purge PURGE", "proxy_cache_key $nope; proxy_cache_purge PURGE"))
+    assert (info.value.message, info.value.file) == ('unknown "nope" variable', None)
 
 
 def test_no_bus_is_an_error_with_the_fix(tmp_path):
