@@ -25,6 +25,9 @@ from .ring import CHANNEL_MAX, LAYOUT_VERSION, MAX_CAPACITY, Ring, encode_event,
 from .state import NAME, State, state
 
 DEFAULT_RING_SIZE = 1024
+# GET needs no key: one answer holds at most this many events (a client pages on with since)
+DEFAULT_PAGE_SIZE = 1000
+MAX_PAGE_SIZE = 10_000
 # Python's default is 5 ms: a worker whose Python is busy would hand the GIL to its dispatcher
 # only that often. 1 ms bounds the delay at a cost nobody measures: the interval only matters
 # while a second thread waits for the GIL.
@@ -45,6 +48,13 @@ def _parse_ring_size(args: list[str]) -> int:
     text = args[0]
     if not text.isdigit() or not 1 <= int(text) <= MAX_CAPACITY:
         raise ValueError(f'"worker_events_ring_size" must be a number of entries from 1 to {MAX_CAPACITY}, not "{text}"')
+    return int(text)
+
+
+def _parse_page_size(args: list[str]) -> int:
+    text = args[0]
+    if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE_SIZE:
+        raise ValueError(f'"worker_events_page_size" must be a number of events from 1 to {MAX_PAGE_SIZE}, not "{text}"')
     return int(text)
 
 
@@ -73,6 +83,8 @@ def ngxsim_directives(register):
                        doc="channel every event published through this endpoint is tagged with"))
     register(Directive("worker_events_ring_size", levels, 1, parse=_parse_ring_size, default=DEFAULT_RING_SIZE,
                        doc="ring capacity in entries"))
+    register(Directive("worker_events_page_size", levels, 1, parse=_parse_page_size, default=DEFAULT_PAGE_SIZE,
+                       doc="most events one GET answers (the default and the cap of ?limit)"))
     register(Directive("worker_events_publish_key", (LOCATION,), 1, parse=_parse_key,
                        doc="POST needs ?key=SECRET"))
     register(Directive("worker_events_gil_switch_interval", (HTTP,), 1, type=TIME, default=DEFAULT_SWITCH_INTERVAL,
