@@ -62,6 +62,9 @@ TAG_SIZE = _TAG.size
 _TAG_CACHE_MAX = 1024  # channels whose tag a process remembers (publishers use a handful)
 _BODY = struct.Struct(f"<QBBH4x{CHANNEL_MAX}s{TYPE_MAX}s{PAYLOAD_MAX}s")
 ENTRY_SIZE = _SEQ.size + _BODY.size
+# a publish writes seq (odd: in flux) and the body in one call: pack_into stores from the first
+# byte to the last, so the odd seq lands before any byte of the body (x86 keeps store order)
+_ENTRY_IN_FLUX = struct.Struct("<Q" + _BODY.format[1:])
 ENTRIES_OFFSET = CONTROL_SIZE + MAX_WORKERS * SLOT_SIZE
 LAYOUT_VERSION = 2  # 2: the channel tags after the entries
 
@@ -159,7 +162,7 @@ class Ring:
         # so each process serialises each one once (the API's hot path)
         self._json: dict[int, tuple[str, str]] = {}
         self._tags_off = ENTRIES_OFFSET + capacity * ENTRY_SIZE
-        self._tags: dict[bytes, bytes] = {}  # channel -> its tag, so a publish does no CRC
+        self._tags: dict[bytes, int] = {}  # channel -> its tag, so a publish does no CRC
 
     # -- control block --------------------------------------------------------------------------
 
@@ -187,12 +190,11 @@ class Ring:
         with zone:  # the zone lock
             newest, dropped, _ = _CONTROL.unpack_from(buf, 0)
             gen = newest + 1
-            slot = (gen - 1) % cap
+            slot = newest % cap
             off = ENTRIES_OFFSET + slot * ENTRY_SIZE
-            _SEQ.pack_into(buf, off, 2 * gen - 1)
-            _BODY.pack_into(buf, off + 8, timestamp_msec, len(channel), len(type), len(payload), channel, type, payload)
-            toff = self._tags_off + slot * TAG_SIZE
-            buf[toff:toff + TAG_SIZE] = tag
+            _ENTRY_IN_FLUX.pack_into(buf, off, 2 * gen - 1, timestamp_msec, len(channel), len(type), len(payload),
+                                     channel, type, payload)
+            _TAG.pack_into(buf, self._tags_off + slot * TAG_SIZE, tag)
             _SEQ.pack_into(buf, off, 2 * gen)
             _CONTROL.pack_into(buf, 0, gen, dropped + (gen > cap), timestamp_msec)
             wake = zone.doorbell.bump()
@@ -200,10 +202,10 @@ class Ring:
             zone.doorbell.wake()
         return gen
 
-    def _tag_of(self, channel: bytes) -> bytes:
+    def _tag_of(self, channel: bytes) -> int:
         if len(self._tags) >= _TAG_CACHE_MAX:
             self._tags.clear()
-        tag = self._tags[channel] = channel_tag(channel)
+        tag = self._tags[channel] = zlib.crc32(channel)  # channel_tag's value
         return tag
 
     # -- reading --------------------------------------------------------------------------------
@@ -295,8 +297,7 @@ class Ring:
         overwritten. Reads only slots whose tag matches, plus, one by one, the oldest slots the
         writers may have reached since ``newest`` was read (their tags are not to be trusted:
         see the module docstring). Same answer as reading every slot."""
-        tag = self._tags.get(channel.encode("utf-8", "surrogatepass"))
-        tag = tag or channel_tag(channel.encode("utf-8", "surrogatepass"))
+        tag = channel_tag(channel.encode("utf-8", "surrogatepass"))
         cap = self.capacity
         missed = 0
         step = 1 if ascending else -1
