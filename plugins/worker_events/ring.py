@@ -2,18 +2,22 @@
 
 Layout of ``zone.buf`` (little endian)::
 
-    control   64 bytes     newest generation u64, dropped events u64, last publish msec u64
+    control   64 bytes     newest generation u64, dropped events u64, last publish msec u64,
+                           8 bytes unused, the zone's tag key (16 random bytes, set once)
     workers   128 x 64     one slot per worker process (see ``WorkerSlot``)
     entries   capacity x 664
         seq u64            2g-1 while generation g is being written, 2g once it is whole
         timestamp u64      ms since the epoch (time.time(), so freezegun can fix it)
         lengths            channel u8, type u8, payload u16, 4 bytes padding
         channel 64, type 64, payload 512 bytes (UTF-8)
-    tags      capacity x 4 CRC-32 of each slot's channel, written with the slot (under its seq)
+    tags      capacity x 4 each slot's channel tag, written with the slot (under its seq)
 
 The tags are the channel index: a channel-filtered read searches them (a few hundred KiB,
 contiguous, searched by ``bytes.find``) instead of decoding every 664-byte entry, and reads
-only the slots whose tag matches (a collision is caught by comparing the decoded channel).
+only the slots whose tag matches (a collision is caught by comparing the decoded channel). A
+tag is a keyed BLAKE2b of the channel, 4 bytes, with a random key the zone keeps: anyone may
+GET, and with an unkeyed hash (CRC-32 collisions are made at will) a client could name a
+channel whose tag matches a busy one's and make every read decode the whole ring.
 
 An all-zero zone is an empty ring, so a freshly created zone needs no initialisation.
 
@@ -34,8 +38,9 @@ tags may already be the next lap's); above that line a tag is the one written wi
 from __future__ import annotations
 
 import struct
+import os
 import time
-import zlib
+from hashlib import blake2b
 from dataclasses import dataclass
 
 from ngxsim.core.events import Event
@@ -52,6 +57,7 @@ MAX_CAPACITY = 262_144  # 166 MiB of shared memory; more is a misconfiguration, 
 _CONTROL = struct.Struct("<QQQ")  # newest, dropped, last_publish_msec
 _NEWEST = struct.Struct("<Q")
 CONTROL_SIZE = 64
+_KEY_OFF, _KEY_SIZE = 32, 16  # in the control block
 _SLOT = struct.Struct("<IIQQQQQQQ")  # pid, subscribers, start, delivered, gaps, lost, last_msec, events, wakeups
 _SLOT_STATS = struct.Struct("<QQQQQQ")  # the part after pid, subscribers and start time
 SLOT_SIZE = 64
@@ -76,10 +82,6 @@ def ring_bytes(capacity: int) -> int:
     return ENTRIES_OFFSET + capacity * (ENTRY_SIZE + TAG_SIZE)
 
 
-def channel_tag(channel: bytes) -> bytes:
-    """The 4 bytes a slot's tag holds for ``channel`` (CRC-32: the same in every process,
-    unlike ``hash()``)."""
-    return _TAG.pack(zlib.crc32(channel))
 
 
 def encode_event(channel: str, type_: str, payload: str) -> tuple[bytes, bytes, bytes]:
@@ -162,7 +164,8 @@ class Ring:
         # so each process serialises each one once (the API's hot path)
         self._json: dict[int, tuple[str, str]] = {}
         self._tags_off = ENTRIES_OFFSET + capacity * ENTRY_SIZE
-        self._tags: dict[bytes, int] = {}  # channel -> its tag, so a publish does no CRC
+        self._tags: dict[bytes, int] = {}  # channel -> its tag, so a publish hashes nothing
+        self._key: bytes | None = None
 
     # -- control block --------------------------------------------------------------------------
 
@@ -205,8 +208,27 @@ class Ring:
     def _tag_of(self, channel: bytes) -> int:
         if len(self._tags) >= _TAG_CACHE_MAX:
             self._tags.clear()
-        tag = self._tags[channel] = zlib.crc32(channel)  # channel_tag's value
+        tag = self._tags[channel] = _TAG.unpack(self.channel_tag(channel))[0]
         return tag
+
+    def channel_tag(self, channel: bytes) -> bytes:
+        """The 4 bytes a slot's tag holds for ``channel`` in this zone."""
+        key = self._key
+        if key is None:
+            key = self._key = self._zone_key()
+        return blake2b(channel, digest_size=TAG_SIZE, key=key).digest()
+
+    def _zone_key(self) -> bytes:
+        """The zone's tag key: made by the first process that needs it, then the same for every
+        process (and every later server start that keeps the zone, so old tags stay valid)."""
+        key = bytes(self.buf[_KEY_OFF:_KEY_OFF + _KEY_SIZE])
+        if key == bytes(_KEY_SIZE):
+            with self.zone.lock():
+                key = bytes(self.buf[_KEY_OFF:_KEY_OFF + _KEY_SIZE])
+                if key == bytes(_KEY_SIZE):
+                    key = os.urandom(_KEY_SIZE)
+                    self.buf[_KEY_OFF:_KEY_OFF + _KEY_SIZE] = key
+        return key
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -297,7 +319,7 @@ class Ring:
         overwritten. Reads only slots whose tag matches, plus, one by one, the oldest slots the
         writers may have reached since ``newest`` was read (their tags are not to be trusted:
         see the module docstring). Same answer as reading every slot."""
-        tag = channel_tag(channel.encode("utf-8", "surrogatepass"))
+        tag = self.channel_tag(channel.encode("utf-8", "surrogatepass"))
         cap = self.capacity
         missed = 0
         step = 1 if ascending else -1
@@ -332,7 +354,7 @@ class Ring:
                         stop = True
                         break
                     missed += 1
-                elif hit[0] == channel:  # else a CRC collision: another channel, same tag
+                elif hit[0] == channel:  # else a collision: another channel, same tag
                     items.append(hit[1])
             if stop:
                 break

@@ -13,7 +13,7 @@ from freezegun import freeze_time
 from ngxsim.core.instance import STANDALONE, current_instance
 from ngxsim.core.shm import HEADER_SIZE, attach_zone, remove_zone_files
 from ngxsim_plugins.worker_events.ring import (
-    ENTRIES_OFFSET, ENTRY_SIZE, MAX_CAPACITY, Ring, channel_tag, encode_event, ring_bytes,
+    ENTRIES_OFFSET, ENTRY_SIZE, MAX_CAPACITY, Ring, encode_event, ring_bytes,
 )
 
 
@@ -286,9 +286,9 @@ def test_a_tag_collision_is_caught_by_the_channel_itself(make_ring):
     ring = make_ring(8)
     for i in range(1, 7):
         pub(ring, channel="a" if i % 2 else "b", payload=str(i))
-    # forge: every slot's tag says "a" (as two channels with the same CRC-32 would)
+    # forge: every slot's tag says "a" (as two channels with the same tag would)
     for slot in range(8):
-        ring.buf[ring._tags_off + 4 * slot: ring._tags_off + 4 * slot + 4] = channel_tag(b"a")
+        ring.buf[ring._tags_off + 4 * slot: ring._tags_off + 4 * slot + 4] = ring.channel_tag(b"a")
     assert [e.generation for e in ring.scan(channel="a").events] == [1, 3, 5]
     assert [e.generation for e in ring.scan(since=0, limit=2, channel="a").events] == [1, 3]
     assert [e.generation for e in ring.scan(limit=2, channel="a").events] == [3, 5]
@@ -329,3 +329,13 @@ def test_an_events_json_text_is_exactly_the_apis_compact_json(make_ring):
     pub(ring, type='q"uote\\back', payload="line\nfeed\x01 tab\t é 日本 🎉 \u2028", channel="kanäl")
     [text] = ring.json_scan()[0]
     assert text == compact_json(ring.scan().events[0].as_json())
+
+
+def test_tags_are_keyed_per_zone_so_a_client_cannot_aim_a_collision(make_ring):
+    one, two = make_ring(4), make_ring(4)
+    pub(one), pub(two)
+    assert Ring(one.zone, 4).channel_tag(b"c") == one.channel_tag(b"c")  # every process of a zone agrees
+    assert one.channel_tag(b"c") != two.channel_tag(b"c")  # another zone, another random key
+    import zlib
+
+    assert one.channel_tag(b"c") != zlib.crc32(b"c").to_bytes(4, "little")  # not an unkeyed CRC
