@@ -26,6 +26,9 @@ from .ring import CHANNEL_MAX, LAYOUT_VERSION, MAX_CAPACITY, Ring, encode_event,
 from .state import NAME, State, state
 
 DEFAULT_RING_SIZE = 1024
+# GET needs no key: one answer holds at most this many events (a client pages on with since)
+DEFAULT_PAGE_SIZE = 1000
+MAX_PAGE_SIZE = 10_000
 # Python's default is 5 ms: a worker whose Python is busy would hand the GIL to its dispatcher
 # only that often. 1 ms bounds the delay at a cost nobody measures: the interval only matters
 # while a second thread waits for the GIL.
@@ -49,6 +52,13 @@ def _parse_ring_size(args: list[str]) -> int:
         return parse_number(args[0], 1, MAX_CAPACITY)
     except ValueError:
         raise ValueError(f'"worker_events_ring_size" must be a number of entries from 1 to {MAX_CAPACITY}, not "{args[0]}"') from None
+
+
+def _parse_page_size(args: list[str]) -> int:
+    try:  # ASCII digits only, and no int() of thousands of digits
+        return parse_number(args[0], 1, MAX_PAGE_SIZE)
+    except ValueError:
+        raise ValueError(f'"worker_events_page_size" must be a number of events from 1 to {MAX_PAGE_SIZE}, not "{args[0]}"') from None
 
 
 def _parse_channel(args: list[str]) -> str:
@@ -85,6 +95,8 @@ def ngxsim_directives(register):
                        doc="channel every event published through this endpoint is tagged with"))
     register(Directive("worker_events_ring_size", levels, 1, parse=_parse_ring_size, default=DEFAULT_RING_SIZE,
                        doc="ring capacity in entries"))
+    register(Directive("worker_events_page_size", levels, 1, parse=_parse_page_size, default=DEFAULT_PAGE_SIZE,
+                       doc="most events one GET answers (the default and the cap of ?limit)"))
     register(Directive("worker_events_publish_key", (LOCATION,), 1, parse=_parse_key,
                        doc="POST needs ?key=SECRET"))
     register(Directive("worker_events_long_poll_limit", levels, 1, parse=_parse_long_poll_limit, default=None,

@@ -31,6 +31,7 @@ class WorkerEventsApi:
         self.channel = location["worker_events_channel"]
         self.key = location.get("worker_events_publish_key")
         self.limit = location.get("worker_events_long_poll_limit")  # None: auto
+        self.page = location["worker_events_page_size"]
         self.handle = Methods(GET=self.inspect, HEAD=self.inspect, POST=self.publish)
 
     # -- GET ----------------------------------------------------------------------------------
@@ -38,6 +39,8 @@ class WorkerEventsApi:
     def inspect(self, ctx):
         since = query_int(ctx, "since")
         limit = query_int(ctx, "limit")
+        # GET needs no key, so no answer may cost more than a page: more is paged with since
+        limit = self.page if limit is None else min(limit, self.page)
         wait = query_seconds(ctx, "wait", MAX_WAIT)
         if wait is not None and since is None:
             raise ApiError(400, 'parameter "wait" needs "since" (the generation to wait beyond)')

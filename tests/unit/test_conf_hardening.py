@@ -104,6 +104,8 @@ def test_the_largest_values_in_range_are_accepted():
      f"must be from 1 to {MAX_ZONE_SIZE} bytes in /p/a.conf:3"),
     ("load_module worker_events;\nhttp {\n worker_events_zone bus 1025g;\n}", "in /p/a.conf:3"),
     ("load_module worker_events;\nhttp {\n worker_events_ring_size " + "9" * 5000 + ";\n}", "from 1 to"),
+    ("load_module worker_events;\nhttp {\n worker_events_page_size " + "9" * 5000 + ";\n}", "from 1 to"),
+    ("load_module worker_events;\nhttp {\n worker_events_page_size \u0661;\n}", "from 1 to"),
     ("worker_processes 1025;", "at most 1024 in /p/a.conf:1"),
     ("worker_processes " + "9" * 5000 + ";", "at most 1024 in /p/a.conf:1"),
     ("worker_processes \u0662;", '"worker_processes" directive invalid value in /p/a.conf:1'),

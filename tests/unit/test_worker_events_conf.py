@@ -43,6 +43,8 @@ def test_the_seed_config_loads_and_sizes_its_zone():
     ("worker_events_zone z; worker_events_ring_size 0;", '"worker_events_ring_size" must be a number of entries from 1 to 262144, not "0" in /p/w.conf:6'),
     ("worker_events_zone z; worker_events_ring_size ten;", 'not "ten" in /p/w.conf:6'),
     ("worker_events_zone z; worker_events_ring_size 99999999;", 'not "99999999" in /p/w.conf:6'),
+    ("worker_events_zone z; worker_events_page_size 0;", '"worker_events_page_size" must be a number of events from 1 to 10000, not "0" in /p/w.conf:6'),
+    ("worker_events_zone z; worker_events_page_size 10001;", 'not "10001" in /p/w.conf:6'),
     ("worker_events_zone z 1k;", f'zone "z" is too small for a ring of 1024 entries: {HEADER_SIZE + ring_bytes(1024)} bytes needed, 1024 given in /p/w.conf:6'),
     ("worker_events_zone z 1q;", 'invalid zone size "1q" in "worker_events_zone" directive in /p/w.conf:6'),
     ("worker_events_zone bad/name;", 'invalid zone name "bad/name"'),
