@@ -240,3 +240,23 @@ def test_a_shared_memory_folder_that_cannot_be_used_stops_the_server_with_an_eme
                for line in failed.value.emerg), failed.value.emerg
     assert "Traceback" not in failed.value.server.output()
 
+
+
+def test_a_worker_respawned_with_a_config_broken_on_disk_says_why_and_the_others_keep_serving(ngxsim_server):
+    """Plain gunicorn: each worker loads the config at its start. A replacement that cannot
+    load it must not stop the running server (gunicorn halts on a worker's app-load exit code)."""
+    server = ngxsim_server("http {\n server {\n  listen 127.0.0.1:{port};\n  return 200 ok;\n }\n}\n", workers=2,
+                           mode="gunicorn")
+    good = server.conf.read_text()
+    server.conf.write_text(good.replace("return 200 ok;", "bogus;"))
+    try:
+        victim = server.worker_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        # a second report means gunicorn respawned again after the first failed replacement:
+        # the server went on (an app-load exit code would have halted it)
+        wait_for(lambda: server.output().count('unknown directive "bogus"') >= 2, 30, what="a second replacement to report")
+        assert server.get("/").text == "ok" and server.proc.poll() is None
+        assert "Traceback" not in server.output()
+    finally:
+        server.conf.write_text(good)  # replacements load again: the stop finds every worker well
+    server.wait_workers(2)
