@@ -68,6 +68,7 @@ PROBE_CLIENTS = 8
 PROBE_MAX_REQUESTS = 400  # per probe: a bound, never reached when all is well
 PROBE_DEADLINE = 5.0  # seconds, per probe
 QUIET = 0.1  # seconds without requests after a quiet change
+SETTLE = 0.3  # seconds of silence before each cycle of 4 changes
 
 PROXY_CONF = """
 load_module worker_events;
@@ -435,6 +436,7 @@ def api_change(folder: Path, backends: Backends, changes: int) -> dict:
         cycles = max(1, changes // 4)
         for cycle in range(cycles):
             mode = ("idle", "quiet", "busy")[cycle % 3]
+            time.sleep(SETTLE)  # the previous cycle's load and probes are over in every worker
             with LoadInBackground(server.url("/")) if mode == "busy" else contextlib.nullcontext():
                 for kind, method, path, body, expect, status in steps():
                     code, answer, t0, t1 = api_call(server.port, method, path, body)
@@ -555,7 +557,7 @@ def report_changes(out: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=4)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--changes", type=int, default=240, help="API changes in part 2 (a third each: idle, quiet, busy)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
