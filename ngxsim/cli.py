@@ -30,11 +30,13 @@ def _conf_name(path: str | None) -> str:
 def test_config(path: str | None) -> int:
     name = _conf_name(path)
     try:
-        load(path)
+        config = load(path)
     except ConfigError as exc:
         print(f"ngxsim: [emerg] {exc}", file=sys.stderr)
         print(f"ngxsim: configuration file {name} test failed", file=sys.stderr)
         return 1
+    for warning in config.warnings:
+        print(f"ngxsim: [warn] {warning}", file=sys.stderr)
     print(f"ngxsim: the configuration file {name} syntax is ok", file=sys.stderr)
     print(f"ngxsim: configuration file {name} test is successful", file=sys.stderr)
     return 0

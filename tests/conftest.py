@@ -22,3 +22,23 @@ def shm_leftovers():
     after = {e for e in os.listdir("/dev/shm") if e.startswith("ngxsim.")}
     mine = {e for e in after - before if e.startswith(f"ngxsim.{os.getpid()}.")}
     assert not mine, f"left in /dev/shm: {sorted(mine)}"
+
+
+@pytest.fixture
+def make_app(tmp_path, shm_leftovers):
+    """make(conf_text) -> a Flask test client of the core serving that config (in this process,
+    no gunicorn); every app's runtime is closed at teardown."""
+    from ngxsim.core.process import build_application
+
+    apps = []
+
+    def make(text):
+        path = tmp_path / "t.conf"
+        path.write_text(text)
+        app = build_application(str(path))
+        apps.append(app)
+        return app.test_client()
+
+    yield make
+    for app in apps:
+        app.runtime.close()

@@ -92,6 +92,8 @@ class Runtime:
         if self.instance.role != STANDALONE:
             first = ensure_janitor(self.instance) or self.instance.role == MASTER
         if first:
+            for warning in self.config.warnings:
+                log.warning("%s", warning)
             self.hook.ngxsim_init_master(runtime=self)
 
     def start_worker(self) -> None:

@@ -8,12 +8,14 @@ from .backend import Backend, Reply, Request
 from .client import PendingRequest, Response
 from .events import ApiEvents, ZoneEvents, matches
 from .procs import children
+from .raw import RawAnswer, raw_request
 from .server import MODES, Server, ServerStartError, free_port, instance_files, start_server, stop_all, wait_for
 
 __all__ = [
     "Backend", "Reply", "Request",
     "PendingRequest", "Response",
     "ApiEvents", "ZoneEvents", "matches",
+    "RawAnswer", "raw_request",
     "MODES", "Server", "ServerStartError", "children", "free_port", "instance_files", "start_server", "stop_all",
     "wait_for",
 ]

@@ -13,7 +13,9 @@ import time
 from urllib.parse import quote
 
 import urllib3
-from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, ReadTimeoutError
+from http.client import RemoteDisconnected
+
+from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, ProtocolError, ReadTimeoutError
 from werkzeug.wrappers import Response
 
 from ngxsim import ApiError, error_page, read_body
@@ -95,17 +97,14 @@ class ProxyHandler:
                 tried.add(0)
                 target = Target(None, *self.spec.address)
             if last_response is not None:
-                last_response.release_conn()
+                _discard(last_response)
                 last_response = None
             addrs.append(target.server)
             began = time.monotonic()
             state.begin(self.spec.upstream, target)
             sent = False
             try:
-                pool = state.pools.connection_from_host(target.host, target.port, scheme="http")
-                resp = pool.urlopen(method, url, body=body or None, headers=headers, retries=False, redirect=False,
-                                    assert_same_host=False, preload_content=False, decode_content=False,
-                                    timeout=self.timeout, release_conn=False)
+                resp = self._send(state, target, method, url, body, headers)
             except (ConnectTimeoutError, NewConnectionError) as exc:
                 # urllib3's NewConnectionError (refused, unreachable) is a ConnectTimeoutError too
                 condition = "error" if isinstance(exc, NewConnectionError) else "timeout"
@@ -142,6 +141,24 @@ class ProxyHandler:
         if not addrs:
             ctx.vars["upstream_status"] = ""
         return error_page(504 if last_failure == "timeout" else 502)
+
+    def _send(self, state, target, method, url, body, headers):
+        """One try on one peer. A kept-alive connection the backend closed while it sat idle in
+        the pool fails before any answer (the backend saw nothing, or an idempotent request may be
+        sent again): that is the pool's race, not the peer's failure, so it is retried on a new
+        connection, at most twice, without counting against the peer."""
+        pool = state.pools.connection_from_host(target.host, target.port, scheme="http")
+        for attempt in range(3):
+            try:
+                return pool.urlopen(method, url, body=body or None, headers=headers, retries=False, redirect=False,
+                                    assert_same_host=False, preload_content=False, decode_content=False,
+                                    timeout=self.timeout, release_conn=False)
+            except ProtocolError as exc:
+                stale = isinstance(exc.__context__ or (exc.args[1] if len(exc.args) > 1 else None),
+                                   (RemoteDisconnected, ConnectionResetError, BrokenPipeError))
+                if not stale or attempt == 2 or (method in NON_IDEMPOTENT and "non_idempotent" not in self.next_upstream):
+                    raise
+        raise AssertionError("unreachable")
 
     def _uri(self, ctx) -> str:
         """nginx's rule: with a URI part in proxy_pass, the matched location prefix of the
@@ -208,6 +225,16 @@ class ProxyHandler:
         if not any(name.lower() == "content-type" for name, _ in headers):
             del response.headers["Content-Type"]  # the backend sent none: add none
         return response
+
+
+def _discard(resp) -> None:
+    """A response we will not send on: read what is left so its connection can go back to the
+    pool (unread bytes would be the next request's answer), or drop the connection."""
+    try:
+        resp.drain_conn()
+        resp.release_conn()
+    except Exception:
+        resp.close()
 
 
 def _log_failure(ctx, target, url: str, what: str, exc: Exception) -> None:

@@ -33,6 +33,7 @@ def fresh_venv(tmp_path_factory):
         pytest.skip(f"cannot make a venv here: {made.stderr.strip()[-500:]}")
     python = folder / "venv" / "bin" / "python"
     source = folder / "source"
+    source.mkdir()
     for name in SOURCES:
         if (ROOT / name).is_dir():
             shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))

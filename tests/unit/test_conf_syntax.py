@@ -50,12 +50,12 @@ def test_tree_shape():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("http {\n  server {\n  }\n", 'unexpected end of file, expecting "}" in t.conf:3'),
+    ("http {\n  server {\n  }\n", 'unexpected end of file, expecting "}" in t.conf:4'),
     ("worker_processes 2", 'unexpected end of file, expecting ";" or "}" in t.conf:1'),
     ("http {\n}\n}\n", 'unexpected "}" in t.conf:3'),
     ("http {\n  server {\n    listen 80\n  }\n}\n", 'unexpected "}" in t.conf:4'),
     ("http {\n ;\n}", 'unexpected ";" in t.conf:2'),
-    ("a 'unterminated;\n", "unexpected end of file, expecting \"'\" in t.conf:1"),
+    ("a 'unterminated;\n", 'unexpected end of file, expecting ";" or "}" in t.conf:2'),
     ('a "x"y;', 'unexpected "y" in t.conf:1'),
 ])
 def test_syntax_errors(text, message):
@@ -64,7 +64,7 @@ def test_syntax_errors(text, message):
     assert str(err.value) == message
 
 
-def test_include_with_glob_relative_to_including_file(tmp_path):
+def test_include_with_glob_relative_to_the_main_files_folder(tmp_path):
     (tmp_path / "conf.d").mkdir()
     (tmp_path / "conf.d" / "b.conf").write_text("server_name b;\n")
     (tmp_path / "conf.d" / "a.conf").write_text("server_name a;\n")
@@ -110,3 +110,14 @@ def test_include_loop_is_an_error_not_a_hang(tmp_path):
 def test_unreadable_file():
     with pytest.raises(ConfigError, match=r'open\(\) "/nonexistent/x.conf" failed \(2: No such file or directory\)'):
         parse_file("/nonexistent/x.conf")
+
+
+def test_include_in_an_included_file_is_relative_to_the_main_files_folder(tmp_path):
+    # nginx resolves every relative include against the folder of the main config (its conf prefix)
+    (tmp_path / "sites").mkdir()
+    (tmp_path / "sites" / "site.conf").write_text("include snippets/common.conf;\n")
+    (tmp_path / "snippets").mkdir()
+    (tmp_path / "snippets" / "common.conf").write_text("worker_processes 3;\n")
+    main = tmp_path / "main.conf"
+    main.write_text("include sites/site.conf;\n")
+    assert [(s.name, s.args) for s in parse_file(str(main))] == [("worker_processes", ["3"])]

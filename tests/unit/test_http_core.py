@@ -5,26 +5,7 @@ from __future__ import annotations
 import os
 import re
 
-import pytest
-
 from ngxsim.core.process import build_application
-
-
-@pytest.fixture
-def make_app(tmp_path, shm_leftovers):
-    apps = []
-
-    def make(text):
-        path = tmp_path / "t.conf"
-        path.write_text(text)
-        app = build_application(str(path))
-        apps.append(app)
-        return app.test_client()
-
-    yield make
-    for app in apps:
-        app.runtime.close()
-
 
 HEADERS = """
 http {
@@ -61,7 +42,7 @@ def test_add_header_without_always_only_on_success_and_redirects(make_app):
     r = c.get("/error-always")
     assert r.status_code == 500 and r.headers["X-Err"] == "err" and "X-Not" not in r.headers
     r = c.get("/redirect")
-    assert r.status_code == 302 and r.headers["Location"] == "/elsewhere" and r.headers["X-Server"] == "server"
+    assert r.status_code == 302 and r.headers["Location"] == "http://localhost/elsewhere" and r.headers["X-Server"] == "server"
 
 
 VARIABLES = r"""
@@ -95,7 +76,7 @@ def test_variables_in_return_and_add_header(make_app):
 
 def test_uri_is_normalised_before_matching(make_app):
     c = make_app(VARIABLES)
-    assert c.get("//vars/../vars/./y").text.startswith("uri=/vars/y ")
+    assert c.get("/vars//../vars/./y").text.startswith("uri=/vars/y ")
 
 
 BODY = """
@@ -114,7 +95,7 @@ def test_client_max_body_size(make_app):
     c = make_app(BODY)
     assert c.post("/small", data=b"x" * 10).status_code == 200
     r = c.post("/small", data=b"x" * 11)
-    assert r.status_code == 413 and "client_max_body_size" in r.get_json()["message"]
+    assert r.status_code == 413 and "<title>413 Request Entity Too Large</title>" in r.text
     assert c.post("/big", data=b"x" * 1024).status_code == 200
     assert c.post("/big", data=b"x" * 1025).status_code == 413
 
@@ -125,7 +106,7 @@ http {
     server { listen 127.0.0.1:8080; location /only { return 204; } }
 }""")
     r = c.get("/nothing")
-    assert r.status_code == 404 and r.get_json()["status"] == 404
+    assert r.status_code == 404 and "<h1>404 Not Found</h1>" in r.text and r.content_type == "text/html"
     assert c.get("/only").status_code == 204
     c2 = make_app("http { server { listen 127.0.0.1:8080; return 503 down; location / { return 200 up; } } }")
     r = c2.get("/")

@@ -95,7 +95,7 @@ def servers():
     table = config.stash["core.http"].servers
 
     def pick(port, host):
-        block = table.select("127.0.0.1", port, host)
+        block = table.select("127.0.0.1", port, host.lower())  # the request's host comes lower-cased
         return block["return"].text.source
 
     return pick
@@ -121,10 +121,40 @@ def test_without_default_server_the_first_of_the_address_answers(servers):
     assert servers(8002, "second") == "p2-second"
 
 
-@pytest.mark.parametrize("name", ["a*b.com", "*.a.*", "~(unclosed"])
-def test_bad_server_names_fail_at_their_line(name):
+@pytest.mark.parametrize("name, message", [
+    ("a*b.com", 'invalid server name or wildcard "a*b.com" on 0.0.0.0:80'),
+    ("*.a.*", 'invalid server name or wildcard "*.a.*" on 0.0.0.0:80'),
+    ("a..b", 'invalid server name or wildcard "a..b" on 0.0.0.0:80'),
+    ("~(unclosed", 'pcre2_compile() failed: missing closing parenthesis in "(unclosed" in /p/s.conf:4'),
+    ("*", 'server name "*" is invalid in /p/s.conf:4'),
+    ("~", 'empty regex in server name "~" in /p/s.conf:4'),
+])
+def test_bad_server_names_fail_with_nginx_wording(name, message):
     from ngxsim import ConfigError
 
     with pytest.raises(ConfigError) as err:
-        load_configuration("/p/s.conf", text=f"http {{\n server {{\n  listen 80;\n  server_name ok {name};\n }}\n}}")
-    assert str(err.value).endswith("in /p/s.conf:4")
+        load_configuration("/p/s.conf", text=f"http {{\n server {{\n  listen 80;\n  server_name ok {name};\n }}\n"
+                                             f" server {{ listen 80; server_name other; }}\n}}")
+    assert str(err.value) == message
+
+
+def test_wildcards_of_an_address_with_one_server_are_not_checked():
+    # nginx builds (and checks) the name hash of an address only when servers share it
+    config = load_configuration("/p/s.conf", text="http { server { listen 80; server_name a*b.com; } }")
+    assert config.stash["core.http"].servers.select("127.0.0.1", 80, "x") is not None
+
+
+def test_a_name_two_servers_share_is_nginx_s_warning_and_the_first_keeps_it():
+    config = load_configuration("/p/s.conf", text="http {\n server { listen 80; server_name ok.test; return 200 a; }\n"
+                                                  " server { listen 80; server_name ok.test; return 200 b; }\n}")
+    assert config.warnings == ['conflicting server name "ok.test" on 0.0.0.0:80, ignored']
+    assert config.stash["core.http"].servers.select("127.0.0.1", 80, "ok.test")["return"].text.source == "a"
+
+
+def test_ngxsim_t_prints_warnings(tmp_path, capsys):
+    from ngxsim.cli import test_config
+
+    conf = tmp_path / "w.conf"
+    conf.write_text("http { server { server_name a; } server { server_name a; } }\n")
+    assert test_config(str(conf)) == 0
+    assert 'ngxsim: [warn] conflicting server name "a" on 127.0.0.1:8080, ignored' in capsys.readouterr().err

@@ -64,7 +64,7 @@ def test_return_runs_before_precontent(client):
 def test_module_variable_unknown_without_its_module(tmp_path):
     conf = tmp_path / "n.conf"
     conf.write_text('http { server { location / { add_header X $test_phase; } } }\n')
-    with pytest.raises(ConfigError, match=r'unknown "test_phase" variable in .*n.conf:1'):
+    with pytest.raises(ConfigError, match=r'^unknown "test_phase" variable$'):  # nginx names no line
         load_configuration(str(conf))
 
 

@@ -77,6 +77,9 @@ class Directive:
       and (as nginx does for arrays) a level that has its own list inherits nothing from above.
     - ``block``: the directive opens a block whose inside is the context named by ``block``
       (a core context, or a new one: ``Directive("upstream", (HTTP,), 1, block="upstream")``).
+    - ``data``: the directive has a block of data lines, not of directives (nginx's ``types``):
+      ``data(statements)`` turns the lines into the value (raising ``ConfigError``, best made with
+      ``statement.error(message)``, for a bad line); no context opens.
 
     Two modules may declare the same name for different contexts (nginx's ``server`` in
     ``http`` and in ``upstream``); the context of a line decides which one it is.
@@ -91,6 +94,7 @@ class Directive:
     multiple: bool = False
     parse: Callable[[list[str]], Any] | None = None
     block: str | None = None
+    data: Callable[[list], Any] | None = None
     doc: str = ""
 
     def __post_init__(self) -> None:

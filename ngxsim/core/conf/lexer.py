@@ -1,9 +1,10 @@
 """Tokenizer for nginx's configuration syntax.
 
-Rules follow ``ngx_conf_read_token``: words are separated by white space; ``;``, ``{`` and
-``}`` are tokens of their own; ``#`` starts a comment when it starts a word; single and double
-quotes group a word and understand ``\\"``, ``\\'``, ``\\\\``, ``\\n``, ``\\r`` and ``\\t``;
-``${name}`` keeps its braces inside the word.
+Rules follow ``ngx_conf_read_token``: words are separated by white space; ``;`` and ``{`` end
+a word and are tokens of their own; ``}`` is a token where a word would start (inside a word it
+is an ordinary character: ``${name}`` stays whole, ``a}`` is a word); ``#`` starts a
+comment when it starts a word; single and double quotes group a word and understand ``\\"``,
+``\\'``, ``\\\\``, ``\\n``, ``\\r`` and ``\\t``; a ``{`` right after ``$`` stays in the word.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ def tokenize(text: str, file: str) -> Iterator[Token]:
             i += 1
             start = i
             while True:
-                if i >= n:
-                    raise ConfigError("unexpected end of file, expecting " + f'"{quote}"', file, start_line)
+                if i >= n:  # nginx: the file ended inside a statement, on its last line
+                    raise ConfigError('unexpected end of file, expecting ";" or "}"', file, text.count("\n") + 1)
                 c = text[i]
                 if c == "\\" and i + 1 < n:
                     line += text[i + 1] == "\n"
@@ -63,19 +64,16 @@ def tokenize(text: str, file: str) -> Iterator[Token]:
             raw = text[start:i]
             i += 1
             # nginx wants a separator right after a closing quote
-            if i < n and text[i] not in " \t\r\n;{}":
+            if i < n and text[i] not in " \t\r\n;{":
                 raise ConfigError(f'unexpected "{text[i]}"', file, line)
             yield Token(unescape(raw), start_line, quoted=True)
         else:
             start, start_line = i, line
             while i < n:
                 c = text[i]
-                if c in " \t\r\n;{}":
+                if c in " \t\r\n;{":
                     if c == "{" and i > start and text[i - 1] == "$":
-                        close = text.find("}", i)
-                        if close < 0:
-                            raise ConfigError("the closing bracket in variable is missing", file, line)
-                        i = close + 1
+                        i += 1  # "${name}": the variable's brace, not a block
                         continue
                     break
                 i += 2 if c == "\\" and i + 1 < n else 1

@@ -91,6 +91,9 @@ class Configuration:
     secret_args: set[str] = field(default_factory=set)
     stash: dict[str, Any] = field(default_factory=dict)
     variables: VariableTable = field(default_factory=VariableTable)
+    # nginx's [warn] lines for what it accepts but ignores (a conflicting server name): `ngxsim -t`
+    # prints them, a starting server logs them
+    warnings: list[str] = field(default_factory=list)
     # instance-wide periodic jobs modules declared (run by one live worker at a time)
     jobs: "JobSpecs" = field(default_factory=lambda: JobSpecs())
 
@@ -161,6 +164,10 @@ def load_configuration(path: str | None = None, text: str | None = None) -> Conf
         rank = {name: i for i, (name, _) in enumerate(modules)}
         for impl in sorted(pm.hook.ngxsim_postconfiguration.get_hookimpls(), key=lambda i: rank[i.plugin_name]):
             call_impl(impl, config=config)
+        try:  # nginx's last check of the values: every variable they name now exists
+            variables.check_pending()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         config.jobs.declare_zone(config.zones)
         for loc in config.blocks(LOCATION):
             loc.stash["core.handler"] = pm.hook.ngxsim_content_handler(location=loc, config=config)
@@ -179,14 +186,15 @@ def _build(stmts: list[Statement], block: Block, table: DirectiveTable) -> None:
             if table.get(st.name) is None:
                 raise st.error(f'unknown directive "{st.name}"')
             raise st.error(f'"{st.name}" directive is not allowed here')
-        if d.block and st.block is None:
+        has_block = d.block is not None or d.data is not None
+        if has_block and st.block is None:
             raise st.error(f'directive "{st.name}" has no opening "{{"')
-        if not d.block and st.block is not None:
+        if not has_block and st.block is not None:
             raise st.error(f'directive "{st.name}" is not terminated by ";"')
         if not d.accepts(len(st.args)):
             raise st.error(f'invalid number of arguments in "{st.name}" directive')
         try:
-            value = d.value(st.args)
+            value = d.data(st.block) if d.data is not None else d.value(st.args)
         except ValueError as exc:
             raise st.error(str(exc)) from None
         if d.block:

@@ -34,8 +34,10 @@ class Statement:
         return ConfigError(message, self.file, self.line)
 
 
-def parse_file(path: str, _depth: int = 0) -> list[Statement]:
-    """Parse the file at ``path`` (includes resolved relative to its folder)."""
+def parse_file(path: str, _depth: int = 0, _root: str | None = None) -> list[Statement]:
+    """Parse the file at ``path``. A relative ``include`` is resolved, as nginx does, against
+    the folder of the main configuration file (``_root``; the file's own folder for the main
+    file), whichever file names it."""
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
@@ -43,22 +45,24 @@ def parse_file(path: str, _depth: int = 0) -> list[Statement]:
         raise ConfigError(f'open() "{path}" failed ({exc.errno}: {exc.strerror})') from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f'"{path}" is not valid UTF-8 ({exc.reason})') from None
-    return parse_text(text, path, _depth)
+    return parse_text(text, path, _depth, _root)
 
 
-def parse_text(text: str, file: str, _depth: int = 0) -> list[Statement]:
+def parse_text(text: str, file: str, _depth: int = 0, _root: str | None = None) -> list[Statement]:
     """Parse configuration ``text``; ``file`` names it in errors and anchors relative includes."""
     tokens = tokenize(text, file)
-    last_line = text.count("\n") + (0 if text.endswith("\n") else 1)
-    return _Parser(tokens, file, last_line, _depth).block(inside=False)
+    last_line = text.count("\n") + 1  # nginx counts the line after the last newline too
+    root = _root if _root is not None else os.path.dirname(os.path.abspath(file))
+    return _Parser(tokens, file, last_line, _depth, root).block(inside=False)
 
 
 class _Parser:
-    def __init__(self, tokens: Iterator[Token], file: str, last_line: int, depth: int):
+    def __init__(self, tokens: Iterator[Token], file: str, last_line: int, depth: int, root: str):
         self.tokens = tokens
         self.file = file
         self.last_line = max(last_line, 1)
         self.depth = depth
+        self.root = root
 
     def block(self, inside: bool) -> list[Statement]:
         stmts: list[Statement] = []
@@ -74,7 +78,8 @@ class _Parser:
             if not words:
                 raise ConfigError(f'unexpected "{tok.value}"', self.file, tok.line)
             stmt = Statement(
-                words[0].value, [w.value for w in words[1:]], self.file, words[0].line,
+                # nginx names the line where a statement ends (its ";" or "{")
+                words[0].value, [w.value for w in words[1:]], self.file, tok.line,
                 quoted=[w.quoted for w in words[1:]],
             )
             words = []
@@ -98,7 +103,7 @@ class _Parser:
             raise stmt.error(f'include nesting deeper than {MAX_INCLUDE_DEPTH} levels (a loop?)')
         pattern = stmt.args[0]
         if not os.path.isabs(pattern):
-            pattern = os.path.join(os.path.dirname(os.path.abspath(self.file)), pattern)
+            pattern = os.path.join(self.root, pattern)
         if glob.has_magic(pattern):
             paths = sorted(glob.glob(pattern))  # nginx: a glob matching nothing is fine
         else:
@@ -107,5 +112,5 @@ class _Parser:
             paths = [pattern]
         out: list[Statement] = []
         for path in paths:
-            out.extend(parse_file(path, self.depth + 1))
+            out.extend(parse_file(path, self.depth + 1, self.root))
         return out

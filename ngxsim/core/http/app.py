@@ -1,13 +1,18 @@
 """The Flask core: one catch-all dispatch that does what nginx's HTTP phases do.
 
-Per request: pick the server (listen address, Host), pick the location (nginx's order),
-enforce ``client_max_body_size``, run ``return`` or the location's content handler, apply
-``add_header`` and the modules' header filters, write the access log. Everything that can be
-decided from the config was decided at load time; the hot path only looks things up.
+Per request, in nginx's order: refuse what nginx refuses with 400 (a target or Host it cannot
+parse, HTTP/1.1 without Host), pick the server (listen address, host), run a server-level
+``return``, pick the location (nginx's order, nested locations, regex captures), enforce
+``client_max_body_size``, run ``return``, the pre-content handlers or the content handler, apply
+``add_header`` and the modules' header filters, write the access log. Answers the core makes
+itself are nginx's: its HTML error pages, its redirect bodies and absolute ``Location``, its
+reason phrases, ``444`` closing the connection. Everything that can be decided from the config
+was decided at load time; the hot path only looks things up.
 """
 
 from __future__ import annotations
 
+import socket
 from typing import TYPE_CHECKING
 
 from flask import Flask, request
@@ -18,7 +23,9 @@ from .context import RequestContext
 from .core_module import AddHeader, Return
 from .jsonapi import ApiError
 from .logs import AccessLog, log
-from .responses import json_error
+from .regex import to_bytes
+from .responses import NginxResponse, error_page, pad_error_page, set_status_line
+from .uri import BadRequest
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..conf.loader import Block, Configuration
@@ -26,12 +33,27 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # nginx adds headers without "always" only to these
 _ADD_HEADER_CODES = frozenset((200, 201, 204, 206, 301, 302, 303, 304, 307, 308))
+_REDIRECTS = frozenset((301, 302, 303, 307, 308))
+CLOSE = 444  # nginx's code for "close the connection without an answer"
+# nginx's types when a config has no types { } of its own
+DEFAULT_TYPES = {"html": "text/html", "gif": "image/gif", "jpg": "image/jpeg"}
+
+
+def _types(tables: list[dict[str, str]]) -> dict[str, str]:
+    """The extension table of a level: its ``types`` blocks together, else nginx's built-in one."""
+    if not tables:
+        return DEFAULT_TYPES
+    merged: dict[str, str] = {}
+    for table in tables:
+        merged.update(table)
+    return merged
 
 
 class _Plan:
     """What the core precomputed for one server or location block."""
 
-    __slots__ = ("handler", "precontent", "body_filters", "filters", "headers", "ret", "max_body", "access_log", "default_type")
+    __slots__ = ("handler", "precontent", "body_filters", "filters", "headers", "ret", "max_body", "access_log",
+                 "default_type", "types", "absolute_redirect", "port_in_redirect", "server_name_in_redirect")
 
     def __init__(self, block: "Block", logs: dict[tuple[str, str], AccessLog], formats: dict):
         self.handler = block.stash.get("core.handler")
@@ -44,6 +66,10 @@ class _Plan:
         target = block.get("access_log")
         self.access_log = logs.setdefault(target, AccessLog(target[0], formats[target[1]])) if target else None
         self.default_type: str = block.get("default_type") or "text/plain"
+        self.types: dict[str, str] = _types(block.get("types") or [])
+        self.absolute_redirect: bool = block.get("absolute_redirect", True)
+        self.port_in_redirect: bool = block.get("port_in_redirect", True)
+        self.server_name_in_redirect: bool = block.get("server_name_in_redirect", False)
 
 
 class HttpCore:
@@ -66,26 +92,104 @@ class HttpCore:
             log.exception("request start failed for %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
         ctx = RequestContext(environ, req, self.runtime)
         ctx.secret_args = self.secrets
-        server = self.servers.select(*ctx.local_addr, ctx.host) if self.servers else None
-        if server is None:
-            return json_error(404, "no server is configured")
+        if self.servers is None:
+            return self._finish(ctx, error_page(404), None)
+        server, refusal = self._server(ctx)
         ctx.server = server
-        loc = server.stash["core.locations"].match(ctx.uri)
+        plan: _Plan = server.stash["core.plan"]
+        if refusal is not None:
+            return self._finish(ctx, refusal, plan)
+        if plan.ret is not None:  # the server's rewrite phase runs before any location is chosen
+            return self._finish(ctx, self._guard(ctx, lambda: self._return(ctx, plan.ret, plan)), plan)
+        matcher = server.stash["core.locations"]
+        loc, captures = matcher.find(ctx.uri, ctx.uri_bytes) if matcher is not None else (None, [])
+        ctx.record(captures)
         ctx.location = loc
-        plan: _Plan = (loc or server).stash["core.plan"]
-        try:
-            response = self._content(ctx, req, server.stash["core.plan"], plan, loc)
+        if loc is not None:
+            plan = loc.stash["core.plan"]
+        response = self._guard(ctx, lambda: self._content(ctx, req, plan, loc))
+        if loc is not None and response is not None:
             for body_filter in plan.body_filters:
-                response = body_filter(ctx, response)
-        except ApiError as exc:  # a handler's answer to a bad request
-            response = exc.response()
+                response = self._guard(ctx, lambda r=response, f=body_filter: f(ctx, r))
+        return self._finish(ctx, response, plan)
+
+    def _server(self, ctx: RequestContext) -> tuple["Block", Response | None]:
+        """The server for the request and, when nginx would refuse the request, its answer."""
+        if ctx.invalid is not None:  # nginx answers from the address's default server
+            return self.servers.find(*ctx.local_addr, "")[0], error_page(400)
+        try:
+            host = ctx.request_host
+        except BadRequest:
+            return self.servers.find(*ctx.local_addr, "")[0], error_page(400)
+        server, captures = self.servers.find(*ctx.local_addr, host if host is not None else "")
+        if captures is not None:
+            ctx.record([captures])
+        if "HTTP_HOST" not in ctx.environ and ctx.environ.get("SERVER_PROTOCOL") != "HTTP/1.0":
+            return server, error_page(400)  # "client sent HTTP/1.1 request without "Host" header"
+        if ctx.environ.get("REQUEST_METHOD") in ("TRACE", "CONNECT"):
+            return server, error_page(405)
+        return server, None
+
+    def _guard(self, ctx: RequestContext, step) -> Response:
+        try:
+            return step()
+        except ApiError as exc:  # a module's JSON API answers a bad request with its JSON error
+            return exc.response()
         except HTTPException as exc:  # e.g. a client that hung up mid-body, a body over the limit
-            response = json_error(exc.code or 400, exc.description or exc.name)
+            return error_page(exc.code or 400)
         except Exception:
-            log.exception("unhandled error in %s %s", environ.get("REQUEST_METHOD"), ctx.uri)
-            response = json_error(500, "internal error (see the error log)")
-        self._headers(ctx, response, plan)
-        if plan.access_log is not None:
+            log.exception("unhandled error in %s %s", ctx.environ.get("REQUEST_METHOD"), ctx.uri)
+            return error_page(500)
+
+    def _content(self, ctx: RequestContext, req, plan: _Plan, loc) -> Response:
+        if loc is None:
+            return error_page(404)
+        if plan.max_body:
+            length = req.content_length
+            if length is not None and length > plan.max_body:
+                log.error("client intended to send too large body: %d bytes", length)
+                return error_page(413)
+            req.max_content_length = plan.max_body
+        if plan.ret is not None:
+            return self._return(ctx, plan.ret, plan)
+        for precontent in plan.precontent:  # nginx's precontent phase: a cache may answer here
+            response = precontent(ctx)
+            if response is not None:
+                return response
+        if plan.handler is not None:
+            return plan.handler(ctx)
+        return error_page(404)  # nginx's static module would look for a file; there is none
+
+    @staticmethod
+    def _return(ctx: RequestContext, ret: Return, plan: _Plan) -> Response:
+        """``return``, as ``ngx_http_script_return_code`` does it."""
+        if ret.code >= 400 and ret.text is None:
+            response = error_page(ret.code)
+            if ret.code == CLOSE:
+                response.ngxsim_close = True  # _finish ends the connection instead of answering
+            return response
+        text = ret.text.render(ctx) if ret.text is not None else ""
+        if ret.code in _REDIRECTS:
+            response = error_page(ret.code)
+            response.headers["Location"] = _header_value(text)
+            return response
+        return NginxResponse(to_bytes(text), status=ret.code, content_type=_content_type(ctx, plan))
+
+    def _finish(self, ctx: RequestContext, response: Response, plan: _Plan | None) -> Response:
+        """What nginx's header filters do to every response, then the access log."""
+        code = response.status_code
+        if getattr(response, "ngxsim_close", False):
+            _close(ctx)
+        if code == 204:  # nginx sends 204 without a body or a type
+            response.headers.pop("Content-Type", None)
+            response.set_data(b"")
+            response.headers.pop("Content-Length", None)
+        pad_error_page(response, ctx.environ.get("HTTP_USER_AGENT", ""))
+        if plan is not None:
+            _absolute_location(ctx, response, plan)
+            self._headers(ctx, response, plan)
+        set_status_line(response)
+        if plan is not None and plan.access_log is not None:
             length = response.calculate_content_length()
             if length is None and response.headers.get("Content-Length", "").isdigit():
                 length = int(response.headers["Content-Length"])
@@ -95,35 +199,6 @@ class HttpCore:
                 plan.access_log.write(ctx, response.status_code, length or 0)
         return response
 
-    def _content(self, ctx: RequestContext, req, server_plan: _Plan, plan: _Plan, loc) -> Response:
-        if plan.max_body:
-            length = req.content_length
-            if length is not None and length > plan.max_body:
-                return json_error(413, f"request body of {length} bytes is larger than client_max_body_size {plan.max_body}")
-            req.max_content_length = plan.max_body
-        if server_plan.ret is not None:  # server-level return runs before any location
-            return self._return(ctx, server_plan.ret, plan)
-        if loc is None:
-            return json_error(404, f"no location matches {ctx.uri}")
-        if plan.ret is not None:
-            return self._return(ctx, plan.ret, plan)
-        for precontent in plan.precontent:  # nginx's precontent phase: a cache may answer here
-            response = precontent(ctx)
-            if response is not None:
-                return response
-        if plan.handler is not None:
-            return plan.handler(ctx)
-        return json_error(404, f"location {loc.value} has no content handler")
-
-    @staticmethod
-    def _return(ctx: RequestContext, ret: Return, plan: _Plan) -> Response:
-        text = ret.text.render(ctx) if ret.text is not None else None
-        if ret.is_redirect and text is not None:
-            return Response("", status=ret.code, headers={"Location": text}, content_type="text/html")
-        if text is None and ret.code >= 400:
-            return json_error(ret.code, f"returned {ret.code} by configuration")
-        return Response(text or "", status=ret.code, content_type=plan.default_type)
-
     @staticmethod
     def _headers(ctx: RequestContext, response: Response, plan: _Plan) -> None:
         if plan.headers:
@@ -132,13 +207,66 @@ class HttpCore:
                 if ok or h.always:
                     value = h.value.render(ctx)
                     if value:  # nginx: an empty value adds no header
-                        response.headers.add(h.name, value)
+                        response.headers.add(h.name, _header_value(value))
         for header_filter in plan.filters:
             header_filter(ctx, response)
 
 
+def _header_value(text: str) -> str:
+    """A header value as WSGI carries bytes (UTF-8 from the config or the URI, sent as is)."""
+    return to_bytes(text).decode("latin-1")
+
+
+def _content_type(ctx: RequestContext, plan: _Plan) -> str:
+    """nginx's type by the URI's extension (``types``), else ``default_type``."""
+    segment = ctx.uri.rpartition("/")[2]
+    dot = segment.rfind(".")
+    if dot > 0:
+        found = plan.types.get(segment[dot + 1 :].lower())
+        if found:
+            return found
+    return plan.default_type
+
+
+def _absolute_location(ctx: RequestContext, response: Response, plan: _Plan) -> None:
+    """nginx's header filter makes a ``Location`` that starts with ``/`` absolute
+    (``absolute_redirect``), with the request's host (or the server's name with
+    ``server_name_in_redirect``) and the local port unless it is 80 (``port_in_redirect``)."""
+    location = response.headers.get("Location")
+    if not location or not location.startswith("/") or not plan.absolute_redirect:
+        return
+    if plan.server_name_in_redirect:
+        host = ctx.server_name
+    else:
+        try:
+            host = ctx.request_host
+        except BadRequest:
+            host = None
+        if not host:
+            host = ctx.local_addr[0]
+    port = ctx.local_addr[1] if plan.port_in_redirect else 0
+    scheme = ctx.environ.get("wsgi.url_scheme", "http")
+    default_port = 443 if scheme == "https" else 80
+    suffix = f":{port}" if port and port != default_port else ""
+    response.headers["Location"] = f"{scheme}://{_header_value(host)}{suffix}{location}"
+
+
+def _close(ctx: RequestContext) -> None:
+    """``return 444``: end the connection without an answer. The server then fails to write
+    the response and drops it; under a test client there is no socket and the 444 stays."""
+    sock = ctx.environ.get("gunicorn.socket")
+    if sock is None:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
 class NgxsimFlask(Flask):
     """Flask without routes: every request goes to the ngxsim core's dispatch."""
+
+    response_class = NginxResponse
 
     def __init__(self, core: HttpCore):
         super().__init__("ngxsim", static_folder=None)

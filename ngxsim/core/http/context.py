@@ -2,30 +2,30 @@
 
 from __future__ import annotations
 
-import posixpath
-import time
 import secrets
+import time
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
+
+from .regex import Captures, to_text
+from .uri import BadRequest, parse_path, split_target, validate_host
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..conf.loader import Block
     from ..process import Runtime
 
 
-def normalize_uri(path: str) -> str:
-    """nginx's URI normalisation: merge slashes, resolve ``.`` and ``..`` (never above ``/``)."""
-    if not path:
-        return "/"
-    if "//" not in path and "/." not in path:
-        return path
-    norm = posixpath.normpath(path)
-    if norm.startswith("//"):
-        norm = "/" + norm.lstrip("/")
-    if path.endswith("/") and norm != "/":
-        norm += "/"
-    return norm
+def raw_target(environ: dict) -> bytes:
+    """The request target as the client sent it (gunicorn's ``RAW_URI``; test clients leave
+    the query out of theirs)."""
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if raw is None:
+        raw = environ.get("PATH_INFO", "") or "/"
+    qs = environ.get("QUERY_STRING", "")
+    if qs and "?" not in raw:
+        raw += "?" + qs
+    return raw.encode("latin-1", "replace")  # WSGI strings carry the bytes as latin-1
 
 
 class RequestContext:
@@ -35,7 +35,22 @@ class RequestContext:
         self.environ = environ
         self.request = request
         self.runtime = runtime
-        self.uri = normalize_uri(environ.get("PATH_INFO", "") or "/")
+        # why nginx would refuse this request with 400 (None: it would not)
+        self.invalid: str | None = None
+        self._line_host: bytes | None = None
+        # $request_uri: the path and query as sent (an absolute-form target without its host)
+        self.unparsed_uri = b"/"
+        try:
+            self.unparsed_uri, self._line_host = split_target(raw_target(environ))
+            self.uri_bytes, self.args_bytes = parse_path(self.unparsed_uri)
+        except BadRequest as exc:
+            self.invalid = str(exc)
+            self.uri_bytes, self.args_bytes = b"/", b""
+        # $uri: the decoded, normalised path (UTF-8; other bytes kept as surrogates)
+        self.uri = to_text(self.uri_bytes)
+        # what the chosen server_name / location regexes captured: $1..$9, named ones
+        self.captures: Captures | None = None
+        self.named_captures: dict[str, str] = {}
         self.server: Block | None = None
         self.location: Block | None = None
         self.secret_args: frozenset[str] = frozenset()
@@ -51,20 +66,57 @@ class RequestContext:
 
     @cached_property
     def request_uri(self) -> str:
-        raw = self.environ.get("RAW_URI")
-        if raw:
-            return raw
-        qs = self.environ.get("QUERY_STRING", "")
-        return self.environ.get("PATH_INFO", "/") + ("?" + qs if qs else "")
+        return to_text(self.unparsed_uri)
+
+    @property
+    def args_text(self) -> str:
+        """``$args``: the query as sent."""
+        return to_text(self.args_bytes)
 
     @cached_property
+    def request_line(self) -> str:
+        """``$request``: the request line as nginx logs it."""
+        target = to_text(raw_target(self.environ))
+        return f'{self.environ.get("REQUEST_METHOD", "")} {target} {self.environ.get("SERVER_PROTOCOL", "HTTP/1.0")}'
+
+    def cookie(self, name: str) -> str:
+        """``$cookie_NAME``: the value of the first cookie of that name (any case), as sent."""
+        want = name.lower()
+        for part in self.environ.get("HTTP_COOKIE", "").split(";"):
+            key, sep, value = part.strip().partition("=")
+            if sep and key.lower() == want:
+                return value
+        return ""
+
+    @cached_property
+    def request_host(self) -> str | None:
+        """The host the request names (absolute-form target first, then ``Host``), checked and
+        lower-cased as nginx does; None without either. Raises BadRequest for an invalid one."""
+        raw = self._line_host
+        if raw is None:
+            header = self.environ.get("HTTP_HOST")
+            if header is None:
+                return None
+            raw = header.encode("latin-1", "replace")
+        return to_text(validate_host(raw))
+
+    @property
     def host(self) -> str:
-        host = self.environ.get("HTTP_HOST", "")
-        if host.startswith("["):
-            host = host[: host.find("]") + 1]
-        else:
-            host = host.partition(":")[0]
-        return host.lower().rstrip(".")
+        """``$host``: the request's host, else the chosen server's name."""
+        try:
+            host = self.request_host
+        except BadRequest:
+            host = None
+        return host if host is not None else self.server_name
+
+    def record(self, captures: list[Captures]) -> None:
+        """Keep what matching regexes captured, in match order (nginx: a regex with groups
+        replaces ``$1``..``$9``; named captures are variables set by each match)."""
+        for hit in captures:
+            if len(hit.groups) > 1:
+                self.captures = hit
+            for name in hit.names:
+                self.named_captures[name] = hit.named(name)
 
     @cached_property
     def local_addr(self) -> tuple[str, int]:
@@ -84,13 +136,23 @@ class RequestContext:
 
     @property
     def server_name(self) -> str:
-        names = self.server.get("server_name") if self.server is not None else None
-        return names[0] if names and names[0] not in ("", "_") else self.host
+        """``$server_name``: the server's first name as nginx keeps it (lower case, ``~`` kept
+        on a regex, a leading ``.`` dropped)."""
+        return self.server.stash.get("core.server_name", "") if self.server is not None else ""
 
     @cached_property
     def args(self) -> dict[str, list[str]]:
+        """The query's arguments, decoded (for modules; ``$arg_NAME`` is nginx's raw value)."""
         return parse_qs(self.environ.get("QUERY_STRING", ""), keep_blank_values=True)
 
     def arg(self, name: str) -> str:
         values = self.args.get(name)
         return values[0] if values else ""
+
+    def raw_arg(self, name: str) -> str:
+        """``$arg_NAME`` as nginx reads it: the first ``NAME=`` (any case) and its value as sent."""
+        want = name.lower().encode() + b"="
+        for part in self.args_bytes.split(b"&"):
+            if part[: len(want)].lower() == want:
+                return to_text(part[len(want) :])
+        return ""

@@ -7,13 +7,13 @@ It is registered in every plugin manager (``BUILTIN_MODULES``), so a config need
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 from ... import hookimpl
-from ..conf.directive import HTTP, LOCATION, MAIN, SERVER, SIZE, STRING, Directive
-from ..conf.errors import ConfigError
-from .location import LocationMatcher, parse_location
-from .server import Listen, ServerTable, parse_listen, parse_server_name
+from ..conf.directive import FLAG, HTTP, LOCATION, MAIN, SERVER, SIZE, STRING, Directive
+from .location import LocationMatcher, LocationSpec, nesting_error, parse_location
+from .server import Listen, ServerTable, parse_listen, parse_server_name, primary_name
 from .variables import Template
 
 ALL = (MAIN, HTTP, SERVER, LOCATION)
@@ -59,6 +59,18 @@ def parse_add_header(args: list[str]) -> AddHeader:
     return AddHeader(name, Template(value), bool(rest))
 
 
+def parse_types(lines) -> dict[str, str]:
+    """The lines of a ``types { TYPE EXT ...; }`` block -> {extension: type}; a later line wins
+    an extension, as in nginx (which warns about it)."""
+    table: dict[str, str] = {}
+    for line in lines:
+        if line.block is not None:
+            raise line.error('unexpected "{"')
+        for ext in line.args:
+            table[ext.lower()] = line.name
+    return table
+
+
 def parse_access_log(args: list[str]) -> tuple[str, str] | None:
     """``PATH [FORMAT]`` or ``off``; FORMAT is checked against the ``log_format`` names once the
     whole config is read (``ngxsim_postconfiguration``)."""
@@ -96,8 +108,10 @@ def parse_error_log(args: list[str]) -> tuple[str, str]:
 def parse_worker_processes(args: list[str]) -> int:
     if args[0] == "auto":
         return os.cpu_count() or 1
-    if not args[0].isdigit() or int(args[0]) < 1:
-        raise ValueError(f'invalid value "{args[0]}" in "worker_processes" directive')
+    if not re.fullmatch("[0-9]+", args[0]):
+        raise ValueError('"worker_processes" directive invalid value')  # nginx's wording
+    if int(args[0]) < 1:  # nginx takes 0 (a master without workers, serving nothing)
+        raise ValueError('"worker_processes" directive invalid value: ngxsim needs at least one worker')
     return int(args[0])
 
 
@@ -125,12 +139,12 @@ CORE_DIRECTIVES = (
               doc="where the server's own log goes (`stderr` or a path) and from which level"),
     Directive("http", (MAIN,), 0, block=HTTP, doc="the HTTP context"),
     Directive("server", (HTTP,), 0, block=SERVER, multiple=True, doc="a virtual server"),
-    Directive("listen", (SERVER,), (1, 2), parse=parse_listen, multiple=True, inherit=False,
+    Directive("listen", (SERVER,), (1, None), parse=parse_listen, multiple=True, inherit=False,
               default=[DEFAULT_LISTEN], doc="`ADDR:PORT [default_server]`"),
     Directive("server_name", (SERVER,), (1, None), parse=parse_server_name, multiple=True, inherit=False,
               default=[[""]], doc="names: exact, `*.x`, `x.*`, `~regex`, `_`"),
-    Directive("location", (SERVER,), (1, 2), parse=parse_location, block=LOCATION, multiple=True,
-              doc="`[=|^~|~|~*] PATH`"),
+    Directive("location", (SERVER, LOCATION), (1, 2), parse=parse_location, block=LOCATION, multiple=True,
+              doc="`[=|^~|~|~*] PATH` or `@name`; nests as nginx allows"),
     Directive("return", (SERVER, LOCATION), (1, 2), parse=parse_return, inherit=False,
               doc="`CODE [TEXT|URL]` or `URL`"),
     Directive("add_header", HTTP_LEVELS, (2, 3), parse=parse_add_header, multiple=True, default=[],
@@ -142,7 +156,15 @@ CORE_DIRECTIVES = (
     Directive("log_format", (HTTP,), (2, None), parse=parse_log_format, multiple=True, default=[],
               doc="`NAME STRING...`: an access log line with variables (`$upstream_addr`...)"),
     Directive("default_type", HTTP_LEVELS, 1, type=STRING, default="text/plain",
-              doc="Content-Type of `return` text bodies"),
+              doc="Content-Type of `return` text bodies whose URI has no extension nginx knows"),
+    Directive("types", HTTP_LEVELS, 0, data=parse_types, multiple=True, default=[],
+              doc="`{ TYPE EXT ...; }`: Content-Type by the URI's extension; none set: nginx's built-in three"),
+    Directive("absolute_redirect", HTTP_LEVELS, 1, type=FLAG, default=True,
+              doc="a `Location` starting with `/` is sent as an absolute URL"),
+    Directive("port_in_redirect", HTTP_LEVELS, 1, type=FLAG, default=True,
+              doc="that absolute URL names the port (unless it is 80)"),
+    Directive("server_name_in_redirect", HTTP_LEVELS, 1, type=FLAG, default=False,
+              doc="that absolute URL names the server's first name instead of the request's host"),
 )
 
 @hookimpl
@@ -187,15 +209,38 @@ def ngxsim_postconfiguration(config):
             raise server.error("listen", str(exc)) from None
         for listen in server_listens:
             listens.setdefault(listen.address, listen)
-        matcher: LocationMatcher = LocationMatcher()
-        for loc in server.children:
-            try:
-                matcher.add(loc.value, loc)
-            except ValueError as exc:
-                raise ConfigError(str(exc), loc.statement.file, loc.statement.line) from None
-        server.stash["core.locations"] = matcher
+        server.stash["core.server_name"] = primary_name(names)
+        _check_nesting(server, None)
+        server.stash["core.locations"] = _locations(server)
+    config.warnings.extend(table.check())
     _check_binds(list(listens.values()), http_blocks[0])
     config.stash["core.http"] = HttpCore(table, list(listens.values()))
+
+
+def _check_nesting(block, parent: LocationSpec | None) -> None:
+    """nginx's rules for what may nest, checked in config order (as nginx does while parsing)."""
+    for loc in block.children:
+        if loc.context != LOCATION:
+            continue
+        if parent is not None:
+            problem = nesting_error(parent, loc.value)
+            if problem:
+                raise loc.statement.error(problem)
+        _check_nesting(loc, loc.value)
+
+
+def _locations(block) -> LocationMatcher | None:
+    """The matcher of the locations directly inside ``block`` (each with its own inside)."""
+    locs = [loc for loc in block.children if loc.context == LOCATION]
+    if not locs:
+        return None
+    matcher: LocationMatcher = LocationMatcher()
+    for loc in locs:
+        try:
+            matcher.add(loc.value, loc, _locations(loc))
+        except ValueError as exc:  # nginx: "duplicate location "/x" in FILE:LINE", the later one
+            raise loc.statement.error(str(exc)) from None
+    return matcher
 
 
 def _check_binds(listens: list[Listen], http) -> None:

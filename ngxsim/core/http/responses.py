@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from http import HTTPStatus
 
+from flask.wrappers import Response as FlaskResponse
+from werkzeug.datastructures import Headers
 from werkzeug.wrappers import Response
 
 
@@ -27,14 +29,105 @@ def json_error(status: int, message: str, headers: dict | None = None, **extra: 
     return json_response({"status": status, "error": phrase, "message": message, **extra}, status, headers)
 
 
+# nginx's reason phrases (ngx_http_header_filter_module.c); a code without one is sent as "NNN "
+REASONS: dict[int, str] = {
+    200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 206: "Partial Content",
+    301: "Moved Permanently", 302: "Moved Temporarily", 303: "See Other", 304: "Not Modified",
+    307: "Temporary Redirect", 308: "Permanent Redirect",
+    400: "Bad Request", 401: "Unauthorized", 402: "Payment Required", 403: "Forbidden", 404: "Not Found",
+    405: "Not Allowed", 406: "Not Acceptable", 408: "Request Time-out", 409: "Conflict", 410: "Gone",
+    411: "Length Required", 412: "Precondition Failed", 413: "Request Entity Too Large",
+    414: "Request-URI Too Large", 415: "Unsupported Media Type", 416: "Requested Range Not Satisfiable",
+    421: "Misdirected Request", 429: "Too Many Requests",
+    500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway",
+    503: "Service Temporarily Unavailable", 504: "Gateway Time-out", 505: "HTTP Version Not Supported",
+    507: "Insufficient Storage",
+}
+# the codes nginx has an HTML page for (ngx_http_special_response.c), by the page's title where
+# it differs from the reason phrase
+_PAGE_TITLES: dict[int, str] = {
+    **{code: REASONS[code] for code in (301, 303, 307, 308, 400, 402, 403, 404, 405, 406, 408, 409, 410, 411,
+                                        412, 413, 414, 415, 416, 421, 429, 500, 501, 502, 503, 504, 505, 507)},
+    302: "Found", 401: "Authorization Required",
+}
+_PAGE_TAIL = "<hr><center>ngxsim</center>\r\n</body>\r\n</html>\r\n"
+# nginx pads its error pages for browsers that would show their own page instead of a short one
+_MSIE_PADDING = "<!-- a padding to disable MSIE and Chrome friendly error page -->\r\n" * 6
+
+
+def status_line(code: int) -> str:
+    """The WSGI status for ``code`` with nginx's reason phrase (``302 Moved Temporarily``)."""
+    reason = REASONS.get(code)
+    return f"{code} {reason}" if reason else f"{code} "
+
+
+def keep_status_line(response: Response, line: str) -> Response:
+    """Send ``response`` with the status line ``line`` (``"200 Fine"``) as it is, as nginx's
+    proxy does with an upstream's; every other response gets nginx's phrase for its code."""
+    code = int(line.split(" ", 1)[0])
+    response._status = line if " " in line else f"{line} "  # noqa: SLF001 - see set_status_line
+    response._status_code = code  # noqa: SLF001
+    response.ngxsim_status_line = True
+    return response
+
+
+def set_status_line(response: Response, code: int | None = None) -> None:
+    """Give ``response`` nginx's status line (all of ngxsim's answers carry nginx's phrases,
+    except one a module kept with ``keep_status_line``)."""
+    if code is None and getattr(response, "ngxsim_status_line", False):
+        return
+    code = response.status_code if code is None else code
+    # Werkzeug fills in (upper-case) phrases of its own and strips a trailing space: set the
+    # line nginx sends as it is
+    response._status = status_line(code)  # noqa: SLF001 - no public setter keeps it verbatim
+    response._status_code = code  # noqa: SLF001
+
+
+class NginxResponse(FlaskResponse):
+    """A response sent the way nginx sends it: Werkzeug drops a 304's entity headers
+    (``Content-Type``...), nginx keeps what the response has. The core's Flask app uses this
+    class for every response (Flask converts a handler's plain Werkzeug response into it)."""
+
+    def get_wsgi_headers(self, environ):
+        if self.status_code != 304:
+            return super().get_wsgi_headers(environ)
+        headers = Headers(self.headers)
+        headers.remove("Content-Length")
+        return headers
+
+
 def error_page(status: int, headers: dict | None = None) -> Response:
-    """nginx's own HTML error page for ``status`` (what nginx answers when it generates the
-    response itself: a 502 from a proxy with no live peer, a 504 on a read timeout)."""
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = ""
-    title = f"{status} {phrase}".rstrip()
-    body = (f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n"
-            f"<center><h1>{title}</h1></center>\r\n<hr><center>ngxsim</center>\r\n</body>\r\n</html>\r\n")
-    return Response(body, status=status, headers=headers, content_type="text/html")
+    """What nginx answers when it makes the response itself (``return 404;``, a 400 for a bad
+    request, a 502 from a proxy with no live peer): its HTML page for ``status``, or an empty
+    body for a code it has no page for. The core pads 4xx/5xx pages for MSIE and Chrome as
+    nginx does (``pad_error_page``)."""
+    title = _PAGE_TITLES.get(status)
+    if title is None:
+        response = NginxResponse(b"", headers=headers)
+        response.headers.pop("Content-Type", None)
+    else:
+        heading = f"{status} {title}"
+        body = (f"<html>\r\n<head><title>{heading}</title></head>\r\n<body>\r\n"
+                f"<center><h1>{heading}</h1></center>\r\n{_PAGE_TAIL}")
+        response = NginxResponse(body, headers=headers, content_type="text/html")
+    response.ngxsim_page = True
+    set_status_line(response, status)
+    return response
+
+
+def pad_error_page(response: Response, user_agent: str) -> None:
+    """nginx's ``msie_padding``: a 4xx/5xx page of its own gets comments that make MSIE and
+    Chrome show it instead of their own short-page replacement."""
+    if (getattr(response, "ngxsim_page", False) and response.status_code >= 400
+            and response.headers.get("Content-Type") == "text/html" and _padded_browser(user_agent)):
+        response.set_data(response.get_data() + _MSIE_PADDING.encode())
+
+
+def _padded_browser(user_agent: str) -> bool:
+    """nginx's ``msie_padding`` test: MSIE (not Opera), or Chrome when not Gecko."""
+    if "Opera" in user_agent:
+        return False
+    at = user_agent.find("MSIE ")
+    if at >= 0 and at + 7 < len(user_agent):
+        return True
+    return "Gecko/" not in user_agent and "Chrome/" in user_agent

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from .location import compile_pcre
+from ..conf.errors import ConfigError
+from .regex import Captures, Regex, to_bytes
 
 T = TypeVar("T")
 
@@ -45,12 +47,6 @@ class Listen:
 def parse_listen(args: list[str]) -> Listen:
     """``listen [ADDR:]PORT [default_server]`` / ``listen ADDR [default_server]``."""
     addr, *params = args
-    default = False
-    for p in params:
-        if p in ("default_server", "default"):
-            default = True
-        else:
-            raise ValueError(f'invalid parameter "{p}"')
     host, port = "*", DEFAULT_PORT
     if addr.startswith("["):
         m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?", addr)
@@ -70,6 +66,12 @@ def parse_listen(args: list[str]) -> Listen:
         raise ValueError(f'invalid port in "{addr}" of the "listen" directive')
     if host != "*":
         host = _normalize_host(host, addr)
+    default = False  # nginx reads the address first, then the parameters
+    for p in params:
+        if p in ("default_server", "default"):
+            default = True
+        else:
+            raise ValueError(f'invalid parameter "{p}"')
     return Listen(host, port, default)
 
 
@@ -83,16 +85,35 @@ def _normalize_host(host: str, addr: str) -> str:
 
 
 def parse_server_name(args: list[str]) -> list[str]:
-    """Check the names of one ``server_name`` line (wildcards only at an end, valid regexes)."""
+    """The names of one ``server_name`` line as nginx keeps them: lower-cased, except a
+    ``~regex`` (compiled to check it, as written); ``$hostname`` is this machine's name."""
+    names = []
     for name in args:
+        if (name.startswith("*") and (len(name) < 3 or name[1] != ".")) or (name.startswith(".") and len(name) < 2):
+            raise ValueError(f'server name "{name}" is invalid')
+        if name.lower() == "$hostname":
+            name = socket.gethostname()
         if name.startswith("~"):
-            try:
-                compile_pcre(name[1:], re.IGNORECASE)
-            except re.error as exc:
-                raise ValueError(f'invalid server_name regex "{name}": {exc}') from None
-        elif "*" in name and not (name.startswith("*.") or name.endswith(".*")) or name.count("*") > 1:
-            raise ValueError(f'invalid server name or wildcard "{name}"')
-    return list(args)
+            if len(name) == 1:
+                raise ValueError(f'empty regex in server name "{name}"')
+            server_name_regex(name)
+            names.append(name)
+        else:
+            names.append(name.lower())
+    return names
+
+
+def server_name_regex(name: str) -> Regex:
+    # nginx compiles a server_name regex caseless only when it has an upper-case letter (the
+    # host it is matched against is lower case already)
+    pattern = name[1:]
+    return Regex(pattern, caseless=any("A" <= c <= "Z" for c in pattern))
+
+
+def primary_name(names: list[str]) -> str:
+    """``$server_name``: the first name, a leading ``.`` dropped (``~`` kept on a regex)."""
+    first = names[0] if names else ""
+    return first[1:] if first.startswith(".") else first
 
 
 class _NameIndex(Generic[T]):
@@ -102,44 +123,68 @@ class _NameIndex(Generic[T]):
         self.exact: dict[str, T] = {}
         self.head: list[tuple[str, T]] = []  # "*.example.com" / ".example.com" -> suffix
         self.tail: list[tuple[str, T]] = []  # "www.example.*" -> prefix
-        self.regex: list[tuple[re.Pattern, T]] = []
+        self.regex: list[tuple[Regex, T]] = []
         self.default: T | None = None
         self.first: T | None = None
+        self.servers = 0
+        self.invalid: list[str] = []  # nginx only checks the names of a shared address
+        self.conflicts: list[str] = []
+        self.where = ""
 
-    def add(self, names: list[str], item: T) -> None:
+    def add(self, names: list[str], item: T, where: str) -> None:
         if self.first is None:
             self.first = item
+        self.servers += 1
+        self.where = where
         for name in names:
-            name = name.lower()
             if name.startswith("~"):
-                self.regex.append((compile_pcre(name[1:], re.IGNORECASE), item))
+                self.regex.append((server_name_regex(name), item))
+            elif name.count("*") > 1 or ".." in name:
+                self.invalid.append(name)
             elif name.startswith("*."):
                 self.head.append((name[1:], item))
             elif name.startswith("."):
                 self.exact.setdefault(name[1:], item)
                 self.head.append((name, item))
-            elif name.endswith(".*"):
+            elif name.endswith(".*") and "*" not in name[:-1]:
                 self.tail.append((name[:-1], item))
-            elif name and name != "_":
-                self.exact.setdefault(name, item)
+            elif "*" in name:
+                self.invalid.append(name)
+            elif name in self.exact and self.exact[name] is not item:
+                self.conflicts.append(name)  # nginx keeps the first server of a name
+            else:
+                self.exact[name] = item
         self.head.sort(key=lambda e: len(e[0]), reverse=True)
         self.tail.sort(key=lambda e: len(e[0]), reverse=True)
 
-    def lookup(self, host: str) -> T | None:
-        if host:
+    def check(self) -> list[str]:
+        """nginx checks names when it builds an address's name hash, which it does only for an
+        address that several servers share; it says so without a file and line. Returns its
+        warnings (a name two servers give)."""
+        if self.servers < 2:
+            return []
+        if self.invalid:
+            raise ConfigError(f'invalid server name or wildcard "{self.invalid[0]}" on {self.where}')
+        return [f'conflicting server name "{name}" on {self.where}, ignored' for name in self.conflicts]
+
+    def lookup(self, host: str | None) -> tuple[T | None, Captures | None]:
+        if host is not None:
             hit = self.exact.get(host)
             if hit is not None:
-                return hit
+                return hit, None
             for suffix, item in self.head:
                 if host.endswith(suffix):
-                    return item
+                    return item, None
             for prefix, item in self.tail:
                 if host.startswith(prefix):
-                    return item
-            for regex, item in self.regex:
-                if regex.search(host):
-                    return item
-        return self.default if self.default is not None else self.first
+                    return item, None
+            if host:
+                raw = to_bytes(host)
+                for regex, item in self.regex:
+                    captures = regex.search(raw)
+                    if captures is not None:
+                        return item, captures
+        return (self.default if self.default is not None else self.first), None
 
 
 class ServerTable(Generic[T]):
@@ -156,15 +201,24 @@ class ServerTable(Generic[T]):
                 raise ValueError(f'duplicate listen {listen}')
             seen.add(listen.address)
             index = self._by_address.setdefault(listen.address, _NameIndex())
-            index.add(names, item)
+            index.add(names, item, listen.bind)
             if listen.default_server:
                 if index.default is not None:
                     raise ValueError(f"a duplicate default server for {listen}")
                 index.default = item
                 if self._any.default is None:
                     self._any.default = item
-        self._any.add(names, item)
+        self._any.add(names, item, "*")
 
-    def select(self, local_ip: str, local_port: int, host: str) -> T | None:
+    def check(self) -> list[str]:
+        """nginx's checks of each address's names: raises for an invalid one, returns warnings."""
+        return [warning for index in self._by_address.values() for warning in index.check()]
+
+    def select(self, local_ip: str, local_port: int, host: str | None) -> T | None:
+        return self.find(local_ip, local_port, host)[0]
+
+    def find(self, local_ip: str, local_port: int, host: str | None) -> tuple[T | None, Captures | None]:
+        """The server for a request to that address naming ``host`` (lower case; None when the
+        request names none: nginx then looks up the empty name), and what a regex captured."""
         index = self._by_address.get((local_ip, local_port)) or self._by_address.get(("*", local_port)) or self._any
-        return index.lookup(host.lower())
+        return index.lookup(host)

@@ -1,9 +1,12 @@
 """nginx variables in directive values (``return`` text, ``add_header`` values).
 
-A value is compiled once at config load into literal parts and variable getters; an unknown
-variable fails the load (``unknown "x" variable``), as in nginx. Modules add variables through
-the ``ngxsim_variables`` hook; the loader makes them visible (``module_variables``) while that
-config's values are compiled.
+A value is compiled once at config load into literal parts and variable getters, with nginx's
+syntax (``$name``, ``${name}``, ``$1``..``$9``; names are case-insensitive) and its errors
+(``invalid variable name``, ``the closing bracket in "x" variable is missing``). As in nginx, a
+name no one declares fails the load once the whole config is read (``unknown "x" variable``,
+without a line): until then it may still turn out to be a named capture of a regex further on.
+Modules add variables through the ``ngxsim_variables`` hook; the loader makes them visible
+(``module_variables``) while that config's values are compiled.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import contextlib
 import contextvars
 import os
 import re
+import socket
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator
@@ -19,40 +23,73 @@ from typing import TYPE_CHECKING, Callable, Iterator
 if TYPE_CHECKING:  # pragma: no cover
     from .context import RequestContext
 
-_VAR = re.compile(r"\$(?:\{([A-Za-z0-9_]+)\}|([A-Za-z0-9_]+))")
+_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
+_HOSTNAME = socket.gethostname()
 
 
-def _host(ctx: "RequestContext") -> str:
-    return ctx.host
+def _header(name: str) -> Callable[["RequestContext"], str]:
+    key = "HTTP_" + name.upper()
+    return lambda ctx: ctx.environ.get(key, "")
+
+
+def _cookie(name: str) -> Callable[["RequestContext"], str]:
+    return lambda ctx: ctx.cookie(name)
+
+
+def _content_length(ctx: "RequestContext") -> str:
+    return ctx.environ.get("CONTENT_LENGTH", "")
 
 
 VARIABLES: dict[str, Callable[["RequestContext"], str]] = {
     "pid": lambda ctx: str(os.getpid()),
     "msec": lambda ctx: f"{time.time():.3f}",
+    "time_local": lambda ctx: time.strftime("%d/%b/%Y:%H:%M:%S %z"),
+    "time_iso8601": lambda ctx: time.strftime("%Y-%m-%dT%H:%M:%S") + _iso_offset(),
     "request_id": lambda ctx: ctx.request_id,
     "uri": lambda ctx: ctx.uri,
+    "document_uri": lambda ctx: ctx.uri,
     "request_uri": lambda ctx: _logged(ctx, ctx.request_uri),
-    "args": lambda ctx: _logged(ctx, ctx.environ.get("QUERY_STRING", "")),
-    "query_string": lambda ctx: _logged(ctx, ctx.environ.get("QUERY_STRING", "")),
+    "request": lambda ctx: _logged(ctx, ctx.request_line),
+    "args": lambda ctx: _logged(ctx, ctx.args_text),
+    "query_string": lambda ctx: _logged(ctx, ctx.args_text),
+    "is_args": lambda ctx: "?" if ctx.args_bytes else "",
+    "host": lambda ctx: ctx.host,
+    "hostname": lambda ctx: _HOSTNAME,
     # the log phase (access_log, log_format)
     "status": lambda ctx: ctx.vars.get("status", ""),
     "body_bytes_sent": lambda ctx: ctx.vars.get("body_bytes_sent", "0"),
-    "request": lambda ctx: _logged(ctx, "{} {} {}".format(ctx.environ.get("REQUEST_METHOD", "-"), ctx.request_uri,
-                                                          ctx.environ.get("SERVER_PROTOCOL", "HTTP/1.0"))),
-    "time_local": lambda ctx: time.strftime("%d/%b/%Y:%H:%M:%S %z"),
     "remote_user": lambda ctx: ctx.environ.get("REMOTE_USER") or "",
     "request_time": lambda ctx: f"{time.monotonic() - ctx.started:.3f}",
-    "host": _host,
     "remote_addr": lambda ctx: ctx.environ.get("REMOTE_ADDR", ""),
+    "remote_port": lambda ctx: str(ctx.environ.get("REMOTE_PORT", "")),
     "request_method": lambda ctx: ctx.environ.get("REQUEST_METHOD", ""),
     "scheme": lambda ctx: ctx.environ.get("wsgi.url_scheme", "http"),
+    "https": lambda ctx: "on" if ctx.environ.get("wsgi.url_scheme") == "https" else "",
+    "server_protocol": lambda ctx: ctx.environ.get("SERVER_PROTOCOL", "HTTP/1.0"),
     "server_name": lambda ctx: ctx.server_name,
+    "server_addr": lambda ctx: ctx.local_addr[0],
     "server_port": lambda ctx: str(ctx.local_addr[1]),
+    "content_length": _content_length,
+    "content_type": lambda ctx: ctx.environ.get("CONTENT_TYPE", ""),
 }
 PREFIXED: dict[str, Callable[[str], Callable[["RequestContext"], str]]] = {
-    "arg_": lambda name: lambda ctx: ctx.arg(name),
-    "http_": lambda name: lambda ctx: ctx.environ.get("HTTP_" + name.upper(), ""),
+    "arg_": lambda name: lambda ctx: ctx.raw_arg(name),
+    "http_": _header,
+    "cookie_": _cookie,
 }
+
+
+def _iso_offset() -> str:
+    offset = time.strftime("%z")
+    return offset[:3] + ":" + offset[3:]
+
+
+def _capture(n: int) -> Callable[["RequestContext"], str]:
+    return lambda ctx: ctx.captures.number(n) if ctx.captures is not None else ""
+
+
+def _named_capture(name: str) -> Callable[["RequestContext"], str]:
+    return lambda ctx: ctx.named_captures.get(name, "")
 
 
 @dataclass(frozen=True)
@@ -80,6 +117,13 @@ class VariableTable:
         self.names: dict[str, Callable] = {}
         self.prefixes: dict[str, Callable] = {}
         self.owners: dict[str, str] = {}
+        self.captures: set[str] = set()  # the named captures of the config's regexes
+        self.pending: set[str] = set()  # names no one declared yet
+
+    def check_pending(self) -> None:
+        """Fail as nginx does for a variable that nothing declared by the end of the config."""
+        for name in sorted(self.pending - self.captures):
+            raise ValueError(f'unknown "{name}" variable')
 
     def registrar(self, module: str) -> Callable[[Variable], None]:
         def register(var: Variable) -> None:
@@ -89,13 +133,20 @@ class VariableTable:
             taken = self.owners.get(key) or ("core" if var.name in VARIABLES or var.name in PREFIXED else None)
             if taken:
                 raise ValueError(f'duplicate variable "{var.name}" declared by modules "{taken}" and "{module}"')
-            (self.prefixes if var.prefix else self.names)[var.name] = var.get
+            (self.prefixes if var.prefix else self.names)[var.name.lower()] = var.get
             self.owners[key] = module
 
         return register
 
 
 _MODULE_VARIABLES: contextvars.ContextVar[VariableTable | None] = contextvars.ContextVar("ngxsim_variables", default=None)
+
+
+def declare_captures(names) -> None:
+    """A regex of the config being loaded has these named captures (they become variables)."""
+    table = _MODULE_VARIABLES.get()
+    if table is not None:
+        table.captures.update(name.lower() for name in names)
 
 
 @contextlib.contextmanager
@@ -131,15 +182,7 @@ class Template:
 
     def __init__(self, source: str):
         self.source = source
-        self.parts: list[str | Callable] = []
-        pos = 0
-        for m in _VAR.finditer(source):
-            if m.start() > pos:
-                self.parts.append(source[pos : m.start()])
-            self.parts.append(_getter(m.group(1) or m.group(2)))
-            pos = m.end()
-        if pos < len(source):
-            self.parts.append(source[pos:])
+        self.parts: list[str | Callable] = _compile(source)
         self.static = all(isinstance(p, str) for p in self.parts)
 
     def render(self, ctx: "RequestContext") -> str:
@@ -156,6 +199,44 @@ class Template:
         return f"Template({self.source!r})"
 
 
+def _compile(source: str) -> list[str | Callable]:
+    """Literal parts and getters, read as ``ngx_http_script_compile`` reads a value."""
+    parts: list[str | Callable] = []
+    i, n = 0, len(source)
+    while i < n:
+        if source[i] != "$":
+            j = source.find("$", i)
+            j = n if j < 0 else j
+            parts.append(source[i:j])
+            i = j
+            continue
+        i += 1
+        if i == n:
+            raise ValueError("invalid variable name")
+        if "1" <= source[i] <= "9":  # one digit: "$12" is $1 and a "2"
+            parts.append(_capture(int(source[i])))
+            i += 1
+            continue
+        bracket = source[i] == "{"
+        if bracket:
+            i += 1
+            if i == n:
+                raise ValueError("invalid variable name")
+        start = i
+        while i < n and source[i] in _NAME_CHARS:
+            i += 1
+        name = source[start:i]
+        if bracket:
+            if i < n and source[i] == "}":
+                i += 1
+            else:
+                raise ValueError(f'the closing bracket in "{name}" variable is missing')
+        if not name:
+            raise ValueError("invalid variable name")
+        parts.append(_getter(name.lower()))
+    return parts
+
+
 def _getter(name: str) -> Callable[["RequestContext"], str]:
     if name in VARIABLES:
         return VARIABLES[name]
@@ -168,4 +249,8 @@ def _getter(name: str) -> Callable[["RequestContext"], str]:
     for prefix, make in prefixed.items():
         if name.startswith(prefix) and len(name) > len(prefix):
             return make(name[len(prefix) :])
-    raise ValueError(f'unknown "{name}" variable')
+    if table is None:
+        raise ValueError(f'unknown "{name}" variable')
+    # maybe the named capture of a regex not read yet: the loader checks at the end
+    table.pending.add(name)
+    return _named_capture(name)

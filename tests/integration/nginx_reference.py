@@ -1,0 +1,129 @@
+"""Real nginx as a reference: a private test instance, raw HTTP/1.x requests, comparable answers.
+
+The differential tests run one config in real nginx and in ngxsim and send both the same bytes.
+nginx runs unprivileged in the ways that matter: its own prefix, pid file, error log and temp
+folders under the test's tmp dir, ``daemon off`` with a master process that the fixture starts
+and stops with bounded waits, loopback only. Nothing is installed here: a machine without an
+``nginx`` binary skips these tests and says why (``.ci/run`` installs Debian's ``nginx-light``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from ngxsim.testing import free_port, wait_for
+
+NGINX_CANDIDATES = ("nginx", "/usr/sbin/nginx")
+
+
+def find_nginx() -> str | None:
+    for candidate in NGINX_CANDIDATES:
+        path = shutil.which(candidate)
+        if path:
+            return path
+    return None
+
+
+def nginx_version(binary: str) -> str:
+    out = subprocess.run([binary, "-v"], capture_output=True, text=True, timeout=10)
+    m = re.search(r"nginx/(\S+)", out.stderr + out.stdout)
+    return m.group(1) if m else "unknown"
+
+
+class Nginx:
+    """One nginx instance in ``folder`` serving ``http_inside`` (the inside of an ``http`` block).
+
+    ``{port}`` in the text is replaced by the instance's port. ``server_tokens off`` keeps the
+    version out of nginx's own pages, as ngxsim's pages carry none.
+    """
+
+    def __init__(self, binary: str, folder: Path, http_inside: str):
+        self.binary = binary
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.error_log = self.folder / "error.log"
+        self.proc: subprocess.Popen | None = None
+        (self.folder / "servers.conf").write_text(http_inside.replace("{port}", str(self.port)))
+        self.conf = self.folder / "nginx.conf"
+        self.conf.write_text(self._main_conf())
+
+    def _main_conf(self) -> str:
+        f = self.folder
+        temp = "\n".join(f"    {kind}_temp_path {f}/{kind}_temp;" for kind in
+                         ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        # as root the master would hand its workers to "nobody"; say so, so that is deliberate
+        user = "user nobody nogroup;\n" if os.geteuid() == 0 else ""
+        return (f"{user}daemon off;\nmaster_process on;\nworker_processes 1;\npid {f}/nginx.pid;\n"
+                f"error_log {self.error_log} info;\nevents {{ worker_connections 128; }}\n"
+                f"http {{\n{temp}\n    access_log off;\n    server_tokens off;\n"
+                f"    include {f}/servers.conf;\n}}\n")
+
+    def start(self, timeout: float = 10.0) -> "Nginx":
+        cmd = [self.binary, "-p", f"{self.folder}/", "-e", str(self.error_log), "-c", str(self.conf)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(self.folder / "stderr.log", "wb"),
+                                     start_new_session=True)
+
+        def up():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"nginx exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return True
+            except OSError:
+                return False
+
+        try:
+            wait_for(up, timeout, what="nginx to listen")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def log(self) -> str:
+        parts = [p.read_text(errors="replace") for p in (self.folder / "stderr.log", self.error_log) if p.exists()]
+        return "\n".join(parts)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGQUIT (graceful) to the master, SIGKILL to its process group if it lingers."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGQUIT)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+        # the workers belong to the master's session: none may outlive it
+        try:
+            os.killpg(self.proc.pid, 0)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.02)
+        os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def check_config(binary: str, folder: Path, conf: Path) -> str:
+    """``nginx -t`` on ``conf``: its first ``[emerg]`` line's message, or "" when it is valid."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = subprocess.run([binary, "-t", "-p", f"{folder}/", "-e", str(folder / "t-error.log"), "-c", str(conf)],
+                         capture_output=True, text=True, timeout=30)
+    return first_emerg(out.stderr)
+
+
+def first_emerg(text: str) -> str:
+    m = re.search(r"\[emerg\] (?:\d+#\d+: )?(.*)", text)
+    return m.group(1).strip() if m else ""
