@@ -18,12 +18,13 @@ from .core.http.responses import compact_json, error_page, json_error, json_resp
 from .core.http.variables import Template, Variable
 from .core.instance import LivenessWatch, process_start_time
 from .core.instance import alive as process_alive
+from .core.shm import HEADER_SIZE as ZONE_HEADER_SIZE
 from .hookspecs import hookimpl, hookspec
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ARGS", "FLAG", "HTTP", "LOCATION", "MAIN", "NUMBER", "SERVER", "SIZE", "STRING", "TIME",
+    "ARGS", "FLAG", "HTTP", "LOCATION", "MAIN", "NUMBER", "SERVER", "SIZE", "STRING", "TIME", "ZONE_HEADER_SIZE",
     "ApiError", "ConfigError", "Directive", "Event", "Gap", "LivenessWatch", "Methods", "Subscription", "Template", "Variable",
     "check_key", "compact_json", "error_page", "hookimpl", "hookspec", "http_event_zone", "json_error", "keep_status_line",
     "json_response", "parse_size", "parse_time", "process_alive", "process_start_time", "query_int", "query_seconds", "query_str", "read_body",

@@ -124,7 +124,11 @@ class Job:
                 log.exception("periodic job %s: lease check failed", self.spec.name)
                 run, wait = False, self.spec.interval
             if run:
+                began = time.monotonic()
                 self._run()
+                # the next due time counts from this run's start: waiting a whole interval after
+                # its end would stretch every period by the run's length
+                wait = max(wait - (time.monotonic() - began), _NAP_MIN)
             stopping.wait(wait)
 
     def _run(self) -> None:

@@ -32,6 +32,7 @@ from pathlib import Path
 from ..core.instance import process_start_time
 from ..core.shm import shm_dir
 from .client import PendingRequest, Response, request
+from .events import ApiEvents, ZoneEvents
 from .procs import children
 
 MODES = ("gunicorn", "ngxsim")
@@ -236,9 +237,11 @@ class Server:
             out.append(self.request(method, path, **kw))
         return out
 
-    def kill_worker(self, pid: int | None = None, sig: int = signal.SIGKILL, timeout: float = 20.0) -> int:
+    def kill_worker(self, pid: int | None = None, sig: int = signal.SIGKILL, timeout: float = 20.0,
+                    path: str = "/") -> int:
         """Kill worker ``pid`` (default: the oldest), wait until gunicorn has replaced it and
-        the replacement serves (``each_worker``); returns the replacement's pid."""
+        the replacement served ``path`` (``each_worker``: every worker gets that request once);
+        returns the replacement's pid."""
         before = set(self.worker_pids())
         victim = min(before) if pid is None else pid
         if victim not in before:
@@ -250,23 +253,19 @@ class Server:
         if len(new) != 1:
             raise AssertionError(f"expected one replacement for {victim}, workers went {sorted(before)} -> {now}")
         (replacement,) = new
-        served = self.each_worker(timeout=timeout)
+        served = self.each_worker(path, timeout=timeout)
         assert replacement in served, f"replacement {replacement} did not serve: {sorted(served)}"
         return replacement
 
     # -- events ---------------------------------------------------------------------------------
 
-    def events(self, path: str | None = None, key: str | None = None):
+    def events(self, path: str | None = None, key: str | None = None) -> ApiEvents:
         """The ring behind a ``worker_events_api`` location, over HTTP (``path`` found in the
         config when there is exactly one such location)."""
-        from .events import ApiEvents
-
         return ApiEvents(self, path or _api_location(self.conf.read_text()), key)
 
-    def zone_events(self, zone: str):
+    def zone_events(self, zone: str) -> ZoneEvents:
         """The ring in zone ``zone``, read (and written) directly in shared memory."""
-        from .events import ZoneEvents
-
         return ZoneEvents(self, zone)
 
     # -- lifecycle --------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from http.client import RemoteDisconnected
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, ProtocolError, ReadTimeoutError
 from werkzeug.wrappers import Response
 
-from ngxsim import ApiError, error_page, read_body
+from ngxsim import ApiError, error_page, keep_status_line, read_body
 
 from .balancer import Peer
 
@@ -221,7 +221,8 @@ class ProxyHandler:
         stream = _Body(resp, method != "HEAD", finished)
         # not direct_passthrough: werkzeug then closes the response (and its on-close callbacks:
         # the access log line) when the server closes the body
-        response = Response(stream, status=resp.status, headers=headers)
+        response = keep_status_line(Response(stream, status=resp.status, headers=headers),
+                                    f"{resp.status} {resp.reason or ''}".rstrip())  # nginx passes it on
         if not any(name.lower() == "content-type" for name, _ in headers):
             del response.headers["Content-Type"]  # the backend sent none: add none
         return response

@@ -74,3 +74,13 @@ def test_a_hung_holder_loses_the_job_when_its_lease_runs_out(start, tmp_path):
     second = wait_for(lambda: ticks(tmp_path)[1:], 10, what="a second run")[0]
     assert second[0] != first[0], "the hung holder kept the job"
     assert 0.3 < second[1] - first[1] < 1.2, (first, second)
+
+
+def test_runs_start_an_interval_apart_however_long_each_lasts(start, tmp_path):
+    # each run lasts 200 ms of a 300 ms interval: the next one is due 300 ms after this one began,
+    # not 300 ms after it ended (which would space them 500 ms apart)
+    start(interval="300ms", extra="test_job_sleep 200ms;")
+    wait_for(lambda: len(ticks(tmp_path)) >= 6, 15, what="six runs")
+    runs = ticks(tmp_path)
+    gaps = sorted(b - a for (_, a), (_, b) in zip(runs, runs[1:]))
+    assert gaps[len(gaps) // 2] < 0.4, gaps

@@ -10,7 +10,6 @@ import time
 from collections import Counter
 
 import pytest
-import requests
 
 from ngxsim.testing import wait_for
 
@@ -30,7 +29,6 @@ http {
     }
     server {
         listen 127.0.0.1:{port};
-        add_header X-Worker-Pid $pid always;
         add_header X-Upstream-Addr $upstream_addr always;
         add_header X-Upstream-Status $upstream_status always;
         %(server_extra)s
@@ -52,40 +50,31 @@ def conf(servers, upstream_extra="", server_extra="", location_extra=""):
 
 
 def spray(server, path="/", count=200, **kw):
-    """``count`` requests on one keep-alive session per call; returns the responses."""
-    session = requests.Session()
-    try:
-        return [session.get(server.url(path), timeout=10, **kw) for _ in range(count)]
-    finally:
-        session.close()
-
-
-def raw_get(server, target: str) -> bytes:
-    """Send ``GET target`` exactly as written (no client-side normalisation) and read the answer."""
-    import socket
-
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-        chunks = []
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
+    """``count`` requests, every worker serving its share (ngxsim.testing's spray)."""
+    return server.spray(path, count, **kw)
 
 
 def workers_seen(responses) -> set[int]:
-    return {int(r.headers["X-Worker-Pid"]) for r in responses}
+    return {r.worker_pid for r in responses}
 
 
 def events(server, type_=None, channel="upstreams"):
-    data = server.get(EVENTS, params={"since": 0}).json()
-    return [e for e in data["events"] if e["channel"] == channel and (type_ is None or e["type"] == type_)]
+    return server.events(EVENTS).read(channel=channel, type=type_)
+
+
+def wait_event(server, type_, channel="upstreams"):
+    return server.events(EVENTS).wait(type=type_, channel=channel)
 
 
 def api(server, method, path="", key="changeme", **kw):
-    params = {"key": key} if key else {}
-    return requests.request(method, server.url(API + path), params=params, timeout=10, **kw)
+    return server.request(method, API + path, params={"key": key} if key else None, **kw)
+
+
+@pytest.fixture
+def start(ngxsim_server):
+    """Servers that count as ready once every worker answered the API location: it proxies
+    nothing, so no backend sees the start and each worker's round-robin starts fresh."""
+    return lambda text, **kw: ngxsim_server(text, ready_path=API, **kw)
 
 
 @pytest.fixture
@@ -96,13 +85,11 @@ def backends(ngxsim_backend):
 # -- balancing -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["gunicorn", "ngxsim"])
-def test_weighted_round_robin_across_four_workers(ngxsim_server, backends, mode):
+@pytest.mark.ngxsim_modes()
+def test_weighted_round_robin_across_four_workers(start, backends):
     a, b, c = backends[:3]
-    server = ngxsim_server(conf([f"server {a.address} weight=3;", f"server {b.address};", f"server {c.address};"]),
-                            workers=4, mode=mode)
-    for be in backends:
-        be.reset()  # the readiness probe of the start went to one of them
+    server = start(conf([f"server {a.address} weight=3;", f"server {b.address};", f"server {c.address};"]),
+                            workers=4)
     responses = spray(server, count=300)
     assert all(r.status_code == 200 for r in responses)
     assert len(workers_seen(responses)) == 4  # every worker served some
@@ -116,12 +103,10 @@ def test_weighted_round_robin_across_four_workers(ngxsim_server, backends, mode)
     assert r.text.startswith({a.address: "b0", b.address: "b1", c.address: "b2"}[r.headers["X-Upstream-Addr"]])
 
 
-def test_backup_only_while_no_primary_is_usable_and_down_never(ngxsim_server, backends):
+def test_backup_only_while_no_primary_is_usable_and_down_never(start, backends):
     a, b, backup, down = backends
-    server = ngxsim_server(conf([f"server {a.address};", f"server {b.address};",
+    server = start(conf([f"server {a.address};", f"server {b.address};",
                                   f"server {backup.address} backup;", f"server {down.address} down;"]), workers=4)
-    for be in backends:
-        be.reset()
     spray(server, count=60)
     assert backup.hits == 0 and down.hits == 0 and a.hits + b.hits == 60
     a.stop()
@@ -131,9 +116,9 @@ def test_backup_only_while_no_primary_is_usable_and_down_never(ngxsim_server, ba
     assert backup.hits == 40 and down.hits == 0
 
 
-def test_a_dead_peer_is_skipped_then_502_when_all_are_dead(ngxsim_server, backends):
+def test_a_dead_peer_is_skipped_then_502_when_all_are_dead(start, backends):
     a, b = backends[:2]
-    server = ngxsim_server(conf([f"server {a.address} max_fails=0;", f"server {b.address} max_fails=0;"]), workers=4)
+    server = start(conf([f"server {a.address} max_fails=0;", f"server {b.address} max_fails=0;"]), workers=4)
     a.stop()
     b.reset()
     responses = spray(server, count=40)
@@ -150,13 +135,13 @@ def test_a_dead_peer_is_skipped_then_502_when_all_are_dead(ngxsim_server, backen
     assert "<title>502 Bad Gateway</title>" in r.text
 
 
-def test_read_timeout_is_504_and_http_502_retries_when_configured(ngxsim_server, backends):
+def test_read_timeout_is_504_and_http_502_retries_when_configured(start, backends):
     a, b = backends[:2]
     a.respond("/slow", body="late", delay=3)
     b.respond("/slow", body="late", delay=3)
     a.respond("/bad", status=502, body="a broke")
     b.respond("/bad", body="b fine")
-    server = ngxsim_server(conf([f"server {a.address} max_fails=0;", f"server {b.address} max_fails=0;"],
+    server = start(conf([f"server {a.address} max_fails=0;", f"server {b.address} max_fails=0;"],
                                  location_extra="proxy_read_timeout 300ms; proxy_next_upstream error timeout http_502;"),
                             workers=2)
     r = server.get("/slow")
@@ -166,9 +151,9 @@ def test_read_timeout_is_504_and_http_502_retries_when_configured(ngxsim_server,
     assert bodies == {"b fine"}  # a's 502 is retried on b every time
 
 
-def test_passive_failures_mark_a_peer_unavailable(ngxsim_server, backends):
+def test_passive_failures_mark_a_peer_unavailable(start, backends):
     a, b = backends[:2]
-    server = ngxsim_server(conf([f"server {a.address} max_fails=1 fail_timeout=30s;", f"server {b.address};"]), workers=4)
+    server = start(conf([f"server {a.address} max_fails=1 fail_timeout=30s;", f"server {b.address};"]), workers=4)
     a.stop()
     spray(server, count=20)  # the first try of a fails in some worker: a is out for 30 s, for all
     a.start()
@@ -182,7 +167,7 @@ def test_passive_failures_mark_a_peer_unavailable(ngxsim_server, backends):
 # -- what goes to the backend ---------------------------------------------------------------------
 
 
-def test_uri_rules_headers_and_bodies(ngxsim_server, ngxsim_backend):
+def test_uri_rules_headers_and_bodies(start, ngxsim_backend):
     be = ngxsim_backend(name="be")
     text = conf([f"server {be.address};"], server_extra=f"""
         location /direct/ {{ proxy_pass http://{be.address}/; }}
@@ -195,7 +180,7 @@ def test_uri_rules_headers_and_bodies(ngxsim_server, ngxsim_backend):
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Drop "";
         }}""")
-    server = ngxsim_server(text, workers=2)
+    server = start(text, workers=2)
     cases = [("/direct/abc?x=1", "/abc", "x=1"), ("/sub/a/b", "/other/a/b", ""),
              ("/keep/abc?y=2", "/keep/abc", "y=2"), ("/re/z?q", "/re/z", "q")]
     for sent, path, query in cases:
@@ -205,7 +190,7 @@ def test_uri_rules_headers_and_bodies(ngxsim_server, ngxsim_backend):
         assert (got.path, got.query) == (path, query), sent
     # without a URI part the request URI goes exactly as the client sent it
     be.reset()
-    raw_get(server, "/keep//a/./b%20c?z=%41")  # a raw request line: HTTP clients normalise dots
+    server.get("/keep//a/./b%20c?z=%41")  # the plugin's client sends the target as written
     assert (be.requests[-1].path, be.requests[-1].query) == ("/keep//a/./b%20c", "z=%41")
     # default Host is $proxy_host; hop-by-hop headers and those named in Connection are dropped
     be.reset()
@@ -236,9 +221,9 @@ def test_uri_rules_headers_and_bodies(ngxsim_server, ngxsim_backend):
 # -- the API ----------------------------------------------------------------------------------------
 
 
-def test_api_changes_reach_every_worker_from_the_next_request(ngxsim_server, backends):
+def test_api_changes_reach_every_worker_from_the_next_request(start, backends):
     a, b, c = backends[:3]
-    server = ngxsim_server(conf([f"server {a.address};", f"server {b.address};"]), workers=4)
+    server = start(conf([f"server {a.address};", f"server {b.address};"]), workers=4)
     spray(server, count=20)
     r = api(server, "POST", "/backend/servers", json={"server": c.address, "weight": 2})
     assert r.status_code == 201, r.text
@@ -272,11 +257,11 @@ def test_api_changes_reach_every_worker_from_the_next_request(ngxsim_server, bac
     assert api(server, "GET", "/backend").json()["version"] == 5
 
 
-def test_drain_publishes_both_events_and_the_peer_gets_nothing_new(ngxsim_server, backends):
+def test_drain_publishes_both_events_and_the_peer_gets_nothing_new(start, backends):
     a, b = backends[:2]
     a.respond("/slow", body="slow", delay=2)
     b.respond("/slow", body="slow", delay=0.2)
-    server = ngxsim_server(conf([f"server {a.address};", f"server {b.address};"]), workers=4)
+    server = start(conf([f"server {a.address};", f"server {b.address};"]), workers=4)
     peers = api(server, "GET", "/backend/servers").json()
     a_id = next(p["id"] for p in peers if p["server"] == a.address)
     # a request in flight to a while it drains: peer_drained only once it ends
@@ -285,11 +270,11 @@ def test_drain_publishes_both_events_and_the_peer_gets_nothing_new(ngxsim_server
     slow = []
     threads = []
     for _ in range(12):  # until one of them is in flight to a (the others go to b)
-        t = threading.Thread(target=lambda: slow.append(requests.get(server.url("/slow"), timeout=10)))
+        t = threading.Thread(target=lambda: slow.append(server.get("/slow", timeout=10)))
         t.start()
         threads.append(t)
         try:
-            wait_for(lambda: a.requests_for("/slow"), 1, what="a slow request on a")
+            a.wait_hits(1, path="/slow", timeout=1)
             break
         except AssertionError:
             continue
@@ -303,16 +288,16 @@ def test_drain_publishes_both_events_and_the_peer_gets_nothing_new(ngxsim_server
     assert a.hits == 0  # nothing new from any worker
     for t in threads:
         t.join(10)
-    drained = wait_for(lambda: events(server, "peer_drained"), 10, what="peer_drained")
-    assert json.loads(drained[0]["payload"]) == {"upstream": "backend", "peer": a_id, "server": a.address}
+    drained = wait_event(server, "peer_drained")
+    assert json.loads(drained["payload"]) == {"upstream": "backend", "peer": a_id, "server": a.address}
     assert len(events(server, "peer_drained")) == 1
     # a drained peer can be deleted safely
     assert api(server, "DELETE", f"/backend/servers/{a_id}").status_code == 200
 
 
-def test_every_bad_api_input_gets_its_status_and_changes_nothing(ngxsim_server, backends):
+def test_every_bad_api_input_gets_its_status_and_changes_nothing(start, backends):
     a, b = backends[:2]
-    server = ngxsim_server(conf([f"server {a.address};"]), workers=2)
+    server = start(conf([f"server {a.address};"]), workers=2)
     before = api(server, "GET", "/backend").json()
     pid = before["peers"][0]["id"]
     cases = [
@@ -348,9 +333,9 @@ def test_every_bad_api_input_gets_its_status_and_changes_nothing(ngxsim_server, 
     # the key never reaches a log line in clear: only the access log could show it, and it is off
 
 
-def test_an_invalid_change_keeps_serving(ngxsim_server, backends):
+def test_an_invalid_change_keeps_serving(start, backends):
     a = backends[0]
-    server = ngxsim_server(conf([f"server {a.address};"], upstream_extra=""), workers=2)
+    server = start(conf([f"server {a.address};"], upstream_extra=""), workers=2)
     for _ in range(3):
         assert api(server, "POST", "/backend/servers", json={"server": a.address}).status_code == 409
     assert all(r.status_code == 200 for r in spray(server, count=20))
@@ -359,10 +344,10 @@ def test_an_invalid_change_keeps_serving(ngxsim_server, backends):
 # -- refresh and state -----------------------------------------------------------------------------
 
 
-def test_refresh_once_per_interval_failure_event_and_takeover(ngxsim_server, backends, tmp_path):
+def test_refresh_once_per_interval_failure_event_and_takeover(start, backends, tmp_path):
     a, b, source = backends[:3]
     source.respond("/servers.json", body=[{"server": a.address}])
-    server = ngxsim_server(conf([f"server {a.address};"],
+    server = start(conf([f"server {a.address};"],
                                  upstream_extra=f"upstream_refresh url={source.url('/servers.json')} interval=300ms;"),
                             workers=4)
     source.wait_hits(3, path="/servers.json")
@@ -373,13 +358,12 @@ def test_refresh_once_per_interval_failure_event_and_takeover(ngxsim_server, bac
     assert len({r.worker_pid for r in reads}) == 1
     # a change in the source becomes a snapshot every worker routes by
     source.respond("/servers.json", body=[{"server": a.address}, {"server": b.address, "weight": 3}])
-    wait_for(lambda: events(server, "snapshot_activated"), 10, what="snapshot_activated")
+    wait_event(server, "snapshot_activated")
     responses = spray(server, count=120)
     assert b.worker_pids() >= workers_seen(responses) and b.hits > a.hits
     # an invalid source changes nothing and says why
     source.respond("/servers.json", body=[{"server": "nonsense"}])
-    failed = wait_for(lambda: events(server, "refresh_failed"), 10, what="refresh_failed")
-    payload = json.loads(failed[0]["payload"])
+    payload = json.loads(wait_event(server, "refresh_failed")["payload"])
     assert payload["upstream"] == "backend" and "entry 0" in payload["reason"]
     assert {p["server"] for p in api(server, "GET", "/backend/servers").json()} == {a.address, b.address}
     assert all(r.status_code == 200 for r in spray(server, count=20))
@@ -392,31 +376,30 @@ def test_refresh_once_per_interval_failure_event_and_takeover(ngxsim_server, bac
              what="another worker to refresh")
 
 
-def test_refresh_from_an_unreadable_file_publishes_refresh_failed(ngxsim_server, backends, tmp_path):
+def test_refresh_from_an_unreadable_file_publishes_refresh_failed(start, backends, tmp_path):
     a = backends[0]
     source = tmp_path / "servers.json"
-    server = ngxsim_server(conf([f"server {a.address};"],
+    server = start(conf([f"server {a.address};"],
                                  upstream_extra=f"upstream_refresh file={source} interval=200ms;"), workers=2)
-    failed = wait_for(lambda: events(server, "refresh_failed"), 10, what="refresh_failed")
-    assert "No such file" in json.loads(failed[0]["payload"])["reason"]
+    assert "No such file" in json.loads(wait_event(server, "refresh_failed")["payload"])["reason"]
     assert server.get("/").status_code == 200
     source.write_text(json.dumps([{"server": a.address, "weight": 5}]))
-    wait_for(lambda: events(server, "snapshot_activated"), 10, what="the refreshed snapshot")
+    wait_event(server, "snapshot_activated")
     assert api(server, "GET", "/backend/servers").json()[0]["weight"] == 5
 
 
-def test_state_file_survives_a_restart(ngxsim_server, backends, tmp_path):
+def test_state_file_survives_a_restart(start, backends, tmp_path):
     a, b, c = backends[:3]
     state = tmp_path / "backend.state"
     text = conf([f"server {a.address};", f"server {b.address};"], upstream_extra=f"state {state};")
-    server = ngxsim_server(text, workers=2)
+    server = start(text, workers=2)
     ids = {p["server"]: p["id"] for p in api(server, "GET", "/backend/servers").json()}
     assert api(server, "DELETE", f"/backend/servers/{ids[b.address]}").status_code == 200
     assert api(server, "POST", "/backend/servers", json={"server": c.address, "weight": 4, "backup": True}).status_code == 201
     server.stop()
     assert state.read_text().splitlines() == [f"server {a.address} weight=1 max_fails=1 fail_timeout=10s;",
                                               f"server {c.address} weight=4 max_fails=1 fail_timeout=10s backup;"]
-    again = ngxsim_server(text, workers=2)
+    again = start(text, workers=2)
     peers = api(again, "GET", "/backend/servers").json()
     assert [(p["server"], p["weight"], p["backup"]) for p in peers] == [(a.address, 1, False), (c.address, 4, True)]
     b.reset()
@@ -427,13 +410,13 @@ def test_state_file_survives_a_restart(ngxsim_server, backends, tmp_path):
 # -- health reported by another module (the healthchecks contract) ----------------------------------
 
 
-def test_health_reported_through_the_public_functions_steers_every_worker(ngxsim_server, backends):
+def test_health_reported_through_the_public_functions_steers_every_worker(start, backends):
     a, b, c = backends[:3]
     text = conf([f"server {a.address};", f"server {b.address};"],
                 server_extra="location = /mark { test_mark_health; }").replace(
         "load_module upstreams;", "load_module upstreams;\nload_module ngxsim_test_health;").replace(
         "worker_events_zone bus;", "worker_events_zone bus;\n    test_health_for backend mandatory;", 1)
-    server = ngxsim_server(text, workers=4)
+    server = start(text, workers=4)
     ids = {p["server"]: p["id"] for p in api(server, "GET", "/backend/servers").json()}
     r = server.post("/mark", params={"upstream": "backend", "peer": ids[a.address], "healthy": "0"})
     assert r.json()["recorded"] is True

@@ -42,7 +42,7 @@ def test_each_worker_fetches_once_and_a_respawned_worker_starts_cold(ngxsim_serv
     assert origin.worker_pids("/a") == set(first) == set(server.worker_pids())
     assert {r.headers["X-Cache"] for r in server.each_worker("/a").values()} == {"HIT"}
 
-    replacement = server.kill_worker()
+    replacement = server.kill_worker(path="/events")
     again = server.each_worker("/a")
     assert again[replacement].headers["X-Cache"] == "MISS"
     assert {r.headers["X-Cache"] for pid, r in again.items() if pid != replacement} == {"HIT"}

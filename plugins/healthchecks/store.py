@@ -1,0 +1,181 @@
+"""Health state in the module's zone, so that it outlives the worker that probes.
+
+The probing worker (the holder of the upstream's periodic job) changes it under the zone lock;
+a worker that takes the job over after the holder died or hung continues from the same counts,
+and every worker reads it for ``health_check_status``.
+
+Layout of ``zone.buf``: one section per checked upstream (in the order of ``upstreams``)::
+
+    section header (64 bytes): service (0 not yet known, 1 up, 2 down), pad, pad(2),
+                               service transitions (u32), service since (wall ms, u64)
+    SLOTS peer slots of SLOT bytes (below)
+
+A peer slot: used, state, down, pad, peer id, consecutive fails and passes, checks, failed
+checks, transitions, last status, pad, last probe (wall ms), last duration (s), since (wall ms),
+server (128 bytes), last failure reason (96 bytes). Zero is "no peer": a fresh zone is empty.
+A peer is its (id, server): an id reused for another server starts afresh.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from .machine import DOWN, STATES, UP, PeerHealth, now_msec, service_state
+
+LAYOUT_VERSION = 1
+SLOTS = 256                        # peers per upstream the zone has room for
+_SECTION_HEAD = struct.Struct("<BBHIQ")
+_SECTION_HEAD_SIZE = 64
+_SLOT = struct.Struct("<BBBBIIIQQIHHQdQ128s96s")
+SLOT_SIZE = _SLOT.size
+_SERVICE = {0: None, 1: UP, 2: DOWN}
+_SERVICE_BYTE = {UP: 1, DOWN: 2}
+
+
+def section_size(slots: int = SLOTS) -> int:
+    return _SECTION_HEAD_SIZE + slots * SLOT_SIZE
+
+
+def zone_size(upstreams: int, slots: int = SLOTS) -> int:
+    """Bytes of ``zone.buf`` the store needs (the zone's own 64-byte header comes on top)."""
+    return upstreams * section_size(slots)
+
+
+@dataclass(frozen=True)
+class Tracked:
+    """A peer as the store knows it: its slot, identity and health."""
+
+    slot: int
+    peer_id: int
+    server: str
+    down: bool
+    health: PeerHealth
+
+
+@dataclass(frozen=True)
+class ServiceChange:
+    upstream: str
+    old: str
+    new: str
+    healthy: int
+    peers: int
+
+    def payload(self) -> dict:
+        return {"upstream": self.upstream, "from": self.old, "to": self.new, "healthy": self.healthy, "peers": self.peers}
+
+
+class Section:
+    """One upstream's part of the zone. Every method but ``lock`` expects the lock held."""
+
+    def __init__(self, zone, offset: int, upstream: str, slots: int = SLOTS):
+        self.zone = zone
+        self.offset = offset
+        self.upstream = upstream
+        self.slots = slots
+
+    def lock(self):
+        return self.zone.lock()
+
+    # -- slots --------------------------------------------------------------------------------
+
+    def _slot_offset(self, slot: int) -> int:
+        return self.offset + _SECTION_HEAD_SIZE + slot * SLOT_SIZE
+
+    def read(self, slot: int) -> Tracked | None:
+        (used, state, down, _, peer_id, fails, passes, checks, failed, transitions, status, _, last_probe,
+         duration, since, server, reason) = _SLOT.unpack_from(self.zone.buf, self._slot_offset(slot))
+        if not used:
+            return None
+        health = PeerHealth(STATES[state - 1], fails, passes, checks, failed, transitions, last_probe, duration,
+                            status, _text(reason), since)
+        return Tracked(slot, peer_id, _text(server), bool(down), health)
+
+    def write(self, slot: int, peer_id: int, server: str, down: bool, h: PeerHealth) -> None:
+        _SLOT.pack_into(self.zone.buf, self._slot_offset(slot), 1, STATES.index(h.state) + 1, int(down), 0, peer_id,
+                        min(h.fails, 0xFFFFFFFF), min(h.passes, 0xFFFFFFFF), h.checks, h.failed_checks,
+                        min(h.transitions, 0xFFFFFFFF), min(h.last_status, 0xFFFF), 0, h.last_probe_msec,
+                        h.last_duration, h.since_msec, server.encode()[:128], h.last_reason.encode()[:96])
+
+    def clear(self, slot: int) -> None:
+        off = self._slot_offset(slot)
+        self.zone.buf[off:off + SLOT_SIZE] = bytes(SLOT_SIZE)
+
+    def _used(self, slot: int) -> bool:
+        return bool(self.zone.buf[self._slot_offset(slot)])
+
+    def tracked(self) -> list[Tracked]:
+        # the used byte first: most slots are empty, and this runs for every probe result
+        return [self.read(i) for i in range(self.slots) if self._used(i)]
+
+    def sync(self, peers, mandatory: bool) -> tuple[list[tuple[Tracked, object]], list[object]]:
+        """Make the slots follow the upstream's current peers: forget peers that left, add new
+        ones, keep the rest with their counts. A new peer starts healthy, except that under
+        ``mandatory`` one added at run time (after the first look) starts ``checking`` — as
+        upstreams routes it (its contract: ``require_health_checks``). Returns (tracked, peer) in
+        the order of ``peers``, and the peers with no free slot."""
+        checking = mandatory and self._head()[0] is not None
+        by_key = {(t.peer_id, t.server): t for t in self.tracked()}
+        wanted = {(p.id, p.server[:128]): p for p in peers}
+        for key, t in by_key.items():
+            if key not in wanted:
+                self.clear(t.slot)
+        free = [i for i in range(self.slots) if not self._used(i)]
+        out, overflow = [], []
+        for key, peer in wanted.items():
+            t = by_key.get(key)
+            if t is None:
+                if not free:
+                    overflow.append(peer)
+                    continue
+                t = Tracked(free.pop(0), peer.id, key[1], bool(peer.down), PeerHealth.new(checking))
+            elif t.down != bool(peer.down):
+                t = Tracked(t.slot, t.peer_id, t.server, bool(peer.down), t.health)
+            else:
+                out.append((t, peer))
+                continue
+            self.write(t.slot, t.peer_id, t.server, t.down, t.health)
+            out.append((t, peer))
+        return out, overflow
+
+    # -- the service --------------------------------------------------------------------------
+
+    def _head(self) -> tuple[str | None, int, int]:
+        service, _, _, transitions, since = _SECTION_HEAD.unpack_from(self.zone.buf, self.offset)
+        return _SERVICE.get(service), transitions, since
+
+    def service(self) -> tuple[str | None, int, int]:
+        """(``up``/``down``/None before the first look, transitions, since wall ms)."""
+        return self._head()
+
+    def update_service(self) -> ServiceChange | None:
+        """Recompute the service from the peers that are not ``down``; the change, if it flipped.
+        The first look only records it: nothing flips at start."""
+        live = [t for t in self.tracked() if not t.down]
+        new = service_state([t.health for t in live])
+        old, transitions, since = self._head()
+        if old == new:
+            return None
+        if old is not None:
+            transitions += 1
+        _SECTION_HEAD.pack_into(self.zone.buf, self.offset, _SERVICE_BYTE[new], 0, 0, transitions, now_msec())
+        if old is None:
+            return None
+        return ServiceChange(self.upstream, old, new, sum(t.health.healthy for t in live), len(live))
+
+
+class HealthStore:
+    """The zone's sections, one per checked upstream."""
+
+    def __init__(self, zone, upstreams: list[str], slots: int = SLOTS):
+        if zone.usable < zone_size(len(upstreams), slots):
+            raise ValueError(f'zone "{zone.name}" is too small for {len(upstreams)} upstreams')
+        self.zone = zone
+        self.sections = {name: Section(zone, i * section_size(slots), name, slots) for i, name in enumerate(upstreams)}
+
+    def section(self, upstream: str) -> Section:
+        return self.sections[upstream]
+
+
+def _text(raw: bytes) -> str:
+    return raw.rstrip(b"\0").decode("utf-8", "replace")
