@@ -14,11 +14,7 @@ worker (each publish wakes all 4 dispatchers: the price of the broadcast itself)
 
 from __future__ import annotations
 
-import argparse
 import json
-import re
-import shutil
-import subprocess
 import sys
 import tempfile
 import urllib.request
@@ -27,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import median, table  # noqa: E402
+from common import median, table, throughput_args, wrk  # noqa: E402
 
 from ngxsim.testing import start_server  # noqa: E402
 
@@ -54,29 +50,13 @@ wrk.headers["Content-Type"] = "application/json"
 """
 
 
-def wrk(url: str, seconds: float, script: str | None = None) -> float:
-    cmd = ["wrk", "-t2", "-c8", f"-d{seconds:g}s", "--latency"]
-    if script:
-        cmd += ["-s", script]
-    out = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=seconds + 60).stdout
-    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if not m or errors:
-        raise SystemExit(f"wrk failed or saw errors:\n{out}")
-    return float(m.group(1))
-
-
 def SERVERS(bare, ngx, sub):
     return (("bare Flask", bare), ("ngxsim", ngx), ("ngxsim + subscriber in each worker", sub))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=4)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    if not shutil.which("wrk"):
-        print("skipped: wrk is not installed (apt-get install wrk)")
+    args = throughput_args(__doc__)
+    if args is None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

@@ -1,8 +1,12 @@
-"""Shared bits of the benchmarks: statistics and table printing."""
+"""Shared bits of the benchmarks: statistics, table printing, and wrk runs."""
 
 from __future__ import annotations
 
+import argparse
+import re
+import shutil
 import statistics
+import subprocess
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -25,3 +29,31 @@ def table(title: str, header: list[str], rows: list[list[object]]) -> str:
     out = [f"\n{title}", line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += [line(r) for r in cells[1:]]
     return "\n".join(out)
+
+
+def throughput_args(doc: str | None = None, **extra: int) -> argparse.Namespace | None:
+    """``--seconds``/``--rounds`` (and ``--NAME`` for each of ``extra``, with its default) of a
+    wrk benchmark; None, after saying so, when wrk is not installed."""
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("--seconds", type=float, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    for name, default in extra.items():
+        parser.add_argument(f"--{name}", type=int, default=default)
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        print("skipped: wrk is not installed (apt-get install wrk)")
+        return None
+    return args
+
+
+def wrk(url: str, seconds: float, script: str | None = None) -> float:
+    """req/s of ``wrk -t2 -c8`` on ``url``; stops the benchmark if any answer was not 2xx/3xx."""
+    cmd = ["wrk", "-t2", "-c8", f"-d{seconds:g}s", "--latency"]
+    if script:
+        cmd += ["-s", script]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=seconds + 60).stdout
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if not m or errors:
+        raise SystemExit(f"wrk failed or saw errors:\n{out}")
+    return float(m.group(1))

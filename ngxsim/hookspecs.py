@@ -114,7 +114,8 @@ def ngxsim_body_filter(location: "Block", config: "Configuration") -> Callable[[
     pre-content handler or ``return``), before ``add_header`` and the header filters. It returns
     the response to send on: the same one, or a new one (e.g. one whose body iterator keeps a copy
     of what it streams, to store it in a cache once complete). ``ctx.vars`` holds what earlier
-    phases recorded (``upstream_status``...).
+    phases recorded (``upstream_status``...); ``ctx.stash[module_name]`` what this module's own
+    earlier phases kept for it (a fresh dict per request).
     """
 
 

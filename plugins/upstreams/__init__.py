@@ -82,9 +82,24 @@ def _xff(ctx) -> str:
     return f"{given}, {addr}" if given else addr
 
 
+def _proxy_var(field_name: str):
+    """``$proxy_host``/``$proxy_port``: what the location's ``proxy_pass`` names, known before
+    the request is proxied (a cache key is computed before the content handler runs)."""
+
+    def get(ctx) -> str:
+        spec = ctx.location.get("proxy_pass") if ctx.location is not None else None
+        if spec is None:
+            return ""
+        return spec.host if field_name == "host" else str(spec.port)
+
+    return get
+
+
 @hookimpl
 def ngxsim_variables(register):
-    for name in ("proxy_host", "proxy_port", "upstream_addr", "upstream_status", "upstream_response_time"):
+    register(Variable("proxy_host", _proxy_var("host")))
+    register(Variable("proxy_port", _proxy_var("port")))
+    for name in ("upstream_addr", "upstream_status", "upstream_response_time"):
         register(Variable(name, lambda ctx, _n=name: ctx.vars.get(_n, "")))
     register(Variable("proxy_add_x_forwarded_for", _xff))
 

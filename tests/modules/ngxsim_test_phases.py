@@ -6,7 +6,8 @@
   ``runtime.jobs.status()``.
 - ``$test_phase`` is what the pre-content handler recorded in ``ctx.vars``.
 - ``test_precontent on;``: a request with ``?short=1`` is answered by the pre-content handler.
-- ``test_body_filter on;``: responses get their body upper-cased by a body filter.
+- ``test_body_filter on;``: responses get their body upper-cased by a body filter, and an
+  ``X-Stash`` header with what the pre-content handler put in ``ctx.stash`` for this request.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def ngxsim_precontent_handler(location, config):
 
     def precontent(ctx):
         ctx.vars["test_phase"] = "precontent-saw-it"
+        ctx.stash["ngxsim_test_phases"] = ctx.uri  # handed to the body filter of this request only
         if ctx.arg("short"):
             return Response("short-circuited", status=200, content_type="text/plain")
         return None
@@ -76,6 +78,8 @@ def ngxsim_body_filter(location, config):
         return None
 
     def body_filter(ctx, response):
-        return Response(response.get_data().upper(), status=response.status_code, headers=dict(response.headers))
+        headers = dict(response.headers)
+        headers["X-Stash"] = str(ctx.stash.get("ngxsim_test_phases", "-"))
+        return Response(response.get_data().upper(), status=response.status_code, headers=headers)
 
     return body_filter

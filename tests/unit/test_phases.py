@@ -49,6 +49,11 @@ def test_precontent_passes_on_and_body_filter_replaces_the_response(client):
     assert r.headers["X-Phase"] == "[precontent-saw-it]"
 
 
+def test_ctx_stash_carries_a_modules_data_from_precontent_to_its_body_filter(client):
+    assert client.get("/both/x").headers["X-Stash"] == "/both/x"
+    assert client.get("/both/y?short=1").headers["X-Stash"] == "/both/y"  # a fresh stash per request
+
+
 def test_a_location_without_the_phases_is_untouched(client):
     r = client.get("/plain/x")
     assert b'"jobs":[]' in r.data

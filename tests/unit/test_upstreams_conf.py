@@ -92,3 +92,25 @@ def test_tried_down_draining_and_backup_peers():
     assert snap.pick(_NoZone(), set(), 0.0).id == 1
     assert snap.pick(_NoZone(), {1}, 0.0).id == 4  # the primary was tried: the backup next
     assert snap.pick(_NoZone(), {1, 4}, 0.0) is None
+
+
+def test_proxy_host_and_port_are_known_before_the_proxy_runs(tmp_path):
+    """A cache computes its key before the content handler: $proxy_host must not wait for it."""
+    from ngxsim.core.process import build_application
+
+    conf = tmp_path / "n.conf"
+    conf.write_text(HEAD + "load_module ngxsim_test_phases;\nhttp {\n worker_events_zone bus;\n"
+                    " upstream grp { server 127.0.0.1:9; }\n server {\n  listen 127.0.0.1:8080;\n"
+                    "  add_header X-PH $proxy_host:$proxy_port always;\n"
+                    "  location /g/ { test_precontent on; proxy_pass http://grp; }\n"
+                    "  location /a/ { test_precontent on; proxy_pass http://127.0.0.1:9001/x/; }\n"
+                    "  location /n/ { return 200; }\n }\n}\n")
+    app = build_application(str(conf), role="standalone")
+    try:
+        client = app.test_client()
+        # answered by the pre-content handler: the proxy never ran
+        assert client.get("/g/?short=1").headers["X-PH"] == "grp:80"
+        assert client.get("/a/?short=1").headers["X-PH"] == "127.0.0.1:9001:9001"
+        assert client.get("/n/").headers["X-PH"] == ":"
+    finally:
+        app.runtime.close()

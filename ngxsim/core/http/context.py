@@ -57,6 +57,9 @@ class RequestContext:
         # per-request values modules record for their variables and later phases
         # (``upstream_addr``, ``upstream_cache_status``...)
         self.vars: dict[str, str] = {}
+        # per-request data a module keeps for its own later phases (a pre-content handler's
+        # lookup for its body filter), by module name; never read another module's entry
+        self.stash: dict[str, object] = {}
         self.started = time.monotonic()
         self.logging = False  # rendering the access log line: secrets are masked
 

@@ -1,0 +1,102 @@
+"""The invalidation events on channel ``cache.invalidate`` and what a worker does on each.
+
+| type | payload |
+|---|---|
+| ``purged`` | ``key:K`` (one key) or ``tag:T`` (one tag) |
+| ``purge_batch`` | compact JSON: ``{"keys":[..]}``, ``{"tags":[..]}`` or ``{"prefix":"P"}``; when that is over 512 bytes, it is stored in the shared level of the keys zone and the event says ``{"batch":"ID","count":N,"zone":"Z"}`` |
+
+Every worker (the publishing one included) drops the matching entries from its memory levels;
+a payload it cannot read, a batch no longer stored, or a ``Gap`` drops whole memory levels:
+never a stale hit, at worst a few shared-level reads.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, field
+
+from ngxsim import compact_json
+
+CHANNEL = "cache.invalidate"
+PURGED, PURGE_BATCH = "purged", "purge_batch"
+PAYLOAD_MAX = 512
+
+
+@dataclass(frozen=True)
+class Invalidation:
+    """What to drop: keys, a key prefix, or tags (exactly one is set); or everything."""
+
+    keys: tuple[str, ...] = ()
+    prefix: str | None = None
+    tags: tuple[str, ...] = ()
+    everything: bool = False
+
+
+@dataclass
+class Message:
+    """An event to publish: its type and payload, and a batch to store first (id, JSON text)."""
+
+    type: str
+    payload: str
+    batch: tuple[str, str] | None = field(default=None)
+
+
+def message(zone: str, inv: Invalidation) -> Message:
+    """The event announcing ``inv`` (purged by the keys zone ``zone``)."""
+    if inv.prefix is None and len(inv.keys) + len(inv.tags) == 1:
+        payload = f"key:{inv.keys[0]}" if inv.keys else f"tag:{inv.tags[0]}"
+        if len(payload.encode()) <= PAYLOAD_MAX:
+            return Message(PURGED, payload)
+    if inv.prefix is not None:
+        body, count = {"prefix": inv.prefix}, 1
+    elif inv.keys:
+        body, count = {"keys": list(inv.keys)}, len(inv.keys)
+    else:
+        body, count = {"tags": list(inv.tags)}, len(inv.tags)
+    text = compact_json(body)
+    if len(text.encode()) <= PAYLOAD_MAX:
+        return Message(PURGE_BATCH, text)
+    batch_id = secrets.token_hex(8)
+    return Message(PURGE_BATCH, compact_json({"batch": batch_id, "count": count, "zone": zone}), (batch_id, text))
+
+
+@dataclass(frozen=True)
+class BatchRef:
+    zone: str
+    id: str
+
+
+def read(event_type: str, payload: str) -> Invalidation | BatchRef | None:
+    """The invalidation an event announces; ``Invalidation(everything=True)`` when the payload
+    is not one this module writes (drop all rather than keep something stale); None for a type
+    this module does not publish (another publisher's business on the channel)."""
+    if event_type not in (PURGED, PURGE_BATCH):
+        return None
+    if event_type == PURGED:
+        kind, colon, value = payload.partition(":")
+        if colon and value and kind == "key":
+            return Invalidation(keys=(value,))
+        if colon and value and kind == "tag":
+            return Invalidation(tags=(value,))
+        return Invalidation(everything=True)
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        return Invalidation(everything=True)
+    return parse_body(body) if not _is_batch_ref(body) else BatchRef(body["zone"], body["batch"])
+
+
+def _is_batch_ref(body) -> bool:
+    return isinstance(body, dict) and isinstance(body.get("batch"), str) and isinstance(body.get("zone"), str)
+
+
+def parse_body(body) -> Invalidation:
+    """A stored or inline batch body -> what it invalidates (everything when unreadable)."""
+    if isinstance(body, dict) and len(body) == 1:
+        (name, value), = body.items()
+        if name == "prefix" and isinstance(value, str):
+            return Invalidation(prefix=value)
+        if name in ("keys", "tags") and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return Invalidation(**{name: tuple(value)})
+    return Invalidation(everything=True)

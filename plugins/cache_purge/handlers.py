@@ -1,0 +1,197 @@
+"""A location with ``proxy_cache``: answer hits and ``PURGE`` before the content handler, and keep
+a copy of cacheable responses as they stream to the client.
+
+- pre-content (nginx's precontent phase): GET/HEAD -> memory level, then shared level; a fresh
+  entry is the answer (``HIT``); otherwise the request goes on (``MISS``, ``EXPIRED``,
+  ``BYPASS``) and the body filter may store what comes back. The purge method (``PURGE``) ->
+  ngx_cache_purge's answer.
+- body filter: decide from the status and headers (``policy.freshness``) whether to store; if so,
+  wrap the body so the bytes streamed to the client are also kept, and store them when the body
+  is complete — before its last bytes go out when its length is known (a client that hangs up,
+  or a body shorter than its Content-Length, stores nothing).
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import time
+from typing import Iterable, Iterator
+
+from werkzeug.wrappers import Response
+
+from ngxsim import error_page
+
+from .cache import purge
+from .conf import NAME, CachePath, cache_key
+from .events import Invalidation
+from .levels import Entry
+from .policy import freshness, stored_headers, tags
+
+log = logging.getLogger("ngxsim.cache_purge")
+STATUS = "upstream_cache_status"  # ctx.vars name of $upstream_cache_status
+_PURGED_PAGE = ("<html>\r\n<head><title>Successful purge</title></head>\r\n<body>\r\n"
+                "<center><h1>Successful purge</h1>\r\n<br>Key : {key}\r\n</center>\r\n"
+                "<hr><center>ngxsim</center>\r\n</body>\r\n</html>\r\n")
+
+
+class _Pending:
+    """A request that may store its response: what the lookup saw before the response was made."""
+
+    __slots__ = ("cache", "key", "epoch", "mem_epoch")
+
+    def __init__(self, cache, key: str, epoch: int, mem_epoch: int):
+        self.cache, self.key, self.epoch, self.mem_epoch = cache, key, epoch, mem_epoch
+
+
+def _any_set(templates: Iterable, ctx) -> bool:
+    """nginx's proxy_cache_bypass / proxy_no_cache test: a value not empty and not "0"."""
+    for t in templates:
+        value = t.render(ctx)
+        if value and value != "0":
+            return True
+    return False
+
+
+class CachedLocation:
+    """The cache part of one location (built once at config load)."""
+
+    def __init__(self, location, spec: CachePath, config):
+        self.zone = spec.zone
+        self.max_entry = spec.max_size
+        self.key = cache_key(location, config)
+        self.valid = tuple(location["proxy_cache_valid"])
+        self.bypass = tuple(t for templates in location["proxy_cache_bypass"] for t in templates)
+        self.no_cache = tuple(t for templates in location["proxy_no_cache"] for t in templates)
+        self.purge_method = location["proxy_cache_purge"]
+
+    # -- pre-content ------------------------------------------------------------------------------
+
+    def precontent(self, ctx):
+        method = ctx.environ["REQUEST_METHOD"]
+        if method != "GET" and method != "HEAD":
+            if self.purge_method is not None and method == self.purge_method.method:
+                return self._purge(ctx)
+            return None  # nginx caches GET and HEAD only: other methods never touch the cache
+        cache = ctx.runtime.stash[NAME].caches[self.zone]
+        key = self.key.render(ctx)
+        memory = cache.memory
+        if self.bypass and _any_set(self.bypass, ctx):
+            ctx.vars[STATUS] = "BYPASS"
+            self._expect(ctx, method, cache, key, cache.shared.epoch(), memory.epoch)
+            return None
+        entry = memory.get(key)
+        if entry is not None:
+            ctx.vars[STATUS] = "HIT"
+            return entry.response()
+        mem_epoch = memory.epoch  # before the shared read: an invalidation after it voids the copy
+        try:
+            shared = cache.shared
+            epoch = shared.epoch()
+            entry = shared.get(key)
+        except Exception:  # nginx too answers from the backend when its cache cannot be read
+            log.exception("cache_purge: reading %r from zone %s failed; answering from the backend", key, self.zone)
+            ctx.vars[STATUS] = "MISS"
+            return None
+        if entry is not None and entry.valid_until > time.time():
+            memory.put(key, entry, mem_epoch)
+            ctx.vars[STATUS] = "HIT"
+            return entry.response()
+        ctx.vars[STATUS] = "EXPIRED" if entry is not None else "MISS"
+        self._expect(ctx, method, cache, key, epoch, mem_epoch)
+        return None
+
+    @staticmethod
+    def _expect(ctx, method: str, cache, key: str, epoch: int, mem_epoch: int) -> None:
+        # a HEAD response has no body to keep; a Range request's answer is not the whole resource
+        if method == "GET" and "HTTP_RANGE" not in ctx.environ:
+            ctx.stash[NAME] = _Pending(cache, key, epoch, mem_epoch)
+
+    def _purge(self, ctx):
+        """ngx_cache_purge: 403 for a client not allowed, 200 with the key when something was
+        removed, 404 when nothing was cached. A key ending in ``*`` purges that prefix."""
+        if not self.purge_method.allows(ctx.environ.get("REMOTE_ADDR", "")):
+            return error_page(403)
+        key = self.key.render(ctx)
+        inv = Invalidation(prefix=key[:-1]) if key.endswith("*") else Invalidation(keys=(key,))
+        if not purge(ctx.runtime, self.zone, inv).purged:
+            return error_page(404)
+        return Response(_PURGED_PAGE.format(key=html.escape(key)), status=200, content_type="text/html")
+
+    # -- body filter ------------------------------------------------------------------------------
+
+    def body_filter(self, ctx, response):
+        pending = ctx.stash.pop(NAME, None)
+        if pending is None:
+            return response
+        if self.no_cache and _any_set(self.no_cache, ctx):
+            return response
+        if ctx.vars.get("upstream_status") == "":
+            return response  # made by the proxy itself (no backend answered): never stored
+        now = time.time()
+        seconds = freshness(response.status_code, response.headers, self.valid, now)
+        if seconds is None:
+            return response
+        entry = Entry(response.status_code, stored_headers(response.headers), b"", now + seconds, tags(response.headers))
+        length = response.headers.get("Content-Length")
+        expected = int(length) if length is not None and length.isdigit() else None
+        limit = self.max_entry
+        if not response.is_streamed:
+            self._store(pending, entry, response.get_data(), expected)
+            return response
+        response.response = _Copy(response.response, limit,
+                                  lambda body: self._store(pending, entry, body, expected), expected)
+        return response
+
+    def _store(self, pending: _Pending, entry: Entry, body: bytes, expected: int | None) -> None:
+        if expected is not None and len(body) != expected:
+            return  # the backend sent less (or more) than it announced: not the resource
+        if self.max_entry is not None and len(body) > self.max_entry:
+            return
+        entry.body = body
+        try:
+            if pending.cache.shared.store(pending.key, entry, pending.epoch):
+                pending.cache.memory.put(pending.key, entry, pending.mem_epoch)
+        except Exception:  # the client has its answer; the cache just does not keep it
+            log.exception("cache_purge: storing %r in zone %s failed", pending.key, self.zone)
+
+
+class _Copy:
+    """A response body that keeps a copy of what it yields and hands the whole to ``done``.
+
+    With a Content-Length, ``done`` runs as soon as the last byte is in hand and before it goes
+    out: a client that has read the whole response knows it is stored (a purge it sends next
+    finds it). Without one, ``done`` runs after the last chunk went out (a purge racing it is
+    caught by the purge epoch). At most ``limit`` bytes are kept (more: nothing stored), and a
+    body longer or shorter than announced is not stored. ``close`` reaches the wrapped body
+    (the proxy releases its connection there)."""
+
+    def __init__(self, body, limit: int | None, done, expected: int | None = None):
+        self.body = body
+        self.limit = limit
+        self.done = done
+        self.expected = expected
+
+    def __iter__(self) -> Iterator[bytes]:
+        parts: list[bytes] | None = []
+        size = 0
+        expected = self.expected
+        for chunk in self.body:
+            if parts is not None:
+                data = chunk.encode() if isinstance(chunk, str) else bytes(chunk)
+                size += len(data)
+                if (self.limit is not None and size > self.limit) or (expected is not None and size > expected):
+                    parts = None
+                else:
+                    parts.append(data)
+                    if size == expected:
+                        self.done(b"".join(parts))
+                        parts = None  # stored: keep no more
+            yield chunk
+        if parts is not None and (expected is None or size == expected):  # no length given, or 0
+            self.done(b"".join(parts))
+
+    def close(self) -> None:
+        close = getattr(self.body, "close", None)
+        if close is not None:
+            close()
