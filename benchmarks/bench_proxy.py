@@ -33,16 +33,13 @@ an upstreams API change takes to reach every worker.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import http.client
 import json
 import os
-import re
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -54,7 +51,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import median, percentile, table  # noqa: E402
+from common import WrkRun, median, percentile, table, throughput_args, wrk_run  # noqa: E402
 from ngxsim_bench_snapshot import REC  # noqa: E402
 
 from ngxsim.testing import children, free_port, start_server, wait_for  # noqa: E402
@@ -210,39 +207,6 @@ class Backends:
 # -- load -----------------------------------------------------------------------------------------
 
 
-_UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of these processes so far (children not included)."""
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as fh:
-                fields = fh.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def wrk(url: str, seconds: float, pids: list[int]) -> tuple[float, float, int, float]:
-    """(req/s, p99 ms, socket errors, CPU microseconds per request in ``pids``) of one wrk run."""
-    cmd = ["wrk", "-t2", "-c8", f"-d{seconds:g}s", "--latency", url]
-    cpu = cpu_seconds(pids)
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
-    cpu = cpu_seconds(pids) - cpu
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    count = re.search(r"(\d+) requests in", out)
-    p99 = re.search(r"^\s*99%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if not rps or not p99 or not count or bad:
-        raise SystemExit(f"wrk failed or saw errors on {url}:\n{out}")
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    return (float(rps.group(1)), float(p99.group(1)) * _UNIT[p99.group(2)],
-            sum(map(int, errors.groups())) if errors else 0, cpu * 1e6 / max(1, int(count.group(1))))
-
-
 def body_of(url: str) -> str:
     host, _, rest = url.removeprefix("http://").partition("/")
     conn = http.client.HTTPConnection(*host.split(":"), timeout=10)
@@ -284,10 +248,10 @@ def throughput(folder: Path, backends: Backends, seconds: float, rounds: int):
             rows.append(("nginx proxy_pass (2 workers, keepalive upstream) - reference", ref.url("/"), ref))
         for name, url, _ in rows:
             assert body_of(url) == BODY, f"{name} must answer the backend's body"
-        results: dict[str, list[tuple[float, float, int, float]]] = {name: [] for name, _, _ in rows}
+        results: dict[str, list[WrkRun]] = {name: [] for name, _, _ in rows}
         for r in range(rounds):
             for name, url, server in rows[r % len(rows):] + rows[:r % len(rows)]:  # rotate who goes first
-                results[name].append(wrk(url, seconds, server.worker_pids()))
+                results[name].append(wrk_run(url, seconds, pids=server.worker_pids()))
     finally:
         for thing in reversed(started):
             thing.stop()
@@ -477,14 +441,14 @@ def ms(values: list[float], p: float) -> str:
 
 def report_throughput(rows, results, seconds: float, rounds: int, kind: str) -> None:
     base = results["minimal Flask + urllib3 proxy (baseline)"]
-    base_rps, base_cpu = median([r[0] for r in base]), median([r[3] for r in base])
+    base_rps, base_cpu = median([r.rps for r in base]), median([r.cpu_us_per_request for r in base])
     lines = []
     socket_errors = 0
     for name, _, _ in rows:
-        rps = [r[0] for r in results[name]]
-        p99 = [r[1] for r in results[name]]
-        cpu = median([r[3] for r in results[name]])
-        socket_errors += sum(r[2] for r in results[name])
+        rps = [r.rps for r in results[name]]
+        p99 = [r.p99_ms for r in results[name]]
+        cpu = median([r.cpu_us_per_request for r in results[name]])
+        socket_errors += sum(r.socket_errors for r in results[name])
         lines.append([name, f"{median(rps):,.0f}", f"{min(rps):,.0f}-{max(rps):,.0f}", f"{median(p99):.2f}",
                       f"{median(rps) / base_rps:.0%}", f"{cpu:,.0f}", f"{cpu / base_cpu:.0%}"])
     print(table(f"Proxied GET, one backend ({kind}), gunicorn -w 4 sync, wrk -t2 -c8, "
@@ -555,13 +519,8 @@ def report_changes(out: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=4)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--changes", type=int, default=240, help="API changes in part 2 (a third each: idle, quiet, busy)")
-    args = parser.parse_args()
-    if not shutil.which("wrk"):
-        print("skipped: wrk is not installed (apt-get install wrk)")
+    args = throughput_args(__doc__, rounds=5, changes=240)  # changes: a third each idle, quiet, busy
+    if args is None:
         return
     if not NGINX:
         print("nginx is not installed (apt-get install nginx-light): the backend is a gunicorn-served WSGI app "
