@@ -5,7 +5,8 @@ an upstreams API change takes to reach every worker.
 
 1. Throughput and p99 latency (``wrk -t2 -c8 --latency``, Debian package ``wrk``; without it the
    script says so and stops), every row against the SAME backend in the same run, rounds
-   alternating between the servers (the order rotates each round), medians shown: the backend
+   alternating between the servers (the order rotates each round and reverses every other one;
+   each run follows 1 s of unmeasured warm-up on the same URL), medians shown: the backend
    hit directly; gunicorn's own floor on the machine at that moment (a WSGI hello answering the
    same body, proxy_backend_app.py); a minimal Flask + urllib3 pooled proxy (bare_proxy_app.py)
    under the same gunicorn settings — the baseline; ngxsim ``proxy_pass http://backend`` (an
@@ -29,6 +30,9 @@ an upstreams API change takes to reach every worker.
    ``snapshot_activated`` to all 4 dispatchers: ngxsim_bench_snapshot.py stamps the publish and
    each delivery with CLOCK_MONOTONIC; the worker_events API's ``delivered_generation`` and
    ``last_delivery_msec`` (1 ms resolution) are read as a cross-check.
+3. In-process, on a real zone: what ``proxy_pass http://GROUP`` does per request beyond a fixed
+   address (unhealthy check, round-robin pick, in-flight counts, ``finish`` under the zone's
+   flock), to set against a whole proxied request's cost from part 1.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ import sys
 import tempfile
 import threading
 import time
+import timeit
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -54,7 +59,14 @@ sys.path.insert(0, str(HERE))
 from common import WrkRun, median, percentile, table, throughput_args, wrk_run  # noqa: E402
 from ngxsim_bench_snapshot import REC  # noqa: E402
 
+from ngxsim import process_alive  # noqa: E402
+from ngxsim.core.instance import Instance, process_start_time  # noqa: E402
+from ngxsim.core.shm import attach_zone, remove_zone_files  # noqa: E402
 from ngxsim.testing import children, free_port, start_server, wait_for  # noqa: E402
+from ngxsim_plugins.upstreams import snapshots as upstream_snapshots  # noqa: E402
+from ngxsim_plugins.upstreams.balancer import Peer, Snapshot  # noqa: E402
+from ngxsim_plugins.upstreams.conf import parse_server  # noqa: E402
+from ngxsim_plugins.upstreams.zone import UpstreamZone  # noqa: E402
 
 WORKERS = 4
 BODY = "a fixed small body from the backend, the same for every row\n"
@@ -66,6 +78,9 @@ PROBE_MAX_REQUESTS = 400  # per probe: a bound, never reached when all is well
 PROBE_DEADLINE = 5.0  # seconds, per probe
 QUIET = 0.1  # seconds without requests after a quiet change
 SETTLE = 0.3  # seconds of silence before each cycle of 4 changes
+BASE_ROW = "minimal Flask + urllib3 proxy (baseline)"
+GROUP_ROW = "ngxsim proxy_pass http://backend (upstream group)"
+FIXED_ROW = "ngxsim proxy_pass http://127.0.0.1:PORT (fixed address)"
 
 PROXY_CONF = """
 load_module worker_events;
@@ -235,9 +250,9 @@ def throughput(folder: Path, backends: Backends, seconds: float, rounds: int):
                              extra_env={"BACKEND_BODY": BODY})
         started.append(hello)
         rows += [("gunicorn -w 4 floor: a WSGI hello, no proxying", hello.url("/"), hello),
-                 ("minimal Flask + urllib3 proxy (baseline)", bare.url("/"), bare),
-                 ("ngxsim proxy_pass http://backend (upstream group)", ngx.url("/"), ngx),
-                 ("ngxsim proxy_pass http://127.0.0.1:PORT (fixed address)", ngx.url("/fixed/"), ngx)]
+                 (BASE_ROW, bare.url("/"), bare),
+                 (GROUP_ROW, ngx.url("/"), ngx),
+                 (FIXED_ROW, ngx.url("/fixed/"), ngx)]
         if NGINX:
             port = free_port()
             servers = (f"    upstream backend {{ server {addr}; keepalive 16; }}\n"
@@ -250,7 +265,11 @@ def throughput(folder: Path, backends: Backends, seconds: float, rounds: int):
             assert body_of(url) == BODY, f"{name} must answer the backend's body"
         results: dict[str, list[WrkRun]] = {name: [] for name, _, _ in rows}
         for r in range(rounds):
-            for name, url, server in rows[r % len(rows):] + rows[:r % len(rows)]:  # rotate who goes first
+            order = rows[r % len(rows):] + rows[:r % len(rows)]  # rotate who goes first
+            if r % 2:
+                order.reverse()  # and who follows whom (the two ngxsim rows share a server)
+            for name, url, server in order:
+                wrk_run(url, 1)  # unmeasured: every row starts warm, not only one that follows its own server
                 results[name].append(wrk_run(url, seconds, pids=server.worker_pids()))
     finally:
         for thing in reversed(started):
@@ -432,6 +451,45 @@ def api_change(folder: Path, backends: Backends, changes: int) -> dict:
     return out
 
 
+# -- the upstream group's own per-request work, in-process ----------------------------------------
+
+
+def accounting_cost(repeat: int = 5, number: int = 20000) -> list[list[object]]:
+    """What ``proxy_pass http://GROUP`` does per request beyond a fixed address — the unhealthy
+    check, the round-robin pick (which reads the peer's shared counters for ``max_fails``), the
+    in-flight count up and down in the worker's row, and ``finish`` under the zone's flock — on
+    a real zone of this process, best of ``repeat`` x ``number`` (us per request)."""
+    instance = Instance(os.getpid(), process_start_time(os.getpid()), "worker")
+    try:
+        shm = attach_zone(instance, "bench-accounting", 256 * 1024, "bench")
+        zone = UpstreamZone(shm)
+        zone.update(lambda cur: upstream_snapshots.from_specs([parse_server(["127.0.0.1:9"])], cur, zone.layout.slots))
+        zone.claim_row(process_alive)
+        data = zone.read_snapshot()
+        snap = Snapshot("bench", data["version"], [Peer.from_json(p) for p in data["peers"]])
+        snap.health = {p.slot: zone.health(p.slot) for p in snap.peers}
+        peer = snap.peers[0]
+
+        def whole():
+            snap.all_unhealthy()
+            chosen = snap.pick(zone, set(), time.monotonic())
+            zone.add_active(chosen.slot, +1)
+            zone.add_active(chosen.slot, -1)
+            zone.finish(chosen.slot, chosen.id, False, True, time.monotonic(), chosen.max_fails)
+
+        parts = [("all_unhealthy()", snap.all_unhealthy),
+                 ("pick()", lambda: snap.pick(zone, set(), time.monotonic())),
+                 ("add_active() +1 and -1", lambda: (zone.add_active(peer.slot, 1), zone.add_active(peer.slot, -1))),
+                 ("finish() under the zone's flock", lambda: zone.finish(peer.slot, peer.id, False, True, time.monotonic(), 1)),
+                 ("all of it", whole)]
+        rows = [[name, f"{min(timeit.repeat(fn, number=number, repeat=repeat)) / number * 1e6:.1f}"] for name, fn in parts]
+        zone.release_row()
+        shm.close()
+        return rows
+    finally:
+        remove_zone_files(instance)
+
+
 # -- report ---------------------------------------------------------------------------------------
 
 
@@ -440,7 +498,7 @@ def ms(values: list[float], p: float) -> str:
 
 
 def report_throughput(rows, results, seconds: float, rounds: int, kind: str) -> None:
-    base = results["minimal Flask + urllib3 proxy (baseline)"]
+    base = results[BASE_ROW]
     base_rps, base_cpu = median([r.rps for r in base]), median([r.cpu_us_per_request for r in base])
     lines = []
     socket_errors = 0
@@ -457,6 +515,14 @@ def report_throughput(rows, results, seconds: float, rounds: int, kind: str) -> 
                  "CPU/req vs minimal proxy"], lines))
     if socket_errors:
         print(f"wrk socket errors over all runs: {socket_errors}")
+    group, fixed = results[GROUP_ROW], results[FIXED_ROW]
+    for what, runs in (("upstream group", group), ("fixed address", fixed)):
+        ratios = [a.rps / b.rps for a, b in zip(runs, base)]
+        print(f"ngxsim {what} / minimal proxy, req/s paired round by round: median {median(ratios):.0%}, "
+              f"{sum(x >= 0.85 for x in ratios)} of {len(ratios)} rounds >= 85%")
+    ratios = [a.cpu_us_per_request / b.cpu_us_per_request for a, b in zip(group, fixed)]
+    print(f"upstream group / fixed address (one server), CPU per request paired round by round: median "
+          f"{median(ratios):.0%}, {sum(x > 1 for x in ratios)} of {len(ratios)} rounds above 100%")
     print("goal: ngxsim >= 85% of the minimal proxy's req/s. Worker CPU per request (utime+stime of the "
           "server's workers over the run / requests; the backend's CPU not counted) is far less sensitive "
           "to other load on the machine than req/s.")
@@ -535,6 +601,8 @@ def main() -> None:
         finally:
             backends.stop()
     report_throughput(rows, results, args.seconds, args.rounds, backends.kind)
+    print(table("The upstream group's own per-request work, in-process on a real zone (best of 5 x 20 000)",
+                ["part", "us per request"], accounting_cost()))
     report_changes(changes)
     print(f"machine: {os.cpu_count()} cores, 1-minute load average {load_before:.1f} at the start, "
           f"{os.getloadavg()[0]:.1f} at the end (other work on the machine shows up in every row)")
