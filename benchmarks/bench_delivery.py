@@ -73,14 +73,30 @@ def attach_ring(server) -> Ring:
     return Ring(attach_zone(instance, "bus", spec.size, spec.tag), RING)
 
 
-def latency_to_all(folder: Path) -> list[float]:
-    """Microseconds until the last of the WORKERS receivers had each sample, from the
-    (generation, latency ns) records they wrote to folder/*.lat; partial samples are dropped."""
+def latency_to_all(folder: Path, workers: int = WORKERS, upto: int | None = None) -> list[float]:
+    """Microseconds until the last of the ``workers`` receivers had each sample (generations up
+    to ``upto``), from the (generation, latency ns) records they wrote to folder/*.lat; partial
+    samples are dropped."""
     per_gen: dict[int, list[int]] = {}
     for path in folder.glob("*.lat"):
         for gen, ns in _REC.iter_unpack(path.read_bytes()):
-            per_gen.setdefault(gen, []).append(ns)
-    return [max(v) / 1000 for v in per_gen.values() if len(v) == WORKERS]
+            if upto is None or gen <= upto:
+                per_gen.setdefault(gen, []).append(ns)
+    return [max(v) / 1000 for v in per_gen.values() if len(v) == workers]
+
+
+def publish_samples(server, samples: int, workers: int = WORKERS) -> int:
+    """Publish ``samples`` latency samples ~2 ms apart into the server's ring from this process
+    and wait until every worker delivered them; returns the last generation."""
+    wait_for(lambda: len(api(server)["workers"]) == workers, 60, what="workers")
+    ring = attach_ring(server)
+    for _ in spaced(samples):
+        ring.publish(*encode_event("bench", "lat", str(time.monotonic_ns())))
+    newest = ring.newest
+    ring.zone.close()
+    wait_for(lambda: all(w["delivered_generation"] >= newest for w in api(server)["workers"]), 60,
+             what="every worker to deliver")
+    return newest
 
 
 def spaced(n: int):
@@ -102,14 +118,7 @@ def ngxsim_latency(folder: Path, samples: int, busy: bool, switch: str = "1ms") 
         env["NGXSIM_BENCH_BUSY"] = "1"
     server = start_server(folder, conf(switch), workers=WORKERS, pythonpath=[HERE], extra_env=env)
     try:
-        wait_for(lambda: len(api(server)["workers"]) == WORKERS, 20, what="workers")
-        ring = attach_ring(server)
-        for _ in spaced(samples):
-            ring.publish(*encode_event("bench", "lat", str(time.monotonic_ns())))
-        newest = ring.newest
-        wait_for(lambda: all(w["delivered_generation"] >= newest for w in api(server)["workers"]), 30,
-                 what="every worker to deliver")
-        ring.zone.close()
+        publish_samples(server, samples)
     finally:
         server.stop()
     complete = latency_to_all(out)
@@ -252,6 +261,17 @@ def poll_latency(folder: Path, samples: int) -> list[float]:
 # -- burst --------------------------------------------------------------------------------------
 
 
+def run_burst(server, count: int) -> tuple[dict, float]:
+    """``count`` publishes from one worker's request; (its answer, seconds until every worker
+    delivered them all)."""
+    start = time.monotonic()
+    answer = json.load(urllib.request.urlopen(server.url(f"/burst?n={count}"), timeout=300))
+    last = answer["first"] + count - 1
+    wait_for(lambda: all(w["delivered_generation"] >= last for w in api(server)["workers"]), 120, 0.001,
+             what="every worker to deliver the burst")
+    return answer, time.monotonic() - start
+
+
 def burst(folder: Path, count: int) -> list[list[object]]:
     out = folder / "burst"
     out.mkdir()
@@ -259,12 +279,7 @@ def burst(folder: Path, count: int) -> list[list[object]]:
     try:
         wait_for(lambda: len(api(server)["workers"]) == WORKERS, 20, what="workers")
         before = {w["pid"]: w for w in api(server)["workers"]}
-        start = time.monotonic()
-        answer = json.load(urllib.request.urlopen(server.url(f"/burst?n={count}"), timeout=120))
-        last = answer["first"] + count - 1
-        wait_for(lambda: all(w["delivered_generation"] >= last for w in api(server)["workers"]), 60, 0.001,
-                 what="every worker to deliver the burst")
-        done = time.monotonic() - start
+        answer, done = run_burst(server, count)
         after = api(server)["workers"]
     finally:
         server.stop()

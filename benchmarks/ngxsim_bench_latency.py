@@ -5,7 +5,9 @@ its own monotonic clock reading in the payload; CLOCK_MONOTONIC is one clock for
 machine) and appends ``(generation, latency_ns)`` to ``$NGXSIM_BENCH_DIR/<pid>.lat``.
 ``bench_burst;`` makes a location publish ``?n=`` events as fast as it can.
 With ``NGXSIM_BENCH_BUSY=1`` every worker also runs a thread that spins in Python, so the
-dispatcher must win the GIL from it.
+dispatcher must win the GIL from it. With ``NGXSIM_BENCH_WAKE=1`` (bench_tail.py) the worker
+also notes when a thread last returned from a doorbell wait (the dispatcher's wake-up), and
+writes ``(generation, latency_ns, wake_ns)`` records to ``<pid>.wake`` instead.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import time
 from ngxsim import FLAG, LOCATION, Directive, hookimpl, json_response
 
 _REC = struct.Struct("<QQ")
+_WAKE_REC = struct.Struct("<QQq")
 _OUT: list[int] = []
+_WOKE = [0]  # monotonic ns when a doorbell wait last returned in this worker
 
 
 @hookimpl
@@ -30,9 +34,27 @@ def ngxsim_directives(register):
 def ngxsim_init_worker(runtime):
     folder = os.environ.get("NGXSIM_BENCH_DIR")
     if folder:
-        _OUT.append(os.open(os.path.join(folder, f"{os.getpid()}.lat"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644))
+        suffix = "wake" if os.environ.get("NGXSIM_BENCH_WAKE") else "lat"
+        _OUT.append(os.open(os.path.join(folder, f"{os.getpid()}.{suffix}"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644))
+    if os.environ.get("NGXSIM_BENCH_WAKE"):
+        _trace_wakes()
     if os.environ.get("NGXSIM_BENCH_BUSY"):
         threading.Thread(target=_spin, daemon=True, name="bench-busy").start()
+
+
+def _trace_wakes():
+    """Benchmark instrumentation only: wrap the doorbell's wait so the time it returns is kept.
+    The dispatcher looks the method up on every wait, so its next wait is the wrapped one."""
+    from ngxsim.core.shm import Doorbell
+
+    real = Doorbell.wait
+
+    def wait(self, *args, **kwargs):
+        result = real(self, *args, **kwargs)
+        _WOKE[0] = time.monotonic_ns()
+        return result
+
+    Doorbell.wait = wait
 
 
 def _spin():
@@ -45,7 +67,11 @@ def _spin():
 def ngxsim_event(runtime, event):
     now = time.monotonic_ns()
     if _OUT and event.payload.isdigit():
-        os.write(_OUT[0], _REC.pack(event.generation, now - int(event.payload)))
+        sent = int(event.payload)
+        if os.environ.get("NGXSIM_BENCH_WAKE"):
+            os.write(_OUT[0], _WAKE_REC.pack(event.generation, now - sent, _WOKE[0] - sent))
+        else:
+            os.write(_OUT[0], _REC.pack(event.generation, now - sent))
 
 
 @hookimpl

@@ -7,9 +7,11 @@ check raises, and the toolkit of a module's JSON API endpoint (``ApiError``, ``c
 """
 
 from .core.conf.directive import (
-    ARGS, FLAG, HTTP, LOCATION, MAIN, NUMBER, SERVER, SIZE, STRING, TIME, Directive, parse_size, parse_time,
+    ARGS, FLAG, HTTP, LOCATION, MAIN, NUMBER, SERVER, SIZE, STRING, TIME, Directive, OutOfRange, parse_number,
+    parse_size, parse_time,
 )
 from .core.conf.errors import ConfigError
+from .core.conf.zones import MAX_ZONE_SIZE
 from .core.events import Event, Gap, Subscription, http_event_zone
 from .core.http.jsonapi import (
     ApiError, Methods, check_key, query_int, query_seconds, query_str, read_body, read_json, register_secret_arg,
@@ -24,9 +26,10 @@ from .hookspecs import hookimpl, hookspec
 __version__ = "0.1.0"
 
 __all__ = [
-    "ARGS", "FLAG", "HTTP", "LOCATION", "MAIN", "NUMBER", "SERVER", "SIZE", "STRING", "TIME", "ZONE_HEADER_SIZE",
-    "ApiError", "ConfigError", "Directive", "Event", "Gap", "LivenessWatch", "Methods", "Subscription", "Template", "Variable",
-    "check_key", "compact_json", "error_page", "hookimpl", "hookspec", "http_event_zone", "json_error", "keep_status_line",
-    "json_response", "parse_size", "parse_time", "process_alive", "process_start_time", "query_int", "query_seconds", "query_str", "read_body",
+    "ARGS", "FLAG", "HTTP", "LOCATION", "MAIN", "MAX_ZONE_SIZE", "NUMBER", "SERVER", "SIZE", "STRING", "TIME",
+    "ZONE_HEADER_SIZE", "ApiError", "ConfigError", "Directive", "Event", "Gap", "LivenessWatch", "Methods",
+    "OutOfRange", "Subscription", "Template", "Variable", "check_key", "compact_json", "error_page", "hookimpl",
+    "hookspec", "http_event_zone", "json_error", "json_response", "keep_status_line", "parse_number", "parse_size",
+    "parse_time", "process_alive", "process_start_time", "query_int", "query_seconds", "query_str", "read_body",
     "read_json", "register_secret_arg", "__version__",
 ]

@@ -8,6 +8,7 @@ contents), an invalid one is logged and the running config goes on serving.
 
 from __future__ import annotations
 
+import socket
 import sys
 
 from gunicorn.app.base import BaseApplication
@@ -19,8 +20,39 @@ from .process import Runtime, load
 from .shm import JANITOR_MARKER, ZoneError, remove_zone_files
 
 _SETTINGS = {s.name for s in KNOWN_SETTINGS}
+GUNICORN_WORKER_CLASSES = {"sync": "sync", "gthread": "gthread", "ngxsim": "ngxsim.worker.Worker"}
 GUNICORN_LEVELS = {"debug": "debug", "info": "info", "notice": "info", "warn": "warning", "error": "error",
                    "crit": "critical", "alert": "critical", "emerg": "critical"}
+
+
+class BindError(RuntimeError):
+    """An address of the config cannot be listened on."""
+
+
+def config_binds(config) -> list[str]:
+    """The gunicorn ``bind`` values of a config: one per distinct ``listen`` address."""
+    core = config.stash.get("core.http")
+    return [listen.bind for listen in core.listens] if core and core.listens else ["127.0.0.1:8080"]
+
+
+def check_binds(binds: list[str], bound: set[str]) -> None:
+    """Raise BindError, worded like nginx's, for the first address in ``binds`` (other than the
+    ``bound`` ones this server listens on already) that cannot be bound now. gunicorn would
+    retry five times over five seconds and then print "Can't connect to ...". The socket is
+    closed again: gunicorn binds right after; a program that takes the port in between gets
+    gunicorn's own message."""
+    for bind in binds:
+        if bind in bound:
+            continue
+        host, _, port = bind.rpartition(":")
+        host = host.strip("[]")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn: TIME_WAIT is no conflict
+            try:
+                sock.bind((host, int(port)))
+            except OSError as exc:
+                raise BindError(f"bind() to {bind} failed ({exc.errno}: {exc.strerror})") from None
 
 
 class NgxsimApplication(BaseApplication):
@@ -33,9 +65,10 @@ class NgxsimApplication(BaseApplication):
     def load_config(self) -> None:
         try:
             config = load(self.path)
+            check_binds(config_binds(config), set(config_binds(self.runtime.config)) if self.runtime else set())
             runtime = Runtime(config, self.runtime.instance if self.runtime else current_instance(MASTER))
             runtime.start_instance()
-        except (ConfigError, ZoneError) as exc:
+        except (ConfigError, ZoneError, BindError) as exc:
             self._reject(exc)
         else:
             if self.runtime is not None:
@@ -55,20 +88,25 @@ class NgxsimApplication(BaseApplication):
 
     def _apply(self, runtime: Runtime) -> None:
         config = runtime.config
-        core = config.stash.get("core.http")
-        binds = [listen.bind for listen in core.listens] if core else []
         error_log, level = config.main["error_log"]
+        worker_class = config.main["worker_class"]
         settings = {
-            "bind": binds or ["127.0.0.1:8080"],
+            "bind": config_binds(config),
             "workers": config.worker_processes,
-            "worker_class": config.main["worker_class"],
-            "threads": config.main["worker_threads"],
+            "worker_class": GUNICORN_WORKER_CLASSES[worker_class],
+            # gunicorn turns sync into gthread when threads > 1
+            "threads": 1 if worker_class == "sync" else config.main["worker_threads"],
+            # a connection closes after its response, as under sync workers: each request is a
+            # new accept, taken by a worker with a free thread (a kept-alive client would stay
+            # with one worker however busy it is)
+            "keepalive": 0,
             "loglevel": GUNICORN_LEVELS[level],
             "errorlog": "-" if error_log == "stderr" else error_log,
             "post_fork": self._post_fork,
             "worker_exit": self._worker_exit,
             "on_exit": self._on_exit,
             "proc_name": "ngxsim",
+            "logger_class": "ngxsim.glogging.Logger",  # masks secret query arguments in gunicorn's logs
             # a sync worker answering a long-poll (wait <= 30 s) sends no heartbeat meanwhile:
             # gunicorn's default 30 s timeout would kill it mid-answer
             "timeout": 60,

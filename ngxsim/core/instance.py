@@ -17,6 +17,10 @@ from dataclasses import dataclass
 MASTER, WORKER, STANDALONE = "master", "worker", "standalone"
 
 
+class MasterGone(RuntimeError):
+    """This worker's master exited: the worker must not serve (its zones are about to go)."""
+
+
 def process_start_time(pid: int) -> int | None:
     """Start time of ``pid`` in clock ticks since boot, or None if it is gone or a zombie."""
     try:
@@ -105,26 +109,45 @@ class Instance:
         return alive(self.pid, self.start_time)
 
 
+def _gunicorn_object():
+    """gunicorn's worker or arbiter object up the stack of the calling code, if any."""
+    if "gunicorn.arbiter" not in sys.modules:
+        return None
+    from gunicorn.arbiter import Arbiter
+    from gunicorn.workers.base import Worker
+
+    frame = sys._getframe(2)
+    while frame is not None:
+        obj = frame.f_locals.get("self")
+        if isinstance(obj, (Worker, Arbiter)):
+            return obj
+        frame = frame.f_back
+    return None
+
+
 def _gunicorn_role() -> tuple[str, int] | None:
     """Find gunicorn's worker or arbiter object up the stack of the code loading the app.
 
     A worker loads the app from ``Worker.init_process`` (no ``--preload``); the arbiter loads
     it from ``Arbiter.setup`` with ``--preload``. The worker object knows its master's pid.
     """
-    if "gunicorn.arbiter" not in sys.modules:
+    obj = _gunicorn_object()
+    if obj is None:
         return None
-    from gunicorn.arbiter import Arbiter
     from gunicorn.workers.base import Worker
 
-    frame = sys._getframe(1)
-    while frame is not None:
-        obj = frame.f_locals.get("self")
-        if isinstance(obj, Worker):
-            return (WORKER, obj.ppid)
-        if isinstance(obj, Arbiter):
-            return (MASTER, os.getpid())
-        frame = frame.f_back
-    return None
+    return (WORKER, obj.ppid) if isinstance(obj, Worker) else (MASTER, os.getpid())
+
+
+def gunicorn_threads() -> int | None:
+    """How many requests one gunicorn worker of this server serves at once (``--threads``;
+    1 for sync workers), found from gunicorn's objects up the stack: the worker loading the
+    app, or the arbiter forking a worker. None outside gunicorn."""
+    obj = _gunicorn_object()
+    if obj is None:
+        return None
+    cfg = obj.cfg
+    return 1 if cfg.worker_class_str == "sync" else max(1, int(cfg.threads))
 
 
 def current_instance(role: str | None = None, master_pid: int | None = None) -> Instance:

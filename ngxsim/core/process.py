@@ -18,7 +18,9 @@ master reaps a worker  ``child_exit``               nothing to do: no shared sta
 from __future__ import annotations
 
 import atexit
+import ctypes
 import os
+import signal
 from importlib import resources
 from typing import Callable
 
@@ -26,7 +28,7 @@ from .conf.loader import Configuration, load_configuration
 from .http.app import HttpCore, NgxsimFlask
 from .http.logs import log, setup_error_log
 from .jobs import JobRunner
-from .instance import MASTER, STANDALONE, WORKER, Instance, current_instance
+from .instance import MASTER, STANDALONE, WORKER, Instance, MasterGone, current_instance, gunicorn_threads
 from .modules import tracing
 from .shm import Zone, attach_zone, ensure_janitor, remove_stale_zone_files, remove_zone_files
 
@@ -45,6 +47,20 @@ def load(path: str | None = None) -> Configuration:
     return load_configuration("<embedded default.conf>", text=default_config_text())
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_master(master: int) -> None:
+    """Have the kernel send SIGTERM (gunicorn's graceful stop) to this worker when its master
+    exits, however it exits; and send it now if the master is gone already."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux: enter_request still refuses
+        pass
+    if os.getppid() != master:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 class Runtime:
     """One process's view of a running server: its config, its zones, its role.
 
@@ -61,6 +77,10 @@ class Runtime:
         # drains pending events here: read-your-publish whatever the GIL delays)
         self.on_request_start: list[Callable[[], None]] = []
         self.worker_pid: int | None = None
+        self._master: int | None = None  # a worker's master pid: requests stop when it is gone
+        # requests one worker process serves at once (gunicorn's --threads; 1 for sync workers):
+        # a module that blocks a request (a long-poll) must leave threads for the others
+        self.threads = 1
         self._http: HttpCore | None = None
         self._app: NgxsimFlask | None = None
         self._publish_impl = self._single_publish_impl()
@@ -103,6 +123,10 @@ class Runtime:
             return
         self.worker_pid = pid
         self.on_request_start = []
+        if self.instance.role != STANDALONE and self.instance.pid != pid:
+            self._master = self.instance.pid
+            _die_with_master(self._master)
+        self.threads = gunicorn_threads() or self.threads
         self.attach_zones()
         setup_error_log(self.config.main["error_log"])
         self.hook.ngxsim_init_worker(runtime=self)
@@ -124,8 +148,13 @@ class Runtime:
             log.exception("ngxsim_exit_worker failed")
 
     def enter_request(self) -> None:
+        """Per request, before its handler. Raises MasterGone in an orphaned worker (its master
+        was SIGKILLed): between the master's death and this worker's exit, requests are refused
+        instead of publishing into zones that the janitor will remove."""
         if self.worker_pid != os.getpid():
             self.start_worker()
+        if self._master is not None and os.getppid() != self._master:
+            raise MasterGone(f"the master process {self._master} is gone: this worker is shutting down")
         for fn in self.on_request_start:
             fn()
 

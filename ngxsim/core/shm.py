@@ -31,6 +31,7 @@ import mmap
 import os
 import platform
 import re
+import stat
 import struct
 import subprocess
 import sys
@@ -282,14 +283,22 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 def attach_zone(instance: Instance, name: str, size: int, tag: str = "") -> Zone:
     """Map zone ``name`` of ``instance``, creating it (zero-filled) if it does not exist, and
     recreating it if it exists with another size or layout tag (nginx keeps a zone across a
-    reload only when its name and size are unchanged)."""
+    reload only when its name and size are unchanged).
+
+    The file name is predictable and ``/dev/shm`` is writable by every user, so a file found
+    there is trusted only if it is a regular file of this process's user that nobody else may
+    open (see ``_check_trusted``); a symbolic link is never followed. Otherwise, or when the
+    file cannot be created, ZoneError says why and nothing is attached."""
     if size <= HEADER_SIZE:
         raise ValueError(f'zone "{name}": {size} bytes is not more than the {HEADER_SIZE}-byte header')
     path = zone_path(instance, name)
     want = _HEADER.pack(_MAGIC, size, tag.encode()[:40], 0, 0)[:56]
     for _ in range(100):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = _open_zone_file(path)
+        if fd is None:
+            continue  # removed between our two opens: try again
         try:
+            _check_trusted(fd, path)
             fcntl.flock(fd, fcntl.LOCK_EX)  # a fresh fd of ours: real exclusion
             fresh = _claim(fd, path, size, want)
             zone = None if fresh is None else Zone(name, size, tag, path, fd, fresh)
@@ -301,7 +310,43 @@ def attach_zone(instance: Instance, name: str, size: int, tag: str = "") -> Zone
             continue
         fcntl.flock(fd, fcntl.LOCK_UN)
         return zone
-    raise RuntimeError(f'zone "{name}": could not attach {path} (it keeps being replaced)')
+    raise ZoneError(f'zone "{name}": could not attach {path} (it keeps being replaced)')
+
+
+_OPEN_FLAGS = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+def _open_zone_file(path: str) -> int | None:
+    """An fd of the zone file: created (exclusively) if absent, else the existing one; None if
+    it vanished between the two attempts. Never follows a symbolic link."""
+    try:
+        try:
+            return os.open(path, _OPEN_FLAGS | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return os.open(path, _OPEN_FLAGS)
+    except FileNotFoundError:
+        if not os.path.isdir(os.path.dirname(path)):
+            raise ZoneError(f'open() "{path}" failed (2: No such file or directory)') from None
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ZoneError(f"zone file {path} is a symbolic link: refusing to follow it (another user may have "
+                            "placed it there; remove it)") from None
+        raise ZoneError(f'open() "{path}" failed ({exc.errno}: {exc.strerror})') from None
+
+
+def _check_trusted(fd: int, path: str) -> None:
+    """Refuse a zone file another user could have planted or could read: it must be a regular
+    file owned by this process's user, with no permission for group or others."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise ZoneError(f"zone file {path} is not a regular file: refusing it")
+    if st.st_uid != os.geteuid():
+        raise ZoneError(f"zone file {path} belongs to uid {st.st_uid}, not to this server's uid {os.geteuid()}: "
+                        "refusing it (another user may have placed it there; remove it)")
+    if st.st_mode & 0o077:
+        raise ZoneError(f"zone file {path} has mode {stat.S_IMODE(st.st_mode):04o}, open to other users: "
+                        "refusing it (remove it)")
 
 
 def _claim(fd: int, path: str, size: int, header: bytes) -> bool | None:
@@ -309,7 +354,7 @@ def _claim(fd: int, path: str, size: int, header: bytes) -> bool | None:
     is, None if the caller must reopen the path (another file is there now)."""
     st = os.fstat(fd)
     try:
-        if os.stat(path).st_ino != st.st_ino:
+        if os.lstat(path).st_ino != st.st_ino:
             return None
     except FileNotFoundError:
         return None
@@ -336,26 +381,70 @@ def remove_zone_files(instance: Instance, keep: set[str] | None = None) -> list[
     for entry in _entries():
         m = _FILE.fullmatch(entry)
         if m and f"{m.group(1)}.{m.group(2)}" == tag and (keep is None or m.group(3) not in keep):
-            try:
-                os.unlink(os.path.join(shm_dir(), entry))
+            if _unlink(entry):
                 removed.append(entry)
-            except FileNotFoundError:
-                pass
     return removed
+
+
+def _unlink(entry: str) -> bool:
+    """Remove one file of the shm folder; False if it is gone, or not ours to remove (a sticky
+    /dev/shm lets only its owner unlink it: another user's stale file stays, it is theirs)."""
+    try:
+        os.unlink(os.path.join(shm_dir(), entry))
+        return True
+    except (FileNotFoundError, PermissionError):
+        return False
 
 
 def remove_stale_zone_files() -> list[str]:
-    """Unlink zone files whose instance's master is gone (a crash, a SIGKILLed master)."""
+    """Unlink zone files whose instance's master is gone (a crash, a SIGKILLed master) and
+    that no process has open any more (orphaned workers finishing their last request)."""
     removed = []
+    in_use: dict[tuple[int, int], bool] = {}
     for entry in _entries():
         m = _FILE.fullmatch(entry)
-        if m and not alive(int(m.group(1)), int(m.group(2))):
-            try:
-                os.unlink(os.path.join(shm_dir(), entry))
-                removed.append(entry)
-            except FileNotFoundError:
-                pass
+        if not m:
+            continue
+        key = (int(m.group(1)), int(m.group(2)))
+        if alive(*key):
+            continue
+        if key not in in_use:
+            in_use[key] = bool(zone_file_holders(Instance(key[0], key[1], "master")))
+        if not in_use[key] and _unlink(entry):
+            removed.append(entry)
     return removed
+
+
+def zone_file_holders(instance: Instance, group: int | None = None) -> set[int]:
+    """Pids of the processes (other than this one) with a file of ``instance`` open, only those
+    of process group ``group`` if given (a server's workers share their master's group, orphaned
+    or not; an observer such as a test attaching a zone does not). Scans /proc; only what this
+    user may read is seen (its own processes, which is all a server has)."""
+    prefix = os.path.join(shm_dir(), f"{PREFIX}{instance.tag}.")
+    me = str(os.getpid())
+    holders: set[int] = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or pid == me:
+            continue
+        if group is not None:
+            try:
+                if os.getpgid(int(pid)) != group:
+                    continue
+            except OSError:
+                continue
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:  # gone, or not ours to look at
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith(prefix) and not target.endswith(" (deleted)"):
+                holders.add(int(pid))
+                break
+    return holders
 
 
 def _entries() -> list[str]:
@@ -377,9 +466,20 @@ def ensure_janitor(instance: Instance) -> bool:
     away with it. Returns True if this call started it."""
     marker = zone_path(instance, JANITOR_MARKER)
     try:
-        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except FileExistsError:
+        # ours: another process of this instance started the janitor. Anyone else's would stop
+        # ours from ever starting (and the zone files from going away): refuse it.
+        try:
+            st = os.lstat(marker)
+        except FileNotFoundError:  # the instance is being removed meanwhile
+            return False
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            raise ZoneError(f"janitor marker {marker} is not this server's (uid {st.st_uid}): refusing it "
+                            "(another user may have placed it there; remove it)") from None
         return False
+    except OSError as exc:
+        raise ZoneError(f'open() "{marker}" failed ({exc.errno}: {exc.strerror})') from None
     os.close(fd)
     env = dict(os.environ)
     env[SHM_DIR_ENV] = shm_dir()

@@ -133,9 +133,20 @@ class ApiEvents(EventsBase):
         return r.json()
 
     def read_state(self, since=None, channel=None) -> dict:
+        """Everything after ``since``: one GET answers at most a page (``worker_events_page_size``),
+        so this pages forward with ``since`` until the ring's newest generation, adding up
+        ``missed`` (bounded: at most 1000 pages)."""
         if since is None:
             return self.state(channel=channel)
-        return self.state(since=since, channel=channel)
+        state = self.state(since=since, channel=channel)
+        events, missed = list(state["events"]), state.get("missed", 0)
+        for _ in range(1000):
+            if not state["events"] or events[-1]["generation"] >= state["newest_generation"]:
+                break
+            state = self.state(since=events[-1]["generation"], channel=channel)
+            events += state["events"]
+            missed += state.get("missed", 0)
+        return {**state, "events": events, "missed": missed}
 
     def workers(self) -> list[dict]:
         """The API's per-worker delivery counters."""

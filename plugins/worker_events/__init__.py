@@ -15,8 +15,9 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from ngxsim import FLAG, HTTP, LOCATION, SERVER, TIME, Directive, hookimpl, register_secret_arg
-from ngxsim.core.conf.directive import parse_size
+from ngxsim import (
+    FLAG, HTTP, LOCATION, MAX_ZONE_SIZE, SERVER, TIME, Directive, OutOfRange, hookimpl, parse_number, parse_size, register_secret_arg,
+)
 from ngxsim.core.shm import HEADER_SIZE
 
 from .api import WorkerEventsApi
@@ -25,6 +26,9 @@ from .ring import CHANNEL_MAX, LAYOUT_VERSION, MAX_CAPACITY, Ring, encode_event,
 from .state import NAME, State, state
 
 DEFAULT_RING_SIZE = 1024
+# GET needs no key: one answer holds at most this many events (a client pages on with since)
+DEFAULT_PAGE_SIZE = 1000
+MAX_PAGE_SIZE = 10_000
 # Python's default is 5 ms: a worker whose Python is busy would hand the GIL to its dispatcher
 # only that often. 1 ms bounds the delay at a cost nobody measures: the interval only matters
 # while a second thread waits for the GIL.
@@ -36,16 +40,25 @@ def _parse_zone(args: list[str]) -> tuple[str, int | None]:
     if len(args) == 1:
         return (name, None)
     try:
-        return (name, parse_size(args[1]))
+        return (name, parse_size(args[1], 1, MAX_ZONE_SIZE))
+    except OutOfRange as exc:
+        raise ValueError(f'invalid zone size "{args[1]}" in "worker_events_zone" directive: {exc}') from None
     except ValueError:
         raise ValueError(f'invalid zone size "{args[1]}" in "worker_events_zone" directive') from None
 
 
 def _parse_ring_size(args: list[str]) -> int:
-    text = args[0]
-    if not text.isdigit() or not 1 <= int(text) <= MAX_CAPACITY:
-        raise ValueError(f'"worker_events_ring_size" must be a number of entries from 1 to {MAX_CAPACITY}, not "{text}"')
-    return int(text)
+    try:
+        return parse_number(args[0], 1, MAX_CAPACITY)
+    except ValueError:
+        raise ValueError(f'"worker_events_ring_size" must be a number of entries from 1 to {MAX_CAPACITY}, not "{args[0]}"') from None
+
+
+def _parse_page_size(args: list[str]) -> int:
+    try:  # ASCII digits only, and no int() of thousands of digits
+        return parse_number(args[0], 1, MAX_PAGE_SIZE)
+    except ValueError:
+        raise ValueError(f'"worker_events_page_size" must be a number of events from 1 to {MAX_PAGE_SIZE}, not "{args[0]}"') from None
 
 
 def _parse_channel(args: list[str]) -> str:
@@ -54,6 +67,15 @@ def _parse_channel(args: list[str]) -> str:
     if not channel or size > CHANNEL_MAX:
         raise ValueError(f'"worker_events_channel" must be 1 to {CHANNEL_MAX} bytes of UTF-8, not {size}')
     return channel
+
+
+def _parse_long_poll_limit(args: list[str]) -> int | None:
+    if args[0] == "auto":
+        return None
+    try:
+        return parse_number(args[0], 0, 1024)
+    except ValueError:
+        raise ValueError(f'"worker_events_long_poll_limit" must be "auto" or a number from 0 to 1024, not "{args[0]}"') from None
 
 
 def _parse_key(args: list[str]) -> str:
@@ -73,9 +95,15 @@ def ngxsim_directives(register):
                        doc="channel every event published through this endpoint is tagged with"))
     register(Directive("worker_events_ring_size", levels, 1, parse=_parse_ring_size, default=DEFAULT_RING_SIZE,
                        doc="ring capacity in entries"))
+    register(Directive("worker_events_page_size", levels, 1, parse=_parse_page_size, default=DEFAULT_PAGE_SIZE,
+                       doc="most events one GET answers (the default and the cap of ?limit)"))
     register(Directive("worker_events_publish_key", (LOCATION,), 1, parse=_parse_key,
                        doc="POST needs ?key=SECRET"))
+    register(Directive("worker_events_long_poll_limit", levels, 1, parse=_parse_long_poll_limit, default=None,
+                       doc="`N|auto`: a long-poll here waits only while fewer than N long-polls (of any location) "
+                           "wait in its worker; past it the answer is 503 at once. auto: threads - 1 (1 for sync)"))
     register(Directive("worker_events_gil_switch_interval", (HTTP,), 1, type=TIME, default=DEFAULT_SWITCH_INTERVAL,
+                       range=(0, 1),
                        doc="Python's GIL switch interval in workers whose modules listen to events "
                            "(bounds how long a busy worker delays its dispatcher); 0 keeps Python's"))
 

@@ -30,6 +30,8 @@ class WorkerEventsApi:
         self.zone = location["worker_events_zone"][0]
         self.channel = location["worker_events_channel"]
         self.key = location.get("worker_events_publish_key")
+        self.limit = location.get("worker_events_long_poll_limit")  # None: auto
+        self.page = location["worker_events_page_size"]
         self.handle = Methods(GET=self.inspect, HEAD=self.inspect, POST=self.publish)
 
     # -- GET ----------------------------------------------------------------------------------
@@ -37,14 +39,25 @@ class WorkerEventsApi:
     def inspect(self, ctx):
         since = query_int(ctx, "since")
         limit = query_int(ctx, "limit")
+        # GET needs no key, so no answer may cost more than a page: more is paged with since
+        limit = self.page if limit is None else min(limit, self.page)
         wait = query_seconds(ctx, "wait", MAX_WAIT)
         if wait is not None and since is None:
             raise ApiError(400, 'parameter "wait" needs "since" (the generation to wait beyond)')
         channel = query_str(ctx, "channel", CHANNEL_MAX)
-        ring = state(ctx.runtime).rings[self.zone]
+        st = state(ctx.runtime)
+        ring = st.rings[self.zone]
         texts, _, _, missed = ring.json_scan(since, limit, channel)
         if wait and not texts:
-            texts, missed = self._long_poll(ring, since, limit, channel, wait)
+            allowed = self.long_poll_limit(ctx.runtime.threads)
+            if not st.long_polls.take(allowed):
+                raise ApiError(503, f"this worker has {allowed} long-poll(s) waiting already, the most it lets wait so "
+                                    "that other requests keep a thread (worker_events_long_poll_limit): retry after "
+                                    "Retry-After, or poll without \"wait\"", headers={"Retry-After": "1"})
+            try:
+                texts, missed = self._long_poll(ring, since, limit, channel, wait)
+            finally:
+                st.long_polls.give()
         newest, dropped, last_publish = ring.control()
         head = {
             "module": "worker_events",
@@ -76,6 +89,13 @@ class WorkerEventsApi:
         # the events are JSON texts already (made once per process): splice them in
         body = "".join((compact_json(head)[:-1], ',"events":[', ",".join(texts), '],"workers":', compact_json(workers), "}"))
         return Response(body, status=200, content_type="application/json")
+
+    def long_poll_limit(self, threads: int) -> int:
+        """Long-polls one worker lets wait at once: the directive's, else all threads but one
+        (a sync worker, with one thread, has nothing to keep free: it waits for one)."""
+        if self.limit is not None:
+            return self.limit
+        return threads - 1 if threads > 1 else 1
 
     @staticmethod
     def _long_poll(ring, since, limit, channel, wait):

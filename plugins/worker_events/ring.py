@@ -2,13 +2,22 @@
 
 Layout of ``zone.buf`` (little endian)::
 
-    control   64 bytes     newest generation u64, dropped events u64, last publish msec u64
+    control   64 bytes     newest generation u64, dropped events u64, last publish msec u64,
+                           8 bytes unused, the zone's tag key (16 random bytes, set once)
     workers   128 x 64     one slot per worker process (see ``WorkerSlot``)
     entries   capacity x 664
         seq u64            2g-1 while generation g is being written, 2g once it is whole
         timestamp u64      ms since the epoch (time.time(), so freezegun can fix it)
         lengths            channel u8, type u8, payload u16, 4 bytes padding
         channel 64, type 64, payload 512 bytes (UTF-8)
+    tags      capacity x 4 each slot's channel tag, written with the slot (under its seq)
+
+The tags are the channel index: a channel-filtered read searches them (a few hundred KiB,
+contiguous, searched by ``bytes.find``) instead of decoding every 664-byte entry, and reads
+only the slots whose tag matches (a collision is caught by comparing the decoded channel). A
+tag is a keyed BLAKE2b of the channel, 4 bytes, with a random key the zone keeps: anyone may
+GET, and with an unkeyed hash (CRC-32 collisions are made at will) a client could name a
+channel whose tag matches a busy one's and make every read decode the whole ring.
 
 An all-zero zone is an empty ring, so a freshly created zone needs no initialisation.
 
@@ -19,16 +28,24 @@ returns a torn entry. A writer SIGKILLed mid-write leaves an odd seq past ``newe
 writer takes the same generation and overwrites it, and the kernel has already dropped its
 lock. Generations therefore start at 1 and are strictly increasing and never reused as long as
 the zone lives (worker respawns included).
+
+A tag is trusted only for a slot no writer can have touched since the reader looked at
+``newest``: generation g's slot is rewritten by g + capacity, so after a search the reader
+re-reads ``newest`` and reads every generation up to ``newest + 1 - capacity`` whole (their
+tags may already be the next lap's); above that line a tag is the one written with g.
 """
 
 from __future__ import annotations
 
 import struct
+import os
 import time
+from hashlib import blake2b
 from dataclasses import dataclass
 
 from ngxsim.core.events import Event
-from ngxsim.core.http.responses import compact_json
+from json.encoder import encode_basestring as _json_str  # a JSON string, non-ASCII left as is
+
 from ngxsim.core.instance import LivenessWatch, alive
 from ngxsim.core.shm import Zone
 
@@ -40,21 +57,31 @@ MAX_CAPACITY = 262_144  # 166 MiB of shared memory; more is a misconfiguration, 
 _CONTROL = struct.Struct("<QQQ")  # newest, dropped, last_publish_msec
 _NEWEST = struct.Struct("<Q")
 CONTROL_SIZE = 64
+_KEY_OFF, _KEY_SIZE = 32, 16  # in the control block
 _SLOT = struct.Struct("<IIQQQQQQQ")  # pid, subscribers, start, delivered, gaps, lost, last_msec, events, wakeups
 _SLOT_STATS = struct.Struct("<QQQQQQ")  # the part after pid, subscribers and start time
 SLOT_SIZE = 64
 _SEQ = struct.Struct("<Q")
+_TAG = struct.Struct("<I")
+_EVENT_JSON = '{"generation":%d,"channel":%s,"type":%s,"payload":%s,"timestamp_msec":%d}'
+TAG_SIZE = _TAG.size
+_TAG_CACHE_MAX = 1024  # channels whose tag a process remembers (publishers use a handful)
 _BODY = struct.Struct(f"<QBBH4x{CHANNEL_MAX}s{TYPE_MAX}s{PAYLOAD_MAX}s")
 ENTRY_SIZE = _SEQ.size + _BODY.size
+# a publish writes seq (odd: in flux) and the body in one call: pack_into stores from the first
+# byte to the last, so the odd seq lands before any byte of the body (x86 keeps store order)
+_ENTRY_IN_FLUX = struct.Struct("<Q" + _BODY.format[1:])
 ENTRIES_OFFSET = CONTROL_SIZE + MAX_WORKERS * SLOT_SIZE
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: the channel tags after the entries
 
 assert ENTRY_SIZE == 664 and ENTRY_SIZE % 8 == 0
 
 
 def ring_bytes(capacity: int) -> int:
     """Bytes of zone memory (after the core's zone header) a ring of ``capacity`` needs."""
-    return ENTRIES_OFFSET + capacity * ENTRY_SIZE
+    return ENTRIES_OFFSET + capacity * (ENTRY_SIZE + TAG_SIZE)
+
+
 
 
 def encode_event(channel: str, type_: str, payload: str) -> tuple[bytes, bytes, bytes]:
@@ -136,6 +163,9 @@ class Ring:
         # generation -> (channel, the event's JSON text): events never change once published,
         # so each process serialises each one once (the API's hot path)
         self._json: dict[int, tuple[str, str]] = {}
+        self._tags_off = ENTRIES_OFFSET + capacity * ENTRY_SIZE
+        self._tags: dict[bytes, int] = {}  # channel -> its tag, so a publish hashes nothing
+        self._key: bytes | None = None
 
     # -- control block --------------------------------------------------------------------------
 
@@ -156,19 +186,49 @@ class Ring:
         """Append one (already checked) event; returns its generation and wakes every waiter."""
         if timestamp_msec is None:
             timestamp_msec = int(time.time() * 1000)
+        tag = self._tags.get(channel)
+        if tag is None:
+            tag = self._tag_of(channel)
         buf, cap, zone = self.buf, self.capacity, self.zone
         with zone:  # the zone lock
             newest, dropped, _ = _CONTROL.unpack_from(buf, 0)
             gen = newest + 1
-            off = ENTRIES_OFFSET + ((gen - 1) % cap) * ENTRY_SIZE
-            _SEQ.pack_into(buf, off, 2 * gen - 1)
-            _BODY.pack_into(buf, off + 8, timestamp_msec, len(channel), len(type), len(payload), channel, type, payload)
+            slot = newest % cap
+            off = ENTRIES_OFFSET + slot * ENTRY_SIZE
+            _ENTRY_IN_FLUX.pack_into(buf, off, 2 * gen - 1, timestamp_msec, len(channel), len(type), len(payload),
+                                     channel, type, payload)
+            _TAG.pack_into(buf, self._tags_off + slot * TAG_SIZE, tag)
             _SEQ.pack_into(buf, off, 2 * gen)
             _CONTROL.pack_into(buf, 0, gen, dropped + (gen > cap), timestamp_msec)
             wake = zone.doorbell.bump()
         if wake:
             zone.doorbell.wake()
         return gen
+
+    def _tag_of(self, channel: bytes) -> int:
+        if len(self._tags) >= _TAG_CACHE_MAX:
+            self._tags.clear()
+        tag = self._tags[channel] = _TAG.unpack(self.channel_tag(channel))[0]
+        return tag
+
+    def channel_tag(self, channel: bytes) -> bytes:
+        """The 4 bytes a slot's tag holds for ``channel`` in this zone."""
+        key = self._key
+        if key is None:
+            key = self._key = self._zone_key()
+        return blake2b(channel, digest_size=TAG_SIZE, key=key).digest()
+
+    def _zone_key(self) -> bytes:
+        """The zone's tag key: made by the first process that needs it, then the same for every
+        process (and every later server start that keeps the zone, so old tags stay valid)."""
+        key = bytes(self.buf[_KEY_OFF:_KEY_OFF + _KEY_SIZE])
+        if key == bytes(_KEY_SIZE):
+            with self.zone.lock():
+                key = bytes(self.buf[_KEY_OFF:_KEY_OFF + _KEY_SIZE])
+                if key == bytes(_KEY_SIZE):
+                    key = os.urandom(_KEY_SIZE)
+                    self.buf[_KEY_OFF:_KEY_OFF + _KEY_SIZE] = key
+        return key
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -215,7 +275,10 @@ class Ring:
             event = self.read(gen)
             if event is None:
                 return None
-            hit = self._json[gen] = (event.channel, compact_json(event.as_json()))
+            # Event.as_json's keys in its order, formatted directly: json.dumps of the dict
+            # costs ~6x more, and this is what a cold read of a page spends its time on
+            hit = self._json[gen] = (event.channel, _EVENT_JSON % (
+                gen, _json_str(event.channel), _json_str(event.type), _json_str(event.payload), event.timestamp_msec))
         return hit
 
     def _walk(self, since, limit, channel, fetch):
@@ -227,13 +290,15 @@ class Ring:
         missed = 0
         if newest == 0 or limit == 0:
             return items, newest, oldest, 0
+        first = oldest
         if since is not None:
             first = since + 1
             if first < oldest:
                 missed, first = oldest - first, oldest
-            gens = range(first, newest + 1)
-        else:
-            gens = range(newest, oldest - 1, -1)
+        if channel is not None:
+            missed += self._walk_tagged(first, newest, since is not None, channel, limit, fetch, items)
+            return items, newest, oldest, missed
+        gens = range(first, newest + 1) if since is not None else range(newest, first - 1, -1)
         for gen in gens:
             if limit is not None and len(items) >= limit:
                 break
@@ -242,11 +307,87 @@ class Ring:
                 if since is None:
                     break  # newest first: from here down the writers have lapped us, all is gone
                 missed += 1  # overwritten between our look at newest and now
-            elif channel is None or hit[0] == channel:
+            else:
                 items.append(hit[1])
         if since is None:
             items.reverse()
         return items, newest, oldest, missed
+
+    def _walk_tagged(self, lo, hi, ascending, channel, limit, fetch, items) -> int:
+        """The channel-filtered walk of generations lo..hi (oldest first when ``ascending``,
+        else newest first), appending to ``items``; returns how many generations it found
+        overwritten. Reads only slots whose tag matches, plus, one by one, the oldest slots the
+        writers may have reached since ``newest`` was read (their tags are not to be trusted:
+        see the module docstring). Same answer as reading every slot."""
+        tag = self.channel_tag(channel.encode("utf-8", "surrogatepass"))
+        cap = self.capacity
+        missed = 0
+        step = 1 if ascending else -1
+        cursor = lo if ascending else hi  # the next generation the walk considers
+        while lo <= cursor <= hi and (limit is None or len(items) < limit):
+            unsure = min(hi, self.newest + 1 - cap)  # generations <= this: read whole, not by tag
+            if cursor <= unsure:
+                hit = fetch(cursor)
+                if hit is None:
+                    if not ascending:
+                        break  # newest first: from here down the writers have lapped us
+                    missed += 1
+                elif hit[0] == channel:
+                    items.append(hit[1])
+                cursor += step
+                continue
+            want = None if limit is None else limit - len(items)
+            a, b = (cursor, hi) if ascending else (max(lo, unsure + 1), cursor)
+            found = self._find_tag(tag, a, b, want, ascending)
+            # the search covered a..b, or up to its last find when it stopped at ``want``
+            done_to = found[-1] if want is not None and len(found) == want else (b if ascending else a)
+            unsure = min(hi, self.newest + 1 - cap)  # where the writers got to while we searched
+            if ascending and cursor <= unsure:
+                continue  # they reached slots we searched: read those whole first, then search on
+            stop = False
+            for gen in found:
+                if gen <= unsure:
+                    break  # newest first: the rest of the search ran into rewritten slots
+                hit = fetch(gen)
+                if hit is None:  # lapped after the search (a reader descheduled for a whole lap)
+                    if not ascending:
+                        stop = True
+                        break
+                    missed += 1
+                elif hit[0] == channel:  # else a collision: another channel, same tag
+                    items.append(hit[1])
+            if stop:
+                break
+            cursor = done_to + 1 if ascending else (done_to - 1 if done_to > unsure else unsure)
+        if not ascending:
+            items.reverse()
+        return missed
+
+    def _find_tag(self, tag: bytes, a: int, b: int, want: int | None, ascending: bool) -> list[int]:
+        """Generations a..b whose slot's tag is ``tag``, in walk order, at most ``want``."""
+        cap, base = self.capacity, self._tags_off
+        runs = []  # a..b as runs of consecutive slots (two when it wraps around the end)
+        gen = a
+        while gen <= b:
+            slot = (gen - 1) % cap
+            n = min(b - gen + 1, cap - slot)
+            runs.append((gen, slot, n))
+            gen += n
+        if not ascending:
+            runs.reverse()
+        out: list[int] = []
+        for first, slot, n in runs:
+            data = bytes(self.buf[base + slot * TAG_SIZE: base + (slot + n) * TAG_SIZE])
+            i = data.find(tag) if ascending else data.rfind(tag)
+            while i >= 0:
+                if i % TAG_SIZE:  # a match straddling two tags: look on
+                    i = data.find(tag, i + 1) if ascending else data.rfind(tag, 0, i + TAG_SIZE - 1)
+                    continue
+                out.append(first + i // TAG_SIZE)
+                if len(out) == want:
+                    return out
+                i = data.find(tag, i + TAG_SIZE) if ascending else data.rfind(tag, 0, i)
+        return out
 
     def _prune_json(self, oldest: int) -> None:
         """Forget what the ring no longer holds, and keep at most _JSON_CACHE_MAX entries (a

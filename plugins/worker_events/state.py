@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 from .dispatcher import Dispatcher
@@ -10,10 +11,30 @@ from .ring import Ring
 NAME = "worker_events"
 
 
+class LongPolls:
+    """How many requests of this process are blocked in a long-poll (all API locations)."""
+
+    def __init__(self) -> None:
+        self.busy = 0
+        self._lock = threading.Lock()
+
+    def take(self, limit: int) -> bool:
+        with self._lock:
+            if self.busy >= limit:
+                return False
+            self.busy += 1
+            return True
+
+    def give(self) -> None:
+        with self._lock:
+            self.busy -= 1
+
+
 @dataclass
 class State:
     rings: dict[str, Ring]
     dispatchers: dict[str, Dispatcher] = field(default_factory=dict)
+    long_polls: LongPolls = field(default_factory=LongPolls)
 
 
 def state(runtime) -> State:

@@ -194,3 +194,49 @@ def test_a_zone_that_cannot_be_had_stops_the_server_with_a_clear_message(ngxsim_
                            "  server { listen 127.0.0.1:{port}; }\n}\n")
     assert any("ngxsim: [emerg] cannot reserve" in line and "No space left on device" in line for line in failed.emerg)
     assert not [e for e in os.listdir("/dev/shm") if e.startswith(f"ngxsim.{failed.server.master}.") and e.endswith(".huge")]
+
+
+@pytest.fixture
+def busy_port():
+    """A loopback port another program listens on."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def test_a_port_in_use_stops_ngxsim_with_nginx_bind_message(ngxsim_server, busy_port):
+    with pytest.raises(ServerStartError) as failed:
+        ngxsim_server(f"http {{\n server {{\n  listen 127.0.0.1:{busy_port};\n }}\n}}\n", workers=2, mode="ngxsim")
+    out = failed.value.server.output()
+    assert f"ngxsim: [emerg] bind() to 127.0.0.1:{busy_port} failed (98: Address already in use)" in failed.value.emerg
+    assert "Traceback" not in out and "Connection in use" not in out  # no five retries by gunicorn
+    assert not [e for e in os.listdir("/dev/shm") if e.startswith(f"ngxsim.{failed.value.server.master}.")]
+
+
+def test_a_reload_adding_a_port_in_use_is_rejected_and_the_old_config_serves(ngxsim_server, busy_port):
+    conf = "worker_processes 2;\nhttp {\n server {\n  listen 127.0.0.1:{port};\n  return 200 one;\n }\n}\n"
+    server = ngxsim_server(conf, mode="ngxsim")
+    before = set(server.worker_pids())
+    text = server.conf.read_text().replace("return 200 one;", f"return 200 one;\n }}\n server {{\n  listen 127.0.0.1:{busy_port};")
+    server.conf.write_text(text)
+    server.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "reload rejected" in server.output(), 20, what="the reload to be rejected")
+    assert f"ngxsim: [emerg] bind() to 127.0.0.1:{busy_port} failed (98: Address already in use); reload rejected" in server.output()
+    assert server.get("/").text == "one" and server.proc.poll() is None
+    assert "Traceback" not in server.output()
+    server.wait_workers(2, exclude=before)
+
+
+@pytest.mark.ngxsim_modes
+def test_a_shared_memory_folder_that_cannot_be_used_stops_the_server_with_an_emerg_line(ngxsim_server, tmp_path):
+    missing = tmp_path / "no-such-dir"
+    with pytest.raises(ServerStartError) as failed:
+        ngxsim_server("load_module worker_events;\nhttp {\n worker_events_zone bus;\n server { listen 127.0.0.1:{port}; }\n}\n",
+                      workers=2, extra_env={"NGXSIM_SHM_DIR": str(missing)})
+    assert any(f'ngxsim: [emerg] open() "{missing}/ngxsim.' in line and "failed (2: No such file or directory)" in line
+               for line in failed.value.emerg), failed.value.emerg
+    assert "Traceback" not in failed.value.server.output()
+

@@ -72,3 +72,14 @@ def test_event_helpers_over_the_api_and_in_the_zone(ngxsim_server):
     assert sorted(w["pid"] for w in workers) == server.worker_pids()
     with pytest.raises(ValueError, match='no worker_events zone "nope"'):
         server.zone_events("nope")
+
+
+def test_reading_the_ring_through_the_api_pages_past_the_page_size(ngxsim_server):
+    server = ngxsim_server(CONF.replace("worker_events_channel c;", "worker_events_channel c; worker_events_page_size 2;"),
+                           workers=1)
+    api = server.events()
+    for i in range(5):
+        api.publish("t", str(i))
+    assert len(server.get("/events?since=0").json()["events"]) == 2  # one GET: one page
+    assert [e["payload"] for e in api.read(since=0)] == ["0", "1", "2", "3", "4"]
+    api.expect(5, type="t")

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from half_close import send
 from ngxsim.testing import start_server, wait_for
 
 CONF = """
@@ -187,6 +188,32 @@ def test_since_older_than_the_ring_says_how_many_were_missed(ngxsim_server, reco
     assert body["dropped_events"] == 6 and body["oldest_generation"] == 7
 
 
+def test_a_get_answers_at_most_a_page_and_since_pages_through_the_rest(ngxsim_server, record_dir):
+    conf = CONF.replace("worker_events_ring_size 1024;", "").replace(
+        "http {", "http {\n    worker_events_ring_size 8;\n    worker_events_page_size 3;")
+    server = ngxsim_server(conf, workers=2, extra_env={"NGXSIM_TEST_RECORD_DIR": str(record_dir)})
+    for i in range(1, 11):  # every third on the other channel; 1 and 2 are overwritten
+        publish(server, {"type": "t", "payload": str(i)}, **({"key": None, "path": "/open"} if i % 3 == 0 else {}))
+    gens = lambda body: [e["generation"] for e in body["events"]]  # noqa: E731
+    assert gens(server.get(API).json()) == [8, 9, 10]  # no limit: the newest page
+    assert gens(server.get(API + "?limit=100").json()) == [8, 9, 10]  # a bigger limit is capped
+    assert gens(server.get(API + "?limit=2").json()) == [9, 10]
+    assert gens(server.get(API + "?channel=other").json()) == [3, 6, 9]
+
+    def page_through(channel=None):
+        pages, since = [], 0
+        while True:
+            body = server.get(API, params={"since": since, **({"channel": channel} if channel else {})}).json()
+            if not body["events"]:
+                return pages
+            pages.append((gens(body), body["missed"]))
+            since = body["events"][-1]["generation"]
+
+    # forward from 0: each held event once, in pages of 3; missed counts 1 and 2 once, exactly
+    assert page_through() == [([3, 4, 5], 2), ([6, 7, 8], 0), ([9, 10], 0)]
+    assert page_through("cache.invalidate") == [([4, 5, 7], 2), ([8, 10], 0)]
+
+
 def test_concurrent_publishers_get_contiguous_generations_and_intact_payloads(server):
     def client(n):
         out = []
@@ -236,29 +263,9 @@ def _quiet_get(server, path):
 
 
 def _raw(server, head: bytes, body: bytes = b"", half_close: bool = False) -> tuple[int, dict]:
-    """Send one hand-made request on a raw socket; returns (status, JSON body)."""
-    import socket
-
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(head + body)
-        if half_close:
-            sock.shutdown(socket.SHUT_WR)
-        data = b""
-        while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < _length(data):
-            part = sock.recv(65536)
-            if not part:
-                break
-            data += part
-    header, _, content = data.partition(b"\r\n\r\n")
-    return int(header.split()[1]), json.loads(content)
-
-
-def _length(data: bytes) -> int:
-    for line in data.partition(b"\r\n\r\n")[0].split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            return int(value)
-    return 0
+    """Send one hand-made request; returns (status, JSON body)."""
+    status, _, content = send(server.port, head + body, half_close)
+    return status, json.loads(content)
 
 
 def _post_head(length: bytes | None = None, chunked: bool = False) -> bytes:

@@ -39,7 +39,7 @@ def pub(ring, type="t", payload="", channel="c", ts=None):
 
 def test_layout_sizes():
     assert ENTRY_SIZE == 664
-    assert ring_bytes(1024) == ENTRIES_OFFSET + 1024 * 664
+    assert ring_bytes(1024) == ENTRIES_OFFSET + 1024 * (664 + 4)  # entries, then one channel tag each
     assert ENTRIES_OFFSET % 8 == 0
 
 
@@ -243,3 +243,99 @@ def test_json_scan_matches_scan_and_its_cache_stays_bounded(make_ring, monkeypat
         pub(big)
     assert len(big.json_scan()[0]) == 400
     assert sorted(big._json) == list(range(393, 401))
+
+
+def _full_decode(ring, since, limit, channel):
+    """The channel-filtered answer computed the slow way: every slot decoded."""
+    scan = ring.scan(since, None, None)
+    events = [e for e in scan.events if e.channel == channel]
+    if limit is not None:
+        events = events[:limit] if since is not None else events[-limit:] if limit else []
+    return [e.generation for e in events], scan.missed if limit != 0 else 0  # limit=0 reads nothing
+
+
+@pytest.mark.parametrize("capacity, count", [(16, 10), (16, 16), (16, 45), (7, 100)])
+def test_channel_filter_by_tag_gives_what_decoding_every_slot_gives(make_ring, capacity, count):
+    ring = make_ring(capacity)
+    for i in range(1, count + 1):
+        pub(ring, channel="rare" if i % 5 == 0 else "common", payload=str(i))
+    newest = ring.newest
+    for channel in ("rare", "common", "none"):
+        for since in (None, 0, 3, newest - capacity // 2, newest - 1, newest):
+            for limit in (None, 0, 1, 2, 5, 1000):
+                scan = ring.scan(since, limit, channel)
+                assert ([e.generation for e in scan.events], scan.missed) == _full_decode(ring, since, limit, channel), \
+                    (channel, since, limit)
+                assert all(e.channel == channel for e in scan.events)
+
+
+def test_channel_filter_reads_only_the_slots_whose_tag_matches(make_ring, monkeypatch):
+    ring = make_ring(1000)
+    for i in range(1, 1001):
+        pub(ring, channel="other" if i % 100 == 0 else "busy")
+    reads = []
+    real = Ring.read
+    monkeypatch.setattr(Ring, "read", lambda self, gen: reads.append(gen) or real(self, gen))
+    assert [e.generation for e in ring.scan(channel="other").events] == list(range(100, 1001, 100))
+    # the 989 other "busy" slots were never decoded; the oldest is read whole because on a full
+    # ring the next publish rewrites it, so its tag may already be the next lap's
+    assert sorted(reads) == [1] + list(range(100, 1001, 100))
+
+
+def test_a_tag_collision_is_caught_by_the_channel_itself(make_ring):
+    ring = make_ring(8)
+    for i in range(1, 7):
+        pub(ring, channel="a" if i % 2 else "b", payload=str(i))
+    # forge: every slot's tag says "a" (as two channels with the same tag would)
+    for slot in range(8):
+        ring.buf[ring._tags_off + 4 * slot: ring._tags_off + 4 * slot + 4] = ring.channel_tag(b"a")
+    assert [e.generation for e in ring.scan(channel="a").events] == [1, 3, 5]
+    assert [e.generation for e in ring.scan(since=0, limit=2, channel="a").events] == [1, 3]
+    assert [e.generation for e in ring.scan(limit=2, channel="a").events] == [3, 5]
+
+
+@pytest.mark.parametrize("since", [None, 0])
+def test_writers_lapping_a_filtered_scan_never_yield_a_wrong_or_uncounted_event(make_ring, monkeypatch, since):
+    """Publishes that land while the tags are searched: the slots they rewrote are read whole
+    (a stale tag is not trusted), overwritten generations count as missed, no event is wrong."""
+    ring = make_ring(8)
+    for i in range(1, 9):
+        pub(ring, channel="x" if i % 2 else "y", payload=f"p{i}")
+    real_find = Ring._find_tag
+    bursts = [3]
+
+    def find_then_publish(self, *args):
+        out = real_find(self, *args)
+        if bursts:
+            for _ in range(bursts.pop()):  # generations 9..11 rewrite the slots of 1..3
+                pub(ring, channel="y", payload="late")
+        return out
+
+    monkeypatch.setattr(Ring, "_find_tag", find_then_publish)
+    scan = ring.scan(since=since, channel="x")
+    assert all(e.channel == "x" and e.payload == f"p{e.generation}" for e in scan.events)
+    if since is None:
+        assert [e.generation for e in scan.events] == [5, 7]  # newest first, stops where the ring was lapped
+    else:
+        # generation 1 (on a full ring the next to go) was read whole before the search; 2 and 3
+        # went while the tags were searched: missed, not returned from their stale tags
+        assert [e.generation for e in scan.events] == [1, 5, 7] and scan.missed == 2
+
+
+def test_an_events_json_text_is_exactly_the_apis_compact_json(make_ring):
+    from ngxsim.core.http.responses import compact_json
+
+    ring = make_ring(4)
+    pub(ring, type='q"uote\\back', payload="line\nfeed\x01 tab\t é 日本 🎉 \u2028", channel="kanäl")
+    [text] = ring.json_scan()[0]
+    assert text == compact_json(ring.scan().events[0].as_json())
+
+
+def test_tags_are_keyed_per_zone_so_a_client_cannot_aim_a_collision(make_ring):
+    one, two = make_ring(4), make_ring(4)
+    pub(one), pub(two)
+    assert Ring(one.zone, 4).channel_tag(b"c") == one.channel_tag(b"c")  # every process of a zone agrees
+    assert one.channel_tag(b"c") != two.channel_tag(b"c")  # another zone, another random key
+    import zlib
+
+    assert one.channel_tag(b"c") != zlib.crc32(b"c").to_bytes(4, "little")  # not an unkeyed CRC

@@ -43,6 +43,8 @@ def test_the_seed_config_loads_and_sizes_its_zone():
     ("worker_events_zone z; worker_events_ring_size 0;", '"worker_events_ring_size" must be a number of entries from 1 to 262144, not "0" in /p/w.conf:6'),
     ("worker_events_zone z; worker_events_ring_size ten;", 'not "ten" in /p/w.conf:6'),
     ("worker_events_zone z; worker_events_ring_size 99999999;", 'not "99999999" in /p/w.conf:6'),
+    ("worker_events_zone z; worker_events_page_size 0;", '"worker_events_page_size" must be a number of events from 1 to 10000, not "0" in /p/w.conf:6'),
+    ("worker_events_zone z; worker_events_page_size 10001;", 'not "10001" in /p/w.conf:6'),
     ("worker_events_zone z 1k;", f'zone "z" is too small for a ring of 1024 entries: {HEADER_SIZE + ring_bytes(1024)} bytes needed, 1024 given in /p/w.conf:6'),
     ("worker_events_zone z 1q;", 'invalid zone size "1q" in "worker_events_zone" directive in /p/w.conf:6'),
     ("worker_events_zone bad/name;", 'invalid zone name "bad/name"'),
@@ -78,3 +80,23 @@ def test_a_zone_declared_at_http_level_without_an_api_and_inherited():
 
 def test_an_explicit_size_larger_than_needed_is_kept():
     assert load("worker_events_zone z 4m;").zones["z"].size == 4 * 1024 * 1024
+
+
+@pytest.mark.parametrize("http, threads, allowed", [
+    ("", 4, 3),  # auto: all threads but one
+    ("", 2, 1),
+    ("", 1, 1),  # a sync worker: its one request
+    ("worker_events_long_poll_limit 0;", 4, 0),
+    ("worker_events_long_poll_limit 7;", 4, 7),
+])
+def test_long_poll_limit(http, threads, allowed):
+    from ngxsim_plugins.worker_events.api import WorkerEventsApi
+
+    config = load("worker_events_api; worker_events_zone bus; worker_events_channel c;", http)
+    api = WorkerEventsApi(config.blocks("location")[0], config)
+    assert api.long_poll_limit(threads) == allowed
+
+
+def test_long_poll_limit_errors():
+    assert 'must be "auto" or a number from 0 to 1024, not "many" in /p/w.conf:3' in error(
+        "worker_events_api; worker_events_zone bus; worker_events_channel c;", "worker_events_long_poll_limit many;")

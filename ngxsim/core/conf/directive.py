@@ -22,40 +22,73 @@ STRING, SIZE, TIME, NUMBER, FLAG, ARGS = "string", "size", "time", "number", "fl
 TYPES = (STRING, SIZE, TIME, NUMBER, FLAG, ARGS)
 
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
-_TIME_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "M": 2592000, "y": 31536000}
-_TIME_PART = re.compile(r"(\d+)(ms|s|m|h|d|w|M|y)?")
+# in milliseconds: a time is summed exactly in integers, so no value can overflow a float
+_TIME_UNITS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000,
+               "M": 2_592_000_000, "y": 31_536_000_000}
+_TIME_PART = re.compile(r"([0-9]+)(ms|s|m|h|d|w|M|y)?")  # ASCII digits: \d takes any script's
+
+# The range of each value type unless a directive declares its own (``Directive.range``): what
+# a C nginx holds in its types (off_t for sizes, a 32-bit int for numbers and for seconds).
+MAX_SIZE = 2**63 - 1
+MAX_NUMBER = 2**31 - 1
+MAX_TIME = 2**31 - 1  # seconds, about 68 years
 
 
-def parse_size(text: str) -> int:
-    """nginx sizes: ``512``, ``16k``, ``1m``, ``2g`` (case-insensitive unit) -> bytes."""
-    m = re.fullmatch(r"(\d+)([kKmMgG]?)", text)
+class OutOfRange(ValueError):
+    """A well-formed value outside what the directive accepts."""
+
+    def __init__(self, low: float, high: float, unit: str = ""):
+        self.low, self.high, self.unit = low, high, unit
+        super().__init__(f"must be from {low:g} to {high:g}{unit}" if isinstance(high, float) else
+                         f"must be from {low} to {high}{unit}")
+
+
+def parse_size(text: str, low: int = 0, high: int = MAX_SIZE) -> int:
+    """nginx sizes: ``512``, ``16k``, ``1m``, ``2g`` (case-insensitive unit) -> bytes; outside
+    ``low``..``high`` raises OutOfRange."""
+    m = re.fullmatch(r"([0-9]+)([kKmMgG]?)", text)
     if not m:
         raise ValueError("invalid value")
-    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+    value = _int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+    if not low <= value <= high:
+        raise OutOfRange(low, high, " bytes")
+    return value
 
 
-def parse_time(text: str) -> float:
-    """nginx times: ``500ms``, ``5s``, ``1h30m``; a bare number is seconds -> seconds (float)."""
-    pos, total = 0, 0.0
+def parse_time(text: str, low: float = 0, high: float = MAX_TIME) -> float:
+    """nginx times: ``500ms``, ``5s``, ``1h30m``; a bare number is seconds -> seconds (float);
+    outside ``low``..``high`` seconds raises OutOfRange."""
+    pos, total_ms = 0, 0
     if not text:
         raise ValueError("invalid value")
     while pos < len(text):
         m = _TIME_PART.match(text, pos)
         if not m:
             raise ValueError("invalid value")
-        total += int(m.group(1)) * _TIME_UNITS[m.group(2) or "s"]
+        total_ms += _int(m.group(1)) * _TIME_UNITS[m.group(2) or "s"]
         pos = m.end()
-    return total
+    if not low * 1000 <= total_ms <= high * 1000:
+        raise OutOfRange(low, high, " seconds")
+    return total_ms / 1000
 
 
-def parse_number(text: str) -> int:
-    """A non-negative decimal integer."""
-    if not re.fullmatch(r"\d+", text):
+def parse_number(text: str, low: int = 0, high: int = MAX_NUMBER) -> int:
+    """A decimal integer from ``low`` to ``high``."""
+    if not re.fullmatch(r"[0-9]+", text):
         raise ValueError("invalid number")
-    return int(text)
+    value = _int(text)
+    if not low <= value <= high:
+        raise OutOfRange(low, high)
+    return value
 
 
-_CONVERT: dict[str, Callable[[str], Any]] = {SIZE: parse_size, TIME: parse_time, NUMBER: parse_number}
+def _int(digits: str) -> int:
+    # Python refuses to convert more than 4300 digits (ValueError): then it is far out of range
+    return int(digits) if len(digits) <= 30 else 10**30
+
+
+_CONVERT: dict[str, Callable[..., Any]] = {SIZE: parse_size, TIME: parse_time, NUMBER: parse_number}
+_RANGES: dict[str, tuple[float, float]] = {SIZE: (0, MAX_SIZE), TIME: (0, MAX_TIME), NUMBER: (0, MAX_NUMBER)}
 
 
 @dataclass(frozen=True)
@@ -70,6 +103,8 @@ class Directive:
       ``time`` (seconds), ``number``, ``flag`` (bool), or ``args`` (the raw list of strings).
     - ``parse``: a callable taking the argument list and returning the value, for arguments with
       a shape of their own (``listen``, ``return``); it raises ``ValueError(message)``.
+    - ``range``: ``(low, high)`` a ``size`` (bytes), ``time`` (seconds) or ``number`` must lie in;
+      by default 0 to ``MAX_SIZE``, ``MAX_TIME`` or ``MAX_NUMBER``.
     - ``default``: the value where no level sets it.
     - ``inherit``: an inner context without the directive takes the outer one's value
       (nginx's merge); with ``False`` every level starts from ``default``.
@@ -96,6 +131,7 @@ class Directive:
     block: str | None = None
     data: Callable[[list], Any] | None = None
     doc: str = ""
+    range: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z_][a-z0-9_]*", self.name):
@@ -109,6 +145,13 @@ class Directive:
             raise ValueError(f"directive {self.name!r}: unknown type {self.type!r}")
         if self.block is not None and not _CONTEXT_NAME.fullmatch(self.block):
             raise ValueError(f"directive {self.name!r}: invalid block context {self.block!r}")
+        if self.range is not None and self.type not in _RANGES:
+            raise ValueError(f"directive {self.name!r}: a range needs type size, time or number")
+
+    @property
+    def bounds(self) -> tuple[float, float] | None:
+        """The range a value of this directive must lie in (None: not a size, time or number)."""
+        return self.range or _RANGES.get(self.type)
 
     def accepts(self, count: int) -> bool:
         if isinstance(self.nargs, int):
@@ -134,7 +177,9 @@ class Directive:
         if convert is None:
             return args[0]
         try:
-            return convert(args[0])
+            return convert(args[0], *self.bounds)
+        except OutOfRange as exc:
+            raise ValueError(f'"{self.name}" directive invalid value "{args[0]}": {exc}') from None
         except ValueError:
             raise ValueError(f'"{self.name}" directive invalid value "{args[0]}"') from None
 

@@ -179,7 +179,12 @@ def load_configuration(path: str | None = None, text: str | None = None) -> Conf
     return config
 
 
-def _build(stmts: list[Statement], block: Block, table: DirectiveTable) -> None:
+# nginx's own contexts nest four deep (main, http, server, location); a module's block directive
+# could nest itself. The bound keeps every walk over the tree far from Python's recursion limit.
+MAX_BLOCK_DEPTH = 32
+
+
+def _build(stmts: list[Statement], block: Block, table: DirectiveTable, depth: int = 0) -> None:
     for st in stmts:
         d: Directive | None = table.get(st.name, block.context)
         if d is None:
@@ -200,10 +205,12 @@ def _build(stmts: list[Statement], block: Block, table: DirectiveTable) -> None:
         if d.block:
             if not d.multiple and st.name in block.where:
                 raise st.error(f'"{st.name}" directive is duplicate')
+            if depth >= MAX_BLOCK_DEPTH:
+                raise st.error(f'"{st.name}" block is nested deeper than {MAX_BLOCK_DEPTH} levels')
             block.where.setdefault(st.name, st)
             child = Block(d.block, st, block, value)
             block.children.append(child)
-            _build(st.block or [], child, table)
+            _build(st.block or [], child, table, depth + 1)
         elif d.multiple:
             block.own.setdefault(st.name, []).append(value)
             block.where.setdefault(st.name, st)

@@ -7,8 +7,10 @@ named by ``load_module`` are known.
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -16,6 +18,8 @@ from .errors import ConfigError
 from .lexer import Token, tokenize
 
 MAX_INCLUDE_DEPTH = 32
+# a configuration file larger than this is refused (it is read whole, before any check)
+MAX_FILE_SIZE = 16 * 1024 * 1024
 
 
 @dataclass
@@ -34,18 +38,53 @@ class Statement:
         return ConfigError(message, self.file, self.line)
 
 
-def parse_file(path: str, _depth: int = 0, _root: str | None = None) -> list[Statement]:
+def parse_file(path: str, _depth: int = 0, _root: str | None = None, _where: Statement | None = None) -> list[Statement]:
     """Parse the file at ``path``. A relative ``include`` is resolved, as nginx does, against
     the folder of the main configuration file (``_root``; the file's own folder for the main
-    file), whichever file names it."""
+    file), whichever file names it. ``_where`` is the ``include`` that names the file: a file
+    that cannot be read is reported at that line."""
+    return parse_text(read_config_file(path, _where), path, _depth, _root)
+
+
+def read_config_file(path: str, where: Statement | None = None) -> str:
+    """The text of a configuration file: a regular file of at most ``MAX_FILE_SIZE`` bytes of
+    UTF-8. Anything else (a directory, a device such as /dev/zero, a FIFO) is a ConfigError."""
+
+    def fail(message: str, file: str | None = None, line: int | None = None) -> ConfigError:
+        if file is None and where is not None:
+            return where.error(message)
+        return ConfigError(message, file, line)
+
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused just below)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        raise ConfigError(f'open() "{path}" failed ({exc.errno}: {exc.strerror})') from None
+        raise fail(f'open() "{path}" failed ({exc.errno}: {exc.strerror})') from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise fail(f'open() "{path}" failed ({errno.EISDIR}: {os.strerror(errno.EISDIR)})')
+        if not stat.S_ISREG(mode):
+            raise fail(f'"{path}" is not a regular file')
+        chunks, size = [], 0
+        while size <= MAX_FILE_SIZE:  # the size may change while it is read: count what arrives
+            chunk = os.read(fd, MAX_FILE_SIZE + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise fail(f'read() "{path}" failed ({exc.errno}: {exc.strerror})') from None
+    finally:
+        os.close(fd)
+    if size > MAX_FILE_SIZE:
+        raise fail(f'"{path}" is larger than {MAX_FILE_SIZE} bytes')
+    data = b"".join(chunks)
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f'"{path}" is not valid UTF-8 ({exc.reason})') from None
-    return parse_text(text, path, _depth, _root)
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise fail(f"invalid UTF-8 (byte 0x{data[exc.start]:02x}: {exc.reason})", path, line) from None
 
 
 def parse_text(text: str, file: str, _depth: int = 0, _root: str | None = None) -> list[Statement]:
@@ -53,7 +92,7 @@ def parse_text(text: str, file: str, _depth: int = 0, _root: str | None = None) 
     tokens = tokenize(text, file)
     last_line = text.count("\n") + 1  # nginx counts the line after the last newline too
     root = _root if _root is not None else os.path.dirname(os.path.abspath(file))
-    return _Parser(tokens, file, last_line, _depth, root).block(inside=False)
+    return _Parser(tokens, file, last_line, _depth, root).parse()
 
 
 class _Parser:
@@ -64,17 +103,22 @@ class _Parser:
         self.depth = depth
         self.root = root
 
-    def block(self, inside: bool) -> list[Statement]:
-        stmts: list[Statement] = []
+    def parse(self) -> list[Statement]:
+        """The statements of the file. Iterative (an explicit stack of open blocks): a file of a
+        thousand nested ``{`` must give a ConfigError, never exhaust Python's stack."""
+        top: list[Statement] = []
+        stmts = top  # the statement list of the innermost open block
+        open_blocks: list[list[Statement]] = []  # the enclosing lists, innermost last
         words: list[Token] = []
         for tok in self.tokens:
             if not tok.special:
                 words.append(tok)
                 continue
             if tok.value == "}":
-                if words or not inside:
+                if words or not open_blocks:
                     raise ConfigError('unexpected "}"', self.file, tok.line)
-                return stmts
+                stmts = open_blocks.pop()
+                continue
             if not words:
                 raise ConfigError(f'unexpected "{tok.value}"', self.file, tok.line)
             stmt = Statement(
@@ -84,17 +128,19 @@ class _Parser:
             )
             words = []
             if tok.value == "{":
-                stmt.block = self.block(inside=True)
+                stmt.block = []
                 stmts.append(stmt)
+                open_blocks.append(stmts)
+                stmts = stmt.block
             elif stmt.name == "include":
                 stmts.extend(self.include(stmt))
             else:
                 stmts.append(stmt)
         if words:
             raise ConfigError('unexpected end of file, expecting ";" or "}"', self.file, self.last_line)
-        if inside:
+        if open_blocks:
             raise ConfigError('unexpected end of file, expecting "}"', self.file, self.last_line)
-        return stmts
+        return top
 
     def include(self, stmt: Statement) -> list[Statement]:
         if len(stmt.args) != 1:
@@ -107,10 +153,8 @@ class _Parser:
         if glob.has_magic(pattern):
             paths = sorted(glob.glob(pattern))  # nginx: a glob matching nothing is fine
         else:
-            if not os.path.exists(pattern):
-                raise stmt.error(f'open() "{pattern}" failed (2: No such file or directory)')
             paths = [pattern]
         out: list[Statement] = []
         for path in paths:
-            out.extend(parse_file(path, self.depth + 1, self.root))
+            out.extend(parse_file(path, self.depth + 1, self.root, stmt))
         return out

@@ -10,6 +10,9 @@ from .errors import ConfigError
 from .parser import Statement
 
 ZONE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+# The largest zone a configuration may declare (1 TiB). Whether the machine can hold it is
+# found out when the zone is created (its memory is reserved then).
+MAX_ZONE_SIZE = 1 << 40
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,8 @@ class ZoneSpecs:
             raise fail(f'invalid zone name "{name}": use letters, digits, "_", "-" and "." (at most 64)')
         if size <= 0:
             raise fail(f'zone "{name}" is too small')
+        if size > MAX_ZONE_SIZE:
+            raise fail(f'zone "{name}" of {size} bytes is larger than the largest zone, {MAX_ZONE_SIZE} bytes (1024g)')
         old = self._specs.get(name)
         if old is not None:
             if old.owner != owner:

@@ -19,12 +19,13 @@ from flask import Flask, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
+from ..instance import MasterGone
 from .context import RequestContext
 from .core_module import AddHeader, Return
 from .jsonapi import ApiError
 from .logs import AccessLog, log
 from .regex import to_bytes
-from .responses import NginxResponse, error_page, pad_error_page, set_status_line
+from .responses import NginxResponse, error_page, json_error, pad_error_page, set_status_line
 from .uri import BadRequest
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -88,6 +89,8 @@ class HttpCore:
     def handle(self, environ: dict, req) -> Response:
         try:
             self.runtime.enter_request()
+        except MasterGone as exc:  # an orphaned worker: nothing it accepted would last
+            return json_error(503, str(exc), headers={"Connection": "close", "Retry-After": "1"})
         except Exception:  # a module's request-start work failed: say so, serve the request anyway
             log.exception("request start failed for %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
         ctx = RequestContext(environ, req, self.runtime)
@@ -136,7 +139,11 @@ class HttpCore:
         except ApiError as exc:  # a module's JSON API answers a bad request with its JSON error
             return exc.response()
         except HTTPException as exc:  # e.g. a client that hung up mid-body, a body over the limit
+            if isinstance(exc.__context__, TimeoutError):  # werkzeug's wrapper around a body read
+                return _body_timeout()
             return error_page(exc.code or 400)
+        except TimeoutError:  # ngxsim.worker.Worker: the body paused longer than client_body_timeout
+            return _body_timeout()
         except Exception:
             log.exception("unhandled error in %s %s", ctx.environ.get("REQUEST_METHOD"), ctx.uri)
             return error_page(500)
@@ -210,6 +217,13 @@ class HttpCore:
                         response.headers.add(h.name, _header_value(value))
         for header_filter in plan.filters:
             header_filter(ctx, response)
+
+
+def _body_timeout() -> Response:
+    """nginx's 408 when client_body_timeout passed between two reads; the connection closes."""
+    response = error_page(408)
+    response.headers["Connection"] = "close"
+    return response
 
 
 def _header_value(text: str) -> str:

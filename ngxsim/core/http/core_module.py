@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 
 from ... import hookimpl
-from ..conf.directive import FLAG, HTTP, LOCATION, MAIN, SERVER, SIZE, STRING, Directive
+from ..conf.directive import FLAG, HTTP, LOCATION, MAIN, MAX_TIME, SERVER, SIZE, STRING, TIME, Directive, parse_number
 from .location import LocationMatcher, LocationSpec, nesting_error, parse_location
 from .server import Listen, ServerTable, parse_listen, parse_server_name, primary_name
 from .variables import Template
@@ -19,9 +19,11 @@ from .variables import Template
 ALL = (MAIN, HTTP, SERVER, LOCATION)
 HTTP_LEVELS = (HTTP, SERVER, LOCATION)
 # gevent/eventlet are left out on purpose: the event dispatcher blocks a real thread in a futex
-WORKER_CLASSES = ("sync", "gthread")
+# "ngxsim": ngxsim.worker.Worker (gthread that reads requests in its event loop, see worker.py)
+WORKER_CLASSES = ("sync", "gthread", "ngxsim")
 LOG_LEVELS = ("debug", "info", "notice", "warn", "error", "crit", "alert", "emerg")
 DEFAULT_LISTEN = Listen("127.0.0.1", 8080)
+MAX_WORKER_PROCESSES = 1024  # nginx's NGX_MAX_PROCESSES
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ def parse_return(args: list[str]) -> Return:
     first = args[0]
     if len(args) == 1 and first.startswith(("http://", "https://", "$scheme")):
         return Return(302, Template(first))
-    if not first.isdigit() or not 0 <= int(first) <= 999:
+    if not re.fullmatch("[0-9]{1,3}", first):
         raise ValueError(f'invalid return code "{first}"')
     return Return(int(first), Template(args[1]) if len(args) > 1 else None)
 
@@ -110,6 +112,8 @@ def parse_worker_processes(args: list[str]) -> int:
         return os.cpu_count() or 1
     if not re.fullmatch("[0-9]+", args[0]):
         raise ValueError('"worker_processes" directive invalid value')  # nginx's wording
+    if len(args[0].lstrip("0")) > 8 or int(args[0]) > MAX_WORKER_PROCESSES:  # (no int of 5000 digits)
+        raise ValueError(f'"worker_processes" directive invalid value: at most {MAX_WORKER_PROCESSES}')
     if int(args[0]) < 1:  # nginx takes 0 (a master without workers, serving nothing)
         raise ValueError('"worker_processes" directive invalid value: ngxsim needs at least one worker')
     return int(args[0])
@@ -122,19 +126,24 @@ def parse_worker_class(args: list[str]) -> str:
 
 
 def parse_worker_threads(args: list[str]) -> int:
-    if not args[0].isdigit() or not 1 <= int(args[0]) <= 1024:
-        raise ValueError(f'invalid value "{args[0]}" in "worker_threads" directive')
-    return int(args[0])
+    try:
+        return parse_number(args[0], 1, 1024)
+    except ValueError:
+        raise ValueError(f'invalid value "{args[0]}" in "worker_threads" directive, it must be from 1 to 1024') from None
 
 
 CORE_DIRECTIVES = (
     Directive("load_module", (MAIN,), 1, multiple=True, inherit=False, doc="load a module by entry point or dotted path"),
     Directive("worker_processes", (MAIN,), 1, parse=parse_worker_processes, default=1,
               doc="number of gunicorn workers under `ngxsim -c`; `auto` = CPU count"),
-    Directive("worker_class", (MAIN,), 1, parse=parse_worker_class, default="sync",
-              doc="ngxsim extension: gunicorn worker class under `ngxsim -c` (`sync` or `gthread`)"),
-    Directive("worker_threads", (MAIN,), 1, parse=parse_worker_threads, default=1,
-              doc="ngxsim extension: threads per worker with `worker_class gthread`"),
+    Directive("worker_class", (MAIN,), 1, parse=parse_worker_class, default="ngxsim",
+              doc="ngxsim extension: gunicorn worker class under `ngxsim -c` (`ngxsim`, `gthread` or `sync`)"),
+    Directive("worker_threads", (MAIN,), 1, parse=parse_worker_threads, default=4,
+              doc="ngxsim extension: threads per worker under `ngxsim -c` (default 4; sync workers have 1)"),
+    Directive("client_header_timeout", (HTTP,), 1, type=TIME, default=60.0, range=(0.001, MAX_TIME),
+              doc="a request header must be complete within this (else 408); applied by `worker_class ngxsim`"),
+    Directive("client_body_timeout", (HTTP,), 1, type=TIME, default=60.0, range=(0.001, MAX_TIME),
+              doc="longest pause between two reads of a request body (else 408); applied by `worker_class ngxsim`"),
     Directive("error_log", ALL, (1, 2), parse=parse_error_log, default=("stderr", "error"),
               doc="where the server's own log goes (`stderr` or a path) and from which level"),
     Directive("http", (MAIN,), 0, block=HTTP, doc="the HTTP context"),
@@ -220,7 +229,7 @@ def ngxsim_postconfiguration(config):
 def _check_nesting(block, parent: LocationSpec | None) -> None:
     """nginx's rules for what may nest, checked in config order (as nginx does while parsing)."""
     for loc in block.children:
-        if loc.context != LOCATION:
+        if loc.context != LOCATION or loc.statement.name != "location":
             continue
         if parent is not None:
             problem = nesting_error(parent, loc.value)
@@ -231,7 +240,8 @@ def _check_nesting(block, parent: LocationSpec | None) -> None:
 
 def _locations(block) -> LocationMatcher | None:
     """The matcher of the locations directly inside ``block`` (each with its own inside)."""
-    locs = [loc for loc in block.children if loc.context == LOCATION]
+    # a module's own block may open a location context too: only "location" lines are locations
+    locs = [loc for loc in block.children if loc.context == LOCATION and loc.statement.name == "location"]
     if not locs:
         return None
     matcher: LocationMatcher = LocationMatcher()

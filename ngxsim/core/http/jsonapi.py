@@ -17,6 +17,7 @@ from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import ClientDisconnected
 from werkzeug.wrappers import Response
 
+from .logs import SECRET_ARGS
 from .responses import json_error
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -46,8 +47,10 @@ class ApiError(Exception):
 def register_secret_arg(config: "Configuration", name: str = "key") -> None:
     """Mask query argument ``name`` in every access log line (its value becomes ``***``).
     Call it at load time (``ngxsim_postconfiguration``) for each argument that carries a secret;
-    the log matches the argument by its decoded name, so ``?%6bey=`` is masked too."""
+    the log matches the argument by its decoded name, so ``?%6bey=`` is masked too. gunicorn's own
+    logs mask it as well with ``ngxsim.glogging.Logger``."""
     config.secret_args.add(name)
+    SECRET_ARGS.add(name)
 
 
 def check_key(ctx: "RequestContext", key: str | None, arg: str = "key", action: str = "this request") -> None:
@@ -70,7 +73,8 @@ def check_key(ctx: "RequestContext", key: str | None, arg: str = "key", action: 
 def read_body(ctx: "RequestContext", max_body: int) -> bytes:
     """The whole request body, at most ``max_body`` bytes, or an ``ApiError``: 413 when it is
     larger (declared or actually sent), 400 when it is shorter than its ``Content-Length`` (the
-    client stopped sending) or its chunked encoding is broken."""
+    client stopped sending) or its chunked encoding is broken, 408 when the client paused longer
+    than ``client_body_timeout`` (under ``ngxsim.worker.Worker``)."""
     req = ctx.request
     length = req.content_length
     if length is not None and length > max_body:
@@ -85,10 +89,14 @@ def read_body(ctx: "RequestContext", max_body: int) -> bytes:
                 break
             parts.append(part)
             got += len(part)
-    except ClientDisconnected:
+    except ClientDisconnected as exc:  # werkzeug's wrapper (client_max_body_size) around a failed read
+        if isinstance(exc.__context__, TimeoutError):
+            raise ApiError(408, f"{_incomplete(got, length)} within client_body_timeout", {"Connection": "close"}) from None
         raise ApiError(400, _incomplete(got, length)) from None
     except ParseException as exc:  # gunicorn's chunked decoder: a bad size, extension or terminator
         raise ApiError(400, f"body is not valid chunked encoding: {exc}") from None
+    except TimeoutError:  # ngxsim.worker.Worker: client_body_timeout passed between two reads
+        raise ApiError(408, f"{_incomplete(got, length)} within client_body_timeout", {"Connection": "close"}) from None
     except OSError as exc:  # gunicorn: the connection ended inside a chunk; or a socket error
         raise ApiError(400, f"{_incomplete(got, length)} ({exc})") from None
     if got > max_body:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
-import re
 from urllib.parse import parse_qsl, unquote_plus, urlencode
 
 LEVELS = {
@@ -31,6 +31,11 @@ def setup_error_log(target: tuple[str, str]) -> None:
     log.propagate = False
 
 
+# Names of query arguments that carry secrets, in this process: "key" (worker_events' publish
+# key) always, and whatever a loaded configuration registered (``register_secret_arg``). Logs that
+# see raw request text (gunicorn's own) mask these.
+SECRET_ARGS: set[str] = {"key"}
+
 def mask_query(query: str, secrets: frozenset[str]) -> str:
     """The query string with the values of secret arguments replaced by ``***``. Arguments are
     matched by their decoded name, as the handler that reads them sees it (``%6bey`` is ``key``)."""
@@ -42,7 +47,8 @@ def mask_query(query: str, secrets: frozenset[str]) -> str:
     return urlencode([(k, "***" if k in secrets else v) for k, v in pairs], safe="*/:")
 
 
-_QUERY_PAIR = re.compile(r"(^|[?&;])([^=&;\s?]+)=([^&;\s]*)")
+# the value ends at a separator, a space or a quote (a request line quoted in a log message)
+_QUERY_PAIR = re.compile(r"""(^|[?&;])([^=&;\s?]+)=([^&;\s'"]*)""")
 
 
 def mask_target(text: str, secrets: frozenset[str]) -> str:

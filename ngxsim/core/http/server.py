@@ -49,15 +49,19 @@ def parse_listen(args: list[str]) -> Listen:
     addr, *params = args
     host, port = "*", DEFAULT_PORT
     if addr.startswith("["):
-        m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?", addr)
+        m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\](?::([0-9]+))?", addr)
         if not m:
             raise ValueError(f'invalid host in "{addr}" of the "listen" directive')
+        if m.group(2) and len(m.group(2)) > 5:
+            raise ValueError(f'invalid port in "{addr}" of the "listen" directive')
         host, port = m.group(1), int(m.group(2) or DEFAULT_PORT)
-    elif re.fullmatch(r"\d+", addr):
+    elif re.fullmatch(r"[0-9]+", addr):
+        if len(addr) > 5:
+            raise ValueError(f'invalid port in "{addr}" of the "listen" directive')
         port = int(addr)
     elif ":" in addr:
         host, _, p = addr.rpartition(":")
-        if not re.fullmatch(r"\d+", p):
+        if not re.fullmatch(r"[0-9]{1,5}", p):
             raise ValueError(f'invalid port in "{addr}" of the "listen" directive')
         port = int(p)
     else:

@@ -1,0 +1,224 @@
+"""ngxsim's gunicorn worker class: ``gunicorn -k ngxsim.worker.Worker --threads 4 ngxsim.wsgi``.
+
+gunicorn's ``gthread`` worker hands a connection to a thread as soon as it is accepted (or once
+its first bytes arrive), and the thread then reads the request with blocking reads: a client
+that sends its header or body slowly holds a thread for as long as it likes, and a few of them
+starve the worker. It also accepts connections while all its threads are busy, so one worker
+can queue many long-polls while the others sit idle.
+
+This worker reads like nginx does. In the worker's event loop, without a thread, it reads:
+
+- the request header, until its empty line, within ``client_header_timeout`` (from the
+  connection's start, or from the first byte of a kept-alive connection's next request);
+- a body of declared length up to ``PREREAD_MAX`` bytes, with at most
+  ``client_body_timeout`` between two reads;
+
+and answers ``408`` (and closes) when a timeout passes. Only a complete request goes to a
+thread. A longer or chunked body is read by the thread with ``client_body_timeout`` between two
+reads (a ``TimeoutError`` the core answers with 408). The worker accepts new connections only
+while one of its threads is free, so the kernel gives them to another worker.
+
+The timeouts come from the config's ``http`` block (nginx's default 60 s); the number of
+threads from gunicorn's ``--threads``. ``ngxsim -c`` uses this worker unless ``worker_class``
+says otherwise.
+"""
+
+from __future__ import annotations
+
+import errno
+import re
+import selectors
+import time
+from functools import partial
+
+from gunicorn.workers.gthread import TConn, ThreadWorker
+
+from .core.http.responses import compact_json
+
+# bodies of a declared length up to this are read in the event loop, larger ones by the thread
+PREREAD_MAX = 64 * 1024
+# a request head larger than this goes to gunicorn's parser as is (it answers 431/414)
+HEAD_MAX = 64 * 1024
+DEFAULT_TIMEOUT = 60.0
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+
+
+class _Waiting:
+    """A connection whose request the event loop is still reading."""
+
+    __slots__ = ("conn", "data", "deadline", "need", "phase")
+
+    def __init__(self, conn: TConn, deadline: float):
+        self.conn = conn
+        self.data = bytearray()
+        self.deadline = deadline
+        self.need = 0  # total bytes (head + body) to have before the thread takes over
+        self.phase = "header"
+
+
+class Worker(ThreadWorker):
+    """gthread with nginx's reading discipline (see the module docstring)."""
+
+    def init_process(self) -> None:
+        self.in_pool = 0  # connections handed to the thread pool and not finished
+        self.waiting: dict[int, _Waiting] = {}
+        self._timeouts: tuple[float, float] | None = None
+        super().init_process()
+
+    # -- timeouts from the config -------------------------------------------------------------
+
+    @property
+    def timeouts(self) -> tuple[float, float]:
+        """(client_header_timeout, client_body_timeout) of the served config."""
+        if self._timeouts is None:
+            header = body = DEFAULT_TIMEOUT
+            runtime = getattr(self.wsgi, "runtime", None)
+            http = runtime.config.blocks("http") if runtime is not None else []
+            if http:
+                header = http[0].get("client_header_timeout") or DEFAULT_TIMEOUT
+                body = http[0].get("client_body_timeout") or DEFAULT_TIMEOUT
+            self._timeouts = (header, body)
+        return self._timeouts
+
+    # -- accepting: only while a thread is free -----------------------------------------------
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        super().set_accept_enabled(enabled and self.in_pool < self.cfg.threads)
+
+    def enqueue_req(self, conn) -> None:
+        self.in_pool += 1
+        if self.in_pool >= self.cfg.threads:
+            self.set_accept_enabled(False)  # let the other workers take the next connections
+        super().enqueue_req(conn)
+
+    def finish_request(self, conn, fs) -> None:
+        self.in_pool -= 1
+        super().finish_request(conn, fs)
+
+    def accept(self, listener) -> None:
+        try:
+            sock, addr = listener.accept()
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        conn = TConn(self.cfg, sock, addr, listener.getsockname())  # non-blocking
+        if self.cfg.is_ssl:  # TLS is read by the thread (gunicorn's own path)
+            sock.setblocking(True)
+            self.enqueue_req(conn)
+            return
+        self._read_request(conn)
+
+    # -- reading a request in the event loop --------------------------------------------------
+
+    def on_client_socket_readable(self, conn, client) -> None:
+        """A kept-alive connection has its next request coming: read it here too."""
+        self.poller.unregister(client)
+        self.keepalived_conns.remove(conn)
+        self._read_request(conn)
+
+    def _read_request(self, conn: TConn) -> None:
+        conn.sock.setblocking(False)
+        waiting = _Waiting(conn, time.monotonic() + self.timeouts[0])
+        self.waiting[id(conn)] = waiting
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, waiting))
+
+    def _on_readable(self, waiting: _Waiting, _sock) -> None:
+        try:
+            data = waiting.conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the client went away before its request was complete
+            self._drop(waiting)
+            return
+        waiting.data += data
+        if waiting.phase == "header":
+            end = _HEAD_END.search(waiting.data, max(0, len(waiting.data) - len(data) - 3))
+            if end is None:
+                if len(waiting.data) > HEAD_MAX:
+                    self._hand_over(waiting)
+                return
+            length = _preread_length(bytes(waiting.data[: end.start()]))
+            if length is None or len(waiting.data) >= end.end() + length:
+                self._hand_over(waiting)
+                return
+            waiting.phase, waiting.need = "body", end.end() + length
+        elif len(waiting.data) >= waiting.need:
+            self._hand_over(waiting)
+            return
+        if waiting.phase == "body":  # nginx: the body timeout runs between two reads
+            waiting.deadline = time.monotonic() + self.timeouts[1]
+
+    def _hand_over(self, waiting: _Waiting) -> None:
+        """The request is complete (or too large to buffer): a thread serves it."""
+        conn = waiting.conn
+        self._forget(waiting)
+        conn.sock.setblocking(True)
+        conn.init()
+        conn.parser.unreader.unread(bytes(waiting.data))
+        conn.data_ready = True
+        self.enqueue_req(conn)
+
+    def _forget(self, waiting: _Waiting) -> None:
+        del self.waiting[id(waiting.conn)]
+        try:
+            self.poller.unregister(waiting.conn.sock)
+        except (KeyError, ValueError, OSError):
+            pass
+
+    def _drop(self, waiting: _Waiting, answer: bytes = b"") -> None:
+        self._forget(waiting)
+        self.nr_conns -= 1
+        if answer:
+            try:
+                waiting.conn.sock.send(answer)
+            except OSError:
+                pass
+        waiting.conn.close()
+
+    def murder_pending(self) -> None:
+        """Also answer 408 to the requests whose header or body did not arrive in time (the
+        run loop calls this at least once a second)."""
+        super().murder_pending()
+        now = time.monotonic()
+        for waiting in [w for w in self.waiting.values() if w.deadline <= now]:
+            self._drop(waiting, _timeout_answer(waiting.phase, self.timeouts))
+
+    def handle_request(self, req, conn):
+        """In the thread: reads of a body not read yet wait at most client_body_timeout each."""
+        conn.sock.settimeout(self.timeouts[1])
+        try:
+            return super().handle_request(req, conn)
+        finally:
+            conn.sock.settimeout(None)
+
+
+def _preread_length(head: bytes) -> int | None:
+    """How many body bytes to read before a thread takes the request: its Content-Length if it
+    has one (up to PREREAD_MAX); None when the thread must read it (chunked, Expect: 100-continue
+    waits for our go-ahead, too large, malformed: gunicorn's parser then says what is wrong)."""
+    length = None
+    for line in head.split(b"\n")[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name in (b"transfer-encoding", b"expect"):
+            return None
+        if name == b"content-length":
+            value = value.strip()
+            if length is not None or not value.isdigit() or len(value) > 9:
+                return None
+            length = int(value)
+    if length is None or length > PREREAD_MAX:
+        return None
+    return length
+
+
+def _timeout_answer(phase: str, timeouts: tuple[float, float]) -> bytes:
+    which, seconds = ("client_header_timeout", timeouts[0]) if phase == "header" else ("client_body_timeout", timeouts[1])
+    body = compact_json({"status": 408, "error": "Request Timeout",
+                         "message": f"the request {phase} did not arrive within {which} ({seconds:g}s)"}).encode()
+    return (b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
