@@ -28,7 +28,7 @@ class State:
         self._lock = threading.Lock()
         self._watch = LivenessWatch()
         # urllib3 keeps connections to each backend alive, per worker (pools are not fork-safe)
-        self.pools = urllib3.PoolManager(num_pools=64, maxsize=max(4, runtime.config.main["worker_threads"]), block=False)
+        self.pools = urllib3.PoolManager(num_pools=64, maxsize=max(4, runtime.threads), block=False)
 
     def zone(self, name: str) -> UpstreamZone:
         return self.zones[name]
