@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from ngxsim import (
     FLAG, HTTP, LOCATION, MAX_ZONE_SIZE, SERVER, TIME, Directive, OutOfRange, hookimpl, parse_number, parse_size, register_secret_arg,
 )
-from ngxsim.core.shm import HEADER_SIZE
+from ngxsim import ZONE_HEADER_SIZE as HEADER_SIZE
 
 from .api import WorkerEventsApi
 from .dispatcher import Dispatcher, collect_subscribers

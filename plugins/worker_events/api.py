@@ -13,7 +13,7 @@ import time
 from werkzeug.wrappers import Response
 
 from ngxsim import ApiError, Event, Methods, check_key, json_response, query_int, query_seconds, query_str, read_json
-from ngxsim.core.http.responses import compact_json
+from ngxsim import compact_json
 
 from .ring import CHANNEL_MAX, encode_event
 from .state import state

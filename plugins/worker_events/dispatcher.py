@@ -16,17 +16,17 @@ lost) before the next event, never a silent skip.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
 
-from ngxsim.core.events import Event, Gap, Subscription
-from ngxsim.core.http.logs import log
-from ngxsim.core.instance import process_start_time
-from ngxsim.core.modules import call_impl, tracing
-from ngxsim.core.shm import Wait
+from ngxsim import Event, Gap, Subscription, Wait, call_impl, process_start_time, tracing
+
+# the server's error log (error_log) is the "ngxsim" logger
+log = logging.getLogger("ngxsim")
 
 from .ring import Ring
 

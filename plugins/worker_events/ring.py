@@ -43,11 +43,12 @@ import time
 from hashlib import blake2b
 from dataclasses import dataclass
 
-from ngxsim.core.events import Event
+from ngxsim import Event
 from json.encoder import encode_basestring as _json_str  # a JSON string, non-ASCII left as is
 
-from ngxsim.core.instance import LivenessWatch, alive
-from ngxsim.core.shm import Zone
+from ngxsim import LivenessWatch
+from ngxsim import process_alive as alive
+from ngxsim import Zone
 
 CHANNEL_MAX, TYPE_MAX, PAYLOAD_MAX = 64, 64, 512
 MAX_WORKERS = 128
