@@ -164,8 +164,10 @@ def ngxsim_publish(runtime: "Runtime", zone: str, channel: str, type: str, paylo
 def ngxsim_event_subscriptions(config: "Configuration") -> "list[Subscription] | Subscription | None":
     """Say which events this module wants: zone, channels (None: all), and whether a worker
     that starts should first replay what is still in the ring. A module that implements
-    ``ngxsim_event`` without this hook hears every channel of every zone. Called once per config
-    load for each module separately."""
+    ``ngxsim_event`` without this hook (or returning None) hears every channel of every zone;
+    ``[]`` subscribes to nothing. Called once per config load for each module separately, after
+    every ``ngxsim_postconfiguration``; a subscription to a zone no event module declares, or
+    any while no module publishes events, fails the load with the fix."""
 
 
 @hookspec

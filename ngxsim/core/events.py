@@ -59,6 +59,60 @@ class Subscription:
             object.__setattr__(self, "channels", tuple(self.channels))
 
 
+def collect_subscriptions(config, loaded_at: dict) -> dict[str, "list[Subscription] | None"]:
+    """Each event listener's subscriptions (module -> list, or None: every zone), checked.
+
+    Called once per config load, after every module's postconfiguration (so the zones are all
+    declared). A subscription nothing would ever deliver fails the load with the fix: no loaded
+    module publishes events (``load_module worker_events;`` missing), or its zone is not one a
+    publishing module declared. A module that listens to every zone while nothing publishes
+    gets a warning: it may well work without events. ``loaded_at`` maps a module to its
+    ``load_module`` line, where the error points.
+    """
+    from .conf.errors import ConfigError
+    from .modules import call_impl
+
+    hook = config.pm.hook
+
+    def fail(module: str, message: str) -> ConfigError:
+        where = loaded_at.get(module)
+        return where.error(message) if where else ConfigError(message)
+
+    publishers = {impl.plugin_name for impl in hook.ngxsim_publish.get_hookimpls()}
+    event_zones = sorted(spec.name for spec in config.zones if spec.owner in publishers)
+    wanted: dict[str, list[Subscription] | None] = {}
+    for impl in hook.ngxsim_event_subscriptions.get_hookimpls():
+        result = call_impl(impl, config=config)
+        if result is None:
+            continue
+        items = [result] if isinstance(result, Subscription) else result
+        if not isinstance(items, (list, tuple)) or not all(isinstance(i, Subscription) for i in items):
+            raise fail(impl.plugin_name, f'module "{impl.plugin_name}" (ngxsim_event_subscriptions): returned '
+                                         f'{str(result)[:80]}; return a Subscription, a list of them, or None')
+        wanted[impl.plugin_name] = list(items)
+        for sub in items:
+            if not publishers:
+                raise fail(impl.plugin_name, f'module "{impl.plugin_name}" subscribes to events of zone "{sub.zone}", '
+                                             f'but no loaded module publishes events: add "load_module worker_events;" '
+                                             f'and "worker_events_zone {sub.zone};"')
+            if sub.zone not in event_zones:
+                known = ", ".join(f'"{z}"' for z in event_zones) or "none"
+                raise fail(impl.plugin_name, f'module "{impl.plugin_name}" subscribes to zone "{sub.zone}", which is '
+                                             f'no event zone (declared: {known}), so nothing would be delivered: '
+                                             f'declare it with "worker_events_zone {sub.zone};" or subscribe to one of those')
+    listeners = {impl.plugin_name for caller in (hook.ngxsim_event, hook.ngxsim_event_gap)
+                 for impl in caller.get_hookimpls()}
+    out: dict[str, list[Subscription] | None] = {}
+    for name in config.module_names():
+        if name in listeners:
+            out[name] = wanted.get(name)
+            if out[name] is None and not publishers:
+                config.warnings.append(f'module "{name}" listens to events (ngxsim_event) but no loaded module '
+                                       f'publishes any, so it hears none: add "load_module worker_events;"'
+                                       + (f" in {loaded_at[name].file}:{loaded_at[name].line}" if name in loaded_at else ""))
+    return out
+
+
 def http_event_zone(config, module: str) -> str | None:
     """The zone of the http-level ``worker_events_zone`` that consumer modules publish into.
 

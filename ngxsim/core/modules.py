@@ -7,6 +7,7 @@ path (handy for a module that lives in a project or test tree).
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.metadata
 import os
@@ -78,6 +79,38 @@ def load_module(name: str) -> object:
         raise LookupError(f'module "{name}" failed to import: {exc}') from None
     except Exception as exc:
         raise LookupError(f'module "{name}" failed to import: {exc!r}') from None
+
+
+def check_module(pm: pluggy.PluginManager, name: str, plugin: object) -> list[str]:
+    """Check a module's hook implementations before it is registered; returns warnings.
+
+    pluggy reports a wrong argument name with a long traceback (``PluginValidationError``) and
+    says nothing of a function named like a hook but not marked ``@hookimpl`` (never called).
+    Raises ValueError with a one-line message naming the hook and the fix; the caller adds
+    the module's ``load_module`` line.
+    """
+    specs = {hook: caller.spec for hook, caller in vars(pm.hook).items() if caller.spec is not None}
+    warnings = []
+    for attr in sorted(dir(plugin)):
+        function = getattr(plugin, attr, None)
+        opts = pm.parse_hookimpl_opts(plugin, attr)
+        if opts is None:
+            if attr in specs and callable(function):
+                warnings.append(f'module "{name}": function "{attr}" is named like a hook but is not marked '
+                                f'@ngxsim.hookimpl, so it is never called: add @hookimpl above it')
+            continue
+        spec = specs.get(attr)
+        if spec is None:
+            close = difflib.get_close_matches(attr, list(specs), n=1)
+            hint = f'did you mean "{close[0]}"?' if close else "see docs/hooks.md for the hooks there are"
+            raise ValueError(f'module "{name}": "{attr}" is marked @hookimpl but is no ngxsim hook; {hint}')
+        asked = pluggy.HookImpl(plugin, name, function, opts).argnames
+        unknown = [arg for arg in asked if arg not in spec.argnames]
+        if unknown:
+            wrong = ", ".join(f'"{arg}"' for arg in unknown)
+            raise ValueError(f'module "{name}": hook "{attr}" asks for argument {wrong}, which the hook does not '
+                             f'pass; name them from ({", ".join(spec.argnames)})')
+    return warnings
 
 
 def installed_modules() -> list[tuple[str, str]]:

@@ -80,30 +80,20 @@ class Subscriber:
 
 def collect_subscribers(config) -> list[Subscriber]:
     """One Subscriber per module implementing ``ngxsim_event`` or ``ngxsim_event_gap``, in
-    module load order, with what its ``ngxsim_event_subscriptions`` asked for."""
+    module load order, with what its ``ngxsim_event_subscriptions`` asked for (the core
+    collected and checked them at load: ``config.subscriptions``)."""
     hook = config.pm.hook
     events = {impl.plugin_name: impl for impl in hook.ngxsim_event.get_hookimpls()}
     gaps = {impl.plugin_name: impl for impl in hook.ngxsim_event_gap.get_hookimpls()}
-    subs: dict[str, list[Subscription]] = {}
-    for impl in hook.ngxsim_event_subscriptions.get_hookimpls():
-        result = call_impl(impl, config=config)
-        if result is None:
-            continue
-        items = [result] if isinstance(result, Subscription) else list(result)
-        for item in items:
-            if not isinstance(item, Subscription):
-                raise TypeError(f"module {impl.plugin_name!r}: ngxsim_event_subscriptions returned {item!r}")
-        subs.setdefault(impl.plugin_name, []).extend(items)
     out = []
-    for name in config.module_names():
-        if name in events or name in gaps:
-            ev, gap = events.get(name), gaps.get(name)
-            out.append(Subscriber(
-                name,
-                ev and bind_impl(ev, "runtime", "event"),
-                gap and bind_impl(gap, "runtime", "gap"),
-                subs.get(name),
-            ))
+    for name, subscriptions in config.subscriptions.items():
+        ev, gap = events.get(name), gaps.get(name)
+        out.append(Subscriber(
+            name,
+            ev and bind_impl(ev, "runtime", "event"),
+            gap and bind_impl(gap, "runtime", "gap"),
+            subscriptions,
+        ))
     return out
 
 

@@ -133,6 +133,18 @@ def test_a_config_error_stops_the_server_with_nginx_wording(ngxsim_server):
     assert any(emerg in line for line in failed.emerg) and emerg in str(failed).splitlines()[1]
 
 
+@pytest.mark.ngxsim_modes()
+def test_a_module_mistake_stops_the_server_with_the_line_of_ngxsim_t(ngxsim_server):
+    """Plain gunicorn and ngxsim -c print what ``ngxsim -t`` prints for a hookimpl asking for
+    an argument its hook does not pass: pluggy's validation error, without its traceback."""
+    failed = _failed_start(ngxsim_server, "load_module ngxsim_test_argname;\n"
+                                          "http {\n server {\n  listen 127.0.0.1:{port};\n }\n}\n")
+    emerg = (f'ngxsim: [emerg] module "ngxsim_test_argname": hook "ngxsim_postconfiguration" asks for argument "conf", '
+             f'which the hook does not pass; name them from (config) in {failed.server.conf}:1')
+    output = failed.server.output()
+    assert emerg in output.splitlines() and "Traceback" not in output and "PluginValidationError" not in output
+
+
 def _ngxsim_t(path):
     return subprocess.run([sys.executable, "-m", "ngxsim.cli", "-t", "-c", str(path)], capture_output=True, text=True,
                           timeout=60)

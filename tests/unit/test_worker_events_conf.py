@@ -50,7 +50,9 @@ def test_the_seed_config_loads_and_sizes_its_zone():
     ("worker_events_zone bad/name;", 'invalid zone name "bad/name"'),
     ("worker_events_api; worker_events_zone z; worker_events_channel " + "c" * 65 + ";", "1 to 64 bytes"),
     ("worker_events_api; worker_events_zone z; worker_events_channel c; worker_events_publish_key '';", "must not be empty"),
-    ("worker_events_api on; worker_events_zone z; worker_events_channel c;", ""),  # on/off form is fine
+    # it takes no argument: "on" is not a synonym (nginx: NGX_CONF_NOARGS)
+    ("worker_events_api on; worker_events_zone z; worker_events_channel c;",
+     'invalid number of arguments in "worker_events_api" directive in /p/w.conf:6'),
 ])
 def test_config_errors(location, message):
     if not message:

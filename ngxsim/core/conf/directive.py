@@ -7,6 +7,7 @@ the merge from outer to inner contexts, with nginx's error wording.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -139,14 +140,51 @@ class Directive:
         contexts = frozenset((self.contexts,) if isinstance(self.contexts, str) else self.contexts)
         bad = [c for c in contexts if not isinstance(c, str) or not _CONTEXT_NAME.fullmatch(c)]
         if bad or not contexts:
-            raise ValueError(f"directive {self.name!r}: invalid contexts {sorted(map(str, bad))}")
+            shown = ", ".join(f'"{c}"' if isinstance(c, str) else repr(c) for c in bad) or "none"
+            raise ValueError(f'directive "{self.name}" has invalid context(s) {shown}: use MAIN, HTTP, SERVER, '
+                             f'LOCATION (from ngxsim) or the lower-case name a block directive opens')
         object.__setattr__(self, "contexts", contexts)
         if self.type not in TYPES:
-            raise ValueError(f"directive {self.name!r}: unknown type {self.type!r}")
+            raise ValueError(f'directive "{self.name}" has unknown type "{self.type}": use one of {", ".join(TYPES)}')
         if self.block is not None and not _CONTEXT_NAME.fullmatch(self.block):
-            raise ValueError(f"directive {self.name!r}: invalid block context {self.block!r}")
+            raise ValueError(f'directive "{self.name}" opens an invalid block context "{self.block}": '
+                             f'use a lower-case name')
         if self.range is not None and self.type not in _RANGES:
-            raise ValueError(f"directive {self.name!r}: a range needs type size, time or number")
+            raise ValueError(f'directive "{self.name}": a range needs type size, time or number')
+        self._check_nargs()
+        self._check_default()
+
+    def _check_nargs(self) -> None:
+        n = self.nargs
+        if isinstance(n, bool) or not (isinstance(n, int) and n >= 0 or isinstance(n, tuple) and len(n) == 2
+                                       and isinstance(n[0], int) and n[0] >= 0
+                                       and (n[1] is None or isinstance(n[1], int) and n[1] >= n[0])):
+            raise ValueError(f'directive "{self.name}" has invalid nargs {n!r}: use a count (0, 1, ...) '
+                             f'or (min, max) with max None for no upper bound')
+
+    def _check_default(self) -> None:
+        """A default is a value the directive's type converts to: what a module reads where no
+        level sets it must look like what it reads where one does."""
+        value = self.default
+        if value is None or self.parse is not None or self.data is not None or self.block is not None:
+            return  # None: unset; a parse callable's values have a shape of its own
+        if self.multiple or self.type == ARGS:
+            fits, wanted = isinstance(value, (list, tuple)), "a list"
+        elif self.type == FLAG:
+            fits, wanted = isinstance(value, bool), "True or False"
+        elif self.type == STRING:
+            fits, wanted = isinstance(value, str), "a string"
+        else:
+            low, high = self.bounds
+            kinds = (int, float) if self.type == TIME else (int,)
+            unit = {SIZE: " (bytes)", TIME: " (seconds)"}.get(self.type, "")
+            fits = isinstance(value, kinds) and not isinstance(value, bool) and low <= value <= high
+            wanted = f"a number from {low:g} to {high:g}{unit}" if self.type == TIME else \
+                f"a number from {low} to {high}{unit}"
+        if not fits:
+            shown = f'"{value}"' if isinstance(value, str) else repr(value)
+            raise ValueError(f'directive "{self.name}" has default {shown}, which is not of its type '
+                             f'{self.type}: make it {wanted}, or None')
 
     @property
     def bounds(self) -> tuple[float, float] | None:
@@ -154,8 +192,10 @@ class Directive:
         return self.range or _RANGES.get(self.type)
 
     def accepts(self, count: int) -> bool:
+        # exact, as nginx's NGX_CONF_NOARGS/TAKE1...: a flag declared with no argument takes none
+        # (``worker_events_api on;`` is an error there, not a synonym)
         if isinstance(self.nargs, int):
-            return count == self.nargs or (self.type == FLAG and self.nargs == 0 and count == 1)
+            return count == self.nargs
         low, high = self.nargs
         return count >= low and (high is None or count <= high)
 
@@ -213,15 +253,20 @@ class DirectiveTable:
 
         return register
 
-    def freeze(self) -> None:
-        """No more declarations; every context a directive names must exist."""
+    def freeze(self, where: dict | None = None) -> None:
+        """No more declarations; every context a directive names must exist. ``where`` maps a
+        module to the statement that loaded it (its ``load_module`` line), where errors point."""
         self.frozen = True
         known = set(CONTEXTS) | {d.block for d, _ in self._all() if d.block}
         for d, owner in self._all():
-            missing = d.contexts - known
+            missing = sorted(d.contexts - known)
             if missing:
-                raise ConfigError(f'directive "{d.name}" of module "{owner}" names unknown context(s) '
-                                  f'{", ".join(sorted(missing))} (no directive opens such a block)')
+                close = difflib.get_close_matches(missing[0], sorted(known), n=1)
+                hint = f'; did you mean "{close[0]}"?' if close else ""
+                message = (f'module "{owner}" (ngxsim_directives): directive "{d.name}" names unknown context(s) '
+                           f'{", ".join(missing)}, which no directive opens{hint}')
+                stmt = (where or {}).get(owner)
+                raise stmt.error(message) if stmt else ConfigError(message)
 
     def _all(self) -> Iterable[tuple[Directive, str]]:
         for same in self.entries.values():

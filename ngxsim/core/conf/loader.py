@@ -14,8 +14,9 @@ from typing import Any, Iterator
 
 import pluggy
 
+from ..events import Subscription, collect_subscriptions
 from ..http.variables import VariableTable, module_variables
-from ..modules import call_impl, create_plugin_manager, load_module
+from ..modules import call_impl, check_module, create_plugin_manager, load_module
 from .directive import LOCATION, MAIN, Directive, DirectiveTable
 from .errors import ConfigError
 from .parser import Statement, parse_file, parse_text
@@ -96,6 +97,12 @@ class Configuration:
     warnings: list[str] = field(default_factory=list)
     # instance-wide periodic jobs modules declared (run by one live worker at a time)
     jobs: "JobSpecs" = field(default_factory=lambda: JobSpecs())
+    # module -> what its ngxsim_event_subscriptions asked for (None: every zone), for each module
+    # implementing ngxsim_event or ngxsim_event_gap, in load order; checked at load
+    subscriptions: dict[str, "list[Subscription] | None"] = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # short: it is an argument of many hooks, and shows in traces
+        return f"<Configuration {self.path} modules={','.join(self.module_names())}>"
 
     @property
     def hook(self):
@@ -125,6 +132,8 @@ def load_configuration(path: str | None = None, text: str | None = None) -> Conf
 
     pm = create_plugin_manager()
     modules = [("core", pm.get_plugin("core"))]
+    loaded_at: dict[str, Statement] = {}  # module -> its load_module line, where its mistakes are reported
+    warnings: list[str] = []
     for stmt in tree:
         if stmt.name == "load_module" and stmt.block is None:
             if len(stmt.args) != 1:
@@ -134,19 +143,27 @@ def load_configuration(path: str | None = None, text: str | None = None) -> Conf
                 raise stmt.error(f'module "{name}" is already loaded')
             try:
                 plugin = load_module(name)
-            except LookupError as exc:
+                warnings += [f"{w} in {stmt.file}:{stmt.line}" for w in check_module(pm, name, plugin)]
+                pm.register(plugin, name=name)
+            except (LookupError, ValueError) as exc:
                 raise stmt.error(str(exc)) from None
-            pm.register(plugin, name=name)
+            except pluggy.PluginValidationError as exc:  # what check_module does not foresee: one line
+                raise stmt.error(f'module "{name}" failed validation: {" ".join(str(exc).split())}') from None
             modules.append((name, plugin))
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        raise ConfigError(f"module failed validation: {exc}") from None
+            loaded_at[name] = stmt
+
+    def module_error(impl, exc: Exception) -> ConfigError:
+        message = f'module "{impl.plugin_name}" ({impl.function.__name__}): {exc}'
+        where = loaded_at.get(impl.plugin_name)
+        return where.error(message) if where else ConfigError(message)
 
     table = DirectiveTable()
     for impl in pm.hook.ngxsim_directives.get_hookimpls():
-        call_impl(impl, register=table.registrar(impl.plugin_name))
-    table.freeze()
+        try:  # a Directive that cannot be (unknown context, type, a default that does not fit)
+            call_impl(impl, register=table.registrar(impl.plugin_name))
+        except (ValueError, TypeError) as exc:
+            raise module_error(impl, exc) from None
+    table.freeze(loaded_at)
     variables = VariableTable()
     for impl in pm.hook.ngxsim_variables.get_hookimpls():
         try:
@@ -158,7 +175,8 @@ def load_configuration(path: str | None = None, text: str | None = None) -> Conf
         main = Block(MAIN, None, None)
         _build(tree, main, table)
         _merge(main, table)
-        config = Configuration(path=path, main=main, table=table, pm=pm, modules=modules, variables=variables)
+        config = Configuration(path=path, main=main, table=table, pm=pm, modules=modules, variables=variables,
+                               warnings=warnings)
         # nginx's order: the core first, then modules in the order of their load_module lines, so
         # a module can rely on what the modules loaded before it declared (e.g. their zones)
         rank = {name: i for i, (name, _) in enumerate(modules)}
@@ -168,6 +186,7 @@ def load_configuration(path: str | None = None, text: str | None = None) -> Conf
             variables.check_pending()
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        config.subscriptions = collect_subscriptions(config, loaded_at)
         config.jobs.declare_zone(config.zones)
         for loc in config.blocks(LOCATION):
             loc.stash["core.handler"] = pm.hook.ngxsim_content_handler(location=loc, config=config)
