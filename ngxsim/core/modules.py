@@ -10,15 +10,14 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.metadata
-import os
-import sys
 
 import pluggy
 
 from .. import hookspecs
+from .trace import install as install_trace
+from .trace import trace_call, tracing
 
 ENTRY_POINT_GROUP = "ngxsim"
-TRACE_ENV = "NGXSIM_TRACE_HOOKS"
 
 # Modules every configuration has, whatever it loads: the core's own directives and HTTP core.
 BUILTIN_MODULES = (("core", "ngxsim.core.http.core_module"),)
@@ -27,20 +26,16 @@ BUILTIN_MODULES = (("core", "ngxsim.core.http.core_module"),)
 def create_plugin_manager() -> pluggy.PluginManager:
     """A fresh plugin manager with ngxsim's hookspecs and the built-in modules registered.
 
-    With ``NGXSIM_TRACE_HOOKS=1`` in the environment every hook call is written to stderr.
+    With ``NGXSIM_TRACE_HOOKS=1`` in the environment every hook call is written to stderr, one
+    short line each (see ``trace.py``).
     """
     pm = pluggy.PluginManager("ngxsim")
     pm.add_hookspecs(hookspecs)
     for name, dotted in BUILTIN_MODULES:
         pm.register(importlib.import_module(dotted), name=name)
-    if os.environ.get(TRACE_ENV):
-        pm.trace.root.setwriter(sys.stderr.write)
-        pm.enable_tracing()
+    if tracing():
+        install_trace(pm)
     return pm
-
-
-def tracing() -> bool:
-    return bool(os.environ.get(TRACE_ENV))
 
 
 def call_impl(impl, **kwargs):
@@ -53,8 +48,8 @@ def call_impl(impl, **kwargs):
     """
     args = [kwargs[name] for name in impl.argnames]
     if tracing():
-        shown = ", ".join(f"{n}={kwargs[n]!r}" for n in impl.argnames)
-        sys.stderr.write(f"{impl.function.__name__} [{impl.plugin_name}] {shown}\n")
+        hook = impl.opts.get("specname") or impl.function.__name__
+        return trace_call(hook, impl.plugin_name, impl.function, {n: kwargs[n] for n in impl.argnames}, args)
     return impl.function(*args)
 
 

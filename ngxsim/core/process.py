@@ -87,6 +87,9 @@ class Runtime:
         # instance-wide periodic jobs (``config.jobs``); started in workers only
         self.jobs: JobRunner | None = None
 
+    def __repr__(self) -> str:  # short: it is an argument of many hooks, and shows in traces
+        return f"<Runtime {self.instance.role} pid={os.getpid()}>"
+
     # -- zones --------------------------------------------------------------------------------
 
     def attach_zones(self) -> None:

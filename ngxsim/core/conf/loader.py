@@ -102,7 +102,7 @@ class Configuration:
     subscriptions: dict[str, "list[Subscription] | None"] = field(default_factory=dict)
 
     def __repr__(self) -> str:  # short: it is an argument of many hooks, and shows in traces
-        return f"<Configuration {self.path} modules={','.join(self.module_names())}>"
+        return f"<Configuration {self.path}>"
 
     @property
     def hook(self):
