@@ -220,7 +220,9 @@ def _first_snapshot(up, zone: UpstreamZone, rebuild: bool) -> None:
     def change(cur):
         if cur is not None and not rebuild:
             return None
-        new = snapshots.from_specs(specs, cur, zone.layout.slots)
+        # under mandatory health checks every peer new to the zone waits for its first probe, as
+        # in NGINX Plus; a peer a reload keeps keeps its health (NGINX Plus's "persistent")
+        new = snapshots.from_specs(specs, cur, zone.layout.slots, checking_new=up.mandatory)
         if up.state:
             snapshots.write_state(up.state, new["peers"])
         return new
