@@ -37,8 +37,9 @@ def ngxsim_directives(register):
 def ngxsim_postconfiguration(config):
     for http in config.blocks(HTTP):
         zone = http["hello_zone"]
-        if any(loc["hello"] for loc in config.blocks(LOCATION)) and zone not in config.zones:
-            raise http.error("hello_zone", f'"hello" needs the worker_events zone "{zone}" (declare it with worker_events_zone)')
+        if any(loc["hello"] for loc in config.blocks(LOCATION)):
+            # the core checks, once every module is configured, that an event module declares it
+            config.publishes(zone, "hello_module", where=http.where_of("hello_zone"))
         config.stash["hello.zone"] = zone
 
 

@@ -63,8 +63,9 @@ def collect_subscriptions(config, loaded_at: dict) -> dict[str, "list[Subscripti
     """Each event listener's subscriptions (module -> list, or None: every zone), checked.
 
     Called once per config load, after every module's postconfiguration (so the zones are all
-    declared). A subscription nothing would ever deliver fails the load with the fix: no loaded
-    module publishes events (``load_module worker_events;`` missing), or its zone is not one a
+    declared). A subscription nothing would ever deliver, or a ``config.publishes(zone, ...)``
+    that would fail at the first publish, fails the load with the fix: no loaded module
+    publishes events (``load_module worker_events;`` missing), or the zone is not one a
     publishing module declared. A module that listens to every zone while nothing publishes
     gets a warning: it may well work without events. ``loaded_at`` maps a module to its
     ``load_module`` line, where the error points.
@@ -80,6 +81,22 @@ def collect_subscriptions(config, loaded_at: dict) -> dict[str, "list[Subscripti
 
     publishers = {impl.plugin_name for impl in hook.ngxsim_publish.get_hookimpls()}
     event_zones = sorted(spec.name for spec in config.zones if spec.owner in publishers)
+    consequence = {"subscribes to": "so nothing would be delivered", "publishes into": "so every publish would fail"}
+
+    def check_zone(zone: str, module: str, verb: str, where=None) -> None:
+        if not publishers:
+            message = (f'module "{module}" {verb} zone "{zone}", but no loaded module publishes events: '
+                       f'add "load_module worker_events;" and "worker_events_zone {zone};"')
+        elif zone not in event_zones:
+            known = ", ".join(f'"{z}"' for z in event_zones) or "none"
+            message = (f'module "{module}" {verb} zone "{zone}", which is no event zone (declared: {known}), '
+                       f'{consequence[verb]}: declare it with "worker_events_zone {zone};" or use one of those')
+        else:
+            return
+        raise where.error(message) if where is not None else fail(module, message)
+
+    for zone, module, where in config.publications:
+        check_zone(zone, module, "publishes into", where)
     wanted: dict[str, list[Subscription] | None] = {}
     for impl in hook.ngxsim_event_subscriptions.get_hookimpls():
         result = call_impl(impl, config=config)
@@ -91,15 +108,7 @@ def collect_subscriptions(config, loaded_at: dict) -> dict[str, "list[Subscripti
                                          f'{str(result)[:80]}; return a Subscription, a list of them, or None')
         wanted[impl.plugin_name] = list(items)
         for sub in items:
-            if not publishers:
-                raise fail(impl.plugin_name, f'module "{impl.plugin_name}" subscribes to events of zone "{sub.zone}", '
-                                             f'but no loaded module publishes events: add "load_module worker_events;" '
-                                             f'and "worker_events_zone {sub.zone};"')
-            if sub.zone not in event_zones:
-                known = ", ".join(f'"{z}"' for z in event_zones) or "none"
-                raise fail(impl.plugin_name, f'module "{impl.plugin_name}" subscribes to zone "{sub.zone}", which is '
-                                             f'no event zone (declared: {known}), so nothing would be delivered: '
-                                             f'declare it with "worker_events_zone {sub.zone};" or subscribe to one of those')
+            check_zone(sub.zone, impl.plugin_name, "subscribes to")
     listeners = {impl.plugin_name for caller in (hook.ngxsim_event, hook.ngxsim_event_gap)
                  for impl in caller.get_hookimpls()}
     out: dict[str, list[Subscription] | None] = {}

@@ -42,12 +42,21 @@ EMERGS = {
                 'module "ngxsim_test_baddefault" (ngxsim_directives): directive "t_count" has default "ten", which '
                 'is not of its type number: make it a number from 0 to 2147483647, or None in {conf}:1'),
     "no worker_events": ("load_module ngxsim_test_recorder;\n",
-                         'module "ngxsim_test_recorder" subscribes to events of zone "bus", but no loaded module '
+                         'module "ngxsim_test_recorder" subscribes to zone "bus", but no loaded module '
                          'publishes events: add "load_module worker_events;" and "worker_events_zone bus;" in {conf}:1'),
     "undeclared zone": ("load_module worker_events;\nload_module ngxsim_test_recorder;\nhttp { worker_events_zone other; }\n",
                         'module "ngxsim_test_recorder" subscribes to zone "bus", which is no event zone (declared: '
                         '"other"), so nothing would be delivered: declare it with "worker_events_zone bus;" or '
-                        'subscribe to one of those in {conf}:2'),
+                        'use one of those in {conf}:2'),
+    "publish without worker_events": ("load_module ngxsim_test_publisher;\nhttp {\n publisher_zone news;\n}\n",
+                                      'module "ngxsim_test_publisher" publishes into zone "news", but no loaded module '
+                                      'publishes events: add "load_module worker_events;" and "worker_events_zone news;" '
+                                      'in {conf}:3'),
+    "publish into no event zone": ("load_module ngxsim_test_publisher;\nload_module worker_events;\n"
+                                   "http {\n worker_events_zone bus;\n publisher_zone news;\n}\n",
+                                   'module "ngxsim_test_publisher" publishes into zone "news", which is no event zone '
+                                   '(declared: "bus"), so every publish would fail: declare it with '
+                                   '"worker_events_zone news;" or use one of those in {conf}:5'),
     "flag with an argument": ("load_module worker_events;\nhttp {\n server {\n  location /e {\n   worker_events_api on;\n"
                               "   worker_events_zone bus;\n   worker_events_channel c;\n  }\n }\n}\n",
                               'invalid number of arguments in "worker_events_api" directive in {conf}:5'),
@@ -122,3 +131,12 @@ def test_defaults_of_the_directive_type_are_accepted(kwargs):
     from ngxsim import Directive
 
     assert Directive("t_x", ("http",), **kwargs).default == kwargs.get("default")
+
+
+def test_publishes_is_checked_after_every_module_whatever_the_load_order():
+    from ngxsim.core.conf.loader import load_configuration
+
+    # the publisher is loaded (and configured) before worker_events declares the zone
+    config = load_configuration("/p/a.conf", text="load_module ngxsim_test_publisher;\nload_module worker_events;\n"
+                                                  "http {\n worker_events_zone bus;\n}\n")
+    assert config.publications == [("bus", "ngxsim_test_publisher", None)]

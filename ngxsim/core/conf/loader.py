@@ -100,6 +100,8 @@ class Configuration:
     # module -> what its ngxsim_event_subscriptions asked for (None: every zone), for each module
     # implementing ngxsim_event or ngxsim_event_gap, in load order; checked at load
     subscriptions: dict[str, "list[Subscription] | None"] = field(default_factory=dict)
+    # (zone, module, statement or None) of each config.publishes(...), checked with the subscriptions
+    publications: list[tuple[str, str, Statement | None]] = field(default_factory=list)
 
     def __repr__(self) -> str:  # short: it is an argument of many hooks, and shows in traces
         return f"<Configuration {self.path}>"
@@ -114,6 +116,14 @@ class Configuration:
     @property
     def worker_processes(self) -> int:
         return self.main["worker_processes"]
+
+    def publishes(self, zone: str, module: str, where: Statement | None = None) -> None:
+        """Say, in ``ngxsim_postconfiguration``, that ``module`` publishes into the event zone
+        ``zone``. The core checks it once every module's postconfiguration ran (so the order of
+        the ``load_module`` lines does not matter): no module that publishes events, or a zone
+        none of them declares, fails the load with the fix, at ``where`` (a statement, e.g.
+        ``block.where_of("my_zone")``) or at the module's ``load_module`` line."""
+        self.publications.append((zone, module, where))
 
     def module_names(self) -> list[str]:
         return [name for name, _ in self.modules]
