@@ -21,6 +21,7 @@ import atexit
 import ctypes
 import os
 import signal
+import sys
 from importlib import resources
 from typing import Callable
 
@@ -116,7 +117,9 @@ class Runtime:
             first = ensure_janitor(self.instance) or self.instance.role == MASTER
         if first:
             for warning in self.config.warnings:
-                log.warning("%s", warning)
+                # the line `ngxsim -t` prints, where a failed start prints its [emerg] (stderr):
+                # the error log is not set up before a worker starts
+                print(f"ngxsim: [warn] {warning}", file=sys.stderr, flush=True)
             self.hook.ngxsim_init_master(runtime=self)
 
     def start_worker(self) -> None:

@@ -145,6 +145,16 @@ def test_a_module_mistake_stops_the_server_with_the_line_of_ngxsim_t(ngxsim_serv
     assert emerg in output.splitlines() and "Traceback" not in output and "PluginValidationError" not in output
 
 
+@pytest.mark.ngxsim_modes()
+def test_a_module_slip_is_the_warn_line_of_ngxsim_t_at_start_and_the_server_serves(ngxsim_server):
+    server = ngxsim_server("load_module ngxsim_test_unmarked;\n"
+                           "http {\n server {\n  listen 127.0.0.1:{port};\n  return 200 ok;\n }\n}\n", workers=2)
+    warn = (f'ngxsim: [warn] module "ngxsim_test_unmarked": function "ngxsim_postconfiguration" is named like a hook '
+            f'but is not marked @ngxsim.hookimpl, so it is never called: add @hookimpl above it in {server.conf}:1')
+    assert server.get("/").text == "ok"
+    assert server.output().splitlines().count(warn) == 1  # once per instance, not once per worker
+
+
 def _ngxsim_t(path):
     return subprocess.run([sys.executable, "-m", "ngxsim.cli", "-t", "-c", str(path)], capture_output=True, text=True,
                           timeout=60)
