@@ -94,16 +94,17 @@ def check_module(pm: pluggy.PluginManager, name: str, plugin: object) -> list[st
                 warnings.append(f'module "{name}": function "{attr}" is named like a hook but is not marked '
                                 f'@ngxsim.hookimpl, so it is never called: add @hookimpl above it')
             continue
-        spec = specs.get(attr)
+        hook = opts.get("specname") or attr  # @hookimpl(specname=...) implements a hook under another name
+        spec = specs.get(hook)
         if spec is None:
-            close = difflib.get_close_matches(attr, list(specs), n=1)
+            close = difflib.get_close_matches(hook, list(specs), n=1)
             hint = f'did you mean "{close[0]}"?' if close else "see docs/hooks.md for the hooks there are"
-            raise ValueError(f'module "{name}": "{attr}" is marked @hookimpl but is no ngxsim hook; {hint}')
+            raise ValueError(f'module "{name}": "{hook}" is marked @hookimpl but is no ngxsim hook; {hint}')
         asked = pluggy.HookImpl(plugin, name, function, opts).argnames
         unknown = [arg for arg in asked if arg not in spec.argnames]
         if unknown:
             wrong = ", ".join(f'"{arg}"' for arg in unknown)
-            raise ValueError(f'module "{name}": hook "{attr}" asks for argument {wrong}, which the hook does not '
+            raise ValueError(f'module "{name}": hook "{hook}" asks for argument {wrong}, which the hook does not '
                              f'pass; name them from ({", ".join(spec.argnames)})')
     return warnings
 

@@ -140,3 +140,19 @@ def test_publishes_is_checked_after_every_module_whatever_the_load_order():
     config = load_configuration("/p/a.conf", text="load_module ngxsim_test_publisher;\nload_module worker_events;\n"
                                                   "http {\n worker_events_zone bus;\n}\n")
     assert config.publications == [("bus", "ngxsim_test_publisher", None)]
+
+
+def test_a_hookimpl_under_another_name_is_checked_by_its_specname(tmp_path, monkeypatch):
+    from ngxsim import ConfigError
+    from ngxsim.core.conf.loader import load_configuration
+
+    (tmp_path / "ngxsim_test_specname.py").write_text(
+        "from ngxsim import hookimpl\n\n"
+        "@hookimpl(specname='ngxsim_postconfiguration')\ndef check(config):\n    check.ran = True\n\n"
+        "@hookimpl(specname='ngxsim_init_workr')\ndef start(runtime):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError) as err:
+        load_configuration("/p/a.conf", text="load_module ngxsim_test_specname;")
+    assert str(err.value) == ('module "ngxsim_test_specname": "ngxsim_init_workr" is marked @hookimpl but is no ngxsim '
+                              'hook; did you mean "ngxsim_init_worker"? in /p/a.conf:1')
+    sys.modules.pop("ngxsim_test_specname", None)
