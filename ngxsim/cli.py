@@ -4,6 +4,7 @@
     ngxsim -t [-c FILE]              test the config like ``nginx -t``
     ngxsim modules [-c FILE]         installed modules; what the config loads and declares
     ngxsim events tail [-c FILE|URL] follow an event ring through its long-poll API
+    ngxsim status [-c FILE|URL]      the instance at a glance: workers, zones, rings, modules
 """
 
 from __future__ import annotations
@@ -78,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--since", type=int, help="start after this generation (default: from now on; 0: the whole ring)")
     t.add_argument("--count", type=int, help="exit after this many events")
     t.add_argument("--json", action="store_true", help="one JSON object per line")
+    st = sub.add_parser("status", help="the instance at a glance: workers, zones, event rings, modules")
+    st.add_argument("-c", dest="target", metavar="FILE|URL",
+                    help=f"a config (its first ngxsim_status location; default: ${CONF_ENV}, else the embedded "
+                         "default) or the status URL")
+    st.add_argument("--json", action="store_true", help="the status document as JSON")
     args = parser.parse_args(argv)
 
     if args.command == "modules":
@@ -89,6 +95,14 @@ def main(argv: list[str] | None = None) -> int:
             return tail(args.target or args.conf, args.channel, args.since, args.count, args.json)
         except KeyboardInterrupt:
             return 0
+        except ConfigError as exc:
+            print(f"ngxsim: [emerg] {exc}", file=sys.stderr)
+            return 1
+    if args.command == "status":
+        from .cli_status import status
+
+        try:
+            return status(args.target or args.conf, args.json)
         except ConfigError as exc:
             print(f"ngxsim: [emerg] {exc}", file=sys.stderr)
             return 1
