@@ -21,9 +21,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import median, table, throughput_args, wrk  # noqa: E402
+from common import median, ratio_rows, table, throughput_args, wrk  # noqa: E402
 
-from ngxsim.testing import start_server  # noqa: E402
+from ngxsim.testing import start_server, stop_all  # noqa: E402
 
 CONF = """
 load_module worker_events;
@@ -87,11 +87,8 @@ def main() -> None:
                 results.setdefault("/ counted in the worker table", []).append(wrk(counted.url("/"), args.seconds))
                 results.setdefault("/status (JSON)", []).append(wrk(counted.url("/status"), args.seconds))
         finally:
-            for server in (base, counted):
-                if server is not None:
-                    server.stop()
-    baseline = median(results["/ without a status location"])
-    rows = [[name, f"{median(v):,.0f}", f"{median(v) / baseline:.0%}"] for name, v in results.items()]
+            stop_all([s for s in (base, counted) if s is not None])
+    rows = ratio_rows(results, "/ without a status location")
     print(table(f"req/s, gunicorn -w 4 sync, wrk -t2 -c8, {args.seconds:g}s x {args.rounds} rounds (medians)",
                 ["request", "req/s", "vs baseline"], rows))
     print("goal: the counted / >= 95% of the baseline")
