@@ -284,3 +284,17 @@ def test_status_page_for_people_in_a_real_browser(server, tmp_path):
         assert lag_cells == ["0"] * 4
         assert page.evaluate("document.querySelector('meta[http-equiv=refresh]').content") == "5"
         assert KEY not in page.evaluate("document.documentElement.outerHTML")
+
+
+@pytest.mark.ngxsim_modes("ngxsim")
+def test_status_under_ngxsim_c_where_the_master_makes_the_worker_table(ngxsim_server):
+    """``ngxsim -c`` loads the config in its master (the zones exist before the fork): each
+    forked worker still lists itself and counts what it serves."""
+    srv = ngxsim_server("http { server { listen 127.0.0.1:{port}; location = /status { ngxsim_status; } } }",
+                        workers=2, ready_path="/status")
+    served = srv.each_worker("/status")
+    doc = srv.get("/status").json()
+    workers = {w["pid"]: w for w in doc["workers"]}
+    assert set(workers) == set(served) == set(srv.worker_pids()) and doc["ngxsim"]["master_pid"] == srv.master
+    assert all(w["alive"] and w["requests"] >= 2 for w in workers.values())  # the ready check and each_worker
+    assert doc["modules"] == {} and [z["name"] for z in doc["zones"]] == ["@workers"]
