@@ -59,8 +59,8 @@ class WorkerTable:
         self._watch = LivenessWatch()
 
     def claim(self, pid: int | None = None) -> int | None:
-        """Take a slot for this worker: a free one, else the one of a dead worker (the longest
-        gone first is not known: the first found). None when 128 live workers hold them all."""
+        """Take a slot for this worker: a free one, else one whose worker is dead. None when
+        128 live workers hold them all (this worker then serves unlisted)."""
         pid = pid or os.getpid()
         start = process_start_time(pid) or 0
         with self.zone.lock():
