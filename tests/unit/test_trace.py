@@ -43,7 +43,7 @@ def test_loading_writes_one_line_per_module_call(monkeypatch, capfd):
     from ngxsim.core.conf.loader import load_configuration
 
     monkeypatch.setenv("NGXSIM_TRACE_HOOKS", "1")
-    load_configuration("/p/t.conf", text=CONF)
+    config = load_configuration("/p/t.conf", text=CONF)
     lines = lines_of(capfd)
     hooks = [LINE.fullmatch(line).group(2, 3) for line in lines]
     # call_impl's calls, one module each, in load order
@@ -53,7 +53,9 @@ def test_loading_writes_one_line_per_module_call(monkeypatch, capfd):
     assert all(int(LINE.fullmatch(line).group(1)) == os.getpid() for line in lines)
     # a hook call through pm.hook names every module it ran, and the short argument reprs
     handler = [line for line in lines if " ngxsim_content_handler " in line]
-    assert len(handler) == 1 and "(ngxsim_test_recorder,worker_events)" in handler[0]
+    called = [impl.plugin_name for impl in reversed(config.pm.hook.ngxsim_content_handler.get_hookimpls())]
+    assert "ngxsim_test_recorder" in called and "worker_events" in called
+    assert len(handler) == 1 and f" ngxsim_content_handler ({','.join(called)}) " in handler[0]
     assert "location=<Block location /p/t.conf:8> config=<Configuration /p/t.conf>" in handler[0]
     # calls that no module implements write nothing
     assert not any(" ngxsim_header_filter " in line for line in lines)
