@@ -1,6 +1,7 @@
 """The ``ngxsim`` command.
 
-    ngxsim [-c FILE]                 serve (gunicorn hosted, settings from the config)
+    ngxsim [-c FILE] [-g DIRECTIVES] serve (gunicorn hosted, settings from the config)
+    ngxsim --listen ADDRESS          serve the embedded default config on ADDRESS
     ngxsim -t [-c FILE]              test the config like ``nginx -t``
     ngxsim modules [-c FILE]         installed modules; what the config loads and declares
     ngxsim events tail -c FILE|URL   follow an event ring through its long-poll API
@@ -20,7 +21,7 @@ import urllib.request
 from . import __version__
 from .core.conf.errors import ConfigError
 from .core.modules import installed_modules
-from .core.process import CONF_ENV, load
+from .core.process import CONF_ENV, load, set_command_line
 
 
 def _conf_name(path: str | None) -> str:
@@ -131,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ngxsim", description="nginx's module system in Python, served by gunicorn")
     parser.add_argument("-c", dest="conf", metavar="FILE", help=f"configuration file (default: ${CONF_ENV}, else the embedded default)")
     parser.add_argument("-t", dest="test", action="store_true", help="test the configuration and exit")
+    parser.add_argument("-g", dest="params", metavar="DIRECTIVES",
+                        help='main-context directives, as nginx -g (e.g. -g "worker_processes 4;")')
+    parser.add_argument("--listen", metavar="ADDRESS", help="serve the embedded default config on ADDRESS "
+                        "(a listen address: 127.0.0.1:9000, [::1]:9000, 9000)")
     parser.add_argument("-v", "--version", action="version", version=f"ngxsim {__version__}")
     sub = parser.add_subparsers(dest="command")
     mods = sub.add_parser("modules", help="list installed modules and what a config loads")
@@ -145,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--count", type=int, help="exit after this many events")
     t.add_argument("--json", action="store_true", help="one JSON object per line")
     args = parser.parse_args(argv)
+    set_command_line(args.params, args.listen)
 
     if args.command == "modules":
         return list_modules(args.conf)

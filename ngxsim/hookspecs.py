@@ -138,6 +138,15 @@ def ngxsim_init_worker(runtime: "Runtime") -> None:
 
 
 @hookspec
+def ngxsim_worker_stopping(runtime: "Runtime", fast: bool) -> None:
+    """A worker is told to stop: gracefully (``fast`` false: requests in progress may finish)
+    or at once. ``runtime.stopping`` is set already (``"graceful"`` or ``"fast"``). Runs in the
+    worker, in a thread of its own, while requests may still be in progress: wake what waits
+    (a long-poll) so it answers with what it has now. Called by ngxsim's gunicorn worker classes
+    (``ngxsim -c`` always uses them); ``ngxsim_exit_worker`` follows when the worker exits."""
+
+
+@hookspec
 def ngxsim_exit_worker(runtime: "Runtime") -> None:
     """A worker process stops cleanly. Not called for a worker that is killed: nothing in shared
     memory may depend on this hook having run."""

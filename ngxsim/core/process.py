@@ -21,10 +21,12 @@ import atexit
 import ctypes
 import os
 import signal
+import threading
 from importlib import resources
 from typing import Callable
 
-from .conf.loader import Configuration, load_configuration
+from .conf.errors import ConfigError
+from .conf.loader import PARAMS_FILE, Configuration, load_configuration
 from .http.app import HttpCore, NgxsimFlask
 from .http.logs import log, setup_error_log
 from .jobs import JobRunner
@@ -39,12 +41,36 @@ def default_config_text() -> str:
     return resources.files("ngxsim").joinpath("default.conf").read_text(encoding="utf-8")
 
 
+DEFAULT_NAME = "<embedded default.conf>"
+_DEFAULT_LISTEN = "listen 127.0.0.1:8080 default_server;"
+# what the ``ngxsim`` command line adds to every config this process loads: ``-g`` directives
+# and ``--listen`` (the embedded default's address); set once by the CLI, kept across reloads
+_command_line: dict[str, str | None] = {"params": None, "listen": None}
+
+
+def set_command_line(params: str | None = None, listen: str | None = None) -> None:
+    """``ngxsim -g DIRECTIVES`` and ``--listen ADDRESS``: applied by every ``load()`` of this
+    process (the start, ``-t``, each SIGHUP reload)."""
+    _command_line.update(params=params, listen=listen)
+
+
 def load(path: str | None = None) -> Configuration:
-    """The config at ``path``, else at ``$NGXSIM_CONF``, else the embedded default."""
+    """The config at ``path``, else at ``$NGXSIM_CONF``, else the embedded default (on the
+    command line's ``--listen`` address, if given); with the command line's ``-g`` directives."""
     path = path or os.environ.get(CONF_ENV) or None
+    params, listen = _command_line["params"], _command_line["listen"]
     if path:
-        return load_configuration(path)
-    return load_configuration("<embedded default.conf>", text=default_config_text())
+        if listen is not None:
+            raise ConfigError(f'"--listen" sets the address of the embedded default configuration only: '
+                              f'{path} has its own "listen" directives')
+        return load_configuration(path, params=params)
+    text = default_config_text()
+    if listen is not None:
+        if not listen or any(c in listen for c in '"\\\n;{} \t'):
+            raise ConfigError(f'invalid "--listen" address "{listen}"', PARAMS_FILE)
+        assert _DEFAULT_LISTEN in text, "default.conf and _DEFAULT_LISTEN disagree"
+        text = text.replace(_DEFAULT_LISTEN, f'listen "{listen}" default_server;')
+    return load_configuration(DEFAULT_NAME, text=text, params=params, params_replace=True)
 
 
 _PR_SET_PDEATHSIG = 1
@@ -86,6 +112,9 @@ class Runtime:
         self._publish_impl = self._single_publish_impl()
         # instance-wide periodic jobs (``config.jobs``); started in workers only
         self.jobs: JobRunner | None = None
+        # None while serving; "graceful" or "fast" once this worker is told to stop: a handler
+        # that waits (a long-poll) answers with what it has when it sees it set
+        self.stopping: str | None = None
 
     # -- zones --------------------------------------------------------------------------------
 
@@ -146,6 +175,28 @@ class Runtime:
             self.hook.ngxsim_exit_worker(runtime=self)
         except Exception:  # exiting anyway: say why, do not mask the exit
             log.exception("ngxsim_exit_worker failed")
+
+    def begin_stop(self, fast: bool) -> threading.Thread | None:
+        """This worker is told to stop (``fast``: at once, else gracefully); called from the
+        worker's signal handler by ngxsim's worker classes. Sets ``stopping`` at once, then runs
+        ``ngxsim_worker_stopping`` in a thread of its own: the signal may have interrupted a
+        thread that holds a lock an implementation needs (a zone's). The thread is not a daemon,
+        so a worker exiting meanwhile still lets it finish. Returns that thread (None when this
+        process is no serving worker, or was told already)."""
+        if self.stopping == "fast" or (self.stopping and not fast):
+            return None
+        self.stopping = "fast" if fast else "graceful"
+        if self.worker_pid != os.getpid():
+            return None
+        thread = threading.Thread(target=self._worker_stopping, args=(fast,), name="ngxsim-stopping")
+        thread.start()
+        return thread
+
+    def _worker_stopping(self, fast: bool) -> None:
+        try:
+            self.hook.ngxsim_worker_stopping(runtime=self, fast=fast)
+        except Exception:  # stopping anyway: say why, do not mask the stop
+            log.exception("ngxsim_worker_stopping failed")
 
     def enter_request(self) -> None:
         """Per request, before its handler. Raises MasterGone in an orphaned worker (its master

@@ -112,8 +112,33 @@ class Configuration:
         return [name for name, _ in self.modules]
 
 
-def load_configuration(path: str | None = None, text: str | None = None) -> Configuration:
-    """Load the config in file ``path`` (or ``text``, named ``path`` in errors)."""
+# where nginx says directives given with -g are: "... in command line"
+PARAMS_FILE = "command line"
+
+
+def parse_params(params: str) -> list[Statement]:
+    """nginx's ``-g DIRECTIVES``: main-context statements, reported ``in command line``."""
+    try:
+        tree = parse_text(params, PARAMS_FILE)
+    except ConfigError as exc:
+        message = exc.message.replace('end of file, expecting ";" or "}"', 'end of parameter, expecting ";"')
+        raise ConfigError(message.replace("end of file", "end of parameter"), PARAMS_FILE) from None
+    stack = list(tree)
+    while stack:  # no line numbers: nginx names the command line only
+        st = stack.pop()
+        st.line = None
+        stack.extend(st.block or [])
+    return tree
+
+
+def load_configuration(path: str | None = None, text: str | None = None, params: str | None = None,
+                       params_replace: bool = False) -> Configuration:
+    """Load the config in file ``path`` (or ``text``, named ``path`` in errors).
+
+    ``params``: directives given on the command line (``-g``), read before the file as nginx
+    does, so one the file sets again is "duplicate" there. With ``params_replace`` they replace
+    the file's main-context statements of the same name instead (the embedded default's
+    ``worker_processes`` is a default, not a choice)."""
     if text is None:
         if path is None:
             raise ValueError("load_configuration needs a path or a text")
@@ -122,6 +147,12 @@ def load_configuration(path: str | None = None, text: str | None = None) -> Conf
     else:
         path = path or "<string>"
         tree = parse_text(text, path)
+    if params:
+        given = parse_params(params)
+        if params_replace:
+            names = {st.name for st in given}
+            tree = [st for st in tree if st.name not in names]
+        tree = given + tree
 
     pm = create_plugin_manager()
     modules = [("core", pm.get_plugin("core"))]
