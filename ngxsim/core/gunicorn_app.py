@@ -179,6 +179,10 @@ class NgxsimApplication(BaseApplication):
         except (ConfigError, ZoneError, BindError) as exc:
             log.critical("ngxsim: [emerg] %s; reload rejected, the running configuration and its workers stay", exc)
             return False
+        except Exception as exc:  # a module's own failure (ngxsim_init_master): the master must not die of it
+            log.critical("ngxsim: [emerg] loading %s failed: %r; reload rejected, the running configuration and its "
+                         "workers stay", self.path or "the configuration", exc, exc_info=True)
+            return False
         return True
 
     # gunicorn calls this at start, and on a reload that prepare_reload accepted
