@@ -8,6 +8,8 @@ init_module            arbiter (``ngxsim -c``,      ``load_configuration`` + ``s
                        worker to load the app       janitor started, ``ngxsim_init_master``
 init_process           ``post_fork`` / app load     ``start_worker``: ``ngxsim_init_worker``
                        in the worker                (worker_events starts its dispatcher)
+(told to stop)         worker SIGTERM / SIGQUIT     ``begin_stop``: ``runtime.stopping`` set,
+                       (ngxsim's worker classes)    ``ngxsim_worker_stopping`` (waiters wake)
 exit_process           ``worker_exit`` / atexit     ``stop_worker``: ``ngxsim_exit_worker``
 master reaps a worker  ``child_exit``               nothing to do: no shared state depends on
                                                     a worker's goodbye (slots are checked for
