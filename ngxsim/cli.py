@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-g", dest="params", metavar="DIRECTIVES",
                         help='main-context directives, as nginx -g (e.g. -g "worker_processes 4;")')
     parser.add_argument("--listen", metavar="ADDRESS", help="serve the embedded default config on ADDRESS "
-                        "(a listen address: 127.0.0.1:9000, [::1]:9000, 9000)")
+                        "(a loopback address: 127.0.0.1:9000, [::1]:9000)")
     parser.add_argument("-v", "--version", action="version", version=f"ngxsim {__version__}")
     sub = parser.add_subparsers(dest="command")
     mods = sub.add_parser("modules", help="list installed modules and what a config loads")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import ipaddress
 import os
 import signal
 import threading
@@ -72,7 +73,23 @@ def load(path: str | None = None) -> Configuration:
             raise ConfigError(f'invalid "--listen" address "{listen}"', PARAMS_FILE)
         assert _DEFAULT_LISTEN in text, "default.conf and _DEFAULT_LISTEN disagree"
         text = text.replace(_DEFAULT_LISTEN, f'listen "{listen}" default_server;')
-    return load_configuration(DEFAULT_NAME, text=text, params=params, params_replace=True)
+    config = load_configuration(DEFAULT_NAME, text=text, params=params, params_replace=True)
+    if listen is not None:
+        _check_loopback(config, listen)
+    return config
+
+
+def _check_loopback(config: Configuration, listen: str) -> None:
+    """The embedded default publishes events without a key: it listens on loopback only."""
+    for spec in config.stash["core.http"].listens:
+        try:
+            loopback = ipaddress.ip_address(spec.host).is_loopback
+        except ValueError:
+            loopback = spec.host == "localhost"
+        if not loopback:
+            raise ConfigError(f'"--listen {listen}" is not a loopback address: the embedded default configuration '
+                              'lets anyone publish events (no worker_events_publish_key); use 127.0.0.1:PORT or '
+                              '[::1]:PORT, or write a configuration with a key to listen elsewhere', PARAMS_FILE)
 
 
 _PR_SET_PDEATHSIG = 1

@@ -177,6 +177,7 @@ def test_the_embedded_default_on_another_address_and_worker_count_without_a_file
     (["-g", "worker_processes 2"], 'ngxsim: [emerg] unexpected end of parameter, expecting ";" in command line'),
     (["-g", "listen 80;"], 'ngxsim: [emerg] "listen" directive is not allowed here in command line'),
     (["--listen", "127.0.0.1:8080;"], 'ngxsim: [emerg] invalid "--listen" address "127.0.0.1:8080;" in command line'),
+    (["--listen", "9000"], 'ngxsim: [emerg] "--listen 9000" is not a loopback address'),
 ])
 def test_command_line_directives_are_checked_with_nginx_wording(argv, message):
     run = subprocess.run([sys.executable, "-m", "ngxsim.cli", "-t", *argv], capture_output=True, text=True, timeout=60,
