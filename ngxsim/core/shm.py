@@ -191,7 +191,19 @@ class ZoneError(RuntimeError):
 
 
 class Zone:
-    """One attached zone in this process."""
+    """One attached zone in this process: ``runtime.zone(name)``.
+
+    Attributes:
+        name (str): the zone's name as declared.
+        size (int): its size in bytes, the core's header included.
+        buf (memoryview): the module's bytes (``size - ngxsim.ZONE_HEADER_SIZE`` of them), shared
+            by every process of the instance; zero-filled when created.
+        fresh (bool): this start created (or recreated) the zone, rather than kept the one a
+            previous run of the same instance left (``ngxsim_init_master`` reads it).
+        tag (str): the layout tag it was declared with.
+        doorbell: a futex word in the zone's header: ``doorbell.ring()`` wakes every process
+            waiting in ``doorbell.wait(seen, timeout)`` (which returns a ``Wait``).
+    """
 
     def __init__(self, name: str, size: int, tag: str, path: str, fd: int, fresh: bool):
         self.name = name
@@ -213,6 +225,7 @@ class Zone:
 
     @property
     def usable(self) -> int:
+        """How many bytes ``buf`` holds."""
         return self.size - HEADER_SIZE
 
     def _forked(self) -> None:
