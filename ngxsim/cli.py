@@ -4,6 +4,7 @@
     ngxsim -t [-c FILE]              test the config like ``nginx -t``
     ngxsim modules [-c FILE]         installed modules; what the config loads and declares
     ngxsim events tail -c FILE|URL   follow an event ring through its long-poll API
+    ngxsim new-module NAME [--dir D] write the package of a new module (docs/authoring.md)
 """
 
 from __future__ import annotations
@@ -144,10 +145,17 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--since", type=int, help="start after this generation (default: from now on)")
     t.add_argument("--count", type=int, help="exit after this many events")
     t.add_argument("--json", action="store_true", help="one JSON object per line")
+    new = sub.add_parser("new-module", help="write the package of a new third-party module (docs/authoring.md)")
+    new.add_argument("name", help="the module's name: a lower-case identifier (load_module NAME;)")
+    new.add_argument("--dir", default=".", help="where to write its folder ngxsim-NAME (default: here)")
     args = parser.parse_args(argv)
 
     if args.command == "modules":
         return list_modules(args.conf)
+    if args.command == "new-module":
+        from .newmodule import run
+
+        return run(args.name, args.dir)
     if args.command == "events":
         try:
             return tail(args.target, args.channel, args.since, args.count, args.json)
