@@ -19,7 +19,6 @@ copyright = "ngxsim authors"  # noqa: A001 - Sphinx's name for it
 
 extensions = [
     "sphinx.ext.autodoc",
-    "sphinx.ext.napoleon",  # "Attributes:" sections: readable in the source, listed in the page
     "myst_parser",  # the guides are Markdown, shared with GitHub's rendering
 ]
 
@@ -32,9 +31,6 @@ exclude_patterns = ["_build"]
 autodoc_typehints = "signature"
 autodoc_member_order = "bysource"
 autodoc_default_options: dict = {}  # each directive lists the members it shows: the public ones
-napoleon_google_docstring = True
-napoleon_numpy_docstring = False
-napoleon_use_ivar = False  # "Attributes:" become attribute entries with an anchor each
 
 # the guides link to files of the repository (../ngxsim/hookspecs.py): not pages of this site
 myst_heading_anchors = 3
@@ -66,6 +62,41 @@ def _repository_paths_as_text(app, doctree, docname):
         node.replace_self(nodes.literal(shown, shown))
 
 
+# objects the core makes and hands to hooks: modules never construct them, so their constructor
+# signatures (long, with internals) would only mislead
+_HANDED_TO_HOOKS = {
+    "ngxsim.core.conf.loader.Configuration", "ngxsim.core.conf.loader.Block", "ngxsim.core.process.Runtime",
+    "ngxsim.core.http.context.RequestContext", "ngxsim.core.conf.zones.ZoneSpecs",
+    "ngxsim.core.conf.zones.JobSpecs", "ngxsim.Zone", "ngxsim.core.shm.Doorbell",
+}
+
+
+def _no_constructor_signature(app, what, name, obj, options, signature, return_annotation):
+    if what == "class" and name in _HANDED_TO_HOOKS:
+        return "", None
+    return None
+
+
+def _attributes_sections(app, what, name, obj, options, lines):
+    """A class docstring's Google-style "Attributes:" section (readable in the source) becomes one
+    attribute entry, with an anchor, per public attribute. Only class docstrings: napoleon on
+    everything would read a property's "``$host``: the request's host" as a type and a text."""
+    if what in ("class", "exception") and any(line.strip() == "Attributes:" for line in lines):
+        from sphinx.ext.napoleon import Config, GoogleDocstring
+
+        config = Config(napoleon_use_ivar=False, napoleon_numpy_docstring=False)
+        lines[:] = GoogleDocstring(lines, config, app, what, name, obj, options).lines()
+
+
+def _no_docstring_from_the_type(app, what, name, obj, options, lines):
+    """A constant (``ngxsim.MAIN = "main"``) has no docstring of its own: do not show str's."""
+    if what in ("data", "attribute") and obj is not None and getattr(obj, "__doc__", None) == type(obj).__doc__:
+        lines.clear()
+
+
 def setup(app):
+    app.connect("autodoc-process-signature", _no_constructor_signature)
+    app.connect("autodoc-process-docstring", _attributes_sections)
+    app.connect("autodoc-process-docstring", _no_docstring_from_the_type)
     # before myst's resolver (a post-transform at priority 9 or later): doctree-read runs first
     app.connect("doctree-read", lambda app, doctree: _repository_paths_as_text(app, doctree, app.env.docname))

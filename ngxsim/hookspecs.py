@@ -257,8 +257,8 @@ def ngxsim_publish(runtime: "Runtime", zone: str, channel: str, type: str, paylo
     Publishing writes the event into the ring and wakes the workers; it does not deliver it. Every
     worker, the publisher included, delivers it (``ngxsim_event``) on its dispatcher thread soon
     after, or at the start of its next request at the latest; a handler that publishes does not
-    see its own event delivered before it returns. (As of this writing: see the ``publish``
-    method of ``Runtime`` for what the running version does.)
+    see its own event delivered before it returns (this may change: ``Runtime.publish`` says what
+    the installed version does).
 
     Call it from a handler, for example::
 
@@ -306,7 +306,7 @@ def ngxsim_event(runtime: "Runtime", event: "Event") -> None:
 @hookspec
 def ngxsim_event_gap(runtime: "Runtime", gap: "Gap") -> None:
     """Events this worker never delivered because the ring overwrote them first (it fell
-    behind by more than the ring holds). ``gap.first``..``gap.last`` are the lost generations.
+    behind by more than the ring holds). ``gap.first`` to ``gap.last`` are the lost generations.
     Resync instead of staying stale (drop a local cache, re-read a snapshot). Same threads and
     ordering as ``ngxsim_event``: called before the first event after the gap.
 

@@ -37,7 +37,7 @@ class Event(NamedTuple):
 
 @dataclass(frozen=True)
 class Gap:
-    """Generations ``first``..``last`` of ``zone`` were overwritten before this worker read them."""
+    """Generations ``first`` to ``last`` of ``zone`` were overwritten before this worker read them."""
 
     zone: str
     first: int

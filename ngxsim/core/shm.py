@@ -81,7 +81,8 @@ class _Timespec(ctypes.Structure):
 
 
 class Wait(enum.IntEnum):
-    """How a ``Doorbell.wait`` ended."""
+    """How a ``Doorbell.wait`` ended: ``WOKEN`` (slept, then rung), ``MOVED`` (rung before it
+    could sleep) or ``TIMED_OUT`` (false; the others are true)."""
 
     TIMED_OUT = 0
     WOKEN = 1
@@ -125,6 +126,7 @@ class Doorbell:
 
     @property
     def value(self) -> int:
+        """The word now: read it before looking at the shared state, pass it to ``wait``."""
         return self._word.value
 
     def bump(self) -> bool:
@@ -149,6 +151,7 @@ class Doorbell:
             self._sleepers.value += 1
 
     def unregister(self) -> None:
+        """Stop counting a waiter ``register()`` counted."""
         with self._zone.lock():
             self._sleepers.value = max(self._sleepers.value - 1, 0)
 
@@ -201,8 +204,8 @@ class Zone:
         fresh (bool): this start created (or recreated) the zone, rather than kept the one a
             previous run of the same instance left (``ngxsim_init_master`` reads it).
         tag (str): the layout tag it was declared with.
-        doorbell: a futex word in the zone's header: ``doorbell.ring()`` wakes every process
-            waiting in ``doorbell.wait(seen, timeout)`` (which returns a ``Wait``).
+        doorbell (Doorbell): a futex word in the zone's header: ``doorbell.ring()`` wakes every
+            process waiting in ``doorbell.wait(seen, timeout)`` (which returns a ``Wait``).
     """
 
     def __init__(self, name: str, size: int, tag: str, path: str, fd: int, fresh: bool):

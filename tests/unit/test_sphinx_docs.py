@@ -4,9 +4,13 @@ docstring entry in docs/reference.rst fails here."""
 
 from __future__ import annotations
 
+import ast
+import builtins
+import inspect
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -72,3 +76,42 @@ def test_what_hooks_receive_is_in_the_reference_with_its_attributes(built):
         "ngxsim.Zone.buf", "ngxsim.Zone.lock", "ngxsim.Zone.fresh",
     ]
     assert [a for a in expected if a not in have] == []
+
+
+def test_every_entry_of_the_reference_says_something(built):
+    _, out = built
+    html = (out / "reference.html").read_text()
+    empty = re.findall(r'id="([^"]+)">(?:(?!</dt>).)*</dt>\s*<dd>\s*</dd>', html, re.S)
+    assert not empty, f"entries without a docstring or text: {empty}"
+
+
+def examples(doc: str) -> list[str]:
+    """The literal blocks of a docstring (the indented lines after a paragraph ending in ``::``)."""
+    blocks, lines = [], doc.splitlines()
+    for i, line in enumerate(lines):
+        if line.rstrip().endswith("::"):
+            body = []
+            for following in lines[i + 1:]:
+                if following.strip() and not following.startswith("    "):
+                    break
+                body.append(following)
+            blocks.append(textwrap.dedent("\n".join(body)).strip("\n"))
+    return blocks
+
+
+@pytest.mark.parametrize("name", sorted(name for name in dir(hookspecs) if name.startswith("ngxsim_")))
+def test_each_hook_s_example_compiles_and_uses_only_ngxsim_s_public_names(name):
+    (code,) = examples(inspect.getdoc(getattr(hookspecs, name)))
+    tree = ast.parse(code)  # a SyntaxError fails the test
+    bound = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load)}
+    bound |= {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
+    bound |= {arg.arg for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.Lambda))
+              for arg in node.args.args}
+    used = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)}
+    unknown = used - bound - set(ngxsim.__all__) - set(dir(builtins))
+    assert not unknown, f"{name}'s example uses names ngxsim does not export: {sorted(unknown)}"
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and node.name.startswith("ngxsim_"):
+            assert node.name == name
+            spec = inspect.signature(getattr(hookspecs, name)).parameters
+            assert {a.arg for a in node.args.args} <= set(spec), f"{name}'s example takes arguments the hook has not"

@@ -43,7 +43,7 @@ class RequestContext:
         uri (str): nginx's ``$uri``: the decoded, normalised path (UTF-8; other bytes kept as
             surrogates).
         unparsed_uri (bytes): ``$request_uri``: the path and query as sent.
-        captures: what the chosen location's or server name's regex captured (``$1``..``$9``).
+        captures: what the chosen location's or server name's regex captured (``$1`` to ``$9``).
         named_captures (dict[str, str]): the regexes' named captures, by name.
         vars (dict[str, str]): per-request values modules record for their variables and later
             phases (``upstream_addr``, ``upstream_status``...), as strings.
