@@ -57,9 +57,10 @@ def ngxsim_directives(register: Callable[["Directive"], None]) -> None:
 def ngxsim_variables(register: Callable[["Variable"], None]) -> None:
     """Declare the module's variables (``$upstream_addr``) by calling ``register(Variable(...))``.
 
-    Runs once per module while the config is loaded, right after ``ngxsim_directives`` and before
-    any directive value is compiled, so every directive (``add_header``, ``log_format``,
-    ``proxy_set_header``...) can use them. A ``Variable`` is a name (or a prefix, like nginx's
+    Runs once per module in the process that loads the config (like ``ngxsim_directives``: the
+    master, ``ngxsim -t``, or a worker that loads the app itself), right after
+    ``ngxsim_directives`` and before any directive value is compiled, so every directive
+    (``add_header``, ``log_format``, ``proxy_set_header``...) can use them. A ``Variable`` is a name (or a prefix, like nginx's
     ``$arg_``) and a getter ``f(ctx) -> str`` run per request. A name declared twice, or one that
     shadows a core variable, fails the load naming both modules.
 
@@ -82,9 +83,10 @@ def ngxsim_variables(register: Callable[["Variable"], None]) -> None:
 def ngxsim_postconfiguration(config: "Configuration") -> None:
     """Validate and finish this module's configuration, and declare the shared zones it needs.
 
-    Runs once per config load, after every directive was checked and merged (``config.blocks``
-    gives each context with its effective values), for the core first and then for each module
-    in the order of the ``load_module`` lines (what earlier modules declared is visible). Raise ``ConfigError`` (best made with
+    Runs once per config load, in the process that loads it (``ngxsim -t`` too), after every
+    directive was checked and merged (``config.blocks`` gives each context with its effective
+    values), for the core first and then for each module in the order of the ``load_module``
+    lines (what earlier modules declared is visible). Raise ``ConfigError`` (best made with
     ``block.error(name, message)`` so it names the file and line) to fail the load; declare zones
     with ``config.zones.declare(name, size, owner=..., where=...)``. Must not touch shared
     memory: zones are created later, and only if the whole config is valid.
