@@ -319,3 +319,30 @@ def ngxsim_event_gap(runtime: "Runtime", gap: "Gap") -> None:
             if gap.zone == runtime.config.stash["hello"]["zone"]:
                 runtime.stash["hello"]["greeted"] = None  # unknown now: recount from the source
     """
+
+
+# --------------------------------------------------------------------------------------------
+# status: what ``ngxsim_status`` locations (and ``ngxsim status``) show of each module.
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def ngxsim_status(runtime: "Runtime") -> dict[str, Any] | None:
+    """This module's part of the instance status, or None to show nothing.
+
+    Called in the worker that answers a request to an ``ngxsim_status`` location, once per
+    module that implements it, each time (keep it cheap: read shared memory, take no long
+    lock). Return a JSON-able dict of what a person looking at the server wants first (the
+    instance's state from shared memory, not only this worker's); it appears as
+    ``modules.<module name>``. Keys ending in ``_msec`` are times (ms since the epoch) that the
+    page and ``ngxsim status`` show as ages. Anyone who can reach the location sees it: never
+    put a secret (a key, a password, a token) in it. An exception is logged and shown as that
+    module's ``error``; the rest of the status is still answered.
+
+    For example::
+
+        @hookimpl
+        def ngxsim_status(runtime):
+            state = runtime.stash.get("hello")
+            return {"greeted": state["greeted"]} if state else None
+    """
