@@ -6,6 +6,7 @@
     ngxsim modules [-c FILE]         installed modules; what the config loads and declares
     ngxsim events tail [-c FILE|URL] follow an event ring through its long-poll API
     ngxsim status [-c FILE|URL]      the instance at a glance: workers, zones, rings, modules
+    ngxsim new-module NAME [--dir D] write the package of a new module (docs/authoring.md)
 """
 
 from __future__ import annotations
@@ -89,11 +90,18 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"a config (its first ngxsim_status location; default: ${CONF_ENV}, else the embedded "
                          "default) or the status URL")
     st.add_argument("--json", action="store_true", help="the status document as JSON")
+    new = sub.add_parser("new-module", help="write the package of a new third-party module (docs/authoring.md)")
+    new.add_argument("name", help="the module's name: a lower-case identifier (load_module NAME;)")
+    new.add_argument("--dir", default=".", help="where to write its folder ngxsim-NAME (default: here)")
     args = parser.parse_args(argv)
     set_command_line(args.params, args.listen)
 
     if args.command == "modules":
         return list_modules(args.conf)
+    if args.command == "new-module":
+        from .newmodule import run
+
+        return run(args.name, args.dir)
     if args.command == "events":
         from .cli_events import tail
 

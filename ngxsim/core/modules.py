@@ -42,6 +42,7 @@ def create_plugin_manager() -> pluggy.PluginManager:
 
 
 def tracing() -> bool:
+    """Whether hook calls are traced to stderr (``NGXSIM_TRACE_HOOKS`` set in the environment)."""
     return bool(os.environ.get(TRACE_ENV))
 
 

@@ -109,7 +109,25 @@ def _die_with_master(master: int) -> None:
 class Runtime:
     """One process's view of a running server: its config, its zones, its role.
 
-    Modules keep per-process state in ``runtime.stash[module_name]``.
+    The ``runtime`` argument of the lifecycle and event hooks, and ``ctx.runtime`` in a handler.
+    Each process has its own; nothing set on it is seen by another process (shared state goes in
+    a zone).
+
+    Attributes:
+        config (Configuration): the configuration this process serves.
+        zones (dict[str, Zone]): the zones attached in this process, by name (use ``zone()``).
+        stash (dict): per-process state of the modules, by module name
+            (``runtime.stash["hello"]``), set up in ``ngxsim_init_worker``.
+        on_request_start (list): callables without arguments run at the start of every request
+            of this worker, before its handler (worker_events drains pending events here, so a
+            request never sees state older than what was published before it arrived). Append
+            to it in ``ngxsim_init_worker``; keep them cheap. Reset when a worker starts.
+        worker_pid (int | None): this worker's pid once it serves; None in the master.
+        threads (int): how many requests this worker serves at once (gunicorn's ``--threads``;
+            1 for sync workers): a handler that blocks (a long-poll) must leave some free.
+        jobs: this worker's runner of the declared periodic jobs (``runtime.jobs.status()``
+            lists holder pid, run count, last run and duration of each); None when the config
+            declares none or in the master.
     """
 
     def __init__(self, config: Configuration, instance: Instance):
@@ -143,6 +161,8 @@ class Runtime:
                 self.zones[spec.name] = attach_zone(self.instance, spec.name, spec.size, spec.tag)
 
     def zone(self, name: str) -> Zone:
+        """The zone ``name`` attached in this process; ``LookupError`` when the configuration
+        does not declare it."""
         try:
             return self.zones[name]
         except KeyError:
@@ -240,7 +260,22 @@ class Runtime:
     # -- services for modules -------------------------------------------------------------------
 
     def publish(self, zone: str, channel: str, type: str, payload: str = "") -> int:
-        """Publish an event through the ``ngxsim_publish`` hook; returns its generation."""
+        """Publish an event through the ``ngxsim_publish`` hook; returns its generation.
+
+        ``zone`` is a worker_events zone (a module publishing into the shared bus finds it with
+        ``ngxsim.http_event_zone(config, module)``), ``payload`` a string of at most 512 bytes of
+        UTF-8 (compact JSON for structured data). Raises ``ValueError`` naming a bad field (nothing
+        is published then), and ``RuntimeError`` when no loaded module implements
+        ``ngxsim_publish`` (``load_module worker_events;`` is missing).
+
+        When the publishing worker sees its own event (as of this version; issue #11 may change
+        it): ``publish`` writes the event into the ring and rings the zone's doorbell, then
+        returns; it does not call ``ngxsim_event`` itself. This worker's dispatcher thread
+        delivers the event soon after, like every other worker's, and at the latest the start of
+        this worker's next request delivers it (``on_request_start``). So the handler that
+        published does not see the event delivered before it returns; a module that needs the
+        effect in the same response applies it locally as well, idempotently.
+        """
         direct = self._publish_impl
         if direct is not None:
             generation = direct(self, zone, channel, type, payload)

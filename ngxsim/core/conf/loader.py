@@ -27,6 +27,22 @@ class Block:
 
     ``block["name"]`` is the effective value of a directive here: set at this level, else
     inherited from the enclosing one (when the directive inherits), else its default.
+    Hooks get blocks from ``config.blocks(context)`` and as the ``location`` argument.
+
+    Attributes:
+        context (str): ``"main"``, ``"http"``, ``"server"``, ``"location"``, or a context a
+            module's block directive opens (``"upstream"``).
+        value: what the opening directive's arguments parsed to (a location's match spec, an
+            upstream's name); None for ``main`` and ``http``.
+        parent (Block | None): the enclosing block (None for ``main``).
+        children (list[Block]): the blocks directly inside this one, in file order.
+        own (dict): the values of the directives set at this very level, by name.
+        effective (dict): every directive's effective value here (what ``block[name]`` reads).
+        statement: the directive line that opened the block (``statement.file``,
+            ``statement.line``; ``statement.error(message)`` makes a ``ConfigError`` there);
+            None for ``main``.
+        stash (dict): per-block data modules compute at load, by module name
+            (``block.stash["hello"]``); read it in the handlers made for that block.
     """
 
     def __init__(self, context: str, statement: Statement | None, parent: "Block | None", value: Any = None):
@@ -44,6 +60,8 @@ class Block:
         return self.effective[name]
 
     def get(self, name: str, default: Any = None) -> Any:
+        """The effective value of ``name`` here, or ``default`` when no loaded module declares it
+        for this context."""
         return self.effective.get(name, default)
 
     def is_set(self, name: str) -> bool:
@@ -68,6 +86,7 @@ class Block:
         return stmt.error(message)
 
     def walk(self) -> Iterator["Block"]:
+        """This block and every block inside it, depth first, in file order."""
         yield self
         for child in self.children:
             yield from child.walk()
@@ -79,7 +98,27 @@ class Block:
 
 @dataclass
 class Configuration:
-    """A checked, merged configuration and the modules it loaded (one plugin manager each)."""
+    """A checked, merged configuration and the modules it loaded (one plugin manager each).
+
+    The ``config`` argument of the configuration hooks; in a worker, ``runtime.config``. It is
+    complete once ``ngxsim_postconfiguration`` has run for every module: treat it as read-only
+    after that (every worker has its own copy).
+
+    Attributes:
+        path (str): the file the configuration was read from (``"<embedded default.conf>"``
+            for the default).
+        main (Block): the ``main`` context; ``main.walk()`` visits every block.
+        zones (ZoneSpecs): the shared-memory zones declared so far; modules declare theirs in
+            ``ngxsim_postconfiguration`` with ``config.zones.declare(...)``.
+        jobs (JobSpecs): the instance-wide periodic jobs declared so far
+            (``config.jobs.declare(...)``), run by one live worker at a time.
+        stash (dict): per-configuration data modules compute at load, by module name
+            (``config.stash["hello"]``): what every worker needs and the config decides.
+        modules (list[tuple[str, object]]): ``(name, module object)`` of the loaded modules,
+            in ``load_module`` order (the core first).
+        warnings (list[str]): nginx's ``[warn]`` lines for what the config has but is ignored;
+            ``ngxsim -t`` prints them, a starting server logs them.
+    """
 
     path: str
     main: Block
@@ -99,16 +138,20 @@ class Configuration:
 
     @property
     def hook(self):
+        """pluggy's hook caller of this configuration's modules (``config.hook.ngxsim_x(...)``)."""
         return self.pm.hook
 
     def blocks(self, context: str) -> list[Block]:
+        """Every block of ``context`` (``"location"``, ``"server"``...), in file order."""
         return [b for b in self.main.walk() if b.context == context]
 
     @property
     def worker_processes(self) -> int:
+        """The ``worker_processes`` value (``ngxsim -c`` starts that many workers)."""
         return self.main["worker_processes"]
 
     def module_names(self) -> list[str]:
+        """The names of the loaded modules, in load order (``"core"`` first)."""
         return [name for name, _ in self.modules]
 
 
