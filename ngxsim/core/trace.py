@@ -23,6 +23,7 @@ MAX_ARG = 80
 
 
 def tracing() -> bool:
+    """Whether hook calls are traced to stderr (``NGXSIM_TRACE_HOOKS`` set in the environment)."""
     return bool(os.environ.get(TRACE_ENV))
 
 
