@@ -167,8 +167,7 @@ def ngxsim_publish(runtime, zone, channel, type, payload):
     ring = state(runtime).rings.get(zone)
     if ring is None:
         raise ValueError(f'unknown worker_events zone "{zone}"')
-    ch, ty, pl = encode_event(channel, type, payload)
-    return ring.publish(ch, ty, pl)
+    return ring.publish_text(channel, type, payload)
 
 
 @hookimpl

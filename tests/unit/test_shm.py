@@ -103,7 +103,7 @@ def test_stale_zone_of_a_dead_master_is_removed(instance):
     live.close()
 
 
-def test_lock_excludes_other_processes_even_after_fork(instance):
+def test_lock_excludes_other_processes_even_after_fork(instance, shm_path):
     """Each process gets its own open file description: an inherited fd would give no exclusion."""
     zone = attach_zone(instance, "lock", 4096)
     counter = struct.Struct("<Q")
@@ -133,7 +133,7 @@ def test_an_inherited_flock_fd_gives_no_exclusion(instance):
     os.close(fd)
 
 
-def test_lock_is_released_when_its_holder_is_sigkilled(instance):
+def test_lock_is_released_when_its_holder_is_sigkilled(instance, shm_path):
     zone = attach_zone(instance, "killed", 4096)
     r, w = os.pipe()
 
@@ -153,7 +153,7 @@ def test_lock_is_released_when_its_holder_is_sigkilled(instance):
     zone.close()
 
 
-def test_lock_excludes_threads_of_one_process(instance):
+def test_lock_excludes_threads_of_one_process(instance, shm_path):
     import threading
 
     zone = attach_zone(instance, "threads", 4096)
