@@ -10,7 +10,10 @@ interleaved round by round.
 
 The hook is measured twice: with the core's C accelerator (``ngxsim.core._shm_accel``, what a
 ``pip install`` with a compiler runs) and on the pure-Python path (what runs without it, or with
-``NGXSIM_PURE_PYTHON=1``), each on its own zone of the same server instance.
+``NGXSIM_PURE_PYTHON=1``), each on its own zone of the same server instance. A fourth row
+publishes from a process set up as a worker whose module listens (``ngxsim_bench_noop``): its
+dispatcher thread runs, and ``runtime.publish`` delivers to the no-op subscriber before it
+returns, what a publish costs in a worker with listeners.
 
 Each rate is given twice: by wall clock, and by the CPU time the loop's process spent (user +
 system, so the flock syscalls count). On a machine that other work keeps busy the wall clock
@@ -41,6 +44,7 @@ from ngxsim.core.shm import remove_zone_files  # noqa: E402
 
 CONF = """
 load_module worker_events;
+%s
 http { worker_events_zone %s; worker_events_ring_size 65536; }
 """
 ENTRY = struct.Struct("<QQQBBH4x64s64s512s")
@@ -107,14 +111,18 @@ def main() -> None:
     n, procs = args.events, 4
 
     instance = current_instance(STANDALONE)
-    runtime = Runtime(load_configuration("<bench>", text=CONF % "bench"), instance)
+    runtime = Runtime(load_configuration("<bench>", text=CONF % ("", "bench")), instance)
     runtime.start_instance()  # zones exist; no dispatcher in this process: we measure publishing
     accel, shm.accel = shm.accel, None  # zones attached now get the pure-Python lock and writer
     try:
-        pure = Runtime(load_configuration("<bench>", text=CONF % "benchpy"), instance)
+        pure = Runtime(load_configuration("<bench>", text=CONF % ("", "benchpy")), instance)
         pure.start_instance()
     finally:
         shm.accel = accel
+    listening = Runtime(load_configuration("<bench>", text=CONF % ("load_module ngxsim_bench_noop;", "benchsub")),
+                        instance)
+    listening.start_instance()
+    listening.start_worker()  # its dispatcher thread runs: a worker where a module listens
     with tempfile.NamedTemporaryFile(dir="/dev/shm", prefix="ngxsim-bench-bare-") as bare:
         bare.truncate(65536 * ENTRY.size)
         bare.flush()
@@ -126,6 +134,7 @@ def main() -> None:
             }
             if accel is not None:
                 loops["ngxsim publish hook, C accelerator"] = lambda: hook_loop(runtime, "bench", n)
+                loops["  the same, in a worker with 1 no-op subscriber"] = lambda: hook_loop(listening, "benchsub", n)
             runs: dict = {label: ([], []) for label in loops}
             for _ in range(args.rounds):  # interleaved: a busy moment hits both loops alike
                 for label, fn in loops.items():
@@ -142,6 +151,8 @@ def main() -> None:
         finally:
             runtime.close()
             pure.close()
+            listening.stop_worker()
+            listening.close()
             remove_zone_files(runtime.instance)
     print(table(f"Publish throughput ({n:,} events per process, median of {args.rounds} rounds, {os.cpu_count()} cores)",
                 ["loop", "1 proc ev/s", "CPU us/event", f"{procs} procs ev/s (total)", "CPU us/event",

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from ngxsim import Event, Gap, Subscription, Wait, call_impl, process_start_time, tracing
+from ngxsim import Event, Gap, Subscription, Wait, call_impl, process_start_time, prompt_wakeups, tracing
 
 # the server's error log (error_log) is the "ngxsim" logger
 log = logging.getLogger("ngxsim")
@@ -173,6 +173,7 @@ class Dispatcher:
     def _run(self) -> None:
         bell = self.ring.zone.doorbell
         timeout = SAFETY_TIMEOUT
+        prompt_wakeups()  # this thread only: woken, it runs before busy tasks' slices end
         bell.register()  # counted once: publishers wake us without a per-wake lock on our side
         try:
             while not self._stopping.is_set():

@@ -93,6 +93,17 @@ def test_a_subscriber_that_publishes_gets_its_event_next_not_a_deadlock(make):
     assert recorder.RECORD == ["E 1 c echo x", "E 2 c echoed x"]
 
 
+def test_the_dispatcher_thread_asks_the_kernel_for_prompt_wake_ups(make):
+    from test_shm import _requested_slice
+
+    from ngxsim.core.shm import SHORT_SLICE_NS
+    from ngxsim.testing import wait_for
+
+    app, dispatcher = make()
+    tid = dispatcher._thread.native_id
+    wait_for(lambda: _requested_slice(tid) == SHORT_SLICE_NS, 5, what="the dispatcher thread's slice request")
+
+
 def test_the_dispatcher_thread_delivers_without_any_request(make):
     from ngxsim.testing import wait_for
 

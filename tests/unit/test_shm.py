@@ -249,3 +249,39 @@ def test_a_zone_larger_than_the_shared_memory_fails_at_once_and_leaves_no_file(i
     with pytest.raises(ZoneError, match="cannot reserve .* bytes for zone file"):
         attach_zone(instance, "huge", too_big)
     assert not os.path.exists(zone_path(instance, "huge"))
+
+
+def _requested_slice(tid: int = 0) -> int:
+    """sched_getattr's sched_runtime for thread ``tid`` (0: this one): the slice it asked for."""
+    import ctypes
+    import platform
+
+    number = {"x86_64": 315, "aarch64": 275}.get(platform.machine())
+    if number is None:
+        pytest.skip("sched_getattr number unknown here")
+    out = ctypes.create_string_buffer(48)
+    if ctypes.CDLL(None, use_errno=True).syscall(number, tid, out, 48, 0) != 0:
+        pytest.skip("sched_getattr not available")
+    return struct.unpack_from("<Q", out.raw, 24)[0]
+
+
+def test_prompt_wakeups_asks_a_short_slice_for_the_calling_thread_only():
+    import threading
+
+    from ngxsim import prompt_wakeups
+    from ngxsim.core.shm import SHORT_SLICE_NS
+
+    seen = []
+
+    def waiter():
+        seen.append(prompt_wakeups())
+        seen.append(_requested_slice())
+
+    before = _requested_slice()
+    t = threading.Thread(target=waiter)
+    t.start()
+    t.join(10)
+    if seen[0] is False:
+        pytest.skip("this kernel does not take a slice request")
+    assert seen == [True, SHORT_SLICE_NS]
+    assert _requested_slice() == before  # the calling thread's only
