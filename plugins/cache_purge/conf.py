@@ -244,43 +244,20 @@ def _make_dir(path: str, stmt) -> None:
         raise stmt.error(f'cache path "{path}" is not writable')
 
 
-_PROXY_VARIABLES = re.compile(r"\$(?:\{)?(proxy_host|proxy_port)\b")
-
-
 def cache_key(location, config) -> Template:
     """The location's ``proxy_cache_key``, or nginx's default ``$scheme$proxy_host$request_uri``.
 
-    The upstreams module sets ``$proxy_host`` and ``$proxy_port`` when it proxies, which is after
-    the cache's lookup: read there they would be empty, and every key would lack its host. For a
-    ``proxy_pass`` to an upstream group ``$proxy_host`` is the group's name, known at load time
-    (``upstreams.location_upstream``, upstreams' public contract), so the default key is built
-    with it. Anywhere else a key that needs them fails the load with the fix."""
+    ``$proxy_host`` and ``$proxy_port`` come from the upstreams module, which gives them from the
+    location's ``proxy_pass`` before the request is proxied (the cache's lookup runs first): the
+    group's name or the address as written, as in nginx."""
     key = location["proxy_cache_key"]
     if key is not None:
-        used = _PROXY_VARIABLES.search(key.source)
-        if used:
-            raise location.error("proxy_cache_key", f'"proxy_cache_key" uses ${used.group(1)}, which the upstreams module '
-                                                    f'sets only when it proxies, after the cache lookup: write the host '
-                                                    f'literally, or leave "proxy_cache_key" unset to get the default')
         return key
-    group = _upstream_group(location, config)
-    if group is None:
-        raise location.error("proxy_cache", f'the default "proxy_cache_key" ({DEFAULT_KEY}) needs $proxy_host, known '
-                                            f'before proxying only for "proxy_pass" to an upstream group: set '
-                                            f'"proxy_cache_key" here')
-    return Template(f"${{scheme}}{group}$request_uri")
-
-
-def _upstream_group(location, config) -> str | None:
-    modules = config.module_names()
-    if "upstreams" not in modules:
-        return None
-    if modules.index("upstreams") > modules.index(NAME):
-        raise location.error("proxy_cache", '"load_module upstreams;" must come before "load_module cache_purge;" '
-                                            '(the cache reads the upstream groups at load time)')
-    import ngxsim_plugins.upstreams as upstreams  # only with upstreams loaded
-
-    return upstreams.location_upstream(location)
+    if "upstreams" not in config.module_names():  # nothing gives $proxy_host (another content handler)
+        raise location.error("proxy_cache", f'the default "proxy_cache_key" ({DEFAULT_KEY}) needs $proxy_host '
+                                            f'("load_module upstreams;" and "proxy_pass"): set "proxy_cache_key" '
+                                            f'here')
+    return Template(DEFAULT_KEY)
 
 
 def check_location(location, caches: dict[str, CachePath]) -> CachePath | None:

@@ -10,7 +10,7 @@ Inside the block (every test must hold; several of each kind may be given)::
 
 Header names compare case-insensitively; ``=``/``~`` need some header of that name whose value
 is equal to / matches the text; ``!=``/``!~`` need that none is (an absent header passes). Regexes
-are Python's ``re``, searched (not anchored), case-sensitive; ``body`` is the first
+are nginx's (PCRE2 on bytes, ``ngxsim.Regex``), searched (not anchored), case-sensitive; ``body`` is the first
 ``MAX_BODY`` bytes of the body read as UTF-8. Each line is checked when the config loads and a
 bad one fails it with nginx's ``... in FILE:LINE``.
 """
@@ -21,15 +21,15 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
+from ngxsim import Regex
+
 MAX_BODY = 256 * 1024  # how much of a probe's body the tests look at (and the prober reads)
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP header name (RFC 9110 token)
 
 
-def _compile(pattern: str, directive: str) -> re.Pattern:
-    try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise ValueError(f'invalid regular expression "{pattern}" in "{directive}" directive: {exc}') from None
+def _compile(pattern: str) -> Regex:
+    """nginx's regexes (PCRE2 on bytes, nginx's wording for a pattern that does not compile)."""
+    return Regex(pattern)
 
 
 # -- status -----------------------------------------------------------------------------------
@@ -85,7 +85,7 @@ class HeaderTest:
     op: str | None = None       # None: presence test
     value: str = ""
     negate: bool = False        # for a presence test: must be absent
-    regex: re.Pattern | None = None
+    regex: Regex | None = None
 
     def check(self, headers: Iterable[tuple[str, str]]) -> str | None:
         values = [v for k, v in headers if k.lower() == self.name.lower()]
@@ -96,7 +96,7 @@ class HeaderTest:
         if self.op in ("=", "!="):
             hit = any(v == self.value for v in values)
         else:
-            hit = any(self.regex.search(v) for v in values)
+            hit = any(self.regex.matches(v) for v in values)
         if hit == (self.op in ("=", "~")):
             return None
         shown = values[0] if values else "missing"
@@ -120,7 +120,7 @@ def parse_header(args: list[str]) -> HeaderTest:
     name, op, value = args
     if op not in _HEADER_OPS:
         raise ValueError(f'invalid operator "{op}" in "header" directive: use =, !=, ~ or !~')
-    regex = _compile(value, "header") if op in ("~", "!~") else None
+    regex = _compile(value) if op in ("~", "!~") else None
     return HeaderTest(_header_name(name), op, value, regex=regex)
 
 
@@ -131,20 +131,20 @@ def parse_header(args: list[str]) -> HeaderTest:
 class BodyTest:
     """``body ~ REGEX`` / ``body !~ REGEX`` on the first ``MAX_BODY`` bytes (UTF-8)."""
 
-    regex: re.Pattern
+    regex: Regex
     negate: bool = False
 
     def check(self, body: str) -> str | None:
-        if bool(self.regex.search(body)) != self.negate:
+        if self.regex.matches(body) != self.negate:
             return None
-        return f"body {'matches' if self.negate else 'does not match'} {self.regex.pattern!r}"
+        return f"body {'matches' if self.negate else 'does not match'} {self.regex.source!r}"
 
 
 def parse_body(args: list[str]) -> BodyTest:
     op, pattern = args
     if op not in ("~", "!~"):
         raise ValueError(f'invalid operator "{op}" in "body" directive: use ~ or !~')
-    return BodyTest(_compile(pattern, "body"), op == "!~")
+    return BodyTest(_compile(pattern), op == "!~")
 
 
 # -- the block --------------------------------------------------------------------------------

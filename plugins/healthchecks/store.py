@@ -21,7 +21,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from .machine import DOWN, STATES, UP, PeerHealth, now_msec, service_state
+from .machine import CHECKING, DOWN, STATES, UP, PeerHealth, now_msec, service_state
 
 LAYOUT_VERSION = 1
 SLOTS = 256                        # peers per upstream the zone has room for
@@ -110,11 +110,11 @@ class Section:
 
     def sync(self, peers, mandatory: bool) -> tuple[list[tuple[Tracked, object]], list[object]]:
         """Make the slots follow the upstream's current peers: forget peers that left, add new
-        ones, keep the rest with their counts. A new peer starts healthy, except that under
-        ``mandatory`` one added at run time (after the first look) starts ``checking`` — as
-        upstreams routes it (its contract: ``require_health_checks``). Returns (tracked, peer) in
-        the order of ``peers``, and the peers with no free slot."""
-        checking = mandatory and self._head()[0] is not None
+        ones, keep the rest with their counts. A new peer starts healthy, or ``checking`` under
+        ``mandatory`` — those the instance starts with too, as in NGINX Plus and as upstreams
+        routes them (its contract: ``require_health_checks``). Returns (tracked, peer) in the
+        order of ``peers``, and the peers with no free slot."""
+        checking = mandatory
         by_key = {(t.peer_id, t.server): t for t in self.tracked()}
         wanted = {(p.id, p.server[:128]): p for p in peers}
         for key, t in by_key.items():
@@ -150,10 +150,13 @@ class Section:
 
     def update_service(self) -> ServiceChange | None:
         """Recompute the service from the peers that are not ``down``; the change, if it flipped.
-        The first look only records it: nothing flips at start."""
+        The first look only records it: nothing flips at start (nor while every peer is still
+        ``checking``, under ``mandatory``: the service is not known yet)."""
         live = [t for t in self.tracked() if not t.down]
-        new = service_state([t.health for t in live])
         old, transitions, since = self._head()
+        if old is None and live and all(t.health.state == CHECKING for t in live):
+            return None
+        new = service_state([t.health for t in live])
         if old == new:
             return None
         if old is not None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from ngxsim import (
     FLAG, HTTP, LOCATION, SERVER, ConfigError, Directive, Subscription, Variable, hookimpl, http_event_zone,
@@ -27,6 +27,7 @@ from ngxsim import (
 
 from . import snapshots
 from .api import UpstreamsApi
+from .balancer import Peer
 from .conf import (
     NEXT_UPSTREAM, ProxyPass, UpstreamConf, parse_next_upstream, parse_proxy_pass, parse_refresh, parse_server, parse_set_header,
     parse_timeout, parse_zone,
@@ -220,7 +221,9 @@ def _first_snapshot(up, zone: UpstreamZone, rebuild: bool) -> None:
     def change(cur):
         if cur is not None and not rebuild:
             return None
-        new = snapshots.from_specs(specs, cur, zone.layout.slots)
+        # under mandatory health checks every peer new to the zone waits for its first probe, as
+        # in NGINX Plus; a peer a reload keeps keeps its health (NGINX Plus's "persistent")
+        new = snapshots.from_specs(specs, cur, zone.layout.slots, checking_new=up.mandatory)
         if up.state:
             snapshots.write_state(up.state, new["peers"])
         return new
@@ -305,6 +308,10 @@ def _payload(event) -> dict:
 
 @dataclass(frozen=True)
 class PeerInfo:
+    """One peer as other modules see it (``peers()``): frozen, and only what the public contract
+    promises — the balancer's own ``Peer`` also carries its slot and smooth-WRR weights, which
+    may change."""
+
     id: int
     server: str
     host: str
@@ -343,12 +350,8 @@ def require_health_checks(config, upstream: str, mandatory: bool, where=None) ->
 def peers(runtime, upstream: str) -> list[PeerInfo]:
     """The peers of ``upstream``'s current snapshot, read from its zone."""
     data = state(runtime).zone(upstream).read_snapshot() or {"peers": []}
-    out = []
-    for p in data["peers"]:
-        host, _, port = p["server"].rpartition(":")
-        out.append(PeerInfo(p["id"], p["server"], host.strip("[]"), int(port), p["weight"], p["max_fails"],
-                            float(p["fail_timeout"]), p["backup"], p["down"], p.get("drain", False)))
-    return out
+    names = [f.name for f in fields(PeerInfo)]
+    return [PeerInfo(**{name: getattr(peer, name) for name in names}) for peer in map(Peer.from_json, data["peers"])]
 
 
 def set_peer_health(runtime, upstream: str, peer_id: int, healthy: bool, fails: int = 0, passes: int = 0) -> bool:

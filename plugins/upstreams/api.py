@@ -123,7 +123,7 @@ class UpstreamsApi:
         fields = self._fields(ctx, adding=True)
         st = state(ctx.runtime)
         zone = st.zone(name)
-        checking = initial_health(self.conf, name, added_at_runtime=True) == HEALTH_CHECKING
+        checking = initial_health(self.conf, name) == HEALTH_CHECKING
         new = self._apply(st, name, lambda cur: snapshots.add_peer(cur, fields, zone.layout.slots, checking))
         peer = new[1]
         return json_response(self._peer(zone, peer, 0), 201)

@@ -120,11 +120,10 @@ class State:
         return self.runtime.publish(self.conf.bus, CHANNEL, type_, compact_json(payload))
 
 
-def initial_health(conf, upstream: str, added_at_runtime: bool) -> int:
-    """A peer added at run time to an upstream whose health checks are ``mandatory`` takes no
-    traffic until its first probe passes."""
-    up = conf.upstreams[upstream]
-    return HEALTH_CHECKING if (added_at_runtime and up.mandatory) else HEALTH_NONE
+def initial_health(conf, upstream: str) -> int:
+    """A new peer of an upstream whose health checks are ``mandatory`` takes no traffic until
+    its first probe passes."""
+    return HEALTH_CHECKING if conf.upstreams[upstream].mandatory else HEALTH_NONE
 
 
 def state(runtime) -> State:

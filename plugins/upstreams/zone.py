@@ -113,6 +113,8 @@ class UpstreamZone:
                 return current, extra
             version = (current["version"] if current else 0) + 1
             new["version"] = version
+            # "checking" is an instruction for the slot below, not part of the stored snapshot
+            checking = {p["id"] for p in new["peers"] if p.pop("checking", False)}
             text = json.dumps(new, separators=(",", ":")).encode()
             if len(text) > self.layout.area_size:
                 raise OverflowError(f"the snapshot needs {len(text)} bytes and the zone holds {self.layout.area_size}: "
@@ -126,7 +128,7 @@ class UpstreamZone:
             for peer in new["peers"]:
                 if self._slot_id(peer["slot"]) != peer["id"]:
                     # a new peer: fresh counters; "checking" when mandatory health checks must pass first
-                    self._reset_slot(peer["slot"], peer["id"], HEALTH_CHECKING if peer.pop("checking", False) else HEALTH_NONE)
+                    self._reset_slot(peer["slot"], peer["id"], HEALTH_CHECKING if peer["id"] in checking else HEALTH_NONE)
             _HEADER.pack_into(self.buf, 0, _MAGIC, version, idle, len(text), self.layout.slots, self.layout.rows,
                               self.layout.area_size)
             return new, extra

@@ -248,13 +248,25 @@ def test_one_prober_for_the_instance_and_another_worker_takes_over_when_it_is_ki
     assert pids(responses) == set(server.worker_pids()) and b.requests_for("/") == []
 
 
-def test_a_peer_added_under_mandatory_takes_no_traffic_until_its_probes_pass(ngxsim_server, ngxsim_backend):
+def test_under_mandatory_peers_take_no_traffic_until_their_probes_pass(ngxsim_server, ngxsim_backend):
     a, b, c = (ngxsim_backend(name=f"m{i}") for i in range(3))
-    # a long timeout holds c's first probe in flight while the test looks at it
+    # a long timeout holds a first probe in flight while the test looks at its peer
+    b.respond("/health", delay=30)    # b, configured from the start, waits as NGINX Plus's would
     server = ngxsim_server(conf([a, b], "interval=500ms fails=1 passes=2 uri=/health timeout=2s mandatory"),
                            workers=4, ready_path=STATUS)
-    first_round(server, 2)
     scene = Scene(server, [a, b, c])
+    wait_for(lambda: peer_status(server, a)["state"] == "healthy" and b.requests_for("/health"), 10,
+             what="a's first probe passed, b's in flight")
+    assert peer_status(server, b)["state"] == "checking"
+    assert [p["state"] for p in server.get("/api/upstreams/backend").json()["peers"]] == ["up", "checking"]
+    responses = scene.spray()
+    assert b.requests_for("/") == [] and set(served_by(responses)) == {a.address}
+    b.forget("/health")
+    first = scene.wait_transition(b, 1)[0]
+    assert (first["from"], first["to"]) == ("checking", "unhealthy")  # its first probe timed out
+    scene.wait_transition(b, 2)
+    first_round(server, 2)
+
     c.respond("/health", delay=30)   # c's first probe hangs until the timeout: c stays "checking"
     added = server.post("/api/upstreams/backend/servers", json={"server": c.address})
     assert added.status_code == 201, added.text

@@ -453,3 +453,48 @@ def test_the_shared_level_survives_a_new_instance(make_app):
     client = second.test_client()
     assert statuses(client, "/static/keep", 1) == ["HIT"] and origin.HITS["/static/keep"] == 1
     assert purge(client, {"tag": "kept"}).json["purged"] == 1  # its index came along too
+
+
+PROXY_HOST_CONF = """
+load_module worker_events;
+load_module upstreams;
+load_module cache_purge;
+http {
+    worker_events_zone bus;
+    proxy_cache_path %(dir)s/pcache keys_zone=assets:1m;
+    upstream backend { server %(backend)s; }
+    server {
+        listen 127.0.0.1:8080;
+        add_header X-Cache-Status $upstream_cache_status always;
+        location /address/ { proxy_pass http://%(backend)s; proxy_cache assets; proxy_cache_valid 200 10m; }
+        location /group/ { proxy_pass http://backend; proxy_cache assets; proxy_cache_valid 200 10m; }
+        location /own/ {
+            proxy_pass http://%(backend)s;
+            proxy_cache assets;
+            proxy_cache_key "$proxy_host:$proxy_port$uri";
+            proxy_cache_valid 200 10m;
+        }
+        location /api/cache { cache_purge_api assets; cache_purge_key changeme; }
+    }
+}
+"""
+
+
+def test_keys_use_proxy_host_of_an_address_or_a_group(tmp_path, ngxsim_backend):
+    """nginx's default key and a key of one's own read $proxy_host and $proxy_port from the
+    location's proxy_pass before proxying: the group's name, or the address as written
+    ("host:port", so "$proxy_host:$proxy_port" repeats the port, as in nginx)."""
+    backend = ngxsim_backend()
+    conf = tmp_path / "p.conf"
+    conf.write_text(PROXY_HOST_CONF % {"dir": tmp_path, "backend": backend.address})
+    app = build_application(str(conf), role="standalone")
+    try:
+        client = app.test_client()
+        for path in ("/address/a", "/group/a", "/own/a"):
+            assert statuses(client, path, 2) == ["MISS", "HIT"], path
+        for key in (f"http{backend.address}/address/a", "httpbackend/group/a", f"{backend.address}:{backend.port}/own/a"):
+            r = purge(client, {"key": key})
+            assert r.json.get("purged") == 1, (key, r.json)
+        assert statuses(client, "/address/a", 1) == ["MISS"]
+    finally:
+        app.runtime.close()

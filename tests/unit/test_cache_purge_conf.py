@@ -58,8 +58,7 @@ def test_a_good_config_is_read_with_nginx_defaults(tmp_path):
     assert static["proxy_cache"] == "assets"
     assert static["proxy_cache_valid"] == [Valid(frozenset({200, 301}), 600.0), Valid(frozenset({404}), 60.0)]
     assert static["proxy_cache_purge"].method == "PURGE"
-    # nginx's default key, with the group's name for $proxy_host (upstreams sets that only when it proxies)
-    assert static.stash["cache_purge"].key.source == "${scheme}backend$request_uri"
+    assert static.stash["cache_purge"].key.source == "$scheme$proxy_host$request_uri"  # nginx's default
     assert (tmp_path / "assets").is_dir()  # made at load, as nginx does (nginx -t too)
     assert "key" in config.secret_args
     assert "assets" in config.zones
@@ -130,19 +129,17 @@ def test_proxy_cache_names_an_unknown_zone(tmp_path):
      '"proxy_cache_purge" requires "proxy_cache"', 17),
     ("cache_purge_api assets; cache_purge_key changeme;", "cache_purge_key changeme;",
      '"cache_purge_key" requires "cache_purge_api"', 18),
-    ("proxy_pass http://backend;\n            proxy_cache assets;", "proxy_cache assets;",
-     'the default "proxy_cache_key" ($scheme$proxy_host$request_uri) needs $proxy_host, known before proxying only '
-     'for "proxy_pass" to an upstream group: set "proxy_cache_key" here', 11),
-    ("proxy_cache_purge PURGE", "proxy_cache_key $scheme$proxy_host$uri; proxy_cache_purge PURGE",
-     '"proxy_cache_key" uses $proxy_host, which the upstreams module sets only when it proxies, after the cache '
-     'lookup: write the host literally, or leave "proxy_cache_key" unset to get the default', 15),
-    ("load_module worker_events;\nload_module upstreams;\nload_module cache_purge;",
-     "load_module worker_events;\nload_module cache_purge;\nload_module upstreams;",
-     '"load_module upstreams;" must come before "load_module cache_purge;" (the cache reads the upstream groups '
-     'at load time)', 12),
 ])
 def test_location_errors(tmp_path, old, new, message, line):
     fails(tmp_path, edit(tmp_path, old, new), message, line)
+
+
+def test_the_default_key_needs_a_module_that_gives_proxy_host(tmp_path):
+    text = (f"load_module worker_events;\nload_module cache_purge;\nhttp {{\n    worker_events_zone bus;\n"
+            f"    proxy_cache_path {tmp_path}/c keys_zone=c:1m;\n"
+            f"    server {{ listen 127.0.0.1:8080; location / {{ proxy_cache c; return 200; }} }}\n}}\n")
+    fails(tmp_path, text, 'the default "proxy_cache_key" ($scheme$proxy_host$request_uri) needs $proxy_host '
+                          '("load_module upstreams;" and "proxy_pass"): set "proxy_cache_key" here', 6)
 
 
 def test_an_unknown_variable_in_the_key_fails_as_in_nginx(tmp_path):

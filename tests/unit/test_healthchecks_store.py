@@ -49,16 +49,17 @@ def probe_once(section, tracked, result, fails=2, passes=2):
         return old, section.update_service()
 
 
-def test_new_peers_get_slots_and_under_mandatory_only_later_ones_start_checking(section):
+def test_under_mandatory_every_new_peer_starts_checking_and_the_service_waits_for_a_probe(section):
     with section.lock():
-        # the first look: the peers the instance starts with are healthy, mandatory or not (upstreams
-        # routes them from the start)
+        # the peers the instance starts with wait for their first probe too, as in NGINX Plus
         tracked, overflow = section.sync([Peer(0, "127.0.0.1:1"), Peer(1, "127.0.0.1:2")], mandatory=True)
-        section.update_service()
-    assert overflow == [] and [t.health.state for t, _ in tracked] == [HEALTHY, HEALTHY]
+        assert section.update_service() is None and section.service()[0] is None  # not known yet
+    assert overflow == [] and [t.health.state for t, _ in tracked] == [CHECKING, CHECKING]
+    assert probe_once(section, tracked[0][0], OK) == (CHECKING, None)  # decided: the service is up, no flip
     with section.lock():
+        assert section.service()[0] == UP
         tracked, _ = section.sync([Peer(0, "127.0.0.1:1"), Peer(2, "127.0.0.1:3")], mandatory=True)
-        # the kept peer keeps its state; the one added at run time waits for its first probe
+        # the kept peer keeps its state; the new one waits for its first probe
         assert [(t.peer_id, t.health.state) for t, _ in tracked] == [(0, HEALTHY), (2, CHECKING)]
         assert sorted(t.peer_id for t in section.tracked()) == [0, 2]  # peer 1 is forgotten
         tracked, _ = section.sync([Peer(0, "127.0.0.1:1"), Peer(2, "127.0.0.1:3"), Peer(3, "127.0.0.1:4")],
@@ -120,11 +121,12 @@ def test_upstreams_have_sections_of_their_own(zone):
         store.section("backend").sync([Peer(0, "a:1")], mandatory=False)
         store.section("backend").update_service()
         store.section("backend").sync([Peer(0, "a:1"), Peer(1, "b:1")], mandatory=True)
-        store.section("other").sync([Peer(0, "z:1")], mandatory=True)
+        store.section("other").sync([Peer(0, "z:1")], mandatory=False)
         assert [(t.server, t.health.state) for t in store.section("backend").tracked()] == [
             ("a:1", HEALTHY), ("b:1", CHECKING)]
-        # the other upstream's first look is its own
+        # the other upstream's peers and service are its own
         assert [(t.server, t.health.state) for t in store.section("other").tracked()] == [("z:1", HEALTHY)]
+        assert (store.section("backend").service()[0], store.section("other").service()[0]) == (UP, None)
     with pytest.raises(ValueError, match="too small"):
         HealthStore(zone, ["a", "b", "c"], slots=4)
 

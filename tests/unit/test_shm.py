@@ -11,7 +11,7 @@ import time
 import pytest
 
 from ngxsim.core.instance import STANDALONE, Instance, current_instance, process_start_time
-from ngxsim.core.shm import HEADER_SIZE, Wait, ZoneError, attach_zone, remove_stale_zone_files, remove_zone_files, zone_path
+from ngxsim.core.shm import HEADER_SIZE, SHM_DIR_ENV, Wait, ZoneError, attach_zone, remove_stale_zone_files, remove_zone_files, zone_path
 
 from ngxsim.testing import wait_for
 
@@ -89,7 +89,10 @@ def test_two_instances_never_share_a_zone(instance):
     remove_zone_files(other)
 
 
-def test_stale_zone_of_a_dead_master_is_removed(instance):
+def test_stale_zone_of_a_dead_master_is_removed(instance, tmp_path, monkeypatch):
+    # a folder of its own: another server starting on this machine runs the same janitor on
+    # /dev/shm and could remove the stale file first
+    monkeypatch.setenv(SHM_DIR_ENV, str(tmp_path))
     pid = _child(lambda: None)
     start = process_start_time(pid)
     assert _exit_status(pid) == 0

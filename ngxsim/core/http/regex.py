@@ -62,7 +62,12 @@ def literal_prefix(pattern: bytes, caseless: bool) -> bytes:
 
 
 class Regex:
-    """One compiled nginx regex (``location ~``, ``server_name ~``)."""
+    """One compiled nginx regex (``location ~``, ``server_name ~``; public as ``ngxsim.Regex``
+    for a module's own regexes, as healthchecks' ``match`` uses it).
+
+    ``Regex(source, caseless=False)`` raises ``ValueError`` with nginx's ``pcre2_compile()
+    failed: ...`` message; subjects are bytes, or text (encoded as UTF-8, undecodable bytes
+    kept). Named captures become variables of the configuration being loaded, as in nginx."""
 
     __slots__ = ("source", "caseless", "_code", "captures", "names", "_prefix")
 
@@ -79,7 +84,9 @@ class Regex:
         # PCRE2's binding costs ~2 us a call; most location regexes start with a fixed "^/x/"
         self._prefix = literal_prefix(to_bytes(source), caseless)
 
-    def search(self, subject: bytes) -> Captures | None:
+    def search(self, subject: bytes | str) -> Captures | None:
+        if isinstance(subject, str):
+            subject = to_bytes(subject)
         if not subject.startswith(self._prefix):
             return None
         m = self._code.search(subject)
@@ -87,7 +94,9 @@ class Regex:
             return None
         return Captures((m.group(0), *m.groups()), self.names)
 
-    def matches(self, subject: bytes) -> bool:
+    def matches(self, subject: bytes | str) -> bool:
+        if isinstance(subject, str):
+            subject = to_bytes(subject)
         return subject.startswith(self._prefix) and self._code.search(subject) is not None
 
     def __repr__(self) -> str:
