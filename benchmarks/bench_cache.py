@@ -34,7 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import median, percentile, table, throughput_args, wrk  # noqa: E402
+from common import median, percentile, ratio_rows, table, throughput_args, wrk  # noqa: E402
 
 from ngxsim.testing import start_server, wait_for  # noqa: E402
 
@@ -230,8 +230,7 @@ def main() -> None:
             for server in (ngx, bare):
                 if server is not None:
                     server.stop()
-    base = median(results["bare Flask, same bytes"])
-    rows = [[name, f"{median(v):,.0f}", f"{median(v) / base:.0%}"] for name, v in results.items()]
+    rows = ratio_rows(results, "bare Flask, same bytes")
     print(table(f"req/s for a {BODY_BYTES}-byte asset, gunicorn -w {WORKERS} sync, wrk -t2 -c8, "
                 f"{args.seconds:g}s x {args.rounds} rounds (medians)", ["request", "req/s", "vs bare Flask"], rows))
     print("goal: memory-level hit >= 90% of bare Flask")

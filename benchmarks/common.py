@@ -33,6 +33,12 @@ def table(title: str, header: list[str], rows: list[list[object]]) -> str:
     return "\n".join(out)
 
 
+def ratio_rows(results: dict[str, list[float]], baseline: str) -> list[list[str]]:
+    """One row per measured thing: its median req/s and its ratio to ``baseline``'s median."""
+    base = median(results[baseline])
+    return [[name, f"{median(v):,.0f}", f"{median(v) / base:.0%}"] for name, v in results.items()]
+
+
 def throughput_args(doc: str | None = None, rounds: int = 3, **extra: int) -> argparse.Namespace | None:
     """``--seconds``/``--rounds`` (and ``--NAME`` for each of ``extra``, with its default) of a
     wrk benchmark; None, after saying so, when wrk is not installed."""

@@ -185,3 +185,23 @@ def ngxsim_event_gap(runtime: "Runtime", gap: "Gap") -> None:
     behind by more than the ring holds). ``gap.first``..``gap.last`` are the lost generations.
     Resync instead of staying stale (drop a local cache, re-read a snapshot). Same threads and
     ordering as ``ngxsim_event``: called before the first event after the gap."""
+
+
+# --------------------------------------------------------------------------------------------
+# status: what ``ngxsim_status`` locations (and ``ngxsim status``) show of each module.
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def ngxsim_status(runtime: "Runtime") -> dict[str, Any] | None:
+    """This module's part of the instance status, or None to show nothing.
+
+    Called in the worker that answers a request to an ``ngxsim_status`` location, once per
+    module that implements it, each time (keep it cheap: read shared memory, take no long
+    lock). Return a JSON-able dict of what a person looking at the server wants first (the
+    instance's state from shared memory, not only this worker's); it appears as
+    ``modules.<module name>``. Keys ending in ``_msec`` are times (ms since the epoch) that the
+    page and ``ngxsim status`` show as ages. Anyone who can reach the location sees it: never
+    put a secret (a key, a password, a token) in it. An exception is logged and shown as that
+    module's ``error``; the rest of the status is still answered.
+    """

@@ -14,13 +14,11 @@ from html import escape
 
 from werkzeug.wrappers import Response
 
-from ngxsim import ApiError, Methods, json_response, query_str
+from ngxsim import Methods, json_response, wants_html
+from ngxsim import format_age as age  # the page's script formats ages the same way
 
 from .checker import NAME, process_state
 from .machine import now_msec
-
-_FORMATS = ("json", "html")
-
 
 def snapshot(runtime, checks) -> dict:
     """The status document: per upstream its check, service, prober and peers."""
@@ -73,34 +71,13 @@ class StatusPage:
     def get(self, ctx):
         doc = snapshot(ctx.runtime, self.checks)
         headers = {"Cache-Control": "no-store", "Vary": "Accept"}
-        if _wants_html(ctx):
+        if wants_html(ctx):
             return Response(render_html(doc, self.refresh), status=200, headers=headers,
                             content_type="text/html; charset=utf-8")
         return json_response(doc, headers=headers)
 
 
-def _wants_html(ctx) -> bool:
-    fmt = query_str(ctx, "format", 16)
-    if fmt is not None:
-        if fmt not in _FORMATS:
-            raise ApiError(400, f'parameter "format" must be "json" or "html", not "{fmt}"')
-        return fmt == "html"
-    return ctx.request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html"
-
-
 # -- the page -----------------------------------------------------------------------------------
-
-
-def age(ms: int) -> str:
-    """``4s``, ``3m 02s``, ``2h 05m``, ``3d 04h`` (the page's script formats the same way)."""
-    s = max(int(ms // 1000), 0)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h {s % 3600 // 60:02d}m"
-    return f"{s // 86400}d {s % 86400 // 3600:02d}h"
 
 
 def _ms(seconds: float | None) -> str:

@@ -5,7 +5,8 @@
 - ``ngxsim_publish``: any module publishes through it (``runtime.publish(...)``);
 - a JSON API on the locations that say ``worker_events_api`` (see ``api.py``);
 - in every worker a dispatcher delivers each event to the modules' ``ngxsim_event`` hooks
-  (see ``dispatcher.py``).
+  (see ``dispatcher.py``);
+- ``ngxsim_status``: each ring's fill, counters and per-worker lag (see ``status.py``).
 
 See docs/worker_events.md for the user's guide.
 """
@@ -24,6 +25,7 @@ from .api import WorkerEventsApi
 from .dispatcher import Dispatcher, collect_subscribers
 from .ring import CHANNEL_MAX, LAYOUT_VERSION, MAX_CAPACITY, Ring, encode_event, ring_bytes
 from .state import NAME, State, state
+from .status import ring_status
 
 DEFAULT_RING_SIZE = 1024
 # GET needs no key: one answer holds at most this many events (a client pages on with since)
@@ -193,6 +195,13 @@ def ngxsim_init_worker(runtime):
 def _switch_interval(config) -> float:
     http = config.blocks(HTTP)
     return http[0]["worker_events_gil_switch_interval"] if http else DEFAULT_SWITCH_INTERVAL
+
+
+@hookimpl
+def ngxsim_status(runtime):
+    """Each ring: fill, generations, dropped events, and every worker's delivery lag."""
+    rings = state(runtime).rings
+    return {"rings": {name: ring_status(ring) for name, ring in rings.items()}} if rings else None
 
 
 @hookimpl

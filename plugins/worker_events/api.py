@@ -17,6 +17,7 @@ from ngxsim import compact_json
 
 from .ring import CHANNEL_MAX, encode_event
 from .state import state
+from .status import worker_rows
 
 MAX_BODY = 4096
 MAX_WAIT = 30.0
@@ -71,21 +72,7 @@ class WorkerEventsApi:
         }
         if since is not None:
             head["missed"] = missed
-        workers = [
-            {
-                "pid": s.pid,
-                "subscribers": s.subscribers,
-                # a worker where no module listens has nothing to deliver: never behind
-                "delivered_generation": s.delivered if s.subscribers else newest,
-                "lag": max(0, newest - s.delivered) if s.subscribers else 0,
-                "gaps": s.gaps,
-                "lost_events": s.lost,
-                "events_delivered": s.events,
-                "wakeups": s.wakeups,
-                "last_delivery_msec": s.last_delivery_msec,
-            }
-            for s in ring.live_slots()
-        ]
+        workers = worker_rows(ring, newest)
         # the events are JSON texts already (made once per process): splice them in
         body = "".join((compact_json(head)[:-1], ',"events":[', ",".join(texts), '],"workers":', compact_json(workers), "}"))
         return Response(body, status=200, content_type="application/json")

@@ -12,7 +12,10 @@ from dataclasses import dataclass
 
 from ... import hookimpl
 from ..conf.directive import FLAG, HTTP, LOCATION, MAIN, MAX_TIME, SERVER, SIZE, STRING, TIME, Directive, parse_number
+from ..workers import LAYOUT_TAG as WORKERS_TAG
+from ..workers import WORKERS_ZONE, ZONE_SIZE, WorkerTable
 from .location import LocationMatcher, LocationSpec, nesting_error, parse_location
+from .status import StatusPage
 from .server import Listen, ServerTable, parse_listen, parse_server_name, primary_name
 from .variables import Template
 
@@ -174,6 +177,8 @@ CORE_DIRECTIVES = (
               doc="that absolute URL names the port (unless it is 80)"),
     Directive("server_name_in_redirect", HTTP_LEVELS, 1, type=FLAG, default=False,
               doc="that absolute URL names the server's first name instead of the request's host"),
+    Directive("ngxsim_status", (LOCATION,), 0, type=FLAG, default=False, inherit=False,
+              doc="this location answers the instance's status: workers, zones, modules (JSON or a page)"),
 )
 
 @hookimpl
@@ -192,6 +197,9 @@ class HttpCore:
 
 @hookimpl
 def ngxsim_postconfiguration(config):
+    # the worker table exists only for a status location to show (it costs a write per request)
+    if any(loc.get("ngxsim_status") for loc in config.blocks(LOCATION)):
+        config.zones.declare_core(WORKERS_ZONE, ZONE_SIZE, owner="core", tag=WORKERS_TAG)
     http_blocks = config.blocks(HTTP)
     if not http_blocks:
         config.stash["core.http"] = None
@@ -224,6 +232,28 @@ def ngxsim_postconfiguration(config):
     config.warnings.extend(table.check())
     _check_binds(list(listens.values()), http_blocks[0])
     config.stash["core.http"] = HttpCore(table, list(listens.values()))
+
+
+@hookimpl
+def ngxsim_content_handler(location):
+    if location["ngxsim_status"]:
+        return StatusPage().handle
+    return None
+
+
+@hookimpl
+def ngxsim_init_worker(runtime):
+    if WORKERS_ZONE in runtime.config.zones:
+        table = runtime.stash["core.workers"] = WorkerTable(runtime.zone(WORKERS_ZONE))
+        if table.claim() is not None:
+            runtime.on_request_start.append(table.count)
+
+
+@hookimpl
+def ngxsim_exit_worker(runtime):
+    table = runtime.stash.pop("core.workers", None)
+    if table is not None:
+        table.release()
 
 
 def _check_nesting(block, parent: LocationSpec | None) -> None:

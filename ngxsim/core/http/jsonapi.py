@@ -194,3 +194,15 @@ def query_str(ctx: "RequestContext", name: str, max_bytes: int) -> str | None:
     if len(values[0].encode()) > max_bytes:
         raise ApiError(400, f'parameter "{name}" is longer than {max_bytes} bytes')
     return values[0]
+
+
+def wants_html(ctx: "RequestContext") -> bool:
+    """Should a status endpoint answer with its page rather than JSON? ``?format=html|json``
+    decides; without it, a client that prefers ``text/html`` (a browser) gets the page. Any
+    other ``format`` is a 400 naming the two."""
+    fmt = query_str(ctx, "format", 16)
+    if fmt is not None:
+        if fmt not in ("json", "html"):
+            raise ApiError(400, f'parameter "format" must be "json" or "html", not "{fmt}"')
+        return fmt == "html"
+    return ctx.request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html"
