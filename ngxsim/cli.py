@@ -1,10 +1,12 @@
 """The ``ngxsim`` command.
 
-    ngxsim [-c FILE]                 serve (gunicorn hosted, settings from the config)
+    ngxsim [-c FILE] [-g DIRECTIVES] serve (gunicorn hosted, settings from the config)
+    ngxsim --listen ADDRESS          serve the embedded default config on ADDRESS
     ngxsim -t [-c FILE]              test the config like ``nginx -t``
     ngxsim modules [-c FILE]         installed modules; what the config loads and declares
     ngxsim events tail [-c FILE|URL] follow an event ring through its long-poll API
     ngxsim status [-c FILE|URL]      the instance at a glance: workers, zones, rings, modules
+    ngxsim new-module NAME [--dir D] write the package of a new module (docs/authoring.md)
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 from . import __version__
 from .core.conf.errors import ConfigError
 from .core.modules import installed_modules
-from .core.process import CONF_ENV, load
+from .core.process import CONF_ENV, load, set_command_line
 
 
 def _conf_name(path: str | None) -> str:
@@ -65,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ngxsim", description="nginx's module system in Python, served by gunicorn")
     parser.add_argument("-c", dest="conf", metavar="FILE", help=f"configuration file (default: ${CONF_ENV}, else the embedded default)")
     parser.add_argument("-t", dest="test", action="store_true", help="test the configuration and exit")
+    parser.add_argument("-g", dest="params", metavar="DIRECTIVES",
+                        help='main-context directives, as nginx -g (e.g. -g "worker_processes 4;")')
+    parser.add_argument("--listen", metavar="ADDRESS", help="serve the embedded default config on ADDRESS "
+                        "(a loopback address: 127.0.0.1:9000, [::1]:9000)")
     parser.add_argument("-v", "--version", action="version", version=f"ngxsim {__version__}")
     sub = parser.add_subparsers(dest="command")
     mods = sub.add_parser("modules", help="list installed modules and what a config loads")
@@ -84,10 +90,18 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"a config (its first ngxsim_status location; default: ${CONF_ENV}, else the embedded "
                          "default) or the status URL")
     st.add_argument("--json", action="store_true", help="the status document as JSON")
+    new = sub.add_parser("new-module", help="write the package of a new third-party module (docs/authoring.md)")
+    new.add_argument("name", help="the module's name: a lower-case identifier (load_module NAME;)")
+    new.add_argument("--dir", default=".", help="where to write its folder ngxsim-NAME (default: here)")
     args = parser.parse_args(argv)
+    set_command_line(args.params, args.listen)
 
     if args.command == "modules":
         return list_modules(args.conf)
+    if args.command == "new-module":
+        from .newmodule import run
+
+        return run(args.name, args.dir)
     if args.command == "events":
         from .cli_events import tail
 

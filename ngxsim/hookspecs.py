@@ -7,6 +7,9 @@ keyword arguments; an implementation may accept any subset of them (pluggy's rul
 Processes: the *master* is the process that parses the config and creates the shared-memory
 zones (gunicorn's arbiter under ``ngxsim -c`` or ``--preload``, otherwise the first worker to
 start). *Workers* are gunicorn's worker processes; every worker runs the ``worker`` hooks.
+
+Each hook's example is the body of a module: ``from ngxsim import ...`` and ``@hookimpl`` on a
+plain function named like the hook.
 """
 
 from __future__ import annotations
@@ -40,6 +43,13 @@ def ngxsim_directives(register: Callable[["Directive"], None]) -> None:
     config is checked. The core calls each module's implementation separately so that every
     declaration is attributed to its module: two modules declaring the same name fail the load
     with both names. The table is frozen afterwards; registering later raises.
+
+    For example::
+
+        @hookimpl
+        def ngxsim_directives(register):
+            register(Directive("hello", (LOCATION,), 0, type=FLAG, default=False, inherit=False))
+            register(Directive("hello_greeting", (HTTP, SERVER, LOCATION), 1, default="hello"))
     """
 
 
@@ -47,11 +57,20 @@ def ngxsim_directives(register: Callable[["Directive"], None]) -> None:
 def ngxsim_variables(register: Callable[["Variable"], None]) -> None:
     """Declare the module's variables (``$upstream_addr``) by calling ``register(Variable(...))``.
 
-    Runs once per module while the config is loaded, right after ``ngxsim_directives`` and before
-    any directive value is compiled, so every directive (``add_header``, ``log_format``,
-    ``proxy_set_header``...) can use them. A ``Variable`` is a name (or a prefix, like nginx's
+    Runs once per module in the process that loads the config (like ``ngxsim_directives``: the
+    master, ``ngxsim -t``, or a worker that loads the app itself), right after
+    ``ngxsim_directives`` and before any directive value is compiled, so every directive
+    (``add_header``, ``log_format``, ``proxy_set_header``...) can use them. A ``Variable`` is a name (or a prefix, like nginx's
     ``$arg_``) and a getter ``f(ctx) -> str`` run per request. A name declared twice, or one that
     shadows a core variable, fails the load naming both modules.
+
+    For example (``$hello_name``, and ``$hello_header_NAME`` as a family)::
+
+        @hookimpl
+        def ngxsim_variables(register):
+            register(Variable("hello_name", lambda ctx: ctx.vars.get("hello_name", "")))
+            register(Variable("hello_header_", lambda rest: lambda ctx: ctx.request.headers.get(rest, ""),
+                              prefix=True))
     """
 
 
@@ -64,12 +83,23 @@ def ngxsim_variables(register: Callable[["Variable"], None]) -> None:
 def ngxsim_postconfiguration(config: "Configuration") -> None:
     """Validate and finish this module's configuration, and declare the shared zones it needs.
 
-    Runs once per config load, after every directive was checked and merged (``config.blocks``
-    gives each context with its effective values), for the core first and then for each module
-    in the order of the ``load_module`` lines (what earlier modules declared is visible). Raise ``ConfigError`` (best made with
+    Runs once per config load, in the process that loads it (``ngxsim -t`` too), after every
+    directive was checked and merged (``config.blocks`` gives each context with its effective
+    values), for the core first and then for each module in the order of the ``load_module``
+    lines (what earlier modules declared is visible). Raise ``ConfigError`` (best made with
     ``block.error(name, message)`` so it names the file and line) to fail the load; declare zones
     with ``config.zones.declare(name, size, owner=..., where=...)``. Must not touch shared
     memory: zones are created later, and only if the whole config is valid.
+
+    For example::
+
+        @hookimpl
+        def ngxsim_postconfiguration(config):
+            for location in config.blocks(LOCATION):
+                if location["hello"] and not location["hello_greeting"].strip():
+                    raise location.error("hello_greeting", "hello_greeting must not be blank")
+            config.zones.declare("hello", 64 * 1024, owner="hello")
+            config.stash["hello"] = {"zone": "hello"}
     """
 
 
@@ -80,6 +110,16 @@ def ngxsim_content_handler(location: "Block", config: "Configuration") -> Callab
     Called once per ``location`` block at config load (never per request). The first module that
     returns a callable owns the location (``firstresult``). The handler is later called in a
     worker with a ``RequestContext`` and returns a Flask/Werkzeug response.
+
+    The hook runs in the process that loads the config; the handler runs in a worker, on the
+    thread serving the request, possibly on several threads at once. For example::
+
+        @hookimpl
+        def ngxsim_content_handler(location, config):
+            if not location["hello"]:
+                return None
+            greeting = location["hello_greeting"]
+            return lambda ctx: json_response({"greeting": greeting, "name": ctx.arg("name")})
     """
 
 
@@ -90,6 +130,16 @@ def ngxsim_header_filter(location: "Block", config: "Configuration") -> Callable
     Called once per ``location`` at config load. Every returned filter runs, in module load order,
     on each response of that location after the core's ``add_header``; it may change
     ``response.headers``.
+
+    The hook runs in the process that loads the config; the filter in a worker, per response.
+    For example::
+
+        @hookimpl
+        def ngxsim_header_filter(location, config):
+            if location["hello"]:
+                def stamp(ctx, response):
+                    response.headers["X-Hello-Worker"] = str(ctx.runtime.worker_pid)
+                return stamp
     """
 
 
@@ -102,6 +152,18 @@ def ngxsim_precontent_handler(location: "Block", config: "Configuration") -> Cal
     handler (nginx's precontent phase: where a cache answers a hit or a ``PURGE``). A handler
     returns a response to answer the request itself (later handlers and the content handler do
     not run), or None to pass it on.
+
+    The hook runs in the process that loads the config; the handler in a worker, per request.
+    For example::
+
+        @hookimpl
+        def ngxsim_precontent_handler(location, config):
+            if location["hello"]:
+                def refuse_bots(ctx):
+                    if "bot" in ctx.request.headers.get("User-Agent", ""):
+                        return json_error(403, "no bots here")
+                    return None
+                return refuse_bots
     """
 
 
@@ -116,6 +178,17 @@ def ngxsim_body_filter(location: "Block", config: "Configuration") -> Callable[[
     of what it streams, to store it in a cache once complete). ``ctx.vars`` holds what earlier
     phases recorded (``upstream_status``...); ``ctx.stash[module_name]`` what this module's own
     earlier phases kept for it (a fresh dict per request).
+
+    The hook runs in the process that loads the config; the filter in a worker, per response.
+    For example::
+
+        @hookimpl
+        def ngxsim_body_filter(location, config):
+            if location["hello"]:
+                def count(ctx, response):
+                    ctx.vars["hello_bytes"] = str(len(response.get_data()))
+                    return response
+                return count
     """
 
 
@@ -128,19 +201,53 @@ def ngxsim_body_filter(location: "Block", config: "Configuration") -> Callable[[
 def ngxsim_init_master(runtime: "Runtime") -> None:
     """The server instance starts: zones exist and were created or kept (``zone.fresh`` says
     which). Runs once per instance and config load, in the process that created the zones,
-    before any worker serves. Initialise zone contents here."""
+    before any worker serves. Initialise zone contents here.
+
+    For example::
+
+        @hookimpl
+        def ngxsim_init_master(runtime):
+            zone = runtime.zone("hello")
+            if zone.fresh:  # zero-filled; a kept zone holds what the last run left
+                with zone.lock():
+                    zone.buf[:8] = (0).to_bytes(8, "little")
+    """
 
 
 @hookspec
 def ngxsim_init_worker(runtime: "Runtime") -> None:
     """A worker process starts (first start, respawn after a crash, or reload). Zones are
-    attached in this process. Runs before the worker serves its first request."""
+    attached in this process. Runs before the worker serves its first request.
+
+    For example::
+
+        @hookimpl
+        def ngxsim_init_worker(runtime):
+            runtime.stash["hello"] = {"greeted": 0}
+            runtime.on_request_start.append(lambda: None)  # cheap, runs before every handler
+    """
+
+
+@hookspec
+def ngxsim_worker_stopping(runtime: "Runtime", fast: bool) -> None:
+    """A worker is told to stop: gracefully (``fast`` false: requests in progress may finish)
+    or at once. ``runtime.stopping`` is set already (``"graceful"`` or ``"fast"``). Runs in the
+    worker, in a thread of its own, while requests may still be in progress: wake what waits
+    (a long-poll) so it answers with what it has now. Called by ngxsim's gunicorn worker classes
+    (``ngxsim -c`` always uses them); ``ngxsim_exit_worker`` follows when the worker exits."""
 
 
 @hookspec
 def ngxsim_exit_worker(runtime: "Runtime") -> None:
     """A worker process stops cleanly. Not called for a worker that is killed: nothing in shared
-    memory may depend on this hook having run."""
+    memory may depend on this hook having run.
+
+    Runs in that worker. For example::
+
+        @hookimpl
+        def ngxsim_exit_worker(runtime):
+            runtime.stash.pop("hello", None)
+    """
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,6 +264,19 @@ def ngxsim_publish(runtime: "Runtime", zone: str, channel: str, type: str, paylo
     raises when no module handles it). Implemented by ``worker_events``. Raises ``ValueError``
     naming the problem (unknown zone, empty type, a field over its byte limit) and publishes
     nothing then. ``firstresult``: the first implementation that returns a generation wins.
+
+    Publishing writes the event into the ring and wakes the workers. worker_events then delivers
+    it (``ngxsim_event``) to the publishing worker's own subscribers before the publish returns,
+    so a handler that publishes sees its own event delivered in the same response; every other
+    worker delivers it on its dispatcher thread soon after, or at the start of its next request
+    at the latest (``Runtime.publish`` says what the installed version does).
+
+    Call it from a handler, for example::
+
+        def greet(ctx):
+            generation = ctx.runtime.publish(ctx.runtime.config.stash["hello"]["zone"], "hello",
+                                             "greeted", compact_json({"name": ctx.arg("name")}))
+            return json_response({"generation": generation})
     """
 
 
@@ -165,7 +285,15 @@ def ngxsim_event_subscriptions(config: "Configuration") -> "list[Subscription] |
     """Say which events this module wants: zone, channels (None: all), and whether a worker
     that starts should first replay what is still in the ring. A module that implements
     ``ngxsim_event`` without this hook hears every channel of every zone. Called once per config
-    load for each module separately."""
+    load for each module separately. Runs in the process that loads the config.
+
+    For example::
+
+        @hookimpl
+        def ngxsim_event_subscriptions(config):
+            zone = http_event_zone(config, "hello")  # the http-level worker_events_zone
+            return Subscription(zone, channels=("hello",), replay=True) if zone else None
+    """
 
 
 @hookspec
@@ -176,15 +304,30 @@ def ngxsim_event(runtime: "Runtime", event: "Event") -> None:
     Runs on the worker's event dispatcher thread, or on a request thread that drains pending
     events before its handler runs; calls for one zone never overlap. Keep it short; an
     exception is logged with the event's generation and delivery goes on.
+
+    For example::
+
+        @hookimpl
+        def ngxsim_event(runtime, event):
+            if event.channel == "hello" and event.type == "greeted":
+                runtime.stash["hello"]["greeted"] += 1
     """
 
 
 @hookspec
 def ngxsim_event_gap(runtime: "Runtime", gap: "Gap") -> None:
     """Events this worker never delivered because the ring overwrote them first (it fell
-    behind by more than the ring holds). ``gap.first``..``gap.last`` are the lost generations.
+    behind by more than the ring holds). ``gap.first`` to ``gap.last`` are the lost generations.
     Resync instead of staying stale (drop a local cache, re-read a snapshot). Same threads and
-    ordering as ``ngxsim_event``: called before the first event after the gap."""
+    ordering as ``ngxsim_event``: called before the first event after the gap.
+
+    For example::
+
+        @hookimpl
+        def ngxsim_event_gap(runtime, gap):
+            if gap.zone == runtime.config.stash["hello"]["zone"]:
+                runtime.stash["hello"]["greeted"] = None  # unknown now: recount from the source
+    """
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,4 +347,11 @@ def ngxsim_status(runtime: "Runtime") -> dict[str, Any] | None:
     page and ``ngxsim status`` show as ages. Anyone who can reach the location sees it: never
     put a secret (a key, a password, a token) in it. An exception is logged and shown as that
     module's ``error``; the rest of the status is still answered.
+
+    For example::
+
+        @hookimpl
+        def ngxsim_status(runtime):
+            state = runtime.stash.get("hello")
+            return {"greeted": state["greeted"]} if state else None
     """

@@ -21,6 +21,12 @@ while one of its threads is free, so the kernel gives them to another worker.
 The timeouts come from the config's ``http`` block (nginx's default 60 s); the number of
 threads from gunicorn's ``--threads``. ``ngxsim -c`` uses this worker unless ``worker_class``
 says otherwise.
+
+Every worker class here (this one, :class:`SyncWorker`, :class:`GThreadWorker`) also tells the
+served runtime when gunicorn stops the worker (``Runtime.begin_stop``): handlers that wait (a
+worker_events long-poll) are woken and answer with what they have, instead of holding the
+worker's exit until their deadline. gunicorn's worker signals keep their meaning: ``SIGTERM``
+stops gracefully (requests in progress finish), ``SIGQUIT``/``SIGINT`` stop at once.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import time
 from functools import partial
 
 from gunicorn.workers.gthread import TConn, ThreadWorker
+from gunicorn.workers.sync import SyncWorker as _GunicornSyncWorker
 
 from .core.http.responses import compact_json
 
@@ -56,7 +63,54 @@ class _Waiting:
         self.phase = "header"
 
 
-class Worker(ThreadWorker):
+class _StopsRuntime:
+    """Tell the served runtime that this worker is told to stop (from the signal handler, in
+    the main thread): ``Runtime.begin_stop`` marks it and wakes waiting handlers."""
+
+    def _begin_stop(self, fast: bool) -> None:
+        runtime = getattr(getattr(self, "wsgi", None), "runtime", None)
+        if runtime is not None:
+            runtime.begin_stop(fast)
+
+    def handle_exit(self, sig, frame) -> None:  # SIGTERM: graceful
+        self._begin_stop(fast=False)
+        super().handle_exit(sig, frame)
+
+    def handle_quit(self, sig, frame) -> None:  # SIGQUIT, SIGINT: at once
+        self._begin_stop(fast=True)
+        super().handle_quit(sig, frame)
+
+
+class SyncWorker(_StopsRuntime, _GunicornSyncWorker):
+    """gunicorn's ``sync`` worker that wakes a waiting handler when it is stopped.
+
+    gunicorn's sync worker exits from the signal handler on ``SIGQUIT``: the request being
+    served (in the same, main thread) would end without an answer. Here a request in progress
+    is let finish — the woken long-poll answers at once — and the worker exits after it."""
+
+    _serving = False
+
+    def handle(self, listener, client, addr) -> None:
+        self._serving = True
+        try:
+            super().handle(listener, client, addr)
+        finally:
+            self._serving = False
+
+    def handle_quit(self, sig, frame) -> None:
+        if not self._serving:
+            super().handle_quit(sig, frame)
+            return
+        self._begin_stop(fast=True)
+        self.alive = False  # the run loop ends once this request is answered
+        self.cfg.worker_int(self)
+
+
+class GThreadWorker(_StopsRuntime, ThreadWorker):
+    """gunicorn's ``gthread`` worker that wakes waiting handlers when it is stopped."""
+
+
+class Worker(_StopsRuntime, ThreadWorker):
     """gthread with nginx's reading discipline (see the module docstring)."""
 
     def init_process(self) -> None:

@@ -7,7 +7,15 @@ from typing import NamedTuple
 
 
 class Event(NamedTuple):
-    """One published event as stored in a zone's ring (a named tuple: readers make many)."""
+    """One published event as stored in a zone's ring (a named tuple: readers make many).
+
+    - ``generation``: its place in the zone's global order (1, 2, 3...; never reused);
+    - ``zone``: the worker_events zone it was published into;
+    - ``channel``: the channel it was published on (at most 64 bytes of UTF-8);
+    - ``type``: what happened (at most 64 bytes, never empty);
+    - ``payload``: the data (at most 512 bytes; structured payloads are compact JSON);
+    - ``timestamp_msec``: when it was published, in milliseconds since the epoch.
+    """
 
     generation: int
     zone: str
@@ -29,7 +37,7 @@ class Event(NamedTuple):
 
 @dataclass(frozen=True)
 class Gap:
-    """Generations ``first``..``last`` of ``zone`` were overwritten before this worker read them."""
+    """Generations ``first`` to ``last`` of ``zone`` were overwritten before this worker read them."""
 
     zone: str
     first: int
@@ -37,9 +45,11 @@ class Gap:
 
     @property
     def count(self) -> int:
+        """How many events were lost."""
         return self.last - self.first + 1
 
     def as_json(self) -> dict:
+        """The gap's JSON form: ``zone``, ``first``, ``last``, ``count``."""
         return asdict(self) | {"count": self.count}
 
 

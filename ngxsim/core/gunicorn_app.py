@@ -1,28 +1,45 @@
 """``ngxsim -c FILE``: gunicorn hosted with settings taken from the config.
 
 ``worker_processes`` -> workers, every ``listen`` -> a bind, ``error_log`` -> gunicorn's error
-log, and the process hooks map onto nginx's phases (see ``process.py``). SIGHUP re-reads the
-file: a valid new config replaces the old one (zones of unchanged name and size keep their
-contents), an invalid one is logged and the running config goes on serving.
+log, and the process hooks map onto nginx's phases (see ``process.py``). The master runs
+:class:`NgxsimArbiter`, gunicorn's arbiter with nginx's signals:
+
+- ``SIGHUP`` re-reads the file and imports the modules it loads anew. A valid new config
+  replaces the old one (zones of unchanged name and size keep their contents; new workers
+  replace the old). One that cannot be served (an ``[emerg]``, a zone or an address that cannot
+  be had, a module that fails to import) is logged and changes nothing: the old workers go on
+  serving, untouched.
+- ``SIGTERM``/``SIGINT`` stop fast, ``SIGQUIT`` gracefully (gunicorn has it the other way round).
+  Either way each worker is told (``Runtime.begin_stop``), so waiting long-polls answer at once.
+
+Start, reload and stop are logged in the error log, one line each.
 """
 
 from __future__ import annotations
 
+import signal
 import socket
 import sys
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 from gunicorn.config import KNOWN_SETTINGS
 
 from .conf.errors import ConfigError
 from .instance import MASTER, current_instance
+from .modules import fresh_imports, plugin_module_names
 from .process import Runtime, load
 from .shm import JANITOR_MARKER, ZoneError, remove_zone_files
 
 _SETTINGS = {s.name for s in KNOWN_SETTINGS}
-GUNICORN_WORKER_CLASSES = {"sync": "sync", "gthread": "gthread", "ngxsim": "ngxsim.worker.Worker"}
+# ngxsim's subclasses of gunicorn's worker classes: they tell the runtime when they are stopped
+GUNICORN_WORKER_CLASSES = {"sync": "ngxsim.worker.SyncWorker", "gthread": "ngxsim.worker.GThreadWorker",
+                           "ngxsim": "ngxsim.worker.Worker"}
 GUNICORN_LEVELS = {"debug": "debug", "info": "info", "notice": "info", "warn": "warning", "error": "error",
                    "crit": "critical", "alert": "critical", "emerg": "critical"}
+# a fast stop waits this long for workers to exit (a woken long-poll answers in milliseconds),
+# then kills what is left; a graceful one waits gunicorn's graceful_timeout
+FAST_STOP_TIMEOUT = 3
 
 
 class BindError(RuntimeError):
@@ -55,36 +72,146 @@ def check_binds(binds: list[str], bound: set[str]) -> None:
                 raise BindError(f"bind() to {bind} failed ({exc.errno}: {exc.strerror})") from None
 
 
+def _size(size: int) -> str:
+    """A zone size as nginx writes sizes: ``64k``, ``1m``, else bytes."""
+    for unit, shift in (("m", 20), ("k", 10)):
+        if size >= 1 << shift and size % (1 << shift) == 0:
+            return f"{size >> shift}{unit}"
+    return f"{size} bytes"
+
+
+def _describe(runtime: Runtime, old: Runtime | None) -> list[str]:
+    """The error log's lines about what a (re)loaded config serves."""
+    config = runtime.config
+    worker_class = config.main["worker_class"]
+    threads = "1 thread" if worker_class == "sync" else f"{config.main['worker_threads']} threads"
+    lines = [f"listening on {', '.join(config_binds(config))}",
+             f"{config.worker_processes} worker(s) of class {worker_class} "
+             f"({GUNICORN_WORKER_CLASSES[worker_class]}, {threads} each)"]
+    modules = [f"{name} ({module})" for (name, _), module in zip(config.modules, plugin_module_names(config.modules))
+               if name != "core"]
+    lines.append(f"modules: {', '.join(modules) or 'none loaded'}")
+    for spec in config.zones:
+        zone = runtime.zones[spec.name]
+        lines.append(f'zone "{spec.name}" ({_size(spec.size)}) {"created" if zone.fresh else "kept"}')
+    for name in sorted(set(old.zones) - set(runtime.zones)) if old else ():
+        lines.append(f'zone "{name}" removed')
+    return lines
+
+
+class NgxsimArbiter(Arbiter):
+    """gunicorn's arbiter with nginx's signals and reloads that keep workers when rejected."""
+
+    def handle_term(self):
+        self._stop_by("SIGTERM", fast=True)
+
+    def handle_int(self):
+        self._stop_by("SIGINT", fast=True)
+
+    def handle_quit(self):
+        self._stop_by("SIGQUIT", fast=False)
+
+    def _stop_by(self, name: str, fast: bool):
+        how = "fast shutdown" if fast else "graceful shutdown: requests in progress finish"
+        self.log.info("ngxsim: [notice] signal %d (%s) received, %s", getattr(signal, name), name, how)
+        if fast:
+            self.stop(False)
+        raise StopIteration  # the run loop halts, stopping gracefully what is left
+
+    def stop(self, graceful=True):
+        if graceful:
+            return super().stop(True)
+        # gunicorn waits graceful_timeout for workers that stop at once: bound it
+        saved = self.cfg.graceful_timeout
+        self.cfg.set("graceful_timeout", min(saved, FAST_STOP_TIMEOUT))
+        try:
+            return super().stop(False)
+        finally:
+            self.cfg.set("graceful_timeout", saved)
+
+    def reload(self):
+        """nginx's reload: the new config is loaded and checked first; only then do new
+        workers replace the old. Rejected, nothing changes: same workers, same state."""
+        if not self.app.prepare_reload(self.log):
+            return
+        self.app.announce(self.log, f"reload of {self.app.path_of_pending()} accepted: new workers replace the old")
+        super().reload()
+
+
 class NgxsimApplication(BaseApplication):
     def __init__(self, path: str | None):
         self.path = path
         self.runtime: Runtime | None = None
+        self._pending: Runtime | None = None  # a reload's checked runtime, applied by load_config
+        self._news: list[str] = []  # what the last (re)load did, for the error log
         super().__init__()
 
-    # gunicorn calls this at start and again in the master on every SIGHUP
-    def load_config(self) -> None:
+    def run(self):
         try:
-            config = load(self.path)
-            check_binds(config_binds(config), set(config_binds(self.runtime.config)) if self.runtime else set())
-            runtime = Runtime(config, self.runtime.instance if self.runtime else current_instance(MASTER))
+            NgxsimArbiter(self).run()
+        except RuntimeError as exc:  # as BaseApplication.run
+            print(f"\nError: {exc}\n", file=sys.stderr, flush=True)
+            sys.exit(1)
+
+    def _prepare(self, old: Runtime | None) -> Runtime:
+        """Load, check and start (zones) the config on disk; raises what makes it unservable.
+        Zones the attempt made and the old config does not have are removed on failure."""
+        config = load(self.path)
+        check_binds(config_binds(config), set(config_binds(old.config)) if old else set())
+        runtime = Runtime(config, old.instance if old else current_instance(MASTER))
+        try:
             runtime.start_instance()
+        except BaseException:
+            for zone in runtime.zones.values():
+                zone.close()
+            if old is not None:
+                remove_zone_files(runtime.instance, keep=set(old.zones) | {JANITOR_MARKER})
+            raise
+        self._news = _describe(runtime, old)
+        return runtime
+
+    def prepare_reload(self, log) -> bool:
+        """In the master on SIGHUP: the config on disk, its modules imported anew. False (and
+        an ``[emerg]`` line) when it cannot be served: the running config and workers stay."""
+        try:
+            with fresh_imports(plugin_module_names(self.runtime.config.modules)):
+                self._pending = self._prepare(self.runtime)
         except (ConfigError, ZoneError, BindError) as exc:
-            self._reject(exc)
-        else:
-            if self.runtime is not None:
-                remove_zone_files(runtime.instance, keep={spec.name for spec in config.zones} | {JANITOR_MARKER})
-                for zone in self.runtime.zones.values():
-                    zone.close()
+            log.critical("ngxsim: [emerg] %s; reload rejected, the running configuration and its workers stay", exc)
+            return False
+        except Exception as exc:  # a module's own failure (ngxsim_init_master): the master must not die of it
+            log.critical("ngxsim: [emerg] loading %s failed: %r; reload rejected, the running configuration and its "
+                         "workers stay", self.path or "the configuration", exc, exc_info=True)
+            return False
+        return True
+
+    # gunicorn calls this at start, and on a reload that prepare_reload accepted
+    def load_config(self) -> None:
+        if self._pending is not None:
+            runtime, self._pending = self._pending, None
+            remove_zone_files(runtime.instance, keep={spec.name for spec in runtime.config.zones} | {JANITOR_MARKER})
+            for zone in self.runtime.zones.values():
+                zone.close()
             self.runtime = runtime
+        elif self.runtime is None:
+            try:
+                self.runtime = self._prepare(None)
+            except (ConfigError, ZoneError, BindError) as exc:
+                # gunicorn would print a bare "Error:" line
+                print(f"ngxsim: [emerg] {exc}", file=sys.stderr, flush=True)
+                raise SystemExit(1) from None
         self._apply(self.runtime)
 
-    def _reject(self, exc: Exception) -> None:
-        """A config (or its zones) that cannot be served: stop at start, keep the old on reload.
-        The message is printed here: gunicorn would print a bare "Error:" line."""
-        if self.runtime is None:
-            print(f"ngxsim: [emerg] {exc}", file=sys.stderr, flush=True)
-            raise SystemExit(1)
-        print(f"ngxsim: [emerg] {exc}; reload rejected, the running configuration stays", file=sys.stderr, flush=True)
+    def path_of_pending(self) -> str:
+        return self._pending.config.path
+
+    def announce(self, log, first: str) -> None:
+        log.info("ngxsim: [notice] %s", first)
+        for line in self._news:
+            log.info("ngxsim: [notice] %s", line)
+
+    def _when_ready(self, arbiter) -> None:
+        self.announce(arbiter.log, f"ngxsim serves {self.runtime.config.path} (master {arbiter.pid})")
 
     def _apply(self, runtime: Runtime) -> None:
         config = runtime.config
@@ -105,6 +232,7 @@ class NgxsimApplication(BaseApplication):
             "post_fork": self._post_fork,
             "worker_exit": self._worker_exit,
             "on_exit": self._on_exit,
+            "when_ready": self._when_ready,
             "proc_name": "ngxsim",
             "logger_class": "ngxsim.glogging.Logger",  # masks secret query arguments in gunicorn's logs
             # a sync worker answering a long-poll (wait <= 30 s) sends no heartbeat meanwhile:

@@ -54,6 +54,7 @@ class LivenessWatch:
         self._lock = threading.Lock()
 
     def alive(self, procs: list[tuple[int, int]]) -> set[tuple[int, int]]:
+        """The ``(pid, start_time)`` pairs of ``procs`` whose process is still running."""
         with self._lock:
             live: set[tuple[int, int]] = set()
             poller = select.poll()

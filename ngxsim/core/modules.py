@@ -11,6 +11,9 @@ import importlib
 import importlib.metadata
 import os
 import sys
+import types
+from contextlib import contextmanager
+from typing import Iterable, Iterator
 
 import pluggy
 
@@ -39,6 +42,7 @@ def create_plugin_manager() -> pluggy.PluginManager:
 
 
 def tracing() -> bool:
+    """Whether hook calls are traced to stderr (``NGXSIM_TRACE_HOOKS`` set in the environment)."""
     return bool(os.environ.get(TRACE_ENV))
 
 
@@ -84,3 +88,41 @@ def installed_modules() -> list[tuple[str, str]]:
     """(name, target) of every module installed under the ``ngxsim`` entry-point group."""
     eps = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
     return sorted((ep.name, ep.value) for ep in eps)
+
+
+def plugin_module_name(plugin: object) -> str:
+    """The dotted name of the Python module a loaded plugin is (or is defined in)."""
+    if isinstance(plugin, types.ModuleType):
+        return plugin.__name__
+    return getattr(plugin, "__module__", None) or type(plugin).__module__
+
+
+def plugin_module_names(modules: list[tuple[str, object]]) -> list[str]:
+    """``plugin_module_name`` of each ``(name, plugin)`` of ``Configuration.modules``."""
+    return [plugin_module_name(plugin) for _, plugin in modules]
+
+
+@contextmanager
+def fresh_imports(names: Iterable[str]) -> Iterator[None]:
+    """Inside the block, the modules ``names`` and their submodules are imported anew from their
+    files (``ngxsim -c`` reloads module code on SIGHUP this way); if the block raises, the
+    modules imported before are put back, so the running config's code stays what it was.
+    ngxsim's own modules are never re-imported (their state is the running server's)."""
+    prefixes = tuple(n for n in names if n != "ngxsim" and not n.startswith("ngxsim."))
+
+    def ours(key: str) -> bool:
+        return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+    saved = {key: sys.modules.pop(key) for key in [k for k in sys.modules if ours(k)]}
+    importlib.invalidate_caches()  # a module file added since the last import is found
+    try:
+        yield
+    except BaseException:
+        for key in [k for k in sys.modules if ours(k)]:
+            del sys.modules[key]
+        sys.modules.update(saved)
+        for key, module in saved.items():  # a parent package's attribute names its submodule
+            parent, _, child = key.rpartition(".")
+            if parent in sys.modules:
+                setattr(sys.modules[parent], child, module)
+        raise

@@ -8,6 +8,8 @@ init_module            arbiter (``ngxsim -c``,      ``load_configuration`` + ``s
                        worker to load the app       janitor started, ``ngxsim_init_master``
 init_process           ``post_fork`` / app load     ``start_worker``: ``ngxsim_init_worker``
                        in the worker                (worker_events starts its dispatcher)
+(told to stop)         worker SIGTERM / SIGQUIT     ``begin_stop``: ``runtime.stopping`` set,
+                       (ngxsim's worker classes)    ``ngxsim_worker_stopping`` (waiters wake)
 exit_process           ``worker_exit`` / atexit     ``stop_worker``: ``ngxsim_exit_worker``
 master reaps a worker  ``child_exit``               nothing to do: no shared state depends on
                                                     a worker's goodbye (slots are checked for
@@ -19,12 +21,15 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import ipaddress
 import os
 import signal
+import threading
 from importlib import resources
 from typing import Callable
 
-from .conf.loader import Configuration, load_configuration
+from .conf.errors import ConfigError
+from .conf.loader import PARAMS_FILE, Configuration, load_configuration
 from .http.app import HttpCore, NgxsimFlask
 from .http.logs import log, setup_error_log
 from .jobs import JobRunner
@@ -39,12 +44,52 @@ def default_config_text() -> str:
     return resources.files("ngxsim").joinpath("default.conf").read_text(encoding="utf-8")
 
 
+DEFAULT_NAME = "<embedded default.conf>"
+_DEFAULT_LISTEN = "listen 127.0.0.1:8080 default_server;"
+# what the ``ngxsim`` command line adds to every config this process loads: ``-g`` directives
+# and ``--listen`` (the embedded default's address); set once by the CLI, kept across reloads
+_command_line: dict[str, str | None] = {"params": None, "listen": None}
+
+
+def set_command_line(params: str | None = None, listen: str | None = None) -> None:
+    """``ngxsim -g DIRECTIVES`` and ``--listen ADDRESS``: applied by every ``load()`` of this
+    process (the start, ``-t``, each SIGHUP reload)."""
+    _command_line.update(params=params, listen=listen)
+
+
 def load(path: str | None = None) -> Configuration:
-    """The config at ``path``, else at ``$NGXSIM_CONF``, else the embedded default."""
+    """The config at ``path``, else at ``$NGXSIM_CONF``, else the embedded default (on the
+    command line's ``--listen`` address, if given); with the command line's ``-g`` directives."""
     path = path or os.environ.get(CONF_ENV) or None
+    params, listen = _command_line["params"], _command_line["listen"]
     if path:
-        return load_configuration(path)
-    return load_configuration("<embedded default.conf>", text=default_config_text())
+        if listen is not None:
+            raise ConfigError(f'"--listen" sets the address of the embedded default configuration only: '
+                              f'{path} has its own "listen" directives')
+        return load_configuration(path, params=params)
+    text = default_config_text()
+    if listen is not None:
+        if not listen or any(c in listen for c in '"\\\n;{} \t'):
+            raise ConfigError(f'invalid "--listen" address "{listen}"', PARAMS_FILE)
+        assert _DEFAULT_LISTEN in text, "default.conf and _DEFAULT_LISTEN disagree"
+        text = text.replace(_DEFAULT_LISTEN, f'listen "{listen}" default_server;')
+    config = load_configuration(DEFAULT_NAME, text=text, params=params, params_replace=True)
+    if listen is not None:
+        _check_loopback(config, listen)
+    return config
+
+
+def _check_loopback(config: Configuration, listen: str) -> None:
+    """The embedded default publishes events without a key: it listens on loopback only."""
+    for spec in config.stash["core.http"].listens:
+        try:
+            loopback = ipaddress.ip_address(spec.host).is_loopback
+        except ValueError:
+            loopback = spec.host == "localhost"
+        if not loopback:
+            raise ConfigError(f'"--listen {listen}" is not a loopback address: the embedded default configuration '
+                              'lets anyone publish events (no worker_events_publish_key); use 127.0.0.1:PORT or '
+                              '[::1]:PORT, or write a configuration with a key to listen elsewhere', PARAMS_FILE)
 
 
 _PR_SET_PDEATHSIG = 1
@@ -64,7 +109,25 @@ def _die_with_master(master: int) -> None:
 class Runtime:
     """One process's view of a running server: its config, its zones, its role.
 
-    Modules keep per-process state in ``runtime.stash[module_name]``.
+    The ``runtime`` argument of the lifecycle and event hooks, and ``ctx.runtime`` in a handler.
+    Each process has its own; nothing set on it is seen by another process (shared state goes in
+    a zone).
+
+    Attributes:
+        config (Configuration): the configuration this process serves.
+        zones (dict[str, Zone]): the zones attached in this process, by name (use ``zone()``).
+        stash (dict): per-process state of the modules, by module name
+            (``runtime.stash["hello"]``), set up in ``ngxsim_init_worker``.
+        on_request_start (list): callables without arguments run at the start of every request
+            of this worker, before its handler (worker_events drains pending events here, so a
+            request never sees state older than what was published before it arrived). Append
+            to it in ``ngxsim_init_worker``; keep them cheap. Reset when a worker starts.
+        worker_pid (int | None): this worker's pid once it serves; None in the master.
+        threads (int): how many requests this worker serves at once (gunicorn's ``--threads``;
+            1 for sync workers): a handler that blocks (a long-poll) must leave some free.
+        jobs: this worker's runner of the declared periodic jobs (``runtime.jobs.status()``
+            lists holder pid, run count, last run and duration of each); None when the config
+            declares none or in the master.
     """
 
     def __init__(self, config: Configuration, instance: Instance):
@@ -86,6 +149,9 @@ class Runtime:
         self._publish_impl = self._single_publish_impl()
         # instance-wide periodic jobs (``config.jobs``); started in workers only
         self.jobs: JobRunner | None = None
+        # None while serving; "graceful" or "fast" once this worker is told to stop: a handler
+        # that waits (a long-poll) answers with what it has when it sees it set
+        self.stopping: str | None = None
 
     # -- zones --------------------------------------------------------------------------------
 
@@ -95,6 +161,8 @@ class Runtime:
                 self.zones[spec.name] = attach_zone(self.instance, spec.name, spec.size, spec.tag)
 
     def zone(self, name: str) -> Zone:
+        """The zone ``name`` attached in this process; ``LookupError`` when the configuration
+        does not declare it."""
         try:
             return self.zones[name]
         except KeyError:
@@ -147,6 +215,28 @@ class Runtime:
         except Exception:  # exiting anyway: say why, do not mask the exit
             log.exception("ngxsim_exit_worker failed")
 
+    def begin_stop(self, fast: bool) -> threading.Thread | None:
+        """This worker is told to stop (``fast``: at once, else gracefully); called from the
+        worker's signal handler by ngxsim's worker classes. Sets ``stopping`` at once, then runs
+        ``ngxsim_worker_stopping`` in a thread of its own: the signal may have interrupted a
+        thread that holds a lock an implementation needs (a zone's). The thread is not a daemon,
+        so a worker exiting meanwhile still lets it finish. Returns that thread (None when this
+        process is no serving worker, or was told already)."""
+        if self.stopping == "fast" or (self.stopping and not fast):
+            return None
+        self.stopping = "fast" if fast else "graceful"
+        if self.worker_pid != os.getpid():
+            return None
+        thread = threading.Thread(target=self._worker_stopping, args=(fast,), name="ngxsim-stopping")
+        thread.start()
+        return thread
+
+    def _worker_stopping(self, fast: bool) -> None:
+        try:
+            self.hook.ngxsim_worker_stopping(runtime=self, fast=fast)
+        except Exception:  # stopping anyway: say why, do not mask the stop
+            log.exception("ngxsim_worker_stopping failed")
+
     def enter_request(self) -> None:
         """Per request, before its handler. Raises MasterGone in an orphaned worker (its master
         was SIGKILLed): between the master's death and this worker's exit, requests are refused
@@ -170,7 +260,24 @@ class Runtime:
     # -- services for modules -------------------------------------------------------------------
 
     def publish(self, zone: str, channel: str, type: str, payload: str = "") -> int:
-        """Publish an event through the ``ngxsim_publish`` hook; returns its generation."""
+        """Publish an event through the ``ngxsim_publish`` hook; returns its generation.
+
+        ``zone`` is a worker_events zone (a module publishing into the shared bus finds it with
+        ``ngxsim.http_event_zone(config, module)``), ``payload`` a string of at most 512 bytes of
+        UTF-8 (compact JSON for structured data). Raises ``ValueError`` naming a bad field (nothing
+        is published then), and ``RuntimeError`` when no loaded module implements
+        ``ngxsim_publish`` (``load_module worker_events;`` is missing).
+
+        When the publishing worker sees its own event: ``publish`` writes the event into the ring
+        and rings the zone's doorbell; then, before it returns, this worker's subscribers
+        (``ngxsim_event``) run for every generation up to the published one, in order and once
+        (worker_events' dispatcher never delivers them again). So the handler that published
+        sees the event delivered in the same response. Called from an ``ngxsim_event``
+        subscriber, the new event is delivered right after that subscriber call returns (the
+        delivery that is running it takes it next). Do not publish while holding a lock your own
+        subscriber takes. Every other worker delivers the event on its dispatcher thread soon
+        after, and at the latest at the start of its next request (``on_request_start``).
+        """
         direct = self._publish_impl
         if direct is not None:
             generation = direct(self, zone, channel, type, payload)

@@ -118,7 +118,8 @@ class _Timespec(ctypes.Structure):
 
 
 class Wait(enum.IntEnum):
-    """How a ``Doorbell.wait`` ended."""
+    """How a ``Doorbell.wait`` ended: ``WOKEN`` (slept, then rung), ``MOVED`` (rung before it
+    could sleep) or ``TIMED_OUT`` (false; the others are true)."""
 
     TIMED_OUT = 0
     WOKEN = 1
@@ -162,6 +163,7 @@ class Doorbell:
 
     @property
     def value(self) -> int:
+        """The word now: read it before looking at the shared state, pass it to ``wait``."""
         return self._word.value
 
     def bump(self) -> bool:
@@ -186,6 +188,7 @@ class Doorbell:
             self._sleepers.value += 1
 
     def unregister(self) -> None:
+        """Stop counting a waiter ``register()`` counted."""
         with self._zone.lock():
             self._sleepers.value = max(self._sleepers.value - 1, 0)
 
@@ -228,7 +231,19 @@ class ZoneError(RuntimeError):
 
 
 class Zone:
-    """One attached zone in this process."""
+    """One attached zone in this process: ``runtime.zone(name)``.
+
+    Attributes:
+        name (str): the zone's name as declared.
+        size (int): its size in bytes, the core's header included.
+        buf (memoryview): the module's bytes (``size - ngxsim.ZONE_HEADER_SIZE`` of them), shared
+            by every process of the instance; zero-filled when created.
+        fresh (bool): this start created (or recreated) the zone, rather than kept the one a
+            previous run of the same instance left (``ngxsim_init_master`` reads it).
+        tag (str): the layout tag it was declared with.
+        doorbell (Doorbell): a futex word in the zone's header: ``doorbell.ring()`` wakes every
+            process waiting in ``doorbell.wait(seen, timeout)`` (which returns a ``Wait``).
+    """
 
     def __init__(self, name: str, size: int, tag: str, path: str, fd: int, fresh: bool):
         self.name = name
@@ -252,6 +267,7 @@ class Zone:
 
     @property
     def usable(self) -> int:
+        """How many bytes ``buf`` holds."""
         return self.size - HEADER_SIZE
 
     def _forked(self) -> None:

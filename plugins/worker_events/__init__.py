@@ -198,6 +198,17 @@ def _switch_interval(config) -> float:
 
 
 @hookimpl
+def ngxsim_worker_stopping(runtime, fast):
+    """Ring every ring's doorbell: a long-poll waiting in this worker wakes, sees
+    ``runtime.stopping`` and answers with what it has (the others' waiters see nothing new and
+    sleep on)."""
+    st = runtime.stash.get(NAME)
+    if st is not None:
+        for ring in st.rings.values():
+            ring.zone.doorbell.ring()
+
+
+@hookimpl
 def ngxsim_status(runtime):
     """Each ring: fill, generations, dropped events, and every worker's delivery lag."""
     rings = state(runtime).rings

@@ -56,7 +56,7 @@ class WorkerEventsApi:
                                     "that other requests keep a thread (worker_events_long_poll_limit): retry after "
                                     "Retry-After, or poll without \"wait\"", headers={"Retry-After": "1"})
             try:
-                texts, missed = self._long_poll(ring, since, limit, channel, wait)
+                texts, missed = self._long_poll(ring, since, limit, channel, wait, ctx.runtime)
             finally:
                 st.long_polls.give()
         newest, dropped, last_publish = ring.control()
@@ -85,16 +85,17 @@ class WorkerEventsApi:
         return threads - 1 if threads > 1 else 1
 
     @staticmethod
-    def _long_poll(ring, since, limit, channel, wait):
+    def _long_poll(ring, since, limit, channel, wait, runtime):
         """Block on the zone's doorbell (no polling) until an event newer than ``since`` (in
-        ``channel``, if given) exists, or the deadline passes."""
+        ``channel``, if given) exists, the deadline passes, or the worker is told to stop
+        (``ngxsim_worker_stopping`` rings the bell after setting ``runtime.stopping``)."""
         bell = ring.zone.doorbell
         deadline = time.monotonic() + wait
         while True:
             seen = bell.value
             texts, _, _, missed = ring.json_scan(since, limit, channel)
             left = deadline - time.monotonic()
-            if texts or left <= 0:
+            if texts or left <= 0 or runtime.stopping:
                 return texts, missed
             bell.wait(seen, left)
 

@@ -83,3 +83,31 @@ def test_the_example_module_s_tests_pass_in_a_fresh_venv(fresh_venv, tmp_path):
     shutil.copytree(ROOT / "examples" / "origin_cache", example, ignore=shutil.ignore_patterns("__pycache__"))
     out = _pytest_in(python, env, example, "-q")
     assert "4 passed" in out
+
+
+def test_a_module_from_ngxsim_new_module_installs_and_its_tests_pass(fresh_venv, tmp_path):
+    """``ngxsim new-module`` of the installed wheel (its templates are package data), the package
+    it writes installed by its entry point, its own test suite, and ``ngxsim -t`` of its config."""
+    python, env = fresh_venv
+    ngxsim = python.parent / "ngxsim"
+    made = _run([str(ngxsim), "new-module", "greeter", "--dir", str(tmp_path)], env=env, cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    package = tmp_path / "ngxsim-greeter"
+    assert str(package) in made.stdout
+
+    # not installed yet: the entry point is what `load_module greeter;` finds
+    before = _run([str(ngxsim), "-t", "-c", str(package / "greeter.conf")], env=env, cwd=tmp_path)
+    assert before.returncode == 1 and 'module "greeter" not found' in before.stderr, before.stderr
+
+    wheel = _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *_no_isolation(),
+                  "-w", str(tmp_path / "dist"), str(package)])
+    assert wheel.returncode == 0, f"the generated package does not build:\n{wheel.stderr}"
+    (built,) = (tmp_path / "dist").glob("ngxsim_greeter-*.whl")
+    install = _run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
+                    "--no-compile", str(built)])
+    assert install.returncode == 0, install.stderr
+
+    checked = _run([str(ngxsim), "-t", "-c", str(package / "greeter.conf")], env=env, cwd=tmp_path)
+    assert checked.returncode == 0 and "test is successful" in checked.stderr, checked.stderr
+    out = _pytest_in(python, env, package, "-q")
+    assert "3 passed" in out

@@ -45,7 +45,7 @@ class OutOfRange(ValueError):
 
 def parse_size(text: str, low: int = 0, high: int = MAX_SIZE) -> int:
     """nginx sizes: ``512``, ``16k``, ``1m``, ``2g`` (case-insensitive unit) -> bytes; outside
-    ``low``..``high`` raises OutOfRange."""
+    ``low`` to ``high`` raises OutOfRange."""
     m = re.fullmatch(r"([0-9]+)([kKmMgG]?)", text)
     if not m:
         raise ValueError("invalid value")
@@ -57,7 +57,7 @@ def parse_size(text: str, low: int = 0, high: int = MAX_SIZE) -> int:
 
 def parse_time(text: str, low: float = 0, high: float = MAX_TIME) -> float:
     """nginx times: ``500ms``, ``5s``, ``1h30m``; a bare number is seconds -> seconds (float);
-    outside ``low``..``high`` seconds raises OutOfRange."""
+    outside ``low`` to ``high`` seconds raises OutOfRange."""
     pos, total_ms = 0, 0
     if not text:
         raise ValueError("invalid value")

@@ -27,6 +27,22 @@ class Block:
 
     ``block["name"]`` is the effective value of a directive here: set at this level, else
     inherited from the enclosing one (when the directive inherits), else its default.
+    Hooks get blocks from ``config.blocks(context)`` and as the ``location`` argument.
+
+    Attributes:
+        context (str): ``"main"``, ``"http"``, ``"server"``, ``"location"``, or a context a
+            module's block directive opens (``"upstream"``).
+        value: what the opening directive's arguments parsed to (a location's match spec, an
+            upstream's name); None for ``main`` and ``http``.
+        parent (Block | None): the enclosing block (None for ``main``).
+        children (list[Block]): the blocks directly inside this one, in file order.
+        own (dict): the values of the directives set at this very level, by name.
+        effective (dict): every directive's effective value here (what ``block[name]`` reads).
+        statement: the directive line that opened the block (``statement.file``,
+            ``statement.line``; ``statement.error(message)`` makes a ``ConfigError`` there);
+            None for ``main``.
+        stash (dict): per-block data modules compute at load, by module name
+            (``block.stash["hello"]``); read it in the handlers made for that block.
     """
 
     def __init__(self, context: str, statement: Statement | None, parent: "Block | None", value: Any = None):
@@ -44,6 +60,8 @@ class Block:
         return self.effective[name]
 
     def get(self, name: str, default: Any = None) -> Any:
+        """The effective value of ``name`` here, or ``default`` when no loaded module declares it
+        for this context."""
         return self.effective.get(name, default)
 
     def is_set(self, name: str) -> bool:
@@ -68,6 +86,7 @@ class Block:
         return stmt.error(message)
 
     def walk(self) -> Iterator["Block"]:
+        """This block and every block inside it, depth first, in file order."""
         yield self
         for child in self.children:
             yield from child.walk()
@@ -79,7 +98,27 @@ class Block:
 
 @dataclass
 class Configuration:
-    """A checked, merged configuration and the modules it loaded (one plugin manager each)."""
+    """A checked, merged configuration and the modules it loaded (one plugin manager each).
+
+    The ``config`` argument of the configuration hooks; in a worker, ``runtime.config``. It is
+    complete once ``ngxsim_postconfiguration`` has run for every module: treat it as read-only
+    after that (every worker has its own copy).
+
+    Attributes:
+        path (str): the file the configuration was read from (``"<embedded default.conf>"``
+            for the default).
+        main (Block): the ``main`` context; ``main.walk()`` visits every block.
+        zones (ZoneSpecs): the shared-memory zones declared so far; modules declare theirs in
+            ``ngxsim_postconfiguration`` with ``config.zones.declare(...)``.
+        jobs (JobSpecs): the instance-wide periodic jobs declared so far
+            (``config.jobs.declare(...)``), run by one live worker at a time.
+        stash (dict): per-configuration data modules compute at load, by module name
+            (``config.stash["hello"]``): what every worker needs and the config decides.
+        modules (list[tuple[str, object]]): ``(name, module object)`` of the loaded modules,
+            in ``load_module`` order (the core first).
+        warnings (list[str]): nginx's ``[warn]`` lines for what the config has but is ignored;
+            ``ngxsim -t`` prints them, a starting server logs them.
+    """
 
     path: str
     main: Block
@@ -99,21 +138,50 @@ class Configuration:
 
     @property
     def hook(self):
+        """pluggy's hook caller of this configuration's modules (``config.hook.ngxsim_x(...)``)."""
         return self.pm.hook
 
     def blocks(self, context: str) -> list[Block]:
+        """Every block of ``context`` (``"location"``, ``"server"``...), in file order."""
         return [b for b in self.main.walk() if b.context == context]
 
     @property
     def worker_processes(self) -> int:
+        """The ``worker_processes`` value (``ngxsim -c`` starts that many workers)."""
         return self.main["worker_processes"]
 
     def module_names(self) -> list[str]:
+        """The names of the loaded modules, in load order (``"core"`` first)."""
         return [name for name, _ in self.modules]
 
 
-def load_configuration(path: str | None = None, text: str | None = None) -> Configuration:
-    """Load the config in file ``path`` (or ``text``, named ``path`` in errors)."""
+# where nginx says directives given with -g are: "... in command line"
+PARAMS_FILE = "command line"
+
+
+def parse_params(params: str) -> list[Statement]:
+    """nginx's ``-g DIRECTIVES``: main-context statements, reported ``in command line``."""
+    try:
+        tree = parse_text(params, PARAMS_FILE)
+    except ConfigError as exc:
+        message = exc.message.replace('end of file, expecting ";" or "}"', 'end of parameter, expecting ";"')
+        raise ConfigError(message.replace("end of file", "end of parameter"), PARAMS_FILE) from None
+    stack = list(tree)
+    while stack:  # no line numbers: nginx names the command line only
+        st = stack.pop()
+        st.line = None
+        stack.extend(st.block or [])
+    return tree
+
+
+def load_configuration(path: str | None = None, text: str | None = None, params: str | None = None,
+                       params_replace: bool = False) -> Configuration:
+    """Load the config in file ``path`` (or ``text``, named ``path`` in errors).
+
+    ``params``: directives given on the command line (``-g``), read before the file as nginx
+    does, so one the file sets again is "duplicate" there. With ``params_replace`` they replace
+    the file's main-context statements of the same name instead (the embedded default's
+    ``worker_processes`` is a default, not a choice)."""
     if text is None:
         if path is None:
             raise ValueError("load_configuration needs a path or a text")
@@ -122,6 +190,12 @@ def load_configuration(path: str | None = None, text: str | None = None) -> Conf
     else:
         path = path or "<string>"
         tree = parse_text(text, path)
+    if params:
+        given = parse_params(params)
+        if params_replace:
+            names = {st.name for st in given}
+            tree = [st for st in tree if st.name not in names]
+        tree = given + tree
 
     pm = create_plugin_manager()
     modules = [("core", pm.get_plugin("core"))]

@@ -24,12 +24,25 @@ class ZoneSpec:
 
 
 class ZoneSpecs:
-    """The zones a configuration declares: each name once, by one module, with one size."""
+    """The zones a configuration declares (``config.zones``): each name once, by one module, with
+    one size. ``name in config.zones`` and ``config.zones[name]`` (its ``ZoneSpec``: ``name``,
+    ``size``, ``owner``, ``tag``) tell what is declared; iterate for all of them."""
 
     def __init__(self) -> None:
         self._specs: dict[str, ZoneSpec] = {}
 
     def declare(self, name: str, size: int, owner: str, where: Statement | None = None, tag: str = "") -> ZoneSpec:
+        """Declare zone ``name`` of ``size`` bytes (``ngxsim.ZONE_HEADER_SIZE`` of them the
+        core's; ``zone.buf`` is the rest), owned by module ``owner``.
+
+        Call it in ``ngxsim_postconfiguration``; the zone is created (zero-filled) or kept when
+        the server starts, and ``runtime.zone(name)`` maps it in every process. ``where`` is the
+        statement to blame in errors (``block.where_of("my_zone")``); ``tag`` names the
+        layout: a kept zone whose tag changed is recreated. Declaring the same zone again with
+        the same size and owner returns the first declaration; a different owner, size or tag,
+        a bad name or a size out of range raises ``ConfigError``.
+        """
+
         def fail(message: str) -> ConfigError:
             return where.error(message) if where else ConfigError(message)
 
@@ -94,6 +107,15 @@ class JobSpecs:
 
     def declare(self, name: str, interval: float, run, owner: str, where: Statement | None = None,
                 lease: float | None = None) -> JobSpec:
+        """Declare periodic job ``name`` (unique in the instance, e.g. ``"hello.refresh"``):
+        ``run(runtime)`` every ``interval`` seconds (10 ms to 1 day) in exactly one live worker.
+
+        Call it in ``ngxsim_postconfiguration``. ``owner`` is the module's name, ``where`` the
+        statement to blame in errors; ``lease`` (default ``2 * interval``) is how long a silent
+        holder keeps the job before another worker takes it over. A duplicate name or an interval
+        out of range raises ``ConfigError``. Make ``run`` idempotent and bounded.
+        """
+
         def fail(message: str) -> ConfigError:
             return where.error(message) if where else ConfigError(message)
 

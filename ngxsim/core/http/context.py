@@ -29,7 +29,29 @@ def raw_target(environ: dict) -> bytes:
 
 
 class RequestContext:
-    """One request: its WSGI environ, the Flask request, the chosen server and location."""
+    """One request: its WSGI environ, the Flask request, the chosen server and location.
+
+    The ``ctx`` argument of content handlers, pre-content handlers and filters, and of variable
+    getters. It lives for one request, on the thread serving it.
+
+    Attributes:
+        environ (dict): the request's WSGI environ (``ctx.environ["REQUEST_METHOD"]``).
+        request: Flask's request object (``ctx.request.headers``, ``ctx.request.get_data()``).
+        runtime (Runtime): this worker's runtime (``ctx.runtime.publish(...)``).
+        server (Block | None): the ``server`` block chosen for the request.
+        location (Block | None): the ``location`` block chosen for the request.
+        uri (str): nginx's ``$uri``: the decoded, normalised path (UTF-8; other bytes kept as
+            surrogates).
+        unparsed_uri (bytes): ``$request_uri``: the path and query as sent.
+        captures: what the chosen location's or server name's regex captured (``$1`` to ``$9``).
+        named_captures (dict[str, str]): the regexes' named captures, by name.
+        vars (dict[str, str]): per-request values modules record for their variables and later
+            phases (``upstream_addr``, ``upstream_status``...), as strings.
+        stash (dict): per-request data a module keeps for its own later phases (a pre-content
+            handler's lookup for its body filter), by module name: a fresh dict per request;
+            never read another module's entry.
+        started (float): ``time.monotonic()`` when the request began.
+    """
 
     def __init__(self, environ: dict, request: Any, runtime: "Runtime"):
         self.environ = environ
@@ -65,10 +87,12 @@ class RequestContext:
 
     @cached_property
     def request_id(self) -> str:
+        """``$request_id``: 32 random hex digits, the same for the whole request."""
         return secrets.token_hex(16)
 
     @cached_property
     def request_uri(self) -> str:
+        """``$request_uri`` as text."""
         return to_text(self.unparsed_uri)
 
     @property
@@ -149,6 +173,7 @@ class RequestContext:
         return parse_qs(self.environ.get("QUERY_STRING", ""), keep_blank_values=True)
 
     def arg(self, name: str) -> str:
+        """The first value of query argument ``name``, decoded; ``""`` when absent."""
         values = self.args.get(name)
         return values[0] if values else ""
 

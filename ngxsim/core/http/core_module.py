@@ -147,8 +147,9 @@ CORE_DIRECTIVES = (
               doc="a request header must be complete within this (else 408); applied by `worker_class ngxsim`"),
     Directive("client_body_timeout", (HTTP,), 1, type=TIME, default=60.0, range=(0.001, MAX_TIME),
               doc="longest pause between two reads of a request body (else 408); applied by `worker_class ngxsim`"),
-    Directive("error_log", ALL, (1, 2), parse=parse_error_log, default=("stderr", "error"),
-              doc="where the server's own log goes (`stderr` or a path) and from which level"),
+    Directive("error_log", ALL, (1, 2), parse=parse_error_log, default=("stderr", "notice"),
+              doc="where the server's own log goes (`stderr` or a path) and from which level (default "
+                  "`stderr notice`: start, reload and stop are logged; a LEVEL left out is `error`, as nginx's)"),
     Directive("http", (MAIN,), 0, block=HTTP, doc="the HTTP context"),
     Directive("server", (HTTP,), 0, block=SERVER, multiple=True, doc="a virtual server"),
     Directive("listen", (SERVER,), (1, None), parse=parse_listen, multiple=True, inherit=False,

@@ -30,12 +30,14 @@ def to_text(data: bytes) -> str:
 
 @dataclass(frozen=True)
 class Captures:
-    """What one successful match captured: ``$0``..``$9`` by number, named ones by name."""
+    """What one successful match captured: ``$0`` to ``$9`` by number, named ones by name
+    (``Regex.search`` returns it; ``ctx.captures`` is the request's)."""
 
     groups: tuple[bytes | None, ...]  # index 0 is the whole match
     names: dict[str, int]
 
     def number(self, n: int) -> str:
+        """``$n`` as text (``""`` when the group did not take part or does not exist)."""
         value = self.groups[n] if n < len(self.groups) else None
         return to_text(value) if value else ""
 
@@ -85,6 +87,7 @@ class Regex:
         self._prefix = literal_prefix(to_bytes(source), caseless)
 
     def search(self, subject: bytes | str) -> Captures | None:
+        """What the first match in ``subject`` captured, or None when it does not match."""
         if isinstance(subject, str):
             subject = to_bytes(subject)
         if not subject.startswith(self._prefix):
@@ -95,6 +98,7 @@ class Regex:
         return Captures((m.group(0), *m.groups()), self.names)
 
     def matches(self, subject: bytes | str) -> bool:
+        """Whether ``subject`` matches (cheaper than ``search`` when the captures do not matter)."""
         if isinstance(subject, str):
             subject = to_bytes(subject)
         return subject.startswith(self._prefix) and self._code.search(subject) is not None

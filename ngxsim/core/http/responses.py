@@ -16,6 +16,7 @@ def compact_json(value: object) -> str:
 
 
 def json_response(body: object, status: int = 200, headers: dict | None = None) -> Response:
+    """``body`` as compact JSON (``application/json``) with that status and extra headers."""
     data = compact_json(body)
     return Response(data, status=status, headers=headers, content_type="application/json")
 

@@ -186,6 +186,7 @@ class Template:
         self.static = all(isinstance(p, str) for p in self.parts)
 
     def render(self, ctx: "RequestContext") -> str:
+        """The string's value for the request ``ctx``."""
         if self.static:
             return self.source
         return "".join(p if isinstance(p, str) else p(ctx) for p in self.parts)
