@@ -234,7 +234,16 @@ def ngxsim_worker_stopping(runtime: "Runtime", fast: bool) -> None:
     or at once. ``runtime.stopping`` is set already (``"graceful"`` or ``"fast"``). Runs in the
     worker, in a thread of its own, while requests may still be in progress: wake what waits
     (a long-poll) so it answers with what it has now. Called by ngxsim's gunicorn worker classes
-    (``ngxsim -c`` always uses them); ``ngxsim_exit_worker`` follows when the worker exits."""
+    (``ngxsim -c`` always uses them); ``ngxsim_exit_worker`` follows when the worker exits.
+
+    For example, a module whose handlers wait on a ``threading.Event`` kept in the stash::
+
+        @hookimpl
+        def ngxsim_worker_stopping(runtime, fast):
+            waiting = runtime.stash.get("hello.waiting")
+            if waiting is not None:
+                waiting.set()  # its handlers answer with what they have
+    """
 
 
 @hookspec

@@ -128,6 +128,9 @@ class Runtime:
         jobs: this worker's runner of the declared periodic jobs (``runtime.jobs.status()``
             lists holder pid, run count, last run and duration of each); None when the config
             declares none or in the master.
+        stopping (str | None): None while the worker serves; ``"graceful"`` or ``"fast"`` once
+            it is told to stop (``ngxsim_worker_stopping``): a handler that waits answers with
+            what it has when it sees it set.
     """
 
     def __init__(self, config: Configuration, instance: Instance):

@@ -4,12 +4,14 @@ forked child, against the names this process's instance will use."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import tempfile
 
 import pytest
 
 from ngxsim.core.instance import MASTER, STANDALONE, Instance, current_instance
-from ngxsim.core.shm import JANITOR_MARKER, ZoneError, attach_zone, ensure_janitor, remove_stale_zone_files, remove_zone_files, shm_dir, zone_path
+from ngxsim.core.shm import JANITOR_MARKER, SHM_DIR_ENV, ZoneError, attach_zone, ensure_janitor, remove_stale_zone_files, remove_zone_files, shm_dir, zone_path
 
 from test_shm import _child, _exit_status
 
@@ -91,7 +93,18 @@ def test_a_janitor_marker_planted_by_another_user_is_refused(instance):
         ensure_janitor(Instance(instance.pid, instance.start_time, MASTER))
 
 
-def test_another_users_stale_file_is_left_without_an_error(instance):
+@pytest.fixture
+def sticky_shm_dir(monkeypatch):
+    """A sticky, world-writable folder of its own, like /dev/shm, that no other server's janitor
+    sweeps (one starting on this machine meanwhile would remove a stale file of /dev/shm)."""
+    path = tempfile.mkdtemp(prefix="ngxsim-test-shm-", dir="/dev/shm")
+    os.chmod(path, 0o1777)
+    monkeypatch.setenv(SHM_DIR_ENV, path)
+    yield path
+    shutil.rmtree(path)
+
+
+def test_another_users_stale_file_is_left_without_an_error(instance, sticky_shm_dir):
     """As nobody, a stale file of root's cannot be removed (sticky /dev/shm): no traceback, it stays."""
     child = _child(lambda: None)
     assert _exit_status(child) == 0
