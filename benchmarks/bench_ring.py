@@ -5,8 +5,15 @@ next to a bare ``struct.pack_into`` + ``flock`` loop measured in the same run.
 
 The bare loop is the floor any locked shared-memory ring pays: take an flock, pack a 664-byte
 entry into an mmap, release. ngxsim's publish adds the hook call, the UTF-8 checks, the seqlock
-and the doorbell (a futex wake). Goal: >= 60% of the bare rate. Medians of R rounds, the two loops
+and the doorbell (a futex wake). Goal: >= 60% of the bare rate. Medians of R rounds, the loops
 interleaved round by round.
+
+The hook is measured twice: with the core's C accelerator (``ngxsim.core._shm_accel``, what a
+``pip install`` with a compiler runs) and on the pure-Python path (what runs without it, or with
+``NGXSIM_PURE_PYTHON=1``), each on its own zone of the same server instance. A fourth row
+publishes from a process set up as a worker whose module listens (``ngxsim_bench_noop``): its
+dispatcher thread runs, and ``runtime.publish`` delivers to the no-op subscriber before it
+returns, what a publish costs in a worker with listeners.
 
 Each rate is given twice: by wall clock, and by the CPU time the loop's process spent (user +
 system, so the flock syscalls count). On a machine that other work keeps busy the wall clock
@@ -32,11 +39,13 @@ from common import median, table  # noqa: E402
 from ngxsim.core.conf.loader import load_configuration  # noqa: E402
 from ngxsim.core.instance import STANDALONE, current_instance  # noqa: E402
 from ngxsim.core.process import Runtime  # noqa: E402
+from ngxsim.core import shm  # noqa: E402
 from ngxsim.core.shm import remove_zone_files  # noqa: E402
 
 CONF = """
 load_module worker_events;
-http { worker_events_zone bench; worker_events_ring_size 65536; }
+%s
+http { worker_events_zone %s; worker_events_ring_size 65536; }
 """
 ENTRY = struct.Struct("<QQQBBH4x64s64s512s")
 
@@ -59,11 +68,11 @@ def bare_loop(path: str, n: int) -> tuple[float, float]:
     return elapsed
 
 
-def hook_loop(runtime: Runtime, n: int) -> tuple[float, float]:
+def hook_loop(runtime: Runtime, zone: str, n: int) -> tuple[float, float]:
     publish = runtime.publish
     start, cpu = time.perf_counter(), time.thread_time()
     for _ in range(n):
-        publish("bench", "cache.invalidate", "purged", "tag:assets")
+        publish(zone, "cache.invalidate", "purged", "tag:assets")
     return time.perf_counter() - start, time.thread_time() - cpu
 
 
@@ -101,9 +110,19 @@ def main() -> None:
     args = parser.parse_args()
     n, procs = args.events, 4
 
-    config = load_configuration("<bench>", text=CONF)
-    runtime = Runtime(config, current_instance(STANDALONE))
+    instance = current_instance(STANDALONE)
+    runtime = Runtime(load_configuration("<bench>", text=CONF % ("", "bench")), instance)
     runtime.start_instance()  # zones exist; no dispatcher in this process: we measure publishing
+    accel, shm.accel = shm.accel, None  # zones attached now get the pure-Python lock and writer
+    try:
+        pure = Runtime(load_configuration("<bench>", text=CONF % ("", "benchpy")), instance)
+        pure.start_instance()
+    finally:
+        shm.accel = accel
+    listening = Runtime(load_configuration("<bench>", text=CONF % ("load_module ngxsim_bench_noop;", "benchsub")),
+                        instance)
+    listening.start_instance()
+    listening.start_worker()  # its dispatcher thread runs: a worker where a module listens
     with tempfile.NamedTemporaryFile(dir="/dev/shm", prefix="ngxsim-bench-bare-") as bare:
         bare.truncate(65536 * ENTRY.size)
         bare.flush()
@@ -111,8 +130,11 @@ def main() -> None:
         try:
             loops = {
                 "bare pack_into+flock": lambda: bare_loop(bare.name, n),
-                "ngxsim publish hook": lambda: hook_loop(runtime, n),
+                "ngxsim publish hook, pure Python": lambda: hook_loop(pure, "benchpy", n),
             }
+            if accel is not None:
+                loops["ngxsim publish hook, C accelerator"] = lambda: hook_loop(runtime, "bench", n)
+                loops["  the same, in a worker with 1 no-op subscriber"] = lambda: hook_loop(listening, "benchsub", n)
             runs: dict = {label: ([], []) for label in loops}
             for _ in range(args.rounds):  # interleaved: a busy moment hits both loops alike
                 for label, fn in loops.items():
@@ -128,11 +150,16 @@ def main() -> None:
                              f"{r1 / base[0]:.0%} / {c1 / base[1]:.0%}", f"{r4 / base[2]:.0%} / {c4 / base[3]:.0%}"])
         finally:
             runtime.close()
+            pure.close()
+            listening.stop_worker()
+            listening.close()
             remove_zone_files(runtime.instance)
     print(table(f"Publish throughput ({n:,} events per process, median of {args.rounds} rounds, {os.cpu_count()} cores)",
                 ["loop", "1 proc ev/s", "CPU us/event", f"{procs} procs ev/s (total)", "CPU us/event",
                  "vs bare, 1 proc (wall / CPU)", f"vs bare, {procs} procs (wall / CPU)"],
                 rows))
+    if accel is None:
+        print("the C accelerator is not built here: only the pure-Python path was measured")
     print("goal: ngxsim >= 60% of bare in both columns")
 
 

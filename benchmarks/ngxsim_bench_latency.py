@@ -7,7 +7,9 @@ machine) and appends ``(generation, latency_ns)`` to ``$NGXSIM_BENCH_DIR/<pid>.l
 With ``NGXSIM_BENCH_BUSY=1`` every worker also runs a thread that spins in Python, so the
 dispatcher must win the GIL from it. With ``NGXSIM_BENCH_WAKE=1`` (bench_tail.py) the worker
 also notes when a thread last returned from a doorbell wait (the dispatcher's wake-up), and
-writes ``(generation, latency_ns, wake_ns)`` records to ``<pid>.wake`` instead.
+writes ``(generation, latency_ns, wake_ns)`` records to ``<pid>.wake`` instead. With
+``NGXSIM_BENCH_DEFAULT_SLICE=1`` the dispatcher thread goes back to the kernel's default time
+slice at its first event (the A/B of ``ngxsim.prompt_wakeups``).
 """
 
 from __future__ import annotations
@@ -63,9 +65,26 @@ def _spin():
         n += 1
 
 
+_DEFAULT_SLICE_DONE: set[int] = set()
+
+
+def _default_slice() -> None:
+    """Benchmark A/B only: undo the dispatcher thread's short slice (runtime 0 = the default)."""
+    import ctypes
+
+    tid = threading.get_ident()
+    if tid in _DEFAULT_SLICE_DONE:
+        return
+    _DEFAULT_SLICE_DONE.add(tid)
+    attr = ctypes.create_string_buffer(struct.pack("<IIQiIQQQ", 48, 0, 0, os.getpriority(os.PRIO_PROCESS, 0), 0, 0, 0, 0))
+    ctypes.CDLL(None).syscall(314, 0, attr, 0)
+
+
 @hookimpl
 def ngxsim_event(runtime, event):
     now = time.monotonic_ns()
+    if os.environ.get("NGXSIM_BENCH_DEFAULT_SLICE"):
+        _default_slice()
     if _OUT and event.payload.isdigit():
         sent = int(event.payload)
         if os.environ.get("NGXSIM_BENCH_WAKE"):

@@ -25,14 +25,14 @@ from .core.instance import LivenessWatch, process_start_time
 from .core.instance import alive as process_alive
 from .core.modules import call_impl, tracing
 from .core.shm import HEADER_SIZE as ZONE_HEADER_SIZE
-from .core.shm import Wait, Zone
+from .core.shm import Wait, Zone, prompt_wakeups
 from .hookspecs import hookimpl, hookspec
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ARGS", "FLAG", "HTTP", "LOCATION", "MAIN", "MAX_ZONE_SIZE", "NUMBER", "SERVER", "SIZE", "STRING", "TIME",
-    "ZONE_HEADER_SIZE", "Wait", "Zone", "call_impl", "tracing", "ApiError", "ConfigError", "Directive", "Event", "Gap", "LivenessWatch", "Methods",
+    "ZONE_HEADER_SIZE", "Wait", "Zone", "prompt_wakeups", "call_impl", "tracing", "ApiError", "ConfigError", "Directive", "Event", "Gap", "LivenessWatch", "Methods",
     "OutOfRange", "Regex", "Subscription", "Template", "Variable", "check_key", "compact_json", "error_page", "format_age",
     "hookimpl",
     "hookspec", "http_event_zone", "json_error", "json_response", "keep_status_line", "parse_number", "parse_size",

@@ -274,11 +274,11 @@ def ngxsim_publish(runtime: "Runtime", zone: str, channel: str, type: str, paylo
     naming the problem (unknown zone, empty type, a field over its byte limit) and publishes
     nothing then. ``firstresult``: the first implementation that returns a generation wins.
 
-    Publishing writes the event into the ring and wakes the workers; it does not deliver it. Every
-    worker, the publisher included, delivers it (``ngxsim_event``) on its dispatcher thread soon
-    after, or at the start of its next request at the latest; a handler that publishes does not
-    see its own event delivered before it returns (this may change: ``Runtime.publish`` says what
-    the installed version does).
+    Publishing writes the event into the ring and wakes the workers. worker_events then delivers
+    it (``ngxsim_event``) to the publishing worker's own subscribers before the publish returns,
+    so a handler that publishes sees its own event delivered in the same response; every other
+    worker delivers it on its dispatcher thread soon after, or at the start of its next request
+    at the latest (``Runtime.publish`` says what the installed version does).
 
     Call it from a handler, for example::
 

@@ -24,6 +24,19 @@ def shm_leftovers():
     assert not mine, f"left in /dev/shm: {sorted(mine)}"
 
 
+@pytest.fixture(params=["c", "python"])
+def shm_path(request, monkeypatch):
+    """Runs the test on each path of the shared-memory hot path: the core's C accelerator, and
+    the pure-Python code that runs without it. Zones attached during the test use that path."""
+    from ngxsim.core import shm
+
+    if request.param == "python":
+        monkeypatch.setattr(shm, "accel", None)
+    elif shm.accel is None:
+        pytest.skip("the C accelerator ngxsim.core._shm_accel is not built here (no compiler at install)")
+    return request.param
+
+
 @pytest.fixture
 def make_app(tmp_path, shm_leftovers):
     """make(conf_text) -> a Flask test client of the core serving that config (in this process,

@@ -277,13 +277,15 @@ class Runtime:
         is published then), and ``RuntimeError`` when no loaded module implements
         ``ngxsim_publish`` (``load_module worker_events;`` is missing).
 
-        When the publishing worker sees its own event (as of this version; issue #11 may change
-        it): ``publish`` writes the event into the ring and rings the zone's doorbell, then
-        returns; it does not call ``ngxsim_event`` itself. This worker's dispatcher thread
-        delivers the event soon after, like every other worker's, and at the latest the start of
-        this worker's next request delivers it (``on_request_start``). So the handler that
-        published does not see the event delivered before it returns; a module that needs the
-        effect in the same response applies it locally as well, idempotently.
+        When the publishing worker sees its own event: ``publish`` writes the event into the ring
+        and rings the zone's doorbell; then, before it returns, this worker's subscribers
+        (``ngxsim_event``) run for every generation up to the published one, in order and once
+        (worker_events' dispatcher never delivers them again). So the handler that published
+        sees the event delivered in the same response. Called from an ``ngxsim_event``
+        subscriber, the new event is delivered right after that subscriber call returns (the
+        delivery that is running it takes it next). Do not publish while holding a lock your own
+        subscriber takes. Every other worker delivers the event on its dispatcher thread soon
+        after, and at the latest at the start of its next request (``on_request_start``).
         """
         direct = self._publish_impl
         if direct is not None:

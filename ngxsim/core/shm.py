@@ -14,6 +14,11 @@ Why these primitives (measured on 2-core boxes, see DESIGN.md):
   meanwhile). flock does not exclude threads of one process from each other: a per-process
   ``threading.Lock`` is taken first. ``multiprocessing.Lock`` and POSIX semaphores stay locked
   forever when their holder is SIGKILLed, so they are not used.
+- **Accelerator**: when the optional C extension ``_shm_accel`` was built (``pip install``
+  does when a compiler is there), the lock's two steps run in C (``Zone.lock()`` returns its
+  ``Lock``), and ``Zone.event_ring_writer`` gives an event ring's whole publish in one call.
+  Same lock, same bytes in memory; without it (or with ``NGXSIM_PURE_PYTHON=1``) the pure-Python
+  code below runs.
 - **Doorbell**: a futex on a 32-bit word inside the zone. Waiters block in the kernel (no
   polling, GIL released); a ringer bumps the word and wakes them all. It needs no per-worker
   file descriptors, so a respawned worker just attaches. A waiter that read the word before a
@@ -39,6 +44,15 @@ import threading
 import weakref
 
 from .instance import Instance, alive
+
+PURE_PYTHON_ENV = "NGXSIM_PURE_PYTHON"
+if os.environ.get(PURE_PYTHON_ENV):
+    accel = None
+else:
+    try:
+        from . import _shm_accel as accel
+    except ImportError:  # built without a compiler: the pure-Python path
+        accel = None
 
 SHM_DIR_ENV = "NGXSIM_SHM_DIR"
 PREFIX = "ngxsim."
@@ -74,6 +88,29 @@ _libc.syscall.restype = ctypes.c_long
 # futex(uaddr, op, val, timeout, uaddr2, val3): declared so each call converts nothing by hand
 _libc.syscall.argtypes = [ctypes.c_long, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p,
                           ctypes.c_void_p, ctypes.c_uint32]
+
+
+_plain_syscall = ctypes.CDLL(None, use_errno=True).syscall  # its own handle: _libc.syscall is typed for futex
+_SYS_SCHED_SETATTR = {"x86_64": 314, "aarch64": 274}.get(platform.machine())
+_SCHED_ATTR = struct.Struct("<IIQiIQQQ")  # size, policy, flags, nice, priority, runtime, deadline, period
+SHORT_SLICE_NS = 100_000  # the shortest slice Linux grants (it clamps to 0.1 .. 100 ms)
+
+
+def prompt_wakeups(slice_ns: int = SHORT_SLICE_NS) -> bool:
+    """Ask the kernel to run the calling thread promptly when it is woken: a short time slice
+    (``sched_setattr`` with ``sched_runtime`` on the normal policy; Linux 6.12+ EEVDF, allowed
+    to any user, same nice, same share of the CPU). EEVDF orders runnable tasks by a deadline of
+    their slice: a waiter with a 0.1 ms slice is picked before a busy task whose default slice
+    (~3 ms on 2 cores, one 4 ms tick to notice) would otherwise finish first. For a thread that
+    sleeps on a doorbell and runs for microseconds per wake-up (a dispatcher). False (and
+    nothing changed) where the kernel or the architecture does not support it."""
+    if _SYS_SCHED_SETATTR is None:
+        return False
+    attr = ctypes.create_string_buffer(_SCHED_ATTR.pack(_SCHED_ATTR.size, 0, 0, os.getpriority(os.PRIO_PROCESS, 0),
+                                                        0, slice_ns, 0, 0))
+    if os.sched_getscheduler(0) != os.SCHED_OTHER:
+        return False  # a policy set by the operator (batch, idle, real-time) stays
+    return _plain_syscall(_SYS_SCHED_SETATTR, 0, attr, 0) == 0
 
 
 class _Timespec(ctypes.Structure):
@@ -224,6 +261,8 @@ class Zone:
         )
         self._lock_fd = -1
         self._tlock = threading.Lock()
+        self._accel = accel  # fixed per zone, so one zone never mixes the two kinds of lock
+        self._clock = None  # the accelerator's Lock (thread lock + flock in C), made on first use
         _ZONES.add(self)
 
     @property
@@ -236,6 +275,7 @@ class Zone:
         may be held by a thread that does not exist here. Reopen both lazily."""
         self._lock_fd = -1
         self._tlock = threading.Lock()
+        self._clock = None
 
     def _open_lock_fd(self) -> int:
         # a new open file description of the same inode, even if the path was replaced since
@@ -245,9 +285,37 @@ class Zone:
     def lock(self) -> "Zone":
         """``with zone.lock():`` — exclusive across every thread of every process attached to
         this zone; released by the kernel if the holder dies. Not re-entrant."""
-        return self
+        if self._accel is None:
+            return self
+        return self._clock or self._accel_lock()
+
+    def _accel_lock(self):
+        with _FIRST_USE:  # once per process: two threads must not open two lock fds
+            if self._clock is None:
+                self._clock = self._accel.Lock(self._open_lock_fd())
+            return self._clock
+
+    def event_ring_writer(self, entries_offset: int, tags_offset: int, capacity: int, channel_max: int,
+                          type_max: int, payload_max: int):
+        """The accelerator's one-call publish for an event ring laid out in ``buf`` as
+        worker_events' ring is (control block at offset 0: newest u64, dropped u64, last publish
+        msec u64; entries of seq u64, timestamp u64, three lengths u8 u8 u16, 4 zero bytes and
+        the three zero-padded fields; one u32 tag per entry at ``tags_offset``), or None when
+        the accelerator is not built. It takes this zone's lock again after a fork. Its ``publish(channel, type, payload, tag, ts_msec)``
+        does, under this zone's lock, what the pure-Python writer does, and returns the
+        generation, or None when a field is not bytes or ASCII text within its limit (check it
+        and pass bytes); ``ts_msec`` < 0 means the clock's now."""
+        if self._accel is None:
+            return None
+        return self._accel.RingWriter(
+            self.lock, self._mm, ring_offset=HEADER_SIZE, entries_offset=entries_offset, tags_offset=tags_offset,
+            capacity=capacity, channel_max=channel_max, type_max=type_max, payload_max=payload_max,
+            doorbell_offset=_DOORBELL_OFFSET, sleepers_offset=_SLEEPERS_OFFSET)
 
     def __enter__(self) -> None:
+        if self._accel is not None:
+            (self._clock or self._accel_lock()).acquire()
+            return
         self._tlock.acquire()
         try:
             fd = self._lock_fd
@@ -259,6 +327,9 @@ class Zone:
             raise
 
     def __exit__(self, *exc) -> None:
+        if self._accel is not None:
+            self._clock.release()
+            return
         fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         self._tlock.release()
 
@@ -280,15 +351,19 @@ class Zone:
                 except OSError:
                     pass
         self._fd = self._lock_fd = -1
+        self._clock = None
 
     def __repr__(self) -> str:
         return f"<Zone {self.name} {self.size} bytes at {self.path}>"
 
 
 _ZONES: "weakref.WeakSet[Zone]" = weakref.WeakSet()
+_FIRST_USE = threading.Lock()
 
 
 def _after_fork_in_child() -> None:
+    global _FIRST_USE
+    _FIRST_USE = threading.Lock()  # another thread may have held it at the fork
     for zone in list(_ZONES):
         zone._forked()
 

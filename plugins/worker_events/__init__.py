@@ -166,11 +166,15 @@ def ngxsim_content_handler(location, config):
 
 @hookimpl
 def ngxsim_publish(runtime, zone, channel, type, payload):
-    ring = state(runtime).rings.get(zone)
+    st = state(runtime)
+    ring = st.rings.get(zone)
     if ring is None:
         raise ValueError(f'unknown worker_events zone "{zone}"')
-    ch, ty, pl = encode_event(channel, type, payload)
-    return ring.publish(ch, ty, pl)
+    generation = ring.publish_text(channel, type, payload)
+    dispatcher = st.dispatchers.get(zone)
+    if dispatcher is not None:  # this worker's subscribers see it before the publish returns
+        dispatcher.deliver_own(generation)
+    return generation
 
 
 @hookimpl

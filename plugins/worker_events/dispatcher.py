@@ -5,6 +5,12 @@ woken, delivers every generation published since its cursor, in order. A burst c
 one wake-up. The wait's timeout is a safety net only (a publisher killed between its write and
 its ring); it is not what delivers events.
 
+A publish from this worker (``runtime.publish``) calls ``deliver_own()``: this worker's
+subscribers have run for every generation up to the published one when the publish returns
+(a handler sees its own publish in the same response). Called from a subscriber (the thread is
+delivering already), it returns at once: the running delivery takes the new event next, after
+the current call, in order.
+
 Request threads call ``drain()`` before their handler runs: a cheap look at the ring's newest
 generation, and delivery of whatever is pending, so a worker never answers from state older
 than an event published before the request arrived, however long the GIL keeps the
@@ -23,7 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from ngxsim import Event, Gap, Subscription, Wait, call_impl, process_start_time, tracing
+from ngxsim import Event, Gap, Subscription, Wait, call_impl, process_start_time, prompt_wakeups, tracing
 
 # the server's error log (error_log) is the "ngxsim" logger
 log = logging.getLogger("ngxsim")
@@ -117,6 +123,7 @@ class Dispatcher:
         self.events = self.gaps = self.lost = self.wakeups = self.errors = 0
         self.last_delivery_msec = 0
         self._lock = threading.Lock()
+        self._owner: int | None = None  # the thread delivering (holding _lock), if any
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.pid = os.getpid()
@@ -156,6 +163,7 @@ class Dispatcher:
     def _run(self) -> None:
         bell = self.ring.zone.doorbell
         timeout = SAFETY_TIMEOUT
+        prompt_wakeups()  # this thread only: woken, it runs before busy tasks' slices end
         bell.register()  # counted once: publishers wake us without a per-wake lock on our side
         try:
             while not self._stopping.is_set():
@@ -173,10 +181,25 @@ class Dispatcher:
 
     def drain(self) -> None:
         """Deliver everything published so far (cheap when nothing is pending)."""
-        if self.ring.newest <= self.cursor:
+        if self.ring.newest <= self.cursor or self._owner == threading.get_ident():
             return
+        self._deliver_locked()
+
+    def deliver_own(self, generation: int) -> None:
+        """This worker published ``generation``: deliver up to it (and whatever came before)
+        now, in this thread, unless this thread is delivering already (a subscriber that
+        publishes) or nobody listens here."""
+        if self.cursor >= generation or not self.subscribers or self._owner == threading.get_ident():
+            return
+        self._deliver_locked()
+
+    def _deliver_locked(self) -> None:
         with self._lock:
-            self._deliver()
+            self._owner = threading.get_ident()
+            try:
+                self._deliver()
+            finally:
+                self._owner = None
 
     def _deliver(self) -> None:
         ring = self.ring

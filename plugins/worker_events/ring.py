@@ -64,6 +64,9 @@ _SLOT_STATS = struct.Struct("<QQQQQQ")  # the part after pid, subscribers and st
 SLOT_SIZE = 64
 _SEQ = struct.Struct("<Q")
 _TAG = struct.Struct("<I")
+# time.time as Python has it is a builtin; a patched one (freezegun's) is not: call that one,
+# else the C writer reads the same clock itself
+_BUILTIN = type(len)
 _EVENT_JSON = '{"generation":%d,"channel":%s,"type":%s,"payload":%s,"timestamp_msec":%d}'
 TAG_SIZE = _TAG.size
 _TAG_CACHE_MAX = 1024  # channels whose tag a process remembers (publishers use a handful)
@@ -165,8 +168,11 @@ class Ring:
         # so each process serialises each one once (the API's hot path)
         self._json: dict[int, tuple[str, str]] = {}
         self._tags_off = ENTRIES_OFFSET + capacity * ENTRY_SIZE
-        self._tags: dict[bytes, int] = {}  # channel -> its tag, so a publish hashes nothing
+        self._tags: dict[bytes | str, int] = {}  # channel -> its tag, so a publish hashes nothing
         self._key: bytes | None = None
+        # the core's C publish when it is built (same bytes, same lock), else None: the Python below
+        self._writer = zone.event_ring_writer(ENTRIES_OFFSET, self._tags_off, capacity, CHANNEL_MAX, TYPE_MAX,
+                                              PAYLOAD_MAX)
 
     # -- control block --------------------------------------------------------------------------
 
@@ -183,13 +189,38 @@ class Ring:
 
     # -- writing --------------------------------------------------------------------------------
 
+    def publish_text(self, channel: str, type: str, payload: str) -> int:
+        """Check and append one event given as text (the ``ngxsim_publish`` hook's path);
+        ValueError names a field that is wrong. The C writer takes ASCII text as it is."""
+        writer = self._writer
+        if writer is not None and channel.__class__ is str:
+            tag = self._tags.get(channel)
+            if tag is None:
+                tag = self._tag_of(channel)
+            gen = writer.publish(channel, type, payload, tag, -1 if time.time.__class__ is _BUILTIN else int(time.time() * 1000))
+            if gen is not None:
+                return gen
+        return self.publish(*encode_event(channel, type, payload))
+
     def publish(self, channel: bytes, type: bytes, payload: bytes, timestamp_msec: int | None = None) -> int:
         """Append one (already checked) event; returns its generation and wakes every waiter."""
-        if timestamp_msec is None:
-            timestamp_msec = int(time.time() * 1000)
         tag = self._tags.get(channel)
         if tag is None:
             tag = self._tag_of(channel)
+        writer = self._writer
+        if writer is not None:
+            if timestamp_msec is None and time.time.__class__ is not _BUILTIN:
+                timestamp_msec = int(time.time() * 1000)  # a patched clock (freezegun): use it
+            gen = writer.publish(channel, type, payload, tag, -1 if timestamp_msec is None else timestamp_msec)
+            if gen is None:
+                raise ValueError("event fields must be checked first (encode_event)")
+            return gen
+        return self._publish_py(channel, type, payload, tag, timestamp_msec)
+
+    def _publish_py(self, channel: bytes, type: bytes, payload: bytes, tag: int, timestamp_msec: int | None) -> int:
+        """The pure-Python writer: what the C one does, step by step."""
+        if timestamp_msec is None:
+            timestamp_msec = int(time.time() * 1000)
         buf, cap, zone = self.buf, self.capacity, self.zone
         with zone:  # the zone lock
             newest, dropped, _ = _CONTROL.unpack_from(buf, 0)
@@ -206,10 +237,11 @@ class Ring:
             zone.doorbell.wake()
         return gen
 
-    def _tag_of(self, channel: bytes) -> int:
+    def _tag_of(self, channel: bytes | str) -> int:
         if len(self._tags) >= _TAG_CACHE_MAX:
             self._tags.clear()
-        tag = self._tags[channel] = _TAG.unpack(self.channel_tag(channel))[0]
+        data = channel.encode("utf-8", "surrogatepass") if channel.__class__ is str else channel
+        tag = self._tags[channel] = _TAG.unpack(self.channel_tag(data))[0]
         return tag
 
     def channel_tag(self, channel: bytes) -> bytes:

@@ -2,7 +2,9 @@
 
 Each worker appends lines to ``$NGXSIM_TEST_RECORD_DIR/<pid>.log`` (``E gen channel type
 payload`` / ``G first last``) and keeps them in memory; ``recorder_dump;`` makes a location
-answer with this worker's record. ``recorder_replay on;`` asks a starting worker to replay
+answer with this worker's record; ``recorder_publish;`` makes a location publish ``?p=`` (type
+``t``, channel ``c``) and answer with the record right after. An event of type ``echo`` makes
+the subscriber publish one of type ``echoed`` (a subscriber that publishes). ``recorder_replay on;`` asks a starting worker to replay
 what the ring holds; ``recorder_channels a b;`` narrows the subscription.
 """
 
@@ -21,6 +23,7 @@ def ngxsim_directives(register):
     register(Directive("recorder_replay", (MAIN,), 1, type=FLAG, default=False))
     register(Directive("recorder_channels", (MAIN,), (1, None), parse=list, default=None))
     register(Directive("recorder_dump", (LOCATION,), 0, type=FLAG, default=False, inherit=False))
+    register(Directive("recorder_publish", (LOCATION,), 0, type=FLAG, default=False, inherit=False))
 
 
 @hookimpl
@@ -40,6 +43,8 @@ def _record(line: str) -> None:
 @hookimpl
 def ngxsim_event(runtime, event):
     _record(f"E {event.generation} {event.channel} {event.type} {event.payload}")
+    if event.type == "echo":
+        runtime.publish(event.zone, event.channel, "echoed", event.payload)
 
 
 @hookimpl
@@ -51,4 +56,10 @@ def ngxsim_event_gap(runtime, gap):
 def ngxsim_content_handler(location, config):
     if location["recorder_dump"]:
         return lambda ctx: json_response({"pid": os.getpid(), "record": list(RECORD)})
+    if location["recorder_publish"]:
+        def publish(ctx):
+            gen = ctx.runtime.publish(config.main["recorder_zone"], "c", "t", ctx.arg("p") or "")
+            return json_response({"generation": gen, "record": list(RECORD)})
+
+        return publish
     return None

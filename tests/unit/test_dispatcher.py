@@ -22,6 +22,7 @@ http {{
     server {{
         listen 127.0.0.1:8080;
         location /dump {{ recorder_dump; }}
+        location /publish {{ recorder_publish; }}
     }}
 }}
 """
@@ -48,6 +49,12 @@ def make(tmp_path, shm_leftovers, monkeypatch):
         app.runtime.close()
 
 
+def _from_another_worker(app, channel, type, payload):
+    """A publish this worker's subscribers do not see until it delivers (runtime.publish here
+    would deliver before returning)."""
+    return state(app.runtime).rings["bus"].publish_text(channel, type, payload)
+
+
 def _stop_thread(dispatcher):
     """Silence the dispatcher thread so that only explicit drains deliver."""
     dispatcher.stop_thread()
@@ -56,10 +63,45 @@ def _stop_thread(dispatcher):
 
 def test_read_your_publish_a_request_delivers_what_is_pending_before_its_handler(make):
     app, dispatcher = make(start_thread=False)
-    gen = app.runtime.publish("bus", "c", "purged", "p")
+    gen = _from_another_worker(app, "c", "purged", "p")
     assert recorder.RECORD == []  # nobody delivered it yet
     record = app.test_client().get("/dump").get_json()["record"]
     assert record == [f"E {gen} c purged p"]
+
+
+def test_a_handler_sees_its_own_publish_in_the_same_response(make):
+    app, _ = make(start_thread=False)  # no thread, no later request: only the publish can deliver
+    answer = app.test_client().get("/publish?p=mine").get_json()
+    assert answer["record"] == [f"E {answer['generation']} c t mine"]
+
+
+def test_a_publish_returns_after_this_workers_subscribers_ran_once_in_order(make):
+    app, dispatcher = make(size=512)  # the dispatcher thread runs too: nothing may come twice
+    for i in range(1, 201):
+        assert app.runtime.publish("bus", "c", "t", str(i)) == i
+        assert recorder.RECORD[-1] == f"E {i} c t {i}"
+    dispatcher.stop_thread()
+    dispatcher.drain()
+    assert recorder.RECORD == [f"E {i} c t {i}" for i in range(1, 201)]
+
+
+def test_a_subscriber_that_publishes_gets_its_event_next_not_a_deadlock(make):
+    app, _ = make(start_thread=False)
+    assert app.runtime.publish("bus", "c", "echo", "x") == 1
+    # the subscriber's own publish (generation 2) is delivered by the running delivery, after
+    # the call that made it returned, and before the outer publish returned
+    assert recorder.RECORD == ["E 1 c echo x", "E 2 c echoed x"]
+
+
+def test_the_dispatcher_thread_asks_the_kernel_for_prompt_wake_ups(make):
+    from test_shm import _requested_slice
+
+    from ngxsim.core.shm import SHORT_SLICE_NS
+    from ngxsim.testing import wait_for
+
+    app, dispatcher = make()
+    tid = dispatcher._thread.native_id
+    wait_for(lambda: _requested_slice(tid) == SHORT_SLICE_NS, 5, what="the dispatcher thread's slice request")
 
 
 def test_the_dispatcher_thread_delivers_without_any_request(make):
@@ -94,7 +136,7 @@ def test_events_arrive_in_order_exactly_once_under_concurrent_drains(make):
 def test_falling_behind_by_more_than_the_ring_gives_a_gap_before_the_next_event(make):
     app, dispatcher = make(size=4, start_thread=False)
     for i in range(1, 11):
-        app.runtime.publish("bus", "c", "t", str(i))
+        _from_another_worker(app, "c", "t", str(i))
     dispatcher.drain()
     assert recorder.RECORD == ["G 1 6", "E 7 c t 7", "E 8 c t 8", "E 9 c t 9", "E 10 c t 10"]
     assert (dispatcher.gaps, dispatcher.lost) == (1, 6)
@@ -124,12 +166,12 @@ def test_a_starting_worker_begins_at_the_newest_generation_unless_a_module_asks_
 
     app, first = make(start_thread=False)
     for i in range(3):
-        app.runtime.publish("bus", "c", "t", str(i))
+        _from_another_worker(app, "c", "t", str(i))
     first.drain()
     recorder.RECORD.clear()
     ring = first.ring
     fresh = Dispatcher(app.runtime, ring, collect_subscribers(app.runtime.config))
-    app.runtime.publish("bus", "c", "t", "new")
+    _from_another_worker(app, "c", "t", "new")
     fresh.drain()
     assert recorder.RECORD == ["E 4 c t new"]
     fresh.stop()

@@ -18,7 +18,8 @@ from ngxsim_plugins.worker_events.ring import (
 
 
 @pytest.fixture
-def make_ring(shm_leftovers):
+def make_ring(shm_leftovers, shm_path):
+    """Rings on the C accelerator's path and on the pure-Python one (every test runs on both)."""
     inst = current_instance(STANDALONE)
     zones = []
 
@@ -339,3 +340,99 @@ def test_tags_are_keyed_per_zone_so_a_client_cannot_aim_a_collision(make_ring):
     import zlib
 
     assert one.channel_tag(b"c") != zlib.crc32(b"c").to_bytes(4, "little")  # not an unkeyed CRC
+
+
+def _same_key(ring, key=b"k" * 16):
+    """Both rings' channel tags from one key, so their memory can be compared byte for byte."""
+    ring.buf[32:48] = key
+    ring._key = None
+    ring._tags.clear()
+
+
+@pytest.mark.parametrize("fields", [
+    ("c", "t", ""),
+    ("chan", "type", "payload"),
+    ("é" * 32, "t" * 64, "ü" * 256),          # non-ASCII text: checked and encoded in Python
+    ("c" * 64, "t" * 64, "p" * 512),          # every field at its limit
+])
+def test_the_c_writer_writes_every_byte_as_the_python_writer_does(shm_leftovers, monkeypatch, fields):
+    from ngxsim.core import shm
+
+    if shm.accel is None:
+        pytest.skip("the C accelerator is not built here")
+    inst = current_instance(STANDALONE)
+    zone_c = attach_zone(inst, "bytes-c", HEADER_SIZE + ring_bytes(4))
+    monkeypatch.setattr(shm, "accel", None)
+    zone_py = attach_zone(inst, "bytes-py", HEADER_SIZE + ring_bytes(4))
+    monkeypatch.undo()
+    try:
+        ring_c, ring_py = Ring(zone_c, 4), Ring(zone_py, 4)
+        assert ring_c._writer is not None and ring_py._writer is None
+        for ring in (ring_c, ring_py):
+            _same_key(ring)
+            ring.buf[ENTRIES_OFFSET:ENTRIES_OFFSET + 4 * ENTRY_SIZE] = b"\xff" * (4 * ENTRY_SIZE)  # padding is written
+            for i in range(6):  # laps the ring: drops counted alike
+                ring.publish(*encode_event(*fields), 1_700_000_000_000 + i)
+            with freeze_time("2026-01-02 03:04:05.678"):
+                ring.publish_text(*fields)  # the hook's path, with a patched clock
+        assert bytes(zone_c.buf) == bytes(zone_py.buf)
+        assert ring_c.control() == (7, 3, 1767323045678)
+        assert zone_c.doorbell.value == zone_py.doorbell.value == 7
+    finally:
+        zone_c.close()
+        zone_py.close()
+        remove_zone_files(inst)
+
+
+def test_publish_text_checks_fields_as_encode_event_does(make_ring):
+    ring = make_ring(4)
+    for fields, message in [(("", "t", ""), '"channel" must not be empty'), (("c", "t" * 65, ""), "more than the limit"),
+                            (("c", 5, ""), '"type" must be a string'), ((None, "t", ""), '"channel" must be a string'),
+                            (("c", "t", "\ud800"), "lone surrogate"), (("c", "t", "p" * 513), "more than the limit")]:
+        with pytest.raises(ValueError, match=message):
+            ring.publish_text(*fields)
+    assert ring.newest == 0
+    assert ring.publish_text("ç", "t", "ü") == 1 and ring.read(1).channel == "ç"
+
+
+def test_a_writer_sigkilled_while_publishing_leaves_whole_events_and_a_free_lock(make_ring):
+    """Kills a process publishing as fast as it can, many times: wherever the kill lands (inside
+    the lock most of the time), the lock is free afterwards, every generation up to newest is
+    whole, and the next publish takes newest + 1."""
+    ring = make_ring(16)
+    payload = "p" * 512
+    expected = 0
+    for kill in range(12):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(r)
+                os.write(w, b"x")
+                while True:
+                    ring.publish_text("c", "t", payload)
+            finally:
+                os._exit(1)
+        os.close(w)
+        assert os.read(r, 1) == b"x"
+        os.close(r)
+        time.sleep(0.001 + kill * 0.0007)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        fd = os.open(f"/proc/self/fd/{ring.zone._fd}", os.O_RDWR)
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if the dead writer kept it
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+        newest = ring.newest
+        assert newest >= expected
+        for gen in range(max(1, newest - 14), newest + 1):  # newest - 15 shares newest + 1's slot
+            event = ring.read(gen)
+            assert event is not None and event.payload == payload
+        seq = struct.unpack_from("<Q", ring.buf, _slot_offset(ring, newest + 1))[0]
+        assert seq in (2 * (newest + 1) - 1, 2 * (newest + 1 - 16), 0)  # in flux, or the old lap's whole entry
+        expected = ring.publish_text("c", "t", payload)
+        assert expected == newest + 1 and ring.read(expected).payload == payload

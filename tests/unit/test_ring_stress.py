@@ -37,7 +37,7 @@ def _fork(fn) -> int:
     return pid
 
 
-def test_writers_lapping_readers_never_produce_a_wrong_event(shm_leftovers):
+def test_writers_lapping_readers_never_produce_a_wrong_event(shm_leftovers, shm_path):
     inst = current_instance(STANDALONE)
     zone = attach_zone(inst, "stress", HEADER_SIZE + ring_bytes(CAPACITY))
     ring = Ring(zone, CAPACITY)

@@ -106,7 +106,7 @@ def test_stale_zone_of_a_dead_master_is_removed(instance, tmp_path, monkeypatch)
     live.close()
 
 
-def test_lock_excludes_other_processes_even_after_fork(instance):
+def test_lock_excludes_other_processes_even_after_fork(instance, shm_path):
     """Each process gets its own open file description: an inherited fd would give no exclusion."""
     zone = attach_zone(instance, "lock", 4096)
     counter = struct.Struct("<Q")
@@ -136,7 +136,7 @@ def test_an_inherited_flock_fd_gives_no_exclusion(instance):
     os.close(fd)
 
 
-def test_lock_is_released_when_its_holder_is_sigkilled(instance):
+def test_lock_is_released_when_its_holder_is_sigkilled(instance, shm_path):
     zone = attach_zone(instance, "killed", 4096)
     r, w = os.pipe()
 
@@ -156,7 +156,7 @@ def test_lock_is_released_when_its_holder_is_sigkilled(instance):
     zone.close()
 
 
-def test_lock_excludes_threads_of_one_process(instance):
+def test_lock_excludes_threads_of_one_process(instance, shm_path):
     import threading
 
     zone = attach_zone(instance, "threads", 4096)
@@ -252,3 +252,39 @@ def test_a_zone_larger_than_the_shared_memory_fails_at_once_and_leaves_no_file(i
     with pytest.raises(ZoneError, match="cannot reserve .* bytes for zone file"):
         attach_zone(instance, "huge", too_big)
     assert not os.path.exists(zone_path(instance, "huge"))
+
+
+def _requested_slice(tid: int = 0) -> int:
+    """sched_getattr's sched_runtime for thread ``tid`` (0: this one): the slice it asked for."""
+    import ctypes
+    import platform
+
+    number = {"x86_64": 315, "aarch64": 275}.get(platform.machine())
+    if number is None:
+        pytest.skip("sched_getattr number unknown here")
+    out = ctypes.create_string_buffer(48)
+    if ctypes.CDLL(None, use_errno=True).syscall(number, tid, out, 48, 0) != 0:
+        pytest.skip("sched_getattr not available")
+    return struct.unpack_from("<Q", out.raw, 24)[0]
+
+
+def test_prompt_wakeups_asks_a_short_slice_for_the_calling_thread_only():
+    import threading
+
+    from ngxsim import prompt_wakeups
+    from ngxsim.core.shm import SHORT_SLICE_NS
+
+    seen = []
+
+    def waiter():
+        seen.append(prompt_wakeups())
+        seen.append(_requested_slice())
+
+    before = _requested_slice()
+    t = threading.Thread(target=waiter)
+    t.start()
+    t.join(10)
+    if seen[0] is False:
+        pytest.skip("this kernel does not take a slice request")
+    assert seen == [True, SHORT_SLICE_NS]
+    assert _requested_slice() == before  # the calling thread's only

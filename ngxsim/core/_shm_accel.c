@@ -1,0 +1,412 @@
+/* ngxsim.core._shm_accel: the optional C half of ngxsim.core.shm (see shm.py and ring_writer.py).
+ *
+ * Built by `pip install .` when a C compiler and Python's headers are there; without them the
+ * build skips it (setuptools Extension(optional=True)) and the pure-Python code runs instead,
+ * with the same semantics and the same bytes in shared memory.
+ *
+ * Lock: the zone lock is what shm.py documents -- a per-process thread lock, then flock() on a
+ * file descriptor this process opened (the kernel releases it when the holder dies, even by
+ * SIGKILL). This file only does the same two steps without the interpreter in between.
+ *
+ * RingWriter.publish: one event-ring append under that lock, as worker_events' ring.py does it
+ * in Python (its docstring has the layout): seq odd, body, tag, seq even, control block, doorbell
+ * bump; the futex wake after unlocking, only when a sleeper is counted.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <pythread.h>
+
+#include <errno.h>
+#include <pthread.h>
+#include <limits.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/syscall.h>
+#include <linux/futex.h>
+#include <time.h>
+#include <unistd.h>
+
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the shared-memory layout is little endian; the pure-Python path serves other machines"
+#endif
+
+/* ------------------------------------------------------------------------------------------ */
+/* Lock                                                                                        */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Bumped in a child after fork(): a Lock made before is the parent's (its fd's open file
+ * description is shared with the parent, so its flock excludes nothing there). */
+static unsigned long fork_generation;
+
+static void
+after_fork_in_child(void)
+{
+    fork_generation++;
+}
+
+typedef struct {
+    PyObject_HEAD
+    PyThread_type_lock tlock;
+    int fd;
+    unsigned long fork_generation;
+} LockObject;
+
+static int
+lock_acquire(LockObject *self)
+{
+    if (self->fork_generation != fork_generation) {
+        PyErr_SetString(PyExc_RuntimeError, "a zone lock made before fork() gives no exclusion in the child: "
+                                            "take zone.lock() again");
+        return -1;
+    }
+    if (!PyThread_acquire_lock(self->tlock, NOWAIT_LOCK)) {
+        /* another thread of this process holds it: wait without the GIL (it may need it) */
+        Py_BEGIN_ALLOW_THREADS
+        PyThread_acquire_lock(self->tlock, WAIT_LOCK);
+        Py_END_ALLOW_THREADS
+    }
+    if (flock(self->fd, LOCK_EX | LOCK_NB) == 0)
+        return 0;
+    int err = errno;
+    if (err == EWOULDBLOCK || err == EINTR) {
+        /* another process holds it: block in the kernel without the GIL. A signal only
+         * restarts the wait (the holder keeps the lock for microseconds); Python runs the
+         * handler when this call returns. */
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        do {
+            rc = flock(self->fd, LOCK_EX);
+        } while (rc != 0 && errno == EINTR);
+        err = errno;
+        Py_END_ALLOW_THREADS
+        if (rc == 0)
+            return 0;
+    }
+    PyThread_release_lock(self->tlock);
+    errno = err;
+    PyErr_SetFromErrno(PyExc_OSError);
+    return -1;
+}
+
+static int
+lock_release(LockObject *self)
+{
+    int rc = flock(self->fd, LOCK_UN);
+    int err = errno;
+    PyThread_release_lock(self->tlock);
+    if (rc != 0) {
+        errno = err;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+Lock_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    int fd;
+    if (!PyArg_ParseTuple(args, "i:Lock", &fd))
+        return NULL;
+    LockObject *self = (LockObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->fd = fd;
+    self->fork_generation = fork_generation;
+    self->tlock = PyThread_allocate_lock();
+    if (self->tlock == NULL) {
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    return (PyObject *)self;
+}
+
+static void
+Lock_dealloc(LockObject *self)
+{
+    if (self->tlock != NULL)
+        PyThread_free_lock(self->tlock);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+Lock_enter(LockObject *self, PyObject *unused)
+{
+    if (lock_acquire(self) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Lock_exit(LockObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (lock_release(self) < 0)
+        return NULL;
+    Py_RETURN_FALSE;
+}
+
+static PyObject *
+Lock_fd(LockObject *self, void *closure)
+{
+    return PyLong_FromLong(self->fd);
+}
+
+static PyMethodDef Lock_methods[] = {
+    {"__enter__", (PyCFunction)Lock_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))Lock_exit, METH_FASTCALL, NULL},
+    {"acquire", (PyCFunction)Lock_enter, METH_NOARGS, "Take the zone lock (thread lock, then flock)."},
+    {"release", (PyCFunction)(void (*)(void))Lock_exit, METH_FASTCALL, "Release it."},
+    {NULL},
+};
+
+static PyGetSetDef Lock_getset[] = {
+    {"fd", (getter)Lock_fd, NULL, "the flock file descriptor", NULL},
+    {NULL},
+};
+
+static PyTypeObject LockType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ngxsim.core._shm_accel.Lock",
+    .tp_doc = "Lock(fd): a zone lock -- a thread lock, then flock(fd) (fd opened by this process).",
+    .tp_basicsize = sizeof(LockObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = Lock_new,
+    .tp_dealloc = (destructor)Lock_dealloc,
+    .tp_methods = Lock_methods,
+    .tp_getset = Lock_getset,
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* RingWriter                                                                                  */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *get_lock;  /* the zone's lock(): asked again after a fork */
+    LockObject *lock;
+    Py_buffer view;      /* the zone's whole mapping, header included */
+    int have_view;
+    char *control;       /* newest u64, dropped u64, last publish msec u64 */
+    char *entries;
+    char *tags;
+    uint32_t *word;      /* the doorbell's futex word */
+    uint32_t *sleepers;  /* waiters counted on it */
+    uint64_t capacity;
+    Py_ssize_t entry_size, channel_max, type_max, payload_max;
+} WriterObject;
+
+static PyObject *
+Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"get_lock", "mapping", "ring_offset", "entries_offset", "tags_offset", "capacity",
+                             "channel_max", "type_max", "payload_max", "doorbell_offset", "sleepers_offset", NULL};
+    PyObject *get_lock, *mapping;
+    Py_ssize_t ring_off, entries_off, tags_off, capacity, cmax, tmax, pmax, bell_off, sleep_off;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOnnnnnnnnn:RingWriter", kwlist, &get_lock, &mapping,
+                                     &ring_off, &entries_off, &tags_off, &capacity, &cmax, &tmax, &pmax,
+                                     &bell_off, &sleep_off))
+        return NULL;
+    if (capacity < 1 || cmax < 0 || cmax > 255 || tmax < 0 || tmax > 255 || pmax < 0 || pmax > 65535
+        || ring_off < 0 || entries_off < 24 || tags_off < 0 || bell_off < 0 || sleep_off < 0
+        || bell_off % 4 || sleep_off % 4 || (ring_off + entries_off) % 8) {
+        PyErr_SetString(PyExc_ValueError, "RingWriter: layout out of range");
+        return NULL;
+    }
+    WriterObject *self = (WriterObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    if (PyObject_GetBuffer(mapping, &self->view, PyBUF_WRITABLE) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->have_view = 1;
+    self->entry_size = 8 + 16 + cmax + tmax + pmax;
+    Py_ssize_t len = self->view.len;
+    if (self->entry_size % 8 || ring_off + entries_off + capacity * self->entry_size > len
+        || ring_off + tags_off + capacity * 4 > len || bell_off + 4 > len || sleep_off + 4 > len) {
+        PyErr_SetString(PyExc_ValueError, "RingWriter: the layout does not fit the mapping");
+        Py_DECREF(self);
+        return NULL;
+    }
+    char *base = (char *)self->view.buf;
+    Py_INCREF(get_lock);
+    self->get_lock = get_lock;
+    self->control = base + ring_off;
+    self->entries = base + ring_off + entries_off;
+    self->tags = base + ring_off + tags_off;
+    self->word = (uint32_t *)(base + bell_off);
+    self->sleepers = (uint32_t *)(base + sleep_off);
+    self->capacity = (uint64_t)capacity;
+    self->channel_max = cmax;
+    self->type_max = tmax;
+    self->payload_max = pmax;
+    return (PyObject *)self;
+}
+
+static void
+Writer_dealloc(WriterObject *self)
+{
+    if (self->have_view)
+        PyBuffer_Release(&self->view);
+    Py_XDECREF(self->lock);
+    Py_XDECREF(self->get_lock);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* bytes, or an ASCII str (its bytes are its UTF-8), within limit; else 0 and no error */
+static int
+field(PyObject *obj, Py_ssize_t limit, int required, const char **data, Py_ssize_t *size)
+{
+    if (PyBytes_CheckExact(obj)) {
+        *data = PyBytes_AS_STRING(obj);
+        *size = PyBytes_GET_SIZE(obj);
+    }
+    else if (PyUnicode_CheckExact(obj) && PyUnicode_IS_ASCII(obj)) {
+        *data = (const char *)PyUnicode_DATA(obj);
+        *size = PyUnicode_GET_LENGTH(obj);
+    }
+    else
+        return 0;
+    return *size <= limit && (*size > 0 || !required);
+}
+
+static inline void
+store64(char *p, uint64_t v)
+{
+    __atomic_store_n((uint64_t *)p, v, __ATOMIC_RELAXED);
+}
+
+/* publish(channel, type, payload, tag, timestamp_msec) -> generation, or None when a field is
+ * not bytes / ASCII str within its limit (the caller then checks it in Python, which says what
+ * is wrong, and passes bytes). timestamp_msec < 0: CLOCK_REALTIME now. */
+static PyObject *
+Writer_publish(WriterObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "publish(channel, type, payload, tag, timestamp_msec)");
+        return NULL;
+    }
+    const char *ch, *ty, *pl;
+    Py_ssize_t lc, lt, lp;
+    if (!field(args[0], self->channel_max, 1, &ch, &lc) || !field(args[1], self->type_max, 1, &ty, &lt)
+        || !field(args[2], self->payload_max, 0, &pl, &lp))
+        Py_RETURN_NONE;
+    unsigned long tag = PyLong_AsUnsignedLong(args[3]);
+    if (tag == (unsigned long)-1 && PyErr_Occurred())
+        return NULL;
+    if (tag > 0xFFFFFFFFUL) {
+        PyErr_SetString(PyExc_OverflowError, "tag is a 32-bit value");
+        return NULL;
+    }
+    long long ts = PyLong_AsLongLong(args[4]);
+    if (ts == -1 && PyErr_Occurred())
+        return NULL;
+    if (ts < 0) {
+        struct timespec now;
+        clock_gettime(CLOCK_REALTIME, &now);  /* time.time()'s clock, in whole milliseconds */
+        ts = (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+    }
+
+    if (self->lock == NULL || self->lock->fork_generation != fork_generation) {
+        /* first publish in this process: the zone's lock (opened by this process) */
+        PyObject *lock = PyObject_CallNoArgs(self->get_lock);
+        if (lock == NULL)
+            return NULL;
+        if (!PyObject_TypeCheck(lock, &LockType)) {
+            Py_DECREF(lock);
+            PyErr_SetString(PyExc_TypeError, "RingWriter: get_lock() must give a _shm_accel.Lock");
+            return NULL;
+        }
+        Py_XSETREF(self->lock, (LockObject *)lock);
+    }
+    if (lock_acquire(self->lock) < 0)
+        return NULL;
+    uint64_t newest = *(uint64_t *)self->control;
+    uint64_t dropped = *(uint64_t *)(self->control + 8);
+    uint64_t gen = newest + 1;
+    uint64_t slot = newest % self->capacity;
+    char *e = self->entries + slot * (uint64_t)self->entry_size;
+
+    store64(e, 2 * gen - 1);                    /* in flux, before any byte of the body */
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    char *b = e + 8;
+    memcpy(b, &ts, 8);
+    b[8] = (char)lc;
+    b[9] = (char)lt;
+    uint16_t lp16 = (uint16_t)lp;
+    memcpy(b + 10, &lp16, 2);
+    memset(b + 12, 0, 4);
+    b += 16;
+    memcpy(b, ch, lc);
+    memset(b + lc, 0, self->channel_max - lc);
+    b += self->channel_max;
+    memcpy(b, ty, lt);
+    memset(b + lt, 0, self->type_max - lt);
+    b += self->type_max;
+    memcpy(b, pl, lp);
+    memset(b + lp, 0, self->payload_max - lp);
+    uint32_t tag32 = (uint32_t)tag;
+    memcpy(self->tags + slot * 4, &tag32, 4);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    store64(e, 2 * gen);                        /* whole */
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    store64(self->control + 8, dropped + (gen > self->capacity));
+    store64(self->control + 16, (uint64_t)ts);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    store64(self->control, gen);                /* readers trust the slot from here on */
+    __atomic_store_n(self->word, *self->word + 1, __ATOMIC_RELEASE);
+    int wake = __atomic_load_n(self->sleepers, __ATOMIC_ACQUIRE) > 0;
+
+    if (lock_release(self->lock) < 0)
+        return NULL;
+    if (wake)
+        syscall(SYS_futex, self->word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+    return PyLong_FromUnsignedLongLong(gen);
+}
+
+static PyMethodDef Writer_methods[] = {
+    {"publish", (PyCFunction)(void (*)(void))Writer_publish, METH_FASTCALL,
+     "publish(channel, type, payload, tag, timestamp_msec) -> generation, or None if a field needs "
+     "the Python check"},
+    {NULL},
+};
+
+static PyTypeObject WriterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ngxsim.core._shm_accel.RingWriter",
+    .tp_doc = "An event ring's publish in one call (see ngxsim.core.ring_writer).",
+    .tp_basicsize = sizeof(WriterObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = Writer_new,
+    .tp_dealloc = (destructor)Writer_dealloc,
+    .tp_methods = Writer_methods,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "ngxsim.core._shm_accel", "The optional C half of ngxsim.core.shm.", -1, NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__shm_accel(void)
+{
+    static int registered;
+    if (!registered) {
+        if (pthread_atfork(NULL, NULL, after_fork_in_child) != 0) {
+            PyErr_SetString(PyExc_OSError, "pthread_atfork failed");
+            return NULL;
+        }
+        registered = 1;
+    }
+    if (PyType_Ready(&LockType) < 0 || PyType_Ready(&WriterType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "Lock", (PyObject *)&LockType) < 0
+        || PyModule_AddObjectRef(m, "RingWriter", (PyObject *)&WriterType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
