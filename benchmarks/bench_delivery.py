@@ -1,6 +1,8 @@
 """Delivery latency and bursts of worker_events under real ``gunicorn -w 4``.
 
     python benchmarks/bench_delivery.py [--samples N]
+    python benchmarks/bench_delivery.py --only-busy --rounds 1   # case 2 alone: run it with two
+                                                                  # checkouts' Pythons in turn (A/B)
 
 1. Latency from publish to the subscriber having run in **all 4** workers (idle workers),
    p50/p99, next to Redis pub/sub to 4 subscriber processes (a ``redis-server`` started on
@@ -340,6 +342,19 @@ def idle_rounds(folder: Path, samples: int, rounds: int, slice_ab: bool = False)
     return idle, redis
 
 
+def busy_rounds(folder: Path, samples: int, rounds: int) -> None:
+    """``rounds`` x the busy-workers case alone, each round's load and p50/p99 printed."""
+    rows = []
+    for n in range(rounds):
+        sub = folder / f"busy{n}"
+        sub.mkdir()
+        load = os.getloadavg()[0]
+        got = ngxsim_latency(sub, samples, busy=True)
+        rows.append([n + 1, f"{load:.1f}", f"{percentile(got, 50):,.0f}", f"{percentile(got, 99):,.0f}"])
+    print(table(f"Busy workers, publish -> subscriber ran in all {WORKERS} workers ({samples:,} samples a round)",
+                ["round", "load", "p50 us", "p99 us"], rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--samples", type=int, default=2000)
@@ -350,10 +365,16 @@ def main() -> None:
     parser.add_argument("--slice-ab", action="store_true",
                         help="also run ngxsim with the dispatcher on the kernel's default time slice")
     parser.add_argument("--only-idle", action="store_true", help="skip the busy, poll and burst parts")
+    parser.add_argument("--only-busy", action="store_true",
+                        help="only the busy-workers case (1 ms switch interval), --rounds times; for A/B runs "
+                             "of two checkouts (run this script with each checkout's Python, alternately)")
     args = parser.parse_args()
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
+        if args.only_busy:
+            busy_rounds(folder, args.samples, args.rounds)
+            return
         idle, redis = idle_rounds(folder, args.samples, args.rounds, args.slice_ab)
         if args.only_idle:
             return
