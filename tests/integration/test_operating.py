@@ -100,6 +100,22 @@ def test_a_rejected_reload_keeps_the_workers_and_an_accepted_one_runs_the_new_mo
     assert server.worker_pids() == pids
     assert _counts(server) == {pid: ("v1", 4) for pid in pids}
 
+    # a reload that resizes the ring, then fails on a zone that cannot be had: the running ring's
+    # file is left as it was (a process attaching it by name, like this test, sees its events)
+    published = server.post("/ev", json={"type": "before"}).json()["generation"]
+    (tmp_path / "ngxsim_ops_probe.py").write_text(PROBE.format(version="v1"))
+    server.conf.write_text(good.replace("worker_events_channel ops; }", "worker_events_channel ops; "
+                                        "worker_events_ring_size 2048; }\n"
+                                        "        location = /huge { worker_events_api; worker_events_zone huge 1024g; "
+                                        "worker_events_channel ops; }"))
+    _hup_rejected(server, 3)
+    assert 'cannot reserve' in server.output()
+    server.conf.write_text(good)  # the test's zone helper reads the ring's size from the file
+    with server.zone_events("bus") as bus:
+        assert bus.ring.capacity == 1024 and [e["type"] for e in bus.read(since=published - 1)] == ["before"]
+    assert server.worker_pids() == pids
+    assert not [f for f in instance_files(server.tag) if "@staged" in f]
+
     _probe(tmp_path, "v2-edited")
     server.proc.send_signal(signal.SIGHUP)
     new = server.wait_workers(2, exclude=set(pids))
