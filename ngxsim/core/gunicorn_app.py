@@ -120,8 +120,21 @@ class NgxsimArbiter(Arbiter):
             self.stop(False)
         raise StopIteration  # the run loop halts, stopping gracefully what is left
 
+    _graceful_stop = False
+
+    def signal(self, sig, frame):
+        # gunicorn's graceful stop turns quick on INT or QUIT; nginx's on TERM or INT, and a QUIT
+        # while it stops gracefully changes nothing
+        if self._graceful_stop:
+            if sig == signal.SIGQUIT:
+                return
+            if sig == signal.SIGTERM:
+                sig = signal.SIGINT
+        super().signal(sig, frame)
+
     def stop(self, graceful=True):
         if graceful:
+            self._graceful_stop = True
             return super().stop(True)
         # gunicorn waits graceful_timeout for workers that stop at once: bound it
         saved = self.cfg.graceful_timeout

@@ -173,6 +173,29 @@ def test_sigquit_stops_gracefully_requests_in_progress_finish(ngxsim_server, pro
     assert "[notice] signal 3 (SIGQUIT) received, graceful shutdown" in server.output()
 
 
+def test_sigterm_during_a_graceful_stop_makes_it_fast(ngxsim_server, probe, tmp_path):
+    """nginx: TERM (or INT) after QUIT stops at once; gunicorn would ignore TERM then."""
+    server = ngxsim_server(CONF, mode="ngxsim", ready_path="/ev")
+    mark = tmp_path / "slow-started"
+    cut: list = []
+
+    def slow_request():
+        try:
+            server.get("/probe", params={"sleep": 25, "mark": str(mark)}, timeout=40)
+        except OSError as exc:  # http.client's RemoteDisconnected is one: the fast stop cuts it
+            cut.append(exc)
+
+    slow = threading.Thread(target=slow_request)
+    slow.start()
+    wait_for(mark.exists, 10, what="the slow request to start")
+    server.proc.send_signal(signal.SIGQUIT)
+    wait_for(lambda: "graceful shutdown" in server.output(), 10, what="the graceful stop to begin")
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(15) == 0  # long before the 25 s request (or gunicorn's 30 s graceful limit) ends
+    slow.join(10)
+    assert cut, "the request in progress was cut by the fast stop"
+
+
 def test_the_embedded_default_on_another_address_and_worker_count_without_a_file(tmp_path):
     port = free_port()
     env = {k: v for k, v in __import__("os").environ.items() if k != "NGXSIM_CONF"}
