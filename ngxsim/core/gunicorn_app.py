@@ -17,6 +17,8 @@ Start, reload and stop are logged in the error log, one line each.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import socket
 import sys
@@ -29,7 +31,7 @@ from .conf.errors import ConfigError
 from .instance import MASTER, current_instance
 from .modules import fresh_imports, plugin_module_names
 from .process import Runtime, load
-from .shm import JANITOR_MARKER, ZoneError, remove_zone_files
+from .shm import JANITOR_MARKER, ZoneError, remove_zone_files, staged_zone_path, zone_path
 
 _SETTINGS = {s.name for s in KNOWN_SETTINGS}
 # ngxsim's subclasses of gunicorn's worker classes: they tell the runtime when they are stopped
@@ -118,8 +120,21 @@ class NgxsimArbiter(Arbiter):
             self.stop(False)
         raise StopIteration  # the run loop halts, stopping gracefully what is left
 
+    _graceful_stop = False
+
+    def signal(self, sig, frame):
+        # gunicorn's graceful stop turns quick on INT or QUIT; nginx's on TERM or INT, and a QUIT
+        # while it stops gracefully changes nothing
+        if self._graceful_stop:
+            if sig == signal.SIGQUIT:
+                return
+            if sig == signal.SIGTERM:
+                sig = signal.SIGINT
+        super().signal(sig, frame)
+
     def stop(self, graceful=True):
         if graceful:
+            self._graceful_stop = True
             return super().stop(True)
         # gunicorn waits graceful_timeout for workers that stop at once: bound it
         saved = self.cfg.graceful_timeout
@@ -159,6 +174,14 @@ class NgxsimApplication(BaseApplication):
         config = load(self.path)
         check_binds(config_binds(config), set(config_binds(old.config)) if old else set())
         runtime = Runtime(config, old.instance if old else current_instance(MASTER))
+        for spec in config.zones if old else ():
+            running = old.zones.get(spec.name)
+            if running is not None and (running.size, running.tag) != (spec.size, spec.tag):
+                # resized: made beside the running zone, which keeps its file until the reload
+                # is accepted (a rejection must leave it as it was)
+                path = runtime.staged[spec.name] = staged_zone_path(runtime.instance, spec.name)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)  # an earlier attempt's, if its master died mid-reload: start afresh
         try:
             runtime.start_instance()
         except BaseException:
@@ -189,6 +212,13 @@ class NgxsimApplication(BaseApplication):
     def load_config(self) -> None:
         if self._pending is not None:
             runtime, self._pending = self._pending, None
+            for name, staged in runtime.staged.items():
+                # accepted: the resized zone takes the zone's name (the old workers keep the old
+                # file they map until they exit; processes that fork from now on get the new one)
+                final = zone_path(runtime.instance, name)
+                os.rename(staged, final)
+                runtime.zones[name].path = final
+            runtime.staged.clear()
             remove_zone_files(runtime.instance, keep={spec.name for spec in runtime.config.zones} | {JANITOR_MARKER})
             for zone in self.runtime.zones.values():
                 zone.close()

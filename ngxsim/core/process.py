@@ -139,6 +139,9 @@ class Runtime:
         self.instance = instance
         self.hook = config.pm.hook
         self.zones: dict[str, Zone] = {}
+        # a reload's zones that change size or layout: made beside the running ones, under these
+        # paths, and renamed over them only when the reload is accepted (gunicorn_app.py)
+        self.staged: dict[str, str] = {}
         self.stash: dict[str, object] = {}
         # cheap callables run at the start of every request, before the handler (worker_events
         # drains pending events here: read-your-publish whatever the GIL delays)
@@ -165,7 +168,8 @@ class Runtime:
     def attach_zones(self) -> None:
         for spec in self.config.zones:
             if spec.name not in self.zones:
-                self.zones[spec.name] = attach_zone(self.instance, spec.name, spec.size, spec.tag)
+                self.zones[spec.name] = attach_zone(self.instance, spec.name, spec.size, spec.tag,
+                                                    self.staged.get(spec.name))
 
     def zone(self, name: str) -> Zone:
         """The zone ``name`` attached in this process; ``LookupError`` when the configuration

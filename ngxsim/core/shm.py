@@ -371,7 +371,7 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def attach_zone(instance: Instance, name: str, size: int, tag: str = "") -> Zone:
+def attach_zone(instance: Instance, name: str, size: int, tag: str = "", path: str | None = None) -> Zone:
     """Map zone ``name`` of ``instance``, creating it (zero-filled) if it does not exist, and
     recreating it if it exists with another size or layout tag (nginx keeps a zone across a
     reload only when its name and size are unchanged).
@@ -379,10 +379,11 @@ def attach_zone(instance: Instance, name: str, size: int, tag: str = "") -> Zone
     The file name is predictable and ``/dev/shm`` is writable by every user, so a file found
     there is trusted only if it is a regular file of this process's user that nobody else may
     open (see ``_check_trusted``); a symbolic link is never followed. Otherwise, or when the
-    file cannot be created, ZoneError says why and nothing is attached."""
+    file cannot be created, ZoneError says why and nothing is attached. ``path``: another file
+    than the zone's own (a reload's staged zone, see ``staged_zone_path``)."""
     if size <= HEADER_SIZE:
         raise ValueError(f'zone "{name}": {size} bytes is not more than the {HEADER_SIZE}-byte header')
-    path = zone_path(instance, name)
+    path = path or zone_path(instance, name)
     want = _HEADER.pack(_MAGIC, size, tag.encode()[:40], 0, 0)[:56]
     for _ in range(100):
         fd = _open_zone_file(path)
@@ -463,6 +464,13 @@ def _claim(fd: int, path: str, size: int, header: bytes) -> bool | None:
         os.unlink(path)  # processes that still map the old file keep it until they unmap it
         return None
     return False
+
+
+def staged_zone_path(instance: Instance, name: str) -> str:
+    """Where a reload makes a zone it resizes, until the reload is accepted (then it is renamed
+    over the zone's own file): a rejected reload leaves the running zone's file as it was. Named
+    like a zone file ("@" is no zone name's), so the janitor removes it if the master dies."""
+    return zone_path(instance, f"@staged.{name}")
 
 
 def remove_zone_files(instance: Instance, keep: set[str] | None = None) -> list[str]:

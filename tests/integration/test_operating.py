@@ -100,6 +100,22 @@ def test_a_rejected_reload_keeps_the_workers_and_an_accepted_one_runs_the_new_mo
     assert server.worker_pids() == pids
     assert _counts(server) == {pid: ("v1", 4) for pid in pids}
 
+    # a reload that resizes the ring, then fails on a zone that cannot be had: the running ring's
+    # file is left as it was (a process attaching it by name, like this test, sees its events)
+    published = server.post("/ev", json={"type": "before"}).json()["generation"]
+    (tmp_path / "ngxsim_ops_probe.py").write_text(PROBE.format(version="v1"))
+    server.conf.write_text(good.replace("worker_events_channel ops; }", "worker_events_channel ops; "
+                                        "worker_events_ring_size 2048; }\n"
+                                        "        location = /huge { worker_events_api; worker_events_zone huge 1024g; "
+                                        "worker_events_channel ops; }"))
+    _hup_rejected(server, 3)
+    assert 'cannot reserve' in server.output()
+    server.conf.write_text(good)  # the test's zone helper reads the ring's size from the file
+    with server.zone_events("bus") as bus:
+        assert bus.ring.capacity == 1024 and [e["type"] for e in bus.read(since=published - 1)] == ["before"]
+    assert server.worker_pids() == pids
+    assert not [f for f in instance_files(server.tag) if "@staged" in f]
+
     _probe(tmp_path, "v2-edited")
     server.proc.send_signal(signal.SIGHUP)
     new = server.wait_workers(2, exclude=set(pids))
@@ -155,6 +171,29 @@ def test_sigquit_stops_gracefully_requests_in_progress_finish(ngxsim_server, pro
     assert {r.json().get("version") for r in answers} >= {"v1"}  # the slow one finished its answer
     assert _stopped(server, tag) == 0
     assert "[notice] signal 3 (SIGQUIT) received, graceful shutdown" in server.output()
+
+
+def test_sigterm_during_a_graceful_stop_makes_it_fast(ngxsim_server, probe, tmp_path):
+    """nginx: TERM (or INT) after QUIT stops at once; gunicorn would ignore TERM then."""
+    server = ngxsim_server(CONF, mode="ngxsim", ready_path="/ev")
+    mark = tmp_path / "slow-started"
+    cut: list = []
+
+    def slow_request():
+        try:
+            server.get("/probe", params={"sleep": 25, "mark": str(mark)}, timeout=40)
+        except OSError as exc:  # http.client's RemoteDisconnected is one: the fast stop cuts it
+            cut.append(exc)
+
+    slow = threading.Thread(target=slow_request)
+    slow.start()
+    wait_for(mark.exists, 10, what="the slow request to start")
+    server.proc.send_signal(signal.SIGQUIT)
+    wait_for(lambda: "graceful shutdown" in server.output(), 10, what="the graceful stop to begin")
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(15) == 0  # long before the 25 s request (or gunicorn's 30 s graceful limit) ends
+    slow.join(10)
+    assert cut, "the request in progress was cut by the fast stop"
 
 
 def test_the_embedded_default_on_another_address_and_worker_count_without_a_file(tmp_path):
