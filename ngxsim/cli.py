@@ -12,21 +12,16 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from . import __version__
 from .core.conf.errors import ConfigError
 from .core.modules import installed_modules
-from .core.process import CONF_ENV, load, set_command_line
-
-
-def _conf_name(path: str | None) -> str:
-    return path or os.environ.get(CONF_ENV) or "<embedded default.conf>"
+from .core.process import CONF_ENV, config_name, load, set_command_line
 
 
 def test_config(path: str | None) -> int:
-    name = _conf_name(path)
+    name = config_name(path)
     try:
         config = load(path)
     except ConfigError as exc:

@@ -21,8 +21,7 @@ import urllib.parse
 import urllib.request
 from typing import Callable
 
-from .cli import _conf_name as conf_name
-from .core.process import load
+from .core.process import config_name, load
 
 MAX_REPLY = 16 << 20  # a status or event page is far smaller: more is not what we asked for
 
@@ -52,7 +51,7 @@ def location_url(target: str | None, directive: str) -> str:
             host = "127.0.0.1" if listen.host in ("*", "0.0.0.0") else listen.host
             host = f"[{host}]" if ":" in host else host
             return f"http://{host}:{listen.port}{loc.value.path}"
-    raise NotThere(f"{conf_name(target)} has no location with \"{directive}\" and a plain path: "
+    raise NotThere(f"{config_name(target)} has no location with \"{directive}\" and a plain path: "
                    f"add one, or give its URL with -c")
 
 

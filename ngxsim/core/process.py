@@ -58,6 +58,11 @@ def set_command_line(params: str | None = None, listen: str | None = None) -> No
     _command_line.update(params=params, listen=listen)
 
 
+def config_name(path: str | None) -> str:
+    """What ``load(path)`` reads, as the commands name it in their messages."""
+    return path or os.environ.get(CONF_ENV) or DEFAULT_NAME
+
+
 def load(path: str | None = None) -> Configuration:
     """The config at ``path``, else at ``$NGXSIM_CONF``, else the embedded default (on the
     command line's ``--listen`` address, if given); with the command line's ``-g`` directives."""
