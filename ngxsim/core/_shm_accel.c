@@ -365,10 +365,159 @@ Writer_publish(WriterObject *self, PyObject *const *args, Py_ssize_t nargs)
     return PyLong_FromUnsignedLongLong(gen);
 }
 
+static inline uint64_t
+load64(const char *p)
+{
+    return __atomic_load_n((const uint64_t *)p, __ATOMIC_ACQUIRE);
+}
+
+/* read(generation, zone) -> (generation, zone, channel, type, payload, timestamp_msec), the
+ * fields of an Event in its order, or None when the slot does not hold that generation whole
+ * (overwritten, or being written): the seqlock read of ring.py's Ring.read without the
+ * interpreter in between. What is copied is checked against the seq read again after the copy,
+ * so a torn copy is never decoded into an answer. */
+static PyObject *
+Writer_read(WriterObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "read(generation, zone)");
+        return NULL;
+    }
+    int overflow;
+    long long signed_gen = PyLong_AsLongLongAndOverflow(args[0], &overflow);
+    if (signed_gen == -1 && PyErr_Occurred())
+        return NULL;
+    if (overflow || signed_gen <= 0)
+        Py_RETURN_NONE;  /* no slot ever holds it (as in Python: its seq would never match) */
+    uint64_t gen = (uint64_t)signed_gen;
+    const char *e = self->entries + ((gen - 1) % self->capacity) * (uint64_t)self->entry_size;
+    uint64_t want = 2 * gen;
+    if (load64(e) != want)
+        Py_RETURN_NONE;
+    char local[1024];
+    Py_ssize_t body = self->entry_size - 8;
+    char *copy = body <= (Py_ssize_t)sizeof(local) ? local : PyMem_Malloc(body);
+    if (copy == NULL)
+        return PyErr_NoMemory();
+    memcpy(copy, e + 8, body);
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    PyObject *out = NULL;
+    if (load64(e) == want) {
+        uint64_t ts;
+        uint16_t lp;
+        memcpy(&ts, copy, 8);
+        memcpy(&lp, copy + 10, 2);
+        Py_ssize_t lc = (unsigned char)copy[8], lt = (unsigned char)copy[9];
+        /* a whole slot's lengths are within the limits its writer checked; clamp anyway */
+        lc = lc < self->channel_max ? lc : self->channel_max;
+        lt = lt < self->type_max ? lt : self->type_max;
+        Py_ssize_t lpl = lp < self->payload_max ? lp : self->payload_max;
+        const char *f = copy + 16;
+        PyObject *g = PyLong_FromUnsignedLongLong(gen);
+        PyObject *ch = PyUnicode_DecodeUTF8(f, lc, "strict");
+        PyObject *ty = PyUnicode_DecodeUTF8(f + self->channel_max, lt, "strict");
+        PyObject *pl = PyUnicode_DecodeUTF8(f + self->channel_max + self->type_max, lpl, "strict");
+        PyObject *t = PyLong_FromUnsignedLongLong(ts);
+        if (g && ch && ty && pl && t)
+            out = PyTuple_Pack(6, g, args[1], ch, ty, pl, t);
+        Py_XDECREF(g);
+        Py_XDECREF(ch);
+        Py_XDECREF(ty);
+        Py_XDECREF(pl);
+        Py_XDECREF(t);
+    }
+    else {
+        out = Py_NewRef(Py_None);  /* a writer lapped us while we copied */
+    }
+    if (copy != local)
+        PyMem_Free(copy);
+    return out;
+}
+
+/* newest() -> the ring's newest generation (the control block's first word) */
+static PyObject *
+Writer_newest(WriterObject *self, PyObject *unused)
+{
+    return PyLong_FromUnsignedLongLong(load64(self->control));
+}
+
 static PyMethodDef Writer_methods[] = {
     {"publish", (PyCFunction)(void (*)(void))Writer_publish, METH_FASTCALL,
      "publish(channel, type, payload, tag, timestamp_msec) -> generation, or None if a field needs "
      "the Python check"},
+    {"read", (PyCFunction)(void (*)(void))Writer_read, METH_FASTCALL,
+     "read(generation, zone) -> (generation, zone, channel, type, payload, timestamp_msec), or None if "
+     "the slot does not hold that generation whole"},
+    {"newest", (PyCFunction)Writer_newest, METH_NOARGS, "newest() -> the newest generation"},
+    {NULL},
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* Futex                                                                                       */
+/* ------------------------------------------------------------------------------------------ */
+
+/* futex_wait(address, expected, timeout) -> 0 when woken, else the errno (EAGAIN: the word was
+ * not `expected`; ETIMEDOUT; EINTR). `address` is a 4-byte-aligned word of a shared mapping the
+ * caller keeps mapped; `timeout` in seconds, or None. The GIL is released while it sleeps. */
+static PyObject *
+accel_futex_wait(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "futex_wait(address, expected, timeout)");
+        return NULL;
+    }
+    void *addr = PyLong_AsVoidPtr(args[0]);
+    if (addr == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "futex_wait: null address");
+        return NULL;
+    }
+    unsigned long expected = PyLong_AsUnsignedLong(args[1]);
+    if (expected == (unsigned long)-1 && PyErr_Occurred())
+        return NULL;
+    struct timespec ts, *tsp = NULL;
+    if (args[2] != Py_None) {
+        double t = PyFloat_AsDouble(args[2]);
+        if (t == -1.0 && PyErr_Occurred())
+            return NULL;
+        if (!(t > 0))
+            t = 0;
+        if (t > 1e9)
+            t = 1e9;
+        ts.tv_sec = (time_t)t;
+        ts.tv_nsec = (long)((t - (double)ts.tv_sec) * 1e9);
+        tsp = &ts;
+    }
+    long rc;
+    int err = 0;
+    Py_BEGIN_ALLOW_THREADS
+    rc = syscall(SYS_futex, addr, FUTEX_WAIT, (uint32_t)expected, tsp, NULL, 0);
+    if (rc != 0)
+        err = errno;
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLong(err);
+}
+
+/* futex_wake(address) -> how many sleepers were woken (all of them) */
+static PyObject *
+accel_futex_wake(PyObject *mod, PyObject *arg)
+{
+    void *addr = PyLong_AsVoidPtr(arg);
+    if (addr == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "futex_wake: null address");
+        return NULL;
+    }
+    long rc = syscall(SYS_futex, addr, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+    if (rc < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    return PyLong_FromLong(rc);
+}
+
+static PyMethodDef module_methods[] = {
+    {"futex_wait", (PyCFunction)(void (*)(void))accel_futex_wait, METH_FASTCALL,
+     "futex_wait(address, expected, timeout) -> 0 when woken, else the errno"},
+    {"futex_wake", (PyCFunction)accel_futex_wake, METH_O, "futex_wake(address) -> sleepers woken"},
     {NULL},
 };
 
@@ -384,7 +533,7 @@ static PyTypeObject WriterType = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "ngxsim.core._shm_accel", "The optional C half of ngxsim.core.shm.", -1, NULL,
+    PyModuleDef_HEAD_INIT, "ngxsim.core._shm_accel", "The optional C half of ngxsim.core.shm.", -1, module_methods,
 };
 
 PyMODINIT_FUNC

@@ -126,6 +126,12 @@ class Wait(enum.IntEnum):
     MOVED = 2
 
 
+_WOKEN = Wait.WOKEN  # (an enum member looked up through its class costs a __getattr__ each time)
+# how FUTEX_WAIT ended, by errno: the word was not ``seen`` (no sleep), the timeout, a signal
+# (WOKEN: let the caller re-check its state and deadline)
+_WAIT_BY_ERRNO = {errno.EAGAIN: Wait.MOVED, errno.ETIMEDOUT: Wait.TIMED_OUT, errno.EINTR: Wait.WOKEN}
+
+
 @functools.lru_cache(maxsize=64)
 def _timespec(timeout: float | None):
     """A relative timeout for FUTEX_WAIT, made once per distinct value (the dispatcher's is
@@ -160,6 +166,7 @@ class Doorbell:
         self._word = word
         self._sleepers = sleepers
         self._addr = ctypes.c_void_p(ctypes.addressof(word))
+        self._address = ctypes.addressof(word)  # for the accelerator's futex calls (word keeps it mapped)
 
     @property
     def value(self) -> int:
@@ -173,6 +180,9 @@ class Doorbell:
 
     def wake(self) -> None:
         """Wake every process sleeping on the word."""
+        if accel is not None:
+            accel.futex_wake(self._address)
+            return
         _libc.syscall(_SYS_FUTEX, self._addr, _FUTEX_WAKE, _INT_MAX, None, None, 0)
 
     def ring(self) -> None:
@@ -197,28 +207,34 @@ class Doorbell:
 
         Returns ``Wait.WOKEN`` (slept, then rung), ``Wait.MOVED`` (rung before it could sleep:
         no sleep at all) or ``Wait.TIMED_OUT`` (false; the others are true). The GIL is released
-        while blocked (ctypes does that for every foreign call). ``registered``: the caller is
-        counted already (``register()``).
+        while blocked (by the accelerator's call, or by ctypes on the pure-Python path).
+        ``registered``: the caller is counted already (``register()``).
         """
+        if registered and accel is not None:  # a dispatcher's every wake-up: the fewest steps
+            err = accel.futex_wait(self._address, seen, timeout)
+            return _WOKEN if err == 0 else _wait_ended(err)
         if not registered:
             self.register()
         try:
-            if self._word.value != seen:
-                return Wait.MOVED
-            rc = _libc.syscall(_SYS_FUTEX, self._addr, _FUTEX_WAIT, seen, _timespec(timeout), None, 0)
+            # the kernel sleeps only while the word is still ``seen`` (else EAGAIN: MOVED)
+            if accel is not None:
+                err = accel.futex_wait(self._address, seen, timeout)
+            elif _libc.syscall(_SYS_FUTEX, self._addr, _FUTEX_WAIT, seen, _timespec(timeout), None, 0) == 0:
+                err = 0
+            else:
+                err = ctypes.get_errno()
         finally:
             if not registered:
                 self.unregister()
-        if rc == 0:
-            return Wait.WOKEN
-        err = ctypes.get_errno()
-        if err == errno.EAGAIN:
-            return Wait.MOVED
-        if err == errno.ETIMEDOUT:
-            return Wait.TIMED_OUT
-        if err == errno.EINTR:
-            return Wait.WOKEN  # a signal: let the caller re-check its state and deadline
+        return _WOKEN if err == 0 else _wait_ended(err)
+
+
+def _wait_ended(err: int) -> Wait:
+    """How a FUTEX_WAIT that failed with ``err`` ended, or OSError for what never should."""
+    ended = _WAIT_BY_ERRNO.get(err)
+    if ended is None:
         raise OSError(err, os.strerror(err))
+    return ended
 
 
 # ------------------------------------------------------------------------------------------

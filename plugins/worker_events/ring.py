@@ -67,6 +67,7 @@ _TAG = struct.Struct("<I")
 # time.time as Python has it is a builtin; a patched one (freezegun's) is not: call that one,
 # else the C writer reads the same clock itself
 _BUILTIN = type(len)
+_new_tuple = tuple.__new__  # Event from the C reader's fields, without a Python-level __new__
 _EVENT_JSON = '{"generation":%d,"channel":%s,"type":%s,"payload":%s,"timestamp_msec":%d}'
 TAG_SIZE = _TAG.size
 _TAG_CACHE_MAX = 1024  # channels whose tag a process remembers (publishers use a handful)
@@ -178,6 +179,8 @@ class Ring:
 
     @property
     def newest(self) -> int:
+        if self._writer is not None:
+            return self._writer.newest()
         return _NEWEST.unpack_from(self.buf, 0)[0]
 
     def control(self) -> tuple[int, int, int]:
@@ -268,6 +271,11 @@ class Ring:
     def read(self, gen: int) -> Event | None:
         """Generation ``gen`` if its slot still holds it whole, else None (overwritten, or being
         overwritten right now)."""
+        if self._writer is not None:  # the same seqlock read, in the core's C accelerator
+            fields = self._writer.read(gen, self.name)
+            return None if fields is None else _new_tuple(Event, fields)
+        if gen <= 0:
+            return None  # (an unwritten slot's seq is 0: it must not pass for generation 0)
         buf = self.buf
         off = ENTRIES_OFFSET + ((gen - 1) % self.capacity) * ENTRY_SIZE
         want = 2 * gen

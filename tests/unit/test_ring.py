@@ -158,8 +158,11 @@ def test_a_slot_in_flux_is_never_returned(make_ring):
     assert [e.generation for e in scan.events] == [1, 3] and scan.missed == 1
 
 
-def test_a_torn_copy_is_detected_by_the_second_sequence_read(make_ring, monkeypatch):
-    """A writer that laps the reader between its two reads of seq: the copy is discarded."""
+def test_a_torn_copy_is_detected_by_the_second_sequence_read(make_ring, monkeypatch, shm_path):
+    """A writer that laps the reader between its two reads of seq: the copy is discarded (the
+    pure-Python reader, interleaved by hand; the C one below, against a real writer)."""
+    if shm_path == "c":
+        pytest.skip("the C reader cannot be interleaved from Python: see the test with a writer process")
     ring = make_ring(2)
     pub(ring, payload="one")
     import ngxsim_plugins.worker_events.ring as ring_mod
@@ -180,6 +183,82 @@ def test_a_torn_copy_is_detected_by_the_second_sequence_read(make_ring, monkeypa
 
     monkeypatch.setattr(ring_mod, "_BODY", Interleaved())
     assert ring.read(1) is None
+
+
+def _publishing_child(publish_forever) -> int:
+    """Fork a process that runs ``publish_forever()`` (until killed); returns once it runs."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            os.write(w, b"x")
+            publish_forever()
+        finally:
+            os._exit(1)
+    os.close(w)
+    try:
+        assert os.read(r, 1) == b"x"
+    finally:
+        os.close(r)
+    return pid
+
+
+def _payload_of(gen: int) -> str:
+    return f"{gen}:" + "x" * (gen * 7 % 500)  # the length moves with the generation
+
+
+def test_a_reader_racing_a_writer_never_returns_a_torn_event(make_ring):
+    """A process publishes as fast as it can into a 2-entry ring (every slot rewritten every
+    other publish) while this one reads the newest generations: every event read is whole (its
+    payload is the one written for its generation, lengths and bytes agree), the rest None."""
+    ring = make_ring(2)
+
+    def publish_forever():
+        gen = 0
+        while True:
+            gen += 1
+            ring.publish_text(f"c{gen % 3}", f"t{gen % 5}", _payload_of(gen))
+
+    pid = _publishing_child(publish_forever)
+    try:
+        whole = missed = 0
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline or whole < 1000:
+            newest = ring.newest
+            for gen in (newest, newest - 1):
+                event = ring.read(gen)
+                if event is None:
+                    missed += 1
+                    continue
+                whole += 1
+                assert event.generation == gen and event.zone == ring.name
+                assert (event.channel, event.type, event.payload) == (f"c{gen % 3}", f"t{gen % 5}", _payload_of(gen))
+            assert time.monotonic() < deadline + 30, "too few whole reads"
+        assert missed > 0  # the writer did lap the reader: the race was run
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+def test_the_c_reader_reads_what_the_python_reader_reads(make_ring, shm_path):
+    """Every field, non-ASCII and at its limits, through both readers of the same slots."""
+    if shm_path != "c":
+        pytest.skip("compares the C reader with the Python one")
+    ring = make_ring(4)
+    for fields in (("c", "t", ""), ("kanäl", "tÿpe", "é 日本 🎉 \u2028"), ("c" * 64, "t" * 64, "p" * 512),
+                   ("é" * 32, "t", "ü" * 256), ("a", "b", "c")):
+        pub(ring, fields[1], fields[2], channel=fields[0], ts=1_700_000_000_123)
+    writer, ring._writer = ring._writer, None
+    try:
+        by_python = [ring.read(g) for g in range(0, 7)]
+    finally:
+        ring._writer = writer
+    by_c = [ring.read(g) for g in range(0, 7)]
+    assert by_c == by_python and by_c[0] is None and by_c[1] is None  # 0 never exists; 1 was lapped
+    assert ring.read(-1) is None and ring.read(2**70) is None
+    assert by_c[6] is None and all(type(e) is type(by_python[2]) for e in by_c[2:6])
+    assert by_c[2].channel == "kanäl" and by_c[2].payload == "é 日本 🎉 \u2028" and by_c[2].timestamp_msec == 1_700_000_000_123
 
 
 def test_a_writer_killed_mid_write_leaves_the_ring_usable(make_ring):
@@ -402,20 +481,12 @@ def test_a_writer_sigkilled_while_publishing_leaves_whole_events_and_a_free_lock
     ring = make_ring(16)
     payload = "p" * 512
     expected = 0
+    def publish_forever():
+        while True:
+            ring.publish_text("c", "t", payload)
+
     for kill in range(12):
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.close(r)
-                os.write(w, b"x")
-                while True:
-                    ring.publish_text("c", "t", payload)
-            finally:
-                os._exit(1)
-        os.close(w)
-        assert os.read(r, 1) == b"x"
-        os.close(r)
+        pid = _publishing_child(publish_forever)
         time.sleep(0.001 + kill * 0.0007)
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
