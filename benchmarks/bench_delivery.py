@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -95,8 +96,9 @@ def publish_samples(server, samples: int, workers: int = WORKERS) -> int:
     for _ in spaced(samples):
         ring.publish(*encode_event("bench", "lat", str(time.monotonic_ns())))
     newest = ring.newest
+    ring.publish(*encode_event("bench", "flush", ""))  # the workers write what they recorded
     ring.zone.close()
-    wait_for(lambda: all(w["delivered_generation"] >= newest for w in api(server)["workers"]), 60,
+    wait_for(lambda: all(w["delivered_generation"] > newest for w in api(server)["workers"]), 60,
              what="every worker to deliver")
     return newest
 
@@ -159,13 +161,15 @@ def _redis_subscriber(port: int, ready_w: int, out_path: str) -> None:
     read_reply()  # subscribe confirmation
     os.write(ready_w, b"r")
     gen = 0
+    records = bytearray()  # written at the end, as the ngxsim workers do
     while True:
         msg = read_reply()
         now = time.monotonic_ns()
         if msg[2] == b"stop":
             break
         gen += 1
-        os.write(fd, _REC.pack(gen, now - int(msg[2])))
+        records.extend(_REC.pack(gen, now - int(msg[2])))
+    os.write(fd, records)
 
 
 def redis_latency(folder: Path, samples: int) -> list[float] | None:
@@ -298,6 +302,29 @@ def burst(folder: Path, count: int) -> list[list[object]]:
     return rows
 
 
+@contextlib.contextmanager
+def hogs(count: int):
+    """``count`` processes spinning in a loop (nice 0) while the block runs; killed after."""
+    pids = []
+    try:
+        for _ in range(count):
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    while True:
+                        pass
+                finally:
+                    os._exit(0)
+            pids.append(pid)
+        if count:
+            print(f"{count} spinning process(es) running beside the rounds")
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+
 def summarize(name: str, values: list[float] | None) -> list[object]:
     if values is None:
         return [name, "skipped", "skipped", "skipped", "redis-server not installed"]
@@ -365,6 +392,9 @@ def main() -> None:
     parser.add_argument("--slice-ab", action="store_true",
                         help="also run ngxsim with the dispatcher on the kernel's default time slice")
     parser.add_argument("--only-idle", action="store_true", help="skip the busy, poll and burst parts")
+    parser.add_argument("--hogs", type=int, default=0,
+                        help="processes that spin on the CPU during the idle rounds (a loaded machine, the same "
+                             "for ngxsim and Redis)")
     parser.add_argument("--only-busy", action="store_true",
                         help="only the busy-workers case (1 ms switch interval), --rounds times; for A/B runs "
                              "of two checkouts (run this script with each checkout's Python, alternately)")
@@ -375,7 +405,8 @@ def main() -> None:
         if args.only_busy:
             busy_rounds(folder, args.samples, args.rounds)
             return
-        idle, redis = idle_rounds(folder, args.samples, args.rounds, args.slice_ab)
+        with hogs(args.hogs):
+            idle, redis = idle_rounds(folder, args.samples, args.rounds, args.slice_ab)
         if args.only_idle:
             return
         busy = ngxsim_latency(folder, args.samples, busy=True)
