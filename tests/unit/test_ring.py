@@ -158,11 +158,11 @@ def test_a_slot_in_flux_is_never_returned(make_ring):
     assert [e.generation for e in scan.events] == [1, 3] and scan.missed == 1
 
 
-def test_a_torn_copy_is_detected_by_the_second_sequence_read(make_ring, monkeypatch, shm_path):
+@pytest.mark.parametrize("shm_path", ["python"], indirect=True)
+def test_a_torn_copy_is_detected_by_the_second_sequence_read(make_ring, monkeypatch):
     """A writer that laps the reader between its two reads of seq: the copy is discarded (the
-    pure-Python reader, interleaved by hand; the C one below, against a real writer)."""
-    if shm_path == "c":
-        pytest.skip("the C reader cannot be interleaved from Python: see the test with a writer process")
+    pure-Python reader, interleaved by hand; the C one cannot be: see the test with a writer
+    process below)."""
     ring = make_ring(2)
     pub(ring, payload="one")
     import ngxsim_plugins.worker_events.ring as ring_mod
@@ -241,10 +241,9 @@ def test_a_reader_racing_a_writer_never_returns_a_torn_event(make_ring):
         os.waitpid(pid, 0)
 
 
-def test_the_c_reader_reads_what_the_python_reader_reads(make_ring, shm_path):
+@pytest.mark.parametrize("shm_path", ["c"], indirect=True)
+def test_the_c_reader_reads_what_the_python_reader_reads(make_ring):
     """Every field, non-ASCII and at its limits, through both readers of the same slots."""
-    if shm_path != "c":
-        pytest.skip("compares the C reader with the Python one")
     ring = make_ring(4)
     for fields in (("c", "t", ""), ("kanäl", "tÿpe", "é 日本 🎉 \u2028"), ("c" * 64, "t" * 64, "p" * 512),
                    ("é" * 32, "t", "ü" * 256), ("a", "b", "c")):
