@@ -194,19 +194,29 @@ typedef struct {
     uint32_t *sleepers;  /* waiters counted on it */
     uint64_t capacity;
     Py_ssize_t entry_size, channel_max, type_max, payload_max;
+    PyTypeObject *event_type;  /* what read() makes: a tuple subclass without fields of its own */
+    PyObject *zone_name;       /* an Event's zone */
 } WriterObject;
 
 static PyObject *
 Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"get_lock", "mapping", "ring_offset", "entries_offset", "tags_offset", "capacity",
-                             "channel_max", "type_max", "payload_max", "doorbell_offset", "sleepers_offset", NULL};
-    PyObject *get_lock, *mapping;
+                             "channel_max", "type_max", "payload_max", "doorbell_offset", "sleepers_offset",
+                             "event_type", "zone_name", NULL};
+    PyObject *get_lock, *mapping, *event_type, *zone_name;
     Py_ssize_t ring_off, entries_off, tags_off, capacity, cmax, tmax, pmax, bell_off, sleep_off;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOnnnnnnnnn:RingWriter", kwlist, &get_lock, &mapping,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOnnnnnnnnnO!U:RingWriter", kwlist, &get_lock, &mapping,
                                      &ring_off, &entries_off, &tags_off, &capacity, &cmax, &tmax, &pmax,
-                                     &bell_off, &sleep_off))
+                                     &bell_off, &sleep_off, &PyType_Type, &event_type, &zone_name))
         return NULL;
+    if (!PyType_IsSubtype((PyTypeObject *)event_type, &PyTuple_Type)
+        || ((PyTypeObject *)event_type)->tp_basicsize != PyTuple_Type.tp_basicsize
+        || ((PyTypeObject *)event_type)->tp_itemsize != PyTuple_Type.tp_itemsize) {
+        PyErr_SetString(PyExc_TypeError, "RingWriter: event_type must be a tuple subclass without fields of its own "
+                                         "(a NamedTuple)");
+        return NULL;
+    }
     if (capacity < 1 || cmax < 0 || cmax > 255 || tmax < 0 || tmax > 255 || pmax < 0 || pmax > 65535
         || ring_off < 0 || entries_off < 24 || tags_off < 0 || bell_off < 0 || sleep_off < 0
         || bell_off % 4 || sleep_off % 4 || (ring_off + entries_off) % 8) {
@@ -232,6 +242,8 @@ Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     char *base = (char *)self->view.buf;
     Py_INCREF(get_lock);
     self->get_lock = get_lock;
+    self->event_type = (PyTypeObject *)Py_NewRef(event_type);
+    self->zone_name = Py_NewRef(zone_name);
     self->control = base + ring_off;
     self->entries = base + ring_off + entries_off;
     self->tags = base + ring_off + tags_off;
@@ -251,6 +263,8 @@ Writer_dealloc(WriterObject *self)
         PyBuffer_Release(&self->view);
     Py_XDECREF(self->lock);
     Py_XDECREF(self->get_lock);
+    Py_XDECREF(self->event_type);
+    Py_XDECREF(self->zone_name);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -371,20 +385,16 @@ load64(const char *p)
     return __atomic_load_n((const uint64_t *)p, __ATOMIC_ACQUIRE);
 }
 
-/* read(generation, zone) -> (generation, zone, channel, type, payload, timestamp_msec), the
- * fields of an Event in its order, or None when the slot does not hold that generation whole
- * (overwritten, or being written): the seqlock read of ring.py's Ring.read without the
- * interpreter in between. What is copied is checked against the seq read again after the copy,
- * so a torn copy is never decoded into an answer. */
+/* read(generation) -> an Event (event_type(generation, zone_name, channel, type, payload,
+ * timestamp_msec)), or None when the slot does not hold that generation whole (overwritten, or
+ * being written): the seqlock read of ring.py's Ring.read without the interpreter in between.
+ * What is copied is checked against the seq read again after the copy, so a torn copy is never
+ * decoded into an answer. */
 static PyObject *
-Writer_read(WriterObject *self, PyObject *const *args, Py_ssize_t nargs)
+Writer_read(WriterObject *self, PyObject *arg)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "read(generation, zone)");
-        return NULL;
-    }
     int overflow;
-    long long signed_gen = PyLong_AsLongLongAndOverflow(args[0], &overflow);
+    long long signed_gen = PyLong_AsLongLongAndOverflow(arg, &overflow);
     if (signed_gen == -1 && PyErr_Occurred())
         return NULL;
     if (overflow || signed_gen <= 0)
@@ -413,18 +423,28 @@ Writer_read(WriterObject *self, PyObject *const *args, Py_ssize_t nargs)
         lt = lt < self->type_max ? lt : self->type_max;
         Py_ssize_t lpl = lp < self->payload_max ? lp : self->payload_max;
         const char *f = copy + 16;
-        PyObject *g = PyLong_FromUnsignedLongLong(gen);
-        PyObject *ch = PyUnicode_DecodeUTF8(f, lc, "strict");
-        PyObject *ty = PyUnicode_DecodeUTF8(f + self->channel_max, lt, "strict");
-        PyObject *pl = PyUnicode_DecodeUTF8(f + self->channel_max + self->type_max, lpl, "strict");
-        PyObject *t = PyLong_FromUnsignedLongLong(ts);
-        if (g && ch && ty && pl && t)
-            out = PyTuple_Pack(6, g, args[1], ch, ty, pl, t);
-        Py_XDECREF(g);
-        Py_XDECREF(ch);
-        Py_XDECREF(ty);
-        Py_XDECREF(pl);
-        Py_XDECREF(t);
+        PyObject *items[6] = {
+            PyLong_FromUnsignedLongLong(gen),
+            Py_NewRef(self->zone_name),
+            PyUnicode_DecodeUTF8(f, lc, "strict"),
+            PyUnicode_DecodeUTF8(f + self->channel_max, lt, "strict"),
+            PyUnicode_DecodeUTF8(f + self->channel_max + self->type_max, lpl, "strict"),
+            PyLong_FromUnsignedLongLong(ts),
+        };
+        int ok = 1;
+        for (int i = 0; i < 6; i++)
+            ok = ok && items[i] != NULL;
+        /* every item made before the tuple: nothing allocates between its creation and its filling */
+        if (ok)
+            out = self->event_type->tp_alloc(self->event_type, 6);
+        if (out != NULL) {
+            for (int i = 0; i < 6; i++)
+                PyTuple_SET_ITEM(out, i, items[i]);
+        }
+        else {
+            for (int i = 0; i < 6; i++)
+                Py_XDECREF(items[i]);
+        }
     }
     else {
         out = Py_NewRef(Py_None);  /* a writer lapped us while we copied */
@@ -445,9 +465,9 @@ static PyMethodDef Writer_methods[] = {
     {"publish", (PyCFunction)(void (*)(void))Writer_publish, METH_FASTCALL,
      "publish(channel, type, payload, tag, timestamp_msec) -> generation, or None if a field needs "
      "the Python check"},
-    {"read", (PyCFunction)(void (*)(void))Writer_read, METH_FASTCALL,
-     "read(generation, zone) -> (generation, zone, channel, type, payload, timestamp_msec), or None if "
-     "the slot does not hold that generation whole"},
+    {"read", (PyCFunction)Writer_read, METH_O,
+     "read(generation) -> an event_type(generation, zone_name, channel, type, payload, timestamp_msec), or "
+     "None if the slot does not hold that generation whole"},
     {"newest", (PyCFunction)Writer_newest, METH_NOARGS, "newest() -> the newest generation"},
     {NULL},
 };

@@ -43,6 +43,7 @@ import sys
 import threading
 import weakref
 
+from .events import Event
 from .instance import Instance, alive
 
 PURE_PYTHON_ENV = "NGXSIM_PURE_PYTHON"
@@ -317,16 +318,19 @@ class Zone:
         worker_events' ring is (control block at offset 0: newest u64, dropped u64, last publish
         msec u64; entries of seq u64, timestamp u64, three lengths u8 u8 u16, 4 zero bytes and
         the three zero-padded fields; one u32 tag per entry at ``tags_offset``), or None when
-        the accelerator is not built. It takes this zone's lock again after a fork. Its ``publish(channel, type, payload, tag, ts_msec)``
-        does, under this zone's lock, what the pure-Python writer does, and returns the
-        generation, or None when a field is not bytes or ASCII text within its limit (check it
-        and pass bytes); ``ts_msec`` < 0 means the clock's now."""
+        the accelerator is not built. It takes this zone's lock again after a fork. Its
+        ``publish(channel, type, payload, tag, ts_msec)`` does, under this zone's lock, what the
+        pure-Python writer does, and returns the generation, or None when a field is not bytes or
+        ASCII text within its limit (check it and pass bytes); ``ts_msec`` < 0 means the clock's
+        now. Its ``read(generation)`` is the seqlock read: an ``Event`` of this zone, or None when
+        the slot does not hold that generation whole; ``newest()`` the newest generation."""
         if self._accel is None:
             return None
         return self._accel.RingWriter(
             self.lock, self._mm, ring_offset=HEADER_SIZE, entries_offset=entries_offset, tags_offset=tags_offset,
             capacity=capacity, channel_max=channel_max, type_max=type_max, payload_max=payload_max,
-            doorbell_offset=_DOORBELL_OFFSET, sleepers_offset=_SLEEPERS_OFFSET)
+            doorbell_offset=_DOORBELL_OFFSET, sleepers_offset=_SLEEPERS_OFFSET, event_type=Event,
+            zone_name=self.name)
 
     def __enter__(self) -> None:
         if self._accel is not None:

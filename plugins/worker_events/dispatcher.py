@@ -26,6 +26,7 @@ import logging
 import os
 import threading
 import time
+from threading import get_ident
 from dataclasses import dataclass
 from typing import Callable
 
@@ -124,7 +125,8 @@ class Dispatcher:
         self.events = self.gaps = self.lost = self.wakeups = self.errors = 0
         self.last_delivery_msec = 0
         self._lock = threading.Lock()
-        self._owner: int | None = None  # the thread delivering (holding _lock), if any
+        self._owner: int | None = None  # a thread other than the dispatcher's delivering (holding _lock)
+        self._thread_ident: int | None = None  # the dispatcher thread's, once it runs
         self._stop = False  # set by stop_thread(); the thread looks at it after every wake-up
         self._thread: threading.Thread | None = None
         self.pid = os.getpid()
@@ -162,18 +164,23 @@ class Dispatcher:
             self.slot = None
 
     def _run(self) -> None:
-        # each wake-up costs what runs here, and on 2 cores the last worker to deliver waits for
-        # the others' wake-ups: few steps, locals, no enum lookups through the class
-        ring, bell = self.ring, self.ring.zone.doorbell
-        wait, woken, timeout = bell.wait, _WOKEN, SAFETY_TIMEOUT
+        # What runs here after each wake-up is CPU that, on 2 cores, the last worker to deliver
+        # waits for, and it runs with cold caches (~10x the cost of the same code in a warm
+        # loop): few calls, locals, no enum member looked up through its class.
+        self._thread_ident = threading.get_ident()
+        ring = self.ring
+        bell = ring.zone.doorbell
+        wait, newest, lock, deliver = bell.wait, ring.newest_now, self._lock, self._deliver
+        woken, timeout = _WOKEN, SAFETY_TIMEOUT
         prompt_wakeups()  # this thread only: woken, it runs before busy tasks' slices end
         bell.register()  # counted once: publishers wake us without a per-wake lock on our side
         try:
             while not self._stop:
                 seen = bell.value
-                if ring.newest > self.cursor:  # (this thread never holds the delivery: no owner check)
+                if newest() > self.cursor:
                     try:
-                        self._deliver_locked()
+                        with lock:  # request threads (drain) and this worker's publishes deliver too
+                            deliver()
                     except Exception:  # never let the dispatcher die: log and keep listening
                         log.exception("worker_events: dispatcher of zone %s failed", self.zone)
                 if wait(seen, timeout, True) is woken and bell.value != seen:
@@ -183,9 +190,15 @@ class Dispatcher:
 
     # -- delivery ---------------------------------------------------------------------------
 
+    def _delivering_here(self) -> bool:
+        """Is this thread delivering already (the dispatcher thread, or a thread in
+        ``_deliver_locked``)? Then a subscriber published: the running delivery takes it next."""
+        me = get_ident()
+        return me == self._thread_ident or me == self._owner
+
     def drain(self) -> None:
         """Deliver everything published so far (cheap when nothing is pending)."""
-        if self.ring.newest <= self.cursor or self._owner == threading.get_ident():
+        if self.ring.newest_now() <= self.cursor or self._delivering_here():
             return
         self._deliver_locked()
 
@@ -193,22 +206,25 @@ class Dispatcher:
         """This worker published ``generation``: deliver up to it (and whatever came before)
         now, in this thread, unless this thread is delivering already (a subscriber that
         publishes) or nobody listens here."""
-        if self.cursor >= generation or not self.subscribers or self._owner == threading.get_ident():
+        if self.cursor >= generation or not self.subscribers or self._delivering_here():
             return
         self._deliver_locked()
 
     def _deliver_locked(self) -> None:
+        """Deliver from a thread other than the dispatcher's (it holds the lock itself)."""
         with self._lock:
-            self._owner = threading.get_ident()
+            self._owner = get_ident()
             try:
                 self._deliver()
             finally:
                 self._owner = None
 
     def _deliver(self) -> None:
+        """Deliver every generation after the cursor, in order (hold ``_lock``)."""
         ring = self.ring
-        read, capacity = ring.read, ring.capacity
-        newest = ring.newest
+        read, newest_now, capacity = ring.read_event, ring.newest_now, ring.capacity
+        targets, runtime, live_from = self._targets, self.runtime, self.live_from
+        newest = newest_now()
         while newest > self.cursor:
             gen = self.cursor + 1
             while gen <= newest:
@@ -223,12 +239,23 @@ class Dispatcher:
                         if gen >= ring.oldest_for(newest):
                             gen += 1  # never readable: _retry counted it lost
                         continue  # else lapped: the top of the loop reports the gap
-                self._event(event)
+                # the event to each module that wants it (a replaying one also gets the backlog)
+                self.events += 1
+                channel, backlog = event.channel, gen <= live_from
+                for module, on_event, channels, replays in targets:
+                    if (channels is not None and channel not in channels) or (backlog and not replays):
+                        continue
+                    try:
+                        on_event(runtime, event)
+                    except Exception:
+                        self.errors += 1
+                        log.exception("worker_events: module %s failed on generation %d of zone %s",
+                                      module, gen, self.zone)
                 self.cursor = gen
                 gen += 1
             if newest > self.cursor:
                 self.cursor = newest
-            newest = ring.newest
+            newest = newest_now()
         self.last_delivery_msec = int(time.time() * 1000)
         if self.slot is not None:
             ring.update_slot(self.slot, self.cursor, self.gaps, self.lost, self.last_delivery_msec, self.events, self.wakeups)
@@ -247,20 +274,6 @@ class Dispatcher:
         # never became readable: count it lost rather than stall delivery
         self._gap(gen, gen)
         return None, newest
-
-    def _event(self, event: Event) -> None:
-        self.events += 1
-        backlog = event.generation <= self.live_from
-        runtime, channel = self.runtime, event.channel
-        for module, on_event, channels, replays in self._targets:
-            if (channels is not None and channel not in channels) or (backlog and not replays):
-                continue
-            try:
-                on_event(runtime, event)
-            except Exception:
-                self.errors += 1
-                log.exception("worker_events: module %s failed on generation %d of zone %s",
-                              module, event.generation, self.zone)
 
     def _gap(self, first: int, last: int) -> None:
         self.gaps += 1

@@ -67,7 +67,6 @@ _TAG = struct.Struct("<I")
 # time.time as Python has it is a builtin; a patched one (freezegun's) is not: call that one,
 # else the C writer reads the same clock itself
 _BUILTIN = type(len)
-_new_tuple = tuple.__new__  # Event from the C reader's fields, without a Python-level __new__
 _EVENT_JSON = '{"generation":%d,"channel":%s,"type":%s,"payload":%s,"timestamp_msec":%d}'
 TAG_SIZE = _TAG.size
 _TAG_CACHE_MAX = 1024  # channels whose tag a process remembers (publishers use a handful)
@@ -174,13 +173,18 @@ class Ring:
         # the core's C publish when it is built (same bytes, same lock), else None: the Python below
         self._writer = zone.event_ring_writer(ENTRIES_OFFSET, self._tags_off, capacity, CHANNEL_MAX, TYPE_MAX,
                                               PAYLOAD_MAX)
+        # the same as read() and newest, as the plainest callables there are: a dispatcher's
+        # every wake-up calls them (the C reader's own methods when it is built)
+        self.read_event = self.read if self._writer is None else self._writer.read
+        self.newest_now = self._newest_python if self._writer is None else self._writer.newest
 
     # -- control block --------------------------------------------------------------------------
 
     @property
     def newest(self) -> int:
-        if self._writer is not None:
-            return self._writer.newest()
+        return self.newest_now()
+
+    def _newest_python(self) -> int:
         return _NEWEST.unpack_from(self.buf, 0)[0]
 
     def control(self) -> tuple[int, int, int]:
@@ -272,8 +276,7 @@ class Ring:
         """Generation ``gen`` if its slot still holds it whole, else None (overwritten, or being
         overwritten right now)."""
         if self._writer is not None:  # the same seqlock read, in the core's C accelerator
-            fields = self._writer.read(gen, self.name)
-            return None if fields is None else _new_tuple(Event, fields)
+            return self._writer.read(gen)
         if gen <= 0:
             return None  # (an unwritten slot's seq is 0: it must not pass for generation 0)
         buf = self.buf
