@@ -186,6 +186,7 @@ class Dispatcher:
                 if wait(seen, timeout, True) is woken and bell.value != seen:
                     self.wakeups += 1  # a real sleep ended by a publish (not a look that found news)
         finally:
+            self._thread_ident = None  # thread ids are reused: a later thread must not pass for this one
             bell.unregister()
 
     # -- delivery ---------------------------------------------------------------------------

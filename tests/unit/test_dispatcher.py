@@ -112,6 +112,28 @@ def test_the_dispatcher_thread_delivers_without_any_request(make):
     wait_for(lambda: recorder.RECORD == ["E 1 c t 1"], 5, what="the dispatcher thread to deliver")
 
 
+def test_a_thread_started_after_the_dispatcher_stopped_still_drains(make):
+    """Thread ids are reused once a thread ends: a request thread that gets the stopped
+    dispatcher's id must not pass for it (it would skip its drain as 'already delivering')."""
+    app, dispatcher = make()
+    old_ident = dispatcher._thread.ident
+    _stop_thread(dispatcher)
+    idents = []
+
+    def request():
+        idents.append(threading.get_ident())
+        dispatcher.drain()
+
+    for i in range(1, 4):
+        _from_another_worker(app, "c", "t", str(i))
+        t = threading.Thread(target=request)
+        t.start()
+        t.join(10)
+        assert recorder.RECORD == [f"E {n} c t {n}" for n in range(1, i + 1)]
+    if old_ident not in idents:
+        pytest.skip("no thread got the stopped dispatcher's id here (the C library did not reuse it)")
+
+
 def test_events_arrive_in_order_exactly_once_under_concurrent_drains(make):
     app, dispatcher = make(size=512)  # larger than the burst: no gap is possible
     stop = threading.Event()
