@@ -168,6 +168,12 @@ class Doorbell:
         self._sleepers = sleepers
         self._addr = ctypes.c_void_p(ctypes.addressof(word))
         self._address = ctypes.addressof(word)  # for the accelerator's futex calls (word keeps it mapped)
+        self._accel = accel  # chosen when the zone is attached, as the zone's lock is
+        # FUTEX_WAIT(seen, timeout) -> 0 when woken, else the errno; the kernel sleeps only while
+        # the word is still ``seen`` (else EAGAIN: MOVED). The accelerator's own call where it is
+        # built: no Python frame on a dispatcher's every wake-up.
+        self._futex_wait = (self._ctypes_futex_wait if accel is None
+                            else functools.partial(accel.futex_wait, self._address))
 
     @property
     def value(self) -> int:
@@ -181,8 +187,8 @@ class Doorbell:
 
     def wake(self) -> None:
         """Wake every process sleeping on the word."""
-        if accel is not None:
-            accel.futex_wake(self._address)
+        if self._accel is not None:
+            self._accel.futex_wake(self._address)
             return
         _libc.syscall(_SYS_FUTEX, self._addr, _FUTEX_WAKE, _INT_MAX, None, None, 0)
 
@@ -211,23 +217,21 @@ class Doorbell:
         while blocked (by the accelerator's call, or by ctypes on the pure-Python path).
         ``registered``: the caller is counted already (``register()``).
         """
-        if registered and accel is not None:  # a dispatcher's every wake-up: the fewest steps
-            err = accel.futex_wait(self._address, seen, timeout)
-            return _WOKEN if err == 0 else _wait_ended(err)
-        if not registered:
+        if registered:  # a dispatcher's every wake-up: no count to keep, no try/finally
+            err = self._futex_wait(seen, timeout)
+        else:
             self.register()
-        try:
-            # the kernel sleeps only while the word is still ``seen`` (else EAGAIN: MOVED)
-            if accel is not None:
-                err = accel.futex_wait(self._address, seen, timeout)
-            elif _libc.syscall(_SYS_FUTEX, self._addr, _FUTEX_WAIT, seen, _timespec(timeout), None, 0) == 0:
-                err = 0
-            else:
-                err = ctypes.get_errno()
-        finally:
-            if not registered:
+            try:
+                err = self._futex_wait(seen, timeout)
+            finally:
                 self.unregister()
         return _WOKEN if err == 0 else _wait_ended(err)
+
+    def _ctypes_futex_wait(self, seen: int, timeout: float | None) -> int:
+        """``_futex_wait`` without the accelerator."""
+        if _libc.syscall(_SYS_FUTEX, self._addr, _FUTEX_WAIT, seen, _timespec(timeout), None, 0) == 0:
+            return 0
+        return ctypes.get_errno()
 
 
 def _wait_ended(err: int) -> Wait:
