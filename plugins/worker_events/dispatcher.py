@@ -237,8 +237,8 @@ class Dispatcher:
                 if event is None:
                     event, newest = self._retry(gen, newest)
                     if event is None:
-                        if gen >= ring.oldest_for(newest):
-                            gen += 1  # never readable: _retry counted it lost
+                        if gen > newest - capacity:  # still in the ring: never readable, _retry counted it lost
+                            gen += 1
                         continue  # else lapped: the top of the loop reports the gap
                 # the event to each module that wants it (a replaying one also gets the backlog)
                 self.events += 1

@@ -166,6 +166,24 @@ def test_falling_behind_by_more_than_the_ring_gives_a_gap_before_the_next_event(
     assert (slot.gaps, slot.lost, slot.delivered) == (1, 6, 10)
 
 
+def test_a_slot_that_never_becomes_whole_is_counted_lost_and_delivery_goes_on(make, monkeypatch):
+    """A writer killed mid-write below newest (its generation taken again by nobody): after the
+    retries the dispatcher reports that one generation as a gap and delivers the rest."""
+    import struct
+
+    import ngxsim_plugins.worker_events.dispatcher as dispatcher_mod
+    from ngxsim_plugins.worker_events.ring import ENTRIES_OFFSET, ENTRY_SIZE
+
+    monkeypatch.setattr(dispatcher_mod, "_NOT_READY_RETRIES", 3)
+    app, dispatcher = make(size=8, start_thread=False)
+    for i in range(1, 4):
+        _from_another_worker(app, "c", "t", str(i))
+    struct.pack_into("<Q", dispatcher.ring.buf, ENTRIES_OFFSET + 1 * ENTRY_SIZE, 2 * 2 - 1)  # 2 in flux for good
+    dispatcher.drain()
+    assert recorder.RECORD == ["E 1 c t 1", "G 2 2", "E 3 c t 3"]
+    assert (dispatcher.gaps, dispatcher.lost, dispatcher.cursor) == (1, 1, 3)
+
+
 def test_a_raising_subscriber_does_not_stop_the_others_or_later_events(make, caplog):
     app, dispatcher = make(start_thread=False)
     app.runtime.publish("bus", "c", "boom", "")
