@@ -1,0 +1,1 @@
+"""cluster: worker_events bridged across hosts through Redis Streams or NATS JetStream."""

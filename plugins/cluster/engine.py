@@ -1,0 +1,125 @@
+"""The contract between the cluster relay and an engine (Redis Streams, NATS JetStream).
+
+One small, synchronous contract; one module per engine under ``engines/``, each importing its
+engine's client (an optional extra: ``pip install 'ngxsim[cluster]'``) only inside that module,
+so a single host needs none of them. The relay (one worker per instance, under the instance-wide
+lease) is the only caller: requests never reach an engine.
+
+Positions are opaque strings the engine chose (a Redis stream id ``1712345678901-0``, a NATS
+stream sequence ``"42"``). The relay stores the last position it read, durably, and hands it
+back to ``read``; only the engine compares positions.
+
+Every method may raise ``EngineError`` (the engine is unreachable, timed out, refused the
+credentials, ...): the relay then closes the engine, waits (backoff with jitter) and connects
+again. An engine never retries forever inside a call: each call is bounded by ``timeout``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar, NamedTuple, Sequence
+
+
+class EngineError(Exception):
+    """The engine could not be reached or refused an operation. The message names the engine's
+    address (never its credentials) and the reason, in words fit for the error log."""
+
+
+class Record(NamedTuple):
+    """One event as it travels between instances."""
+
+    origin: str              # the instance id of the instance that published it
+    origin_generation: int   # its generation in the origin's ring
+    channel: str
+    type: str
+    payload: str
+    timestamp_msec: int      # when the origin published it
+
+
+class Entry(NamedTuple):
+    """One record as the engine holds it."""
+
+    position: str            # the engine's position of this entry (opaque, increasing)
+    record: Record
+
+
+class Batch(NamedTuple):
+    """What one ``read`` returned.
+
+    ``lost``: entries after the cursor the caller gave were removed by the engine before this
+    read (trimmed by retention, the stream recreated, ...). ``lost_count`` is how many, where the
+    engine knows it (else None). ``cursor`` is the position to give the next read: the last
+    entry's position, or the given cursor (moved past what was lost) when there were none.
+    """
+
+    entries: list[Entry]
+    cursor: str | None
+    lost: bool = False
+    lost_count: int | None = None
+
+
+class Engine(ABC):
+    """One connection to one stream of one engine.
+
+    ``url``: the engine's address as configured (``redis://host:port/db``, ``rediss://...``,
+    ``nats://host:port[,nats://host2:port...]``), ``stream``: the stream (Redis key, JetStream
+    stream name) shared by one cluster and no other, ``retention``: how many entries the engine
+    keeps at least (Redis ``MAXLEN ~``, JetStream ``max_msgs``), ``password``: read from the
+    credentials file the config names, or None, ``timeout``: the bound of each call in seconds.
+    """
+
+    schemes: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, url: str, stream: str, *, retention: int, password: str | None = None,
+                 timeout: float = 2.0):
+        self.url = url
+        self.stream = stream
+        self.retention = retention
+        self.password = password
+        self.timeout = timeout
+
+    @classmethod
+    def check_url(cls, url: str) -> str | None:
+        """None when ``url`` is one this engine can use, else what is wrong with it (for
+        ``ngxsim -t``: no connection is made)."""
+        return None
+
+    @abstractmethod
+    def connect(self) -> None:
+        """Connect, authenticate and make sure the stream exists (created with ``retention``
+        when it does not). Raises EngineError."""
+
+    @abstractmethod
+    def append(self, records: Sequence[Record]) -> list[str]:
+        """Append ``records`` in order; return their positions. Returns only once the engine has
+        acknowledged every one (for JetStream: stored by the stream's replicas)."""
+
+    @abstractmethod
+    def read(self, cursor: str | None, *, block: float, limit: int = 512) -> Batch:
+        """Entries after ``cursor`` in the engine's order, at most ``limit``, waiting at most
+        ``block`` seconds for the first one (a push wait: the call returns when an entry
+        arrives, never by polling). ``cursor`` None: only entries appended from now on."""
+
+    @abstractmethod
+    def newest(self) -> str | None:
+        """The position of the newest entry the stream holds (None: empty), for the lag."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Drop the connection; never raises. The engine may be connected again."""
+
+    def describe(self) -> str:
+        """The engine's address for logs and the API, without credentials."""
+        return redact_url(self.url)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any user:password replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    parts = []
+    for one in rest.split(","):
+        cred, at, host = one.rpartition("@")
+        parts.append(f"***@{host}" if at else one)
+    return f"{scheme}://{','.join(parts)}"
