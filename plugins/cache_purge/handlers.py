@@ -26,7 +26,7 @@ from .cache import purge
 from .conf import NAME, CachePath, cache_key
 from .events import Invalidation
 from .levels import Entry
-from .policy import freshness, stored_headers, tags
+from .policy import ascii_number, freshness, stored_headers, tags
 
 log = logging.getLogger("ngxsim.cache_purge")
 STATUS = "upstream_cache_status"  # ctx.vars name of $upstream_cache_status
@@ -63,6 +63,7 @@ class CachedLocation:
         self.valid = tuple(location["proxy_cache_valid"])
         self.bypass = tuple(t for templates in location["proxy_cache_bypass"] for t in templates)
         self.no_cache = tuple(t for templates in location["proxy_no_cache"] for t in templates)
+        self.ignore = location["proxy_ignore_headers"]
         self.purge_method = location["proxy_cache_purge"]
 
     # -- pre-content ------------------------------------------------------------------------------
@@ -129,12 +130,15 @@ class CachedLocation:
         if ctx.vars.get("upstream_status") == "":
             return response  # made by the proxy itself (no backend answered): never stored
         now = time.time()
-        seconds = freshness(response.status_code, response.headers, self.valid, now)
+        # decided from the headers as the origin sent them (the proxy hides X-Accel-Expires)
+        origin = ctx.upstream_headers
+        seconds = freshness(response.status_code, origin if origin is not None else response.headers.items(),
+                            self.valid, now, self.ignore)
         if seconds is None:
             return response
         entry = Entry(response.status_code, stored_headers(response.headers), b"", now + seconds, tags(response.headers))
         length = response.headers.get("Content-Length")
-        expected = int(length) if length is not None and length.isdigit() else None
+        expected = ascii_number(length.strip()) if length is not None else None
         limit = self.max_entry
         if not response.is_streamed:
             self._store(pending, entry, response.get_data(), expected)

@@ -50,6 +50,11 @@ class RequestContext:
         stash (dict): per-request data a module keeps for its own later phases (a pre-content
             handler's lookup for its body filter), by module name: a fresh dict per request;
             never read another module's entry.
+        upstream_headers (list[tuple[str, str]] | None): the response header lines exactly as
+            the upstream (the origin) sent them, in order, repeated names kept — before the
+            proxy hid any (``X-Accel-Expires``, ``Date``...) from the client. Set by the content
+            handler that proxied; None when no upstream answered. What a cache decides from
+            (nginx reads ``u->headers_in``, not what the client gets).
         started (float): ``time.monotonic()`` when the request began.
     """
 
@@ -82,6 +87,8 @@ class RequestContext:
         # per-request data a module keeps for its own later phases (a pre-content handler's
         # lookup for its body filter), by module name; never read another module's entry
         self.stash: dict[str, object] = {}
+        # the origin's response header lines, before any was hidden (set by a proxying handler)
+        self.upstream_headers: list[tuple[str, str]] | None = None
         self.started = time.monotonic()
         self.logging = False  # rendering the access log line: secrets are masked
 
