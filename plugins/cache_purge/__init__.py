@@ -6,7 +6,9 @@ survives a restart. A purge (the JSON API of a ``cache_purge_api`` location, or 
 method where ``proxy_cache_purge`` allows it) removes entries from the shared level and
 publishes ``purged``/``purge_batch`` on channel ``cache.invalidate`` of the http-level
 ``worker_events_zone``; every worker drops them from its memory on delivery (all of it on a
-``Gap``). Once a purge has answered, no worker serves the purged content from either level.
+``Gap``). Once a purge has answered, no worker serves the purged content from either level. A
+store over a copy workers may hold (a ``proxy_cache_bypass`` refresh) publishes ``refreshed``,
+which every worker applies the same way.
 
 It works only through the core's hooks: ``ngxsim_precontent_handler`` (hits, ``PURGE``),
 ``ngxsim_body_filter`` (keeping a copy of a response as it streams), ``ngxsim_variables``

@@ -98,6 +98,18 @@ def purge(runtime, zone: str, inv: Invalidation) -> Outcome:
     return Outcome(len(removed.keys), msg.type, generation)
 
 
+def announce_refresh(runtime, zone: str, key: str) -> int:
+    """A store replaced ``key``'s copy that some worker may still hold in memory (a
+    ``proxy_cache_bypass`` refresh): tell every worker to drop it, as a purge does; returns the
+    generation. Once this returns, no worker answers the old copy from its memory (each delivers
+    the event before its next request) and the shared level has the new one."""
+    st = state(runtime)
+    msg = message(zone, Invalidation(keys=(key,)), refreshed=True)
+    if msg.batch is not None:
+        st.caches[zone].shared.put_batch(*msg.batch)
+    return runtime.publish(st.bus, CHANNEL, msg.type, msg.payload)
+
+
 def apply_event(runtime, event) -> None:
     """Drop from this worker's memory levels what the event invalidated."""
     st = state(runtime)
@@ -133,4 +145,4 @@ def drop_all(runtime) -> None:
         cache.memory.clear()
 
 
-__all__ = ["CHANNEL", "Cache", "Outcome", "State", "apply_event", "drop_all", "purge", "start", "state"]
+__all__ = ["CHANNEL", "Cache", "Outcome", "State", "announce_refresh", "apply_event", "drop_all", "purge", "start", "state"]

@@ -22,10 +22,10 @@ from werkzeug.wrappers import Response
 
 from ngxsim import error_page
 
-from .cache import purge
+from .cache import announce_refresh, purge
 from .conf import NAME, CachePath, cache_key
 from .events import Invalidation
-from .levels import Entry
+from .levels import NOT_STORED, REPLACED, Entry
 from .policy import ascii_number, freshness, stored_headers, tags
 
 log = logging.getLogger("ngxsim.cache_purge")
@@ -153,9 +153,13 @@ class CachedLocation:
         if self.max_entry is not None and len(body) > self.max_entry:
             return
         entry.body = body
+        cache = pending.cache
         try:
-            if pending.cache.shared.store(pending.key, entry, pending.epoch):
-                pending.cache.memory.put(pending.key, entry, pending.mem_epoch)
+            stored = cache.shared.store(pending.key, entry, pending.epoch)
+            if stored == REPLACED:  # other workers may hold the old copy in memory: they drop it
+                announce_refresh(cache.runtime, self.zone, pending.key)
+            if stored != NOT_STORED:
+                cache.memory.put(pending.key, entry, pending.mem_epoch)
         except Exception:  # the client has its answer; the cache just does not keep it
             log.exception("cache_purge: storing %r in zone %s failed", pending.key, self.zone)
 

@@ -29,6 +29,7 @@ import diskcache
 from werkzeug.wrappers import Response
 
 ENTRY_FORMAT = 1
+NOT_STORED, STORED, REPLACED = 0, 1, 2  # what SharedLevel.store did
 BATCH_TTL = 3600.0          # a stored purge batch outlives any worker's delivery of its event
 _EPOCH = struct.Struct("<Q")
 EPOCH_ZONE_SIZE = 128       # zone header (64) + the purge epoch
@@ -160,11 +161,14 @@ class KeyIndex:
     def _write(self):
         return _Transaction(self._db, self._lock)
 
-    def add(self, key: str, until: float, tags=()) -> None:
+    def add(self, key: str, until: float, tags=()) -> float | None:
+        """Record ``key`` fresh until ``until``; returns the bound it had (None: not indexed)."""
         with self._write() as db:
+            row = db.execute("SELECT until FROM keys WHERE key = ?", (key,)).fetchone()
             db.execute("INSERT INTO keys VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET until = max(until, excluded.until)",
                        (key, until))
             db.executemany("INSERT OR IGNORE INTO tags VALUES (?, ?)", [(t, key) for t in tags])
+            return row[0] if row is not None else None
 
     def take_keys(self, keys: list[str]) -> list[tuple[str, float]]:
         with self._write() as db:
@@ -330,18 +334,20 @@ class SharedLevel:
         entry.mem_until = min(entry.valid_until, expire_time if expire_time is not None else entry.valid_until)
         return entry
 
-    def store(self, key: str, entry: Entry, epoch: int) -> bool:
-        """Store ``entry`` fetched while the purge epoch was ``epoch``; False (nothing kept) when
-        a purge began since."""
+    def store(self, key: str, entry: Entry, epoch: int) -> int:
+        """Store ``entry`` fetched while the purge epoch was ``epoch``: ``NOT_STORED`` when a
+        purge began since; ``REPLACED`` when the key had a copy that may still be fresh in some
+        worker's memory (a bypass refresh: every worker must drop it); else ``STORED``."""
         if epoch != self.epoch():
-            return False
-        self.index.add(key, entry.valid_until, entry.tags)  # first: a purge that sees the entry sees its key
+            return NOT_STORED
+        before = self.index.add(key, entry.valid_until, entry.tags)  # first: a purge that sees the entry sees its key
         self.disk.set(key, entry.dump(), expire=self.inactive)
         if epoch != self.epoch():  # a purge began meanwhile and may have missed what we just wrote
             self.disk.delete(key)
-            return False
-        entry.mem_until = min(entry.valid_until, _now() + self.inactive)
-        return True
+            return NOT_STORED
+        now = _now()
+        entry.mem_until = min(entry.valid_until, now + self.inactive)
+        return REPLACED if before is not None and before > now else STORED
 
     def remove(self, keys: list[str] | None = None, prefix: str | None = None, tags: list[str] | None = None) -> Removed:
         """Purge: remove these keys, the keys with this prefix, or the keys with any of these
