@@ -14,6 +14,7 @@ a copy of cacheable responses as they stream to the client.
 from __future__ import annotations
 
 import html
+import json
 import logging
 import time
 from typing import Iterable, Iterator
@@ -27,6 +28,7 @@ from .conf import NAME, CachePath, cache_key
 from .events import Invalidation
 from .levels import NOT_STORED, REPLACED, Entry
 from .policy import ascii_number, freshness, stored_headers, tags
+from .storage import StorageError
 
 log = logging.getLogger("ngxsim.cache_purge")
 STATUS = "upstream_cache_status"  # ctx.vars name of $upstream_cache_status
@@ -79,7 +81,10 @@ class CachedLocation:
         memory = cache.memory
         if self.bypass and _any_set(self.bypass, ctx):
             ctx.vars[STATUS] = "BYPASS"
-            self._expect(ctx, method, cache, key, cache.shared.epoch(), memory.epoch)
+            try:
+                self._expect(ctx, method, cache, key, cache.shared.epoch(), memory.epoch)
+            except StorageError as error:  # the shared level cannot be opened: nothing to store into
+                cache.report(error, "reading", f"looking up {_quoted(key)}")
             return None
         entry = memory.get(key)
         if entry is not None:
@@ -90,7 +95,11 @@ class CachedLocation:
             shared = cache.shared
             epoch = shared.epoch()
             entry = shared.get(key)
-        except Exception:  # nginx too answers from the backend when its cache cannot be read
+        except StorageError as error:  # nginx too answers from the backend when its cache cannot be read
+            cache.report(error, "reading", f"looking up {_quoted(key)}")
+            ctx.vars[STATUS] = "MISS"
+            return None
+        except Exception:
             log.exception("cache_purge: reading %r from zone %s failed; answering from the backend", key, self.zone)
             ctx.vars[STATUS] = "MISS"
             return None
@@ -115,7 +124,12 @@ class CachedLocation:
             return error_page(403)
         key = self.key.render(ctx)
         inv = Invalidation(prefix=key[:-1]) if key.endswith("*") else Invalidation(keys=(key,))
-        if not purge(ctx.runtime, self.zone, inv).purged:
+        try:
+            outcome = purge(ctx.runtime, self.zone, inv)
+        except StorageError as error:  # ngx_cache_purge answers 500 when it cannot remove the file
+            ctx.runtime.stash[NAME].caches[self.zone].report(error, "writing", f"purging {_quoted(key)}")
+            return error_page(500)
+        if not outcome.purged:
             return error_page(404)
         return Response(_PURGED_PAGE.format(key=html.escape(key)), status=200, content_type="text/html")
 
@@ -160,8 +174,15 @@ class CachedLocation:
                 announce_refresh(cache.runtime, self.zone, pending.key)
             if stored != NOT_STORED:
                 cache.memory.put(pending.key, entry, pending.mem_epoch)
-        except Exception:  # the client has its answer; the cache just does not keep it
+        except StorageError as error:  # the client has its answer; the cache just does not keep it
+            cache.report(error, "writing", f"storing {_quoted(pending.key)}")
+        except Exception:
             log.exception("cache_purge: storing %r in zone %s failed", pending.key, self.zone)
+
+
+def _quoted(key: str) -> str:
+    """A key in a log line: quoted, escaped, at most 200 characters."""
+    return json.dumps(key[:200] + ("..." if len(key) > 200 else ""))
 
 
 class _Copy:

@@ -17,7 +17,10 @@ delivers; a memory store made with an older epoch is dropped).
 
 from __future__ import annotations
 
+import errno
+import functools
 import os
+import secrets
 import sqlite3
 import struct
 import threading
@@ -28,11 +31,16 @@ import cachetools
 import diskcache
 from werkzeug.wrappers import Response
 
+from .storage import disk_failures
+
 ENTRY_FORMAT = 1
 NOT_STORED, STORED, REPLACED = 0, 1, 2  # what SharedLevel.store did
 BATCH_TTL = 3600.0          # a stored purge batch outlives any worker's delivery of its event
 _EPOCH = struct.Struct("<Q")
-EPOCH_ZONE_SIZE = 128       # zone header (64) + the purge epoch
+# the keys zone after the epoch: 1 once a process of the instance opened the databases (a folder
+# made after that was made again: removed while running; the first can be any worker's)
+_OPENED, _OPENED_AT = struct.Struct("<Q"), 8
+EPOCH_ZONE_SIZE = 128       # zone header (64) + the purge epoch + the opened flag
 ZONE_TAG = f"cache_purge v{ENTRY_FORMAT}"
 # an entry's memory footprint beyond its body: the object, the headers, the key (an estimate)
 _ENTRY_OVERHEAD = 512
@@ -278,29 +286,112 @@ class Removed:
     tags: list[str]
 
 
+def _on_disk(method):
+    """A SharedLevel operation: on the databases as they are now (reopened if the folder was
+    removed), its disk failures raised as one ``StorageError``."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kw):
+        with disk_failures(self.spec.path):
+            self._current()
+            return method(self, *args, **kw)
+
+    return run
+
+
 class SharedLevel:
     """One ``proxy_cache_path`` as seen by this process (open one per process: SQLite
-    connections do not survive a fork)."""
+    connections do not survive a fork).
 
-    def __init__(self, spec, zone):
+    The databases live in ``PATH/data.<random>/``, named by the symlink ``PATH/current``. Every
+    operation raises ``StorageError`` when the disk fails (full, read-only, gone). When the
+    folder or its databases are removed while running, the next operation of any worker makes
+    them again (as nginx makes a missing cache path when it stores) under a new random name: a
+    connection still open on a removed database deletes its WAL by name when it closes, which
+    must never be the new one's. The worker whose symlink won calls ``on_recreated`` (once per
+    removal across the instance; not for the first folder, which any worker may make before the
+    master's ``prepare``)."""
+
+    FILES = ("cache.db", "ngxsim-keys.sqlite3")  # diskcache's and the key index
+    LINK = "current"
+
+    def __init__(self, spec, zone, on_recreated=None):
         self.spec = spec
         self.zone = zone
         self.inactive = spec.inactive
-        self.disk, self.index = self._open(spec)
+        self.on_recreated = on_recreated
+        self._reopening = threading.Lock()
+        self.disk: diskcache.Cache | None = None
+        self.index: KeyIndex | None = None
+        self._ids: tuple | None = None
+        with disk_failures(spec.path):
+            self._current()
 
-    @staticmethod
-    def _open(spec) -> tuple[diskcache.Cache, KeyIndex]:
+    @classmethod
+    def _open(cls, spec) -> tuple[diskcache.Cache, KeyIndex, bool]:
+        """The databases (made when missing) and whether this call made their folder."""
+        data, made = cls._data_dir(spec.path)
         # oldest stored out first: with diskcache's least-recently-used every read is a write
         # (measured 315 us a read against 53 us here); hot entries live in memory levels anyway
-        disk = diskcache.Cache(spec.path, timeout=30, size_limit=spec.max_size or 2**62,
+        disk = diskcache.Cache(data, timeout=30, size_limit=spec.max_size or 2**62,
                                eviction_policy="least-recently-stored", statistics=0)
-        return disk, KeyIndex(os.path.join(spec.path, "ngxsim-keys.sqlite3"))
+        return disk, KeyIndex(os.path.join(data, cls.FILES[1])), made
+
+    @classmethod
+    def _data_dir(cls, path: str) -> tuple[str, bool]:
+        link = os.path.join(path, cls.LINK)
+        for _ in range(3):  # another worker may replace a dangling link meanwhile
+            try:
+                data = os.path.join(path, os.readlink(link))
+                if os.path.isdir(data):
+                    return data, False
+                os.unlink(link)  # its folder was removed
+            except FileNotFoundError:
+                pass
+            os.makedirs(path, mode=0o700, exist_ok=True)
+            if os.path.exists(os.path.join(path, cls.FILES[0])) and not os.path.lexists(link):
+                name = "."  # a cache made before the data folder had its own name: used in place
+            else:
+                name = f"data.{secrets.token_hex(8)}"
+                os.mkdir(os.path.join(path, name), 0o700)
+            try:
+                os.symlink(name, link)
+            except FileExistsError:  # another worker made it first: use its folder
+                if name != ".":
+                    os.rmdir(os.path.join(path, name))
+                continue
+            return os.path.join(path, name), True
+        raise OSError(errno.EAGAIN, "the cache folder keeps changing", link)
+
+    def _identity(self) -> tuple | None:
+        try:
+            return tuple(os.stat(os.path.join(self.spec.path, self.LINK, name)).st_ino for name in self.FILES)
+        except FileNotFoundError:
+            return None
+
+    def _current(self) -> None:
+        """Reopen when the databases are not the ones this process opened (two stat calls)."""
+        if self._ids is not None and self._identity() == self._ids:
+            return
+        with self._reopening:
+            if self._ids is not None and self._identity() == self._ids:
+                return
+            if self.disk is not None:
+                self.close()
+            self.disk, self.index, made = self._open(self.spec)
+            self._ids = self._identity()
+            with self.zone.lock():  # has any process of this instance had them open before?
+                opened_before = _OPENED.unpack_from(self.zone.buf, _OPENED_AT)[0]
+                _OPENED.pack_into(self.zone.buf, _OPENED_AT, 1)
+        if made and opened_before and self.on_recreated is not None:
+            self.on_recreated()
 
     @classmethod
     def prepare(cls, spec) -> None:
         """Create (or upgrade the settings of) the directory's databases once, in the master,
-        before the workers open them all at the same moment."""
-        disk, index = cls._open(spec)
+        before the workers open them all at the same moment. Raises ``StorageError``."""
+        with disk_failures(spec.path):
+            disk, index, _ = cls._open(spec)
         disk.close()
         index.close()
 
@@ -315,6 +406,7 @@ class SharedLevel:
 
     # -- entries ----------------------------------------------------------------------------------
 
+    @_on_disk
     def get(self, key: str) -> Entry | None:
         """The stored entry (fresh or not), with ``mem_until`` set to how long a memory level
         may keep it. Reading an entry keeps it from going ``inactive``."""
@@ -334,6 +426,7 @@ class SharedLevel:
         entry.mem_until = min(entry.valid_until, expire_time if expire_time is not None else entry.valid_until)
         return entry
 
+    @_on_disk
     def store(self, key: str, entry: Entry, epoch: int) -> int:
         """Store ``entry`` fetched while the purge epoch was ``epoch``: ``NOT_STORED`` when a
         purge began since; ``REPLACED`` when the key had a copy that may still be fresh in some
@@ -349,6 +442,7 @@ class SharedLevel:
         entry.mem_until = min(entry.valid_until, now + self.inactive)
         return REPLACED if before is not None and before > now else STORED
 
+    @_on_disk
     def remove(self, keys: list[str] | None = None, prefix: str | None = None, tags: list[str] | None = None) -> Removed:
         """Purge: remove these keys, the keys with this prefix, or the keys with any of these
         tags. A key counts when it may still be fresh somewhere or was on disk."""
@@ -375,23 +469,29 @@ class SharedLevel:
 
     # -- purge batches ---------------------------------------------------------------------------
 
+    @_on_disk
     def put_batch(self, batch_id: str, text: str) -> None:
         self.disk.set(("batch", batch_id), text, expire=BATCH_TTL)
 
+    @_on_disk
     def get_batch(self, batch_id: str) -> str | None:
         return self.disk.get(("batch", batch_id))
 
     # -- the cache manager ---------------------------------------------------------------------
 
+    @_on_disk
     def manage(self) -> None:
         """Remove what went inactive, keep the size under max_size, forget stale keys."""
         self.disk.expire()
         self.disk.cull()
         self.index.expire(_now())
 
+    @_on_disk
     def stats(self) -> dict:
         return {"entries": len(self.disk), "size": self.disk.volume(), "keys": self.index.count()}
 
     def close(self) -> None:
-        self.disk.close()
-        self.index.close()
+        disk, index, self.disk, self.index, self._ids = self.disk, self.index, None, None, None
+        if disk is not None:
+            disk.close()
+            index.close()
