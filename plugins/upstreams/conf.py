@@ -57,7 +57,7 @@ def _time_text(seconds: float) -> str:
 def parse_address(text: str) -> tuple[str, int]:
     """``127.0.0.1:9001``, ``[::1]:9001``, ``localhost:9001``: an address ngxsim can connect to
     without a resolver (IP literals and ``localhost``; names would need DNS at run time)."""
-    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]/\s]+):(\d{1,5})", text)
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:([0-9]{1,5})|([^:\[\]/\s]+):([0-9]{1,5})", text)  # \d takes "٩"
     if not m:
         raise ValueError(f'invalid address "{text}": use HOST:PORT')
     host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
