@@ -31,16 +31,17 @@ import cachetools
 import diskcache
 from werkzeug.wrappers import Response
 
-from .storage import disk_failures
+from .storage import disk_failures, reraise_as_storage_error
 
 ENTRY_FORMAT = 1
 NOT_STORED, STORED, REPLACED = 0, 1, 2  # what SharedLevel.store did
 BATCH_TTL = 3600.0          # a stored purge batch outlives any worker's delivery of its event
 _EPOCH = struct.Struct("<Q")
-# the keys zone after the epoch: 1 once a process of the instance opened the databases (a folder
-# made after that was made again: removed while running; the first can be any worker's)
-_OPENED, _OPENED_AT = struct.Struct("<Q"), 8
-EPOCH_ZONE_SIZE = 128       # zone header (64) + the purge epoch + the opened flag
+# the keys zone after the epoch: the generation of the databases (0: none opened yet by this
+# instance; 1: the first, which any worker may make; each folder made again after that, +1):
+# a worker whose databases are of an older generation reopens at once
+_GENERATION, _GENERATION_AT = struct.Struct("<Q"), 8
+EPOCH_ZONE_SIZE = 128       # zone header (64) + the purge epoch + the databases' generation
 ZONE_TAG = f"cache_purge v{ENTRY_FORMAT}"
 # an entry's memory footprint beyond its body: the object, the headers, the key (an estimate)
 _ENTRY_OVERHEAD = 512
@@ -292,9 +293,11 @@ def _on_disk(method):
 
     @functools.wraps(method)
     def run(self, *args, **kw):
-        with disk_failures(self.spec.path):
+        try:  # not disk_failures(): a generator context manager costs ~3 us a call
             self._current()
             return method(self, *args, **kw)
+        except Exception as exc:
+            reraise_as_storage_error(exc, self.spec.path)
 
     return run
 
@@ -314,6 +317,7 @@ class SharedLevel:
 
     FILES = ("cache.db", "ngxsim-keys.sqlite3")  # diskcache's and the key index
     LINK = "current"
+    CHECK_EVERY = 0.1  # seconds: how soon a removed folder is noticed
 
     def __init__(self, spec, zone, on_recreated=None):
         self.spec = spec
@@ -324,6 +328,8 @@ class SharedLevel:
         self.disk: diskcache.Cache | None = None
         self.index: KeyIndex | None = None
         self._ids: tuple | None = None
+        self._generation = 0
+        self._checked = 0.0
         with disk_failures(spec.path):
             self._current()
 
@@ -370,21 +376,37 @@ class SharedLevel:
             return None
 
     def _current(self) -> None:
-        """Reopen when the databases are not the ones this process opened (two stat calls)."""
-        if self._ids is not None and self._identity() == self._ids:
-            return
+        """Reopen when the databases are not the ones this process opened: at once when another
+        worker made them again (the keys zone's generation, a memory read), and by looking at
+        the files at most every ``CHECK_EVERY`` seconds (two stat calls cost ~15-25 us here,
+        half a shared-level read)."""
+        if self._ids is not None and self._generation == self._zone_generation():
+            now = time.monotonic()
+            if now < self._checked + self.CHECK_EVERY:
+                return
+            self._checked = now
+            if self._identity() == self._ids:
+                return
         with self._reopening:
-            if self._ids is not None and self._identity() == self._ids:
+            if self._ids is not None and self._generation == self._zone_generation() \
+                    and self._identity() == self._ids:
                 return
             if self.disk is not None:
                 self.close()
             self.disk, self.index, made = self._open(self.spec)
             self._ids = self._identity()
-            with self.zone.lock():  # has any process of this instance had them open before?
-                opened_before = _OPENED.unpack_from(self.zone.buf, _OPENED_AT)[0]
-                _OPENED.pack_into(self.zone.buf, _OPENED_AT, 1)
-        if made and opened_before and self.on_recreated is not None:
+            with self.zone.lock():
+                generation = self._zone_generation()
+                recreated = made and generation > 0  # made after some process had them open
+                if recreated or generation == 0:
+                    generation += 1
+                    _GENERATION.pack_into(self.zone.buf, _GENERATION_AT, generation)
+                self._generation = generation
+        if recreated and self.on_recreated is not None:
             self.on_recreated()
+
+    def _zone_generation(self) -> int:
+        return _GENERATION.unpack_from(self.zone.buf, _GENERATION_AT)[0]
 
     @classmethod
     def prepare(cls, spec) -> None:

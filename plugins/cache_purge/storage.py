@@ -20,6 +20,7 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
+from typing import NoReturn
 
 import diskcache
 
@@ -63,10 +64,15 @@ def disk_failures(folder: str):
     try:
         yield
     except Exception as exc:
-        error = storage_error(exc, folder)
-        if error is None or error is exc:
-            raise
-        raise error from exc
+        reraise_as_storage_error(exc, folder)
+
+
+def reraise_as_storage_error(exc: Exception, folder: str) -> NoReturn:
+    """Raise ``exc`` again, as a ``StorageError`` of ``folder`` when it is a disk failure."""
+    error = storage_error(exc, folder)
+    if error is None or error is exc:
+        raise exc
+    raise error from exc
 
 
 class Reporter:
@@ -94,4 +100,4 @@ class Reporter:
         log.critical('[crit] cache_purge: %s %s while %s in cache "%s"%s', verb, error, doing, self.zone, more)
 
 
-__all__ = ["REPORT_INTERVAL", "Reporter", "StorageError", "disk_failures", "storage_error"]
+__all__ = ["REPORT_INTERVAL", "Reporter", "StorageError", "disk_failures", "reraise_as_storage_error", "storage_error"]

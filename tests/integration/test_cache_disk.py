@@ -15,6 +15,8 @@ import uuid
 
 import pytest
 
+from ngxsim.testing import wait_for
+
 WORKERS = 4
 API = "/api/cache?key=k"
 CONF = """
@@ -139,8 +141,11 @@ def test_a_removed_cache_folder_is_made_again_and_no_worker_keeps_what_it_lost(n
     os.rename(cache, tmp_path / "gone")
     shutil.rmtree(tmp_path / "gone")
     backend.respond("/c/page", body="v2")
-    assert server.get("/c/other").headers["X-Cache-Status"] == "MISS"  # the first to touch the disk makes it
-    assert cache.is_dir()
+    probes = iter(range(1000))
+    # a worker looks at the files at most every 0.1 s: the first to look after the removal makes them
+    wait_for(lambda: server.get(f"/c/probe/{next(probes)}").status_code == 200 and cache.is_dir(), timeout=10,
+             interval=0.05, what="a worker to make the cache folder again")
+    assert server.get("/c/other").headers["X-Cache-Status"] == "MISS"
     # the memory copies went with the folder: no worker answers v1, and a purge finds the new copy
     answers = server.spray("/c/page", 3 * WORKERS)
     assert {r.content for r in answers} == {b"v2"}
