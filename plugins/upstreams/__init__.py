@@ -25,7 +25,7 @@ from ngxsim import (
     process_alive, register_secret_arg,
 )
 
-from . import snapshots
+from . import snapshots, unsupported
 from .api import UpstreamsApi
 from .balancer import Peer
 from .conf import (
@@ -75,6 +75,8 @@ def ngxsim_directives(register):
                        doc="this location is the upstreams API"))
     register(Directive("upstreams_api_key", (LOCATION,), 1, parse=_api_key,
                        doc="writes need `?key=SECRET`"))
+    for declared in unsupported.declarations(UPSTREAM):
+        register(declared)
 
 
 def _xff(ctx) -> str:

@@ -1,0 +1,14 @@
+"""A test module that declares directives of real nginx it does not implement (``Unsupported``),
+one of them also implemented (``listen`` by the core, ``frob_both`` by this module): the real
+declarations win."""
+
+from ngxsim import LOCATION, Directive, Unsupported, hookimpl
+
+
+@hookimpl
+def ngxsim_directives(register):
+    register(Unsupported("frob_anywhere", "use frob_other instead"))
+    register(Unsupported("frob_in_location", "move it", contexts=(LOCATION,)))
+    register(Unsupported("listen", "never shown: the core implements listen"))
+    register(Unsupported("frob_both", "never shown: declared below"))
+    register(Directive("frob_both", (LOCATION,), 1))
