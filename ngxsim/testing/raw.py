@@ -24,7 +24,8 @@ SERVER_OWN = {"server", "date", "connection", "content-length", "keep-alive", "t
 @dataclass
 class RawAnswer:
     """What came back for one raw request: ``status`` None means the connection was closed
-    without an answer (nginx's 444)."""
+    without an answer (nginx's 444); ``0`` an HTTP/0.9 answer (no status line, no headers: the
+    bytes to the close are the body), as nginx relays an origin's answer without a status line."""
 
     status: int | None
     reason: str = ""
@@ -54,24 +55,35 @@ class RawAnswer:
 
 
 def raw_request(port: int, data: bytes, timeout: float = 5.0) -> RawAnswer:
-    """Send ``data`` as is and read one answer (by Content-Length, chunks, or to the close)."""
+    """Send ``data`` as is and read one answer (by Content-Length, chunks, or to the close); an
+    interim ``100 Continue`` is skipped."""
     deadline = time.monotonic() + timeout
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(data)
         buf = b""
-        while b"\r\n\r\n" not in buf:
-            chunk = _recv(sock, deadline)
-            if not chunk:
-                if not buf:
-                    return RawAnswer(None)
-                raise AssertionError(f"connection closed inside the response head: {buf!r}")
-            buf += chunk
-        head, _, rest = buf.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        m = re.fullmatch(r"HTTP/1\.[01] (\d{3})(?: (.*))?", lines[0])
-        if not m:
-            raise AssertionError(f"not an HTTP status line: {lines[0]!r}")
-        status, reason = int(m.group(1)), m.group(2) or ""
+        while True:
+            while b"\r\n\r\n" not in buf:
+                chunk = _recv(sock, deadline)
+                if not chunk:
+                    if not buf:
+                        return RawAnswer(None)
+                    if not b"HTTP/".startswith(buf[:5]):
+                        return RawAnswer(0, "", [], buf)  # HTTP/0.9
+                    raise AssertionError(f"connection closed inside the response head: {buf!r}")
+                buf += chunk
+                if not b"HTTP/".startswith(buf[:5]):
+                    while chunk := _recv(sock, deadline):
+                        buf += chunk
+                    return RawAnswer(0, "", [], buf)  # HTTP/0.9
+            head, _, rest = buf.partition(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            m = re.fullmatch(r"HTTP/1\.[01] (\d{3})(?: (.*))?", lines[0])
+            if not m:
+                raise AssertionError(f"not an HTTP status line: {lines[0]!r}")
+            status, reason = int(m.group(1)), m.group(2) or ""
+            if status != 100:
+                break
+            buf = rest  # "100 Continue" is not the answer: the final one follows
         headers = [tuple(part.strip() for part in line.split(":", 1)) for line in lines[1:]]
         answer = RawAnswer(status, reason, headers)
         method = data.split(b" ", 1)[0]
