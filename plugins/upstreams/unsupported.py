@@ -20,14 +20,12 @@ _COOKIES = "ngxsim passes Set-Cookie as the origin sends it; have the origin set
 _CONNECT = "ngxsim opens its connections to the peers itself (a per-worker pool); remove it"
 _BALANCE = ("ngxsim balances by weighted round robin only (with backup peers); remove it, "
             "and use weight= on the server lines to shape the load")
-_KEEPALIVE = "ngxsim keeps idle connections to the peers in a per-worker pool of its own; remove it"
 _SENT_AS_IS = ("ngxsim sends the client's method, header and body as they came (change header fields with "
                "proxy_set_header); remove it")
 _CACHE_ALWAYS = "ngxsim's cache (module cache_purge) "
 
 ADVICE: dict[str, str] = {
     # ngx_http_proxy_module.c: what the request to the peer carries
-    "proxy_http_version": "ngxsim speaks HTTP/1.1 to the peers (docs/nginx-differences.md); remove it",
     "proxy_method": _SENT_AS_IS,
     "proxy_set_body": _SENT_AS_IS,
     "proxy_pass_request_headers": _SENT_AS_IS,
@@ -97,17 +95,11 @@ ADVICE: dict[str, str] = {
     "ip_hash": _BALANCE,
     "least_conn": _BALANCE,
     "random": _BALANCE,
-    "keepalive": _KEEPALIVE,
-    "keepalive_requests": _KEEPALIVE,
-    "keepalive_time": _KEEPALIVE,
-    "keepalive_timeout": _KEEPALIVE,
 }
 
 
-# nginx allows these only inside an upstream block (the http core has its own keepalive_timeout
-# and keepalive_requests for client connections)
-IN_UPSTREAM = frozenset(("hash", "ip_hash", "least_conn", "random", "keepalive", "keepalive_requests",
-                         "keepalive_time", "keepalive_timeout"))
+# nginx allows these only inside an upstream block
+IN_UPSTREAM = frozenset(("hash", "ip_hash", "least_conn", "random"))
 
 
 def declarations(upstream_context: str) -> list[Unsupported]:

@@ -77,8 +77,7 @@ CHECKED = "load_module worker_events;\nload_module upstreams;\nload_module cache
     ("proxy-ssl", "  server {\n    proxy_ssl_verify on;\n  }\n", 7, "proxy_ssl_verify"),
     ("proxy-cache", "  proxy_cache_lock on;\n", 6, "proxy_cache_lock"),
     ("upstream", "  upstream b {\n    server 127.0.0.1:1;\n    least_conn;\n  }\n", 8, "least_conn"),
-    ("upstream-keepalive", "  upstream b {\n    server 127.0.0.1:1;\n    keepalive_timeout 30s;\n  }\n", 8,
-     "keepalive_timeout"),
+    ("upstream-random", "  upstream b {\n    server 127.0.0.1:1;\n    random two;\n  }\n", 8, "random"),
 ])
 def test_ngxsim_t_names_the_directive_its_advice_file_and_line(tmp_path, kind, body, line, name):
     conf = tmp_path / f"{kind}.conf"
