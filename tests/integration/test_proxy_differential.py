@@ -245,8 +245,6 @@ KNOWN_DIFFERENCES = {
     "brackets-in-path": "ngxsim re-escapes /[] as /%5B%5D",
     "hop-by-hop-response": "nginx passes Upgrade, Proxy-Authenticate, Trailer and a header named by the "
                            "origin's Connection; ngxsim drops them",
-    "origin-redirect-relative": "nginx leaves a proxied relative Location relative (only its own redirects are "
-                                "made absolute); ngxsim's header filter makes every one absolute",
     "origin-redirect-absolute": "proxy_redirect default: nginx rewrites http://up/ to the client's host; "
                                 "ngxsim leaves it",
     "header-without-colon": "nginx answers 502 (upstream sent invalid header); ngxsim passes the answer",

@@ -64,7 +64,12 @@ def status_line(code: int) -> str:
 
 def keep_status_line(response: Response, line: str) -> Response:
     """Send ``response`` with the status line ``line`` (``"200 Fine"``) as it is, as nginx's
-    proxy does with an upstream's; every other response gets nginx's phrase for its code."""
+    proxy does with an upstream's; every other response gets nginx's phrase for its code.
+
+    Such a response is an upstream's, relayed: its ``Location`` is sent as the upstream sent it
+    too. nginx's header filter makes a ``Location`` starting with ``/`` absolute only for the
+    answers nginx makes itself (``absolute_redirect``); ngx_http_upstream leaves a relative one
+    of an upstream relative."""
     code = int(line.split(" ", 1)[0])
     response._status = line if " " in line else f"{line} "  # noqa: SLF001 - see set_status_line
     response._status_code = code  # noqa: SLF001
