@@ -70,9 +70,9 @@ class Received:
         return next((v for k, v in self.headers if k.lower() == name.lower()), None)
 
     def comparable(self, *ports: int) -> dict:
-        """The request line, the header set (lower-case names, sorted; repeated ones kept) and the
-        body, with each of ``ports`` written as ``{port}`` (two proxies in front of two origins
-        compare equal when they sent the same)."""
+        """The request line, the header set (names as written, sorted; repeated ones kept) and
+        the body, with each of ``ports`` written as ``{port}`` (two proxies in front of two
+        origins compare equal when they sent the same)."""
 
         def norm(text: str) -> str:
             for port in ports:
@@ -80,7 +80,7 @@ class Received:
             return text
 
         return {"request_line": norm(self.request_line),
-                "headers": sorted((k.lower(), norm(v)) for k, v in self.headers),
+                "headers": sorted((k, norm(v)) for k, v in self.headers),
                 "body": self.body, "chunked": self.chunked}
 
 

@@ -2,7 +2,7 @@
 recording origin behind it: what the origin received and what the client got must match.
 
 Compared for every case: each request the origin received (request line, the set of header
-lines with repeated ones apart, the body) and each answer the client got (status and reason,
+lines with names as written and repeated ones apart, the body) and each answer the client got (status and reason,
 the headers the config and the origin decide, the body, ``$upstream_cache_status`` through
 ``add_header X-Cache``). Sequences (a hit after a miss, an expired entry, a purge, a bypass)
 count the answers of every ngxsim worker against nginx's. The origins count requests per path
@@ -284,7 +284,7 @@ def _without_version(received: list[dict]) -> list[dict]:
     out = []
     for r in received:
         line = r["request_line"].rsplit(" ", 1)[0]
-        out.append({**r, "request_line": line, "headers": [h for h in r["headers"] if h[0] != "connection"]})
+        out.append({**r, "request_line": line, "headers": [h for h in r["headers"] if h[0].lower() != "connection"]})
     return out
 
 
@@ -325,8 +325,8 @@ def test_same_http_version_and_connection_header_to_the_origin(fronts, target):
     case = one(req(target))
     _, expected = play(nginx, case)
     _, got = play(ngxsim, case)
-    assert [(r["request_line"], [h for h in r["headers"] if h[0] == "connection"]) for r in got] == \
-        [(r["request_line"], [h for h in r["headers"] if h[0] == "connection"]) for r in expected]
+    assert [(r["request_line"], [h for h in r["headers"] if h[0].lower() == "connection"]) for r in got] == \
+        [(r["request_line"], [h for h in r["headers"] if h[0].lower() == "connection"]) for r in expected]
 
 
 # -- sequences across workers ------------------------------------------------------------------
