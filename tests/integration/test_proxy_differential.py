@@ -2,8 +2,9 @@
 recording origin behind it: what the origin received and what the client got must match.
 
 Compared for every case: each request the origin received (request line, the set of header
-lines with names as written and repeated ones apart, the body) and each answer the client got (status and reason,
-the headers the config and the origin decide, the body, ``$upstream_cache_status`` through
+lines with names as written and repeated ones apart, the body) and each answer the client got
+(status and reason, the headers the config and the origin decide, the body,
+``$upstream_cache_status`` through
 ``add_header X-Cache``). Sequences (a hit after a miss, an expired entry, a purge, a bypass)
 count the answers of every ngxsim worker against nginx's. The origins count requests per path
 in their default body (``origin /cache/a #2``), so a cached copy and a fresh one differ.
