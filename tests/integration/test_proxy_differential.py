@@ -228,6 +228,9 @@ CASES: dict[str, Case] = {
     .then(req("/cache/accel")),
     "if-none-match-on-hit": one(req("/cache/etag"), headers=[("ETag", '"v1"')])
     .then(req("/cache/etag", headers='If-None-Match: "v1"\r\n')),
+    "conditional-miss": one(req("/cache/cond", headers='If-None-Match: "v1"\r\nIf-Modified-Since: '
+                                                       'Mon, 01 Jan 2024 00:00:00 GMT\r\n'),
+                            headers=[("ETag", '"v1"'), ("Last-Modified", "Mon, 01 Jan 2024 00:00:00 GMT")]),
     "vary-stored-per-variant": one(req("/cache/vary"), headers=[("Vary", "Accept")])
     .then(req("/cache/vary")),
     "head-miss-stores-get": one(req("/cache/headmiss", "HEAD")).then(req("/cache/headmiss")),
@@ -259,6 +262,8 @@ KNOWN_DIFFERENCES = {
     "length-added-on-hit": "a cache hit adds Content-Length to an answer sent without one",
     "x-accel-expires-zero": "X-Accel-Expires is stripped before the cache reads it: X-Accel-Expires: 0 is stored",
     "if-none-match-on-hit": "nginx answers 304 to If-None-Match on a hit; ngxsim 200",
+    "conditional-miss": "on a cache miss nginx removes If-None-Match and If-Modified-Since before asking the "
+                        "origin and answers the client 304 from the fresh answer; ngxsim passes them on and answers 200",
     "vary-stored-per-variant": "ngxsim never stores an answer with Vary; nginx stores it per variant",
     "head-miss-stores-get": "on a HEAD miss nginx fetches and stores a GET; ngxsim stores nothing",
 }
