@@ -30,7 +30,8 @@ like nginx where gunicorn would answer before or after ngxsim:
   ``a=1; b=2`` and ``$http_x_multi`` the first value, as in nginx 1.22 (WSGI's ``HTTP_NAME``
   has them joined with ``,``);
 - a request gunicorn cannot parse (a malformed request line, method, version or header line, a
-  request line too long) gets nginx's HTML page (400, 414) instead of gunicorn's;
+  request line too long, an HTTP major version above 1) gets nginx's HTML page (400, 414, 505)
+  instead of gunicorn's;
 - this class only, since it reads the request itself: a request target with raw bytes above
   0x7f (UTF-8 paths, which nginx serves and gunicorn refuses) reaches gunicorn's parser with
   those bytes percent-encoded, and the core sees the target as sent (``RAW_URI``,
@@ -110,6 +111,25 @@ _NGINX_STATUS = tuple((getattr(http_errors, name), status) for name, status in _
                       if hasattr(http_errors, name))
 
 
+_MAJOR = re.compile(r"HTTP/([1-9][0-9]*)")
+
+
+def _nginx_status(exc: Exception) -> int | None:
+    """nginx's answer to what gunicorn's parser refused (None: not the client's fault). nginx
+    reads the major version digit by digit and answers 505 once it is above 1 (``HTTP/2.0``),
+    400 for any other malformed version."""
+    if isinstance(exc, http_errors.InvalidHTTPVersion):
+        version = getattr(exc, "version", "")  # the text, or gunicorn's (major, minor) once parsed
+        if isinstance(version, tuple):
+            major = version[0]
+        else:
+            digits = _MAJOR.match(str(version))
+            major = int(digits.group(1)[:3]) if digits else 0
+        if major > 1:
+            return 505
+    return next((code for kind, code in _NGINX_STATUS if isinstance(exc, kind)), None)
+
+
 def nginx_page(status: int) -> bytes:
     """nginx's whole answer for a request it refuses before any location: its HTML page, and
     the connection closes."""
@@ -160,7 +180,7 @@ class _NginxRequests:
             self._current.req = self._current.raw_target = None
 
     def handle_error(self, req, client, addr, exc) -> None:
-        status = next((code for kind, code in _NGINX_STATUS if isinstance(exc, kind)), None)
+        status = _nginx_status(exc)
         if status is None:
             super().handle_error(req, client, addr, exc)
             return
