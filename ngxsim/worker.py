@@ -26,7 +26,8 @@ Every worker class here (this one, :class:`SyncWorker`, :class:`GThreadWorker`) 
 like nginx where gunicorn would answer before or after ngxsim:
 
 - the request's header lines go to the core as sent, repeated ones apart
-  (``environ["ngxsim.headers"]``, gunicorn's parsed list), so ``$http_cookie`` is
+  (``environ["ngxsim.headers"]``: this class gives the names as written, the two others
+  gunicorn's upper-cased ones), so ``$http_cookie`` is
   ``a=1; b=2`` and ``$http_x_multi`` the first value, as in nginx 1.22 (WSGI's ``HTTP_NAME``
   has them joined with ``,``);
 - a request gunicorn cannot parse (a malformed request line, method, version or header line, a
@@ -52,6 +53,7 @@ import re
 import selectors
 import threading
 import time
+from dataclasses import dataclass
 from email.utils import formatdate
 from functools import partial
 
@@ -152,7 +154,8 @@ class _WithRawRequest:
     def __call__(self, environ, start_response):
         req = getattr(self.current, "req", None)
         if req is not None:
-            environ[RAW_HEADERS] = list(req.headers)
+            lines = getattr(self.current, "lines", None)
+            environ[RAW_HEADERS] = list(req.headers) if lines is None else lines
             raw_target = getattr(self.current, "raw_target", None)
             if raw_target is not None:
                 environ["RAW_URI"] = raw_target
@@ -172,12 +175,16 @@ class _NginxRequests:
         self._current = threading.local()
         self.wsgi = _WithRawRequest(self.wsgi, self._current)
 
-    def _serving(self, req, raw_target, serve):
-        self._current.req, self._current.raw_target = req, raw_target
+    def _serving(self, req, serve, raw_target: str | None = None, lines: list | None = None):
+        """Serve ``req`` with what the worker knows of it as sent: the target when it had to
+        be rewritten for gunicorn, the header lines with their names as written (else the
+        app gets gunicorn's list, names upper-cased)."""
+        current = self._current
+        current.req, current.raw_target, current.lines = req, raw_target, lines
         try:
             return serve()
         finally:
-            self._current.req = self._current.raw_target = None
+            current.req = current.raw_target = current.lines = None
 
     def handle_error(self, req, client, addr, exc) -> None:
         status = _nginx_status(exc)
@@ -208,7 +215,7 @@ class SyncWorker(_NginxRequests, _StopsRuntime, _GunicornSyncWorker):
             self._in_request = False
 
     def handle_request(self, listener, req, client, addr):
-        return self._serving(req, None, lambda: super(SyncWorker, self).handle_request(listener, req, client, addr))
+        return self._serving(req, lambda: super(SyncWorker, self).handle_request(listener, req, client, addr))
 
     def handle_quit(self, sig, frame) -> None:
         if not self._in_request:
@@ -223,7 +230,7 @@ class GThreadWorker(_NginxRequests, _StopsRuntime, ThreadWorker):
     """gunicorn's ``gthread`` worker that wakes waiting handlers when it is stopped."""
 
     def handle_request(self, req, conn):
-        return self._serving(req, None, lambda: super(GThreadWorker, self).handle_request(req, conn))
+        return self._serving(req, lambda: super(GThreadWorker, self).handle_request(req, conn))
 
 
 class Worker(_NginxRequests, _StopsRuntime, ThreadWorker):
@@ -328,7 +335,7 @@ class Worker(_NginxRequests, _StopsRuntime, ThreadWorker):
         self._forget(waiting)
         conn.sock.setblocking(True)
         conn.init()
-        data, conn.ngxsim_target = _encode_high_bytes(bytes(waiting.data))
+        data, conn.ngxsim_head = _read_head(bytes(waiting.data))
         conn.parser.unreader.unread(data)
         conn.data_ready = True
         self.enqueue_req(conn)
@@ -361,32 +368,60 @@ class Worker(_NginxRequests, _StopsRuntime, ThreadWorker):
     def handle_request(self, req, conn):
         """In the thread: reads of a body not read yet wait at most client_body_timeout each."""
         conn.sock.settimeout(self.timeouts[1])
-        # the target as sent, if _hand_over encoded it and this is that request (not a next,
-        # pipelined one that gunicorn read from the same buffer)
-        encoded, raw = getattr(conn, "ngxsim_target", None) or (None, None)
-        conn.ngxsim_target = None
+        # the head as sent, if this is the request _hand_over read (not a next, pipelined one
+        # that gunicorn read from the same buffer)
+        sent, conn.ngxsim_head = getattr(conn, "ngxsim_head", None), None
+        raw_target = lines = None
+        if sent is not None and req.uri == sent.parsed_target:
+            raw_target = sent.target if sent.target != sent.parsed_target else None
+            lines = sent.lines_like(req.headers)
         try:
-            return self._serving(req, raw if req.uri == encoded else None,
-                                 lambda: super(Worker, self).handle_request(req, conn))
+            return self._serving(req, lambda: super(Worker, self).handle_request(req, conn), raw_target, lines)
         finally:
             conn.sock.settimeout(None)
 
 
 _HIGH_BYTE = re.compile(rb"[\x80-\xff]")
+_LINE_END = re.compile(rb"\r?\n")
 
 
-def _encode_high_bytes(data: bytes) -> tuple[bytes, tuple[str, str] | None]:
-    """A request line whose target has bytes above 0x7f (raw UTF-8: nginx serves it, gunicorn
-    refuses it) with those bytes percent-encoded; and (encoded target, target as sent), as
-    latin-1 text, or None when nothing changed."""
-    end = data.find(b"\n")
-    line = data[: end if end >= 0 else len(data)]
-    parts = line.split(b" ", 2)
-    if len(parts) != 3 or not _HIGH_BYTE.search(parts[1]):
+@dataclass(frozen=True)
+class _SentHead:
+    """A request head as the client sent it (latin-1 text)."""
+
+    target: str
+    parsed_target: str                # what gunicorn's parser got (high bytes percent-encoded)
+    lines: list[tuple[str, str]]      # header lines, names as written, values stripped
+
+    def lines_like(self, parsed: list[tuple[str, str]]) -> list[tuple[str, str]] | None:
+        """The lines gunicorn kept (it drops names with ``_``, as nginx ignores them), with
+        the names as written; None when they do not pair up with gunicorn's one for one."""
+        kept = [(k, v) for k, v in self.lines if "_" not in k]
+        if [(k.upper(), v) for k, v in kept] != [(k, v) for k, v in parsed]:
+            return None
+        return kept
+
+
+def _read_head(data: bytes) -> tuple[bytes, _SentHead | None]:
+    """The bytes for gunicorn's parser (a target's bytes above 0x7f percent-encoded: nginx
+    serves raw UTF-8, gunicorn refuses it) and the head as sent; None when it does not read
+    as a request line and header lines (gunicorn's parser then says what is wrong)."""
+    end = _HEAD_END.search(data)
+    lines = _LINE_END.split(data[: end.start()] if end else data)
+    parts = lines[0].split(b" ", 2)
+    if len(parts) != 3:
         return data, None
-    target = _HIGH_BYTE.sub(lambda m: b"%%%02X" % m[0][0], parts[1])
-    rewritten = b" ".join((parts[0], target, parts[2]))
-    return rewritten + data[len(line):], (target.decode("latin-1"), parts[1].decode("latin-1"))
+    target = parts[1]
+    if _HIGH_BYTE.search(target):
+        target = _HIGH_BYTE.sub(lambda m: b"%%%02X" % m[0][0], target)
+        data = b" ".join((parts[0], target, parts[2])) + data[len(lines[0]):]
+    headers = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon:
+            return data, None
+        headers.append((name.decode("latin-1"), value.strip(b" \t").decode("latin-1")))
+    return data, _SentHead(parts[1].decode("latin-1"), target.decode("latin-1"), headers)
 
 
 def _preread_length(head: bytes) -> int | None:

@@ -4,6 +4,7 @@ reads an HTTP/0.9 answer and skips an interim 100 Continue."""
 from __future__ import annotations
 
 import socket
+import threading
 
 from ngxsim.testing import RecordingOrigin, raw_request
 
@@ -53,3 +54,35 @@ def test_raw_request_reads_an_http09_answer_and_skips_100_continue():
         final = raw_request(origin.port, b"GET /continue HTTP/1.1\r\nHost: h\r\n\r\n")
     assert (old.status, old.headers, old.body) == (0, [], b"just bytes\n")
     assert (final.status, final.reason, final.body) == (201, "Created", b"ok")
+
+
+def test_raw_request_waits_for_the_close_when_asked():
+    """``wait_close``: raw_request returns once the server closed the connection (it finished
+    the request), not as soon as the body is in."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    go_on, closed = threading.Event(), threading.Event()
+
+    def serve():
+        for _ in range(2):
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                go_on.wait(0.5)  # the first client sets it once it has its answer
+                closed.set()
+            go_on.clear()
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        port = listener.getsockname()[1]
+        early = raw_request(port, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert early.body == b"ok" and not closed.is_set()
+        go_on.set()
+        thread_done = closed.wait(5)
+        closed.clear()
+        late = raw_request(port, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", wait_close=True)
+        assert thread_done and late.body == b"ok" and closed.is_set()
+    finally:
+        thread.join(5)
+        listener.close()
