@@ -53,9 +53,9 @@ import re
 import selectors
 import threading
 import time
-from dataclasses import dataclass
 from email.utils import formatdate
 from functools import partial
+from typing import NamedTuple
 
 from gunicorn.http import errors as http_errors
 from gunicorn.workers.gthread import TConn, ThreadWorker
@@ -381,12 +381,11 @@ class Worker(_NginxRequests, _StopsRuntime, ThreadWorker):
             conn.sock.settimeout(None)
 
 
-_HIGH_BYTE = re.compile(rb"[\x80-\xff]")
-_LINE_END = re.compile(rb"\r?\n")
+_HIGH_BYTE = re.compile("[\x80-\xff]")  # in latin-1 text: the bytes above 0x7f
+_HEAD_END_TEXT = re.compile(r"\r?\n\r?\n")
 
 
-@dataclass(frozen=True)
-class _SentHead:
+class _SentHead(NamedTuple):
     """A request head as the client sent it (latin-1 text)."""
 
     target: str
@@ -397,7 +396,7 @@ class _SentHead:
         """The lines gunicorn kept (it drops names with ``_``, as nginx ignores them), with
         the names as written; None when they do not pair up with gunicorn's one for one."""
         kept = [(k, v) for k, v in self.lines if "_" not in k]
-        if [(k.upper(), v) for k, v in kept] != [(k, v) for k, v in parsed]:
+        if len(kept) != len(parsed) or any(k.upper() != pk or v != pv for (k, v), (pk, pv) in zip(kept, parsed)):
             return None
         return kept
 
@@ -406,22 +405,25 @@ def _read_head(data: bytes) -> tuple[bytes, _SentHead | None]:
     """The bytes for gunicorn's parser (a target's bytes above 0x7f percent-encoded: nginx
     serves raw UTF-8, gunicorn refuses it) and the head as sent; None when it does not read
     as a request line and header lines (gunicorn's parser then says what is wrong)."""
-    end = _HEAD_END.search(data)
-    lines = _LINE_END.split(data[: end.start()] if end else data)
-    parts = lines[0].split(b" ", 2)
+    text = data.decode("latin-1")  # one decode: every byte stays itself
+    end = _HEAD_END_TEXT.search(text)
+    lines = (text[: end.start()] if end else text).split("\n")
+    first = lines[0]
+    parts = first.removesuffix("\r").split(" ", 2)
     if len(parts) != 3:
         return data, None
     target = parts[1]
     if _HIGH_BYTE.search(target):
-        target = _HIGH_BYTE.sub(lambda m: b"%%%02X" % m[0][0], target)
-        data = b" ".join((parts[0], target, parts[2])) + data[len(lines[0]):]
+        target = _HIGH_BYTE.sub(lambda m: "%%%02X" % ord(m[0]), target)
+        rewritten = " ".join((parts[0], target, parts[2])) + ("\r" if first.endswith("\r") else "")
+        data = (rewritten + text[len(first):]).encode("latin-1")
     headers = []
     for line in lines[1:]:
-        name, colon, value = line.partition(b":")
+        name, colon, value = line.removesuffix("\r").partition(":")
         if not colon:
             return data, None
-        headers.append((name.decode("latin-1"), value.strip(b" \t").decode("latin-1")))
-    return data, _SentHead(parts[1].decode("latin-1"), target.decode("latin-1"), headers)
+        headers.append((name, value.strip(" \t")))
+    return data, _SentHead(parts[1], target, headers)
 
 
 def _preread_length(head: bytes) -> int | None:
