@@ -2,7 +2,7 @@
 one of them also implemented (``listen`` by the core, ``frob_both`` by this module): the real
 declarations win."""
 
-from ngxsim import LOCATION, Directive, Unsupported, hookimpl
+from ngxsim import HTTP, LOCATION, Directive, Unsupported, hookimpl
 
 
 @hookimpl
@@ -12,3 +12,7 @@ def ngxsim_directives(register):
     register(Unsupported("listen", "never shown: the core implements listen"))
     register(Unsupported("frob_both", "never shown: declared below"))
     register(Directive("frob_both", (LOCATION,), 1))
+    # a real directive in one context, advice in another (nginx's keepalive_timeout: the
+    # upstream module's and the http core's)
+    register(Directive("frob_split", (LOCATION,), 1))
+    register(Unsupported("frob_split", "the http-level one is not here", contexts=(HTTP,)))

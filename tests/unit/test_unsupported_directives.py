@@ -41,6 +41,18 @@ def test_a_module_that_implements_the_name_wins_in_any_order():
     config = load_configuration("/p/u.conf", text=MODULE + "http {\n  server {\n    listen 127.0.0.1:1;\n"
                                 "    location / { frob_both x; }\n  }\n}\n")
     assert [loc.get("frob_both") for loc in config.blocks("location")] == ["x"]
+    # elsewhere it is a directive in the wrong place, not an unsupported one
+    assert error(MODULE + "http {\n  frob_both x;\n}\n") == '"frob_both" directive is not allowed here in /p/u.conf:3'
+
+
+def test_a_name_real_in_one_context_can_have_advice_in_another():
+    assert error(MODULE + "http {\n  frob_split 1;\n}\n") == \
+        '"frob_split" directive is not supported by ngxsim: the http-level one is not here in /p/u.conf:3'
+    assert error(MODULE + "http {\n  server {\n    frob_split 1;\n  }\n}\n") == \
+        '"frob_split" directive is not allowed here in /p/u.conf:4'
+    config = load_configuration("/p/u.conf", text=MODULE + "http {\n  server {\n    listen 127.0.0.1:1;\n"
+                                "    location / { frob_split y; }\n  }\n}\n")
+    assert [loc.get("frob_split") for loc in config.blocks("location")] == ["y"]
 
 
 def test_an_unsupported_declaration_needs_advice():

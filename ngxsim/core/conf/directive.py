@@ -234,9 +234,10 @@ class Unsupported:
     (a ``Directive``) always wins, whichever module declares which and in which order: a module
     can list all of nginx's directives it does not have yet and implement them one by one.
 
-    ``contexts``: where nginx allows it (empty: anywhere). Elsewhere the name stays unknown, so
-    that the upstream module's ``keepalive_timeout`` does not answer for the http core's
-    directive of the same name in an ``http`` block.
+    ``contexts``: where nginx allows it. Empty: anywhere, as long as no module declares a
+    ``Directive`` of the name (then a line in another context is "not allowed here"). Given:
+    only there, and only where no ``Directive`` of the name stands, so that one module's advice
+    does not answer for another nginx directive of the same name in another context.
     """
 
     name: str
@@ -321,11 +322,15 @@ class DirectiveTable:
         return None
 
     def not_supported(self, name: str, context: str) -> Unsupported | None:
-        """The ``Unsupported`` declaration of ``name`` in ``context`` when no module implements it."""
-        if name in self.entries:
-            return None
+        """The ``Unsupported`` declaration of ``name`` for a line in ``context``: one without
+        contexts when no module implements the name at all; one for ``context`` when no module
+        implements it there (another context may have a real directive of that name: nginx's
+        http-level ``keepalive_timeout`` beside the upstream module's)."""
         for declared, _ in self.unsupported.get(name, ()):
-            if not declared.contexts or context in declared.contexts:
+            if declared.contexts:
+                if context in declared.contexts and self.get(name, context) is None:
+                    return declared
+            elif name not in self.entries:
                 return declared
         return None
 

@@ -291,9 +291,11 @@ def _build(stmts: list[Statement], block: Block, table: DirectiveTable, depth: i
     for st in stmts:
         d: Directive | None = table.get(st.name, block.context)
         if d is None:
+            unsupported = table.not_supported(st.name, block.context)
+            if unsupported is not None:
+                raise st.error(unsupported.message())
             if table.get(st.name) is None:
-                unsupported = table.not_supported(st.name, block.context)
-                raise st.error(unsupported.message() if unsupported else f'unknown directive "{st.name}"')
+                raise st.error(f'unknown directive "{st.name}"')
             raise st.error(f'"{st.name}" directive is not allowed here')
         has_block = d.block is not None or d.data is not None
         if has_block and st.block is None:
