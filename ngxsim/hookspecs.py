@@ -35,7 +35,7 @@ hookimpl = pluggy.HookimplMarker("ngxsim")
 
 
 @hookspec
-def ngxsim_directives(register: Callable[["Directive"], None]) -> None:
+def ngxsim_directives(register: Callable[["Directive | Unsupported"], None]) -> None:
     """Declare the module's directives by calling ``register(Directive(...))`` once for each.
 
     Runs in the process that loads the config (master, ``ngxsim -t``, or a worker that loads the
@@ -50,6 +50,11 @@ def ngxsim_directives(register: Callable[["Directive"], None]) -> None:
         def ngxsim_directives(register):
             register(Directive("hello", (LOCATION,), 0, type=FLAG, default=False, inherit=False))
             register(Directive("hello_greeting", (HTTP, SERVER, LOCATION), 1, default="hello"))
+
+    A directive of real nginx that the module does not implement is declared with
+    ``register(Unsupported(name, advice))``: a config that uses it fails with
+    ``"NAME" directive is not supported by ngxsim: ADVICE in FILE:LINE`` instead of
+    ``unknown directive``; a ``Directive`` of the same name (from any module) always wins.
     """
 
 

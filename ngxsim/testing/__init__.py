@@ -7,6 +7,7 @@ these as fixtures; they work without pytest too. Standard library only. See docs
 from .backend import Backend, Reply, Request
 from .client import PendingRequest, Response
 from .events import ApiEvents, ZoneEvents, matches
+from .origin import Answer, Received, RecordingOrigin
 from .procs import children
 from .raw import RawAnswer, raw_request
 from .server import MODES, Server, ServerStartError, free_port, instance_files, start_server, stop_all, wait_for
@@ -15,6 +16,7 @@ __all__ = [
     "Backend", "Reply", "Request",
     "PendingRequest", "Response",
     "ApiEvents", "ZoneEvents", "matches",
+    "Answer", "Received", "RecordingOrigin",
     "RawAnswer", "raw_request",
     "MODES", "Server", "ServerStartError", "children", "free_port", "instance_files", "start_server", "stop_all",
     "wait_for",

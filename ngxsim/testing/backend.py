@@ -241,11 +241,7 @@ class Backend:
         """Close every open connection now (idle keep-alive ones included); returns how many."""
         with self._lock:
             conns = list(self._open)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        shutdown_all(conns)
         return len(conns)
 
     def __enter__(self) -> Backend:
@@ -286,6 +282,15 @@ class Backend:
                 return Reply(json.dumps({"status": "up" if up else "down"}).encode(), 200 if up else 503,
                              (("Content-Type", "application/json"),))
             return self._replies.get(None) or Reply()
+
+
+def shutdown_all(conns) -> None:
+    """Shut both directions of each socket down (its reader thread then sees the end)."""
+    for conn in conns:
+        try:
+            conn.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 def _matches(r: Request, path: str | None, method: str | None) -> bool:

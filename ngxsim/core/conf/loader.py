@@ -291,6 +291,9 @@ def _build(stmts: list[Statement], block: Block, table: DirectiveTable, depth: i
     for st in stmts:
         d: Directive | None = table.get(st.name, block.context)
         if d is None:
+            unsupported = table.not_supported(st.name, block.context)
+            if unsupported is not None:
+                raise st.error(unsupported.message())
             if table.get(st.name) is None:
                 raise st.error(f'unknown directive "{st.name}"')
             raise st.error(f'"{st.name}" directive is not allowed here')
