@@ -216,7 +216,7 @@ def ngxsim_worker_stopping(runtime, fast):
 def ngxsim_status(runtime):
     """Each ring: fill, generations, dropped events, and every worker's delivery lag."""
     rings = state(runtime).rings
-    return {"rings": {name: ring_status(ring) for name, ring in rings.items()}} if rings else None
+    return {"rings": {name: ring_status(ring) | zone_views(runtime, name) for name, ring in rings.items()}} if rings else None
 
 
 @hookimpl
@@ -285,6 +285,29 @@ def ring_birth(runtime, zone: str) -> int:
     return _ring(runtime, zone).birth_usec
 
 
+VIEWS = "worker_events.views"
+
+
+def add_zone_view(config, zone: str, name: str, view) -> None:
+    """Show ``view(runtime)`` (a dict, or None to show nothing) under key ``name`` in the
+    worker_events API answer of ``zone`` and in its ``ngxsim_status`` entry. Call it in
+    ``ngxsim_postconfiguration`` (the cluster bridge shows its view of the cluster this way)."""
+    config.stash.setdefault(VIEWS, {}).setdefault(zone, []).append((name, view))
+
+
+def zone_views(runtime, zone: str) -> dict:
+    """What the views added for ``zone`` show now (a view that fails shows its error)."""
+    out = {}
+    for name, view in runtime.config.stash.get(VIEWS, {}).get(zone, ()):
+        try:
+            value = view(runtime)
+        except Exception as exc:
+            value = {"error": f"{type(exc).__name__}: {exc}"}
+        if value is not None:
+            out[name] = value
+    return out
+
+
 def wait_for_events(runtime, zone: str, after: int, timeout: float) -> int:
     """Block (on the zone's doorbell: no polling) until ``zone`` has a generation after
     ``after`` or ``timeout`` seconds pass; returns the newest generation."""
@@ -299,4 +322,4 @@ def wait_for_events(runtime, zone: str, after: int, timeout: float) -> int:
 
 
 __all__ = ["Ring", "State", "state", "publish_remote", "publish_remote_gap", "events_after", "ring_birth",
-           "wait_for_events", "REMOTE_GAP_CHANNEL"]
+           "wait_for_events", "add_zone_view", "zone_views", "REMOTE_GAP_CHANNEL"]
