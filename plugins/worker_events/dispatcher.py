@@ -247,8 +247,7 @@ class Dispatcher:
                 self.events += 1
                 channel, backlog = event.channel, gen <= live_from
                 if channel == REMOTE_GAP_CHANNEL and event.origin is not None:
-                    if not backlog:
-                        self._remote_gap(event)
+                    self._remote_gap(event, backlog)
                     self.cursor = gen
                     gen += 1
                     continue
@@ -285,13 +284,15 @@ class Dispatcher:
         self._gap(gen, gen)
         return None, newest
 
-    def _remote_gap(self, event: Event) -> None:
+    def _remote_gap(self, event: Event, backlog: bool) -> None:
+        """A gap relayed from another instance (a backlog one only to modules that replay)."""
         first, _, last = event.payload.partition("-")
         gap = Gap(self.zone, int(first), int(last), event.origin)
-        log.warning("worker_events: zone %s lost events %d..%d of instance %s on their way here",
-                    self.zone, gap.first, gap.last, gap.origin)
+        if not backlog:
+            log.warning("worker_events: zone %s lost events %d..%d of instance %s on their way here",
+                        self.zone, gap.first, gap.last, gap.origin)
         for sub in self.subscribers:
-            if sub.on_gap is not None:
+            if sub.on_gap is not None and (not backlog or sub.replays(self.zone)):
                 try:
                     sub.on_gap(self.runtime, gap)
                 except Exception:

@@ -20,6 +20,7 @@ CONF = """
 load_module worker_events;
 load_module cluster;
 load_module ngxsim_test_recorder;
+{main}
 http {
     worker_events_zone bus;
     worker_events_ring_size {ring};
@@ -52,12 +53,37 @@ def stream():
     return f"test.{uuid.uuid4().hex[:12]}"
 
 
-def start(cluster, stream, count=3, workers=(2, 3, 2), ring=1024, extra="", **kw):
+def placeholders(ring=1024, extra="", main=""):
+    return {"ring": ring, "extra": extra, "main": main}
+
+
+def start(cluster, stream, count=3, workers=(2, 3, 2), **kw):
     members = cluster.start(CONF, count=count, workers=list(workers)[:count], stream=stream,
-                            placeholders={"ring": ring, "extra": extra}, **kw)
+                            placeholders=placeholders(**kw))
     for m in members:
         m.wait_connected(API)
     return members
+
+
+REPLAY = "recorder_replay on;"  # a worker that starts late still hears all the ring holds
+
+
+def restart(cluster, member, stream, workers=2, **kw):
+    """Stop ``member`` and start it again under the same instance id and state folder."""
+    member.server.stop()
+    cluster.members.remove(member)
+    again = cluster.start_one(CONF, member.name, workers, stream, placeholders=placeholders(**kw))
+    again.wait_connected(API)
+    return again
+
+
+def relay_pid(member):
+    return wait_for(lambda: member.cluster_view(API).get("relay_pid"), 20, what=f"{member.name}'s relay")
+
+
+def ring_events(member, origin):
+    events = member.server.get(API + "?limit=10000&since=0").json()["events"]
+    return [e for e in events if e["origin"] == origin]
 
 
 def publish(member, n, prefix="p", path=API):
@@ -117,3 +143,125 @@ def test_a_publish_on_one_instance_reaches_every_worker_of_the_others_once_in_or
     ring = b.server.get(API + "?limit=1000").json()["events"]
     remote = [e for e in ring if e["origin"] == "A"]
     assert len(remote) == 20 and all(e["origin_generation"] for e in remote)
+
+
+def test_killing_either_relay_mid_flow_loses_nothing_and_delivers_nothing_twice(ngxsim_cluster, engine, stream):
+    import threading
+
+    a, b = start(ngxsim_cluster(engine.url), stream, count=2, workers=(2, 3), main=REPLAY)
+    sent: list[int] = []
+    done = threading.Event()
+
+    def flow():
+        try:
+            for i in range(150):
+                sent.extend(publish(a, 1, prefix=f"k{i}-"))
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=flow)
+    thread.start()
+    try:
+        wait_for(lambda: len(sent) >= 40, 30, what="40 publishes")
+        old_a = relay_pid(a)
+        a.server.kill_worker(old_a)  # SIGKILL the worker relaying A's events out
+        wait_for(lambda: len(sent) >= 90, 30, what="90 publishes")
+        old_b = relay_pid(b)
+        b.server.kill_worker(old_b)  # and the one bringing them into B
+    finally:
+        thread.join(60)
+    assert done.is_set() and len(sent) == 150
+    assert relay_pid(a) != old_a and relay_pid(b) != old_b  # taken over by other workers
+    expected = [f"k{i}-0" for i in range(150)]
+    recs = wait_all_workers(b, lambda lines: len(remote_events(lines, "A")) >= 150, "A's 150 events", timeout=40)
+    for pid, lines in recs.items():
+        assert [p for _, p, _, _ in remote_events(lines, "A")] == expected, (pid, lines)
+    assert [e["payload"] for e in ring_events(b, "A")] == expected  # in B's ring once each
+
+
+def test_a_restarted_instance_resumes_where_it_stopped(ngxsim_cluster, engine, stream):
+    cluster = ngxsim_cluster(engine.url)
+    a, b = start(cluster, stream, count=2, main=REPLAY)
+    publish(a, 3, prefix="before")
+    wait_for(lambda: len(ring_events(b, "A")) == 3, 20, what="B to get the first 3")
+    b.server.stop()
+    cluster.members.remove(b)
+    publish(a, 5, prefix="away")  # published while B is down
+    b = cluster.start_one(CONF, "B", 2, stream, placeholders=placeholders(main=REPLAY))
+    b.wait_connected(API)
+    wait_for(lambda: len(ring_events(b, "A")) >= 5, 20, what="B to get what it missed")
+    publish(a, 2, prefix="after")
+    got = wait_for(lambda: (lambda e: e if len(e) >= 7 else None)(ring_events(b, "A")), 20, what="the rest")
+    # the new ring of B: exactly what A published since B stopped, once, in order
+    assert [e["payload"] for e in got] == [f"away{i}" for i in range(5)] + ["after0", "after1"]
+    wait_all_workers(b, lambda lines: len(remote_events(lines, "A")) == 7, "the 7 events")
+
+
+def test_an_instance_away_past_the_engines_retention_gets_a_gap_naming_the_origin(ngxsim_cluster, engine, stream):
+    cluster = ngxsim_cluster(engine.url)
+    a, b = start(cluster, stream, count=2, main=REPLAY, extra="retention=100")
+    publish(a, 2, prefix="seen")
+    wait_for(lambda: len(ring_events(b, "A")) == 2, 20, what="B to get the first events")
+    b.server.stop()
+    cluster.members.remove(b)
+    publish(a, 400, prefix="gone")  # the engine keeps ~100: B never reads most of them
+    wait_for(lambda: a.cluster_view(API)["relayed_generation"] >= 402, 30, what="A to relay all of it")
+    publish(a, 1, prefix="later")
+    b = cluster.start_one(CONF, "B", 2, stream, placeholders=placeholders(main=REPLAY, extra="retention=100"))
+    b.wait_connected(API)
+    recs = wait_all_workers(b, lambda lines: any(line.endswith("later0 from A#" + line.rsplit("#", 1)[-1])
+                                                 for line in lines if "later0" in line), "A's event after the gap")
+    for pid, lines in recs.items():
+        gaps = [line for line in lines if line.startswith("G ")]
+        assert any(g.endswith(" from A") for g in gaps), (pid, lines)  # named: lost events of A
+        assert any(g.endswith(" from *") for g in gaps), (pid, lines)  # and at once, before any of A's
+        got = remote_events(lines, "A")
+        assert 0 < len(got) < 401 and got[-1][1] == "later0"
+    view = b.cluster_view(API)
+    assert view["gaps"] >= 1
+
+
+def append_records(engine_server, stream, records):
+    """Append records straight into the engine, through the engine contract (what a relay of
+    another instance, or one that took over, would append)."""
+    from ngxsim_plugins.cluster.engine import Record
+    from ngxsim_plugins.cluster.engines import engine_class
+
+    engine = engine_class(engine_server.url)(engine_server.url, stream, retention=1000)
+    engine.connect()
+    try:
+        return engine.append([Record(o, g, "c", "t", p, 1_700_000_000_000) for o, g, p in records])
+    finally:
+        engine.close()
+
+
+def test_a_record_relayed_twice_is_delivered_once_and_an_older_one_of_its_origin_never(ngxsim_cluster, engine, stream):
+    [b] = start(ngxsim_cluster(engine.url), stream, count=1, workers=(2,))
+    append_records(engine, stream, [("Z", 5, "five"), ("Z", 5, "five"), ("Z", 4, "four"), ("Z", 6, "six")])
+    got = wait_for(lambda: (lambda e: e if len(e) >= 2 else None)(ring_events(b, "Z")), 20, what="Z's events")
+    append_records(engine, stream, [("Z", 7, "seven")])  # a marker: everything before it was read
+    wait_for(lambda: len(ring_events(b, "Z")) >= 3, 20, what="the marker")
+    assert [(e["payload"], e["origin_generation"]) for e in ring_events(b, "Z")] == [("five", 5), ("six", 6), ("seven", 7)]
+    assert b.cluster_view(API)["duplicates"] == 2
+    wait_all_workers(b, lambda lines: [p for _, p, _, _ in remote_events(lines, "Z")] == ["five", "six", "seven"],
+                     "Z's events once each")
+    assert got
+
+
+def test_a_relay_that_took_over_from_a_stale_state_delivers_nothing_twice(ngxsim_cluster, engine, stream):
+    import json
+
+    [b] = start(ngxsim_cluster(engine.url), stream, count=1, workers=(3,), main=REPLAY)
+    state_file = next(b.state.glob("cluster.bus.*.json"))
+    stale = json.loads(state_file.read_text())  # before anything was delivered
+    append_records(engine, stream, [("Z", 1, "one"), ("Z", 2, "two")])
+    wait_for(lambda: len(ring_events(b, "Z")) == 2, 20, what="Z's events")
+    # the relay is killed after it delivered, before its state said so: its successor starts
+    # from the old cursor and reads both again; the ring tells it they were delivered
+    holder = relay_pid(b)
+    state_file.write_text(json.dumps(stale))  # (the relay is idle: it writes nothing now)
+    b.server.kill_worker(holder)
+    wait_for(lambda: (relay_pid(b) != holder) and b.cluster_view(API).get("connected"), 20, what="a new relay")
+    append_records(engine, stream, [("Z", 3, "three")])
+    wait_for(lambda: len(ring_events(b, "Z")) >= 3, 20, what="the marker")
+    assert [e["payload"] for e in ring_events(b, "Z")] == ["one", "two", "three"]

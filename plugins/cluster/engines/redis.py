@@ -5,11 +5,13 @@
 - read: ``XREAD BLOCK ms COUNT n STREAMS stream cursor`` (the server answers as soon as an entry
   arrives: a push, no polling), on a connection of its own whose socket timeout outlasts the
   block;
-- loss: Redis 7's ``XINFO STREAM`` has ``max-deleted-entry-id``: when it is past the cursor, an
-  entry after the cursor was trimmed before it was read (this stream is only ever trimmed, never
-  XDEL'd). Asked in the same pipeline as the XREAD, before it. A stream that vanished (the
-  engine restarted without persistence, ``FLUSHALL``) while the cursor pointed into it counts
-  as a loss of unknown size.
+- loss: a position is ``ID#N``, N the entry's number in the stream (the N-th ever added).
+  Redis 7's ``XINFO STREAM`` (asked in the same pipeline as the XREAD, just before it) gives
+  ``entries-added`` and ``length``; the stream is only ever trimmed from its head, so its first
+  entry is number ``entries-added - length + 1``. When that is past the cursor's N + 1, entries
+  after the cursor were trimmed unread: exactly that many. (``max-deleted-entry-id`` would not
+  do: trimming does not move it, only XDEL does.) A stream that vanished (the engine restarted
+  without its data, ``FLUSHALL``) while the cursor pointed into it is a loss of unknown size.
 """
 
 from __future__ import annotations
@@ -25,10 +27,16 @@ from ..engine import Batch, Engine, EngineError, Entry, Record, redact_url
 _FIELDS = (b"o", b"g", b"c", b"t", b"p", b"ts")
 
 
-def _id(value: bytes | str) -> tuple[int, int]:
-    text = value.decode() if isinstance(value, bytes) else value
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
+def _position(entry_id: bytes | str, number: int | None) -> str:
+    """A position: the entry's id and, after ``#``, its number in the stream (1 for the first
+    entry ever added): what tells a trimmed gap from no gap, and how many were lost."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return text if number is None else f"{text}#{number}"
+
+
+def _parse(position: str) -> tuple[str, int | None]:
+    entry_id, sep, number = position.partition("#")
+    return entry_id, (int(number) if sep and number.isdigit() else (0 if entry_id == "0-0" else None))
 
 
 class RedisEngine(Engine):
@@ -98,24 +106,32 @@ class RedisEngine(Engine):
             raise self._fail("XADD", exc) from None
         return [i.decode() for i in ids]
 
+    def _info(self, client: redis.Redis) -> dict | None:
+        try:
+            return client.xinfo_stream(self.stream)
+        except rx.ResponseError as exc:
+            if "no such key" in str(exc).lower():
+                return None
+            raise self._fail("XINFO STREAM", exc) from None
+        except rx.RedisError as exc:
+            raise self._fail("XINFO STREAM", exc) from None
+
     def newest(self) -> str | None:
         if self._client is None:
             raise EngineError(f"{self.describe()}: not connected")
-        try:
-            last = self._client.xrevrange(self.stream, count=1)
-        except rx.RedisError as exc:
-            raise self._fail("XREVRANGE", exc) from None
-        return last[0][0].decode() if last else None
+        info = self._info(self._client)
+        return None if info is None else _position(info["last-generated-id"], info["entries-added"])
 
     def read(self, cursor: str | None, *, block: float, limit: int = 512) -> Batch:
         if self._client is None:
             raise EngineError(f"{self.describe()}: not connected")
-        if cursor is None:  # from now on: the newest entry's id is where we are
-            cursor = self.newest() or "0-0"
+        if cursor is None:  # from now on: the newest entry is where we are
+            cursor = self.newest() or "0-0#0"
+        last_id, number = _parse(cursor)
         reader = self._reader_for(block)
         pipe = reader.pipeline(transaction=False)
         pipe.xinfo_stream(self.stream)
-        pipe.xread({self.stream: cursor}, count=limit, block=max(int(block * 1000), 1))
+        pipe.xread({self.stream: last_id}, count=limit, block=max(int(block * 1000), 1))
         try:
             info, answer = pipe.execute(raise_on_error=False)
         except rx.RedisError as exc:
@@ -128,25 +144,30 @@ class RedisEngine(Engine):
         if isinstance(info, Exception):
             if "no such key" not in str(info).lower():
                 raise self._fail("XINFO STREAM", info)
-            lost = _id(cursor) > (0, 0)  # the stream is gone while we had read into it
+            if number:  # the stream is gone while we had read into it (restarted without its data)
+                lost, number, last_id = True, 0, "0-0"
         else:
-            deleted = info.get("max-deleted-entry-id") or b"0-0"
-            lost = _id(deleted) > _id(cursor)  # how many: Redis keeps no count of that
+            # entries are numbered 1, 2, ... in the order added (entries-added counts them; this
+            # stream is only trimmed from its head): the head's number is added - length + 1
+            first = info["entries-added"] - info["length"] + 1
+            if number is not None and first > number + 1:
+                lost, lost_count = True, first - number - 1
+                number = first - 1
+            elif number is not None and info["entries-added"] < number:
+                lost, number = True, 0  # a younger stream of the same name: what we read is gone
         entries = []
         for _, items in answer or ():
             for position, fields in items:
+                if number is not None:
+                    number += 1
+                last_id = position
                 try:
                     record = Record(fields[b"o"].decode(), int(fields[b"g"]), fields[b"c"].decode(),
                                     fields[b"t"].decode(), fields[b"p"].decode(), int(fields[b"ts"]))
                 except (KeyError, ValueError, UnicodeDecodeError):
                     continue  # not one of ours (another writer on this key): skip it
-                entries.append(Entry(position.decode(), record))
-        if lost and not entries and not isinstance(info, Exception):
-            # move past what was lost, so that the next read does not report it again
-            cursor = (info.get("max-deleted-entry-id") or b"0-0").decode()
-        elif lost and not entries:
-            cursor = "0-0"
-        return Batch(entries, entries[-1].position if entries else cursor, lost, lost_count)
+                entries.append(Entry(_position(position, number), record))
+        return Batch(entries, _position(last_id, number), lost, lost_count)
 
     @staticmethod
     def _closed(client: redis.Redis | None) -> None:
