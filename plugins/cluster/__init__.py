@@ -14,8 +14,6 @@ Uses only ngxsim's public API and worker_events' public functions (``publish_rem
 
 from __future__ import annotations
 
-import time
-
 from ngxsim import HTTP, Directive, hookimpl
 
 from .config import Bridge, default_instance, parse_bridge
@@ -84,10 +82,10 @@ def _view_of(zone: str):
         if doc is None:  # no relay has run yet
             bridge = plan["bridge"]
             return {"engine": bridge.engine, "stream": bridge.stream, "instance": plan["instance"],
-                    "connected": False, "relay_pid": None, "instances": {}}
-        now = int(time.time() * 1000)
-        for info in doc.get("instances", {}).values():
-            info["last_seen_ago_msec"] = max(0, now - info.get("last_seen_msec", now))
+                    "connected": False, "relay_pid": None, "instances": []}
+        # the instances as rows (a table in ``ngxsim status``), the most recently seen first
+        doc["instances"] = sorted(({"instance": name, **info} for name, info in doc.get("instances", {}).items()),
+                                  key=lambda row: -row.get("last_seen_msec", 0))
         return doc
 
     return view
