@@ -55,7 +55,8 @@ class Relay:
         self.state = RelayState.load(state_path(bridge.state_dir, bridge.zone, bridge.stream))
         self.view = View(runtime.zone(view_zone))
         old = self.view.read() or {}
-        self.stats = {k: old.get(k, 0) for k in ("relayed_out", "relayed_in", "duplicates", "gaps", "lost_events")}
+        self.stats = {k: old.get(k, 0) for k in ("relayed_out", "relayed_in", "duplicates", "gaps", "lost_events",
+                                                  "engine_errors")}
         self.instances: dict[str, dict] = old.get("instances") or {}
         self.links = {"out": False, "in": False}
         self.connected = False
@@ -77,6 +78,7 @@ class Relay:
             self.links[direction] = ok
             if error:
                 self.last_error, self.last_error_msec = error, int(time.time() * 1000)
+                self.stats["engine_errors"] += 1
             connected = all(self.links.values())
             went_up = connected and not self.connected
             went_down = not ok and not self._down_logged

@@ -288,3 +288,72 @@ def test_the_cluster_view_in_the_status_page_and_ngxsim_status(ngxsim_cluster, e
                          capture_output=True, text=True, timeout=30).stdout
     assert "cluster:" in out and "relayed_in: 3" in out and f"engine: {engine.url}" in out, out
     assert "instance" in out and " A " in out.split("instances:")[1], out
+
+
+def error_lines(member, needle):
+    return [line for line in member.server.output().splitlines() if needle in line]
+
+
+def test_an_engine_restarted_mid_flow_loses_nothing_acknowledged(ngxsim_cluster, fresh_engine, stream):
+    engine = fresh_engine()
+    a, b = start(ngxsim_cluster(engine.url), stream, count=2, main=REPLAY)
+    publish(a, 10, prefix="one")
+    wait_for(lambda: len(ring_events(b, "A")) == 10, 20, what="the first 10")
+    engine.stop()
+    publish(a, 10, prefix="two")  # while the engine is down: they wait in A's ring
+    wait_for(lambda: not a.cluster_view(API)["connected"], 20, what="A to see the engine gone")
+    engine.start()  # same port, same data (append-only file, fsync always)
+    wait_for(lambda: len(ring_events(b, "A")) == 20, 30, what="the 10 published while it was down")
+    publish(a, 5, prefix="three")
+    got = wait_for(lambda: (lambda e: e if len(e) >= 25 else None)(ring_events(b, "A")), 20, what="the rest")
+    assert [e["payload"] for e in got] == ([f"one{i}" for i in range(10)] + [f"two{i}" for i in range(10)]
+                                           + [f"three{i}" for i in range(5)])
+    for m in (a, b):
+        # said once per change of state, not once per retry
+        assert len(error_lines(m, "unreachable")) == 1, m.server.output()
+        assert len(error_lines(m, "connected to")) == 2
+        assert m.cluster_view(API)["last_error"]
+
+
+def test_an_engine_paused_then_resumed_delivers_what_was_published_meanwhile(ngxsim_cluster, fresh_engine, stream):
+    engine = fresh_engine()
+    a, b = start(ngxsim_cluster(engine.url), stream, count=2, main=REPLAY, extra="timeout=300ms")
+    publish(a, 2, prefix="before")
+    wait_for(lambda: len(ring_events(b, "A")) == 2, 20, what="the first events")
+    engine.pause()  # SIGSTOP: connections stay open, nothing answers
+    try:
+        r = a.server.post(API, json={"type": "t", "payload": "during0"})  # a request never waits on the engine
+        assert r.status_code == 201
+        publish(a, 4, prefix="during", path=API)
+    finally:
+        engine.resume()
+    got = wait_for(lambda: (lambda e: e if len(e) >= 7 else None)(ring_events(b, "A")), 30, what="the paused events")
+    assert [e["payload"] for e in got] == ["before0", "before1", "during0"] + [f"during{i}" for i in range(4)]
+
+
+def test_two_clusters_on_one_engine_stay_apart(ngxsim_cluster, engine):
+    one = ngxsim_cluster(engine.url, folder="one")
+    two = ngxsim_cluster(engine.url, folder="two")
+    a1, b1 = start(one, "cluster.one", count=2)
+    [a2] = two.start(CONF, count=1, stream="cluster.two", names="AZ", placeholders=placeholders())
+    a2.wait_connected(API)  # instance "A" of another cluster: same id, another stream
+    publish(a1, 3, prefix="one")
+    publish(a2, 3, prefix="two")
+    wait_for(lambda: len(ring_events(b1, "A")) == 3, 20, what="cluster one's events")
+    publish(a1, 1, prefix="marker")
+    wait_for(lambda: len(ring_events(b1, "A")) == 4, 20, what="the marker")
+    assert [e["payload"] for e in ring_events(b1, "A")] == ["one0", "one1", "one2", "marker0"]
+    assert ring_events(a2, "A") == [] and a2.cluster_view(API)["relayed_in"] == 0
+
+
+def test_an_unreachable_engine_does_not_stop_a_server_from_starting_and_serving(ngxsim_cluster, stream):
+    from ngxsim.testing import free_port
+
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    [a] = ngxsim_cluster(dead).start(CONF, count=1, stream=stream, placeholders=placeholders())
+    assert publish(a, 2) == [1, 2]  # serves, publishes: the relay keeps trying in the background
+    wait_for(lambda: error_lines(a, "unreachable"), 20, what="the error log to say so")
+    view = a.cluster_view(API)
+    assert view["connected"] is False and "127.0.0.1" in view["last_error"] and view["engine"] == dead
+    wait_for(lambda: a.cluster_view(API)["engine_errors"] >= 6, 20, what="several retries")
+    assert len(error_lines(a, "unreachable")) == 1  # said once, not once per retry
