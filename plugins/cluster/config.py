@@ -24,7 +24,7 @@ DEFAULT_RETENTION = 100_000
 DEFAULT_TIMEOUT = 2.0
 CHANNEL_MAX = 64
 INSTANCE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-STREAM = re.compile(r"[A-Za-z0-9._:-]{1,200}")
+STREAM = re.compile(r"[A-Za-z0-9._:{}-]{1,200}")  # braces: a Redis Cluster hash tag
 _PARAMS = ("channels", "state", "stream", "instance", "retention", "password_file", "timeout")
 
 
@@ -92,7 +92,7 @@ def parse_bridge(args: list[str]) -> Bridge:
         if needed not in params:
             raise _fail(f'"{needed}=" is required')
     return Bridge(zone, url, _channels(params["channels"]), _state_dir(params["state"]),
-                  _name(params.get("stream", f"ngxsim.{zone}"), STREAM, "stream", 200),
+                  _name(params.get("stream", f"ngxsim.{zone}"), STREAM, "stream", 200, ", \"{\", \"}\""),
                   _name(params["instance"], INSTANCE, "instance", 64) if "instance" in params else None,
                   _retention(params.get("retention")), _password_file(params.get("password_file")),
                   _timeout(params.get("timeout")), engine)
@@ -112,9 +112,9 @@ def _channels(text: str) -> tuple[str, ...] | None:
     return tuple(dict.fromkeys(names))
 
 
-def _name(text: str, pattern: re.Pattern, what: str, most: int) -> str:
+def _name(text: str, pattern: re.Pattern, what: str, most: int, more: str = "") -> str:
     if not pattern.fullmatch(text):
-        raise _fail(f'invalid {what} "{text}": 1 to {most} of letters, digits, ".", "_", ":" and "-"')
+        raise _fail(f'invalid {what} "{text}": 1 to {most} of letters, digits, ".", "_", ":"{more} and "-"')
     return text
 
 
