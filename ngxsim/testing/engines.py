@@ -109,9 +109,10 @@ class RedisServer(EngineServer):
     binary = "redis-server"
     scheme = "redis"
 
-    def __init__(self, folder, port=None, password: str | None = None):
+    def __init__(self, folder, port=None, password: str | None = None, fsync: str = "always"):
         super().__init__(folder, port)
         self.password = password
+        self.fsync = fsync  # appendfsync: "always" (tests: nothing acknowledged is lost), "everysec"
 
     @property
     def url(self) -> str:
@@ -119,7 +120,7 @@ class RedisServer(EngineServer):
 
     def command(self) -> list[str]:
         cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
-               "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--daemonize", "no",
+               "--save", "", "--appendonly", "yes", "--appendfsync", self.fsync, "--daemonize", "no",
                "--protected-mode", "no"]
         if self.password:
             cmd += ["--requirepass", self.password]

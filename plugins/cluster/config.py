@@ -69,6 +69,8 @@ def parse_bridge(args: list[str]) -> Bridge:
     except ValueError as exc:
         raise _fail(f'{exc}: "{engine}"') from None
     except ImportError as exc:
+        if (exc.name or "").startswith(__package__ + ".engines."):
+            raise _fail(f'no engine module for "{engine}" in this installation ({exc.name})') from None
         raise _fail(f'the engine of "{engine}" needs its client library ({exc.name or exc}): '
                     "pip install 'ngxsim[cluster]'") from None
     _, _, rest = url.partition("://")

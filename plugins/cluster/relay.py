@@ -29,6 +29,8 @@ import random
 import threading
 import time
 
+from ngxsim import prompt_wakeups
+
 from .engine import EngineError, Record
 from .engines import engine_class
 from .state import RelayState, state_path
@@ -144,11 +146,15 @@ class Relay:
             self._guarded(self._inbound)
         finally:
             out.join(BLOCK + self.bridge.timeout + 1)
+            self.state.save()
             with self._lock:
                 self.connected = False
             self.publish_view()
 
     def _guarded(self, loop) -> None:
+        # each direction sleeps (doorbell, engine read) and runs briefly per wake-up: on a busy
+        # machine a short slice keeps it from waiting out another task's (as the dispatchers)
+        prompt_wakeups()
         while not self._stopping():
             try:
                 loop()
@@ -204,11 +210,11 @@ class Relay:
                         self._link("out", False, str(exc))
                         engine = self._connected_engine("out")
                         continue  # the same events again (the others' watermarks drop repeats)
-                with self._lock:
-                    self.stats["relayed_out"] += sum(r.channel != GAP_CHANNEL for r in records)
                 st.relayed = last
-                st.save()
-                if records:
+                if records:  # (a batch of remote events only: nothing to keep, a re-scan skips them again)
+                    with self._lock:
+                        self.stats["relayed_out"] += sum(r.channel != GAP_CHANNEL for r in records)
+                    st.save()
                     self.publish_view()
         finally:
             if engine is not None:
@@ -233,17 +239,16 @@ class Relay:
             while engine is not None and not self._stopping():
                 try:
                     batch = engine.read(st.cursor, block=BLOCK, limit=BATCH)
+                    self._take(batch)  # first: delivery waits for nothing else
                     now = time.monotonic()
                     if now - last_look > 1.0 or not batch.entries:
                         newest = engine.newest()
                         last_look = now
-                        self.caught_up = newest is None or newest == (batch.cursor or st.cursor)
+                        self.caught_up = newest is None or newest == st.cursor
                 except EngineError as exc:
                     engine.close()
                     self._link("in", False, str(exc))
                     engine = self._connected_engine("in")
-                    continue
-                self._take(batch)
         finally:
             if engine is not None:
                 engine.close()

@@ -102,3 +102,20 @@ def test_without_worker_events_the_fix_is_named(state):
     with pytest.raises(ConfigError) as err:
         load_configuration("/p/c.conf", text=f"load_module cluster;\nhttp {{\n cluster_bridge bus redis://h channels=c state={state};\n}}\n")
     assert 'add "load_module worker_events;"' in str(err.value) and str(err.value).endswith("/p/c.conf:3")
+
+
+def test_ngxsim_t_reports_a_bad_bridge_with_file_and_line_and_connects_to_nothing(state, tmp_path):
+    import subprocess
+    import sys
+
+    conf = tmp_path / "bad.conf"
+    conf.write_text(CONF % f"cluster_bridge bus redis://127.0.0.1:70000/0 channels=c state={state};")
+    bad = subprocess.run([sys.executable, "-m", "ngxsim.cli", "-t", "-c", str(conf)], capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 1 and f'invalid engine URL "redis://127.0.0.1:70000/0"' in bad.stderr
+    assert f"in {conf}:5" in bad.stderr
+    # nothing listens on port 1: -t does not connect, so this passes
+    conf.write_text(CONF % f"cluster_bridge bus redis://127.0.0.1:1/0 channels=c state={state};")
+    good = subprocess.run([sys.executable, "-m", "ngxsim.cli", "-t", "-c", str(conf)], capture_output=True, text=True,
+                          timeout=60)
+    assert good.returncode == 0, good.stderr
