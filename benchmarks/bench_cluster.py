@@ -108,6 +108,39 @@ def delivery(folder: Path, servers: dict, samples: int) -> tuple[list[float], li
     return same, cross
 
 
+def redis_hop(engine: RedisServer, samples: int) -> list[float]:
+    """The engine's own floor in this run: XADD in this process -> XREAD BLOCK returned in
+    another process (one of the relay path's hops, with no ngxsim in it), µs."""
+    import redis
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the reader: block on the stream, note when each entry arrived
+        try:
+            os.close(r)
+            client = redis.Redis(port=engine.port)
+            last, out = "$", []
+            while len(out) < samples:
+                for _, items in client.xread({"hop": last}, block=5000) or ():
+                    for entry_id, fields in items:
+                        out.append(time.monotonic_ns() - int(fields[b"t"]))
+                        last = entry_id
+            os.write(w, b"".join(n.to_bytes(8, "little") for n in out))
+        finally:
+            os._exit(0)
+    os.close(w)
+    client = redis.Redis(port=engine.port)
+    time.sleep(0.3)  # the reader is blocked in its XREAD
+    for _ in range(samples):
+        time.sleep(0.004 + random.random() * 0.002)
+        client.xadd("hop", {"t": str(time.monotonic_ns())})
+    data = b""
+    with os.fdopen(r, "rb") as fh:
+        data = fh.read()
+    os.waitpid(pid, 0)
+    return [int.from_bytes(data[i:i + 8], "little") / 1000 for i in range(0, len(data), 8)]
+
+
 def publish_cost(servers: dict, rounds: int, n: int = 5000) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {"unbridged (local.bench)": [], "bridged (bench)": []}
     for _ in range(rounds):
@@ -133,6 +166,7 @@ def main() -> None:
         try:
             servers = start_cluster(folder, engine, f"{os.getpid()}")
             same, cross = delivery(folder, servers, args.samples)
+            hop = redis_hop(engine, args.samples)
             cost = publish_cost(servers, args.rounds)
         finally:
             for server in servers.values():
@@ -143,6 +177,8 @@ def main() -> None:
         ["same host: A's 2 workers", len(same), f"{percentile(same, 50):,.0f}", f"{percentile(same, 99):,.0f}"],
         ["across hosts: every worker of B and C (4)", len(cross), f"{percentile(cross, 50):,.0f}",
          f"{percentile(cross, 99):,.0f}"],
+        ["(floor) one Redis hop: XADD -> XREAD BLOCK returned in another process", len(hop),
+         f"{percentile(hop, 50):,.0f}", f"{percentile(hop, 99):,.0f}"],
         ["Kong cluster_events, 5 s poll (stated)", "-", "2,500,000", "4,950,000"],
     ]
     print(table(f"publish on A -> subscriber ran in every worker, µs ({args.samples} events ~5 ms apart)",
