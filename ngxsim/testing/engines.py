@@ -96,8 +96,14 @@ class EngineServer:
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
-    def restart(self, down_for: float = 0.0) -> None:
+    def restart(self, down_for: float = 0.0, wipe: bool = False) -> None:
+        """Stop and start again on the same port; ``wipe``: without its data (an engine
+        replaced by an empty one)."""
         self.stop()
+        if wipe:
+            for path in self.folder.iterdir():
+                if path != self.log:
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
         time.sleep(down_for)
         self.start()
 

@@ -1,7 +1,8 @@
 """Redis Streams: one stream (a key) per cluster.
 
 - append: ``XADD stream MAXLEN ~ retention * o ORIGIN g GEN c CHANNEL t TYPE p PAYLOAD ts MS``,
-  every record of a batch in one pipeline (one round trip);
+  every record of a batch in one pipeline (one round trip, in MULTI with an ``XINFO STREAM``
+  that numbers the batch);
 - read: ``XREAD BLOCK ms COUNT n STREAMS stream cursor`` (the server answers as soon as an entry
   arrives: a push, no polling), on a connection of its own whose socket timeout outlasts the
   block;
@@ -95,16 +96,19 @@ class RedisEngine(Engine):
             raise EngineError(f"{self.describe()}: not connected")
         if not records:
             return []
-        pipe = self._client.pipeline(transaction=False)
+        # one round trip, in MULTI so that the entries-added read after the batch numbers it
+        pipe = self._client.pipeline(transaction=True)
         for r in records:
             pipe.xadd(self.stream, {b"o": r.origin, b"g": r.origin_generation, b"c": r.channel, b"t": r.type,
                                     b"p": r.payload, b"ts": r.timestamp_msec},
                       maxlen=self.retention, approximate=True)
+        pipe.xinfo_stream(self.stream)
         try:
-            ids = pipe.execute()
+            *ids, info = pipe.execute()
         except rx.RedisError as exc:
             raise self._fail("XADD", exc) from None
-        return [i.decode() for i in ids]
+        last = info["entries-added"]
+        return [_position(entry_id, last - len(ids) + 1 + i) for i, entry_id in enumerate(ids)]
 
     def _info(self, client: redis.Redis) -> dict | None:
         try:
