@@ -8,7 +8,8 @@ with ngxsim installed loads this module — so nothing here imports ngxsim until
 Fixtures: ``ngxsim_server`` (a factory of started servers), ``ngxsim_backend`` (a factory of
 started backends), ``ngxsim_mode`` (the hosting mode a test runs in), ``ngxsim_redis`` (a real
 ``redis-server`` for the session), ``ngxsim_redis_factory`` (fresh ones, for tests that stop,
-pause or restart their engine) and ``ngxsim_cluster`` (instances sharing an engine). The marker
+pause or restart their engine), ``ngxsim_engine`` / ``ngxsim_engine_factory`` (the same, once per
+engine) and ``ngxsim_cluster`` (instances sharing an engine). The marker
 ``@pytest.mark.ngxsim_modes`` runs a test in both modes; ``--ngxsim-mode`` chooses the mode of
 every other test (``both`` runs them all twice). See docs/testing.md.
 """
@@ -157,6 +158,25 @@ def ngxsim_redis_factory(tmp_path):
     yield make
     for server in made:
         server.stop()
+
+
+# every engine the cluster bridge has a test server for: name -> (session fixture, factory fixture).
+# An engine joins the engine-parametrized tests (ngxsim_engine, ngxsim_engine_factory) here.
+ENGINE_FIXTURES = {"redis": ("ngxsim_redis", "ngxsim_redis_factory")}
+
+
+@pytest.fixture(params=sorted(ENGINE_FIXTURES))
+def ngxsim_engine(request):
+    """The session's server of each engine: a test using it runs once per engine (skipped,
+    saying why, for an engine not installed). ``.url`` is what ``cluster_bridge`` takes."""
+    return request.getfixturevalue(ENGINE_FIXTURES[request.param][0])
+
+
+@pytest.fixture(params=sorted(ENGINE_FIXTURES))
+def ngxsim_engine_factory(request):
+    """A factory of fresh servers of each engine (the test runs once per engine), for tests
+    that stop, pause, restart or wipe their engine."""
+    return request.getfixturevalue(ENGINE_FIXTURES[request.param][1])
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """worker_events across hosts: instances (real gunicorn, several workers each) sharing a real
-engine. Parametrized over engines: another engine joins by adding its server fixture to
-ENGINES."""
+engine. Parametrized over engines (the pytest plugin's ENGINE_FIXTURES: an engine joins
+there)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ import pytest
 
 from ngxsim.testing import wait_for
 
-ENGINES = {"redis": "ngxsim_redis"}
-FRESH_ENGINES = {"redis": "ngxsim_redis_factory"}
 
 CONF = """
 load_module worker_events;
@@ -36,16 +34,16 @@ http {
 API = "/ev"
 
 
-@pytest.fixture(params=sorted(ENGINES))
-def engine(request):
-    """The engine every instance of a test shares (the session's server)."""
-    return request.getfixturevalue(ENGINES[request.param])
+@pytest.fixture
+def engine(ngxsim_engine):
+    """The engine every instance of a test shares (the session's server; once per engine)."""
+    return ngxsim_engine
 
 
-@pytest.fixture(params=sorted(FRESH_ENGINES))
-def fresh_engine(request):
+@pytest.fixture
+def fresh_engine(ngxsim_engine_factory):
     """A factory of engine servers of this test's own (to stop, pause, restart)."""
-    return request.getfixturevalue(FRESH_ENGINES[request.param])
+    return ngxsim_engine_factory
 
 
 @pytest.fixture

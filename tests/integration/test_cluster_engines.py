@@ -1,5 +1,5 @@
 """The engine contract (plugins/cluster/engine.py), checked against each real engine: what the
-relay relies on. Another engine joins by adding its server fixtures to ENGINES / FRESH."""
+relay relies on. Runs once per engine of the pytest plugin's ENGINE_FIXTURES."""
 
 from __future__ import annotations
 
@@ -11,18 +11,6 @@ import pytest
 from ngxsim_plugins.cluster.engine import Batch, EngineError, Record
 from ngxsim_plugins.cluster.engines import engine_class
 
-ENGINES = {"redis": "ngxsim_redis"}
-FRESH = {"redis": "ngxsim_redis_factory"}
-
-
-@pytest.fixture(params=sorted(ENGINES))
-def server(request):
-    return request.getfixturevalue(ENGINES[request.param])
-
-
-@pytest.fixture(params=sorted(FRESH))
-def fresh(request):
-    return request.getfixturevalue(FRESH[request.param])
 
 
 def connect(url, stream=None, retention=1000, **kw):
@@ -35,7 +23,8 @@ def records(n, origin="A", start=1):
     return [Record(origin, start + i, "c", "t", f"p{start + i}", 1_700_000_000_000 + i) for i in range(n)]
 
 
-def test_append_then_read_in_order_from_a_cursor(server):
+def test_append_then_read_in_order_from_a_cursor(ngxsim_engine):
+    server = ngxsim_engine
     engine = connect(server.url)
     try:
         first = engine.read(None, block=0.01)
@@ -53,7 +42,8 @@ def test_append_then_read_in_order_from_a_cursor(server):
         engine.close()
 
 
-def test_entries_trimmed_before_they_were_read_are_a_counted_loss(server):
+def test_entries_trimmed_before_they_were_read_are_a_counted_loss(ngxsim_engine):
+    server = ngxsim_engine
     engine = connect(server.url, retention=100)
     try:
         cursor = engine.read(None, block=0.01).cursor
@@ -72,8 +62,8 @@ def test_entries_trimmed_before_they_were_read_are_a_counted_loss(server):
         engine.close()
 
 
-def test_an_engine_that_lost_its_data_is_a_loss_of_unknown_size(fresh, tmp_path):
-    server = fresh()
+def test_an_engine_that_lost_its_data_is_a_loss_of_unknown_size(ngxsim_engine_factory):
+    server = ngxsim_engine_factory()
     stream = f"contract.{uuid.uuid4().hex[:10]}"
     engine = connect(server.url, stream)
     try:
@@ -91,8 +81,8 @@ def test_an_engine_that_lost_its_data_is_a_loss_of_unknown_size(fresh, tmp_path)
         engine.close()
 
 
-def test_an_unreachable_engine_fails_within_its_timeout_and_names_no_secret(fresh):
-    server = fresh(password="s3cret")
+def test_an_unreachable_engine_fails_within_its_timeout_and_names_no_secret(ngxsim_engine_factory):
+    server = ngxsim_engine_factory(password="s3cret")
     with pytest.raises(EngineError) as err:
         connect(server.url, password="wrong", timeout=1.0)
     assert "s3cret" not in str(err.value) and "wrong" not in str(err.value)
