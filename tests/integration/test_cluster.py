@@ -360,3 +360,24 @@ def test_an_unreachable_engine_does_not_stop_a_server_from_starting_and_serving(
     assert view["connected"] is False and "127.0.0.1" in view["last_error"] and view["engine"] == dead
     wait_for(lambda: a.cluster_view(API)["engine_errors"] >= 6, 20, what="several retries")
     assert len(error_lines(a, "unreachable")) == 1  # said once, not once per retry
+
+
+def test_events_the_origins_ring_overwrote_before_its_relay_sent_them_are_a_gap_for_the_others(
+        ngxsim_cluster, ngxsim_engine_factory, stream):
+    engine = ngxsim_engine_factory()
+    a, b = start(ngxsim_cluster(engine.url), stream, count=2, main=REPLAY, ring=16)
+    publish(a, 1, prefix="first")
+    wait_for(lambda: len(ring_events(b, "A")) == 1, 20, what="the first event")
+    engine.stop()
+    wait_for(lambda: not a.cluster_view(API)["connected"], 20, what="A to see the engine gone")
+    publish(a, 40, prefix="while")  # A's ring holds 16: 24 are overwritten before its relay can send them
+    engine.start()
+    recs = wait_all_workers(b, lambda lines: any("while39" in line for line in lines), "the last event", timeout=30)
+    for pid, lines in recs.items():
+        gaps = [line for line in lines if line.startswith("G ")]
+        assert len(gaps) == 1 and gaps[0].endswith(" from A"), (pid, lines)
+        first, last = map(int, gaps[0].split()[1:3])
+        assert last - first + 1 == 24  # generations 2..25 of A, as origin generations
+        got = [p for _, p, _, _ in remote_events(lines, "A")]
+        assert got[-16:] == [f"while{i}" for i in range(24, 40)]
+    assert b.cluster_view(API)["lost_events"] == 24
