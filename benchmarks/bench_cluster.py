@@ -8,7 +8,9 @@
    ``db_update_frequency`` (5 s by default): an event waits for the next poll, uniformly 0-5 s,
    so its p50 is 2.5 s and its p99 4.95 s whatever the database does (stated, not measured:
    measuring it takes 5 s a sample).
-2. Publish cost on a bridged channel vs an unbridged one: ``?n=5000`` publishes in a request of
+2. Fan-out (``--fanout 2,10,25``): clusters of 2, 10, 25 instances of 1 worker each on this
+   machine, latency to the last worker of all the others and Redis's CPU per event.
+3. Publish cost on a bridged channel vs an unbridged one: ``?n=5000`` publishes in a request of
    A, alternated between the two channels, events/s. The relay is off the request path, so what
    a bridged publish costs more is only the relay's CPU beside it (2 cores).
 
@@ -61,15 +63,15 @@ def view(server) -> dict:
     return api(server, "/ev?limit=0").get("cluster", {})
 
 
-def start_cluster(folder: Path, engine: RedisServer, stream: str) -> dict:
+def start_cluster(folder: Path, engine: RedisServer, stream: str, names=("A", "B", "C"), workers=WORKERS) -> dict:
     servers = {}
-    for name in "ABC":
+    for name in names:
         out = folder / f"lat-{name}"
         state = folder / f"state-{name}"
         out.mkdir(parents=True)
         state.mkdir()
-        servers[name] = start_server(folder, CONF, workers=WORKERS, pythonpath=[HERE],
-                                     extra_env={"NGXSIM_BENCH_DIR": str(out)},
+        servers[name] = start_server(folder, CONF.replace(f"worker_processes {WORKERS};", f"worker_processes {workers};"),
+                                     workers=workers, pythonpath=[HERE], extra_env={"NGXSIM_BENCH_DIR": str(out)},
                                      placeholders={"engine": engine.url, "state": state, "stream": stream,
                                                    "name": name})
     for server in servers.values():
@@ -86,26 +88,57 @@ def latencies(folder: Path, name: str, remote: bool) -> dict[int, list[int]]:
     return per
 
 
-def delivery(folder: Path, servers: dict, samples: int) -> tuple[list[float], list[float]]:
-    """Publish ``samples`` events into A's ring ~5 ms apart; returns (same-host µs to A's last
-    worker, cross-host µs to the last worker of B and C)."""
-    ring = attach_ring(servers["A"], RING)
+def delivery(folder: Path, servers: dict, samples: int, workers: int = WORKERS) -> tuple[list[float], list[float]]:
+    """Publish ``samples`` events into the first instance's ring ~5 ms apart; returns (same-host
+    µs to its last worker, cross-host µs to the last worker of all the others)."""
+    first, *others = servers
+    ring = attach_ring(servers[first], RING)
     for _ in range(samples):
         time.sleep(0.004 + random.random() * 0.002)
         ring.publish(*encode_event("bench", "lat", str(time.monotonic_ns())))
     ring.publish(*encode_event("bench", "flush", ""))
     ring.zone.close()
-    for name in "BC":
+    for name in others:
         wait_for(lambda: view(servers[name])["relayed_in"] >= samples + 1, 60, what=f"{name} to relay in")
     time.sleep(0.5)  # the flush reaches every worker's subscriber
-    local = latencies(folder, "A", remote=False)
+    local = latencies(folder, first, remote=False)
     remote: dict[int, list[int]] = {}
-    for name in "BC":
+    for name in others:
         for sent, v in latencies(folder, name, remote=True).items():
             remote.setdefault(sent, []).extend(v)
-    same = [max(v) / 1000 for v in local.values() if len(v) == WORKERS]
-    cross = [max(v) / 1000 for v in remote.values() if len(v) == 2 * WORKERS]
+    same = [max(v) / 1000 for v in local.values() if len(v) == workers]
+    cross = [max(v) / 1000 for v in remote.values() if len(v) == len(others) * workers]
     return same, cross
+
+
+def cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+
+
+def fanout(folder: Path, sizes: list[int], samples: int) -> list[list[str]]:
+    """Instances of 1 worker each sharing one Redis: latency to the last worker of all the
+    others, and the engine's CPU per event, for each cluster size."""
+    rows = []
+    for size in sizes:
+        sub = folder / f"fanout-{size}"
+        sub.mkdir()
+        engine = RedisServer(sub / "redis", fsync="everysec").start()
+        servers = {}
+        try:
+            servers = start_cluster(sub, engine, f"fanout{size}", names=[f"i{n}" for n in range(size)], workers=1)
+            before = cpu_ticks(engine.proc.pid)
+            _, cross = delivery(sub, servers, samples, workers=1)
+            ticks = cpu_ticks(engine.proc.pid) - before
+        finally:
+            for server in servers.values():
+                server.stop()
+            engine.stop()
+        per_event = ticks / os.sysconf("SC_CLK_TCK") / (samples + 1) * 1e6
+        rows.append([size, size - 1, len(cross), f"{percentile(cross, 50):,.0f}", f"{percentile(cross, 99):,.0f}",
+                     f"{per_event:,.0f}"])
+    return rows
 
 
 def redis_hop(engine: RedisServer, samples: int) -> list[float]:
@@ -155,6 +188,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--fanout", default="2,10,25", help="cluster sizes of the fan-out table ('' skips it)")
+    parser.add_argument("--fanout-samples", type=int, default=200)
     args = parser.parse_args()
     if not RedisServer.available():
         print("redis-server is not installed: skipped")
@@ -172,6 +207,8 @@ def main() -> None:
             for server in servers.values():
                 server.stop()
             engine.stop()
+        sizes = [int(n) for n in args.fanout.split(",") if n]
+        fan = fanout(folder, sizes, args.fanout_samples) if sizes else []
     print(f"load average at the end: {os.getloadavg()}")
     rows = [
         ["same host: A's 2 workers", len(same), f"{percentile(same, 50):,.0f}", f"{percentile(same, 99):,.0f}"],
@@ -183,6 +220,10 @@ def main() -> None:
     ]
     print(table(f"publish on A -> subscriber ran in every worker, µs ({args.samples} events ~5 ms apart)",
                 ["delivery", "samples", "p50 µs", "p99 µs"], rows))
+    if fan:
+        print(table(f"fan-out: instances of 1 worker sharing one Redis, {args.fanout_samples} events published on "
+                    "the first -> ran in every worker of all the others",
+                    ["instances", "receivers", "samples", "p50 µs", "p99 µs", "Redis CPU µs/event"], fan))
     base = median(cost["unbridged (local.bench)"])
     print(table(f"publish cost in a request of A, 5,000 publishes, median of {args.rounds} rounds",
                 ["channel", "events/s", "vs unbridged"],
