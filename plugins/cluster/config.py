@@ -168,6 +168,6 @@ def default_instance(config) -> str:
     host = socket.gethostname().split(".")[0] or "localhost"
     for server in config.blocks("server"):
         for listen in server.get("listen") or ():
-            where = f"{host}-{'*' if listen.host == '*' else listen.host}:{listen.port}"
+            where = f"{host}-{'0.0.0.0' if listen.host == '*' else listen.host}:{listen.port}"
             return re.sub(r"[^A-Za-z0-9._:-]", "_", where)[:64]
     return re.sub(r"[^A-Za-z0-9._:-]", "_", host)[:64]

@@ -119,3 +119,10 @@ def test_ngxsim_t_reports_a_bad_bridge_with_file_and_line_and_connects_to_nothin
     good = subprocess.run([sys.executable, "-m", "ngxsim.cli", "-t", "-c", str(conf)], capture_output=True, text=True,
                           timeout=60)
     assert good.returncode == 0, good.stderr
+
+
+def test_the_default_instance_id_names_every_address_as_0_0_0_0(state):
+    text = (CONF % f"cluster_bridge bus redis://h channels=c state={state};").replace("listen 127.0.0.1:8081;",
+                                                                                       "listen 8082;")
+    config = load_configuration("/p/c.conf", text=text)
+    assert config.stash["cluster"]["bus"]["instance"] == f"{socket.gethostname().split('.')[0]}-0.0.0.0:8082"
