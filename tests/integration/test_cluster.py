@@ -381,3 +381,15 @@ def test_events_the_origins_ring_overwrote_before_its_relay_sent_them_are_a_gap_
         got = [p for _, p, _, _ in remote_events(lines, "A")]
         assert got[-16:] == [f"while{i}" for i in range(24, 40)]
     assert b.cluster_view(API)["lost_events"] == 24
+
+
+def test_a_password_file_authenticates_and_the_password_shows_nowhere(ngxsim_cluster, ngxsim_engine_factory, stream,
+                                                                      tmp_path):
+    engine = ngxsim_engine_factory(password="s3cret-pw")
+    secret = tmp_path / "engine.pass"
+    secret.write_text("s3cret-pw\n")
+    a, b = start(ngxsim_cluster(engine.url), stream, count=2, extra=f"password_file={secret}")
+    publish(a, 2)
+    wait_for(lambda: len(ring_events(b, "A")) == 2, 20, what="B to get A's events")
+    for m in (a, b):
+        assert "s3cret" not in m.server.output() and "s3cret" not in m.server.get(API).text
