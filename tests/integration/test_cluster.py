@@ -287,6 +287,9 @@ def test_the_cluster_view_in_the_status_page_and_ngxsim_status(ngxsim_cluster, e
     doc = b.server.get("/status?format=json").json()
     view = doc["modules"]["worker_events"]["rings"]["bus"]["cluster"]
     assert (view["instance"], view["connected"], view["relayed_in"], view["engine"]) == ("B", True, 3, engine.url)
+    tail = subprocess.run([sys.executable, "-m", "ngxsim.cli", "events", "tail", "-c", b.server.url(API), "--since", "0",
+                           "--count", "3"], capture_output=True, text=True, timeout=30).stdout
+    assert tail.splitlines()[0].endswith(" c t p0 (from A)"), tail
     out = subprocess.run([sys.executable, "-m", "ngxsim.cli", "status", "-c", b.server.url("/status")],
                          capture_output=True, text=True, timeout=30).stdout
     assert "cluster:" in out and "relayed_in: 3" in out and f"engine: {engine.url}" in out, out
