@@ -6,7 +6,10 @@ importing ``ngxsim`` pulls in Flask and werkzeug (~150 ms), and every pytest ses
 with ngxsim installed loads this module — so nothing here imports ngxsim until a fixture runs.
 
 Fixtures: ``ngxsim_server`` (a factory of started servers), ``ngxsim_backend`` (a factory of
-started backends), ``ngxsim_mode`` (the hosting mode a test runs in). The marker
+started backends), ``ngxsim_mode`` (the hosting mode a test runs in), ``ngxsim_redis`` (a real
+``redis-server`` for the session), ``ngxsim_redis_factory`` (fresh ones, for tests that stop,
+pause or restart their engine), ``ngxsim_engine`` / ``ngxsim_engine_factory`` (the same, once per
+engine) and ``ngxsim_cluster`` (instances sharing an engine). The marker
 ``@pytest.mark.ngxsim_modes`` runs a test in both modes; ``--ngxsim-mode`` chooses the mode of
 every other test (``both`` runs them all twice). See docs/testing.md.
 """
@@ -111,6 +114,83 @@ def ngxsim_backend(request):
 
     yield make
     stop_all(made)
+
+
+def _need_redis():
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (Debian: apt install redis-server): the cluster tests run "
+                    "against a real Redis")
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        pytest.skip("the redis client is not installed: pip install 'ngxsim[cluster]'")
+
+
+@pytest.fixture(scope="session")
+def ngxsim_redis(tmp_path_factory):
+    """A real ``redis-server`` on a free loopback port for the whole session, its data in a
+    temporary folder (``.url``, ``.client()``); skipped, saying why, when it is not installed.
+    Tests sharing it use their own stream names."""
+    _need_redis()
+    from ngxsim.testing.engines import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def ngxsim_redis_factory(tmp_path):
+    """A factory of fresh ``redis-server`` s for one test (``make(password=None)``), for tests
+    that stop, pause or restart their engine; all stopped at teardown."""
+    _need_redis()
+    from ngxsim.testing.engines import RedisServer
+
+    made = []
+
+    def make(**kw):
+        server = RedisServer(tmp_path / f"redis-{len(made)}", **kw).start()
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        server.stop()
+
+
+# every engine the cluster bridge has a test server for: name -> (session fixture, factory fixture).
+# An engine joins the engine-parametrized tests (ngxsim_engine, ngxsim_engine_factory) here.
+ENGINE_FIXTURES = {"redis": ("ngxsim_redis", "ngxsim_redis_factory")}
+
+
+@pytest.fixture(params=sorted(ENGINE_FIXTURES))
+def ngxsim_engine(request):
+    """The session's server of each engine: a test using it runs once per engine (skipped,
+    saying why, for an engine not installed). ``.url`` is what ``cluster_bridge`` takes."""
+    return request.getfixturevalue(ENGINE_FIXTURES[request.param][0])
+
+
+@pytest.fixture(params=sorted(ENGINE_FIXTURES))
+def ngxsim_engine_factory(request):
+    """A factory of fresh servers of each engine (the test runs once per engine), for tests
+    that stop, pause, restart or wipe their engine."""
+    return request.getfixturevalue(ENGINE_FIXTURES[request.param][1])
+
+
+@pytest.fixture
+def ngxsim_cluster(ngxsim_server, tmp_path):
+    """A factory of clusters of ngxsim instances sharing one engine (see
+    :mod:`ngxsim.testing.cluster`): ``cluster = ngxsim_cluster(engine.url)`` then
+    ``a, b, c = cluster.start(CONF, count=3, workers=[2, 3, 2])``. The instances are
+    ``ngxsim_server`` servers: stopped and checked at teardown."""
+    from ngxsim.testing.cluster import Cluster
+
+    def make(engine_url: str, folder: str = "cluster") -> Cluster:
+        return Cluster(ngxsim_server, tmp_path / folder, engine_url)
+
+    return make
 
 
 @pytest.hookimpl(hookwrapper=True)

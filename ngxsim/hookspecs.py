@@ -335,6 +335,9 @@ def ngxsim_event(runtime: "Runtime", event: "Event") -> None:
 def ngxsim_event_gap(runtime: "Runtime", gap: "Gap") -> None:
     """Events this worker never delivered because the ring overwrote them first (it fell
     behind by more than the ring holds). ``gap.first`` to ``gap.last`` are the lost generations.
+    With ``gap.origin`` set, events of another instance of a cluster were lost on their way here
+    (``first``..``last`` are that instance's origin generations; ``"*"``: the engine dropped
+    entries of unknown origin), see docs/cluster.md.
     Resync instead of staying stale (drop a local cache, re-read a snapshot). Same threads and
     ordering as ``ngxsim_event``: called before the first event after the gap.
 

@@ -38,6 +38,8 @@ class Block:
         parent (Block | None): the enclosing block (None for ``main``).
         children (list[Block]): the blocks directly inside this one, in file order.
         own (dict): the values of the directives set at this very level, by name.
+        where_each (dict): for a directive that may repeat (``multiple``), the statement of each
+            of its values in ``own``, in the same order (errors about one of them point there).
         effective (dict): every directive's effective value here (what ``block[name]`` reads).
         statement: the directive line that opened the block (``statement.file``,
             ``statement.line``; ``statement.error(message)`` makes a ``ConfigError`` there);
@@ -54,6 +56,7 @@ class Block:
         self.children: list[Block] = []
         self.own: dict[str, Any] = {}
         self.where: dict[str, Statement] = {}
+        self.where_each: dict[str, list[Statement]] = {}  # a ``multiple`` directive's every line
         self.effective: dict[str, Any] = {}
         self.stash: dict[str, Any] = {}  # per-block data modules compute at load (by module name)
 
@@ -320,6 +323,7 @@ def _build(stmts: list[Statement], block: Block, table: DirectiveTable, depth: i
         elif d.multiple:
             block.own.setdefault(st.name, []).append(value)
             block.where.setdefault(st.name, st)
+            block.where_each.setdefault(st.name, []).append(st)
         else:
             if st.name in block.own:
                 raise st.error(f'"{st.name}" directive is duplicate')
