@@ -203,12 +203,17 @@ class NatsEngine(Engine):
         try:
             return future.result(bound + 0.5)  # the coroutine bounds itself; this is the backstop
         except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise EngineError(f"{self.describe()}: {what}: no answer within {bound:g}s") from None
+            if not future.done():  # (the coroutine's own asyncio.TimeoutError is the same class)
+                future.cancel()
+                raise EngineError(f"{self.describe()}: {what}: no answer within {bound:g}s") from None
+            exc = future.exception()
         except EngineError:
             raise
-        except Exception as exc:  # noqa: BLE001 - every failure becomes the contract's error
-            raise EngineError(f"{self.describe()}: {what}: {self._words(exc)}") from None
+        except Exception as caught:  # noqa: BLE001 - every failure becomes the contract's error
+            exc = caught
+        if isinstance(exc, EngineError):
+            raise exc
+        raise EngineError(f"{self.describe()}: {what}: {self._words(exc)}") from None
 
     def _words(self, exc: BaseException) -> str:
         """Why ``exc`` happened, fit for the error log: no library repr, no password."""
@@ -217,8 +222,12 @@ class NatsEngine(Engine):
             text = text.replace(secret, "***")
         return text
 
+    @staticmethod
+    def _refused(exc: BaseException) -> bool:
+        return isinstance(exc, nats.errors.AuthorizationError) or "authorization" in str(exc).lower()
+
     def _why(self, exc: BaseException) -> str:
-        if isinstance(exc, nats.errors.AuthorizationError) or "authorization" in str(exc).lower():
+        if self._refused(exc):
             return "authentication failed (authorization violation): check the user and the credentials file"
         if isinstance(exc, (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError,
                             nats.js.errors.ServiceUnavailableError)):
@@ -272,7 +281,7 @@ class NatsEngine(Engine):
 
         async def on_error(exc):
             last_error.append(exc)
-            if self._why(exc).startswith("authentication failed") and not refused.done():
+            if self._refused(exc) and not refused.done():
                 refused.set_result(exc)  # a wrong password stays wrong: say so now
 
         async def on_disconnect():
@@ -295,8 +304,10 @@ class NatsEngine(Engine):
             await self._close_client(nc)
             if attempt.done() and not attempt.cancelled() and attempt.exception() is not None:
                 raise attempt.exception()
-            if last_error:
-                raise last_error[-1]
+            if refused.done():
+                raise refused.result()
+            if last_error:  # a refused password may show as a reset connection once: say why
+                raise next((e for e in last_error if self._refused(e)), last_error[-1])
             raise asyncio.TimeoutError
         self._nc = nc
         self._connected.set()
@@ -399,11 +410,8 @@ class NatsEngine(Engine):
                          block + self.timeout * 2)
 
     async def _read(self, cursor: str | None, block: float, limit: int) -> Batch:
-        await self._wait_connected()
-        if self._sub is None or cursor != self._given or self._sub_reconnects != self._reconnects:
-            start = self._last + 1 if (self._sub is not None and cursor == self._given
-                                       and self._last is not None) else None
-            await self._subscribe(cursor, start)
+        # at most timeout to be ready, block to wait for the first entry, timeout to hear the server
+        await asyncio.wait_for(self._ready_to_read(cursor), self.timeout)
         entries: list[Entry] = []
         lost, lost_count = False, None
         if self._pending_lost is not None:
@@ -447,6 +455,15 @@ class NatsEngine(Engine):
             position = cursor
         self._given = position
         return Batch(entries, position, lost, lost_count)
+
+    async def _ready_to_read(self, cursor: str | None) -> None:
+        """Keep the consumer while the caller continues where the last batch ended; else (or
+        after a reconnect, which loses it) a new one, resuming after what was handed out."""
+        await self._wait_connected()
+        if self._sub is None or cursor != self._given or self._sub_reconnects != self._reconnects:
+            start = self._last + 1 if (self._sub is not None and cursor == self._given
+                                       and self._last is not None) else None
+            await self._subscribe(cursor, start)
 
     async def _subscribe(self, cursor: str | None, resume: int | None) -> None:
         """A new ordered consumer: after ``cursor`` (``resume``: at that sequence, where the
