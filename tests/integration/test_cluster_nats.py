@@ -57,6 +57,17 @@ def read_all(engine: NatsEngine, cursor: str | None, count: int, block: float = 
     return got, cursor
 
 
+def reconnect(engine: NatsEngine, failures: list | None = None) -> None:
+    """What the relay does after an EngineError: close, wait a little, connect again."""
+    engine.close()
+    time.sleep(0.1)
+    try:
+        engine.connect()
+    except EngineError as exc:
+        if failures is not None:
+            failures.append(str(exc))
+
+
 def read_all_as_relay(engine: NatsEngine, cursor: str | None, count: int):
     """``read_all``, but an EngineError is met the relay's way (close, connect, same cursor):
     right after a node is lost, the cluster may take a moment to place a new consumer."""
@@ -67,12 +78,7 @@ def read_all_as_relay(engine: NatsEngine, cursor: str | None, count: int):
         try:
             batch = engine.read(cursor, block=1.0, limit=count - len(got))
         except EngineError:
-            engine.close()
-            time.sleep(0.1)
-            try:
-                engine.connect()
-            except EngineError:
-                pass
+            reconnect(engine)
             continue
         assert not batch.lost
         got.extend(batch.entries)
@@ -481,12 +487,7 @@ def test_r3_stream_on_three_nodes_loses_nothing_acknowledged_when_a_node_dies(ng
                 generation += 1
             except EngineError as exc:  # the relay's way: close, wait, connect again, same record
                 failures.append(str(exc))
-                writer.close()
-                time.sleep(0.1)
-                try:
-                    writer.connect()
-                except EngineError as again:
-                    failures.append(str(again))
+                reconnect(writer, failures)
 
     reader = engines(cluster.url, stream, timeout=2.0)
     seen = []
@@ -498,12 +499,7 @@ def test_r3_stream_on_three_nodes_loses_nothing_acknowledged_when_a_node_dies(ng
             try:
                 batch = reader.read(cursor, block=0.5)
             except EngineError:
-                reader.close()
-                time.sleep(0.1)
-                try:
-                    reader.connect()
-                except EngineError:
-                    pass
+                reconnect(reader)
                 continue
             lost.append(batch.lost) if batch.lost else None
             seen.extend(e.record.origin_generation for e in batch.entries)
