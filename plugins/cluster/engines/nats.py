@@ -23,7 +23,9 @@ reconnect across the list), so a 3-node cluster has no single point of failure.
   lines; channel, type and payload are any text). One header, ``Nats-Msg-Id:
   origin|generation|timestamp``, makes JetStream drop a re-append of the same record within its
   duplicate window (2 minutes): an append that timed out after the server stored it and is
-  appended again after a reconnect is stored once. The timestamp keeps an instance whose
+  appended again after a reconnect is stored once, and ``append`` itself sends an unanswered
+  publish again (a quarter of ``timeout`` per attempt, within the call's bound): a stream leader
+  that steps down (a node stopped for maintenance) costs a pause, not an error. The timestamp keeps an instance whose
   generations restart (a new ring) from colliding with its previous life.
 - Positions are stream sequences as decimal strings. A jump between the position asked for and
   the first sequence delivered is a gap (retention removed them): ``lost_count`` is exact. A
@@ -63,6 +65,10 @@ _MAX_REPLICAS = 5
 _QUEUE_SIZE = 4096  # entries buffered ahead of read(); a full queue holds back flow control
 _RECONNECT_WAIT = 0.25  # seconds between two attempts at the same server (nats-py's default: 2)
 _HEARTBEAT = 2.0  # the ordered consumer's idle heartbeat: two missed ones recreate it
+_ATTEMPT = 0.25  # of timeout: one publish attempt's share of the call's bound
+_RETRY_PAUSE = 0.05
+_NO_ANSWER = (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError,
+              nats.js.errors.ServiceUnavailableError)
 _STREAM_IN_USE = 10058  # JetStream's err_code: stream name already in use (another config)
 
 
@@ -361,14 +367,27 @@ class NatsEngine(Engine):
         deadline = time.monotonic() + self.timeout
         positions = []
         for record in records:
+            ack = await self._publish(record, deadline)
+            positions.append(str(ack.seq))
+        return positions
+
+    async def _publish(self, record: Record, deadline: float):
+        """One acknowledged publish, sent again (same Nats-Msg-Id: stored once) when an attempt
+        gets no answer, until ``deadline``: a stream leader that stepped down or died takes the
+        unanswered attempt with it, and its successor answers the next one."""
+        data, headers = encode(record), {api.Header.MSG_ID: msg_id(record)}
+        while True:
             await self._wait_connected()
             left = deadline - time.monotonic()
             if left <= 0:
                 raise asyncio.TimeoutError
-            ack = await self._js.publish(self.subject, encode(record), timeout=left,
-                                         headers={api.Header.MSG_ID: msg_id(record)})
-            positions.append(str(ack.seq))
-        return positions
+            try:
+                return await self._js.publish(self.subject, data, timeout=min(left, self.timeout * _ATTEMPT),
+                                              headers=headers)
+            except _NO_ANSWER:
+                if deadline - time.monotonic() <= _RETRY_PAUSE:
+                    raise
+                await asyncio.sleep(_RETRY_PAUSE)  # no leader yet: give the election a moment
 
     async def _wait_connected(self) -> None:
         """Wait (within the call's bound) while the client reconnects to another server, rather
