@@ -171,7 +171,8 @@ def ngxsim_nats(tmp_path_factory):
 @pytest.fixture
 def ngxsim_nats_node(tmp_path):
     """A factory of started ``nats-server -js`` nodes of this test alone (to kill, pause,
-    restart): ``node = ngxsim_nats_node(user="relay", password="s3cret")``. Stopped at teardown."""
+    restart): ``node = ngxsim_nats_node(user="relay", password="s3cret")`` (or ``token=``).
+    Stopped at teardown."""
     from ngxsim.testing.nats_server import nats_node
 
     _nats_or_skip()

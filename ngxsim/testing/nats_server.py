@@ -39,6 +39,7 @@ class NatsServer:
     folder: Path
     user: str | None = None
     password: str | None = None
+    token: str | None = None
     cluster_name: str | None = None
     port: int = field(default_factory=free_port)
     monitor_port: int = field(default_factory=free_port)
@@ -73,6 +74,8 @@ class NatsServer:
                  f"jetstream {{ store_dir: {json.dumps(str(self.store))} }}"]
         if self.user is not None:
             lines.append(f"authorization {{ user: {json.dumps(self.user)}, password: {json.dumps(self.password)} }}")
+        elif self.token is not None:
+            lines.append(f"authorization {{ token: {json.dumps(self.token)} }}")
         if self.cluster_port is not None:
             routes = ", ".join(f"nats://127.0.0.1:{p}" for p in self.routes)
             lines.append(f"cluster {{ name: {json.dumps(self.cluster_name or 'ngxsim')}, "

@@ -405,6 +405,16 @@ def test_credentials_right_ones_work_wrong_ones_say_authentication_and_never_sho
             assert hidden not in text
 
 
+def test_without_a_user_in_the_url_the_password_is_the_server_s_token(ngxsim_nats_node, engines):
+    node = ngxsim_nats_node(token="t0ken-value")
+    good = engines(node.url, unique_stream("token"), password="t0ken-value")
+    assert good.append(records(1)) == ["1"]
+    engine = engines(node.url, good.stream, password="not-the-token", connect=False)
+    exc = _bounded(engine.connect)
+    assert isinstance(exc, EngineError) and "authentication failed" in str(exc)
+    assert "not-the-token" not in str(exc)
+
+
 # -- the server going away ------------------------------------------------------------------------
 
 
