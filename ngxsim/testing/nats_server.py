@@ -21,13 +21,21 @@ from pathlib import Path
 
 from .server import free_port, wait_for
 
-BINARY = "nats-server"
+# Debian installs it in /usr/sbin, which a non-root user's PATH often lacks
+_SBIN = "/usr/sbin/nats-server"
+
+
+def nats_server_binary() -> str | None:
+    found = shutil.which("nats-server")
+    if found is None and os.access(_SBIN, os.X_OK):
+        found = _SBIN
+    return found
 
 
 def nats_server_missing() -> str | None:
     """Why no ``nats-server`` can be started here (None: it can)."""
-    if shutil.which(BINARY) is None:
-        return f"{BINARY} is not installed (Debian: apt-get install nats-server; .ci/run installs it)"
+    if nats_server_binary() is None:
+        return "nats-server is not installed (Debian: apt-get install nats-server; .ci/run installs it)"
     return None
 
 
@@ -89,7 +97,7 @@ class NatsServer:
         conf = self.folder / "nats-server.conf"
         conf.write_text(self.config_text())
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([BINARY, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen([nats_server_binary() or "nats-server", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL)
         if wait:
             self.wait_ready(timeout)

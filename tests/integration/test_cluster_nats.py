@@ -365,12 +365,12 @@ def test_a_server_without_jetstream_is_an_engine_error_saying_so(tmp_path, engin
     import subprocess
 
     from ngxsim.testing import free_port, wait_for
-    from ngxsim.testing.nats_server import nats_server_missing
+    from ngxsim.testing.nats_server import nats_server_binary, nats_server_missing
 
     if nats_server_missing():
         pytest.skip(nats_server_missing())
     port = free_port()
-    proc = subprocess.Popen(["nats-server", "-a", "127.0.0.1", "-p", str(port)],
+    proc = subprocess.Popen([nats_server_binary(), "-a", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         def listening():
