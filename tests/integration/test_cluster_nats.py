@@ -386,6 +386,28 @@ def test_a_server_without_jetstream_is_an_engine_error_saying_so(tmp_path, engin
         proc.wait(10)
 
 
+def test_a_stream_the_server_cannot_make_or_that_is_not_ours_is_an_engine_error_naming_it(ngxsim_nats, engines):
+    import asyncio
+
+    import nats
+
+    engine = engines(f"{ngxsim_nats.url}?replicas=3", unique_stream("r3-on-one"), connect=False)
+    with pytest.raises(EngineError, match="JetStream refused it") as caught:
+        engine.connect()
+    assert f"stream {engine.name}" in str(caught.value)
+
+    taken = engines(ngxsim_nats.url, unique_stream("taken"), connect=False)
+
+    async def make_other():
+        nc = await nats.connect(ngxsim_nats.url)
+        await nc.jetstream().add_stream(name=taken.name, subjects=[f"elsewhere.{taken.name}"])
+        await nc.close()
+
+    asyncio.run(make_other())
+    with pytest.raises(EngineError, match=f"stream {taken.name} exists with subjects"):
+        taken.connect()
+
+
 def test_credentials_right_ones_work_wrong_ones_say_authentication_and_never_show(ngxsim_nats_node, engines):
     secret = "s3cr3t-Pa55"
     node = ngxsim_nats_node(user="relay", password=secret)

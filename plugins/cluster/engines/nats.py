@@ -23,10 +23,11 @@ reconnect across the list), so a 3-node cluster has no single point of failure.
   lines; channel, type and payload are any text). One header, ``Nats-Msg-Id:
   origin|generation|timestamp``, makes JetStream drop a re-append of the same record within its
   duplicate window (2 minutes): an append that timed out after the server stored it and is
-  appended again after a reconnect is stored once, and ``append`` itself sends an unanswered
-  publish again (a quarter of ``timeout`` per attempt, within the call's bound): a stream leader
-  that steps down (a node stopped for maintenance) costs a pause, not an error. The timestamp keeps an instance whose
-  generations restart (a new ring) from colliding with its previous life.
+  appended again after a reconnect is stored once. So ``append`` itself sends an unanswered
+  publish again (a quarter of ``timeout`` per attempt, within the call's bound): a stream
+  leader that steps down (a node stopped for maintenance) costs a pause, not an error. The
+  timestamp keeps an instance whose generations restart (a new ring) from colliding with its
+  previous life.
 - Positions are stream sequences as decimal strings. A jump between the position asked for and
   the first sequence delivered is a gap (retention removed them): ``lost_count`` is exact. A
   position past the stream's last sequence means the stream was recreated: reading restarts
@@ -34,7 +35,10 @@ reconnect across the list), so a 3-node cluster has no single point of failure.
   after a jump come in the next read, with the jump reported there.
 
 nats-py is asyncio-only; the engine owns one event loop in a daemon thread and calls into it,
-every call bounded by ``timeout`` (``read``: ``block`` plus ``timeout``).
+every call bounded by ``timeout``: ``connect`` by one to reach a server and one to find or
+create the stream, ``read`` by ``block`` plus one to set up its consumer and one to hear the
+server when nothing came. One engine serves one caller thread at a time (the relay uses one
+engine per direction).
 """
 
 from __future__ import annotations
@@ -270,6 +274,7 @@ class NatsEngine(Engine):
         self._start_loop()
         try:
             self._run(self._connect(servers, options), "cannot connect")
+            self._run(self._ensure_stream(options["replicas"]), f"stream {self.name}")
         except EngineError:
             self.close()
             raise
@@ -318,9 +323,11 @@ class NatsEngine(Engine):
         self._nc = nc
         self._connected.set()
         self._js = nc.jetstream(timeout=self.timeout)
-        await self._ensure_stream(options["replicas"])
 
     async def _ensure_stream(self, replicas: int) -> None:
+        await asyncio.wait_for(self._find_or_create_stream(replicas), self.timeout)
+
+    async def _find_or_create_stream(self, replicas: int) -> None:
         try:
             info = await self._js.stream_info(self.name)
         except nats.js.errors.NotFoundError:
