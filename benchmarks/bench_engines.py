@@ -164,7 +164,7 @@ def failover_round(folder: Path, victim: str, before: int = 200, after: int = 30
     try:
         writer = NatsEngine(f"{cluster.url}?replicas=3", "failover", retention=RETENTION, timeout=2.0)
         writer.connect()
-        leader = writer._run(writer._js.stream_info(writer.name), "info").cluster.leader
+        leader = cluster.stream_leader(writer.name).name
         names = [node.name for node in cluster.nodes]
         connected = [node.client_count() for node in cluster.nodes].index(1)
         doomed = connected if victim == "connected" else names.index(leader)

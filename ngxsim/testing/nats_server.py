@@ -173,6 +173,24 @@ class NatsCluster:
         for node in self.nodes:
             node.stop()
 
+    def stream_leader(self, stream: str) -> NatsServer | None:
+        """The node leading JetStream stream ``stream`` (by its JetStream name), as the running
+        nodes' monitoring says; None while it has none."""
+        by_name = {node.name: node for node in self.nodes}
+        for node in self.nodes:
+            if not node.running():
+                continue
+            try:
+                accounts = node.monitor("jsz?streams=true").get("account_details") or []
+            except OSError:
+                continue
+            for account in accounts:
+                for detail in account.get("stream_detail") or []:
+                    leader = (detail.get("cluster") or {}).get("leader")
+                    if detail.get("name") == stream and leader in by_name:
+                        return by_name[leader]
+        return None
+
 
 def nats_node(folder: Path, name: str = "n1", **kw) -> NatsServer:
     """A started single ``nats-server -js`` with its store under ``folder / name``."""

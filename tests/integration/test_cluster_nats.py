@@ -501,13 +501,12 @@ def test_r3_stream_on_three_nodes_loses_nothing_acknowledged_when_a_node_dies(ng
     cluster = ngxsim_nats_cluster(3)
     stream = unique_stream("r3")
     writer = engines(f"{cluster.url}?replicas=3", stream, timeout=4.0)
-    info = writer._run(writer._js.stream_info(writer.name), "info")
-    assert info.config.num_replicas == 3
-    leader = info.cluster.leader
+    assert len(cluster.nodes[0].monitor("jsz?streams=true")["account_details"][0]["stream_detail"][0]
+               ["cluster"]["replicas"]) == 2  # R3: the leader and two replicas
     if victim == "connected":
         doomed = _node_of_client(cluster)
     else:
-        doomed = [n.name for n in cluster.nodes].index(leader)
+        doomed = cluster.nodes.index(cluster.stream_leader(writer.name))
 
     acked: dict[int, str] = {}
     failures = []
