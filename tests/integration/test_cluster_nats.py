@@ -100,7 +100,7 @@ def test_append_then_read_gives_every_record_back_in_order_with_its_text(ngxsim_
     assert len(set(positions)) == len(sent)
     assert engine.newest() == positions[-1]
 
-    got, cursor = read_all(engine, "0", len(sent))
+    got, cursor = read_all(engine, NatsEngine.beginning, len(sent))
     assert [e.record for e in got] == sent
     assert [e.position for e in got] == positions
     assert cursor == positions[-1]

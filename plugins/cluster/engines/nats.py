@@ -150,6 +150,10 @@ class NatsEngine(Engine):
     """JetStream through nats-py, behind the contract's synchronous calls."""
 
     schemes = _SCHEMES
+    # not in the contract (yet): the position before the first entry, for a reader that wants
+    # everything the stream holds (Redis's is "0-0"); a relay that starts on an empty stream
+    # needs one it can store
+    beginning: str = "0"
 
     def __init__(self, url: str, stream: str, *, retention: int, password: str | None = None,
                  timeout: float = 2.0):
