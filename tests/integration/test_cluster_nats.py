@@ -237,6 +237,14 @@ def test_a_cursor_past_the_end_means_the_stream_was_recreated(ngxsim_nats, engin
     got = batch.entries + read_all(engine, batch.cursor, 3 - len(batch.entries))[0]
     assert [e.record for e in got] == sent
 
+    # recreated and still empty: the loss is said at once, and reading goes on from its start
+    empty = engines(ngxsim_nats.url, unique_stream("recreated-empty"))
+    batch = empty.read("500", block=0.2)
+    assert batch.lost and batch.lost_count is None and batch.entries == []
+    sent = records(1)
+    empty.append(sent)
+    assert [e.record for e in read_all(empty, batch.cursor, 1)[0]] == sent
+
 
 def test_two_streams_on_one_server_stay_apart_even_when_their_names_sanitize_alike(ngxsim_nats, engines):
     base = unique_stream("apart")

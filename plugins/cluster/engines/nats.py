@@ -516,7 +516,7 @@ class NatsEngine(Engine):
             if start > state.last_seq + 1:
                 # past the end: the stream was recreated; what it held before is unknown
                 self._pending_lost = (None,)
-                start = state.first_seq
+                start = max(1, state.first_seq)  # an empty new stream says first_seq 0
             elif state.first_seq > start:
                 self._pending_lost = (state.first_seq - start,)
                 start = state.first_seq
