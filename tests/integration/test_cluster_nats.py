@@ -246,6 +246,34 @@ def test_a_cursor_past_the_end_means_the_stream_was_recreated(ngxsim_nats, engin
     assert [e.record for e in read_all(empty, batch.cursor, 1)[0]] == sent
 
 
+def test_a_stream_deleted_and_made_again_under_a_live_reader_is_a_loss_then_reading_goes_on(ngxsim_nats, engines):
+    import asyncio
+
+    import nats
+
+    stream = unique_stream("remade")
+    reader = engines(ngxsim_nats.url, stream)
+    writer = engines(ngxsim_nats.url, stream)
+    first = writer.append(records(5))
+    got, cursor = read_all(reader, "0", 5)
+    assert cursor == first[-1]
+
+    async def delete():
+        nc = await nats.connect(ngxsim_nats.url)
+        await nc.jetstream().delete_stream(reader.name)
+        await nc.close()
+
+    asyncio.run(delete())
+    writer.close()
+    writer.connect()  # makes it again, empty: its sequences start at 1 again
+    sent = records(7, start=10)  # past the reader's position: sequences alone would not tell
+    writer.append(sent)
+    batch = reader.read(cursor, block=0.2)
+    assert batch.lost and batch.lost_count is None
+    got = batch.entries + read_all(reader, batch.cursor, 7 - len(batch.entries))[0]
+    assert [e.record for e in got] == sent
+
+
 def test_two_streams_on_one_server_stay_apart_even_when_their_names_sanitize_alike(ngxsim_nats, engines):
     base = unique_stream("apart")
     one = engines(ngxsim_nats.url, f"{base}.a/b")

@@ -31,7 +31,9 @@ reconnect across the list), so a 3-node cluster has no single point of failure.
 - Positions are stream sequences as decimal strings. A jump between the position asked for and
   the first sequence delivered is a gap (retention removed them): ``lost_count`` is exact. A
   position past the stream's last sequence means the stream was recreated: reading restarts
-  at its first entry, ``lost`` with ``lost_count`` None. A batch never spans a gap: entries
+  at its first entry, ``lost`` with ``lost_count`` None. A read that got nothing asks for the
+  stream's state (so a server that stopped answering is an EngineError, and a stream deleted
+  and made again under a live consumer is found and said the same way). A batch never spans a gap: entries
   after a jump come in the next read, with the jump reported there.
 
 nats-py is asyncio-only; the engine owns one event loop in a daemon thread and calls into it,
@@ -429,6 +431,7 @@ class NatsEngine(Engine):
         self._last: int | None = None  # the last sequence handed out (or the cursor it started at)
         self._given: str | None = None  # the cursor the last batch returned
         self._pending_lost: tuple[int | None] | None = None  # a loss found at subscribe time
+        self._created = None  # the stream's creation time when the consumer was made
         self._reconnects = 0
         self._sub_reconnects = 0
 
@@ -460,8 +463,10 @@ class NatsEngine(Engine):
                     try:
                         msg = await asyncio.wait_for(self._queue.get(), max(0.0, deadline - time.monotonic()))
                     except asyncio.TimeoutError:
-                        # nothing came: make sure the server is there, or say it is not
-                        await self._nc.flush(timeout=self.timeout)
+                        # nothing came: the server must answer, and the stream must still be
+                        # the one this consumer reads
+                        if await self._recreated_under_us():
+                            lost, lost_count = True, None
                         break
             seq = msg.metadata.sequence.stream
             if self._last is not None and seq <= self._last:
@@ -486,6 +491,18 @@ class NatsEngine(Engine):
         self._given = position
         return Batch(entries, position, lost, lost_count)
 
+    async def _recreated_under_us(self) -> bool:
+        """Was the stream deleted and made again since this consumer started (its sequences
+        begin anew: the consumer would wait for a sequence the new stream reaches only later,
+        and hand out what comes after as if nothing was missed)? Then a new consumer at its
+        start. Raises when the server does not answer or the stream is gone."""
+        info = await self._js.stream_info(self.name)
+        if self._last is None or (info.created == self._created and info.state.last_seq >= self._last):
+            return False
+        await self._subscribe(str(self._last), None, remade=True)
+        self._pending_lost = None  # said by this read
+        return True
+
     async def _ready_to_read(self, cursor: str | None) -> None:
         """Keep the consumer while the caller continues where the last batch ended; else (or
         after a reconnect, which loses it) a new one, resuming after what was handed out."""
@@ -495,9 +512,11 @@ class NatsEngine(Engine):
                                        and self._last is not None) else None
             await self._subscribe(cursor, start)
 
-    async def _subscribe(self, cursor: str | None, resume: int | None) -> None:
+    async def _subscribe(self, cursor: str | None, resume: int | None, remade: bool = False) -> None:
         """A new ordered consumer: after ``cursor`` (``resume``: at that sequence, where the
-        previous consumer stopped), or for new entries only (cursor None)."""
+        previous consumer stopped), or for new entries only (cursor None). ``remade``: the
+        stream was deleted and made again (also found here: its creation time changed since
+        the last consumer), so the position means nothing in it: from its first entry."""
         await self._unsubscribe()
         self._held = None
         self._pending_lost = None
@@ -506,15 +525,19 @@ class NatsEngine(Engine):
         async def deliver(msg):
             await queue.put(msg)  # blocks when full: flow control then holds the server back
 
+        info = await self._js.stream_info(self.name)
+        state = info.state
+        remade = remade or (self._created is not None and info.created != self._created)
+        self._created = info.created
         if resume is not None:
             start = resume
         elif cursor is None:
             start = None
         else:
             start = int(cursor) + 1
-            state = (await self._js.stream_info(self.name)).state
-            if start > state.last_seq + 1:
-                # past the end: the stream was recreated; what it held before is unknown
+        if start is not None:
+            if remade or start > state.last_seq + 1:
+                # made again (past its end: the same); what the position pointed at is unknown
                 self._pending_lost = (None,)
                 start = max(1, state.first_seq)  # an empty new stream says first_seq 0
             elif state.first_seq > start:
