@@ -218,3 +218,71 @@ def _section(thing):
                  for r in requests[-_BACKEND_LINES:]]
         return (f"ngxsim backend {thing!r}: {len(requests)} requests (last {_BACKEND_LINES})", "\n".join(lines) or "(none)")
     return None
+
+
+# -- NATS JetStream servers (the cluster bridge's engine) -------------------------------------
+
+
+def _nats_or_skip():
+    from ngxsim.testing.nats_server import nats_server_missing
+
+    why = nats_server_missing()
+    if why:
+        pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def ngxsim_nats(tmp_path_factory):
+    """One ``nats-server -js`` for the whole session (:class:`ngxsim.testing.nats_server.NatsServer`,
+    ``.url``), on a free loopback port, its store in a temp folder removed at the end. Tests
+    share it: each uses its own stream. Skips (saying why) where ``nats-server`` is missing."""
+    import shutil
+
+    from ngxsim.testing.nats_server import nats_node
+
+    _nats_or_skip()
+    folder = tmp_path_factory.mktemp("nats")
+    server = nats_node(folder)
+    yield server
+    server.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def ngxsim_nats_node(tmp_path):
+    """A factory of started ``nats-server -js`` nodes of this test alone (to kill, pause,
+    restart): ``node = ngxsim_nats_node(user="relay", password="s3cret")`` (or ``token=``).
+    Stopped at teardown."""
+    from ngxsim.testing.nats_server import nats_node
+
+    _nats_or_skip()
+    made = []
+
+    def make(name: str | None = None, **kw):
+        node = nats_node(tmp_path / "nats", name or f"n{len(made) + 1}", **kw)
+        made.append(node)
+        return node
+
+    yield make
+    for node in made:
+        node.stop()
+
+
+@pytest.fixture
+def ngxsim_nats_cluster(tmp_path):
+    """A factory of started NATS clusters (three JetStream nodes routed to each other on
+    loopback by default): ``cluster = ngxsim_nats_cluster(3)``; ``cluster.url`` lists every
+    node, ``cluster.nodes[i]`` can be killed and started again. Stopped at teardown."""
+    from ngxsim.testing.nats_server import nats_cluster
+
+    _nats_or_skip()
+    made = []
+
+    def make(size: int = 3, **kw):
+        cluster = nats_cluster(tmp_path / f"nats-cluster{len(made) + 1}", size, **kw)
+        made.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.stop()
