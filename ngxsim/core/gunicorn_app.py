@@ -170,7 +170,8 @@ class NgxsimApplication(BaseApplication):
 
     def _prepare(self, old: Runtime | None) -> Runtime:
         """Load, check and start (zones) the config on disk; raises what makes it unservable.
-        Zones the attempt made and the old config does not have are removed on failure."""
+        Zones the attempt made and the old config does not have are removed on failure (at the
+        first start: every file of the instance, its folder too)."""
         config = load(self.path)
         check_binds(config_binds(config), set(config_binds(old.config)) if old else set())
         runtime = Runtime(config, old.instance if old else current_instance(MASTER))
@@ -189,6 +190,8 @@ class NgxsimApplication(BaseApplication):
                 zone.close()
             if old is not None:
                 remove_zone_files(runtime.instance, keep=set(old.zones) | {JANITOR_MARKER})
+            else:  # a refused start leaves nothing behind (no worker was forked: all of it is ours)
+                remove_zone_files(runtime.instance)
             raise
         self._news = _describe(runtime, old)
         return runtime

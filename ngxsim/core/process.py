@@ -191,10 +191,12 @@ class Runtime:
         once per instance: in the master, or in the first worker when the master is a plain
         gunicorn arbiter that never loads ngxsim."""
         remove_stale_zone_files()
-        self.attach_zones()
         first = True
         if self.instance.role != STANDALONE:
+            # before any zone: a start refused on a zone (or anything after) leaves files the
+            # janitor removes when the master exits, also when that start runs in a worker
             first = ensure_janitor(self.instance) or self.instance.role == MASTER
+        self.attach_zones()
         if first:
             for warning in self.config.warnings:
                 # the line `ngxsim -t` prints, where a failed start prints its [emerg] (stderr):
