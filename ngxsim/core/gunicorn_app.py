@@ -18,6 +18,7 @@ Start, reload and stop are logged in the error log, one line each.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -226,6 +227,10 @@ class NgxsimApplication(BaseApplication):
             for zone in self.runtime.zones.values():
                 zone.close()
             self.runtime = runtime
+            try:  # accepted: modules may now change what the running workers share
+                runtime.hook.ngxsim_reload_accepted(runtime=runtime)
+            except Exception:
+                logging.getLogger("ngxsim").exception("ngxsim_reload_accepted failed; the reload goes on")
         elif self.runtime is None:
             try:
                 self.runtime = self._prepare(None)
