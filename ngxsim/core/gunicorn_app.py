@@ -238,6 +238,10 @@ class NgxsimApplication(BaseApplication):
                 # gunicorn would print a bare "Error:" line
                 print(f"ngxsim: [emerg] {exc}", file=sys.stderr, flush=True)
                 raise SystemExit(1) from None
+            except Exception as exc:  # a module's own failure (ngxsim_init_master), worded as on a reload
+                print(f"ngxsim: [emerg] loading {self.path or 'the configuration'} failed: {exc!r}", file=sys.stderr,
+                      flush=True)
+                raise SystemExit(1) from None
         self._apply(self.runtime)
 
     def path_of_pending(self) -> str:

@@ -4,10 +4,12 @@ what the error log says, and the embedded default served elsewhere without a fil
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -254,3 +256,21 @@ def test_a_config_error_names_its_file_and_line_in_nginx_wording(tmp_path, main,
                          text=True, timeout=60)
     expected = message.format(**paths)
     assert run.returncode == 1 and f"ngxsim: [emerg] {expected}\n" in run.stderr, run.stderr
+
+
+def test_a_start_refused_by_a_modules_init_master_says_so_and_leaves_nothing(tmp_path, monkeypatch):
+    # issue 19: a refused start left its zone file behind; the ring's zone is made before the
+    # test module's ngxsim_init_master fails
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    monkeypatch.setenv("NGXSIM_SHM_DIR", str(shm))
+    conf = tmp_path / "f.conf"
+    conf.write_text(f"load_module ngxsim_test_fail_init;\nload_module worker_events;\nfail_init_master on;\n"
+                    f"http {{\n worker_events_zone bus;\n server {{ listen 127.0.0.1:{free_port()}; }}\n}}\n")
+    modules = str(Path(__file__).resolve().parents[1] / "modules")
+    run = subprocess.run([sys.executable, "-m", "ngxsim.cli", "-c", str(conf)], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "PYTHONPATH": modules})
+    assert run.returncode == 1
+    assert f"ngxsim: [emerg] loading {conf} failed: RuntimeError('fail_init_master is on')\n" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
+    wait_for(lambda: not os.listdir(shm), 10, what=f"the refused start's files to go: {os.listdir(shm)}")
