@@ -220,6 +220,28 @@ def ngxsim_init_master(runtime: "Runtime") -> None:
 
 
 @hookspec
+def ngxsim_reload_accepted(runtime: "Runtime") -> None:
+    """A reload (``ngxsim -c`` on SIGHUP) was accepted: ``runtime`` is the new configuration's,
+    its zones attached (``zone.fresh`` as in ``ngxsim_init_master``), and the old workers are
+    about to be replaced; runs in the master before the new workers start. ``ngxsim_init_master``
+    ran earlier, while the reload could still be rejected (another module's
+    ``ngxsim_init_master`` failing rejects it): what it writes into a kept zone, the running
+    workers see even if the reload is then rejected. Rewrite what the running workers share
+    (rebuild a kept zone from the new configuration) here instead. A failure is logged; the
+    reload goes on.
+
+    For example::
+
+        @hookimpl
+        def ngxsim_reload_accepted(runtime):
+            zone = runtime.zone("hello")
+            if not zone.fresh:  # kept: it holds the running configuration's state until now
+                with zone.lock():
+                    zone.buf[:8] = (0).to_bytes(8, "little")
+    """
+
+
+@hookspec
 def ngxsim_init_worker(runtime: "Runtime") -> None:
     """A worker process starts (first start, respawn after a crash, or reload). Zones are
     attached in this process. Runs before the worker serves its first request.

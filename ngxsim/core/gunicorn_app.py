@@ -18,6 +18,7 @@ Start, reload and stop are logged in the error log, one line each.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -170,7 +171,8 @@ class NgxsimApplication(BaseApplication):
 
     def _prepare(self, old: Runtime | None) -> Runtime:
         """Load, check and start (zones) the config on disk; raises what makes it unservable.
-        Zones the attempt made and the old config does not have are removed on failure."""
+        Zones the attempt made and the old config does not have are removed on failure (at the
+        first start: every file of the instance, its folder too)."""
         config = load(self.path)
         check_binds(config_binds(config), set(config_binds(old.config)) if old else set())
         runtime = Runtime(config, old.instance if old else current_instance(MASTER))
@@ -189,6 +191,8 @@ class NgxsimApplication(BaseApplication):
                 zone.close()
             if old is not None:
                 remove_zone_files(runtime.instance, keep=set(old.zones) | {JANITOR_MARKER})
+            else:  # a refused start leaves nothing behind (no worker was forked: all of it is ours)
+                remove_zone_files(runtime.instance)
             raise
         self._news = _describe(runtime, old)
         return runtime
@@ -223,12 +227,20 @@ class NgxsimApplication(BaseApplication):
             for zone in self.runtime.zones.values():
                 zone.close()
             self.runtime = runtime
+            try:  # accepted: modules may now change what the running workers share
+                runtime.hook.ngxsim_reload_accepted(runtime=runtime)
+            except Exception:
+                logging.getLogger("ngxsim").exception("ngxsim_reload_accepted failed; the reload goes on")
         elif self.runtime is None:
             try:
                 self.runtime = self._prepare(None)
             except (ConfigError, ZoneError, BindError) as exc:
                 # gunicorn would print a bare "Error:" line
                 print(f"ngxsim: [emerg] {exc}", file=sys.stderr, flush=True)
+                raise SystemExit(1) from None
+            except Exception as exc:  # a module's own failure (ngxsim_init_master), worded as on a reload
+                print(f"ngxsim: [emerg] loading {self.path or 'the configuration'} failed: {exc!r}", file=sys.stderr,
+                      flush=True)
                 raise SystemExit(1) from None
         self._apply(self.runtime)
 

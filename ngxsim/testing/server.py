@@ -61,8 +61,17 @@ def free_port() -> int:
 
 
 def instance_files(tag: str) -> list[str]:
-    """The shared-memory files of the server instance ``tag`` (``<master pid>.<start time>``)."""
-    return sorted(e for e in os.listdir(shm_dir()) if e.startswith(f"ngxsim.{tag}."))
+    """The shared-memory files of the server instance ``tag`` (``<master pid>.<start time>``):
+    each file in its folder as ``FOLDER/NAME``, and the folder itself when it is empty (a
+    folder left behind is a leftover too)."""
+    out = []
+    for entry in sorted(e for e in os.listdir(shm_dir()) if e.startswith(f"ngxsim.{tag}.")):
+        try:
+            inside = [f"{entry}/{name}" for name in sorted(os.listdir(os.path.join(shm_dir(), entry)))]
+        except OSError:  # a file (not a folder), gone meanwhile, or not ours to read
+            inside = []
+        out += inside or [entry]
+    return out
 
 
 class ServerStartError(AssertionError):

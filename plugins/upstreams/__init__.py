@@ -250,14 +250,25 @@ def _first_snapshot(up, zone: UpstreamZone, rebuild: bool) -> None:
 
 @hookimpl
 def ngxsim_init_master(runtime):
-    """A new instance, or a reload (``ngxsim -c``, before its workers start): a zone that was kept
-    gets rebuilt from the state file or the (new) config's server lines, as nginx re-reads them."""
+    """A new instance: each upstream's zone gets its first snapshot. A zone a reload keeps is left
+    to ``ngxsim_reload_accepted``: the reload may still be rejected, and the running workers
+    (and any respawned one) must go on with the running config's peers."""
+    for up, zone in _upstream_zones(runtime):
+        _first_snapshot(up, zone, rebuild=False)
+
+
+@hookimpl
+def ngxsim_reload_accepted(runtime):
+    """A reload was accepted (``ngxsim -c``, before its workers start): a zone that was kept gets
+    rebuilt from the state file or the new config's server lines, as nginx re-reads them."""
+    for up, zone in _upstream_zones(runtime):
+        if not zone.zone.fresh:
+            _first_snapshot(up, zone, rebuild=True)
+
+
+def _upstream_zones(runtime) -> list[tuple[UpstreamConf, UpstreamZone]]:
     conf = runtime.config.stash.get(NAME)
-    if not conf:
-        return
-    for up in conf.upstreams.values():
-        zone = runtime.zone(up.zone)
-        _first_snapshot(up, UpstreamZone(zone), rebuild=not zone.fresh)
+    return [(up, UpstreamZone(runtime.zone(up.zone))) for up in conf.upstreams.values()] if conf else []
 
 
 @hookimpl

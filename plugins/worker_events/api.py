@@ -121,5 +121,6 @@ class WorkerEventsApi:
         ring = state(ctx.runtime).rings[self.zone]
         timestamp = int(time.time() * 1000)
         gen = ring.publish(ch, ty, pl, timestamp)
+        ctx.runtime.check_master()  # a 201 only for an event some live worker will deliver (else 503)
         return json_response(Event(gen, self.zone, self.channel, event_type, payload, timestamp).as_json(), 201)
 

@@ -4,10 +4,12 @@ what the error log says, and the embedded default served elsewhere without a fil
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -230,3 +232,45 @@ def test_a_directive_given_with_g_and_in_the_file_is_duplicate_in_the_file(tmp_p
     run = subprocess.run([sys.executable, "-m", "ngxsim.cli", "-t", "-c", str(conf), "-g", "worker_processes 3;"],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 1 and f'"worker_processes" directive is duplicate in {conf}:1' in run.stderr
+
+
+@pytest.mark.parametrize("main, sub, message", [
+    # nginx says this one without a place (it checks after parsing): here the line that names it
+    ("http {{\n    include sub.conf;\n}}\n", "server {{\n    listen 127.0.0.1:1;\n    return 200 \"a ${{nope}}\";\n}}\n",
+     'unknown "nope" variable in {sub}:3'),
+    ("http {{\n    server {{\n        listen 127.0.0.1:1;\n        location / {{ add_header X $nope_too always; }}\n"
+     "    }}\n}}\n", "", 'unknown "nope_too" variable in {main}:5'),
+    ("http {{\n    include {tmp}/missing.conf;\n}}\n", "",
+     'open() "{tmp}/missing.conf" failed (2: No such file or directory) in {main}:3'),
+    ("http {{\n    include sub.conf;\n}}\n", "\n\ninclude {tmp}/missing.conf;\n",
+     'open() "{tmp}/missing.conf" failed (2: No such file or directory) in {sub}:3'),
+    ("\n\ninclude {tmp};\n", "", 'open() "{tmp}" failed (21: Is a directory) in {main}:4'),
+], ids=["unknown-variable-in-an-included-file", "unknown-variable", "missing-include", "missing-include-nested",
+        "include-of-a-directory"])
+def test_a_config_error_names_its_file_and_line_in_nginx_wording(tmp_path, main, sub, message):
+    paths = {"main": tmp_path / "main.conf", "sub": tmp_path / "sub.conf", "tmp": tmp_path}
+    # the main file's first line is a load_module line: its lines are one further down than in "main"
+    paths["main"].write_text("load_module worker_events;\n" + main.format(**paths))
+    paths["sub"].write_text(sub.format(**paths))
+    run = subprocess.run([sys.executable, "-m", "ngxsim.cli", "-t", "-c", str(paths["main"])], capture_output=True,
+                         text=True, timeout=60)
+    expected = message.format(**paths)
+    assert run.returncode == 1 and f"ngxsim: [emerg] {expected}\n" in run.stderr, run.stderr
+
+
+def test_a_start_refused_by_a_modules_init_master_says_so_and_leaves_nothing(tmp_path, monkeypatch):
+    # issue 19: a refused start left its zone file behind; the ring's zone is made before the
+    # test module's ngxsim_init_master fails
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    monkeypatch.setenv("NGXSIM_SHM_DIR", str(shm))
+    conf = tmp_path / "f.conf"
+    conf.write_text(f"load_module ngxsim_test_fail_init;\nload_module worker_events;\nfail_init_master on;\n"
+                    f"http {{\n worker_events_zone bus;\n server {{ listen 127.0.0.1:{free_port()}; }}\n}}\n")
+    modules = str(Path(__file__).resolve().parents[1] / "modules")
+    run = subprocess.run([sys.executable, "-m", "ngxsim.cli", "-c", str(conf)], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "PYTHONPATH": modules})
+    assert run.returncode == 1
+    assert f"ngxsim: [emerg] loading {conf} failed: RuntimeError('fail_init_master is on')\n" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
+    wait_for(lambda: not os.listdir(shm), 10, what=f"the refused start's files to go: {os.listdir(shm)}")

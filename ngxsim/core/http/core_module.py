@@ -16,7 +16,7 @@ from ..workers import LAYOUT_TAG as WORKERS_TAG
 from ..workers import WORKERS_ZONE, ZONE_SIZE, WorkerTable
 from .location import LocationMatcher, LocationSpec, nesting_error, parse_location
 from .status import StatusPage
-from .server import Listen, ServerTable, parse_listen, parse_server_name, primary_name
+from .server import InvalidServerName, Listen, ServerTable, parse_listen, parse_server_name, primary_name
 from .variables import Template
 
 ALL = (MAIN, HTTP, SERVER, LOCATION)
@@ -230,7 +230,10 @@ def ngxsim_postconfiguration(config):
         server.stash["core.server_name"] = primary_name(names)
         _check_nesting(server, None)
         server.stash["core.locations"] = _locations(server)
-    config.warnings.extend(table.check())
+    try:
+        config.warnings.extend(table.check())
+    except InvalidServerName as exc:
+        raise exc.server.error("server_name", str(exc)) from None
     _check_binds(list(listens.values()), http_blocks[0])
     config.stash["core.http"] = HttpCore(table, list(listens.values()))
 

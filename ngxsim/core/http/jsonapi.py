@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import json
 import math
+import re
 from typing import TYPE_CHECKING, Callable
 
 from gunicorn.http.errors import ParseException
@@ -117,8 +118,9 @@ _KINDS = {dict: "a JSON object", list: "a JSON array"}
 def read_json(ctx: "RequestContext", max_body: int, *, want: type | None = dict) -> object:
     """The request's JSON body, parsed; or an ``ApiError``: 415 unless the Content-Type is
     ``application/json`` (parameters such as ``charset`` allowed), what ``read_body`` raises,
-    400 for invalid UTF-8 or JSON, NaN/Infinity, nesting too deep to parse, or (with ``want``)
-    a value of another type."""
+    400 for invalid UTF-8 or JSON, NaN/Infinity, nesting too deep to parse, a string (or key)
+    holding a lone surrogate escape (``"\\ud800"``: no Unicode text, it cannot be encoded back
+    to UTF-8), or (with ``want``) a value of another type."""
     req = ctx.request
     if (req.mimetype or "").lower() != "application/json":
         raise ApiError(415, f'Content-Type must be application/json, not "{req.content_type or ""}"')
@@ -129,9 +131,41 @@ def read_json(ctx: "RequestContext", max_body: int, *, want: type | None = dict)
         raise ApiError(400, f"body is not valid JSON: {exc}") from None
     except RecursionError:  # the C decoder recurses per level: 1000 "[" exhaust the stack
         raise ApiError(400, "body is not valid JSON: nested too deeply") from None
+    if _SURROGATE_ESCAPE.search(raw):  # a cheap gate: only a body with such an escape is walked
+        _reject_surrogates(body)
     if want is not None and not isinstance(body, want):
         raise ApiError(400, f"body must be {_KINDS.get(want, want.__name__)}")
     return body
+
+
+# Python's JSON decoder turns "\ud800" into a str holding the surrogate itself (JSON allows the
+# escape, Unicode text does not), which fails later wherever it is encoded: in an event, a
+# header, a key on disk. A body without a \uD800-\uDFFF escape cannot hold one (the decoded
+# UTF-8 cannot), so only a body that matches is walked.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+
+
+def _reject_surrogates(body: object) -> None:
+    stack: list[tuple[object, str]] = [(body, "")]
+    while stack:  # not recursive: the decoder accepts nesting deeper than a Python walk would
+        value, where = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                _check_text(key, f"{where} key {json.dumps(key)}")
+                stack.append((item, f"{where}.{key}" if where else key))
+        elif isinstance(value, list):
+            stack.extend((item, f"{where}[{i}]") for i, item in enumerate(value))
+        elif isinstance(value, str):
+            _check_text(value, f'"{where}"' if where else "the body")
+
+
+def _check_text(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        char = text[exc.start]
+        raise ApiError(400, f"body is not valid JSON text: {where.strip()} holds a lone surrogate "
+                            f"\\u{ord(char):04x}, which is no Unicode character") from None
 
 
 def _reject_constant(name: str):
