@@ -17,6 +17,7 @@ from .core.http.jsonapi import (
     ApiError, Methods, check_key, query_int, query_seconds, query_str, read_body, read_json, register_secret_arg,
     wants_html,
 )
+from .core.http.logs import ALERT, EMERG, NOTICE
 from .core.http.regex import Regex
 from .core.http.responses import compact_json, error_page, json_error, json_response, keep_status_line
 from .core.http.readable import age as format_age
@@ -31,7 +32,7 @@ from .hookspecs import hookimpl, hookspec
 __version__ = "0.1.0"
 
 __all__ = [
-    "ARGS", "FLAG", "HTTP", "LOCATION", "MAIN", "MAX_ZONE_SIZE", "NUMBER", "SERVER", "SIZE", "STRING", "TIME",
+    "ALERT", "EMERG", "NOTICE", "ARGS", "FLAG", "HTTP", "LOCATION", "MAIN", "MAX_ZONE_SIZE", "NUMBER", "SERVER", "SIZE", "STRING", "TIME",
     "ZONE_HEADER_SIZE", "Wait", "Zone", "prompt_wakeups", "call_impl", "tracing", "ApiError", "ConfigError", "Directive", "Event", "Gap", "LivenessWatch", "Methods",
     "OutOfRange", "Regex", "Subscription", "Template", "Variable", "check_key", "compact_json", "error_page", "format_age",
     "hookimpl",

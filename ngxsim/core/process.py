@@ -192,6 +192,7 @@ class Runtime:
         gunicorn arbiter that never loads ngxsim."""
         remove_stale_zone_files()
         self.attach_zones()
+        setup_error_log(self.config.main["error_log"])  # the master's lines: nginx's format, its level
         first = True
         if self.instance.role != STANDALONE:
             first = ensure_janitor(self.instance) or self.instance.role == MASTER

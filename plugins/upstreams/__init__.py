@@ -17,11 +17,12 @@ See docs/upstreams.md.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field, fields
 
 from ngxsim import (
-    FLAG, HTTP, LOCATION, SERVER, ConfigError, Directive, Subscription, Variable, hookimpl, http_event_zone,
+    FLAG, HTTP, LOCATION, NOTICE, SERVER, ConfigError, Directive, Subscription, Variable, hookimpl, http_event_zone,
     process_alive, register_secret_arg,
 )
 
@@ -38,6 +39,7 @@ from .state import CHANNEL, NAME, state
 from .zone import HEALTH_CHECKING, HEALTH_DOWN, HEALTH_UP, UpstreamZone, slot_count
 
 HEALTH_CHANNEL = "healthchecks"
+log = logging.getLogger("ngxsim")
 UPSTREAM = "upstream"  # the context an upstream block opens
 DRAIN_CHECK_INTERVAL = 1.0
 
@@ -145,15 +147,16 @@ def ngxsim_postconfiguration(config):
             if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
                 raise block.error("state", f'the folder of state file "{state_path}" does not exist or is not writable')
             try:
-                snapshots.read_state(state_path)
+                saved = snapshots.read_state(state_path)
             except ValueError as exc:
                 raise block.error("state", f"invalid state file: {exc}") from None
+            config.warnings.extend(_overridden(name, state_path, saved, block))
         elif not servers and block.get("upstream_refresh") is None:
             raise ConfigError(f'no servers are inside upstream "{name}"', block.statement.file, block.statement.line)
         seen = set()
-        for spec in servers:
+        for spec, stmt in zip(servers, _server_statements(block)):
             if spec.server in seen:
-                raise block.error("server", f'server "{spec.server}" is listed twice in upstream "{name}"')
+                raise stmt.error(f'server "{spec.server}" is listed twice in upstream "{name}"')
             seen.add(spec.server)
         up = UpstreamConf(name, zone_name, zone_size, servers, state_path, block.get("upstream_refresh"), block)
         conf.upstreams[name] = up
@@ -185,6 +188,27 @@ def ngxsim_postconfiguration(config):
     config.stash[NAME] = conf
 
 
+def _server_statements(block) -> list:
+    """The block's ``server`` statements, in order (each error and warning names its own line)."""
+    return [stmt for stmt in block.statement.block or () if stmt.name == "server"]
+
+
+def _overridden(name: str, path: str, saved, block) -> list[str]:
+    """nginx's ``[warn]`` lines (``-t``, start, reload) for each ``server`` line the existing
+    state file overrides: no edit of a server line is ignored silently. NGINX Plus refuses
+    ``state`` beside ``server`` lines; ngxsim keeps them as the first start's peers (the state file
+    does not exist yet), and says when they no longer count."""
+    if saved is None:
+        return []
+    kept = {(peer.spec, False) for peer in saved}
+    out = []
+    for spec, stmt in zip(block.get("server") or [], _server_statements(block)):
+        if (spec, False) not in kept:
+            out.append(f'"server {spec.server}" of upstream "{name}" is overridden by the state file "{path}" '
+                       f'(edit the file, or use the API) in {stmt.file}:{stmt.line}')
+    return out
+
+
 def _drain_job(runtime) -> None:
     """Catch drains that finished without a request ending (a worker died mid-request)."""
     st = state(runtime)
@@ -214,21 +238,25 @@ def _first_snapshot(up, zone: UpstreamZone, rebuild: bool) -> None:
     a restart), else from the config's server lines. Without ``rebuild`` this does nothing when a
     snapshot is there already: under plain gunicorn every worker calls it at start, and the first
     one (under the zone lock) makes it."""
-    specs = snapshots.read_state(up.state) if up.state else None
-    if specs is None:
-        specs = up.servers
+    saved = snapshots.read_state(up.state) if up.state else None
+    specs = [peer.spec for peer in saved] if saved is not None else up.servers
 
     def change(cur):
         if cur is not None and not rebuild:
             return None
         # under mandatory health checks every peer new to the zone waits for its first probe, as
         # in NGINX Plus; a peer a reload keeps keeps its health (NGINX Plus's "persistent")
-        new = snapshots.from_specs(specs, cur, zone.layout.slots, checking_new=up.mandatory)
+        new = snapshots.from_specs(specs, cur, zone.layout.slots, checking_new=up.mandatory, saved=saved)
         if up.state:
             snapshots.write_state(up.state, new["peers"])
+        made.append(new)
         return new
 
+    made = []
     zone.update(change)
+    if made and saved is not None:
+        log.log(NOTICE, 'upstream "%s": state file "%s" loaded, %d peer%s', up.name, up.state, len(saved),
+                "" if len(saved) == 1 else "s")
 
 
 @hookimpl

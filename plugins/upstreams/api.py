@@ -168,7 +168,7 @@ class UpstreamsApi:
         up = self.conf.upstreams[name]
 
         def guarded(cur):
-            result = change(cur or {"peers": [], "next_id": 1})
+            result = change(cur or {"peers": [], "next_id": snapshots.FIRST_ID})
             if up.state:
                 snapshots.write_state(up.state, result[0]["peers"])
             return result

@@ -31,7 +31,7 @@ def error(text):
     ("http {\n worker_events_zone bus;\n upstream b {\n  server 127.0.0.1:99999;\n }\n}",
      'invalid port in "127.0.0.1:99999" in /p/u.conf:6'),
     ("http {\n worker_events_zone bus;\n upstream b {\n  server 127.0.0.1:1;\n  server 127.0.0.1:1;\n }\n}",
-     'server "127.0.0.1:1" is listed twice in upstream "b" in /p/u.conf:6'),
+     'server "127.0.0.1:1" is listed twice in upstream "b" in /p/u.conf:7'),
     ("http {\n worker_events_zone bus;\n upstream b { }\n}", 'no servers are inside upstream "b" in /p/u.conf:5'),
     ("http {\n worker_events_zone bus;\n upstream b { server 127.0.0.1:1; }\n upstream b { server 127.0.0.1:2; }\n}",
      'duplicate upstream "b" in /p/u.conf:6'),
