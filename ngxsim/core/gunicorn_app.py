@@ -28,6 +28,7 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.config import KNOWN_SETTINGS
 
 from .conf.errors import ConfigError
+from .http.logs import EMERG, NOTICE
 from .instance import MASTER, current_instance
 from .modules import fresh_imports, plugin_module_names
 from .process import Runtime, load
@@ -115,7 +116,7 @@ class NgxsimArbiter(Arbiter):
 
     def _stop_by(self, name: str, fast: bool):
         how = "fast shutdown" if fast else "graceful shutdown: requests in progress finish"
-        self.log.info("ngxsim: [notice] signal %d (%s) received, %s", getattr(signal, name), name, how)
+        self.log.log(NOTICE, "signal %d (%s) received, %s", getattr(signal, name), name, how)
         if fast:
             self.stop(False)
         raise StopIteration  # the run loop halts, stopping gracefully what is left
@@ -200,10 +201,10 @@ class NgxsimApplication(BaseApplication):
             with fresh_imports(plugin_module_names(self.runtime.config.modules)):
                 self._pending = self._prepare(self.runtime)
         except (ConfigError, ZoneError, BindError) as exc:
-            log.critical("ngxsim: [emerg] %s; reload rejected, the running configuration and its workers stay", exc)
+            log.log(EMERG, "%s; reload rejected, the running configuration and its workers stay", exc)
             return False
         except Exception as exc:  # a module's own failure (ngxsim_init_master): the master must not die of it
-            log.critical("ngxsim: [emerg] loading %s failed: %r; reload rejected, the running configuration and its "
+            log.log(EMERG, "loading %s failed: %s; reload rejected, the running configuration and its "
                          "workers stay", self.path or "the configuration", exc, exc_info=True)
             return False
         return True
@@ -236,9 +237,9 @@ class NgxsimApplication(BaseApplication):
         return self._pending.config.path
 
     def announce(self, log, first: str) -> None:
-        log.info("ngxsim: [notice] %s", first)
+        log.log(NOTICE, "%s", first)
         for line in self._news:
-            log.info("ngxsim: [notice] %s", line)
+            log.log(NOTICE, "%s", line)
 
     def _when_ready(self, arbiter) -> None:
         self.announce(arbiter.log, f"ngxsim serves {self.runtime.config.path} (master {arbiter.pid})")

@@ -119,6 +119,11 @@ class Server:
     def tail(self, lines: int = 200) -> str:
         return "\n".join(self.output().splitlines()[-lines:])
 
+    def logged(self, level: str, message: str) -> bool:
+        """The output has nginx's error-log line ``YYYY/MM/DD HH:MM:SS [level] PID#TID: message...``
+        (``message`` is the start of the text after the ids and any ``*CID``)."""
+        return _LOG_LINE(level, message).search(self.output()) is not None
+
     def severe_lines(self) -> list[str]:
         """The log's ``[emerg]``/``[alert]``/``[crit]`` lines, each once, in order."""
         out: list[str] = []
@@ -324,6 +329,11 @@ class Server:
         wait_for(lambda: not instance_files(tag), 10, what=f"zone files of {tag} to be removed")
 
 
+def _LOG_LINE(level: str, message: str) -> re.Pattern:
+    return re.compile(rf"^\d{{4}}/\d\d/\d\d \d\d:\d\d:\d\d \[{re.escape(level)}\] \d+#\d+: (?:\*\d+ )?"
+                      rf"{re.escape(message)}", re.M)
+
+
 def _api_location(conf_text: str) -> str:
     found = re.findall(r"location\s+(?:=\s*|\^~\s*)?(\S+)\s*\{[^{}]*?\bworker_events_api\s*;", conf_text)
     if len(found) != 1:
@@ -403,7 +413,8 @@ def start_server(folder: Path, conf_text: str, workers: int | None = None, mode:
         env["NGXSIM_CONF"] = str(conf)
         worker_class = worker_class or "sync"
         cmd = [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{port}",
-               "--graceful-timeout", "5", "--worker-class", worker_class, "--log-level", "info"]
+               "--graceful-timeout", "5", "--worker-class", worker_class, "--log-level", "info",
+               "--logger-class", "ngxsim.glogging.Logger"]  # nginx's error log format, as under ngxsim -c
         if worker_class == "gthread":
             cmd += ["--threads", "4"]
         if preload:

@@ -18,7 +18,7 @@ from http.client import RemoteDisconnected
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, ProtocolError, ReadTimeoutError
 from werkzeug.wrappers import Response
 
-from ngxsim import ApiError, error_page, keep_status_line, read_body
+from ngxsim import ApiError, error_context, error_page, keep_status_line, read_body
 
 from .balancer import Peer
 
@@ -76,8 +76,7 @@ class ProxyHandler:
         headers = self._headers(ctx, len(body) if body or _has_body(env) else None)
         snapshot = state.snapshot(self.spec.upstream) if self.spec.upstream else None
         if snapshot is not None and snapshot.all_unhealthy():
-            ctx.vars["upstream_status"] = ""
-            return error_page(502)
+            return self._no_live_upstreams(ctx)
         tried: set[int] = set()
         addrs, statuses, times = [], [], []
         last_failure = None
@@ -139,8 +138,17 @@ class ProxyHandler:
         if last_response is not None:  # every peer answered a retried status: send the last one on
             return self._respond(ctx, state, None, last_response, addrs, statuses, times, method, counted=True)
         if not addrs:
-            ctx.vars["upstream_status"] = ""
+            return self._no_live_upstreams(ctx)
         return error_page(504 if last_failure == "timeout" else 502)
+
+    def _no_live_upstreams(self, ctx):
+        """No peer of the group can be tried: nginx's 502, its error line, and ``$upstream_addr``
+        naming the group."""
+        ctx.vars["upstream_addr"] = self.spec.upstream or ""
+        ctx.vars["upstream_status"] = ""
+        log.error("no live upstreams while connecting to upstream%s",
+                  error_context(ctx, f"http://{self.spec.upstream}{self._uri(ctx)}"))
+        return error_page(502)
 
     def _send(self, state, target, method, url, body, headers):
         """One try on one peer. A kept-alive connection the backend closed while it sat idle in

@@ -105,6 +105,18 @@ def mask_target(text: str, secrets: frozenset[str]) -> str:
     return _QUERY_PAIR.sub(mask, text)
 
 
+def error_context(ctx, upstream: str | None = None) -> str:
+    """What nginx writes after a request's error-log message: ``, client: ADDR, server: NAME,
+    request: "GET / HTTP/1.1", upstream: "http://...", host: "HOST"`` (``upstream`` only when
+    given, ``host`` only when the request sent one). Secret query arguments are masked."""
+    request = mask_target(ctx.request_line, frozenset(ctx.secret_args) | frozenset(SECRET_ARGS))
+    text = f', client: {ctx.environ.get("REMOTE_ADDR", "-")}, server: {ctx.server_name}, request: "{request}"'
+    if upstream is not None:
+        text += f', upstream: "{upstream}"'
+    host = ctx.environ.get("HTTP_HOST")
+    return f'{text}, host: "{host}"' if host else text
+
+
 class AccessLog:
     """One log file and its line format (``combined`` or a ``log_format``), opened per process in
     append mode (each line is one atomic write)."""
