@@ -13,6 +13,7 @@ from .core.conf.directive import (
 from .core.conf.errors import ConfigError
 from .core.conf.zones import MAX_ZONE_SIZE
 from .core.events import Event, Gap, Subscription, http_event_zone
+from .core.http.api import ApiAnswer, ApiRequest, ApiSection, iso_time
 from .core.http.jsonapi import (
     ApiError, Methods, check_key, query_int, query_seconds, query_str, read_body, read_json, register_secret_arg,
     wants_html,
@@ -32,7 +33,7 @@ from .hookspecs import hookimpl, hookspec
 __version__ = "0.1.0"
 
 __all__ = [
-    "ALERT", "EMERG", "NOTICE", "ARGS", "FLAG", "HTTP", "LOCATION", "MAIN", "MAX_ZONE_SIZE", "NUMBER", "SERVER", "SIZE", "STRING", "TIME",
+    "ALERT", "EMERG", "NOTICE", "ApiAnswer", "ApiRequest", "ApiSection", "iso_time", "ARGS", "FLAG", "HTTP", "LOCATION", "MAIN", "MAX_ZONE_SIZE", "NUMBER", "SERVER", "SIZE", "STRING", "TIME",
     "ZONE_HEADER_SIZE", "Wait", "Zone", "prompt_wakeups", "call_impl", "tracing", "ApiError", "ConfigError", "Directive", "Event", "Gap", "LivenessWatch", "Methods",
     "OutOfRange", "Regex", "Subscription", "Template", "Variable", "check_key", "compact_json", "error_context", "error_page", "format_age",
     "hookimpl",

@@ -29,6 +29,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core.gunicorn_app import GUNICORN_WORKER_CLASSES
 from ..core.instance import process_start_time
 from ..core.shm import shm_dir
 from .client import PendingRequest, Response, request
@@ -412,10 +413,13 @@ def start_server(folder: Path, conf_text: str, workers: int | None = None, mode:
     if mode == "gunicorn":
         env["NGXSIM_CONF"] = str(conf)
         worker_class = worker_class or "sync"
+        # the config's names mean ngxsim's classes, as under ngxsim -c (they count connections
+        # for stub_status and the api, and wake waiting handlers when stopped)
+        klass = GUNICORN_WORKER_CLASSES.get(worker_class, worker_class)
         cmd = [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{port}",
-               "--graceful-timeout", "5", "--worker-class", worker_class, "--log-level", "info",
+               "--graceful-timeout", "5", "--worker-class", klass, "--log-level", "info",
                "--logger-class", "ngxsim.glogging.Logger"]  # nginx's error log format, as under ngxsim -c
-        if worker_class == "gthread":
+        if worker_class in ("gthread", "ngxsim"):
             cmd += ["--threads", "4"]
         if preload:
             cmd.append("--preload")

@@ -31,7 +31,7 @@ from werkzeug.wrappers import Response
 ENTRY_FORMAT = 1
 BATCH_TTL = 3600.0          # a stored purge batch outlives any worker's delivery of its event
 _EPOCH = struct.Struct("<Q")
-EPOCH_ZONE_SIZE = 128       # zone header (64) + the purge epoch
+EPOCH_ZONE_SIZE = 256       # zone header (64) + the purge epoch + the statistics (stats.py)
 ZONE_TAG = f"cache_purge v{ENTRY_FORMAT}"
 # an entry's memory footprint beyond its body: the object, the headers, the key (an estimate)
 _ENTRY_OVERHEAD = 512

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field, fields
 
 from ngxsim import (
@@ -27,7 +28,7 @@ from ngxsim import (
 )
 
 from . import snapshots
-from .api import UpstreamsApi
+from .api import UpstreamsApi, UpstreamsSection
 from .balancer import Peer
 from .conf import (
     NEXT_UPSTREAM, ProxyPass, UpstreamConf, parse_next_upstream, parse_proxy_pass, parse_refresh, parse_server, parse_set_header,
@@ -165,7 +166,7 @@ def ngxsim_postconfiguration(config):
             raise block.error("zone", f'zone "{zone_name}" has room for {slot_count(usable)} peers, '
                                       f'upstream "{name}" lists {len(servers)}')
         config.zones.declare(zone_name, zone_size, owner=NAME, where=block.where_of("zone") or block.statement,
-                             tag=f"{NAME} v1 {name}")
+                             tag=f"{NAME} v2 {name}")
         if up.refresh is not None:
             config.jobs.declare(f"upstreams.refresh.{name}", up.refresh.interval, refresh_job(name, up.refresh, {}),
                                 owner=NAME, where=block.where_of("upstream_refresh"))
@@ -228,6 +229,29 @@ def ngxsim_content_handler(location, config):
     settings = ProxySettings(spec, prefix, location["proxy_set_header"], location["proxy_connect_timeout"],
                              location["proxy_read_timeout"], location["proxy_next_upstream"])
     return ProxyHandler(location, state, settings)
+
+
+@hookimpl
+def ngxsim_api_sections(config):
+    """NGINX Plus's ``http/upstreams`` in the core's ``api`` location."""
+    conf = config.stash.get(NAME)
+    return UpstreamsSection(conf).section() if conf is not None else None
+
+
+@hookimpl
+def ngxsim_status(runtime):
+    """Each upstream's peers at a glance (``ngxsim status``, the status page): state, health,
+    traffic, the instance's counts."""
+    conf = runtime.config.stash.get(NAME)
+    if not conf or not conf.upstreams:
+        return None
+    section, st = UpstreamsSection(conf), state(runtime)
+    keys = ("id", "server", "state", "weight", "backup", "active", "requests", "fails", "unavail")
+    out = {}
+    for name in conf.upstreams:
+        out[name] = [{**{k: peer[k] for k in keys}, "healthy": None if peer["health"] is None else peer["health"]["healthy"]}
+                     for peer in section.upstream_json(st, name)["peers"]]
+    return {"upstreams": out}
 
 
 # -- processes -----------------------------------------------------------------------------------
@@ -390,7 +414,8 @@ def set_peer_health(runtime, upstream: str, peer_id: int, healthy: bool, fails: 
     data = st.zone(upstream).read_snapshot() or {"peers": []}
     for p in data["peers"]:
         if p["id"] == peer_id:
-            ok = st.zone(upstream).set_health(p["slot"], peer_id, HEALTH_UP if healthy else HEALTH_DOWN, fails, passes)
+            ok = st.zone(upstream).set_health(p["slot"], peer_id, HEALTH_UP if healthy else HEALTH_DOWN, fails, passes,
+                                              time.time())
             st.refresh_health(upstream, peer_id)
             return ok
     return False

@@ -74,6 +74,8 @@ class ProxyHandler:
             return error_page(exc.status)
         url = self._uri(ctx)
         headers = self._headers(ctx, len(body) if body or _has_body(env) else None)
+        # what a try sends (NGINX Plus's "sent"): the request line, the header and the body
+        sent_bytes = len(method) + len(url) + 12 + sum(len(k) + len(v) + 4 for k, v in headers.items()) + 2 + len(body)
         snapshot = state.snapshot(self.spec.upstream) if self.spec.upstream else None
         if snapshot is not None and snapshot.all_unhealthy():
             return self._no_live_upstreams(ctx)
@@ -120,16 +122,17 @@ class ProxyHandler:
                 times.append(f"{elapsed:.3f}")
                 condition = _STATUS_CONDITIONS.get(resp.status)
                 if condition is None or condition not in self.next_upstream:
-                    return self._respond(ctx, state, target, resp, addrs, statuses, times, method)
+                    return self._respond(ctx, state, target, resp, addrs, statuses, times, method, sent=sent_bytes)
                 # a status proxy_next_upstream retries: remember it, count a failure, go on
-                state.end(self.spec.upstream, target, failed=condition in _FAILURE_CONDITIONS, snapshot=snapshot)
+                state.end(self.spec.upstream, target, failed=condition in _FAILURE_CONDITIONS, snapshot=snapshot,
+                          status=resp.status, sent=sent_bytes)
                 last_response, last_failure = resp, condition
                 if not (retry_ok and (method not in NON_IDEMPOTENT or "non_idempotent" in self.next_upstream)):
                     break
                 continue
             statuses.append("504" if condition == "timeout" else "502")
             times.append(f"{time.monotonic() - began:.3f}")
-            state.end(self.spec.upstream, target, failed=True, snapshot=snapshot)
+            state.end(self.spec.upstream, target, failed=True, snapshot=snapshot, sent=0 if condition == "error" and not sent else sent_bytes)
             last_failure = condition
             may_resend = not sent or method not in NON_IDEMPOTENT or "non_idempotent" in self.next_upstream
             if not (retry_ok and condition in self.next_upstream and may_resend):
@@ -210,7 +213,7 @@ class ProxyHandler:
 
     # -- the response --------------------------------------------------------------------------
 
-    def _respond(self, ctx, state, target, resp, addrs, statuses, times, method, counted=False):
+    def _respond(self, ctx, state, target, resp, addrs, statuses, times, method, counted=False, sent=0):
         self._record(ctx, addrs, statuses, times)
         headers = []
         connection_tokens = {t.strip().lower() for t in resp.headers.get("Connection", "").split(",")}
@@ -222,9 +225,12 @@ class ProxyHandler:
         upstream = self.spec.upstream
         snapshot = state.snapshot(upstream) if upstream else None
 
+        head = len(resp.reason or "") + 15 + sum(len(k) + len(v) + 4 for k, v in resp.headers.iteritems()) + 2
+
         def finished() -> None:
             if not counted:
-                state.end(upstream, target, failed=False, success=True, snapshot=snapshot)
+                state.end(upstream, target, failed=False, success=True, snapshot=snapshot, status=resp.status, sent=sent,
+                          received=head + stream.received)
 
         stream = _Body(resp, method != "HEAD", finished)
         # not direct_passthrough: werkzeug then closes the response (and its on-close callbacks:
@@ -267,10 +273,13 @@ class _Body:
         self.resp, self.send, self.finished = resp, send, finished
         self.complete = not send
         self.closed = False
+        self.received = 0  # body bytes read from the backend
 
     def __iter__(self):
         if self.send:
-            yield from self.resp.stream(65536, decode_content=False)
+            for chunk in self.resp.stream(65536, decode_content=False):
+                self.received += len(chunk)
+                yield chunk
         self.complete = True
 
     def close(self) -> None:

@@ -31,11 +31,12 @@ _READ_STEP = 65536
 class ApiError(Exception):
     """Raised by a content handler: the core answers ``json_error(status, message, headers)``."""
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None, code: str | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers
+        self.code = code  # NGINX Plus's error code (``UpstreamNotFound``), shown by the ``api`` location
 
     def response(self) -> Response:
         return json_error(self.status, self.message, headers=self.headers)
