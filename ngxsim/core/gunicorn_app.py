@@ -75,12 +75,12 @@ def check_binds(binds: list[str], bound: set[str]) -> None:
                 raise BindError(f"bind() to {bind} failed ({exc.errno}: {exc.strerror})") from None
 
 
-def _size(size: int) -> str:
-    """A zone size as nginx writes sizes: ``64k``, ``1m``, else bytes."""
-    for unit, shift in (("m", 20), ("k", 10)):
-        if size >= 1 << shift and size % (1 << shift) == 0:
-            return f"{size >> shift}{unit}"
-    return f"{size} bytes"
+def _size(spec) -> str:
+    """A zone's size in one unit style (bytes), with the size the config gave when the module
+    maps another: ``262144 bytes``, ``256 bytes mapped, 10485760 bytes configured``."""
+    if spec.configured is None:
+        return f"{spec.size} bytes"
+    return f"{spec.size} bytes mapped, {spec.configured} bytes configured"
 
 
 def _describe(runtime: Runtime, old: Runtime | None) -> list[str]:
@@ -96,7 +96,7 @@ def _describe(runtime: Runtime, old: Runtime | None) -> list[str]:
     lines.append(f"modules: {', '.join(modules) or 'none loaded'}")
     for spec in config.zones:
         zone = runtime.zones[spec.name]
-        lines.append(f'zone "{spec.name}" ({_size(spec.size)}) {"created" if zone.fresh else "kept"}')
+        lines.append(f'zone "{spec.name}" ({_size(spec)}) {"created" if zone.fresh else "kept"}')
     for name in sorted(set(old.zones) - set(runtime.zones)) if old else ():
         lines.append(f'zone "{name}" removed')
     return lines

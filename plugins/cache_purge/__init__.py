@@ -45,7 +45,7 @@ def ngxsim_postconfiguration(config):
     bus = http_event_zone(config, NAME) if caches else None
     for zone, (spec, stmt) in caches.items():
         # the keys zone: the purge epoch every worker's stores check (see levels.py)
-        config.zones.declare(zone, EPOCH_ZONE_SIZE, owner=NAME, where=stmt, tag=ZONE_TAG)
+        config.zones.declare(zone, EPOCH_ZONE_SIZE, owner=NAME, where=stmt, tag=ZONE_TAG, configured=spec.zone_size)
         config.jobs.declare(f"{NAME}.manager.{zone}", min(MANAGER_MAX, max(MANAGER_MIN, spec.inactive / 4)),
                             _manager(zone), owner=NAME, where=stmt)
     specs = {zone: spec for zone, (spec, _) in caches.items()}

@@ -5,6 +5,7 @@ activates nothing."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -102,7 +103,7 @@ def checked_fields(body: dict, adding: bool) -> dict:
     unknown = sorted(set(body) - allowed)
     if unknown:
         extra = ' ("server" cannot be changed: delete the peer and add a new one)' if "server" in unknown else ""
-        raise ValueError(f"unknown field(s) {', '.join(repr(u) for u in unknown)}{extra}; allowed: {', '.join(sorted(allowed))}")
+        raise ValueError(f"unknown field(s) {', '.join(_shown(u) for u in unknown)}{extra}; allowed: {', '.join(sorted(allowed))}")
     out = {}
     for key, value in body.items():
         if key == "server":
@@ -112,17 +113,25 @@ def checked_fields(body: dict, adding: bool) -> dict:
         elif key in ("weight", "max_fails"):
             low, high = (1, 1000) if key == "weight" else (0, 1000)
             if type(value) is not int or not low <= value <= high:
-                raise ValueError(f'field "{key}" must be an integer from {low} to {high}, not {value!r}')
+                raise ValueError(f'field "{key}" must be an integer from {low} to {high}, not {_shown(value)}')
             out[key] = value
         elif key == "fail_timeout":
             out[key] = _seconds(value)
         else:  # backup, down, drain
             if type(value) is not bool:
-                raise ValueError(f'field "{key}" must be true or false, not {value!r}')
+                raise ValueError(f'field "{key}" must be true or false, not {_shown(value)}')
             out[key] = value
     if adding and "server" not in out:
         raise ValueError('field "server" is required')
     return out
+
+
+def _shown(value) -> str:
+    """A value in an error message as JSON writes it: nginx's double quotes (``not "3"``)."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return f'"{value}"'
 
 
 def _seconds(value) -> float:
@@ -135,7 +144,7 @@ def _seconds(value) -> float:
             seconds = -1
         if 0 <= seconds <= 86400:
             return seconds
-    raise ValueError(f'field "fail_timeout" must be a time such as "10s" or a number of seconds (0 to 1d), not {value!r}')
+    raise ValueError(f'field "fail_timeout" must be a time such as "10s" or a number of seconds (0 to 1d), not {_shown(value)}')
 
 
 def add_peer(current: dict, fields: dict, slots: int, checking: bool) -> tuple[dict, dict]:

@@ -150,9 +150,9 @@ class UpstreamZone:
             start = self.layout.areas_at + idle * self.layout.area_size
             self.buf[start:start + len(text)] = text
             for slot in {p["slot"] for p in new["peers"]} - {p["slot"] for p in (current or {"peers": []})["peers"]}:
-                self._reset_slot(slot, 0)
+                self._reset_slot(slot, None)
             for peer in new["peers"]:
-                if self._slot_id(peer["slot"]) != peer["id"]:
+                if self._slot_id(peer["slot"]) != _held(peer["id"]):
                     # a new peer: fresh counters; "checking" when mandatory health checks must pass first
                     self._reset_slot(peer["slot"], peer["id"], HEALTH_CHECKING if peer["id"] in checking else HEALTH_NONE)
             _HEADER.pack_into(self.buf, 0, _MAGIC, version, idle, len(text), self.layout.slots, self.layout.rows,
@@ -167,10 +167,11 @@ class UpstreamZone:
     def _slot_id(self, slot: int) -> int:
         return struct.unpack_from("<I", self.buf, self._slot_at(slot))[0]
 
-    def _reset_slot(self, slot: int, peer_id: int, health: int = HEALTH_NONE) -> None:
+    def _reset_slot(self, slot: int, peer_id: int | None, health: int = HEALTH_NONE) -> None:
+        """Fresh counters for ``peer_id`` (None: the slot is empty)."""
         at = self._slot_at(slot)
         self.buf[at:at + SLOT_SIZE] = bytes(SLOT_SIZE)
-        _SLOT.pack_into(self.buf, at, peer_id, 0, 0, 0, 0, health, 0, 0, 0, 0, 0.0, 0.0)
+        _SLOT.pack_into(self.buf, at, 0 if peer_id is None else _held(peer_id), 0, 0, 0, 0, health, 0, 0, 0, 0, 0.0, 0.0)
 
     def stats(self, slot: int) -> PeerStats:
         v = _STATS.unpack_from(self.buf, self._slot_at(slot) + _STATS_AT)
@@ -188,7 +189,7 @@ class UpstreamZone:
         with self.zone.lock():
             at = self._slot_at(slot)
             values = list(_SLOT.unpack_from(self.buf, at))
-            if values[0] != peer_id:
+            if values[0] != _held(peer_id):
                 return
             values[2] += 1
             _SLOT.pack_into(self.buf, at, *values)
@@ -209,7 +210,7 @@ class UpstreamZone:
         with self.zone.lock():
             at = self._slot_at(slot)
             values = list(_SLOT.unpack_from(self.buf, at))
-            if values[0] != peer_id:
+            if values[0] != _held(peer_id):
                 return False
             before = values[5]
             values[5], values[8], values[9] = health, fails, passes
@@ -238,7 +239,7 @@ class UpstreamZone:
         with self.zone.lock():
             at = self._slot_at(slot)
             values = list(_SLOT.unpack_from(self.buf, at))
-            if values[0] != peer_id:
+            if values[0] != _held(peer_id):
                 return False
             tripped = False
             if failed:
@@ -274,7 +275,7 @@ class UpstreamZone:
         with self.zone.lock():
             at = self._slot_at(slot)
             values = list(_SLOT.unpack_from(self.buf, at))
-            if values[0] != peer_id or values[1] & FLAG_DRAINED_PUBLISHED:
+            if values[0] != _held(peer_id) or values[1] & FLAG_DRAINED_PUBLISHED:
                 return False
             values[1] |= FLAG_DRAINED_PUBLISHED
             _SLOT.pack_into(self.buf, at, *values)
@@ -345,6 +346,11 @@ class UpstreamZone:
             if pid:
                 out.append((row, pid, start))
         return out
+
+
+def _held(peer_id: int) -> int:
+    """What a slot stores for ``peer_id``: ids start at 0 (NGINX Plus), and 0 is an empty slot."""
+    return peer_id + 1
 
 
 def _start_time(pid: int) -> int:

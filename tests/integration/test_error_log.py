@@ -62,3 +62,20 @@ def test_health_transitions_are_written_as_nginx_plus_writes_them(ngxsim_server,
     b.stop()
     refused = f'peer is unhealthy while connecting to upstream, health check "ok" of peer {b.address} in upstream "backend"'
     wait_for(lambda: refused in server.output(), 20, what="the refused peer's line")
+
+
+def test_zone_sizes_in_one_unit_and_connection_numbers(ngxsim_server, ngxsim_backend):
+    from test_plus_api import start as start_plus
+
+    a = ngxsim_backend(name="a")
+    server = start_plus(ngxsim_server, [a], mode="ngxsim", workers=2)
+    # keys_zone=assets:1m maps a small zone (the purge epoch, the statistics): both are said
+    assert server.logged("notice", 'zone "assets" (256 bytes mapped, 1048576 bytes configured) created')
+    assert server.logged("notice", 'zone "backend" (262144 bytes) created')
+    # a line written while a request is served carries its connection's number (nginx's *CID),
+    # the instance's count of accepted connections (the config counts them: it has stub_status)
+    a.stop()
+    assert server.get("/x").status_code == 502
+    numbers = [int(n) for n in re.findall(r"\[error\] \d+#\d+: \*(\d+) ", server.output())]
+    accepted = server.get("/api/8/connections").json()["accepted"]
+    assert numbers and all(0 < n < accepted for n in numbers)
