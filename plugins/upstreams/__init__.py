@@ -201,10 +201,10 @@ def _overridden(name: str, path: str, saved, block) -> list[str]:
     does not exist yet), and says when they no longer count."""
     if saved is None:
         return []
-    kept = {(peer.spec, False) for peer in saved}
+    kept = {peer.spec for peer in saved}
     out = []
     for spec, stmt in zip(block.get("server") or [], _server_statements(block)):
-        if (spec, False) not in kept:
+        if spec not in kept:
             out.append(f'"server {spec.server}" of upstream "{name}" is overridden by the state file "{path}" '
                        f'(edit the file, or use the API) in {stmt.file}:{stmt.line}')
     return out
@@ -272,7 +272,7 @@ def _first_snapshot(up, zone: UpstreamZone, rebuild: bool) -> None:
         # in NGINX Plus; a peer a reload keeps keeps its health (NGINX Plus's "persistent")
         new = snapshots.from_specs(specs, cur, zone.layout.slots, checking_new=up.mandatory, saved=saved)
         if up.state:
-            snapshots.write_state(up.state, new["peers"])
+            snapshots.write_state(up.state, new)
         made.append(new)
         return new
 

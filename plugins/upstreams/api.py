@@ -178,7 +178,7 @@ class UpstreamsSection:
         def guarded(cur):
             result = change(cur or {"peers": [], "next_id": snapshots.FIRST_ID})
             if up.state:
-                snapshots.write_state(up.state, result[0]["peers"])
+                snapshots.write_state(up.state, result[0])
             return result
 
         try:

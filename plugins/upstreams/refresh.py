@@ -49,7 +49,7 @@ def refresh_job(name: str, refresh, http_pool: dict):
             if cur is not None and _same(cur["peers"], new["peers"]):
                 return None  # nothing changed: no new version, no event
             if up.state:
-                snapshots.write_state(up.state, new["peers"])
+                snapshots.write_state(up.state, new)
             made.append(new)
             return new
 

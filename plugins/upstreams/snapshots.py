@@ -18,6 +18,14 @@ from .conf import ServerSpec, parse_address, parse_server
 FIELDS = ("server", "weight", "max_fails", "fail_timeout", "backup", "down", "drain")
 FIRST_ID = 0  # NGINX Plus numbers an upstream's peers from 0
 _ID_COMMENT = re.compile(r"\bid=(\d{1,9})\b")
+_NEXT_ID = re.compile(r"#\s*ngxsim:\s*next_id=(\d{1,9})\s*$")
+
+
+class SavedPeers(list):
+    """The state file's peers (``StatePeer`` items) and the next id it recorded (None: not
+    recorded), so an id a deleted peer had is not given to another after a restart."""
+
+    next_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,9 @@ def from_specs(specs: list[ServerSpec], current: dict | None, slots: int, checki
     old = {(p["server"]): p for p in (current or {"peers": []})["peers"]}
     given = {s.spec.server: s for s in saved or ()}
     taken = {p["id"] for p in old.values()}
-    next_id = max([(current or {}).get("next_id", FIRST_ID), *(s.id + 1 for s in given.values() if s.id is not None)])
+    recorded = getattr(saved, "next_id", None)
+    next_id = max([(current or {}).get("next_id", FIRST_ID), *(s.id + 1 for s in given.values() if s.id is not None),
+                   *([recorded] if recorded is not None else [])])
     used = set()
     peers = []
     seen = set()
@@ -200,17 +210,22 @@ def specs_from_json(data) -> list[ServerSpec]:
     return specs
 
 
-def read_state(path: str) -> list[StatePeer] | None:
+def read_state(path: str) -> SavedPeers | None:
     """The state file's peers, or None when there is none. Its lines are NGINX Plus's format
     (``server ADDRESS [parameters] [drain];``), each followed by a comment with the peer's id
-    (``# id=3``), which NGINX Plus would read as a comment."""
+    (``# id=3``), which NGINX Plus would read as a comment; a first line ``# ngxsim:
+    next_id=N`` records the next id to give."""
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read(1 << 20)
     except FileNotFoundError:
         return None
-    peers = []
+    peers = SavedPeers()
     for number, raw in enumerate(text.splitlines(), 1):
+        recorded = _NEXT_ID.match(raw.strip())
+        if recorded:
+            peers.next_id = int(recorded.group(1))
+            continue
         line, _, comment = raw.partition("#")
         line = line.strip()
         if not line:
@@ -228,10 +243,10 @@ def read_state(path: str) -> list[StatePeer] | None:
     return peers
 
 
-def write_state(path: str, peers: list[dict]) -> None:
-    """Write the peers atomically (a temp file renamed over the old one): a crash leaves the
-    old file or the new one, never half of one."""
-    lines = [state_line(p) for p in peers]
+def write_state(path: str, snapshot: dict) -> None:
+    """Write the snapshot's peers (and its next id) atomically (a temp file renamed over the old
+    one): a crash leaves the old file or the new one, never half of one."""
+    lines = [f"# ngxsim: next_id={snapshot.get('next_id', FIRST_ID)}", *map(state_line, snapshot["peers"])]
     folder = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix=".ngxsim-state.", dir=folder)
     try:

@@ -74,6 +74,12 @@ def test_drain_and_ids_survive_a_restart_and_a_reload(ngxsim_server, ngxsim_back
     again.wait_ready(API)
     after = _servers(again)
     assert {s: (p["id"], p["state"]) for s, p in after.items()} == before and after[d.address]["weight"] == 7
+    # the highest id deleted, then a restart: a new peer does not get that id (a script holding
+    # it must not change another peer)
+    assert api(again, "DELETE", f"/backend/servers/{added['id']}").status_code == 200
+    again.stop()
+    third = ngxsim_server(text, mode="ngxsim", ready_path=API)
+    assert api(third, "POST", "/backend/servers", json={"server": a.address}).json()["id"] == added["id"] + 1
 
 
 def test_a_broken_refresh_source_is_logged_every_time_and_published_once_per_reason(ngxsim_server, ngxsim_backend,
