@@ -126,7 +126,10 @@ class CachedLocation:
         zone = ctx.runtime.zone(self.zone)
         if status:
             length = response.headers.get("Content-Length")
-            size = len(response.get_data()) if not response.is_streamed else int(length) if (length or "").isdigit() else 0
+            if not response.is_streamed:
+                size = len(response.get_data())
+            else:  # streamed through: what it announced (nothing is buffered to count)
+                size = int(length) if (length or "").isdigit() else 0
             stats.count(zone, status, size)
         pending = ctx.stash.pop(NAME, None)
         if pending is None:

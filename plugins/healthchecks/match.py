@@ -99,8 +99,9 @@ class HeaderTest:
             hit = any(self.regex.matches(v) for v in values)
         if hit == (self.op in ("=", "~")):
             return None
-        shown = values[0] if values else "missing"
-        return f'header {self.name} "{shown}" fails {self.op} "{self.value}"' if values else f"header {self.name} missing"
+        if not values:
+            return f"header {self.name} missing"
+        return f'header {self.name} "{values[0]}" fails {self.op} "{self.value}"'
 
 
 def _header_name(name: str) -> str:

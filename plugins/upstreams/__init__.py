@@ -249,7 +249,7 @@ def ngxsim_status(runtime):
     keys = ("id", "server", "state", "weight", "backup", "active", "requests", "fails", "unavail")
     out = {}
     for name in conf.upstreams:
-        out[name] = [{**{k: peer[k] for k in keys}, "healthy": None if peer["health"] is None else peer["health"]["healthy"]}
+        out[name] = [{**{k: peer[k] for k in keys}, "healthy": (peer["health"] or {}).get("healthy")}
                      for peer in section.upstream_json(st, name)["peers"]]
     return {"upstreams": out}
 

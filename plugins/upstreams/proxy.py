@@ -132,7 +132,8 @@ class ProxyHandler:
                 continue
             statuses.append("504" if condition == "timeout" else "502")
             times.append(f"{time.monotonic() - began:.3f}")
-            state.end(self.spec.upstream, target, failed=True, snapshot=snapshot, sent=0 if condition == "error" and not sent else sent_bytes)
+            refused = condition == "error" and not sent  # nothing reached the peer
+            state.end(self.spec.upstream, target, failed=True, snapshot=snapshot, sent=0 if refused else sent_bytes)
             last_failure = condition
             may_resend = not sent or method not in NON_IDEMPOTENT or "non_idempotent" in self.next_upstream
             if not (retry_ok and condition in self.next_upstream and may_resend):

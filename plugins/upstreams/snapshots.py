@@ -113,7 +113,8 @@ def checked_fields(body: dict, adding: bool) -> dict:
     unknown = sorted(set(body) - allowed)
     if unknown:
         extra = ' ("server" cannot be changed: delete the peer and add a new one)' if "server" in unknown else ""
-        raise ValueError(f"unknown field(s) {', '.join(_shown(u) for u in unknown)}{extra}; allowed: {', '.join(sorted(allowed))}")
+        names = ", ".join(_shown(u) for u in unknown)
+        raise ValueError(f"unknown field(s) {names}{extra}; allowed: {', '.join(sorted(allowed))}")
     out = {}
     for key, value in body.items():
         if key == "server":
@@ -154,7 +155,8 @@ def _seconds(value) -> float:
             seconds = -1
         if 0 <= seconds <= 86400:
             return seconds
-    raise ValueError(f'field "fail_timeout" must be a time such as "10s" or a number of seconds (0 to 1d), not {_shown(value)}')
+    raise ValueError(f'field "fail_timeout" must be a time such as "10s" or a number of seconds (0 to 1d), '
+                     f'not {_shown(value)}')
 
 
 def add_peer(current: dict, fields: dict, slots: int, checking: bool) -> tuple[dict, dict]:

@@ -51,7 +51,8 @@ class NginxFormatter(logging.Formatter):
         when = time.strftime("%Y/%m/%d %H:%M:%S", time.localtime(record.created))
         number = getattr(record, "connection", None) or getattr(_current, "number", None)
         conn = f"*{number} " if number else ""
-        line = f"{when} [{nginx_level(record.levelno)}] {record.process}#{threading.get_native_id()}: {conn}{record.getMessage()}"
+        ids = f"{record.process}#{threading.get_native_id()}"
+        line = f"{when} [{nginx_level(record.levelno)}] {ids}: {conn}{record.getMessage()}"
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         return f"{line}\n{record.exc_text}" if record.exc_text else line
