@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover - types only
     from .core.conf.directive import Directive
     from .core.conf.loader import Block, Configuration
     from .core.events import Event, Gap, Subscription
+    from .core.http.api import ApiSection
     from .core.http.context import RequestContext
     from .core.process import Runtime
     from .core.http.variables import Variable
@@ -373,7 +374,8 @@ def ngxsim_event_gap(runtime: "Runtime", gap: "Gap") -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# status: what ``ngxsim_status`` locations (and ``ngxsim status``) show of each module.
+# status: what ``ngxsim_status`` locations (and ``ngxsim status``) show of each module, and the
+# sections of the NGINX Plus-shaped ``api`` location.
 # --------------------------------------------------------------------------------------------
 
 
@@ -396,4 +398,26 @@ def ngxsim_status(runtime: "Runtime") -> dict[str, Any] | None:
         def ngxsim_status(runtime):
             state = runtime.stash.get("hello")
             return {"greeted": state["greeted"]} if state else None
+    """
+
+
+@hookspec
+def ngxsim_api_sections(config: "Configuration") -> "list[ApiSection] | ApiSection | None":
+    """The parts of the ``api`` location's tree (NGINX Plus's ``/api/N/...``) this module answers.
+
+    Called once per configuration load, in each process that builds the ``api`` handler, after
+    ``ngxsim_postconfiguration``. Return ``ngxsim.ApiSection(path, handler, writes=())`` objects
+    (or None): ``path`` is where the section sits (``"http/upstreams"``, ``"http/caches"``, or the
+    module's own ``"mymodule"``); ``handler(request)`` gets an ``ngxsim.ApiRequest`` (``ctx``,
+    ``method``, ``parts`` below the path, ``json()``) and returns the JSON-able answer, or
+    ``ngxsim.ApiAnswer(status, body)``, or raises ``ngxsim.ApiError(status, text, code=...)``
+    (answered with NGINX Plus's error body). ``writes`` names the methods besides GET and HEAD
+    the section takes; they reach it only under ``api write=on``. Answer from shared memory, so
+    every worker answers the instance's counts. Two modules claiming one path fail the load.
+
+    For example::
+
+        @hookimpl
+        def ngxsim_api_sections(config):
+            return ApiSection("hello", lambda request: {"greeted": request.runtime.stash["hello"]["greeted"]})
     """

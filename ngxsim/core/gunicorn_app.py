@@ -29,6 +29,7 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.config import KNOWN_SETTINGS
 
 from .conf.errors import ConfigError
+from .http.logs import EMERG, NOTICE
 from .instance import MASTER, current_instance
 from .modules import fresh_imports, plugin_module_names
 from .process import Runtime, load
@@ -75,12 +76,12 @@ def check_binds(binds: list[str], bound: set[str]) -> None:
                 raise BindError(f"bind() to {bind} failed ({exc.errno}: {exc.strerror})") from None
 
 
-def _size(size: int) -> str:
-    """A zone size as nginx writes sizes: ``64k``, ``1m``, else bytes."""
-    for unit, shift in (("m", 20), ("k", 10)):
-        if size >= 1 << shift and size % (1 << shift) == 0:
-            return f"{size >> shift}{unit}"
-    return f"{size} bytes"
+def _size(spec) -> str:
+    """A zone's size in one unit style (bytes), with the size the config gave when the module
+    maps another: ``262144 bytes``, ``256 bytes mapped, 10485760 bytes configured``."""
+    if spec.configured is None:
+        return f"{spec.size} bytes"
+    return f"{spec.size} bytes mapped, {spec.configured} bytes configured"
 
 
 def _describe(runtime: Runtime, old: Runtime | None) -> list[str]:
@@ -96,7 +97,7 @@ def _describe(runtime: Runtime, old: Runtime | None) -> list[str]:
     lines.append(f"modules: {', '.join(modules) or 'none loaded'}")
     for spec in config.zones:
         zone = runtime.zones[spec.name]
-        lines.append(f'zone "{spec.name}" ({_size(spec.size)}) {"created" if zone.fresh else "kept"}')
+        lines.append(f'zone "{spec.name}" ({_size(spec)}) {"created" if zone.fresh else "kept"}')
     for name in sorted(set(old.zones) - set(runtime.zones)) if old else ():
         lines.append(f'zone "{name}" removed')
     return lines
@@ -116,7 +117,7 @@ class NgxsimArbiter(Arbiter):
 
     def _stop_by(self, name: str, fast: bool):
         how = "fast shutdown" if fast else "graceful shutdown: requests in progress finish"
-        self.log.info("ngxsim: [notice] signal %d (%s) received, %s", getattr(signal, name), name, how)
+        self.log.log(NOTICE, "signal %d (%s) received, %s", getattr(signal, name), name, how)
         if fast:
             self.stop(False)
         raise StopIteration  # the run loop halts, stopping gracefully what is left
@@ -204,10 +205,10 @@ class NgxsimApplication(BaseApplication):
             with fresh_imports(plugin_module_names(self.runtime.config.modules)):
                 self._pending = self._prepare(self.runtime)
         except (ConfigError, ZoneError, BindError) as exc:
-            log.critical("ngxsim: [emerg] %s; reload rejected, the running configuration and its workers stay", exc)
+            log.log(EMERG, "%s; reload rejected, the running configuration and its workers stay", exc)
             return False
         except Exception as exc:  # a module's own failure (ngxsim_init_master): the master must not die of it
-            log.critical("ngxsim: [emerg] loading %s failed: %r; reload rejected, the running configuration and its "
+            log.log(EMERG, "loading %s failed: %s; reload rejected, the running configuration and its "
                          "workers stay", self.path or "the configuration", exc, exc_info=True)
             return False
         return True
@@ -248,9 +249,9 @@ class NgxsimApplication(BaseApplication):
         return self._pending.config.path
 
     def announce(self, log, first: str) -> None:
-        log.info("ngxsim: [notice] %s", first)
+        log.log(NOTICE, "%s", first)
         for line in self._news:
-            log.info("ngxsim: [notice] %s", line)
+            log.log(NOTICE, "%s", line)
 
     def _when_ready(self, arbiter) -> None:
         self.announce(arbiter.log, f"ngxsim serves {self.runtime.config.path} (master {arbiter.pid})")

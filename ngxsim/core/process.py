@@ -191,6 +191,7 @@ class Runtime:
         once per instance: in the master, or in the first worker when the master is a plain
         gunicorn arbiter that never loads ngxsim."""
         remove_stale_zone_files()
+        setup_error_log(self.config.main["error_log"])  # the master's lines: nginx's format, its level
         first = True
         if self.instance.role != STANDALONE:
             # before any zone: a start refused on a zone (or anything after) leaves files the

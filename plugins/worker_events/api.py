@@ -70,6 +70,8 @@ class WorkerEventsApi:
             "dropped_events": dropped,
             "last_publish_msec": last_publish,
         }
+        # "channel" above is where this endpoint publishes; the query's ?channel= filters the events
+        head["filter"] = {"channel": channel} if channel is not None else None
         if since is not None:
             head["missed"] = missed
         from . import zone_views  # the views other modules added (the cluster bridge's)

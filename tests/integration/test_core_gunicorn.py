@@ -257,7 +257,7 @@ def test_a_reload_adding_a_port_in_use_is_rejected_and_the_old_config_serves(ngx
     server.conf.write_text(text)
     server.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: "reload rejected" in server.output(), 20, what="the reload to be rejected")
-    assert f"ngxsim: [emerg] bind() to 127.0.0.1:{busy_port} failed (98: Address already in use); reload rejected" in server.output()
+    assert server.logged("emerg", f"bind() to 127.0.0.1:{busy_port} failed (98: Address already in use); reload rejected")
     assert server.get("/").text == "one" and server.proc.poll() is None
     assert "Traceback" not in server.output()
     assert set(server.worker_pids()) == before  # a rejected reload leaves the workers alone

@@ -80,10 +80,10 @@ def _hup_rejected(server, times: int) -> None:
 def test_a_rejected_reload_keeps_the_workers_and_an_accepted_one_runs_the_new_module_code(ngxsim_server, probe, tmp_path):
     server = ngxsim_server(CONF, mode="ngxsim", ready_path="/ev")
     log = server.output()
-    assert f"[notice] listening on 127.0.0.1:{server.port}" in log
-    assert "[notice] 2 worker(s) of class ngxsim (ngxsim.worker.Worker, 4 threads each)" in log
-    assert "[notice] modules: worker_events (ngxsim_plugins.worker_events), ngxsim_ops_probe (ngxsim_ops_probe)" in log
-    assert '[notice] zone "bus" (' in log and ") created" in log
+    assert server.logged("notice", f"listening on 127.0.0.1:{server.port}")
+    assert server.logged("notice", "2 worker(s) of class ngxsim (ngxsim.worker.Worker, 4 threads each)")
+    assert server.logged("notice", "modules: worker_events (ngxsim_plugins.worker_events), ngxsim_ops_probe (ngxsim_ops_probe)")
+    assert server.logged("notice", 'zone "bus" (') and ") created" in log
     pids = server.worker_pids()
     server.each_worker("/probe")
     assert _counts(server) == {pid: ("v1", 2) for pid in pids}
@@ -91,7 +91,7 @@ def test_a_rejected_reload_keeps_the_workers_and_an_accepted_one_runs_the_new_mo
     good = server.conf.read_text()
     server.conf.write_text(good.replace("probe; }", "probe; bogus; }"))
     _hup_rejected(server, 1)
-    assert f'[emerg] unknown directive "bogus" in {server.conf}:8; reload rejected' in server.output()
+    assert server.logged("emerg", f'unknown directive "bogus" in {server.conf}:8; reload rejected')
     assert server.worker_pids() == pids  # nginx keeps the old workers
     assert _counts(server) == {pid: ("v1", 3) for pid in pids}  # and their state
 
@@ -124,7 +124,7 @@ def test_a_rejected_reload_keeps_the_workers_and_an_accepted_one_runs_the_new_mo
     wait_for(lambda: server.worker_pids() == sorted(new), 20, what="the old workers to exit")
     assert _counts(server) == {pid: ("v2-edited", 1) for pid in new}
     log = server.output()
-    assert f"[notice] reload of {server.conf} accepted" in log and '[notice] zone "bus" (' in log and ") kept" in log
+    assert server.logged("notice", f"reload of {server.conf} accepted") and server.logged("notice", 'zone "bus" (') and ") kept" in log
 
 
 def _long_poll(server, answers: list) -> threading.Thread:
@@ -153,7 +153,7 @@ def test_sigterm_stops_fast_and_a_waiting_long_poll_answers_with_what_it_has(ngx
     thread.join(30)
     assert answers and answers[0].status_code == 200 and answers[0].json()["events"] == []
     assert _stopped(server, tag) == 0
-    assert "[notice] signal 15 (SIGTERM) received, fast shutdown" in server.output()
+    assert server.logged("notice", "signal 15 (SIGTERM) received, fast shutdown")
 
 
 def test_sigquit_stops_gracefully_requests_in_progress_finish(ngxsim_server, probe, tmp_path):
@@ -172,7 +172,7 @@ def test_sigquit_stops_gracefully_requests_in_progress_finish(ngxsim_server, pro
     assert sorted(r.status_code for r in answers) == [200, 200]
     assert {r.json().get("version") for r in answers} >= {"v1"}  # the slow one finished its answer
     assert _stopped(server, tag) == 0
-    assert "[notice] signal 3 (SIGQUIT) received, graceful shutdown" in server.output()
+    assert server.logged("notice", "signal 3 (SIGQUIT) received, graceful shutdown")
 
 
 def test_sigterm_during_a_graceful_stop_makes_it_fast(ngxsim_server, probe, tmp_path):

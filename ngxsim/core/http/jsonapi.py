@@ -32,11 +32,12 @@ _READ_STEP = 65536
 class ApiError(Exception):
     """Raised by a content handler: the core answers ``json_error(status, message, headers)``."""
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None, code: str | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers
+        self.code = code  # NGINX Plus's error code (``UpstreamNotFound``), shown by the ``api`` location
 
     def response(self) -> Response:
         return json_error(self.status, self.message, headers=self.headers)
@@ -125,11 +126,14 @@ def read_json(ctx: "RequestContext", max_body: int, *, want: type | None = dict)
     if (req.mimetype or "").lower() != "application/json":
         raise ApiError(415, f'Content-Type must be application/json, not "{req.content_type or ""}"')
     raw = read_body(ctx, max_body)
+    # the byte walk only where the brackets alone could be that deep (a publish body has a few)
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and nesting_depth(raw) > MAX_JSON_DEPTH:
+        raise ApiError(400, f"body is not valid JSON: nested too deeply (more than {MAX_JSON_DEPTH} levels)")
     try:
         body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ApiError(400, f"body is not valid JSON: {exc}") from None
-    except RecursionError:  # the C decoder recurses per level: 1000 "[" exhaust the stack
+    except RecursionError:  # cannot happen below MAX_JSON_DEPTH; a parser's limit is not ours
         raise ApiError(400, "body is not valid JSON: nested too deeply") from None
     if _SURROGATE_ESCAPE.search(raw):  # a cheap gate: only a body with such an escape is walked
         _reject_surrogates(body)
@@ -166,6 +170,33 @@ def _check_text(text: str, where: str) -> None:
         char = text[exc.start]
         raise ApiError(400, f"body is not valid JSON text: {where.strip()} holds a lone surrogate "
                             f"\\u{ord(char):04x}, which is no Unicode character") from None
+
+
+# ngxsim's own limit, checked before parsing: each Python's json parser has another (3.11's C
+# decoder fails near 1000 levels, 3.13's accepts thousands), and an answer must not depend on it
+MAX_JSON_DEPTH = 100
+
+
+def nesting_depth(raw: bytes) -> int:
+    """The deepest nesting of arrays and objects in ``raw`` (brackets inside strings ignored)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
 
 
 def _reject_constant(name: str):
