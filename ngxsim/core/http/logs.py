@@ -86,3 +86,24 @@ class AccessLog:
             ctx.logging = False
         os.write(self._fd, (line + "\n").encode("utf-8", "backslashreplace"))
 
+
+
+def error_context(ctx, upstream: str | None = None) -> str:
+    """nginx's context after an error-log message about a request (``ngx_http_log_error``):
+    ``, client: ADDR, server: NAME, request: "LINE"``, then ``, upstream: "URL"`` when a backend
+    is involved (``http://127.0.0.1:9001/x``: the peer and the URI sent to it), ``, host: "HOST"``
+    and ``, referrer: "REF"`` when the request has them. Secret query arguments are masked::
+
+        log.error("upstream timed out (110: Connection timed out) while reading upstream%s",
+                  error_context(ctx, upstream="http://127.0.0.1:9001/x"))
+    """
+    env = ctx.environ
+    parts = [f", client: {env.get('REMOTE_ADDR', '-')}, server: {ctx.server_name}"]
+    parts.append(f', request: "{mask_target(ctx.request_line, ctx.secret_args)}"')
+    if upstream is not None:
+        parts.append(f', upstream: "{mask_target(upstream, ctx.secret_args)}"')
+    if env.get("HTTP_HOST") is not None:
+        parts.append(f', host: "{env["HTTP_HOST"]}"')
+    if env.get("HTTP_REFERER") is not None:
+        parts.append(f', referrer: "{env["HTTP_REFERER"]}"')
+    return "".join(parts)
