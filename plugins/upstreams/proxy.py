@@ -337,6 +337,7 @@ def describe_failure(exc: BaseException, action: str) -> tuple[str, str]:
             return timed_out, "timeout"
         if isinstance(cause, InvalidChunkLength):
             return f"upstream sent invalid chunked response while {action}", "error"
+        # urllib3 says "Response ended prematurely" for a close where a chunk's size line should be
         if isinstance(cause, (RemoteDisconnected, IncompleteRead, ClientIncompleteRead)) or \
                 (isinstance(cause, ProtocolError) and "ended prematurely" in str(cause.args[0])):
             return f"upstream prematurely closed connection while {action}", "error"
