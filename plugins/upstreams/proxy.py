@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
 import time
 from urllib.parse import quote
 
@@ -364,6 +365,13 @@ def _socket_of(resp):
         return None
 
 
+def _arrived(sock) -> bool:
+    """Has the socket bytes to read (or its end) now? Never waits."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 def _in_hand(resp, sock) -> bool:
     """Has the response's reader bytes buffered (or the socket bytes ready)? Never waits: the
     socket is non-blocking for the peek."""
@@ -417,6 +425,13 @@ class _Body:
             data = resp.read1(READ_SIZE, decode_content=False)
             if not data:
                 return
+            # what has arrived meanwhile goes out with it, without waiting: fewer, fuller writes
+            # (a read1 returns what one recv gives, and the first one only what came with the header)
+            while sock is not None and len(data) < READ_SIZE and resp.length_remaining != 0 and _arrived(sock):
+                more = resp.read1(READ_SIZE - len(data), decode_content=False)
+                if not more:
+                    break
+                data += more
             yield data
             # a read1 of READ_SIZE empties http.client's buffer (it holds less): the next bytes
             # come through the socket
