@@ -427,12 +427,19 @@ class _Body:
                 return
             # what has arrived meanwhile goes out with it, without waiting: fewer, fuller writes
             # (a read1 returns what one recv gives, and the first one only what came with the header)
+            failure = None
             while sock is not None and len(data) < READ_SIZE and resp.length_remaining != 0 and _arrived(sock):
-                more = resp.read1(READ_SIZE - len(data), decode_content=False)
+                try:
+                    more = resp.read1(READ_SIZE - len(data), decode_content=False)
+                except (HTTPError, OSError) as exc:  # what came before the failure goes out first
+                    failure = exc
+                    break
                 if not more:
                     break
                 data += more
             yield data
+            if failure is not None:
+                raise failure
             # a read1 of READ_SIZE empties http.client's buffer (it holds less): the next bytes
             # come through the socket
             if sock is not None and resp.length_remaining != 0:
