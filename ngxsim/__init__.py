@@ -14,6 +14,7 @@ from .core.conf.errors import ConfigError
 from .core.conf.zones import MAX_ZONE_SIZE
 from .core.events import Event, Gap, Subscription, http_event_zone
 from .core.http.api import ApiAnswer, ApiRequest, ApiSection, iso_time
+from .core.http.connection import ClientGone, ResponseCut, client_gone, cut_connection, wait_readable
 from .core.http.jsonapi import (
     ApiError, Methods, check_key, query_int, query_seconds, query_str, read_body, read_json, register_secret_arg,
     wants_html,
@@ -37,6 +38,7 @@ __all__ = [
     "ARGS", "FLAG", "HTTP", "LOCATION", "MAIN", "MAX_ZONE_SIZE", "NUMBER", "SERVER", "SIZE", "STRING", "TIME",
     "ZONE_HEADER_SIZE", "Wait", "Zone", "prompt_wakeups", "call_impl", "tracing", "ApiError", "ConfigError", "Directive", "Event", "Gap", "LivenessWatch", "Methods",
     "OutOfRange", "Regex", "Subscription", "Template", "Unsupported", "Variable", "check_key", "compact_json",
+    "ClientGone", "ResponseCut", "client_gone", "cut_connection", "wait_readable",
     "error_context", "error_page", "format_age",
     "hookimpl",
     "hookspec", "http_event_zone", "json_error", "json_response", "keep_status_line", "parse_number", "parse_size",

@@ -12,7 +12,6 @@ was decided at load time; the hot path only looks things up.
 
 from __future__ import annotations
 
-import socket
 from typing import TYPE_CHECKING
 
 from flask import Flask, request
@@ -20,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from ..instance import MasterGone
+from .connection import cut_connection
 from .context import RequestContext
 from .core_module import AddHeader, Return
 from .jsonapi import ApiError
@@ -188,7 +188,7 @@ class HttpCore:
         """What nginx's header filters do to every response, then the access log."""
         code = response.status_code
         if getattr(response, "ngxsim_close", False):
-            _close(ctx)
+            cut_connection(ctx)  # the server then fails to write the 444 and drops it
         if code == 204:  # nginx sends 204 without a body or a type
             response.headers.pop("Content-Type", None)
             response.set_data(b"")
@@ -273,18 +273,6 @@ def _absolute_location(ctx: RequestContext, response: Response, plan: _Plan) -> 
     default_port = 443 if scheme == "https" else 80
     suffix = f":{port}" if port and port != default_port else ""
     response.headers["Location"] = f"{scheme}://{_header_value(host)}{suffix}{location}"
-
-
-def _close(ctx: RequestContext) -> None:
-    """``return 444``: end the connection without an answer. The server then fails to write
-    the response and drops it; under a test client there is no socket and the 444 stays."""
-    sock = ctx.environ.get("gunicorn.socket")
-    if sock is None:
-        return
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
 
 
 class NgxsimFlask(Flask):
