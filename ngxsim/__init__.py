@@ -17,10 +17,12 @@ from .core.http.jsonapi import (
     ApiError, Methods, check_key, query_int, query_seconds, query_str, read_body, read_json, register_secret_arg,
     wants_html,
 )
+from .core.http.phases import ACCESS, CONTENT, LOG, PHASES, PRECONTENT, PREACCESS, REWRITE, SERVER_REWRITE, PhaseHandler
 from .core.http.regex import Regex
 from .core.http.responses import compact_json, error_page, json_error, json_response, keep_status_line
 from .core.http.readable import age as format_age
 from .core.http.variables import Template, Variable
+from .core.http.waits import Delay, Park, Waker
 from .core.instance import LivenessWatch, process_start_time
 from .core.instance import alive as process_alive
 from .core.modules import call_impl, tracing
@@ -38,4 +40,7 @@ __all__ = [
     "hookspec", "http_event_zone", "json_error", "json_response", "keep_status_line", "parse_number", "parse_size",
     "parse_time", "process_alive", "process_start_time", "query_int", "query_seconds", "query_str", "read_body",
     "read_json", "register_secret_arg", "wants_html", "__version__",
+    # nginx's phases and requests that wait
+    "ACCESS", "CONTENT", "LOG", "PHASES", "PRECONTENT", "PREACCESS", "REWRITE", "SERVER_REWRITE", "PhaseHandler",
+    "Delay", "Park", "Waker",
 ]

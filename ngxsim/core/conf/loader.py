@@ -15,9 +15,10 @@ from typing import Any, Iterator
 import pluggy
 
 from ..events import Subscription, collect_subscriptions
+from ..http import phases
 from ..http.variables import VariableTable, module_variables
 from ..modules import call_impl, check_module, create_plugin_manager, load_module
-from .directive import LOCATION, MAIN, Directive, DirectiveTable
+from .directive import LOCATION, MAIN, SERVER, Directive, DirectiveTable
 from .errors import ConfigError
 from .parser import Statement, parse_file, parse_text
 from .zones import JobSpecs, ZoneSpecs
@@ -272,14 +273,27 @@ def load_configuration(path: str | None = None, text: str | None = None, params:
             raise ConfigError(str(exc)) from None
         config.subscriptions = collect_subscriptions(config, loaded_at)
         config.jobs.declare_zone(config.zones)
+        for block in config.blocks(SERVER):
+            block.stash["core.phases"] = _phase_handlers(block, config, loaded_at)
         for loc in config.blocks(LOCATION):
             loc.stash["core.handler"] = pm.hook.ngxsim_content_handler(location=loc, config=config)
-            # pluggy calls the last registered first: per-location phases run in load order
-            for phase, hook in (("core.precontent", pm.hook.ngxsim_precontent_handler),
-                                ("core.body_filters", pm.hook.ngxsim_body_filter),
+            loc.stash["core.phases"] = _phase_handlers(loc, config, loaded_at)
+            # pluggy calls the last registered first: per-location filters run in load order
+            for phase, hook in (("core.body_filters", pm.hook.ngxsim_body_filter),
                                 ("core.filters", pm.hook.ngxsim_header_filter)):
                 loc.stash[phase] = [f for f in reversed(hook(location=loc, config=config)) if f is not None]
     return config
+
+
+def _phase_handlers(block: Block, config: Configuration, loaded_at: dict[str, Statement]) -> dict:
+    """Each phase's handlers for a server or location block; a module's wrong answer fails the
+    load at its ``load_module`` line."""
+    try:
+        return phases.collect(block, config)
+    except (ValueError, TypeError) as exc:
+        module = str(exc).split('"')[1] if str(exc).startswith("module ") else ""
+        where = loaded_at.get(module)
+        raise where.error(str(exc)) if where else ConfigError(str(exc)) from None
 
 
 # nginx's own contexts nest four deep (main, http, server, location); a module's block directive

@@ -51,6 +51,7 @@ class RequestContext:
             handler's lookup for its body filter), by module name: a fresh dict per request;
             never read another module's entry.
         started (float): ``time.monotonic()`` when the request began.
+        response: the response once it was made (None before): what ``log`` phase handlers read.
     """
 
     def __init__(self, environ: dict, request: Any, runtime: "Runtime"):
@@ -82,6 +83,7 @@ class RequestContext:
         # per-request data a module keeps for its own later phases (a pre-content handler's
         # lookup for its body filter), by module name; never read another module's entry
         self.stash: dict[str, object] = {}
+        self.response: Any = None  # the response, once made (what log phase handlers read)
         self.started = time.monotonic()
         self.logging = False  # rendering the access log line: secrets are masked
 
