@@ -11,6 +11,8 @@ from .core.conf.directive import (
     parse_size, parse_time,
 )
 from .core.conf.errors import ConfigError
+from .core.conf.params import key_values, positive_param, rate_param, require_param, zone_name_param, zone_param
+from .core.conf.parser import Statement
 from .core.conf.zones import MAX_ZONE_SIZE
 from .core.events import Event, Gap, Subscription, http_event_zone
 from .core.http.jsonapi import (
@@ -43,4 +45,6 @@ __all__ = [
     # nginx's phases and requests that wait
     "ACCESS", "CONTENT", "LOG", "PHASES", "PRECONTENT", "PREACCESS", "REWRITE", "SERVER_REWRITE", "PhaseHandler",
     "Delay", "Park", "Waker",
+    # parsing context: statements, nginx's key=value parameters
+    "Statement", "key_values", "positive_param", "rate_param", "require_param", "zone_name_param", "zone_param",
 ]

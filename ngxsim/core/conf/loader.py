@@ -55,6 +55,7 @@ class Block:
         self.children: list[Block] = []
         self.own: dict[str, Any] = {}
         self.where: dict[str, Statement] = {}
+        self.statements: dict[str, list[Statement]] = {}  # every occurrence set here, by name
         self.effective: dict[str, Any] = {}
         self.stash: dict[str, Any] = {}  # per-block data modules compute at load (by module name)
 
@@ -69,6 +70,11 @@ class Block:
     def is_set(self, name: str) -> bool:
         """Set at this level or inherited from one that set it (not just the default)."""
         return self.where_of(name) is not None
+
+    def statements_of(self, name: str) -> list[Statement]:
+        """Every statement that set ``name`` at this very level, in file order (one per
+        occurrence of a ``multiple`` directive, so a check of the 2nd names its own line)."""
+        return list(self.statements.get(name, ()))
 
     def where_of(self, name: str) -> Statement | None:
         """The statement that gave ``name`` its effective value here, if any did."""
@@ -315,10 +321,14 @@ def _build(stmts: list[Statement], block: Block, table: DirectiveTable, depth: i
             raise st.error(f'directive "{st.name}" is not terminated by ";"')
         if not d.accepts(len(st.args)):
             raise st.error(f'invalid number of arguments in "{st.name}" directive')
+        st.parent = block.statement
+        for inner in st.block or ():
+            inner.parent = st
         try:
-            value = d.data(st.block) if d.data is not None else d.value(st.args)
+            value = d.data(st.block) if d.data is not None else d.value(st.args, st)
         except ValueError as exc:
             raise st.error(str(exc)) from None
+        block.statements.setdefault(st.name, []).append(st)
         if d.block:
             if not d.multiple and st.name in block.where:
                 raise st.error(f'"{st.name}" directive is duplicate')
