@@ -90,27 +90,20 @@ def test_key_values_parses_nginx_parameters():
     assert key_values(["rate=5r/s"], LIMIT_REQ_ZONE) == {"rate": 5000}
 
 
-@pytest.mark.parametrize("args, message", [
-    (["burst=0"], 'invalid burst value "burst=0"'),
-    (["delay=x"], 'invalid delay value "delay=x"'),
-    (["nodelay=1"], 'invalid parameter "nodelay=1"'),
-    (["fast"], 'invalid parameter "fast"'),
+@pytest.mark.parametrize("keys, args, message", [
+    (LIMIT_REQ, ["burst=0"], 'invalid burst value "burst=0"'),
+    (LIMIT_REQ, ["delay=x"], 'invalid delay value "delay=x"'),
+    (LIMIT_REQ, ["nodelay=1"], 'invalid parameter "nodelay=1"'),
+    (LIMIT_REQ, ["fast"], 'invalid parameter "fast"'),
+    (LIMIT_REQ_ZONE, ["zone=one"], 'invalid zone size "zone=one"'),
+    (LIMIT_REQ_ZONE, ["zone=one:big"], 'invalid zone size "zone=one:big"'),
+    (LIMIT_REQ_ZONE, ["zone=one:1k"], 'zone "zone=one:1k" is too small'),
+    (LIMIT_REQ_ZONE, ["rate=0r/s"], 'invalid rate "rate=0r/s"'),
+    (LIMIT_REQ_ZONE, ["rate=fast"], 'invalid rate "rate=fast"'),
 ])
-def test_key_values_errors_are_nginxs(args, message):
+def test_key_values_errors_are_nginxs(keys, args, message):
     with pytest.raises(ValueError, match=f"^{message}$"):
-        key_values(args, LIMIT_REQ)
-
-
-@pytest.mark.parametrize("args, message", [
-    (["zone=one"], 'invalid zone size "zone=one"'),
-    (["zone=one:big"], 'invalid zone size "zone=one:big"'),
-    (["zone=one:1k"], 'zone "zone=one:1k" is too small'),
-    (["rate=0r/s"], 'invalid rate "rate=0r/s"'),
-    (["rate=fast"], 'invalid rate "rate=fast"'),
-])
-def test_zone_and_rate_errors_are_nginxs(args, message):
-    with pytest.raises(ValueError, match=f"^{message}$"):
-        key_values(args, LIMIT_REQ_ZONE)
+        key_values(args, keys)
 
 
 def test_require_param():
