@@ -110,6 +110,7 @@ class Parked(BaseException):
         super().__init__(wait)
         self.wait = wait
         self.resume = resume
+        self.req = None  # the server's request object, set by the server that parks it
 
 
 class _ThreadState(threading.local):
