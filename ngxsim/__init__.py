@@ -30,6 +30,7 @@ from .core.instance import alive as process_alive
 from .core.modules import call_impl, tracing
 from .core.shm import HEADER_SIZE as ZONE_HEADER_SIZE
 from .core.shm import Wait, Zone, prompt_wakeups
+from .core.table import SharedTable
 from .hookspecs import hookimpl, hookspec
 
 __version__ = "0.1.0"
@@ -46,5 +47,6 @@ __all__ = [
     "ACCESS", "CONTENT", "LOG", "PHASES", "PRECONTENT", "PREACCESS", "REWRITE", "SERVER_REWRITE", "PhaseHandler",
     "Delay", "Park", "Waker",
     # parsing context: statements, nginx's key=value parameters
+    "SharedTable",
     "Statement", "key_values", "positive_param", "rate_param", "require_param", "zone_name_param", "zone_param",
 ]
