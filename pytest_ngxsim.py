@@ -113,6 +113,32 @@ def ngxsim_backend(request):
     stop_all(made)
 
 
+@pytest.fixture
+def ngxsim_nginx(request, tmp_path):
+    """A factory of started real nginx instances (:class:`ngxsim.testing.Nginx`), to compare a
+    module with nginx's own: ``nginx = ngxsim_nginx(HTTP_INSIDE)`` serves the inside of an
+    ``http`` block (``{port}`` is its free port; more ``{name}`` with ``placeholders``), one worker,
+    everything under this test's ``tmp_path``. Skips the test, saying why, where no ``nginx``
+    binary is installed. Every instance is stopped at teardown (its workers checked gone)."""
+    from ngxsim.testing import Nginx, find_nginx
+
+    binary = find_nginx()
+    if binary is None:
+        pytest.skip("no nginx binary on PATH or in /usr/sbin (apt-get install nginx-light)")
+    made: list[Nginx] = []
+
+    def start(http_inside: str, placeholders: dict | None = None) -> Nginx:
+        for name, value in (placeholders or {}).items():
+            http_inside = http_inside.replace("{" + name + "}", str(value))
+        nginx = Nginx(binary, tmp_path / f"nginx-{len(made)}", http_inside)
+        made.append(nginx)
+        return nginx.start()
+
+    yield start
+    for nginx in made:
+        nginx.stop()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

@@ -15,6 +15,7 @@ from .core.conf.params import key_values, positive_param, rate_param, require_pa
 from .core.conf.parser import Statement
 from .core.conf.zones import MAX_ZONE_SIZE
 from .core.events import Event, Gap, Subscription, http_event_zone
+from .core.http.logs import LEVELS as LOG_LEVELS
 from .core.http.jsonapi import (
     ApiError, Methods, check_key, query_int, query_seconds, query_str, read_body, read_json, register_secret_arg,
     wants_html,
@@ -47,6 +48,6 @@ __all__ = [
     "ACCESS", "CONTENT", "LOG", "PHASES", "PRECONTENT", "PREACCESS", "REWRITE", "SERVER_REWRITE", "PhaseHandler",
     "Delay", "Park", "Waker",
     # parsing context: statements, nginx's key=value parameters
-    "SharedTable",
+    "SharedTable", "LOG_LEVELS",
     "Statement", "key_values", "positive_param", "rate_param", "require_param", "zone_name_param", "zone_param",
 ]

@@ -122,6 +122,12 @@ class Variable:
         if not re.fullmatch(r"[A-Za-z0-9_]+", self.name):
             raise ValueError(f"variable name {self.name!r} must be letters, digits and _")
 
+    @classmethod
+    def recorded(cls, name: str) -> "Variable":
+        """``$name`` whose value is what a handler recorded in ``ctx.vars[name]`` for the
+        request (empty until then): the usual shape of a module's status variable."""
+        return cls(name, lambda ctx: ctx.vars.get(name, ""))
+
 
 class _Late:
     """The getter of a name no one had declared when a value named it: bound once the whole

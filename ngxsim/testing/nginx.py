@@ -1,6 +1,8 @@
 """Real nginx as a reference: a private test instance, raw HTTP/1.x requests, comparable answers.
 
-The differential tests run one config in real nginx and in ngxsim and send both the same bytes.
+The differential tests run one config in real nginx and in ngxsim and send both the same bytes
+(``raw_request(port, data).comparable(port)``); a module author compares a port with nginx's own
+module the same way (the ``ngxsim_nginx`` fixture wraps :class:`Nginx`; docs/testing.md).
 nginx runs unprivileged in the ways that matter: its own prefix, pid file, error log and temp
 folders under the test's tmp dir, ``daemon off`` with a master process that the fixture starts
 and stops with bounded waits, loopback only. Nothing is installed here: a machine without an
@@ -18,7 +20,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from ngxsim.testing import free_port, wait_for
+from .server import free_port, wait_for
 
 NGINX_CANDIDATES = ("nginx", "/usr/sbin/nginx")
 
