@@ -11,7 +11,9 @@ from .core.conf.directive import (
     parse_size, parse_time,
 )
 from .core.conf.errors import ConfigError
-from .core.conf.params import key_values, positive_param, rate_param, require_param, zone_name_param, zone_param
+from .core.conf.params import (LIMIT_LOG_LEVELS, check_zone_references, declare_keyed_zones, key_values,
+                               limit_directives, number_in, one_of, positive_param, rate_param, require_param,
+                               zone_name_param, zone_param)
 from .core.conf.parser import Statement
 from .core.conf.zones import MAX_ZONE_SIZE
 from .core.events import Event, Gap, Subscription, http_event_zone
@@ -49,5 +51,6 @@ __all__ = [
     "Delay", "Park", "Waker",
     # parsing context: statements, nginx's key=value parameters
     "SharedTable", "LOG_LEVELS",
-    "Statement", "key_values", "positive_param", "rate_param", "require_param", "zone_name_param", "zone_param",
+    "Statement", "check_zone_references", "declare_keyed_zones", "key_values", "number_in", "one_of",
+    "LIMIT_LOG_LEVELS", "limit_directives", "positive_param", "rate_param", "require_param", "zone_name_param", "zone_param",
 ]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import struct
 import threading
@@ -39,6 +40,7 @@ _EMPTY, _USED, _DELETED = 0, 1, 2
 # stripe locks are bytes of the zone file far beyond its data: they conflict with nothing else
 _LOCK_BASE = 1 << 40
 _FLOCK = struct.Struct("hhqqi4x")  # struct flock on Linux x86-64 / arm64
+_LONG = b"\x00sha256:"  # the tag of a key longer than key_max, stored as its SHA-256
 
 
 def _pad8(n: int) -> int:
@@ -49,7 +51,8 @@ class SharedTable:
     """A keyed table laid out in a zone's ``buf``; every process attaches its own view
     (``SharedTable(runtime.zone(name), key_max, value_size)``) and sees the same records.
 
-    Keys are bytes (or str, encoded as UTF-8) of at most ``key_max`` bytes; values exactly
+    Keys are bytes (or str, encoded as UTF-8); a key longer than ``key_max`` bytes is stored as
+    its SHA-256 (``key_max`` must then be at least 40), so any length works; values exactly
     ``value_size`` bytes (pack them with ``struct``). Times are ``time.time()`` seconds; a record
     whose expiry passed is absent. When a stripe is full, putting a new key evicts the record
     of that stripe used least recently (an expired one first).
@@ -131,10 +134,23 @@ class SharedTable:
     # -- records ------------------------------------------------------------------------------
 
     def _key(self, key: bytes | str) -> bytes:
-        data = key.encode() if isinstance(key, str) else bytes(key)
+        data = key.encode("utf-8", "surrogateescape") if isinstance(key, str) else bytes(key)
         if len(data) > self.key_max:
-            raise ValueError(f"key of {len(data)} bytes: this table's keys are at most {self.key_max}")
+            if self.key_max < len(_LONG) + 32:
+                raise ValueError(f"key of {len(data)} bytes: this table's keys are at most {self.key_max}")
+            data = _LONG + hashlib.sha256(data).digest()  # a long key is stored as its digest
         return data
+
+    @classmethod
+    def views(cls, runtime, owner: str, names, key_max: int, value_size: int, stripes: int = 16) -> dict:
+        """This process's tables of the zones ``names`` (made on first use, kept in
+        ``runtime.stash``): what a module's handlers call per request."""
+        stash_key = f"{owner}.tables"
+        tables = runtime.stash.get(stash_key)
+        if tables is None:
+            tables = runtime.stash[stash_key] = {
+                name: cls(runtime.zone(name), key_max, value_size, stripes) for name in names}
+        return tables
 
     def _where(self, key: bytes) -> tuple[int, int]:
         h = zlib.crc32(key)

@@ -18,15 +18,15 @@ Not loaded by default: ``load_module limit_req;``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import struct
 import time
 from dataclasses import dataclass
 
-from ngxsim import (FLAG, HTTP, LOCATION, LOG_LEVELS, PREACCESS, SERVER, ConfigError, Delay, Directive, PhaseHandler,
-                    SharedTable, Template, Variable, error_page, hookimpl, key_values, positive_param, rate_param,
-                    require_param, zone_name_param, zone_param)
+from ngxsim import (HTTP, LIMIT_LOG_LEVELS, LOCATION, LOG_LEVELS, PREACCESS, SERVER, Delay, Directive, PhaseHandler,
+                    SharedTable, Template, Variable, check_zone_references, declare_keyed_zones, error_page, hookimpl,
+                    key_values, limit_directives, positive_param, rate_param, require_param, zone_name_param,
+                    zone_param)
 
 NAME = "limit_req"
 STATUS_VAR = "limit_req_status"
@@ -34,9 +34,9 @@ log = logging.getLogger("ngxsim")
 
 # a record: excess (thousandths of a request), last (ms), count (requests between lookup and accounting)
 RECORD = struct.Struct("<qqq")
-KEY_MAX = 64  # longer keys are stored as their SHA-256 (32 bytes, tagged)
+KEY_MAX = 64  # longer keys are stored as their SHA-256 (SharedTable does it)
 NODELAY = (2**63 - 1) // 1000  # nginx's NGX_MAX_INT_T_VALUE / 1000
-LEVELS = ("info", "notice", "warn", "error")
+LEVELS = LIMIT_LOG_LEVELS
 # nginx: the rc of ngx_http_limit_req_lookup
 DECLINED, OK, AGAIN, BUSY = "declined", "ok", "again", "busy"
 
@@ -75,28 +75,11 @@ def _parse_limit(args: list[str]) -> Limit:
     return Limit(zone, found.get("burst", 0) * 1000, delay * 1000)
 
 
-def _parse_status(args: list[str]) -> int:
-    if not args[0].isdigit():
-        raise ValueError('"limit_req_status" directive invalid number')
-    code = int(args[0])
-    if not 400 <= code <= 599:
-        raise ValueError("value must be between 400 and 599")
-    return code
-
-
-def _parse_level(args: list[str]) -> str:
-    if args[0] not in LEVELS:
-        raise ValueError(f'invalid value "{args[0]}"')
-    return args[0]
-
-
 LEVELS_HERE = (HTTP, SERVER, LOCATION)
 DIRECTIVES = (
     Directive("limit_req_zone", (HTTP,), 3, parse=_parse_zone, multiple=True, default=[]),
     Directive("limit_req", LEVELS_HERE, (1, 3), parse=_parse_limit, multiple=True, default=[]),
-    Directive("limit_req_status", LEVELS_HERE, 1, parse=_parse_status, default=503),
-    Directive("limit_req_log_level", LEVELS_HERE, 1, parse=_parse_level, default="error"),
-    Directive("limit_req_dry_run", LEVELS_HERE, 1, type=FLAG, default=False),
+    *limit_directives(NAME),  # limit_req_status, limit_req_log_level, limit_req_dry_run
 )
 
 
@@ -112,27 +95,8 @@ def ngxsim_variables(register):
 
 @hookimpl
 def ngxsim_postconfiguration(config):
-    zones: dict[str, ZoneSpec] = {}
-    for http in config.blocks(HTTP):
-        for spec, where in zip(http["limit_req_zone"], http.statements_of("limit_req_zone")):
-            seen = zones.get(spec.name)
-            if seen is not None and seen.size != spec.size:
-                raise where.error(f'the size {spec.size} of shared memory zone "{spec.name}" conflicts with '
-                                  f'already declared size {seen.size}')
-            if seen is not None:
-                raise where.error(f'limit_req_zone "{spec.name}" is already bound to key "{seen.source}"')
-            zones[spec.name] = spec
-            config.zones.declare(spec.name, spec.size, owner=NAME, where=where, tag="limit_req.1")
-    for block in config.main.walk():
-        seen: set[str] = set()
-        for limit, where in zip(block.own.get("limit_req", ()), block.statements_of("limit_req")):
-            if limit.zone in seen:
-                raise where.error('"limit_req" directive is duplicate')
-            seen.add(limit.zone)
-    for block in config.main.walk():
-        for limit in block.own.get("limit_req", ()):
-            if limit.zone not in zones:  # nginx: a zone of size 0 when the cycle starts, no line
-                raise ConfigError(f'zero size shared memory zone "{limit.zone}"')
+    zones = declare_keyed_zones(config, "limit_req_zone", NAME, tag="limit_req.1")
+    check_zone_references(config, "limit_req", zones)
     config.stash[NAME] = zones
 
 
@@ -183,8 +147,6 @@ class LimitReq:
                 log.error('the value of the "%s" key is more than 65535 bytes: "%s"', spec.source, key.decode(
                     "utf-8", "replace"))
                 continue
-            if len(key) > KEY_MAX:
-                key = b"\x00sha256:" + hashlib.sha256(key).digest()
             table = tables[spec.name]
             rc, excess = table.update(key, _lookup(limit, spec, n == last))
             if rc == AGAIN:
@@ -271,10 +233,4 @@ def _account(touched, excess: int, limit: Limit, spec: ZoneSpec) -> tuple[int, i
 
 
 def _tables(runtime) -> dict[str, SharedTable]:
-    """This process's views of the zones' tables (made on first use)."""
-    tables = runtime.stash.get(NAME)
-    if tables is None:
-        tables = runtime.stash[NAME] = {
-            name: SharedTable(runtime.zone(name), KEY_MAX + 8, RECORD.size)
-            for name in runtime.config.stash.get(NAME, {})}
-    return tables
+    return SharedTable.views(runtime, NAME, runtime.config.stash.get(NAME, {}), KEY_MAX, RECORD.size)

@@ -92,3 +92,86 @@ def positive_param(what: str) -> Converter:
         return number
 
     return convert
+
+
+def declare_keyed_zones(config, directive: str, owner: str, tag: str = "") -> dict[str, Any]:
+    """Declare the zones of every ``directive`` line (an http-level ``multiple`` directive whose
+    values have ``name``, ``size`` and ``source``, the key as written: ``limit_req_zone``,
+    ``limit_conn_zone``), with nginx's errors at the line of the occurrence:
+    ``the size S of shared memory zone "N" conflicts with already declared size S0`` and
+    ``DIRECTIVE "N" is already bound to key "KEY"``. Returns the values by zone name."""
+    zones: dict[str, Any] = {}
+    for http in config.blocks("http"):
+        for spec, where in zip(http[directive], http.statements_of(directive)):
+            seen = zones.get(spec.name)
+            if seen is not None and seen.size != spec.size:
+                raise where.error(f'the size {spec.size} of shared memory zone "{spec.name}" conflicts with '
+                                  f'already declared size {seen.size}')
+            if seen is not None:
+                raise where.error(f'{directive} "{spec.name}" is already bound to key "{seen.source}"')
+            zones[spec.name] = spec
+            config.zones.declare(spec.name, spec.size, owner=owner, where=where, tag=tag)
+    return zones
+
+
+def check_zone_references(config, directive: str, zones: dict[str, Any]) -> None:
+    """nginx's checks of a directive that names a zone (``limit_req zone=N``, ``limit_conn N 1``:
+    values with a ``zone`` attribute): the same zone twice in one block is
+    ``"DIRECTIVE" directive is duplicate`` at the second line; a zone no line declares is
+    ``zero size shared memory zone "N"`` (nginx says it when the cycle starts, without a line)."""
+    from .errors import ConfigError
+
+    blocks = list(config.main.walk())
+    for block in blocks:
+        seen: set[str] = set()
+        for value, where in zip(block.own.get(directive, ()), block.statements_of(directive)):
+            if value.zone in seen:
+                raise where.error(f'"{directive}" directive is duplicate')
+            seen.add(value.zone)
+    for block in blocks:
+        for value in block.own.get(directive, ()):
+            if value.zone not in zones:
+                raise ConfigError(f'zero size shared memory zone "{value.zone}"')
+
+
+def number_in(directive: str, low: int, high: int) -> Callable[[list[str]], int]:
+    """A ``parse`` for one number from ``low`` to ``high`` with nginx's wording
+    (``ngx_conf_set_num_slot`` and ``ngx_conf_check_num_bounds``): ``"DIRECTIVE" directive invalid
+    number``, ``value must be between LOW and HIGH`` (``limit_req_status``)."""
+
+    def parse(args: list[str]) -> int:
+        if not re.fullmatch(r"[0-9]{1,18}", args[0]):
+            raise ValueError(f'"{directive}" directive invalid number')
+        value = int(args[0])
+        if not low <= value <= high:
+            raise ValueError(f"value must be between {low} and {high}")
+        return value
+
+    return parse
+
+
+def one_of(*values: str) -> Callable[[list[str]], str]:
+    """A ``parse`` for one word among ``values`` with nginx's ``ngx_conf_set_enum_slot`` wording:
+    ``invalid value "x"`` (``limit_req_log_level info|notice|warn|error``)."""
+
+    def parse(args: list[str]) -> str:
+        if args[0] not in values:
+            raise ValueError(f'invalid value "{args[0]}"')
+        return args[0]
+
+    return parse
+
+
+# the levels nginx's limit modules log at (limit_req_log_level, limit_conn_log_level)
+LIMIT_LOG_LEVELS = ("info", "notice", "warn", "error")
+
+
+def limit_directives(prefix: str, contexts: tuple[str, ...] = ("http", "server", "location")) -> tuple:
+    """The directives nginx's limit modules share, named after ``prefix`` (``limit_req``):
+    ``PREFIX_status CODE`` (400 to 599, default 503), ``PREFIX_log_level
+    info|notice|warn|error`` (default error), ``PREFIX_dry_run on|off`` (default off)."""
+    from .directive import FLAG, Directive
+
+    return (Directive(f"{prefix}_status", contexts, 1, parse=number_in(f"{prefix}_status", 400, 599), default=503),
+            Directive(f"{prefix}_log_level", contexts, 1, parse=one_of(*LIMIT_LOG_LEVELS), default="error"),
+            Directive(f"{prefix}_dry_run", contexts, 1, type=FLAG, default=False))

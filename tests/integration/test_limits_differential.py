@@ -1,18 +1,18 @@
-"""limit_req against real nginx: the same configs, the same requests, the same status sequences.
+"""limit_req and limit_conn against real nginx: the same configs, the same requests, the same
+status sequences.
 
 Sequential, paced and concurrent bursts; with nodelay, with the delay (burst, delay=N); at the
 location and at the server level (a request no location matches); with a cache in front (nginx's
 preaccess runs before the cache answers a hit); dry run and ``$limit_req_status``; the same
-``-t`` errors. ngxsim runs ``ngxsim -c`` with two workers: the limits hold across workers.
+``-t`` errors. limit_conn: concurrent requests to a slow backend over and under the limit,
+server level, dry run and ``$limit_conn_status``, released once answered. ngxsim runs
+``ngxsim -c`` with two workers: the limits hold across workers.
 Skipped, saying why, where no nginx binary is installed.
 """
 
 from __future__ import annotations
 
 import http.client
-import os
-import shutil
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -32,11 +32,14 @@ limit_req_zone $binary_remote_addr zone=cached:1m rate=1r/s;
 limit_req_zone $binary_remote_addr zone=dry:1m rate=1r/s;
 limit_req_zone $binary_remote_addr zone=st:1m rate=1r/s;
 limit_req_zone $uri zone=byuri:1m rate=1r/s;
+limit_conn_zone $binary_remote_addr zone=addr:1m;
+limit_conn_zone $binary_remote_addr zone=addr2:1m;
+limit_conn_zone $server_name zone=srvconn:1m;
+limit_conn_zone $binary_remote_addr zone=dryconn:1m;
 proxy_cache_path {cachedir} keys_zone=pc:1m;
 
 server {
     listen 127.0.0.1:{port} default_server;
-    {nginx_only}
     location /seq/ { limit_req zone=seq burst=2 nodelay; proxy_pass http://{backend}; }
     location /paced/ { limit_req zone=paced burst=1 nodelay; proxy_pass http://{backend}; }
     location /burst/ { limit_req zone=burst burst=3; proxy_pass http://{backend}; }
@@ -56,13 +59,27 @@ server {
     location /status/ { limit_req zone=st burst=1 nodelay; add_header X-LR $limit_req_status always; proxy_pass http://{backend}; }
     location /uri/ { limit_req zone=byuri nodelay; proxy_pass http://{backend}; }
     location /two/ { limit_req zone=seq nodelay; limit_req zone=byuri burst=1 nodelay; proxy_pass http://{backend}; }
+    location /conn/ { limit_conn addr 2; proxy_pass http://{backend}; }
+    location /conn429/ { limit_conn addr2 3; limit_conn_status 429; proxy_pass http://{backend}; }
+    location /conndry/ {
+        limit_conn dryconn 1;
+        limit_conn_dry_run on;
+        add_header X-LR $limit_conn_status always;
+        proxy_pass http://{backend};
+    }
 }
 server {
     listen 127.0.0.1:{port};
     server_name srv.test;
-    {nginx_only}
     limit_req zone=srv burst=1 nodelay;
     location /p/ { proxy_pass http://{backend}; }
+}
+server {
+    listen 127.0.0.1:{port};
+    server_name conn.test;
+    limit_conn srvconn 1;
+    add_header X-LR $limit_conn_status always;
+    location /c/ { proxy_pass http://{backend}; }
 }
 """
 
@@ -70,6 +87,7 @@ NGXSIM_HEAD = """load_module worker_events;
 load_module upstreams;
 load_module cache_purge;
 load_module limit_req;
+load_module limit_conn;
 worker_processes 2;
 http {
     worker_events_zone bus;
@@ -81,26 +99,15 @@ pytestmark = pytest.mark.skipif(NGINX is None, reason="no nginx binary on PATH o
 
 
 @pytest.fixture
-def nginx_dir():
-    """A folder nginx's workers (user nobody when the tests run as root) can use: its cache, its
-    proxy temp files, and an empty document root (a request no location matches is then a 404 in
-    nginx too)."""
-    folder = tempfile.mkdtemp(prefix="ngxsim-limit-req-")
-    os.chmod(folder, 0o777)
-    os.mkdir(os.path.join(folder, "html"), 0o755)
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture
-def pair(ngxsim_server, ngxsim_nginx, ngxsim_backend, tmp_path, nginx_dir):
+def pair(ngxsim_server, ngxsim_nginx, ngxsim_backend, tmp_path):
     backend = ngxsim_backend()
     backend.respond(body="ok")
-    nginx = ngxsim_nginx(COMMON, placeholders={"backend": backend.address, "cachedir": f"{nginx_dir}/cache",
-                                               "nginx_only": f"root {nginx_dir}/html; proxy_temp_path {nginx_dir}/temp;"})
+    for prefix in ("/conn/", "/conn429/", "/conndry/", "/c/"):  # held long enough to overlap
+        for i in range(8):
+            backend.respond(f"{prefix}{i}", body="slow", delay=1.0)
+    nginx = ngxsim_nginx(COMMON, placeholders={"backend": backend.address, "cachedir": "{prefix}/cache"})
     ngxsim = ngxsim_server(NGXSIM_HEAD + COMMON + "}\n", mode="ngxsim",
-                           placeholders={"backend": backend.address, "cachedir": tmp_path / "ngxsim-cache",
-                                         "nginx_only": ""})
+                           placeholders={"backend": backend.address, "cachedir": tmp_path / "ngxsim-cache"})
     return nginx.port, ngxsim.port
 
 
@@ -119,9 +126,14 @@ def sequential(port, path, n, host="localhost"):
     return [get(port, path, host) for _ in range(n)]
 
 
-def concurrent(port, path, n):
+def concurrent(port, path, n, host="localhost"):
     with ThreadPoolExecutor(n) as pool:
-        return sorted(f.result() for f in [pool.submit(get, port, f"{path}{i}") for i in range(n)])
+        return sorted(f.result() for f in [pool.submit(get, port, f"{path}{i}", host) for i in range(n)])
+
+
+def concurrent_then_sequential(port, path, n, host="localhost"):
+    """A concurrent batch, then (every request of it answered, so counted out) two more."""
+    return concurrent(port, path, n, host) + [get(port, f"{path}x", host) for _ in range(2)]
 
 
 def paced(port, path):
@@ -148,6 +160,10 @@ SCENARIOS = {
     "status-variable": lambda port: sequential(port, "/status/x", 3),
     "key-by-uri": lambda port: sequential(port, "/uri/a", 2) + sequential(port, "/uri/b", 2),
     "two-limits": lambda port: sequential(port, "/two/x", 3),
+    "conn-concurrent": lambda port: concurrent_then_sequential(port, "/conn/", 6),
+    "conn-own-status": lambda port: concurrent_then_sequential(port, "/conn429/", 6),
+    "conn-dry-run-variable": lambda port: concurrent(port, "/conndry/", 4),
+    "conn-server-level": lambda port: concurrent_then_sequential(port, "/c/", 4, host="conn.test"),
 }
 
 
@@ -183,6 +199,16 @@ BAD = {
     "bad-delay": "limit_req_zone $binary_remote_addr zone=one:1m rate=1r/s;\nserver { limit_req zone=one delay=x; }",
     "bad-parameter": "limit_req_zone $binary_remote_addr zone=one:1m rate=1r/s;\nserver { limit_req zone=one fast; }",
     "zone-param-missing": "limit_req_zone $binary_remote_addr rate=1r/s burst=2;",
+    "conn-zero": "limit_conn_zone $binary_remote_addr zone=one:1m;\nserver { limit_conn one 0; }",
+    "conn-too-many": "limit_conn_zone $binary_remote_addr zone=one:1m;\nserver { limit_conn one 70000; }",
+    "conn-word": "limit_conn_zone $binary_remote_addr zone=one:1m;\nserver { limit_conn one x; }",
+    "conn-duplicate": "limit_conn_zone $binary_remote_addr zone=one:1m;\nserver { limit_conn one 1;\n limit_conn one 2; }",
+    "conn-zone-word": "limit_conn_zone $binary_remote_addr one:1m;",
+    "conn-unknown-zone": "server { limit_conn nope 1; }",
+    "conn-bound-to-key": "limit_conn_zone $binary_remote_addr zone=one:1m;\nlimit_conn_zone $uri zone=one:1m;",
+    "conn-status-range": "limit_conn_status 399;",
+    "conn-log-level": "limit_conn_log_level x;",
+    "conn-args": "limit_conn_zone $binary_remote_addr;",
 }
 
 
@@ -193,7 +219,7 @@ def test_same_config_error_as_nginx(tmp_path, name):
     expected = check_config(NGINX, tmp_path / "prefix", nginx_conf)
     assert expected, f"nginx accepted the {name} config"
     conf = tmp_path / "ngxsim.conf"  # the same lines at the same line numbers (load_module on line 1)
-    conf.write_text(f"load_module limit_req;\nhttp {{\n{BAD[name]}\n}}\n")
+    conf.write_text(f"load_module limit_req; load_module limit_conn;\nhttp {{\n{BAD[name]}\n}}\n")
     with pytest.raises(ConfigError) as err:
         load_configuration(str(conf))
     assert str(err.value) == expected.replace(str(nginx_conf), str(conf))
