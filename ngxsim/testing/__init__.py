@@ -7,7 +7,7 @@ these as fixtures; they work without pytest too. Standard library only. See docs
 from .backend import Backend, Reply, Request
 from .client import PendingRequest, Response
 from .events import ApiEvents, ZoneEvents, matches
-from .nginx import Nginx, check_config, find_nginx, nginx_version
+from .nginx import Nginx, check_config, config_errors, find_nginx, nginx_version
 from .procs import children
 from .raw import RawAnswer, raw_request
 from .server import MODES, Server, ServerStartError, free_port, instance_files, start_server, stop_all, wait_for
@@ -17,7 +17,7 @@ __all__ = [
     "PendingRequest", "Response",
     "ApiEvents", "ZoneEvents", "matches",
     "RawAnswer", "raw_request",
-    "Nginx", "check_config", "find_nginx", "nginx_version",
+    "Nginx", "check_config", "config_errors", "find_nginx", "nginx_version",
     "MODES", "Server", "ServerStartError", "children", "free_port", "instance_files", "start_server", "stop_all",
     "wait_for",
 ]

@@ -129,3 +129,23 @@ def check_config(binary: str, folder: Path, conf: Path) -> str:
 def first_emerg(text: str) -> str:
     m = re.search(r"\[emerg\] (?:\d+#\d+: )?(.*)", text)
     return m.group(1).strip() if m else ""
+
+
+def config_errors(binary: str, folder: Path, http_inside: str, modules: tuple[str, ...] = ()) -> tuple[str, str]:
+    """The same ``http`` block checked by ``nginx -t`` and by ngxsim's loader: ``(nginx's first
+    [emerg] message, ngxsim's ConfigError message)``, both naming ``folder/t.conf`` and the same
+    line numbers (``load_module`` lines for ``modules`` share the first line). "" for a side
+    that accepts the config."""
+    from ..core.conf.errors import ConfigError
+    from ..core.conf.loader import load_configuration
+
+    folder.mkdir(parents=True, exist_ok=True)
+    conf = folder / "t.conf"
+    conf.write_text(f"events {{}}\nhttp {{\n{http_inside}\n}}\n")
+    expected = check_config(binary, folder / "prefix", conf)
+    conf.write_text("".join(f"load_module {m}; " for m in modules) + f"\nhttp {{\n{http_inside}\n}}\n")
+    try:
+        load_configuration(str(conf))
+    except ConfigError as exc:
+        return expected, str(exc)
+    return expected, ""

@@ -119,7 +119,8 @@ class Directive:
       (a core context, or a new one: ``Directive("upstream", (HTTP,), 1, block="upstream")``).
     - ``data``: the directive has a block of data lines, not of directives (nginx's ``types``):
       ``data(statements)`` turns the lines into the value (raising ``ConfigError``, best made with
-      ``statement.error(message)``, for a bad line); no context opens.
+      ``statement.error(message)``, for a bad line); no context opens. One with a second
+      parameter also gets the directive's own ``Statement`` (``map $a $b {``: its args).
 
     Two modules may declare the same name for different contexts (nginx's ``server`` in
     ``http`` and in ``upstream``); the context of a line decides which one it is.
@@ -202,6 +203,11 @@ class Directive:
             return count == self.nargs
         low, high = self.nargs
         return count >= low and (high is None or count <= high)
+
+    def block_value(self, statements: list, statement: Any = None) -> Any:
+        """The value of a data block (``data``); a ``data`` callable with a second parameter
+        also gets the directive's own statement (its args: ``map $a $b {``)."""
+        return self.data(statements, statement) if _takes_statement(self.data) else self.data(statements)
 
     def value(self, args: list[str], statement: Any = None) -> Any:
         """Convert the arguments of one occurrence (``statement``: where it stands, for a

@@ -325,7 +325,7 @@ def _build(stmts: list[Statement], block: Block, table: DirectiveTable, depth: i
         for inner in st.block or ():
             inner.parent = st
         try:
-            value = d.data(st.block) if d.data is not None else d.value(st.args, st)
+            value = d.block_value(st.block, st) if d.data is not None else d.value(st.args, st)
         except ValueError as exc:
             raise st.error(str(exc)) from None
         block.statements.setdefault(st.name, []).append(st)

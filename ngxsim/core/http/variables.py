@@ -154,6 +154,7 @@ class VariableTable:
         self.owners: dict[str, str] = {}
         self.captures: set[str] = set()  # the named captures of the config's regexes
         self.pending: dict[str, _Late] = {}  # names no one declared yet, and their getters
+        self.changeable: set[str] = set()  # names added with changeable=True
 
     def check_pending(self) -> None:
         """Bind each name values used before it was declared; fail as nginx does for one that
@@ -182,22 +183,29 @@ class VariableTable:
         the config has so far (nginx's ``(?<name>...)``)."""
         return name in tuple("123456789") or name.lower() in self.captures
 
-    def add(self, variable: Variable, module: str, where=None) -> None:
+    def add(self, variable: Variable, module: str, where=None, changeable: bool = False) -> None:
         """Declare ``variable`` for this configuration from a module's postconfiguration, once
         it has read the directives that name it (nginx's ``ngx_http_add_variable``). Values that
         named it earlier in the file find it too. A name already taken raises ``ConfigError``
-        with nginx's ``the duplicate "NAME" variable``, at ``where`` (a statement) if given."""
+        with nginx's ``the duplicate "NAME" variable``, at ``where`` (a statement) if given —
+        unless both adds are ``changeable`` and by the same module (nginx's
+        ``NGX_HTTP_VAR_CHANGEABLE``: of two maps of one variable, the later wins)."""
         from ..conf.errors import ConfigError
 
         if not isinstance(variable, Variable):
             raise TypeError(f"module {module!r} added {variable!r}, not an ngxsim.Variable")
         name = variable.name.lower()
         key = name + ("*" if variable.prefix else "")
+        if changeable and self.owners.get(key) == module and key in self.changeable:
+            self.names[name] = variable.get  # nginx's NGX_HTTP_VAR_CHANGEABLE: the later one wins
+            return
         if key in self.owners or name in VARIABLES or name in PREFIXED or self.is_capture(name):
             message = f'the duplicate "{variable.name}" variable'
             raise where.error(message) if where is not None else ConfigError(message)
         (self.prefixes if variable.prefix else self.names)[name] = variable.get
         self.owners[key] = module
+        if changeable:
+            self.changeable.add(key)
 
     def registrar(self, module: str) -> Callable[[Variable], None]:
         def register(var: Variable) -> None:
