@@ -73,6 +73,10 @@ class Subscriber:
     def replays(self, zone: str) -> bool:
         return self.subscriptions is not None and any(s.zone == zone and s.replay for s in self.subscriptions)
 
+    def once(self, zone: str) -> bool:
+        """Whether one worker of the instance handles each event of ``zone`` (``once=True``)."""
+        return self.subscriptions is not None and any(s.zone == zone and s.once for s in self.subscriptions)
+
     def channels(self, zone: str) -> frozenset[str] | None:
         """The channels of ``zone`` it wants (None: all of them)."""
         if self.subscriptions is None:
@@ -113,8 +117,8 @@ class Dispatcher:
         self.ring = ring
         self.zone = ring.name
         self.subscribers = [s for s in subscribers if s.wants_zone(self.zone)]
-        # what each event needs, decided once: (module, callable, channels or None, replays)
-        self._targets = [(s.module, s.on_event, s.channels(self.zone), s.replays(self.zone))
+        # what each event needs, decided once: (module, callable, channels or None, replays, once)
+        self._targets = [(s.module, s.on_event, s.channels(self.zone), s.replays(self.zone), s.once(self.zone))
                          for s in self.subscribers if s.on_event is not None]
         newest = ring.newest
         replay = any(s.replays(self.zone) for s in self.subscribers)
@@ -243,9 +247,11 @@ class Dispatcher:
                 # the event to each module that wants it (a replaying one also gets the backlog)
                 self.events += 1
                 channel, backlog = event.channel, gen <= live_from
-                for module, on_event, channels, replays in targets:
+                for module, on_event, channels, replays, once in targets:
                     if (channels is not None and channel not in channels) or (backlog and not replays):
                         continue
+                    if once and not runtime.claim_event(self.zone, module, gen):
+                        continue  # another worker of the instance handles this one
                     try:
                         on_event(runtime, event)
                     except Exception:

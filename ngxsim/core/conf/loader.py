@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import pluggy
 
-from ..events import Subscription, collect_subscriptions
+from ..events import Subscription, collect_subscriptions, declare_once_zone
 from ..http import phases
 from ..http.variables import VariableTable, module_variables
 from ..modules import call_impl, check_module, create_plugin_manager, load_module
@@ -278,6 +278,7 @@ def load_configuration(path: str | None = None, text: str | None = None, params:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         config.subscriptions = collect_subscriptions(config, loaded_at)
+        declare_once_zone(config)
         config.jobs.declare_zone(config.zones)
         for block in config.blocks(SERVER):
             block.stash["core.phases"] = _phase_handlers(block, config, loaded_at)
