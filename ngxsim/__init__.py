@@ -18,6 +18,7 @@ from .core.conf.parser import Statement
 from .core.conf.zones import MAX_ZONE_SIZE
 from .core.events import Event, Gap, Subscription, http_event_zone
 from .core.http.logs import LEVELS as LOG_LEVELS
+from .core.http.logs import error_context
 from .core.http.jsonapi import (
     ApiError, Methods, check_key, query_int, query_seconds, query_str, read_body, read_json, register_secret_arg,
     wants_html,
@@ -50,7 +51,7 @@ __all__ = [
     "ACCESS", "CONTENT", "LOG", "PHASES", "PRECONTENT", "PREACCESS", "REWRITE", "SERVER_REWRITE", "PhaseHandler",
     "Delay", "Park", "Waker",
     # parsing context: statements, nginx's key=value parameters
-    "SharedTable", "LOG_LEVELS",
+    "SharedTable", "LOG_LEVELS", "error_context",
     "Statement", "check_zone_references", "declare_keyed_zones", "key_values", "number_in", "one_of",
     "LIMIT_LOG_LEVELS", "limit_directives", "positive_param", "rate_param", "require_param", "zone_name_param", "zone_param",
 ]

@@ -335,7 +335,7 @@ def ngxsim_event_subscriptions(config: "Configuration") -> "list[Subscription] |
 
         @hookimpl
         def ngxsim_event_subscriptions(config):
-            zone = http_event_zone(config, "hello")  # the http-level worker_events_zone
+            zone = http_event_zone(config, "hello", subscribes=True)  # the http-level worker_events_zone
             return Subscription(zone, channels=("hello",), replay=True) if zone else None
     """
 

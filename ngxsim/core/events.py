@@ -139,23 +139,26 @@ def collect_subscriptions(config, loaded_at: dict) -> dict[str, "list[Subscripti
     return out
 
 
-def http_event_zone(config, module: str) -> str | None:
+def http_event_zone(config, module: str, subscribes: bool = False) -> str | None:
     """The zone of the http-level ``worker_events_zone`` that consumer modules publish into.
 
     Every first-party consumer (upstreams, cache_purge, healthchecks) publishes into this one bus.
     Fails the load with the fix when the bus is missing: no module declares the directive
-    (``load_module worker_events;`` missing) or the http block does not set it. None when the
-    config has no http block (nothing to serve, nothing to publish).
+    (``load_module worker_events;`` missing) or the http block does not set it; the message says
+    the module publishes, or with ``subscribes=True`` (a module that only listens, from its
+    ``ngxsim_event_subscriptions``) that it subscribes. None when the config has no http block
+    (nothing to serve, nothing to publish).
     """
     blocks = config.blocks("http")
     if not blocks:
         return None
     http = blocks[0]
+    does, where = ("subscribes to events", "of") if subscribes else ("publishes events", "into")
     if config.table.get("worker_events_zone") is None:
-        raise http.error(None, f'module "{module}" publishes events, but no loaded module provides them: '
+        raise http.error(None, f'module "{module}" {does}, but no loaded module provides them: '
                                f'add "load_module worker_events;" and "worker_events_zone NAME;" in the http block')
     if "worker_events_zone" not in http.own:
-        raise http.error(None, f'module "{module}" publishes events into the http-level "worker_events_zone": '
+        raise http.error(None, f'module "{module}" {does} {where} the http-level "worker_events_zone": '
                                f'add "worker_events_zone NAME;" to this http block')
     return http.own["worker_events_zone"][0]
 

@@ -20,8 +20,8 @@ import struct
 from dataclasses import dataclass
 
 from ngxsim import (HTTP, LOCATION, LOG, LOG_LEVELS, PREACCESS, SERVER, Directive, PhaseHandler, SharedTable, Template,
-                    Variable, check_zone_references, declare_keyed_zones, error_page, hookimpl, key_values,
-                    limit_directives, require_param, zone_param)
+                    Variable, check_zone_references, declare_keyed_zones, error_context, error_page, hookimpl,
+                    key_values, limit_directives, require_param, zone_param)
 
 NAME = "limit_conn"
 STATUS_VAR = "limit_conn_status"
@@ -134,8 +134,8 @@ class LimitConn:
             ctx.vars[STATUS_VAR] = "PASSED"
             table = tables[spec.name]
             if not table.update(key, _count_in(limit.conn)):
-                log.log(self.level, 'limiting connections%s by zone "%s"', ", dry run," if self.dry_run else "",
-                        spec.name)
+                log.log(self.level, 'limiting connections%s by zone "%s"%s', ", dry run," if self.dry_run else "",
+                        spec.name, error_context(ctx))
                 release(ctx)  # ngx_http_limit_conn_cleanup_all
                 if self.dry_run:
                     ctx.vars[STATUS_VAR] = "REJECTED_DRY_RUN"

@@ -24,9 +24,9 @@ import time
 from dataclasses import dataclass
 
 from ngxsim import (HTTP, LIMIT_LOG_LEVELS, LOCATION, LOG_LEVELS, PREACCESS, SERVER, Delay, Directive, PhaseHandler,
-                    SharedTable, Template, Variable, check_zone_references, declare_keyed_zones, error_page, hookimpl,
-                    key_values, limit_directives, positive_param, rate_param, require_param, zone_name_param,
-                    zone_param)
+                    SharedTable, Template, Variable, check_zone_references, declare_keyed_zones, error_context,
+                    error_page, hookimpl, key_values, limit_directives, positive_param, rate_param, require_param,
+                    zone_name_param, zone_param)
 
 NAME = "limit_req"
 STATUS_VAR = "limit_req_status"
@@ -156,8 +156,8 @@ class LimitReq:
         if rc == DECLINED:
             return None
         if rc == BUSY:
-            log.log(self.limit_level, 'limiting requests%s, excess: %d.%03d by zone "%s"',
-                    ", dry run" if self.dry_run else "", excess // 1000, excess % 1000, spec.name)
+            log.log(self.limit_level, 'limiting requests%s, excess: %d.%03d by zone "%s"%s',
+                    ", dry run" if self.dry_run else "", excess // 1000, excess % 1000, spec.name, error_context(ctx))
             for table, key, _, _ in touched:  # ngx_http_limit_req_unlock
                 table.update(key, _unlock)
             if self.dry_run:
@@ -171,8 +171,8 @@ class LimitReq:
         if not delay:
             ctx.vars[STATUS_VAR] = "PASSED"
             return None
-        log.log(self.delay_level, 'delaying request%s, excess: %d.%03d, by zone "%s"',
-                ", dry run" if self.dry_run else "", excess // 1000, excess % 1000, spec.name)
+        log.log(self.delay_level, 'delaying request%s, excess: %d.%03d, by zone "%s"%s',
+                ", dry run" if self.dry_run else "", excess // 1000, excess % 1000, spec.name, error_context(ctx))
         if self.dry_run:
             ctx.vars[STATUS_VAR] = "DELAYED_DRY_RUN"
             return None

@@ -13,6 +13,7 @@ Skipped, saying why, where no nginx binary is installed.
 from __future__ import annotations
 
 import http.client
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -97,7 +98,7 @@ pytestmark = pytest.mark.skipif(NGINX is None, reason="no nginx binary on PATH o
 
 
 @pytest.fixture
-def pair(ngxsim_server, ngxsim_nginx, ngxsim_backend, tmp_path):
+def servers(ngxsim_server, ngxsim_nginx, ngxsim_backend, tmp_path):
     backend = ngxsim_backend()
     backend.respond(body="ok")
     for prefix in ("/conn/", "/conn429/", "/conndry/", "/c/"):  # held long enough to overlap
@@ -106,7 +107,12 @@ def pair(ngxsim_server, ngxsim_nginx, ngxsim_backend, tmp_path):
     nginx = ngxsim_nginx(COMMON, placeholders={"backend": backend.address, "cachedir": "{prefix}/cache"})
     ngxsim = ngxsim_server(NGXSIM_HEAD + COMMON + "}\n", mode="ngxsim",
                            placeholders={"backend": backend.address, "cachedir": tmp_path / "ngxsim-cache"})
-    return nginx.port, ngxsim.port
+    return nginx, ngxsim
+
+
+@pytest.fixture
+def pair(servers):
+    return servers[0].port, servers[1].port
 
 
 def get(port: int, path: str, host: str = "localhost") -> tuple[int, str | None]:
@@ -172,6 +178,27 @@ def test_same_statuses_as_nginx(pair, name):
     assert len(set(expected)) > 1 or name == "server-level-inherited", \
         f"the scenario does not reach the limit in nginx: {expected}"
     assert SCENARIOS[name](ngxsim_port) == expected
+
+
+_LINE = re.compile(r"(limiting (?:requests|connections).*|delaying request.*)")
+
+
+def _lines(text: str) -> list[str]:
+    """The limit modules' error log messages with nginx's context suffix; the excess, which
+    depends on the milliseconds between requests, as X."""
+    return [re.sub(r"excess: [0-9.]+", "excess: X", m.group(1)) for m in map(_LINE.search, text.splitlines()) if m]
+
+
+def test_same_error_log_lines_as_nginx(servers):
+    nginx, ngxsim = servers
+    for port in (nginx.port, ngxsim.port):
+        sequential(port, "/seq/x?a=1", 4)  # one rejected
+        sequential(port, "/p/x", 3, host="srv.test")  # one rejected at server level
+        with ThreadPoolExecutor(5) as pool:  # three delayed, one rejected (one path: the lines compare)
+            list(pool.map(lambda _: get(port, "/burst/x"), range(5)))
+    expected = _lines(nginx.log())
+    assert len(expected) == 6, nginx.log()
+    assert sorted(_lines(ngxsim.output())) == sorted(expected)
 
 
 BAD = {

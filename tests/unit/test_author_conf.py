@@ -109,3 +109,18 @@ def test_key_values_errors_are_nginxs(keys, args, message):
 def test_require_param():
     with pytest.raises(ValueError, match='^"limit_req" must have "zone" parameter$'):
         require_param(key_values(["burst=2"], LIMIT_REQ), "zone", "limit_req")
+
+
+def test_http_event_zone_says_a_subscriber_subscribes(tmp_path):
+    from ngxsim import http_event_zone
+
+    conf = load_configuration("x.conf", text="http {\n}\n")
+    with pytest.raises(ConfigError, match=r'^module "audit" subscribes to events, but no loaded module provides '
+                                          r'them: add "load_module worker_events;" .* in x.conf:1$'):
+        http_event_zone(conf, "audit", subscribes=True)
+    conf = load_configuration("x.conf", text="load_module worker_events;\nhttp {\n}\n")
+    with pytest.raises(ConfigError, match=r'^module "audit" subscribes to events of the http-level '
+                                          r'"worker_events_zone": add .* in x.conf:2$'):
+        http_event_zone(conf, "audit", subscribes=True)
+    with pytest.raises(ConfigError, match=r'^module "audit" publishes events into the http-level'):
+        http_event_zone(conf, "audit")

@@ -86,3 +86,23 @@ class AccessLog:
             ctx.logging = False
         os.write(self._fd, (line + "\n").encode("utf-8", "backslashreplace"))
 
+
+
+def error_context(ctx, upstream: str | None = None) -> str:
+    """The suffix nginx adds to an error log line about a request (``ngx_http_log_error``):
+    ``, client: ADDR, server: NAME, request: "LINE"[, upstream: "URL"][, host: "HOST"]
+    [, referrer: "URL"]``. Secret query arguments are written as ``***``."""
+    parts = [f", client: {ctx.environ.get('REMOTE_ADDR', '')}", f", server: {ctx.server_name}"]
+    line = ctx.request_line
+    if ctx.secret_args:
+        line = mask_target(line, ctx.secret_args)
+    parts.append(f', request: "{line}"')
+    if upstream:
+        parts.append(f', upstream: "{upstream}"')
+    host = ctx.environ.get("HTTP_HOST")
+    if host:
+        parts.append(f', host: "{host}"')
+    referrer = ctx.environ.get("HTTP_REFERER")
+    if referrer:
+        parts.append(f', referrer: "{referrer}"')
+    return "".join(parts)
