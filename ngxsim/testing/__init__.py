@@ -10,7 +10,8 @@ from .events import ApiEvents, ZoneEvents, matches
 from .nginx import Nginx, check_config, config_errors, find_nginx, nginx_version
 from .procs import children
 from .raw import RawAnswer, raw_request
-from .server import MODES, Server, ServerStartError, free_port, instance_files, start_server, stop_all, wait_for
+from .server import (MODES, ReloadRejected, Server, ServerStartError, free_port, instance_files, start_server, stop_all,
+                     wait_for)
 
 __all__ = [
     "Backend", "Reply", "Request",
@@ -18,6 +19,6 @@ __all__ = [
     "ApiEvents", "ZoneEvents", "matches",
     "RawAnswer", "raw_request",
     "Nginx", "check_config", "config_errors", "find_nginx", "nginx_version",
-    "MODES", "Server", "ServerStartError", "children", "free_port", "instance_files", "start_server", "stop_all",
+    "MODES", "ReloadRejected", "Server", "ServerStartError", "children", "free_port", "instance_files", "start_server", "stop_all",
     "wait_for",
 ]
