@@ -2,9 +2,10 @@
 
     python benchmarks/bench_waits.py [--samples N] [--rounds R]
 
-One worker process of 4 threads, ``location /slow/ { bench_delay 1s; }`` (a preaccess ``Delay``,
-what limit_req's delay is) and ``location = / { return 200 ok; }``. Per round: N sequential
-``GET /`` idle, then N while 8 clients keep 8 requests waiting on /slow/ at all times. Servers:
+One worker process of 4 threads, ``location /slow/ { bench_delay 1s; }`` (a preaccess ``Delay``),
+``location /limited/`` behind ``limit_req zone=bench burst=64`` at 8r/s (8 looping clients keep
+their requests delayed by limit_req itself) and ``location = / { return 200 ok; }``. Per round:
+N sequential ``GET /`` idle, then N while 8 clients keep 8 requests waiting at all times. Servers:
 ngxsim's worker (``worker_class ngxsim``: a delayed request gives its thread back) and gunicorn's
 gthread (``worker_class gthread``: the thread waits, the fallback). Medians over the rounds of
 each round's median and p99. Goal: with ngxsim's worker, busy <= 2x idle.
@@ -28,14 +29,17 @@ from ngxsim.testing import start_server  # noqa: E402
 
 CONF = """
 load_module ngxsim_bench_delay;
+load_module limit_req;
 worker_processes 1;
 worker_class {klass};
 worker_threads 4;
 http {
+    limit_req_zone $binary_remote_addr zone=bench:1m rate=8r/s;
     server {
         listen 127.0.0.1:{port};
         location = / { return 200 ok; }
         location /slow/ { bench_delay 1s; }
+        location /limited/ { limit_req zone=bench burst=64; bench_delay 1ms; }
     }
 }
 """
@@ -58,10 +62,10 @@ def samples(port: int, n: int) -> list[float]:
     return [one(port, "/") for _ in range(n)]
 
 
-def waiters(port: int, stop: threading.Event) -> list[threading.Thread]:
+def waiters(port: int, stop: threading.Event, path: str) -> list[threading.Thread]:
     def loop():
         while not stop.is_set():
-            one(port, "/slow/x")
+            one(port, path)
 
     threads = [threading.Thread(target=loop, daemon=True) for _ in range(8)]
     for t in threads:
@@ -72,30 +76,33 @@ def waiters(port: int, stop: threading.Event) -> list[threading.Thread]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--samples", type=int, default=40)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     rows = []
     for klass in ("ngxsim", "gthread"):
         with tempfile.TemporaryDirectory() as folder:
             server = start_server(Path(folder), CONF.replace("{klass}", klass), mode="ngxsim", pythonpath=[str(HERE)])
             try:
-                got = {"idle": ([], []), "8 delayed": ([], [])}
+                scenarios = {"idle": None, "8 delayed (Delay 1s)": "/slow/x",
+                             "8 delayed by limit_req (8r/s, burst=64)": "/limited/x"}
+                got = {name: ([], []) for name in scenarios}
                 for _ in range(args.rounds):
-                    idle = samples(server.port, args.samples)
-                    stop = threading.Event()
-                    threads = waiters(server.port, stop)
-                    time.sleep(0.3)  # the 8 are waiting
-                    busy = samples(server.port, args.samples)
-                    stop.set()
-                    for t in threads:
-                        t.join(timeout=35)
-                    for name, values in (("idle", idle), ("8 delayed", busy)):
+                    for name, path in scenarios.items():
+                        stop = threading.Event()
+                        threads = waiters(server.port, stop, path) if path else []
+                        time.sleep(1.5 if path else 0)  # the 8 are waiting (limit_req: its bucket has filled)
+                        values = samples(server.port, args.samples)
+                        stop.set()
+                        for t in threads:
+                            t.join(timeout=60)
                         got[name][0].append(median(values))
                         got[name][1].append(percentile(values, 99))
             finally:
                 server.stop()
         base = median(got["idle"][0])
         for name, (p50s, p99s) in got.items():
+            if klass == "gthread" and "limit_req" in name:
+                continue  # the fallback's answer is the same as with Delay: the threads wait
             rows.append([klass, name, f"{median(p50s):.2f}", f"{median(p99s):.2f}", f"{median(p50s) / base:.2f}x"])
     print(table(f"GET / latency (ms), 1 worker x 4 threads, {args.samples} sequential requests x {args.rounds} rounds "
                 f"(medians of each round's p50 and p99)",
