@@ -6,7 +6,10 @@ importing ``ngxsim`` pulls in Flask and werkzeug (~150 ms), and every pytest ses
 with ngxsim installed loads this module — so nothing here imports ngxsim until a fixture runs.
 
 Fixtures: ``ngxsim_server`` (a factory of started servers), ``ngxsim_backend`` (a factory of
-started backends), ``ngxsim_mode`` (the hosting mode a test runs in). The marker
+started backends), ``ngxsim_mode`` (the hosting mode a test runs in), ``ngxsim_redis`` (a real
+``redis-server`` for the session), ``ngxsim_redis_factory`` (fresh ones, for tests that stop,
+pause or restart their engine), ``ngxsim_engine`` / ``ngxsim_engine_factory`` (the same, once per
+engine) and ``ngxsim_cluster`` (instances sharing an engine). The marker
 ``@pytest.mark.ngxsim_modes`` runs a test in both modes; ``--ngxsim-mode`` chooses the mode of
 every other test (``both`` runs them all twice). See docs/testing.md.
 """
@@ -151,6 +154,83 @@ def ngxsim_nginx(request):
         shutil.rmtree(nginx.folder, ignore_errors=True)
 
 
+def _need_redis():
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (Debian: apt install redis-server): the cluster tests run "
+                    "against a real Redis")
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        pytest.skip("the redis client is not installed: pip install 'ngxsim[cluster]'")
+
+
+@pytest.fixture(scope="session")
+def ngxsim_redis(tmp_path_factory):
+    """A real ``redis-server`` on a free loopback port for the whole session, its data in a
+    temporary folder (``.url``, ``.client()``); skipped, saying why, when it is not installed.
+    Tests sharing it use their own stream names."""
+    _need_redis()
+    from ngxsim.testing.engines import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def ngxsim_redis_factory(tmp_path):
+    """A factory of fresh ``redis-server`` s for one test (``make(password=None)``), for tests
+    that stop, pause or restart their engine; all stopped at teardown."""
+    _need_redis()
+    from ngxsim.testing.engines import RedisServer
+
+    made = []
+
+    def make(**kw):
+        server = RedisServer(tmp_path / f"redis-{len(made)}", **kw).start()
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        server.stop()
+
+
+# every engine the cluster bridge has a test server for: name -> (session fixture, factory fixture).
+# An engine joins the engine-parametrized tests (ngxsim_engine, ngxsim_engine_factory) here.
+ENGINE_FIXTURES = {"redis": ("ngxsim_redis", "ngxsim_redis_factory")}
+
+
+@pytest.fixture(params=sorted(ENGINE_FIXTURES))
+def ngxsim_engine(request):
+    """The session's server of each engine: a test using it runs once per engine (skipped,
+    saying why, for an engine not installed). ``.url`` is what ``cluster_bridge`` takes."""
+    return request.getfixturevalue(ENGINE_FIXTURES[request.param][0])
+
+
+@pytest.fixture(params=sorted(ENGINE_FIXTURES))
+def ngxsim_engine_factory(request):
+    """A factory of fresh servers of each engine (the test runs once per engine), for tests
+    that stop, pause, restart or wipe their engine."""
+    return request.getfixturevalue(ENGINE_FIXTURES[request.param][1])
+
+
+@pytest.fixture
+def ngxsim_cluster(ngxsim_server, tmp_path):
+    """A factory of clusters of ngxsim instances sharing one engine (see
+    :mod:`ngxsim.testing.cluster`): ``cluster = ngxsim_cluster(engine.url)`` then
+    ``a, b, c = cluster.start(CONF, count=3, workers=[2, 3, 2])``. The instances are
+    ``ngxsim_server`` servers: stopped and checked at teardown."""
+    from ngxsim.testing.cluster import Cluster
+
+    def make(engine_url: str, folder: str = "cluster") -> Cluster:
+        return Cluster(ngxsim_server, tmp_path / folder, engine_url)
+
+    return make
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
@@ -176,3 +256,71 @@ def _section(thing):
                  for r in requests[-_BACKEND_LINES:]]
         return (f"ngxsim backend {thing!r}: {len(requests)} requests (last {_BACKEND_LINES})", "\n".join(lines) or "(none)")
     return None
+
+
+# -- NATS JetStream servers (the cluster bridge's engine) -------------------------------------
+
+
+def _nats_or_skip():
+    from ngxsim.testing.nats_server import nats_server_missing
+
+    why = nats_server_missing()
+    if why:
+        pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def ngxsim_nats(tmp_path_factory):
+    """One ``nats-server -js`` for the whole session (:class:`ngxsim.testing.nats_server.NatsServer`,
+    ``.url``), on a free loopback port, its store in a temp folder removed at the end. Tests
+    share it: each uses its own stream. Skips (saying why) where ``nats-server`` is missing."""
+    import shutil
+
+    from ngxsim.testing.nats_server import nats_node
+
+    _nats_or_skip()
+    folder = tmp_path_factory.mktemp("nats")
+    server = nats_node(folder)
+    yield server
+    server.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def ngxsim_nats_node(tmp_path):
+    """A factory of started ``nats-server -js`` nodes of this test alone (to kill, pause,
+    restart): ``node = ngxsim_nats_node(user="relay", password="s3cret")`` (or ``token=``).
+    Stopped at teardown."""
+    from ngxsim.testing.nats_server import nats_node
+
+    _nats_or_skip()
+    made = []
+
+    def make(name: str | None = None, **kw):
+        node = nats_node(tmp_path / "nats", name or f"n{len(made) + 1}", **kw)
+        made.append(node)
+        return node
+
+    yield make
+    for node in made:
+        node.stop()
+
+
+@pytest.fixture
+def ngxsim_nats_cluster(tmp_path):
+    """A factory of started NATS clusters (three JetStream nodes routed to each other on
+    loopback by default): ``cluster = ngxsim_nats_cluster(3)``; ``cluster.url`` lists every
+    node, ``cluster.nodes[i]`` can be killed and started again. Stopped at teardown."""
+    from ngxsim.testing.nats_server import nats_cluster
+
+    _nats_or_skip()
+    made = []
+
+    def make(size: int = 3, **kw):
+        cluster = nats_cluster(tmp_path / f"nats-cluster{len(made) + 1}", size, **kw)
+        made.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.stop()

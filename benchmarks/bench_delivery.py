@@ -70,10 +70,11 @@ def api(server, path="/internal/worker-events?limit=0"):
     return json.load(urllib.request.urlopen(server.url(path), timeout=30))
 
 
-def attach_ring(server) -> Ring:
+def attach_ring(server, capacity: int = RING) -> Ring:
+    """The server's ring "bus", attached in this process (a publisher from outside)."""
     spec = load_configuration(str(server.conf)).zones["bus"]
     instance = Instance(server.master, process_start_time(server.master), "worker")
-    return Ring(attach_zone(instance, "bus", spec.size, spec.tag), RING)
+    return Ring(attach_zone(instance, "bus", spec.size, spec.tag), capacity)
 
 
 def latency_to_all(folder: Path, workers: int = WORKERS, upto: int | None = None) -> list[float]:

@@ -7,8 +7,8 @@ check raises, and the toolkit of a module's JSON API endpoint (``ApiError``, ``c
 """
 
 from .core.conf.directive import (
-    ARGS, FLAG, HTTP, LOCATION, MAIN, NUMBER, SERVER, SIZE, STRING, TIME, Directive, OutOfRange, parse_number,
-    parse_size, parse_time,
+    ARGS, FLAG, HTTP, LOCATION, MAIN, NUMBER, SERVER, SIZE, STRING, TIME, Directive, OutOfRange, Unsupported,
+    parse_number, parse_size, parse_time,
 )
 from .core.conf.errors import ConfigError
 from .core.conf.params import (LIMIT_LOG_LEVELS, check_zone_references, declare_keyed_zones, key_values,
@@ -42,7 +42,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ARGS", "FLAG", "HTTP", "LOCATION", "MAIN", "MAX_ZONE_SIZE", "NUMBER", "SERVER", "SIZE", "STRING", "TIME",
     "ZONE_HEADER_SIZE", "Wait", "Zone", "prompt_wakeups", "call_impl", "tracing", "ApiError", "ConfigError", "Directive", "Event", "Gap", "LivenessWatch", "Methods",
-    "OutOfRange", "Regex", "Subscription", "Template", "Variable", "check_key", "compact_json", "error_page", "format_age",
+    "OutOfRange", "Regex", "Subscription", "Template", "Unsupported", "Variable", "check_key", "compact_json", "error_page", "format_age",
     "hookimpl",
     "hookspec", "http_event_zone", "json_error", "json_response", "keep_status_line", "parse_number", "parse_size",
     "parse_time", "process_alive", "process_start_time", "query_int", "query_seconds", "query_str", "read_body",

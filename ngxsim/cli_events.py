@@ -98,7 +98,8 @@ def _follow(follow: Follower, channel, since: int, count, as_json: bool, wait: f
             if as_json:
                 print(json.dumps(event, separators=(",", ":")), flush=True)
             else:
-                print(f'{event["generation"]} {event["channel"]} {event["type"]} {event["payload"]}', flush=True)
+                origin = f' (from {event["origin"]})' if event.get("origin") else ""  # relayed from another instance
+                print(f'{event["generation"]} {event["channel"]} {event["type"]} {event["payload"]}{origin}', flush=True)
             since = event["generation"]
             printed += 1
             if count is not None and printed >= count:

@@ -36,7 +36,7 @@ hookimpl = pluggy.HookimplMarker("ngxsim")
 
 
 @hookspec
-def ngxsim_directives(register: Callable[["Directive"], None]) -> None:
+def ngxsim_directives(register: Callable[["Directive | Unsupported"], None]) -> None:
     """Declare the module's directives by calling ``register(Directive(...))`` once for each.
 
     Runs in the process that loads the config (master, ``ngxsim -t``, or a worker that loads the
@@ -51,6 +51,11 @@ def ngxsim_directives(register: Callable[["Directive"], None]) -> None:
         def ngxsim_directives(register):
             register(Directive("hello", (LOCATION,), 0, type=FLAG, default=False, inherit=False))
             register(Directive("hello_greeting", (HTTP, SERVER, LOCATION), 1, default="hello"))
+
+    A directive of real nginx that the module does not implement is declared with
+    ``register(Unsupported(name, advice))``: a config that uses it fails with
+    ``"NAME" directive is not supported by ngxsim: ADVICE in FILE:LINE`` instead of
+    ``unknown directive``; a ``Directive`` of the same name (from any module) always wins.
     """
 
 
@@ -362,6 +367,9 @@ def ngxsim_event(runtime: "Runtime", event: "Event") -> None:
 def ngxsim_event_gap(runtime: "Runtime", gap: "Gap") -> None:
     """Events this worker never delivered because the ring overwrote them first (it fell
     behind by more than the ring holds). ``gap.first`` to ``gap.last`` are the lost generations.
+    With ``gap.origin`` set, events of another instance of a cluster were lost on their way here
+    (``first``..``last`` are that instance's origin generations; ``"*"``: the engine dropped
+    entries of unknown origin), see docs/cluster.md.
     Resync instead of staying stale (drop a local cache, re-read a snapshot). Same threads and
     ordering as ``ngxsim_event``: called before the first event after the gap.
 

@@ -24,7 +24,24 @@ The timeouts come from the config's ``http`` block (nginx's default 60 s); the n
 threads from gunicorn's ``--threads``. ``ngxsim -c`` uses this worker unless ``worker_class``
 says otherwise.
 
-Every worker class here (this one, :class:`SyncWorker`, :class:`GThreadWorker`) also tells the
+Every worker class here (this one, :class:`SyncWorker`, :class:`GThreadWorker`) also answers
+like nginx where gunicorn would answer before or after ngxsim:
+
+- the request's header lines go to the core as sent, repeated ones apart
+  (``environ["ngxsim.headers"]``: this class gives the names as written, the two others
+  gunicorn's upper-cased ones), so ``$http_cookie`` is
+  ``a=1; b=2`` and ``$http_x_multi`` the first value, as in nginx 1.22 (WSGI's ``HTTP_NAME``
+  has them joined with ``,``);
+- a request gunicorn cannot parse (a malformed request line, method, version or header line, a
+  request line too long, an HTTP major version above 1) gets nginx's HTML page (400, 414, 505)
+  instead of gunicorn's;
+- this class only, since it reads the request itself: a request target with raw bytes above
+  0x7f (UTF-8 paths, which nginx serves and gunicorn refuses) reaches gunicorn's parser with
+  those bytes percent-encoded, and the core sees the target as sent (``RAW_URI``,
+  ``QUERY_STRING``), so ``$request_uri`` and ``$args`` are the client's bytes.
+
+gunicorn's own worker classes (``-k sync``, ``-k gthread``) do none of this: there ngxsim keeps
+gunicorn's behaviour (docs/configuration.md lists it). Every class here also tells the
 served runtime when gunicorn stops the worker (``Runtime.begin_stop``): handlers that wait (a
 worker_events long-poll) are woken and answer with what they have, instead of holding the
 worker's exit until their deadline. gunicorn's worker signals keep their meaning: ``SIGTERM``
@@ -38,13 +55,18 @@ import heapq
 import itertools
 import re
 import selectors
+import threading
 import time
+from email.utils import formatdate
 from functools import partial
+from typing import NamedTuple
 
+from gunicorn.http import errors as http_errors
 from gunicorn.workers.gthread import TConn, ThreadWorker
 from gunicorn.workers.sync import SyncWorker as _GunicornSyncWorker
 
-from .core.http.responses import compact_json
+from .core.http.context import RAW_HEADERS
+from .core.http.responses import compact_json, error_page
 from .core.http.waits import STATE, Parked
 
 # bodies of a declared length up to this are read in the event loop, larger ones by the thread
@@ -86,24 +108,122 @@ class _StopsRuntime:
         super().handle_quit(sig, frame)
 
 
-class SyncWorker(_StopsRuntime, _GunicornSyncWorker):
+# what gunicorn's parser refuses -> nginx's status for it (nginx answers 400 to each of these
+# and 414 to a request line longer than its buffers)
+_CLIENT_ERRORS = {name: 400 for name in (
+    "InvalidRequestLine", "InvalidRequestMethod", "InvalidHTTPVersion", "InvalidHeader", "InvalidHeaderName",
+    "ObsoleteFolding", "InvalidChunkSize", "ChunkMissingTerminator", "InvalidChunkExtension", "LimitRequestHeaders")}
+_CLIENT_ERRORS["LimitRequestLine"] = 414
+_NGINX_STATUS = tuple((getattr(http_errors, name), status) for name, status in _CLIENT_ERRORS.items()
+                      if hasattr(http_errors, name))
+
+
+_MAJOR = re.compile(r"HTTP/([1-9][0-9]*)")
+
+
+def _nginx_status(exc: Exception) -> int | None:
+    """nginx's answer to what gunicorn's parser refused (None: not the client's fault). nginx
+    reads the major version digit by digit and answers 505 once it is above 1 (``HTTP/2.0``),
+    400 for any other malformed version."""
+    if isinstance(exc, http_errors.InvalidHTTPVersion):
+        version = getattr(exc, "version", "")  # the text, or gunicorn's (major, minor) once parsed
+        if isinstance(version, tuple):
+            major = version[0]
+        else:
+            digits = _MAJOR.match(str(version))
+            major = int(digits.group(1)[:3]) if digits else 0
+        if major > 1:
+            return 505
+    return next((code for kind, code in _NGINX_STATUS if isinstance(exc, kind)), None)
+
+
+def nginx_page(status: int) -> bytes:
+    """nginx's whole answer for a request it refuses before any location: its HTML page, and
+    the connection closes."""
+    page = error_page(status)
+    body = page.get_data()
+    head = (f"HTTP/1.1 {page.status}\r\nDate: {formatdate(usegmt=True)}\r\nContent-Type: text/html\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    return head.encode("latin-1") + body
+
+
+class _WithRawRequest:
+    """The served WSGI app, with the request gunicorn parsed (set by the worker per thread)
+    handed over in the environ: the header lines as sent and, when the worker rewrote it, the
+    request target as sent."""
+
+    def __init__(self, app, current: threading.local):
+        self.app = app
+        self.current = current
+
+    def __call__(self, environ, start_response):
+        req = getattr(self.current, "req", None)
+        if req is not None:
+            lines = getattr(self.current, "lines", None)
+            environ[RAW_HEADERS] = list(req.headers) if lines is None else lines
+            raw_target = getattr(self.current, "raw_target", None)
+            if raw_target is not None:
+                environ["RAW_URI"] = raw_target
+                environ["QUERY_STRING"] = raw_target.partition("?")[2]
+        return self.app(environ, start_response)
+
+    def __getattr__(self, name):  # the runtime, and whatever else gunicorn or ngxsim reads
+        return getattr(self.app, name)
+
+
+class _NginxRequests:
+    """What the three worker classes share: the raw request to the core, nginx's pages for
+    what gunicorn's parser refuses (see the module docstring)."""
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        self._current = threading.local()
+        self.wsgi = _WithRawRequest(self.wsgi, self._current)
+
+    def _serving(self, req, serve, raw_target: str | None = None, lines: list | None = None):
+        """Serve ``req`` with what the worker knows of it as sent: the target when it had to
+        be rewritten for gunicorn, the header lines with their names as written (else the
+        app gets gunicorn's list, names upper-cased)."""
+        current = self._current
+        current.req, current.raw_target, current.lines = req, raw_target, lines
+        try:
+            return serve()
+        finally:
+            current.req = current.raw_target = current.lines = None
+
+    def handle_error(self, req, client, addr, exc) -> None:
+        status = _nginx_status(exc)
+        if status is None:
+            super().handle_error(req, client, addr, exc)
+            return
+        self.log.warning("Invalid request from ip=%s: %s", (addr or ("",))[0], exc)
+        try:
+            client.sendall(nginx_page(status))
+        except OSError:
+            self.log.debug("Failed to send error message.")
+
+
+class SyncWorker(_NginxRequests, _StopsRuntime, _GunicornSyncWorker):
     """gunicorn's ``sync`` worker that wakes a waiting handler when it is stopped.
 
     gunicorn's sync worker exits from the signal handler on ``SIGQUIT``: the request being
     served (in the same, main thread) would end without an answer. Here a request in progress
     is let finish — the woken long-poll answers at once — and the worker exits after it."""
 
-    _serving = False
+    _in_request = False
 
     def handle(self, listener, client, addr) -> None:
-        self._serving = True
+        self._in_request = True
         try:
             super().handle(listener, client, addr)
         finally:
-            self._serving = False
+            self._in_request = False
+
+    def handle_request(self, listener, req, client, addr):
+        return self._serving(req, lambda: super(SyncWorker, self).handle_request(listener, req, client, addr))
 
     def handle_quit(self, sig, frame) -> None:
-        if not self._serving:
+        if not self._in_request:
             super().handle_quit(sig, frame)
             return
         self._begin_stop(fast=True)
@@ -111,9 +231,11 @@ class SyncWorker(_StopsRuntime, _GunicornSyncWorker):
         self.cfg.worker_int(self)
 
 
-class GThreadWorker(_StopsRuntime, ThreadWorker):
+class GThreadWorker(_NginxRequests, _StopsRuntime, ThreadWorker):
     """gunicorn's ``gthread`` worker that wakes waiting handlers when it is stopped."""
 
+    def handle_request(self, req, conn):
+        return self._serving(req, lambda: super(GThreadWorker, self).handle_request(req, conn))
 
 class _Replay:
     """A connection's parser that gives a parked request once more (then the parser is back):
@@ -139,7 +261,7 @@ class _ParkedRequest:
         self.conn, self.parked, self.done = conn, parked, False
 
 
-class Worker(_StopsRuntime, ThreadWorker):
+class Worker(_NginxRequests, _StopsRuntime, ThreadWorker):
     """gthread with nginx's reading discipline (see the module docstring)."""
 
     def init_process(self) -> None:
@@ -294,7 +416,8 @@ class Worker(_StopsRuntime, ThreadWorker):
         self._forget(waiting)
         conn.sock.setblocking(True)
         conn.init()
-        conn.parser.unreader.unread(bytes(waiting.data))
+        data, conn.ngxsim_head = _read_head(bytes(waiting.data))
+        conn.parser.unreader.unread(data)
         conn.data_ready = True
         self.enqueue_req(conn)
 
@@ -326,13 +449,65 @@ class Worker(_StopsRuntime, ThreadWorker):
     def handle_request(self, req, conn):
         """In the thread: reads of a body not read yet wait at most client_body_timeout each."""
         conn.sock.settimeout(self.timeouts[1])
+        # the head as sent, if this is the request _hand_over read (not a next, pipelined one
+        # that gunicorn read from the same buffer)
+        sent, conn.ngxsim_head = getattr(conn, "ngxsim_head", None), None
+        raw_target = lines = None
+        if sent is not None and req.uri == sent.parsed_target:
+            raw_target = sent.target if sent.target != sent.parsed_target else None
+            lines = sent.lines_like(req.headers)
         try:
-            return super().handle_request(req, conn)
+            return self._serving(req, lambda: super(Worker, self).handle_request(req, conn), raw_target, lines)
         except Parked as parked:
             parked.req = req  # what the resumed request is served as
             raise
         finally:
             conn.sock.settimeout(None)
+
+
+_HIGH_BYTE = re.compile("[\x80-\xff]")  # in latin-1 text: the bytes above 0x7f
+_HEAD_END_TEXT = re.compile(r"\r?\n\r?\n")
+
+
+class _SentHead(NamedTuple):
+    """A request head as the client sent it (latin-1 text)."""
+
+    target: str
+    parsed_target: str                # what gunicorn's parser got (high bytes percent-encoded)
+    lines: list[tuple[str, str]]      # header lines, names as written, values stripped
+
+    def lines_like(self, parsed: list[tuple[str, str]]) -> list[tuple[str, str]] | None:
+        """The lines gunicorn kept (it drops names with ``_``, as nginx ignores them), with
+        the names as written; None when they do not pair up with gunicorn's one for one."""
+        kept = [(k, v) for k, v in self.lines if "_" not in k]
+        if len(kept) != len(parsed) or any(k.upper() != pk or v != pv for (k, v), (pk, pv) in zip(kept, parsed)):
+            return None
+        return kept
+
+
+def _read_head(data: bytes) -> tuple[bytes, _SentHead | None]:
+    """The bytes for gunicorn's parser (a target's bytes above 0x7f percent-encoded: nginx
+    serves raw UTF-8, gunicorn refuses it) and the head as sent; None when it does not read
+    as a request line and header lines (gunicorn's parser then says what is wrong)."""
+    text = data.decode("latin-1")  # one decode: every byte stays itself
+    end = _HEAD_END_TEXT.search(text)
+    lines = (text[: end.start()] if end else text).split("\n")
+    first = lines[0]
+    parts = first.removesuffix("\r").split(" ", 2)
+    if len(parts) != 3:
+        return data, None
+    target = parts[1]
+    if _HIGH_BYTE.search(target):
+        target = _HIGH_BYTE.sub(lambda m: "%%%02X" % ord(m[0]), target)
+        rewritten = " ".join((parts[0], target, parts[2])) + ("\r" if first.endswith("\r") else "")
+        data = (rewritten + text[len(first):]).encode("latin-1")
+    headers = []
+    for line in lines[1:]:
+        name, colon, value = line.removesuffix("\r").partition(":")
+        if not colon:
+            return data, None
+        headers.append((name, value.strip(" \t")))
+    return data, _SentHead(parts[1], target, headers)
 
 
 def _preread_length(head: bytes) -> int | None:

@@ -10,7 +10,9 @@
  *
  * RingWriter.publish: one event-ring append under that lock, as worker_events' ring.py does it
  * in Python (its docstring has the layout): seq odd, body, tag, seq even, control block, doorbell
- * bump; the futex wake after unlocking, only when a sleeper is counted.
+ * bump; the futex wake after unlocking, only when a sleeper is counted. An entry may carry an
+ * origin (the instance a remote event came from, and its generation there): its length is the
+ * byte after the three lengths, 0 for a local event.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -193,7 +195,7 @@ typedef struct {
     uint32_t *word;      /* the doorbell's futex word */
     uint32_t *sleepers;  /* waiters counted on it */
     uint64_t capacity;
-    Py_ssize_t entry_size, channel_max, type_max, payload_max;
+    Py_ssize_t entry_size, channel_max, type_max, payload_max, origin_max;
     PyTypeObject *event_type;  /* what read() makes: a tuple subclass without fields of its own */
     PyObject *zone_name;       /* an Event's zone */
 } WriterObject;
@@ -203,12 +205,12 @@ Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"get_lock", "mapping", "ring_offset", "entries_offset", "tags_offset", "capacity",
                              "channel_max", "type_max", "payload_max", "doorbell_offset", "sleepers_offset",
-                             "event_type", "zone_name", NULL};
+                             "event_type", "zone_name", "origin_max", NULL};
     PyObject *get_lock, *mapping, *event_type, *zone_name;
-    Py_ssize_t ring_off, entries_off, tags_off, capacity, cmax, tmax, pmax, bell_off, sleep_off;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOnnnnnnnnnO!U:RingWriter", kwlist, &get_lock, &mapping,
+    Py_ssize_t ring_off, entries_off, tags_off, capacity, cmax, tmax, pmax, bell_off, sleep_off, omax;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOnnnnnnnnnO!Un:RingWriter", kwlist, &get_lock, &mapping,
                                      &ring_off, &entries_off, &tags_off, &capacity, &cmax, &tmax, &pmax,
-                                     &bell_off, &sleep_off, &PyType_Type, &event_type, &zone_name))
+                                     &bell_off, &sleep_off, &PyType_Type, &event_type, &zone_name, &omax))
         return NULL;
     if (!PyType_IsSubtype((PyTypeObject *)event_type, &PyTuple_Type)
         || ((PyTypeObject *)event_type)->tp_basicsize != PyTuple_Type.tp_basicsize
@@ -217,7 +219,7 @@ Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
                                          "(a NamedTuple)");
         return NULL;
     }
-    if (capacity < 1 || cmax < 0 || cmax > 255 || tmax < 0 || tmax > 255 || pmax < 0 || pmax > 65535
+    if (capacity < 1 || cmax < 0 || cmax > 255 || tmax < 0 || tmax > 255 || pmax < 0 || pmax > 65535 || omax < 0 || omax > 255
         || ring_off < 0 || entries_off < 24 || tags_off < 0 || bell_off < 0 || sleep_off < 0
         || bell_off % 4 || sleep_off % 4 || (ring_off + entries_off) % 8) {
         PyErr_SetString(PyExc_ValueError, "RingWriter: layout out of range");
@@ -231,7 +233,8 @@ Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     }
     self->have_view = 1;
-    self->entry_size = 8 + 16 + cmax + tmax + pmax;
+    /* seq, timestamp, lengths (+ 4 bytes: origin length, padding), origin generation, fields */
+    self->entry_size = 8 + 16 + 8 + cmax + tmax + pmax + omax;
     Py_ssize_t len = self->view.len;
     if (self->entry_size % 8 || ring_off + entries_off + capacity * self->entry_size > len
         || ring_off + tags_off + capacity * 4 > len || bell_off + 4 > len || sleep_off + 4 > len) {
@@ -253,6 +256,7 @@ Writer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->channel_max = cmax;
     self->type_max = tmax;
     self->payload_max = pmax;
+    self->origin_max = omax;
     return (PyObject *)self;
 }
 
@@ -291,21 +295,31 @@ store64(char *p, uint64_t v)
     __atomic_store_n((uint64_t *)p, v, __ATOMIC_RELAXED);
 }
 
-/* publish(channel, type, payload, tag, timestamp_msec) -> generation, or None when a field is
- * not bytes / ASCII str within its limit (the caller then checks it in Python, which says what
- * is wrong, and passes bytes). timestamp_msec < 0: CLOCK_REALTIME now. */
+/* publish(channel, type, payload, tag, timestamp_msec[, origin, origin_generation]) ->
+ * generation, or None when a field is not bytes / ASCII str within its limit (the caller then
+ * checks it in Python, which says what is wrong, and passes bytes). timestamp_msec < 0:
+ * CLOCK_REALTIME now. origin None (or absent): a local event. */
 static PyObject *
 Writer_publish(WriterObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "publish(channel, type, payload, tag, timestamp_msec)");
+    if (nargs != 5 && nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "publish(channel, type, payload, tag, timestamp_msec[, origin, "
+                                         "origin_generation])");
         return NULL;
     }
-    const char *ch, *ty, *pl;
-    Py_ssize_t lc, lt, lp;
+    const char *ch, *ty, *pl, *og = NULL;
+    Py_ssize_t lc, lt, lp, lo = 0;
+    uint64_t ogen = 0;
     if (!field(args[0], self->channel_max, 1, &ch, &lc) || !field(args[1], self->type_max, 1, &ty, &lt)
         || !field(args[2], self->payload_max, 0, &pl, &lp))
         Py_RETURN_NONE;
+    if (nargs == 7 && args[5] != Py_None) {
+        if (!field(args[5], self->origin_max, 1, &og, &lo))
+            Py_RETURN_NONE;
+        ogen = PyLong_AsUnsignedLongLong(args[6]);
+        if (ogen == (uint64_t)-1 && PyErr_Occurred())
+            return NULL;
+    }
     unsigned long tag = PyLong_AsUnsignedLong(args[3]);
     if (tag == (unsigned long)-1 && PyErr_Occurred())
         return NULL;
@@ -350,8 +364,10 @@ Writer_publish(WriterObject *self, PyObject *const *args, Py_ssize_t nargs)
     b[9] = (char)lt;
     uint16_t lp16 = (uint16_t)lp;
     memcpy(b + 10, &lp16, 2);
-    memset(b + 12, 0, 4);
-    b += 16;
+    b[12] = (char)lo;
+    memset(b + 13, 0, 3);
+    memcpy(b + 16, &ogen, 8);
+    b += 24;
     memcpy(b, ch, lc);
     memset(b + lc, 0, self->channel_max - lc);
     b += self->channel_max;
@@ -360,6 +376,10 @@ Writer_publish(WriterObject *self, PyObject *const *args, Py_ssize_t nargs)
     b += self->type_max;
     memcpy(b, pl, lp);
     memset(b + lp, 0, self->payload_max - lp);
+    b += self->payload_max;
+    if (lo)
+        memcpy(b, og, lo);
+    memset(b + lo, 0, self->origin_max - lo);
     uint32_t tag32 = (uint32_t)tag;
     memcpy(self->tags + slot * 4, &tag32, 4);
     __atomic_thread_fence(__ATOMIC_RELEASE);
@@ -386,7 +406,8 @@ load64(const char *p)
 }
 
 /* read(generation) -> an Event (event_type(generation, zone_name, channel, type, payload,
- * timestamp_msec)), or None when the slot does not hold that generation whole (overwritten, or
+ * timestamp_msec, origin, origin_generation); origin and origin_generation None for a local
+ * event), or None when the slot does not hold that generation whole (overwritten, or
  * being written): the seqlock read of ring.py's Ring.read without the interpreter in between.
  * What is copied is checked against the seq read again after the copy, so a torn copy is never
  * decoded into an answer. */
@@ -413,36 +434,41 @@ Writer_read(WriterObject *self, PyObject *arg)
     __atomic_thread_fence(__ATOMIC_ACQUIRE);
     PyObject *out = NULL;
     if (load64(e) == want) {
-        uint64_t ts;
+        uint64_t ts, ogen;
         uint16_t lp;
         memcpy(&ts, copy, 8);
         memcpy(&lp, copy + 10, 2);
-        Py_ssize_t lc = (unsigned char)copy[8], lt = (unsigned char)copy[9];
+        memcpy(&ogen, copy + 16, 8);
+        Py_ssize_t lc = (unsigned char)copy[8], lt = (unsigned char)copy[9], lo = (unsigned char)copy[12];
+        lo = lo < self->origin_max ? lo : self->origin_max;
         /* a whole slot's lengths are within the limits its writer checked; clamp anyway */
         lc = lc < self->channel_max ? lc : self->channel_max;
         lt = lt < self->type_max ? lt : self->type_max;
         Py_ssize_t lpl = lp < self->payload_max ? lp : self->payload_max;
-        const char *f = copy + 16;
-        PyObject *items[6] = {
+        const char *f = copy + 24;
+        PyObject *items[8] = {
             PyLong_FromUnsignedLongLong(gen),
             Py_NewRef(self->zone_name),
             PyUnicode_DecodeUTF8(f, lc, "strict"),
             PyUnicode_DecodeUTF8(f + self->channel_max, lt, "strict"),
             PyUnicode_DecodeUTF8(f + self->channel_max + self->type_max, lpl, "strict"),
             PyLong_FromUnsignedLongLong(ts),
+            lo ? PyUnicode_DecodeUTF8(f + self->channel_max + self->type_max + self->payload_max, lo, "strict")
+               : Py_NewRef(Py_None),
+            lo ? PyLong_FromUnsignedLongLong(ogen) : Py_NewRef(Py_None),
         };
         int ok = 1;
-        for (int i = 0; i < 6; i++)
+        for (int i = 0; i < 8; i++)
             ok = ok && items[i] != NULL;
         /* every item made before the tuple: nothing allocates between its creation and its filling */
         if (ok)
-            out = self->event_type->tp_alloc(self->event_type, 6);
+            out = self->event_type->tp_alloc(self->event_type, 8);
         if (out != NULL) {
-            for (int i = 0; i < 6; i++)
+            for (int i = 0; i < 8; i++)
                 PyTuple_SET_ITEM(out, i, items[i]);
         }
         else {
-            for (int i = 0; i < 6; i++)
+            for (int i = 0; i < 8; i++)
                 Py_XDECREF(items[i]);
         }
     }
@@ -463,11 +489,11 @@ Writer_newest(WriterObject *self, PyObject *unused)
 
 static PyMethodDef Writer_methods[] = {
     {"publish", (PyCFunction)(void (*)(void))Writer_publish, METH_FASTCALL,
-     "publish(channel, type, payload, tag, timestamp_msec) -> generation, or None if a field needs "
-     "the Python check"},
+     "publish(channel, type, payload, tag, timestamp_msec[, origin, origin_generation]) -> generation, or "
+     "None if a field needs the Python check"},
     {"read", (PyCFunction)Writer_read, METH_O,
-     "read(generation) -> an event_type(generation, zone_name, channel, type, payload, timestamp_msec), or "
-     "None if the slot does not hold that generation whole"},
+     "read(generation) -> an event_type(generation, zone_name, channel, type, payload, timestamp_msec, origin, "
+     "origin_generation), or None if the slot does not hold that generation whole"},
     {"newest", (PyCFunction)Writer_newest, METH_NOARGS, "newest() -> the newest generation"},
     {NULL},
 };

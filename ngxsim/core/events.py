@@ -14,7 +14,11 @@ class Event(NamedTuple):
     - ``channel``: the channel it was published on (at most 64 bytes of UTF-8);
     - ``type``: what happened (at most 64 bytes, never empty);
     - ``payload``: the data (at most 512 bytes; structured payloads are compact JSON);
-    - ``timestamp_msec``: when it was published, in milliseconds since the epoch.
+    - ``timestamp_msec``: when it was published, in milliseconds since the epoch (at its origin);
+    - ``origin``: None for an event published on this instance; for one relayed from another
+      instance of a cluster (see docs/cluster.md), that instance's id;
+    - ``origin_generation``: None for a local event; for a remote one its number at its origin
+      (increasing per origin, also across the origin's restarts: what de-duplicates it).
     """
 
     generation: int
@@ -23,6 +27,8 @@ class Event(NamedTuple):
     type: str
     payload: str
     timestamp_msec: int
+    origin: str | None = None
+    origin_generation: int | None = None
 
     def as_json(self) -> dict:
         """The event's JSON form in the HTTP API (the zone is implied by the endpoint)."""
@@ -32,16 +38,27 @@ class Event(NamedTuple):
             "type": self.type,
             "payload": self.payload,
             "timestamp_msec": self.timestamp_msec,
+            "origin": self.origin,
+            "origin_generation": self.origin_generation,
         }
 
 
 @dataclass(frozen=True)
 class Gap:
-    """Generations ``first`` to ``last`` of ``zone`` were overwritten before this worker read them."""
+    """Generations ``first`` to ``last`` of ``zone`` were overwritten before this worker read them.
+
+    ``origin`` None: a local gap (generations of this instance's ring). Otherwise events of
+    another instance of the cluster were lost on their way here (its ring overflowed before its
+    relay read them, or the engine dropped them before this instance read them): ``first`` to
+    ``last`` are origin generations of instance ``origin`` (some of them may have been on
+    channels that are not bridged), or ``origin`` is ``"*"`` when the engine could not say whose
+    (``count`` then is how many entries the engine dropped).
+    """
 
     zone: str
     first: int
     last: int
+    origin: str | None = None
 
     @property
     def count(self) -> int:
@@ -49,7 +66,7 @@ class Gap:
         return self.last - self.first + 1
 
     def as_json(self) -> dict:
-        """The gap's JSON form: ``zone``, ``first``, ``last``, ``count``."""
+        """The gap's JSON form: ``zone``, ``first``, ``last``, ``origin``, ``count``."""
         return asdict(self) | {"count": self.count}
 
 

@@ -11,6 +11,12 @@ lease's end (the others), and under the zone lock:
   a reused pid never counts as alive), or the holder let it run out (hung, stopped, or stuck in
   a long run). The due time lives in the zone, so a takeover keeps the instance's schedule.
 
+A *service* (``config.jobs.declare_service``) is a job that runs for as long as its worker
+holds the lease: the holder starts ``run(runtime, lease)`` in a thread of its own when it takes
+the lease and renews the lease every ``interval`` (a quarter of the lease); the thread is told
+to stop (``lease.stopping``) when the worker finds it no longer holds it or stops. A relay or a
+watcher that must run in one worker of the instance, and move when that worker dies.
+
 Guarantees: at most one worker *starts* a run per due time; a holder that dies is replaced at its
 successor's next look (at most one interval later), one that hangs when its lease runs out
 (default two intervals). A run still going in a hung holder is not interrupted: when it ends, that
@@ -35,6 +41,19 @@ _SLOT = struct.Struct("<IIQddQQd")
 _NAP_MIN = 0.005
 
 
+class ServiceLease:
+    """What a service's ``run(runtime, lease)`` is given: ``stopping`` is set when it must
+    return (the lease is lost, or the worker stops); ``name`` is the service's."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.stopping = threading.Event()
+
+    @property
+    def held(self) -> bool:
+        return not self.stopping.is_set()
+
+
 class Job:
     """One job's lease slot and its thread in this worker."""
 
@@ -43,6 +62,8 @@ class Job:
         self.spec = spec
         self.offset = offset
         self._thread: threading.Thread | None = None
+        self._service: threading.Thread | None = None
+        self._lease: ServiceLease | None = None
         self.local_runs = 0
         self.errors = 0
 
@@ -69,7 +90,8 @@ class Job:
 
     def tick(self, now: float) -> tuple[bool, float]:
         """Under the zone lock: hold or take the lease if we may. Returns (run now?, seconds
-        until this worker should look again)."""
+        until this worker should look again). For a service: (do we hold it?, ...), and a run
+        counted each time a worker takes it."""
         me, my_start = self.runner.pid, self.runner.start_time
         spec = self.spec
         with self.runner.zone.lock():
@@ -80,9 +102,15 @@ class Job:
                     # held: look again when the lease would run out, at least once an interval
                     return False, max(min(lease_until - now, spec.interval), _NAP_MIN)
                 pid, start, mine = me, my_start, True
-                if not due:
+                if not due or spec.service:
                     due = now
             lease_until = now + spec.lease
+            if spec.service:  # held: renew; a take-over counts as a run
+                if due:
+                    runs += 1
+                    last_msec = int(time.time() * 1000)
+                self._write(pid, pad, start, lease_until, 0.0, runs, last_msec, last_dur)
+                return True, spec.interval
             run = due <= now
             if run:
                 due = now + spec.interval
@@ -114,6 +142,8 @@ class Job:
         self._thread.start()
 
     def _loop(self) -> None:
+        if self.spec.service:
+            return self._service_loop()
         stopping = self.runner.stopping
         while not stopping.is_set():
             try:
@@ -130,6 +160,47 @@ class Job:
                 # its end would stretch every period by the run's length
                 wait = max(wait - (time.monotonic() - began), _NAP_MIN)
             stopping.wait(wait)
+
+    def _service_loop(self) -> None:
+        """Renew the lease while held and keep the service thread running; stop it when the
+        lease is lost or the worker stops."""
+        stopping = self.runner.stopping
+        while not stopping.is_set():
+            try:
+                mine, wait = self.tick(time.monotonic())
+            except Exception:
+                if stopping.is_set():
+                    break
+                log.exception("service %s: lease check failed", self.spec.name)
+                mine, wait = False, self.spec.interval
+            running = self._service is not None and self._service.is_alive()
+            if mine and not running and not stopping.is_set():
+                self._lease = ServiceLease(self.spec.name)
+                self._service = threading.Thread(target=self._serve, args=(self._lease,),
+                                                 name=f"ngxsim-service-{self.spec.name}", daemon=True)
+                self._service.start()
+            elif not mine and running:
+                log.warning("service %s (module %s): this worker lost its lease, stopping it here",
+                            self.spec.name, self.spec.owner)
+                self._lease.stopping.set()
+            stopping.wait(wait)
+        self.stop_service()
+
+    def _serve(self, lease: ServiceLease) -> None:
+        try:
+            self.spec.run(self.runner.runtime, lease)
+        except Exception:
+            self.errors += 1
+            log.exception("service %s (module %s) failed", self.spec.name, self.spec.owner)
+        finally:
+            self.local_runs += 1
+
+    def stop_service(self, timeout: float = 3.0) -> None:
+        """Tell the service thread to stop and wait for it (bounded)."""
+        if self._lease is not None:
+            self._lease.stopping.set()
+        if self._service is not None and self._service is not threading.current_thread():
+            self._service.join(timeout)
 
     def _run(self) -> None:
         began = time.monotonic()
@@ -167,6 +238,7 @@ class JobRunner:
         for job in self.jobs.values():
             if job._thread is not None:
                 job._thread.join(1.0)
+            job.stop_service()
             try:
                 job.release()
             except Exception:
@@ -177,4 +249,4 @@ class JobRunner:
         return [job.status() for job in self.jobs.values()]
 
 
-__all__ = ["JobRunner", "JOBS_ZONE"]
+__all__ = ["JobRunner", "JOBS_ZONE", "ServiceLease"]

@@ -317,23 +317,25 @@ class Zone:
             return self._clock
 
     def event_ring_writer(self, entries_offset: int, tags_offset: int, capacity: int, channel_max: int,
-                          type_max: int, payload_max: int):
+                          type_max: int, payload_max: int, origin_max: int):
         """The accelerator's one-call publish for an event ring laid out in ``buf`` as
         worker_events' ring is (control block at offset 0: newest u64, dropped u64, last publish
-        msec u64; entries of seq u64, timestamp u64, three lengths u8 u8 u16, 4 zero bytes and
-        the three zero-padded fields; one u32 tag per entry at ``tags_offset``), or None when
-        the accelerator is not built. It takes this zone's lock again after a fork. Its
-        ``publish(channel, type, payload, tag, ts_msec)`` does, under this zone's lock, what the
-        pure-Python writer does, and returns the generation, or None when a field is not bytes or
-        ASCII text within its limit (check it and pass bytes); ``ts_msec`` < 0 means the clock's
-        now. Its ``read(generation)`` is the seqlock read: an ``Event`` of this zone, or None when
-        the slot does not hold that generation whole; ``newest()`` the newest generation."""
+        msec u64; entries of seq u64, timestamp u64, four lengths u8 u8 u16 u8 (channel, type,
+        payload, origin: 0 for a local event), 3 zero bytes, the origin generation u64 and the
+        four zero-padded fields; one u32 tag per entry at ``tags_offset``), or None when the
+        accelerator is not built. It takes this zone's lock again after a fork. Its
+        ``publish(channel, type, payload, tag, ts_msec[, origin, origin_generation])`` does,
+        under this zone's lock, what the pure-Python writer does, and returns the generation, or
+        None when a field is not bytes or ASCII text within its limit (check it and pass bytes);
+        ``ts_msec`` < 0 means the clock's now. Its ``read(generation)`` is the seqlock read: an
+        ``Event`` of this zone (``origin`` and ``origin_generation`` None for a local one), or None
+        when the slot does not hold that generation whole; ``newest()`` the newest generation."""
         if self._accel is None:
             return None
         return self._accel.RingWriter(
             self.lock, self._mm, ring_offset=HEADER_SIZE, entries_offset=entries_offset, tags_offset=tags_offset,
             capacity=capacity, channel_max=channel_max, type_max=type_max, payload_max=payload_max,
-            doorbell_offset=_DOORBELL_OFFSET, sleepers_offset=_SLEEPERS_OFFSET, event_type=Event,
+            origin_max=origin_max, doorbell_offset=_DOORBELL_OFFSET, sleepers_offset=_SLEEPERS_OFFSET, event_type=Event,
             zone_name=self.name)
 
     def __enter__(self) -> None:

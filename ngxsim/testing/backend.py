@@ -7,6 +7,8 @@ port, and to flip its health endpoint::
 
     backend = Backend(name="a").start()
     backend.respond(body="v2")                   # every path now answers "v2"
+    backend.respond("/me", body=lambda r: r.headers["Cookie"])   # computed per request
+    backend.respond("/x", headers=[("Cache-Control", "public"), ("Cache-Control", "max-age=9")])
     backend.respond("/slow", delay=3)            # one path answers after 3 s
     backend.respond(status=502)                  # every other path answers 502
     backend.respond(action="close")              # read the request, close without answering
@@ -29,6 +31,7 @@ import time
 from dataclasses import dataclass
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Callable
 from urllib.parse import parse_qsl, urlsplit
 
 from .procs import peer_pid
@@ -40,10 +43,11 @@ _ACTIONS = (ANSWER, CLOSE, RESET)
 @dataclass(frozen=True)
 class Reply:
     """What the backend answers. ``body=None`` answers ``"<name> <path>\\n"``; a dict or list
-    is sent as JSON. ``action="close"`` reads the request and closes the connection without
+    is sent as JSON; a callable is called with each :class:`Request` and answers what it
+    returns (bytes or text). ``headers`` are sent in order, a name repeated as given. ``action="close"`` reads the request and closes the connection without
     answering (a FIN); ``"reset"`` does the same with a TCP reset."""
 
-    body: bytes | None = None
+    body: "bytes | Callable[[Request], bytes | str] | None" = None
     status: int = 200
     headers: tuple[tuple[str, str], ...] = ()
     delay: float = 0.0
@@ -129,13 +133,14 @@ class Backend:
         for ``health_path`` overrides the health state (to make the probe hang or fail)."""
         if action not in _ACTIONS:
             raise ValueError(f"action must be one of {_ACTIONS}, not {action!r}")
-        hdrs = dict(headers or {})
+        hdrs = list(headers.items() if isinstance(headers, dict) else headers or ())
         if isinstance(body, (dict, list)):
             body = json.dumps(body).encode()
-            hdrs.setdefault("Content-Type", "application/json")
+            if not any(name.lower() == "content-type" for name, _ in hdrs):
+                hdrs.append(("Content-Type", "application/json"))
         elif isinstance(body, str):
             body = body.encode()
-        reply = Reply(body, status, tuple(hdrs.items()), float(delay), action)
+        reply = Reply(body, status, tuple(hdrs), float(delay), action)
         with self._lock:
             self._replies[path] = reply
 
@@ -236,11 +241,7 @@ class Backend:
         """Close every open connection now (idle keep-alive ones included); returns how many."""
         with self._lock:
             conns = list(self._open)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        shutdown_all(conns)
         return len(conns)
 
     def __enter__(self) -> Backend:
@@ -281,6 +282,15 @@ class Backend:
                 return Reply(json.dumps({"status": "up" if up else "down"}).encode(), 200 if up else 503,
                              (("Content-Type", "application/json"),))
             return self._replies.get(None) or Reply()
+
+
+def shutdown_all(conns) -> None:
+    """Shut both directions of each socket down (its reader thread then sees the end)."""
+    for conn in conns:
+        try:
+            conn.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 def _matches(r: Request, path: str | None, method: str | None) -> bool:
@@ -348,8 +358,9 @@ class _Handler(BaseHTTPRequestHandler):
         if body is None:
             self.close_connection = True
             return
-        reply = backend._record(Request(self.command, url.path, url.query, self.headers, body, self.request_version,
-                                        self.peer_pid, self.conn_number, self.client_address[1], time.time()))
+        request = Request(self.command, url.path, url.query, self.headers, body, self.request_version,
+                          self.peer_pid, self.conn_number, self.client_address[1], time.time())
+        reply = backend._record(request)
         if reply.delay and backend._stopping.wait(reply.delay):
             self.close_connection = True  # stopped while delaying: no answer, like a dead backend
             return
@@ -358,13 +369,18 @@ class _Handler(BaseHTTPRequestHandler):
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.close_connection = True
             return
-        content = reply.body if reply.body is not None else f"{backend.name} {url.path}\n".encode()
+        content = reply.body(request) if callable(reply.body) else reply.body
+        content = content.encode() if isinstance(content, str) else content
+        content = content if content is not None else f"{backend.name} {url.path}\n".encode()
         self.send_response(reply.status)
-        headers = dict(reply.headers)
-        headers.setdefault("Content-Type", "text/plain; charset=utf-8")
-        headers["Content-Length"] = str(len(content))
-        headers.setdefault("X-Backend", backend.name)
-        for name, value in headers.items():
+        headers = [(k, v) for k, v in reply.headers if k.lower() != "content-length"]
+        given = {k.lower() for k, _ in headers}
+        if "content-type" not in given:
+            headers.append(("Content-Type", "text/plain; charset=utf-8"))
+        headers.append(("Content-Length", str(len(content))))
+        if "x-backend" not in given:
+            headers.append(("X-Backend", backend.name))
+        for name, value in headers:
             self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":

@@ -46,8 +46,13 @@ class Nginx:
     version out of nginx's own pages, as ngxsim's pages carry none.
     """
 
-    def __init__(self, binary: str, folder: Path, http_inside: str):
+    def __init__(self, binary: str, folder: Path, http_inside: str, workers: int = 1, writes_files: bool = False):
         self.binary = binary
+        self.workers = workers
+        # as root the master hands its workers to "nobody", who cannot enter the test's tmp dir
+        # (pytest makes it 0700): a config whose workers write there (a proxy_cache_path) keeps
+        # them as the test's own user
+        self.writes_files = writes_files
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -62,8 +67,10 @@ class Nginx:
         temp = "\n".join(f"    {kind}_temp_path {f}/{kind}_temp;" for kind in
                          ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
         # as root the master would hand its workers to "nobody"; say so, so that is deliberate
-        user = "user nobody nogroup;\n" if os.geteuid() == 0 else ""
-        return (f"{user}daemon off;\nmaster_process on;\nworker_processes 1;\npid {f}/nginx.pid;\n"
+        user = "user nobody nogroup;\n" if os.geteuid() == 0 and not self.writes_files else ""
+        if os.geteuid() == 0 and self.writes_files:
+            user = "user root root;\n"
+        return (f"{user}daemon off;\nmaster_process on;\nworker_processes {self.workers};\npid {f}/nginx.pid;\n"
                 f"error_log {self.error_log} info;\nevents {{ worker_connections 128; }}\n"
                 f"http {{\n{temp}\n    access_log off;\n    server_tokens off;\n"
                 f"    include {f}/servers.conf;\n}}\n")

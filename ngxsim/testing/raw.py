@@ -24,7 +24,8 @@ SERVER_OWN = {"server", "date", "connection", "content-length", "keep-alive", "t
 @dataclass
 class RawAnswer:
     """What came back for one raw request: ``status`` None means the connection was closed
-    without an answer (nginx's 444)."""
+    without an answer (nginx's 444); ``0`` an HTTP/0.9 answer (no status line, no headers: the
+    bytes to the close are the body), as nginx relays an origin's answer without a status line."""
 
     status: int | None
     reason: str = ""
@@ -53,45 +54,66 @@ class RawAnswer:
                 "content-type": self.header("Content-Type"), "headers": added, "body": norm(self.body)}
 
 
-def raw_request(port: int, data: bytes, timeout: float = 5.0) -> RawAnswer:
-    """Send ``data`` as is and read one answer (by Content-Length, chunks, or to the close)."""
+def raw_request(port: int, data: bytes, timeout: float = 5.0, wait_close: bool = False) -> RawAnswer:
+    """Send ``data`` as is and read one answer (by Content-Length, chunks, or to the close); an
+    interim ``100 Continue`` is skipped. ``wait_close``: then wait for the server to close the
+    connection (a request with ``Connection: close``): it has finished the request, e.g. stored
+    the answer in a cache, which may happen after the last byte was sent."""
     deadline = time.monotonic() + timeout
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(data)
-        buf = b""
+        answer = _read_answer(sock, data, deadline)
+        while wait_close and answer.status and _recv(sock, deadline):
+            pass
+        return answer
+
+
+def _read_answer(sock: socket.socket, data: bytes, deadline: float) -> RawAnswer:
+    """One answer off ``sock`` (see ``raw_request``)."""
+    buf = b""
+    while True:
         while b"\r\n\r\n" not in buf:
             chunk = _recv(sock, deadline)
             if not chunk:
                 if not buf:
                     return RawAnswer(None)
+                if not b"HTTP/".startswith(buf[:5]):
+                    return RawAnswer(0, "", [], buf)  # HTTP/0.9
                 raise AssertionError(f"connection closed inside the response head: {buf!r}")
             buf += chunk
+            if not b"HTTP/".startswith(buf[:5]):
+                while chunk := _recv(sock, deadline):
+                    buf += chunk
+                return RawAnswer(0, "", [], buf)  # HTTP/0.9
         head, _, rest = buf.partition(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         m = re.fullmatch(r"HTTP/1\.[01] (\d{3})(?: (.*))?", lines[0])
         if not m:
             raise AssertionError(f"not an HTTP status line: {lines[0]!r}")
         status, reason = int(m.group(1)), m.group(2) or ""
-        headers = [tuple(part.strip() for part in line.split(":", 1)) for line in lines[1:]]
-        answer = RawAnswer(status, reason, headers)
-        method = data.split(b" ", 1)[0]
-        if method == b"HEAD" or status in (204, 304) or 100 <= status < 200:
-            return answer
-        length = answer.header("Content-Length")
-        if length is not None:
-            while len(rest) < int(length):
-                chunk = _recv(sock, deadline)
-                if not chunk:
-                    break
-                rest += chunk
-            answer.body = rest[: int(length)]
-        elif (answer.header("Transfer-Encoding") or "").lower() == "chunked":
-            answer.body = _dechunk(sock, rest, deadline)
-        else:
-            while chunk := _recv(sock, deadline):
-                rest += chunk
-            answer.body = rest
+        if status != 100:
+            break
+        buf = rest  # "100 Continue" is not the answer: the final one follows
+    headers = [tuple(part.strip() for part in line.split(":", 1)) for line in lines[1:]]
+    answer = RawAnswer(status, reason, headers)
+    method = data.split(b" ", 1)[0]
+    if method == b"HEAD" or status in (204, 304) or 100 <= status < 200:
         return answer
+    length = answer.header("Content-Length")
+    if length is not None:
+        while len(rest) < int(length):
+            chunk = _recv(sock, deadline)
+            if not chunk:
+                break
+            rest += chunk
+        answer.body = rest[: int(length)]
+    elif (answer.header("Transfer-Encoding") or "").lower() == "chunked":
+        answer.body = _dechunk(sock, rest, deadline)
+    else:
+        while chunk := _recv(sock, deadline):
+            rest += chunk
+        answer.body = rest
+    return answer
 
 
 def _recv(sock: socket.socket, deadline: float) -> bytes:

@@ -6,7 +6,9 @@ survives a restart. A purge (the JSON API of a ``cache_purge_api`` location, or 
 method where ``proxy_cache_purge`` allows it) removes entries from the shared level and
 publishes ``purged``/``purge_batch`` on channel ``cache.invalidate`` of the http-level
 ``worker_events_zone``; every worker drops them from its memory on delivery (all of it on a
-``Gap``). Once a purge has answered, no worker serves the purged content from either level.
+``Gap``). Once a purge has answered, no worker serves the purged content from either level. A
+store over a copy workers may hold (a ``proxy_cache_bypass`` refresh) publishes ``refreshed``,
+which every worker applies the same way.
 
 It works only through the core's hooks: ``ngxsim_precontent_handler`` (hits, ``PURGE``),
 ``ngxsim_body_filter`` (keeping a copy of a response as it streams), ``ngxsim_variables``
@@ -15,6 +17,8 @@ It works only through the core's hooks: ``ngxsim_precontent_handler`` (hits, ``P
 
 from __future__ import annotations
 
+import logging
+
 from ngxsim import LOCATION, Subscription, Variable, hookimpl, http_event_zone, register_secret_arg
 
 from .api import PurgeApi
@@ -22,7 +26,9 @@ from .cache import CHANNEL, apply_event, drop_all, start, state
 from .conf import DIRECTIVES, NAME, cache_paths, check_api, check_location
 from .handlers import STATUS, CachedLocation
 from .levels import EPOCH_ZONE_SIZE, ZONE_TAG, SharedLevel
+from .storage import StorageError
 
+log = logging.getLogger("ngxsim.cache_purge")
 # how often the cache manager (one worker of the instance) expires and culls the shared level
 MANAGER_MIN, MANAGER_MAX = 0.1, 10.0
 
@@ -63,7 +69,11 @@ def ngxsim_postconfiguration(config):
 
 def _manager(zone: str):
     def run(runtime):  # nginx's cache manager: one worker of the instance at a time
-        state(runtime).caches[zone].shared.manage()
+        cache = state(runtime).caches[zone]
+        try:
+            cache.shared.manage()
+        except StorageError as error:
+            cache.report(error, "writing", "expiring entries")
 
     return run
 
@@ -90,7 +100,11 @@ def ngxsim_body_filter(location, config):
 def ngxsim_init_master(runtime):
     plan = runtime.config.stash.get(NAME)
     for spec in (plan["caches"].values() if plan else ()):
-        SharedLevel.prepare(spec)
+        try:
+            SharedLevel.prepare(spec)
+        except StorageError as error:  # nginx starts too; its cache loader fails later, and so do stores
+            log.critical('[crit] cache_purge: creating the databases of cache "%s" failed: %s; the cache stores '
+                         "nothing until they can be made", spec.zone, error)
 
 
 @hookimpl

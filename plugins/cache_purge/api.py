@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import os
 
-from ngxsim import ApiError, Methods, check_key, json_response, read_json
+from ngxsim import ApiError, Methods, check_key, json_error, json_response, read_json
 
 from .cache import purge, state
 from .conf import CachePath
 from .events import Invalidation
+from .storage import StorageError
 
 MAX_BODY = 64 * 1024
 _ONE = ("key", "prefix", "tag")
@@ -68,20 +69,35 @@ class PurgeApi:
     def purge(self, ctx):
         check_key(ctx, self.key, action="purging")
         inv = invalidation(read_json(ctx, MAX_BODY))
-        outcome = purge(ctx.runtime, self.zone, inv)
+        try:
+            outcome = purge(ctx.runtime, self.zone, inv)
+        except StorageError as error:
+            return self._disk_failed(ctx, error, "writing", f"purging {describe(inv)}")
         if not outcome.purged:
             raise ApiError(404, f'nothing cached in zone "{self.zone}" matches {describe(inv)}')
         return json_response({"purged": outcome.purged, "type": outcome.type, "generation": outcome.generation})
 
+    def _disk_failed(self, ctx, error: StorageError, verb: str, doing: str):
+        """507 when the disk is full, else 503: JSON naming the path and the errno (null when the
+        failure has none), and the worker's rate-bounded [crit] line."""
+        state(ctx.runtime).caches[self.zone].report(error, verb, doing)
+        status = 507 if error.disk_full else 503
+        return json_error(status, f'{doing} in cache "{self.zone}" failed: {verb} {error}', zone=self.zone,
+                          path=error.path, errno=error.errno)
+
     def inspect(self, ctx):
         cache = state(ctx.runtime).caches[self.zone]
         spec = self.spec
+        try:
+            shared = cache.shared.stats()
+        except StorageError as error:
+            return self._disk_failed(ctx, error, "reading", "reading the numbers")
         return json_response({
             "module": "cache_purge",
             "zone": self.zone,
             "path": spec.path,
             "max_size": spec.max_size,
             "inactive": spec.inactive,
-            "shared": cache.shared.stats(),
+            "shared": shared,
             "memory": {"pid": os.getpid(), **cache.memory.stats()},
         })

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from .conf import NAME, CachePath
 from .events import CHANNEL, BatchRef, Invalidation, message, parse_body, read
 from .levels import MemoryLevel, SharedLevel
+from .storage import Reporter, StorageError
 
 log = logging.getLogger("ngxsim.cache_purge")
 
@@ -23,6 +24,7 @@ class Cache:
         self.spec = spec
         self.runtime = runtime
         self.memory = MemoryLevel(spec.mem_size)
+        self.report = Reporter(spec.zone)  # this worker's [crit] lines about the zone's disk
         self._shared: SharedLevel | None = None
         self._opening = threading.Lock()
 
@@ -32,7 +34,8 @@ class Cache:
         if shared is None:  # first use in this process (SQLite connections must not cross a fork)
             with self._opening:  # a request and the manager job may both be first
                 if self._shared is None:
-                    self._shared = SharedLevel(self.spec, self.runtime.zone(self.spec.zone))
+                    self._shared = SharedLevel(self.spec, self.runtime.zone(self.spec.zone),
+                                               on_recreated=lambda: _recreated(self.runtime, self.spec))
                 shared = self._shared
         return shared
 
@@ -98,6 +101,30 @@ def purge(runtime, zone: str, inv: Invalidation) -> Outcome:
     return Outcome(len(removed.keys), msg.type, generation)
 
 
+def _recreated(runtime, spec: CachePath) -> None:
+    """The cache's databases were removed while running and this worker made them again, empty
+    (nginx makes a missing cache path when it stores). Say so once, and tell every worker to drop
+    its memory level: a purge, which searches the new (empty) key index, could not find what
+    they still hold."""
+    log.critical('[crit] cache_purge: the databases of cache "%s" under "%s" were removed while running; '
+                 "made them again, empty (every worker drops its memory level)", spec.zone, spec.path)
+    st = state(runtime)
+    msg = message(spec.zone, Invalidation(prefix=""))
+    runtime.publish(st.bus, CHANNEL, msg.type, msg.payload)
+
+
+def announce_refresh(runtime, zone: str, key: str) -> int:
+    """A store replaced ``key``'s copy that some worker may still hold in memory (a
+    ``proxy_cache_bypass`` refresh): tell every worker to drop it, as a purge does; returns the
+    generation. Once this returns, no worker answers the old copy from its memory (each delivers
+    the event before its next request) and the shared level has the new one."""
+    st = state(runtime)
+    msg = message(zone, Invalidation(keys=(key,)), refreshed=True)
+    if msg.batch is not None:
+        st.caches[zone].shared.put_batch(*msg.batch)
+    return runtime.publish(st.bus, CHANNEL, msg.type, msg.payload)
+
+
 def apply_event(runtime, event) -> None:
     """Drop from this worker's memory levels what the event invalidated."""
     st = state(runtime)
@@ -105,7 +132,7 @@ def apply_event(runtime, event) -> None:
     if found is None:
         return
     if isinstance(found, BatchRef):
-        found = _load_batch(st, found)
+        found = _load_batch(st, found)  # a batch it cannot read: everything
     for cache in st.caches.values():
         if found.everything:
             cache.memory.clear()
@@ -118,7 +145,11 @@ def apply_event(runtime, event) -> None:
 
 def _load_batch(st: State, ref: BatchRef) -> Invalidation:
     cache = st.caches.get(ref.zone)
-    text = cache.shared.get_batch(ref.id) if cache is not None else None
+    try:
+        text = cache.shared.get_batch(ref.id) if cache is not None else None
+    except StorageError as error:
+        cache.report(error, "reading", "reading a purge batch")
+        text = None
     if text is None:
         return Invalidation(everything=True)  # expired or from another config: drop all, stay right
     try:
@@ -133,4 +164,4 @@ def drop_all(runtime) -> None:
         cache.memory.clear()
 
 
-__all__ = ["CHANNEL", "Cache", "Outcome", "State", "apply_event", "drop_all", "purge", "start", "state"]
+__all__ = ["CHANNEL", "Cache", "Outcome", "State", "announce_refresh", "apply_event", "drop_all", "purge", "start", "state"]

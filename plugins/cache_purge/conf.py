@@ -2,7 +2,7 @@
 
 - ``proxy_cache_path PATH keys_zone=NAME:SIZE [inactive=TIME] [max_size=SIZE] [mem_size=SIZE];``
 - ``proxy_cache NAME | off;``  ``proxy_cache_key STRING;``  ``proxy_cache_valid [CODE...] TIME;``
-- ``proxy_cache_bypass STRING...;``  ``proxy_no_cache STRING...;``
+- ``proxy_cache_bypass STRING...;``  ``proxy_no_cache STRING...;``  ``proxy_ignore_headers FIELD...;``
 - ``proxy_cache_purge on | off | METHOD [from all | ADDR...];`` (ngx_cache_purge's same-location form)
 - ``cache_purge_api NAME;``  ``cache_purge_key SECRET;``
 
@@ -119,7 +119,7 @@ def parse_valid(args: list[str]) -> Valid:
     for code in codes:
         if code == "any":  # nginx lets "any" stand with codes; it covers them all
             continue
-        if not code.isdigit() or not 100 <= int(code) <= 599:
+        if not code.isascii() or not code.isdigit() or not 100 <= int(code) <= 599:
             raise ValueError(f'invalid status "{code}"')
         statuses.add(int(code))
     return Valid(frozenset(statuses), seconds, any="any" in codes)
@@ -174,6 +174,21 @@ def parse_purge(args: list[str]) -> PurgeMethod | None:
     return PurgeMethod(method, tuple(networks), allow_all=False)
 
 
+# proxy_ignore_headers' values (nginx's ngx_http_upstream_ignore_headers_masks); ngxsim acts on
+# the storage rules' five, and accepts the others (X-Accel-Redirect... it does not implement)
+IGNORABLE = ("X-Accel-Redirect", "X-Accel-Expires", "X-Accel-Limit-Rate", "X-Accel-Buffering", "X-Accel-Charset",
+             "Expires", "Cache-Control", "Set-Cookie", "Vary")
+
+
+def parse_ignore_headers(args: list[str]) -> frozenset[str]:
+    """``proxy_ignore_headers FIELD...`` -> the lower-case names (nginx compares them case-blind)."""
+    known = {name.lower() for name in IGNORABLE}
+    for arg in args:
+        if arg.lower() not in known:
+            raise ValueError(f'invalid value "{arg}"')
+    return frozenset(arg.lower() for arg in args)
+
+
 def parse_api_zone(args: list[str]) -> str:
     return args[0]
 
@@ -197,6 +212,9 @@ DIRECTIVES = (
               doc="`STRING...`: when one is not empty and not \"0\", answer from the backend (BYPASS)"),
     Directive("proxy_no_cache", LEVELS, (1, None), parse=parse_predicates, multiple=True, default=[],
               doc="`STRING...`: when one is not empty and not \"0\", do not store the response"),
+    Directive("proxy_ignore_headers", LEVELS, (1, None), parse=parse_ignore_headers, default=frozenset(),
+              doc="`FIELD...`: the storage rules leave out these origin header lines (`X-Accel-Expires`, `Expires`, "
+                  "`Cache-Control`, `Set-Cookie`, `Vary`)"),
     Directive("proxy_cache_purge", LEVELS, (1, None), parse=parse_purge, default=None,
               doc="`on | off | METHOD [from all | ADDR...]`: METHOD on a URL purges its key"),
     Directive("cache_purge_api", (LOCATION,), 1, parse=parse_api_zone, default=None, inherit=False,

@@ -4,6 +4,7 @@
 |---|---|
 | ``purged`` | ``key:K`` (one key) or ``tag:T`` (one tag) |
 | ``purge_batch`` | compact JSON: ``{"keys":[..]}``, ``{"tags":[..]}`` or ``{"prefix":"P"}``; when that is over 512 bytes, it is stored in the shared level of the keys zone and the event says ``{"batch":"ID","count":N,"zone":"Z"}`` |
+| ``refreshed`` | ``key:K``: a store replaced a copy some worker may still hold (a ``proxy_cache_bypass`` refresh); a key too long for that: the stored batch's ``{"batch":..}`` |
 
 Every worker (the publishing one included) drops the matching entries from its memory levels;
 a payload it cannot read, a batch no longer stored, or a ``Gap`` drops whole memory levels:
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from ngxsim import compact_json
 
 CHANNEL = "cache.invalidate"
-PURGED, PURGE_BATCH = "purged", "purge_batch"
+PURGED, PURGE_BATCH, REFRESHED = "purged", "purge_batch", "refreshed"
 PAYLOAD_MAX = 512
 
 
@@ -42,12 +43,13 @@ class Message:
     batch: tuple[str, str] | None = field(default=None)
 
 
-def message(zone: str, inv: Invalidation) -> Message:
-    """The event announcing ``inv`` (purged by the keys zone ``zone``)."""
+def message(zone: str, inv: Invalidation, refreshed: bool = False) -> Message:
+    """The event announcing ``inv`` (purged by the keys zone ``zone``; with ``refreshed``, one
+    key stored again over a copy that workers may still hold)."""
     if inv.prefix is None and len(inv.keys) + len(inv.tags) == 1:
         payload = f"key:{inv.keys[0]}" if inv.keys else f"tag:{inv.tags[0]}"
         if len(payload.encode()) <= PAYLOAD_MAX:
-            return Message(PURGED, payload)
+            return Message(REFRESHED if refreshed else PURGED, payload)
     if inv.prefix is not None:
         body, count = {"prefix": inv.prefix}, 1
     elif inv.keys:
@@ -55,10 +57,11 @@ def message(zone: str, inv: Invalidation) -> Message:
     else:
         body, count = {"tags": list(inv.tags)}, len(inv.tags)
     text = compact_json(body)
+    kind = REFRESHED if refreshed else PURGE_BATCH
     if len(text.encode()) <= PAYLOAD_MAX:
-        return Message(PURGE_BATCH, text)
+        return Message(kind, text)
     batch_id = secrets.token_hex(8)
-    return Message(PURGE_BATCH, compact_json({"batch": batch_id, "count": count, "zone": zone}), (batch_id, text))
+    return Message(kind, compact_json({"batch": batch_id, "count": count, "zone": zone}), (batch_id, text))
 
 
 @dataclass(frozen=True)
@@ -71,9 +74,9 @@ def read(event_type: str, payload: str) -> Invalidation | BatchRef | None:
     """The invalidation an event announces; ``Invalidation(everything=True)`` when the payload
     is not one this module writes (drop all rather than keep something stale); None for a type
     this module does not publish (another publisher's business on the channel)."""
-    if event_type not in (PURGED, PURGE_BATCH):
+    if event_type not in (PURGED, PURGE_BATCH, REFRESHED):
         return None
-    if event_type == PURGED:
+    if event_type == PURGED or (event_type == REFRESHED and payload.startswith("key:")):
         kind, colon, value = payload.partition(":")
         if colon and value and kind == "key":
             return Invalidation(keys=(value,))

@@ -14,6 +14,7 @@ a copy of cacheable responses as they stream to the client.
 from __future__ import annotations
 
 import html
+import json
 import logging
 import time
 from typing import Iterable, Iterator
@@ -22,11 +23,12 @@ from werkzeug.wrappers import Response
 
 from ngxsim import error_page
 
-from .cache import purge
+from .cache import announce_refresh, purge
 from .conf import NAME, CachePath, cache_key
 from .events import Invalidation
-from .levels import Entry
-from .policy import freshness, stored_headers, tags
+from .levels import NOT_STORED, REPLACED, Entry
+from .policy import ascii_number, freshness, stored_headers, tags
+from .storage import StorageError
 
 log = logging.getLogger("ngxsim.cache_purge")
 STATUS = "upstream_cache_status"  # ctx.vars name of $upstream_cache_status
@@ -63,6 +65,7 @@ class CachedLocation:
         self.valid = tuple(location["proxy_cache_valid"])
         self.bypass = tuple(t for templates in location["proxy_cache_bypass"] for t in templates)
         self.no_cache = tuple(t for templates in location["proxy_no_cache"] for t in templates)
+        self.ignore = location["proxy_ignore_headers"]
         self.purge_method = location["proxy_cache_purge"]
 
     # -- pre-content ------------------------------------------------------------------------------
@@ -78,7 +81,10 @@ class CachedLocation:
         memory = cache.memory
         if self.bypass and _any_set(self.bypass, ctx):
             ctx.vars[STATUS] = "BYPASS"
-            self._expect(ctx, method, cache, key, cache.shared.epoch(), memory.epoch)
+            try:
+                self._expect(ctx, method, cache, key, cache.shared.epoch(), memory.epoch)
+            except StorageError as error:  # the shared level cannot be opened: nothing to store into
+                cache.report(error, "reading", f"looking up {_quoted(key)}")
             return None
         entry = memory.get(key)
         if entry is not None:
@@ -89,7 +95,11 @@ class CachedLocation:
             shared = cache.shared
             epoch = shared.epoch()
             entry = shared.get(key)
-        except Exception:  # nginx too answers from the backend when its cache cannot be read
+        except StorageError as error:  # nginx too answers from the backend when its cache cannot be read
+            cache.report(error, "reading", f"looking up {_quoted(key)}")
+            ctx.vars[STATUS] = "MISS"
+            return None
+        except Exception:
             log.exception("cache_purge: reading %r from zone %s failed; answering from the backend", key, self.zone)
             ctx.vars[STATUS] = "MISS"
             return None
@@ -114,7 +124,12 @@ class CachedLocation:
             return error_page(403)
         key = self.key.render(ctx)
         inv = Invalidation(prefix=key[:-1]) if key.endswith("*") else Invalidation(keys=(key,))
-        if not purge(ctx.runtime, self.zone, inv).purged:
+        try:
+            outcome = purge(ctx.runtime, self.zone, inv)
+        except StorageError as error:  # ngx_cache_purge answers 500 when it cannot remove the file
+            ctx.runtime.stash[NAME].caches[self.zone].report(error, "writing", f"purging {_quoted(key)}")
+            return error_page(500)
+        if not outcome.purged:
             return error_page(404)
         return Response(_PURGED_PAGE.format(key=html.escape(key)), status=200, content_type="text/html")
 
@@ -129,12 +144,15 @@ class CachedLocation:
         if ctx.vars.get("upstream_status") == "":
             return response  # made by the proxy itself (no backend answered): never stored
         now = time.time()
-        seconds = freshness(response.status_code, response.headers, self.valid, now)
+        # decided from the headers as the origin sent them (the proxy hides X-Accel-Expires)
+        origin = ctx.upstream_headers
+        seconds = freshness(response.status_code, origin if origin is not None else response.headers.items(),
+                            self.valid, now, self.ignore)
         if seconds is None:
             return response
         entry = Entry(response.status_code, stored_headers(response.headers), b"", now + seconds, tags(response.headers))
         length = response.headers.get("Content-Length")
-        expected = int(length) if length is not None and length.isdigit() else None
+        expected = ascii_number(length.strip()) if length is not None else None
         limit = self.max_entry
         if not response.is_streamed:
             self._store(pending, entry, response.get_data(), expected)
@@ -149,11 +167,22 @@ class CachedLocation:
         if self.max_entry is not None and len(body) > self.max_entry:
             return
         entry.body = body
+        cache = pending.cache
         try:
-            if pending.cache.shared.store(pending.key, entry, pending.epoch):
-                pending.cache.memory.put(pending.key, entry, pending.mem_epoch)
-        except Exception:  # the client has its answer; the cache just does not keep it
+            stored = cache.shared.store(pending.key, entry, pending.epoch)
+            if stored == REPLACED:  # other workers may hold the old copy in memory: they drop it
+                announce_refresh(cache.runtime, self.zone, pending.key)
+            if stored != NOT_STORED:
+                cache.memory.put(pending.key, entry, pending.mem_epoch)
+        except StorageError as error:  # the client has its answer; the cache just does not keep it
+            cache.report(error, "writing", f"storing {_quoted(pending.key)}")
+        except Exception:
             log.exception("cache_purge: storing %r in zone %s failed", pending.key, self.zone)
+
+
+def _quoted(key: str) -> str:
+    """A key in a log line: quoted, escaped, at most 200 characters."""
+    return json.dumps(key[:200] + ("..." if len(key) > 200 else ""))
 
 
 class _Copy:

@@ -17,7 +17,10 @@ delivers; a memory store made with an older epoch is dropped).
 
 from __future__ import annotations
 
+import errno
+import functools
 import os
+import secrets
 import sqlite3
 import struct
 import threading
@@ -28,10 +31,17 @@ import cachetools
 import diskcache
 from werkzeug.wrappers import Response
 
+from .storage import disk_failures, reraise_as_storage_error
+
 ENTRY_FORMAT = 1
+NOT_STORED, STORED, REPLACED = 0, 1, 2  # what SharedLevel.store did
 BATCH_TTL = 3600.0          # a stored purge batch outlives any worker's delivery of its event
 _EPOCH = struct.Struct("<Q")
-EPOCH_ZONE_SIZE = 128       # zone header (64) + the purge epoch
+# the keys zone after the epoch: the generation of the databases (0: none opened yet by this
+# instance; 1: the first, which any worker may make; each folder made again after that, +1):
+# a worker whose databases are of an older generation reopens at once
+_GENERATION, _GENERATION_AT = struct.Struct("<Q"), 8
+EPOCH_ZONE_SIZE = 128       # zone header (64) + the purge epoch + the databases' generation
 ZONE_TAG = f"cache_purge v{ENTRY_FORMAT}"
 # an entry's memory footprint beyond its body: the object, the headers, the key (an estimate)
 _ENTRY_OVERHEAD = 512
@@ -160,11 +170,14 @@ class KeyIndex:
     def _write(self):
         return _Transaction(self._db, self._lock)
 
-    def add(self, key: str, until: float, tags=()) -> None:
+    def add(self, key: str, until: float, tags=()) -> float | None:
+        """Record ``key`` fresh until ``until``; returns the bound it had (None: not indexed)."""
         with self._write() as db:
+            row = db.execute("SELECT until FROM keys WHERE key = ?", (key,)).fetchone()
             db.execute("INSERT INTO keys VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET until = max(until, excluded.until)",
                        (key, until))
             db.executemany("INSERT OR IGNORE INTO tags VALUES (?, ?)", [(t, key) for t in tags])
+            return row[0] if row is not None else None
 
     def take_keys(self, keys: list[str]) -> list[tuple[str, float]]:
         with self._write() as db:
@@ -274,29 +287,133 @@ class Removed:
     tags: list[str]
 
 
+def _on_disk(method):
+    """A SharedLevel operation: on the databases as they are now (reopened if the folder was
+    removed), its disk failures raised as one ``StorageError``."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kw):
+        try:  # not disk_failures(): a generator context manager costs ~3 us a call
+            self._current()
+            return method(self, *args, **kw)
+        except Exception as exc:
+            reraise_as_storage_error(exc, self.spec.path)
+
+    return run
+
+
 class SharedLevel:
     """One ``proxy_cache_path`` as seen by this process (open one per process: SQLite
-    connections do not survive a fork)."""
+    connections do not survive a fork).
 
-    def __init__(self, spec, zone):
+    The databases live in ``PATH/data.<random>/``, named by the symlink ``PATH/current``. Every
+    operation raises ``StorageError`` when the disk fails (full, read-only, gone). When the
+    folder or its databases are removed while running, the next operation of any worker makes
+    them again (as nginx makes a missing cache path when it stores) under a new random name: a
+    connection still open on a removed database deletes its WAL by name when it closes, which
+    must never be the new one's. The worker whose symlink won calls ``on_recreated`` (once per
+    removal across the instance; not for the first folder, which any worker may make before the
+    master's ``prepare``)."""
+
+    FILES = ("cache.db", "ngxsim-keys.sqlite3")  # diskcache's and the key index
+    LINK = "current"
+    CHECK_EVERY = 0.1  # seconds: how soon a removed folder is noticed
+
+    def __init__(self, spec, zone, on_recreated=None):
         self.spec = spec
         self.zone = zone
         self.inactive = spec.inactive
-        self.disk, self.index = self._open(spec)
+        self.on_recreated = on_recreated
+        self._reopening = threading.Lock()
+        self.disk: diskcache.Cache | None = None
+        self.index: KeyIndex | None = None
+        self._ids: tuple | None = None
+        self._generation = 0
+        self._checked = 0.0
+        with disk_failures(spec.path):
+            self._current()
 
-    @staticmethod
-    def _open(spec) -> tuple[diskcache.Cache, KeyIndex]:
+    @classmethod
+    def _open(cls, spec) -> tuple[diskcache.Cache, KeyIndex, bool]:
+        """The databases (made when missing) and whether this call made their folder."""
+        data, made = cls._data_dir(spec.path)
         # oldest stored out first: with diskcache's least-recently-used every read is a write
         # (measured 315 us a read against 53 us here); hot entries live in memory levels anyway
-        disk = diskcache.Cache(spec.path, timeout=30, size_limit=spec.max_size or 2**62,
+        disk = diskcache.Cache(data, timeout=30, size_limit=spec.max_size or 2**62,
                                eviction_policy="least-recently-stored", statistics=0)
-        return disk, KeyIndex(os.path.join(spec.path, "ngxsim-keys.sqlite3"))
+        return disk, KeyIndex(os.path.join(data, cls.FILES[1])), made
+
+    @classmethod
+    def _data_dir(cls, path: str) -> tuple[str, bool]:
+        link = os.path.join(path, cls.LINK)
+        for _ in range(3):  # another worker may replace a dangling link meanwhile
+            try:
+                data = os.path.join(path, os.readlink(link))
+                if os.path.isdir(data):
+                    return data, False
+                os.unlink(link)  # its folder was removed
+            except FileNotFoundError:
+                pass
+            os.makedirs(path, mode=0o700, exist_ok=True)
+            if os.path.exists(os.path.join(path, cls.FILES[0])) and not os.path.lexists(link):
+                name = "."  # a cache made before the data folder had its own name: used in place
+            else:
+                name = f"data.{secrets.token_hex(8)}"
+                os.mkdir(os.path.join(path, name), 0o700)
+            try:
+                os.symlink(name, link)
+            except FileExistsError:  # another worker made it first: use its folder
+                if name != ".":
+                    os.rmdir(os.path.join(path, name))
+                continue
+            return os.path.join(path, name), True
+        raise OSError(errno.EAGAIN, "the cache folder keeps changing", link)
+
+    def _identity(self) -> tuple | None:
+        try:
+            return tuple(os.stat(os.path.join(self.spec.path, self.LINK, name)).st_ino for name in self.FILES)
+        except FileNotFoundError:
+            return None
+
+    def _current(self) -> None:
+        """Reopen when the databases are not the ones this process opened: at once when another
+        worker made them again (the keys zone's generation, a memory read), and by looking at
+        the files at most every ``CHECK_EVERY`` seconds (two stat calls cost ~15-25 us here,
+        half a shared-level read)."""
+        if self._ids is not None and self._generation == self._zone_generation():
+            now = time.monotonic()
+            if now < self._checked + self.CHECK_EVERY:
+                return
+            self._checked = now
+            if self._identity() == self._ids:
+                return
+        with self._reopening:
+            if self._ids is not None and self._generation == self._zone_generation() \
+                    and self._identity() == self._ids:
+                return
+            if self.disk is not None:
+                self.close()
+            self.disk, self.index, made = self._open(self.spec)
+            self._ids = self._identity()
+            with self.zone.lock():
+                generation = self._zone_generation()
+                recreated = made and generation > 0  # made after some process had them open
+                if recreated or generation == 0:
+                    generation += 1
+                    _GENERATION.pack_into(self.zone.buf, _GENERATION_AT, generation)
+                self._generation = generation
+        if recreated and self.on_recreated is not None:
+            self.on_recreated()
+
+    def _zone_generation(self) -> int:
+        return _GENERATION.unpack_from(self.zone.buf, _GENERATION_AT)[0]
 
     @classmethod
     def prepare(cls, spec) -> None:
         """Create (or upgrade the settings of) the directory's databases once, in the master,
-        before the workers open them all at the same moment."""
-        disk, index = cls._open(spec)
+        before the workers open them all at the same moment. Raises ``StorageError``."""
+        with disk_failures(spec.path):
+            disk, index, _ = cls._open(spec)
         disk.close()
         index.close()
 
@@ -311,6 +428,7 @@ class SharedLevel:
 
     # -- entries ----------------------------------------------------------------------------------
 
+    @_on_disk
     def get(self, key: str) -> Entry | None:
         """The stored entry (fresh or not), with ``mem_until`` set to how long a memory level
         may keep it. Reading an entry keeps it from going ``inactive``."""
@@ -330,19 +448,23 @@ class SharedLevel:
         entry.mem_until = min(entry.valid_until, expire_time if expire_time is not None else entry.valid_until)
         return entry
 
-    def store(self, key: str, entry: Entry, epoch: int) -> bool:
-        """Store ``entry`` fetched while the purge epoch was ``epoch``; False (nothing kept) when
-        a purge began since."""
+    @_on_disk
+    def store(self, key: str, entry: Entry, epoch: int) -> int:
+        """Store ``entry`` fetched while the purge epoch was ``epoch``: ``NOT_STORED`` when a
+        purge began since; ``REPLACED`` when the key had a copy that may still be fresh in some
+        worker's memory (a bypass refresh: every worker must drop it); else ``STORED``."""
         if epoch != self.epoch():
-            return False
-        self.index.add(key, entry.valid_until, entry.tags)  # first: a purge that sees the entry sees its key
+            return NOT_STORED
+        before = self.index.add(key, entry.valid_until, entry.tags)  # first: a purge that sees the entry sees its key
         self.disk.set(key, entry.dump(), expire=self.inactive)
         if epoch != self.epoch():  # a purge began meanwhile and may have missed what we just wrote
             self.disk.delete(key)
-            return False
-        entry.mem_until = min(entry.valid_until, _now() + self.inactive)
-        return True
+            return NOT_STORED
+        now = _now()
+        entry.mem_until = min(entry.valid_until, now + self.inactive)
+        return REPLACED if before is not None and before > now else STORED
 
+    @_on_disk
     def remove(self, keys: list[str] | None = None, prefix: str | None = None, tags: list[str] | None = None) -> Removed:
         """Purge: remove these keys, the keys with this prefix, or the keys with any of these
         tags. A key counts when it may still be fresh somewhere or was on disk."""
@@ -369,23 +491,29 @@ class SharedLevel:
 
     # -- purge batches ---------------------------------------------------------------------------
 
+    @_on_disk
     def put_batch(self, batch_id: str, text: str) -> None:
         self.disk.set(("batch", batch_id), text, expire=BATCH_TTL)
 
+    @_on_disk
     def get_batch(self, batch_id: str) -> str | None:
         return self.disk.get(("batch", batch_id))
 
     # -- the cache manager ---------------------------------------------------------------------
 
+    @_on_disk
     def manage(self) -> None:
         """Remove what went inactive, keep the size under max_size, forget stale keys."""
         self.disk.expire()
         self.disk.cull()
         self.index.expire(_now())
 
+    @_on_disk
     def stats(self) -> dict:
         return {"entries": len(self.disk), "size": self.disk.volume(), "keys": self.index.count()}
 
     def close(self) -> None:
-        self.disk.close()
-        self.index.close()
+        disk, index, self.disk, self.index, self._ids = self.disk, self.index, None, None, None
+        if disk is not None:
+            disk.close()
+            index.close()

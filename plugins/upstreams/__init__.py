@@ -25,12 +25,13 @@ from ngxsim import (
     process_alive, register_secret_arg,
 )
 
-from . import snapshots
+from . import snapshots, unsupported
 from .api import UpstreamsApi
 from .balancer import Peer
 from .conf import (
-    NEXT_UPSTREAM, ProxyPass, UpstreamConf, parse_next_upstream, parse_proxy_pass, parse_refresh, parse_server, parse_set_header,
-    parse_timeout, parse_zone,
+    NEXT_UPSTREAM, ProxyPass, UpstreamConf, parse_http_version, parse_keepalive, parse_keepalive_requests,
+    parse_keepalive_time, parse_keepalive_timeout, parse_next_upstream, parse_proxy_pass, parse_refresh, parse_server,
+    parse_set_header, parse_timeout, parse_zone,
 )
 from .proxy import ProxyHandler
 from .refresh import refresh_job
@@ -60,12 +61,22 @@ def ngxsim_directives(register):
     register(Directive("zone", (UPSTREAM,), (1, 2), parse=parse_zone,
                        doc="`NAME [SIZE]`: the shared zone of the group's peers and snapshots (default 256k)"))
     register(Directive("state", (UPSTREAM,), 1, doc="file that keeps dynamic changes across restarts"))
+    register(Directive("keepalive", (UPSTREAM,), 1, parse=parse_keepalive,
+                       doc="`N`: idle connections to the peers each worker keeps"))
+    register(Directive("keepalive_requests", (UPSTREAM,), 1, parse=parse_keepalive_requests, default=1000,
+                       doc="requests over one kept connection"))
+    register(Directive("keepalive_time", (UPSTREAM,), 1, parse=parse_keepalive_time, default=3600.0,
+                       doc="how long one kept connection serves requests"))
+    register(Directive("keepalive_timeout", (UPSTREAM,), 1, parse=parse_keepalive_timeout, default=60.0,
+                       doc="how long a kept connection may stay idle"))
     register(Directive("upstream_refresh", (UPSTREAM,), (1, 4), parse=parse_refresh,
                        doc="`file=PATH|url=URL [interval=5s] [timeout=2s]`: re-read the servers, once per instance"))
     register(Directive("proxy_pass", (LOCATION,), 1, parse=parse_proxy_pass, inherit=False,
                        doc="`http://UPSTREAM[/URI]` or `http://ADDR:PORT[/URI]`"))
     register(Directive("proxy_set_header", levels, 2, parse=parse_set_header, multiple=True, default=[],
                        doc="`NAME VALUE`; an empty value removes the header; `Host` defaults to `$proxy_host`"))
+    register(Directive("proxy_http_version", levels, 1, parse=parse_http_version, default="1.0",
+                       doc="`1.0 | 1.1`: the HTTP version of requests to the peers"))
     register(Directive("proxy_connect_timeout", levels, 1, parse=parse_timeout, default=60.0))
     register(Directive("proxy_read_timeout", levels, 1, parse=parse_timeout, default=60.0))
     register(Directive("proxy_next_upstream", levels, (1, len(NEXT_UPSTREAM)),
@@ -75,6 +86,8 @@ def ngxsim_directives(register):
                        doc="this location is the upstreams API"))
     register(Directive("upstreams_api_key", (LOCATION,), 1, parse=_api_key,
                        doc="writes need `?key=SECRET`"))
+    for declared in unsupported.declarations(UPSTREAM):
+        register(declared)
 
 
 def _xff(ctx) -> str:
@@ -113,6 +126,7 @@ class ProxySettings:
     connect_timeout: float
     read_timeout: float
     next_upstream: frozenset
+    http_version: str = "1.0"  # proxy_http_version: parsed, not yet applied by the proxy
 
 
 @dataclass
@@ -155,7 +169,9 @@ def ngxsim_postconfiguration(config):
             if spec.server in seen:
                 raise block.error("server", f'server "{spec.server}" is listed twice in upstream "{name}"')
             seen.add(spec.server)
-        up = UpstreamConf(name, zone_name, zone_size, servers, state_path, block.get("upstream_refresh"), block)
+        up = UpstreamConf(name, zone_name, zone_size, servers, state_path, block.get("upstream_refresh"), block,
+                          keepalive=block.get("keepalive"), keepalive_requests=block.get("keepalive_requests"),
+                          keepalive_time=block.get("keepalive_time"), keepalive_timeout=block.get("keepalive_timeout"))
         conf.upstreams[name] = up
         usable = zone_size - 64
         if len(servers) > slot_count(usable):
@@ -202,7 +218,8 @@ def ngxsim_content_handler(location, config):
         return None
     prefix = location.value.path if location.value.modifier in ("", "^~", "=") else ""
     settings = ProxySettings(spec, prefix, location["proxy_set_header"], location["proxy_connect_timeout"],
-                             location["proxy_read_timeout"], location["proxy_next_upstream"])
+                             location["proxy_read_timeout"], location["proxy_next_upstream"],
+                             location["proxy_http_version"])
     return ProxyHandler(location, state, settings)
 
 

@@ -49,7 +49,7 @@ class UpstreamsApi:
         servers = bool(m.group(2) or m.group(3))
         peer_id = None
         if m.group(4) is not None:
-            if not m.group(4).isdigit():
+            if not (m.group(4).isascii() and m.group(4).isdigit()) or len(m.group(4)) > 18:  # int("²") raises
                 raise ApiError(404, f'peer id must be a number, not "{m.group(4)}"')
             peer_id = int(m.group(4))
         if name is not None and name not in self.conf.upstreams:

@@ -14,6 +14,9 @@ from ngxsim import parse_size, parse_time
 MAX_WEIGHT = 1000
 MAX_FAILS = 1000
 MAX_FAIL_TIMEOUT = 86400.0
+MAX_CONNS = 2**63 - 1  # nginx's ngx_atoi takes any non-negative ngx_int_t
+MAX_KEEPALIVE = 65536  # idle connections a worker keeps per upstream (nginx: until malloc fails)
+HTTP_VERSIONS = ("1.0", "1.1")
 NEXT_UPSTREAM = ("error", "timeout", "invalid_header", "http_500", "http_502", "http_503", "http_504",
                  "http_403", "http_404", "http_429", "non_idempotent", "off")
 DEFAULT_ZONE_SIZE = 256 * 1024
@@ -31,6 +34,9 @@ class ServerSpec:
     fail_timeout: float = 10.0
     backup: bool = False
     down: bool = False
+    # nginx's max_conns (0: no limit). A config-only setting for now: neither the API's fields
+    # nor the state file carry it, so it takes no part in comparing two specs
+    max_conns: int = field(default=0, compare=False)
 
     @property
     def server(self) -> str:
@@ -57,7 +63,7 @@ def _time_text(seconds: float) -> str:
 def parse_address(text: str) -> tuple[str, int]:
     """``127.0.0.1:9001``, ``[::1]:9001``, ``localhost:9001``: an address ngxsim can connect to
     without a resolver (IP literals and ``localhost``; names would need DNS at run time)."""
-    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]/\s]+):(\d{1,5})", text)
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:([0-9]{1,5})|([^:\[\]/\s]+):([0-9]{1,5})", text)  # \d takes "٩"
     if not m:
         raise ValueError(f'invalid address "{text}": use HOST:PORT')
     host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
@@ -89,7 +95,7 @@ def _time_param(name: str, text: str) -> float:
 
 
 def parse_server(args: list[str]) -> ServerSpec:
-    """``server ADDR [weight=N] [max_fails=N] [fail_timeout=T] [backup] [down]``."""
+    """``server ADDR [weight=N] [max_fails=N] [fail_timeout=T] [max_conns=N] [backup] [down]``."""
     host, port = parse_address(args[0])
     kw: dict = {}
     for arg in args[1:]:
@@ -100,6 +106,10 @@ def parse_server(args: list[str]) -> ServerSpec:
             kw["max_fails"] = _int_param(name, value, 0, MAX_FAILS)
         elif eq and name == "fail_timeout":
             kw["fail_timeout"] = _time_param(name, value)
+        elif eq and name == "max_conns":
+            if not value.isascii() or not value.isdigit():
+                raise ValueError(f'invalid parameter "{arg}"')  # nginx's wording: no range given
+            kw["max_conns"] = min(int(value[:20]), MAX_CONNS)
         elif not eq and arg in ("backup", "down"):
             kw[arg] = True
         else:
@@ -193,6 +203,49 @@ def parse_proxy_pass(args: list[str]) -> ProxyPass:
     return ProxyPass(host, None, address, uri)
 
 
+# -- connections to the peers (ngx_http_upstream_keepalive_module, proxy_http_version) -------------
+# Checked with nginx's wording and kept in the module's config; what the proxy does with them is
+# in docs/upstreams.md.
+
+
+def parse_keepalive(args: list[str]) -> int:
+    """``keepalive N``: idle connections to the group's peers each worker keeps (N > 0)."""
+    text = args[0]
+    if not text.isascii() or not text.isdigit() or not 0 < int(text[:10]) <= MAX_KEEPALIVE:
+        raise ValueError(f'invalid value "{text}" in "keepalive" directive')
+    return int(text)
+
+
+def parse_keepalive_requests(args: list[str]) -> int:
+    """``keepalive_requests N``: requests over one kept connection before it is closed."""
+    if not args[0].isascii() or not args[0].isdigit():
+        raise ValueError('"keepalive_requests" directive invalid number')  # ngx_conf_set_num_slot
+    return min(int(args[0][:20]), MAX_CONNS)
+
+
+def _msec(name: str):
+    """A time directive with ngx_conf_set_msec_slot's wording."""
+
+    def parse(args: list[str]) -> float:
+        try:
+            return parse_time(args[0])
+        except (ValueError, OverflowError):
+            raise ValueError(f'"{name}" directive invalid value') from None
+
+    return parse
+
+
+parse_keepalive_time = _msec("keepalive_time")
+parse_keepalive_timeout = _msec("keepalive_timeout")
+
+
+def parse_http_version(args: list[str]) -> str:
+    """``proxy_http_version 1.0 | 1.1`` (ngx_conf_set_enum_slot's wording)."""
+    if args[0] not in HTTP_VERSIONS:
+        raise ValueError(f'invalid value "{args[0]}"')
+    return args[0]
+
+
 def parse_next_upstream(args: list[str]) -> frozenset[str]:
     for arg in args:
         if arg not in NEXT_UPSTREAM:
@@ -240,3 +293,12 @@ class UpstreamConf:
     block: object = field(repr=False, default=None)
     health_checked: bool = False
     mandatory: bool = False
+    keepalive: int | None = None          # idle connections kept per worker (None: none kept)
+    keepalive_requests: int = 1000
+    keepalive_time: float = 3600.0
+    keepalive_timeout: float = 60.0
+
+    @property
+    def max_conns(self) -> dict[str, int]:
+        """``server`` -> its ``max_conns`` from the config (0: no limit)."""
+        return {spec.server: spec.max_conns for spec in self.servers}

@@ -204,6 +204,7 @@ class ProxyHandler:
 
     def _respond(self, ctx, state, target, resp, addrs, statuses, times, method, counted=False):
         self._record(ctx, addrs, statuses, times)
+        ctx.upstream_headers = list(resp.headers.iteritems())  # as sent: a cache decides from these
         headers = []
         connection_tokens = {t.strip().lower() for t in resp.headers.get("Connection", "").split(",")}
         for name, value in resp.headers.iteritems():

@@ -6,7 +6,10 @@
 - a JSON API on the locations that say ``worker_events_api`` (see ``api.py``);
 - in every worker a dispatcher delivers each event to the modules' ``ngxsim_event`` hooks
   (see ``dispatcher.py``);
-- ``ngxsim_status``: each ring's fill, counters and per-worker lag (see ``status.py``).
+- ``ngxsim_status``: each ring's fill, counters and per-worker lag (see ``status.py``);
+- public functions for a module that carries events between instances (the cluster bridge):
+  ``publish_remote``, ``publish_remote_gap``, ``events_after``, ``ring_birth``,
+  ``add_zone_view`` (see docs/worker_events.md, "For a bridge").
 
 See docs/worker_events.md for the user's guide.
 """
@@ -14,6 +17,7 @@ See docs/worker_events.md for the user's guide.
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass
 
 from ngxsim import (
@@ -22,8 +26,8 @@ from ngxsim import (
 from ngxsim import ZONE_HEADER_SIZE as HEADER_SIZE
 
 from .api import WorkerEventsApi
-from .dispatcher import Dispatcher, collect_subscribers
-from .ring import CHANNEL_MAX, LAYOUT_VERSION, MAX_CAPACITY, Ring, encode_event, ring_bytes
+from .dispatcher import REMOTE_GAP_CHANNEL, Dispatcher, collect_subscribers
+from .ring import CHANNEL_MAX, LAYOUT_VERSION, MAX_CAPACITY, ORIGIN_MAX, Ring, Scan, encode_event, ring_bytes
 from .state import NAME, State, state
 from .status import ring_status
 
@@ -212,7 +216,7 @@ def ngxsim_worker_stopping(runtime, fast):
 def ngxsim_status(runtime):
     """Each ring: fill, generations, dropped events, and every worker's delivery lag."""
     rings = state(runtime).rings
-    return {"rings": {name: ring_status(ring) for name, ring in rings.items()}} if rings else None
+    return {"rings": {name: ring_status(ring) | zone_views(runtime, name) for name, ring in rings.items()}} if rings else None
 
 
 @hookimpl
@@ -224,4 +228,98 @@ def ngxsim_exit_worker(runtime):
         st.dispatchers.clear()
 
 
-__all__ = ["Ring", "State", "state"]
+# -- public functions for a bridge between instances (docs/worker_events.md, "For a bridge") ----
+
+
+def _ring(runtime, zone: str) -> Ring:
+    ring = state(runtime).rings.get(zone)
+    if ring is None:
+        raise ValueError(f'unknown worker_events zone "{zone}"')
+    return ring
+
+
+def _deliver_here(runtime, zone: str, generation: int) -> None:
+    dispatcher = state(runtime).dispatchers.get(zone)
+    if dispatcher is not None:
+        dispatcher.deliver_own(generation)
+
+
+def publish_remote(runtime, zone: str, channel: str, type: str, payload: str, *, origin: str,
+                   origin_generation: int, timestamp_msec: int) -> int:
+    """Append an event that another instance published (``origin``, its id, and
+    ``origin_generation``, its number there) to ``zone``'s ring: every worker's modules get it
+    through ``ngxsim_event`` like a local one, with ``event.origin`` set. Returns its local
+    generation; ValueError names a field that is wrong (the limits of a publish, and an origin of
+    1 to 64 bytes). De-duplicating is the caller's business."""
+    fields = encode_event(channel, type, payload)
+    origin_bytes = origin.encode("utf-8", "strict") if isinstance(origin, str) else b""
+    if not 0 < len(origin_bytes) <= ORIGIN_MAX:
+        raise ValueError(f'"origin" must be 1 to {ORIGIN_MAX} bytes of UTF-8')
+    generation = _ring(runtime, zone).publish(*fields, timestamp_msec, origin_bytes, origin_generation)
+    _deliver_here(runtime, zone, generation)
+    return generation
+
+
+def publish_remote_gap(runtime, zone: str, *, origin: str, first: int, last: int) -> int:
+    """Tell every worker's modules (``ngxsim_event_gap``, with ``gap.origin``) that events
+    ``first`` to ``last`` of instance ``origin`` were lost on their way here (``origin`` ``"*"``:
+    the engine dropped ``last - first + 1`` entries of unknown origins). Travels through the ring
+    as an entry on channel ``@gap`` (shown by the API, never delivered as an event). Returns its
+    generation."""
+    if not 0 < first <= last:
+        raise ValueError("a gap is first..last with 0 < first <= last")
+    return publish_remote(runtime, zone, REMOTE_GAP_CHANNEL, "gap", f"{first}-{last}", origin=origin,
+                          origin_generation=last, timestamp_msec=int(time.time() * 1000))
+
+
+def events_after(runtime, zone: str, generation: int, limit: int = 512) -> Scan:
+    """Events of ``zone`` after ``generation``, oldest first, at most ``limit``: a ``Scan`` with
+    ``events``, ``newest``, ``oldest`` and ``missed`` (generations after ``generation`` the ring
+    no longer holds: they precede the first event returned)."""
+    return _ring(runtime, zone).scan(since=generation, limit=limit)
+
+
+def ring_birth(runtime, zone: str) -> int:
+    """When ``zone``'s ring was made, in µs since the epoch: the same in every process while the
+    zone lives, a later one after the instance restarted (its generations start at 1 again)."""
+    return _ring(runtime, zone).birth_usec
+
+
+VIEWS = "worker_events.views"
+
+
+def add_zone_view(config, zone: str, name: str, view) -> None:
+    """Show ``view(runtime)`` (a dict, or None to show nothing) under key ``name`` in the
+    worker_events API answer of ``zone`` and in its ``ngxsim_status`` entry. Call it in
+    ``ngxsim_postconfiguration`` (the cluster bridge shows its view of the cluster this way)."""
+    config.stash.setdefault(VIEWS, {}).setdefault(zone, []).append((name, view))
+
+
+def zone_views(runtime, zone: str) -> dict:
+    """What the views added for ``zone`` show now (a view that fails shows its error)."""
+    out = {}
+    for name, view in runtime.config.stash.get(VIEWS, {}).get(zone, ()):
+        try:
+            value = view(runtime)
+        except Exception as exc:
+            value = {"error": f"{type(exc).__name__}: {exc}"}
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def wait_for_events(runtime, zone: str, after: int, timeout: float) -> int:
+    """Block (on the zone's doorbell: no polling) until ``zone`` has a generation after
+    ``after`` or ``timeout`` seconds pass; returns the newest generation."""
+    ring = _ring(runtime, zone)
+    bell = ring.zone.doorbell
+    seen = bell.value
+    newest = ring.newest
+    if newest <= after:
+        bell.wait(seen, timeout)
+        newest = ring.newest
+    return newest
+
+
+__all__ = ["Ring", "State", "state", "publish_remote", "publish_remote_gap", "events_after", "ring_birth",
+           "wait_for_events", "add_zone_view", "zone_views", "REMOTE_GAP_CHANNEL"]

@@ -72,6 +72,9 @@ class WorkerEventsApi:
         }
         if since is not None:
             head["missed"] = missed
+        from . import zone_views  # the views other modules added (the cluster bridge's)
+
+        head.update(zone_views(ctx.runtime, self.zone))
         workers = worker_rows(ring, newest)
         # the events are JSON texts already (made once per process): splice them in
         body = "".join((compact_json(head)[:-1], ',"events":[', ",".join(texts), '],"workers":', compact_json(workers), "}"))

@@ -17,7 +17,9 @@ than an event published before the request arrived, however long the GIL keeps t
 dispatcher thread from running.
 
 A worker that falls behind by more than the ring holds gets a ``Gap`` (the generations it
-lost) before the next event, never a silent skip.
+lost) before the next event, never a silent skip. An entry on channel ``@gap`` with an origin is
+a gap of another instance's events (relayed by a cluster bridge, see ``publish_remote_gap``):
+delivered as a ``Gap`` with that origin, never as an event.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ log = logging.getLogger("ngxsim")
 from .ring import Ring
 
 SAFETY_TIMEOUT = 1.0
+REMOTE_GAP_CHANNEL = "@gap"
 _WOKEN = Wait.WOKEN
 _NOT_READY_RETRIES = 1000
 
@@ -247,6 +250,11 @@ class Dispatcher:
                 # the event to each module that wants it (a replaying one also gets the backlog)
                 self.events += 1
                 channel, backlog = event.channel, gen <= live_from
+                if channel == REMOTE_GAP_CHANNEL and event.origin is not None:
+                    self._remote_gap(event, backlog)
+                    self.cursor = gen
+                    gen += 1
+                    continue
                 for module, on_event, channels, replays, once in targets:
                     if (channels is not None and channel not in channels) or (backlog and not replays):
                         continue
@@ -281,6 +289,22 @@ class Dispatcher:
         # never became readable: count it lost rather than stall delivery
         self._gap(gen, gen)
         return None, newest
+
+    def _remote_gap(self, event: Event, backlog: bool) -> None:
+        """A gap relayed from another instance (a backlog one only to modules that replay)."""
+        first, _, last = event.payload.partition("-")
+        gap = Gap(self.zone, int(first), int(last), event.origin)
+        if not backlog:
+            log.warning("worker_events: zone %s lost events %d..%d of instance %s on their way here",
+                        self.zone, gap.first, gap.last, gap.origin)
+        for sub in self.subscribers:
+            if sub.on_gap is not None and (not backlog or sub.replays(self.zone)):
+                try:
+                    sub.on_gap(self.runtime, gap)
+                except Exception:
+                    self.errors += 1
+                    log.exception("worker_events: module %s failed on the gap %d..%d of instance %s",
+                                  sub.module, gap.first, gap.last, gap.origin)
 
     def _gap(self, first: int, last: int) -> None:
         self.gaps += 1

@@ -3,17 +3,20 @@
 Layout of ``zone.buf`` (little endian)::
 
     control   64 bytes     newest generation u64, dropped events u64, last publish msec u64,
-                           8 bytes unused, the zone's tag key (16 random bytes, set once)
+                           the ring's birth (µs since the epoch, set once: ``Ring.birth_usec``),
+                           the zone's tag key (16 random bytes, set once)
     workers   128 x 64     one slot per worker process (see ``WorkerSlot``)
-    entries   capacity x 664
+    entries   capacity x 736
         seq u64            2g-1 while generation g is being written, 2g once it is whole
         timestamp u64      ms since the epoch (time.time(), so freezegun can fix it)
-        lengths            channel u8, type u8, payload u16, 4 bytes padding
-        channel 64, type 64, payload 512 bytes (UTF-8)
+        lengths            channel u8, type u8, payload u16, origin u8 (0: a local event),
+                           3 bytes padding
+        origin generation  u64 (0 for a local event)
+        channel 64, type 64, payload 512, origin 64 bytes (UTF-8)
     tags      capacity x 4 each slot's channel tag, written with the slot (under its seq)
 
 The tags are the channel index: a channel-filtered read searches them (a few hundred KiB,
-contiguous, searched by ``bytes.find``) instead of decoding every 664-byte entry, and reads
+contiguous, searched by ``bytes.find``) instead of decoding every 736-byte entry, and reads
 only the slots whose tag matches (a collision is caught by comparing the decoded channel). A
 tag is a keyed BLAKE2b of the channel, 4 bytes, with a random key the zone keeps: anyone may
 GET, and with an unkeyed hash (CRC-32 collisions are made at will) a client could name a
@@ -51,6 +54,7 @@ from ngxsim import process_alive as alive
 from ngxsim import Zone
 
 CHANNEL_MAX, TYPE_MAX, PAYLOAD_MAX = 64, 64, 512
+ORIGIN_MAX = 64  # an instance id of a cluster (see docs/cluster.md)
 MAX_WORKERS = 128
 _JSON_CACHE_MAX = 16384  # events whose JSON text a process keeps for the API
 MAX_CAPACITY = 262_144  # 166 MiB of shared memory; more is a misconfiguration, not a ring
@@ -59,6 +63,7 @@ _CONTROL = struct.Struct("<QQQ")  # newest, dropped, last_publish_msec
 _NEWEST = struct.Struct("<Q")
 CONTROL_SIZE = 64
 _KEY_OFF, _KEY_SIZE = 32, 16  # in the control block
+_BIRTH_OFF = 24  # in the control block: when the ring was first used, µs since the epoch
 _SLOT = struct.Struct("<IIQQQQQQQ")  # pid, subscribers, start, delivered, gaps, lost, last_msec, events, wakeups
 _SLOT_STATS = struct.Struct("<QQQQQQ")  # the part after pid, subscribers and start time
 SLOT_SIZE = 64
@@ -67,18 +72,21 @@ _TAG = struct.Struct("<I")
 # time.time as Python has it is a builtin; a patched one (freezegun's) is not: call that one,
 # else the C writer reads the same clock itself
 _BUILTIN = type(len)
-_EVENT_JSON = '{"generation":%d,"channel":%s,"type":%s,"payload":%s,"timestamp_msec":%d}'
+_EVENT_JSON = ('{"generation":%d,"channel":%s,"type":%s,"payload":%s,"timestamp_msec":%d,'
+               '"origin":null,"origin_generation":null}')
+_REMOTE_EVENT_JSON = ('{"generation":%d,"channel":%s,"type":%s,"payload":%s,"timestamp_msec":%d,'
+                      '"origin":%s,"origin_generation":%d}')
 TAG_SIZE = _TAG.size
 _TAG_CACHE_MAX = 1024  # channels whose tag a process remembers (publishers use a handful)
-_BODY = struct.Struct(f"<QBBH4x{CHANNEL_MAX}s{TYPE_MAX}s{PAYLOAD_MAX}s")
+_BODY = struct.Struct(f"<QBBHB3xQ{CHANNEL_MAX}s{TYPE_MAX}s{PAYLOAD_MAX}s{ORIGIN_MAX}s")
 ENTRY_SIZE = _SEQ.size + _BODY.size
 # a publish writes seq (odd: in flux) and the body in one call: pack_into stores from the first
 # byte to the last, so the odd seq lands before any byte of the body (x86 keeps store order)
 _ENTRY_IN_FLUX = struct.Struct("<Q" + _BODY.format[1:])
 ENTRIES_OFFSET = CONTROL_SIZE + MAX_WORKERS * SLOT_SIZE
-LAYOUT_VERSION = 2  # 2: the channel tags after the entries
+LAYOUT_VERSION = 3  # 2: the channel tags after the entries; 3: the origin fields
 
-assert ENTRY_SIZE == 664 and ENTRY_SIZE % 8 == 0
+assert ENTRY_SIZE == 736 and ENTRY_SIZE % 8 == 0
 
 
 def ring_bytes(capacity: int) -> int:
@@ -172,7 +180,7 @@ class Ring:
         self._key: bytes | None = None
         # the core's C publish when it is built (same bytes, same lock), else None: the Python below
         self._writer = zone.event_ring_writer(ENTRIES_OFFSET, self._tags_off, capacity, CHANNEL_MAX, TYPE_MAX,
-                                              PAYLOAD_MAX)
+                                              PAYLOAD_MAX, ORIGIN_MAX)
         # the same as read() and newest, as the plainest callables there are: a dispatcher's
         # every wake-up calls them (the C reader's own methods when it is built)
         self.read_event = self.read if self._writer is None else self._writer.read
@@ -209,25 +217,34 @@ class Ring:
                 return gen
         return self.publish(*encode_event(channel, type, payload))
 
-    def publish(self, channel: bytes, type: bytes, payload: bytes, timestamp_msec: int | None = None) -> int:
-        """Append one (already checked) event; returns its generation and wakes every waiter."""
+    def publish(self, channel: bytes, type: bytes, payload: bytes, timestamp_msec: int | None = None,
+                origin: bytes | None = None, origin_generation: int = 0) -> int:
+        """Append one (already checked) event; returns its generation and wakes every waiter.
+        ``origin`` (1 to ORIGIN_MAX bytes) and ``origin_generation`` mark an event relayed from
+        another instance; None: a local event."""
         tag = self._tags.get(channel)
         if tag is None:
             tag = self._tag_of(channel)
+        if origin is not None and not (0 < len(origin) <= ORIGIN_MAX and 0 <= origin_generation < 1 << 64):
+            raise ValueError(f"origin must be 1 to {ORIGIN_MAX} bytes and origin_generation a u64")
         writer = self._writer
         if writer is not None:
             if timestamp_msec is None and time.time.__class__ is not _BUILTIN:
                 timestamp_msec = int(time.time() * 1000)  # a patched clock (freezegun): use it
-            gen = writer.publish(channel, type, payload, tag, -1 if timestamp_msec is None else timestamp_msec)
+            ts = -1 if timestamp_msec is None else timestamp_msec
+            gen = (writer.publish(channel, type, payload, tag, ts) if origin is None else
+                   writer.publish(channel, type, payload, tag, ts, origin, origin_generation))
             if gen is None:
                 raise ValueError("event fields must be checked first (encode_event)")
             return gen
-        return self._publish_py(channel, type, payload, tag, timestamp_msec)
+        return self._publish_py(channel, type, payload, tag, timestamp_msec, origin, origin_generation)
 
-    def _publish_py(self, channel: bytes, type: bytes, payload: bytes, tag: int, timestamp_msec: int | None) -> int:
+    def _publish_py(self, channel: bytes, type: bytes, payload: bytes, tag: int, timestamp_msec: int | None,
+                    origin: bytes | None = None, origin_generation: int = 0) -> int:
         """The pure-Python writer: what the C one does, step by step."""
         if timestamp_msec is None:
             timestamp_msec = int(time.time() * 1000)
+        origin = origin or b""
         buf, cap, zone = self.buf, self.capacity, self.zone
         with zone:  # the zone lock
             newest, dropped, _ = _CONTROL.unpack_from(buf, 0)
@@ -235,7 +252,7 @@ class Ring:
             slot = newest % cap
             off = ENTRIES_OFFSET + slot * ENTRY_SIZE
             _ENTRY_IN_FLUX.pack_into(buf, off, 2 * gen - 1, timestamp_msec, len(channel), len(type), len(payload),
-                                     channel, type, payload)
+                                     len(origin), origin_generation if origin else 0, channel, type, payload, origin)
             _TAG.pack_into(buf, self._tags_off + slot * TAG_SIZE, tag)
             _SEQ.pack_into(buf, off, 2 * gen)
             _CONTROL.pack_into(buf, 0, gen, dropped + (gen > cap), timestamp_msec)
@@ -257,6 +274,20 @@ class Ring:
         if key is None:
             key = self._key = self._zone_key()
         return blake2b(channel, digest_size=TAG_SIZE, key=key).digest()
+
+    @property
+    def birth_usec(self) -> int:
+        """When this ring was first used, in µs since the epoch: the same for every process
+        while the zone lives, another one after the zone was made anew (a restart of the
+        instance). With the generation it names an event across restarts."""
+        birth = _NEWEST.unpack_from(self.buf, _BIRTH_OFF)[0]
+        if not birth:
+            with self.zone.lock():
+                birth = _NEWEST.unpack_from(self.buf, _BIRTH_OFF)[0]
+                if not birth:
+                    birth = time.time_ns() // 1000
+                    _NEWEST.pack_into(self.buf, _BIRTH_OFF, birth)
+        return birth
 
     def _zone_key(self) -> bytes:
         """The zone's tag key: made by the first process that needs it, then the same for every
@@ -284,9 +315,12 @@ class Ring:
         want = 2 * gen
         if _SEQ.unpack_from(buf, off)[0] != want:
             return None
-        ts, lc, lt, lp, ch, ty, pl = _BODY.unpack_from(buf, off + 8)
+        ts, lc, lt, lp, lo, og, ch, ty, pl, orig = _BODY.unpack_from(buf, off + 8)
         if _SEQ.unpack_from(buf, off)[0] != want:
             return None  # a writer lapped us while we copied: the copy may be torn
+        if lo:
+            return Event(gen, self.name, ch[:lc].decode(), ty[:lt].decode(), pl[:lp].decode(), ts,
+                         orig[:lo].decode(), og)
         return Event(gen, self.name, ch[:lc].decode(), ty[:lt].decode(), pl[:lp].decode(), ts)
 
     def scan(self, since: int | None = None, limit: int | None = None, channel: str | None = None) -> Scan:
@@ -321,8 +355,14 @@ class Ring:
                 return None
             # Event.as_json's keys in its order, formatted directly: json.dumps of the dict
             # costs ~6x more, and this is what a cold read of a page spends its time on
-            hit = self._json[gen] = (event.channel, _EVENT_JSON % (
-                gen, _json_str(event.channel), _json_str(event.type), _json_str(event.payload), event.timestamp_msec))
+            if event.origin is None:
+                text = _EVENT_JSON % (gen, _json_str(event.channel), _json_str(event.type),
+                                      _json_str(event.payload), event.timestamp_msec)
+            else:
+                text = _REMOTE_EVENT_JSON % (gen, _json_str(event.channel), _json_str(event.type),
+                                             _json_str(event.payload), event.timestamp_msec,
+                                             _json_str(event.origin), event.origin_generation)
+            hit = self._json[gen] = (event.channel, text)
         return hit
 
     def _walk(self, since, limit, channel, fetch):

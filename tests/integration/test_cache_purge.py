@@ -33,6 +33,13 @@ http {
             proxy_cache_bypass $arg_nocache;
             add_header X-Cache-Status $upstream_cache_status always;
         }
+        location /fresh/ {
+            proxy_pass http://backend;
+            proxy_cache assets;
+            proxy_cache_valid 200 10m;
+            proxy_cache_bypass $http_x_refresh;
+            add_header X-Cache-Status $upstream_cache_status always;
+        }
         location /api/cache { cache_purge_api assets; cache_purge_key changeme; }
         location /internal/worker-events {
             worker_events_api;
@@ -224,3 +231,34 @@ def test_the_shared_level_survives_a_restart_and_honours_max_size(ngxsim_server,
     assert backend.hits == hits  # nothing fetched again
     assert purge(server, {"tag": "kept"}).json()["purged"] == 1  # the key index came back too
     assert server.get("/static/keep").headers["X-Cache-Status"] == "MISS"
+
+
+def test_a_bypass_refresh_reaches_every_workers_memory(ngxsim_server, ngxsim_backend):
+    """issue #22: a proxy_cache_bypass answer stored over a copy that every worker holds in
+    memory. nginx has one copy, so every later request gets the new one; here each worker must
+    drop its memory copy too (the "refreshed" event), whichever worker refreshed."""
+    backend = ngxsim_backend()
+    path, long_path = "/fresh/page", "/fresh/" + "p" * 600  # the second's key is too long for a payload
+    server = start(ngxsim_server, backend)
+    for p in (path, long_path):
+        backend.respond(p, body="v1")
+        warm(server, backend, p)
+    events = server.events()
+    mark = events.newest()
+    for round_, body in enumerate((b"v2", b"v3")):
+        for p in (path, long_path):
+            backend.respond(p, body=body)
+            r = server.get(p, headers={"X-Refresh": "1"})
+            assert (r.headers["X-Cache-Status"], r.content) == ("BYPASS", body)
+            answers = server.spray(p, 3 * WORKERS)
+            stale = [(a.worker_pid, a.content) for a in answers if a.content != body]
+            assert not stale, f"round {round_}: workers answered the old copy: {stale}"
+            assert {a.headers["X-Cache-Status"] for a in answers} == {"HIT"}
+    got = events.read(since=mark, channel="cache.invalidate")
+    assert [e["type"] for e in got] == ["refreshed"] * 4
+    assert got[0]["payload"] == f"key:{key(path)}"
+    assert set(json.loads(got[1]["payload"])) == {"batch", "count", "zone"}
+    # a first store, and a store over an expired copy, announce nothing
+    mark = events.newest()
+    assert server.get("/fresh/other").headers["X-Cache-Status"] == "MISS"
+    events.expect(0, channel="cache.invalidate", since=mark, timeout=0.5)

@@ -84,3 +84,35 @@ def test_runs_start_an_interval_apart_however_long_each_lasts(start, tmp_path):
     runs = ticks(tmp_path)
     gaps = sorted(b - a for (_, a), (_, b) in zip(runs, runs[1:]))
     assert gaps[len(gaps) // 2] < 0.4, gaps
+
+
+SERVICE_CONF = """
+load_module ngxsim_test_phases;
+test_service on;
+http {
+    server {
+        listen 127.0.0.1:{port};
+        location /jobs { test_jobs_status; }
+    }
+}
+"""
+
+
+def service_log(folder):
+    path = folder / "service.log"
+    return [(what, int(pid)) for what, pid in (line.split() for line in path.read_text().splitlines())] \
+        if path.exists() else []
+
+
+def test_a_service_runs_in_one_worker_and_moves_when_that_worker_is_killed(ngxsim_server, tmp_path):
+    server = ngxsim_server(SERVICE_CONF, workers=3, extra_env={"NGXSIM_TEST_RECORD_DIR": str(tmp_path)})
+    [(_, holder)] = wait_for(lambda: service_log(tmp_path), 15, what="the service to start")
+    server.each_worker("/jobs")  # every worker is up and has looked at the lease
+    status = server.get("/jobs").json()["jobs"][0]
+    assert (status["name"], status["holder_pid"], status["runs"]) == ("test.service", holder, 1)
+    assert service_log(tmp_path) == [("start", holder)]  # one instance-wide, not one per worker
+    os.kill(holder, signal.SIGKILL)
+    log = wait_for(lambda: service_log(tmp_path)[1:], 10, what="another worker to take the service over")
+    assert log[0][0] == "start" and log[0][1] != holder and len(log) == 1
+    server.stop()
+    assert ("stop", log[0][1]) in service_log(tmp_path)  # told to stop when its worker stops

@@ -306,6 +306,9 @@ def test_every_bad_api_input_gets_its_status_and_changes_nothing(start, backends
         ("POST", "/nope/servers", {"json": {"server": b.address}}, "changeme", 404),
         ("PATCH", "/backend/servers/999", {"json": {"weight": 2}}, "changeme", 404),
         ("PATCH", "/backend/servers/x", {"json": {"weight": 2}}, "changeme", 404),
+        ("PATCH", "/backend/servers/%C2%B2", {"json": {"weight": 2}}, "changeme", 404),  # isdigit, but not int()
+        ("DELETE", "/backend/servers/%D9%A1", {}, "changeme", 404),  # int() takes it: ids are ASCII
+        ("POST", "/backend/servers", {"json": {"server": "127.0.0.1:\u0669\u0660"}}, "changeme", 400),
         ("POST", "/backend/servers", {"json": {"server": a.address}}, "changeme", 409),
         ("POST", "/backend/servers", {"json": {"server": "nohost"}}, "changeme", 400),
         ("POST", "/backend/servers", {"json": {"server": "example.com:80"}}, "changeme", 400),

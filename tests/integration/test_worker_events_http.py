@@ -70,7 +70,8 @@ def test_publish_and_inspect(server):
     r = publish(server, {"type": "purged", "payload": "tag:assets"})
     assert r.status_code == 201 and r.headers["Content-Type"] == "application/json"
     event = r.json()
-    assert set(event) == {"generation", "channel", "type", "payload", "timestamp_msec"}
+    assert set(event) == {"generation", "channel", "type", "payload", "timestamp_msec", "origin", "origin_generation"}
+    assert (event["origin"], event["origin_generation"]) == (None, None)  # published here: local
     assert (event["generation"], event["channel"], event["type"], event["payload"]) == (1, "cache.invalidate", "purged", "tag:assets")
     assert publish(server, {"type": "no-payload"}).json()["payload"] == ""
     publish(server, {"type": "elsewhere"}, key=None, path="/open")

@@ -1,5 +1,8 @@
 """Test module: an instance-wide periodic job, a module variable and the request phases.
 
+- ``test_service on;`` (main) declares the service ``test.service`` (lease 0.8 s): it appends
+  ``start <pid>`` to ``$NGXSIM_TEST_RECORD_DIR/service.log`` when it starts, ``stop <pid>`` when
+  told to stop;
 - ``test_job INTERVAL;`` (main) declares the job ``test.tick``: each run appends
   ``<pid> <monotonic time>`` to ``$NGXSIM_TEST_RECORD_DIR/ticks.log``; ``test_job_sleep`` makes
   a run last that long (a hung holder); ``/jobs`` (``test_jobs_status;``) answers
@@ -23,6 +26,7 @@ from werkzeug.wrappers import Response
 def ngxsim_directives(register):
     register(Directive("test_job", (MAIN,), 1, type=TIME, default=None))
     register(Directive("test_job_sleep", (MAIN,), 1, type=TIME, default=0))
+    register(Directive("test_service", (MAIN,), 1, type=FLAG, default=False))
     register(Directive("test_jobs_status", (LOCATION,), 0, type=FLAG, default=False, inherit=False))
     register(Directive("test_precontent", (LOCATION,), 1, type=FLAG, default=False))
     register(Directive("test_body_filter", (LOCATION,), 1, type=FLAG, default=False))
@@ -42,8 +46,20 @@ def _tick(runtime):
         time.sleep(pause)
 
 
+def _service(runtime, lease):
+    """Writes "start PID" when it starts, "stop PID" when told to stop."""
+    folder = os.environ["NGXSIM_TEST_RECORD_DIR"]
+    with open(os.path.join(folder, "service.log"), "a") as fh:
+        fh.write(f"start {os.getpid()}\n")
+    lease.stopping.wait()
+    with open(os.path.join(folder, "service.log"), "a") as fh:
+        fh.write(f"stop {os.getpid()}\n")
+
+
 @hookimpl
 def ngxsim_postconfiguration(config):
+    if config.main["test_service"]:
+        config.jobs.declare_service("test.service", _service, owner="ngxsim_test_phases", lease=0.8)
     interval = config.main["test_job"]
     if interval:
         config.jobs.declare("test.tick", interval, _tick, owner="ngxsim_test_phases",

@@ -1,7 +1,8 @@
 """Test module: records every event and gap its worker is given.
 
 Each worker appends lines to ``$NGXSIM_TEST_RECORD_DIR/<pid>.log`` (``E gen channel type
-payload`` / ``G first last``) and keeps them in memory; ``recorder_dump;`` makes a location
+payload`` / ``G first last``, each followed by `` from ORIGIN#ORIGIN_GENERATION`` / `` from ORIGIN``
+for what another instance of a cluster published) and keeps them in memory; ``recorder_dump;`` makes a location
 answer with this worker's record; ``recorder_publish;`` makes a location publish ``?p=`` (type
 ``t``, channel ``c``) and answer with the record right after. An event of type ``echo`` makes
 the subscriber publish one of type ``echoed`` (a subscriber that publishes). ``recorder_replay on;`` asks a starting worker to replay
@@ -45,14 +46,15 @@ def _record(line: str) -> None:
 
 @hookimpl
 def ngxsim_event(runtime, event):
-    _record(f"E {event.generation} {event.channel} {event.type} {event.payload}")
+    origin = "" if event.origin is None else f" from {event.origin}#{event.origin_generation}"
+    _record(f"E {event.generation} {event.channel} {event.type} {event.payload}{origin}")
     if event.type == "echo":
         runtime.publish(event.zone, event.channel, "echoed", event.payload)
 
 
 @hookimpl
 def ngxsim_event_gap(runtime, gap):
-    _record(f"G {gap.first} {gap.last}")
+    _record(f"G {gap.first} {gap.last}" + ("" if gap.origin is None else f" from {gap.origin}"))
 
 
 @hookimpl

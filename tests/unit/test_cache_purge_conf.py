@@ -118,6 +118,8 @@ def test_proxy_cache_names_an_unknown_zone(tmp_path):
 @pytest.mark.parametrize("old, new, message, line", [
     ("proxy_cache_valid 404 1m;", "proxy_cache_valid 404 soon;", 'invalid time value "soon"', 14),
     ("proxy_cache_valid 404 1m;", "proxy_cache_valid 99 1m;", 'invalid status "99"', 14),
+    ("proxy_cache_valid 404 1m;", "proxy_cache_valid \u0662\u0660\u0660 1m;", 'invalid status "\u0662\u0660\u0660"', 14),
+    ("proxy_cache_valid 404 1m;", "proxy_ignore_headers Set-Cookie Cookie;", 'invalid value "Cookie"', 14),
     ("proxy_cache_valid 404 1m;", "proxy_cache_valid;", 'invalid number of arguments in "proxy_cache_valid" directive', 14),
     ("PURGE from 127.0.0.1 10.0.0.0/8;", "PURGE from nowhere;", 'invalid parameter "nowhere"', 15),
     ("PURGE from 127.0.0.1 10.0.0.0/8;", "PURGE from;", 'invalid parameter "from": "from" needs "all" or addresses', 15),
@@ -156,6 +158,13 @@ def test_no_bus_is_an_error_with_the_fix(tmp_path):
     fails(tmp_path, text.replace("load_module worker_events;\n", ""),
           'module "cache_purge" publishes events, but no loaded module provides them: add "load_module worker_events;" '
           'and "worker_events_zone NAME;" in the http block', 2)
+
+
+def test_proxy_ignore_headers_names_are_case_blind(tmp_path):
+    config = load(tmp_path, edit(tmp_path, "proxy_cache_valid 404 1m;",
+                                 "proxy_ignore_headers set-cookie X-Accel-Expires X-Accel-Redirect;"))
+    static = next(b for b in config.blocks("location") if b.value.path == "/static/")
+    assert static["proxy_ignore_headers"] == {"set-cookie", "x-accel-expires", "x-accel-redirect"}
 
 
 def test_valid_defaults_and_any():

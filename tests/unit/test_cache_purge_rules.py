@@ -7,6 +7,8 @@ import calendar
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from freezegun import freeze_time
 from werkzeug.datastructures import Headers
 
@@ -15,7 +17,7 @@ from ngxsim_plugins.cache_purge.events import (
     PAYLOAD_MAX, PURGE_BATCH, PURGED, BatchRef, Invalidation, message, read,
 )
 from ngxsim_plugins.cache_purge.levels import Entry, KeyIndex, MemoryLevel, _after_prefix
-from ngxsim_plugins.cache_purge.policy import freshness, stored_headers, tags
+from ngxsim_plugins.cache_purge.policy import ascii_number, freshness, stored_headers, tags
 
 VALID = (Valid(frozenset({200, 301}), 600.0), Valid(frozenset({404}), 60.0))
 NOW = 1_800_000_000.0
@@ -26,7 +28,7 @@ def fresh(status=200, valid=VALID, **headers):
     for name, value in headers.items():
         for v in value if isinstance(value, list) else [value]:
             h.add(name.replace("_", "-"), v)
-    return freshness(status, h, valid, NOW)
+    return freshness(status, h.items(), valid, NOW)
 
 
 # -- freshness ---------------------------------------------------------------------------------
@@ -72,7 +74,113 @@ def test_x_accel_expires_and_expires():
 def test_expires_in_the_future_gives_the_difference():
     h = Headers([("Expires", "Fri, 15 Jan 2027 08:00:40 GMT")])
     now = float(calendar.timegm((2027, 1, 15, 8, 0, 0)))
-    assert freshness(200, h, VALID, now) == 40.0
+    assert freshness(200, h.items(), VALID, now) == 40.0
+
+
+def lines(*pairs, status=200, ignore=(), valid=VALID):
+    """freshness of header lines given in order: ("Name", "value"), ..."""
+    return freshness(status, list(pairs), valid, NOW, frozenset(ignore))
+
+
+@pytest.mark.parametrize("control", ["max-age=\u00b2", "max-age=\u0663\u0660", "s-maxage=\uff16\uff10",
+                                     'max-age="60"', "max-age=6x", "max-age=-1", "max-age=60, stale-if-error=\u00b2",
+                                     "stale-while-revalidate=soon, max-age=60"])
+def test_a_max_age_that_is_not_ascii_digits_is_not_stored(control):
+    # nginx (ngx_http_upstream_process_delta_seconds): any byte but 0-9 before , ; or space:
+    # u->cacheable = 0. Not stored, and no exception (int("\u00b2") raises)
+    assert lines(("Cache-Control", control)) is None
+
+
+def test_max_age_digits_end_at_a_separator_and_huge_ones_are_capped():
+    assert lines(("Cache-Control", "max-age=60;x")) == 60.0
+    assert lines(("Cache-Control", "max-age=60 , public")) == 60.0
+    assert lines(("Cache-Control", "max-age=")) is None  # no digits: 0, not stored
+    assert lines(("Cache-Control", "max-age=" + "9" * 5000)) > 10**18
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "\u0663", "-1", "+5", "1.5", "", "@", "@\u00b2", "@-5", "9" * 5000])
+def test_an_x_accel_expires_that_is_not_a_number_is_ignored(value):
+    # ngx_atoi fails: the header changes nothing, the other rules decide
+    assert lines(("X-Accel-Expires", value)) == 600.0
+    assert lines(("X-Accel-Expires", value), ("Cache-Control", "private")) is None
+
+
+def test_x_accel_expires_zero_wins_in_any_order_and_only_the_first_counts():
+    assert lines(("Cache-Control", "max-age=60"), ("X-Accel-Expires", "0")) is None
+    assert lines(("X-Accel-Expires", "0"), ("Cache-Control", "max-age=60")) is None
+    assert lines(("X-Accel-Expires", "0"), ("Expires", "Fri, 15 Jan 2100 08:00:40 GMT")) is None
+    assert lines(("X-Accel-Expires", "00")) is None
+    assert lines(("X-Accel-Expires", "30"), ("X-Accel-Expires", "0")) == 30.0  # nginx ignores the duplicate
+    assert lines(("X-Accel-Expires", "0"), ("X-Accel-Expires", "30")) is None
+
+
+def test_a_positive_x_accel_expires_outranks_cache_control_and_expires_but_not_set_cookie():
+    assert lines(("Cache-Control", "private"), ("X-Accel-Expires", "30")) == 30.0
+    assert lines(("X-Accel-Expires", "30"), ("Cache-Control", "no-store, max-age=5")) == 30.0
+    assert lines(("Expires", "garbage"), ("X-Accel-Expires", "30")) == 30.0
+    assert lines(("X-Accel-Expires", "30"), ("Set-Cookie", "user=alice")) is None
+    assert lines(("X-Accel-Expires", "30"), ("Vary", "*")) is None
+
+
+def test_x_accel_expires_at_a_time():
+    assert lines(("X-Accel-Expires", f"@{int(NOW) + 50}")) == 50.0
+    assert lines(("X-Accel-Expires", f"@{int(NOW) - 50}")) is None  # dated in the past: not stored
+    assert lines(("X-Accel-Expires", "@0"), ("Cache-Control", "max-age=60")) is None
+
+
+@pytest.mark.parametrize("control", ["PRIVATE", "Private, max-age=60", "public, max-age=60, private=\"set-cookie\"",
+                                     "No-Store", "NO-CACHE", "max-age=60, no-cache=\"x\""])
+def test_cache_control_names_are_case_blind_substrings(control):
+    assert lines(("Cache-Control", control)) is None
+
+
+def test_each_cache_control_line_counts():
+    assert lines(("Cache-Control", "max-age=60"), ("Cache-Control", "private")) is None
+    assert lines(("Cache-Control", "private"), ("Cache-Control", "max-age=60")) is None
+    assert lines(("Cache-Control", "max-age=60, pr\u0130vate")) == 60.0  # nginx lowers ASCII letters only
+
+
+def test_expires_only_when_nothing_set_a_time_and_only_the_first():
+    future, past = "Fri, 15 Jan 2100 08:00:40 GMT", "Thu, 01 Jan 1970 00:00:00 GMT"
+    assert lines(("Expires", past), ("Cache-Control", "max-age=5")) == 5.0  # max-age clears "expired"
+    assert lines(("Cache-Control", "max-age=5"), ("Expires", past)) == 5.0  # a time was set: Expires not read
+    assert lines(("Expires", future), ("Expires", past)) > 600
+    assert lines(("Expires", past), ("Expires", future)) is None
+    assert lines(("Expires", "\u00b2")) is None
+
+
+_NAMES = st.sampled_from(["Cache-Control", "X-Accel-Expires", "Expires", "Set-Cookie", "Vary", "cache-control",
+                          "X-ACCEL-EXPIRES", "Content-Length", "X-Other"])
+_VALUES = st.one_of(st.text(max_size=40),
+                    st.builds(lambda a, b: a + b, st.sampled_from(["max-age=", "s-maxage=", "@", "stale-if-error=",
+                                                                     "private, max-age=", "Thu, 01 Jan "]),
+                              st.text(max_size=20)))
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.tuples(_NAMES, _VALUES), max_size=6), st.integers(100, 599),
+       st.sets(st.sampled_from(["x-accel-expires", "expires", "cache-control", "set-cookie", "vary"])))
+def test_no_header_value_makes_the_storage_rules_raise(pairs, status, ignore):
+    seconds = freshness(status, pairs, VALID, NOW, frozenset(ignore))
+    assert seconds is None or seconds > 0
+    if any(n.lower() == "set-cookie" for n, _ in pairs) and "set-cookie" not in ignore:
+        assert seconds is None  # nothing outranks Set-Cookie
+
+
+@given(st.text(max_size=30))
+def test_ascii_number_takes_ascii_digits_only(text):
+    n = ascii_number(text)
+    assert n is None or (text.isascii() and text.isdigit() and n == int(text))
+
+
+def test_proxy_ignore_headers_takes_lines_out_of_the_rules():
+    assert lines(("Set-Cookie", "a=b"), ignore=("set-cookie",)) == 600.0
+    assert lines(("X-Accel-Expires", "0"), ignore=("x-accel-expires",)) == 600.0
+    assert lines(("X-Accel-Expires", "0"), ("Cache-Control", "max-age=9"), ignore=("x-accel-expires",)) == 9.0
+    assert lines(("Cache-Control", "private"), ignore=("cache-control",)) == 600.0
+    assert lines(("Expires", "garbage"), ignore=("expires",)) == 600.0
+    assert lines(("Vary", "*"), ignore=("vary",)) == 600.0
+    assert lines(("Cache-Control", "private"), ("Set-Cookie", "a=b"), ignore=("cache-control",)) is None
 
 
 def test_tags_from_cache_tag_and_surrogate_key():
@@ -118,6 +226,16 @@ def test_a_batch_over_512_bytes_is_stored_and_named_by_id():
     # one key too long for "key:K" goes the same way
     long = message("assets", Invalidation(keys=("/" + "x" * 600,)))
     assert long.type == PURGE_BATCH and long.batch is not None
+
+
+def test_a_refresh_is_its_own_type_and_evicts_its_key():
+    short = message("assets", Invalidation(keys=("k1",)), refreshed=True)
+    assert (short.type, short.payload, short.batch) == ("refreshed", "key:k1", None)
+    assert read(short.type, short.payload) == Invalidation(keys=("k1",))
+    long = message("assets", Invalidation(keys=("k" * 600,)), refreshed=True)
+    ref = read(long.type, long.payload)
+    assert long.type == "refreshed" and ref == BatchRef("assets", long.batch[0])
+    assert read("refreshed", "nonsense") == Invalidation(everything=True)
 
 
 @pytest.mark.parametrize("event_type, payload", [

@@ -323,3 +323,17 @@ def test_error_log_gets_a_failing_subscriber_with_its_generation(tmp_path, shm_l
         from ngxsim.core.http.logs import setup_error_log
 
         setup_error_log(("stderr", "error"))  # give the process's logger back
+
+
+def test_a_remote_event_is_delivered_with_its_origin_and_a_remote_gap_as_a_gap(make):
+    from ngxsim_plugins.worker_events import publish_remote, publish_remote_gap
+
+    app, dispatcher = make(start_thread=False)
+    gen = publish_remote(app.runtime, "bus", "c", "purged", "p", origin="host-b", origin_generation=41,
+                         timestamp_msec=1_700_000_000_000)
+    gap = publish_remote_gap(app.runtime, "bus", origin="host-b", first=42, last=44)
+    local = app.runtime.publish("bus", "c", "t", "mine")
+    assert recorder.RECORD == [f"E {gen} c purged p from host-b#41", "G 42 44 from host-b", f"E {local} c t mine"]
+    assert gap == gen + 1 and dispatcher.cursor == local
+    with pytest.raises(ValueError):
+        publish_remote(app.runtime, "bus", "c", "t", "", origin="", origin_generation=1, timestamp_msec=1)

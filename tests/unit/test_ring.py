@@ -39,8 +39,8 @@ def pub(ring, type="t", payload="", channel="c", ts=None):
 
 
 def test_layout_sizes():
-    assert ENTRY_SIZE == 664
-    assert ring_bytes(1024) == ENTRIES_OFFSET + 1024 * (664 + 4)  # entries, then one channel tag each
+    assert ENTRY_SIZE == 736
+    assert ring_bytes(1024) == ENTRIES_OFFSET + 1024 * (736 + 4)  # entries, then one channel tag each
     assert ENTRIES_OFFSET % 8 == 0
 
 
@@ -406,8 +406,33 @@ def test_an_events_json_text_is_exactly_the_apis_compact_json(make_ring):
 
     ring = make_ring(4)
     pub(ring, type='q"uote\\back', payload="line\nfeed\x01 tab\t é 日本 🎉 \u2028", channel="kanäl")
-    [text] = ring.json_scan()[0]
-    assert text == compact_json(ring.scan().events[0].as_json())
+    ring.publish(*encode_event("c", "t", "p"), None, 'h"st'.encode(), 77)  # a remote event
+    texts = ring.json_scan()[0]
+    assert texts == [compact_json(e.as_json()) for e in ring.scan().events]
+    assert '"origin":null,"origin_generation":null' in texts[0] and '"origin":"h\\"st","origin_generation":77' in texts[1]
+
+
+def test_a_remote_events_origin_reads_back_on_both_paths_and_a_local_one_has_none(make_ring):
+    ring = make_ring(4)
+    local = pub(ring)
+    remote = ring.publish(*encode_event("c", "t", "p"), 5, b"host-a", 123)
+    for event in (ring.read(local), ring.scan().events[0]):
+        assert (event.origin, event.origin_generation) == (None, None)
+    writer, ring._writer = ring._writer, None
+    try:
+        by_python = ring.read(remote)
+    finally:
+        ring._writer = writer
+    assert ring.read(remote) == by_python
+    assert (by_python.origin, by_python.origin_generation, by_python.timestamp_msec) == ("host-a", 123, 5)
+    with pytest.raises(ValueError):
+        ring.publish(*encode_event("c", "t", "p"), None, b"o" * 65, 1)
+
+
+def test_the_rings_birth_is_set_once_and_shared(make_ring):
+    ring = make_ring(4)
+    birth = ring.birth_usec
+    assert birth > 1_700_000_000_000_000 and Ring(ring.zone, 4).birth_usec == birth == ring.birth_usec
 
 
 def test_tags_are_keyed_per_zone_so_a_client_cannot_aim_a_collision(make_ring):
@@ -451,11 +476,14 @@ def test_the_c_writer_writes_every_byte_as_the_python_writer_does(shm_leftovers,
             ring.buf[ENTRIES_OFFSET:ENTRIES_OFFSET + 4 * ENTRY_SIZE] = b"\xff" * (4 * ENTRY_SIZE)  # padding is written
             for i in range(6):  # laps the ring: drops counted alike
                 ring.publish(*encode_event(*fields), 1_700_000_000_000 + i)
+            ring.publish(*encode_event(*fields), 1_700_000_000_009, b"host-b:8080", 2**63 + 5)  # a remote event
+            ring.publish(*encode_event(*fields), 1_700_000_000_010, b"o" * 64, 1)  # its origin at the limit
             with freeze_time("2026-01-02 03:04:05.678"):
                 ring.publish_text(*fields)  # the hook's path, with a patched clock
         assert bytes(zone_c.buf) == bytes(zone_py.buf)
-        assert ring_c.control() == (7, 3, 1767323045678)
-        assert zone_c.doorbell.value == zone_py.doorbell.value == 7
+        assert ring_c.control() == (9, 5, 1767323045678)
+        assert zone_c.doorbell.value == zone_py.doorbell.value == 9
+        assert ring_c.read(7)[2:] == ring_py.read(7)[2:] and ring_c.read(7).origin == "host-b:8080"
     finally:
         zone_c.close()
         zone_py.close()

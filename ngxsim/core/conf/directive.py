@@ -245,6 +245,38 @@ def _takes_statement(parse: Callable) -> bool:
     return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
 
 
+@dataclass(frozen=True)
+class Unsupported:
+    """A directive of real nginx that a module knows and does not implement.
+
+    A config that uses it fails with one uniform message saying what to do instead
+    (``"proxy_buffering" directive is not supported by ngxsim: ADVICE in FILE:LINE``), never a
+    bare ``unknown directive`` for a name nginx knows. A module that *does* declare the name
+    (a ``Directive``) always wins, whichever module declares which and in which order: a module
+    can list all of nginx's directives it does not have yet and implement them one by one.
+
+    ``contexts``: where nginx allows it. Empty: anywhere, as long as no module declares a
+    ``Directive`` of the name (then a line in another context is "not allowed here"). Given:
+    only there, and only where no ``Directive`` of the name stands, so that one module's advice
+    does not answer for another nginx directive of the same name in another context.
+    """
+
+    name: str
+    advice: str
+    contexts: frozenset[str] | tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", self.name):
+            raise ValueError(f"directive name {self.name!r} is not a lower-case identifier")
+        object.__setattr__(self, "contexts", frozenset((self.contexts,) if isinstance(self.contexts, str)
+                                                       else self.contexts))
+        if not self.advice.strip():
+            raise ValueError(f'unsupported directive "{self.name}" needs advice: what to do instead')
+
+    def message(self) -> str:
+        return f'"{self.name}" directive is not supported by ngxsim: {self.advice}'
+
+
 @dataclass
 class DirectiveTable:
     """Every directive of the loaded modules; frozen once the modules are loaded.
@@ -254,16 +286,21 @@ class DirectiveTable:
     """
 
     entries: dict[str, list[tuple[Directive, str]]] = field(default_factory=dict)
+    unsupported: dict[str, list[tuple[Unsupported, str]]] = field(default_factory=dict)
     frozen: bool = False
 
     def registrar(self, module: str) -> Callable[[Directive], None]:
         """The ``register`` callable handed to one module."""
 
-        def register(directive: Directive) -> None:
+        def register(directive: Directive | Unsupported) -> None:
             if self.frozen:
                 raise RuntimeError("the directive table is frozen: declare directives in ngxsim_directives")
+            if isinstance(directive, Unsupported):
+                self.unsupported.setdefault(directive.name, []).append((directive, module))
+                return
             if not isinstance(directive, Directive):
-                raise TypeError(f"module {module!r} registered {directive!r}, not an ngxsim.Directive")
+                raise TypeError(f"module {module!r} registered {directive!r}, not an ngxsim.Directive "
+                                f"or ngxsim.Unsupported")
             same = self.entries.setdefault(directive.name, [])
             for other, owner in same:
                 if other.contexts & directive.contexts:
@@ -303,6 +340,19 @@ class DirectiveTable:
         for d, _ in same:
             if context in d.contexts:
                 return d
+        return None
+
+    def not_supported(self, name: str, context: str) -> Unsupported | None:
+        """The ``Unsupported`` declaration of ``name`` for a line in ``context``: one without
+        contexts when no module implements the name at all; one for ``context`` when no module
+        implements it there (another context may have a real directive of that name: nginx's
+        http-level ``keepalive_timeout`` beside the upstream module's)."""
+        for declared, _ in self.unsupported.get(name, ()):
+            if declared.contexts:
+                if context in declared.contexts and self.get(name, context) is None:
+                    return declared
+            elif name not in self.entries:
+                return declared
         return None
 
     def owners(self) -> list[tuple[str, str]]:

@@ -39,6 +39,8 @@ class Block:
         parent (Block | None): the enclosing block (None for ``main``).
         children (list[Block]): the blocks directly inside this one, in file order.
         own (dict): the values of the directives set at this very level, by name.
+        where_each (dict): for a directive that may repeat (``multiple``), the statement of each
+            of its values in ``own``, in the same order (errors about one of them point there).
         effective (dict): every directive's effective value here (what ``block[name]`` reads).
         statement: the directive line that opened the block (``statement.file``,
             ``statement.line``; ``statement.error(message)`` makes a ``ConfigError`` there);
@@ -55,7 +57,7 @@ class Block:
         self.children: list[Block] = []
         self.own: dict[str, Any] = {}
         self.where: dict[str, Statement] = {}
-        self.statements: dict[str, list[Statement]] = {}  # every occurrence set here, by name
+        self.where_each: dict[str, list[Statement]] = {}  # a ``multiple`` directive's every line
         self.effective: dict[str, Any] = {}
         self.stash: dict[str, Any] = {}  # per-block data modules compute at load (by module name)
 
@@ -74,7 +76,9 @@ class Block:
     def statements_of(self, name: str) -> list[Statement]:
         """Every statement that set ``name`` at this very level, in file order (one per
         occurrence of a ``multiple`` directive, so a check of the 2nd names its own line)."""
-        return list(self.statements.get(name, ()))
+        if name in self.where_each:
+            return list(self.where_each[name])
+        return [self.where[name]] if name in self.where else []
 
     def where_of(self, name: str) -> Statement | None:
         """The statement that gave ``name`` its effective value here, if any did."""
@@ -312,6 +316,9 @@ def _build(stmts: list[Statement], block: Block, table: DirectiveTable, depth: i
     for st in stmts:
         d: Directive | None = table.get(st.name, block.context)
         if d is None:
+            unsupported = table.not_supported(st.name, block.context)
+            if unsupported is not None:
+                raise st.error(unsupported.message())
             if table.get(st.name) is None:
                 raise st.error(f'unknown directive "{st.name}"')
             raise st.error(f'"{st.name}" directive is not allowed here')
@@ -329,7 +336,6 @@ def _build(stmts: list[Statement], block: Block, table: DirectiveTable, depth: i
             value = d.block_value(st.block, st) if d.data is not None else d.value(st.args, st)
         except ValueError as exc:
             raise st.error(str(exc)) from None
-        block.statements.setdefault(st.name, []).append(st)
         if d.block:
             if not d.multiple and st.name in block.where:
                 raise st.error(f'"{st.name}" directive is duplicate')
@@ -342,6 +348,7 @@ def _build(stmts: list[Statement], block: Block, table: DirectiveTable, depth: i
         elif d.multiple:
             block.own.setdefault(st.name, []).append(value)
             block.where.setdefault(st.name, st)
+            block.where_each.setdefault(st.name, []).append(st)
         else:
             if st.name in block.own:
                 raise st.error(f'"{st.name}" directive is duplicate')

@@ -93,6 +93,9 @@ class JobSpec:
     run: object  # callable(runtime), run in the one worker holding the job's lease
     owner: str
     lease: float  # how long a silent holder keeps the job before another worker takes it
+    # a service: run(runtime, lease) runs for as long as the worker holds the lease (interval:
+    # how often the holder renews it, and how often the others look)
+    service: bool = False
 
 
 class JobSpecs:
@@ -126,6 +129,24 @@ class JobSpecs:
         if not 0.01 <= interval <= 86400:
             raise fail(f'periodic job "{name}": interval {interval:g}s is outside 10ms..1d')
         spec = JobSpec(name, float(interval), run, owner, float(lease if lease is not None else 2 * interval))
+        self._specs[name] = spec
+        return spec
+
+    def declare_service(self, name: str, run, owner: str, where: Statement | None = None,
+                        lease: float = 2.0) -> JobSpec:
+        """Declare instance-wide service ``name``: ``run(runtime, lease)`` runs, in a thread of its
+        own, in exactly one live worker: the holder of its lease, for as long as it holds it.
+
+        ``run`` loops until ``lease.stopping`` (a ``threading.Event``) is set: the worker lost the
+        lease (it hung past ``lease`` seconds and another worker took over) or is stopping. It
+        waits on ``lease.stopping.wait(t)`` (or bounds its blocking calls) so that it notices
+        within a second. If it returns or raises while the lease is held, it is started again
+        (after a renewal period). When the holder dies another worker takes the lease at its
+        next look (within ``lease / 4``) and starts ``run`` there; a hung holder loses it after
+        ``lease`` seconds. Make ``run`` resume from durable state: a takeover starts afresh.
+        """
+        spec = self.declare(name, max(lease / 4, 0.01), run, owner, where, lease)
+        spec = JobSpec(spec.name, spec.interval, run, owner, spec.lease, service=True)
         self._specs[name] = spec
         return spec
 

@@ -302,9 +302,13 @@ def _content_type(ctx: RequestContext, plan: _Plan) -> str:
 def _absolute_location(ctx: RequestContext, response: Response, plan: _Plan) -> None:
     """nginx's header filter makes a ``Location`` that starts with ``/`` absolute
     (``absolute_redirect``), with the request's host (or the server's name with
-    ``server_name_in_redirect``) and the local port unless it is 80 (``port_in_redirect``)."""
+    ``server_name_in_redirect``) and the local port unless it is 80 (``port_in_redirect``);
+    not an upstream's answer relayed (``keep_status_line``), as nginx's upstream module leaves
+    those alone."""
     location = response.headers.get("Location")
     if not location or not location.startswith("/") or not plan.absolute_redirect:
+        return
+    if getattr(response, "ngxsim_status_line", False):
         return
     if plan.server_name_in_redirect:
         host = ctx.server_name

@@ -16,6 +16,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..process import Runtime
 
 
+# the WSGI environ key under which ngxsim's worker classes hand over the request's header
+# lines as sent (ngxsim.worker)
+RAW_HEADERS = "ngxsim.headers"
+# the headers whose repeated lines nginx 1.22 joins for $http_NAME (ngx_http_variables.c:
+# ngx_http_variable_cookies, ngx_http_variable_headers); every other one gives its first value
+_JOINED = {"cookie": "; ", "x_forwarded_for": ", "}
+
+
 def raw_target(environ: dict) -> bytes:
     """The request target as the client sent it (gunicorn's ``RAW_URI``; test clients leave
     the query out of theirs)."""
@@ -50,6 +58,11 @@ class RequestContext:
         stash (dict): per-request data a module keeps for its own later phases (a pre-content
             handler's lookup for its body filter), by module name: a fresh dict per request;
             never read another module's entry.
+        upstream_headers (list[tuple[str, str]] | None): the response header lines exactly as
+            the upstream (the origin) sent them, in order, repeated names kept — before the
+            proxy hid any (``X-Accel-Expires``, ``Date``...) from the client. Set by the content
+            handler that proxied; None when no upstream answered. What a cache decides from
+            (nginx reads ``u->headers_in``, not what the client gets).
         started (float): ``time.monotonic()`` when the request began.
         response: the response once it was made (None before): what ``log`` phase handlers read.
     """
@@ -84,6 +97,8 @@ class RequestContext:
         # lookup for its body filter), by module name; never read another module's entry
         self.stash: dict[str, object] = {}
         self.response: Any = None  # the response, once made (what log phase handlers read)
+        # the origin's response header lines, before any was hidden (set by a proxying handler)
+        self.upstream_headers: list[tuple[str, str]] | None = None
         self.started = time.monotonic()
         self.logging = False  # rendering the access log line: secrets are masked
 
@@ -108,13 +123,50 @@ class RequestContext:
         target = to_text(raw_target(self.environ))
         return f'{self.environ.get("REQUEST_METHOD", "")} {target} {self.environ.get("SERVER_PROTOCOL", "HTTP/1.0")}'
 
+    def header_lines(self, name: str) -> list[str]:
+        """The values of the request header ``name`` (``_`` for ``-``, any case), one per line
+        as the client sent them.
+
+        That needs the header lines as sent: ngxsim's worker classes hand them over as
+        ``environ["ngxsim.headers"]`` (``[(NAME, value), ...]``, repeated ones apart). Under
+        another server (gunicorn's own worker classes, a test client) only WSGI's ``HTTP_NAME``
+        exists, where a repeated header is already joined with ``","``: one line.
+
+        A module that passes the request on (a proxy) reads every line from
+        ``environ["ngxsim.headers"]`` when it is there, to send repeated headers apart."""
+        lines = self.environ.get(RAW_HEADERS)
+        if lines is None:
+            joined = self.environ.get("HTTP_" + name.upper().replace("-", "_"))
+            return [] if joined is None else [joined]
+        want = name.lower().replace("-", "_")
+        return [v for k, v in lines if k.lower().replace("-", "_") == want]
+
+    def header(self, name: str) -> str:
+        """``$http_NAME`` as nginx 1.22 gives it: a repeated ``Cookie`` joined with ``"; "``, a
+        repeated ``X-Forwarded-For`` with ``", "``, any other header its first value."""
+        values = self.header_lines(name)
+        if not values:
+            return ""
+        sep = _JOINED.get(name.lower())
+        return sep.join(values) if sep else values[0]
+
     def cookie(self, name: str) -> str:
-        """``$cookie_NAME``: the value of the first cookie of that name (any case), as sent."""
+        """``$cookie_NAME``: the value of the first cookie of that name (any case), as sent;
+        nginx's ``ngx_http_parse_multi_header_lines``: cookies are separated by ``;`` or ``,``,
+        a value runs to the next ``;``."""
         want = name.lower()
-        for part in self.environ.get("HTTP_COOKIE", "").split(";"):
-            key, sep, value = part.strip().partition("=")
-            if sep and key.lower() == want:
-                return value
+        for line in self.header_lines("cookie"):
+            pos, end = 0, len(line)
+            while pos < end:
+                if line[pos:pos + len(want)].lower() == want:
+                    value = line[pos + len(want):].lstrip(" ")
+                    if value.startswith("="):
+                        return value[1:].lstrip(" ").split(";", 1)[0]
+                while pos < end and line[pos] not in ";,":  # to the next cookie
+                    pos += 1
+                pos += 1
+                while pos < end and line[pos] == " ":
+                    pos += 1
         return ""
 
     @cached_property

@@ -64,7 +64,12 @@ def status_line(code: int) -> str:
 
 def keep_status_line(response: Response, line: str) -> Response:
     """Send ``response`` with the status line ``line`` (``"200 Fine"``) as it is, as nginx's
-    proxy does with an upstream's; every other response gets nginx's phrase for its code."""
+    proxy does with an upstream's; every other response gets nginx's phrase for its code.
+
+    Such a response is an upstream's, relayed: its ``Location`` is sent as the upstream sent it
+    too. nginx's header filter makes a ``Location`` starting with ``/`` absolute only for the
+    answers nginx makes itself (``absolute_redirect``); ngx_http_upstream leaves a relative one
+    of an upstream relative."""
     code = int(line.split(" ", 1)[0])
     response._status = line if " " in line else f"{line} "  # noqa: SLF001 - see set_status_line
     response._status_code = code  # noqa: SLF001
@@ -85,15 +90,25 @@ def set_status_line(response: Response, code: int | None = None) -> None:
 
 
 class NginxResponse(FlaskResponse):
-    """A response sent the way nginx sends it: Werkzeug drops a 304's entity headers
-    (``Content-Type``...), nginx keeps what the response has. The core's Flask app uses this
-    class for every response (Flask converts a handler's plain Werkzeug response into it)."""
+    """A response sent the way nginx sends it. The core's Flask app uses this class for every
+    response (Flask converts a handler's plain Werkzeug response into it). Werkzeug's own
+    changes to the headers are undone:
+
+    - ``Location`` and ``Content-Location`` go as they were set (Werkzeug percent-encodes
+      them, ``not a url`` -> ``not%20a%20url``, and drops a trailing ``?``; nginx sends the
+      bytes it has);
+    - a 304 keeps what the response has (Werkzeug drops its entity headers, ``Content-Type``
+      and ``Content-Length`` among them; nginx's ``return 304`` sends ``Content-Length: 0``).
+    """
 
     def get_wsgi_headers(self, environ):
-        if self.status_code != 304:
-            return super().get_wsgi_headers(environ)
-        headers = Headers(self.headers)
-        headers.remove("Content-Length")
+        if self.status_code == 304:
+            return Headers(self.headers)
+        headers = super().get_wsgi_headers(environ)
+        for name in ("Location", "Content-Location"):
+            given = self.headers.get(name)
+            if given is not None:
+                headers[name] = given
         return headers
 
 

@@ -28,8 +28,7 @@ _HOSTNAME = socket.gethostname()
 
 
 def _header(name: str) -> Callable[["RequestContext"], str]:
-    key = "HTTP_" + name.upper()
-    return lambda ctx: ctx.environ.get(key, "")
+    return lambda ctx: ctx.header(name)
 
 
 def _cookie(name: str) -> Callable[["RequestContext"], str]:

@@ -1,0 +1,234 @@
+"""worker_events across hosts: three instances (2 workers each) sharing a real Redis.
+
+    python benchmarks/bench_cluster.py [--samples N] [--rounds N]
+
+1. Cross-host delivery: publish on instance A -> the subscriber ran in **every** worker of B
+   and C (the last of the 4), p50/p99; beside same-host delivery (A's own 2 workers, same
+   events, same run) and beside Kong's way, ``cluster_events`` polling its database every
+   ``db_update_frequency`` (5 s by default): an event waits for the next poll, uniformly 0-5 s,
+   so its p50 is 2.5 s and its p99 4.95 s whatever the database does (stated, not measured:
+   measuring it takes 5 s a sample).
+2. Fan-out (``--fanout 2,10,25``): clusters of 2, 10, 25 instances of 1 worker each on this
+   machine, latency to the last worker of all the others and Redis's CPU per event.
+3. Publish cost on a bridged channel vs an unbridged one: ``?n=5000`` publishes in a request of
+   A, alternated between the two channels, events/s. The relay is off the request path, so what
+   a bridged publish costs more is only the relay's CPU beside it (2 cores).
+
+Redis runs with ``appendfsync everysec`` (the usual production setting; the tests use
+``always``). Goal: cross-host p99 <= 5 ms on loopback; bridged publish >= 90% of unbridged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_delivery import api, attach_ring  # noqa: E402
+from common import median, percentile, table  # noqa: E402
+from ngxsim_bench_cluster import REC  # noqa: E402
+
+from ngxsim.testing import start_server, wait_for  # noqa: E402
+from ngxsim.testing.engines import RedisServer  # noqa: E402
+from ngxsim_plugins.worker_events.ring import encode_event  # noqa: E402
+
+WORKERS = 2
+RING = 8192
+CONF = f"""
+load_module worker_events;
+load_module cluster;
+load_module ngxsim_bench_cluster;
+worker_processes {WORKERS};
+http {{
+    worker_events_zone bus;
+    worker_events_ring_size {RING};
+    cluster_bridge bus {{engine}} channels=bench state={{state}} stream=bench.{{stream}} instance={{name}};
+    server {{
+        listen 127.0.0.1:{{port}};
+        location /ev {{ worker_events_api; worker_events_channel bench; }}
+        location /burst {{ bench_publish_burst; }}
+    }}
+}}
+"""
+
+
+def view(server) -> dict:
+    return api(server, "/ev?limit=0").get("cluster", {})
+
+
+def start_cluster(folder: Path, engine: RedisServer, stream: str, names=("A", "B", "C"), workers=WORKERS) -> dict:
+    servers = {}
+    for name in names:
+        out = folder / f"lat-{name}"
+        state = folder / f"state-{name}"
+        out.mkdir(parents=True)
+        state.mkdir()
+        servers[name] = start_server(folder, CONF.replace(f"worker_processes {WORKERS};", f"worker_processes {workers};"),
+                                     workers=workers, pythonpath=[HERE], extra_env={"NGXSIM_BENCH_DIR": str(out)},
+                                     placeholders={"engine": engine.url, "state": state, "stream": stream,
+                                                   "name": name})
+    for server in servers.values():
+        wait_for(lambda: view(server).get("connected") and view(server).get("cursor"), 30, what="the relays to connect")
+    return servers
+
+
+def latencies(folder: Path, name: str, remote: bool) -> dict[int, list[int]]:
+    per: dict[int, list[int]] = {}
+    for path in (folder / f"lat-{name}").glob("*.lat"):
+        for sent, ns, is_remote in REC.iter_unpack(path.read_bytes()):
+            if bool(is_remote) == remote:
+                per.setdefault(sent, []).append(ns)
+    return per
+
+
+def delivery(folder: Path, servers: dict, samples: int, workers: int = WORKERS) -> tuple[list[float], list[float]]:
+    """Publish ``samples`` events into the first instance's ring ~5 ms apart; returns (same-host
+    µs to its last worker, cross-host µs to the last worker of all the others)."""
+    first, *others = servers
+    ring = attach_ring(servers[first], RING)
+    for _ in range(samples):
+        time.sleep(0.004 + random.random() * 0.002)
+        ring.publish(*encode_event("bench", "lat", str(time.monotonic_ns())))
+    ring.publish(*encode_event("bench", "flush", ""))
+    ring.zone.close()
+    for name in others:
+        wait_for(lambda: view(servers[name])["relayed_in"] >= samples + 1, 60, what=f"{name} to relay in")
+    time.sleep(0.5)  # the flush reaches every worker's subscriber
+    local = latencies(folder, first, remote=False)
+    remote: dict[int, list[int]] = {}
+    for name in others:
+        for sent, v in latencies(folder, name, remote=True).items():
+            remote.setdefault(sent, []).extend(v)
+    same = [max(v) / 1000 for v in local.values() if len(v) == workers]
+    cross = [max(v) / 1000 for v in remote.values() if len(v) == len(others) * workers]
+    return same, cross
+
+
+def cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+
+
+def fanout(folder: Path, sizes: list[int], samples: int) -> list[list[str]]:
+    """Instances of 1 worker each sharing one Redis: latency to the last worker of all the
+    others, and the engine's CPU per event, for each cluster size."""
+    rows = []
+    for size in sizes:
+        sub = folder / f"fanout-{size}"
+        sub.mkdir()
+        engine = RedisServer(sub / "redis", fsync="everysec").start()
+        servers = {}
+        try:
+            servers = start_cluster(sub, engine, f"fanout{size}", names=[f"i{n}" for n in range(size)], workers=1)
+            before = cpu_ticks(engine.proc.pid)
+            _, cross = delivery(sub, servers, samples, workers=1)
+            ticks = cpu_ticks(engine.proc.pid) - before
+        finally:
+            for server in servers.values():
+                server.stop()
+            engine.stop()
+        per_event = ticks / os.sysconf("SC_CLK_TCK") / (samples + 1) * 1e6
+        rows.append([size, size - 1, len(cross), f"{percentile(cross, 50):,.0f}", f"{percentile(cross, 99):,.0f}",
+                     f"{per_event:,.0f}"])
+    return rows
+
+
+def redis_hop(engine: RedisServer, samples: int) -> list[float]:
+    """The engine's own floor in this run: XADD in this process -> XREAD BLOCK returned in
+    another process (one of the relay path's hops, with no ngxsim in it), µs."""
+    import redis
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the reader: block on the stream, note when each entry arrived
+        try:
+            os.close(r)
+            client = redis.Redis(port=engine.port)
+            last, out = "$", []
+            while len(out) < samples:
+                for _, items in client.xread({"hop": last}, block=5000) or ():
+                    for entry_id, fields in items:
+                        out.append(time.monotonic_ns() - int(fields[b"t"]))
+                        last = entry_id
+            os.write(w, b"".join(n.to_bytes(8, "little") for n in out))
+        finally:
+            os._exit(0)
+    os.close(w)
+    client = redis.Redis(port=engine.port)
+    time.sleep(0.3)  # the reader is blocked in its XREAD
+    for _ in range(samples):
+        time.sleep(0.004 + random.random() * 0.002)
+        client.xadd("hop", {"t": str(time.monotonic_ns())})
+    data = b""
+    with os.fdopen(r, "rb") as fh:
+        data = fh.read()
+    os.waitpid(pid, 0)
+    return [int.from_bytes(data[i:i + 8], "little") / 1000 for i in range(0, len(data), 8)]
+
+
+def publish_cost(servers: dict, rounds: int, n: int = 5000) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {"unbridged (local.bench)": [], "bridged (bench)": []}
+    for _ in range(rounds):
+        for label, channel in (("unbridged (local.bench)", "local.bench"), ("bridged (bench)", "bench")):
+            doc = api(servers["A"], f"/burst?n={n}&channel={channel}")
+            out[label].append(doc["count"] / doc["seconds"])
+            time.sleep(0.5)  # let the relay catch up between rounds
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--fanout", default="2,10,25", help="cluster sizes of the fan-out table ('' skips it)")
+    parser.add_argument("--fanout-samples", type=int, default=200)
+    args = parser.parse_args()
+    if not RedisServer.available():
+        print("redis-server is not installed: skipped")
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
+        folder = Path(tmp)
+        engine = RedisServer(folder / "redis", fsync="everysec").start()
+        servers = {}
+        try:
+            servers = start_cluster(folder, engine, f"{os.getpid()}")
+            same, cross = delivery(folder, servers, args.samples)
+            hop = redis_hop(engine, args.samples)
+            cost = publish_cost(servers, args.rounds)
+        finally:
+            for server in servers.values():
+                server.stop()
+            engine.stop()
+        sizes = [int(n) for n in args.fanout.split(",") if n]
+        fan = fanout(folder, sizes, args.fanout_samples) if sizes else []
+    print(f"load average at the end: {os.getloadavg()}")
+    rows = [
+        ["same host: A's 2 workers", len(same), f"{percentile(same, 50):,.0f}", f"{percentile(same, 99):,.0f}"],
+        ["across hosts: every worker of B and C (4)", len(cross), f"{percentile(cross, 50):,.0f}",
+         f"{percentile(cross, 99):,.0f}"],
+        ["(floor) one Redis hop: XADD -> XREAD BLOCK returned in another process", len(hop),
+         f"{percentile(hop, 50):,.0f}", f"{percentile(hop, 99):,.0f}"],
+        ["Kong cluster_events, 5 s poll (stated)", "-", "2,500,000", "4,950,000"],
+    ]
+    print(table(f"publish on A -> subscriber ran in every worker, µs ({args.samples} events ~5 ms apart)",
+                ["delivery", "samples", "p50 µs", "p99 µs"], rows))
+    if fan:
+        print(table(f"fan-out: instances of 1 worker sharing one Redis, {args.fanout_samples} events published on "
+                    "the first -> ran in every worker of all the others",
+                    ["instances", "receivers", "samples", "p50 µs", "p99 µs", "Redis CPU µs/event"], fan))
+    base = median(cost["unbridged (local.bench)"])
+    print(table(f"publish cost in a request of A, 5,000 publishes, median of {args.rounds} rounds",
+                ["channel", "events/s", "vs unbridged"],
+                [[k, f"{median(v):,.0f}", f"{median(v) / base:.0%}"] for k, v in cost.items()]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,565 @@
+"""The NATS JetStream engine: one JetStream stream per cluster, appended with acknowledged
+publishes, read with an ordered push consumer.
+
+URL: ``nats://host:port[,host2:port2,...][?replicas=N]`` (or ``tls://`` for TLS; every server
+of one URL uses the same scheme; ``nats://a:1,nats://b:2`` is accepted as well). The client
+connects to one of the listed servers and, when that one goes away, to another (nats-py's own
+reconnect across the list), so a 3-node cluster has no single point of failure.
+
+- Credentials: a user in the URL (``nats://relay@host:4222``) is sent with ``password`` (the
+  credentials file of the config) as user/password; without a user, ``password`` is sent as the
+  server's token. A password written in the URL is used only when no file gives one. No message
+  of this engine ever names the password.
+- ``replicas``: the stream's replica count when this engine creates it (default 1; 3 on a
+  3-node cluster: a node lost costs a leader election, nothing acknowledged). An existing stream
+  is used as it is (never reset, its retention and replicas untouched).
+- The stream: JetStream names allow ``[A-Za-z0-9_-]``; ``stream`` is kept when it fits, else
+  its other characters become ``_`` and an 8-hex-digit hash of the original is appended (two
+  configured names never share a stream). Subject ``ngxsim.<name>``; ``max_msgs=retention``,
+  discard old, file storage.
+- A record is one compact JSON array in the message's data,
+  ``[origin, origin_generation, channel, type, timestamp_msec, payload]`` (UTF-8, non-ASCII
+  kept as is): one parse per entry, no escaping rules to follow (NATS header values are ASCII
+  lines; channel, type and payload are any text). One header, ``Nats-Msg-Id:
+  origin|generation|timestamp``, makes JetStream drop a re-append of the same record within its
+  duplicate window (2 minutes): an append that timed out after the server stored it and is
+  appended again after a reconnect is stored once. So ``append`` itself sends an unanswered
+  publish again (a quarter of ``timeout`` per attempt, within the call's bound): a stream
+  leader that steps down (a node stopped for maintenance) costs a pause, not an error. The
+  timestamp keeps an instance whose generations restart (a new ring) from colliding with its
+  previous life.
+- Positions are stream sequences as decimal strings. A jump between the position asked for and
+  the first sequence delivered is a gap (retention removed them): ``lost_count`` is exact. A
+  position past the stream's last sequence means the stream was recreated: reading restarts
+  at its first entry, ``lost`` with ``lost_count`` None. A read that got nothing asks for the
+  stream's state (so a server that stopped answering is an EngineError, and a stream deleted
+  and made again under a live consumer is found and said the same way). A batch never spans a gap: entries
+  after a jump come in the next read, with the jump reported there.
+
+nats-py is asyncio-only; the engine owns one event loop in a daemon thread and calls into it,
+every call bounded by ``timeout``: ``connect`` by one to reach a server and one to find or
+create the stream, ``read`` by ``block`` plus one to set up its consumer and one to hear the
+server when nothing came. One engine serves one caller thread at a time (the relay uses one
+engine per direction).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import json
+import os
+import re
+import ssl
+import threading
+import time
+from typing import Sequence
+from urllib.parse import parse_qsl, urlsplit
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.js import api
+
+from ..engine import Batch, Engine, EngineError, Entry, Record, redact_url
+
+_SCHEMES = ("nats", "tls")
+_NAME_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+_NAME_MAX = 64
+_MAX_REPLICAS = 5
+_QUEUE_SIZE = 4096  # entries buffered ahead of read(); a full queue holds back flow control
+_RECONNECT_WAIT = 0.25  # seconds between two attempts at the same server (nats-py's default: 2)
+_HEARTBEAT = 2.0  # the ordered consumer's idle heartbeat: two missed ones recreate it
+_ATTEMPT = 0.25  # of timeout: one publish attempt's share of the call's bound
+_RETRY_PAUSE = 0.05
+_NO_ANSWER = (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError,
+              nats.js.errors.ServiceUnavailableError)
+_STREAM_IN_USE = 10058  # JetStream's err_code: stream name already in use (another config)
+
+
+def stream_name(stream: str) -> str:
+    """The JetStream stream name for the configured ``stream``."""
+    clean = _NAME_CHARS.sub("_", stream)
+    if clean == stream and 0 < len(clean) <= _NAME_MAX:
+        return clean
+    digest = hashlib.sha1(stream.encode()).hexdigest()[:8]
+    return f"{clean[:_NAME_MAX - 9]}_{digest}"
+
+
+def parse_url(url: str) -> tuple[list[str], dict]:
+    """(the server URLs for nats-py, credentials and options) or ValueError naming what is wrong."""
+    base, _, query = url.partition("?")
+    scheme, sep, rest = base.partition("://")
+    if not sep or scheme not in _SCHEMES:
+        raise ValueError(f"the scheme must be one of {', '.join(s + '://' for s in _SCHEMES)}")
+    options = {"replicas": 1, "user": None, "password": None}
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key != "replicas":
+            raise ValueError(f'unknown parameter "{key}" (known: replicas)')
+        if not value.isdigit() or not 1 <= int(value) <= _MAX_REPLICAS:
+            raise ValueError(f'"replicas" must be a number from 1 to {_MAX_REPLICAS}')
+        options["replicas"] = int(value)
+    servers = []
+    for one in rest.split(","):
+        one = one.strip()
+        if "://" not in one:
+            one = f"{scheme}://{one}"
+        parts = urlsplit(one)
+        if parts.scheme != scheme:
+            raise ValueError("every server of one URL must use the same scheme")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError(f'invalid port in "{redact_url(one)}"') from None
+        if not parts.hostname:
+            raise ValueError(f'no host in "{redact_url(one)}"')
+        if parts.path not in ("", "/"):
+            raise ValueError(f'unexpected path "{parts.path}" (the stream is configured on its own)')
+        if parts.username:
+            if options["user"] not in (None, parts.username):
+                raise ValueError("the servers of one URL name different users")
+            options["user"] = parts.username
+            options["password"] = parts.password
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        servers.append(f"{scheme}://{host}:{port or 4222}")
+    return servers, options
+
+
+def encode(record: Record) -> bytes:
+    return json.dumps([record.origin, record.origin_generation, record.channel, record.type,
+                       record.timestamp_msec, record.payload], ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def decode(data: bytes) -> Record | None:
+    """The record in an entry's data, or None when it is not one (something else published on
+    the stream's subject)."""
+    try:
+        origin, generation, channel, type_, timestamp, payload = json.loads(data)
+    except (ValueError, TypeError):
+        return None
+    if not (isinstance(origin, str) and isinstance(generation, int) and isinstance(channel, str)
+            and isinstance(type_, str) and isinstance(timestamp, int) and isinstance(payload, str)):
+        return None
+    return Record(origin, generation, channel, type_, payload, timestamp)
+
+
+def msg_id(record: Record) -> str:
+    return f"{record.origin}|{record.origin_generation}|{record.timestamp_msec}"
+
+
+class NatsEngine(Engine):
+    """JetStream through nats-py, behind the contract's synchronous calls."""
+
+    schemes = _SCHEMES
+    # not in the contract (yet): the position before the first entry, for a reader that wants
+    # everything the stream holds (Redis's is "0-0"); a relay that starts on an empty stream
+    # needs one it can store
+    beginning: str = "0"
+
+    def __init__(self, url: str, stream: str, *, retention: int, password: str | None = None,
+                 timeout: float = 2.0):
+        super().__init__(url, stream, retention=retention, password=password, timeout=timeout)
+        self.name = stream_name(stream)
+        self.subject = f"ngxsim.{self.name}"
+        self.skipped = 0  # entries on the subject that were not records (skipped, counted)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._nc = None
+        self._js = None
+        self._reset_reader()
+
+    @classmethod
+    def check_url(cls, url: str) -> str | None:
+        try:
+            parse_url(url)
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    # -- the loop thread ----------------------------------------------------------------------
+
+    def _start_loop(self) -> None:
+        if self._loop is not None:
+            return
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name=f"nats engine {self.name}", daemon=True)
+        thread.start()
+        self._loop, self._thread = loop, thread
+
+    def _stop_loop(self) -> None:
+        loop, thread = self._loop, self._thread
+        self._loop = self._thread = None
+        if loop is None:
+            return
+
+        async def cancel_all():
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=1.0) if tasks else None
+
+        try:
+            asyncio.run_coroutine_threadsafe(cancel_all(), loop).result(2.0)
+        except Exception:  # noqa: BLE001 - close never raises
+            pass
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5.0)
+        if not thread.is_alive():
+            loop.close()
+
+    def _run(self, coro, what: str, bound: float | None = None):
+        """Run ``coro`` on the engine's loop for at most ``bound`` seconds; any failure becomes
+        an EngineError saying ``what`` failed and why, in words."""
+        bound = self.timeout if bound is None else bound
+        if self._loop is None:
+            coro.close()
+            raise EngineError(f"{self.describe()}: {what}: not connected")
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(bound + 0.5)  # the coroutine bounds itself; this is the backstop
+        except concurrent.futures.TimeoutError:
+            if not future.done():  # (the coroutine's own asyncio.TimeoutError is the same class)
+                future.cancel()
+                raise EngineError(f"{self.describe()}: {what}: no answer within {bound:g}s") from None
+            exc = future.exception()
+        except EngineError:
+            raise
+        except Exception as caught:  # noqa: BLE001 - every failure becomes the contract's error
+            exc = caught
+        if isinstance(exc, EngineError):
+            raise exc
+        raise EngineError(f"{self.describe()}: {what}: {self._words(exc)}") from None
+
+    def _words(self, exc: BaseException) -> str:
+        """Why ``exc`` happened, fit for the error log: no library repr, no password."""
+        text = self._why(exc)
+        for secret in {self.password, self._url_password()} - {None, ""}:
+            text = text.replace(secret, "***")
+        return text
+
+    @staticmethod
+    def _refused(exc: BaseException) -> bool:
+        return isinstance(exc, nats.errors.AuthorizationError) or "authorization" in str(exc).lower()
+
+    def _why(self, exc: BaseException) -> str:
+        if self._refused(exc):
+            return "authentication failed (authorization violation): check the user and the credentials file"
+        if isinstance(exc, (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError,
+                            nats.js.errors.ServiceUnavailableError)):
+            return "no JetStream answer (JetStream not enabled on the server, or no stream leader yet)"
+        if isinstance(exc, nats.js.errors.APIError):
+            return f"JetStream refused it: {exc.description or 'error'} (code {exc.code}, err_code {exc.err_code})"
+        if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+            return f"timed out after {self.timeout:g}s"
+        if isinstance(exc, nats.errors.ConnectionClosedError):
+            return "the connection is closed"
+        if isinstance(exc, ssl.SSLError):
+            return f"TLS failed: {exc.reason or exc.strerror or 'handshake error'}"
+        if isinstance(exc, OSError):
+            return (os.strerror(exc.errno) if exc.errno else exc.strerror or "connection failed").lower()
+        if isinstance(exc, nats.errors.Error):
+            text = str(exc)
+            return text[len("nats: "):] if text.startswith("nats: ") else text
+        return type(exc).__name__
+
+    def _url_password(self) -> str | None:
+        try:
+            return parse_url(self.url)[1]["password"]
+        except ValueError:
+            return None
+
+    # -- connect / close ----------------------------------------------------------------------
+
+    def connect(self) -> None:
+        try:
+            servers, options = parse_url(self.url)
+        except ValueError as exc:
+            raise EngineError(f"{self.describe()}: invalid URL: {exc}") from None
+        self.close()
+        self._start_loop()
+        try:
+            self._run(self._connect(servers, options), "cannot connect")
+            self._run(self._ensure_stream(options["replicas"]), f"stream {self.name}")
+        except EngineError:
+            self.close()
+            raise
+
+    async def _connect(self, servers: list[str], options: dict) -> None:
+        auth = {}
+        password = self.password if self.password is not None else options["password"]
+        if options["user"] is not None:
+            auth = {"user": options["user"], "password": password or ""}
+        elif password:
+            auth = {"token": password}
+        last_error: list[BaseException] = []
+        refused = asyncio.get_running_loop().create_future()
+        self._connected = asyncio.Event()
+
+        async def on_error(exc):
+            last_error.append(exc)
+            if self._refused(exc) and not refused.done():
+                refused.set_result(exc)  # a wrong password stays wrong: say so now
+
+        async def on_disconnect():
+            self._connected.clear()
+
+        async def on_reconnect():
+            self._connected.set()
+            self._reconnects += 1
+
+        nc = nats.NATS()
+        attempt = asyncio.ensure_future(nc.connect(
+            servers, name=f"ngxsim cluster {self.name}", connect_timeout=self.timeout,
+            allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=_RECONNECT_WAIT,
+            error_cb=on_error, disconnected_cb=on_disconnect, reconnected_cb=on_reconnect, **auth))
+        done, _ = await asyncio.wait({attempt, refused}, timeout=self.timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if attempt not in done or attempt.exception() is not None:
+            attempt.cancel()
+            await asyncio.gather(attempt, return_exceptions=True)
+            await self._close_client(nc)
+            if attempt.done() and not attempt.cancelled() and attempt.exception() is not None:
+                raise attempt.exception()
+            if refused.done():
+                raise refused.result()
+            if last_error:  # a refused password may show as a reset connection once: say why
+                raise next((e for e in last_error if self._refused(e)), last_error[-1])
+            raise asyncio.TimeoutError
+        self._nc = nc
+        self._connected.set()
+        self._js = nc.jetstream(timeout=self.timeout)
+
+    async def _ensure_stream(self, replicas: int) -> None:
+        await asyncio.wait_for(self._find_or_create_stream(replicas), self.timeout)
+
+    async def _find_or_create_stream(self, replicas: int) -> None:
+        try:
+            info = await self._js.stream_info(self.name)
+        except nats.js.errors.NotFoundError:
+            config = api.StreamConfig(name=self.name, subjects=[self.subject], max_msgs=self.retention,
+                                      discard=api.DiscardPolicy.OLD, storage=api.StorageType.FILE,
+                                      num_replicas=replicas)
+            try:
+                info = await self._js.add_stream(config)
+            except nats.js.errors.BadRequestError as exc:
+                if exc.err_code != _STREAM_IN_USE:
+                    raise
+                info = await self._js.stream_info(self.name)  # another instance made it first
+        if self.subject not in (info.config.subjects or []):
+            raise EngineError(f"{self.describe()}: stream {self.name} exists with subjects "
+                              f"{info.config.subjects} and not {self.subject}")
+
+    def close(self) -> None:
+        nc = self._nc
+        self._nc = self._js = None
+        if nc is not None and self._loop is not None:
+            try:
+                asyncio.run_coroutine_threadsafe(self._close_client(nc), self._loop).result(self.timeout + 0.5)
+            except Exception:  # noqa: BLE001 - close never raises
+                pass
+        self._stop_loop()
+        self._reset_reader()
+
+    async def _close_client(self, nc) -> None:
+        try:
+            await asyncio.wait_for(nc.close(), self.timeout)
+        except Exception:  # noqa: BLE001 - closing a broken connection may fail; it is gone either way
+            pass
+
+    # -- append / newest ----------------------------------------------------------------------
+
+    def append(self, records: Sequence[Record]) -> list[str]:
+        if not records:
+            return []
+        return self._run(self._append(list(records)), f"append to stream {self.name}")
+
+    async def _append(self, records: list[Record]) -> list[str]:
+        # one at a time, each acknowledged before the next is sent: a failure stops the batch
+        # there, so a retry never stores a later record before an earlier one
+        deadline = time.monotonic() + self.timeout
+        positions = []
+        for record in records:
+            ack = await self._publish(record, deadline)
+            positions.append(str(ack.seq))
+        return positions
+
+    async def _publish(self, record: Record, deadline: float):
+        """One acknowledged publish, sent again (same Nats-Msg-Id: stored once) when an attempt
+        gets no answer, until ``deadline``: a stream leader that stepped down or died takes the
+        unanswered attempt with it, and its successor answers the next one."""
+        data, headers = encode(record), {api.Header.MSG_ID: msg_id(record)}
+        while True:
+            await self._wait_connected()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise asyncio.TimeoutError
+            try:
+                return await self._js.publish(self.subject, data, timeout=min(left, self.timeout * _ATTEMPT),
+                                              headers=headers)
+            except _NO_ANSWER:
+                if deadline - time.monotonic() <= _RETRY_PAUSE:
+                    raise
+                await asyncio.sleep(_RETRY_PAUSE)  # no leader yet: give the election a moment
+
+    async def _wait_connected(self) -> None:
+        """Wait (within the call's bound) while the client reconnects to another server, rather
+        than buffer a publish nobody may ever receive."""
+        if self._nc is None:
+            raise nats.errors.ConnectionClosedError
+        if not self._connected.is_set():
+            try:
+                await asyncio.wait_for(self._connected.wait(), self.timeout)
+            except asyncio.TimeoutError:
+                raise EngineError(f"{self.describe()}: disconnected, no server answered within "
+                                  f"{self.timeout:g}s") from None
+
+    def newest(self) -> str | None:
+        return self._run(self._newest(), f"stream {self.name} info")
+
+    async def _newest(self) -> str | None:
+        await self._wait_connected()
+        state = (await self._js.stream_info(self.name)).state
+        return str(state.last_seq) if state.messages else None
+
+    # -- read -----------------------------------------------------------------------------------
+
+    def _reset_reader(self) -> None:
+        self._sub = None
+        self._queue: asyncio.Queue | None = None
+        self._held = None          # a message after a jump, kept for the next read
+        self._last: int | None = None  # the last sequence handed out (or the cursor it started at)
+        self._given: str | None = None  # the cursor the last batch returned
+        self._pending_lost: tuple[int | None] | None = None  # a loss found at subscribe time
+        self._created = None  # the stream's creation time when the consumer was made
+        self._reconnects = 0
+        self._sub_reconnects = 0
+
+    def read(self, cursor: str | None, *, block: float, limit: int = 512) -> Batch:
+        if cursor is not None and not (cursor.isdigit() and cursor.isascii()):
+            raise EngineError(f"{self.describe()}: read: {cursor!r} is not a position of this engine "
+                              f"(a stream sequence)")
+        return self._run(self._read(cursor, max(0.0, block), max(1, limit)), f"read stream {self.name}",
+                         block + self.timeout * 2)
+
+    async def _read(self, cursor: str | None, block: float, limit: int) -> Batch:
+        # at most timeout to be ready, block to wait for the first entry, timeout to hear the server
+        await asyncio.wait_for(self._ready_to_read(cursor), self.timeout)
+        entries: list[Entry] = []
+        lost, lost_count = False, None
+        if self._pending_lost is not None:
+            lost, (lost_count,) = True, self._pending_lost
+            self._pending_lost = None
+        deadline = time.monotonic() + block
+        while len(entries) < limit:
+            msg = self._held
+            self._held = None
+            if msg is None:
+                if entries:
+                    if self._queue.empty():
+                        break
+                    msg = self._queue.get_nowait()
+                else:
+                    try:
+                        msg = await asyncio.wait_for(self._queue.get(), max(0.0, deadline - time.monotonic()))
+                    except asyncio.TimeoutError:
+                        # nothing came: the server must answer, and the stream must still be
+                        # the one this consumer reads
+                        if await self._recreated_under_us():
+                            lost, lost_count = True, None
+                        break
+            seq = msg.metadata.sequence.stream
+            if self._last is not None and seq <= self._last:
+                continue  # delivered again (the consumer was recreated): already handed out
+            if self._last is not None and seq > self._last + 1:
+                if entries:
+                    self._held = msg  # the jump goes with the next batch
+                    break
+                lost, lost_count = True, (lost_count or 0) + seq - self._last - 1
+            self._last = seq
+            record = decode(msg.data)
+            if record is None:
+                self.skipped += 1
+                continue
+            entries.append(Entry(str(seq), record))
+        if entries:
+            position = entries[-1].position
+        elif self._last is not None:
+            position = str(self._last)
+        else:
+            position = cursor
+        self._given = position
+        return Batch(entries, position, lost, lost_count)
+
+    async def _recreated_under_us(self) -> bool:
+        """Was the stream deleted and made again since this consumer started (its sequences
+        begin anew: the consumer would wait for a sequence the new stream reaches only later,
+        and hand out what comes after as if nothing was missed)? Then a new consumer at its
+        start. Raises when the server does not answer or the stream is gone."""
+        info = await self._js.stream_info(self.name)
+        if self._last is None or (info.created == self._created and info.state.last_seq >= self._last):
+            return False
+        await self._subscribe(str(self._last), None, remade=True)
+        self._pending_lost = None  # said by this read
+        return True
+
+    async def _ready_to_read(self, cursor: str | None) -> None:
+        """Keep the consumer while the caller continues where the last batch ended; else (or
+        after a reconnect, which loses it) a new one, resuming after what was handed out."""
+        await self._wait_connected()
+        if self._sub is None or cursor != self._given or self._sub_reconnects != self._reconnects:
+            start = self._last + 1 if (self._sub is not None and cursor == self._given
+                                       and self._last is not None) else None
+            await self._subscribe(cursor, start)
+
+    async def _subscribe(self, cursor: str | None, resume: int | None, remade: bool = False) -> None:
+        """A new ordered consumer: after ``cursor`` (``resume``: at that sequence, where the
+        previous consumer stopped), or for new entries only (cursor None). ``remade``: the
+        stream was deleted and made again (also found here: its creation time changed since
+        the last consumer), so the position means nothing in it: from its first entry."""
+        await self._unsubscribe()
+        self._held = None
+        self._pending_lost = None
+        queue: asyncio.Queue = asyncio.Queue(_QUEUE_SIZE)
+
+        async def deliver(msg):
+            await queue.put(msg)  # blocks when full: flow control then holds the server back
+
+        info = await self._js.stream_info(self.name)
+        state = info.state
+        remade = remade or (self._created is not None and info.created != self._created)
+        self._created = info.created
+        if resume is not None:
+            start = resume
+        elif cursor is None:
+            start = None
+        else:
+            start = int(cursor) + 1
+        if start is not None:
+            if remade or start > state.last_seq + 1:
+                # made again (past its end: the same); what the position pointed at is unknown
+                self._pending_lost = (None,)
+                start = max(1, state.first_seq)  # an empty new stream says first_seq 0
+            elif state.first_seq > start:
+                self._pending_lost = (state.first_seq - start,)
+                start = state.first_seq
+        if start is None:
+            self._last = None
+            sub = await self._js.subscribe(self.subject, stream=self.name, cb=deliver, ordered_consumer=True,
+                                           idle_heartbeat=_HEARTBEAT, deliver_policy=api.DeliverPolicy.NEW)
+        else:
+            self._last = start - 1
+            sub = await self._js.subscribe(self.subject, stream=self.name, cb=deliver, ordered_consumer=True,
+                                           idle_heartbeat=_HEARTBEAT,
+                                           deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                                           config=api.ConsumerConfig(opt_start_seq=start))
+        self._sub, self._queue = sub, queue
+        self._sub_reconnects = self._reconnects
+
+    async def _unsubscribe(self) -> None:
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            try:
+                await asyncio.wait_for(sub.unsubscribe(), self.timeout)
+            except Exception:  # noqa: BLE001 - the old consumer is ephemeral: the server drops it
+                pass

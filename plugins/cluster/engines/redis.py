@@ -1,0 +1,194 @@
+"""Redis Streams: one stream (a key) per cluster.
+
+- append: ``XADD stream MAXLEN ~ retention * o ORIGIN g GEN c CHANNEL t TYPE p PAYLOAD ts MS``,
+  every record of a batch in one pipeline (one round trip, in MULTI with an ``XINFO STREAM``
+  that numbers the batch);
+- read: ``XREAD BLOCK ms COUNT n STREAMS stream cursor`` (the server answers as soon as an entry
+  arrives: a push, no polling), on a connection of its own whose socket timeout outlasts the
+  block;
+- loss: a position is ``ID#N``, N the entry's number in the stream (the N-th ever added).
+  Redis 7's ``XINFO STREAM`` (asked in the same pipeline as the XREAD, just before it) gives
+  ``entries-added`` and ``length``; the stream is only ever trimmed from its head, so its first
+  entry is number ``entries-added - length + 1``. When that is past the cursor's N + 1, entries
+  after the cursor were trimmed unread: exactly that many. (``max-deleted-entry-id`` would not
+  do: trimming does not move it, only XDEL does.) A stream that vanished (the engine restarted
+  without its data, ``FLUSHALL``) while the cursor pointed into it is a loss of unknown size.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+from urllib.parse import urlsplit
+
+import redis
+from redis import exceptions as rx
+
+from ..engine import Batch, Engine, EngineError, Entry, Record, redact_url
+
+_FIELDS = (b"o", b"g", b"c", b"t", b"p", b"ts")
+
+
+def _position(entry_id: bytes | str, number: int | None) -> str:
+    """A position: the entry's id and, after ``#``, its number in the stream (1 for the first
+    entry ever added): what tells a trimmed gap from no gap, and how many were lost."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return text if number is None else f"{text}#{number}"
+
+
+def _parse(position: str) -> tuple[str, int | None]:
+    entry_id, sep, number = position.partition("#")
+    return entry_id, (int(number) if sep and number.isdigit() else (0 if entry_id == "0-0" else None))
+
+
+class RedisEngine(Engine):
+    schemes = ("redis", "rediss")
+
+    def __init__(self, url, stream, *, retention, password=None, timeout=2.0):
+        super().__init__(url, stream, retention=retention, password=password, timeout=timeout)
+        self._client: redis.Redis | None = None
+        self._reader: redis.Redis | None = None
+
+    @classmethod
+    def check_url(cls, url: str) -> str | None:
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            return f"invalid port ({exc})" if "port" in str(exc).lower() else str(exc)
+        if parts.scheme not in cls.schemes:
+            return f'scheme "{parts.scheme}" is not redis:// or rediss://'
+        if not parts.hostname:
+            return "no host"
+        if port is not None and not 1 <= port <= 65535:
+            return f"invalid port {port}"
+        db = parts.path.lstrip("/")
+        if db and not db.isdigit():
+            return f'invalid database "{db}" (a number: redis://host:port/0)'
+        if parts.query or parts.fragment:
+            return "no query or fragment is allowed (credentials go in password_file=)"
+        return None
+
+    def _make(self, socket_timeout: float) -> redis.Redis:
+        return redis.Redis.from_url(self.url, password=self.password, socket_timeout=socket_timeout,
+                                    socket_connect_timeout=self.timeout, decode_responses=False,
+                                    retry_on_timeout=False)
+
+    def _fail(self, what: str, exc: Exception) -> EngineError:
+        reason = str(exc).replace(self.url, self.describe()) or type(exc).__name__
+        return EngineError(f"{self.describe()}: {what}: {reason}")
+
+    def connect(self) -> None:
+        self.close()
+        try:
+            self._client = self._make(self.timeout)
+            self._client.ping()
+        except rx.RedisError as exc:
+            self.close()
+            raise self._fail("connect", exc) from None
+
+    def _reader_for(self, block: float) -> redis.Redis:
+        if self._reader is None:
+            self._reader = self._make(block + self.timeout)
+        return self._reader
+
+    def append(self, records: Sequence[Record]) -> list[str]:
+        if self._client is None:
+            raise EngineError(f"{self.describe()}: not connected")
+        if not records:
+            return []
+        # one round trip, in MULTI so that the entries-added read after the batch numbers it
+        pipe = self._client.pipeline(transaction=True)
+        for r in records:
+            pipe.xadd(self.stream, {b"o": r.origin, b"g": r.origin_generation, b"c": r.channel, b"t": r.type,
+                                    b"p": r.payload, b"ts": r.timestamp_msec},
+                      maxlen=self.retention, approximate=True)
+        pipe.xinfo_stream(self.stream)
+        try:
+            *ids, info = pipe.execute()
+        except rx.RedisError as exc:
+            raise self._fail("XADD", exc) from None
+        last = info["entries-added"]
+        return [_position(entry_id, last - len(ids) + 1 + i) for i, entry_id in enumerate(ids)]
+
+    def _info(self, client: redis.Redis) -> dict | None:
+        try:
+            return client.xinfo_stream(self.stream)
+        except rx.ResponseError as exc:
+            if "no such key" in str(exc).lower():
+                return None
+            raise self._fail("XINFO STREAM", exc) from None
+        except rx.RedisError as exc:
+            raise self._fail("XINFO STREAM", exc) from None
+
+    def newest(self) -> str | None:
+        if self._client is None:
+            raise EngineError(f"{self.describe()}: not connected")
+        info = self._info(self._client)
+        return None if info is None else _position(info["last-generated-id"], info["entries-added"])
+
+    def read(self, cursor: str | None, *, block: float, limit: int = 512) -> Batch:
+        if self._client is None:
+            raise EngineError(f"{self.describe()}: not connected")
+        if cursor is None:  # from now on: the newest entry is where we are
+            cursor = self.newest() or "0-0#0"
+        last_id, number = _parse(cursor)
+        reader = self._reader_for(block)
+        pipe = reader.pipeline(transaction=False)
+        pipe.xinfo_stream(self.stream)
+        pipe.xread({self.stream: last_id}, count=limit, block=max(int(block * 1000), 1))
+        try:
+            info, answer = pipe.execute(raise_on_error=False)
+        except rx.RedisError as exc:
+            self._drop_reader()
+            raise self._fail("XREAD", exc) from None
+        if isinstance(answer, Exception):
+            self._drop_reader()
+            raise self._fail("XREAD", answer)
+        lost, lost_count = False, None
+        if isinstance(info, Exception):
+            if "no such key" not in str(info).lower():
+                raise self._fail("XINFO STREAM", info)
+            if number:  # the stream is gone while we had read into it (restarted without its data)
+                lost, number, last_id = True, 0, "0-0"
+        else:
+            # entries are numbered 1, 2, ... in the order added (entries-added counts them; this
+            # stream is only trimmed from its head): the head's number is added - length + 1
+            first = info["entries-added"] - info["length"] + 1
+            if number is not None and first > number + 1:
+                lost, lost_count = True, first - number - 1
+                number = first - 1
+            elif number is not None and info["entries-added"] < number:
+                lost, number = True, 0  # a younger stream of the same name: what we read is gone
+        entries = []
+        for _, items in answer or ():
+            for position, fields in items:
+                if number is not None:
+                    number += 1
+                last_id = position
+                try:
+                    record = Record(fields[b"o"].decode(), int(fields[b"g"]), fields[b"c"].decode(),
+                                    fields[b"t"].decode(), fields[b"p"].decode(), int(fields[b"ts"]))
+                except (KeyError, ValueError, UnicodeDecodeError):
+                    continue  # not one of ours (another writer on this key): skip it
+                entries.append(Entry(_position(position, number), record))
+        return Batch(entries, _position(last_id, number), lost, lost_count)
+
+    @staticmethod
+    def _closed(client: redis.Redis | None) -> None:
+        if client is not None:
+            try:
+                client.close()
+            except Exception:
+                pass
+
+    def _drop_reader(self) -> None:
+        self._closed(self._reader)
+        self._reader = None
+
+    def close(self) -> None:
+        self._drop_reader()
+        self._closed(self._client)
+        self._client = None
+
+
+__all__ = ["RedisEngine", "redact_url"]

@@ -1,0 +1,304 @@
+"""The relay: one per bridged zone per instance, a service under the instance-wide lease.
+
+Two threads, each with its own connection to the engine:
+
+- **out** (local → engine): blocks on the zone's doorbell (``wait_for_events``), reads the ring
+  after the last relayed generation (in order; what the ring overwrote first is a gap, sent on
+  as a ``@gap`` record so the others learn of it), and appends each local event of a bridged
+  channel, with this instance's id and its origin generation, in one pipelined batch;
+- **in** (engine → local): blocks in the engine's read after the durable cursor, skips its own
+  origin (no echo), drops what its per-origin watermark says was delivered already (at least
+  once becomes once), and publishes the rest into the local ring with their origin
+  (``publish_remote``): every worker gets them through ``ngxsim_event``.
+
+An event's origin generation is ``ring birth (µs) + local generation``: increasing for an
+instance across its restarts (a restarted instance's ring starts at 1 again), so one watermark
+per origin de-duplicates. Requests never wait on any of this: the engine is only ever reached
+from these two threads.
+
+When the engine is unreachable each thread reconnects with exponential backoff and jitter; the
+error log says so once per change of state, never per retry. Meanwhile the ring keeps what is
+published; what it overwrote before the relay read it is a counted gap.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+
+from .engine import EngineError, Record
+from .engines import engine_class
+from .state import RelayState, state_path
+from .view import View
+
+log = logging.getLogger("ngxsim")
+
+BLOCK = 0.5       # the longest a read or a ring wait blocks (how soon a stop is noticed)
+BATCH = 512
+BACKOFF_FIRST, BACKOFF_MAX = 0.05, 2.0
+GAP_CHANNEL = "@gap"
+
+
+class Relay:
+    def __init__(self, runtime, bridge, instance: str, view_zone: str, lease):
+        from ngxsim_plugins import worker_events as we
+
+        self.we = we
+        self.runtime = runtime
+        self.bridge = bridge
+        self.zone = bridge.zone
+        self.instance = instance
+        self.lease = lease
+        self.state = RelayState.load(state_path(bridge.state_dir, bridge.zone, bridge.stream))
+        self.view = View(runtime.zone(view_zone))
+        old = self.view.read() or {}
+        self.stats = {k: old.get(k, 0) for k in ("relayed_out", "relayed_in", "duplicates", "gaps", "lost_events",
+                                                  "engine_errors")}
+        self.instances: dict[str, dict] = old.get("instances") or {}
+        self.links = {"out": False, "in": False}
+        self.connected = False
+        self.last_error: str | None = None
+        self.last_error_msec = 0
+        self.caught_up = False
+        self._lock = threading.Lock()
+        self._pending_loss: set[str] = set()
+
+    # -- shared bookkeeping ---------------------------------------------------------------------
+
+    def _stopping(self) -> bool:
+        return self.lease.stopping.is_set()
+
+    def _link(self, direction: str, ok: bool, error: str | None = None) -> None:
+        """Record a direction's connection state; the error log hears of each change once
+        (connected, unreachable), never of each retry."""
+        with self._lock:
+            self.links[direction] = ok
+            if error:
+                self.last_error, self.last_error_msec = error, int(time.time() * 1000)
+                self.stats["engine_errors"] += 1
+            connected = all(self.links.values())
+            went_up = connected and not self.connected
+            went_down = not ok and not self._down_logged
+            self.connected = connected
+            if went_up:
+                self._down_logged = False
+            if went_down:
+                self._down_logged = True
+        if went_up:
+            log.info("cluster: zone %s: relay (worker %d) connected to %s, stream %s, as instance %s",
+                     self.zone, os.getpid(), self.bridge.engine, self.bridge.stream, self.instance)
+        if went_down:
+            log.error("cluster: zone %s: engine %s unreachable (%s); the relay retries with backoff, "
+                      "events wait in the ring meanwhile", self.zone, self.bridge.engine, error)
+        self.publish_view()
+
+    _down_logged = False
+
+    def publish_view(self) -> None:
+        b = self.bridge
+        with self._lock:
+            doc = {
+                "engine": b.engine, "stream": b.stream, "instance": self.instance,
+                "channels": list(b.channels) if b.channels is not None else "*",
+                "connected": self.connected, "relay_pid": None if self._stopping() else os.getpid(),
+                "caught_up": self.caught_up, "cursor": self.state.cursor, "relayed_generation": self.state.relayed,
+                **self.stats, "last_error": self.last_error, "last_error_msec": self.last_error_msec or None,
+                "instances": self.instances,
+            }
+        self.view.write(doc)
+
+    def _engine(self, block: float):
+        cls = engine_class(self.bridge.url)
+        return cls(self.bridge.url, self.bridge.stream, retention=self.bridge.retention,
+                   password=self.bridge.password(), timeout=self.bridge.timeout)
+
+    def _connected_engine(self, direction: str):
+        """An engine connected, or None when told to stop; retries with backoff and jitter."""
+        delay = BACKOFF_FIRST
+        while not self._stopping():
+            engine = None
+            try:
+                engine = self._engine(BLOCK)
+                engine.connect()
+                self._link(direction, True)
+                return engine
+            except (EngineError, OSError) as exc:
+                if engine is not None:
+                    engine.close()
+                self._link(direction, False, str(exc))
+            self.lease.stopping.wait(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, BACKOFF_MAX)
+        return None
+
+    # -- the service ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self._recover_watermarks()
+        out = threading.Thread(target=self._guarded, args=(self._outbound,), name=f"ngxsim-cluster-out-{self.zone}",
+                               daemon=True)
+        out.start()
+        try:
+            self._guarded(self._inbound)
+        finally:
+            out.join(BLOCK + self.bridge.timeout + 1)
+            self.state.save()
+            with self._lock:
+                self.connected = False
+            self.publish_view()
+
+    def _guarded(self, loop) -> None:
+        # (no short time slice, unlike the dispatchers: a wake-up here parses, publishes and
+        # writes its state, ~1 ms of CPU that a 0.1 ms slice would cut into many waits)
+        while not self._stopping():
+            try:
+                loop()
+            except Exception:  # never let a direction die: log, pause, start it again
+                log.exception("cluster: zone %s: relay failed", self.zone)
+                self.lease.stopping.wait(1.0)
+
+    def _recover_watermarks(self) -> None:
+        """What this instance's ring holds of remote events counts as delivered: a relay killed
+        after publishing and before saving its state must not publish them again."""
+        seen, after = self.state.seen, 0
+        while True:
+            scan = self.we.events_after(self.runtime, self.zone, after, BATCH)
+            for event in scan.events:
+                if event.origin is not None and event.origin_generation > seen.get(event.origin, 0):
+                    seen[event.origin] = event.origin_generation
+            if not scan.events:
+                return
+            after = scan.events[-1].generation
+
+    # -- local -> engine ----------------------------------------------------------------------
+
+    def _outbound(self) -> None:
+        we, rt, zone, st = self.we, self.runtime, self.zone, self.state
+        birth = we.ring_birth(rt, zone)
+        if st.ring_birth != birth:  # a new ring (the instance restarted): all it holds is unsent
+            st.ring_birth, st.relayed = birth, 0
+        engine = self._connected_engine("out")
+        try:
+            while engine is not None and not self._stopping():
+                we.wait_for_events(rt, zone, st.relayed, BLOCK)
+                scan = we.events_after(rt, zone, st.relayed, BATCH)
+                records = []
+                if scan.missed:  # overwritten before we read them: a gap for the others
+                    first = st.relayed + 1
+                    records.append(Record(self.instance, birth + first + scan.missed - 1, GAP_CHANNEL, "gap",
+                                          f"{birth + first}-{birth + first + scan.missed - 1}", int(time.time() * 1000)))
+                    log.warning("cluster: zone %s: the ring overwrote generations %d..%d before the relay sent them",
+                                zone, first, first + scan.missed - 1)
+                bridges = self.bridge.bridges
+                for e in scan.events:
+                    if e.origin is None and bridges(e.channel):
+                        records.append(Record(self.instance, birth + e.generation, e.channel, e.type, e.payload,
+                                              e.timestamp_msec))
+                last = scan.events[-1].generation if scan.events else st.relayed + scan.missed
+                if last == st.relayed:
+                    continue
+                if records:
+                    try:
+                        engine.append(records)
+                    except EngineError as exc:
+                        engine.close()
+                        self._link("out", False, str(exc))
+                        engine = self._connected_engine("out")
+                        continue  # the same events again (the others' watermarks drop repeats)
+                st.relayed = last
+                if records:  # (a batch of remote events only: nothing to keep, a re-scan skips them again)
+                    with self._lock:
+                        self.stats["relayed_out"] += sum(r.channel != GAP_CHANNEL for r in records)
+                    st.save()
+                    self.publish_view()
+        finally:
+            if engine is not None:
+                engine.close()
+
+    # -- engine -> local ----------------------------------------------------------------------
+
+    def _inbound(self) -> None:
+        st = self.state
+        engine = self._connected_engine("in")
+        last_look = 0.0
+        try:
+            while engine is not None and st.cursor is None and not self._stopping():
+                try:  # a first start: from now on (the engine says where "now" is)
+                    self._take(engine.read(None, block=0.01, limit=BATCH))
+                    if st.cursor is None:
+                        break  # an engine that names no position for an empty stream: read(None) again
+                except EngineError as exc:
+                    engine.close()
+                    self._link("in", False, str(exc))
+                    engine = self._connected_engine("in")
+            while engine is not None and not self._stopping():
+                try:
+                    batch = engine.read(st.cursor, block=BLOCK, limit=BATCH)
+                    self._take(batch)  # first: delivery waits for nothing else
+                    now = time.monotonic()
+                    if now - last_look > 1.0 or not batch.entries:
+                        newest = engine.newest()
+                        last_look = now
+                        self.caught_up = newest is None or newest == st.cursor
+                except EngineError as exc:
+                    engine.close()
+                    self._link("in", False, str(exc))
+                    engine = self._connected_engine("in")
+        finally:
+            if engine is not None:
+                engine.close()
+
+    def _take(self, batch) -> None:
+        we, rt, zone, st, me = self.we, self.runtime, self.zone, self.state, self.instance
+        if batch.lost:
+            count = batch.lost_count
+            with self._lock:
+                self.stats["gaps"] += 1
+                self.stats["lost_events"] += count or 0
+            log.warning("cluster: zone %s: the engine dropped %s entries this instance had not read (stream %s)",
+                        zone, count if count is not None else "some", self.bridge.stream)
+            # every module resyncs now; the origins are named as their next events show them
+            we.publish_remote_gap(rt, zone, origin="*", first=1, last=count or 1)
+            self._pending_loss = {o for o in st.seen if o != me}
+        now_msec = int(time.time() * 1000)
+        changed = bool(batch.lost)
+        for entry in batch.entries:
+            r = entry.record
+            if r.origin == me:
+                continue  # our own, back from the engine: never echoed
+            seen = st.seen.get(r.origin)
+            info = self.instances.setdefault(r.origin, {"last_seen_msec": 0, "origin_generation": 0})
+            info["last_seen_msec"] = now_msec
+            if seen is not None and r.origin_generation <= seen:
+                self.stats["duplicates"] += 1
+                continue
+            if r.origin in self._pending_loss:
+                self._pending_loss.discard(r.origin)
+                first = (seen or 0) + 1
+                if seen is not None and r.origin_generation > first:
+                    we.publish_remote_gap(rt, zone, origin=r.origin, first=first, last=r.origin_generation - 1)
+            try:
+                if r.channel == GAP_CHANNEL:
+                    first, _, last = r.payload.partition("-")
+                    we.publish_remote_gap(rt, zone, origin=r.origin, first=int(first), last=int(last))
+                    with self._lock:
+                        self.stats["gaps"] += 1
+                        self.stats["lost_events"] += int(last) - int(first) + 1
+                elif self.bridge.bridges(r.channel):
+                    we.publish_remote(rt, zone, r.channel, r.type, r.payload, origin=r.origin,
+                                      origin_generation=r.origin_generation, timestamp_msec=r.timestamp_msec)
+                    with self._lock:
+                        self.stats["relayed_in"] += 1
+            except ValueError as exc:  # not an event this ring can hold: say so, go on
+                log.warning("cluster: zone %s: entry %s from %s skipped: %s", zone, entry.position, r.origin, exc)
+            st.seen[r.origin] = r.origin_generation
+            info["origin_generation"] = r.origin_generation
+            changed = True
+        if batch.cursor is not None and batch.cursor != st.cursor:
+            st.cursor = batch.cursor
+            changed = True
+        if changed:
+            st.save()
+            self.publish_view()

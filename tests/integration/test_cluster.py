@@ -1,0 +1,398 @@
+"""worker_events across hosts: instances (real gunicorn, several workers each) sharing a real
+engine. Parametrized over engines (the pytest plugin's ENGINE_FIXTURES: an engine joins
+there)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import uuid
+
+import pytest
+
+from ngxsim.testing import wait_for
+
+
+CONF = """
+load_module worker_events;
+load_module cluster;
+load_module ngxsim_test_recorder;
+{main}
+http {
+    worker_events_zone bus;
+    worker_events_ring_size {ring};
+    cluster_bridge bus {engine} channels=c,cache.invalidate state={state} stream={stream} instance={instance} {extra};
+    server {
+        listen 127.0.0.1:{port};
+        location /ev { worker_events_api; worker_events_channel c; }
+        location /local { worker_events_api; worker_events_channel local.only; }
+        location /dump { recorder_dump; }
+    }
+}
+"""
+API = "/ev"
+
+
+@pytest.fixture
+def engine(ngxsim_engine):
+    """The engine every instance of a test shares (the session's server; once per engine)."""
+    return ngxsim_engine
+
+
+@pytest.fixture
+def fresh_engine(ngxsim_engine_factory):
+    """A factory of engine servers of this test's own (to stop, pause, restart)."""
+    return ngxsim_engine_factory
+
+
+@pytest.fixture
+def stream():
+    return f"test.{uuid.uuid4().hex[:12]}"
+
+
+def placeholders(ring=1024, extra="", main=""):
+    return {"ring": ring, "extra": extra, "main": main}
+
+
+def start(cluster, stream, count=3, workers=(2, 3, 2), **kw):
+    members = cluster.start(CONF, count=count, workers=list(workers)[:count], stream=stream,
+                            placeholders=placeholders(**kw))
+    for m in members:
+        m.wait_connected(API)
+    return members
+
+
+REPLAY = "recorder_replay on;"  # a worker that starts late still hears all the ring holds
+
+
+def restart(cluster, member, stream, workers=2, **kw):
+    """Stop ``member`` and start it again under the same instance id and state folder."""
+    member.server.stop()
+    cluster.members.remove(member)
+    again = cluster.start_one(CONF, member.name, workers, stream, placeholders=placeholders(**kw))
+    again.wait_connected(API)
+    return again
+
+
+def relay_pid(member):
+    return wait_for(lambda: member.cluster_view(API).get("relay_pid"), 20, what=f"{member.name}'s relay")
+
+
+def ring_events(member, origin):
+    events = member.server.get(API + "?limit=10000&since=0").json()["events"]
+    return [e for e in events if e["origin"] == origin]
+
+
+def publish(member, n, prefix="p", path=API):
+    gens = []
+    for i in range(n):
+        r = member.server.post(path, json={"type": "t", "payload": f"{prefix}{i}"})
+        assert r.status_code == 201, r.text
+        gens.append(r.json()["generation"])
+    return gens
+
+
+_REMOTE = re.compile(r"^E (\d+) (\S+) (\S+) (\S*) from (\S+)#(\d+)$")
+
+
+def remote_events(lines, origin=None):
+    """(channel, payload, origin, origin generation) of each remote event a worker recorded."""
+    out = []
+    for line in lines:
+        m = _REMOTE.match(line)
+        if m and (origin is None or m.group(5) == origin):
+            out.append((m.group(2), m.group(4), m.group(5), int(m.group(6))))
+    return out
+
+
+def wait_all_workers(member, predicate, what, timeout=20.0):
+    """Until every live worker's record satisfies ``predicate``; returns the records."""
+    def check():
+        recs = member.records()
+        return recs if recs and all(predicate(lines) for lines in recs.values()) else None
+
+    return wait_for(check, timeout, 0.05, what=f"{what} in every worker of {member.name}")
+
+
+def test_a_publish_on_one_instance_reaches_every_worker_of_the_others_once_in_order_and_never_echoes(
+        ngxsim_cluster, engine, stream):
+    a, b, c = start(ngxsim_cluster(engine.url), stream)
+    publish(a, 20)
+    publish(a, 1, prefix="x", path="/local")  # a channel that is not bridged stays on A
+    for member in (b, c):
+        recs = wait_all_workers(member, lambda lines: len(remote_events(lines, "A")) >= 20, "A's 20 events")
+        for pid, lines in recs.items():
+            got = remote_events(lines)
+            assert [p for _, p, _, _ in got] == [f"p{i}" for i in range(20)], (member.name, pid, lines)
+            gens = [g for _, _, _, g in got]
+            assert gens == sorted(gens) and len(set(gens)) == 20  # in order, once
+            assert not any("local.only" in line for line in lines)
+    publish(b, 5, prefix="b")
+    wait_all_workers(c, lambda lines: len(remote_events(lines, "B")) >= 5, "B's events")
+    wait_all_workers(a, lambda lines: len(remote_events(lines, "B")) >= 5, "B's events")
+    for pid, lines in a.records().items():
+        # A's own events came back from the engine, and were not delivered again (no echo)
+        assert remote_events(lines, "A") == [], lines
+        assert sum(1 for line in lines if line.endswith(" c t p3")) == 1, lines
+    view = b.cluster_view(API)
+    assert view["instance"] == "B" and view["connected"] is True and view["relayed_in"] >= 20
+    assert {row["instance"] for row in view["instances"]} == {"A"}  # the others it heard from (C sent nothing)
+    assert all(row["last_seen_msec"] and row["origin_generation"] for row in view["instances"])
+    ring = b.server.get(API + "?limit=1000").json()["events"]
+    remote = [e for e in ring if e["origin"] == "A"]
+    assert len(remote) == 20 and all(e["origin_generation"] for e in remote)
+
+
+def test_killing_either_relay_mid_flow_loses_nothing_and_delivers_nothing_twice(ngxsim_cluster, engine, stream):
+    import threading
+    import time
+
+    a, b = start(ngxsim_cluster(engine.url), stream, count=2, workers=(2, 3), main=REPLAY)
+    sent: list[int] = []
+    done = threading.Event()
+
+    ring = a.server.zone_events("bus")  # published into A's ring from here: no request to a worker being killed
+
+    def flow():
+        try:
+            for i in range(150):
+                sent.append(ring.publish("t", f"k{i}-0", channel="c"))
+                time.sleep(0.01)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=flow)
+    thread.start()
+    try:
+        wait_for(lambda: len(sent) >= 40, 30, what="40 publishes")
+        old_a = relay_pid(a)
+        a.server.kill_worker(old_a)  # SIGKILL the worker relaying A's events out
+        wait_for(lambda: len(sent) >= 90, 30, what="90 publishes")
+        old_b = relay_pid(b)
+        b.server.kill_worker(old_b)  # and the one bringing them into B
+    finally:
+        thread.join(60)
+        ring.close()
+    assert done.is_set() and len(sent) == 150
+    assert relay_pid(a) != old_a and relay_pid(b) != old_b  # taken over by other workers
+    expected = [f"k{i}-0" for i in range(150)]
+    recs = wait_all_workers(b, lambda lines: len(remote_events(lines, "A")) >= 150, "A's 150 events", timeout=40)
+    for pid, lines in recs.items():
+        assert [p for _, p, _, _ in remote_events(lines, "A")] == expected, (pid, lines)
+    assert [e["payload"] for e in ring_events(b, "A")] == expected  # in B's ring once each
+
+
+def test_a_restarted_instance_resumes_where_it_stopped(ngxsim_cluster, engine, stream):
+    cluster = ngxsim_cluster(engine.url)
+    a, b = start(cluster, stream, count=2, main=REPLAY)
+    publish(a, 3, prefix="before")
+    wait_for(lambda: len(ring_events(b, "A")) == 3, 20, what="B to get the first 3")
+    b.server.stop()
+    cluster.members.remove(b)
+    publish(a, 5, prefix="away")  # published while B is down
+    b = cluster.start_one(CONF, "B", 2, stream, placeholders=placeholders(main=REPLAY))
+    b.wait_connected(API)
+    wait_for(lambda: len(ring_events(b, "A")) >= 5, 20, what="B to get what it missed")
+    publish(a, 2, prefix="after")
+    got = wait_for(lambda: (lambda e: e if len(e) >= 7 else None)(ring_events(b, "A")), 20, what="the rest")
+    # the new ring of B: exactly what A published since B stopped, once, in order
+    assert [e["payload"] for e in got] == [f"away{i}" for i in range(5)] + ["after0", "after1"]
+    wait_all_workers(b, lambda lines: len(remote_events(lines, "A")) == 7, "the 7 events")
+
+
+def test_an_instance_away_past_the_engines_retention_gets_a_gap_naming_the_origin(ngxsim_cluster, engine, stream):
+    cluster = ngxsim_cluster(engine.url)
+    a, b = start(cluster, stream, count=2, main=REPLAY, extra="retention=100")
+    publish(a, 2, prefix="seen")
+    wait_for(lambda: len(ring_events(b, "A")) == 2, 20, what="B to get the first events")
+    b.server.stop()
+    cluster.members.remove(b)
+    publish(a, 400, prefix="gone")  # the engine keeps ~100: B never reads most of them
+    wait_for(lambda: a.cluster_view(API)["relayed_generation"] >= 402, 30, what="A to relay all of it")
+    publish(a, 1, prefix="later")
+    b = cluster.start_one(CONF, "B", 2, stream, placeholders=placeholders(main=REPLAY, extra="retention=100"))
+    b.wait_connected(API)
+    recs = wait_all_workers(b, lambda lines: any(line.endswith("later0 from A#" + line.rsplit("#", 1)[-1])
+                                                 for line in lines if "later0" in line), "A's event after the gap")
+    for pid, lines in recs.items():
+        gaps = [line for line in lines if line.startswith("G ")]
+        assert any(g.endswith(" from A") for g in gaps), (pid, lines)  # named: lost events of A
+        assert any(g.endswith(" from *") for g in gaps), (pid, lines)  # and at once, before any of A's
+        got = remote_events(lines, "A")
+        assert 0 < len(got) < 401 and got[-1][1] == "later0"
+    view = b.cluster_view(API)
+    assert view["gaps"] >= 1
+
+
+def append_records(engine_server, stream, records):
+    """Append records straight into the engine, through the engine contract (what a relay of
+    another instance, or one that took over, would append)."""
+    from ngxsim_plugins.cluster.engine import Record
+    from ngxsim_plugins.cluster.engines import engine_class
+
+    engine = engine_class(engine_server.url)(engine_server.url, stream, retention=1000)
+    engine.connect()
+    try:
+        return engine.append([Record(o, g, "c", "t", p, 1_700_000_000_000) for o, g, p in records])
+    finally:
+        engine.close()
+
+
+def test_a_record_relayed_twice_is_delivered_once_and_an_older_one_of_its_origin_never(ngxsim_cluster, engine, stream):
+    [b] = start(ngxsim_cluster(engine.url), stream, count=1, workers=(2,))
+    append_records(engine, stream, [("Z", 5, "five"), ("Z", 5, "five"), ("Z", 4, "four"), ("Z", 6, "six")])
+    got = wait_for(lambda: (lambda e: e if len(e) >= 2 else None)(ring_events(b, "Z")), 20, what="Z's events")
+    append_records(engine, stream, [("Z", 7, "seven")])  # a marker: everything before it was read
+    wait_for(lambda: len(ring_events(b, "Z")) >= 3, 20, what="the marker")
+    assert [(e["payload"], e["origin_generation"]) for e in ring_events(b, "Z")] == [("five", 5), ("six", 6), ("seven", 7)]
+    assert b.cluster_view(API)["duplicates"] == 2
+    wait_all_workers(b, lambda lines: [p for _, p, _, _ in remote_events(lines, "Z")] == ["five", "six", "seven"],
+                     "Z's events once each")
+    assert got
+
+
+def test_a_relay_that_took_over_from_a_stale_state_delivers_nothing_twice(ngxsim_cluster, engine, stream):
+    import json
+
+    [b] = start(ngxsim_cluster(engine.url), stream, count=1, workers=(3,), main=REPLAY)
+    state_file = next(b.state.glob("cluster.bus.*.json"))
+    stale = json.loads(state_file.read_text())  # before anything was delivered
+    append_records(engine, stream, [("Z", 1, "one"), ("Z", 2, "two")])
+    wait_for(lambda: len(ring_events(b, "Z")) == 2, 20, what="Z's events")
+    # the relay is killed after it delivered, before its state said so: its successor starts
+    # from the old cursor and reads both again; the ring tells it they were delivered
+    holder = relay_pid(b)
+    state_file.write_text(json.dumps(stale))  # (the relay is idle: it writes nothing now)
+    b.server.kill_worker(holder)
+    wait_for(lambda: (relay_pid(b) != holder) and b.cluster_view(API).get("connected"), 20, what="a new relay")
+    append_records(engine, stream, [("Z", 3, "three")])
+    wait_for(lambda: len(ring_events(b, "Z")) >= 3, 20, what="the marker")
+    assert [e["payload"] for e in ring_events(b, "Z")] == ["one", "two", "three"]
+
+
+STATUS_CONF = CONF.replace("location /dump { recorder_dump; }", "location /dump { recorder_dump; }\n        location /status { ngxsim_status; }")
+
+
+def test_the_cluster_view_in_the_status_page_and_ngxsim_status(ngxsim_cluster, engine, stream):
+    import subprocess
+    import sys
+
+    cluster = ngxsim_cluster(engine.url)
+    a, b = cluster.start(STATUS_CONF, count=2, stream=stream, placeholders=placeholders())
+    for m in (a, b):
+        m.wait_connected(API)
+    publish(a, 3)
+    wait_for(lambda: b.cluster_view(API)["relayed_in"] == 3, 20, what="B to relay 3 in")
+    doc = b.server.get("/status?format=json").json()
+    view = doc["modules"]["worker_events"]["rings"]["bus"]["cluster"]
+    assert (view["instance"], view["connected"], view["relayed_in"], view["engine"]) == ("B", True, 3, engine.url)
+    tail = subprocess.run([sys.executable, "-m", "ngxsim.cli", "events", "tail", "-c", b.server.url(API), "--since", "0",
+                           "--count", "3"], capture_output=True, text=True, timeout=30).stdout
+    assert tail.splitlines()[0].endswith(" c t p0 (from A)"), tail
+    out = subprocess.run([sys.executable, "-m", "ngxsim.cli", "status", "-c", b.server.url("/status")],
+                         capture_output=True, text=True, timeout=30).stdout
+    assert "cluster:" in out and "relayed_in: 3" in out and f"engine: {engine.url}" in out, out
+    assert "instance" in out and " A " in out.split("instances:")[1], out
+
+
+def error_lines(member, needle):
+    return [line for line in member.server.output().splitlines() if needle in line]
+
+
+def test_an_engine_restarted_mid_flow_loses_nothing_acknowledged(ngxsim_cluster, fresh_engine, stream):
+    engine = fresh_engine()
+    a, b = start(ngxsim_cluster(engine.url), stream, count=2, main=REPLAY)
+    publish(a, 10, prefix="one")
+    wait_for(lambda: len(ring_events(b, "A")) == 10, 20, what="the first 10")
+    engine.stop()
+    publish(a, 10, prefix="two")  # while the engine is down: they wait in A's ring
+    wait_for(lambda: not a.cluster_view(API)["connected"], 20, what="A to see the engine gone")
+    engine.start()  # same port, same data (append-only file, fsync always)
+    wait_for(lambda: len(ring_events(b, "A")) == 20, 30, what="the 10 published while it was down")
+    publish(a, 5, prefix="three")
+    got = wait_for(lambda: (lambda e: e if len(e) >= 25 else None)(ring_events(b, "A")), 20, what="the rest")
+    assert [e["payload"] for e in got] == ([f"one{i}" for i in range(10)] + [f"two{i}" for i in range(10)]
+                                           + [f"three{i}" for i in range(5)])
+    for m in (a, b):
+        # said once per change of state, not once per retry
+        assert len(error_lines(m, "unreachable")) == 1, m.server.output()
+        assert len(error_lines(m, "connected to")) == 2
+        assert m.cluster_view(API)["last_error"]
+
+
+def test_an_engine_paused_then_resumed_delivers_what_was_published_meanwhile(ngxsim_cluster, fresh_engine, stream):
+    engine = fresh_engine()
+    a, b = start(ngxsim_cluster(engine.url), stream, count=2, main=REPLAY, extra="timeout=300ms")
+    publish(a, 2, prefix="before")
+    wait_for(lambda: len(ring_events(b, "A")) == 2, 20, what="the first events")
+    engine.pause()  # SIGSTOP: connections stay open, nothing answers
+    try:
+        r = a.server.post(API, json={"type": "t", "payload": "during0"})  # a request never waits on the engine
+        assert r.status_code == 201
+        publish(a, 4, prefix="during", path=API)
+    finally:
+        engine.resume()
+    got = wait_for(lambda: (lambda e: e if len(e) >= 7 else None)(ring_events(b, "A")), 30, what="the paused events")
+    assert [e["payload"] for e in got] == ["before0", "before1", "during0"] + [f"during{i}" for i in range(4)]
+
+
+def test_two_clusters_on_one_engine_stay_apart(ngxsim_cluster, engine):
+    one = ngxsim_cluster(engine.url, folder="one")
+    two = ngxsim_cluster(engine.url, folder="two")
+    a1, b1 = start(one, "cluster.one", count=2)
+    [a2] = two.start(CONF, count=1, stream="cluster.two", names="AZ", placeholders=placeholders())
+    a2.wait_connected(API)  # instance "A" of another cluster: same id, another stream
+    publish(a1, 3, prefix="one")
+    publish(a2, 3, prefix="two")
+    wait_for(lambda: len(ring_events(b1, "A")) == 3, 20, what="cluster one's events")
+    publish(a1, 1, prefix="marker")
+    wait_for(lambda: len(ring_events(b1, "A")) == 4, 20, what="the marker")
+    assert [e["payload"] for e in ring_events(b1, "A")] == ["one0", "one1", "one2", "marker0"]
+    assert ring_events(a2, "A") == [] and a2.cluster_view(API)["relayed_in"] == 0
+
+
+def test_an_unreachable_engine_does_not_stop_a_server_from_starting_and_serving(ngxsim_cluster, stream):
+    from ngxsim.testing import free_port
+
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    [a] = ngxsim_cluster(dead).start(CONF, count=1, stream=stream, placeholders=placeholders())
+    assert publish(a, 2) == [1, 2]  # serves, publishes: the relay keeps trying in the background
+    wait_for(lambda: error_lines(a, "unreachable"), 20, what="the error log to say so")
+    view = a.cluster_view(API)
+    assert view["connected"] is False and "127.0.0.1" in view["last_error"] and view["engine"] == dead
+    wait_for(lambda: a.cluster_view(API)["engine_errors"] >= 6, 20, what="several retries")
+    assert len(error_lines(a, "unreachable")) == 1  # said once, not once per retry
+
+
+def test_events_the_origins_ring_overwrote_before_its_relay_sent_them_are_a_gap_for_the_others(
+        ngxsim_cluster, ngxsim_engine_factory, stream):
+    engine = ngxsim_engine_factory()
+    a, b = start(ngxsim_cluster(engine.url), stream, count=2, main=REPLAY, ring=16)
+    publish(a, 1, prefix="first")
+    wait_for(lambda: len(ring_events(b, "A")) == 1, 20, what="the first event")
+    engine.stop()
+    wait_for(lambda: not a.cluster_view(API)["connected"], 20, what="A to see the engine gone")
+    publish(a, 40, prefix="while")  # A's ring holds 16: 24 are overwritten before its relay can send them
+    engine.start()
+    recs = wait_all_workers(b, lambda lines: any("while39" in line for line in lines), "the last event", timeout=30)
+    for pid, lines in recs.items():
+        gaps = [line for line in lines if line.startswith("G ")]
+        assert len(gaps) == 1 and gaps[0].endswith(" from A"), (pid, lines)
+        first, last = map(int, gaps[0].split()[1:3])
+        assert last - first + 1 == 24  # generations 2..25 of A, as origin generations
+        got = [p for _, p, _, _ in remote_events(lines, "A")]
+        assert got[-16:] == [f"while{i}" for i in range(24, 40)]
+    assert b.cluster_view(API)["lost_events"] == 24
+
+
+def test_a_password_file_authenticates_and_the_password_shows_nowhere(ngxsim_cluster, ngxsim_engine_factory, stream,
+                                                                      tmp_path):
+    engine = ngxsim_engine_factory(password="s3cret-pw")
+    secret = tmp_path / "engine.pass"
+    secret.write_text("s3cret-pw\n")
+    a, b = start(ngxsim_cluster(engine.url), stream, count=2, extra=f"password_file={secret}")
+    publish(a, 2)
+    wait_for(lambda: len(ring_events(b, "A")) == 2, 20, what="B to get A's events")
+    for m in (a, b):
+        assert "s3cret" not in m.server.output() and "s3cret" not in m.server.get(API).text

@@ -1,0 +1,95 @@
+"""The engine contract (plugins/cluster/engine.py), checked against each real engine: what the
+relay relies on. Runs once per engine of the pytest plugin's ENGINE_FIXTURES."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from ngxsim_plugins.cluster.engine import Batch, EngineError, Record
+from ngxsim_plugins.cluster.engines import engine_class
+
+
+
+def connect(url, stream=None, retention=1000, **kw):
+    engine = engine_class(url)(url, stream or f"contract.{uuid.uuid4().hex[:10]}", retention=retention, **kw)
+    engine.connect()
+    return engine
+
+
+def records(n, origin="A", start=1):
+    return [Record(origin, start + i, "c", "t", f"p{start + i}", 1_700_000_000_000 + i) for i in range(n)]
+
+
+def test_append_then_read_in_order_from_a_cursor(ngxsim_engine):
+    server = ngxsim_engine
+    engine = connect(server.url)
+    try:
+        first = engine.read(None, block=0.01)
+        assert isinstance(first, Batch) and first.entries == [] and first.cursor is not None and not first.lost
+        positions = engine.append(records(5))
+        assert len(positions) == 5 and engine.newest() == positions[-1]
+        batch = engine.read(first.cursor, block=1.0, limit=3)
+        assert [e.record for e in batch.entries] == records(3) and batch.cursor == positions[2]
+        rest = engine.read(batch.cursor, block=1.0)
+        assert [e.record.origin_generation for e in rest.entries] == [4, 5] and rest.cursor == positions[-1]
+        began = time.monotonic()
+        empty = engine.read(rest.cursor, block=0.2)  # nothing new: returns after the block, at the same place
+        assert empty.entries == [] and empty.cursor == rest.cursor and time.monotonic() - began < 5
+    finally:
+        engine.close()
+
+
+def test_entries_trimmed_before_they_were_read_are_a_counted_loss(ngxsim_engine):
+    server = ngxsim_engine
+    engine = connect(server.url, retention=100)
+    try:
+        cursor = engine.read(None, block=0.01).cursor
+        engine.append(records(1))
+        cursor = engine.read(cursor, block=1.0).cursor
+        for start in range(2, 1002, 200):  # 1000 more: the engine keeps about 100 of them
+            engine.append(records(200, start=start))
+        batch = engine.read(cursor, block=1.0, limit=2000)
+        assert batch.lost and batch.lost_count and batch.entries
+        first = batch.entries[0].record.origin_generation
+        assert batch.lost_count == first - 2  # exactly what was trimmed between the cursor and the first kept
+        assert batch.entries[-1].record.origin_generation == 1001
+        again = engine.read(batch.cursor, block=0.05)
+        assert not again.lost  # said once
+    finally:
+        engine.close()
+
+
+def test_an_engine_that_lost_its_data_is_a_loss_of_unknown_size(ngxsim_engine_factory):
+    server = ngxsim_engine_factory()
+    stream = f"contract.{uuid.uuid4().hex[:10]}"
+    engine = connect(server.url, stream)
+    try:
+        cursor = engine.read(None, block=0.01).cursor
+        engine.append(records(3))
+        cursor = engine.read(cursor, block=1.0).cursor
+        server.restart(wipe=True)
+        engine.close()
+        engine.connect()
+        batch = engine.read(cursor, block=0.05)
+        assert batch.lost and batch.lost_count is None
+        engine.append(records(1, start=10))
+        assert [e.record.origin_generation for e in engine.read(batch.cursor, block=1.0).entries] == [10]
+    finally:
+        engine.close()
+
+
+def test_an_unreachable_engine_fails_within_its_timeout_and_names_no_secret(ngxsim_engine_factory):
+    server = ngxsim_engine_factory(password="s3cret")
+    with pytest.raises(EngineError) as err:
+        connect(server.url, password="wrong", timeout=1.0)
+    assert "s3cret" not in str(err.value) and "wrong" not in str(err.value)
+    assert connect(server.url, password="s3cret").newest() is None  # the right one works
+    url = server.url
+    server.stop()
+    began = time.monotonic()
+    with pytest.raises(EngineError) as err:
+        connect(url, timeout=0.5)
+    assert time.monotonic() - began < 5 and "127.0.0.1" in str(err.value)

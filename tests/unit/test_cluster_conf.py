@@ -1,0 +1,128 @@
+"""``cluster_bridge``: every bad parameter fails the load (``ngxsim -t`` included) naming file
+and line, without connecting to anything; what a good one declares."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from ngxsim import ConfigError
+from ngxsim.core.conf.loader import load_configuration
+
+CONF = """load_module worker_events;
+load_module cluster;
+http {
+    worker_events_zone bus;
+    %s
+    server {
+        listen 127.0.0.1:8081;
+        location /ev { worker_events_api; worker_events_channel c; }
+        location /other { worker_events_api; worker_events_zone other; worker_events_channel c; }
+    }
+}
+"""
+
+
+@pytest.fixture
+def state(tmp_path):
+    return str(tmp_path)
+
+
+def load(line: str):
+    return load_configuration("/p/c.conf", text=CONF % line)
+
+
+def error(line: str) -> str:
+    with pytest.raises(ConfigError) as err:
+        load(line)
+    return str(err.value)
+
+
+def test_a_good_bridge_declares_its_relay_service_and_view_zone_and_derives_the_instance(state):
+    config = load(f"cluster_bridge bus redis://127.0.0.1:6379/0 channels=c,cache.invalidate state={state};")
+    plan = config.stash["cluster"]["bus"]
+    bridge = plan["bridge"]
+    assert bridge.channels == ("c", "cache.invalidate") and bridge.stream == "ngxsim.bus"
+    assert bridge.retention == 100_000 and bridge.password_file is None
+    assert plan["instance"] == f"{socket.gethostname().split('.')[0]}-127.0.0.1:8081"
+    assert [s.name for s in config.jobs._specs.values()] == ["cluster.relay.bus"]
+    assert next(iter(config.jobs._specs.values())).service
+    assert "cluster.bus" in {z.name for z in config.zones}
+    assert bridge.bridges("c") and not bridge.bridges("other") and not bridge.bridges("@gap")
+
+
+def test_every_option_and_a_password_file(state, tmp_path):
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    config = load(f"cluster_bridge other rediss://user@h1:6380/2 channels=* state={state} stream=prod:bus "
+                  f"instance=web-1 retention=5000 password_file={secret} timeout=500ms;")
+    bridge = config.stash["cluster"]["other"]["bridge"]
+    assert (bridge.channels, bridge.stream, bridge.instance, bridge.retention, bridge.timeout) == (
+        None, "prod:bus", "web-1", 5000, 0.5)
+    assert bridge.password() == "s3cret" and bridge.bridges("anything") and bridge.engine == "rediss://***@h1:6380/2"
+
+
+@pytest.mark.parametrize("line, message", [
+    ("cluster_bridge bus http://h:1 channels=c state={s};", 'unknown engine scheme "http://" (known: redis://, rediss://, nats://)'),
+    ("cluster_bridge bus h:6379 channels=c state={s};", "no scheme in the engine URL"),
+    ("cluster_bridge bus redis://h:99999 channels=c state={s};", "invalid engine URL"),
+    ("cluster_bridge bus redis://h:port channels=c state={s};", "invalid port"),
+    ("cluster_bridge bus redis://:6379 channels=c state={s};", "no host"),
+    ("cluster_bridge bus redis://h/x channels=c state={s};", 'invalid database "x"'),
+    ("cluster_bridge bus redis://u:secret@h channels=c state={s};", 'a password in the engine URL "redis://***@h"'),
+    ("cluster_bridge bus redis://h channels=c state={s} password_file=/nonexistent/pw;", 'cannot read password file "/nonexistent/pw"'),
+    ("cluster_bridge bus redis://h state={s};", '"channels=" is required'),
+    ("cluster_bridge bus redis://h channels=c;", '"state=" is required'),
+    ("cluster_bridge bus redis://h channels=c state=/nonexistent/dir;", 'state folder "/nonexistent/dir" does not exist'),
+    ("cluster_bridge bus redis://h channels=c,@gap state={s};", 'invalid channel "@gap"'),
+    ("cluster_bridge bus redis://h channels=c,, state={s};", 'invalid channel ""'),
+    ("cluster_bridge bus redis://h channels=c state={s} instance=a/b;", 'invalid instance "a/b"'),
+    ("cluster_bridge bus redis://h channels=c state={s} stream=a\\ b;", "invalid stream"),
+    ("cluster_bridge bus redis://h channels=c state={s} retention=5;", 'invalid "retention=5"'),
+    ("cluster_bridge bus redis://h channels=c state={s} timeout=never;", 'invalid "timeout=never"'),
+    ("cluster_bridge bus redis://h channels=c state={s} color=red;", 'invalid parameter "color=red"'),
+    ("cluster_bridge bus redis://h channels=c state={s} stream=a stream=b;", 'duplicate parameter "stream="'),
+    ("cluster_bridge nope redis://h channels=c state={s};", 'unknown event zone "nope" in "cluster_bridge" directive'),
+    ("cluster_bridge bus;", 'invalid number of arguments in "cluster_bridge" directive'),
+])
+def test_bad_bridges_fail_naming_file_and_line_and_never_show_a_password(state, line, message):
+    text = error(line.replace("{s}", state))
+    assert message in text and text.endswith(" in /p/c.conf:5"), text
+    assert "secret" not in text
+
+
+def test_a_second_bridge_of_one_zone_fails_at_its_own_line(state):
+    line = f"cluster_bridge bus redis://h channels=c state={state};"
+    text = error(line + "\n    " + line)
+    assert 'zone "bus" is bridged twice' in text and text.endswith(" in /p/c.conf:6"), text
+
+
+def test_without_worker_events_the_fix_is_named(state):
+    with pytest.raises(ConfigError) as err:
+        load_configuration("/p/c.conf", text=f"load_module cluster;\nhttp {{\n cluster_bridge bus redis://h channels=c state={state};\n}}\n")
+    assert 'add "load_module worker_events;"' in str(err.value) and str(err.value).endswith("/p/c.conf:3")
+
+
+def test_ngxsim_t_reports_a_bad_bridge_with_file_and_line_and_connects_to_nothing(state, tmp_path):
+    import subprocess
+    import sys
+
+    conf = tmp_path / "bad.conf"
+    conf.write_text(CONF % f"cluster_bridge bus redis://127.0.0.1:70000/0 channels=c state={state};")
+    bad = subprocess.run([sys.executable, "-m", "ngxsim.cli", "-t", "-c", str(conf)], capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 1 and f'invalid engine URL "redis://127.0.0.1:70000/0"' in bad.stderr
+    assert f"in {conf}:5" in bad.stderr
+    # nothing listens on port 1: -t does not connect, so this passes
+    conf.write_text(CONF % f"cluster_bridge bus redis://127.0.0.1:1/0 channels=c state={state};")
+    good = subprocess.run([sys.executable, "-m", "ngxsim.cli", "-t", "-c", str(conf)], capture_output=True, text=True,
+                          timeout=60)
+    assert good.returncode == 0, good.stderr
+
+
+def test_the_default_instance_id_names_every_address_as_0_0_0_0(state):
+    text = (CONF % f"cluster_bridge bus redis://h channels=c state={state};").replace("listen 127.0.0.1:8081;",
+                                                                                       "listen 8082;")
+    config = load_configuration("/p/c.conf", text=text)
+    assert config.stash["cluster"]["bus"]["instance"] == f"{socket.gethostname().split('.')[0]}-0.0.0.0:8082"
