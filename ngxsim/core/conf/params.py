@@ -118,9 +118,8 @@ def check_zone_references(config, directive: str, zones: dict[str, Any]) -> None
     """nginx's checks of a directive that names a zone (``limit_req zone=N``, ``limit_conn N 1``:
     values with a ``zone`` attribute): the same zone twice in one block is
     ``"DIRECTIVE" directive is duplicate`` at the second line; a zone no line declares is
-    ``zero size shared memory zone "N"`` (nginx says it when the cycle starts, without a line)."""
-    from .errors import ConfigError
-
+    ``zero size shared memory zone "N"`` (nginx says it when the cycle starts, without a line;
+    ngxsim adds the line that names the zone, as for every config error)."""
     blocks = list(config.main.walk())
     for block in blocks:
         seen: set[str] = set()
@@ -129,9 +128,9 @@ def check_zone_references(config, directive: str, zones: dict[str, Any]) -> None
                 raise where.error(f'"{directive}" directive is duplicate')
             seen.add(value.zone)
     for block in blocks:
-        for value in block.own.get(directive, ()):
-            if value.zone not in zones:
-                raise ConfigError(f'zero size shared memory zone "{value.zone}"')
+        for value, where in zip(block.own.get(directive, ()), block.statements_of(directive)):
+            if value.zone not in zones:  # nginx names no place; ngxsim names the line that uses it
+                raise where.error(f'zero size shared memory zone "{value.zone}"')
 
 
 def number_in(directive: str, low: int, high: int) -> Callable[[list[str]], int]:

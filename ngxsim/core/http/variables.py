@@ -155,9 +155,11 @@ class VariableTable:
         self.pending: dict[str, _Late] = {}  # names no one declared yet, and their getters
         self.changeable: set[str] = set()  # names added with changeable=True
 
-    def check_pending(self) -> None:
-        """Bind each name values used before it was declared; fail as nginx does for one that
-        nothing declared by the end of the config."""
+    def unknown(self) -> set[str]:
+        """Bind each name values used before it was declared (a module's ``add``, a prefix
+        family, a regex's named capture); the names nothing declared by the end of the config
+        (nginx fails the load with ``unknown "x" variable``)."""
+        missing: set[str] = set()
         for name in sorted(self.pending):
             late = self.pending[name]
             prefix = next((p for p in self.prefixes if name.startswith(p) and len(name) > len(p)), None)
@@ -166,8 +168,8 @@ class VariableTable:
             elif prefix is not None:
                 late.get = self.prefixes[prefix](name[len(prefix):])
             elif name not in self.captures:
-                raise ValueError(f'unknown "{name}" variable')
-        self.pending.clear()
+                missing.add(name)
+        return missing
 
     def exists(self, name: str) -> bool:
         """Whether ``$name`` is a variable now (the core's, a module's, a prefix family's, or a
