@@ -126,7 +126,10 @@ class Engine(ABC):
     def read(self, cursor: str | None, *, block: float, limit: int = 512) -> Batch:
         """Entries after ``cursor`` in the engine's order, at most ``limit``, waiting at most
         ``block`` seconds for the first one (a push wait: the call returns when an entry
-        arrives, never by polling). ``cursor`` None: only entries appended from now on."""
+        arrives, never by polling). ``cursor`` None: only entries appended from now on, and
+        the batch's ``cursor`` is a position all the same (where "now" is, ``beginning`` on an
+        empty stream), one the caller can store; ``cursor`` ``beginning``: everything the stream
+        holds."""
 
     @abstractmethod
     def newest(self) -> str | None:

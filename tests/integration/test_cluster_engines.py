@@ -41,6 +41,17 @@ def test_append_then_read_in_order_from_a_cursor(ngxsim_engine):
         engine.close()
 
 
+def test_reading_from_the_beginning_gives_everything_the_stream_holds(ngxsim_engine):
+    engine = connect(ngxsim_engine.url)
+    try:
+        assert type(engine).beginning and engine.read(engine.beginning, block=0.01).cursor == engine.beginning
+        positions = engine.append(records(3))
+        batch = engine.read(engine.beginning, block=1.0)
+        assert [e.record for e in batch.entries] == records(3) and batch.cursor == positions[-1] and not batch.lost
+    finally:
+        engine.close()
+
+
 def test_entries_trimmed_before_they_were_read_are_a_counted_loss(ngxsim_engine):
     server = ngxsim_engine
     engine = connect(server.url, retention=100)

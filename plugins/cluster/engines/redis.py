@@ -145,7 +145,7 @@ class RedisEngine(Engine):
         if self._client is None:
             raise EngineError(f"{self.describe()}: not connected")
         if cursor is None:  # from now on: the newest entry is where we are
-            cursor = self.newest() or "0-0#0"
+            cursor = self.newest() or self.beginning
         last_id, number = _parse(cursor)
         reader = self._reader_for(block)
         pipe = reader.pipeline(transaction=False)
