@@ -313,9 +313,9 @@ def error_lines(member, needle):
     return [line for line in member.server.output().splitlines() if needle in line]
 
 
-def test_an_engine_restarted_mid_flow_loses_nothing_acknowledged(ngxsim_cluster, fresh_engine, stream):
+def test_an_engine_restarted_mid_flow_loses_nothing_acknowledged(fresh_engine, ngxsim_cluster, stream):
     engine = fresh_engine()
-    a, b = start(ngxsim_cluster(engine.url), stream, count=2, main=REPLAY)
+    a, b = start(ngxsim_cluster(engine.url), stream, count=2, main=REPLAY, extra="timeout=500ms")
     publish(a, 10, prefix="one")
     wait_for(lambda: len(ring_events(b, "A")) == 10, 20, what="the first 10")
     engine.stop()
@@ -335,7 +335,7 @@ def test_an_engine_restarted_mid_flow_loses_nothing_acknowledged(ngxsim_cluster,
         assert m.cluster_view(API)["last_error"]
 
 
-def test_an_engine_paused_then_resumed_delivers_what_was_published_meanwhile(ngxsim_cluster, fresh_engine, stream):
+def test_an_engine_paused_then_resumed_delivers_what_was_published_meanwhile(fresh_engine, ngxsim_cluster, stream):
     engine = fresh_engine()
     a, b = start(ngxsim_cluster(engine.url), stream, count=2, main=REPLAY, extra="timeout=300ms")
     publish(a, 2, prefix="before")
@@ -380,9 +380,9 @@ def test_an_unreachable_engine_does_not_stop_a_server_from_starting_and_serving(
 
 
 def test_events_the_origins_ring_overwrote_before_its_relay_sent_them_are_a_gap_for_the_others(
-        ngxsim_cluster, ngxsim_engine_factory, stream):
+        ngxsim_engine_factory, ngxsim_cluster, stream):
     engine = ngxsim_engine_factory()
-    a, b = start(ngxsim_cluster(engine.url), stream, count=2, main=REPLAY, ring=16)
+    a, b = start(ngxsim_cluster(engine.url), stream, count=2, main=REPLAY, ring=16, extra="timeout=500ms")
     publish(a, 1, prefix="first")
     wait_for(lambda: len(ring_events(b, "A")) == 1, 20, what="the first event")
     engine.stop()
@@ -401,7 +401,7 @@ def test_events_the_origins_ring_overwrote_before_its_relay_sent_them_are_a_gap_
     assert b.cluster_view(API)["lost_events"] == 24
 
 
-def test_a_password_file_authenticates_and_the_password_shows_nowhere(ngxsim_cluster, ngxsim_engine_factory, stream,
+def test_a_password_file_authenticates_and_the_password_shows_nowhere(ngxsim_engine_factory, ngxsim_cluster, stream,
                                                                       tmp_path):
     engine = ngxsim_engine_factory(password="s3cret-pw")
     secret = tmp_path / "engine.pass"
