@@ -273,6 +273,32 @@ def test_a_relay_that_took_over_from_a_stale_state_delivers_nothing_twice(ngxsim
     assert [e["payload"] for e in ring_events(b, "Z")] == ["one", "two", "three"]
 
 
+def test_a_position_stored_for_another_engine_is_a_gap_then_the_stream_from_its_beginning(ngxsim_cluster, engine,
+                                                                                         stream, tmp_path):
+    import json
+
+    # the bridge moved engines keeping its state folder: the stored cursor is the other one's
+    foreign = {"redis": "42", "nats": "1712345678901-0#42"}[engine_name(engine)]
+    cluster = ngxsim_cluster(engine.url)
+    state = cluster.folder / "state-B"
+    state.mkdir(parents=True)
+    (state / f"cluster.bus.{stream}.json").write_text(json.dumps(
+        {"ring_birth": 0, "relayed": 0, "cursor": foreign, "seen": {"Z": 1}}))
+    append_records(engine, stream, [("Z", 1, "one"), ("Z", 2, "two")])  # on the new engine before B came
+    [b] = cluster.start(CONF, count=1, workers=2, stream=stream, names="B", placeholders=placeholders(main=REPLAY))
+    b.wait_connected(API)
+    wait_for(lambda: len(ring_events(b, "Z")) >= 1, 20, what="Z's event from the stream's beginning")
+    append_records(engine, stream, [("Z", 3, "three")])
+    wait_for(lambda: len(ring_events(b, "Z")) >= 2, 20, what="the marker")
+    assert [e["payload"] for e in ring_events(b, "Z")] == ["two", "three"]  # Z 1: delivered before (watermark)
+    view = b.cluster_view(API)
+    assert view["gaps"] == 1 and view["connected"] and engine.url in view["engine"]
+    assert len(error_lines(b, "unreachable")) == 0 and len(error_lines(b, "is not one of engine")) == 1
+    recs = wait_all_workers(b, lambda lines: len(remote_events(lines, "Z")) == 2, "Z's events")
+    for lines in recs.values():
+        assert [line for line in lines if line.startswith("G ")][0].endswith(" from *"), lines
+
+
 STATUS_CONF = CONF.replace("location /dump { recorder_dump; }", "location /dump { recorder_dump; }\n        location /status { ngxsim_status; }")
 
 

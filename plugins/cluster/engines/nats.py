@@ -184,6 +184,10 @@ class NatsEngine(Engine):
         self._reset_reader()
 
     @classmethod
+    def is_position(cls, position: str) -> bool:
+        return position.isdigit() and position.isascii()
+
+    @classmethod
     def check_url(cls, url: str) -> str | None:
         try:
             parse_url(url)
@@ -495,7 +499,7 @@ class NatsEngine(Engine):
         self._sub_reconnects = 0
 
     def read(self, cursor: str | None, *, block: float, limit: int = 512) -> Batch:
-        if cursor is not None and not (cursor.isdigit() and cursor.isascii()):
+        if cursor is not None and not self.is_position(cursor):
             raise EngineError(f"{self.describe()}: read: {cursor!r} is not a position of this engine "
                               f"(a stream sequence)")
         return self._run(self._read(cursor, max(0.0, block), max(1, limit)), f"read stream {self.name}",
