@@ -392,10 +392,13 @@ def test_two_clusters_on_one_engine_stay_apart(ngxsim_cluster, engine):
     assert ring_events(a2, "A") == [] and a2.cluster_view(API)["relayed_in"] == 0
 
 
-def test_an_unreachable_engine_does_not_stop_a_server_from_starting_and_serving(ngxsim_cluster, stream):
+@pytest.mark.parametrize("dead", ["redis://127.0.0.1:{port}/0", "nats://127.0.0.1:{port}"])
+def test_an_unreachable_engine_does_not_stop_a_server_from_starting_and_serving(ngxsim_cluster, stream, dead):
     from ngxsim.testing import free_port
 
-    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    if dead.startswith("nats"):
+        pytest.importorskip("nats", reason="nats-py is not installed: pip install 'ngxsim[cluster]'")
+    dead = dead.format(port=free_port())  # nothing listens there
     [a] = ngxsim_cluster(dead).start(CONF, count=1, stream=stream, placeholders=placeholders())
     assert publish(a, 2) == [1, 2]  # serves, publishes: the relay keeps trying in the background
     wait_for(lambda: error_lines(a, "unreachable"), 20, what="the error log to say so")
