@@ -160,10 +160,10 @@ def fanout(kind: str, folder: Path, sizes: list[int], samples: int) -> list[list
     return rows
 
 
-def engine_hop(engine_url: str, samples: int) -> list[float]:
+def engine_hop(engine_url: str, samples: int) -> tuple[list[float], float]:
     """The engine's own floor in this run: an append in this process -> the entry returned by
     a blocked read in another process (one of the relay path's hops, through the engine
-    contract, with no ngxsim server in it), µs."""
+    contract, with no ngxsim server in it), µs each; and the reader's CPU per entry, µs."""
     from ngxsim_plugins.cluster.engine import Record
     from ngxsim_plugins.cluster.engines import engine_class
 
@@ -180,13 +180,15 @@ def engine_hop(engine_url: str, samples: int) -> list[float]:
             cursor = reader.read(None, block=0.01).cursor
             os.write(ready_w, b"1")
             out = []
+            cpu = time.process_time()
             while len(out) < samples:
                 batch = reader.read(cursor, block=5.0)
                 now = time.monotonic_ns()
                 out.extend(now - int(e.record.payload) for e in batch.entries)
                 cursor = batch.cursor
+            cpu_ns = int((time.process_time() - cpu) * 1e9)  # the reader's CPU, all its threads
             reader.close()
-            os.write(w, b"".join(n.to_bytes(8, "little") for n in out))
+            os.write(w, b"".join(n.to_bytes(8, "little") for n in [cpu_ns, *out]))
         finally:
             os._exit(0)
     os.close(w)
@@ -200,7 +202,8 @@ def engine_hop(engine_url: str, samples: int) -> list[float]:
     with os.fdopen(r, "rb") as fh:
         data = fh.read()
     os.waitpid(pid, 0)
-    return [int.from_bytes(data[i:i + 8], "little") / 1000 for i in range(0, len(data), 8)]
+    cpu_ns, *out = [int.from_bytes(data[i:i + 8], "little") for i in range(0, len(data), 8)]
+    return [n / 1000 for n in out], cpu_ns / 1000 / max(1, len(out))
 
 
 def publish_cost(servers: dict, rounds: int, n: int = 5000) -> dict[str, list[float]]:
@@ -219,7 +222,7 @@ def run_engine(kind: str, folder: Path, args) -> dict:
     try:
         servers = start_cluster(folder / f"run-{kind}", engine, f"{kind}{os.getpid()}")
         same, cross = delivery(folder / f"run-{kind}", servers, args.samples)
-        hop = engine_hop(engine.url, args.samples)
+        hop, reader_cpu = engine_hop(engine.url, args.samples)
         cost = publish_cost(servers, args.rounds)
     finally:
         for server in servers.values():
@@ -227,7 +230,7 @@ def run_engine(kind: str, folder: Path, args) -> dict:
         engine.stop()
     sizes = [int(n) for n in args.fanout.split(",") if n]
     fan = fanout(kind, folder, sizes, args.fanout_samples) if sizes else []
-    return {"same": same, "cross": cross, "hop": hop, "cost": cost, "fan": fan}
+    return {"same": same, "cross": cross, "hop": hop, "reader_cpu": reader_cpu, "cost": cost, "fan": fan}
 
 
 HOP = {"redis": "one Redis hop: XADD -> XREAD BLOCK returned in another process",
@@ -265,6 +268,11 @@ def main() -> None:
     rows.append(["-", "Kong cluster_events, 5 s poll (stated)", "-", "2,500,000", "4,950,000"])
     print(table(f"publish on A -> subscriber ran in every worker, µs ({args.samples} events ~5 ms apart)",
                 ["engine", "delivery", "samples", "p50 µs", "p99 µs"], rows))
+    base_cpu = next(iter(results.values()))["reader_cpu"] if results else 0
+    print(table("the engine hop's reader: CPU per entry read (the engine contract's read, as a relay reads)",
+                ["engine", "CPU µs/entry", f"vs {next(iter(results), '-')}"],
+                [[kind, f"{res['reader_cpu']:,.0f}", f"{res['reader_cpu'] / base_cpu:.2f}x"]
+                 for kind, res in results.items()]))
     fan = [row for res in results.values() for row in res["fan"]]
     if fan:
         print(table(f"fan-out: instances of 1 worker sharing one engine, {args.fanout_samples} events published on "
