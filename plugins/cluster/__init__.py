@@ -31,6 +31,21 @@ def ngxsim_directives(register):
                            "(redis://, rediss://, nats://)"))
 
 
+def bridge_of(config, zone: str) -> Bridge | None:
+    """The ``cluster_bridge`` of event zone ``zone`` in ``config`` (None: not bridged, or the
+    cluster module not loaded). Callable at any phase from postconfiguration on."""
+    http = config.blocks(HTTP)
+    if not http or "cluster_bridge" not in http[0].own:
+        return None
+    return next((b for b in http[0].own["cluster_bridge"] if b.zone == zone), None)
+
+
+def is_bridged(config, zone: str, channel: str) -> bool:
+    """Are the events of ``channel`` in event zone ``zone`` sent to the other instances?"""
+    bridge = bridge_of(config, zone)
+    return bridge is not None and bridge.bridges(channel)
+
+
 def view_zone(zone: str) -> str:
     return f"cluster.{zone}"[:64]
 
@@ -91,4 +106,4 @@ def _view_of(zone: str):
     return view
 
 
-__all__ = ["Bridge", "parse_bridge"]
+__all__ = ["Bridge", "bridge_of", "is_bridged", "parse_bridge"]
