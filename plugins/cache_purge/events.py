@@ -64,6 +64,25 @@ def message(zone: str, inv: Invalidation, refreshed: bool = False) -> Message:
     return Message(kind, compact_json({"batch": batch_id, "count": count, "zone": zone}), (batch_id, text))
 
 
+def messages(zone: str, inv: Invalidation, refreshed: bool = False, inline: bool = False) -> list[Message]:
+    """The events announcing ``inv``. With ``inline`` (the channel crosses hosts, where a batch
+    stored on this host's disk cannot be read), keys or tags too many for one payload go in
+    several events that each carry theirs; only one key or tag, or a prefix, too long for a
+    payload is still stored as a batch (another host then drops everything it holds)."""
+    first = message(zone, inv, refreshed)
+    if first.batch is None or not inline or inv.prefix is not None:
+        return [first]
+    name, items = ("keys", inv.keys) if inv.keys else ("tags", inv.tags)
+    out, chunk = [], []
+    for item in items:
+        if chunk and len(compact_json({name: chunk + [item]}).encode()) > PAYLOAD_MAX:
+            out.append(message(zone, Invalidation(**{name: tuple(chunk)}), refreshed))
+            chunk = []
+        chunk.append(item)
+    out.append(message(zone, Invalidation(**{name: tuple(chunk)}), refreshed))
+    return out
+
+
 @dataclass(frozen=True)
 class BatchRef:
     zone: str
