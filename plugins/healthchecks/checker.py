@@ -7,21 +7,29 @@ when the peer flipped, publish ``peer_transition`` — then ``service_transition
 lost its last healthy peer or got its first one back. The flip is found under the lock, so it is
 published exactly once for the instance even if a hung prober and its successor overlap; and
 ``set_peer_health`` comes before the event, which upstreams reacts to by re-reading health.
+
+Under ``scope=cluster`` (``UpstreamCheck.tick``) the job ticks three times an interval: each tick
+takes or renews the cluster-wide lease of the upstream in the cluster's engine, and only the
+instance holding it probes (once an interval); its events cross to the other hosts, which apply
+each ``peer_transition`` (``apply_remote``). An instance that cannot reach the engine probes by
+itself until it can again.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
 from ngxsim import compact_json
 
-from .conf import HealthCheck
-from .machine import PeerHealth, ProbeResult
+from .conf import CLUSTER, HealthCheck
+from .machine import HEALTHY, STATES, PeerHealth, ProbeResult
 from .match import Match
 from .probe import probe
-from .store import HealthStore, Section, ServiceChange, Tracked
+from .store import ALONE, FOLLOWER, PROBER, HealthStore, Section, ServiceChange, Tracked
 
 NAME = "healthchecks"
 CHANNEL = "healthchecks"
@@ -37,6 +45,7 @@ class ProcessState:
         self.store = HealthStore(runtime.zone(ZONE), upstreams)
         self._executor: ThreadPoolExecutor | None = None
         self.warned: set[tuple[str, int, str]] = set()
+        self.last_round: dict[str, float] = {}  # scope=cluster: when this process last probed (monotonic)
 
     @property
     def executor(self) -> ThreadPoolExecutor:
@@ -70,6 +79,78 @@ class UpstreamCheck:
     @property
     def job_name(self) -> str:
         return f"{NAME}.{self.upstream}"
+
+    @property
+    def job_interval(self) -> float:
+        """How often the job runs: every interval, or three times an interval under
+        ``scope=cluster`` (a lease in the engine is renewed every third of its time)."""
+        return self.check.interval / 3 if self.check.scope == CLUSTER else self.check.interval
+
+    def tick(self, runtime) -> None:
+        """The job's ``run``: under ``scope=cluster``, probe only as the cluster's prober (or
+        alone, without the engine), once an interval; else a round every time."""
+        if self.check.scope != CLUSTER:
+            return self.run(runtime)
+        st = process_state(runtime)
+        if self._role(runtime, st) == FOLLOWER:
+            return
+        now = time.monotonic()
+        if now - st.last_round.get(self.upstream, -1e9) < self.check.interval * 5 / 6:  # ticks jitter
+            return
+        st.last_round[self.upstream] = now
+        self.run(runtime)
+
+    def _role(self, runtime, st) -> str:
+        """Take or renew the cluster-wide lease of this upstream's probes; say in the error log
+        when this instance's part changes to or from probing alone."""
+        from ngxsim_plugins import cluster
+
+        store = cluster.store(runtime, self.event_zone)
+        held = store.lease(f"{NAME}.{self.upstream}", ttl=self.check.interval)
+        role = PROBER if held else FOLLOWER if store.connected() else ALONE
+        section = st.store.section(self.upstream)
+        with section.lock():
+            old = section.set_role(role)
+        if role == ALONE and old != ALONE:
+            log.error("healthchecks: upstream %s: the cluster's engine cannot be reached; this instance probes its "
+                      "peers by itself until it can", self.upstream)
+        elif old == ALONE and role != ALONE:
+            log.warning("healthchecks: upstream %s: the cluster's engine is reached again; %s", self.upstream,
+                        "this instance is the cluster's prober" if role == PROBER else "the cluster's prober probes")
+        return role
+
+    def apply_remote(self, runtime, event) -> None:
+        """A ``peer_transition`` of the cluster's prober on another host: record it and route by
+        it in this worker (every worker does: the same values, written once they differ). The peer
+        is found by its address (``server``): ids are each host's. A verdict older than this
+        instance's own last probe of the peer (one made elsewhere while the engine was away,
+        relayed when it came back) is ignored: the newer result stands."""
+        import ngxsim_plugins.upstreams as upstreams
+
+        try:
+            data = json.loads(event.payload)
+            server, to = data["server"], data["to"]
+            fails, passes = int(data.get("fails", 0)), int(data.get("passes", 0))
+        except (ValueError, TypeError, KeyError):
+            return
+        if to not in STATES:
+            return
+        peers = upstreams.peers(runtime, self.upstream)
+        section = process_state(runtime).store.section(self.upstream)
+        with section.lock():
+            targets, _ = section.sync(peers, self.check.mandatory)
+            found = next(((t, p) for t, p in targets if t.server == server[:128]), None)
+            if found is None or found[0].health.last_probe_msec > event.timestamp_msec:
+                return
+            tracked, peer = found
+            health = tracked.health
+            if health.state != to:
+                health.state, health.since_msec = to, event.timestamp_msec
+                health.transitions += 1
+            health.fails, health.passes = fails, passes
+            section.write(tracked.slot, tracked.peer_id, tracked.server, tracked.down, health)
+            section.update_service()  # the prober's own service_transition comes across: none here
+        upstreams.set_peer_health(runtime, self.upstream, peer.id, to == HEALTHY, fails, passes)
 
     def run(self, runtime) -> None:
         """One round of probes (the job's ``run``): bounded by ``timeout`` per probe."""
