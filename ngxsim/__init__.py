@@ -13,10 +13,12 @@ from .core.conf.directive import (
 from .core.conf.errors import ConfigError
 from .core.conf.zones import MAX_ZONE_SIZE
 from .core.events import Event, Gap, Subscription, http_event_zone
+from .core.http.api import ApiAnswer, ApiRequest, ApiSection, iso_time
 from .core.http.jsonapi import (
     ApiError, Methods, check_key, query_int, query_seconds, query_str, read_body, read_json, register_secret_arg,
     wants_html,
 )
+from .core.http.logs import ALERT, EMERG, NOTICE, error_context
 from .core.http.regex import Regex
 from .core.http.responses import compact_json, error_page, json_error, json_response, keep_status_line
 from .core.http.readable import age as format_age
@@ -31,9 +33,11 @@ from .hookspecs import hookimpl, hookspec
 __version__ = "0.1.0"
 
 __all__ = [
+    "ALERT", "EMERG", "NOTICE", "ApiAnswer", "ApiRequest", "ApiSection", "iso_time",
     "ARGS", "FLAG", "HTTP", "LOCATION", "MAIN", "MAX_ZONE_SIZE", "NUMBER", "SERVER", "SIZE", "STRING", "TIME",
     "ZONE_HEADER_SIZE", "Wait", "Zone", "prompt_wakeups", "call_impl", "tracing", "ApiError", "ConfigError", "Directive", "Event", "Gap", "LivenessWatch", "Methods",
-    "OutOfRange", "Regex", "Subscription", "Template", "Unsupported", "Variable", "check_key", "compact_json", "error_page", "format_age",
+    "OutOfRange", "Regex", "Subscription", "Template", "Unsupported", "Variable", "check_key", "compact_json",
+    "error_context", "error_page", "format_age",
     "hookimpl",
     "hookspec", "http_event_zone", "json_error", "json_response", "keep_status_line", "parse_number", "parse_size",
     "parse_time", "process_alive", "process_start_time", "query_int", "query_seconds", "query_str", "read_body",

@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover - types only
     from .core.conf.directive import Directive
     from .core.conf.loader import Block, Configuration
     from .core.events import Event, Gap, Subscription
+    from .core.http.api import ApiSection
     from .core.http.context import RequestContext
     from .core.process import Runtime
     from .core.http.variables import Variable
@@ -220,6 +221,28 @@ def ngxsim_init_master(runtime: "Runtime") -> None:
 
 
 @hookspec
+def ngxsim_reload_accepted(runtime: "Runtime") -> None:
+    """A reload (``ngxsim -c`` on SIGHUP) was accepted: ``runtime`` is the new configuration's,
+    its zones attached (``zone.fresh`` as in ``ngxsim_init_master``), and the old workers are
+    about to be replaced; runs in the master before the new workers start. ``ngxsim_init_master``
+    ran earlier, while the reload could still be rejected (another module's
+    ``ngxsim_init_master`` failing rejects it): what it writes into a kept zone, the running
+    workers see even if the reload is then rejected. Rewrite what the running workers share
+    (rebuild a kept zone from the new configuration) here instead. A failure is logged; the
+    reload goes on.
+
+    For example::
+
+        @hookimpl
+        def ngxsim_reload_accepted(runtime):
+            zone = runtime.zone("hello")
+            if not zone.fresh:  # kept: it holds the running configuration's state until now
+                with zone.lock():
+                    zone.buf[:8] = (0).to_bytes(8, "little")
+    """
+
+
+@hookspec
 def ngxsim_init_worker(runtime: "Runtime") -> None:
     """A worker process starts (first start, respawn after a crash, or reload). Zones are
     attached in this process. Runs before the worker serves its first request.
@@ -351,7 +374,8 @@ def ngxsim_event_gap(runtime: "Runtime", gap: "Gap") -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# status: what ``ngxsim_status`` locations (and ``ngxsim status``) show of each module.
+# status: what ``ngxsim_status`` locations (and ``ngxsim status``) show of each module, and the
+# sections of the NGINX Plus-shaped ``api`` location.
 # --------------------------------------------------------------------------------------------
 
 
@@ -374,4 +398,26 @@ def ngxsim_status(runtime: "Runtime") -> dict[str, Any] | None:
         def ngxsim_status(runtime):
             state = runtime.stash.get("hello")
             return {"greeted": state["greeted"]} if state else None
+    """
+
+
+@hookspec
+def ngxsim_api_sections(config: "Configuration") -> "list[ApiSection] | ApiSection | None":
+    """The parts of the ``api`` location's tree (NGINX Plus's ``/api/N/...``) this module answers.
+
+    Called once per configuration load, in each process that builds the ``api`` handler, after
+    ``ngxsim_postconfiguration``. Return ``ngxsim.ApiSection(path, handler, writes=())`` objects
+    (or None): ``path`` is where the section sits (``"http/upstreams"``, ``"http/caches"``, or the
+    module's own ``"mymodule"``); ``handler(request)`` gets an ``ngxsim.ApiRequest`` (``ctx``,
+    ``method``, ``parts`` below the path, ``json()``) and returns the JSON-able answer, or
+    ``ngxsim.ApiAnswer(status, body)``, or raises ``ngxsim.ApiError(status, text, code=...)``
+    (answered with NGINX Plus's error body). ``writes`` names the methods besides GET and HEAD
+    the section takes; they reach it only under ``api write=on``. Answer from shared memory, so
+    every worker answers the instance's counts. Two modules claiming one path fail the load.
+
+    For example::
+
+        @hookimpl
+        def ngxsim_api_sections(config):
+            return ApiSection("hello", lambda request: {"greeted": request.runtime.stash["hello"]["greeted"]})
     """

@@ -62,6 +62,7 @@ from gunicorn.workers.gthread import TConn, ThreadWorker
 from gunicorn.workers.sync import SyncWorker as _GunicornSyncWorker
 
 from .core.http.context import RAW_HEADERS
+from .core.http.logs import set_connection
 from .core.http.responses import compact_json, error_page
 
 # bodies of a declared length up to this are read in the event loop, larger ones by the thread
@@ -198,7 +199,83 @@ class _NginxRequests:
             self.log.debug("Failed to send error message.")
 
 
-class SyncWorker(_NginxRequests, _StopsRuntime, _GunicornSyncWorker):
+
+class _CountsConnections:
+    """nginx's connection counters (``stub_status``): each client connection's state —
+    ``reading`` its request, ``writing`` the answer (the handler runs), ``waiting`` kept alive
+    between requests — counted into the core's worker table (``ngxsim/core/workers.py``), shared by
+    every worker. The connection's number is nginx's ``*CID`` of the error-log lines written while
+    it is served."""
+
+    def _table(self):
+        runtime = getattr(getattr(self, "wsgi", None), "runtime", None)
+        return runtime.stash.get("core.workers") if runtime is not None else None
+
+    def _conn_move(self, conn, new: str | None) -> None:
+        table = self._table()
+        if table is None:
+            return
+        conns = self.__dict__.setdefault("_conn_states", {})
+        key = id(conn)
+        old = conns.get(key)
+        if old is None:
+            if new is None:
+                return
+            conns[key] = [conn, None, table.accepted()]
+            old = conns[key]
+        if old[1] != new or new is None:
+            table.move(old[1], new)
+        if new is None:
+            del conns[key]
+        else:
+            old[1] = new
+
+    def _conn_number(self, conn) -> int | None:
+        entry = self.__dict__.get("_conn_states", {}).get(id(conn))
+        return entry[2] if entry else None
+
+    def _conn_sweep(self) -> None:
+        """Connections gunicorn closed on its own (an idle kept-alive one): count them closed."""
+        kept = {id(c) for c in (*getattr(self, "keepalived_conns", ()), *getattr(self, "pending_conns", ()))}
+        for key, (conn, state, _) in list(self.__dict__.get("_conn_states", {}).items()):
+            if state == "waiting" and key not in kept:
+                self._conn_move(conn, None)
+
+
+class _CountsThreadConnections(_CountsConnections):
+    """The counting of the thread workers (``Worker``, ``GThreadWorker``)."""
+
+    def enqueue_req(self, conn) -> None:
+        self._conn_move(conn, "writing")
+        super().enqueue_req(conn)
+
+    def finish_request(self, conn, fs) -> None:
+        try:
+            super().finish_request(conn, fs)
+        finally:
+            if conn in self.keepalived_conns or conn in getattr(self, "pending_conns", ()):
+                self._conn_move(conn, "waiting")
+            elif conn.sock.fileno() == -1:
+                self._conn_move(conn, None)
+            # else: enqueued again at once (a pipelined request): still writing
+
+    def murder_pending(self, *args, **kw) -> None:
+        super().murder_pending(*args, **kw)
+        self._conn_sweep()
+
+    def murder_keepalived(self, *args, **kw) -> None:
+        super().murder_keepalived(*args, **kw)
+        self._conn_sweep()
+
+    def handle_request(self, req, conn):
+        set_connection(self._conn_number(conn))
+        try:
+            return super().handle_request(req, conn)
+        finally:
+            set_connection(None)
+
+
+class SyncWorker(_NginxRequests, _StopsRuntime, _CountsConnections, _GunicornSyncWorker):
     """gunicorn's ``sync`` worker that wakes a waiting handler when it is stopped.
 
     gunicorn's sync worker exits from the signal handler on ``SIGQUIT``: the request being
@@ -209,10 +286,14 @@ class SyncWorker(_NginxRequests, _StopsRuntime, _GunicornSyncWorker):
 
     def handle(self, listener, client, addr) -> None:
         self._in_request = True
+        self._conn_move(client, "writing")  # read and answered in this one call
+        set_connection(self._conn_number(client))
         try:
             super().handle(listener, client, addr)
         finally:
             self._in_request = False
+            set_connection(None)
+            self._conn_move(client, None)
 
     def handle_request(self, listener, req, client, addr):
         return self._serving(req, lambda: super(SyncWorker, self).handle_request(listener, req, client, addr))
@@ -226,14 +307,14 @@ class SyncWorker(_NginxRequests, _StopsRuntime, _GunicornSyncWorker):
         self.cfg.worker_int(self)
 
 
-class GThreadWorker(_NginxRequests, _StopsRuntime, ThreadWorker):
+class GThreadWorker(_NginxRequests, _StopsRuntime, _CountsThreadConnections, ThreadWorker):
     """gunicorn's ``gthread`` worker that wakes waiting handlers when it is stopped."""
 
     def handle_request(self, req, conn):
         return self._serving(req, lambda: super(GThreadWorker, self).handle_request(req, conn))
 
 
-class Worker(_NginxRequests, _StopsRuntime, ThreadWorker):
+class Worker(_NginxRequests, _StopsRuntime, _CountsThreadConnections, ThreadWorker):
     """gthread with nginx's reading discipline (see the module docstring)."""
 
     def init_process(self) -> None:
@@ -296,6 +377,7 @@ class Worker(_NginxRequests, _StopsRuntime, ThreadWorker):
         self._read_request(conn)
 
     def _read_request(self, conn: TConn) -> None:
+        self._conn_move(conn, "reading")
         conn.sock.setblocking(False)
         waiting = _Waiting(conn, time.monotonic() + self.timeouts[0])
         self.waiting[id(conn)] = waiting
@@ -349,6 +431,7 @@ class Worker(_NginxRequests, _StopsRuntime, ThreadWorker):
 
     def _drop(self, waiting: _Waiting, answer: bytes = b"") -> None:
         self._forget(waiting)
+        self._conn_move(waiting.conn, None)
         self.nr_conns -= 1
         if answer:
             try:

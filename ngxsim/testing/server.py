@@ -29,6 +29,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core.gunicorn_app import GUNICORN_WORKER_CLASSES
 from ..core.instance import process_start_time
 from ..core.shm import shm_dir
 from .client import PendingRequest, Response, request
@@ -61,8 +62,17 @@ def free_port() -> int:
 
 
 def instance_files(tag: str) -> list[str]:
-    """The shared-memory files of the server instance ``tag`` (``<master pid>.<start time>``)."""
-    return sorted(e for e in os.listdir(shm_dir()) if e.startswith(f"ngxsim.{tag}."))
+    """The shared-memory files of the server instance ``tag`` (``<master pid>.<start time>``):
+    each file in its folder as ``FOLDER/NAME``, and the folder itself when it is empty (a
+    folder left behind is a leftover too)."""
+    out = []
+    for entry in sorted(e for e in os.listdir(shm_dir()) if e.startswith(f"ngxsim.{tag}.")):
+        try:
+            inside = [f"{entry}/{name}" for name in sorted(os.listdir(os.path.join(shm_dir(), entry)))]
+        except OSError:  # a file (not a folder), gone meanwhile, or not ours to read
+            inside = []
+        out += inside or [entry]
+    return out
 
 
 class ServerStartError(AssertionError):
@@ -118,6 +128,11 @@ class Server:
 
     def tail(self, lines: int = 200) -> str:
         return "\n".join(self.output().splitlines()[-lines:])
+
+    def logged(self, level: str, message: str) -> bool:
+        """The output has nginx's error-log line ``YYYY/MM/DD HH:MM:SS [level] PID#TID: message...``
+        (``message`` is the start of the text after the ids and any ``*CID``)."""
+        return _LOG_LINE(level, message).search(self.output()) is not None
 
     def severe_lines(self) -> list[str]:
         """The log's ``[emerg]``/``[alert]``/``[crit]`` lines, each once, in order."""
@@ -324,6 +339,11 @@ class Server:
         wait_for(lambda: not instance_files(tag), 10, what=f"zone files of {tag} to be removed")
 
 
+def _LOG_LINE(level: str, message: str) -> re.Pattern:
+    return re.compile(rf"^\d{{4}}/\d\d/\d\d \d\d:\d\d:\d\d \[{re.escape(level)}\] \d+#\d+: (?:\*\d+ )?"
+                      rf"{re.escape(message)}", re.M)
+
+
 def _api_location(conf_text: str) -> str:
     found = re.findall(r"location\s+(?:=\s*|\^~\s*)?(\S+)\s*\{[^{}]*?\bworker_events_api\s*;", conf_text)
     if len(found) != 1:
@@ -402,9 +422,13 @@ def start_server(folder: Path, conf_text: str, workers: int | None = None, mode:
     if mode == "gunicorn":
         env["NGXSIM_CONF"] = str(conf)
         worker_class = worker_class or "sync"
+        # the config's names mean ngxsim's classes, as under ngxsim -c (they count connections
+        # for stub_status and the api, and wake waiting handlers when stopped)
+        klass = GUNICORN_WORKER_CLASSES.get(worker_class, worker_class)
         cmd = [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{port}",
-               "--graceful-timeout", "5", "--worker-class", worker_class, "--log-level", "info"]
-        if worker_class == "gthread":
+               "--graceful-timeout", "5", "--worker-class", klass, "--log-level", "info",
+               "--logger-class", "ngxsim.glogging.Logger"]  # nginx's error log format, as under ngxsim -c
+        if worker_class in ("gthread", "ngxsim"):
             cmd += ["--threads", "4"]
         if preload:
             cmd.append("--preload")

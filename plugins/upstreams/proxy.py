@@ -18,7 +18,7 @@ from http.client import RemoteDisconnected
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, ProtocolError, ReadTimeoutError
 from werkzeug.wrappers import Response
 
-from ngxsim import ApiError, error_page, keep_status_line, read_body
+from ngxsim import ApiError, error_context, error_page, keep_status_line, read_body
 
 from .balancer import Peer
 
@@ -74,10 +74,11 @@ class ProxyHandler:
             return error_page(exc.status)
         url = self._uri(ctx)
         headers = self._headers(ctx, len(body) if body or _has_body(env) else None)
+        # what a try sends (NGINX Plus's "sent"): the request line, the header and the body
+        sent_bytes = len(method) + len(url) + 12 + sum(len(k) + len(v) + 4 for k, v in headers.items()) + 2 + len(body)
         snapshot = state.snapshot(self.spec.upstream) if self.spec.upstream else None
         if snapshot is not None and snapshot.all_unhealthy():
-            ctx.vars["upstream_status"] = ""
-            return error_page(502)
+            return self._no_live_upstreams(ctx)
         tried: set[int] = set()
         addrs, statuses, times = [], [], []
         last_failure = None
@@ -121,16 +122,18 @@ class ProxyHandler:
                 times.append(f"{elapsed:.3f}")
                 condition = _STATUS_CONDITIONS.get(resp.status)
                 if condition is None or condition not in self.next_upstream:
-                    return self._respond(ctx, state, target, resp, addrs, statuses, times, method)
+                    return self._respond(ctx, state, target, resp, addrs, statuses, times, method, sent=sent_bytes)
                 # a status proxy_next_upstream retries: remember it, count a failure, go on
-                state.end(self.spec.upstream, target, failed=condition in _FAILURE_CONDITIONS, snapshot=snapshot)
+                state.end(self.spec.upstream, target, failed=condition in _FAILURE_CONDITIONS, snapshot=snapshot,
+                          status=resp.status, sent=sent_bytes)
                 last_response, last_failure = resp, condition
                 if not (retry_ok and (method not in NON_IDEMPOTENT or "non_idempotent" in self.next_upstream)):
                     break
                 continue
             statuses.append("504" if condition == "timeout" else "502")
             times.append(f"{time.monotonic() - began:.3f}")
-            state.end(self.spec.upstream, target, failed=True, snapshot=snapshot)
+            refused = condition == "error" and not sent  # nothing reached the peer
+            state.end(self.spec.upstream, target, failed=True, snapshot=snapshot, sent=0 if refused else sent_bytes)
             last_failure = condition
             may_resend = not sent or method not in NON_IDEMPOTENT or "non_idempotent" in self.next_upstream
             if not (retry_ok and condition in self.next_upstream and may_resend):
@@ -139,8 +142,17 @@ class ProxyHandler:
         if last_response is not None:  # every peer answered a retried status: send the last one on
             return self._respond(ctx, state, None, last_response, addrs, statuses, times, method, counted=True)
         if not addrs:
-            ctx.vars["upstream_status"] = ""
+            return self._no_live_upstreams(ctx)
         return error_page(504 if last_failure == "timeout" else 502)
+
+    def _no_live_upstreams(self, ctx):
+        """No peer of the group can be tried: nginx's 502, its error line, and ``$upstream_addr``
+        naming the group."""
+        ctx.vars["upstream_addr"] = self.spec.upstream or ""
+        ctx.vars["upstream_status"] = ""
+        log.error("no live upstreams while connecting to upstream%s",
+                  error_context(ctx, f"http://{self.spec.upstream}{self._uri(ctx)}"))
+        return error_page(502)
 
     def _send(self, state, target, method, url, body, headers):
         """One try on one peer. A kept-alive connection the backend closed while it sat idle in
@@ -202,7 +214,7 @@ class ProxyHandler:
 
     # -- the response --------------------------------------------------------------------------
 
-    def _respond(self, ctx, state, target, resp, addrs, statuses, times, method, counted=False):
+    def _respond(self, ctx, state, target, resp, addrs, statuses, times, method, counted=False, sent=0):
         self._record(ctx, addrs, statuses, times)
         ctx.upstream_headers = list(resp.headers.iteritems())  # as sent: a cache decides from these
         headers = []
@@ -215,9 +227,12 @@ class ProxyHandler:
         upstream = self.spec.upstream
         snapshot = state.snapshot(upstream) if upstream else None
 
+        head = len(resp.reason or "") + 15 + sum(len(k) + len(v) + 4 for k, v in resp.headers.iteritems()) + 2
+
         def finished() -> None:
             if not counted:
-                state.end(upstream, target, failed=False, success=True, snapshot=snapshot)
+                state.end(upstream, target, failed=False, success=True, snapshot=snapshot, status=resp.status, sent=sent,
+                          received=head + stream.received)
 
         stream = _Body(resp, method != "HEAD", finished)
         # not direct_passthrough: werkzeug then closes the response (and its on-close callbacks:
@@ -260,10 +275,13 @@ class _Body:
         self.resp, self.send, self.finished = resp, send, finished
         self.complete = not send
         self.closed = False
+        self.received = 0  # body bytes read from the backend
 
     def __iter__(self):
         if self.send:
-            yield from self.resp.stream(65536, decode_content=False)
+            for chunk in self.resp.stream(65536, decode_content=False):
+                self.received += len(chunk)
+                yield chunk
         self.complete = True
 
     def close(self) -> None:

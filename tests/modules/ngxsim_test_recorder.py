@@ -3,7 +3,7 @@
 Each worker appends lines to ``$NGXSIM_TEST_RECORD_DIR/<pid>.log`` (``E gen channel type
 payload`` / ``G first last``, each followed by `` from ORIGIN#ORIGIN_GENERATION`` / `` from ORIGIN``
 for what another instance of a cluster published) and keeps them in memory; ``recorder_dump;`` makes a location
-answer with this worker's record; ``recorder_publish;`` makes a location publish ``?p=`` (type
+answer with this worker's record; ``recorder_publish;`` makes a location read the request's body, publish ``?p=`` (type
 ``t``, channel ``c``) and answer with the record right after. An event of type ``echo`` makes
 the subscriber publish one of type ``echoed`` (a subscriber that publishes). ``recorder_replay on;`` asks a starting worker to replay
 what the ring holds; ``recorder_channels a b;`` narrows the subscription.
@@ -60,6 +60,7 @@ def ngxsim_content_handler(location, config):
         return lambda ctx: json_response({"pid": os.getpid(), "record": list(RECORD)})
     if location["recorder_publish"]:
         def publish(ctx):
+            ctx.request.get_data()  # a body, if sent, is read first (a test pauses it there)
             gen = ctx.runtime.publish(config.main["recorder_zone"], "c", "t", ctx.arg("p") or "")
             return json_response({"generation": gen, "record": list(RECORD)})
 

@@ -9,6 +9,7 @@ Nothing here touches shared memory or sockets: ``ngxsim -t`` runs all of it.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -255,8 +256,8 @@ def load_configuration(path: str | None = None, text: str | None = None, params:
     for impl in pm.hook.ngxsim_variables.get_hookimpls():
         try:
             call_impl(impl, register=variables.registrar(impl.plugin_name))
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        except ValueError as exc:  # a duplicate: at the load_module line of the second module
+            raise module_error(impl, exc) from None
 
     with module_variables(variables):  # values that name module variables compile now
         main = Block(MAIN, None, None)
@@ -269,10 +270,9 @@ def load_configuration(path: str | None = None, text: str | None = None, params:
         rank = {name: i for i, (name, _) in enumerate(modules)}
         for impl in sorted(pm.hook.ngxsim_postconfiguration.get_hookimpls(), key=lambda i: rank[i.plugin_name]):
             call_impl(impl, config=config)
-        try:  # nginx's last check of the values: every variable they name now exists
-            variables.check_pending()
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        unknown = variables.unknown()  # nginx's last check of the values: every variable they name exists
+        if unknown:
+            raise _unknown_variable(tree, unknown)
         config.subscriptions = collect_subscriptions(config, loaded_at)
         config.jobs.declare_zone(config.zones)
         for loc in config.blocks(LOCATION):
@@ -283,6 +283,22 @@ def load_configuration(path: str | None = None, text: str | None = None, params:
                                 ("core.filters", pm.hook.ngxsim_header_filter)):
                 loc.stash[phase] = [f for f in reversed(hook(location=loc, config=config)) if f is not None]
     return config
+
+
+def _unknown_variable(tree: list[Statement], names: set[str]) -> ConfigError:
+    """nginx's ``unknown "x" variable`` for the first statement (in file order) whose arguments
+    name one of ``names``. nginx itself says it without a place (it checks after parsing, in
+    ngx_http_variables_init_vars); the line of the value that names it is where to look."""
+    uses = re.compile(r"\$(?:\{(%s)\}|(%s)(?![A-Za-z0-9_]))" % (("|".join(map(re.escape, sorted(names))),) * 2))
+    stack = list(reversed(tree))
+    while stack:
+        stmt = stack.pop()
+        for arg in stmt.args:
+            found = uses.search(arg)
+            if found:
+                return stmt.error(f'unknown "{found.group(1) or found.group(2)}" variable')
+        stack.extend(reversed(stmt.block or []))
+    return ConfigError(f'unknown "{min(names)}" variable')  # named by no value as written: a module's own
 
 
 # nginx's own contexts nest four deep (main, http, server, location); a module's block directive

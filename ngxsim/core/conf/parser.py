@@ -148,6 +148,9 @@ class _Parser:
         if self.depth >= MAX_INCLUDE_DEPTH:
             raise stmt.error(f'include nesting deeper than {MAX_INCLUDE_DEPTH} levels (a loop?)')
         pattern = stmt.args[0]
+        if "\x00" in pattern:  # no file name holds a NUL byte (and open() and glob() refuse one)
+            shown = pattern.replace("\x00", "\\0")
+            raise stmt.error(f'open() "{shown}" failed ({errno.EINVAL}: {os.strerror(errno.EINVAL)})')
         if not os.path.isabs(pattern):
             pattern = os.path.join(self.root, pattern)
         if glob.has_magic(pattern):

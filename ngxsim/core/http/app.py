@@ -90,7 +90,7 @@ class HttpCore:
         try:
             self.runtime.enter_request()
         except MasterGone as exc:  # an orphaned worker: nothing it accepted would last
-            return json_error(503, str(exc), headers={"Connection": "close", "Retry-After": "1"})
+            return _master_gone(exc)
         except Exception:  # a module's request-start work failed: say so, serve the request anyway
             log.exception("request start failed for %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
         ctx = RequestContext(environ, req, self.runtime)
@@ -138,6 +138,8 @@ class HttpCore:
             return step()
         except ApiError as exc:  # a module's JSON API answers a bad request with its JSON error
             return exc.response()
+        except MasterGone as exc:  # the master died while this request ran (Runtime.check_master)
+            return _master_gone(exc)
         except HTTPException as exc:  # e.g. a client that hung up mid-body, a body over the limit
             if isinstance(exc.__context__, TimeoutError):  # werkzeug's wrapper around a body read
                 return _body_timeout()
@@ -217,6 +219,10 @@ class HttpCore:
                         response.headers.add(h.name, _header_value(value))
         for header_filter in plan.filters:
             header_filter(ctx, response)
+
+
+def _master_gone(exc: MasterGone) -> Response:
+    return json_error(503, str(exc), headers={"Connection": "close", "Retry-After": "1"})
 
 
 def _body_timeout() -> Response:

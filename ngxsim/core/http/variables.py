@@ -119,10 +119,10 @@ class VariableTable:
         self.captures: set[str] = set()  # the named captures of the config's regexes
         self.pending: set[str] = set()  # names no one declared yet
 
-    def check_pending(self) -> None:
-        """Fail as nginx does for a variable that nothing declared by the end of the config."""
-        for name in sorted(self.pending - self.captures):
-            raise ValueError(f'unknown "{name}" variable')
+    def unknown(self) -> set[str]:
+        """The names the config's values use that nothing declared by the end of the config
+        (nginx fails the load with ``unknown "x" variable``)."""
+        return self.pending - self.captures
 
     def registrar(self, module: str) -> Callable[[Variable], None]:
         def register(var: Variable) -> None:
