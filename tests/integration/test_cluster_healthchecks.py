@@ -1,5 +1,5 @@
 """healthchecks with ``scope=cluster``: three instances (real gunicorn, several workers each)
-sharing a real Redis, probing two real backends. One prober for the whole cluster (counted at the
+sharing a real engine (each engine the bridge has a test server for), probing two real backends. One prober for the whole cluster (counted at the
 backends), its verdicts applied on every host, taken over when its instance goes, and each host
 probing by itself while the engine is away."""
 
@@ -69,10 +69,10 @@ def answered_by(member, rounds=2):
 
 
 def test_one_prober_for_the_cluster_its_verdicts_everywhere_takeover_and_each_host_alone_without_engine(
-        ngxsim_cluster, ngxsim_redis_factory, ngxsim_backend):
-    redis = ngxsim_redis_factory()
+        ngxsim_cluster, ngxsim_engine_factory, ngxsim_backend):
+    engine = ngxsim_engine_factory()
     b1, b2 = ngxsim_backend("b1"), ngxsim_backend("b2")
-    members = start(ngxsim_cluster(redis.url), b1, b2)
+    members = start(ngxsim_cluster(engine.url), b1, b2)
     got = roles(members, ["follower", "follower", "prober"])
     prober = next(m for m in members if got[m.name] == "prober")
     followers = [m for m in members if m is not prober]
@@ -98,12 +98,12 @@ def test_one_prober_for_the_cluster_its_verdicts_everywhere_takeover_and_each_ho
     assert probers(followers, (b1, b2)) == {new.name}
 
     # the engine goes away: each host probes by itself, and says so; back to one prober after
-    redis.stop()
+    engine.stop()
     roles(followers, ["alone", "alone"])
     assert probers(followers, (b1, b2)) == {m.name for m in followers}
     for m in followers:
         assert "the cluster's engine cannot be reached; this instance probes its peers by itself" in m.server.output()
-    redis.start()
+    engine.start()
     got = roles(followers, ["follower", "prober"])
     again = next(m for m in followers if got[m.name] == "prober")
     assert probers(followers, (b1, b2)) == {again.name}
