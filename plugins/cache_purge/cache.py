@@ -10,7 +10,7 @@ import threading
 from dataclasses import dataclass
 
 from .conf import NAME, CachePath
-from .events import CHANNEL, BatchRef, Invalidation, message, messages, parse_body, read
+from .events import CHANNEL, RECREATED, BatchRef, Invalidation, message, messages, parse_body, read
 from .levels import MemoryLevel, SharedLevel, _now
 from .storage import Reporter, StorageError
 
@@ -117,9 +117,7 @@ def _recreated(runtime, spec: CachePath) -> None:
     they still hold."""
     log.critical('[crit] cache_purge: the databases of cache "%s" under "%s" were removed while running; '
                  "made them again, empty (every worker drops its memory level)", spec.zone, spec.path)
-    st = state(runtime)
-    msg = message(spec.zone, Invalidation(prefix=""))
-    runtime.publish(st.bus, CHANNEL, msg.type, msg.payload)
+    runtime.publish(state(runtime).bus, CHANNEL, RECREATED, spec.zone)
 
 
 def announce_refresh(runtime, zone: str, key: str) -> int:
@@ -142,7 +140,7 @@ def apply_event(runtime, event) -> None:
     the shared level's old copy into its memory once it has delivered the purge."""
     st = state(runtime)
     found = read(event.type, event.payload)
-    if found is None:
+    if found is None or (event.origin is not None and event.type == RECREATED):  # another host's disk
         return
     if isinstance(found, BatchRef):
         found = _load_batch(st, found)  # a batch it cannot read: everything

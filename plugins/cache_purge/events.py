@@ -5,6 +5,7 @@
 | ``purged`` | ``key:K`` (one key) or ``tag:T`` (one tag) |
 | ``purge_batch`` | compact JSON: ``{"keys":[..]}``, ``{"tags":[..]}`` or ``{"prefix":"P"}``; when that is over 512 bytes, it is stored in the shared level of the keys zone and the event says ``{"batch":"ID","count":N,"zone":"Z"}`` |
 | ``refreshed`` | ``key:K``: a store replaced a copy some worker may still hold (a ``proxy_cache_bypass`` refresh); a key too long for that: the stored batch's ``{"batch":..}`` |
+| ``recreated`` | ``ZONE``: this host made the cache's databases again, empty (removed while running): its workers drop their memory levels; other hosts ignore it |
 
 Every worker (the publishing one included) drops the matching entries from its memory levels;
 a payload it cannot read, a batch no longer stored, or a ``Gap`` drops whole memory levels:
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from ngxsim import compact_json
 
 CHANNEL = "cache.invalidate"
-PURGED, PURGE_BATCH, REFRESHED = "purged", "purge_batch", "refreshed"
+PURGED, PURGE_BATCH, REFRESHED, RECREATED = "purged", "purge_batch", "refreshed", "recreated"
 PAYLOAD_MAX = 512
 
 
@@ -93,8 +94,10 @@ def read(event_type: str, payload: str) -> Invalidation | BatchRef | None:
     """The invalidation an event announces; ``Invalidation(everything=True)`` when the payload
     is not one this module writes (drop all rather than keep something stale); None for a type
     this module does not publish (another publisher's business on the channel)."""
-    if event_type not in (PURGED, PURGE_BATCH, REFRESHED):
+    if event_type not in (PURGED, PURGE_BATCH, REFRESHED, RECREATED):
         return None
+    if event_type == RECREATED:
+        return Invalidation(everything=True)
     if event_type == PURGED or (event_type == REFRESHED and payload.startswith("key:")):
         kind, colon, value = payload.partition(":")
         if colon and value and kind == "key":

@@ -6,6 +6,8 @@ drops what it stored before the gap."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import threading
 import uuid
 
@@ -119,6 +121,16 @@ def test_a_purge_on_one_host_evicts_both_levels_on_every_worker_of_the_others_an
     backend.respond("/static/slow.css", body="new")
     answers = b.server.each_worker("/static/slow.css")
     assert {r.text for r in answers.values()} == {"new"}, answers
+
+    # A's cache folder removed while running: A's workers drop their memory, the other hosts keep theirs
+    assert {r.headers["X-Cache-Status"] for r in b.server.each_worker("/static/a.css").values()} == {"HIT"}
+    os.rename(a.state / "cache", a.state / "gone")
+    shutil.rmtree(a.state / "gone")
+    probes = iter(range(1000))
+    wait_for(lambda: a.server.get(f"/static/p{next(probes)}").status_code == 200 and (a.state / "cache").is_dir(),
+             10, 0.05, what="A to make its cache folder again")
+    delivered(b, "A", "assets")  # the "recreated" event
+    assert {r.headers["X-Cache-Status"] for r in b.server.each_worker("/static/a.css").values()} == {"HIT"}
 
 
 def test_a_host_back_after_a_gap_drops_what_it_stored_before_the_gap(
