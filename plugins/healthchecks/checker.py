@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from ngxsim import NOTICE, compact_json
 
 from .conf import CLUSTER, HealthCheck
-from .machine import HEALTHY, STATES, PeerHealth, ProbeResult
+from .machine import HEALTHY, STATES, PeerHealth, ProbeResult, now_msec
 from .match import Match
 from .probe import probe
 from .store import ALONE, FOLLOWER, PROBER, HealthStore, Section, ServiceChange, Tracked
@@ -46,6 +46,7 @@ class ProcessState:
         self._executor: ThreadPoolExecutor | None = None
         self.warned: set[tuple[str, int, str]] = set()
         self.last_round: dict[str, float] = {}  # scope=cluster: when this process last probed (monotonic)
+        self.shared: dict[str, dict] = {}       # scope=cluster: the verdicts this process last put in the engine
 
     @property
     def executor(self) -> ThreadPoolExecutor:
@@ -91,21 +92,64 @@ class UpstreamCheck:
         alone, without the engine), once an interval; else a round every time."""
         if self.check.scope != CLUSTER:
             return self.run(runtime)
-        st = process_state(runtime)
-        if self._role(runtime, st) == FOLLOWER:
-            return
-        now = time.monotonic()
-        if now - st.last_round.get(self.upstream, -1e9) < self.check.interval * 5 / 6:  # ticks jitter
-            return
-        st.last_round[self.upstream] = now
-        self.run(runtime)
-
-    def _role(self, runtime, st) -> str:
-        """Take or renew the cluster-wide lease of this upstream's probes; say in the error log
-        when this instance's part changes to or from probing alone."""
         from ngxsim_plugins import cluster
 
+        st = process_state(runtime)
         store = cluster.store(runtime, self.event_zone)
+        role = self._role(store, st)
+        try:
+            if role == FOLLOWER:
+                return self._follow(runtime, store)
+            now = time.monotonic()
+            if now - st.last_round.get(self.upstream, -1e9) >= self.check.interval * 5 / 6:  # ticks jitter
+                st.last_round[self.upstream] = now
+                self.run(runtime)
+            if role == PROBER:
+                self._share(runtime, store, st)
+        except cluster.EngineError:
+            pass  # the verdicts in the engine are brought up to date at a later tick
+
+    @property
+    def verdicts_key(self) -> str:
+        return f"{NAME}.{self.upstream}.verdicts"
+
+    def _share(self, runtime, store, st) -> None:
+        """As the prober: keep the verdicts in the engine (``{server: [state, fails, passes]}``),
+        so that a host that starts, or missed events, follows them (``_follow``)."""
+        section = st.store.section(self.upstream)
+        with section.lock():
+            doc = {t.server: [t.health.state, t.health.fails, t.health.passes] for t in section.tracked()}
+        text = compact_json({"at": now_msec(), "peers": doc})
+        if st.shared.get(self.upstream) == doc:
+            return
+        _, revision = store.get(self.verdicts_key)
+        store.put(self.verdicts_key, text, revision)
+        st.shared[self.upstream] = doc
+
+    def _follow(self, runtime, store) -> None:
+        """As a follower: apply the prober's verdicts kept in the engine where this host differs
+        (it started after them, or missed their events), and tell this host's workers."""
+        value, _ = store.get(self.verdicts_key)
+        try:
+            doc = json.loads(value) if value else {}
+            at, peers = int(doc.get("at", 0)), dict(doc.get("peers", {}))
+        except (ValueError, TypeError, AttributeError):
+            return
+        for server, verdict in peers.items():
+            try:
+                to, fails, passes = str(verdict[0]), int(verdict[1]), int(verdict[2])
+            except (TypeError, ValueError, IndexError):
+                continue
+            changed = self.apply_verdict(runtime, server, to, fails, passes, at)
+            if changed is not None:  # only this host was behind: its own workers re-read the peer
+                old, peer_id = changed
+                self._publish(runtime, "peer_transition", {
+                    "upstream": self.upstream, "peer": peer_id, "server": server, "from": old, "to": to,
+                    "fails": fails, "passes": passes, "sync": True})
+
+    def _role(self, store, st) -> str:
+        """Take or renew the cluster-wide lease of this upstream's probes; say in the error log
+        when this instance's part changes to or from probing alone."""
         held = store.lease(f"{NAME}.{self.upstream}", ttl=self.check.interval)
         role = PROBER if held else FOLLOWER if store.connected() else ALONE
         section = st.store.section(self.upstream)
@@ -120,37 +164,48 @@ class UpstreamCheck:
         return role
 
     def apply_remote(self, runtime, event) -> None:
-        """A ``peer_transition`` of the cluster's prober on another host: record it and route by
-        it in this worker (every worker does: the same values, written once they differ). The peer
-        is found by its address (``server``): ids are each host's. A verdict older than this
-        instance's own last probe of the peer (one made elsewhere while the engine was away,
-        relayed when it came back) is ignored: the newer result stands."""
-        import ngxsim_plugins.upstreams as upstreams
-
+        """A ``peer_transition`` of the cluster's prober on another host: apply it in this worker
+        (every worker does: the same values, written once they differ). Not one a follower
+        published after catching up from the engine (``sync``): that is this host's business."""
         try:
             data = json.loads(event.payload)
             server, to = data["server"], data["to"]
             fails, passes = int(data.get("fails", 0)), int(data.get("passes", 0))
         except (ValueError, TypeError, KeyError):
             return
+        if not data.get("sync"):
+            self.apply_verdict(runtime, server, to, fails, passes, event.timestamp_msec)
+
+    def apply_verdict(self, runtime, server: str, to: str, fails: int, passes: int,
+                      at_msec: int) -> tuple[str, int] | None:
+        """Record the prober's verdict on the peer at ``server`` (made at ``at_msec``) and route by
+        it in this worker; returns (the state it replaced, the peer's id here) when it changed.
+        The peer is found by its address: ids are each host's. A verdict older than this
+        instance's own last probe of the peer (one made elsewhere while the engine was away,
+        relayed when it came back) is ignored: the newer result stands."""
+        import ngxsim_plugins.upstreams as upstreams
+
         if to not in STATES:
-            return
+            return None
         peers = upstreams.peers(runtime, self.upstream)
         section = process_state(runtime).store.section(self.upstream)
         with section.lock():
             targets, _ = section.sync(peers, self.check.mandatory)
             found = next(((t, p) for t, p in targets if t.server == server[:128]), None)
-            if found is None or found[0].health.last_probe_msec > event.timestamp_msec:
-                return
+            if found is None or found[0].health.last_probe_msec > at_msec:
+                return None
             tracked, peer = found
-            health = tracked.health
-            if health.state != to:
-                health.state, health.since_msec = to, event.timestamp_msec
-                health.transitions += 1
-            health.fails, health.passes = fails, passes
-            section.write(tracked.slot, tracked.peer_id, tracked.server, tracked.down, health)
-            section.update_service()  # the prober's own service_transition comes across: none here
+            health, old = tracked.health, tracked.health.state
+            if (old, health.fails, health.passes) != (to, fails, passes):  # else another worker wrote it
+                if old != to:
+                    health.state, health.since_msec = to, at_msec
+                    health.transitions += 1
+                health.fails, health.passes = fails, passes
+                section.write(tracked.slot, tracked.peer_id, tracked.server, tracked.down, health)
+                section.update_service()  # the prober's own service_transition comes across: none here
+        # in every worker, whoever wrote the zone: this is what makes this worker route by it
         upstreams.set_peer_health(runtime, self.upstream, peer.id, to == HEALTHY, fails, passes)
+        return (old, peer.id) if old != to else None
 
     def run(self, runtime) -> None:
         """One round of probes (the job's ``run``): bounded by ``timeout`` per probe."""

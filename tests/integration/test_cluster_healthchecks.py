@@ -33,8 +33,8 @@ http {
 """
 
 
-def start(cluster, b1, b2, scope="cluster", count=3):
-    members = cluster.start(CONF, count=count, workers=[2, 3, 2][:count], stream=f"test.{uuid.uuid4().hex[:12]}",
+def start(cluster, stream, b1, b2, scope="cluster", count=3):
+    members = cluster.start(CONF, count=count, workers=[2, 3, 2][:count], stream=stream,
                             placeholders={"b1": b1.address, "b2": b2.address, "scope": scope})
     for m in members:
         m.wait_connected(API)
@@ -72,7 +72,8 @@ def test_one_prober_for_the_cluster_its_verdicts_everywhere_takeover_and_each_ho
         ngxsim_cluster, ngxsim_engine_factory, ngxsim_backend):
     engine = ngxsim_engine_factory()
     b1, b2 = ngxsim_backend("b1"), ngxsim_backend("b2")
-    members = start(ngxsim_cluster(engine.url), b1, b2)
+    cluster, stream = ngxsim_cluster(engine.url), f"test.{uuid.uuid4().hex[:12]}"
+    members = start(cluster, stream, b1, b2)
     got = roles(members, ["follower", "follower", "prober"])
     prober = next(m for m in members if got[m.name] == "prober")
     followers = [m for m in members if m is not prober]
@@ -85,6 +86,14 @@ def test_one_prober_for_the_cluster_its_verdicts_everywhere_takeover_and_each_ho
         peer = next(p for p in m.server.get(STATUS).json()["upstreams"]["backend"]["peers"] if p["server"] == b1.address)
         assert peer["state"] == "unhealthy", peer
     assert probers(members, (b1, b2), rounds=2) == {prober.name}  # the followers still do not probe
+    # a host that starts after the verdict (no event will tell it) follows the verdicts kept in the engine
+    late = cluster.start_one(CONF, "D", 2, stream,
+                             placeholders={"b1": b1.address, "b2": b2.address, "scope": "cluster"})
+    late.wait_connected(API)
+    wait_for(lambda: answered_by(late) == {"b2"}, 20, 0.1, what="D to stop routing to b1")
+    assert role(late) == "follower"
+    late.server.stop()
+    cluster.members.remove(late)
     b1.set_healthy(True)
     for m in followers:
         wait_for(lambda: answered_by(m) == {"b1", "b2"}, 20, 0.1, what=f"{m.name} to route to b1 again")
