@@ -106,6 +106,14 @@ def test_a_purge_on_one_host_evicts_both_levels_on_every_worker_of_the_others_an
         delivered(m, "B", key("/static/t.css"))
         assert {r.text for r in m.server.each_worker("/static/t.css").values()} == {"v2"}, m.name
 
+    # by tag: each host finds its own keys carrying it
+    backend.respond("/static/blue.css", body="blue1", headers={"Cache-Tag": "blue"})
+    warm(c, "/static/blue.css", "blue1")
+    backend.respond("/static/blue.css", body="blue2", headers={"Cache-Tag": "blue"})
+    assert a.server.post(PURGE_API, json={"tag": "blue"}).status_code == 404  # none on A: sent all the same
+    delivered(c, "A", "tag:blue")
+    assert {r.text for r in c.server.each_worker("/static/blue.css").values()} == {"blue2"}
+
     # read-your-purge: B fetches from a slow origin, A purges (matching nothing on A: still sent)
     # while the fetch is in flight; B delivers the purge before the answer arrives: not stored
     backend.respond("/static/slow.css", body="old", delay=2.0)
