@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover - types only
     from .core.events import Event, Gap, Subscription
     from .core.http.api import ApiSection
     from .core.http.context import RequestContext
+    from .core.http.phases import PhaseHandler
     from .core.process import Runtime
     from .core.http.variables import Variable
 
@@ -153,9 +154,10 @@ def ngxsim_header_filter(location: "Block", config: "Configuration") -> Callable
 def ngxsim_precontent_handler(location: "Block", config: "Configuration") -> Callable[["RequestContext"], Any] | None:
     """Return a pre-content handler for ``location``, or None.
 
-    Called once per ``location`` at config load. Every returned handler runs, in module load
-    order, on each request of that location after the core chose it and before its content
-    handler (nginx's precontent phase: where a cache answers a hit or a ``PURGE``). A handler
+    Called once per ``location`` at config load. Every returned handler is one of the location's
+    ``precontent`` phase handlers (see ``ngxsim_phase_handlers`` for their order): it runs on
+    each request of that location after the rewrite, preaccess and access phases and before its
+    content handler (nginx's precontent phase: where a cache answers a hit or a ``PURGE``). A handler
     returns a response to answer the request itself (later handlers and the content handler do
     not run), or None to pass it on.
 
@@ -195,6 +197,36 @@ def ngxsim_body_filter(location: "Block", config: "Configuration") -> Callable[[
                     ctx.vars["hello_bytes"] = str(len(response.get_data()))
                     return response
                 return count
+    """
+
+
+# --------------------------------------------------------------------------------------------
+# phases: nginx's request phases (server_rewrite, rewrite, preaccess, access, precontent,
+# content, log) and the handlers modules add to them (docs/hooks.md, "Phases").
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def ngxsim_phase_handlers(block: "Block", config: "Configuration") -> "list[PhaseHandler] | PhaseHandler | None":
+    """Return this module's phase handlers for ``block`` (a ``server`` or a ``location``): a
+    ``PhaseHandler(phase, handler)``, a list of them, or None.
+
+    nginx's ``ngx_http_phase_handler``: called once per ``server`` and once per ``location``
+    block at config load (never per request), after every ``ngxsim_postconfiguration``. A
+    server block's handlers serve its ``server_rewrite`` phase, and every later phase when no
+    location matches the request (nginx then uses the server's configuration); a location's
+    serve the phases from ``rewrite`` on. A handler ``h(ctx)`` returns None (go on), a response
+    (answer now) or a wait (``Delay``, ``Park``: resume later without holding a thread).
+
+    Within a phase: ``tryfirst`` implementations' handlers first, ``trylast`` ones last, then by
+    module name, then in the order returned (never by ``load_module`` order). For example::
+
+        @hookimpl
+        def ngxsim_phase_handlers(block, config):
+            if block["hello_limit"]:
+                def limit(ctx):
+                    return json_error(503, "busy") if ctx.arg("busy") else None
+                return PhaseHandler(PREACCESS, limit)
     """
 
 
@@ -331,7 +363,7 @@ def ngxsim_event_subscriptions(config: "Configuration") -> "list[Subscription] |
 
         @hookimpl
         def ngxsim_event_subscriptions(config):
-            zone = http_event_zone(config, "hello")  # the http-level worker_events_zone
+            zone = http_event_zone(config, "hello", subscribes=True)  # the http-level worker_events_zone
             return Subscription(zone, channels=("hello",), replay=True) if zone else None
     """
 

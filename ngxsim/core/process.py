@@ -176,6 +176,14 @@ class Runtime:
                 self.zones[spec.name] = attach_zone(self.instance, spec.name, spec.size, spec.tag,
                                                     self.staged.get(spec.name))
 
+    def claim_event(self, zone: str, module: str, generation: int) -> bool:
+        """For an event bus delivering a ``Subscription(once=True)``: whether this worker handles
+        ``generation`` of ``zone`` for ``module`` (the first to claim it; every other worker
+        skips it)."""
+        from .events import claim_once
+
+        return claim_once(self, zone, module, generation)
+
     def zone(self, name: str) -> Zone:
         """The zone ``name`` attached in this process; ``LookupError`` when the configuration
         does not declare it."""

@@ -17,6 +17,7 @@ Every wait is bounded. Standard library only.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -283,6 +284,49 @@ class Server:
         """The ring in zone ``zone``, read (and written) directly in shared memory."""
         return ZoneEvents(self, zone)
 
+    @contextlib.contextmanager
+    def attached_zone(self, name: str):
+        """``with server.attached_zone("one") as zone:`` — a module's zone of this server, mapped
+        in the test process as a worker maps it (``zone.buf``, ``zone.lock()``; build the
+        module's view on it, e.g. ``SharedTable(zone, ...)``). Unmapped at the end; the zone
+        stays the server's."""
+        from ..core.conf.loader import load_configuration
+        from ..core.instance import Instance
+        from ..core.shm import attach_zone
+
+        config = load_configuration(str(self.conf))
+        if name not in config.zones:
+            raise ValueError(f'the config of {self.address} declares no zone "{name}": '
+                             f'{sorted(spec.name for spec in config.zones)}')
+        spec = config.zones[name]
+        zone = attach_zone(Instance(self.master, process_start_time(self.master), "worker"), name, spec.size, spec.tag)
+        try:
+            yield zone
+        finally:
+            zone.close()
+
+    def reload(self, conf_text: str | None = None, timeout: float = 30.0) -> list[int]:
+        """nginx's reload: write ``conf_text`` (``{port}`` and ``{tmp}`` replaced) over the
+        config when given, send the master ``SIGHUP`` and wait until a full set of new workers
+        serves and the old ones are gone; returns the new pids. A config the master refuses
+        raises ``ReloadRejected`` with its ``[emerg]`` line (the old workers keep serving).
+        For ``mode="ngxsim"`` (the master checks the config before it replaces any worker)."""
+        if conf_text is not None:
+            self.conf.write_text(conf_text.replace("{port}", str(self.port)).replace("{tmp}", str(self.conf.parent)))
+        before, rejected = set(self.worker_pids()), self.output().count("reload rejected")
+        self.proc.send_signal(signal.SIGHUP)
+
+        def done():
+            out = self.output()
+            if out.count("reload rejected") > rejected:
+                line = [ln for ln in out.splitlines() if "reload rejected" in ln][-1]
+                line = line[line.find("[emerg]"):] if "[emerg]" in line else line
+                raise ReloadRejected(re.sub(r"^\[emerg\] \d+#\d+: ", "[emerg] ", line))  # without PID#TID
+            pids = set(self.worker_pids())
+            return sorted(pids) if len(pids - before) >= self.workers and not pids & before else None
+
+        return wait_for(done, timeout, what=f"new workers of {self.master} to replace {sorted(before)}")
+
     # -- lifecycle --------------------------------------------------------------------------------
 
     def wait_ready(self, path: str = "/", timeout: float = 30.0) -> None:
@@ -337,6 +381,11 @@ class Server:
             raise AssertionError(f"{self.describe()} did not stop within {timeout}s:\n{self.tail()}")
         wait_for(lambda: not any(process_start_time(p) for p in workers), 10, what="workers to exit")
         wait_for(lambda: not instance_files(tag), 10, what=f"zone files of {tag} to be removed")
+
+
+class ReloadRejected(AssertionError):
+    """The master refused the config of a reload (``Server.reload``): the message is its
+    ``[emerg]`` line from ``[emerg]`` on, without nginx's ``PID#TID:``."""
 
 
 def _LOG_LINE(level: str, message: str) -> re.Pattern:

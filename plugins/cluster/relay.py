@@ -29,6 +29,8 @@ import random
 import threading
 import time
 
+from ngxsim import NOTICE
+
 from .engine import EngineError, Record
 from .engines import engine_class
 from .state import RelayState, state_path
@@ -88,7 +90,7 @@ class Relay:
             if went_down:
                 self._down_logged = True
         if went_up:
-            log.info("cluster: zone %s: relay (worker %d) connected to %s, stream %s, as instance %s",
+            log.log(NOTICE, "cluster: zone %s: relay (worker %d) connected to %s, stream %s, as instance %s",
                      self.zone, os.getpid(), self.bridge.engine, self.bridge.stream, self.instance)
         if went_down:
             log.error("cluster: zone %s: engine %s unreachable (%s); the relay retries with backoff, "

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import pytest
 
-from nginx_reference import Nginx, check_config, find_nginx
-
 from ngxsim import ConfigError
 from ngxsim.core.conf.loader import load_configuration
 from ngxsim.testing import raw_request, start_server
+from ngxsim.testing.nginx import Nginx, check_config, find_nginx
 
 NGINX = find_nginx()
 pytestmark = pytest.mark.skipif(NGINX is None, reason="no nginx binary on PATH or in /usr/sbin "

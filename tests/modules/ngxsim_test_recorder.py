@@ -6,7 +6,8 @@ for what another instance of a cluster published) and keeps them in memory; ``re
 answer with this worker's record; ``recorder_publish;`` makes a location read the request's body, publish ``?p=`` (type
 ``t``, channel ``c``) and answer with the record right after. An event of type ``echo`` makes
 the subscriber publish one of type ``echoed`` (a subscriber that publishes). ``recorder_replay on;`` asks a starting worker to replay
-what the ring holds; ``recorder_channels a b;`` narrows the subscription.
+what the ring holds; ``recorder_channels a b;`` narrows the subscription; ``recorder_once on;``
+asks for one worker of the instance per event (``Subscription(once=True)``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ RECORD: list[str] = []
 def ngxsim_directives(register):
     register(Directive("recorder_zone", (MAIN,), 1, default="bus"))
     register(Directive("recorder_replay", (MAIN,), 1, type=FLAG, default=False))
+    register(Directive("recorder_once", (MAIN,), 1, type=FLAG, default=False))
     register(Directive("recorder_channels", (MAIN,), (1, None), parse=list, default=None))
     register(Directive("recorder_dump", (LOCATION,), 0, type=FLAG, default=False, inherit=False))
     register(Directive("recorder_publish", (LOCATION,), 0, type=FLAG, default=False, inherit=False))
@@ -30,7 +32,8 @@ def ngxsim_directives(register):
 @hookimpl
 def ngxsim_event_subscriptions(config):
     main = config.main
-    return Subscription(main["recorder_zone"], main["recorder_channels"], replay=main["recorder_replay"])
+    return Subscription(main["recorder_zone"], main["recorder_channels"], replay=main["recorder_replay"],
+                        once=main["recorder_once"])
 
 
 def _record(line: str) -> None:

@@ -106,18 +106,6 @@ def mask_target(text: str, secrets: frozenset[str]) -> str:
     return _QUERY_PAIR.sub(mask, text)
 
 
-def error_context(ctx, upstream: str | None = None) -> str:
-    """What nginx writes after a request's error-log message: ``, client: ADDR, server: NAME,
-    request: "GET / HTTP/1.1", upstream: "http://...", host: "HOST"`` (``upstream`` only when
-    given, ``host`` only when the request sent one). Secret query arguments are masked."""
-    request = mask_target(ctx.request_line, frozenset(ctx.secret_args) | frozenset(SECRET_ARGS))
-    text = f', client: {ctx.environ.get("REMOTE_ADDR", "-")}, server: {ctx.server_name}, request: "{request}"'
-    if upstream is not None:
-        text += f', upstream: "{upstream}"'
-    host = ctx.environ.get("HTTP_HOST")
-    return f'{text}, host: "{host}"' if host else text
-
-
 class AccessLog:
     """One log file and its line format (``combined`` or a ``log_format``), opened per process in
     append mode (each line is one atomic write)."""
@@ -141,3 +129,24 @@ class AccessLog:
             ctx.logging = False
         os.write(self._fd, (line + "\n").encode("utf-8", "backslashreplace"))
 
+
+def error_context(ctx, upstream: str | None = None) -> str:
+    """nginx's context after an error-log message about a request (``ngx_http_log_error``):
+    ``, client: ADDR, server: NAME, request: "LINE"``, then ``, upstream: "URL"`` when a backend
+    is involved (``http://127.0.0.1:9001/x``: the peer and the URI sent to it), ``, host: "HOST"``
+    and ``, referrer: "REF"`` when the request has them. Secret query arguments are masked::
+
+        log.error("upstream timed out (110: Connection timed out) while reading upstream%s",
+                  error_context(ctx, upstream="http://127.0.0.1:9001/x"))
+    """
+    env = ctx.environ
+    secrets = frozenset(ctx.secret_args) | frozenset(SECRET_ARGS)
+    parts = [f", client: {env.get('REMOTE_ADDR', '-')}, server: {ctx.server_name}"]
+    parts.append(f', request: "{mask_target(ctx.request_line, secrets)}"')
+    if upstream is not None:
+        parts.append(f', upstream: "{mask_target(upstream, secrets)}"')
+    if env.get("HTTP_HOST") is not None:
+        parts.append(f', host: "{env["HTTP_HOST"]}"')
+    if env.get("HTTP_REFERER") is not None:
+        parts.append(f', referrer: "{env["HTTP_REFERER"]}"')
+    return "".join(parts)
