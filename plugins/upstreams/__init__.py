@@ -25,7 +25,7 @@ from ngxsim import (
     process_alive, register_secret_arg,
 )
 
-from . import snapshots, unsupported
+from . import snapshots, sync, unsupported
 from .api import UpstreamsApi
 from .balancer import Peer
 from .conf import (
@@ -135,6 +135,7 @@ class UpstreamsConf:
 
     bus: str | None
     upstreams: dict[str, UpstreamConf] = field(default_factory=dict)
+    cluster: bool = False  # the bus's "upstreams" channel is bridged: peers are cluster-wide (sync.py)
 
 
 @hookimpl
@@ -184,6 +185,9 @@ def ngxsim_postconfiguration(config):
                                 owner=NAME, where=block.where_of("upstream_refresh"))
     if conf.upstreams:
         config.jobs.declare("upstreams.drained", DRAIN_CHECK_INTERVAL, _drain_job, owner=NAME)
+        conf.cluster = _cluster_wide(config, bus)
+        if conf.cluster:
+            config.jobs.declare_service(sync.SERVICE, sync.run_service, owner=NAME)
     for loc in config.blocks(LOCATION):
         spec: ProxyPass | None = loc.get("proxy_pass")
         if spec is not None:
@@ -199,6 +203,13 @@ def ngxsim_postconfiguration(config):
         if loc.get("upstreams_api") and loc.get("upstreams_api_key"):
             register_secret_arg(config, "key")
     config.stash[NAME] = conf
+
+
+def _cluster_wide(config, bus: str | None) -> bool:
+    """Whether the cluster module bridges the bus's ``upstreams`` channel (its public API)."""
+    if bus is None or "cluster" not in config.module_names():
+        return False
+    return bool(sync.cluster_api().is_bridged(config, bus, CHANNEL))
 
 
 def _drain_job(runtime) -> None:
@@ -294,10 +305,13 @@ def ngxsim_event(runtime, event):
     conf = runtime.config.stash.get(NAME)
     if not conf or event.zone != conf.bus:
         return
-    if event.channel == CHANNEL and event.type == "snapshot_activated":
-        name = _payload(event).get("upstream")
-        if name in conf.upstreams:
-            state(runtime).reload(name)
+    if event.channel == CHANNEL:
+        if conf.cluster:
+            _cluster_event(runtime, conf, event)
+        if event.type == "snapshot_activated" and event.origin is None:
+            name = _payload(event).get("upstream")
+            if name in conf.upstreams:
+                state(runtime).reload(name)
     elif event.channel == HEALTH_CHANNEL and event.type == "peer_transition":
         data = _payload(event)
         if data.get("upstream") in conf.upstreams and isinstance(data.get("peer"), int):
@@ -310,6 +324,27 @@ def ngxsim_event_gap(runtime, gap):
     conf = runtime.config.stash.get(NAME)
     if conf and conf.upstreams and gap.zone == conf.bus:
         state(runtime).reload_all()
+
+
+def _cluster_event(runtime, conf, event) -> None:
+    """Cluster-wide upstreams: hand a change to the sync service (when it runs in this worker),
+    wake the requests waiting for theirs, wake the service for a revision another host wrote, and
+    keep what each host says of its drains."""
+    data = _payload(event)
+    st = state(runtime)
+    service = runtime.stash.get(sync.STASH)
+    if event.type == "change_requested" and event.origin is None:
+        if service is not None and data.get("upstream") in conf.upstreams:
+            service.take(data)
+    elif event.type == "change_applied" and event.origin is None:
+        if isinstance(data.get("change"), str):
+            st.waiters.done(data["change"], data)
+    elif event.type == "snapshot_activated" and event.origin is not None:
+        if service is not None and data.get("upstream") in conf.upstreams and isinstance(data.get("revision"), int):
+            service.revision_heard(data["upstream"], data["revision"])
+    elif event.type in ("peer_draining", "peer_drained"):
+        if data.get("upstream") in conf.upstreams and isinstance(data.get("peer"), int):
+            st.drain_heard(data["upstream"], data["peer"], event.origin, event.type == "peer_drained")
 
 
 def _payload(event) -> dict:

@@ -18,7 +18,7 @@ import time
 
 from ngxsim import ApiError, Methods, check_key, json_response, read_json
 
-from . import snapshots
+from . import snapshots, sync
 from .conf import _time_text
 from .state import initial_health, state
 from .zone import HEALTH_CHECKING, HEALTH_DOWN, HEALTH_NONE
@@ -73,8 +73,15 @@ class UpstreamsApi:
         data = zone.read_snapshot() or {"version": 0, "peers": []}
         active = st.active(name)
         up = self.conf.upstreams[name]
-        return {"name": name, "version": data["version"], "zone": up.zone,
-                "peers": [self._peer(zone, p, active[p["slot"]]) for p in data["peers"]]}
+        peers = [self._peer(zone, p, active[p["slot"]]) for p in data["peers"]]
+        if not self.conf.cluster:
+            return {"name": name, "version": data["version"], "zone": up.zone, "peers": peers}
+        me = sync.instance_of(st.runtime.config, self.conf.bus)
+        for peer, p in zip(peers, data["peers"]):
+            if peer["drain"]:  # each host's drain: its own in-flight requests
+                peer["drain_hosts"] = st.drain_hosts(name, peer["id"], me, active[p["slot"]])
+        return {"name": name, "version": data["version"], "revision": data.get("revision"),
+                "cluster": "apart" if data.get("apart") else "joined", "zone": up.zone, "peers": peers}
 
     @staticmethod
     def _peer(zone, p: dict, active: int) -> dict:
@@ -121,6 +128,8 @@ class UpstreamsApi:
     def post(self, ctx):
         name = self._write_target(ctx, want_peer=False)
         fields = self._fields(ctx, adding=True)
+        if self.conf.cluster:
+            return self._cluster_change(ctx, name, "add", None, fields)
         st = state(ctx.runtime)
         zone = st.zone(name)
         checking = initial_health(self.conf, name) == HEALTH_CHECKING
@@ -132,6 +141,8 @@ class UpstreamsApi:
         name = self._write_target(ctx, want_peer=True)
         peer_id = self._route(ctx)[2]
         fields = self._fields(ctx, adding=False)
+        if self.conf.cluster:
+            return self._cluster_change(ctx, name, "change", peer_id, fields)
         st = state(ctx.runtime)
         zone = st.zone(name)
         holder = {}
@@ -152,9 +163,37 @@ class UpstreamsApi:
     def delete(self, ctx):
         name = self._write_target(ctx, want_peer=True)
         peer_id = self._route(ctx)[2]
+        if self.conf.cluster:
+            return self._cluster_change(ctx, name, "delete", peer_id, {})
         st = state(ctx.runtime)
         self._apply(st, name, lambda cur: snapshots.delete_peer(cur, peer_id))
         return json_response(self._upstream(st, name)["peers"])
+
+    def _cluster_change(self, ctx, name: str, op: str, peer_id: int | None, fields: dict):
+        """Cluster-wide: the change goes to this instance's sync service (which alone talks to the
+        engine) as a ``change_requested`` event; the answer waits for its outcome at most
+        ``APPLY_BOUND``, else ``202`` with the change's id (it is applied later, or was lost with
+        a sync service that died: the caller checks ``GET`` and retries)."""
+        st = state(ctx.runtime)
+        change = {"id": sync.new_change_id(), "upstream": name, "op": op, "peer": peer_id,
+                  "fields": {k: (v if k != "fail_timeout" else float(v)) for k, v in fields.items()}}
+        waiting = st.waiters.register(change["id"])
+        try:
+            sync.publish_change(ctx.runtime, change)
+        except ValueError:
+            st.waiters.wait(change["id"], waiting, 0)
+            raise ApiError(413, "the change is too large to be sent to the cluster (512 bytes of JSON)") from None
+        result = st.waiters.wait(change["id"], waiting, sync.APPLY_BOUND)
+        if result is None:
+            return json_response({"change": change["id"], "status": "pending",
+                                  "message": "the change is queued for the cluster and not applied yet"}, 202)
+        if result["status"] >= 400:
+            raise ApiError(result["status"], result.get("error", "the change was not made"))
+        st.reload(name)
+        up = self._upstream(st, name)
+        if op == "delete":
+            return json_response(up["peers"])
+        return json_response(self._find(up["peers"], result["peer"]), result["status"])
 
     def _fields(self, ctx, adding: bool) -> dict:
         body = read_json(ctx, MAX_BODY)
