@@ -37,6 +37,7 @@ SERVICE = "upstreams.sync"
 STASH = "upstreams.sync"
 APPLY_BOUND = 1.0    # how long an API request waits for its change before answering 202
 RECHECK = 1.0        # the service re-reads the revisions this often (a lost event, the engine back)
+AWAY_RETRY = 0.25    # while the store is unreachable, it is tried again this often
 CAS_TRIES = 20
 _ERROR_MAX = 300     # change_applied's payload is at most 512 bytes
 
@@ -74,6 +75,7 @@ class Sync:
         self.wake = threading.Event()
         self.unsynced: list[dict] = []   # changes applied here while the engine was away, in order
         self.store = None
+        self.away = False                # the last call to the store failed: this host goes on alone
 
     # -- what the hooks hand over -----------------------------------------------------------
 
@@ -93,42 +95,35 @@ class Sync:
         while not self.lease.stopping.is_set():
             self.wake.wait(max(0.0, next_check - time.monotonic()))
             self.wake.clear()
-            connected = self._connected()
-            if connected and self.unsynced:
+            if self.store is None:
+                self.store = cluster_api().store(self.runtime, self.conf.bus)
+            if not self.away and self.unsynced:
                 self._replay()
             while not self.lease.stopping.is_set():
                 try:
                     change = self.changes.get_nowait()
                 except queue.Empty:
                     break
-                answer(self.runtime, change, self._apply(change, connected))
-                connected = connected and self._connected()
-            if connected and not self.unsynced:
-                for name in self.conf.upstreams:
-                    self._catch_up(name)
-                next_check = time.monotonic() + RECHECK
-            elif not connected:
-                next_check = time.monotonic() + min(RECHECK, 0.2)
-
-    def _connected(self) -> bool:
-        try:
-            if self.store is None:
-                self.store = cluster_api().store(self.runtime, self.conf.bus)
-            return bool(self.store.connected())
-        except Exception as exc:  # the store is the cluster module's: any failure means "away"
-            log.debug("upstreams: cluster store unavailable: %s", exc)
-            return False
+                answer(self.runtime, change, self._apply(change))
+            # the catch-up: the cluster's newest revisions (and, while away, the probe of the engine)
+            was_away = self.away
+            for name in self.conf.upstreams:
+                self._catch_up(name)
+            if was_away and not self.away:
+                log.warning("upstreams: the cluster store is reachable again: %d change(s) made here meanwhile "
+                            "go to the cluster", len(self.unsynced))
+                self.wake.set()  # replay at once
+            next_check = time.monotonic() + (AWAY_RETRY if self.away else RECHECK)
 
     # -- one change -------------------------------------------------------------------------
 
-    def _apply(self, change: dict, connected: bool) -> dict:
+    def _apply(self, change: dict) -> dict:
         name = change["upstream"]
-        if connected and not self.unsynced:
+        if not self.away and not self.unsynced:
             try:
                 return self._apply_cluster(name, change)
-            except _EngineAway as exc:
-                log.warning('upstreams: upstream "%s": the cluster store is unreachable (%s): '
-                            'the change applies on this host only until it is back', name, exc)
+            except _EngineAway:
+                pass
         # the engine is away (or changes made while it was are not replayed yet): this host alone
         try:
             doc = snapshots.document(self.st.zone(name).read_snapshot())
@@ -195,7 +190,8 @@ class Sync:
         try:
             value, revision = self.store.get(key_of(name))
         except Exception as exc:  # the engine's failure, whatever its client raised
-            raise _EngineAway(str(exc)) from None
+            raise self._gone(exc) from None
+        self.away = False
         if value is not None:
             return json.loads(value), revision
         doc = snapshots.document(self.st.zone(name).read_snapshot())
@@ -214,7 +210,14 @@ class Sync:
         except cluster_api().Conflict:
             return None
         except Exception as exc:
-            raise _EngineAway(str(exc)) from None
+            raise self._gone(exc) from None
+
+    def _gone(self, exc: Exception) -> "_EngineAway":
+        if not self.away:
+            log.warning("upstreams: the cluster store is unreachable (%s): API changes apply on this host only "
+                        "until it is back", exc)
+        self.away = True
+        return _EngineAway(str(exc))
 
     # -- this host --------------------------------------------------------------------------
 
