@@ -1,0 +1,220 @@
+"""upstreams cluster-wide (issue 21): three real instances (gunicorn, several workers each) sharing
+a real engine, real backends behind them. An API change made on any host holds on every host with
+the same peer ids; a drain on A stops B and C routing to the peer; concurrent changes on A and B
+converge; a restarted instance starts from the cluster's state.
+
+One cluster of instances for the module (per engine); each test uses an upstream of its own."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+
+from ngxsim.testing import Backend, start_server, stop_all, wait_for
+from ngxsim.testing.cluster import Cluster
+from pytest_ngxsim import ENGINE_FIXTURES
+
+API = "/api/upstreams"
+EVENTS = "/ev"
+SLOW = 6.0  # seconds a request held on a backend stays in flight (far more than the checks need)
+UPSTREAMS = ("u_drain", "u_add", "u_conc", "u_restart")
+
+CONF = """
+load_module worker_events;
+load_module cluster;
+load_module upstreams;
+http {
+    worker_events_zone bus;
+    cluster_bridge bus {engine} channels=upstreams state={state} stream={stream} instance={instance};
+%(upstreams)s
+    server {
+        listen 127.0.0.1:{port};
+        add_header X-Upstream-Addr $upstream_addr always;
+%(locations)s
+        location /api/upstreams { upstreams_api; }
+        location /ev { worker_events_api; worker_events_channel upstreams; }
+    }
+}
+"""
+
+
+def conf(backends: list[Backend]) -> str:
+    servers = "".join(f"        server {b.address};\n" for b in backends[:2])
+    ups = "".join(f"    upstream {name} {{\n        zone {name} 256k;\n{servers}    }}\n" for name in UPSTREAMS)
+    locs = "".join(f"        location /{name}/ {{ proxy_pass http://{name}; }}\n" for name in UPSTREAMS)
+    return CONF % {"upstreams": ups, "locations": locs}
+
+
+class Members:
+    """The module's cluster: instances A, B, C and what they proxy to."""
+
+    def __init__(self, folder, engine):
+        self.folder = folder
+        self.engine = engine
+        self.servers = []
+        self.backends = [Backend(f"b{i}").start() for i in range(1, 5)]
+        self.stream = f"test.{uuid.uuid4().hex[:12]}"
+        self.conf = conf(self.backends)
+        self.cluster = Cluster(self._start, folder, engine.url)
+        self.a, self.b, self.c = self.cluster.start(self.conf, count=3, workers=[2, 3, 2], stream=self.stream)
+
+    def _start(self, text, **kw):
+        server = start_server(self.folder, text, ready_path=API, wait_ready=False, worker_class="gthread", **kw)
+        self.servers.append(server)
+        server.wait_ready(API, 30.0)
+        return server
+
+    def restart(self, member):
+        member.server.stop()
+        self.cluster.members.remove(member)
+        return self.cluster.start_one(self.conf, member.name, 2, self.stream)
+
+    def close(self):
+        stop_all(self.servers)
+        stop_all(self.backends)
+
+
+@pytest.fixture(scope="module", params=sorted(ENGINE_FIXTURES))
+def members(request, tmp_path_factory):
+    engine = request.getfixturevalue(ENGINE_FIXTURES[request.param][0])
+    made = Members(tmp_path_factory.mktemp("cluster"), engine)
+    try:
+        for m in (made.a, made.b, made.c):
+            m.wait_connected(EVENTS)
+        yield made
+    finally:
+        made.close()
+
+
+def api(member, method, path="", **kw):
+    return member.server.request(method, API + path, **kw)
+
+
+def upstream(member, name) -> dict:
+    return api(member, "GET", f"/{name}").json()
+
+
+def peers_of(member, name) -> list[tuple]:
+    """What must be equal on every host: ids, servers and parameters (not counters)."""
+    return [(p["id"], p["server"], p["weight"], p["down"], p["drain"], p["backup"])
+            for p in upstream(member, name)["peers"]]
+
+
+def converged(members_, name):
+    """Until every host routes by the same revision of ``name``; returns its peers."""
+    def same():
+        seen = [(upstream(m, name)["revision"], peers_of(m, name)) for m in members_]
+        return seen[0][1] if all(s == seen[0] for s in seen) and seen[0][0] else None
+
+    return wait_for(same, 20, 0.05, what=f"every host to route upstream {name} by the same revision")
+
+
+def hits(backend, path_prefix):
+    return sum(1 for r in backend.requests if r.path.startswith(path_prefix))
+
+
+def test_a_drain_on_a_stops_b_and_c_routing_to_the_peer_and_each_host_reports_its_own(members):
+    a, b, c = members.a, members.b, members.c
+    b1, b2 = members.backends[:2]
+    converged((a, b, c), "u_drain")
+    # a request in flight to b2 on C when the drain starts: C's drain is not over until it ends
+    # (both backends slow, so that whichever peer C's workers pick first, one soon waits on b2)
+    for backend in (b1, b2):
+        backend.respond("/u_drain/slow", delay=SLOW)
+    slow = [threading.Thread(target=c.server.request, args=("GET", "/u_drain/slow")) for _ in range(4)]
+    for t in slow:
+        t.start()
+    try:
+        wait_for(lambda: any(p["active"] for p in upstream(c, "u_drain")["peers"] if p["id"] == 2), 20, 0.01,
+                 what="C's request in flight to b2")
+        r = api(a, "PATCH", "/u_drain/servers/2", json={"drain": True})
+        assert r.status_code == 200, r.text
+        assert r.json()["drain"] is True
+        peers = converged((a, b, c), "u_drain")
+        assert [p[4] for p in peers] == [False, True]
+        # each host says how its own drain is going: C still has the slow request in flight
+        hosts = wait_for(lambda: (lambda h: h if len(h) == 3 else None)(
+            next(p for p in upstream(a, "u_drain")["peers"] if p["id"] == 2).get("drain_hosts", {})),
+            20, 0.05, what="A to hear every host's drain")
+        assert hosts["A"] == "drained" and hosts["B"] == "drained"
+        assert next(p for p in upstream(c, "u_drain")["peers"] if p["id"] == 2)["drain_hosts"]["C"] == "draining"
+    finally:
+        for t in slow:
+            t.join(30)
+        for backend in (b1, b2):
+            backend.forget("/u_drain/slow")
+    wait_for(lambda: next(p for p in upstream(a, "u_drain")["peers"] if p["id"] == 2)["drain_hosts"].get("C")
+             == "drained", 20, 0.05, what="C's drain to end on A's API")
+    before1, before2 = hits(b1, "/u_drain/x"), hits(b2, "/u_drain/x")
+    for m in (b, c, a):
+        answers = m.server.spray("/u_drain/x", 6 * len(m.server.worker_pids()))
+        assert {r.status_code for r in answers} == {200}
+    assert hits(b2, "/u_drain/x") == before2, "a drained peer got new requests"
+    assert hits(b1, "/u_drain/x") - before1 == 6 * 7
+
+
+def test_an_add_on_b_gets_the_same_id_on_a_and_c_and_they_route_to_it(members):
+    a, b, c = members.a, members.b, members.c
+    b3 = members.backends[2]
+    r = api(b, "POST", "/u_add/servers", json={"server": b3.address, "weight": 3})
+    assert r.status_code == 201, r.text
+    new_id = r.json()["id"]
+    peers = converged((a, b, c), "u_add")
+    assert (new_id, b3.address, 3) in [p[:3] for p in peers]
+    before = hits(b3, "/u_add/")
+    for m in (a, c):
+        m.server.spray("/u_add/y", 10 * len(m.server.worker_pids()))
+    assert hits(b3, "/u_add/") > before
+    # a change naming a peer another host added works on every host by its id
+    assert api(c, "PATCH", f"/u_add/servers/{new_id}", json={"down": True}).status_code == 200
+    assert next(p for p in converged((a, b, c), "u_add") if p[0] == new_id)[3] is True
+
+
+def test_concurrent_changes_on_a_and_b_converge_to_the_same_state_on_every_host(members):
+    a, b, c = members.a, members.b, members.c
+    converged((a, b, c), "u_conc")
+    answers = []
+
+    def burst(member, base):
+        for i in range(8):
+            answers.append(api(member, "POST", "/u_conc/servers", json={"server": f"127.0.0.1:{base + i}"}))
+        answers.append(api(member, "PATCH", "/u_conc/servers/1", json={"weight": 5 if base < 30000 else 7}))
+
+    threads = [threading.Thread(target=burst, args=(a, 20000)), threading.Thread(target=burst, args=(b, 30000)),
+               threading.Thread(target=burst, args=(a, 21000)), threading.Thread(target=burst, args=(b, 31000))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert all(r.status_code in (200, 201) for r in answers), [r.text for r in answers if r.status_code >= 300]
+    peers = converged((a, b, c), "u_conc")
+    servers = [p[1] for p in peers]
+    # every add holds (none lost to a concurrent write), each once, with ids unique cluster-wide
+    assert len(servers) == 2 + 32 and len(set(servers)) == len(servers)
+    assert len({p[0] for p in peers}) == len(peers)
+    created = {r.json()["id"] for r in answers if r.status_code == 201}
+    assert created == {p[0] for p in peers} - {1, 2}
+    # the two hosts set the same field: the change written last (the highest revision) wins, everywhere
+    assert peers[0][2] in (5, 7)
+
+
+def test_a_restarted_instance_starts_from_the_clusters_state(members):
+    a, b, c = members.a, members.b, members.c
+    c.server.stop()
+    b4 = members.backends[3]
+    r = api(a, "POST", "/u_restart/servers", json={"server": b4.address})
+    assert r.status_code == 201, r.text
+    assert api(b, "PATCH", "/u_restart/servers/1", json={"down": True}).status_code == 200
+    again = members.restart(c)
+    members.c = again
+    again.wait_connected(EVENTS)
+    peers = converged((a, b, again), "u_restart")
+    assert (r.json()["id"], b4.address) in [p[:2] for p in peers]
+    assert peers[0][3] is True  # peer 1 down: C's own config says otherwise
+    before = hits(b4, "/u_restart/")
+    answers = again.server.spray("/u_restart/z", 4 * len(again.server.worker_pids()))
+    assert {resp.headers["X-Upstream-Addr"] for resp in answers} <= {members.backends[1].address, b4.address}
+    assert hits(b4, "/u_restart/") > before
