@@ -218,3 +218,41 @@ def test_a_restarted_instance_starts_from_the_clusters_state(members):
     answers = again.server.spray("/u_restart/z", 4 * len(again.server.worker_pids()))
     assert {resp.headers["X-Upstream-Addr"] for resp in answers} <= {members.backends[1].address, b4.address}
     assert hits(b4, "/u_restart/") > before
+
+
+def test_with_the_engine_away_each_host_goes_on_alone_and_its_changes_join_the_cluster_when_it_returns(
+        ngxsim_cluster, ngxsim_engine_factory, ngxsim_backend):
+    engine = ngxsim_engine_factory()
+    backends = [ngxsim_backend(f"e{i}") for i in range(1, 5)]
+    text = conf(backends)
+    cluster = ngxsim_cluster(engine.url)
+    a, b = cluster.start(text, count=2, workers=2, stream=f"test.{uuid.uuid4().hex[:12]}", ready_path=API,
+                         worker_class="gthread")
+    for m in (a, b):
+        m.wait_connected(EVENTS)
+    converged((a, b), "u_add")
+    engine.stop()
+    # each host alone: its changes apply at once on its own workers ("apart"), not on the other
+    down = api(a, "PATCH", "/u_add/servers/2", json={"down": True})
+    assert down.status_code in (200, 202), down.text
+    added = api(b, "POST", "/u_add/servers", json={"server": backends[2].address})
+    assert added.status_code in (201, 202), added.text
+    for m, server in ((a, backends[3]), (b, backends[3])):  # both add the same server while apart
+        assert api(m, "POST", "/u_add/servers", json={"server": server.address}).status_code in (201, 202)
+    wait_for(lambda: upstream(a, "u_add")["cluster"] == "apart" and peers_of(a, "u_add")[1][3], 20, 0.05,
+             what="A's change to apply on A alone")
+    wait_for(lambda: upstream(b, "u_add")["cluster"] == "apart" and len(peers_of(b, "u_add")) == 4, 20, 0.05,
+             what="B's changes to apply on B alone")
+    assert not peers_of(b, "u_add")[1][3], "A's change reached B without the engine"
+    before = hits(backends[1], "/u_add/")
+    a.server.spray("/u_add/alone", 4 * len(a.server.worker_pids()))
+    assert hits(backends[1], "/u_add/") == before, "A routed to the peer it set down"
+    engine.start()
+    # back: each host's changes go onto the cluster's document in the engine's order; the same
+    # server added on both while apart is there once (the second add is refused and logged)
+    peers = wait_for(lambda: (lambda p: p if all(upstream(m, "u_add")["cluster"] == "joined" for m in (a, b))
+                              and len(p) == 4 else None)(converged((a, b), "u_add")), 30, 0.1,
+                     what="A and B to join the cluster again with every change")
+    assert sorted(p[1] for p in peers) == sorted(backend.address for backend in backends)
+    assert peers[1][3] is True
+    assert len({p[0] for p in peers}) == 4
