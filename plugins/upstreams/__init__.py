@@ -186,6 +186,11 @@ def ngxsim_postconfiguration(config):
     if conf.upstreams:
         config.jobs.declare("upstreams.drained", DRAIN_CHECK_INTERVAL, _drain_job, owner=NAME)
         conf.cluster = _cluster_wide(config, bus)
+        for up in conf.upstreams.values():
+            if conf.cluster and up.refresh is not None:
+                raise up.block.error("upstream_refresh", f'"upstream_refresh" cannot be used while the "{CHANNEL}" '
+                                     f'channel of event zone "{bus}" is bridged (the peers are cluster-wide, changed '
+                                     f'through the API): remove it, or leave "{CHANNEL}" out of "cluster_bridge"')
         if conf.cluster:
             config.jobs.declare_service(sync.SERVICE, sync.run_service, owner=NAME)
     for loc in config.blocks(LOCATION):

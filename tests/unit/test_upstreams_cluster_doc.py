@@ -54,3 +54,49 @@ def test_adopt_keeps_this_hosts_slots_by_id_and_gives_new_ids_free_slots():
 def test_adopt_refuses_more_peers_than_the_zone_holds():
     with pytest.raises(ValueError, match="room for 2 peers"):
         snapshots.adopt(None, doc("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"), slots=2)
+
+
+CONF = """load_module worker_events;
+load_module upstreams;
+load_module cluster;
+http {
+    worker_events_zone bus;
+    cluster_bridge bus redis://127.0.0.1:6379/0 channels=%s state=%s;
+    upstream backend {
+        server 127.0.0.1:9001;
+        %s
+    }
+    server {
+        listen 127.0.0.1:8081;
+        location / { proxy_pass http://backend; }
+    }
+}
+"""
+
+
+def load(tmp_path, channels="upstreams", extra=""):
+    from ngxsim.core.conf.loader import load_configuration
+
+    return load_configuration("/p/c.conf", text=CONF % (channels, tmp_path, extra))
+
+
+def test_the_upstreams_are_cluster_wide_when_their_channel_is_bridged_whatever_the_module_order(tmp_path):
+    config = load(tmp_path)
+    assert config.stash["upstreams"].cluster is True
+    assert "upstreams.sync" in {spec.name for spec in config.jobs if spec.service}
+    assert load(tmp_path, channels="*").stash["upstreams"].cluster is True
+    other = load(tmp_path, channels="app.config")
+    assert other.stash["upstreams"].cluster is False and "upstreams.sync" not in {spec.name for spec in other.jobs}
+
+
+def test_upstream_refresh_is_refused_with_cluster_wide_peers(tmp_path):
+    from ngxsim import ConfigError
+
+    source = tmp_path / "servers.json"
+    source.write_text("[]")
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, extra=f"upstream_refresh file={source};")
+    assert str(err.value).startswith('"upstream_refresh" cannot be used while the "upstreams" channel of event zone '
+                                     '"bus" is bridged')
+    assert str(err.value).endswith("in /p/c.conf:9")
+    assert load(tmp_path, channels="app.config", extra=f"upstream_refresh file={source};")
