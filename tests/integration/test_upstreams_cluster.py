@@ -231,6 +231,17 @@ def test_with_the_engine_away_each_host_goes_on_alone_and_its_changes_join_the_c
     for m in (a, b):
         m.wait_connected(EVENTS)
     converged((a, b), "u_add")
+    # an engine that does not answer: the request does not wait for it (the store's call is bounded
+    # by the bridge's timeout=2s, the API's wait by 1s): 202 with the change's id, applied later
+    engine.pause()
+    try:
+        pending = api(a, "PATCH", "/u_add/servers/1", json={"weight": 4})
+        assert pending.status_code == 202, pending.text
+        assert pending.json()["status"] == "pending" and pending.json()["change"]
+    finally:
+        engine.resume()
+    wait_for(lambda: all(peers_of(m, "u_add")[0][2] == 4 and upstream(m, "u_add")["cluster"] == "joined"
+                         for m in (a, b)), 30, 0.05, what="the pending change to hold on A and B")
     engine.stop()
     # each host alone: its changes apply at once on its own workers ("apart"), not on the other
     down = api(a, "PATCH", "/u_add/servers/2", json={"down": True})
