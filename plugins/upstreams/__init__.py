@@ -16,7 +16,6 @@ See docs/upstreams.md.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field, fields
 
@@ -353,11 +352,7 @@ def _cluster_event(runtime, conf, event) -> None:
 
 
 def _payload(event) -> dict:
-    try:
-        data = json.loads(event.payload)
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
+    return sync.json_object(event.payload)
 
 
 # -- public functions ----------------------------------------------------------------------------

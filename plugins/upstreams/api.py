@@ -81,7 +81,8 @@ class UpstreamsApi:
             if peer["drain"]:  # each host's drain: its own in-flight requests
                 peer["drain_hosts"] = st.drain_hosts(name, peer["id"], me, active[p["slot"]])
         return {"name": name, "version": data["version"], "revision": data.get("revision"),
-                "cluster": "apart" if data.get("apart") else "joined", "zone": up.zone, "peers": peers}
+                "cluster": "apart" if data.get("apart") else "joined", "unsynced": len(data.get("unsynced") or ()),
+                "zone": up.zone, "peers": peers}
 
     @staticmethod
     def _peer(zone, p: dict, active: int) -> dict:

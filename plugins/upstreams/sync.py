@@ -15,9 +15,12 @@ compare-and-set; its revision is the one order of changes every host applies.
   peers as the first revision). Once a second it checks the revision again, which catches an
   event lost on the way.
 - The engine away: changes apply to this host's zone at once (``change_applied`` says
-  ``"local": true``) and are kept; when the engine is back they are replayed, in order, on the
-  cluster's document (a change that no longer applies — its peer was deleted meanwhile — is
-  dropped and logged), then the host routes by the cluster's document again.
+  ``"local": true``) and are kept in the zone's snapshot (``unsynced``); when the engine is back
+  they are replayed, in order, on the cluster's document (a change that no longer applies — its
+  peer was deleted meanwhile — is dropped and logged), then the host routes by the cluster's
+  document again.
+- A service that starts (or takes over from a dead worker) first takes the changes the ring holds
+  that no service answered.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ APPLY_BOUND = 1.0    # how long an API request waits for its change before answe
 RECHECK = 1.0        # the service re-reads the revisions this often (a lost event, the engine back)
 AWAY_RETRY = 0.25    # while the store is unreachable, it is tried again this often
 CAS_TRIES = 20
+TAKEN_KEPT = 4096
 _ERROR_MAX = 300     # change_applied's payload is at most 512 bytes
 
 
@@ -72,16 +76,48 @@ class Sync:
         self.st = state(runtime)
         self.conf = self.st.conf
         self.changes: queue.SimpleQueue = queue.SimpleQueue()
+        self.taken: dict[str, None] = {}  # ids of the changes taken (the hook and the ring may both hand one)
         self.wake = threading.Event()
-        self.unsynced: list[dict] = []   # changes applied here while the engine was away, in order
         self.store = None
         self.away = False                # the last call to the store failed: this host goes on alone
 
     # -- what the hooks hand over -----------------------------------------------------------
 
     def take(self, change: dict) -> None:
+        if change.get("id") in self.taken:
+            return
+        self.taken[change.get("id")] = None
+        while len(self.taken) > TAKEN_KEPT:
+            del self.taken[next(iter(self.taken))]
         self.changes.put(change)
         self.wake.set()
+
+    def take_from_ring(self) -> None:
+        """A service that starts (the instance's start, a takeover after its worker died) takes
+        the changes the ring holds that no service answered yet: a request that got ``202``
+        is applied even when the worker that had its change died."""
+        from ngxsim_plugins.worker_events import events_after
+
+        requested: dict[str, dict] = {}
+        answered: set[str] = set()
+        after = 0
+        while not self.lease.stopping.is_set():
+            scan = events_after(self.runtime, self.conf.bus, after)
+            for event in scan.events:
+                if event.channel != CHANNEL or event.origin is not None:
+                    continue
+                if event.type == "change_requested":
+                    data = json_object(event.payload)
+                    if isinstance(data.get("id"), str) and data.get("upstream") in self.conf.upstreams:
+                        requested[data["id"]] = data
+                elif event.type == "change_applied":
+                    answered.add(json_object(event.payload).get("change"))
+            if not scan.events or scan.events[-1].generation >= scan.newest:
+                break
+            after = scan.events[-1].generation
+        for change_id, change in requested.items():
+            if change_id not in answered:
+                self.take(change)
 
     def revision_heard(self, upstream: str, revision: int) -> None:
         zone = self.st.zones.get(upstream)
@@ -97,7 +133,7 @@ class Sync:
             self.wake.clear()
             if self.store is None:
                 self.store = cluster_api().store(self.runtime, self.conf.bus)
-            if not self.away and self.unsynced:
+            if not self.away:
                 self._replay()
             while not self.lease.stopping.is_set():
                 try:
@@ -111,7 +147,7 @@ class Sync:
                 self._catch_up(name)
             if was_away and not self.away:
                 log.warning("upstreams: the cluster store is reachable again: %d change(s) made here meanwhile "
-                            "go to the cluster", len(self.unsynced))
+                            "go to the cluster", sum(len(self._unsynced(name)) for name in self.conf.upstreams))
                 self.wake.set()  # replay at once
             next_check = time.monotonic() + (AWAY_RETRY if self.away else RECHECK)
 
@@ -119,20 +155,27 @@ class Sync:
 
     def _apply(self, change: dict) -> dict:
         name = change["upstream"]
-        if not self.away and not self.unsynced:
+        if not self.away and not self._unsynced(name):
             try:
                 return self._apply_cluster(name, change)
             except _EngineAway:
                 pass
-        # the engine is away (or changes made while it was are not replayed yet): this host alone
+        return self._apply_here(name, change)
+
+    def _apply_here(self, name: str, change: dict) -> dict:
+        """The engine is away (or this host's changes made meanwhile are not replayed yet): the
+        change applies on this host alone, and is kept in its zone's snapshot (``unsynced``, in
+        order) until the engine is back, so a service that takes over replays it too."""
         try:
             doc = snapshots.document(self.st.zone(name).read_snapshot())
             new, peer = snapshots.apply_command(doc, change)
-            self._route(name, new, revision=None)
+            self._route(name, new, revision=None, unsynced=change)
         except Exception as exc:
             return _failure(exc)
-        self.unsynced.append(change)
         return {"status": 201 if change["op"] == "add" else 200, "peer": peer["id"], "local": True}
+
+    def _unsynced(self, name: str) -> list[dict]:
+        return (self.st.zone(name).read_snapshot() or {}).get("unsynced") or []
 
     def _apply_cluster(self, name: str, change: dict) -> dict:
         for _ in range(CAS_TRIES):
@@ -155,18 +198,22 @@ class Sync:
 
     def _replay(self) -> None:
         """The engine is back: changes made here meanwhile go onto the cluster's document, in order."""
-        pending, self.unsynced = self.unsynced, []
-        for i, change in enumerate(pending):
-            try:
-                result = self._apply_cluster(change["upstream"], change)
-            except _EngineAway:
-                self.unsynced = pending[i:]
-                return
-            if result["status"] >= 400:
-                log.warning('upstreams: upstream "%s": a change made while the cluster store was away no longer '
-                            'applies and is dropped: %s', change["upstream"], result.get("error"))
-        for name in {c["upstream"] for c in pending}:
-            self._catch_up(name)
+        for name in self.conf.upstreams:
+            pending = self._unsynced(name)
+            for i, change in enumerate(pending):
+                try:
+                    result = self._apply_cluster(name, change)
+                except _EngineAway:
+                    # away (again): the zone still keeps them all, unless some went to the cluster
+                    # (the zone routes by its document then): keep what is left again
+                    for rest in pending[i:] if i else ():
+                        self._apply_here(name, rest)
+                    return
+                if result["status"] >= 400:
+                    log.warning('upstreams: upstream "%s": a change made while the cluster store was away no longer '
+                                'applies and is dropped: %s', name, result.get("error"))
+            if pending:
+                self._catch_up(name)
 
     def _catch_up(self, name: str) -> None:
         """Route by the cluster's document when it is newer than what this host routes by; write
@@ -176,6 +223,9 @@ class Sync:
         except _EngineAway:
             return
         mine = self.st.zone(name).read_snapshot() or {}
+        if mine.get("unsynced"):
+            self.wake.set()  # this host's own changes go to the cluster first (_replay)
+            return
         if revision != mine.get("revision") or mine.get("apart"):
             try:
                 self._route(name, doc, revision)
@@ -221,8 +271,9 @@ class Sync:
 
     # -- this host --------------------------------------------------------------------------
 
-    def _route(self, name: str, doc: dict, revision: int | None) -> None:
-        """Make ``doc`` this host's snapshot (``revision`` None: a local change while apart)."""
+    def _route(self, name: str, doc: dict, revision: int | None, unsynced: dict | None = None) -> None:
+        """Make ``doc`` this host's snapshot (``revision`` None: change ``unsynced`` made here
+        while apart)."""
         st, up = self.st, self.conf.upstreams[name]
         zone = st.zone(name)
         before, made = {}, []
@@ -235,6 +286,7 @@ class Sync:
             new = snapshots.adopt(cur, doc, zone.layout.slots, checking_new=up.mandatory)
             if revision is None:
                 new["revision"], new["apart"] = (cur or {}).get("revision"), True
+                new["unsynced"] = (cur or {}).get("unsynced", []) + [unsynced]
             else:
                 new["revision"] = revision
             if up.state:
@@ -262,6 +314,15 @@ class TooLarge(ValueError):
     """The upstream's document is larger than the cluster store keeps (400)."""
 
 
+def json_object(text: str) -> dict:
+    """``text`` as a JSON object, or {} when it is not one."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def _failure(exc: Exception) -> dict:
     if isinstance(exc, snapshots.Conflict):
         status = 409
@@ -278,8 +339,9 @@ def _failure(exc: Exception) -> dict:
 
 
 def run_service(runtime, lease) -> None:
-    sync = runtime.stash[STASH] = Sync(runtime, lease)
+    sync = runtime.stash[STASH] = Sync(runtime, lease)  # from now on the hook hands changes over
     try:
+        sync.take_from_ring()
         sync.run()
     finally:
         if runtime.stash.get(STASH) is sync:

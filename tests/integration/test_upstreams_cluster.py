@@ -7,8 +7,9 @@ One cluster of instances for the module (per engine); each test uses an upstream
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
-import time
 import uuid
 
 import pytest
@@ -110,6 +111,16 @@ def converged(members_, name):
         return seen[0][1] if all(s == seen[0] for s in seen) and seen[0][0] else None
 
     return wait_for(same, 20, 0.05, what=f"every host to route upstream {name} by the same revision")
+
+
+def kill_every_worker(member):
+    """SIGKILL every worker of ``member`` at once; until gunicorn has replaced them all."""
+    workers = member.server.worker_pids()
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: (lambda now: len(now) == len(workers) and not set(now) & set(workers))(
+        member.server.worker_pids()), 30, 0.05, what=f"{member.name}'s workers to be replaced")
+    member.server.wait_ready(API, 30.0)
 
 
 def hits(backend, path_prefix):
@@ -233,11 +244,14 @@ def test_with_the_engine_away_each_host_goes_on_alone_and_its_changes_join_the_c
     converged((a, b), "u_add")
     # an engine that does not answer: the request does not wait for it (the store's call is bounded
     # by the bridge's timeout=2s, the API's wait by 1s): 202 with the change's id, applied later
+    # ... and it holds even when every worker of A (the sync service's with it) is killed while
+    # the change waits on the engine: the service that takes over finds it in A's ring
     engine.pause()
     try:
         pending = api(a, "PATCH", "/u_add/servers/1", json={"weight": 4})
         assert pending.status_code == 202, pending.text
         assert pending.json()["status"] == "pending" and pending.json()["change"]
+        kill_every_worker(a)
     finally:
         engine.resume()
     wait_for(lambda: all(peers_of(m, "u_add")[0][2] == 4 and upstream(m, "u_add")["cluster"] == "joined"
@@ -250,18 +264,23 @@ def test_with_the_engine_away_each_host_goes_on_alone_and_its_changes_join_the_c
     assert added.status_code in (201, 202), added.text
     for m, server in ((a, backends[3]), (b, backends[3])):  # both add the same server while apart
         assert api(m, "POST", "/u_add/servers", json={"server": server.address}).status_code in (201, 202)
-    wait_for(lambda: upstream(a, "u_add")["cluster"] == "apart" and peers_of(a, "u_add")[1][3], 20, 0.05,
-             what="A's change to apply on A alone")
+    wait_for(lambda: upstream(a, "u_add")["cluster"] == "apart" and peers_of(a, "u_add")[1][3]
+             and len(peers_of(a, "u_add")) == 3, 20, 0.05, what="A's changes to apply on A alone")
     wait_for(lambda: upstream(b, "u_add")["cluster"] == "apart" and len(peers_of(b, "u_add")) == 4, 20, 0.05,
              what="B's changes to apply on B alone")
     assert not peers_of(b, "u_add")[1][3], "A's change reached B without the engine"
+    assert upstream(a, "u_add")["unsynced"] == 2
+    # the changes A made alone are kept in its zone: a sync service that takes over replays them
+    kill_every_worker(a)
+    assert upstream(a, "u_add")["unsynced"] == 2
     before = hits(backends[1], "/u_add/")
     a.server.spray("/u_add/alone", 4 * len(a.server.worker_pids()))
     assert hits(backends[1], "/u_add/") == before, "A routed to the peer it set down"
     engine.start()
     # back: each host's changes go onto the cluster's document in the engine's order; the same
     # server added on both while apart is there once (the second add is refused and logged)
-    peers = wait_for(lambda: (lambda p: p if all(upstream(m, "u_add")["cluster"] == "joined" for m in (a, b))
+    peers = wait_for(lambda: (lambda p: p if all(upstream(m, "u_add")["cluster"] == "joined"
+                                                  and not upstream(m, "u_add")["unsynced"] for m in (a, b))
                               and len(p) == 4 else None)(converged((a, b), "u_add")), 30, 0.1,
                      what="A and B to join the cluster again with every change")
     assert sorted(p[1] for p in peers) == sorted(backend.address for backend in backends)
