@@ -7,6 +7,7 @@ One cluster of instances for the module (per engine); each test uses an upstream
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -187,6 +188,7 @@ def test_an_add_on_b_gets_the_same_id_on_a_and_c_and_they_route_to_it(members):
 def test_concurrent_changes_on_a_and_b_converge_to_the_same_state_on_every_host(members):
     a, b, c = members.a, members.b, members.c
     converged((a, b, c), "u_conc")
+    since = {m.name: m.server.events(EVENTS).newest() for m in (a, b)}
     answers = []
 
     def burst(member, base):
@@ -209,7 +211,13 @@ def test_concurrent_changes_on_a_and_b_converge_to_the_same_state_on_every_host(
     created = {r.json()["id"] for r in answers if r.status_code == 201}
     assert created == {p[0] for p in peers} - {1, 2}
     # the two hosts set the same field: the change written last (the highest revision) wins, everywhere
-    assert peers[0][2] in (5, 7)
+    last = {}
+    for m in (a, b):
+        applied = [json.loads(e["payload"]) for e in m.server.events(EVENTS).read(since=since[m.name], channel="upstreams",
+                                                                               type="change_applied")
+                   if e["origin"] is None]
+        last[m.name] = max(d["revision"] for d in applied if d["status"] == 200 and d["peer"] == 1)
+    assert peers[0][2] == (5 if last["A"] > last["B"] else 7)
 
 
 def test_a_restarted_instance_starts_from_the_clusters_state(members):
