@@ -56,7 +56,7 @@ def cluster_api():
 def instance_of(config, bus: str) -> str:
     """This instance's id in the cluster (how the other hosts name it)."""
     bridge = cluster_api().bridge_of(config, bus)
-    return getattr(bridge, "instance", None) or (bridge or {}).get("instance") or "local"
+    return bridge.instance if bridge is not None else "local"
 
 
 def key_of(upstream: str) -> str:
@@ -145,6 +145,8 @@ class Sync:
             was_away = self.away
             for name in self.conf.upstreams:
                 self._catch_up(name)
+                if self.away:
+                    break  # one failed call says it: the next try is in AWAY_RETRY
             if was_away and not self.away:
                 log.warning("upstreams: the cluster store is reachable again: %d change(s) made here meanwhile "
                             "go to the cluster", sum(len(self._unsynced(name)) for name in self.conf.upstreams))
