@@ -285,6 +285,9 @@ def ngxsim_init_worker(runtime):
         _first_snapshot(conf.upstreams[name], zone, rebuild=False)  # the master hook may run in a peer worker
         zone.claim_row(process_alive)
     st.reload_all()
+    if conf.cluster:  # a new or respawned worker: what the other hosts said of their drains
+        for event, data in sync.ring_events(runtime, conf.bus, ("peer_draining", "peer_drained")):
+            _drain_event(st, conf, event, data)
 
 
 @hookimpl
@@ -347,8 +350,12 @@ def _cluster_event(runtime, conf, event) -> None:
         if service is not None and data.get("upstream") in conf.upstreams and isinstance(data.get("revision"), int):
             service.revision_heard(data["upstream"], data["revision"])
     elif event.type in ("peer_draining", "peer_drained"):
-        if data.get("upstream") in conf.upstreams and isinstance(data.get("peer"), int):
-            st.drain_heard(data["upstream"], data["peer"], event.origin, event.type == "peer_drained")
+        _drain_event(st, conf, event, data)
+
+
+def _drain_event(st, conf, event, data: dict) -> None:
+    if data.get("upstream") in conf.upstreams and isinstance(data.get("peer"), int):
+        st.drain_heard(data["upstream"], data["peer"], event.origin, event.type == "peer_drained")
 
 
 def _payload(event) -> dict:

@@ -96,25 +96,16 @@ class Sync:
         """A service that starts (the instance's start, a takeover after its worker died) takes
         the changes the ring holds that no service answered yet: a request that got ``202``
         is applied even when the worker that had its change died."""
-        from ngxsim_plugins.worker_events import events_after
-
         requested: dict[str, dict] = {}
         answered: set[str] = set()
-        after = 0
-        while not self.lease.stopping.is_set():
-            scan = events_after(self.runtime, self.conf.bus, after)
-            for event in scan.events:
-                if event.channel != CHANNEL or event.origin is not None:
-                    continue
-                if event.type == "change_requested":
-                    data = json_object(event.payload)
-                    if isinstance(data.get("id"), str) and data.get("upstream") in self.conf.upstreams:
-                        requested[data["id"]] = data
-                elif event.type == "change_applied":
-                    answered.add(json_object(event.payload).get("change"))
-            if not scan.events or scan.events[-1].generation >= scan.newest:
-                break
-            after = scan.events[-1].generation
+        for event, data in ring_events(self.runtime, self.conf.bus, ("change_requested", "change_applied"),
+                                       self.lease.stopping):
+            if event.origin is not None:
+                continue
+            if event.type == "change_applied":
+                answered.add(data.get("change"))
+            elif isinstance(data.get("id"), str) and data.get("upstream") in self.conf.upstreams:
+                requested[data["id"]] = data
         for change_id, change in requested.items():
             if change_id not in answered:
                 self.take(change)
@@ -314,6 +305,22 @@ class _EngineAway(Exception):
 
 class TooLarge(ValueError):
     """The upstream's document is larger than the cluster store keeps (400)."""
+
+
+def ring_events(runtime, bus: str, types: tuple[str, ...], stopping=None):
+    """``(event, payload object)`` of every event of ``types`` on the upstreams channel that the
+    bus's ring still holds, oldest first (worker_events' public ``events_after``)."""
+    from ngxsim_plugins.worker_events import events_after
+
+    after = 0
+    while stopping is None or not stopping.is_set():
+        scan = events_after(runtime, bus, after)
+        for event in scan.events:
+            if event.channel == CHANNEL and event.type in types:
+                yield event, json_object(event.payload)
+        if not scan.events or scan.events[-1].generation >= scan.newest:
+            return
+        after = scan.events[-1].generation
 
 
 def json_object(text: str) -> dict:

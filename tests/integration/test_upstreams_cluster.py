@@ -160,6 +160,11 @@ def test_a_drain_on_a_stops_b_and_c_routing_to_the_peer_and_each_host_reports_it
             backend.forget("/u_drain/slow")
     wait_for(lambda: next(p for p in upstream(a, "u_drain")["peers"] if p["id"] == 2)["drain_hosts"].get("C")
              == "drained", 20, 0.05, what="C's drain to end on A's API")
+    # workers that start later (respawned) know the other hosts' drains too (from the ring)
+    kill_every_worker(b)
+    answers = b.server.each_worker(API + "/u_drain/servers/2")
+    assert len(answers) == 3
+    assert all(r.json()["drain_hosts"] == {"A": "drained", "B": "drained", "C": "drained"} for r in answers.values())
     before1, before2 = hits(b1, "/u_drain/x"), hits(b2, "/u_drain/x")
     for m in (b, c, a):
         answers = m.server.spray("/u_drain/x", 6 * len(m.server.worker_pids()))
