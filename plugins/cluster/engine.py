@@ -112,6 +112,12 @@ class Engine(ABC):
         ``ngxsim -t``: no connection is made)."""
         return None
 
+    @classmethod
+    def is_position(cls, position: str) -> bool:
+        """Is ``position`` one this engine hands out (not another engine's, kept in a state
+        folder from before the bridge moved)?"""
+        return bool(position)
+
     @abstractmethod
     def connect(self) -> None:
         """Connect, authenticate and make sure the stream exists (created with ``retention``

@@ -236,6 +236,8 @@ class Relay:
         st = self.state
         engine = self._connected_engine("in")
         last_look = 0.0
+        if engine is not None and st.cursor is not None and not engine.is_position(st.cursor):
+            self._foreign_cursor(engine)
         try:
             while engine is not None and st.cursor is None and not self._stopping():
                 try:  # a first start: from now on (the engine says where "now" is)
@@ -264,6 +266,21 @@ class Relay:
         finally:
             if engine is not None:
                 engine.close()
+
+    def _foreign_cursor(self, engine) -> None:
+        """The stored position is not one of this engine's (the bridge moved to another engine,
+        keeping its state folder): what this instance missed is unknown, so every module gets a
+        gap, and reading starts at the stream's beginning (the watermarks drop what was
+        delivered through the previous engine)."""
+        st = self.state
+        log.warning("cluster: zone %s: the stored position %r is not one of engine %s (another engine's?): "
+                    "reading stream %s from its beginning, modules get a gap", self.zone, st.cursor,
+                    self.bridge.engine, self.bridge.stream)
+        with self._lock:
+            self.stats["gaps"] += 1
+        self.we.publish_remote_gap(self.runtime, self.zone, origin="*", first=1, last=1)
+        st.cursor = engine.beginning
+        st.save()
 
     def _take(self, batch) -> None:
         we, rt, zone, st, me = self.we, self.runtime, self.zone, self.state, self.instance

@@ -273,6 +273,32 @@ def test_a_relay_that_took_over_from_a_stale_state_delivers_nothing_twice(ngxsim
     assert [e["payload"] for e in ring_events(b, "Z")] == ["one", "two", "three"]
 
 
+def test_a_position_stored_for_another_engine_is_a_gap_then_the_stream_from_its_beginning(ngxsim_cluster, engine,
+                                                                                         stream, tmp_path):
+    import json
+
+    # the bridge moved engines keeping its state folder: the stored cursor is the other one's
+    foreign = {"redis": "42", "nats": "1712345678901-0#42"}[engine_name(engine)]
+    cluster = ngxsim_cluster(engine.url)
+    state = cluster.folder / "state-B"
+    state.mkdir(parents=True)
+    (state / f"cluster.bus.{stream}.json").write_text(json.dumps(
+        {"ring_birth": 0, "relayed": 0, "cursor": foreign, "seen": {"Z": 1}}))
+    append_records(engine, stream, [("Z", 1, "one"), ("Z", 2, "two")])  # on the new engine before B came
+    [b] = cluster.start(CONF, count=1, workers=2, stream=stream, names="B", placeholders=placeholders(main=REPLAY))
+    b.wait_connected(API)
+    wait_for(lambda: len(ring_events(b, "Z")) >= 1, 20, what="Z's event from the stream's beginning")
+    append_records(engine, stream, [("Z", 3, "three")])
+    wait_for(lambda: len(ring_events(b, "Z")) >= 2, 20, what="the marker")
+    assert [e["payload"] for e in ring_events(b, "Z")] == ["two", "three"]  # Z 1: delivered before (watermark)
+    view = b.cluster_view(API)
+    assert view["gaps"] == 1 and view["connected"] and engine.url in view["engine"]
+    assert len(error_lines(b, "unreachable")) == 0 and len(error_lines(b, "is not one of engine")) == 1
+    recs = wait_all_workers(b, lambda lines: len(remote_events(lines, "Z")) == 2, "Z's events")
+    for lines in recs.values():
+        assert [line for line in lines if line.startswith("G ")][0].endswith(" from *"), lines
+
+
 STATUS_CONF = CONF.replace("location /dump { recorder_dump; }", "location /dump { recorder_dump; }\n        location /status { ngxsim_status; }")
 
 
@@ -313,9 +339,9 @@ def error_lines(member, needle):
     return [line for line in member.server.output().splitlines() if needle in line]
 
 
-def test_an_engine_restarted_mid_flow_loses_nothing_acknowledged(ngxsim_cluster, fresh_engine, stream):
+def test_an_engine_restarted_mid_flow_loses_nothing_acknowledged(fresh_engine, ngxsim_cluster, stream):
     engine = fresh_engine()
-    a, b = start(ngxsim_cluster(engine.url), stream, count=2, main=REPLAY)
+    a, b = start(ngxsim_cluster(engine.url), stream, count=2, main=REPLAY, extra="timeout=500ms")
     publish(a, 10, prefix="one")
     wait_for(lambda: len(ring_events(b, "A")) == 10, 20, what="the first 10")
     engine.stop()
@@ -335,7 +361,7 @@ def test_an_engine_restarted_mid_flow_loses_nothing_acknowledged(ngxsim_cluster,
         assert m.cluster_view(API)["last_error"]
 
 
-def test_an_engine_paused_then_resumed_delivers_what_was_published_meanwhile(ngxsim_cluster, fresh_engine, stream):
+def test_an_engine_paused_then_resumed_delivers_what_was_published_meanwhile(fresh_engine, ngxsim_cluster, stream):
     engine = fresh_engine()
     a, b = start(ngxsim_cluster(engine.url), stream, count=2, main=REPLAY, extra="timeout=300ms")
     publish(a, 2, prefix="before")
@@ -366,10 +392,13 @@ def test_two_clusters_on_one_engine_stay_apart(ngxsim_cluster, engine):
     assert ring_events(a2, "A") == [] and a2.cluster_view(API)["relayed_in"] == 0
 
 
-def test_an_unreachable_engine_does_not_stop_a_server_from_starting_and_serving(ngxsim_cluster, stream):
+@pytest.mark.parametrize("dead", ["redis://127.0.0.1:{port}/0", "nats://127.0.0.1:{port}"])
+def test_an_unreachable_engine_does_not_stop_a_server_from_starting_and_serving(ngxsim_cluster, stream, dead):
     from ngxsim.testing import free_port
 
-    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    if dead.startswith("nats"):
+        pytest.importorskip("nats", reason="nats-py is not installed: pip install 'ngxsim[cluster]'")
+    dead = dead.format(port=free_port())  # nothing listens there
     [a] = ngxsim_cluster(dead).start(CONF, count=1, stream=stream, placeholders=placeholders())
     assert publish(a, 2) == [1, 2]  # serves, publishes: the relay keeps trying in the background
     wait_for(lambda: error_lines(a, "unreachable"), 20, what="the error log to say so")
@@ -380,9 +409,9 @@ def test_an_unreachable_engine_does_not_stop_a_server_from_starting_and_serving(
 
 
 def test_events_the_origins_ring_overwrote_before_its_relay_sent_them_are_a_gap_for_the_others(
-        ngxsim_cluster, ngxsim_engine_factory, stream):
+        ngxsim_engine_factory, ngxsim_cluster, stream):
     engine = ngxsim_engine_factory()
-    a, b = start(ngxsim_cluster(engine.url), stream, count=2, main=REPLAY, ring=16)
+    a, b = start(ngxsim_cluster(engine.url), stream, count=2, main=REPLAY, ring=16, extra="timeout=500ms")
     publish(a, 1, prefix="first")
     wait_for(lambda: len(ring_events(b, "A")) == 1, 20, what="the first event")
     engine.stop()
@@ -401,7 +430,7 @@ def test_events_the_origins_ring_overwrote_before_its_relay_sent_them_are_a_gap_
     assert b.cluster_view(API)["lost_events"] == 24
 
 
-def test_a_password_file_authenticates_and_the_password_shows_nowhere(ngxsim_cluster, ngxsim_engine_factory, stream,
+def test_a_password_file_authenticates_and_the_password_shows_nowhere(ngxsim_engine_factory, ngxsim_cluster, stream,
                                                                       tmp_path):
     engine = ngxsim_engine_factory(password="s3cret-pw")
     secret = tmp_path / "engine.pass"

@@ -52,6 +52,17 @@ def test_reading_from_the_beginning_gives_everything_the_stream_holds(ngxsim_eng
         engine.close()
 
 
+def test_an_engine_knows_its_own_positions_from_another_engine_s(ngxsim_engine):
+    engine = connect(ngxsim_engine.url)
+    try:
+        own = [engine.beginning, engine.read(None, block=0.01).cursor, *engine.append(records(2))]
+        assert all(engine.is_position(p) for p in own), own
+        foreign = {"redis": "42", "nats": "1712345678901-0#42"}[ngxsim_engine.url.partition(":")[0]]
+        assert not engine.is_position(foreign) and not engine.is_position("")
+    finally:
+        engine.close()
+
+
 def test_entries_trimmed_before_they_were_read_are_a_counted_loss(ngxsim_engine):
     server = ngxsim_engine
     engine = connect(server.url, retention=100)

@@ -184,6 +184,10 @@ class NatsEngine(Engine):
         self._reset_reader()
 
     @classmethod
+    def is_position(cls, position: str) -> bool:
+        return position.isdigit() and position.isascii()
+
+    @classmethod
     def check_url(cls, url: str) -> str | None:
         try:
             parse_url(url)
@@ -495,7 +499,7 @@ class NatsEngine(Engine):
         self._sub_reconnects = 0
 
     def read(self, cursor: str | None, *, block: float, limit: int = 512) -> Batch:
-        if cursor is not None and not (cursor.isdigit() and cursor.isascii()):
+        if cursor is not None and not self.is_position(cursor):
             raise EngineError(f"{self.describe()}: read: {cursor!r} is not a position of this engine "
                               f"(a stream sequence)")
         return self._run(self._read(cursor, max(0.0, block), max(1, limit)), f"read stream {self.name}",
@@ -503,7 +507,8 @@ class NatsEngine(Engine):
 
     async def _read(self, cursor: str | None, block: float, limit: int) -> Batch:
         # at most timeout to be ready, block to wait for the first entry, timeout to hear the server
-        await asyncio.wait_for(self._ready_to_read(cursor), self.timeout)
+        if not self._reading_on(cursor):  # (the common case, the same consumer, costs no task)
+            await asyncio.wait_for(self._ready_to_read(cursor), self.timeout)
         entries: list[Entry] = []
         lost, lost_count = False, None
         if self._pending_lost is not None:
@@ -514,10 +519,10 @@ class NatsEngine(Engine):
             msg = self._held
             self._held = None
             if msg is None:
-                if entries:
-                    if self._queue.empty():
-                        break
+                if not self._queue.empty():  # (no task, no timer when one is waiting already)
                     msg = self._queue.get_nowait()
+                elif entries:
+                    break
                 else:
                     try:
                         msg = await asyncio.wait_for(self._queue.get(), max(0.0, deadline - time.monotonic()))
@@ -561,6 +566,12 @@ class NatsEngine(Engine):
         await self._subscribe(str(self._last), None, remade=True)
         self._pending_lost = None  # said by this read
         return True
+
+    def _reading_on(self, cursor: str | None) -> bool:
+        """Is the consumer ready for a read after ``cursor`` (connected, the same consumer, the
+        caller continuing where the last batch ended)?"""
+        return (self._sub is not None and cursor == self._given and self._sub_reconnects == self._reconnects
+                and self._nc is not None and self._connected.is_set())
 
     async def _ready_to_read(self, cursor: str | None) -> None:
         """Keep the consumer while the caller continues where the last batch ended; else (or

@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Sequence
 from urllib.parse import urlsplit
 
@@ -29,6 +30,7 @@ from redis import exceptions as rx
 
 from ..engine import Batch, Conflict, Engine, EngineError, Entry, Record, check_kv, redact_url
 
+_POSITION = re.compile(r"\d+-\d+(#\d+)?")
 _FIELDS = (b"o", b"g", b"c", b"t", b"p", b"ts")
 
 
@@ -62,6 +64,10 @@ class RedisEngine(Engine):
         self._client: redis.Redis | None = None
         self._reader: redis.Redis | None = None
         self._cas = None
+
+    @classmethod
+    def is_position(cls, position: str) -> bool:
+        return _POSITION.fullmatch(position) is not None
 
     @classmethod
     def check_url(cls, url: str) -> str | None:
