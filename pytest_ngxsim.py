@@ -116,6 +116,44 @@ def ngxsim_backend(request):
     stop_all(made)
 
 
+@pytest.fixture
+def ngxsim_nginx(request):
+    """A factory of started real nginx instances (:class:`ngxsim.testing.Nginx`), to compare a
+    module with nginx's own: ``nginx = ngxsim_nginx(HTTP_INSIDE)`` serves the inside of an
+    ``http`` block (``{port}`` is its free port, ``{prefix}`` its folder; more ``{name}`` with
+    ``placeholders``), one worker. Its folder is a fresh one that nginx's workers can use even
+    when they run as ``nobody`` (tests run as root): its temp folders, an empty ``html`` root
+    (a request nothing answers is a 404), a cache under ``{prefix}``. Skips the test, saying why,
+    where no ``nginx`` binary is installed. Every instance is stopped and its folder removed at
+    teardown."""
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from ngxsim.testing import Nginx, find_nginx
+
+    binary = find_nginx()
+    if binary is None:
+        pytest.skip("no nginx binary on PATH or in /usr/sbin (apt-get install nginx-light)")
+    made: list[Nginx] = []
+
+    def start(http_inside: str, placeholders: dict | None = None) -> Nginx:
+        for name, value in (placeholders or {}).items():
+            http_inside = http_inside.replace("{" + name + "}", str(value))
+        folder = Path(tempfile.mkdtemp(prefix="ngxsim-nginx-"))
+        os.chmod(folder, 0o755)
+        (folder / "html").mkdir(mode=0o755)
+        nginx = Nginx(binary, folder, http_inside.replace("{prefix}", str(folder)))
+        made.append(nginx)
+        return nginx.start()
+
+    yield start
+    for nginx in made:
+        nginx.stop()
+        shutil.rmtree(nginx.folder, ignore_errors=True)
+
+
 def _need_redis():
     import shutil
 

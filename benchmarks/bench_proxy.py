@@ -1,7 +1,12 @@
 """The upstreams module as a reverse proxy under ``gunicorn -w 4`` (sync workers), and the time
 an upstreams API change takes to reach every worker.
 
-    python benchmarks/bench_proxy.py [--seconds S] [--rounds R] [--changes N]
+    python benchmarks/bench_proxy.py [--seconds S] [--rounds R] [--changes N] [--compare REV] [--kib K]
+
+``--compare REV`` adds the two ngxsim rows as they were at git revision REV (its ``ngxsim`` and
+``plugins`` run from a temp folder ahead of the installed ones): a before/after of a change in one
+run, on the same backend, in the same rounds. ``--kib K`` makes the backend's body K KiB (a
+file nginx serves) instead of the small fixed one.
 
 1. Throughput and p99 latency (``wrk -t2 -c8 --latency``, Debian package ``wrk``; without it the
    script says so and stops), every row against the SAME backend in the same run, rounds
@@ -39,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import io
 import json
 import os
 import shutil
@@ -46,6 +52,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -187,6 +194,18 @@ class Nginx:
             self.proc.wait(5)
 
 
+def body_env(folder: Path) -> dict:
+    """How proxy_backend_app.py gets BODY: in the environment, or (a long one, --kib) in a file."""
+    if len(BODY) <= 1024:
+        return {"BACKEND_BODY": BODY}
+    path = folder / "body.txt"
+    if not path.exists():
+        path.write_text(BODY)
+        path.chmod(0o644)
+        folder.chmod(0o711)  # nginx's workers (nobody, under a root master) read it too
+    return {"BACKEND_BODY_FILE": str(path)}
+
+
 class Backends:
     """The backend of every row: one nginx listening on ``count`` loopback ports (or, without
     nginx, ``count`` gunicorn-served WSGI apps)."""
@@ -198,14 +217,19 @@ class Backends:
         if NGINX:
             self.kind = "nginx, 1 worker"
             listens = "".join(f"        listen 127.0.0.1:{p};\n" for p in ports)
-            servers = f"    server {{\n{listens}        location / {{ return 200 \"{body}\"; }}\n    }}"
+            answer = f'return 200 "{body}";'
+            if len(BODY) > 1024:  # longer than a config token may be: a file
+                body_env(folder)
+                answer = f"root {folder}; try_files /body.txt =404;"
+                self.kind += f", a {len(BODY) // 1024} KiB file"
+            servers = f"    server {{\n{listens}        location / {{ {answer} }}\n    }}"
             self.started.append(Nginx(folder, "backend", 1, servers, ports[0]))
             self.addresses = [f"127.0.0.1:{p}" for p in ports]
         else:
             self.kind = "gunicorn WSGI app, 2 sync workers (nginx missing)"
             for _ in range(count):
                 self.started.append(start_server(folder, "", workers=2, app="proxy_backend_app:app", pythonpath=[HERE],
-                                                 extra_env={"BACKEND_BODY": BODY}))
+                                                 extra_env=body_env(folder)))
             self.addresses = [f"127.0.0.1:{s.port}" for s in self.started]
 
     def url(self, path: str = "/") -> str:
@@ -236,7 +260,24 @@ def body_of(url: str) -> str:
         conn.close()
 
 
-def throughput(folder: Path, backends: Backends, seconds: float, rounds: int):
+def code_at(rev: str, folder: Path) -> Path:
+    """A folder from which ``ngxsim`` and ``ngxsim_plugins`` import as they were at git revision
+    ``rev`` (put first on a server's PYTHONPATH, it wins over the installed package), with this
+    tree's built shared-memory accelerator, so both sides run the same C path."""
+    root = HERE.parent
+    out = folder / f"code-at-{rev}"
+    out.mkdir()
+    archive = subprocess.run(["git", "-C", str(root), "archive", rev, "ngxsim", "plugins"], capture_output=True,
+                             check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(out, filter="data")
+    (out / "plugins").rename(out / "ngxsim_plugins")
+    for accelerator in (root / "ngxsim" / "core").glob("_shm_accel*.so"):
+        shutil.copy(accelerator, out / "ngxsim" / "core")
+    return out
+
+
+def throughput(folder: Path, backends: Backends, seconds: float, rounds: int, compare: str = ""):
     addr = backends.addresses[0]
     rows: list[tuple[str, str, object]] = [(f"backend hit directly ({backends.kind})", backends.url("/"), backends)]
     started = []
@@ -247,12 +288,18 @@ def throughput(folder: Path, backends: Backends, seconds: float, rounds: int):
         ngx = start_server(folder, PROXY_CONF.replace("{backend}", addr), workers=WORKERS)
         started.append(ngx)
         hello = start_server(folder, "", workers=WORKERS, app="proxy_backend_app:app", pythonpath=[HERE],
-                             extra_env={"BACKEND_BODY": BODY})
+                             extra_env=body_env(folder))
         started.append(hello)
         rows += [("gunicorn -w 4 floor: a WSGI hello, no proxying", hello.url("/"), hello),
                  (BASE_ROW, bare.url("/"), bare),
                  (GROUP_ROW, ngx.url("/"), ngx),
                  (FIXED_ROW, ngx.url("/fixed/"), ngx)]
+        if compare:
+            before = start_server(folder, PROXY_CONF.replace("{backend}", addr), workers=WORKERS,
+                                  pythonpath=[code_at(compare, folder)])
+            started.append(before)
+            rows += [(f"{GROUP_ROW} at {compare}", before.url("/"), before),
+                     (f"{FIXED_ROW} at {compare}", before.url("/fixed/"), before)]
         if NGINX:
             port = free_port()
             servers = (f"    upstream backend {{ server {addr}; keepalive 16; }}\n"
@@ -520,6 +567,13 @@ def report_throughput(rows, results, seconds: float, rounds: int, kind: str) -> 
         ratios = [a.rps / b.rps for a, b in zip(runs, base)]
         print(f"ngxsim {what} / minimal proxy, req/s paired round by round: median {median(ratios):.0%}, "
               f"{sum(x >= 0.85 for x in ratios)} of {len(ratios)} rounds >= 85%")
+    for name in [n for n, _, _ in rows if " at " in n]:  # --compare: now against then, round by round
+        now, then = results[name.rpartition(" at ")[0]], results[name]
+        rps = [a.rps / b.rps for a, b in zip(now, then)]
+        cpu = [a.cpu_us_per_request / b.cpu_us_per_request for a, b in zip(now, then)]
+        print(f"{name.rpartition(' at ')[0]}: this tree / {name.rpartition(' at ')[2]}, paired round by round: "
+              f"req/s median {median(rps):.0%} ({sum(x >= 1 for x in rps)} of {len(rps)} rounds >= 100%), "
+              f"CPU per request median {median(cpu):.0%}")
     ratios = [a.cpu_us_per_request / b.cpu_us_per_request for a, b in zip(group, fixed)]
     print(f"upstream group / fixed address (one server), CPU per request paired round by round: median "
           f"{median(ratios):.0%}, {sum(x > 1 for x in ratios)} of {len(ratios)} rounds above 100%")
@@ -585,9 +639,12 @@ def report_changes(out: dict) -> None:
 
 
 def main() -> None:
-    args = throughput_args(__doc__, rounds=5, changes=240)  # changes: a third each idle, quiet, busy
+    global BODY
+    args = throughput_args(__doc__, rounds=5, changes=240, compare="", kib=0)  # changes: a third each idle, quiet, busy
     if args is None:
         return
+    if args.kib:
+        BODY = ("x" * 63 + "\n") * (args.kib * 16)
     if not NGINX:
         print("nginx is not installed (apt-get install nginx-light): the backend is a gunicorn-served WSGI app "
               "that closes every connection, and there is no nginx reference row")
@@ -596,7 +653,7 @@ def main() -> None:
         folder = Path(tmp)
         backends = Backends(folder, 3)
         try:
-            rows, results = throughput(folder, backends, args.seconds, args.rounds)
+            rows, results = throughput(folder, backends, args.seconds, args.rounds, args.compare)
             changes = api_change(folder, backends, args.changes)
         finally:
             backends.stop()

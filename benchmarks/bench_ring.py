@@ -10,7 +10,8 @@ interleaved round by round.
 
 The hook is measured twice: with the core's C accelerator (``ngxsim.core._shm_accel``, what a
 ``pip install`` with a compiler runs) and on the pure-Python path (what runs without it, or with
-``NGXSIM_PURE_PYTHON=1``), each on its own zone of the same server instance. A fourth row
+``NGXSIM_PURE_PYTHON=1``), each on its own zone of the same server instance. A fourth row adds
+what every worker does after a publish (``Runtime.check_master``: is the master alive?). A fifth
 publishes from a process set up as a worker whose module listens (``ngxsim_bench_noop``): its
 dispatcher thread runs, and ``runtime.publish`` delivers to the no-op subscriber before it
 returns, what a publish costs in a worker with listeners.
@@ -76,6 +77,17 @@ def hook_loop(runtime: Runtime, zone: str, n: int) -> tuple[float, float]:
     return time.perf_counter() - start, time.thread_time() - cpu
 
 
+def worker_loop(runtime: Runtime, zone: str, n: int) -> tuple[float, float]:
+    """hook_loop as in a worker of a live master: ``Runtime.check_master`` (one getppid) runs after
+    each publish, as it does in every worker. (A standalone runtime has no master to check; the
+    parent of this process stands in for it.)"""
+    runtime._master = os.getppid()
+    try:
+        return hook_loop(runtime, zone, n)
+    finally:
+        runtime._master = None
+
+
 def in_processes(fn, procs: int) -> tuple[float, float]:
     """Run fn() in ``procs`` forked processes started together; (aggregate wall seconds, the
     processes' mean CPU seconds)."""
@@ -134,6 +146,7 @@ def main() -> None:
             }
             if accel is not None:
                 loops["ngxsim publish hook, C accelerator"] = lambda: hook_loop(runtime, "bench", n)
+                loops["  the same, with a worker's master check"] = lambda: worker_loop(runtime, "bench", n)
                 loops["  the same, in a worker with 1 no-op subscriber"] = lambda: hook_loop(listening, "benchsub", n)
             runs: dict = {label: ([], []) for label in loops}
             for _ in range(args.rounds):  # interleaved: a busy moment hits both loops alike

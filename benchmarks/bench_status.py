@@ -1,5 +1,6 @@
-"""What the worker table behind ``ngxsim_status`` costs every request, and what a status
-request costs, under ``gunicorn -w 4`` (sync workers), in the same run.
+"""What the worker table behind ``ngxsim_status``, ``stub_status`` and ``api`` costs every
+request (its count) and every connection (accepted under the zone lock, its state moves), and
+what a status request costs, under ``gunicorn -w 4`` (sync workers), in the same run.
 
     python benchmarks/bench_status.py [--seconds S] [--rounds R]
 
@@ -58,13 +59,19 @@ def count_cost() -> None:
     try:
         workers = WorkerTable(zone)
         workers.claim()
+
+        def connection() -> None:  # what a worker class counts for one connection (stub_status)
+            workers.accepted()
+            workers.move(None, "writing")
+            workers.move("writing", None)
+
         rows = []
         for _ in range(3):
-            rows.append((per_call_us(lambda: None), per_call_us(workers.count)))
-        empty = median([r[0] for r in rows])
-        count = median([r[1] for r in rows])
-        print(table("one request's count, in-process (medians of 3 x 200k calls)", ["call", "us/call"],
-                    [["empty function (baseline)", f"{empty:.3f}"], ["WorkerTable.count()", f"{count:.3f}"]]))
+            rows.append((per_call_us(lambda: None), per_call_us(workers.count), per_call_us(connection, 50_000)))
+        empty, count, opened = (median([r[i] for r in rows]) for i in range(3))
+        print(table("one request's count, in-process (medians of 3 rounds)", ["call", "us/call"],
+                    [["empty function (baseline)", f"{empty:.3f}"], ["WorkerTable.count()", f"{count:.3f}"],
+                     ["a connection: accepted() + 2 x move()", f"{opened:.3f}"]]))
     finally:
         zone.close()
         remove_zone_files(instance)

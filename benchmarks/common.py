@@ -39,14 +39,14 @@ def ratio_rows(results: dict[str, list[float]], baseline: str) -> list[list[str]
     return [[name, f"{median(v):,.0f}", f"{median(v) / base:.0%}"] for name, v in results.items()]
 
 
-def throughput_args(doc: str | None = None, rounds: int = 3, **extra: int) -> argparse.Namespace | None:
-    """``--seconds``/``--rounds`` (and ``--NAME`` for each of ``extra``, with its default) of a
-    wrk benchmark; None, after saying so, when wrk is not installed."""
+def throughput_args(doc: str | None = None, rounds: int = 3, **extra: int | str) -> argparse.Namespace | None:
+    """``--seconds``/``--rounds`` (and ``--NAME`` for each of ``extra``, with its default, of its
+    default's type) of a wrk benchmark; None, after saying so, when wrk is not installed."""
     parser = argparse.ArgumentParser(description=doc)
     parser.add_argument("--seconds", type=float, default=4)
     parser.add_argument("--rounds", type=int, default=rounds)
     for name, default in extra.items():
-        parser.add_argument(f"--{name}", type=int, default=default)
+        parser.add_argument(f"--{name}", type=type(default), default=default)
     args = parser.parse_args()
     if not shutil.which("wrk"):
         print("skipped: wrk is not installed (apt-get install wrk)")

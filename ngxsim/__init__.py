@@ -11,31 +11,52 @@ from .core.conf.directive import (
     parse_number, parse_size, parse_time,
 )
 from .core.conf.errors import ConfigError
+from .core.conf.params import (LIMIT_LOG_LEVELS, check_zone_references, declare_keyed_zones, key_values,
+                               limit_directives, number_in, one_of, positive_param, rate_param, require_param,
+                               zone_name_param, zone_param)
+from .core.conf.parser import Statement
 from .core.conf.zones import MAX_ZONE_SIZE
 from .core.events import Event, Gap, Subscription, http_event_zone
+from .core.http.logs import LEVELS as LOG_LEVELS
+from .core.http.api import ApiAnswer, ApiRequest, ApiSection, iso_time
+from .core.http.connection import ClientGone, ResponseCut, client_gone, cut_connection, wait_readable
 from .core.http.jsonapi import (
     ApiError, Methods, check_key, query_int, query_seconds, query_str, read_body, read_json, register_secret_arg,
     wants_html,
 )
+from .core.http.phases import ACCESS, CONTENT, LOG, PHASES, PRECONTENT, PREACCESS, REWRITE, SERVER_REWRITE, PhaseHandler
+from .core.http.logs import ALERT, EMERG, NOTICE, error_context
 from .core.http.regex import Regex
 from .core.http.responses import compact_json, error_page, json_error, json_response, keep_status_line
 from .core.http.readable import age as format_age
 from .core.http.variables import Template, Variable
+from .core.http.waits import Delay, Park, Waker
 from .core.instance import LivenessWatch, process_start_time
 from .core.instance import alive as process_alive
 from .core.modules import call_impl, tracing
 from .core.shm import HEADER_SIZE as ZONE_HEADER_SIZE
 from .core.shm import Wait, Zone, prompt_wakeups
+from .core.table import SharedTable
 from .hookspecs import hookimpl, hookspec
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ALERT", "EMERG", "NOTICE", "ApiAnswer", "ApiRequest", "ApiSection", "iso_time",
     "ARGS", "FLAG", "HTTP", "LOCATION", "MAIN", "MAX_ZONE_SIZE", "NUMBER", "SERVER", "SIZE", "STRING", "TIME",
     "ZONE_HEADER_SIZE", "Wait", "Zone", "prompt_wakeups", "call_impl", "tracing", "ApiError", "ConfigError", "Directive", "Event", "Gap", "LivenessWatch", "Methods",
-    "OutOfRange", "Regex", "Subscription", "Template", "Unsupported", "Variable", "check_key", "compact_json", "error_page", "format_age",
+    "OutOfRange", "Regex", "Subscription", "Template", "Unsupported", "Variable", "check_key", "compact_json",
+    "ClientGone", "ResponseCut", "client_gone", "cut_connection", "wait_readable",
+    "error_context", "error_page", "format_age",
     "hookimpl",
     "hookspec", "http_event_zone", "json_error", "json_response", "keep_status_line", "parse_number", "parse_size",
     "parse_time", "process_alive", "process_start_time", "query_int", "query_seconds", "query_str", "read_body",
     "read_json", "register_secret_arg", "wants_html", "__version__",
+    # nginx's phases and requests that wait
+    "ACCESS", "CONTENT", "LOG", "PHASES", "PRECONTENT", "PREACCESS", "REWRITE", "SERVER_REWRITE", "PhaseHandler",
+    "Delay", "Park", "Waker",
+    # parsing context: statements, nginx's key=value parameters
+    "SharedTable", "LOG_LEVELS",
+    "Statement", "check_zone_references", "declare_keyed_zones", "key_values", "number_in", "one_of",
+    "LIMIT_LOG_LEVELS", "limit_directives", "positive_param", "rate_param", "require_param", "zone_name_param", "zone_param",
 ]

@@ -1,4 +1,9 @@
-"""gunicorn's logger with secrets masked: ``gunicorn --logger-class ngxsim.glogging.Logger``.
+"""gunicorn's logger in nginx's error log format, with secrets masked: ``gunicorn --logger-class
+ngxsim.glogging.Logger``.
+
+gunicorn's own error-log lines (``Booting worker with pid ...``) are written like ngxsim's and
+nginx's: ``YYYY/MM/DD HH:MM:SS [level] PID#TID: message`` — one format for the master and the
+workers.
 
 gunicorn writes raw request text in two places ngxsim's own access log never sees: its access
 log (``--access-logfile``: the request line, ``%(q)s``, ...) and its error log (``Invalid request
@@ -14,7 +19,7 @@ import logging
 
 from gunicorn import glogging
 
-from .core.http.logs import SECRET_ARGS, mask_target
+from .core.http.logs import SECRET_ARGS, NginxFormatter, mask_target
 
 
 class _MaskSecrets(logging.Filter):
@@ -33,6 +38,8 @@ class _MaskSecrets(logging.Filter):
 class Logger(glogging.Logger):
     def setup(self, cfg) -> None:
         super().setup(cfg)
+        for handler in self.error_log.handlers:
+            handler.setFormatter(NginxFormatter())
         for log in (self.error_log, self.access_log):
             if not any(isinstance(f, _MaskSecrets) for f in log.filters):
                 log.addFilter(_MaskSecrets())

@@ -22,7 +22,9 @@ if TYPE_CHECKING:  # pragma: no cover - types only
     from .core.conf.directive import Directive
     from .core.conf.loader import Block, Configuration
     from .core.events import Event, Gap, Subscription
+    from .core.http.api import ApiSection
     from .core.http.context import RequestContext
+    from .core.http.phases import PhaseHandler
     from .core.process import Runtime
     from .core.http.variables import Variable
 
@@ -152,9 +154,10 @@ def ngxsim_header_filter(location: "Block", config: "Configuration") -> Callable
 def ngxsim_precontent_handler(location: "Block", config: "Configuration") -> Callable[["RequestContext"], Any] | None:
     """Return a pre-content handler for ``location``, or None.
 
-    Called once per ``location`` at config load. Every returned handler runs, in module load
-    order, on each request of that location after the core chose it and before its content
-    handler (nginx's precontent phase: where a cache answers a hit or a ``PURGE``). A handler
+    Called once per ``location`` at config load. Every returned handler is one of the location's
+    ``precontent`` phase handlers (see ``ngxsim_phase_handlers`` for their order): it runs on
+    each request of that location after the rewrite, preaccess and access phases and before its
+    content handler (nginx's precontent phase: where a cache answers a hit or a ``PURGE``). A handler
     returns a response to answer the request itself (later handlers and the content handler do
     not run), or None to pass it on.
 
@@ -198,6 +201,36 @@ def ngxsim_body_filter(location: "Block", config: "Configuration") -> Callable[[
 
 
 # --------------------------------------------------------------------------------------------
+# phases: nginx's request phases (server_rewrite, rewrite, preaccess, access, precontent,
+# content, log) and the handlers modules add to them (docs/hooks.md, "Phases").
+# --------------------------------------------------------------------------------------------
+
+
+@hookspec
+def ngxsim_phase_handlers(block: "Block", config: "Configuration") -> "list[PhaseHandler] | PhaseHandler | None":
+    """Return this module's phase handlers for ``block`` (a ``server`` or a ``location``): a
+    ``PhaseHandler(phase, handler)``, a list of them, or None.
+
+    nginx's ``ngx_http_phase_handler``: called once per ``server`` and once per ``location``
+    block at config load (never per request), after every ``ngxsim_postconfiguration``. A
+    server block's handlers serve its ``server_rewrite`` phase, and every later phase when no
+    location matches the request (nginx then uses the server's configuration); a location's
+    serve the phases from ``rewrite`` on. A handler ``h(ctx)`` returns None (go on), a response
+    (answer now) or a wait (``Delay``, ``Park``: resume later without holding a thread).
+
+    Within a phase: ``tryfirst`` implementations' handlers first, ``trylast`` ones last, then by
+    module name, then in the order returned (never by ``load_module`` order). For example::
+
+        @hookimpl
+        def ngxsim_phase_handlers(block, config):
+            if block["hello_limit"]:
+                def limit(ctx):
+                    return json_error(503, "busy") if ctx.arg("busy") else None
+                return PhaseHandler(PREACCESS, limit)
+    """
+
+
+# --------------------------------------------------------------------------------------------
 # lifecycle: the processes of a running server.
 # --------------------------------------------------------------------------------------------
 
@@ -214,6 +247,28 @@ def ngxsim_init_master(runtime: "Runtime") -> None:
         def ngxsim_init_master(runtime):
             zone = runtime.zone("hello")
             if zone.fresh:  # zero-filled; a kept zone holds what the last run left
+                with zone.lock():
+                    zone.buf[:8] = (0).to_bytes(8, "little")
+    """
+
+
+@hookspec
+def ngxsim_reload_accepted(runtime: "Runtime") -> None:
+    """A reload (``ngxsim -c`` on SIGHUP) was accepted: ``runtime`` is the new configuration's,
+    its zones attached (``zone.fresh`` as in ``ngxsim_init_master``), and the old workers are
+    about to be replaced; runs in the master before the new workers start. ``ngxsim_init_master``
+    ran earlier, while the reload could still be rejected (another module's
+    ``ngxsim_init_master`` failing rejects it): what it writes into a kept zone, the running
+    workers see even if the reload is then rejected. Rewrite what the running workers share
+    (rebuild a kept zone from the new configuration) here instead. A failure is logged; the
+    reload goes on.
+
+    For example::
+
+        @hookimpl
+        def ngxsim_reload_accepted(runtime):
+            zone = runtime.zone("hello")
+            if not zone.fresh:  # kept: it holds the running configuration's state until now
                 with zone.lock():
                     zone.buf[:8] = (0).to_bytes(8, "little")
     """
@@ -308,7 +363,7 @@ def ngxsim_event_subscriptions(config: "Configuration") -> "list[Subscription] |
 
         @hookimpl
         def ngxsim_event_subscriptions(config):
-            zone = http_event_zone(config, "hello")  # the http-level worker_events_zone
+            zone = http_event_zone(config, "hello", subscribes=True)  # the http-level worker_events_zone
             return Subscription(zone, channels=("hello",), replay=True) if zone else None
     """
 
@@ -351,7 +406,8 @@ def ngxsim_event_gap(runtime: "Runtime", gap: "Gap") -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# status: what ``ngxsim_status`` locations (and ``ngxsim status``) show of each module.
+# status: what ``ngxsim_status`` locations (and ``ngxsim status``) show of each module, and the
+# sections of the NGINX Plus-shaped ``api`` location.
 # --------------------------------------------------------------------------------------------
 
 
@@ -374,4 +430,26 @@ def ngxsim_status(runtime: "Runtime") -> dict[str, Any] | None:
         def ngxsim_status(runtime):
             state = runtime.stash.get("hello")
             return {"greeted": state["greeted"]} if state else None
+    """
+
+
+@hookspec
+def ngxsim_api_sections(config: "Configuration") -> "list[ApiSection] | ApiSection | None":
+    """The parts of the ``api`` location's tree (NGINX Plus's ``/api/N/...``) this module answers.
+
+    Called once per configuration load, in each process that builds the ``api`` handler, after
+    ``ngxsim_postconfiguration``. Return ``ngxsim.ApiSection(path, handler, writes=())`` objects
+    (or None): ``path`` is where the section sits (``"http/upstreams"``, ``"http/caches"``, or the
+    module's own ``"mymodule"``); ``handler(request)`` gets an ``ngxsim.ApiRequest`` (``ctx``,
+    ``method``, ``parts`` below the path, ``json()``) and returns the JSON-able answer, or
+    ``ngxsim.ApiAnswer(status, body)``, or raises ``ngxsim.ApiError(status, text, code=...)``
+    (answered with NGINX Plus's error body). ``writes`` names the methods besides GET and HEAD
+    the section takes; they reach it only under ``api write=on``. Answer from shared memory, so
+    every worker answers the instance's counts. Two modules claiming one path fail the load.
+
+    For example::
+
+        @hookimpl
+        def ngxsim_api_sections(config):
+            return ApiSection("hello", lambda request: {"greeted": request.runtime.stash["hello"]["greeted"]})
     """

@@ -120,5 +120,5 @@ def run(name: str, parent: str) -> int:
         print(f"  {dest.format(name=name, package=f'ngxsim_{name}')}")
     print("next:")
     print(f"  cd {target} && pip install -e '.[test]' && pytest")
-    print(f"  ngxsim -t -c {target / (name + '.conf')}")
+    print(f"  ngxsim -t -c {name}.conf       # in that folder")
     return 0

@@ -14,7 +14,9 @@ This worker reads like nginx does. In the worker's event loop, without a thread,
   ``client_body_timeout`` between two reads;
 
 and answers ``408`` (and closes) when a timeout passes. Only a complete request goes to a
-thread. A longer or chunked body is read by the thread with ``client_body_timeout`` between two
+thread. A request a handler sets aside (``Delay``, ``Park``: nginx's timer on a delayed request)
+gives its thread back: the event loop keeps it on a timer or its waker and resumes it on a pool
+thread, where the rest of its phases run and its response is written as usual. A longer or chunked body is read by the thread with ``client_body_timeout`` between two
 reads (a ``TimeoutError`` the core answers with 408). The worker accepts new connections only
 while one of its threads is free, so the kernel gives them to another worker.
 
@@ -49,6 +51,8 @@ stops gracefully (requests in progress finish), ``SIGQUIT``/``SIGINT`` stop at o
 from __future__ import annotations
 
 import errno
+import heapq
+import itertools
 import re
 import selectors
 import threading
@@ -62,7 +66,9 @@ from gunicorn.workers.gthread import TConn, ThreadWorker
 from gunicorn.workers.sync import SyncWorker as _GunicornSyncWorker
 
 from .core.http.context import RAW_HEADERS
+from .core.http.logs import set_connection
 from .core.http.responses import compact_json, error_page
+from .core.http.waits import STATE, Parked
 
 # bodies of a declared length up to this are read in the event loop, larger ones by the thread
 PREREAD_MAX = 64 * 1024
@@ -198,7 +204,83 @@ class _NginxRequests:
             self.log.debug("Failed to send error message.")
 
 
-class SyncWorker(_NginxRequests, _StopsRuntime, _GunicornSyncWorker):
+
+class _CountsConnections:
+    """nginx's connection counters (``stub_status``): each client connection's state —
+    ``reading`` its request, ``writing`` the answer (the handler runs), ``waiting`` kept alive
+    between requests — counted into the core's worker table (``ngxsim/core/workers.py``), shared by
+    every worker. The connection's number is nginx's ``*CID`` of the error-log lines written while
+    it is served."""
+
+    def _table(self):
+        runtime = getattr(getattr(self, "wsgi", None), "runtime", None)
+        return runtime.stash.get("core.workers") if runtime is not None else None
+
+    def _conn_move(self, conn, new: str | None) -> None:
+        table = self._table()
+        if table is None:
+            return
+        conns = self.__dict__.setdefault("_conn_states", {})
+        key = id(conn)
+        old = conns.get(key)
+        if old is None:
+            if new is None:
+                return
+            conns[key] = [conn, None, table.accepted()]
+            old = conns[key]
+        if old[1] != new or new is None:
+            table.move(old[1], new)
+        if new is None:
+            del conns[key]
+        else:
+            old[1] = new
+
+    def _conn_number(self, conn) -> int | None:
+        entry = self.__dict__.get("_conn_states", {}).get(id(conn))
+        return entry[2] if entry else None
+
+    def _conn_sweep(self) -> None:
+        """Connections gunicorn closed on its own (an idle kept-alive one): count them closed."""
+        kept = {id(c) for c in (*getattr(self, "keepalived_conns", ()), *getattr(self, "pending_conns", ()))}
+        for key, (conn, state, _) in list(self.__dict__.get("_conn_states", {}).items()):
+            if state == "waiting" and key not in kept:
+                self._conn_move(conn, None)
+
+
+class _CountsThreadConnections(_CountsConnections):
+    """The counting of the thread workers (``Worker``, ``GThreadWorker``)."""
+
+    def enqueue_req(self, conn) -> None:
+        self._conn_move(conn, "writing")
+        super().enqueue_req(conn)
+
+    def finish_request(self, conn, fs) -> None:
+        try:
+            super().finish_request(conn, fs)
+        finally:
+            if conn in self.keepalived_conns or conn in getattr(self, "pending_conns", ()):
+                self._conn_move(conn, "waiting")
+            elif conn.sock.fileno() == -1:
+                self._conn_move(conn, None)
+            # else: enqueued again at once (a pipelined request): still writing
+
+    def murder_pending(self, *args, **kw) -> None:
+        super().murder_pending(*args, **kw)
+        self._conn_sweep()
+
+    def murder_keepalived(self, *args, **kw) -> None:
+        super().murder_keepalived(*args, **kw)
+        self._conn_sweep()
+
+    def handle_request(self, req, conn):
+        set_connection(self._conn_number(conn))
+        try:
+            return super().handle_request(req, conn)
+        finally:
+            set_connection(None)
+
+
+class SyncWorker(_NginxRequests, _StopsRuntime, _CountsConnections, _GunicornSyncWorker):
     """gunicorn's ``sync`` worker that wakes a waiting handler when it is stopped.
 
     gunicorn's sync worker exits from the signal handler on ``SIGQUIT``: the request being
@@ -209,10 +291,14 @@ class SyncWorker(_NginxRequests, _StopsRuntime, _GunicornSyncWorker):
 
     def handle(self, listener, client, addr) -> None:
         self._in_request = True
+        self._conn_move(client, "writing")  # read and answered in this one call
+        set_connection(self._conn_number(client))
         try:
             super().handle(listener, client, addr)
         finally:
             self._in_request = False
+            set_connection(None)
+            self._conn_move(client, None)
 
     def handle_request(self, listener, req, client, addr):
         return self._serving(req, lambda: super(SyncWorker, self).handle_request(listener, req, client, addr))
@@ -226,21 +312,93 @@ class SyncWorker(_NginxRequests, _StopsRuntime, _GunicornSyncWorker):
         self.cfg.worker_int(self)
 
 
-class GThreadWorker(_NginxRequests, _StopsRuntime, ThreadWorker):
+class GThreadWorker(_NginxRequests, _StopsRuntime, _CountsThreadConnections, ThreadWorker):
     """gunicorn's ``gthread`` worker that wakes waiting handlers when it is stopped."""
 
     def handle_request(self, req, conn):
         return self._serving(req, lambda: super(GThreadWorker, self).handle_request(req, conn))
 
+class _Replay:
+    """A connection's parser that gives a parked request once more (then the parser is back):
+    gunicorn's ``handle`` then serves the resumed request with all its error handling."""
 
-class Worker(_NginxRequests, _StopsRuntime, ThreadWorker):
+    def __init__(self, conn: TConn, req):
+        self._conn, self._req, self._parser = conn, req, conn.parser
+
+    def __next__(self):
+        self._conn.parser = self._parser
+        return self._req
+
+    def __getattr__(self, name):
+        return getattr(self._parser, name)
+
+
+class _ParkedRequest:
+    """A request set aside by a handler: its connection, gunicorn's request and the continuation."""
+
+    __slots__ = ("conn", "parked", "done")
+
+    def __init__(self, conn: TConn, parked: Parked):
+        self.conn, self.parked, self.done = conn, parked, False
+
+
+class Worker(_NginxRequests, _StopsRuntime, _CountsThreadConnections, ThreadWorker):
     """gthread with nginx's reading discipline (see the module docstring)."""
 
     def init_process(self) -> None:
         self.in_pool = 0  # connections handed to the thread pool and not finished
         self.waiting: dict[int, _Waiting] = {}
         self._timeouts: tuple[float, float] | None = None
+        self.timers: list[tuple[float, int, _ParkedRequest]] = []  # parked requests' deadlines (a heap)
+        self._timer_seq = itertools.count()
         super().init_process()
+
+    # -- requests that wait without a thread --------------------------------------------------
+
+    def handle(self, conn):
+        """In a pool thread: serve the connection's request; a handler's wait parks it."""
+        STATE.can_park = True
+        try:
+            return super().handle(conn)
+        except Parked as parked:
+            return parked
+        finally:
+            STATE.can_park = False
+            STATE.resume = None
+
+    def _resume_in_thread(self, entry: _ParkedRequest):
+        STATE.resume = entry.parked.resume
+        entry.conn.parser = _Replay(entry.conn, entry.parked.req)
+        return self.handle(entry.conn)
+
+    def _park(self, conn: TConn, parked: Parked) -> None:
+        """In the event loop: keep the request until its delay passes or its waker is woken."""
+        entry = _ParkedRequest(conn, parked)
+        wait = parked.wait
+        if wait.seconds is not None:
+            heapq.heappush(self.timers, (time.monotonic() + wait.seconds, next(self._timer_seq), entry))
+        if wait.waker is not None:
+            wait.waker.on_wake(lambda: self.method_queue.defer(self._resume, entry))
+
+    def _resume(self, entry: _ParkedRequest) -> None:
+        if entry.done:  # woken and timed out: resumed once
+            return
+        entry.done = True
+        self.in_pool += 1
+        if self.in_pool >= self.cfg.threads:
+            self.set_accept_enabled(False)
+        fs = self.tpool.submit(self._resume_in_thread, entry)
+        fs.add_done_callback(lambda fut: self.method_queue.defer(self.finish_request, entry.conn, fut))
+
+    def wait_for_and_dispatch_events(self, timeout):
+        """gunicorn's wait, no longer than until the next parked request's deadline; then
+        resume the requests whose delay passed."""
+        if self.timers:
+            timeout = min(timeout, max(0.0, self.timers[0][0] - time.monotonic()))
+        super().wait_for_and_dispatch_events(timeout)
+        now = time.monotonic()
+        while self.timers and self.timers[0][0] <= now:
+            self._resume(heapq.heappop(self.timers)[2])
 
     # -- timeouts from the config -------------------------------------------------------------
 
@@ -270,6 +428,10 @@ class Worker(_NginxRequests, _StopsRuntime, ThreadWorker):
 
     def finish_request(self, conn, fs) -> None:
         self.in_pool -= 1
+        result = None if fs.cancelled() or fs.exception() is not None else fs.result()
+        if isinstance(result, Parked):
+            self._park(conn, result)
+            return
         super().finish_request(conn, fs)
 
     def accept(self, listener) -> None:
@@ -296,6 +458,7 @@ class Worker(_NginxRequests, _StopsRuntime, ThreadWorker):
         self._read_request(conn)
 
     def _read_request(self, conn: TConn) -> None:
+        self._conn_move(conn, "reading")
         conn.sock.setblocking(False)
         waiting = _Waiting(conn, time.monotonic() + self.timeouts[0])
         self.waiting[id(conn)] = waiting
@@ -349,6 +512,7 @@ class Worker(_NginxRequests, _StopsRuntime, ThreadWorker):
 
     def _drop(self, waiting: _Waiting, answer: bytes = b"") -> None:
         self._forget(waiting)
+        self._conn_move(waiting.conn, None)
         self.nr_conns -= 1
         if answer:
             try:
@@ -377,6 +541,9 @@ class Worker(_NginxRequests, _StopsRuntime, ThreadWorker):
             lines = sent.lines_like(req.headers)
         try:
             return self._serving(req, lambda: super(Worker, self).handle_request(req, conn), raw_target, lines)
+        except Parked as parked:
+            parked.req = req  # what the resumed request is served as
+            raise
         finally:
             conn.sock.settimeout(None)
 

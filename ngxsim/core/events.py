@@ -73,11 +73,18 @@ class Gap:
 @dataclass(frozen=True)
 class Subscription:
     """What a module wants to hear: a zone, some channels (None: all), and whether a worker that
-    starts replays what the ring still holds (otherwise it begins at the newest generation)."""
+    starts replays what the ring still holds (otherwise it begins at the newest generation).
+
+    With ``once=True`` each event of the subscription is handled by **one** worker of the
+    instance instead of every worker (an audit log, a job to run once per event): the first
+    worker to deliver a generation claims it in shared memory (a watermark per zone and module,
+    under a lock the kernel releases if its holder dies), the others skip it. At most once: a
+    worker killed between its claim and its handler loses that event."""
 
     zone: str
     channels: tuple[str, ...] | None = None
     replay: bool = False
+    once: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.channels, str):
@@ -149,22 +156,56 @@ def collect_subscriptions(config, loaded_at: dict) -> dict[str, "list[Subscripti
     return out
 
 
-def http_event_zone(config, module: str) -> str | None:
+def http_event_zone(config, module: str, subscribes: bool = False) -> str | None:
     """The zone of the http-level ``worker_events_zone`` that consumer modules publish into.
 
     Every first-party consumer (upstreams, cache_purge, healthchecks) publishes into this one bus.
     Fails the load with the fix when the bus is missing: no module declares the directive
-    (``load_module worker_events;`` missing) or the http block does not set it. None when the
-    config has no http block (nothing to serve, nothing to publish).
+    (``load_module worker_events;`` missing) or the http block does not set it; the message says
+    the module publishes, or with ``subscribes=True`` (a module that only listens, from its
+    ``ngxsim_event_subscriptions``) that it subscribes. None when the config has no http block
+    (nothing to serve, nothing to publish).
     """
     blocks = config.blocks("http")
     if not blocks:
         return None
     http = blocks[0]
+    does, where = ("subscribes to events", "of") if subscribes else ("publishes events", "into")
     if config.table.get("worker_events_zone") is None:
-        raise http.error(None, f'module "{module}" publishes events, but no loaded module provides them: '
+        raise http.error(None, f'module "{module}" {does}, but no loaded module provides them: '
                                f'add "load_module worker_events;" and "worker_events_zone NAME;" in the http block')
     if "worker_events_zone" not in http.own:
-        raise http.error(None, f'module "{module}" publishes events into the http-level "worker_events_zone": '
+        raise http.error(None, f'module "{module}" {does} {where} the http-level "worker_events_zone": '
                                f'add "worker_events_zone NAME;" to this http block')
     return http.own["worker_events_zone"][0]
+
+
+# the core's zone of once-per-instance watermarks (a SharedTable: "zone\0module" -> generation)
+ONCE_ZONE = "@once"
+_ONCE_KEY_MAX, _ONCE_VALUE = 200, 8
+
+
+def declare_once_zone(config) -> None:
+    """Declare the core's ``@once`` zone when a subscription asks for ``once`` (none: no zone)."""
+    from .table import SharedTable
+
+    pairs = sorted({(sub.zone, module) for module, subs in config.subscriptions.items() for sub in subs or ()
+                    if sub.once})
+    if pairs:
+        size = SharedTable.size_for(max(16, 2 * len(pairs)), _ONCE_KEY_MAX, _ONCE_VALUE, stripes=4)
+        config.zones.declare_core(ONCE_ZONE, size, owner="core", tag=f"once {len(pairs)}")
+
+
+def claim_once(runtime, zone: str, module: str, generation: int) -> bool:
+    """Whether this worker is the one to handle ``generation`` of ``zone`` for ``module``'s
+    ``once`` subscription (the first worker to ask for it since it is above the watermark)."""
+    from .table import SharedTable
+
+    table = SharedTable.views(runtime, "core.once", (ONCE_ZONE,), _ONCE_KEY_MAX, _ONCE_VALUE, stripes=4)[ONCE_ZONE]
+
+    def change(old):
+        if old is not None and int.from_bytes(old, "little") >= generation:
+            return old, False
+        return generation.to_bytes(8, "little"), True
+
+    return table.update(f"{zone}\0{module}", change)

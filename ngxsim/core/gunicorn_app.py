@@ -18,6 +18,7 @@ Start, reload and stop are logged in the error log, one line each.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -28,6 +29,7 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.config import KNOWN_SETTINGS
 
 from .conf.errors import ConfigError
+from .http.logs import EMERG, NOTICE
 from .instance import MASTER, current_instance
 from .modules import fresh_imports, plugin_module_names
 from .process import Runtime, load
@@ -74,12 +76,12 @@ def check_binds(binds: list[str], bound: set[str]) -> None:
                 raise BindError(f"bind() to {bind} failed ({exc.errno}: {exc.strerror})") from None
 
 
-def _size(size: int) -> str:
-    """A zone size as nginx writes sizes: ``64k``, ``1m``, else bytes."""
-    for unit, shift in (("m", 20), ("k", 10)):
-        if size >= 1 << shift and size % (1 << shift) == 0:
-            return f"{size >> shift}{unit}"
-    return f"{size} bytes"
+def _size(spec) -> str:
+    """A zone's size in one unit style (bytes), with the size the config gave when the module
+    maps another: ``262144 bytes``, ``256 bytes mapped, 10485760 bytes configured``."""
+    if spec.configured is None:
+        return f"{spec.size} bytes"
+    return f"{spec.size} bytes mapped, {spec.configured} bytes configured"
 
 
 def _describe(runtime: Runtime, old: Runtime | None) -> list[str]:
@@ -95,7 +97,7 @@ def _describe(runtime: Runtime, old: Runtime | None) -> list[str]:
     lines.append(f"modules: {', '.join(modules) or 'none loaded'}")
     for spec in config.zones:
         zone = runtime.zones[spec.name]
-        lines.append(f'zone "{spec.name}" ({_size(spec.size)}) {"created" if zone.fresh else "kept"}')
+        lines.append(f'zone "{spec.name}" ({_size(spec)}) {"created" if zone.fresh else "kept"}')
     for name in sorted(set(old.zones) - set(runtime.zones)) if old else ():
         lines.append(f'zone "{name}" removed')
     return lines
@@ -115,7 +117,7 @@ class NgxsimArbiter(Arbiter):
 
     def _stop_by(self, name: str, fast: bool):
         how = "fast shutdown" if fast else "graceful shutdown: requests in progress finish"
-        self.log.info("ngxsim: [notice] signal %d (%s) received, %s", getattr(signal, name), name, how)
+        self.log.log(NOTICE, "signal %d (%s) received, %s", getattr(signal, name), name, how)
         if fast:
             self.stop(False)
         raise StopIteration  # the run loop halts, stopping gracefully what is left
@@ -170,7 +172,8 @@ class NgxsimApplication(BaseApplication):
 
     def _prepare(self, old: Runtime | None) -> Runtime:
         """Load, check and start (zones) the config on disk; raises what makes it unservable.
-        Zones the attempt made and the old config does not have are removed on failure."""
+        Zones the attempt made and the old config does not have are removed on failure (at the
+        first start: every file of the instance, its folder too)."""
         config = load(self.path)
         check_binds(config_binds(config), set(config_binds(old.config)) if old else set())
         runtime = Runtime(config, old.instance if old else current_instance(MASTER))
@@ -189,6 +192,8 @@ class NgxsimApplication(BaseApplication):
                 zone.close()
             if old is not None:
                 remove_zone_files(runtime.instance, keep=set(old.zones) | {JANITOR_MARKER})
+            else:  # a refused start leaves nothing behind (no worker was forked: all of it is ours)
+                remove_zone_files(runtime.instance)
             raise
         self._news = _describe(runtime, old)
         return runtime
@@ -200,10 +205,10 @@ class NgxsimApplication(BaseApplication):
             with fresh_imports(plugin_module_names(self.runtime.config.modules)):
                 self._pending = self._prepare(self.runtime)
         except (ConfigError, ZoneError, BindError) as exc:
-            log.critical("ngxsim: [emerg] %s; reload rejected, the running configuration and its workers stay", exc)
+            log.log(EMERG, "%s; reload rejected, the running configuration and its workers stay", exc)
             return False
         except Exception as exc:  # a module's own failure (ngxsim_init_master): the master must not die of it
-            log.critical("ngxsim: [emerg] loading %s failed: %r; reload rejected, the running configuration and its "
+            log.log(EMERG, "loading %s failed: %s; reload rejected, the running configuration and its "
                          "workers stay", self.path or "the configuration", exc, exc_info=True)
             return False
         return True
@@ -223,6 +228,10 @@ class NgxsimApplication(BaseApplication):
             for zone in self.runtime.zones.values():
                 zone.close()
             self.runtime = runtime
+            try:  # accepted: modules may now change what the running workers share
+                runtime.hook.ngxsim_reload_accepted(runtime=runtime)
+            except Exception:
+                logging.getLogger("ngxsim").exception("ngxsim_reload_accepted failed; the reload goes on")
         elif self.runtime is None:
             try:
                 self.runtime = self._prepare(None)
@@ -230,15 +239,19 @@ class NgxsimApplication(BaseApplication):
                 # gunicorn would print a bare "Error:" line
                 print(f"ngxsim: [emerg] {exc}", file=sys.stderr, flush=True)
                 raise SystemExit(1) from None
+            except Exception as exc:  # a module's own failure (ngxsim_init_master), worded as on a reload
+                print(f"ngxsim: [emerg] loading {self.path or 'the configuration'} failed: {exc!r}", file=sys.stderr,
+                      flush=True)
+                raise SystemExit(1) from None
         self._apply(self.runtime)
 
     def path_of_pending(self) -> str:
         return self._pending.config.path
 
     def announce(self, log, first: str) -> None:
-        log.info("ngxsim: [notice] %s", first)
+        log.log(NOTICE, "%s", first)
         for line in self._news:
-            log.info("ngxsim: [notice] %s", line)
+            log.log(NOTICE, "%s", line)
 
     def _when_ready(self, arbiter) -> None:
         self.announce(arbiter.log, f"ngxsim serves {self.runtime.config.path} (master {arbiter.pid})")

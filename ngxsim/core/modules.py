@@ -131,6 +131,9 @@ def plugin_module_names(modules: list[tuple[str, object]]) -> list[str]:
     return [plugin_module_name(plugin) for _, plugin in modules]
 
 
+_ABSENT = object()  # a parent package had no attribute of that name
+
+
 @contextmanager
 def fresh_imports(names: Iterable[str]) -> Iterator[None]:
     """Inside the block, the modules ``names`` and their submodules are imported anew from their
@@ -142,6 +145,17 @@ def fresh_imports(names: Iterable[str]) -> Iterator[None]:
     def ours(key: str) -> bool:
         return any(key == p or key.startswith(p + ".") for p in prefixes)
 
+    # The old modules themselves are left untouched by the new import (they are out of
+    # sys.modules, so the import machinery binds new submodules on the new parents); what it does
+    # change is the attribute a parent package that is *not* imported anew has for each of the
+    # modules (``ngxsim_plugins.upstreams``). Those are put back as they were, never rebuilt from
+    # the submodule names: a package may bind a name to something else than its submodule of
+    # that name (``from .state import state``), and rebinding it broke the next worker respawn.
+    parents = {}
+    for name in prefixes:
+        parent, _, child = name.rpartition(".")
+        if parent and not ours(parent) and parent in sys.modules:
+            parents[(parent, child)] = vars(sys.modules[parent]).get(child, _ABSENT)
     saved = {key: sys.modules.pop(key) for key in [k for k in sys.modules if ours(k)]}
     importlib.invalidate_caches()  # a module file added since the last import is found
     try:
@@ -150,8 +164,9 @@ def fresh_imports(names: Iterable[str]) -> Iterator[None]:
         for key in [k for k in sys.modules if ours(k)]:
             del sys.modules[key]
         sys.modules.update(saved)
-        for key, module in saved.items():  # a parent package's attribute names its submodule
-            parent, _, child = key.rpartition(".")
-            if parent in sys.modules:
-                setattr(sys.modules[parent], child, module)
+        for (parent, child), value in parents.items():
+            if value is _ABSENT:
+                vars(sys.modules[parent]).pop(child, None)
+            else:
+                setattr(sys.modules[parent], child, value)
         raise

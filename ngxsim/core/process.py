@@ -176,6 +176,14 @@ class Runtime:
                 self.zones[spec.name] = attach_zone(self.instance, spec.name, spec.size, spec.tag,
                                                     self.staged.get(spec.name))
 
+    def claim_event(self, zone: str, module: str, generation: int) -> bool:
+        """For an event bus delivering a ``Subscription(once=True)``: whether this worker handles
+        ``generation`` of ``zone`` for ``module`` (the first to claim it; every other worker
+        skips it)."""
+        from .events import claim_once
+
+        return claim_once(self, zone, module, generation)
+
     def zone(self, name: str) -> Zone:
         """The zone ``name`` attached in this process; ``LookupError`` when the configuration
         does not declare it."""
@@ -191,10 +199,13 @@ class Runtime:
         once per instance: in the master, or in the first worker when the master is a plain
         gunicorn arbiter that never loads ngxsim."""
         remove_stale_zone_files()
-        self.attach_zones()
+        setup_error_log(self.config.main["error_log"])  # the master's lines: nginx's format, its level
         first = True
         if self.instance.role != STANDALONE:
+            # before any zone: a start refused on a zone (or anything after) leaves files the
+            # janitor removes when the master exits, also when that start runs in a worker
             first = ensure_janitor(self.instance) or self.instance.role == MASTER
+        self.attach_zones()
         if first:
             for warning in self.config.warnings:
                 # the line `ngxsim -t` prints, where a failed start prints its [emerg] (stderr):
@@ -261,10 +272,18 @@ class Runtime:
         instead of publishing into zones that the janitor will remove."""
         if self.worker_pid != os.getpid():
             self.start_worker()
-        if self._master is not None and os.getppid() != self._master:
-            raise MasterGone(f"the master process {self._master} is gone: this worker is shutting down")
+        self.check_master()
         for fn in self.on_request_start:
             fn()
+
+    def check_master(self) -> None:
+        """Raise MasterGone in a worker whose master exited (SIGKILLed: its workers are orphans
+        on their way out and the janitor removes the zones once they are). A module calls it
+        after writing shared state and before acknowledging it to a client: what a dead
+        instance accepted would never be delivered. Out of a handler, MasterGone is answered
+        503 (JSON). One ``getppid()`` (~0.1 µs); a no-op in the master or a standalone process."""
+        if self._master is not None and os.getppid() != self._master:
+            raise MasterGone(f"the master process {self._master} is gone: this worker is shutting down")
 
     def close(self) -> None:
         """Stop this process's part; a standalone instance also removes its zone files."""
@@ -290,7 +309,8 @@ class Runtime:
         and rings the zone's doorbell; then, before it returns, this worker's subscribers
         (``ngxsim_event``) run for every generation up to the published one, in order and once
         (worker_events' dispatcher never delivers them again). So the handler that published
-        sees the event delivered in the same response. Called from an ``ngxsim_event``
+        sees the event delivered in the same response. In a worker whose master is gone, it raises
+        ``MasterGone`` once the event is written (answered 503: see ``check_master``). Called from an ``ngxsim_event``
         subscriber, the new event is delivered right after that subscriber call returns (the
         delivery that is running it takes it next). Do not publish while holding a lock your own
         subscriber takes. Every other worker delivers the event on its dispatcher thread soon
@@ -303,6 +323,7 @@ class Runtime:
             generation = self.hook.ngxsim_publish(runtime=self, zone=zone, channel=channel, type=type, payload=payload)
         if generation is None:
             raise RuntimeError(f'no loaded module publishes events (zone "{zone}"): add "load_module worker_events;"')
+        self.check_master()  # written while the instance lived, or refused: never acknowledged for nobody
         return generation
 
     def _single_publish_impl(self):

@@ -1,7 +1,13 @@
 """Shared-memory zones: named, fixed-size memory every worker of one server instance maps.
 
-A zone is a file in ``/dev/shm`` (``NGXSIM_SHM_DIR`` overrides), named after its instance
-(master pid and start time) and the zone, mapped ``MAP_SHARED`` by every process that attaches.
+A zone is a file in its instance's private folder in ``/dev/shm`` (``NGXSIM_SHM_DIR``
+overrides): ``ngxsim.<master pid>.<master start time>.<secret>/<zone>``, mapped ``MAP_SHARED`` by
+every process that attaches. The folder is made mode 0700 and checked (a directory of this
+user, open to nobody else); its name carries a secret that only processes of the server's user
+can compute (a hash of the master's ``/proc/PID/auxv``: addresses that address-space
+randomisation picked, which the kernel shows only to that user). So another local user can
+neither guess a zone's path before the server makes it nor put anything in the way (a file, a
+link, a janitor marker): the names in the folder are the zones', and the folder is the server's.
 The first 64 bytes are the core's: a magic, the size, the owner's layout tag and the doorbell
 word. ``zone.buf`` is the rest, for the owning module.
 
@@ -27,15 +33,18 @@ Why these primitives (measured on 2-core boxes, see DESIGN.md):
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import enum
 import errno
 import functools
 import fcntl
+import hashlib
 import mmap
 import os
 import platform
 import re
+import secrets
 import stat
 import struct
 import subprocess
@@ -71,8 +80,78 @@ def shm_dir() -> str:
     return os.environ.get(SHM_DIR_ENV, "/dev/shm")
 
 
+_FOLDER = re.compile(r"ngxsim\.(\d+)\.(\d+)\.[0-9a-f]{32}")
+_FOLDERS: dict[tuple[str, int, int], str] = {}  # (shm folder, pid, start) -> the instance's folder
+
+
 def zone_path(instance: Instance, name: str) -> str:
-    return os.path.join(shm_dir(), f"{PREFIX}{instance.tag}.{name}")
+    """The file of zone ``name`` of ``instance``, in the instance's private folder (made, mode
+    0700, if absent; refused with ZoneError if what is there is not this user's private folder)."""
+    folder = instance_folder(instance)
+    _private_folder(folder)
+    return os.path.join(folder, name)
+
+
+def instance_folder(instance: Instance) -> str:
+    """The path of ``instance``'s private folder (not made here). Its name ends with a secret
+    every process of the server's user computes alike from the live master (no coordination,
+    no race between workers that start together); for a master that is gone, the folder of
+    this user that exists for it (or, if none, a new random name)."""
+    key = (shm_dir(), instance.pid, instance.start_time)
+    folder = _FOLDERS.get(key)
+    if folder is None:
+        secret = _master_secret(instance)
+        if secret is None:
+            found = _instance_folders(instance.tag)
+            folder = found[0] if found else os.path.join(key[0], f"{PREFIX}{instance.tag}.{secrets.token_hex(16)}")
+        else:
+            folder = os.path.join(key[0], f"{PREFIX}{instance.tag}.{secret}")
+        _FOLDERS[key] = folder
+    return folder
+
+
+def _master_secret(instance: Instance) -> str | None:
+    """A hash of the master's auxiliary vector (/proc/PID/auxv: the addresses of its stack, vDSO
+    and executable that ASLR chose). The kernel lets only the process's own user (and root)
+    read it; None when the master is gone (or this is not its user)."""
+    try:
+        with open(f"/proc/{instance.pid}/auxv", "rb") as fh:
+            vector = fh.read()
+    except OSError:
+        return None
+    if not alive(instance.pid, instance.start_time):  # read from another process of a reused pid
+        return None
+    return hashlib.sha256(b"ngxsim zone folder\0" + vector).hexdigest()[:32]
+
+
+def _private_folder(folder: str) -> None:
+    """Make ``folder`` (mode 0700) or check the one there: a directory (not a link) of this
+    user that no other user may enter; else ZoneError."""
+    try:
+        os.mkdir(folder, 0o700)
+        return
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise ZoneError(f'mkdir() "{folder}" failed ({exc.errno}: {exc.strerror})') from None
+    st = os.lstat(folder)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise ZoneError(f"zone folder {folder} is not this server's private folder (uid {st.st_uid}, mode "
+                        f"{stat.S_IMODE(st.st_mode):04o}): refusing it (remove it)")
+
+
+def _is_private_folder(path: str) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077
+
+
+def _instance_folders(tag: str) -> list[str]:
+    """The private folders of this user for the instance ``tag`` (normally one)."""
+    return [os.path.join(shm_dir(), e) for e in sorted(_entries())
+            if e.startswith(f"{PREFIX}{tag}.") and _FOLDER.fullmatch(e) and _is_private_folder(os.path.join(shm_dir(), e))]
 
 
 # ------------------------------------------------------------------------------------------
@@ -500,14 +579,28 @@ def staged_zone_path(instance: Instance, name: str) -> str:
 
 
 def remove_zone_files(instance: Instance, keep: set[str] | None = None) -> list[str]:
-    """Unlink this instance's zone files (all, or all but the names in ``keep``)."""
+    """Unlink this instance's zone files (all, and its folder; or all but the names in ``keep``);
+    returns the names removed."""
     removed = []
-    tag = instance.tag
-    for entry in _entries():
-        m = _FILE.fullmatch(entry)
-        if m and f"{m.group(1)}.{m.group(2)}" == tag and (keep is None or m.group(3) not in keep):
-            if _unlink(entry):
-                removed.append(entry)
+    for folder in _instance_folders(instance.tag):
+        removed += _empty_folder(folder, keep)
+        if keep is None:
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+    return removed
+
+
+def _empty_folder(folder: str, keep: set[str] | None = None) -> list[str]:
+    removed = []
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return removed
+    for name in names:
+        if keep is None or name not in keep:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(folder, name))
+                removed.append(name)
     return removed
 
 
@@ -517,13 +610,15 @@ def _unlink(entry: str) -> bool:
     try:
         os.unlink(os.path.join(shm_dir(), entry))
         return True
-    except (FileNotFoundError, PermissionError):
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
         return False
 
 
 def remove_stale_zone_files() -> list[str]:
-    """Unlink zone files whose instance's master is gone (a crash, a SIGKILLed master) and
-    that no process has open any more (orphaned workers finishing their last request)."""
+    """Remove the zone folders (and files of older versions, named ``ngxsim.<tag>.<zone>`` in
+    the shm folder itself) whose instance's master is gone (a crash, a SIGKILLed master) and
+    that no process has open any more (orphaned workers finishing their last request). Another
+    user's are left alone. Returns the names removed."""
     removed = []
     in_use: dict[tuple[int, int], bool] = {}
     for entry in _entries():
@@ -535,7 +630,14 @@ def remove_stale_zone_files() -> list[str]:
             continue
         if key not in in_use:
             in_use[key] = bool(zone_file_holders(Instance(key[0], key[1], "master")))
-        if not in_use[key] and _unlink(entry):
+        if in_use[key]:
+            continue
+        path = os.path.join(shm_dir(), entry)
+        if _FOLDER.fullmatch(entry) and _is_private_folder(path):
+            removed += _empty_folder(path)
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+        elif _unlink(entry):
             removed.append(entry)
     return removed
 

@@ -1,14 +1,20 @@
-"""The instance's worker table: which workers run, since when, and how many requests each served.
+"""The instance's worker table: which workers run, since when, how many requests each served, and
+its client connections (nginx's ``stub_status`` counters, shared by every worker).
 
-Kept only when the config has an ``ngxsim_status`` location (nothing else reads it), in the
-core's ``@workers`` zone: one 64-byte slot per worker process, 128 slots. A worker claims a slot
-when it starts (under the zone lock), counts each request into it (only it writes its slot;
-a reader may see a value one request old), and frees it when it stops cleanly. A worker that
-was killed keeps its slot, shown as not alive, until the table needs the room: what a person
-looking at the status wants to see is that a worker died.
+Kept only when the config has a location that reads it (``ngxsim_status``, ``stub_status``,
+``api``), in the core's ``@workers`` zone: a 64-byte header, then one 64-byte slot per worker
+process, 128 slots. A worker claims a slot when it starts (under the zone lock), counts each
+request and each change of a connection's state into it (only it writes its slot; a reader may
+see a value one request old), and frees it when it stops cleanly. A worker that was killed keeps
+its slot, shown as not alive, until the table needs the room: what a person looking at the status
+wants to see is that a worker died.
 
+Header: connections accepted u64 (nginx's connection number: taken under the zone lock, so
+unique in the instance), requests of the slots freed or taken over u64 (totals never go back).
 Slot: pid u32, pad u32, start time u64 (clock ticks, with the pid names the process), started
-msec u64, requests u64, last request msec u64, 24 bytes unused.
+msec u64, requests u64, last request msec u64, then the worker's connections now: active,
+reading, writing, waiting (u32 each), 8 bytes unused. Gauges are summed over live workers only:
+a killed worker's connections are gone with it.
 """
 
 from __future__ import annotations
@@ -25,12 +31,17 @@ from .shm import HEADER_SIZE
 WORKERS_ZONE = "@workers"  # not a valid zone name for modules, so never one of theirs
 MAX_WORKERS = 128
 SLOT_SIZE = 64
-ZONE_BYTES = MAX_WORKERS * SLOT_SIZE
+TABLE_AT = 64  # the slots follow the table's own header
+ZONE_BYTES = TABLE_AT + MAX_WORKERS * SLOT_SIZE
 ZONE_SIZE = HEADER_SIZE + ZONE_BYTES  # a zone's declared size includes the core's header
-LAYOUT_TAG = "workers v1"
+LAYOUT_TAG = "workers v2"
 _SLOT = struct.Struct("<IIQQQQ")  # pid, pad, start time, started msec, requests, last request msec
 _COUNTS = struct.Struct("<QQ")  # requests, last request msec
 _COUNTS_OFF = 24
+_GAUGES = struct.Struct("<IIII")  # active, reading, writing, waiting
+_GAUGES_OFF = 40
+_TOTALS = struct.Struct("<QQ")  # connections accepted, requests of freed slots
+STATES = ("reading", "writing", "waiting")
 
 
 @dataclass(frozen=True)
@@ -56,6 +67,7 @@ class WorkerTable:
         self.slot: int | None = None
         self._requests = 0
         self._count_lock = threading.Lock()
+        self._gauges = [0, 0, 0, 0]  # this worker's active, reading, writing, waiting
         self._watch = LivenessWatch()
 
     def claim(self, pid: int | None = None) -> int | None:
@@ -72,7 +84,10 @@ class WorkerTable:
             if not free:
                 return None
             self.slot = free[0]
-            _SLOT.pack_into(self.buf, self.slot * SLOT_SIZE, pid, 0, start, int(time.time() * 1000), 0, 0)
+            if self.slot in records:  # a dead worker's: its requests stay in the total
+                self._retire(records[self.slot].requests)
+            _SLOT.pack_into(self.buf, self._at(self.slot), pid, 0, start, int(time.time() * 1000), 0, 0)
+            _GAUGES.pack_into(self.buf, self._at(self.slot) + _GAUGES_OFF, 0, 0, 0, 0)
         return self.slot
 
     def count(self) -> None:
@@ -81,20 +96,72 @@ class WorkerTable:
             return
         with self._count_lock:  # threads of one worker: the stored count never goes back
             self._requests += 1
-            _COUNTS.pack_into(self.buf, self.slot * SLOT_SIZE + _COUNTS_OFF, self._requests, int(time.time() * 1000))
+            _COUNTS.pack_into(self.buf, self._at(self.slot) + _COUNTS_OFF, self._requests, int(time.time() * 1000))
 
     def release(self) -> None:
         if self.slot is None:
             return
         with self.zone.lock():
-            self.buf[self.slot * SLOT_SIZE:(self.slot + 1) * SLOT_SIZE] = bytes(SLOT_SIZE)
+            self._retire(self._requests)
+            self.buf[self._at(self.slot):self._at(self.slot) + SLOT_SIZE] = bytes(SLOT_SIZE)
         self.slot = None
+
+    @staticmethod
+    def _at(index: int) -> int:
+        return TABLE_AT + index * SLOT_SIZE
+
+    def _retire(self, requests: int) -> None:
+        """Under the zone lock: a slot's requests go into the total before the slot is reused."""
+        accepted, retired = _TOTALS.unpack_from(self.buf, 0)
+        _TOTALS.pack_into(self.buf, 0, accepted, retired + requests)
+
+    # -- connections (nginx's stub_status) ------------------------------------------------------
+
+    def accepted(self) -> int:
+        """A client connection was accepted: its number (nginx's ``*CID``), unique in the instance."""
+        with self.zone.lock():
+            accepted, retired = _TOTALS.unpack_from(self.buf, 0)
+            _TOTALS.pack_into(self.buf, 0, accepted + 1, retired)
+        return accepted + 1
+
+    def move(self, old: str | None, new: str | None) -> None:
+        """A connection of this worker goes from state ``old`` to ``new`` (``reading``,
+        ``writing``, ``waiting``; None: not open — from None it was just accepted, to None it
+        closed)."""
+        with self._count_lock:
+            gauges = self._gauges
+            if old is None:
+                gauges[0] += 1
+            else:
+                gauges[1 + STATES.index(old)] -= 1
+            if new is None:
+                gauges[0] -= 1
+            else:
+                gauges[1 + STATES.index(new)] += 1
+            if self.slot is not None:
+                _GAUGES.pack_into(self.buf, self._at(self.slot) + _GAUGES_OFF, *(max(0, g) for g in gauges))
+
+    def connections(self) -> dict:
+        """The instance's connection counters as nginx's ``stub_status`` has them."""
+        accepted, retired = _TOTALS.unpack_from(self.buf, 0)
+        table = bytes(self.buf[:ZONE_BYTES])
+        records = self._records()
+        live = self._watch.alive([(r.pid, r.start_time) for r in records.values()])
+        gauges = [0, 0, 0, 0]
+        requests = retired
+        for index, record in records.items():
+            requests += record.requests
+            if (record.pid, record.start_time) in live:
+                for i, value in enumerate(_GAUGES.unpack_from(table, self._at(index) + _GAUGES_OFF)):
+                    gauges[i] += value
+        return {"active": gauges[0], "accepted": accepted, "handled": accepted, "requests": requests,
+                "reading": gauges[1], "writing": gauges[2], "waiting": gauges[3]}
 
     def _records(self) -> dict[int, tuple]:
         table = bytes(self.buf[:ZONE_BYTES])
         out = {}
         for index in range(MAX_WORKERS):
-            fields = _SLOT.unpack_from(table, index * SLOT_SIZE)
+            fields = _SLOT.unpack_from(table, self._at(index))
             if fields[0]:
                 out[index] = WorkerRecord(fields[0], fields[2], fields[3], fields[4], fields[5], False)
         return out

@@ -7,10 +7,12 @@ these as fixtures; they work without pytest too. Standard library only. See docs
 from .backend import Backend, Reply, Request
 from .client import PendingRequest, Response
 from .events import ApiEvents, ZoneEvents, matches
+from .nginx import Nginx, check_config, config_errors, find_nginx, nginx_version
 from .origin import Answer, Received, RecordingOrigin
 from .procs import children
 from .raw import RawAnswer, raw_request
-from .server import MODES, Server, ServerStartError, free_port, instance_files, start_server, stop_all, wait_for
+from .server import (MODES, ReloadRejected, Server, ServerStartError, free_port, instance_files, start_server, stop_all,
+                     wait_for)
 
 __all__ = [
     "Backend", "Reply", "Request",
@@ -18,6 +20,7 @@ __all__ = [
     "ApiEvents", "ZoneEvents", "matches",
     "Answer", "Received", "RecordingOrigin",
     "RawAnswer", "raw_request",
-    "MODES", "Server", "ServerStartError", "children", "free_port", "instance_files", "start_server", "stop_all",
+    "Nginx", "check_config", "config_errors", "find_nginx", "nginx_version",
+    "MODES", "ReloadRejected", "Server", "ServerStartError", "children", "free_port", "instance_files", "start_server", "stop_all",
     "wait_for",
 ]

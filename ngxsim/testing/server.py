@@ -17,6 +17,7 @@ Every wait is bounded. Standard library only.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -29,6 +30,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core.gunicorn_app import GUNICORN_WORKER_CLASSES
 from ..core.instance import process_start_time
 from ..core.shm import shm_dir
 from .client import PendingRequest, Response, request
@@ -61,8 +63,17 @@ def free_port() -> int:
 
 
 def instance_files(tag: str) -> list[str]:
-    """The shared-memory files of the server instance ``tag`` (``<master pid>.<start time>``)."""
-    return sorted(e for e in os.listdir(shm_dir()) if e.startswith(f"ngxsim.{tag}."))
+    """The shared-memory files of the server instance ``tag`` (``<master pid>.<start time>``):
+    each file in its folder as ``FOLDER/NAME``, and the folder itself when it is empty (a
+    folder left behind is a leftover too)."""
+    out = []
+    for entry in sorted(e for e in os.listdir(shm_dir()) if e.startswith(f"ngxsim.{tag}.")):
+        try:
+            inside = [f"{entry}/{name}" for name in sorted(os.listdir(os.path.join(shm_dir(), entry)))]
+        except OSError:  # a file (not a folder), gone meanwhile, or not ours to read
+            inside = []
+        out += inside or [entry]
+    return out
 
 
 class ServerStartError(AssertionError):
@@ -118,6 +129,11 @@ class Server:
 
     def tail(self, lines: int = 200) -> str:
         return "\n".join(self.output().splitlines()[-lines:])
+
+    def logged(self, level: str, message: str) -> bool:
+        """The output has nginx's error-log line ``YYYY/MM/DD HH:MM:SS [level] PID#TID: message...``
+        (``message`` is the start of the text after the ids and any ``*CID``)."""
+        return _LOG_LINE(level, message).search(self.output()) is not None
 
     def severe_lines(self) -> list[str]:
         """The log's ``[emerg]``/``[alert]``/``[crit]`` lines, each once, in order."""
@@ -268,6 +284,49 @@ class Server:
         """The ring in zone ``zone``, read (and written) directly in shared memory."""
         return ZoneEvents(self, zone)
 
+    @contextlib.contextmanager
+    def attached_zone(self, name: str):
+        """``with server.attached_zone("one") as zone:`` — a module's zone of this server, mapped
+        in the test process as a worker maps it (``zone.buf``, ``zone.lock()``; build the
+        module's view on it, e.g. ``SharedTable(zone, ...)``). Unmapped at the end; the zone
+        stays the server's."""
+        from ..core.conf.loader import load_configuration
+        from ..core.instance import Instance
+        from ..core.shm import attach_zone
+
+        config = load_configuration(str(self.conf))
+        if name not in config.zones:
+            raise ValueError(f'the config of {self.address} declares no zone "{name}": '
+                             f'{sorted(spec.name for spec in config.zones)}')
+        spec = config.zones[name]
+        zone = attach_zone(Instance(self.master, process_start_time(self.master), "worker"), name, spec.size, spec.tag)
+        try:
+            yield zone
+        finally:
+            zone.close()
+
+    def reload(self, conf_text: str | None = None, timeout: float = 30.0) -> list[int]:
+        """nginx's reload: write ``conf_text`` (``{port}`` and ``{tmp}`` replaced) over the
+        config when given, send the master ``SIGHUP`` and wait until a full set of new workers
+        serves and the old ones are gone; returns the new pids. A config the master refuses
+        raises ``ReloadRejected`` with its ``[emerg]`` line (the old workers keep serving).
+        For ``mode="ngxsim"`` (the master checks the config before it replaces any worker)."""
+        if conf_text is not None:
+            self.conf.write_text(conf_text.replace("{port}", str(self.port)).replace("{tmp}", str(self.conf.parent)))
+        before, rejected = set(self.worker_pids()), self.output().count("reload rejected")
+        self.proc.send_signal(signal.SIGHUP)
+
+        def done():
+            out = self.output()
+            if out.count("reload rejected") > rejected:
+                line = [ln for ln in out.splitlines() if "reload rejected" in ln][-1]
+                line = line[line.find("[emerg]"):] if "[emerg]" in line else line
+                raise ReloadRejected(re.sub(r"^\[emerg\] \d+#\d+: ", "[emerg] ", line))  # without PID#TID
+            pids = set(self.worker_pids())
+            return sorted(pids) if len(pids - before) >= self.workers and not pids & before else None
+
+        return wait_for(done, timeout, what=f"new workers of {self.master} to replace {sorted(before)}")
+
     # -- lifecycle --------------------------------------------------------------------------------
 
     def wait_ready(self, path: str = "/", timeout: float = 30.0) -> None:
@@ -322,6 +381,16 @@ class Server:
             raise AssertionError(f"{self.describe()} did not stop within {timeout}s:\n{self.tail()}")
         wait_for(lambda: not any(process_start_time(p) for p in workers), 10, what="workers to exit")
         wait_for(lambda: not instance_files(tag), 10, what=f"zone files of {tag} to be removed")
+
+
+class ReloadRejected(AssertionError):
+    """The master refused the config of a reload (``Server.reload``): the message is its
+    ``[emerg]`` line from ``[emerg]`` on, without nginx's ``PID#TID:``."""
+
+
+def _LOG_LINE(level: str, message: str) -> re.Pattern:
+    return re.compile(rf"^\d{{4}}/\d\d/\d\d \d\d:\d\d:\d\d \[{re.escape(level)}\] \d+#\d+: (?:\*\d+ )?"
+                      rf"{re.escape(message)}", re.M)
 
 
 def _api_location(conf_text: str) -> str:
@@ -402,9 +471,13 @@ def start_server(folder: Path, conf_text: str, workers: int | None = None, mode:
     if mode == "gunicorn":
         env["NGXSIM_CONF"] = str(conf)
         worker_class = worker_class or "sync"
+        # the config's names mean ngxsim's classes, as under ngxsim -c (they count connections
+        # for stub_status and the api, and wake waiting handlers when stopped)
+        klass = GUNICORN_WORKER_CLASSES.get(worker_class, worker_class)
         cmd = [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{port}",
-               "--graceful-timeout", "5", "--worker-class", worker_class, "--log-level", "info"]
-        if worker_class == "gthread":
+               "--graceful-timeout", "5", "--worker-class", klass, "--log-level", "info",
+               "--logger-class", "ngxsim.glogging.Logger"]  # nginx's error log format, as under ngxsim -c
+        if worker_class in ("gthread", "ngxsim"):
             cmd += ["--threads", "4"]
         if preload:
             cmd.append("--preload")

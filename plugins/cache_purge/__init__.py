@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import logging
 
-from ngxsim import LOCATION, Subscription, Variable, hookimpl, http_event_zone, register_secret_arg
+from ngxsim import LOCATION, ApiSection, Subscription, Variable, hookimpl, http_event_zone, register_secret_arg
 
 from .api import PurgeApi
 from .cache import CHANNEL, apply_event, drop_all, start, state
 from .conf import DIRECTIVES, NAME, cache_paths, check_api, check_location
 from .handlers import STATUS, CachedLocation
+from . import stats
 from .levels import EPOCH_ZONE_SIZE, ZONE_TAG, SharedLevel
 from .storage import StorageError
 
@@ -50,7 +51,7 @@ def ngxsim_postconfiguration(config):
     bus = http_event_zone(config, NAME) if caches else None
     for zone, (spec, stmt) in caches.items():
         # the keys zone: the purge epoch every worker's stores check (see levels.py)
-        config.zones.declare(zone, EPOCH_ZONE_SIZE, owner=NAME, where=stmt, tag=ZONE_TAG)
+        config.zones.declare(zone, EPOCH_ZONE_SIZE, owner=NAME, where=stmt, tag=ZONE_TAG, configured=spec.zone_size)
         config.jobs.declare(f"{NAME}.manager.{zone}", min(MANAGER_MAX, max(MANAGER_MIN, spec.inactive / 4)),
                             _manager(zone), owner=NAME, where=stmt)
     specs = {zone: spec for zone, (spec, _) in caches.items()}
@@ -140,3 +141,41 @@ def ngxsim_event_gap(runtime, gap):
 
 
 __all__ = ["CHANNEL"]
+
+
+@hookimpl
+def ngxsim_api_sections(config):
+    """NGINX Plus's ``http/caches`` in the core's ``api`` location: each keys zone's size and its
+    responses and bytes by cache status, the instance's counts."""
+    plan = config.stash.get(NAME)
+    if not plan or not plan["caches"]:
+        return None
+
+    def caches(request):
+        st = state(request.runtime)
+        out = {}
+        for zone, cache in st.caches.items():
+            spec = plan["caches"][zone]
+            out[zone] = {"size": cache.shared.disk.volume(), "max_size": spec.max_size or 0, "cold": False,
+                         **stats.read(request.runtime.zone(zone))}
+        return out
+
+    return ApiSection("http/caches", caches)
+
+
+@hookimpl
+def ngxsim_status(runtime):
+    """Each cache at a glance (``ngxsim status``, the status page): its size and hit ratio, the
+    instance's counts."""
+    plan = runtime.config.stash.get(NAME)
+    if not plan or not plan["caches"]:
+        return None
+    out = {}
+    for zone, cache in state(runtime).caches.items():
+        counts = stats.read(runtime.zone(zone))
+        answered = sum(counts[k]["responses"] for k in ("hit", "stale", "miss", "expired", "bypass"))
+        hits = counts["hit"]["responses"]
+        out[zone] = {"size": cache.shared.disk.volume(), "hits": hits, "misses": counts["miss"]["responses"],
+                     "expired": counts["expired"]["responses"], "bypassed": counts["bypass"]["responses"],
+                     "hit_ratio": round(hits / answered, 3) if answered else None}
+    return {"caches": out}

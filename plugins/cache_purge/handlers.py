@@ -23,6 +23,7 @@ from werkzeug.wrappers import Response
 
 from ngxsim import error_page
 
+from . import stats
 from .cache import announce_refresh, purge
 from .conf import NAME, CachePath, cache_key
 from .events import Invalidation
@@ -136,6 +137,15 @@ class CachedLocation:
     # -- body filter ------------------------------------------------------------------------------
 
     def body_filter(self, ctx, response):
+        status = ctx.vars.get(STATUS, "")
+        zone = ctx.runtime.zone(self.zone)
+        if status:
+            length = response.headers.get("Content-Length")
+            if not response.is_streamed:
+                size = len(response.get_data())
+            else:  # streamed through: what it announced (nothing is buffered to count)
+                size = int(length) if (length or "").isdigit() else 0
+            stats.count(zone, status, size)
         pending = ctx.stash.pop(NAME, None)
         if pending is None:
             return response
@@ -155,13 +165,13 @@ class CachedLocation:
         expected = ascii_number(length.strip()) if length is not None else None
         limit = self.max_entry
         if not response.is_streamed:
-            self._store(pending, entry, response.get_data(), expected)
+            self._store(pending, entry, response.get_data(), expected, (zone, status))
             return response
         response.response = _Copy(response.response, limit,
-                                  lambda body: self._store(pending, entry, body, expected), expected)
+                                  lambda body: self._store(pending, entry, body, expected, (zone, status)), expected)
         return response
 
-    def _store(self, pending: _Pending, entry: Entry, body: bytes, expected: int | None) -> None:
+    def _store(self, pending: _Pending, entry: Entry, body: bytes, expected: int | None, counted=None) -> None:
         if expected is not None and len(body) != expected:
             return  # the backend sent less (or more) than it announced: not the resource
         if self.max_entry is not None and len(body) > self.max_entry:
@@ -174,6 +184,8 @@ class CachedLocation:
                 announce_refresh(cache.runtime, self.zone, pending.key)
             if stored != NOT_STORED:
                 cache.memory.put(pending.key, entry, pending.mem_epoch)
+                if counted is not None:
+                    stats.written(counted[0], counted[1], len(body))
         except StorageError as error:  # the client has its answer; the cache just does not keep it
             cache.report(error, "writing", f"storing {_quoted(pending.key)}")
         except Exception:

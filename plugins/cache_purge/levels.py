@@ -41,7 +41,8 @@ _EPOCH = struct.Struct("<Q")
 # instance; 1: the first, which any worker may make; each folder made again after that, +1):
 # a worker whose databases are of an older generation reopens at once
 _GENERATION, _GENERATION_AT = struct.Struct("<Q"), 8
-EPOCH_ZONE_SIZE = 128       # zone header (64) + the purge epoch + the databases' generation
+EPOCH_ZONE_SIZE = 256       # zone header (64) + the purge epoch + the databases' generation + the
+                            # statistics (stats.py)
 ZONE_TAG = f"cache_purge v{ENTRY_FORMAT}"
 # an entry's memory footprint beyond its body: the object, the headers, the key (an estimate)
 _ENTRY_OVERHEAD = 512

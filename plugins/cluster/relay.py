@@ -29,6 +29,8 @@ import random
 import threading
 import time
 
+from ngxsim import NOTICE
+
 from .engine import EngineError, Record
 from .engines import engine_class
 from .state import RelayState, state_path
@@ -102,7 +104,7 @@ class Relay:
         with self._lock:
             went_up, self._said = self._said != "up", "up"
         if went_up:
-            log.info("cluster: zone %s: relay (worker %d) connected to %s, stream %s, as instance %s",
+            log.log(NOTICE, "cluster: zone %s: relay (worker %d) connected to %s, stream %s, as instance %s",
                      self.zone, os.getpid(), self.bridge.engine, self.bridge.stream, self.instance)
 
     def publish_view(self) -> None:

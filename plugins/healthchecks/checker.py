@@ -15,7 +15,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
-from ngxsim import compact_json
+from ngxsim import NOTICE, compact_json
 
 from .conf import HealthCheck
 from .machine import PeerHealth, ProbeResult
@@ -116,6 +116,7 @@ class UpstreamCheck:
             except Exception:  # noqa: BLE001 - the peer may have gone from upstreams meanwhile
                 log.exception("healthchecks: set_peer_health(%s, %s) failed", self.upstream, now.server)
             if old is not None:
+                self._log_transition(now.server, health.healthy, result)
                 self._publish(runtime, "peer_transition", {
                     "upstream": self.upstream, "peer": now.peer_id, "server": now.server, "from": old,
                     "to": health.state, "fails": health.fails, "passes": health.passes,
@@ -123,11 +124,36 @@ class UpstreamCheck:
             if change:
                 self._publish(runtime, "service_transition", change.payload())
 
+    def _log_transition(self, server: str, healthy: bool, result: ProbeResult) -> None:
+        """NGINX Plus's error-log line for a peer whose health flipped: ``peer is unhealthy while
+        checking status code, health check "MATCH" of peer ADDR in upstream "NAME"`` (warn), and
+        ``peer is healthy while ...`` (notice) when it comes back."""
+        text = '%s while %s, health check "%s" of peer %s in upstream "%s"'
+        args = (_failed_step(result), self.check.match or "", server, self.upstream)
+        if healthy:
+            log.log(NOTICE, text, "peer is healthy", *args)
+        else:
+            log.warning(text, "peer is unhealthy", *args)
+
     def _publish(self, runtime, type: str, payload: dict) -> None:
         try:
             runtime.publish(self.event_zone, CHANNEL, type, compact_json(payload))
         except Exception:  # noqa: BLE001 - the state is recorded; say what could not be told
             log.exception("healthchecks: could not publish %s %s", type, payload)
+
+
+def _failed_step(result: ProbeResult) -> str:
+    """Where a probe's verdict was made, in nginx's words (``while ...``)."""
+    reason = result.reason
+    if result.ok or reason.startswith("status"):
+        return "checking status code"
+    if reason.startswith("header"):
+        return "checking response headers"
+    if reason.startswith("body"):
+        return "checking response body"
+    if reason == "connection refused" or reason.startswith("connection failed"):
+        return "connecting to upstream"
+    return "reading response header from upstream"
 
 
 __all__ = ["CHANNEL", "NAME", "ZONE", "ProcessState", "ServiceChange", "UpstreamCheck", "process_state"]

@@ -99,8 +99,9 @@ class HeaderTest:
             hit = any(self.regex.matches(v) for v in values)
         if hit == (self.op in ("=", "~")):
             return None
-        shown = values[0] if values else "missing"
-        return f"header {self.name} {shown!r} fails {self.op} {self.value!r}" if values else f"header {self.name} missing"
+        if not values:
+            return f"header {self.name} missing"
+        return f'header {self.name} "{values[0]}" fails {self.op} "{self.value}"'
 
 
 def _header_name(name: str) -> str:
@@ -137,7 +138,7 @@ class BodyTest:
     def check(self, body: str) -> str | None:
         if self.regex.matches(body) != self.negate:
             return None
-        return f"body {'matches' if self.negate else 'does not match'} {self.regex.source!r}"
+        return f'body {"matches" if self.negate else "does not match"} "{self.regex.source}"'
 
 
 def parse_body(args: list[str]) -> BodyTest:

@@ -17,16 +17,18 @@ See docs/upstreams.md.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 from dataclasses import dataclass, field, fields
 
 from ngxsim import (
-    FLAG, HTTP, LOCATION, SERVER, ConfigError, Directive, Subscription, Variable, hookimpl, http_event_zone,
+    FLAG, HTTP, LOCATION, NOTICE, SERVER, ConfigError, Directive, Subscription, Variable, hookimpl, http_event_zone,
     process_alive, register_secret_arg,
 )
 
 from . import snapshots, unsupported
-from .api import UpstreamsApi
+from .api import UpstreamsApi, UpstreamsSection
 from .balancer import Peer
 from .conf import (
     NEXT_UPSTREAM, ProxyPass, UpstreamConf, parse_http_version, parse_keepalive, parse_keepalive_requests,
@@ -39,6 +41,7 @@ from .state import CHANNEL, NAME, state
 from .zone import HEALTH_CHECKING, HEALTH_DOWN, HEALTH_UP, UpstreamZone, slot_count
 
 HEALTH_CHANNEL = "healthchecks"
+log = logging.getLogger("ngxsim")
 UPSTREAM = "upstream"  # the context an upstream block opens
 DRAIN_CHECK_INTERVAL = 1.0
 
@@ -159,15 +162,16 @@ def ngxsim_postconfiguration(config):
             if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
                 raise block.error("state", f'the folder of state file "{state_path}" does not exist or is not writable')
             try:
-                snapshots.read_state(state_path)
+                saved = snapshots.read_state(state_path)
             except ValueError as exc:
                 raise block.error("state", f"invalid state file: {exc}") from None
+            config.warnings.extend(_overridden(name, state_path, saved, block))
         elif not servers and block.get("upstream_refresh") is None:
             raise ConfigError(f'no servers are inside upstream "{name}"', block.statement.file, block.statement.line)
         seen = set()
-        for spec in servers:
+        for spec, stmt in zip(servers, _server_statements(block)):
             if spec.server in seen:
-                raise block.error("server", f'server "{spec.server}" is listed twice in upstream "{name}"')
+                raise stmt.error(f'server "{spec.server}" is listed twice in upstream "{name}"')
             seen.add(spec.server)
         up = UpstreamConf(name, zone_name, zone_size, servers, state_path, block.get("upstream_refresh"), block,
                           keepalive=block.get("keepalive"), keepalive_requests=block.get("keepalive_requests"),
@@ -178,7 +182,7 @@ def ngxsim_postconfiguration(config):
             raise block.error("zone", f'zone "{zone_name}" has room for {slot_count(usable)} peers, '
                                       f'upstream "{name}" lists {len(servers)}')
         config.zones.declare(zone_name, zone_size, owner=NAME, where=block.where_of("zone") or block.statement,
-                             tag=f"{NAME} v1 {name}")
+                             tag=f"{NAME} v2 {name}")
         if up.refresh is not None:
             config.jobs.declare(f"upstreams.refresh.{name}", up.refresh.interval, refresh_job(name, up.refresh, {}),
                                 owner=NAME, where=block.where_of("upstream_refresh"))
@@ -199,6 +203,27 @@ def ngxsim_postconfiguration(config):
         if loc.get("upstreams_api") and loc.get("upstreams_api_key"):
             register_secret_arg(config, "key")
     config.stash[NAME] = conf
+
+
+def _server_statements(block) -> list:
+    """The block's ``server`` statements, in order (each error and warning names its own line)."""
+    return [stmt for stmt in block.statement.block or () if stmt.name == "server"]
+
+
+def _overridden(name: str, path: str, saved, block) -> list[str]:
+    """nginx's ``[warn]`` lines (``-t``, start, reload) for each ``server`` line the existing
+    state file overrides: no edit of a server line is ignored silently. NGINX Plus refuses
+    ``state`` beside ``server`` lines; ngxsim keeps them as the first start's peers (the state file
+    does not exist yet), and says when they no longer count."""
+    if saved is None:
+        return []
+    kept = {peer.spec for peer in saved}
+    out = []
+    for spec, stmt in zip(block.get("server") or [], _server_statements(block)):
+        if spec not in kept:
+            out.append(f'"server {spec.server}" of upstream "{name}" is overridden by the state file "{path}" '
+                       f'(edit the file, or use the API) in {stmt.file}:{stmt.line}')
+    return out
 
 
 def _drain_job(runtime) -> None:
@@ -223,6 +248,29 @@ def ngxsim_content_handler(location, config):
     return ProxyHandler(location, state, settings)
 
 
+@hookimpl
+def ngxsim_api_sections(config):
+    """NGINX Plus's ``http/upstreams`` in the core's ``api`` location."""
+    conf = config.stash.get(NAME)
+    return UpstreamsSection(conf).section() if conf is not None else None
+
+
+@hookimpl
+def ngxsim_status(runtime):
+    """Each upstream's peers at a glance (``ngxsim status``, the status page): state, health,
+    traffic, the instance's counts."""
+    conf = runtime.config.stash.get(NAME)
+    if not conf or not conf.upstreams:
+        return None
+    section, st = UpstreamsSection(conf), state(runtime)
+    keys = ("id", "server", "state", "weight", "backup", "active", "requests", "fails", "unavail")
+    out = {}
+    for name in conf.upstreams:
+        out[name] = [{**{k: peer[k] for k in keys}, "healthy": (peer["health"] or {}).get("healthy")}
+                     for peer in section.upstream_json(st, name)["peers"]]
+    return {"upstreams": out}
+
+
 # -- processes -----------------------------------------------------------------------------------
 
 
@@ -231,33 +279,48 @@ def _first_snapshot(up, zone: UpstreamZone, rebuild: bool) -> None:
     a restart), else from the config's server lines. Without ``rebuild`` this does nothing when a
     snapshot is there already: under plain gunicorn every worker calls it at start, and the first
     one (under the zone lock) makes it."""
-    specs = snapshots.read_state(up.state) if up.state else None
-    if specs is None:
-        specs = up.servers
+    saved = snapshots.read_state(up.state) if up.state else None
+    specs = [peer.spec for peer in saved] if saved is not None else up.servers
 
     def change(cur):
         if cur is not None and not rebuild:
             return None
         # under mandatory health checks every peer new to the zone waits for its first probe, as
         # in NGINX Plus; a peer a reload keeps keeps its health (NGINX Plus's "persistent")
-        new = snapshots.from_specs(specs, cur, zone.layout.slots, checking_new=up.mandatory)
+        new = snapshots.from_specs(specs, cur, zone.layout.slots, checking_new=up.mandatory, saved=saved)
         if up.state:
-            snapshots.write_state(up.state, new["peers"])
+            snapshots.write_state(up.state, new)
+        made.append(new)
         return new
 
+    made = []
     zone.update(change)
+    if made and saved is not None:
+        log.log(NOTICE, 'upstream "%s": state file "%s" loaded, %d peer%s', up.name, up.state, len(saved),
+                "" if len(saved) == 1 else "s")
 
 
 @hookimpl
 def ngxsim_init_master(runtime):
-    """A new instance, or a reload (``ngxsim -c``, before its workers start): a zone that was kept
-    gets rebuilt from the state file or the (new) config's server lines, as nginx re-reads them."""
+    """A new instance: each upstream's zone gets its first snapshot. A zone a reload keeps is left
+    to ``ngxsim_reload_accepted``: the reload may still be rejected, and the running workers
+    (and any respawned one) must go on with the running config's peers."""
+    for up, zone in _upstream_zones(runtime):
+        _first_snapshot(up, zone, rebuild=False)
+
+
+@hookimpl
+def ngxsim_reload_accepted(runtime):
+    """A reload was accepted (``ngxsim -c``, before its workers start): a zone that was kept gets
+    rebuilt from the state file or the new config's server lines, as nginx re-reads them."""
+    for up, zone in _upstream_zones(runtime):
+        if not zone.zone.fresh:
+            _first_snapshot(up, zone, rebuild=True)
+
+
+def _upstream_zones(runtime) -> list[tuple[UpstreamConf, UpstreamZone]]:
     conf = runtime.config.stash.get(NAME)
-    if not conf:
-        return
-    for up in conf.upstreams.values():
-        zone = runtime.zone(up.zone)
-        _first_snapshot(up, UpstreamZone(zone), rebuild=not zone.fresh)
+    return [(up, UpstreamZone(runtime.zone(up.zone))) for up in conf.upstreams.values()] if conf else []
 
 
 @hookimpl
@@ -379,7 +442,8 @@ def set_peer_health(runtime, upstream: str, peer_id: int, healthy: bool, fails: 
     data = st.zone(upstream).read_snapshot() or {"peers": []}
     for p in data["peers"]:
         if p["id"] == peer_id:
-            ok = st.zone(upstream).set_health(p["slot"], peer_id, HEALTH_UP if healthy else HEALTH_DOWN, fails, passes)
+            ok = st.zone(upstream).set_health(p["slot"], peer_id, HEALTH_UP if healthy else HEALTH_DOWN, fails, passes,
+                                              time.time())
             st.refresh_health(upstream, peer_id)
             return ok
     return False

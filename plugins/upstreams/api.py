@@ -1,5 +1,5 @@
-"""The upstreams API (shaped after NGINX Plus's ``/api/N/http/upstreams``), relative to the
-``upstreams_api`` location:
+"""The upstreams API: NGINX Plus's ``/api/N/http/upstreams`` (a section of the core's ``api``
+location) and the ``upstreams_api`` location, the same code mounted at its own path:
 
     GET    /                      every upstream            GET  /NAME            one
     GET    /NAME/servers          its peers                 GET  /NAME/servers/ID one peer
@@ -13,10 +13,9 @@ activated, written to the ``state`` file when there is one, and announced on the
 
 from __future__ import annotations
 
-import re
 import time
 
-from ngxsim import ApiError, Methods, check_key, json_response, read_json
+from ngxsim import ApiAnswer, ApiError, ApiRequest, ApiSection, check_key, iso_time, json_response
 
 from . import snapshots
 from .conf import _time_text
@@ -24,61 +23,73 @@ from .state import initial_health, state
 from .zone import HEALTH_CHECKING, HEALTH_DOWN, HEALTH_NONE
 
 MAX_BODY = 4096
-_PATH = re.compile(r"/?|/([^/]+)/?|/([^/]+)/servers/?|/([^/]+)/servers/([^/]+)/?")
 
 
-class UpstreamsApi:
-    def __init__(self, location, conf):
-        self.prefix = location.value.path.rstrip("/")
-        self.key = location.get("upstreams_api_key")
+class UpstreamsSection:
+    """``http/upstreams`` of the ``api`` location; the paths of the module's docstring below it."""
+
+    def __init__(self, conf):
         self.conf = conf
-        self.dispatch = Methods(GET=self.get, HEAD=self.get, POST=self.post, PATCH=self.patch, DELETE=self.delete)
 
-    def __call__(self, ctx):
-        return self.dispatch(ctx)
+    def section(self) -> ApiSection:
+        return ApiSection("http/upstreams", self.handle, writes=("POST", "PATCH", "DELETE"))
+
+    def handle(self, req: ApiRequest):
+        name, servers, peer_id = self._route(req.parts)
+        if req.method in ("GET", "HEAD"):
+            return self.get(req, name, servers, peer_id)
+        if name is None or not servers or (peer_id is None) != (req.method == "POST"):
+            allowed = "GET, HEAD, PATCH, DELETE" if peer_id is not None else "GET, HEAD, POST"
+            where = "NAME/servers/ID" if req.method != "POST" else "NAME/servers"
+            raise ApiError(405, f"method {req.method} is allowed on {where} only", headers={"Allow": allowed},
+                           code="MethodNotSupported")
+        if req.method == "POST":
+            return self.post(req, name)
+        if req.method == "PATCH":
+            return self.patch(req, name, peer_id)
+        return self.delete(req, name, peer_id)
 
     # -- paths -----------------------------------------------------------------------------------
 
-    def _route(self, ctx) -> tuple[str | None, bool, int | None]:
+    def _route(self, parts: list[str]) -> tuple[str | None, bool, int | None]:
         """(upstream name or None for all, servers collection?, peer id or None)."""
-        rest = ctx.uri[len(self.prefix):] if ctx.uri.startswith(self.prefix) else None
-        m = _PATH.fullmatch(rest or "")
-        if rest is None or m is None:
-            raise ApiError(404, f"no such API path {ctx.uri}")
-        name = m.group(1) or m.group(2) or m.group(3)
-        servers = bool(m.group(2) or m.group(3))
-        peer_id = None
-        if m.group(4) is not None:
-            if not (m.group(4).isascii() and m.group(4).isdigit()) or len(m.group(4)) > 18:  # int("²") raises
-                raise ApiError(404, f'peer id must be a number, not "{m.group(4)}"')
-            peer_id = int(m.group(4))
+        if len(parts) > 3 or (len(parts) >= 2 and parts[1] != "servers"):
+            raise ApiError(404, "path not found", code="PathNotFound")
+        name = parts[0] if parts else None
         if name is not None and name not in self.conf.upstreams:
-            raise ApiError(404, f'upstream "{name}" not found')
-        return name, servers, peer_id
+            raise ApiError(404, f'upstream "{name}" not found', code="UpstreamNotFound")
+        peer_id = None
+        if len(parts) == 3:
+            if not (parts[2].isascii() and parts[2].isdigit()) or len(parts[2]) > 18:  # int("²") raises
+                raise ApiError(404, f'peer id must be a number, not "{parts[2]}"', code="UpstreamServerNotFound")
+            peer_id = int(parts[2])
+        return name, len(parts) >= 2, peer_id
 
     # -- reading ---------------------------------------------------------------------------------
 
-    def get(self, ctx):
-        name, servers, peer_id = self._route(ctx)
-        st = state(ctx.runtime)
+    def get(self, req, name, servers, peer_id):
+        st = state(req.runtime)
         if name is None:
-            return json_response({n: self._upstream(st, n) for n in self.conf.upstreams})
-        up = self._upstream(st, name)
+            return {n: self.upstream_json(st, n) for n in self.conf.upstreams}
+        up = self.upstream_json(st, name)
         if peer_id is not None:
-            return json_response(self._find(up["peers"], peer_id))
-        return json_response(up["peers"] if servers else up)
+            return self._find(up["peers"], peer_id)
+        return up["peers"] if servers else up
 
-    def _upstream(self, st, name: str) -> dict:
+    def upstream_json(self, st, name: str) -> dict:
         zone = st.zone(name)
         data = zone.read_snapshot() or {"version": 0, "peers": []}
         active = st.active(name)
         up = self.conf.upstreams[name]
-        return {"name": name, "version": data["version"], "zone": up.zone,
+        return {"name": name, "version": data["version"], "zone": up.zone, "keepalive": 0, "zombies": 0,
                 "peers": [self._peer(zone, p, active[p["slot"]]) for p in data["peers"]]}
 
     @staticmethod
     def _peer(zone, p: dict, active: int) -> dict:
+        """A peer as NGINX Plus shows it (``id`` ... ``downtime``, ``selected``), with ngxsim's
+        own fields (``max_fails``, ``fail_timeout``, ``down``, ``drain``, ``health``)."""
         c = zone.counters(p["slot"])
+        stats = zone.stats(p["slot"])
         unavail = bool(p["max_fails"]) and c.fails >= p["max_fails"] and time.monotonic() - c.checked <= p["fail_timeout"]
         if p["down"]:
             state_ = "down"
@@ -94,45 +105,43 @@ class UpstreamsApi:
             state_ = "up"
         health = None if c.health == HEALTH_NONE else {
             "healthy": c.health not in (HEALTH_DOWN, HEALTH_CHECKING), "fails": c.health_fails, "passes": c.health_passes}
-        return {"id": p["id"], "server": p["server"], "weight": p["weight"], "max_fails": p["max_fails"],
-                "fail_timeout": _time_text(p["fail_timeout"]), "backup": p["backup"], "down": p["down"],
-                "drain": p.get("drain", False), "state": state_, "active": active, "requests": c.requests,
-                "fails": c.fails_total, "health": health}
+        responses = dict(zip(("1xx", "2xx", "3xx", "4xx", "5xx"), stats.responses))
+        peer = {"id": p["id"], "server": p["server"], "name": p["server"], "backup": p["backup"], "weight": p["weight"],
+                "state": state_, "active": active, "requests": c.requests,
+                "responses": {**responses, "total": sum(stats.responses)}, "sent": stats.sent,
+                "received": stats.received, "fails": c.fails_total, "unavail": stats.unavail,
+                "health_checks": {"checks": stats.checks, "fails": stats.check_fails, "unhealthy": stats.unhealthy},
+                "downtime": stats.downtime_ms(time.time()),
+                "max_fails": p["max_fails"], "fail_timeout": _time_text(p["fail_timeout"]), "down": p["down"],
+                "drain": p.get("drain", False), "health": health}
+        if stats.checks:
+            peer["health_checks"]["last_passed"] = stats.last_passed
+        if stats.selected:
+            peer["selected"] = iso_time(stats.selected)
+        if stats.down_since:
+            peer["downstart"] = iso_time(stats.down_since)
+        return peer
 
     @staticmethod
     def _find(peers: list[dict], peer_id: int) -> dict:
         for p in peers:
             if p["id"] == peer_id:
                 return p
-        raise ApiError(404, f"peer {peer_id} not found")
+        raise ApiError(404, f"peer {peer_id} not found", code="UpstreamServerNotFound")
 
     # -- writing ---------------------------------------------------------------------------------
 
-    def _write_target(self, ctx, want_peer: bool) -> str:
-        check_key(ctx, self.key, action="changing an upstream")
-        name, servers, peer_id = self._route(ctx)
-        if name is None or not servers or (peer_id is None) == want_peer:
-            method = ctx.environ["REQUEST_METHOD"]
-            where = "/NAME/servers/ID" if want_peer else "/NAME/servers"
-            raise ApiError(405, f"method {method} is allowed on {self.prefix}{where} only",
-                           headers={"Allow": "GET, HEAD, PATCH, DELETE" if want_peer else "GET, HEAD, POST"})
-        return name
-
-    def post(self, ctx):
-        name = self._write_target(ctx, want_peer=False)
-        fields = self._fields(ctx, adding=True)
-        st = state(ctx.runtime)
+    def post(self, req, name: str):
+        fields = self._fields(req, adding=True)
+        st = state(req.runtime)
         zone = st.zone(name)
         checking = initial_health(self.conf, name) == HEALTH_CHECKING
         new = self._apply(st, name, lambda cur: snapshots.add_peer(cur, fields, zone.layout.slots, checking))
-        peer = new[1]
-        return json_response(self._peer(zone, peer, 0), 201)
+        return ApiAnswer(201, self._peer(zone, new[1], 0))
 
-    def patch(self, ctx):
-        name = self._write_target(ctx, want_peer=True)
-        peer_id = self._route(ctx)[2]
-        fields = self._fields(ctx, adding=False)
-        st = state(ctx.runtime)
+    def patch(self, req, name: str, peer_id: int):
+        fields = self._fields(req, adding=False)
+        st = state(req.runtime)
         zone = st.zone(name)
         holder = {}
 
@@ -147,42 +156,74 @@ class UpstreamsApi:
             zone.clear_drained_flag(peer["slot"])
             st.publish("peer_draining", {"upstream": name, "peer": peer["id"], "server": peer["server"]})
             st.check_drained(name)
-        return json_response(self._peer(zone, peer, st.active(name)[peer["slot"]]))
+        return self._peer(zone, peer, st.active(name)[peer["slot"]])
 
-    def delete(self, ctx):
-        name = self._write_target(ctx, want_peer=True)
-        peer_id = self._route(ctx)[2]
-        st = state(ctx.runtime)
+    def delete(self, req, name: str, peer_id: int):
+        st = state(req.runtime)
         self._apply(st, name, lambda cur: snapshots.delete_peer(cur, peer_id))
-        return json_response(self._upstream(st, name)["peers"])
+        return self.upstream_json(st, name)["peers"]
 
-    def _fields(self, ctx, adding: bool) -> dict:
-        body = read_json(ctx, MAX_BODY)
+    @staticmethod
+    def _fields(req, adding: bool) -> dict:
+        body = req.json()
         try:
             return snapshots.checked_fields(body, adding)
         except ValueError as exc:
-            raise ApiError(400, str(exc)) from None
+            raise ApiError(400, str(exc), code="UpstreamConfFormatError") from None
 
     def _apply(self, st, name: str, change):
         """Make and activate the next snapshot, or raise the API error that says why not."""
         up = self.conf.upstreams[name]
 
         def guarded(cur):
-            result = change(cur or {"peers": [], "next_id": 1})
+            result = change(cur or {"peers": [], "next_id": snapshots.FIRST_ID})
             if up.state:
-                snapshots.write_state(up.state, result[0]["peers"])
+                snapshots.write_state(up.state, result[0])
             return result
 
         try:
             new, extra = st.zone(name).update(guarded)
         except LookupError as exc:
-            raise ApiError(404, str(exc)) from None
+            raise ApiError(404, str(exc), code="UpstreamServerNotFound") from None
         except snapshots.Conflict as exc:
-            raise ApiError(409, str(exc)) from None
+            raise ApiError(409, str(exc), code="UpstreamServerAlreadyExists") from None
         except (ValueError, OverflowError) as exc:
-            raise ApiError(400, str(exc)) from None
+            raise ApiError(400, str(exc), code="UpstreamConfFormatError") from None
         except OSError as exc:
-            raise ApiError(500, f'the change was not made: cannot write the state file "{up.state}": {exc.strerror}') from None
+            raise ApiError(500, f'the change was not made: cannot write the state file "{up.state}": {exc.strerror}',
+                           code="StateFileError") from None
         st.publish("snapshot_activated", {"upstream": name, "version": new["version"]})
         st.reload(name)  # this worker routes by it at once; the others when they deliver the event
         return new, extra
+
+
+class UpstreamsApi:
+    """The ``upstreams_api`` location: ``UpstreamsSection`` mounted at the location's path, with
+    its key (``upstreams_api_key``) and the module's JSON errors (``{"status", "error",
+    "message"}``)."""
+
+    def __init__(self, location, conf):
+        self.prefix = location.value.path.rstrip("/")
+        self.key = location.get("upstreams_api_key")
+        self.section = UpstreamsSection(conf)
+
+    def __call__(self, ctx):
+        method = ctx.environ["REQUEST_METHOD"]
+        if method not in ("GET", "HEAD", "POST", "PATCH", "DELETE"):
+            raise ApiError(405, f"method {method} is not allowed here; use GET, HEAD, POST, PATCH, DELETE",
+                           headers={"Allow": "GET, HEAD, POST, PATCH, DELETE"})
+        rest = ctx.uri[len(self.prefix):] if ctx.uri.startswith(self.prefix) else None
+        if rest is None or (rest and not rest.startswith("/")) or "//" in rest:
+            raise ApiError(404, f"no such API path {ctx.uri}")
+        if method not in ("GET", "HEAD"):
+            check_key(ctx, self.key, action="changing an upstream")
+        parts = [p for p in rest.split("/") if p]
+        try:
+            result = self.section.handle(ApiRequest(ctx, method, parts, MAX_BODY))
+        except ApiError as exc:
+            if exc.code == "PathNotFound":
+                raise ApiError(404, f"no such API path {ctx.uri}") from None
+            raise
+        if isinstance(result, ApiAnswer):
+            return json_response(result.body, result.status)
+        return json_response(result)

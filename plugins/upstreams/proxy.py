@@ -2,23 +2,35 @@
 answer back, trying the next peer as ``proxy_next_upstream`` allows.
 
 The request body is read whole first (nginx's ``proxy_request_buffering on``, bounded by
-``client_max_body_size``) so that a retry can send it again; the response body streams through.
-Connections to backends are kept alive in a per-worker urllib3 pool.
+``client_max_body_size``) so that a retry can send it again; the response body goes on as it
+arrives, the client watched meanwhile (see ``_Body``). Connections to backends are kept alive in a
+per-worker urllib3 pool. Every fault gets nginx's answer and nginx's one error line (see
+docs/upstreams.md, "When a backend or a client misbehaves").
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import select
 import time
 from urllib.parse import quote
 
 import urllib3
-from http.client import RemoteDisconnected
+from http.client import BadStatusLine, LineTooLong, RemoteDisconnected
+from http.client import IncompleteRead as ClientIncompleteRead
 
-from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, ProtocolError, ReadTimeoutError
+from urllib3.exceptions import (
+    ConnectTimeoutError, HTTPError, IncompleteRead, InvalidChunkLength, NewConnectionError, ProtocolError,
+    ReadTimeoutError,
+)
 from werkzeug.wrappers import Response
 
-from ngxsim import ApiError, error_page, keep_status_line, read_body
+from ngxsim import (
+    ApiError, ClientGone, ResponseCut, client_gone, cut_connection, error_context, error_page, keep_status_line,
+    read_body, wait_readable,
+)
 
 from .balancer import Peer
 
@@ -37,6 +49,21 @@ _STATUS_CONDITIONS = {500: "http_500", 502: "http_502", 503: "http_503", 504: "h
 # what nginx counts as a peer failure among the retry conditions (403 and 404 are not)
 _FAILURE_CONDITIONS = frozenset(("error", "timeout", "invalid_header", "http_500", "http_502", "http_503", "http_504",
                                  "http_429"))
+# nginx's log actions (the " while ..." of an error line) of a try's phases
+CONNECTING, READING_HEADER, READING_BODY = "connecting to upstream", "reading response header from upstream", "reading upstream"
+READ_SIZE = 65536
+
+
+class _Urllib3Noise(logging.Filter):
+    """urllib3 warns (with a traceback) about a response header it cannot parse and about
+    Content-Length with chunked; the proxy refuses those answers with nginx's own line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(("Failed to parse headers", "Received response with both"))
+
+
+for _name in ("urllib3.connectionpool", "urllib3.response"):
+    logging.getLogger(_name).addFilter(_Urllib3Noise())
 
 
 class Target:
@@ -74,10 +101,11 @@ class ProxyHandler:
             return error_page(exc.status)
         url = self._uri(ctx)
         headers = self._headers(ctx, len(body) if body or _has_body(env) else None)
+        # what a try sends (NGINX Plus's "sent"): the request line, the header and the body
+        sent_bytes = len(method) + len(url) + 12 + sum(len(k) + len(v) + 4 for k, v in headers.items()) + 2 + len(body)
         snapshot = state.snapshot(self.spec.upstream) if self.spec.upstream else None
         if snapshot is not None and snapshot.all_unhealthy():
-            ctx.vars["upstream_status"] = ""
-            return error_page(502)
+            return self._no_live_upstreams(ctx)
         tried: set[int] = set()
         addrs, statuses, times = [], [], []
         last_failure = None
@@ -105,42 +133,52 @@ class ProxyHandler:
             sent = False
             try:
                 resp = self._send(state, target, method, url, body, headers)
-            except (ConnectTimeoutError, NewConnectionError) as exc:
+                invalid = _invalid_header(resp)
+                if invalid is not None:
+                    resp.close()  # the rest of this answer cannot be framed: drop the connection
+                    raise InvalidHeader(invalid)
+            except (HTTPError, OSError, InvalidHeader) as exc:
                 # urllib3's NewConnectionError (refused, unreachable) is a ConnectTimeoutError too
-                condition = "error" if isinstance(exc, NewConnectionError) else "timeout"
-                _log_failure(ctx, target, url, "connect()", exc)
-            except ReadTimeoutError as exc:
-                condition, sent = "timeout", True
-                _log_failure(ctx, target, url, "upstream timed out", exc)
-            except (HTTPError, OSError) as exc:
-                condition, sent = "error", True
-                _log_failure(ctx, target, url, "upstream failed", exc)
+                sent = not isinstance(exc, (ConnectTimeoutError, NewConnectionError))
+                message, condition = describe_failure(exc, READING_HEADER if sent else CONNECTING)
+                log.error("%s%s", message, error_context(ctx, f"http://{target.server}{url}"))
             else:
                 elapsed = time.monotonic() - began
                 statuses.append(str(resp.status))
                 times.append(f"{elapsed:.3f}")
                 condition = _STATUS_CONDITIONS.get(resp.status)
                 if condition is None or condition not in self.next_upstream:
-                    return self._respond(ctx, state, target, resp, addrs, statuses, times, method)
+                    return self._respond(ctx, state, target, resp, url, addrs, statuses, times, method, sent=sent_bytes)
                 # a status proxy_next_upstream retries: remember it, count a failure, go on
-                state.end(self.spec.upstream, target, failed=condition in _FAILURE_CONDITIONS, snapshot=snapshot)
+                state.end(self.spec.upstream, target, failed=condition in _FAILURE_CONDITIONS, snapshot=snapshot,
+                          status=resp.status, sent=sent_bytes)
                 last_response, last_failure = resp, condition
                 if not (retry_ok and (method not in NON_IDEMPOTENT or "non_idempotent" in self.next_upstream)):
                     break
                 continue
             statuses.append("504" if condition == "timeout" else "502")
             times.append(f"{time.monotonic() - began:.3f}")
-            state.end(self.spec.upstream, target, failed=True, snapshot=snapshot)
+            refused = condition == "error" and not sent  # nothing reached the peer
+            state.end(self.spec.upstream, target, failed=True, snapshot=snapshot, sent=0 if refused else sent_bytes)
             last_failure = condition
             may_resend = not sent or method not in NON_IDEMPOTENT or "non_idempotent" in self.next_upstream
             if not (retry_ok and condition in self.next_upstream and may_resend):
                 break
         self._record(ctx, addrs, statuses, times)
         if last_response is not None:  # every peer answered a retried status: send the last one on
-            return self._respond(ctx, state, None, last_response, addrs, statuses, times, method, counted=True)
+            return self._respond(ctx, state, None, last_response, url, addrs, statuses, times, method, counted=True)
         if not addrs:
-            ctx.vars["upstream_status"] = ""
+            return self._no_live_upstreams(ctx)
         return error_page(504 if last_failure == "timeout" else 502)
+
+    def _no_live_upstreams(self, ctx):
+        """No peer of the group can be tried: nginx's 502, its error line, and ``$upstream_addr``
+        naming the group."""
+        ctx.vars["upstream_addr"] = self.spec.upstream or ""
+        ctx.vars["upstream_status"] = ""
+        log.error("no live upstreams while connecting to upstream%s",
+                  error_context(ctx, f"http://{self.spec.upstream}{self._uri(ctx)}"))
+        return error_page(502)
 
     def _send(self, state, target, method, url, body, headers):
         """One try on one peer. A kept-alive connection the backend closed while it sat idle in
@@ -202,7 +240,7 @@ class ProxyHandler:
 
     # -- the response --------------------------------------------------------------------------
 
-    def _respond(self, ctx, state, target, resp, addrs, statuses, times, method, counted=False):
+    def _respond(self, ctx, state, target, resp, url, addrs, statuses, times, method, counted=False, sent=0):
         self._record(ctx, addrs, statuses, times)
         ctx.upstream_headers = list(resp.headers.iteritems())  # as sent: a cache decides from these
         headers = []
@@ -215,11 +253,14 @@ class ProxyHandler:
         upstream = self.spec.upstream
         snapshot = state.snapshot(upstream) if upstream else None
 
+        head = len(resp.reason or "") + 15 + sum(len(k) + len(v) + 4 for k, v in resp.headers.iteritems()) + 2
+
         def finished() -> None:
             if not counted:
-                state.end(upstream, target, failed=False, success=True, snapshot=snapshot)
+                state.end(upstream, target, failed=False, success=True, snapshot=snapshot, status=resp.status, sent=sent,
+                          received=head + stream.received)
 
-        stream = _Body(resp, method != "HEAD", finished)
+        stream = _Body(ctx, resp, method != "HEAD", finished, f"http://{addrs[-1]}{url}", self.timeout.read_timeout)
         # not direct_passthrough: werkzeug then closes the response (and its on-close callbacks:
         # the access log line) when the server closes the body
         response = keep_status_line(Response(stream, status=resp.status, headers=headers),
@@ -239,32 +280,213 @@ def _discard(resp) -> None:
         resp.close()
 
 
-def _log_failure(ctx, target, url: str, what: str, exc: Exception) -> None:
-    """nginx's error-log line for a failed try (the next peer may still answer)."""
-    log.error('%s failed (%s) while proxying to upstream, client: %s, request: "%s %s", upstream: "http://%s%s"',
-              what, exc, ctx.environ.get("REMOTE_ADDR", "-"), ctx.environ.get("REQUEST_METHOD", "-"), ctx.request_uri,
-              target.server, url)
+class InvalidHeader(Exception):
+    """An answer nginx refuses as an invalid header (``proxy_next_upstream invalid_header``);
+    the message is nginx's line."""
+
+
+def _invalid_header(resp) -> str | None:
+    """nginx's reason to refuse the response header (``ngx_http_upstream_process_content_length``,
+    ``..._transfer_encoding``), or None. A Content-Length must be ASCII digits only (no sign, no
+    space inside; Python's ``int`` would take ``-1``, `` 1_0`` or non-ASCII digits)."""
+    unparsed = _unparsed_header(resp)
+    if unparsed:  # nginx refuses a header name with a space or a control character in it
+        bad = next((i for i, ch in enumerate(unparsed) if ch <= " " or ch == "\x7f"), None)
+        if bad is not None:
+            return f'upstream sent invalid header: "{_text(unparsed[:bad])}\\x{ord(unparsed[bad]):02x}..."'
+    lengths = resp.headers.getlist("Content-Length")
+    encodings = resp.headers.getlist("Transfer-Encoding")
+    if len(lengths) > 1:
+        return (f'upstream sent duplicate header line: "Content-Length: {_text(lengths[1])}", '
+                f'previous value: "Content-Length: {_text(lengths[0])}"')
+    if lengths and encodings:
+        return 'upstream sent "Content-Length" and "Transfer-Encoding" headers at the same time'
+    if lengths:
+        value = lengths[0].strip(" \t")
+        if not value or not value.isascii() or not value.isdigit() or len(value) > 18:
+            return f'upstream sent invalid "Content-Length" header: "Content-Length: {_text(lengths[0])}"'
+    if len(encodings) > 1:
+        return (f'upstream sent duplicate header line: "Transfer-Encoding: {_text(encodings[1])}", '
+                f'previous value: "Transfer-Encoding: {_text(encodings[0])}"')
+    if encodings and encodings[0].strip(" \t").lower() != "chunked":
+        return f'upstream sent unknown "Transfer-Encoding": "{_text(encodings[0])}"'
+    return None
+
+
+def _unparsed_header(resp) -> str:
+    """The first header line http.client could not parse (a line without a colon ends its
+    parsing: that line and the ones after it are left over), or ``""``."""
+    message = getattr(getattr(resp, "_original_response", None), "msg", None)
+    if message is None or not message.defects:
+        return ""
+    rest = message.get_payload()
+    return rest.split("\n", 1)[0].rstrip("\r") if isinstance(rest, str) else ""
+
+
+def _text(value: str) -> str:
+    """A header value (bytes carried as latin-1) as nginx writes it: its bytes."""
+    return value.encode("latin-1", "replace").decode("utf-8", "backslashreplace")
+
+
+def _causes(exc: BaseException):
+    """``exc`` and what it wraps (urllib3 keeps the original error in ``args[1]``, or chains it)."""
+    seen: list[BaseException] = []
+    while exc is not None and not any(exc is s for s in seen):
+        seen.append(exc)
+        yield exc
+        inner = exc.__cause__ or exc.__context__
+        if inner is None and len(exc.args) > 1 and isinstance(exc.args[1], BaseException):
+            inner = exc.args[1]
+        exc = inner
+
+
+def describe_failure(exc: BaseException, action: str) -> tuple[str, str]:
+    """nginx's error-log message for a failed read from (or connect to) a backend, with its
+    ``while ACTION``, and the ``proxy_next_upstream`` condition it is: (message, condition).
+    No library's own text: an errno is written as nginx writes it, ``(104: Connection reset by peer)``."""
+    syscall = {CONNECTING: "connect", READING_HEADER: "recv", READING_BODY: "readv"}[action]
+    timed_out = f"upstream timed out ({errno.ETIMEDOUT}: {os.strerror(errno.ETIMEDOUT)}) while {action}"
+    for cause in _causes(exc):
+        if isinstance(cause, InvalidHeader):
+            return f"{cause} while {action}", "invalid_header"
+        if isinstance(cause, (ConnectTimeoutError, ReadTimeoutError, TimeoutError)) and \
+                not isinstance(cause, NewConnectionError):
+            return timed_out, "timeout"
+        if isinstance(cause, InvalidChunkLength):
+            return f"upstream sent invalid chunked response while {action}", "error"
+        # urllib3 says "Response ended prematurely" for a close where a chunk's size line should be
+        if isinstance(cause, (RemoteDisconnected, IncompleteRead, ClientIncompleteRead)) or \
+                (isinstance(cause, ProtocolError) and "ended prematurely" in str(cause.args[0])):
+            return f"upstream prematurely closed connection while {action}", "error"
+        if isinstance(cause, BadStatusLine):
+            return f"upstream sent no valid HTTP/1.0 header while {action}", "invalid_header"
+        if isinstance(cause, LineTooLong):
+            return f"upstream sent too big header while {action}", "invalid_header"
+        if isinstance(cause, OSError) and cause.errno:
+            return f"{syscall}() failed ({cause.errno}: {os.strerror(cause.errno)}) while {action}", "error"
+    return f"upstream sent invalid response while {action}", "error"
 
 
 def _has_body(env) -> bool:
     return bool(env.get("CONTENT_LENGTH")) or env.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked"
 
 
-class _Body:
-    """The response body as the WSGI server iterates it; ``close()`` (which every WSGI server
-    calls, also when the client left early or the body was never read) hands the connection back
-    to the pool if the body was read to its end, drops it otherwise, and ends the request's
-    accounting exactly once."""
+def _socket_of(resp):
+    """The socket a response body comes from: http.client's reader holds it (its connection
+    forgets it when the backend said ``Connection: close``). None if that ever changes: the body
+    is then read without watching the client while waiting."""
+    try:
+        return resp._fp.fp.raw._sock
+    except AttributeError:
+        return None
 
-    def __init__(self, resp, send: bool, finished):
-        self.resp, self.send, self.finished = resp, send, finished
+
+def _arrived(sock) -> bool:
+    """Has the socket bytes to read (or its end) now? Never waits."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def _in_hand(resp, sock) -> bool:
+    """Has the response's reader bytes buffered (or the socket bytes ready)? Never waits: the
+    socket is non-blocking for the peek."""
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        return bool(resp._fp.fp.peek(1))
+    except (AttributeError, OSError):
+        return True  # not what we know how to look at: read (and wait) as usual
+    finally:
+        sock.settimeout(timeout)
+
+
+class _Body:
+    """The response body as the WSGI server iterates it: what the backend sends goes on as it
+    arrives (a read returns what is there, up to READ_SIZE), and while the proxy waits for more it
+    watches the client (``wait_readable``; between chunks of a chunked answer, ``client_gone``).
+    A client that leaves ends the backend's request at once, as in nginx, instead of holding a
+    thread for as long as the backend trickles or stalls within ``proxy_read_timeout``; a failed
+    write to the client ends it too (the server stops iterating and closes the body).
+
+    A body that fails (reset, timeout, premature close, broken chunked framing) ends like nginx
+    ends it: one error line, the connection cut after what was sent (a short Content-Length or no
+    last chunk: the client sees a truncated answer), and ``ResponseCut`` so nothing wrapping the
+    body (a cache) takes it as complete.
+
+    ``close()`` (which every WSGI server calls, also when the client left early or the body was
+    never read) hands the connection back to the pool if the body was read to its end, drops it
+    otherwise, and ends the request's accounting exactly once."""
+
+    def __init__(self, ctx, resp, send: bool, finished, upstream: str, read_timeout: float):
+        self.ctx, self.resp, self.send, self.finished, self.upstream = ctx, resp, send, finished, upstream
+        self.read_timeout = read_timeout
         self.complete = not send
         self.closed = False
+        self.received = 0  # body bytes read from the backend
+
+    def _reads(self):
+        """What the backend sends, as it arrives; while waiting for more, the client is watched."""
+        resp, ctx, sock = self.resp, self.ctx, _socket_of(self.resp)
+        if resp.chunked:
+            chunks = resp.read_chunked(READ_SIZE, decode_content=False)
+            while True:
+                # urllib3 reads a chunk through http.client's buffer: wait only when nothing is in hand
+                if sock is not None and not _in_hand(resp, sock):
+                    self._wait(sock)
+                data = next(chunks, None)
+                if data is None:
+                    return
+                yield data
+        while resp.length_remaining != 0:
+            data = resp.read1(READ_SIZE, decode_content=False)
+            if not data:
+                return
+            # what has arrived meanwhile goes out with it, without waiting: fewer, fuller writes
+            # (a read1 returns what one recv gives, and the first one only what came with the header)
+            failure = None
+            while sock is not None and len(data) < READ_SIZE and resp.length_remaining != 0 and _arrived(sock):
+                try:
+                    more = resp.read1(READ_SIZE - len(data), decode_content=False)
+                except (HTTPError, OSError) as exc:  # what came before the failure goes out first
+                    failure = exc
+                    break
+                if not more:
+                    break
+                data += more
+            yield data
+            if failure is not None:
+                raise failure
+            # a read1 of READ_SIZE empties http.client's buffer (it holds less): the next bytes
+            # come through the socket
+            if sock is not None and resp.length_remaining != 0:
+                self._wait(sock)
+
+    def _wait(self, sock) -> None:
+        if not wait_readable(self.ctx, sock, self.read_timeout):
+            raise TimeoutError(errno.ETIMEDOUT, "upstream timed out")
 
     def __iter__(self):
-        if self.send:
-            yield from self.resp.stream(65536, decode_content=False)
-        self.complete = True
+        if not self.send:
+            return
+        ctx, sent = self.ctx, False
+        try:
+            for data in self._reads():
+                sent = True
+                self.received += len(data)
+                yield data
+            self.complete = True
+            return
+        except ClientGone:
+            log.info("epoll_wait() reported that client prematurely closed connection, so upstream connection is "
+                     "closed too while %s%s", READING_BODY, error_context(ctx, self.upstream))
+        except (HTTPError, OSError, ValueError) as exc:
+            message, _ = describe_failure(exc, READING_BODY)
+            log.error("%s%s", message, error_context(ctx, self.upstream))
+            if not sent:
+                yield b""  # the status and headers go out first, as nginx sent them
+        cut_connection(ctx)
+        raise ResponseCut("the upstream response did not end")
 
     def close(self) -> None:
         if self.closed:

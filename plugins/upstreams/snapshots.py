@@ -5,14 +5,37 @@ activates nothing."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import tempfile
+from dataclasses import dataclass
 
 from ngxsim import parse_time
 
 from .conf import ServerSpec, parse_address, parse_server
 
 FIELDS = ("server", "weight", "max_fails", "fail_timeout", "backup", "down", "drain")
+FIRST_ID = 0  # NGINX Plus numbers an upstream's peers from 0
+_ID_COMMENT = re.compile(r"\bid=(\d{1,9})\b")
+_NEXT_ID = re.compile(r"#\s*ngxsim:\s*next_id=(\d{1,9})\s*$")
+
+
+class SavedPeers(list):
+    """The state file's peers (``StatePeer`` items) and the next id it recorded (None: not
+    recorded), so an id a deleted peer had is not given to another after a restart."""
+
+    next_id: int | None = None
+
+
+@dataclass(frozen=True)
+class StatePeer:
+    """One line of the state file: the peer, its drain mode and the id it had (kept across
+    restarts, so a script's ``PATCH /servers/3`` keeps meaning the same peer)."""
+
+    spec: ServerSpec
+    drain: bool = False
+    id: int | None = None
 
 
 class Conflict(Exception):
@@ -28,11 +51,18 @@ def spec_of(item: dict) -> ServerSpec:
     return ServerSpec(host, port, item["weight"], item["max_fails"], float(item["fail_timeout"]), item["backup"], item["down"])
 
 
-def from_specs(specs: list[ServerSpec], current: dict | None, slots: int, checking_new: bool = False) -> dict:
+def from_specs(specs: list[ServerSpec], current: dict | None, slots: int, checking_new: bool = False,
+               saved: list[StatePeer] | None = None) -> dict:
     """A snapshot of ``specs``; a peer whose server and parameters are unchanged keeps its id,
-    slot and drain state (so a refresh that changes nothing elsewhere keeps its counters)."""
+    slot and drain state (so a refresh that changes nothing elsewhere keeps its counters). A
+    peer new to the zone takes its id and drain mode from ``saved`` (the state file) when it is
+    there, so ids and drains survive a restart."""
     old = {(p["server"]): p for p in (current or {"peers": []})["peers"]}
-    next_id = (current or {}).get("next_id", 1)
+    given = {s.spec.server: s for s in saved or ()}
+    taken = {p["id"] for p in old.values()}
+    recorded = getattr(saved, "next_id", None)
+    next_id = max([(current or {}).get("next_id", FIRST_ID), *(s.id + 1 for s in given.values() if s.id is not None),
+                   *([recorded] if recorded is not None else [])])
     used = set()
     peers = []
     seen = set()
@@ -50,10 +80,16 @@ def from_specs(specs: list[ServerSpec], current: dict | None, slots: int, checki
         if peers[i] is None:
             slot = _free_slot(used, slots)
             used.add(slot)
-            peers[i] = peer_json(spec, next_id, slot)
+            keep = given.get(spec.server)
+            if keep is not None and keep.id is not None and keep.id not in taken:
+                peer_id = keep.id
+            else:
+                peer_id = next_id
+                next_id += 1
+            taken.add(peer_id)
+            peers[i] = peer_json(spec, peer_id, slot, keep.drain if keep is not None else False)
             if checking_new:
                 peers[i]["checking"] = True
-            next_id += 1
     return {"peers": peers, "next_id": next_id}
 
 
@@ -77,7 +113,8 @@ def checked_fields(body: dict, adding: bool) -> dict:
     unknown = sorted(set(body) - allowed)
     if unknown:
         extra = ' ("server" cannot be changed: delete the peer and add a new one)' if "server" in unknown else ""
-        raise ValueError(f"unknown field(s) {', '.join(repr(u) for u in unknown)}{extra}; allowed: {', '.join(sorted(allowed))}")
+        names = ", ".join(_shown(u) for u in unknown)
+        raise ValueError(f"unknown field(s) {names}{extra}; allowed: {', '.join(sorted(allowed))}")
     out = {}
     for key, value in body.items():
         if key == "server":
@@ -87,17 +124,25 @@ def checked_fields(body: dict, adding: bool) -> dict:
         elif key in ("weight", "max_fails"):
             low, high = (1, 1000) if key == "weight" else (0, 1000)
             if type(value) is not int or not low <= value <= high:
-                raise ValueError(f'field "{key}" must be an integer from {low} to {high}, not {value!r}')
+                raise ValueError(f'field "{key}" must be an integer from {low} to {high}, not {_shown(value)}')
             out[key] = value
         elif key == "fail_timeout":
             out[key] = _seconds(value)
         else:  # backup, down, drain
             if type(value) is not bool:
-                raise ValueError(f'field "{key}" must be true or false, not {value!r}')
+                raise ValueError(f'field "{key}" must be true or false, not {_shown(value)}')
             out[key] = value
     if adding and "server" not in out:
         raise ValueError('field "server" is required')
     return out
+
+
+def _shown(value) -> str:
+    """A value in an error message as JSON writes it: nginx's double quotes (``not "3"``)."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return f'"{value}"'
 
 
 def _seconds(value) -> float:
@@ -110,7 +155,8 @@ def _seconds(value) -> float:
             seconds = -1
         if 0 <= seconds <= 86400:
             return seconds
-    raise ValueError(f'field "fail_timeout" must be a time such as "10s" or a number of seconds (0 to 1d), not {value!r}')
+    raise ValueError(f'field "fail_timeout" must be a time such as "10s" or a number of seconds (0 to 1d), '
+                     f'not {_shown(value)}')
 
 
 def add_peer(current: dict, fields: dict, slots: int, checking: bool) -> tuple[dict, dict]:
@@ -121,10 +167,10 @@ def add_peer(current: dict, fields: dict, slots: int, checking: bool) -> tuple[d
     item = {**defaults, **fields}
     spec = spec_of({**item, "server": fields["server"]})
     slot = _free_slot({p["slot"] for p in peers}, slots)
-    new_peer = peer_json(spec, current.get("next_id", 1), slot)
+    new_peer = peer_json(spec, current.get("next_id", FIRST_ID), slot)
     if checking:
         new_peer["checking"] = True
-    return {"peers": peers + [new_peer], "next_id": current.get("next_id", 1) + 1}, new_peer
+    return {"peers": peers + [new_peer], "next_id": current.get("next_id", FIRST_ID) + 1}, new_peer
 
 
 def change_peer(current: dict, peer_id: int, fields: dict) -> tuple[dict, dict, dict]:
@@ -133,7 +179,7 @@ def change_peer(current: dict, peer_id: int, fields: dict) -> tuple[dict, dict, 
         if p["id"] == peer_id:
             before = dict(p)
             peers[i] = {**p, **fields}
-            return {"peers": peers, "next_id": current.get("next_id", 1)}, peers[i], before
+            return {"peers": peers, "next_id": current.get("next_id", FIRST_ID)}, peers[i], before
     raise LookupError(f"no peer with id {peer_id}")
 
 
@@ -141,7 +187,7 @@ def delete_peer(current: dict, peer_id: int) -> tuple[dict, dict]:
     peers = _clean(current["peers"])
     for p in peers:
         if p["id"] == peer_id:
-            return {"peers": [q for q in peers if q["id"] != peer_id], "next_id": current.get("next_id", 1)}, p
+            return {"peers": [q for q in peers if q["id"] != peer_id], "next_id": current.get("next_id", FIRST_ID)}, p
     raise LookupError(f"no peer with id {peer_id}")
 
 
@@ -166,32 +212,43 @@ def specs_from_json(data) -> list[ServerSpec]:
     return specs
 
 
-def read_state(path: str) -> list[ServerSpec] | None:
-    """The state file's ``server`` lines (NGINX Plus's format), or None when there is none."""
+def read_state(path: str) -> SavedPeers | None:
+    """The state file's peers, or None when there is none. Its lines are NGINX Plus's format
+    (``server ADDRESS [parameters] [drain];``), each followed by a comment with the peer's id
+    (``# id=3``), which NGINX Plus would read as a comment; a first line ``# ngxsim:
+    next_id=N`` records the next id to give."""
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read(1 << 20)
     except FileNotFoundError:
         return None
-    specs = []
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
+    peers = SavedPeers()
+    for number, raw in enumerate(text.splitlines(), 1):
+        recorded = _NEXT_ID.match(raw.strip())
+        if recorded:
+            peers.next_id = int(recorded.group(1))
+            continue
+        line, _, comment = raw.partition("#")
+        line = line.strip()
         if not line:
             continue
         words = line.rstrip(";").split()
         if not line.endswith(";") or not words or words[0] != "server" or len(words) < 2:
             raise ValueError(f"{path}:{number}: expected \"server ADDRESS [parameters];\"")
+        drain = "drain" in words[2:]
         try:
-            specs.append(parse_server(words[1:]))
+            spec = parse_server([w for w in words[1:] if w != "drain"])
         except ValueError as exc:
             raise ValueError(f"{path}:{number}: {exc}") from None
-    return specs
+        found = _ID_COMMENT.search(comment)
+        peers.append(StatePeer(spec, drain, int(found.group(1)) if found else None))
+    return peers
 
 
-def write_state(path: str, peers: list[dict]) -> None:
-    """Write the peers atomically (a temp file renamed over the old one): a crash leaves the
-    old file or the new one, never half of one."""
-    lines = [spec_of(p).line() for p in peers]
+def write_state(path: str, snapshot: dict) -> None:
+    """Write the snapshot's peers (and its next id) atomically (a temp file renamed over the old
+    one): a crash leaves the old file or the new one, never half of one."""
+    lines = [f"# ngxsim: next_id={snapshot.get('next_id', FIRST_ID)}", *map(state_line, snapshot["peers"])]
     folder = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix=".ngxsim-state.", dir=folder)
     try:
@@ -206,3 +263,11 @@ def write_state(path: str, peers: list[dict]) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def state_line(peer: dict) -> str:
+    """``server ADDR params [drain]; # id=N``: NGINX Plus's line, the id in a comment."""
+    line = spec_of(peer).line()
+    if peer.get("drain"):
+        line = line[:-1] + " drain;"
+    return f"{line} # id={peer['id']}"

@@ -77,15 +77,20 @@ class State:
     # -- accounting --------------------------------------------------------------------------
 
     def begin(self, upstream: str | None, target) -> None:
+        """A try goes to the peer: ``active`` and ``requests`` move at once (NGINX Plus)."""
         if upstream is not None and target.peer is not None:
-            self.zones[upstream].add_active(target.peer.slot, +1)
+            zone = self.zones[upstream]
+            zone.add_active(target.peer.slot, +1)
+            zone.selected(target.peer.slot, target.peer.id, time.time())
 
-    def end(self, upstream: str | None, target, failed: bool, snapshot: Snapshot | None, success: bool = False) -> None:
+    def end(self, upstream: str | None, target, failed: bool, snapshot: Snapshot | None, success: bool = False,
+            status: int = 0, sent: int = 0, received: int = 0) -> None:
+        """The try ended: its response's ``status`` (0: none) and the bytes it moved are counted."""
         if upstream is None or target is None or target.peer is None:
             return
         peer, zone = target.peer, self.zones[upstream]
         zone.add_active(peer.slot, -1)
-        if zone.finish(peer.slot, peer.id, failed, success, time.monotonic(), peer.max_fails):
+        if zone.finish(peer.slot, peer.id, failed, success, time.monotonic(), peer.max_fails, status, sent, received):
             log.warning('upstream server temporarily disabled: %s in upstream "%s"', peer.server, upstream)
         if failed and snapshot is not None:
             snapshot.failed(peer)

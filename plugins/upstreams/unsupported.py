@@ -41,8 +41,6 @@ ADVICE: dict[str, str] = {
                        "the client must see, and remove it"),
     "proxy_hide_header": _HEADERS_OUT,
     "proxy_pass_header": _HEADERS_OUT,
-    "proxy_ignore_headers": ("ngxsim's cache reads the response header fields docs/cache_purge.md names and cannot "
-                             "be told to ignore one; remove it (or stop the origin from sending the field)"),
     "proxy_intercept_errors": "ngxsim relays the peer's error answers as they are (it has no error_page); remove it",
     "proxy_force_ranges": "ngxsim relays the peer's answer without serving byte ranges itself; remove it",
     "proxy_limit_rate": "ngxsim reads the peer's answer as fast as the client takes it; remove it",

@@ -3,8 +3,10 @@
 Layout of ``zone.buf`` (every field little-endian)::
 
     header (64)   magic, snapshot version, active area, snapshot length, slots N, rows W, area size
-    N peer slots  (64 each) peer id, flags, requests, fails, the passive-failure window (fails,
-                  accessed, checked) and the health healthchecks reports
+    N peer slots  (192 each) peer id, flags, requests, fails, the passive-failure window (fails,
+                  accessed, checked) and the health healthchecks reports; then NGINX Plus's
+                  peer statistics (responses by class, bytes sent and received, unavail, health
+                  check totals, last selected, downtime)
     W worker rows (16 + 2N each) pid, start time, and the requests it has in flight to each slot
     2 areas       snapshot JSON, double-buffered: a new one is written into the idle area and
                   activated by one header write, under the zone lock
@@ -29,7 +31,11 @@ from ngxsim import process_start_time
 _MAGIC = b"UPSZONE1"
 _HEADER = struct.Struct("<8sQIIIII")  # magic, version, active area, length, slots, rows, area size
 _SLOT = struct.Struct("<IIQQIBBHIIdd")
-SLOT_SIZE = 64
+# at slot + 64: responses 1xx..5xx, sent, received, unavail, health checks, failed checks, times
+# unhealthy, last check passed; last selected (epoch), down since (epoch, 0: up), downtime (s)
+_STATS = struct.Struct("<QQQQQQQQQQQQddd")
+_STATS_AT = 64
+SLOT_SIZE = 192
 ROWS = 128
 _ROW_HEAD = struct.Struct("<IIQ")
 HEALTH_NONE, HEALTH_UP, HEALTH_DOWN, HEALTH_CHECKING = 0, 1, 2, 3
@@ -71,6 +77,26 @@ class PeerCounters:
     accessed: float
     checked: float
     flags: int
+
+
+@dataclass
+class PeerStats:
+    """NGINX Plus's statistics of a peer (``/api/N/http/upstreams``), shared by every worker."""
+
+    responses: tuple[int, int, int, int, int]  # 1xx .. 5xx
+    sent: int
+    received: int
+    unavail: int
+    checks: int
+    check_fails: int
+    unhealthy: int
+    last_passed: bool
+    selected: float  # epoch seconds, 0: never
+    down_since: float  # epoch seconds, 0: not down
+    downtime: float  # seconds down before down_since
+
+    def downtime_ms(self, now: float) -> int:
+        return int((self.downtime + (now - self.down_since if self.down_since else 0.0)) * 1000)
 
 
 class UpstreamZone:
@@ -124,9 +150,9 @@ class UpstreamZone:
             start = self.layout.areas_at + idle * self.layout.area_size
             self.buf[start:start + len(text)] = text
             for slot in {p["slot"] for p in new["peers"]} - {p["slot"] for p in (current or {"peers": []})["peers"]}:
-                self._reset_slot(slot, 0)
+                self._reset_slot(slot, None)
             for peer in new["peers"]:
-                if self._slot_id(peer["slot"]) != peer["id"]:
+                if self._slot_id(peer["slot"]) != _held(peer["id"]):
                     # a new peer: fresh counters; "checking" when mandatory health checks must pass first
                     self._reset_slot(peer["slot"], peer["id"], HEALTH_CHECKING if peer["id"] in checking else HEALTH_NONE)
             _HEADER.pack_into(self.buf, 0, _MAGIC, version, idle, len(text), self.layout.slots, self.layout.rows,
@@ -141,8 +167,33 @@ class UpstreamZone:
     def _slot_id(self, slot: int) -> int:
         return struct.unpack_from("<I", self.buf, self._slot_at(slot))[0]
 
-    def _reset_slot(self, slot: int, peer_id: int, health: int = HEALTH_NONE) -> None:
-        _SLOT.pack_into(self.buf, self._slot_at(slot), peer_id, 0, 0, 0, 0, health, 0, 0, 0, 0, 0.0, 0.0)
+    def _reset_slot(self, slot: int, peer_id: int | None, health: int = HEALTH_NONE) -> None:
+        """Fresh counters for ``peer_id`` (None: the slot is empty)."""
+        at = self._slot_at(slot)
+        self.buf[at:at + SLOT_SIZE] = bytes(SLOT_SIZE)
+        _SLOT.pack_into(self.buf, at, 0 if peer_id is None else _held(peer_id), 0, 0, 0, 0, health, 0, 0, 0, 0, 0.0, 0.0)
+
+    def stats(self, slot: int) -> PeerStats:
+        v = _STATS.unpack_from(self.buf, self._slot_at(slot) + _STATS_AT)
+        return PeerStats(tuple(v[0:5]), v[5], v[6], v[7], v[8], v[9], v[10], bool(v[11]), v[12], v[13], v[14])
+
+    def _update_stats(self, at: int, change) -> None:
+        """Under the zone lock: ``change(list of the stats fields)`` edits them in place."""
+        values = list(_STATS.unpack_from(self.buf, at + _STATS_AT))
+        change(values)
+        _STATS.pack_into(self.buf, at + _STATS_AT, *values)
+
+    def selected(self, slot: int, peer_id: int, now: float) -> None:
+        """The balancer chose the peer for a request: NGINX Plus counts ``requests`` here (with
+        ``active``), and remembers when (``selected``)."""
+        with self.zone.lock():
+            at = self._slot_at(slot)
+            values = list(_SLOT.unpack_from(self.buf, at))
+            if values[0] != _held(peer_id):
+                return
+            values[2] += 1
+            _SLOT.pack_into(self.buf, at, *values)
+            self._update_stats(at, lambda v: v.__setitem__(12, now))
 
     def counters(self, slot: int) -> PeerCounters:
         (_, flags, requests, fails_total, fails, health, _, _, hfails, hpasses,
@@ -152,26 +203,44 @@ class UpstreamZone:
     def health(self, slot: int) -> int:
         return self.buf[self._slot_at(slot) + 28]
 
-    def set_health(self, slot: int, peer_id: int, health: int, fails: int, passes: int) -> bool:
-        """Record what healthchecks reports; False when the slot no longer holds that peer."""
-        with self.zone.lock():
-            values = list(_SLOT.unpack_from(self.buf, self._slot_at(slot)))
-            if values[0] != peer_id:
-                return False
-            values[5], values[8], values[9] = health, fails, passes
-            _SLOT.pack_into(self.buf, self._slot_at(slot), *values)
-            return True
-
-    def finish(self, slot: int, peer_id: int, failed: bool, success: bool, now: float, max_fails: int) -> bool:
-        """A request to the peer ended: count it, and run nginx's passive failure accounting
-        (``max_fails`` failures within ``fail_timeout`` make the peer unavailable for that long).
-        Returns True when this failure just made the peer unavailable."""
+    def set_health(self, slot: int, peer_id: int, health: int, fails: int, passes: int, now: float = 0.0) -> bool:
+        """Record what healthchecks reports after one probe (``fails``: consecutive failed
+        probes, so more than 0 when this one failed); count it into the peer's health-check
+        statistics and its downtime. False when the slot no longer holds that peer."""
         with self.zone.lock():
             at = self._slot_at(slot)
             values = list(_SLOT.unpack_from(self.buf, at))
-            if values[0] != peer_id:
+            if values[0] != _held(peer_id):
                 return False
-            values[2] += 1
+            before = values[5]
+            values[5], values[8], values[9] = health, fails, passes
+            _SLOT.pack_into(self.buf, at, *values)
+
+            def count(v):
+                v[8] += 1
+                v[9] += fails > 0
+                v[11] = int(fails == 0)
+                if health == HEALTH_DOWN and before != HEALTH_DOWN:
+                    v[10] += 1
+                    v[13] = v[13] or now
+                elif health == HEALTH_UP and v[13]:
+                    v[14] += max(0.0, now - v[13])
+                    v[13] = 0.0
+
+            self._update_stats(at, count)
+            return True
+
+    def finish(self, slot: int, peer_id: int, failed: bool, success: bool, now: float, max_fails: int,
+               status: int = 0, sent: int = 0, received: int = 0) -> bool:
+        """A try on the peer ended: count its response (``status``, 0 for none) and bytes, and
+        run nginx's passive failure accounting (``max_fails`` failures within ``fail_timeout``
+        make the peer unavailable for that long). Returns True when this failure just made the
+        peer unavailable."""
+        with self.zone.lock():
+            at = self._slot_at(slot)
+            values = list(_SLOT.unpack_from(self.buf, at))
+            if values[0] != _held(peer_id):
+                return False
             tripped = False
             if failed:
                 values[3] += 1
@@ -181,6 +250,15 @@ class UpstreamZone:
             elif success and values[10] < values[11]:
                 values[4] = 0  # a success after the last failure was checked: nginx resets
             _SLOT.pack_into(self.buf, at, *values)
+
+            def count(v):
+                if 100 <= status <= 599:
+                    v[status // 100 - 1] += 1
+                v[5] += sent
+                v[6] += received
+                v[7] += tripped
+
+            self._update_stats(at, count)
             return tripped
 
     def mark_checked(self, slot: int, now: float) -> None:
@@ -197,7 +275,7 @@ class UpstreamZone:
         with self.zone.lock():
             at = self._slot_at(slot)
             values = list(_SLOT.unpack_from(self.buf, at))
-            if values[0] != peer_id or values[1] & FLAG_DRAINED_PUBLISHED:
+            if values[0] != _held(peer_id) or values[1] & FLAG_DRAINED_PUBLISHED:
                 return False
             values[1] |= FLAG_DRAINED_PUBLISHED
             _SLOT.pack_into(self.buf, at, *values)
@@ -268,6 +346,11 @@ class UpstreamZone:
             if pid:
                 out.append((row, pid, start))
         return out
+
+
+def _held(peer_id: int) -> int:
+    """What a slot stores for ``peer_id``: ids start at 0 (NGINX Plus), and 0 is an empty slot."""
+    return peer_id + 1
 
 
 def _start_time(pid: int) -> int:

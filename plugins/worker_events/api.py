@@ -70,6 +70,8 @@ class WorkerEventsApi:
             "dropped_events": dropped,
             "last_publish_msec": last_publish,
         }
+        # "channel" above is where this endpoint publishes; the query's ?channel= filters the events
+        head["filter"] = {"channel": channel} if channel is not None else None
         if since is not None:
             head["missed"] = missed
         from . import zone_views  # the views other modules added (the cluster bridge's)
@@ -121,5 +123,6 @@ class WorkerEventsApi:
         ring = state(ctx.runtime).rings[self.zone]
         timestamp = int(time.time() * 1000)
         gen = ring.publish(ch, ty, pl, timestamp)
+        ctx.runtime.check_master()  # a 201 only for an event some live worker will deliver (else 503)
         return json_response(Event(gen, self.zone, self.channel, event_type, payload, timestamp).as_json(), 201)
 

@@ -76,6 +76,10 @@ class Subscriber:
     def replays(self, zone: str) -> bool:
         return self.subscriptions is not None and any(s.zone == zone and s.replay for s in self.subscriptions)
 
+    def once(self, zone: str) -> bool:
+        """Whether one worker of the instance handles each event of ``zone`` (``once=True``)."""
+        return self.subscriptions is not None and any(s.zone == zone and s.once for s in self.subscriptions)
+
     def channels(self, zone: str) -> frozenset[str] | None:
         """The channels of ``zone`` it wants (None: all of them)."""
         if self.subscriptions is None:
@@ -116,8 +120,8 @@ class Dispatcher:
         self.ring = ring
         self.zone = ring.name
         self.subscribers = [s for s in subscribers if s.wants_zone(self.zone)]
-        # what each event needs, decided once: (module, callable, channels or None, replays)
-        self._targets = [(s.module, s.on_event, s.channels(self.zone), s.replays(self.zone))
+        # what each event needs, decided once: (module, callable, channels or None, replays, once)
+        self._targets = [(s.module, s.on_event, s.channels(self.zone), s.replays(self.zone), s.once(self.zone))
                          for s in self.subscribers if s.on_event is not None]
         newest = ring.newest
         replay = any(s.replays(self.zone) for s in self.subscribers)
@@ -251,9 +255,11 @@ class Dispatcher:
                     self.cursor = gen
                     gen += 1
                     continue
-                for module, on_event, channels, replays in targets:
+                for module, on_event, channels, replays, once in targets:
                     if (channels is not None and channel not in channels) or (backlog and not replays):
                         continue
+                    if once and not runtime.claim_event(self.zone, module, gen):
+                        continue  # another worker of the instance handles this one
                     try:
                         on_event(runtime, event)
                     except Exception:

@@ -27,9 +27,10 @@ An all-zero zone is an empty ring, so a freshly created zone needs no initialisa
 Generation g lives in slot (g-1) % capacity. A writer takes the zone lock, marks the slot in
 flux, writes it, marks it whole, and only then advances ``newest``: a reader never trusts a
 slot whose seq is not exactly 2g, and re-reads seq after copying (a seqlock), so it never
-returns a torn entry. A writer SIGKILLed mid-write leaves an odd seq past ``newest``; the next
-writer takes the same generation and overwrites it, and the kernel has already dropped its
-lock. Generations therefore start at 1 and are strictly increasing and never reused as long as
+returns a torn entry. A writer SIGKILLed mid-write leaves an odd seq past ``newest`` (or, killed
+between marking the slot whole and advancing ``newest``, an even one: a generation no publish
+returned, which no reader reads since it is past ``newest``); the next writer takes the same
+generation and overwrites it, and the kernel has already dropped its lock. Generations therefore start at 1 and are strictly increasing and never reused as long as
 the zone lives (worker respawns included).
 
 A tag is trusted only for a slot no writer can have touched since the reader looked at

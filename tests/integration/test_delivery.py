@@ -210,3 +210,14 @@ def test_events_tail_follows_the_ring_by_url_and_by_config(start):
         "1 cache.invalidate t before", "2 cache.invalidate t after1", "3 cache.invalidate t after2"]
     assert _tail(server, str(server.conf), 3, 2, ["after3", "after4"]) == [
         "4 cache.invalidate t after3", "5 cache.invalidate t after4"]
+
+
+def test_a_once_subscription_handles_each_event_in_one_worker_only(start):
+    server = start(conf(extra="recorder_once on;"))
+    for i in range(1, 41):
+        publish(server, payload=str(i))
+    server.events(API).wait_delivered()  # every worker has been through generation 40
+    server.each_worker("/dump")  # and a request drains anything still pending first
+    handled = sorted(int(line.split()[1]) for lines in records(server).values() for line in lines)
+    assert handled == list(range(1, 41))  # each generation once in the whole instance
+    assert sum(1 for lines in records(server).values() if lines) >= 2  # shared among the workers

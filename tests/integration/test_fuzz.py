@@ -7,11 +7,12 @@ naming the problem; afterwards the ring holds exactly the events that were answe
 from __future__ import annotations
 
 import json
+import re
 from urllib.parse import quote
 
 import pytest
 import requests
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from half_close import send
@@ -139,16 +140,41 @@ VOCABULARY = [
     "1k", "1g", "99999999999999999999g", "500ms", "1h30m", "1" + "0" * 40 + "ms", "on", "off", "auto", "bus",
     "always", "$uri", "${uri}", "a${", "$nope", '"', "'", "\\", "#", '"a{99999999999}"', '"~a{4294967296}"',
     '"' + "(" * 300 + ")" * 300 + '"', "(", "*.x", "x.*", "~^x$", "\u0661", "\x00", "é",
+    # what gave an [emerg] without a place (issue 19): an unknown variable, includes that fail
+    "include", "/tmp", "/nonexistent.conf", "/dev/null", "$nope_${uri}", "${nope}",
 ]
+# nginx's "... in FILE:LINE" (the text below is named /p/fuzz.conf; an included file names itself)
+PLACE = re.compile(r" in (/\S+|command line):\d+$")
 
 
+# the text as it comes, and inside a location (where values, and so variables, are read)
+FRAMES = ["{}", "http {{ server {{ listen 127.0.0.1:1; location / {{ {} }} }} }}"]
+
+
+_WORD = st.sampled_from(VOCABULARY) | st.text(max_size=6)
+# statements whose values are read (variables among them) and includes
+_DIRECTIVES = st.sampled_from(["return", "add_header", "include", "worker_events_channel", "client_max_body_size"])
+_VALUES = st.sampled_from(["200", "X", "always", "$uri", "$nope", "${nope}", "a$nope_${uri}", "/tmp", "/nonexistent.conf"])
+_STATEMENT = st.tuples(_DIRECTIVES | _WORD, st.lists(_VALUES | _WORD, max_size=4)).map(lambda t: " ".join([t[0], *t[1]]) + ";")
+# any words; or statements, which reach the checks past the syntax's
+_TEXTS = st.lists(_WORD, max_size=60).map(" ".join) | st.lists(_STATEMENT, max_size=8).map("\n".join)
+
+
+@pytest.mark.parametrize("frame", FRAMES, ids=["main", "location"])
 @settings(max_examples=400, deadline=None, database=None)
-@given(st.lists(st.sampled_from(VOCABULARY) | st.text(max_size=6), max_size=60).map(" ".join))
-def test_the_config_loader_answers_any_text_with_a_config_error_or_a_config(text):
+@given(_TEXTS)
+@example("add_header X $nope;")  # the cases of issue 19 that had no file:line, always tried
+@example("return 200 ${nope};")
+@example("include /nonexistent.conf;")
+@example("include /tmp;")
+@example('include "a\x00*";')  # found by this test: a ValueError from open() and glob()
+def test_the_config_loader_answers_any_text_with_a_config_error_or_a_config(frame, text):
     from ngxsim import ConfigError
     from ngxsim.core.conf.loader import load_configuration
 
+    text = frame.format(text)
     try:
         load_configuration("/p/fuzz.conf", text="load_module worker_events;\nload_module ngxsim_test_values;\n" + text)
     except ConfigError as exc:
         assert str(exc).strip()
+        assert PLACE.search(str(exc)), f"no file:line in {str(exc)!r}"

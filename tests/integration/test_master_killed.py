@@ -4,14 +4,16 @@ zone files only after every process that still has them open exited."""
 from __future__ import annotations
 
 import os
+import platform
 import signal
+import socket
 import threading
 
 import pytest
 import requests
 
 from ngxsim.core.instance import process_start_time
-from ngxsim.testing import instance_files, start_server, wait_for
+from ngxsim.testing import instance_files, procs, start_server, wait_for
 
 CONF = """
 load_module worker_events;
@@ -57,6 +59,16 @@ def _in_futex_wait(pid: int) -> bool:
         return False
 
 
+def _kill_all(server, workers: list[int]) -> None:
+    for pid in [server.master, *workers]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if server.proc.poll() is None:
+        server.proc.wait(10)
+
+
 @pytest.mark.parametrize("mode", ["gunicorn", "ngxsim"])
 def test_orphans_stop_serving_and_the_janitor_waits_for_them(tmp_path, mode, monkeypatch):
     # a folder of its own: a server of another ngxsim checkout starting meanwhile on this machine
@@ -88,10 +100,58 @@ def test_orphans_stop_serving_and_the_janitor_waits_for_them(tmp_path, mode, mon
         poll.join(30)
         assert answer["r"].status_code == 200  # the orphan finished the request it had accepted
     finally:
-        for pid in [server.master, *workers]:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if server.proc.poll() is None:
-            server.proc.wait(10)
+        _kill_all(server, workers)
+
+
+PUBLISHERS = CONF.replace("http {", "load_module ngxsim_test_recorder;\nhttp {").replace(
+    "        location /api {", "        location = /pub { recorder_publish; }\n        location /api {")
+# the syscalls a worker blocked in reading a request body is in (read, recvfrom)
+_READS = {"x86_64": {"0", "45"}, "aarch64": {"63", "207"}}.get(platform.machine(), set())
+
+
+def _blocked_reading(pid: int, inode: int) -> bool:
+    """Worker ``pid`` sleeps in a read of the connection whose socket is ``inode``: its handler
+    runs and waits for the rest of the body (the request start's checks are behind it)."""
+    try:
+        with open(f"/proc/{pid}/syscall") as fh:
+            call = fh.read().split()
+        return len(call) > 1 and call[0] in _READS and os.readlink(f"/proc/{pid}/fd/{int(call[1], 16)}") == f"socket:[{inode}]"
+    except (OSError, ValueError):
+        return False
+
+
+@pytest.mark.skipif(not _READS, reason="the read syscalls' numbers of this machine are not listed")
+@pytest.mark.parametrize("path", ["/api", "/pub?p=late"], ids=["worker_events-api", "runtime-publish"])
+def test_a_publish_that_ends_after_the_master_died_is_refused_not_acknowledged(tmp_path, monkeypatch, path):
+    # issue 19: requests that had started before the SIGKILL still got 201 for events no worker
+    # would deliver. The handler is held in its body read, the master killed and reaped, then
+    # the body completed: the answer is a 503 (or a closed connection), never a 201.
+    monkeypatch.setenv("NGXSIM_SHM_DIR", str(tmp_path))
+    server = start_server(tmp_path, PUBLISHERS, workers=2, mode="ngxsim", ready_path="/api")
+    workers, tag = server.worker_pids(), server.tag
+    body = b'{"type": "late"}'
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    try:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:1])
+        inode = wait_for(lambda: procs.socket_inode(("127.0.0.1", server.port), sock.getsockname()), 10,
+                         what="the server's end of the connection")
+        worker = wait_for(lambda: procs.owner(inode, workers), 10, what="a worker to accept")
+        wait_for(lambda: _blocked_reading(worker, inode), 10, what=f"worker {worker} to wait for the body")
+
+        os.kill(server.master, signal.SIGKILL)
+        server.proc.wait(10)
+        sock.sendall(body[1:])
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except ConnectionResetError:
+            pass
+        if answer:  # a closed connection acknowledges nothing either
+            head, _, text = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 503 ") and b"master process" in text, answer
+        wait_for(lambda: not instance_files(tag), 30, what="the janitor to remove the zone files")
+    finally:
+        sock.close()
+        _kill_all(server, workers)

@@ -4,10 +4,12 @@ what the error log says, and the embedded default served elsewhere without a fil
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -78,10 +80,10 @@ def _hup_rejected(server, times: int) -> None:
 def test_a_rejected_reload_keeps_the_workers_and_an_accepted_one_runs_the_new_module_code(ngxsim_server, probe, tmp_path):
     server = ngxsim_server(CONF, mode="ngxsim", ready_path="/ev")
     log = server.output()
-    assert f"[notice] listening on 127.0.0.1:{server.port}" in log
-    assert "[notice] 2 worker(s) of class ngxsim (ngxsim.worker.Worker, 4 threads each)" in log
-    assert "[notice] modules: worker_events (ngxsim_plugins.worker_events), ngxsim_ops_probe (ngxsim_ops_probe)" in log
-    assert '[notice] zone "bus" (' in log and ") created" in log
+    assert server.logged("notice", f"listening on 127.0.0.1:{server.port}")
+    assert server.logged("notice", "2 worker(s) of class ngxsim (ngxsim.worker.Worker, 4 threads each)")
+    assert server.logged("notice", "modules: worker_events (ngxsim_plugins.worker_events), ngxsim_ops_probe (ngxsim_ops_probe)")
+    assert server.logged("notice", 'zone "bus" (') and ") created" in log
     pids = server.worker_pids()
     server.each_worker("/probe")
     assert _counts(server) == {pid: ("v1", 2) for pid in pids}
@@ -89,7 +91,7 @@ def test_a_rejected_reload_keeps_the_workers_and_an_accepted_one_runs_the_new_mo
     good = server.conf.read_text()
     server.conf.write_text(good.replace("probe; }", "probe; bogus; }"))
     _hup_rejected(server, 1)
-    assert f'[emerg] unknown directive "bogus" in {server.conf}:8; reload rejected' in server.output()
+    assert server.logged("emerg", f'unknown directive "bogus" in {server.conf}:8; reload rejected')
     assert server.worker_pids() == pids  # nginx keeps the old workers
     assert _counts(server) == {pid: ("v1", 3) for pid in pids}  # and their state
 
@@ -122,7 +124,7 @@ def test_a_rejected_reload_keeps_the_workers_and_an_accepted_one_runs_the_new_mo
     wait_for(lambda: server.worker_pids() == sorted(new), 20, what="the old workers to exit")
     assert _counts(server) == {pid: ("v2-edited", 1) for pid in new}
     log = server.output()
-    assert f"[notice] reload of {server.conf} accepted" in log and '[notice] zone "bus" (' in log and ") kept" in log
+    assert server.logged("notice", f"reload of {server.conf} accepted") and server.logged("notice", 'zone "bus" (') and ") kept" in log
 
 
 def _long_poll(server, answers: list) -> threading.Thread:
@@ -151,7 +153,7 @@ def test_sigterm_stops_fast_and_a_waiting_long_poll_answers_with_what_it_has(ngx
     thread.join(30)
     assert answers and answers[0].status_code == 200 and answers[0].json()["events"] == []
     assert _stopped(server, tag) == 0
-    assert "[notice] signal 15 (SIGTERM) received, fast shutdown" in server.output()
+    assert server.logged("notice", "signal 15 (SIGTERM) received, fast shutdown")
 
 
 def test_sigquit_stops_gracefully_requests_in_progress_finish(ngxsim_server, probe, tmp_path):
@@ -170,7 +172,7 @@ def test_sigquit_stops_gracefully_requests_in_progress_finish(ngxsim_server, pro
     assert sorted(r.status_code for r in answers) == [200, 200]
     assert {r.json().get("version") for r in answers} >= {"v1"}  # the slow one finished its answer
     assert _stopped(server, tag) == 0
-    assert "[notice] signal 3 (SIGQUIT) received, graceful shutdown" in server.output()
+    assert server.logged("notice", "signal 3 (SIGQUIT) received, graceful shutdown")
 
 
 def test_sigterm_during_a_graceful_stop_makes_it_fast(ngxsim_server, probe, tmp_path):
@@ -230,3 +232,45 @@ def test_a_directive_given_with_g_and_in_the_file_is_duplicate_in_the_file(tmp_p
     run = subprocess.run([sys.executable, "-m", "ngxsim.cli", "-t", "-c", str(conf), "-g", "worker_processes 3;"],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 1 and f'"worker_processes" directive is duplicate in {conf}:1' in run.stderr
+
+
+@pytest.mark.parametrize("main, sub, message", [
+    # nginx says this one without a place (it checks after parsing): here the line that names it
+    ("http {{\n    include sub.conf;\n}}\n", "server {{\n    listen 127.0.0.1:1;\n    return 200 \"a ${{nope}}\";\n}}\n",
+     'unknown "nope" variable in {sub}:3'),
+    ("http {{\n    server {{\n        listen 127.0.0.1:1;\n        location / {{ add_header X $nope_too always; }}\n"
+     "    }}\n}}\n", "", 'unknown "nope_too" variable in {main}:5'),
+    ("http {{\n    include {tmp}/missing.conf;\n}}\n", "",
+     'open() "{tmp}/missing.conf" failed (2: No such file or directory) in {main}:3'),
+    ("http {{\n    include sub.conf;\n}}\n", "\n\ninclude {tmp}/missing.conf;\n",
+     'open() "{tmp}/missing.conf" failed (2: No such file or directory) in {sub}:3'),
+    ("\n\ninclude {tmp};\n", "", 'open() "{tmp}" failed (21: Is a directory) in {main}:4'),
+], ids=["unknown-variable-in-an-included-file", "unknown-variable", "missing-include", "missing-include-nested",
+        "include-of-a-directory"])
+def test_a_config_error_names_its_file_and_line_in_nginx_wording(tmp_path, main, sub, message):
+    paths = {"main": tmp_path / "main.conf", "sub": tmp_path / "sub.conf", "tmp": tmp_path}
+    # the main file's first line is a load_module line: its lines are one further down than in "main"
+    paths["main"].write_text("load_module worker_events;\n" + main.format(**paths))
+    paths["sub"].write_text(sub.format(**paths))
+    run = subprocess.run([sys.executable, "-m", "ngxsim.cli", "-t", "-c", str(paths["main"])], capture_output=True,
+                         text=True, timeout=60)
+    expected = message.format(**paths)
+    assert run.returncode == 1 and f"ngxsim: [emerg] {expected}\n" in run.stderr, run.stderr
+
+
+def test_a_start_refused_by_a_modules_init_master_says_so_and_leaves_nothing(tmp_path, monkeypatch):
+    # issue 19: a refused start left its zone file behind; the ring's zone is made before the
+    # test module's ngxsim_init_master fails
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    monkeypatch.setenv("NGXSIM_SHM_DIR", str(shm))
+    conf = tmp_path / "f.conf"
+    conf.write_text(f"load_module ngxsim_test_fail_init;\nload_module worker_events;\nfail_init_master on;\n"
+                    f"http {{\n worker_events_zone bus;\n server {{ listen 127.0.0.1:{free_port()}; }}\n}}\n")
+    modules = str(Path(__file__).resolve().parents[1] / "modules")
+    run = subprocess.run([sys.executable, "-m", "ngxsim.cli", "-c", str(conf)], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "PYTHONPATH": modules})
+    assert run.returncode == 1
+    assert f"ngxsim: [emerg] loading {conf} failed: RuntimeError('fail_init_master is on')\n" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
+    wait_for(lambda: not os.listdir(shm), 10, what=f"the refused start's files to go: {os.listdir(shm)}")

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from nginx_reference import Nginx, find_nginx
+from ngxsim.testing.nginx import Nginx, find_nginx
 
 from ngxsim.testing import RawAnswer, RecordingOrigin, raw_request, start_server
 

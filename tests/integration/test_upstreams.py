@@ -400,8 +400,9 @@ def test_state_file_survives_a_restart(start, backends, tmp_path):
     assert api(server, "DELETE", f"/backend/servers/{ids[b.address]}").status_code == 200
     assert api(server, "POST", "/backend/servers", json={"server": c.address, "weight": 4, "backup": True}).status_code == 201
     server.stop()
-    assert state.read_text().splitlines() == [f"server {a.address} weight=1 max_fails=1 fail_timeout=10s;",
-                                              f"server {c.address} weight=4 max_fails=1 fail_timeout=10s backup;"]
+    assert state.read_text().splitlines() == ["# ngxsim: next_id=3",
+                                              f"server {a.address} weight=1 max_fails=1 fail_timeout=10s; # id=0",
+                                              f"server {c.address} weight=4 max_fails=1 fail_timeout=10s backup; # id=2"]
     again = start(text, workers=2)
     peers = api(again, "GET", "/backend/servers").json()
     assert [(p["server"], p["weight"], p["backup"]) for p in peers] == [(a.address, 1, False), (c.address, 4, True)]

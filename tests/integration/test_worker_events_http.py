@@ -83,6 +83,10 @@ def test_publish_and_inspect(server):
     assert body["last_publish_msec"] == body["events"][-1]["timestamp_msec"]
     assert [(e["generation"], e["channel"]) for e in body["events"]] == [(1, "cache.invalidate"), (2, "cache.invalidate"), (3, "other")]
     assert [e["generation"] for e in server.get(API + "?channel=other").json()["events"]] == [3]
+    # the top "channel" is the endpoint's (where it publishes); the query's filter is shown apart
+    filtered = server.get(API + "?channel=other").json()
+    assert filtered["channel"] == "cache.invalidate" and filtered["filter"] == {"channel": "other"}
+    assert body["filter"] is None
     assert [e["generation"] for e in server.get(API + "?limit=2").json()["events"]] == [2, 3]
     assert [e["generation"] for e in server.get(API + "?since=1&limit=1").json()["events"]] == [2]
     assert server.get(API + "?since=1").json()["missed"] == 0

@@ -3,10 +3,11 @@
 Each worker appends lines to ``$NGXSIM_TEST_RECORD_DIR/<pid>.log`` (``E gen channel type
 payload`` / ``G first last``, each followed by `` from ORIGIN#ORIGIN_GENERATION`` / `` from ORIGIN``
 for what another instance of a cluster published) and keeps them in memory; ``recorder_dump;`` makes a location
-answer with this worker's record; ``recorder_publish;`` makes a location publish ``?p=`` (type
+answer with this worker's record; ``recorder_publish;`` makes a location read the request's body, publish ``?p=`` (type
 ``t``, channel ``c``) and answer with the record right after. An event of type ``echo`` makes
 the subscriber publish one of type ``echoed`` (a subscriber that publishes). ``recorder_replay on;`` asks a starting worker to replay
-what the ring holds; ``recorder_channels a b;`` narrows the subscription.
+what the ring holds; ``recorder_channels a b;`` narrows the subscription; ``recorder_once on;``
+asks for one worker of the instance per event (``Subscription(once=True)``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ RECORD: list[str] = []
 def ngxsim_directives(register):
     register(Directive("recorder_zone", (MAIN,), 1, default="bus"))
     register(Directive("recorder_replay", (MAIN,), 1, type=FLAG, default=False))
+    register(Directive("recorder_once", (MAIN,), 1, type=FLAG, default=False))
     register(Directive("recorder_channels", (MAIN,), (1, None), parse=list, default=None))
     register(Directive("recorder_dump", (LOCATION,), 0, type=FLAG, default=False, inherit=False))
     register(Directive("recorder_publish", (LOCATION,), 0, type=FLAG, default=False, inherit=False))
@@ -30,7 +32,8 @@ def ngxsim_directives(register):
 @hookimpl
 def ngxsim_event_subscriptions(config):
     main = config.main
-    return Subscription(main["recorder_zone"], main["recorder_channels"], replay=main["recorder_replay"])
+    return Subscription(main["recorder_zone"], main["recorder_channels"], replay=main["recorder_replay"],
+                        once=main["recorder_once"])
 
 
 def _record(line: str) -> None:
@@ -60,6 +63,7 @@ def ngxsim_content_handler(location, config):
         return lambda ctx: json_response({"pid": os.getpid(), "record": list(RECORD)})
     if location["recorder_publish"]:
         def publish(ctx):
+            ctx.request.get_data()  # a body, if sent, is read first (a test pauses it there)
             gen = ctx.runtime.publish(config.main["recorder_zone"], "c", "t", ctx.arg("p") or "")
             return json_response({"generation": gen, "record": list(RECORD)})
 

@@ -316,7 +316,7 @@ def test_error_log_gets_a_failing_subscriber_with_its_generation(tmp_path, shm_l
         app.runtime.publish("bus", "c", "boom", "")
         dispatcher.drain()
         text = log_path.read_text()
-        assert "[ERROR]" in text and "module ngxsim_test_raiser failed on generation 1 of zone bus" in text
+        assert "[error]" in text and "module ngxsim_test_raiser failed on generation 1 of zone bus" in text
         assert "RuntimeError: boom at generation 1" in text
     finally:
         app.runtime.close()

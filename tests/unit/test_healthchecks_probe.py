@@ -58,9 +58,9 @@ def test_without_match_any_2xx_or_3xx_passes(backend):
 
 def test_match_looks_at_headers_and_body(backend):
     backend.respond("/health", body={"status": "up"}, headers={"Content-Type": "text/plain"})
-    assert check(backend, match=UP_MATCH).reason == "header Content-Type 'text/plain' fails ~ 'json'"
+    assert check(backend, match=UP_MATCH).reason == 'header Content-Type "text/plain" fails ~ "json"'
     backend.respond("/health", body={"status": "starting"})
-    assert check(backend, match=UP_MATCH).reason == "body does not match '\"status\": *\"up\"'"
+    assert check(backend, match=UP_MATCH).reason == 'body does not match "\"status\": *\"up\""'
     backend.respond("/health", body={"status": "up"})
     assert check(backend, match=UP_MATCH).ok
 
@@ -70,7 +70,7 @@ def test_only_the_first_256k_of_the_body_are_looked_at(backend):
     backend.respond("/health", body="x" * (MAX_BODY - 4) + "TAIL")
     assert check(backend, match=tail).ok
     backend.respond("/health", body="x" * MAX_BODY + "TAIL")
-    assert check(backend, match=tail).reason == "body does not match 'TAIL'"
+    assert check(backend, match=tail).reason == 'body does not match "TAIL"'
 
 
 def test_a_slow_answer_fails_as_timed_out_within_the_timeout(backend):

@@ -27,6 +27,8 @@ def test_it_writes_a_package_with_an_entry_point_a_module_tests_and_a_config(tmp
     assert os.listdir(tmp_path) == ["ngxsim-greeter"]  # no staging folder left
     out = capsys.readouterr().out
     assert str(package) in out and "pytest" in out
+    # after "cd" into the package, the config is named from there (and is there)
+    assert f"cd {package} &&" in out and "ngxsim -t -c greeter.conf" in out and (package / "greeter.conf").is_file()
 
 
 def test_the_written_module_serves_publishes_and_hears_its_events(tmp_path, make_app, monkeypatch):

@@ -31,7 +31,7 @@ def error(text):
     ("http {\n worker_events_zone bus;\n upstream b {\n  server 127.0.0.1:99999;\n }\n}",
      'invalid port in "127.0.0.1:99999" in /p/u.conf:6'),
     ("http {\n worker_events_zone bus;\n upstream b {\n  server 127.0.0.1:1;\n  server 127.0.0.1:1;\n }\n}",
-     'server "127.0.0.1:1" is listed twice in upstream "b" in /p/u.conf:6'),
+     'server "127.0.0.1:1" is listed twice in upstream "b" in /p/u.conf:7'),
     ("http {\n worker_events_zone bus;\n upstream b { }\n}", 'no servers are inside upstream "b" in /p/u.conf:5'),
     ("http {\n worker_events_zone bus;\n upstream b { server 127.0.0.1:1; }\n upstream b { server 127.0.0.1:2; }\n}",
      'duplicate upstream "b" in /p/u.conf:6'),
@@ -114,3 +114,14 @@ def test_proxy_host_and_port_are_known_before_the_proxy_runs(tmp_path):
         assert client.get("/n/").headers["X-PH"] == ":"
     finally:
         app.runtime.close()
+
+
+def test_api_field_errors_quote_values_as_nginx_does():
+    from ngxsim_plugins.upstreams.snapshots import checked_fields
+
+    for body, message in [({"weight": "3"}, 'field "weight" must be an integer from 1 to 1000, not "3"'),
+                          ({"down": "yes"}, 'field "down" must be true or false, not "yes"'),
+                          ({"colour": 1}, 'unknown field(s) "colour"; allowed: ')]:
+        with pytest.raises(ValueError) as err:
+            checked_fields(body, adding=False)
+        assert str(err.value).startswith(message) and "'" not in str(err.value)

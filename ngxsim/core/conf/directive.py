@@ -8,6 +8,7 @@ the merge from outer to inner contexts, with nginx's error wording.
 from __future__ import annotations
 
 import difflib
+import inspect
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -103,7 +104,10 @@ class Directive:
     - ``type``: how the single argument is converted: ``string``, ``size`` (bytes),
       ``time`` (seconds), ``number``, ``flag`` (bool), or ``args`` (the raw list of strings).
     - ``parse``: a callable taking the argument list and returning the value, for arguments with
-      a shape of their own (``listen``, ``return``); it raises ``ValueError(message)``.
+      a shape of their own (``listen``, ``return``); it raises ``ValueError(message)`` (reported
+      at the line of the occurrence being parsed). One with a second parameter also gets the
+      ``Statement`` (file, line, args, ``parent``: the enclosing block's statement and args).
+      ``key_values`` parses nginx's ``key=value`` parameters.
     - ``range``: ``(low, high)`` a ``size`` (bytes), ``time`` (seconds) or ``number`` must lie in;
       by default 0 to ``MAX_SIZE``, ``MAX_TIME`` or ``MAX_NUMBER``.
     - ``default``: the value where no level sets it.
@@ -115,7 +119,8 @@ class Directive:
       (a core context, or a new one: ``Directive("upstream", (HTTP,), 1, block="upstream")``).
     - ``data``: the directive has a block of data lines, not of directives (nginx's ``types``):
       ``data(statements)`` turns the lines into the value (raising ``ConfigError``, best made with
-      ``statement.error(message)``, for a bad line); no context opens.
+      ``statement.error(message)``, for a bad line); no context opens. One with a second
+      parameter also gets the directive's own ``Statement`` (``map $a $b {``: its args).
 
     Two modules may declare the same name for different contexts (nginx's ``server`` in
     ``http`` and in ``upstream``); the context of a line decides which one it is.
@@ -199,10 +204,16 @@ class Directive:
         low, high = self.nargs
         return count >= low and (high is None or count <= high)
 
-    def value(self, args: list[str]) -> Any:
-        """Convert the arguments of one occurrence; raises ValueError with nginx's wording."""
+    def block_value(self, statements: list, statement: Any = None) -> Any:
+        """The value of a data block (``data``); a ``data`` callable with a second parameter
+        also gets the directive's own statement (its args: ``map $a $b {``)."""
+        return self.data(statements, statement) if _takes_statement(self.data) else self.data(statements)
+
+    def value(self, args: list[str], statement: Any = None) -> Any:
+        """Convert the arguments of one occurrence (``statement``: where it stands, for a
+        ``parse`` that takes it); raises ValueError with nginx's wording."""
         if self.parse is not None:
-            return self.parse(args)
+            return self.parse(args, statement) if _takes_statement(self.parse) else self.parse(args)
         if self.type == ARGS:
             return list(args)
         if self.type == FLAG:
@@ -222,6 +233,16 @@ class Directive:
             raise ValueError(f'"{self.name}" directive invalid value "{args[0]}": {exc}') from None
         except ValueError:
             raise ValueError(f'"{self.name}" directive invalid value "{args[0]}"') from None
+
+
+def _takes_statement(parse: Callable) -> bool:
+    """Whether a ``parse`` callable has room for a second positional argument."""
+    try:
+        params = list(inspect.signature(parse).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a signature: arguments only
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
 
 
 @dataclass(frozen=True)

@@ -9,15 +9,17 @@ Nothing here touches shared memory or sockets: ``ngxsim -t`` runs all of it.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import pluggy
 
-from ..events import Subscription, collect_subscriptions
+from ..events import Subscription, collect_subscriptions, declare_once_zone
+from ..http import phases
 from ..http.variables import VariableTable, module_variables
 from ..modules import call_impl, check_module, create_plugin_manager, load_module
-from .directive import LOCATION, MAIN, Directive, DirectiveTable
+from .directive import LOCATION, MAIN, SERVER, Directive, DirectiveTable
 from .errors import ConfigError
 from .parser import Statement, parse_file, parse_text
 from .zones import JobSpecs, ZoneSpecs
@@ -71,6 +73,13 @@ class Block:
     def is_set(self, name: str) -> bool:
         """Set at this level or inherited from one that set it (not just the default)."""
         return self.where_of(name) is not None
+
+    def statements_of(self, name: str) -> list[Statement]:
+        """Every statement that set ``name`` at this very level, in file order (one per
+        occurrence of a ``multiple`` directive, so a check of the 2nd names its own line)."""
+        if name in self.where_each:
+            return list(self.where_each[name])
+        return [self.where[name]] if name in self.where else []
 
     def where_of(self, name: str) -> Statement | None:
         """The statement that gave ``name`` its effective value here, if any did."""
@@ -255,8 +264,8 @@ def load_configuration(path: str | None = None, text: str | None = None, params:
     for impl in pm.hook.ngxsim_variables.get_hookimpls():
         try:
             call_impl(impl, register=variables.registrar(impl.plugin_name))
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        except ValueError as exc:  # a duplicate: at the load_module line of the second module
+            raise module_error(impl, exc) from None
 
     with module_variables(variables):  # values that name module variables compile now
         main = Block(MAIN, None, None)
@@ -269,20 +278,49 @@ def load_configuration(path: str | None = None, text: str | None = None, params:
         rank = {name: i for i, (name, _) in enumerate(modules)}
         for impl in sorted(pm.hook.ngxsim_postconfiguration.get_hookimpls(), key=lambda i: rank[i.plugin_name]):
             call_impl(impl, config=config)
-        try:  # nginx's last check of the values: every variable they name now exists
-            variables.check_pending()
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        unknown = variables.unknown()  # nginx's last check of the values: every variable they name exists
+        if unknown:
+            raise _unknown_variable(tree, unknown)
         config.subscriptions = collect_subscriptions(config, loaded_at)
+        declare_once_zone(config)
         config.jobs.declare_zone(config.zones)
+        for block in config.blocks(SERVER):
+            block.stash["core.phases"] = _phase_handlers(block, config, loaded_at)
         for loc in config.blocks(LOCATION):
             loc.stash["core.handler"] = pm.hook.ngxsim_content_handler(location=loc, config=config)
-            # pluggy calls the last registered first: per-location phases run in load order
-            for phase, hook in (("core.precontent", pm.hook.ngxsim_precontent_handler),
-                                ("core.body_filters", pm.hook.ngxsim_body_filter),
+            loc.stash["core.phases"] = _phase_handlers(loc, config, loaded_at)
+            # pluggy calls the last registered first: per-location filters run in load order
+            for phase, hook in (("core.body_filters", pm.hook.ngxsim_body_filter),
                                 ("core.filters", pm.hook.ngxsim_header_filter)):
                 loc.stash[phase] = [f for f in reversed(hook(location=loc, config=config)) if f is not None]
     return config
+
+
+def _phase_handlers(block: Block, config: Configuration, loaded_at: dict[str, Statement]) -> dict:
+    """Each phase's handlers for a server or location block; a module's wrong answer fails the
+    load at its ``load_module`` line."""
+    try:
+        return phases.collect(block, config)
+    except (ValueError, TypeError) as exc:
+        module = str(exc).split('"')[1] if str(exc).startswith("module ") else ""
+        where = loaded_at.get(module)
+        raise where.error(str(exc)) if where else ConfigError(str(exc)) from None
+
+
+def _unknown_variable(tree: list[Statement], names: set[str]) -> ConfigError:
+    """nginx's ``unknown "x" variable`` for the first statement (in file order) whose arguments
+    name one of ``names``. nginx itself says it without a place (it checks after parsing, in
+    ngx_http_variables_init_vars); the line of the value that names it is where to look."""
+    uses = re.compile(r"\$(?:\{(%s)\}|(%s)(?![A-Za-z0-9_]))" % (("|".join(map(re.escape, sorted(names))),) * 2))
+    stack = list(reversed(tree))
+    while stack:
+        stmt = stack.pop()
+        for arg in stmt.args:
+            found = uses.search(arg)
+            if found:
+                return stmt.error(f'unknown "{found.group(1) or found.group(2)}" variable')
+        stack.extend(reversed(stmt.block or []))
+    return ConfigError(f'unknown "{min(names)}" variable')  # named by no value as written: a module's own
 
 
 # nginx's own contexts nest four deep (main, http, server, location); a module's block directive
@@ -307,8 +345,11 @@ def _build(stmts: list[Statement], block: Block, table: DirectiveTable, depth: i
             raise st.error(f'directive "{st.name}" is not terminated by ";"')
         if not d.accepts(len(st.args)):
             raise st.error(f'invalid number of arguments in "{st.name}" directive')
+        st.parent = block.statement
+        for inner in st.block or ():
+            inner.parent = st
         try:
-            value = d.data(st.block) if d.data is not None else d.value(st.args)
+            value = d.block_value(st.block, st) if d.data is not None else d.value(st.args, st)
         except ValueError as exc:
             raise st.error(str(exc)) from None
         if d.block:

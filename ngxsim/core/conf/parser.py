@@ -24,7 +24,22 @@ MAX_FILE_SIZE = 16 * 1024 * 1024
 
 @dataclass
 class Statement:
-    """One directive as written: ``name args... ;`` or ``name args... { block }``."""
+    """One directive as written: ``name args... ;`` or ``name args... { block }``.
+
+    What a directive's ``parse(args, statement)`` and a data block's ``data(statements)`` get,
+    and what ``block.where_of(name)`` / ``block.statements_of(name)`` return.
+
+    Attributes:
+        name (str): the directive's name.
+        args (list[str]): its arguments, unquoted (``quoted[i]`` says whether the i-th was quoted).
+        file (str): the file it is in (an ``include``d file's own path), or ``"command line"``.
+        line (int | None): the line where it ends (its ``;`` or ``{``), as nginx reports it;
+            None for ``-g`` directives.
+        block (list[Statement] | None): the statements of its ``{ }`` block; None without one.
+        parent (Statement | None): the statement whose block holds it (``map $a $b {`` for a
+            line of the map; ``server`` for a ``listen``); None at the top level. Set once the
+            config is checked against the directive table.
+    """
 
     name: str
     args: list[str]
@@ -32,6 +47,7 @@ class Statement:
     line: int
     block: list["Statement"] | None = None
     quoted: list[bool] = field(default_factory=list)
+    parent: "Statement | None" = field(default=None, repr=False, compare=False)
 
     def error(self, message: str) -> ConfigError:
         """A ConfigError pointing at this statement."""
@@ -148,6 +164,9 @@ class _Parser:
         if self.depth >= MAX_INCLUDE_DEPTH:
             raise stmt.error(f'include nesting deeper than {MAX_INCLUDE_DEPTH} levels (a loop?)')
         pattern = stmt.args[0]
+        if "\x00" in pattern:  # no file name holds a NUL byte (and open() and glob() refuse one)
+            shown = pattern.replace("\x00", "\\0")
+            raise stmt.error(f'open() "{shown}" failed ({errno.EINVAL}: {os.strerror(errno.EINVAL)})')
         if not os.path.isabs(pattern):
             pattern = os.path.join(self.root, pattern)
         if glob.has_magic(pattern):

@@ -21,6 +21,7 @@ class ZoneSpec:
     size: int
     owner: str
     tag: str = ""  # the owner's layout; a kept zone must have the same (else it is recreated)
+    configured: int | None = None  # the size the config gives (keys_zone=NAME:10m), when not ``size``
 
 
 class ZoneSpecs:
@@ -31,14 +32,17 @@ class ZoneSpecs:
     def __init__(self) -> None:
         self._specs: dict[str, ZoneSpec] = {}
 
-    def declare(self, name: str, size: int, owner: str, where: Statement | None = None, tag: str = "") -> ZoneSpec:
+    def declare(self, name: str, size: int, owner: str, where: Statement | None = None, tag: str = "",
+                configured: int | None = None) -> ZoneSpec:
         """Declare zone ``name`` of ``size`` bytes (``ngxsim.ZONE_HEADER_SIZE`` of them the
         core's; ``zone.buf`` is the rest), owned by module ``owner``.
 
         Call it in ``ngxsim_postconfiguration``; the zone is created (zero-filled) or kept when
         the server starts, and ``runtime.zone(name)`` maps it in every process. ``where`` is the
         statement to blame in errors (``block.where_of("my_zone")``); ``tag`` names the
-        layout: a kept zone whose tag changed is recreated. Declaring the same zone again with
+        layout: a kept zone whose tag changed is recreated. ``configured`` is the size the config
+        names when the module maps another (``keys_zone=assets:10m`` whose zone holds a counter):
+        the start-up log shows both. Declaring the same zone again with
         the same size and owner returns the first declaration; a different owner, size or tag,
         a bad name or a size out of range raises ``ConfigError``.
         """
@@ -59,7 +63,7 @@ class ZoneSpecs:
             if old.size != size or old.tag != tag:
                 raise fail(f'zone "{name}" is already declared with size {old.size}, not {size}')
             return old
-        spec = ZoneSpec(name, size, owner, tag or owner)
+        spec = ZoneSpec(name, size, owner, tag or owner, configured if configured != size else None)
         self._specs[name] = spec
         return spec
 

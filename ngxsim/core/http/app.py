@@ -12,7 +12,6 @@ was decided at load time; the hot path only looks things up.
 
 from __future__ import annotations
 
-import socket
 from typing import TYPE_CHECKING
 
 from flask import Flask, request
@@ -20,13 +19,16 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from ..instance import MasterGone
+from .connection import cut_connection
 from .context import RequestContext
 from .core_module import AddHeader, Return
 from .jsonapi import ApiError
 from .logs import AccessLog, log
+from .phases import ACCESS_PHASES, CONTENT, LOG, SERVER_REWRITE
 from .regex import to_bytes
 from .responses import NginxResponse, error_page, json_error, pad_error_page, set_status_line
 from .uri import BadRequest
+from .waits import STATE, Parked, Wait, take_resume
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..conf.loader import Block, Configuration
@@ -53,12 +55,17 @@ def _types(tables: list[dict[str, str]]) -> dict[str, str]:
 class _Plan:
     """What the core precomputed for one server or location block."""
 
-    __slots__ = ("handler", "precontent", "body_filters", "filters", "headers", "ret", "max_body", "access_log",
-                 "default_type", "types", "absolute_redirect", "port_in_redirect", "server_name_in_redirect")
+    __slots__ = ("server_rewrite", "access_phases", "content", "log_phase", "body_filters", "filters", "headers",
+                 "ret", "max_body", "access_log", "default_type", "types", "absolute_redirect", "port_in_redirect",
+                 "server_name_in_redirect")
 
     def __init__(self, block: "Block", logs: dict[tuple[str, str], AccessLog], formats: dict):
-        self.handler = block.stash.get("core.handler")
-        self.precontent = block.stash.get("core.precontent", ())
+        phases = block.stash.get("core.phases") or {}
+        self.server_rewrite = tuple(phases.get(SERVER_REWRITE, ()))
+        self.access_phases = tuple(h for phase in ACCESS_PHASES for h in phases.get(phase, ()))
+        handler = block.stash.get("core.handler")  # a location's content handler owns its content phase
+        self.content = (handler,) if handler is not None else tuple(phases.get(CONTENT, ()))
+        self.log_phase = tuple(phases.get(LOG, ()))
         self.body_filters = block.stash.get("core.body_filters", ())
         self.filters = block.stash.get("core.filters", ())
         self.headers: list[AddHeader] = block.get("add_header") or []
@@ -87,34 +94,80 @@ class HttpCore:
                 block.stash["core.plan"] = _Plan(block, logs, formats)
 
     def handle(self, environ: dict, req) -> Response:
+        resume = take_resume()
+        if resume is not None:  # the server's event loop resumes a request a handler set aside
+            return resume()
         try:
             self.runtime.enter_request()
         except MasterGone as exc:  # an orphaned worker: nothing it accepted would last
-            return json_error(503, str(exc), headers={"Connection": "close", "Retry-After": "1"})
+            return _master_gone(exc)
         except Exception:  # a module's request-start work failed: say so, serve the request anyway
             log.exception("request start failed for %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
         ctx = RequestContext(environ, req, self.runtime)
         ctx.secret_args = self.secrets
         if self.servers is None:
             return self._finish(ctx, error_page(404), None)
+        return self._drive(ctx, self._phases(ctx, req), None)
+
+    def _drive(self, ctx: RequestContext, engine, sent) -> Response:
+        """Run the phase engine to its response. A wait a handler returned either parks the
+        request (the server resumes it later on a thread, ``Parked``) or blocks this thread."""
+        while True:
+            try:
+                wait = engine.send(sent)
+            except StopIteration as done:
+                return done.value
+            if STATE.can_park:
+                raise Parked(wait, lambda: self._drive(ctx, engine, None))
+            wait.block()
+            sent = None
+
+    def _phases(self, ctx: RequestContext, req):
+        """nginx's phase engine for one request (a generator: it yields the waits handlers ask
+        for and returns the finished response)."""
         server, refusal = self._server(ctx)
         ctx.server = server
         plan: _Plan = server.stash["core.plan"]
         if refusal is not None:
             return self._finish(ctx, refusal, plan)
+        response = None
         if plan.ret is not None:  # the server's rewrite phase runs before any location is chosen
-            return self._finish(ctx, self._guard(ctx, lambda: self._return(ctx, plan.ret, plan)), plan)
+            response = self._guard(ctx, lambda: self._return(ctx, plan.ret, plan))
+        else:
+            response = yield from self._run(ctx, plan.server_rewrite)
+        if response is not None:
+            return self._finish(ctx, response, plan)
         matcher = server.stash["core.locations"]
         loc, captures = matcher.find(ctx.uri, ctx.uri_bytes) if matcher is not None else (None, [])
         ctx.record(captures)
         ctx.location = loc
         if loc is not None:
             plan = loc.stash["core.plan"]
-        response = self._guard(ctx, lambda: self._content(ctx, req, plan, loc))
-        if loc is not None and response is not None:
+        response = self._guard(ctx, lambda: self._find_config(req, plan))
+        if response is None and plan.ret is not None and loc is not None:  # the rewrite phase's return
+            response = self._guard(ctx, lambda: self._return(ctx, plan.ret, plan))
+        if response is None:
+            response = yield from self._run(ctx, plan.access_phases)
+        if response is None:
+            response = yield from self._run(ctx, plan.content)
+        if response is None:
+            response = error_page(404)  # nginx's static module would look for a file; there is none
+        if loc is not None:
             for body_filter in plan.body_filters:
                 response = self._guard(ctx, lambda r=response, f=body_filter: f(ctx, r))
         return self._finish(ctx, response, plan)
+
+    def _run(self, ctx: RequestContext, handlers):
+        """Handlers in order until one answers; a wait yields to the driver, then ``then``."""
+        for handler in handlers:
+            result = self._guard(ctx, lambda h=handler: h(ctx))
+            while isinstance(result, Wait):
+                yield result
+                then = result.then
+                result = self._guard(ctx, lambda: then(ctx)) if then is not None else None
+            if result is not None:
+                return result
+        return None
 
     def _server(self, ctx: RequestContext) -> tuple["Block", Response | None]:
         """The server for the request and, when nginx would refuse the request, its answer."""
@@ -138,6 +191,8 @@ class HttpCore:
             return step()
         except ApiError as exc:  # a module's JSON API answers a bad request with its JSON error
             return exc.response()
+        except MasterGone as exc:  # the master died while this request ran (Runtime.check_master)
+            return _master_gone(exc)
         except HTTPException as exc:  # e.g. a client that hung up mid-body, a body over the limit
             if isinstance(exc.__context__, TimeoutError):  # werkzeug's wrapper around a body read
                 return _body_timeout()
@@ -148,24 +203,16 @@ class HttpCore:
             log.exception("unhandled error in %s %s", ctx.environ.get("REQUEST_METHOD"), ctx.uri)
             return error_page(500)
 
-    def _content(self, ctx: RequestContext, req, plan: _Plan, loc) -> Response:
-        if loc is None:
-            return error_page(404)
+    @staticmethod
+    def _find_config(req, plan: _Plan) -> Response | None:
+        """What nginx checks once the location is chosen: ``client_max_body_size``."""
         if plan.max_body:
             length = req.content_length
             if length is not None and length > plan.max_body:
                 log.error("client intended to send too large body: %d bytes", length)
                 return error_page(413)
             req.max_content_length = plan.max_body
-        if plan.ret is not None:
-            return self._return(ctx, plan.ret, plan)
-        for precontent in plan.precontent:  # nginx's precontent phase: a cache may answer here
-            response = precontent(ctx)
-            if response is not None:
-                return response
-        if plan.handler is not None:
-            return plan.handler(ctx)
-        return error_page(404)  # nginx's static module would look for a file; there is none
+        return None
 
     @staticmethod
     def _return(ctx: RequestContext, ret: Return, plan: _Plan) -> Response:
@@ -186,7 +233,7 @@ class HttpCore:
         """What nginx's header filters do to every response, then the access log."""
         code = response.status_code
         if getattr(response, "ngxsim_close", False):
-            _close(ctx)
+            cut_connection(ctx)  # the server then fails to write the 444 and drops it
         if code == 204:  # nginx sends 204 without a body or a type
             response.headers.pop("Content-Type", None)
             response.set_data(b"")
@@ -196,15 +243,27 @@ class HttpCore:
             _absolute_location(ctx, response, plan)
             self._headers(ctx, response, plan)
         set_status_line(response)
-        if plan is not None and plan.access_log is not None:
+        if plan is not None and (plan.access_log is not None or plan.log_phase):
             length = response.calculate_content_length()
             if length is None and response.headers.get("Content-Length", "").isdigit():
                 length = int(response.headers["Content-Length"])
+            ctx.response = response
             if response.is_streamed:  # nginx logs once the response was sent: so do we
-                response.call_on_close(lambda: plan.access_log.write(ctx, response.status_code, length or 0))
+                response.call_on_close(lambda: self._log_phase(ctx, response, plan, length or 0))
             else:
-                plan.access_log.write(ctx, response.status_code, length or 0)
+                self._log_phase(ctx, response, plan, length or 0)
         return response
+
+    @staticmethod
+    def _log_phase(ctx: RequestContext, response: Response, plan: _Plan, length: int) -> None:
+        """nginx's log phase: the access log, then the modules' log handlers (``ctx.response``)."""
+        if plan.access_log is not None:
+            plan.access_log.write(ctx, response.status_code, length)
+        for handler in plan.log_phase:
+            try:
+                handler(ctx)
+            except Exception:
+                log.exception("log phase handler failed in %s %s", ctx.environ.get("REQUEST_METHOD"), ctx.uri)
 
     @staticmethod
     def _headers(ctx: RequestContext, response: Response, plan: _Plan) -> None:
@@ -217,6 +276,10 @@ class HttpCore:
                         response.headers.add(h.name, _header_value(value))
         for header_filter in plan.filters:
             header_filter(ctx, response)
+
+
+def _master_gone(exc: MasterGone) -> Response:
+    return json_error(503, str(exc), headers={"Connection": "close", "Retry-After": "1"})
 
 
 def _body_timeout() -> Response:
@@ -267,18 +330,6 @@ def _absolute_location(ctx: RequestContext, response: Response, plan: _Plan) -> 
     default_port = 443 if scheme == "https" else 80
     suffix = f":{port}" if port and port != default_port else ""
     response.headers["Location"] = f"{scheme}://{_header_value(host)}{suffix}{location}"
-
-
-def _close(ctx: RequestContext) -> None:
-    """``return 444``: end the connection without an answer. The server then fails to write
-    the response and drops it; under a test client there is no socket and the 444 stays."""
-    sock = ctx.environ.get("gunicorn.socket")
-    if sock is None:
-        return
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
 
 
 class NgxsimFlask(Flask):

@@ -64,6 +64,7 @@ class RequestContext:
             handler that proxied; None when no upstream answered. What a cache decides from
             (nginx reads ``u->headers_in``, not what the client gets).
         started (float): ``time.monotonic()`` when the request began.
+        response: the response once it was made (None before): what ``log`` phase handlers read.
     """
 
     def __init__(self, environ: dict, request: Any, runtime: "Runtime"):
@@ -95,6 +96,7 @@ class RequestContext:
         # per-request data a module keeps for its own later phases (a pre-content handler's
         # lookup for its body filter), by module name; never read another module's entry
         self.stash: dict[str, object] = {}
+        self.response: Any = None  # the response, once made (what log phase handlers read)
         # the origin's response header lines, before any was hidden (set by a proxying handler)
         self.upstream_headers: list[tuple[str, str]] | None = None
         self.started = time.monotonic()

@@ -15,8 +15,10 @@ from ..conf.directive import FLAG, HTTP, LOCATION, MAIN, MAX_TIME, SERVER, SIZE,
 from ..workers import LAYOUT_TAG as WORKERS_TAG
 from ..workers import WORKERS_ZONE, ZONE_SIZE, WorkerTable
 from .location import LocationMatcher, LocationSpec, nesting_error, parse_location
+from .api import ApiHandler, collect_sections
 from .status import StatusPage
-from .server import Listen, ServerTable, parse_listen, parse_server_name, primary_name
+from .stub_status import handler as stub_status_handler
+from .server import InvalidServerName, Listen, ServerTable, parse_listen, parse_server_name, primary_name
 from .variables import Template
 
 ALL = (MAIN, HTTP, SERVER, LOCATION)
@@ -135,6 +137,23 @@ def parse_worker_threads(args: list[str]) -> int:
         raise ValueError(f'invalid value "{args[0]}" in "worker_threads" directive, it must be from 1 to 1024') from None
 
 
+def parse_api(args: list[str]) -> dict:
+    """``api [write=on|off]`` (nginx: ``invalid parameter "x"``)."""
+    write = False
+    for arg in args:
+        if arg in ("write=on", "write=off"):
+            write = arg == "write=on"
+        else:
+            raise ValueError(f'invalid parameter "{arg}"')
+    return {"write": write}
+
+
+def parse_stub_status(args: list[str]) -> bool:
+    if args and args[0] not in ("on", "off"):  # old nginx took "stub_status on;"
+        raise ValueError(f'invalid parameter "{args[0]}"')
+    return not args or args[0] == "on"
+
+
 CORE_DIRECTIVES = (
     Directive("load_module", (MAIN,), 1, multiple=True, inherit=False, doc="load a module by entry point or dotted path"),
     Directive("worker_processes", (MAIN,), 1, parse=parse_worker_processes, default=1,
@@ -180,7 +199,14 @@ CORE_DIRECTIVES = (
               doc="that absolute URL names the server's first name instead of the request's host"),
     Directive("ngxsim_status", (LOCATION,), 0, type=FLAG, default=False, inherit=False,
               doc="this location answers the instance's status: workers, zones, modules (JSON or a page)"),
+    Directive("api", (LOCATION,), (0, 1), parse=parse_api, default=None, inherit=False,
+              doc="`[write=on|off]`: NGINX Plus's API (`/api/N/...`), read by its clients (docs/api.md)"),
+    Directive("stub_status", (LOCATION,), (0, 1), parse=parse_stub_status, default=False, inherit=False,
+              doc="nginx's basic status page (active, accepts, handled, requests, reading, writing, waiting)"),
 )
+
+
+
 
 @hookimpl
 def ngxsim_directives(register):
@@ -199,7 +225,7 @@ class HttpCore:
 @hookimpl
 def ngxsim_postconfiguration(config):
     # the worker table exists only for a status location to show (it costs a write per request)
-    if any(loc.get("ngxsim_status") for loc in config.blocks(LOCATION)):
+    if any(loc.get("ngxsim_status") or loc.get("stub_status") or loc.get("api") for loc in config.blocks(LOCATION)):
         config.zones.declare_core(WORKERS_ZONE, ZONE_SIZE, owner="core", tag=WORKERS_TAG)
     http_blocks = config.blocks(HTTP)
     if not http_blocks:
@@ -230,15 +256,29 @@ def ngxsim_postconfiguration(config):
         server.stash["core.server_name"] = primary_name(names)
         _check_nesting(server, None)
         server.stash["core.locations"] = _locations(server)
-    config.warnings.extend(table.check())
+    try:
+        config.warnings.extend(table.check())
+    except InvalidServerName as exc:
+        raise exc.server.error("server_name", str(exc)) from None
     _check_binds(list(listens.values()), http_blocks[0])
     config.stash["core.http"] = HttpCore(table, list(listens.values()))
 
 
 @hookimpl
-def ngxsim_content_handler(location):
+def ngxsim_content_handler(location, config):
     if location["ngxsim_status"]:
         return StatusPage().handle
+    if location["stub_status"]:
+        return stub_status_handler
+    api = location["api"]
+    if api is not None:
+        sections = config.stash.get("core.api_sections")
+        if sections is None:
+            try:
+                sections = config.stash["core.api_sections"] = collect_sections(config)
+            except ValueError as exc:
+                raise location.error("api", str(exc)) from None
+        return ApiHandler(location, sections, api["write"])
     return None
 
 

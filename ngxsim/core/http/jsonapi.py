@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import json
 import math
+import re
 from typing import TYPE_CHECKING, Callable
 
 from gunicorn.http.errors import ParseException
@@ -31,11 +32,12 @@ _READ_STEP = 65536
 class ApiError(Exception):
     """Raised by a content handler: the core answers ``json_error(status, message, headers)``."""
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None, code: str | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers
+        self.code = code  # NGINX Plus's error code (``UpstreamNotFound``), shown by the ``api`` location
 
     def response(self) -> Response:
         return json_error(self.status, self.message, headers=self.headers)
@@ -117,21 +119,84 @@ _KINDS = {dict: "a JSON object", list: "a JSON array"}
 def read_json(ctx: "RequestContext", max_body: int, *, want: type | None = dict) -> object:
     """The request's JSON body, parsed; or an ``ApiError``: 415 unless the Content-Type is
     ``application/json`` (parameters such as ``charset`` allowed), what ``read_body`` raises,
-    400 for invalid UTF-8 or JSON, NaN/Infinity, nesting too deep to parse, or (with ``want``)
-    a value of another type."""
+    400 for invalid UTF-8 or JSON, NaN/Infinity, nesting too deep to parse, a string (or key)
+    holding a lone surrogate escape (``"\\ud800"``: no Unicode text, it cannot be encoded back
+    to UTF-8), or (with ``want``) a value of another type."""
     req = ctx.request
     if (req.mimetype or "").lower() != "application/json":
         raise ApiError(415, f'Content-Type must be application/json, not "{req.content_type or ""}"')
     raw = read_body(ctx, max_body)
+    # the byte walk only where the brackets alone could be that deep (a publish body has a few)
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and nesting_depth(raw) > MAX_JSON_DEPTH:
+        raise ApiError(400, f"body is not valid JSON: nested too deeply (more than {MAX_JSON_DEPTH} levels)")
     try:
         body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ApiError(400, f"body is not valid JSON: {exc}") from None
-    except RecursionError:  # the C decoder recurses per level: 1000 "[" exhaust the stack
+    except RecursionError:  # cannot happen below MAX_JSON_DEPTH; a parser's limit is not ours
         raise ApiError(400, "body is not valid JSON: nested too deeply") from None
+    if _SURROGATE_ESCAPE.search(raw):  # a cheap gate: only a body with such an escape is walked
+        _reject_surrogates(body)
     if want is not None and not isinstance(body, want):
         raise ApiError(400, f"body must be {_KINDS.get(want, want.__name__)}")
     return body
+
+
+# Python's JSON decoder turns "\ud800" into a str holding the surrogate itself (JSON allows the
+# escape, Unicode text does not), which fails later wherever it is encoded: in an event, a
+# header, a key on disk. A body without a \uD800-\uDFFF escape cannot hold one (the decoded
+# UTF-8 cannot), so only a body that matches is walked.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+
+
+def _reject_surrogates(body: object) -> None:
+    stack: list[tuple[object, str]] = [(body, "")]
+    while stack:  # not recursive: the decoder accepts nesting deeper than a Python walk would
+        value, where = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                _check_text(key, f"{where} key {json.dumps(key)}")
+                stack.append((item, f"{where}.{key}" if where else key))
+        elif isinstance(value, list):
+            stack.extend((item, f"{where}[{i}]") for i, item in enumerate(value))
+        elif isinstance(value, str):
+            _check_text(value, f'"{where}"' if where else "the body")
+
+
+def _check_text(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        char = text[exc.start]
+        raise ApiError(400, f"body is not valid JSON text: {where.strip()} holds a lone surrogate "
+                            f"\\u{ord(char):04x}, which is no Unicode character") from None
+
+
+# ngxsim's own limit, checked before parsing: each Python's json parser has another (3.11's C
+# decoder fails near 1000 levels, 3.13's accepts thousands), and an answer must not depend on it
+MAX_JSON_DEPTH = 100
+
+
+def nesting_depth(raw: bytes) -> int:
+    """The deepest nesting of arrays and objects in ``raw`` (brackets inside strings ignored)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
 
 
 def _reject_constant(name: str):

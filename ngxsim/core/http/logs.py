@@ -1,4 +1,4 @@
-"""The access log (nginx's ``combined`` format) and the error log's level mapping."""
+"""The access log (nginx's ``combined`` format) and the error log (nginx's levels and line format)."""
 
 from __future__ import annotations
 
@@ -6,18 +6,61 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
 from urllib.parse import parse_qsl, unquote_plus, urlencode
 
+# nginx's levels, least to most severe. Python has no "notice", "alert" or "emerg": NOTICE sits
+# between INFO and WARNING, ALERT and EMERG above CRITICAL ("crit")
+NOTICE = 25
+ALERT = 55
+EMERG = 60
+for _level, _name in ((NOTICE, "NOTICE"), (ALERT, "ALERT"), (EMERG, "EMERG")):
+    logging.addLevelName(_level, _name)
 LEVELS = {
-    "debug": logging.DEBUG, "info": logging.INFO, "notice": logging.INFO, "warn": logging.WARNING,
-    "error": logging.ERROR, "crit": logging.CRITICAL, "alert": logging.CRITICAL, "emerg": logging.CRITICAL,
+    "debug": logging.DEBUG, "info": logging.INFO, "notice": NOTICE, "warn": logging.WARNING,
+    "error": logging.ERROR, "crit": logging.CRITICAL, "alert": ALERT, "emerg": EMERG,
 }
+_BY_NUMBER = sorted((number, name) for name, number in LEVELS.items())
 log = logging.getLogger("ngxsim")
+
+# the connection number of the request this thread serves (nginx's "*CID" in error log lines)
+_current = threading.local()
+
+
+def nginx_level(levelno: int) -> str:
+    """nginx's name for a Python level: the most severe nginx level at or below it."""
+    name = "debug"
+    for number, level in _BY_NUMBER:
+        if levelno >= number:
+            name = level
+    return name
+
+
+def set_connection(number: int | None) -> None:
+    """The connection number this thread serves now (None: none); error lines carry it."""
+    _current.number = number
+
+
+class NginxFormatter(logging.Formatter):
+    """nginx's error log line: ``YYYY/MM/DD HH:MM:SS [level] PID#TID: *CID message``, for the
+    master, the workers and gunicorn's own lines alike. A traceback (a module's bug) follows on
+    its own lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = time.strftime("%Y/%m/%d %H:%M:%S", time.localtime(record.created))
+        number = getattr(record, "connection", None) or getattr(_current, "number", None)
+        conn = f"*{number} " if number else ""
+        ids = f"{record.process}#{threading.get_native_id()}"
+        line = f"{when} [{nginx_level(record.levelno)}] {ids}: {conn}{record.getMessage()}"
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        return f"{line}\n{record.exc_text}" if record.exc_text else line
 
 
 def setup_error_log(target: tuple[str, str]) -> None:
-    """Send the ``ngxsim`` logger to ``error_log``'s path (or stderr) from its level on."""
+    """Send the ``ngxsim`` logger to ``error_log``'s path (or stderr) from its level on, in
+    nginx's line format."""
     path, level = target
     for handler in list(log.handlers):
         if getattr(handler, "_ngxsim", False):
@@ -25,7 +68,7 @@ def setup_error_log(target: tuple[str, str]) -> None:
             handler.close()
     handler = logging.StreamHandler(sys.stderr) if path == "stderr" else logging.FileHandler(path)
     handler._ngxsim = True  # type: ignore[attr-defined]
-    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(process)d: %(message)s"))
+    handler.setFormatter(NginxFormatter())
     log.addHandler(handler)
     log.setLevel(LEVELS[level])
     log.propagate = False
@@ -86,3 +129,24 @@ class AccessLog:
             ctx.logging = False
         os.write(self._fd, (line + "\n").encode("utf-8", "backslashreplace"))
 
+
+def error_context(ctx, upstream: str | None = None) -> str:
+    """nginx's context after an error-log message about a request (``ngx_http_log_error``):
+    ``, client: ADDR, server: NAME, request: "LINE"``, then ``, upstream: "URL"`` when a backend
+    is involved (``http://127.0.0.1:9001/x``: the peer and the URI sent to it), ``, host: "HOST"``
+    and ``, referrer: "REF"`` when the request has them. Secret query arguments are masked::
+
+        log.error("upstream timed out (110: Connection timed out) while reading upstream%s",
+                  error_context(ctx, upstream="http://127.0.0.1:9001/x"))
+    """
+    env = ctx.environ
+    secrets = frozenset(ctx.secret_args) | frozenset(SECRET_ARGS)
+    parts = [f", client: {env.get('REMOTE_ADDR', '-')}, server: {ctx.server_name}"]
+    parts.append(f', request: "{mask_target(ctx.request_line, secrets)}"')
+    if upstream is not None:
+        parts.append(f', upstream: "{mask_target(upstream, secrets)}"')
+    if env.get("HTTP_HOST") is not None:
+        parts.append(f', host: "{env["HTTP_HOST"]}"')
+    if env.get("HTTP_REFERER") is not None:
+        parts.append(f', referrer: "{env["HTTP_REFERER"]}"')
+    return "".join(parts)

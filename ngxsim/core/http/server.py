@@ -14,7 +14,6 @@ import socket
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from ..conf.errors import ConfigError
 from .regex import Captures, Regex, to_bytes
 
 T = TypeVar("T")
@@ -120,6 +119,14 @@ def primary_name(names: list[str]) -> str:
     return first[1:] if first.startswith(".") else first
 
 
+class InvalidServerName(ValueError):
+    """A name nginx refuses once several servers share an address; ``server``: the one giving it."""
+
+    def __init__(self, message: str, server: object):
+        super().__init__(message)
+        self.server = server
+
+
 class _NameIndex(Generic[T]):
     """The server_name lookup of one listen address."""
 
@@ -131,7 +138,7 @@ class _NameIndex(Generic[T]):
         self.default: T | None = None
         self.first: T | None = None
         self.servers = 0
-        self.invalid: list[str] = []  # nginx only checks the names of a shared address
+        self.invalid: list[tuple[str, T]] = []  # nginx only checks the names of a shared address
         self.conflicts: list[str] = []
         self.where = ""
 
@@ -144,7 +151,7 @@ class _NameIndex(Generic[T]):
             if name.startswith("~"):
                 self.regex.append((server_name_regex(name), item))
             elif name.count("*") > 1 or ".." in name:
-                self.invalid.append(name)
+                self.invalid.append((name, item))
             elif name.startswith("*."):
                 self.head.append((name[1:], item))
             elif name.startswith("."):
@@ -153,7 +160,7 @@ class _NameIndex(Generic[T]):
             elif name.endswith(".*") and "*" not in name[:-1]:
                 self.tail.append((name[:-1], item))
             elif "*" in name:
-                self.invalid.append(name)
+                self.invalid.append((name, item))
             elif name in self.exact and self.exact[name] is not item:
                 self.conflicts.append(name)  # nginx keeps the first server of a name
             else:
@@ -164,11 +171,13 @@ class _NameIndex(Generic[T]):
     def check(self) -> list[str]:
         """nginx checks names when it builds an address's name hash, which it does only for an
         address that several servers share; it says so without a file and line. Returns its
-        warnings (a name two servers give)."""
+        warnings (a name two servers give). An invalid name raises InvalidServerName, which
+        carries the server that gives it (the caller says its file and line, where nginx does not)."""
         if self.servers < 2:
             return []
         if self.invalid:
-            raise ConfigError(f'invalid server name or wildcard "{self.invalid[0]}" on {self.where}')
+            name, item = self.invalid[0]
+            raise InvalidServerName(f'invalid server name or wildcard "{name}" on {self.where}', item)
         return [f'conflicting server name "{name}" on {self.where}, ignored' for name in self.conflicts]
 
     def lookup(self, host: str | None) -> tuple[T | None, Captures | None]:

@@ -35,6 +35,18 @@ def _cookie(name: str) -> Callable[["RequestContext"], str]:
     return lambda ctx: ctx.cookie(name)
 
 
+def _binary_remote_addr(ctx: "RequestContext") -> str:
+    """nginx's ``$binary_remote_addr``: the client address in network order (4 bytes for IPv4,
+    16 for IPv6), as a string of those bytes (latin-1: one character per byte)."""
+    addr = ctx.environ.get("REMOTE_ADDR", "")
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            return socket.inet_pton(family, addr).decode("latin-1")
+        except OSError:
+            continue
+    return addr  # a Unix socket peer: nginx uses the text
+
+
 def _content_length(ctx: "RequestContext") -> str:
     return ctx.environ.get("CONTENT_LENGTH", "")
 
@@ -60,6 +72,7 @@ VARIABLES: dict[str, Callable[["RequestContext"], str]] = {
     "remote_user": lambda ctx: ctx.environ.get("REMOTE_USER") or "",
     "request_time": lambda ctx: f"{time.monotonic() - ctx.started:.3f}",
     "remote_addr": lambda ctx: ctx.environ.get("REMOTE_ADDR", ""),
+    "binary_remote_addr": _binary_remote_addr,
     "remote_port": lambda ctx: str(ctx.environ.get("REMOTE_PORT", "")),
     "request_method": lambda ctx: ctx.environ.get("REQUEST_METHOD", ""),
     "scheme": lambda ctx: ctx.environ.get("wsgi.url_scheme", "http"),
@@ -108,21 +121,92 @@ class Variable:
         if not re.fullmatch(r"[A-Za-z0-9_]+", self.name):
             raise ValueError(f"variable name {self.name!r} must be letters, digits and _")
 
+    @classmethod
+    def recorded(cls, name: str) -> "Variable":
+        """``$name`` whose value is what a handler recorded in ``ctx.vars[name]`` for the
+        request (empty until then): the usual shape of a module's status variable."""
+        return cls(name, lambda ctx: ctx.vars.get(name, ""))
+
+
+class _Late:
+    """The getter of a name no one had declared when a value named it: bound once the whole
+    config was read (a module's ``config.variables.add``, or a regex's named capture)."""
+
+    __slots__ = ("name", "get")
+
+    def __init__(self, name: str):
+        self.name = name
+        self.get: Callable = _named_capture(name)
+
+    def __call__(self, ctx: "RequestContext") -> str:
+        return self.get(ctx)
+
 
 class VariableTable:
-    """The variables one configuration's modules declared (the core's are always there)."""
+    """The variables of one configuration: the core's, those modules declared with the
+    ``ngxsim_variables`` hook, and those they add once they have read their directives
+    (``config.variables.add``: nginx's ``ngx_http_add_variable``, e.g. ``map``'s result)."""
 
     def __init__(self) -> None:
         self.names: dict[str, Callable] = {}
         self.prefixes: dict[str, Callable] = {}
         self.owners: dict[str, str] = {}
         self.captures: set[str] = set()  # the named captures of the config's regexes
-        self.pending: set[str] = set()  # names no one declared yet
+        self.pending: dict[str, _Late] = {}  # names no one declared yet, and their getters
+        self.changeable: set[str] = set()  # names added with changeable=True
 
-    def check_pending(self) -> None:
-        """Fail as nginx does for a variable that nothing declared by the end of the config."""
-        for name in sorted(self.pending - self.captures):
-            raise ValueError(f'unknown "{name}" variable')
+    def unknown(self) -> set[str]:
+        """Bind each name values used before it was declared (a module's ``add``, a prefix
+        family, a regex's named capture); the names nothing declared by the end of the config
+        (nginx fails the load with ``unknown "x" variable``)."""
+        missing: set[str] = set()
+        for name in sorted(self.pending):
+            late = self.pending[name]
+            prefix = next((p for p in self.prefixes if name.startswith(p) and len(name) > len(p)), None)
+            if name in self.names:
+                late.get = self.names[name]
+            elif prefix is not None:
+                late.get = self.prefixes[prefix](name[len(prefix):])
+            elif name not in self.captures:
+                missing.add(name)
+        return missing
+
+    def exists(self, name: str) -> bool:
+        """Whether ``$name`` is a variable now (the core's, a module's, a prefix family's, or a
+        named capture of a regex read so far)."""
+        name = name.lower()
+        if name in VARIABLES or name in self.names or self.is_capture(name):
+            return True
+        return any(name.startswith(p) and len(name) > len(p) for p in (*PREFIXED, *self.prefixes))
+
+    def is_capture(self, name: str) -> bool:
+        """Whether ``$name`` is a regex capture: ``1`` to ``9``, or a named capture of a regex
+        the config has so far (nginx's ``(?<name>...)``)."""
+        return name in tuple("123456789") or name.lower() in self.captures
+
+    def add(self, variable: Variable, module: str, where=None, changeable: bool = False) -> None:
+        """Declare ``variable`` for this configuration from a module's postconfiguration, once
+        it has read the directives that name it (nginx's ``ngx_http_add_variable``). Values that
+        named it earlier in the file find it too. A name already taken raises ``ConfigError``
+        with nginx's ``the duplicate "NAME" variable``, at ``where`` (a statement) if given —
+        unless both adds are ``changeable`` and by the same module (nginx's
+        ``NGX_HTTP_VAR_CHANGEABLE``: of two maps of one variable, the later wins)."""
+        from ..conf.errors import ConfigError
+
+        if not isinstance(variable, Variable):
+            raise TypeError(f"module {module!r} added {variable!r}, not an ngxsim.Variable")
+        name = variable.name.lower()
+        key = name + ("*" if variable.prefix else "")
+        if changeable and self.owners.get(key) == module and key in self.changeable:
+            self.names[name] = variable.get  # nginx's NGX_HTTP_VAR_CHANGEABLE: the later one wins
+            return
+        if key in self.owners or name in VARIABLES or name in PREFIXED or self.is_capture(name):
+            message = f'the duplicate "{variable.name}" variable'
+            raise where.error(message) if where is not None else ConfigError(message)
+        (self.prefixes if variable.prefix else self.names)[name] = variable.get
+        self.owners[key] = module
+        if changeable:
+            self.changeable.add(key)
 
     def registrar(self, module: str) -> Callable[[Variable], None]:
         def register(var: Variable) -> None:
@@ -251,6 +335,9 @@ def _getter(name: str) -> Callable[["RequestContext"], str]:
             return make(name[len(prefix) :])
     if table is None:
         raise ValueError(f'unknown "{name}" variable')
-    # maybe the named capture of a regex not read yet: the loader checks at the end
-    table.pending.add(name)
-    return _named_capture(name)
+    # maybe a module adds it once it has read its directives, or a regex further on captures it:
+    # the loader binds or refuses it at the end
+    late = table.pending.get(name)
+    if late is None:
+        late = table.pending[name] = _Late(name)
+    return late

@@ -1,6 +1,8 @@
 """Real nginx as a reference: a private test instance, raw HTTP/1.x requests, comparable answers.
 
-The differential tests run one config in real nginx and in ngxsim and send both the same bytes.
+The differential tests run one config in real nginx and in ngxsim and send both the same bytes
+(``raw_request(port, data).comparable(port)``); a module author compares a port with nginx's own
+module the same way (the ``ngxsim_nginx`` fixture wraps :class:`Nginx`; docs/testing.md).
 nginx runs unprivileged in the ways that matter: its own prefix, pid file, error log and temp
 folders under the test's tmp dir, ``daemon off`` with a master process that the fixture starts
 and stops with bounded waits, loopback only. Nothing is installed here: a machine without an
@@ -18,7 +20,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from ngxsim.testing import free_port, wait_for
+from .server import free_port, wait_for
 
 NGINX_CANDIDATES = ("nginx", "/usr/sbin/nginx")
 
@@ -134,3 +136,23 @@ def check_config(binary: str, folder: Path, conf: Path) -> str:
 def first_emerg(text: str) -> str:
     m = re.search(r"\[emerg\] (?:\d+#\d+: )?(.*)", text)
     return m.group(1).strip() if m else ""
+
+
+def config_errors(binary: str, folder: Path, http_inside: str, modules: tuple[str, ...] = ()) -> tuple[str, str]:
+    """The same ``http`` block checked by ``nginx -t`` and by ngxsim's loader: ``(nginx's first
+    [emerg] message, ngxsim's ConfigError message)``, both naming ``folder/t.conf`` and the same
+    line numbers (``load_module`` lines for ``modules`` share the first line). "" for a side
+    that accepts the config."""
+    from ..core.conf.errors import ConfigError
+    from ..core.conf.loader import load_configuration
+
+    folder.mkdir(parents=True, exist_ok=True)
+    conf = folder / "t.conf"
+    conf.write_text(f"events {{}}\nhttp {{\n{http_inside}\n}}\n")
+    expected = check_config(binary, folder / "prefix", conf)
+    conf.write_text("".join(f"load_module {m}; " for m in modules) + f"\nhttp {{\n{http_inside}\n}}\n")
+    try:
+        load_configuration(str(conf))
+    except ConfigError as exc:
+        return expected, str(exc)
+    return expected, ""

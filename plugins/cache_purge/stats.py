@@ -1,0 +1,63 @@
+"""NGINX Plus's cache statistics (``/api/N/http/caches``): responses and bytes by cache status,
+counted by every worker into the keys zone (after the purge epoch and the databases' generation), so the API answers the
+instance's counts whichever worker serves it.
+
+Layout at ``zone.buf[16:]``: 20 u64 — hit, stale, updating, revalidated (responses, bytes each),
+then miss, expired, bypass (responses, bytes, responses written, bytes written each).
+"""
+
+from __future__ import annotations
+
+import struct
+
+_AT = 16  # after the purge epoch and the databases' generation (levels.py)
+_STATS = struct.Struct("<20Q")
+_SIMPLE = ("hit", "stale", "updating", "revalidated")
+_WRITTEN = ("miss", "expired", "bypass")
+# $upstream_cache_status -> the API's key (STALE, UPDATING, REVALIDATED are not produced today)
+_KEYS = {"HIT": "hit", "STALE": "stale", "UPDATING": "updating", "REVALIDATED": "revalidated", "MISS": "miss",
+         "EXPIRED": "expired", "BYPASS": "bypass"}
+
+
+def _index(key: str) -> int:
+    if key in _SIMPLE:
+        return 2 * _SIMPLE.index(key)
+    return 8 + 4 * _WRITTEN.index(key)
+
+
+def count(zone, status: str, nbytes: int) -> None:
+    """One response of ``$upstream_cache_status`` ``status`` with a body of ``nbytes``."""
+    key = _KEYS.get(status)
+    if key is None:
+        return
+    i = _index(key)
+    with zone.lock():
+        values = list(_STATS.unpack_from(zone.buf, _AT))
+        values[i] += 1
+        values[i + 1] += nbytes
+        _STATS.pack_into(zone.buf, _AT, *values)
+
+
+def written(zone, status: str, nbytes: int) -> None:
+    """A response of ``status`` (miss, expired, bypass) was stored in the cache."""
+    key = _KEYS.get(status)
+    if key not in _WRITTEN:
+        return
+    i = _index(key)
+    with zone.lock():
+        values = list(_STATS.unpack_from(zone.buf, _AT))
+        values[i + 2] += 1
+        values[i + 3] += nbytes
+        _STATS.pack_into(zone.buf, _AT, *values)
+
+
+def read(zone) -> dict:
+    """The counts as NGINX Plus's cache object has them."""
+    values = _STATS.unpack_from(zone.buf, _AT)
+    out: dict = {}
+    for key in _SIMPLE + _WRITTEN:
+        i = _index(key)
+        out[key] = {"responses": values[i], "bytes": values[i + 1]}
+        if key in _WRITTEN:
+            out[key].update(responses_written=values[i + 2], bytes_written=values[i + 3])
+    return out

@@ -1,0 +1,251 @@
+"""The NGINX Plus-shaped ``api`` location and ``stub_status`` against real servers with several
+workers and real backends: shapes, counts shared by every worker, writes, errors; then read by a
+client nobody here wrote, Debian's prometheus-nginx-exporter, whose exported numbers must equal
+ngxsim's own."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+import requests
+
+from ngxsim.testing import free_port, wait_for
+
+EXPORTER = shutil.which("prometheus-nginx-exporter") or "/usr/bin/prometheus-nginx-exporter"
+CONF = """
+load_module worker_events; load_module upstreams; load_module cache_purge;
+http {
+    worker_events_zone bus;
+    proxy_cache_path {tmp}/cache keys_zone=assets:1m inactive=10m;  # the API shows its counts
+    upstream backend { zone backend 256k; %(servers)s }
+    server {
+        listen 127.0.0.1:{port};
+        add_header X-Cache-Status $upstream_cache_status always;
+        location / { proxy_pass http://backend; }
+        location /static/ { proxy_pass http://backend; proxy_cache assets; proxy_cache_valid 200 10m;
+                            proxy_cache_bypass $arg_nocache; }
+        location /api { api write=on; }
+        location /ro/ { api; }
+        location = /basic_status { stub_status; }
+        location /internal/status { ngxsim_status; }
+        location /api/upstreams { upstreams_api; }
+        location /internal/worker-events { worker_events_api; worker_events_zone bus; worker_events_channel ops; }
+    }
+}
+"""
+UPS = "/api/8/http/upstreams/backend"
+
+
+def start(ngxsim_server, backends, **kw):
+    servers = " ".join(f"server {b.address} max_fails=1 fail_timeout=30s;" for b in backends)
+    return ngxsim_server(CONF % {"servers": servers}, ready_path="/api/", **kw)
+
+
+def peers(server) -> dict[str, dict]:
+    return {p["server"]: p for p in server.get(UPS).json()["peers"]}
+
+
+def stub(server) -> dict[str, int]:
+    text = server.get("/basic_status").text
+    m = re.fullmatch(r"Active connections: (\d+) \nserver accepts handled requests\n (\d+) (\d+) (\d+) \n"
+                     r"Reading: (\d+) Writing: (\d+) Waiting: (\d+) \n", text)
+    assert m, repr(text)
+    return dict(zip(("active", "accepts", "handled", "requests", "reading", "writing", "waiting"), map(int, m.groups())))
+
+
+def test_api_tree_counts_shared_by_every_worker_writes_and_errors(ngxsim_server, ngxsim_backend):
+    a, b, c = (ngxsim_backend(name=n) for n in "abc")
+    server = start(ngxsim_server, [a, b, c], workers=4)
+    assert server.get("/api/").json() == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert {"nginx", "connections", "http", "processes", "slabs", "ssl"} <= set(server.get("/api/8/").json())
+    assert {"requests", "upstreams", "caches", "server_zones"} <= set(server.get("/api/8/http").json())
+    info = server.get("/api/8/nginx").json()
+    assert info["ppid"] == server.master and info["pid"] in server.worker_pids()
+
+    responses = server.spray("/x", 60)
+    assert len({r.worker_pid for r in responses}) == 4
+    got = peers(server)
+    hits = {a.address: a.hits, b.address: b.hits, c.address: c.hits}
+    assert {s: p["requests"] for s, p in got.items()} == hits  # every worker's, counted at selection
+    assert {s: p["responses"]["2xx"] for s, p in got.items()} == hits
+    assert all(p["responses"]["total"] == p["responses"]["2xx"] and p["received"] > 0 and p["sent"] > 0
+               and p["active"] == 0 and p["state"] == "up" and "selected" in p for p in got.values())
+    assert sorted(p["id"] for p in got.values()) == [0, 1, 2]
+
+    # a drain and a failure
+    drained = server.request("PATCH", f"{UPS}/servers/{got[a.address]['id']}", json={"drain": True})
+    assert drained.status_code == 200 and drained.json()["state"] == "draining"
+    c.stop()
+    before = peers(server)
+    assert all(r.status_code == 200 for r in server.spray("/y", 20))
+    after = peers(server)
+    assert after[c.address]["fails"] >= 1 and after[c.address]["unavail"] >= 1
+    assert after[c.address]["state"] == "unavail" and after[a.address]["requests"] == before[a.address]["requests"]
+    # the upstreams_api location is the same code: the same peers
+    assert {p["server"]: p["requests"] for p in server.get("/api/upstreams/backend/servers").json()} == \
+        {s: p["requests"] for s, p in peers(server).items()}
+
+    # NGINX Plus's errors
+    r = server.get("/api/8/http/upstreams/nope")
+    body = r.json()
+    assert r.status_code == 404 and body["error"] == {"status": 404, "text": 'upstream "nope" not found',
+                                                      "code": "UpstreamNotFound"}
+    assert re.fullmatch(r"[0-9a-f]{32}", body["request_id"]) and body["href"].startswith("https://nginx.org/")
+    assert server.get("/api/7/stream/upstreams").json()["error"]["code"] == "PathNotFound"
+    assert server.get("/api/99/nginx").json()["error"]["code"] == "UnknownVersion"
+    r = server.request("POST", "/ro/8/http/upstreams/backend/servers", json={"server": c.address})
+    assert r.status_code == 405 and r.json()["error"]["code"] == "MethodDisabled"
+    r = server.request("POST", f"{UPS}/servers", json={"server": a.address})
+    assert r.status_code == 409 and r.json()["error"]["status"] == 409
+    r = server.request("POST", f"{UPS}/servers", json={"server": "127.0.0.1:1", "weight": 0})
+    assert r.status_code == 400 and '"weight"' in r.json()["error"]["text"]
+    assert r.json()["error"]["code"] == "UpstreamConfFormatError"
+    added = server.request("POST", f"{UPS}/servers", json={"server": c.address.replace("127.0.0.1", "127.0.0.2")})
+    assert added.status_code == 201 and added.json()["id"] == 3
+    assert server.request("DELETE", f"{UPS}/servers/3").status_code == 200
+
+    # caches: one miss stored, then hits from any worker
+    first = server.get("/static/a")
+    assert first.headers["X-Cache-Status"] == "MISS"
+    statuses = Counter(r.headers["X-Cache-Status"] for r in server.spray("/static/a", 12))
+    server.get("/static/a", params={"nocache": "1"})
+    cache = server.get("/api/8/http/caches").json()["assets"]
+    size = len(first.content)
+    assert cache["miss"] == {"responses": 1, "bytes": size, "responses_written": 1, "bytes_written": size}
+    assert cache["hit"] == {"responses": statuses["HIT"], "bytes": statuses["HIT"] * size} and statuses["HIT"] == 12
+    assert cache["bypass"]["responses"] == 1 and cache["size"] > 0
+
+
+@pytest.mark.ngxsim_modes()
+def test_stub_status_counts_every_workers_connections(ngxsim_server, ngxsim_backend):
+    a = ngxsim_backend(name="a")
+    server = start(ngxsim_server, [a], workers=2)
+    before = stub(server)
+    responses = server.spray("/x", 10)
+    assert len({r.worker_pid for r in responses}) == 2
+    after = stub(server)
+    # every worker's requests: the 10 and the second status request (spray also opens connections
+    # it closes unanswered, to find each worker: they are accepted, not requests)
+    assert after["requests"] - before["requests"] == 11 and after["accepts"] - before["accepts"] >= 11
+    before = after
+    for _ in range(10):  # one connection each, one request each
+        assert requests.get(server.url("/x"), headers={"Connection": "close"}, timeout=10).status_code == 200
+    after = stub(server)
+    assert after["requests"] - before["requests"] == 11 and after["accepts"] - before["accepts"] == 11
+    assert after["handled"] == after["accepts"] and after["writing"] >= 1
+    assert after["active"] == after["reading"] + after["writing"] + after["waiting"]
+    api = server.get("/api/8/connections").json()
+    assert api["accepted"] == after["accepts"] + 1 and api["active"] >= 1
+
+
+# -- read by the real Prometheus exporter -----------------------------------------------------------
+
+
+@pytest.fixture
+def exporter():
+    if not os.access(EXPORTER, os.X_OK):
+        pytest.skip(f"{EXPORTER} is not installed (Debian's prometheus-nginx-exporter; .ci/run installs it)")
+    procs = []
+
+    def run(scrape_uri: str, plus: bool) -> str:
+        port = free_port()
+        cmd = [EXPORTER, f"--nginx.scrape-uri={scrape_uri}", f"--web.listen-address=127.0.0.1:{port}"]
+        proc = subprocess.Popen(cmd + (["--nginx.plus"] if plus else []), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        procs.append(proc)
+        url = f"http://127.0.0.1:{port}/metrics"
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"the exporter exited: {proc.stderr.read().decode(errors='replace')}")
+            try:
+                return requests.get(url, timeout=5).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_for(up, 20, what="the exporter to serve /metrics")
+        return url
+
+    yield run
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def metrics(url: str) -> dict[str, float]:
+    out = {}
+    for line in requests.get(url, timeout=10).text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def test_the_prometheus_exporter_reads_what_ngxsim_counts(ngxsim_server, ngxsim_backend, exporter):
+    a, b, c = (ngxsim_backend(name=n) for n in "abc")
+    server = start(ngxsim_server, [a, b, c], workers=4)
+    plus = exporter(server.url("/api"), plus=True)
+    basic = exporter(server.url("/basic_status"), plus=False)
+    # a scripted sequence: requests, a drain, a failure, more requests
+    server.spray("/x", 30)
+    ids = {s: p["id"] for s, p in peers(server).items()}
+    server.request("PATCH", f"{UPS}/servers/{ids[b.address]}", json={"drain": True})
+    c.stop()
+    server.spray("/y", 20)
+
+    seen = metrics(plus)
+    assert seen["nginxplus_up"] == 1
+    ours = peers(server)
+    for address, peer in ours.items():
+        labels = f'{{server="{address}",upstream="backend"}}'
+        assert seen[f"nginxplus_upstream_server_requests{labels}"] == peer["requests"]
+        assert seen[f"nginxplus_upstream_server_fails{labels}"] == peer["fails"]
+        assert seen[f"nginxplus_upstream_server_unavail{labels}"] == peer["unavail"]
+        assert seen[f"nginxplus_upstream_server_active{labels}"] == peer["active"]
+        assert seen[f"nginxplus_upstream_server_sent{labels}"] == peer["sent"]
+        assert seen[f"nginxplus_upstream_server_received{labels}"] == peer["received"]
+        code = f'{{code="2xx",server="{address}",upstream="backend"}}'
+        assert seen[f"nginxplus_upstream_server_responses{code}"] == peer["responses"]["2xx"]
+    states = {"up": 1, "draining": 2, "down": 3, "unavail": 4, "checking": 5, "unhealthy": 6}
+    assert {a: seen[f'nginxplus_upstream_server_state{{server="{a}",upstream="backend"}}'] for a in ours} == \
+        {a: states[p["state"]] for a, p in ours.items()} == {a.address: 1, b.address: 2, c.address: 4}
+    assert ours[c.address]["fails"] >= 1 and ours[a.address]["requests"] == a.hits
+
+    first = stub(server)
+    seen = metrics(basic)  # the exporter's own request to stub_status comes between the two reads
+    assert seen["nginx_up"] == 1
+    assert seen["nginx_http_requests_total"] == first["requests"] + 1
+    assert seen["nginx_connections_accepted"] == first["accepts"] + 1
+    assert seen["nginx_connections_handled"] == first["handled"] + 1
+    assert stub(server)["requests"] == first["requests"] + 2
+
+
+def test_ngxsim_status_shows_upstream_peers_and_caches(ngxsim_server, ngxsim_backend):
+    a, b = ngxsim_backend(name="a"), ngxsim_backend(name="b")
+    server = start(ngxsim_server, [a, b], workers=2)
+    server.spray("/x", 8)
+    ids = {s: p["id"] for s, p in peers(server).items()}
+    server.request("PATCH", f"{UPS}/servers/{ids[b.address]}", json={"drain": True})
+    for _ in range(4):
+        server.get("/static/a")  # one miss, three hits
+    modules = server.get("/internal/status").json()["modules"]
+    shown = {p["server"]: p for p in modules["upstreams"]["upstreams"]["backend"]}
+    assert {s: (p["state"], p["requests"]) for s, p in shown.items()} == \
+        {a.address: ("up", a.hits), b.address: ("draining", b.hits)}
+    assert shown[a.address]["healthy"] is None  # no health checks
+    cache = modules["cache_purge"]["caches"]["assets"]
+    assert (cache["hits"], cache["misses"], cache["hit_ratio"]) == (3, 1, 0.75) and cache["size"] > 0
+    text = subprocess.run([sys.executable, "-m", "ngxsim.cli", "status", "-c", server.url("/internal/status")],
+                          capture_output=True, text=True, timeout=60).stdout
+    assert "upstreams:" in text and "draining" in text and b.address in text
+    assert "cache_purge:" in text and "hit_ratio" in text and "0.75" in text

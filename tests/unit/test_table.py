@@ -1,0 +1,114 @@
+"""SharedTable: a keyed table in a zone (records, expiry, LRU eviction, stripe locks that survive
+a killed holder), shared by the processes that attach the zone."""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+import threading
+
+import pytest
+
+from ngxsim import SharedTable
+from ngxsim.core.instance import STANDALONE, current_instance
+from ngxsim.core.shm import attach_zone, remove_zone_files
+
+COUNTER = struct.Struct("<q")
+
+
+@pytest.fixture
+def zone(shm_leftovers):
+    inst = current_instance(STANDALONE)
+    zone = attach_zone(inst, f"table-{os.getpid()}", SharedTable.size_for(64, 16, 8, stripes=4))
+    yield zone
+    zone.close()
+    remove_zone_files(inst)
+
+
+def test_put_get_delete_and_expiry(zone):
+    table = SharedTable(zone, 16, 8, stripes=4)
+    assert table.capacity >= 64
+    table.put("a", COUNTER.pack(1), now=1000.0)
+    table.put(b"b", COUNTER.pack(2), ttl=5, now=1000.0)
+    assert table.get("a", now=1000.0) == COUNTER.pack(1)
+    assert table.get("b", now=1004.0) == COUNTER.pack(2)
+    assert table.get("b", now=1005.5) is None  # expired
+    assert len(table) == 2
+    assert table.delete("a") and not table.delete("a")
+    assert table.get("a") is None
+    with pytest.raises(ValueError, match="keys are at most 16"):
+        table.put("k" * 17, COUNTER.pack(0))
+    with pytest.raises(ValueError, match="values are 8"):
+        table.put("a", b"x")
+
+
+def test_a_second_view_sees_the_records_and_a_different_shape_is_refused(zone):
+    SharedTable(zone, 16, 8, stripes=4).put("k", COUNTER.pack(7))
+    assert SharedTable(zone, 16, 8, stripes=4).get("k") == COUNTER.pack(7)
+    with pytest.raises(ValueError, match="holds a table of another shape"):
+        SharedTable(zone, 32, 8, stripes=4)
+
+
+def test_a_full_stripe_evicts_its_least_recently_used_record(zone):
+    table = SharedTable(zone, 16, 8, stripes=1)
+    keys = [f"k{i}" for i in range(table.capacity)]
+    for key in keys:
+        table.put(key, COUNTER.pack(0))
+    table.update(keys[0], lambda v: (v, None))  # k0 used again: k1 is now the least recent
+    table.put("new", COUNTER.pack(1))
+    assert table.get(keys[1]) is None
+    assert table.get(keys[0]) is not None and table.get("new") == COUNTER.pack(1)
+    assert len(table) == table.capacity
+
+
+def _increment(table, key, times):
+    for _ in range(times):
+        table.update(key, lambda v: (COUNTER.pack((COUNTER.unpack(v)[0] if v else 0) + 1), None))
+
+
+def test_updates_from_several_processes_lose_nothing(zone):
+    table = SharedTable(zone, 16, 8, stripes=4)
+    go_r, go_w = os.pipe()
+    children = []
+    for _ in range(4):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.read(go_r, 1)  # all start together
+                _increment(table, "hits", 3000)
+                code = 0
+            finally:
+                os._exit(code)
+        children.append(pid)
+    os.write(go_w, b"xxxx")
+    _increment(table, "hits", 3000)
+    os.close(go_r)
+    os.close(go_w)
+    assert [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children] == [0] * 4
+    assert COUNTER.unpack(table.get("hits"))[0] == 15000
+
+
+def test_a_holder_killed_with_the_stripe_lock_leaves_it_free(zone):
+    table = SharedTable(zone, 16, 8, stripes=4)
+    stripe = table._where(b"k")[0]
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            with table._locked(stripe):
+                os.write(ready_w, b"x")
+                threading.Event().wait(60)
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    assert os.read(ready_r, 1) == b"x"  # the child holds the lock
+    os.close(ready_r)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (table.put("k", COUNTER.pack(1)), done.set()), daemon=True)
+    worker.start()
+    worker.join(10)
+    assert done.is_set(), "the stripe lock stayed held after its holder was killed"
