@@ -22,6 +22,20 @@ from pathlib import Path
 
 from .server import free_port, wait_for
 
+_handed: set[int] = set()
+
+
+def _port() -> int:
+    """A free loopback port never handed out before by this process: a node takes three (client,
+    monitoring, cluster), picked one after the other, and the kernel may give a port just
+    released again (a node then fails to bind its second port to the same number)."""
+    while True:
+        port = free_port()
+        if port not in _handed:
+            _handed.add(port)
+            return port
+
+
 # Debian installs it in /usr/sbin, which a non-root user's PATH often lacks
 _SBIN = "/usr/sbin/nats-server"
 
@@ -50,8 +64,8 @@ class NatsServer:
     password: str | None = None
     token: str | None = None
     cluster_name: str | None = None
-    port: int = field(default_factory=free_port)
-    monitor_port: int = field(default_factory=free_port)
+    port: int = field(default_factory=_port)
+    monitor_port: int = field(default_factory=_port)
     cluster_port: int | None = None
     routes: list[int] = field(default_factory=list)
     proc: subprocess.Popen | None = None
@@ -210,7 +224,7 @@ def nats_node(folder: Path, name: str = "n1", **kw) -> NatsServer:
 def nats_cluster(folder: Path, size: int = 3, prefix: str = "n", **kw) -> NatsCluster:
     """``size`` started nodes in one cluster; returns once every node is healthy (its JetStream
     meta leader elected)."""
-    ports = [free_port() for _ in range(size)]
+    ports = [_port() for _ in range(size)]
     nodes = [NatsServer(f"{prefix}{i + 1}", Path(folder) / f"{prefix}{i + 1}", cluster_port=ports[i],
                         routes=[p for p in ports if p != ports[i]], **kw) for i in range(size)]
     cluster = NatsCluster(nodes)
