@@ -22,7 +22,15 @@ from typing import NamedTuple
 from .engine import Conflict, EngineError, check_kv
 from .engines import engine_class
 
-LEASE_SKEW = 1.0  # seconds: a lease is taken over only this long after it expired (clocks differ)
+# seconds: a lease is taken over only this long after it expired (the hosts' clocks differ), or a
+# quarter of its time when that is shorter: a short lease (a 1 s health check's) is still taken
+# over within 1.25 of its time plus the taker's next look, not after a whole second more
+LEASE_SKEW = 1.0
+
+
+def lease_margin(ttl: float) -> float:
+    """How long after its expiry a lease of ``ttl`` seconds may be taken over."""
+    return min(LEASE_SKEW, ttl / 4)
 
 
 class BridgeInfo(NamedTuple):
@@ -108,7 +116,8 @@ class ClusterStore:
     def lease(self, name: str, ttl: float) -> bool:
         """Take or renew the cluster-wide lease ``name`` for this instance for ``ttl`` seconds;
         return whether this instance holds it. Taken when no one holds it, when it is ours
-        (renewed), or when its holder let it expire more than ``LEASE_SKEW`` ago; one
+        (renewed), or when its holder let it expire more than ``lease_margin(ttl)`` ago (the
+        holder's ttl, written with the lease: ``LEASE_SKEW``, or a quarter of a shorter ttl); one
         compare-and-set, so of instances trying at once exactly one wins. Call it again well
         within ``ttl`` (a third of it) to keep it. When the engine cannot be reached, a lease
         we hold is still ours until the expiry we wrote (no one takes it before then)."""
@@ -119,12 +128,13 @@ class ClusterStore:
         now = int(time.time() * 1000)
         try:
             value, revision = self.get(key)
-            holder, expires = _lease_of(value)
-            if holder not in (None, self.instance) and now <= expires + LEASE_SKEW * 1000:
+            holder, takeover = _lease_of(value)
+            if holder not in (None, self.instance) and now <= takeover:
                 self._held.pop(name, None)
                 return False
             mine = now + int(ttl * 1000)
-            self.put(key, json.dumps({"holder": self.instance, "expires_msec": mine}), revision)
+            self.put(key, json.dumps({"holder": self.instance, "expires_msec": mine,
+                                      "takeover_msec": mine + int(lease_margin(ttl) * 1000)}), revision)
         except Conflict:  # another instance wrote first: it holds it now
             self._held.pop(name, None)
             return False
@@ -140,11 +150,13 @@ class ClusterStore:
 
 
 def _lease_of(value: str | None) -> tuple[str | None, int]:
-    """(holder, expiry in wall ms) of a lease's value; (None, 0) when there is none or it is not
-    a lease (then it is taken over)."""
+    """(holder, from when another may take it, in wall ms) of a lease's value; (None, 0) when
+    there is none or it is not a lease (then it is taken over). A lease written without
+    ``takeover_msec`` (an older ngxsim) gets ``LEASE_SKEW`` after its expiry."""
     try:
         doc = json.loads(value) if value is not None else None
-        return str(doc["holder"]), int(doc["expires_msec"])
+        expires = int(doc["expires_msec"])
+        return str(doc["holder"]), int(doc.get("takeover_msec", expires + LEASE_SKEW * 1000))
     except (ValueError, TypeError, KeyError):
         return None, 0
 

@@ -106,12 +106,24 @@ def test_of_two_instances_exactly_one_holds_a_lease_and_renewing_keeps_it(pair):
 def test_an_expired_lease_is_taken_over_only_after_the_skew_margin(pair, monkeypatch):
     a, b = pair
     monkeypatch.setattr(store_mod, "LEASE_SKEW", 0.3)
-    assert a.lease("job", 0.2) is True
-    time.sleep(0.3)  # expired, but within the margin: still a's for b
+    assert a.lease("job", 1.2) is True  # margin: LEASE_SKEW (a quarter of 1.2 s is more)
+    time.sleep(1.3)  # expired, but within the margin: still a's for b
     assert b.lease("job", 5) is False
     time.sleep(0.4)  # expired by more than the margin
     assert b.lease("job", 5) is True
     assert a.lease("job", 5) is False  # a lost it and does not take it back
+
+
+def test_a_short_lease_is_taken_over_a_quarter_of_its_time_after_it_expired(pair, monkeypatch):
+    """A 1 s health check's lease must pass within 2 intervals of its holder's death: the margin
+    for clocks is then a quarter of the lease, not the whole LEASE_SKEW."""
+    a, b = pair
+    monkeypatch.setattr(store_mod, "LEASE_SKEW", 5.0)
+    assert a.lease("job", 0.4) is True  # margin 0.1 s
+    time.sleep(0.2)
+    assert b.lease("job", 5) is False  # not expired yet
+    time.sleep(0.45)  # expired 0.25 s ago: past its 0.1 s margin, long before LEASE_SKEW
+    assert b.lease("job", 5) is True
 
 
 def test_of_instances_racing_for_a_free_lease_exactly_one_wins(pair):
