@@ -3,7 +3,9 @@ a copy of cacheable responses as they stream to the client.
 
 - pre-content (nginx's precontent phase): GET/HEAD -> memory level, then shared level; a fresh
   entry is the answer (``HIT``); otherwise the request goes on (``MISS``, ``EXPIRED``,
-  ``BYPASS``) and the body filter may store what comes back. The purge method (``PURGE``) ->
+  ``BYPASS``; a HEAD as a GET, nginx's ``proxy_cache_convert_head``) and the body filter may
+  store what comes back. The client's conditional headers are withheld from the origin and
+  judged against the answer (conditional.py). The purge method (``PURGE``) ->
   ngx_cache_purge's answer.
 - body filter: decide from the status and headers (``policy.freshness``) whether to store; if so,
   wrap the body so the bytes streamed to the client are also kept, and store them when the body
@@ -22,6 +24,8 @@ from typing import Iterable, Iterator
 from werkzeug.wrappers import Response
 
 from ngxsim import error_page
+
+from . import conditional
 
 from . import stats
 from .cache import announce_refresh, purge
@@ -76,7 +80,17 @@ class CachedLocation:
         if method != "GET" and method != "HEAD":
             if self.purge_method is not None and method == self.purge_method.method:
                 return self._purge(ctx)
+            conditional.withhold(ctx)  # nginx's proxy sends no conditional header where it caches
             return None  # nginx caches GET and HEAD only: other methods never touch the cache
+        conditional.withhold(ctx)  # judged against the answer (body filter), never sent to the origin
+        response = self._lookup(ctx, method)
+        if response is None:  # to the origin: a HEAD as a GET
+            if method == "HEAD":
+                ctx.environ["REQUEST_METHOD"] = "GET"  # proxy_cache_convert_head on (nginx's default)
+                ctx.stash[_HEAD] = True
+        return response
+
+    def _lookup(self, ctx, method: str):
         cache = ctx.runtime.stash[NAME].caches[self.zone]
         key = self.key.render(ctx)
         memory = cache.memory
@@ -114,8 +128,8 @@ class CachedLocation:
 
     @staticmethod
     def _expect(ctx, method: str, cache, key: str, epoch: int, mem_epoch: int) -> None:
-        # a HEAD response has no body to keep; a Range request's answer is not the whole resource
-        if method == "GET" and "HTTP_RANGE" not in ctx.environ:
+        # a HEAD is sent as a GET (its body is kept); a Range request's answer is not the whole resource
+        if "HTTP_RANGE" not in ctx.environ:
             ctx.stash[NAME] = _Pending(cache, key, epoch, mem_epoch)
 
     def _purge(self, ctx):
@@ -137,6 +151,25 @@ class CachedLocation:
     # -- body filter ------------------------------------------------------------------------------
 
     def body_filter(self, ctx, response):
+        head = ctx.stash.pop(_HEAD, False)
+        if head:
+            ctx.environ["REQUEST_METHOD"] = "HEAD"
+        conditions = conditional.restore(ctx)
+        response, storable = self._keep(ctx, response)
+        hit = ctx.vars.get(STATUS) == "HIT"
+        # nginx's not-modified filter answers from what the cache has or would store
+        answer = conditional.evaluate(conditions, response) if (hit or storable) and conditions else None
+        if answer is not None or head:
+            _drain(response)  # the whole body is read (and stored) before the short answer goes out
+            if answer is None:
+                response.response = iter(())  # the HEAD's headers (and length) as the GET's
+            else:
+                response = answer
+        return response
+
+    def _keep(self, ctx, response):
+        """Count the answer and, when it is to be stored, wrap its body so it is: (the
+        response, whether it is stored)."""
         status = ctx.vars.get(STATUS, "")
         zone = ctx.runtime.zone(self.zone)
         if status:
@@ -148,28 +181,30 @@ class CachedLocation:
             stats.count(zone, status, size)
         pending = ctx.stash.pop(NAME, None)
         if pending is None:
-            return response
+            return response, False
         if self.no_cache and _any_set(self.no_cache, ctx):
-            return response
+            return response, False
         if ctx.vars.get("upstream_status") == "":
-            return response  # made by the proxy itself (no backend answered): never stored
+            return response, False  # made by the proxy itself (no backend answered): never stored
         now = time.time()
         # decided from the headers as the origin sent them (the proxy hides X-Accel-Expires)
         origin = ctx.upstream_headers
         seconds = freshness(response.status_code, origin if origin is not None else response.headers.items(),
                             self.valid, now, self.ignore)
         if seconds is None:
-            return response
-        entry = Entry(response.status_code, stored_headers(response.headers), b"", now + seconds, tags(response.headers))
+            return response, False
         length = response.headers.get("Content-Length")
+        line = response.status if getattr(response, "ngxsim_status_line", False) else ""
+        entry = Entry(response.status_code, stored_headers(response.headers), b"", now + seconds, tags(response.headers),
+                      line=line, sized=length is not None)
         expected = ascii_number(length.strip()) if length is not None else None
         limit = self.max_entry
         if not response.is_streamed:
             self._store(pending, entry, response.get_data(), expected, (zone, status))
-            return response
+            return response, True
         response.response = _Copy(response.response, limit,
                                   lambda body: self._store(pending, entry, body, expected, (zone, status)), expected)
-        return response
+        return response, True
 
     def _store(self, pending: _Pending, entry: Entry, body: bytes, expected: int | None, counted=None) -> None:
         if expected is not None and len(body) != expected:
@@ -190,6 +225,21 @@ class CachedLocation:
             cache.report(error, "writing", f"storing {_quoted(pending.key)}")
         except Exception:
             log.exception("cache_purge: storing %r in zone %s failed", pending.key, self.zone)
+
+
+_HEAD = f"{NAME}.head"  # ctx.stash: a HEAD sent to the origin as a GET
+
+
+def _drain(response) -> None:
+    """Read a response's whole body here (a copy being kept stores it), then release it."""
+    if response.is_streamed:
+        try:
+            for _ in response.response:
+                pass
+        finally:
+            close = getattr(response.response, "close", None)
+            if close is not None:
+                close()
 
 
 def _quoted(key: str) -> str:

@@ -31,9 +31,11 @@ import cachetools
 import diskcache
 from werkzeug.wrappers import Response
 
+from ngxsim import keep_status_line
+
 from .storage import disk_failures, reraise_as_storage_error
 
-ENTRY_FORMAT = 1
+ENTRY_FORMAT = 2  # 2: the status line as the origin sent it, and whether it sent a length
 NOT_STORED, STORED, REPLACED = 0, 1, 2  # what SharedLevel.store did
 BATCH_TTL = 3600.0          # a stored purge batch outlives any worker's delivery of its event
 _EPOCH = struct.Struct("<Q")
@@ -66,23 +68,27 @@ class Entry:
     valid_until: float              # fresh until (wall clock); served from no level after it
     tags: tuple[str, ...] = ()
     mem_until: float = 0.0          # how long the memory level may keep it (<= valid_until)
+    line: str = ""                  # the status line as the origin sent it ("302 Found"); "": nginx's
+    sized: bool = True              # the origin sent a Content-Length (a hit without: chunked, as nginx)
 
     @property
     def size(self) -> int:
         return len(self.body) + _ENTRY_OVERHEAD + sum(len(k) + len(v) for k, v in self.headers)
 
     def response(self) -> Response:
-        return _Hit(self.body, status=self.status, headers=self.headers)
+        # nginx answers a hit with the status line and the framing the origin's answer had
+        response = _Hit(self.body if self.sized else iter((self.body,)), status=self.status, headers=self.headers)
+        return keep_status_line(response, self.line) if self.line else response
 
     def dump(self) -> tuple:
-        return (ENTRY_FORMAT, self.status, self.headers, self.body, self.valid_until, self.tags)
+        return (ENTRY_FORMAT, self.status, self.headers, self.body, self.valid_until, self.tags, self.line, self.sized)
 
     @classmethod
     def load(cls, value) -> "Entry | None":
         if not isinstance(value, tuple) or not value or value[0] != ENTRY_FORMAT:
             return None  # written by another layout: treated as not cached
-        _, status, headers, body, valid_until, tags = value
-        return cls(status, headers, body, valid_until, tags)
+        _, status, headers, body, valid_until, tags, line, sized = value
+        return cls(status, headers, body, valid_until, tags, line=line, sized=sized)
 
 
 class MemoryLevel:

@@ -116,13 +116,71 @@ def test_a_hit_keeps_the_stored_headers_and_adds_no_content_type(client):
     assert r.headers["X-Origin"] == "1" and r.headers["Cache-Tag"] == "t"
 
 
-def test_head_is_answered_from_a_stored_get_but_not_stored(client):
+def test_a_head_miss_is_fetched_as_a_get_and_stored(client):
     origin.ORIGIN["/static/h"] = (200, {}, b"12345")
-    assert client.head("/static/h").headers["X-Cache-Status"] == "MISS"
-    assert client.head("/static/h").headers["X-Cache-Status"] == "MISS"  # a HEAD has no body to keep
-    client.get("/static/h")
+    origin.SEEN.clear()
+    r = client.head("/static/h")  # proxy_cache_convert_head on (nginx's default)
+    assert (r.headers["X-Cache-Status"], r.data, r.headers["Content-Length"]) == ("MISS", b"", "5")
+    assert origin.SEEN == [("GET", None, None)]
     r = client.head("/static/h")
     assert (r.headers["X-Cache-Status"], r.data, r.headers["Content-Length"]) == ("HIT", b"", "5")
+    r = client.get("/static/h")
+    assert (r.headers["X-Cache-Status"], r.data) == ("HIT", b"12345")
+    assert origin.HITS["/static/h"] == 1
+
+
+TAGGED = {"ETag": '"v1"', "Last-Modified": "Mon, 01 Jan 2024 00:00:00 GMT", "Content-Type": "text/plain"}
+
+
+def test_if_none_match_gets_304_on_a_miss_and_a_hit_and_never_reaches_the_origin(client):
+    origin.ORIGIN["/static/c"] = (200, TAGGED, b"tagged")
+    origin.SEEN.clear()
+    for status in ("MISS", "HIT"):
+        r = client.get("/static/c", headers={"If-None-Match": 'W/"x", W/"v1"'})
+        assert (r.status, r.headers["X-Cache-Status"], r.data) == ("304 Not Modified", status, b"")
+        assert r.headers["ETag"] == '"v1"' and "Content-Type" not in r.headers and "Content-Length" not in r.headers
+    assert origin.SEEN == [("GET", None, None)]  # nginx's proxy sends no conditional header where it caches
+    r = client.get("/static/c", headers={"If-None-Match": '"v2"'})
+    assert (r.status_code, r.data) == (200, b"tagged")
+    r = client.get("/static/c", headers={"If-None-Match": '"v1"', "X-Keep": "1"})
+    assert r.status_code == 304
+
+
+@pytest.mark.parametrize("headers, status", [
+    ({"If-Modified-Since": "Mon, 01 Jan 2024 00:00:00 GMT"}, 304),
+    ({"If-Modified-Since": "Tue, 02 Jan 2024 00:00:00 GMT"}, 200),  # if_modified_since exact (nginx's default)
+    ({"If-Match": '"v2"'}, 412),
+    ({"If-Match": '"v1"'}, 200),
+    ({"If-Unmodified-Since": "Sun, 31 Dec 2023 00:00:00 GMT"}, 412),
+    ({"If-Unmodified-Since": "Mon, 01 Jan 2024 00:00:00 GMT"}, 200),
+])
+def test_the_other_conditions_on_a_hit(client, headers, status):
+    origin.ORIGIN["/static/d"] = (200, TAGGED, b"tagged")
+    client.get("/static/d")
+    r = client.get("/static/d", headers=headers)
+    assert (r.status_code, r.headers["X-Cache-Status"]) == (status, "HIT")
+
+
+def test_an_answer_not_stored_is_not_judged(client):
+    origin.ORIGIN["/static/n"] = (200, {**TAGGED, "Cache-Control": "no-store"}, b"tagged")
+    r = client.get("/static/n", headers={"If-None-Match": '"v1"'})
+    assert (r.status_code, r.data) == (200, b"tagged")  # nginx: disable_not_modified = !u->cacheable
+
+
+def test_a_hit_has_the_status_line_the_origin_sent(client):
+    origin.ORIGIN["/static/fine"] = ((200, "Fine"), {}, b"fine")
+    r1, r2 = client.get("/static/fine"), client.get("/static/fine")
+    assert [(r.status, r.headers["X-Cache-Status"]) for r in (r1, r2)] == [("200 Fine", "MISS"), ("200 Fine", "HIT")]
+
+
+def test_a_hit_of_an_answer_without_length_has_none(client):
+    origin.ORIGIN["/static/u"] = (200, {}, b"until-close")
+    assert client.get("/static/u?nolength=1").data == b"until-close"  # read: stored once it all went out
+    r = client.get("/static/u?nolength=1")
+    assert (r.headers["X-Cache-Status"], r.data, r.headers.get("Content-Length")) == ("HIT", b"until-close", None)
+    client.get("/static/c2")  # an answer with a length: the hit has it
+    r = client.get("/static/c2")
+    assert (r.headers["X-Cache-Status"], r.headers.get("Content-Length")) == ("HIT", "6")
 
 
 def test_other_methods_and_range_requests(client):
