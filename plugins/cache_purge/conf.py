@@ -22,7 +22,9 @@ from ngxsim import HTTP, LOCATION, SERVER, Directive, Template, parse_size, pars
 
 NAME = "cache_purge"
 LEVELS = (HTTP, SERVER, LOCATION)
-DEFAULT_KEY = "$scheme$proxy_host$request_uri"
+# nginx's key without proxy_cache_key: the proxy_pass URL's "http://host" and the request URI (its cache
+# file's "KEY:" line; its documentation writes $scheme$proxy_host$request_uri, which would lack "://")
+DEFAULT_KEY = "http://$proxy_host$request_uri"
 DEFAULT_INACTIVE = 600.0           # nginx: 10m
 DEFAULT_MEM_SIZE = 16 * 1024**2    # per worker
 MIN_KEYS_ZONE = 8192               # nginx: two pages
@@ -263,7 +265,9 @@ def _make_dir(path: str, stmt) -> None:
 
 
 def cache_key(location, config) -> Template:
-    """The location's ``proxy_cache_key``, or nginx's default ``$scheme$proxy_host$request_uri``.
+    """The location's ``proxy_cache_key``, or nginx's default: ``http://$proxy_host$request_uri``
+    (for a ``proxy_pass`` with a URI part nginx's key has the URI sent to the origin; ngxsim's
+    the request URI).
 
     ``$proxy_host`` and ``$proxy_port`` come from the upstreams module, which gives them from the
     location's ``proxy_pass`` before the request is proxied (the cache's lookup runs first): the

@@ -550,7 +550,7 @@ def test_keys_use_proxy_host_of_an_address_or_a_group(tmp_path, ngxsim_backend):
         client = app.test_client()
         for path in ("/address/a", "/group/a", "/own/a"):
             assert statuses(client, path, 2) == ["MISS", "HIT"], path
-        for key in (f"http{backend.address}/address/a", "httpbackend/group/a", f"{backend.address}:{backend.port}/own/a"):
+        for key in (f"http://{backend.address}/address/a", "http://backend/group/a", f"{backend.address}:{backend.port}/own/a"):
             r = purge(client, {"key": key})
             assert r.json.get("purged") == 1, (key, r.json)
         assert statuses(client, "/address/a", 1) == ["MISS"]

@@ -58,7 +58,7 @@ def test_a_good_config_is_read_with_nginx_defaults(tmp_path):
     assert static["proxy_cache"] == "assets"
     assert static["proxy_cache_valid"] == [Valid(frozenset({200, 301}), 600.0), Valid(frozenset({404}), 60.0)]
     assert static["proxy_cache_purge"].method == "PURGE"
-    assert static.stash["cache_purge"].key.source == "$scheme$proxy_host$request_uri"  # nginx's default
+    assert static.stash["cache_purge"].key.source == "http://$proxy_host$request_uri"  # nginx's (its KEY: line)
     assert (tmp_path / "assets").is_dir()  # made at load, as nginx does (nginx -t too)
     assert "key" in config.secret_args
     assert "assets" in config.zones
@@ -140,7 +140,7 @@ def test_the_default_key_needs_a_module_that_gives_proxy_host(tmp_path):
     text = (f"load_module worker_events;\nload_module cache_purge;\nhttp {{\n    worker_events_zone bus;\n"
             f"    proxy_cache_path {tmp_path}/c keys_zone=c:1m;\n"
             f"    server {{ listen 127.0.0.1:8080; location / {{ proxy_cache c; return 200; }} }}\n}}\n")
-    fails(tmp_path, text, 'the default "proxy_cache_key" ($scheme$proxy_host$request_uri) needs $proxy_host '
+    fails(tmp_path, text, 'the default "proxy_cache_key" (http://$proxy_host$request_uri) needs $proxy_host '
                           '("load_module upstreams;" and "proxy_pass"): set "proxy_cache_key" here', 6)
 
 
