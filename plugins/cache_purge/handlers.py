@@ -31,8 +31,8 @@ from . import stats
 from .cache import announce_refresh, purge
 from .conf import NAME, CachePath, cache_key
 from .events import Invalidation
-from .levels import NOT_STORED, REPLACED, Entry
-from .policy import ascii_number, freshness, stored_headers, tags
+from .levels import NOT_STORED, REPLACED, VARIANT, Entry
+from .policy import ascii_number, freshness, stored_headers, tags, vary, variant
 from .storage import StorageError
 
 log = logging.getLogger("ngxsim.cache_purge")
@@ -102,6 +102,8 @@ class CachedLocation:
                 cache.report(error, "reading", f"looking up {_quoted(key)}")
             return None
         entry = memory.get(key)
+        if entry is not None and entry.vary:
+            key, entry = self._variant(ctx, key, entry, memory.get)
         if entry is not None:
             ctx.vars[STATUS] = "HIT"
             return entry.response()
@@ -110,6 +112,8 @@ class CachedLocation:
             shared = cache.shared
             epoch = shared.epoch()
             entry = shared.get(key)
+            if entry is not None and entry.vary:
+                key, entry = self._variant(ctx, key, entry, shared.get)
         except StorageError as error:  # nginx too answers from the backend when its cache cannot be read
             cache.report(error, "reading", f"looking up {_quoted(key)}")
             ctx.vars[STATUS] = "MISS"
@@ -125,6 +129,16 @@ class CachedLocation:
         ctx.vars[STATUS] = "EXPIRED" if entry is not None else "MISS"
         self._expect(ctx, method, cache, key, epoch, mem_epoch)
         return None
+
+    @staticmethod
+    def _variant(ctx, key: str, entry: Entry, get) -> tuple[str, Entry | None]:
+        """An entry stored with ``Vary``: the request's variant is that one, or is under its own
+        key (nginx's variant key): that key, and what ``get`` finds there."""
+        wanted = variant(ctx.environ, entry.vary)
+        if wanted == entry.variant or key.find(VARIANT) >= 0:
+            return key, entry
+        key = key + VARIANT + wanted
+        return key, get(key)
 
     @staticmethod
     def _expect(ctx, method: str, cache, key: str, epoch: int, mem_epoch: int) -> None:
@@ -195,8 +209,9 @@ class CachedLocation:
             return response, False
         length = response.headers.get("Content-Length")
         line = response.status if getattr(response, "ngxsim_status_line", False) else ""
+        names = vary(origin if origin is not None else response.headers.items(), self.ignore)
         entry = Entry(response.status_code, stored_headers(response.headers), b"", now + seconds, tags(response.headers),
-                      line=line, sized=length is not None)
+                      line=line, sized=length is not None, vary=names, variant=variant(ctx.environ, names))
         expected = ascii_number(length.strip()) if length is not None else None
         limit = self.max_entry
         if not response.is_streamed:

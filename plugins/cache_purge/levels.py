@@ -35,7 +35,7 @@ from ngxsim import keep_status_line
 
 from .storage import disk_failures, reraise_as_storage_error
 
-ENTRY_FORMAT = 2  # 2: the status line as the origin sent it, and whether it sent a length
+ENTRY_FORMAT = 2  # 2: the status line as the origin sent it, whether it sent a length, its variant
 NOT_STORED, STORED, REPLACED = 0, 1, 2  # what SharedLevel.store did
 BATCH_TTL = 3600.0          # a stored purge batch outlives any worker's delivery of its event
 _EPOCH = struct.Struct("<Q")
@@ -48,6 +48,8 @@ EPOCH_ZONE_SIZE = 256       # zone header (64) + the purge epoch + the databases
 ZONE_TAG = f"cache_purge v{ENTRY_FORMAT}"
 # an entry's memory footprint beyond its body: the object, the headers, the key (an estimate)
 _ENTRY_OVERHEAD = 512
+# a variant other than the one stored under a key is stored under KEY + VARIANT + the variant
+VARIANT = "\x00variant\x00"
 
 
 def _now() -> float:
@@ -70,6 +72,8 @@ class Entry:
     mem_until: float = 0.0          # how long the memory level may keep it (<= valid_until)
     line: str = ""                  # the status line as the origin sent it ("302 Found"); "": nginx's
     sized: bool = True              # the origin sent a Content-Length (a hit without: chunked, as nginx)
+    vary: tuple[str, ...] = ()      # the request headers its Vary names (lower case)
+    variant: str = ""               # their values in the request it answered (policy.variant)
 
     @property
     def size(self) -> int:
@@ -81,14 +85,15 @@ class Entry:
         return keep_status_line(response, self.line) if self.line else response
 
     def dump(self) -> tuple:
-        return (ENTRY_FORMAT, self.status, self.headers, self.body, self.valid_until, self.tags, self.line, self.sized)
+        return (ENTRY_FORMAT, self.status, self.headers, self.body, self.valid_until, self.tags, self.line, self.sized,
+                self.vary, self.variant)
 
     @classmethod
     def load(cls, value) -> "Entry | None":
         if not isinstance(value, tuple) or not value or value[0] != ENTRY_FORMAT:
             return None  # written by another layout: treated as not cached
-        _, status, headers, body, valid_until, tags, line, sized = value
-        return cls(status, headers, body, valid_until, tags, line=line, sized=sized)
+        _, status, headers, body, valid_until, tags, line, sized, vary, variant = value
+        return cls(status, headers, body, valid_until, tags, line=line, sized=sized, vary=tuple(vary), variant=variant)
 
 
 class MemoryLevel:
@@ -473,14 +478,16 @@ class SharedLevel:
 
     @_on_disk
     def remove(self, keys: list[str] | None = None, prefix: str | None = None, tags: list[str] | None = None) -> Removed:
-        """Purge: remove these keys, the keys with this prefix, or the keys with any of these
-        tags. A key counts when it may still be fresh somewhere or was on disk."""
+        """Purge: remove these keys (and their variants), the keys with this prefix, or the keys
+        with any of these tags. A key counts when it may still be fresh somewhere or was on disk."""
         self._bump_epoch()  # before anything is removed: stores in flight now undo themselves
         now = _now()
         by_tag: dict[str, list[str]] = {}
         if keys is not None:
             found = self.index.take_keys(keys)
             extra = [k for k in keys if k not in {f for f, _ in found}]
+            for k in keys:  # a key's other variants (stored with Vary) go with it
+                found += self.index.take_prefix(k + VARIANT)
         elif prefix is not None:
             found, extra = self.index.take_prefix(prefix), []
         else:

@@ -235,6 +235,10 @@ CASES: dict[str, Case] = {
                             headers=[("ETag", '"v1"'), ("Last-Modified", "Mon, 01 Jan 2024 00:00:00 GMT")]),
     "vary-stored-per-variant": one(req("/cache/vary"), headers=[("Vary", "Accept")])
     .then(req("/cache/vary")),
+    "vary-variants-apart": one(req("/cache/vary2", headers="Accept: a\r\n"), headers=[("Vary", "Accept")])
+    .then(req("/cache/vary2", headers="Accept: b\r\n"), headers=[("Vary", "Accept")])
+    .then(req("/cache/vary2", headers="Accept: a\r\n")).then(req("/cache/vary2", headers="Accept: b\r\n")),
+    "vary-star-not-stored": one(req("/cache/varystar"), headers=[("Vary", "*")]).then(req("/cache/varystar")),
     "head-miss-stores-get": one(req("/cache/headmiss", "HEAD")).then(req("/cache/headmiss")),
 }
 
@@ -265,7 +269,6 @@ KNOWN_DIFFERENCES = {
     "lone-server-not-marked-down": "nginx never marks a lone server down; ngxsim answers 502 after an error",
     "length-added-on-hit": "an origin's answer ended by its close is cut by ngxsim's proxy (no last chunk) and so "
                            "never stored (the hit itself is chunked as nginx's: test_cache_purge_http)",
-    "vary-stored-per-variant": "ngxsim never stores an answer with Vary; nginx stores it per variant",
 }
 
 

@@ -183,6 +183,19 @@ def test_a_hit_of_an_answer_without_length_has_none(client):
     assert (r.headers["X-Cache-Status"], r.headers.get("Content-Length")) == ("HIT", "6")
 
 
+def test_an_answer_with_vary_is_stored_per_variant_and_purged_with_its_key(client):
+    origin.ORIGIN["/static/v"] = (200, {"Vary": "Accept, X-Lang"}, b"v")
+    ask = [{"Accept": "a"}, {"Accept": "b"}, {"Accept": "a", "X-Lang": "fr"}]
+    assert [client.get("/static/v", headers=h).headers["X-Cache-Status"] for h in ask] == ["MISS"] * 3
+    assert [client.get("/static/v", headers=h).headers["X-Cache-Status"] for h in ask] == ["HIT"] * 3
+    assert origin.HITS["/static/v"] == 3
+    r = client.open("/static/v", method="PURGE")
+    assert r.status_code == 200
+    assert [client.get("/static/v", headers=h).headers["X-Cache-Status"] for h in ask] == ["MISS"] * 3
+    origin.ORIGIN["/static/star"] = (200, {"Vary": "*"}, b"v")
+    assert statuses(client, "/static/star", 2) == ["MISS", "MISS"]  # nginx: Vary: * is never stored
+
+
 def test_other_methods_and_range_requests(client):
     assert client.post("/static/p").headers.get("X-Cache-Status") is None  # nginx: GET and HEAD only
     assert statuses(client, "/static/r", 2, headers={"Range": "bytes=0-1"}) == ["MISS", "MISS"]
