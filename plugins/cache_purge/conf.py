@@ -18,7 +18,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from ngxsim import HTTP, LOCATION, SERVER, Directive, Template, parse_size, parse_time
+from ngxsim import FLAG, HTTP, LOCATION, SERVER, Directive, Template, parse_size, parse_time
 
 NAME = "cache_purge"
 LEVELS = (HTTP, SERVER, LOCATION)
@@ -191,6 +191,26 @@ def parse_ignore_headers(args: list[str]) -> frozenset[str]:
     return frozenset(arg.lower() for arg in args)
 
 
+# proxy_cache_use_stale's values (nginx's ngx_http_proxy_next_upstream_masks and "updating")
+STALE_CONDITIONS = ("error", "timeout", "invalid_header", "http_500", "http_502", "http_503", "http_504",
+                    "http_403", "http_404", "http_429")
+
+
+def parse_use_stale(args: list[str]) -> frozenset[str]:
+    """``proxy_cache_use_stale off | CONDITION...`` -> the conditions (empty: off)."""
+    for arg in args:
+        if arg == "off" and len(args) > 1:
+            raise ValueError('invalid value "off"')  # nginx: off stands alone
+        if arg != "off" and arg not in STALE_CONDITIONS:
+            if arg == "updating":
+                raise ValueError('"updating" of "proxy_cache_use_stale" is not supported by ngxsim (a request that '
+                                 'finds an expired entry refreshes it itself); remove it')
+            raise ValueError(f'invalid value "{arg}"')
+    found = frozenset(a for a in args if a != "off")
+    # nginx: "error" covers "no live upstreams" too; "invalid_header" answers as an error here
+    return found
+
+
 def parse_api_zone(args: list[str]) -> str:
     return args[0]
 
@@ -217,6 +237,11 @@ DIRECTIVES = (
     Directive("proxy_ignore_headers", LEVELS, (1, None), parse=parse_ignore_headers, default=frozenset(),
               doc="`FIELD...`: the storage rules leave out these origin header lines (`X-Accel-Expires`, `Expires`, "
                   "`Cache-Control`, `Set-Cookie`, `Vary`)"),
+    Directive("proxy_cache_use_stale", LEVELS, (1, None), parse=parse_use_stale, default=frozenset(),
+              doc="`off | error | timeout | invalid_header | http_500 | http_502 | http_503 | http_504 | http_403 | "
+                  "http_404 | http_429 ...`: answer with the expired entry (`STALE`) when refreshing it meets one"),
+    Directive("proxy_cache_convert_head", LEVELS, 1, type=FLAG, default=True,
+              doc="`on | off`: a HEAD that misses is fetched (and stored) as a GET (nginx's default, on)"),
     Directive("proxy_cache_purge", LEVELS, (1, None), parse=parse_purge, default=None,
               doc="`on | off | METHOD [from all | ADDR...]`: METHOD on a URL purges its key"),
     Directive("cache_purge_api", (LOCATION,), 1, parse=parse_api_zone, default=None, inherit=False,

@@ -45,10 +45,11 @@ _PURGED_PAGE = ("<html>\r\n<head><title>Successful purge</title></head>\r\n<body
 class _Pending:
     """A request that may store its response: what the lookup saw before the response was made."""
 
-    __slots__ = ("cache", "key", "epoch", "mem_epoch")
+    __slots__ = ("cache", "key", "epoch", "mem_epoch", "stale")
 
-    def __init__(self, cache, key: str, epoch: int, mem_epoch: int):
+    def __init__(self, cache, key: str, epoch: int, mem_epoch: int, stale: Entry | None = None):
         self.cache, self.key, self.epoch, self.mem_epoch = cache, key, epoch, mem_epoch
+        self.stale = stale  # the expired entry proxy_cache_use_stale may answer with
 
 
 def _any_set(templates: Iterable, ctx) -> bool:
@@ -72,6 +73,8 @@ class CachedLocation:
         self.no_cache = tuple(t for templates in location["proxy_no_cache"] for t in templates)
         self.ignore = location["proxy_ignore_headers"]
         self.purge_method = location["proxy_cache_purge"]
+        self.use_stale = location["proxy_cache_use_stale"]
+        self.convert_head = location["proxy_cache_convert_head"]
 
     # -- pre-content ------------------------------------------------------------------------------
 
@@ -85,7 +88,7 @@ class CachedLocation:
         conditional.withhold(ctx)  # judged against the answer (body filter), never sent to the origin
         response = self._lookup(ctx, method)
         if response is None:  # to the origin: a HEAD as a GET
-            if method == "HEAD":
+            if method == "HEAD" and self.convert_head:
                 ctx.environ["REQUEST_METHOD"] = "GET"  # proxy_cache_convert_head on (nginx's default)
                 ctx.stash[_HEAD] = True
         return response
@@ -97,7 +100,7 @@ class CachedLocation:
         if self.bypass and _any_set(self.bypass, ctx):
             ctx.vars[STATUS] = "BYPASS"
             try:
-                self._expect(ctx, method, cache, key, cache.shared.epoch(), memory.epoch)
+                self._expect(ctx, cache, key, cache.shared.epoch(), memory.epoch)
             except StorageError as error:  # the shared level cannot be opened: nothing to store into
                 cache.report(error, "reading", f"looking up {_quoted(key)}")
             return None
@@ -127,7 +130,7 @@ class CachedLocation:
             ctx.vars[STATUS] = "HIT"
             return entry.response()
         ctx.vars[STATUS] = "EXPIRED" if entry is not None else "MISS"
-        self._expect(ctx, method, cache, key, epoch, mem_epoch)
+        self._expect(ctx, cache, key, epoch, mem_epoch, entry if self.use_stale else None)
         return None
 
     @staticmethod
@@ -140,11 +143,11 @@ class CachedLocation:
         key = key + VARIANT + wanted
         return key, get(key)
 
-    @staticmethod
-    def _expect(ctx, method: str, cache, key: str, epoch: int, mem_epoch: int) -> None:
-        # a HEAD is sent as a GET (its body is kept); a Range request's answer is not the whole resource
-        if "HTTP_RANGE" not in ctx.environ:
-            ctx.stash[NAME] = _Pending(cache, key, epoch, mem_epoch)
+    def _expect(self, ctx, cache, key: str, epoch: int, mem_epoch: int, stale: Entry | None = None) -> None:
+        # a HEAD is sent as a GET (its body is kept) unless proxy_cache_convert_head is off; a
+        # Range request's answer is not the whole resource
+        if "HTTP_RANGE" not in ctx.environ and (self.convert_head or ctx.environ["REQUEST_METHOD"] == "GET"):
+            ctx.stash[NAME] = _Pending(cache, key, epoch, mem_epoch, stale)
 
     def _purge(self, ctx):
         """ngx_cache_purge: 403 for a client not allowed, 200 with the key when something was
@@ -169,8 +172,9 @@ class CachedLocation:
         if head:
             ctx.environ["REQUEST_METHOD"] = "HEAD"
         conditions = conditional.restore(ctx)
+        response = self._stale(ctx, response)
         response, storable = self._keep(ctx, response)
-        hit = ctx.vars.get(STATUS) == "HIT"
+        hit = ctx.vars.get(STATUS) in ("HIT", "STALE")
         # nginx's not-modified filter answers from what the cache has or would store
         answer = conditional.evaluate(conditions, response) if (hit or storable) and conditions else None
         if answer is not None or head:
@@ -180,6 +184,25 @@ class CachedLocation:
             else:
                 response = answer
         return response
+
+    def _stale(self, ctx, response):
+        """``proxy_cache_use_stale``: refreshing an expired entry met a condition it names (the
+        proxy's own 502 or 504 -> ``error``/``timeout``; the origin's status -> ``http_N``):
+        answer with the expired entry instead (``STALE``), store nothing."""
+        pending = ctx.stash.get(NAME)
+        if pending is None or pending.stale is None:
+            return response
+        made = ctx.vars.get("upstream_status") is not None and not getattr(response, "ngxsim_status_line", False)
+        if made:  # no backend answered (a failure, or no live upstreams): the proxy's page
+            condition = "timeout" if response.status_code == 504 else "error"
+        else:
+            condition = f"http_{response.status_code}"
+        if condition not in self.use_stale:
+            return response
+        ctx.stash.pop(NAME)
+        response.close()
+        ctx.vars[STATUS] = "STALE"
+        return pending.stale.response()
 
     def _keep(self, ctx, response):
         """Count the answer and, when it is to be stored, wrap its body so it is: (the

@@ -453,6 +453,7 @@ class SharedLevel:
         now = _now()
         if expire_time is not None and expire_time - now < self.inactive / 2:
             # renewed at most every inactive/2 per key: a read is not a write each time
+            self.index.add(key, now + self.inactive)  # first: the index covers what is on disk
             if self.disk.touch(key, expire=self.inactive):
                 expire_time = now + self.inactive
         # a memory copy never outlives the disk copy's expiry: a purge that finds nothing on
@@ -467,12 +468,14 @@ class SharedLevel:
         worker's memory (a bypass refresh: every worker must drop it); else ``STORED``."""
         if epoch != self.epoch():
             return NOT_STORED
-        before = self.index.add(key, entry.valid_until, entry.tags)  # first: a purge that sees the entry sees its key
+        now = _now()
+        # first: a purge that sees the entry sees its key; indexed as long as it is on disk (an
+        # expired entry may still be answered, proxy_cache_use_stale: a purge must find it)
+        before = self.index.add(key, max(entry.valid_until, now + self.inactive), entry.tags)
         self.disk.set(key, entry.dump(), expire=self.inactive)
         if epoch != self.epoch():  # a purge began meanwhile and may have missed what we just wrote
             self.disk.delete(key)
             return NOT_STORED
-        now = _now()
         entry.mem_until = min(entry.valid_until, now + self.inactive)
         return REPLACED if before is not None and before > now else STORED
 

@@ -74,6 +74,13 @@ server {
         proxy_cache_valid 200 1s;
         add_header X-Cache $upstream_cache_status always;
     }
+    location /stale/ {
+        proxy_pass http://up;
+        proxy_cache dc;
+        proxy_cache_valid 200 1s;
+        proxy_cache_use_stale error timeout http_500;
+        add_header X-Cache $upstream_cache_status always;
+    }
     location /bypass/ {
         proxy_pass http://up;
         proxy_cache dc;
@@ -397,7 +404,23 @@ def sequence_bypass(front: Front) -> list:
     return [warm, refreshed, everyone(front, req("/bypass/b")), origin_hits(front, "/bypass/b")]
 
 
+def sequence_stale(front: Front) -> list:
+    """proxy_cache_use_stale: an expired entry answers when refreshing it fails as named."""
+    front.origin.answer("/stale/s")
+    first = front.comparable(front.send(req("/stale/s")))
+    time.sleep(2.1)  # proxy_cache_valid 200 1s: expired in nginx's whole seconds
+    front.origin.answer("/stale/s", status=500)
+    on_500 = front.comparable(front.send(req("/stale/s")))
+    front.origin.answer("/stale/s", status=503)  # not named: the origin's answer
+    on_503 = front.comparable(front.send(req("/stale/s")))
+    # the origin closes: an error (last: ngxsim's proxy sends the GET again, origin-closes)
+    front.origin.answer("/stale/s", raw=b"")
+    on_error = front.comparable(front.send(req("/stale/s")))
+    return [first, on_500, on_503, on_error]
+
+
 SEQUENCES = {
+    "stale-on-error-and-500": sequence_stale,
     "hit-after-miss-on-every-worker": sequence_hit_after_miss_on_every_worker,
     "expiry": sequence_expiry,
     "purge": sequence_purge,

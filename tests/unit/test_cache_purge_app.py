@@ -34,6 +34,13 @@ http {
             proxy_no_cache $arg_nostore;
             add_header X-Cache-Status $upstream_cache_status always;
         }
+        location /stale/ {
+            test_origin;
+            proxy_cache assets;
+            proxy_cache_key $uri;
+            proxy_cache_use_stale http_500 http_404;
+            add_header X-Cache-Status $upstream_cache_status always;
+        }
         location /other/ { test_origin; add_header X-Cache-Status "[$upstream_cache_status]" always; }
         location /api/cache { cache_purge_api assets; cache_purge_key changeme; }
         location /api/open { cache_purge_api assets; }
@@ -231,6 +238,24 @@ def test_a_status_no_rule_names_is_not_stored(client):
 def test_max_age_stores_what_proxy_cache_valid_does_not_name(client):
     origin.ORIGIN["/static/404"] = (404, {"Cache-Control": "max-age=60"}, b"nope")
     assert statuses(client, "/static/404") == ["MISS", "HIT", "HIT"]
+
+
+def test_use_stale_answers_the_expired_entry_when_the_origin_fails_as_named(client, app):
+    origin.ORIGIN["/stale/s"] = (200, {"Cache-Control": "max-age=1", "ETag": '"s1"'}, b"s1")
+    assert statuses(client, "/stale/s", 2) == ["MISS", "HIT"]
+    time.sleep(1.05)
+    origin.ORIGIN["/stale/s"] = (500, {}, b"broken")
+    r = client.get("/stale/s")
+    assert (r.status_code, r.headers["X-Cache-Status"], r.data) == (200, "STALE", b"s1")
+    r = client.get("/stale/s", headers={"If-None-Match": '"s1"'})  # judged as a hit is
+    assert (r.status_code, r.headers["X-Cache-Status"]) == (304, "STALE")
+    origin.ORIGIN["/stale/s"] = (503, {}, b"busy")  # not named: the origin's answer
+    r = client.get("/stale/s")
+    assert (r.status_code, r.headers["X-Cache-Status"], r.data) == (503, "EXPIRED", b"busy")
+    assert purge(client, {"prefix": "/stale/"}).json["purged"] == 1  # an expired entry is found by a prefix
+    origin.ORIGIN["/stale/s"] = (500, {}, b"broken")
+    r = client.get("/stale/s")
+    assert (r.status_code, r.headers["X-Cache-Status"]) == (500, "MISS")  # purged: nothing stale to answer
 
 
 def test_expired_after_max_age(client):
