@@ -18,7 +18,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from ngxsim import FLAG, HTTP, LOCATION, SERVER, Directive, Template, parse_size, parse_time
+from ngxsim import FLAG, HTTP, TIME, LOCATION, SERVER, Directive, Template, parse_size, parse_time
 
 NAME = "cache_purge"
 LEVELS = (HTTP, SERVER, LOCATION)
@@ -242,6 +242,12 @@ DIRECTIVES = (
                   "http_404 | http_429 ...`: answer with the expired entry (`STALE`) when refreshing it meets one"),
     Directive("proxy_cache_convert_head", LEVELS, 1, type=FLAG, default=True,
               doc="`on | off`: a HEAD that misses is fetched (and stored) as a GET (nginx's default, on)"),
+    Directive("proxy_cache_lock", LEVELS, 1, type=FLAG, default=False,
+              doc="`on | off`: of the requests that miss one key, one goes to the origin, the others wait for it"),
+    Directive("proxy_cache_lock_timeout", LEVELS, 1, type=TIME, default=5.0,
+              doc="`TIME`: a request waits for the lock this long, then goes to the origin (not stored)"),
+    Directive("proxy_cache_lock_age", LEVELS, 1, type=TIME, default=5.0,
+              doc="`TIME`: a lock older than this lets one more request go to the origin"),
     Directive("proxy_cache_purge", LEVELS, (1, None), parse=parse_purge, default=None,
               doc="`on | off | METHOD [from all | ADDR...]`: METHOD on a URL purges its key"),
     Directive("cache_purge_api", (LOCATION,), 1, parse=parse_api_zone, default=None, inherit=False,

@@ -23,7 +23,7 @@ from typing import Iterable, Iterator
 
 from werkzeug.wrappers import Response
 
-from ngxsim import error_page
+from ngxsim import Delay, error_page
 
 from . import conditional
 
@@ -31,6 +31,7 @@ from . import stats
 from .cache import announce_refresh, purge
 from .conf import NAME, CachePath, cache_key
 from .events import Invalidation
+from .lock import POLL, CacheLock
 from .levels import NOT_STORED, REPLACED, VARIANT, Entry
 from .policy import ascii_number, freshness, stored_headers, tags, vary, variant
 from .storage import StorageError
@@ -45,11 +46,12 @@ _PURGED_PAGE = ("<html>\r\n<head><title>Successful purge</title></head>\r\n<body
 class _Pending:
     """A request that may store its response: what the lookup saw before the response was made."""
 
-    __slots__ = ("cache", "key", "epoch", "mem_epoch", "stale")
+    __slots__ = ("cache", "key", "epoch", "mem_epoch", "stale", "lock")
 
     def __init__(self, cache, key: str, epoch: int, mem_epoch: int, stale: Entry | None = None):
         self.cache, self.key, self.epoch, self.mem_epoch = cache, key, epoch, mem_epoch
         self.stale = stale  # the expired entry proxy_cache_use_stale may answer with
+        self.lock: CacheLock | None = None  # the cache lock of the key this request holds
 
 
 def _any_set(templates: Iterable, ctx) -> bool:
@@ -64,7 +66,7 @@ def _any_set(templates: Iterable, ctx) -> bool:
 class CachedLocation:
     """The cache part of one location (built once at config load)."""
 
-    def __init__(self, location, spec: CachePath, config):
+    def __init__(self, location, spec: CachePath, config, lock_zones: tuple[str, ...] = ()):
         self.zone = spec.zone
         self.max_entry = spec.max_size
         self.key = cache_key(location, config)
@@ -75,6 +77,8 @@ class CachedLocation:
         self.purge_method = location["proxy_cache_purge"]
         self.use_stale = location["proxy_cache_use_stale"]
         self.convert_head = location["proxy_cache_convert_head"]
+        self.lock = CacheLock(spec.zone, location["proxy_cache_lock_age"], location["proxy_cache_lock_timeout"],
+                              lock_zones) if location["proxy_cache_lock"] else None
 
     # -- pre-content ------------------------------------------------------------------------------
 
@@ -86,14 +90,14 @@ class CachedLocation:
             conditional.withhold(ctx)  # nginx's proxy sends no conditional header where it caches
             return None  # nginx caches GET and HEAD only: other methods never touch the cache
         conditional.withhold(ctx)  # judged against the answer (body filter), never sent to the origin
-        response = self._lookup(ctx, method)
-        if response is None:  # to the origin: a HEAD as a GET
-            if method == "HEAD" and self.convert_head:
-                ctx.environ["REQUEST_METHOD"] = "GET"  # proxy_cache_convert_head on (nginx's default)
-                ctx.stash[_HEAD] = True
-        return response
+        if method == "HEAD" and self.convert_head:  # to the origin as a GET; the answer as the HEAD's
+            ctx.environ["REQUEST_METHOD"] = "GET"  # proxy_cache_convert_head on (nginx's default)
+            ctx.stash[_HEAD] = True
+        return self._lookup(ctx, None)
 
-    def _lookup(self, ctx, method: str):
+    def _lookup(self, ctx, waiting: float | None):
+        """The answer from the cache, or None (to the origin), or a wait for the cache lock
+        (``waiting``: since when this request waits for it)."""
         cache = ctx.runtime.stash[NAME].caches[self.zone]
         key = self.key.render(ctx)
         memory = cache.memory
@@ -130,6 +134,15 @@ class CachedLocation:
             ctx.vars[STATUS] = "HIT"
             return entry.response()
         ctx.vars[STATUS] = "EXPIRED" if entry is not None else "MISS"
+        lock = self.lock
+        if entry is None and lock is not None:  # proxy_cache_lock: one request fills it
+            if not lock.take(ctx.runtime, key, time.time()):
+                started = time.monotonic() if waiting is None else waiting
+                left = lock.timeout - (time.monotonic() - started)
+                if left > 0:  # nginx looks again every 500 ms
+                    return Delay(min(POLL, left), then=lambda c: self._lookup(c, started))
+                return None  # lock_timeout: to the origin, and not stored (nginx)
+            ctx.stash[_LOCKED] = key
         self._expect(ctx, cache, key, epoch, mem_epoch, entry if self.use_stale else None)
         return None
 
@@ -172,8 +185,14 @@ class CachedLocation:
         if head:
             ctx.environ["REQUEST_METHOD"] = "HEAD"
         conditions = conditional.restore(ctx)
+        locked = ctx.stash.pop(_LOCKED, None)
+        pending = ctx.stash.get(NAME)
+        if locked is not None and pending is not None:
+            pending.lock = self.lock  # released once stored (or given up)
         response = self._stale(ctx, response)
         response, storable = self._keep(ctx, response)
+        if locked is not None and not storable:
+            self.lock.release(ctx.runtime, locked)
         hit = ctx.vars.get(STATUS) in ("HIT", "STALE")
         # nginx's not-modified filter answers from what the cache has or would store
         answer = conditional.evaluate(conditions, response) if (hit or storable) and conditions else None
@@ -245,6 +264,13 @@ class CachedLocation:
         return response, True
 
     def _store(self, pending: _Pending, entry: Entry, body: bytes, expected: int | None, counted=None) -> None:
+        try:
+            self._store_now(pending, entry, body, expected, counted)
+        finally:
+            if pending.lock is not None:  # the requests waiting for it find it (or take the lock)
+                pending.lock.release(pending.cache.runtime, pending.key)
+
+    def _store_now(self, pending: _Pending, entry: Entry, body: bytes, expected: int | None, counted=None) -> None:
         if expected is not None and len(body) != expected:
             return  # the backend sent less (or more) than it announced: not the resource
         if self.max_entry is not None and len(body) > self.max_entry:
@@ -266,6 +292,7 @@ class CachedLocation:
 
 
 _HEAD = f"{NAME}.head"  # ctx.stash: a HEAD sent to the origin as a GET
+_LOCKED = f"{NAME}.locked"  # ctx.stash: the key whose cache lock this request holds
 
 
 def _drain(response) -> None:

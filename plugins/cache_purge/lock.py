@@ -1,0 +1,55 @@
+"""``proxy_cache_lock``: of the requests that miss the same key, one at a time goes to the origin
+and fills the cache; the others wait for it, in every worker.
+
+The lock is a record of a ``SharedTable`` in a zone of its own per cache (``cache_purge.lock.ZONE``,
+declared when a location of that cache turns the lock on), keyed by the cache key, expiring after
+``proxy_cache_lock_age``: past that age (the holder is slow, or its client left before the answer
+was stored), the next request takes it and goes to the origin too, as nginx's ``lock_age``. A
+waiting request is set aside without a thread (``ngxsim.Delay``) and looks again every 500 ms,
+as nginx's ``ngx_http_file_cache_lock_wait`` does; after ``proxy_cache_lock_timeout`` it goes to
+the origin and its answer is not stored.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from ngxsim import SharedTable
+
+from .conf import NAME
+
+POLL = 0.5  # nginx's lock wait timer
+_KEY_MAX = 64  # longer keys are kept as their SHA-256 (SharedTable)
+_HOLDER = struct.Struct("<d")  # when it was taken
+CAPACITY = 4096  # keys being filled at once, per cache
+
+
+def zone_name(cache_zone: str) -> str:
+    return f"{NAME}.lock.{cache_zone}"
+
+
+def zone_size() -> int:
+    return SharedTable.size_for(CAPACITY, _KEY_MAX, _HOLDER.size)
+
+
+class CacheLock:
+    """The lock of one cache, as a location with ``proxy_cache_lock on`` uses it."""
+
+    def __init__(self, cache_zone: str, age: float, timeout: float, names: tuple[str, ...]):
+        self.zone = zone_name(cache_zone)
+        self.age, self.timeout = age, timeout
+        self.names = names  # every lock zone of the config (SharedTable.views)
+
+    def _table(self, runtime) -> SharedTable:
+        return SharedTable.views(runtime, f"{NAME}.lock", self.names, _KEY_MAX, _HOLDER.size)[self.zone]
+
+    def take(self, runtime, key: str, now: float) -> bool:
+        """Whether this request holds the lock of ``key`` now (it was free, or older than ``age``)."""
+
+        def change(old):
+            return (_HOLDER.pack(now), True) if old is None else (old, False)
+
+        return self._table(runtime).update(key, change, ttl=self.age)
+
+    def release(self, runtime, key: str) -> None:
+        self._table(runtime).delete(key)
