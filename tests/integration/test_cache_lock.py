@@ -39,29 +39,25 @@ http {
 """
 
 
-def together(server, path: str, n: int) -> list:
+def together(ngxsim_server, ngxsim_backend, path: str, n: int, delay: float):
+    """``n`` requests for ``path`` at once, the backend answering it after ``delay``: (the
+    server, the answers, how many requests the backend received)."""
+    backend = ngxsim_backend()
+    backend.respond(path, body="filled", delay=delay)
+    server = ngxsim_server(CONF, workers=WORKERS, placeholders={"backend": backend.address},
+                           ready_path="/internal/worker-events")
     with ThreadPoolExecutor(n) as pool:
-        return list(pool.map(lambda _: server.get(path), range(n)))
+        answers = list(pool.map(lambda _: server.get(path), range(n)))
+    assert [r.content for r in answers] == [b"filled"] * n
+    return server, sorted(r.headers["X-Cache-Status"] for r in answers), len(backend.requests_for(path))
 
 
 def test_one_request_fills_the_cache_the_others_wait_for_it(ngxsim_server, ngxsim_backend):
-    backend = ngxsim_backend(name="slow")
-    backend.respond("/locked/a", body="filled", delay=1.0)
-    server = ngxsim_server(CONF, workers=WORKERS, placeholders={"backend": backend.address},
-                           ready_path="/internal/worker-events")
-    answers = together(server, "/locked/a", 6)
-    assert [r.content for r in answers] == [b"filled"] * 6
-    assert sorted(r.headers["X-Cache-Status"] for r in answers) == ["HIT"] * 5 + ["MISS"]
-    assert len(backend.requests_for("/locked/a")) == 1
+    _, statuses, fetched = together(ngxsim_server, ngxsim_backend, "/locked/a", 6, delay=1.0)
+    assert (statuses, fetched) == (["HIT"] * 5 + ["MISS"], 1)
 
 
 def test_past_the_lock_timeout_a_request_goes_to_the_backend_and_stores_nothing(ngxsim_server, ngxsim_backend):
-    backend = ngxsim_backend(name="slower")
-    backend.respond("/short/a", body="late", delay=1.5)
-    server = ngxsim_server(CONF, workers=WORKERS, placeholders={"backend": backend.address},
-                           ready_path="/internal/worker-events")
-    answers = together(server, "/short/a", 3)
-    assert [r.content for r in answers] == [b"late"] * 3
-    assert [r.headers["X-Cache-Status"] for r in answers] == ["MISS"] * 3
-    assert len(backend.requests_for("/short/a")) == 3
+    server, statuses, fetched = together(ngxsim_server, ngxsim_backend, "/short/a", 3, delay=1.5)
+    assert (statuses, fetched) == (["MISS"] * 3, 3)
     assert server.get("/short/a").headers["X-Cache-Status"] == "HIT"  # the lock holder's answer was stored
