@@ -46,6 +46,32 @@ def restore(ctx) -> dict[str, str]:
     return found
 
 
+_ASKED = f"{NAME}.asked"
+
+
+def ask_origin(ctx, stored: list[tuple[str, str]]) -> None:
+    """``proxy_cache_revalidate``: ask the origin with the expired entry's ``ETag`` and
+    ``Last-Modified`` (nginx's ``If-None-Match``/``If-Modified-Since`` to the origin)."""
+    asked = {}
+    for name, value in stored:
+        low = name.lower()
+        if low == "etag":
+            asked["HTTP_IF_NONE_MATCH"] = value
+        elif low == "last-modified":
+            asked["HTTP_IF_MODIFIED_SINCE"] = value
+    if asked:
+        ctx.environ.update(asked)
+        ctx.stash[_ASKED] = tuple(asked)
+
+
+def asked_origin(ctx) -> bool:
+    """Whether the origin was asked conditionally (the headers leave the request again)."""
+    asked = ctx.stash.pop(_ASKED, None)
+    for key in asked or ():
+        ctx.environ.pop(key, None)
+    return asked is not None
+
+
 def evaluate(conditions: dict[str, str], response) -> Response | None:
     """nginx's not-modified filter on a ``200``: its 412 or 304, or None (the answer goes as is)."""
     if response.status_code != 200:

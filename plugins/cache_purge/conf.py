@@ -242,6 +242,9 @@ DIRECTIVES = (
                   "http_404 | http_429 ...`: answer with the expired entry (`STALE`) when refreshing it meets one"),
     Directive("proxy_cache_convert_head", LEVELS, 1, type=FLAG, default=True,
               doc="`on | off`: a HEAD that misses is fetched (and stored) as a GET (nginx's default, on)"),
+    Directive("proxy_cache_revalidate", LEVELS, 1, type=FLAG, default=False,
+              doc="`on | off`: an expired entry with an ETag or Last-Modified is asked for again conditionally; "
+                  "a 304 makes it fresh again (`REVALIDATED`)"),
     Directive("proxy_cache_lock", LEVELS, 1, type=FLAG, default=False,
               doc="`on | off`: of the requests that miss one key, one goes to the origin, the others wait for it"),
     Directive("proxy_cache_lock_timeout", LEVELS, 1, type=TIME, default=5.0,

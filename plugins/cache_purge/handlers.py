@@ -50,7 +50,7 @@ class _Pending:
 
     def __init__(self, cache, key: str, epoch: int, mem_epoch: int, stale: Entry | None = None):
         self.cache, self.key, self.epoch, self.mem_epoch = cache, key, epoch, mem_epoch
-        self.stale = stale  # the expired entry proxy_cache_use_stale may answer with
+        self.stale = stale  # the expired entry (proxy_cache_use_stale, proxy_cache_revalidate)
         self.lock: CacheLock | None = None  # the cache lock of the key this request holds
 
 
@@ -76,6 +76,7 @@ class CachedLocation:
         self.ignore = location["proxy_ignore_headers"]
         self.purge_method = location["proxy_cache_purge"]
         self.use_stale = location["proxy_cache_use_stale"]
+        self.revalidate = location["proxy_cache_revalidate"]
         self.convert_head = location["proxy_cache_convert_head"]
         self.lock = CacheLock(spec.zone, location["proxy_cache_lock_age"], location["proxy_cache_lock_timeout"],
                               lock_zones) if location["proxy_cache_lock"] else None
@@ -143,7 +144,9 @@ class CachedLocation:
                     return Delay(min(POLL, left), then=lambda c: self._lookup(c, started))
                 return None  # lock_timeout: to the origin, and not stored (nginx)
             ctx.stash[_LOCKED] = key
-        self._expect(ctx, cache, key, epoch, mem_epoch, entry if self.use_stale else None)
+        self._expect(ctx, cache, key, epoch, mem_epoch, entry)
+        if entry is not None and self.revalidate:
+            conditional.ask_origin(ctx, entry.headers)  # proxy_cache_revalidate: a 304 refreshes it
         return None
 
     @staticmethod
@@ -184,16 +187,19 @@ class CachedLocation:
         head = ctx.stash.pop(_HEAD, False)
         if head:
             ctx.environ["REQUEST_METHOD"] = "HEAD"
+        asked = conditional.asked_origin(ctx)
         conditions = conditional.restore(ctx)
         locked = ctx.stash.pop(_LOCKED, None)
         pending = ctx.stash.get(NAME)
         if locked is not None and pending is not None:
             pending.lock = self.lock  # released once stored (or given up)
+        if asked and response.status_code == 304 and pending is not None and pending.stale is not None:
+            response = self._revalidated(ctx, response, pending)
         response = self._stale(ctx, response)
         response, storable = self._keep(ctx, response)
         if locked is not None and not storable:
             self.lock.release(ctx.runtime, locked)
-        hit = ctx.vars.get(STATUS) in ("HIT", "STALE")
+        hit = ctx.vars.get(STATUS) in ("HIT", "STALE", "REVALIDATED")
         # nginx's not-modified filter answers from what the cache has or would store
         answer = conditional.evaluate(conditions, response) if (hit or storable) and conditions else None
         if answer is not None or head:
@@ -204,12 +210,32 @@ class CachedLocation:
                 response = answer
         return response
 
+    def _revalidated(self, ctx, response, pending: _Pending):
+        """``proxy_cache_revalidate``: the origin answered the expired entry's conditions with
+        ``304``: the entry is fresh again (for what the 304's headers say, else
+        ``proxy_cache_valid`` for its status) and answers, ``REVALIDATED``."""
+        ctx.stash.pop(NAME)
+        response.close()
+        entry = pending.stale
+        now = time.time()
+        origin = ctx.upstream_headers
+        seconds = freshness(entry.status, origin if origin is not None else response.headers.items(), self.valid, now,
+                            self.ignore)
+        ctx.vars[STATUS] = "REVALIDATED"
+        if seconds is not None:
+            refreshed = Entry(entry.status, entry.headers, b"", now + seconds, entry.tags, line=entry.line,
+                              sized=entry.sized, vary=entry.vary, variant=entry.variant)
+            self._store(pending, refreshed, entry.body, None)
+        elif pending.lock is not None:
+            pending.lock.release(ctx.runtime, pending.key)
+        return entry.response()
+
     def _stale(self, ctx, response):
         """``proxy_cache_use_stale``: refreshing an expired entry met a condition it names (the
         proxy's own 502 or 504 -> ``error``/``timeout``; the origin's status -> ``http_N``):
         answer with the expired entry instead (``STALE``), store nothing."""
         pending = ctx.stash.get(NAME)
-        if pending is None or pending.stale is None:
+        if pending is None or pending.stale is None or not self.use_stale:
             return response
         made = ctx.vars.get("upstream_status") is not None and not getattr(response, "ngxsim_status_line", False)
         if made:  # no backend answered (a failure, or no live upstreams): the proxy's page

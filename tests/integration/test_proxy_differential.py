@@ -81,6 +81,13 @@ server {
         proxy_cache_use_stale error timeout http_500;
         add_header X-Cache $upstream_cache_status always;
     }
+    location /reval/ {
+        proxy_pass http://up;
+        proxy_cache dc;
+        proxy_cache_valid 200 1s;
+        proxy_cache_revalidate on;
+        add_header X-Cache $upstream_cache_status always;
+    }
     location /bypass/ {
         proxy_pass http://up;
         proxy_cache dc;
@@ -419,7 +426,22 @@ def sequence_stale(front: Front) -> list:
     return [first, on_500, on_503, on_error]
 
 
+def sequence_revalidate(front: Front) -> list:
+    """proxy_cache_revalidate: the expired entry is asked for with its ETag and Last-Modified;
+    a 304 makes it fresh again."""
+    tagged = [("ETag", '"r1"'), ("Last-Modified", "Mon, 01 Jan 2024 00:00:00 GMT")]
+    front.origin.answer("/reval/r", headers=tagged)
+    since = len(front.origin.received)
+    first = front.comparable(front.send(req("/reval/r")))
+    time.sleep(2.1)  # proxy_cache_valid 200 1s: expired in nginx's whole seconds
+    front.origin.answer("/reval/r", status=304, headers=tagged)
+    again = front.comparable(front.send(req("/reval/r")))
+    then = front.comparable(front.send(req("/reval/r")))
+    return [first, again, then, _without_version(front.received(since))]
+
+
 SEQUENCES = {
+    "revalidate": sequence_revalidate,
     "stale-on-error-and-500": sequence_stale,
     "hit-after-miss-on-every-worker": sequence_hit_after_miss_on_every_worker,
     "expiry": sequence_expiry,

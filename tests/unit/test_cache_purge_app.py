@@ -39,6 +39,7 @@ http {
             proxy_cache assets;
             proxy_cache_key $uri;
             proxy_cache_use_stale http_500 http_404;
+            proxy_cache_revalidate on;
             add_header X-Cache-Status $upstream_cache_status always;
         }
         location /other/ { test_origin; add_header X-Cache-Status "[$upstream_cache_status]" always; }
@@ -256,6 +257,22 @@ def test_use_stale_answers_the_expired_entry_when_the_origin_fails_as_named(clie
     origin.ORIGIN["/stale/s"] = (500, {}, b"broken")
     r = client.get("/stale/s")
     assert (r.status_code, r.headers["X-Cache-Status"]) == (500, "MISS")  # purged: nothing stale to answer
+
+
+def test_revalidate_asks_the_origin_conditionally_and_a_304_refreshes_the_entry(client):
+    stored = {"Cache-Control": "max-age=1", "ETag": '"r1"', "Last-Modified": "Mon, 01 Jan 2024 00:00:00 GMT"}
+    origin.ORIGIN["/stale/r"] = (200, stored, b"r1")
+    assert statuses(client, "/stale/r", 2) == ["MISS", "HIT"]
+    time.sleep(1.05)
+    origin.ORIGIN["/stale/r"] = (304, {"Cache-Control": "max-age=60"}, b"")
+    origin.SEEN.clear()
+    r = client.get("/stale/r", headers={"If-None-Match": '"other"'})  # the client's own stays its own
+    assert (r.status_code, r.headers["X-Cache-Status"], r.data) == (200, "REVALIDATED", b"r1")
+    assert origin.SEEN == [("GET", '"r1"', "Mon, 01 Jan 2024 00:00:00 GMT")]
+    assert statuses(client, "/stale/r", 2) == ["HIT", "HIT"]  # fresh for the 304's max-age
+    assert len(origin.SEEN) == 1
+    time.sleep(1.05)
+    assert statuses(client, "/stale/r", 1) == ["HIT"]
 
 
 def test_expired_after_max_age(client):
