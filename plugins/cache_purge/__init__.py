@@ -57,10 +57,11 @@ def ngxsim_postconfiguration(config):
     specs = {zone: spec for zone, (spec, _) in caches.items()}
     cached = [(location, check_location(location, specs)) for location in config.blocks(LOCATION)
               if location["cache_purge_api"] is None]
-    locked = sorted({spec.zone for location, spec in cached if spec is not None and location["proxy_cache_lock"]})
-    for zone in locked:  # proxy_cache_lock's table (lock.py)
+    locked = sorted({spec.zone for location, spec in cached if spec is not None
+                     and (location["proxy_cache_lock"] or location["proxy_cache_min_uses"] > 1)})
+    for zone in locked:  # the keys' records: proxy_cache_lock, proxy_cache_min_uses (lock.py)
         config.zones.declare(lock.zone_name(zone), lock.zone_size(), owner=NAME, where=caches[zone][1],
-                             tag=f"{NAME} lock v1")
+                             tag=f"{NAME} keys v1")
     lock_zones = tuple(lock.zone_name(zone) for zone in locked)
     for location in config.blocks(LOCATION):
         api = check_api(location, specs)

@@ -18,7 +18,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from ngxsim import FLAG, HTTP, TIME, LOCATION, SERVER, Directive, Template, parse_size, parse_time
+from ngxsim import FLAG, HTTP, NUMBER, TIME, LOCATION, SERVER, Directive, Template, parse_size, parse_time
 
 NAME = "cache_purge"
 LEVELS = (HTTP, SERVER, LOCATION)
@@ -245,6 +245,8 @@ DIRECTIVES = (
     Directive("proxy_cache_revalidate", LEVELS, 1, type=FLAG, default=False,
               doc="`on | off`: an expired entry with an ETag or Last-Modified is asked for again conditionally; "
                   "a 304 makes it fresh again (`REVALIDATED`)"),
+    Directive("proxy_cache_min_uses", LEVELS, 1, type=NUMBER, default=1, range=(1, 2**31 - 1),
+              doc="`NUMBER`: an answer is stored once its key was asked for this many times (within `inactive`)"),
     Directive("proxy_cache_lock", LEVELS, 1, type=FLAG, default=False,
               doc="`on | off`: of the requests that miss one key, one goes to the origin, the others wait for it"),
     Directive("proxy_cache_lock_timeout", LEVELS, 1, type=TIME, default=5.0,

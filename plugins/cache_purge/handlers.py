@@ -31,7 +31,7 @@ from . import stats
 from .cache import announce_refresh, purge
 from .conf import NAME, CachePath, cache_key
 from .events import Invalidation
-from .lock import POLL, CacheLock
+from .lock import POLL, CacheLock, KeyRecords
 from .levels import NOT_STORED, REPLACED, VARIANT, Entry
 from .policy import ascii_number, freshness, stored_headers, tags, vary, variant
 from .storage import StorageError
@@ -78,6 +78,9 @@ class CachedLocation:
         self.use_stale = location["proxy_cache_use_stale"]
         self.revalidate = location["proxy_cache_revalidate"]
         self.convert_head = location["proxy_cache_convert_head"]
+        self.min_uses = location["proxy_cache_min_uses"]
+        self.uses = KeyRecords(spec.zone, lock_zones) if self.min_uses > 1 else None
+        self.inactive = spec.inactive
         self.lock = CacheLock(spec.zone, location["proxy_cache_lock_age"], location["proxy_cache_lock_timeout"],
                               lock_zones) if location["proxy_cache_lock"] else None
 
@@ -135,6 +138,9 @@ class CachedLocation:
             ctx.vars[STATUS] = "HIT"
             return entry.response()
         ctx.vars[STATUS] = "EXPIRED" if entry is not None else "MISS"
+        if entry is None and self.uses is not None and waiting is None \
+                and self.uses.use(ctx.runtime, key, self.inactive) < self.min_uses:
+            return None  # proxy_cache_min_uses: not asked for often enough yet to be stored
         lock = self.lock
         if entry is None and lock is not None:  # proxy_cache_lock: one request fills it
             if not lock.take(ctx.runtime, key, time.time()):

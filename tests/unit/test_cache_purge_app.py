@@ -42,6 +42,14 @@ http {
             proxy_cache_revalidate on;
             add_header X-Cache-Status $upstream_cache_status always;
         }
+        location /twice/ {
+            test_origin;
+            proxy_cache assets;
+            proxy_cache_key $uri;
+            proxy_cache_valid 200 10m;
+            proxy_cache_min_uses 3;
+            add_header X-Cache-Status $upstream_cache_status always;
+        }
         location /other/ { test_origin; add_header X-Cache-Status "[$upstream_cache_status]" always; }
         location /api/cache { cache_purge_api assets; cache_purge_key changeme; }
         location /api/open { cache_purge_api assets; }
@@ -273,6 +281,11 @@ def test_revalidate_asks_the_origin_conditionally_and_a_304_refreshes_the_entry(
     assert len(origin.SEEN) == 1
     time.sleep(1.05)
     assert statuses(client, "/stale/r", 1) == ["HIT"]
+
+
+def test_min_uses_stores_an_answer_once_its_key_was_asked_for_that_often(client):
+    assert statuses(client, "/twice/m", 5) == ["MISS", "MISS", "MISS", "HIT", "HIT"]
+    assert origin.HITS["/twice/m"] == 3
 
 
 def test_expired_after_max_age(client):
