@@ -211,6 +211,15 @@ def parse_use_stale(args: list[str]) -> frozenset[str]:
     return found
 
 
+def parse_methods(args: list[str]) -> frozenset[str]:
+    """``proxy_cache_methods GET | HEAD | POST ...`` (nginx's mask: those three; GET and HEAD
+    are always in)."""
+    for arg in args:
+        if arg not in ("GET", "HEAD", "POST"):
+            raise ValueError(f'invalid value "{arg}"')
+    return frozenset(("GET", "HEAD", *args))
+
+
 def parse_api_zone(args: list[str]) -> str:
     return args[0]
 
@@ -245,6 +254,8 @@ DIRECTIVES = (
     Directive("proxy_cache_revalidate", LEVELS, 1, type=FLAG, default=False,
               doc="`on | off`: an expired entry with an ETag or Last-Modified is asked for again conditionally; "
                   "a 304 makes it fresh again (`REVALIDATED`)"),
+    Directive("proxy_cache_methods", LEVELS, (1, None), parse=parse_methods, default=frozenset(("GET", "HEAD")),
+              doc="`GET | HEAD | POST ...`: the methods whose answers are cached (GET and HEAD always)"),
     Directive("proxy_cache_min_uses", LEVELS, 1, type=NUMBER, default=1, range=(1, 2**31 - 1),
               doc="`NUMBER`: an answer is stored once its key was asked for this many times (within `inactive`)"),
     Directive("proxy_cache_lock", LEVELS, 1, type=FLAG, default=False,

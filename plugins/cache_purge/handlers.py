@@ -75,6 +75,7 @@ class CachedLocation:
         self.no_cache = tuple(t for templates in location["proxy_no_cache"] for t in templates)
         self.ignore = location["proxy_ignore_headers"]
         self.purge_method = location["proxy_cache_purge"]
+        self.methods = location["proxy_cache_methods"]
         self.use_stale = location["proxy_cache_use_stale"]
         self.revalidate = location["proxy_cache_revalidate"]
         self.convert_head = location["proxy_cache_convert_head"]
@@ -88,11 +89,11 @@ class CachedLocation:
 
     def precontent(self, ctx):
         method = ctx.environ["REQUEST_METHOD"]
-        if method != "GET" and method != "HEAD":
+        if method not in self.methods:
             if self.purge_method is not None and method == self.purge_method.method:
                 return self._purge(ctx)
             conditional.withhold(ctx)  # nginx's proxy sends no conditional header where it caches
-            return None  # nginx caches GET and HEAD only: other methods never touch the cache
+            return None  # proxy_cache_methods (GET and HEAD always): other methods never touch the cache
         conditional.withhold(ctx)  # judged against the answer (body filter), never sent to the origin
         if method == "HEAD" and self.convert_head:  # to the origin as a GET; the answer as the HEAD's
             ctx.environ["REQUEST_METHOD"] = "GET"  # proxy_cache_convert_head on (nginx's default)
@@ -168,7 +169,7 @@ class CachedLocation:
     def _expect(self, ctx, cache, key: str, epoch: int, mem_epoch: int, stale: Entry | None = None) -> None:
         # a HEAD is sent as a GET (its body is kept) unless proxy_cache_convert_head is off; a
         # Range request's answer is not the whole resource
-        if "HTTP_RANGE" not in ctx.environ and (self.convert_head or ctx.environ["REQUEST_METHOD"] == "GET"):
+        if "HTTP_RANGE" not in ctx.environ and ctx.environ["REQUEST_METHOD"] != "HEAD":
             ctx.stash[NAME] = _Pending(cache, key, epoch, mem_epoch, stale)
 
     def _purge(self, ctx):

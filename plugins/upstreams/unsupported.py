@@ -75,7 +75,6 @@ ADVICE: dict[str, str] = {
         "proxy_ssl_crl", "proxy_ssl_certificate", "proxy_ssl_certificate_key", "proxy_ssl_password_file",
         "proxy_ssl_conf_command")},
     # the proxy cache (what cache_purge does not implement)
-    "proxy_cache_methods": _CACHE_ALWAYS + "caches GET and HEAD answers (nginx's default); remove it",
     "proxy_cache_max_range_offset": _CACHE_ALWAYS + "does not serve byte ranges; remove it",
     "proxy_cache_background_update": (_CACHE_ALWAYS + "refreshes an expired entry in the request that finds it "
                                       "(nginx's default, off); remove it"),

@@ -48,6 +48,7 @@ http {
             proxy_cache_key $uri;
             proxy_cache_valid 200 10m;
             proxy_cache_min_uses 3;
+            proxy_cache_methods POST;
             add_header X-Cache-Status $upstream_cache_status always;
         }
         location /other/ { test_origin; add_header X-Cache-Status "[$upstream_cache_status]" always; }
@@ -286,6 +287,12 @@ def test_revalidate_asks_the_origin_conditionally_and_a_304_refreshes_the_entry(
 def test_min_uses_stores_an_answer_once_its_key_was_asked_for_that_often(client):
     assert statuses(client, "/twice/m", 5) == ["MISS", "MISS", "MISS", "HIT", "HIT"]
     assert origin.HITS["/twice/m"] == 3
+
+
+def test_cache_methods_adds_post(client):
+    assert [client.post("/twice/p").headers["X-Cache-Status"] for _ in range(4)] == ["MISS"] * 3 + ["HIT"]
+    assert client.get("/twice/p").headers["X-Cache-Status"] == "HIT"  # one key (the body is not in it)
+    assert client.put("/twice/p").headers.get("X-Cache-Status") is None
 
 
 def test_expired_after_max_age(client):
