@@ -58,7 +58,8 @@ def ngxsim_postconfiguration(config):
     cached = [(location, check_location(location, specs)) for location in config.blocks(LOCATION)
               if location["cache_purge_api"] is None]
     locked = sorted({spec.zone for location, spec in cached if spec is not None
-                     and (location["proxy_cache_lock"] or location["proxy_cache_min_uses"] > 1)})
+                     and (location["proxy_cache_lock"] or location["proxy_cache_min_uses"] > 1
+                          or "updating" in location["proxy_cache_use_stale"])})
     for zone in locked:  # the keys' records: proxy_cache_lock, proxy_cache_min_uses (lock.py)
         config.zones.declare(lock.zone_name(zone), lock.zone_size(), owner=NAME, where=caches[zone][1],
                              tag=f"{NAME} keys v1")

@@ -46,12 +46,12 @@ _PURGED_PAGE = ("<html>\r\n<head><title>Successful purge</title></head>\r\n<body
 class _Pending:
     """A request that may store its response: what the lookup saw before the response was made."""
 
-    __slots__ = ("cache", "key", "epoch", "mem_epoch", "stale", "lock")
+    __slots__ = ("cache", "key", "epoch", "mem_epoch", "stale", "held")
 
     def __init__(self, cache, key: str, epoch: int, mem_epoch: int, stale: Entry | None = None):
         self.cache, self.key, self.epoch, self.mem_epoch = cache, key, epoch, mem_epoch
         self.stale = stale  # the expired entry (proxy_cache_use_stale, proxy_cache_revalidate)
-        self.lock: CacheLock | None = None  # the cache lock of the key this request holds
+        self.held: tuple | None = None  # (KeyRecords, name): the lock or updating mark this request holds
 
 
 def _any_set(templates: Iterable, ctx) -> bool:
@@ -82,6 +82,8 @@ class CachedLocation:
         self.min_uses = location["proxy_cache_min_uses"]
         self.uses = KeyRecords(spec.zone, lock_zones) if self.min_uses > 1 else None
         self.inactive = spec.inactive
+        self.updating = CacheLock(spec.zone, location["proxy_cache_lock_age"], 0.0, lock_zones) \
+            if "updating" in self.use_stale else None
         self.lock = CacheLock(spec.zone, location["proxy_cache_lock_age"], location["proxy_cache_lock_timeout"],
                               lock_zones) if location["proxy_cache_lock"] else None
 
@@ -142,6 +144,11 @@ class CachedLocation:
         if entry is None and self.uses is not None and waiting is None \
                 and self.uses.use(ctx.runtime, key, self.inactive) < self.min_uses:
             return None  # proxy_cache_min_uses: not asked for often enough yet to be stored
+        if entry is not None and self.updating is not None:  # use_stale updating: one request refreshes it
+            if not self.updating.take(ctx.runtime, _UPDATING + key, time.time()):
+                ctx.vars[STATUS] = "UPDATING"
+                return entry.response()
+            ctx.stash[_LOCKED] = (self.updating, _UPDATING + key)
         lock = self.lock
         if entry is None and lock is not None:  # proxy_cache_lock: one request fills it
             if not lock.take(ctx.runtime, key, time.time()):
@@ -150,7 +157,7 @@ class CachedLocation:
                 if left > 0:  # nginx looks again every 500 ms
                     return Delay(min(POLL, left), then=lambda c: self._lookup(c, started))
                 return None  # lock_timeout: to the origin, and not stored (nginx)
-            ctx.stash[_LOCKED] = key
+            ctx.stash[_LOCKED] = (lock, key)
         self._expect(ctx, cache, key, epoch, mem_epoch, entry)
         if entry is not None and self.revalidate:
             conditional.ask_origin(ctx, entry.headers)  # proxy_cache_revalidate: a 304 refreshes it
@@ -199,13 +206,15 @@ class CachedLocation:
         locked = ctx.stash.pop(_LOCKED, None)
         pending = ctx.stash.get(NAME)
         if locked is not None and pending is not None:
-            pending.lock = self.lock  # released once stored (or given up)
+            pending.held, locked = locked, None  # released once stored (or given up)
         if asked and response.status_code == 304 and pending is not None and pending.stale is not None:
             response = self._revalidated(ctx, response, pending)
         response = self._stale(ctx, response)
         response, storable = self._keep(ctx, response)
-        if locked is not None and not storable:
-            self.lock.release(ctx.runtime, locked)
+        if pending is not None and pending.held is not None and not storable:
+            locked = pending.held
+        if locked is not None:  # nothing will be stored: the others need not wait
+            locked[0].release(ctx.runtime, locked[1])
         hit = ctx.vars.get(STATUS) in ("HIT", "STALE", "REVALIDATED")
         # nginx's not-modified filter answers from what the cache has or would store
         answer = conditional.evaluate(conditions, response) if (hit or storable) and conditions else None
@@ -233,8 +242,7 @@ class CachedLocation:
             refreshed = Entry(entry.status, entry.headers, b"", now + seconds, entry.tags, line=entry.line,
                               sized=entry.sized, vary=entry.vary, variant=entry.variant)
             self._store(pending, refreshed, entry.body, None)
-        elif pending.lock is not None:
-            pending.lock.release(ctx.runtime, pending.key)
+            pending.held = None  # released by the store
         return entry.response()
 
     def _stale(self, ctx, response):
@@ -300,8 +308,9 @@ class CachedLocation:
         try:
             self._store_now(pending, entry, body, expected, counted)
         finally:
-            if pending.lock is not None:  # the requests waiting for it find it (or take the lock)
-                pending.lock.release(pending.cache.runtime, pending.key)
+            held = pending.held
+            if held is not None:  # the requests waiting for it find it (or take the lock)
+                held[0].release(pending.cache.runtime, held[1])
 
     def _store_now(self, pending: _Pending, entry: Entry, body: bytes, expected: int | None, counted=None) -> None:
         if expected is not None and len(body) != expected:
@@ -325,7 +334,8 @@ class CachedLocation:
 
 
 _HEAD = f"{NAME}.head"  # ctx.stash: a HEAD sent to the origin as a GET
-_LOCKED = f"{NAME}.locked"  # ctx.stash: the key whose cache lock this request holds
+_LOCKED = f"{NAME}.locked"  # ctx.stash: (KeyRecords, name) of the lock or updating mark this request holds
+_UPDATING = "updating "  # the name of a key's updating mark in the keys table
 
 
 def _drain(response) -> None:

@@ -123,8 +123,6 @@ def test_proxy_cache_names_an_unknown_zone(tmp_path):
     ("proxy_cache_valid 404 1m;", "proxy_cache_valid;", 'invalid number of arguments in "proxy_cache_valid" directive', 14),
     ("proxy_cache_valid 404 1m;", "proxy_cache_use_stale error http_418;", 'invalid value "http_418"', 14),
     ("proxy_cache_valid 404 1m;", "proxy_cache_use_stale off error;", 'invalid value "off"', 14),
-    ("proxy_cache_valid 404 1m;", "proxy_cache_use_stale updating;", '"updating" of "proxy_cache_use_stale" is not '
-     'supported by ngxsim (a request that finds an expired entry refreshes it itself); remove it', 14),
     ("proxy_cache_valid 404 1m;", "proxy_cache_methods GET PUT;", 'invalid value "PUT"', 14),
     ("PURGE from 127.0.0.1 10.0.0.0/8;", "PURGE from nowhere;", 'invalid parameter "nowhere"', 15),
     ("PURGE from 127.0.0.1 10.0.0.0/8;", "PURGE from;", 'invalid parameter "from": "from" needs "all" or addresses', 15),
