@@ -51,6 +51,14 @@ http {
             proxy_cache_methods POST;
             add_header X-Cache-Status $upstream_cache_status always;
         }
+        location /nohead/ {
+            test_origin;
+            proxy_cache assets;
+            proxy_cache_key $uri;
+            proxy_cache_valid 200 10m;
+            proxy_cache_convert_head off;
+            add_header X-Cache-Status $upstream_cache_status always;
+        }
         location /other/ { test_origin; add_header X-Cache-Status "[$upstream_cache_status]" always; }
         location /api/cache { cache_purge_api assets; cache_purge_key changeme; }
         location /api/open { cache_purge_api assets; }
@@ -287,6 +295,14 @@ def test_revalidate_asks_the_origin_conditionally_and_a_304_refreshes_the_entry(
 def test_min_uses_stores_an_answer_once_its_key_was_asked_for_that_often(client):
     assert statuses(client, "/twice/m", 5) == ["MISS", "MISS", "MISS", "HIT", "HIT"]
     assert origin.HITS["/twice/m"] == 3
+
+
+def test_convert_head_off_sends_a_head_and_stores_nothing(client):
+    origin.SEEN.clear()
+    assert [client.head("/nohead/h").headers["X-Cache-Status"] for _ in range(2)] == ["MISS", "MISS"]
+    assert [method for method, _, _ in origin.SEEN] == ["HEAD", "HEAD"]
+    client.get("/nohead/h")
+    assert client.head("/nohead/h").headers["X-Cache-Status"] == "HIT"  # answered from a stored GET
 
 
 def test_cache_methods_adds_post(client):
