@@ -200,7 +200,7 @@ def ngxsim_redis_factory(tmp_path):
 
 # every engine the cluster bridge has a test server for: name -> (session fixture, factory fixture).
 # An engine joins the engine-parametrized tests (ngxsim_engine, ngxsim_engine_factory) here.
-ENGINE_FIXTURES = {"redis": ("ngxsim_redis", "ngxsim_redis_factory")}
+ENGINE_FIXTURES = {"redis": ("ngxsim_redis", "ngxsim_redis_factory"), "nats": ("ngxsim_nats", "ngxsim_nats_factory")}
 
 
 @pytest.fixture(params=sorted(ENGINE_FIXTURES))
@@ -304,6 +304,18 @@ def ngxsim_nats_node(tmp_path):
     yield make
     for node in made:
         node.stop()
+
+
+@pytest.fixture
+def ngxsim_nats_factory(ngxsim_nats_node):
+    """``ngxsim_redis_factory``'s twin for NATS, for the engine-parametrized tests:
+    ``make(password=None)`` starts a node of this test alone; a password is the node's token
+    (what the engine sends when the URL names no user)."""
+
+    def make(password: str | None = None):
+        return ngxsim_nats_node(token=password)
+
+    return make
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
-"""worker_events across hosts: three instances (2 workers each) sharing a real Redis.
+"""worker_events across hosts: three instances (2 workers each) sharing a real engine, Redis
+Streams or NATS JetStream (one ``nats-server -js`` node).
 
-    python benchmarks/bench_cluster.py [--samples N] [--rounds N]
+    python benchmarks/bench_cluster.py [--engine redis|nats|both] [--samples N] [--rounds N]
 
 1. Cross-host delivery: publish on instance A -> the subscriber ran in **every** worker of B
    and C (the last of the 4), p50/p99; beside same-host delivery (A's own 2 workers, same
@@ -9,13 +10,17 @@
    so its p50 is 2.5 s and its p99 4.95 s whatever the database does (stated, not measured:
    measuring it takes 5 s a sample).
 2. Fan-out (``--fanout 2,10,25``): clusters of 2, 10, 25 instances of 1 worker each on this
-   machine, latency to the last worker of all the others and Redis's CPU per event.
+   machine, latency to the last worker of all the others and the engine's CPU per event.
 3. Publish cost on a bridged channel vs an unbridged one: ``?n=5000`` publishes in a request of
    A, alternated between the two channels, events/s. The relay is off the request path, so what
    a bridged publish costs more is only the relay's CPU beside it (2 cores).
 
 Redis runs with ``appendfsync everysec`` (the usual production setting; the tests use
-``always``). Goal: cross-host p99 <= 5 ms on loopback; bridged publish >= 90% of unbridged.
+``always``); NATS with JetStream file storage (its default sync). Each engine's floor is one hop
+through it in the same run: Redis ``XADD`` -> ``XREAD BLOCK`` returned in another process, NATS
+an acknowledged JetStream publish -> the push consumer's delivery in another process (both
+through the engine contract's calls). ``--engine both`` runs the engines one after the other
+in the same run. Goal: cross-host p99 <= 5 ms on loopback; bridged publish >= 90% of unbridged.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from ngxsim_bench_cluster import REC  # noqa: E402
 
 from ngxsim.testing import start_server, wait_for  # noqa: E402
 from ngxsim.testing.engines import RedisServer  # noqa: E402
+from ngxsim.testing.nats_server import NatsServer, nats_server_missing  # noqa: E402
 from ngxsim_plugins.worker_events.ring import encode_event  # noqa: E402
 
 WORKERS = 2
@@ -59,11 +65,24 @@ http {{
 """
 
 
+def start_engine(kind: str, folder: Path):
+    """A started engine server (``.url``, ``.proc``, ``.stop()``)."""
+    if kind == "nats":
+        return NatsServer("bench", folder).start()
+    return RedisServer(folder, fsync="everysec").start()
+
+
+def engine_missing(kind: str) -> str | None:
+    if kind == "nats":
+        return nats_server_missing()
+    return None if RedisServer.available() else "redis-server is not installed"
+
+
 def view(server) -> dict:
     return api(server, "/ev?limit=0").get("cluster", {})
 
 
-def start_cluster(folder: Path, engine: RedisServer, stream: str, names=("A", "B", "C"), workers=WORKERS) -> dict:
+def start_cluster(folder: Path, engine, stream: str, names=("A", "B", "C"), workers=WORKERS) -> dict:
     servers = {}
     for name in names:
         out = folder / f"lat-{name}"
@@ -117,14 +136,14 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
 
 
-def fanout(folder: Path, sizes: list[int], samples: int) -> list[list[str]]:
-    """Instances of 1 worker each sharing one Redis: latency to the last worker of all the
+def fanout(kind: str, folder: Path, sizes: list[int], samples: int) -> list[list[str]]:
+    """Instances of 1 worker each sharing one engine: latency to the last worker of all the
     others, and the engine's CPU per event, for each cluster size."""
     rows = []
     for size in sizes:
-        sub = folder / f"fanout-{size}"
+        sub = folder / f"fanout-{kind}-{size}"
         sub.mkdir()
-        engine = RedisServer(sub / "redis", fsync="everysec").start()
+        engine = start_engine(kind, sub / kind)
         servers = {}
         try:
             servers = start_cluster(sub, engine, f"fanout{size}", names=[f"i{n}" for n in range(size)], workers=1)
@@ -136,42 +155,55 @@ def fanout(folder: Path, sizes: list[int], samples: int) -> list[list[str]]:
                 server.stop()
             engine.stop()
         per_event = ticks / os.sysconf("SC_CLK_TCK") / (samples + 1) * 1e6
-        rows.append([size, size - 1, len(cross), f"{percentile(cross, 50):,.0f}", f"{percentile(cross, 99):,.0f}",
+        rows.append([kind, size, size - 1, len(cross), f"{percentile(cross, 50):,.0f}", f"{percentile(cross, 99):,.0f}",
                      f"{per_event:,.0f}"])
     return rows
 
 
-def redis_hop(engine: RedisServer, samples: int) -> list[float]:
-    """The engine's own floor in this run: XADD in this process -> XREAD BLOCK returned in
-    another process (one of the relay path's hops, with no ngxsim in it), µs."""
-    import redis
+def engine_hop(engine_url: str, samples: int) -> tuple[list[float], float]:
+    """The engine's own floor in this run: an append in this process -> the entry returned by
+    a blocked read in another process (one of the relay path's hops, through the engine
+    contract, with no ngxsim server in it), µs each; and the reader's CPU per entry, µs."""
+    from ngxsim_plugins.cluster.engine import Record
+    from ngxsim_plugins.cluster.engines import engine_class
 
+    cls = engine_class(engine_url)
+    stream = f"hop.{os.getpid()}"
     r, w = os.pipe()
+    ready_r, ready_w = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the reader: block on the stream, note when each entry arrived
+    if pid == 0:  # the reader: block in read, note when each entry arrived
         try:
             os.close(r)
-            client = redis.Redis(port=engine.port)
-            last, out = "$", []
+            reader = cls(engine_url, stream, retention=100_000)
+            reader.connect()
+            cursor = reader.read(None, block=0.01).cursor
+            os.write(ready_w, b"1")
+            out = []
+            cpu = time.process_time()
             while len(out) < samples:
-                for _, items in client.xread({"hop": last}, block=5000) or ():
-                    for entry_id, fields in items:
-                        out.append(time.monotonic_ns() - int(fields[b"t"]))
-                        last = entry_id
-            os.write(w, b"".join(n.to_bytes(8, "little") for n in out))
+                batch = reader.read(cursor, block=5.0)
+                now = time.monotonic_ns()
+                out.extend(now - int(e.record.payload) for e in batch.entries)
+                cursor = batch.cursor
+            cpu_ns = int((time.process_time() - cpu) * 1e9)  # the reader's CPU, all its threads
+            reader.close()
+            os.write(w, b"".join(n.to_bytes(8, "little") for n in [cpu_ns, *out]))
         finally:
             os._exit(0)
     os.close(w)
-    client = redis.Redis(port=engine.port)
-    time.sleep(0.3)  # the reader is blocked in its XREAD
-    for _ in range(samples):
+    writer = cls(engine_url, stream, retention=100_000)
+    writer.connect()
+    os.read(ready_r, 1)  # the reader is blocked in its read
+    for i in range(samples):
         time.sleep(0.004 + random.random() * 0.002)
-        client.xadd("hop", {"t": str(time.monotonic_ns())})
-    data = b""
+        writer.append([Record("hop", i + 1, "hop", "t", str(time.monotonic_ns()), 0)])
+    writer.close()
     with os.fdopen(r, "rb") as fh:
         data = fh.read()
     os.waitpid(pid, 0)
-    return [int.from_bytes(data[i:i + 8], "little") / 1000 for i in range(0, len(data), 8)]
+    cpu_ns, *out = [int.from_bytes(data[i:i + 8], "little") for i in range(0, len(data), 8)]
+    return [n / 1000 for n in out], cpu_ns / 1000 / max(1, len(out))
 
 
 def publish_cost(servers: dict, rounds: int, n: int = 5000) -> dict[str, list[float]]:
@@ -184,50 +216,75 @@ def publish_cost(servers: dict, rounds: int, n: int = 5000) -> dict[str, list[fl
     return out
 
 
+def run_engine(kind: str, folder: Path, args) -> dict:
+    engine = start_engine(kind, folder / kind)
+    servers = {}
+    try:
+        servers = start_cluster(folder / f"run-{kind}", engine, f"{kind}{os.getpid()}")
+        same, cross = delivery(folder / f"run-{kind}", servers, args.samples)
+        hop, reader_cpu = engine_hop(engine.url, args.samples)
+        cost = publish_cost(servers, args.rounds)
+    finally:
+        for server in servers.values():
+            server.stop()
+        engine.stop()
+    sizes = [int(n) for n in args.fanout.split(",") if n]
+    fan = fanout(kind, folder, sizes, args.fanout_samples) if sizes else []
+    return {"same": same, "cross": cross, "hop": hop, "reader_cpu": reader_cpu, "cost": cost, "fan": fan}
+
+
+HOP = {"redis": "one Redis hop: XADD -> XREAD BLOCK returned in another process",
+       "nats": "one NATS hop: acknowledged publish -> push consumer's delivery in another process"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--engine", choices=("redis", "nats", "both"), default="both")
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--fanout", default="2,10,25", help="cluster sizes of the fan-out table ('' skips it)")
     parser.add_argument("--fanout-samples", type=int, default=200)
     args = parser.parse_args()
-    if not RedisServer.available():
-        print("redis-server is not installed: skipped")
-        return
+    kinds = ["redis", "nats"] if args.engine == "both" else [args.engine]
+    results = {}
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
-        folder = Path(tmp)
-        engine = RedisServer(folder / "redis", fsync="everysec").start()
-        servers = {}
-        try:
-            servers = start_cluster(folder, engine, f"{os.getpid()}")
-            same, cross = delivery(folder, servers, args.samples)
-            hop = redis_hop(engine, args.samples)
-            cost = publish_cost(servers, args.rounds)
-        finally:
-            for server in servers.values():
-                server.stop()
-            engine.stop()
-        sizes = [int(n) for n in args.fanout.split(",") if n]
-        fan = fanout(folder, sizes, args.fanout_samples) if sizes else []
+        for kind in kinds:
+            why = engine_missing(kind)
+            if why:
+                print(f"{kind}: {why}: skipped")
+                continue
+            (Path(tmp) / f"run-{kind}").mkdir()
+            results[kind] = run_engine(kind, Path(tmp), args)
     print(f"load average at the end: {os.getloadavg()}")
-    rows = [
-        ["same host: A's 2 workers", len(same), f"{percentile(same, 50):,.0f}", f"{percentile(same, 99):,.0f}"],
-        ["across hosts: every worker of B and C (4)", len(cross), f"{percentile(cross, 50):,.0f}",
-         f"{percentile(cross, 99):,.0f}"],
-        ["(floor) one Redis hop: XADD -> XREAD BLOCK returned in another process", len(hop),
-         f"{percentile(hop, 50):,.0f}", f"{percentile(hop, 99):,.0f}"],
-        ["Kong cluster_events, 5 s poll (stated)", "-", "2,500,000", "4,950,000"],
-    ]
+    rows = []
+    for kind, res in results.items():
+        same, cross, hop = res["same"], res["cross"], res["hop"]
+        rows += [
+            [kind, "same host: A's 2 workers", len(same), f"{percentile(same, 50):,.0f}", f"{percentile(same, 99):,.0f}"],
+            [kind, "across hosts: every worker of B and C (4)", len(cross), f"{percentile(cross, 50):,.0f}",
+             f"{percentile(cross, 99):,.0f}"],
+            [kind, f"(floor) {HOP[kind]}", len(hop), f"{percentile(hop, 50):,.0f}", f"{percentile(hop, 99):,.0f}"],
+        ]
+    rows.append(["-", "Kong cluster_events, 5 s poll (stated)", "-", "2,500,000", "4,950,000"])
     print(table(f"publish on A -> subscriber ran in every worker, µs ({args.samples} events ~5 ms apart)",
-                ["delivery", "samples", "p50 µs", "p99 µs"], rows))
+                ["engine", "delivery", "samples", "p50 µs", "p99 µs"], rows))
+    base_cpu = next(iter(results.values()))["reader_cpu"] if results else 0
+    print(table("the engine hop's reader: CPU per entry read (the engine contract's read, as a relay reads)",
+                ["engine", "CPU µs/entry", f"vs {next(iter(results), '-')}"],
+                [[kind, f"{res['reader_cpu']:,.0f}", f"{res['reader_cpu'] / base_cpu:.2f}x"]
+                 for kind, res in results.items()]))
+    fan = [row for res in results.values() for row in res["fan"]]
     if fan:
-        print(table(f"fan-out: instances of 1 worker sharing one Redis, {args.fanout_samples} events published on "
+        print(table(f"fan-out: instances of 1 worker sharing one engine, {args.fanout_samples} events published on "
                     "the first -> ran in every worker of all the others",
-                    ["instances", "receivers", "samples", "p50 µs", "p99 µs", "Redis CPU µs/event"], fan))
-    base = median(cost["unbridged (local.bench)"])
-    print(table(f"publish cost in a request of A, 5,000 publishes, median of {args.rounds} rounds",
-                ["channel", "events/s", "vs unbridged"],
-                [[k, f"{median(v):,.0f}", f"{median(v) / base:.0%}"] for k, v in cost.items()]))
+                    ["engine", "instances", "receivers", "samples", "p50 µs", "p99 µs", "engine CPU µs/event"], fan))
+    cost_rows = []
+    for kind, res in results.items():
+        base = median(res["cost"]["unbridged (local.bench)"])
+        cost_rows += [[kind, k, f"{median(v):,.0f}", f"{median(v) / base:.0%}"] for k, v in res["cost"].items()]
+    if cost_rows:
+        print(table(f"publish cost in a request of A, 5,000 publishes, median of {args.rounds} rounds",
+                    ["engine", "channel", "events/s", "vs unbridged"], cost_rows))
 
 
 if __name__ == "__main__":

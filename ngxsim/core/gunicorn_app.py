@@ -208,7 +208,7 @@ class NgxsimApplication(BaseApplication):
             log.log(EMERG, "%s; reload rejected, the running configuration and its workers stay", exc)
             return False
         except Exception as exc:  # a module's own failure (ngxsim_init_master): the master must not die of it
-            log.log(EMERG, "loading %s failed: %s; reload rejected, the running configuration and its "
+            log.log(EMERG, "loading %s failed: %r; reload rejected, the running configuration and its "
                          "workers stay", self.path or "the configuration", exc, exc_info=True)
             return False
         return True

@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -153,6 +154,15 @@ class NatsServer:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
+
+    def restart(self, down_for: float = 0.0, wipe: bool = False) -> None:
+        """Stop and start again on the same ports; ``wipe``: without its store (a node replaced
+        by an empty one)."""
+        self.stop()
+        if wipe:
+            shutil.rmtree(self.store, ignore_errors=True)
+        time.sleep(down_for)
+        self.start()
 
     def tail(self, lines: int = 40) -> str:
         text = self.log.read_text(errors="replace") if self.log.exists() else ""

@@ -74,7 +74,16 @@ def ngxsim_postconfiguration(config):
         spec = check_location(location, specs)
         if spec is not None:
             location.stash[NAME] = CachedLocation(location, spec, config, lock_zones)
-    config.stash[NAME] = {"caches": specs, "bus": bus}
+    config.stash[NAME] = {"caches": specs, "bus": bus, "bridged": bool(bus) and _bridged(config, bus)}
+
+
+def _bridged(config, bus: str) -> bool:
+    """Does channel cache.invalidate of ``bus`` cross hosts (``cluster_bridge``)?"""
+    if "cluster" not in config.module_names():
+        return False
+    from ngxsim_plugins.cluster import is_bridged
+
+    return is_bridged(config, bus, CHANNEL)
 
 
 def _manager(zone: str):
@@ -146,7 +155,7 @@ def ngxsim_event(runtime, event):
 
 @hookimpl
 def ngxsim_event_gap(runtime, gap):
-    drop_all(runtime)
+    drop_all(runtime, gap)
 
 
 __all__ = ["CHANNEL"]

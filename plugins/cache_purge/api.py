@@ -74,7 +74,9 @@ class PurgeApi:
         except StorageError as error:
             return self._disk_failed(ctx, error, "writing", f"purging {describe(inv)}")
         if not outcome.purged:
-            raise ApiError(404, f'nothing cached in zone "{self.zone}" matches {describe(inv)}')
+            sent = "" if outcome.generation is None else \
+                f"; sent to the other hosts of the cluster (generation {outcome.generation})"
+            raise ApiError(404, f'nothing cached in zone "{self.zone}" matches {describe(inv)}{sent}')
         return json_response({"purged": outcome.purged, "type": outcome.type, "generation": outcome.generation})
 
     def _disk_failed(self, ctx, error: StorageError, verb: str, doing: str):

@@ -10,8 +10,8 @@ import threading
 from dataclasses import dataclass
 
 from .conf import NAME, CachePath
-from .events import CHANNEL, BatchRef, Invalidation, message, parse_body, read
-from .levels import MemoryLevel, SharedLevel
+from .events import CHANNEL, RECREATED, BatchRef, Invalidation, message, messages, parse_body, read
+from .levels import MemoryLevel, SharedLevel, _now
 from .storage import Reporter, StorageError
 
 log = logging.getLogger("ngxsim.cache_purge")
@@ -52,13 +52,15 @@ class State:
     caches: dict[str, Cache]
     bus: str | None
     pid: int
+    bridged: bool = False  # channel cache.invalidate crosses hosts (cluster_bridge)
 
 
 def start(runtime) -> State:
     """This worker's caches, with empty memory levels (a worker starts with nothing in memory)."""
     plan = runtime.config.stash.get(NAME)
     specs = plan["caches"] if plan else {}
-    st = State({zone: Cache(spec, runtime) for zone, spec in specs.items()}, plan["bus"] if plan else None, os.getpid())
+    st = State({zone: Cache(spec, runtime) for zone, spec in specs.items()}, plan["bus"] if plan else None, os.getpid(),
+               bool(plan and plan.get("bridged")))
     runtime.stash[NAME] = st
     return st
 
@@ -73,32 +75,39 @@ def state(runtime) -> State:
 @dataclass
 class Outcome:
     purged: int
-    type: str | None = None        # the event published (None: nothing matched, nothing published)
-    generation: int | None = None
+    type: str | None = None        # the (first) event published (None: nothing published)
+    generation: int | None = None  # of the last event published
 
 
 def purge(runtime, zone: str, inv: Invalidation) -> Outcome:
     """Remove what ``inv`` names from the shared level of ``zone`` and, if anything matched,
     tell every worker to drop it from memory. When this returns, no level of any worker will
     answer with what was removed: the shared level no longer has it, and every worker delivers
-    the event before it handles its next request."""
+    the event before it handles its next request.
+
+    When the channel crosses hosts, the purge is announced as asked (the other hosts hold
+    their own entries, which this host cannot know), even when nothing matched here, and each of
+    them removes it from its own levels on delivery (``apply_event``)."""
     st = state(runtime)
     cache = st.caches[zone]
     removed = cache.shared.remove(keys=list(inv.keys) if inv.keys else None, prefix=inv.prefix,
                                   tags=list(inv.tags) if inv.tags else None)
-    if not removed.keys:
+    if st.bridged:
+        announced = inv
+    elif not removed.keys:
         return Outcome(0)
-    if inv.prefix is not None:
+    elif inv.prefix is not None:
         announced = inv
     elif inv.keys:
         announced = Invalidation(keys=tuple(removed.keys))
     else:
         announced = Invalidation(tags=tuple(removed.tags))
-    msg = message(zone, announced)
-    if msg.batch is not None:
-        cache.shared.put_batch(*msg.batch)
-    generation = runtime.publish(st.bus, CHANNEL, msg.type, msg.payload)
-    return Outcome(len(removed.keys), msg.type, generation)
+    sent = messages(zone, announced, inline=st.bridged)
+    for msg in sent:
+        if msg.batch is not None:
+            cache.shared.put_batch(*msg.batch)
+        generation = runtime.publish(st.bus, CHANNEL, msg.type, msg.payload)
+    return Outcome(len(removed.keys), sent[0].type, generation)
 
 
 def _recreated(runtime, spec: CachePath) -> None:
@@ -108,9 +117,7 @@ def _recreated(runtime, spec: CachePath) -> None:
     they still hold."""
     log.critical('[crit] cache_purge: the databases of cache "%s" under "%s" were removed while running; '
                  "made them again, empty (every worker drops its memory level)", spec.zone, spec.path)
-    st = state(runtime)
-    msg = message(spec.zone, Invalidation(prefix=""))
-    runtime.publish(st.bus, CHANNEL, msg.type, msg.payload)
+    runtime.publish(state(runtime).bus, CHANNEL, RECREATED, spec.zone)
 
 
 def announce_refresh(runtime, zone: str, key: str) -> int:
@@ -126,13 +133,20 @@ def announce_refresh(runtime, zone: str, key: str) -> int:
 
 
 def apply_event(runtime, event) -> None:
-    """Drop from this worker's memory levels what the event invalidated."""
+    """Drop from this worker's memory levels what the event invalidated; for an event of
+    another host (``event.origin``), from this host's shared levels first (and with it the
+    purge epoch moves: a response fetched before, stored after, is dropped — read-your-purge).
+    Every worker does it (the first removes, the others find nothing): none of them may read
+    the shared level's old copy into its memory once it has delivered the purge."""
     st = state(runtime)
     found = read(event.type, event.payload)
-    if found is None:
+    if found is None or (event.origin is not None and event.type == RECREATED):  # another host's disk
         return
     if isinstance(found, BatchRef):
         found = _load_batch(st, found)  # a batch it cannot read: everything
+    if event.origin is not None:
+        for cache in st.caches.values():
+            _remove_shared(cache, found)
     for cache in st.caches.values():
         if found.everything:
             cache.memory.clear()
@@ -158,10 +172,28 @@ def _load_batch(st: State, ref: BatchRef) -> Invalidation:
         return Invalidation(everything=True)
 
 
-def drop_all(runtime) -> None:
-    """A ``Gap``: invalidations were lost, so nothing in memory can be trusted."""
-    for cache in state(runtime).caches.values():
+def _remove_shared(cache: Cache, found: Invalidation, when: float | None = None) -> None:
+    try:
+        if found.everything:
+            cache.shared.remove_stored_before(_now() if when is None else when)
+        else:
+            cache.shared.remove(keys=list(found.keys) or None, prefix=found.prefix, tags=list(found.tags) or None)
+    except StorageError as error:
+        cache.report(error, "writing", "applying a purge of another host")
+
+
+def drop_all(runtime, gap=None) -> None:
+    """A ``Gap``: invalidations were lost, so nothing in memory can be trusted. When they may
+    have been purges of other hosts (a remote gap, or any gap where the channel crosses hosts:
+    a relayed purge lost by every worker here was applied by none), no shared-level entry stored
+    before the gap can be trusted either: those go too (and the purge epoch moves)."""
+    st = state(runtime)
+    for cache in st.caches.values():
         cache.memory.clear()
+    if gap is not None and (gap.origin is not None or st.bridged):
+        when = _now()
+        for cache in st.caches.values():
+            _remove_shared(cache, Invalidation(everything=True), when)
 
 
 __all__ = ["CHANNEL", "Cache", "Outcome", "State", "announce_refresh", "apply_event", "drop_all", "purge", "start", "state"]

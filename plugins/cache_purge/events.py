@@ -5,6 +5,7 @@
 | ``purged`` | ``key:K`` (one key) or ``tag:T`` (one tag) |
 | ``purge_batch`` | compact JSON: ``{"keys":[..]}``, ``{"tags":[..]}`` or ``{"prefix":"P"}``; when that is over 512 bytes, it is stored in the shared level of the keys zone and the event says ``{"batch":"ID","count":N,"zone":"Z"}`` |
 | ``refreshed`` | ``key:K``: a store replaced a copy some worker may still hold (a ``proxy_cache_bypass`` refresh); a key too long for that: the stored batch's ``{"batch":..}`` |
+| ``recreated`` | ``ZONE``: this host made the cache's databases again, empty (removed while running): its workers drop their memory levels; other hosts ignore it |
 
 Every worker (the publishing one included) drops the matching entries from its memory levels;
 a payload it cannot read, a batch no longer stored, or a ``Gap`` drops whole memory levels:
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from ngxsim import compact_json
 
 CHANNEL = "cache.invalidate"
-PURGED, PURGE_BATCH, REFRESHED = "purged", "purge_batch", "refreshed"
+PURGED, PURGE_BATCH, REFRESHED, RECREATED = "purged", "purge_batch", "refreshed", "recreated"
 PAYLOAD_MAX = 512
 
 
@@ -64,6 +65,25 @@ def message(zone: str, inv: Invalidation, refreshed: bool = False) -> Message:
     return Message(kind, compact_json({"batch": batch_id, "count": count, "zone": zone}), (batch_id, text))
 
 
+def messages(zone: str, inv: Invalidation, refreshed: bool = False, inline: bool = False) -> list[Message]:
+    """The events announcing ``inv``. With ``inline`` (the channel crosses hosts, where a batch
+    stored on this host's disk cannot be read), keys or tags too many for one payload go in
+    several events that each carry theirs; only one key or tag, or a prefix, too long for a
+    payload is still stored as a batch (another host then drops everything it holds)."""
+    first = message(zone, inv, refreshed)
+    if first.batch is None or not inline or inv.prefix is not None:
+        return [first]
+    name, items = ("keys", inv.keys) if inv.keys else ("tags", inv.tags)
+    out, chunk = [], []
+    for item in items:
+        if chunk and len(compact_json({name: chunk + [item]}).encode()) > PAYLOAD_MAX:
+            out.append(message(zone, Invalidation(**{name: tuple(chunk)}), refreshed))
+            chunk = []
+        chunk.append(item)
+    out.append(message(zone, Invalidation(**{name: tuple(chunk)}), refreshed))
+    return out
+
+
 @dataclass(frozen=True)
 class BatchRef:
     zone: str
@@ -74,8 +94,10 @@ def read(event_type: str, payload: str) -> Invalidation | BatchRef | None:
     """The invalidation an event announces; ``Invalidation(everything=True)`` when the payload
     is not one this module writes (drop all rather than keep something stale); None for a type
     this module does not publish (another publisher's business on the channel)."""
-    if event_type not in (PURGED, PURGE_BATCH, REFRESHED):
+    if event_type not in (PURGED, PURGE_BATCH, REFRESHED, RECREATED):
         return None
+    if event_type == RECREATED:
+        return Invalidation(everything=True)
     if event_type == PURGED or (event_type == REFRESHED and payload.startswith("key:")):
         kind, colon, value = payload.partition(":")
         if colon and value and kind == "key":

@@ -158,7 +158,8 @@ class KeyIndex:
     """
 
     SCHEMA = (
-        "CREATE TABLE IF NOT EXISTS keys (key TEXT PRIMARY KEY, until REAL NOT NULL) WITHOUT ROWID",
+        "CREATE TABLE IF NOT EXISTS keys (key TEXT PRIMARY KEY, until REAL NOT NULL, stored REAL NOT NULL DEFAULT 0)"
+        " WITHOUT ROWID",
         "CREATE TABLE IF NOT EXISTS tags (tag TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (tag, key)) WITHOUT ROWID",
         "CREATE INDEX IF NOT EXISTS tags_by_key ON tags (key)",
         "CREATE INDEX IF NOT EXISTS keys_by_until ON keys (until)",
@@ -178,16 +179,21 @@ class KeyIndex:
             with self._write():
                 for statement in self.SCHEMA:
                     self._db.execute(statement)
+        elif "stored" not in {row[1] for row in self._db.execute("PRAGMA table_info(keys)")}:
+            with self._write():  # an index made before keys had their store time: 0, older than any gap
+                if "stored" not in {row[1] for row in self._db.execute("PRAGMA table_info(keys)")}:
+                    self._db.execute("ALTER TABLE keys ADD COLUMN stored REAL NOT NULL DEFAULT 0")
 
     def _write(self):
         return _Transaction(self._db, self._lock)
 
     def add(self, key: str, until: float, tags=()) -> float | None:
-        """Record ``key`` fresh until ``until``; returns the bound it had (None: not indexed)."""
+        """Record ``key`` fresh until ``until``, stored now; returns the bound it had (None: not
+        indexed)."""
         with self._write() as db:
             row = db.execute("SELECT until FROM keys WHERE key = ?", (key,)).fetchone()
-            db.execute("INSERT INTO keys VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET until = max(until, excluded.until)",
-                       (key, until))
+            db.execute("INSERT INTO keys VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+                       "until = max(until, excluded.until), stored = excluded.stored", (key, until, _now()))
             db.executemany("INSERT OR IGNORE INTO tags VALUES (?, ?)", [(t, key) for t in tags])
             return row[0] if row is not None else None
 
@@ -207,6 +213,13 @@ class KeyIndex:
                 found = db.execute("SELECT key, until FROM keys WHERE key >= ?", (prefix,)).fetchall()
             else:
                 found = db.execute("SELECT key, until FROM keys WHERE key >= ? AND key < ?", (prefix, upper)).fetchall()
+            self._remove(db, [k for k, _ in found])
+            return found
+
+    def take_stored_before(self, when: float) -> list[tuple[str, float]]:
+        """The keys last stored before ``when`` (removed)."""
+        with self._write() as db:
+            found = db.execute("SELECT key, until FROM keys WHERE stored < ?", (when,)).fetchall()
             self._remove(db, [k for k, _ in found])
             return found
 
@@ -505,6 +518,16 @@ class SharedLevel:
                 removed.add(k)
         matched_tags = [t for t in (tags or []) if any(k in removed for k in by_tag.get(t, ()))]
         return Removed(sorted(removed), matched_tags)
+
+    @_on_disk
+    def remove_stored_before(self, when: float) -> int:
+        """Remove every entry last stored before ``when`` (a host that missed purges of other
+        hosts: what it stored before may have been purged there); returns how many keys."""
+        self._bump_epoch()  # stores in flight began before too
+        found = self.index.take_stored_before(when)
+        for k, _ in found:
+            self.disk.delete(k)
+        return len(found)
 
     # -- purge batches ---------------------------------------------------------------------------
 

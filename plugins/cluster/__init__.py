@@ -8,6 +8,10 @@
 - its view of the cluster in the worker_events API answer of the zone and in ``ngxsim_status``
   (``view.py``).
 
+For other modules (docs/cluster.md, "For modules"): ``bridge_of(config, zone)``,
+``is_bridged(config, zone, channel)`` and ``store(runtime, zone)`` (the cluster's key-value
+store and leases, for instance-wide jobs and services only); they never touch an engine.
+
 Uses only ngxsim's public API and worker_events' public functions (``publish_remote``,
 ``events_after``, ...). See docs/cluster.md.
 """
@@ -17,6 +21,8 @@ from __future__ import annotations
 from ngxsim import HTTP, Directive, hookimpl
 
 from .config import Bridge, default_instance, parse_bridge
+from .engine import Conflict, EngineError
+from .kv import BridgeInfo, ClusterStore, store_for
 from .view import VIEW_SIZE, View
 
 NAME = "cluster"
@@ -65,6 +71,47 @@ def ngxsim_postconfiguration(config):
     config.stash[NAME] = planned
 
 
+def _plan(config, zone: str) -> dict | None:
+    """{"bridge", "instance"} of ``zone``'s bridge, or None; from the loaded configuration, or,
+    before the cluster module's postconfiguration ran, from its directives."""
+    planned = config.stash.get(NAME)
+    if planned is not None:
+        return planned.get(zone)
+    http = config.blocks(HTTP)
+    for bridge in (http[0].own.get("cluster_bridge") or []) if http else ():
+        if bridge.zone == zone:
+            return {"bridge": bridge, "instance": bridge.instance or default_instance(config)}
+    return None
+
+
+def bridge_of(config, zone: str) -> BridgeInfo | None:
+    """What the cluster bridge of event zone ``zone`` is (this instance's id, the channels
+    bridged, the stream, the engine's URL without credentials), or None: ``zone`` is not
+    bridged (or the cluster module is not loaded)."""
+    plan = _plan(config, zone)
+    if plan is None:
+        return None
+    b = plan["bridge"]
+    return BridgeInfo(plan["instance"], b.channels, b.stream, b.engine)
+
+
+def is_bridged(config, zone: str, channel: str) -> bool:
+    """Is an event published on ``channel`` of ``zone`` sent to the other instances?"""
+    plan = _plan(config, zone)
+    return plan is not None and plan["bridge"].bridges(channel)
+
+
+def store(runtime, zone: str) -> ClusterStore:
+    """The key-value store (with leases) of ``zone``'s cluster, as this instance: one per process,
+    connected on its first call. **For instance-wide jobs and services only**, never from a
+    request (a request must not wait on an engine): raises RuntimeError when called while a
+    request is served, ValueError when ``zone`` is not bridged."""
+    plan = _plan(runtime.config, zone)
+    if plan is None:
+        raise ValueError(f'event zone "{zone}" is not bridged (no "cluster_bridge {zone} ..." in the configuration)')
+    return store_for(plan["bridge"], plan["instance"])
+
+
 def _relay_service(zone: str):
     def run(runtime, lease):
         from .relay import Relay
@@ -91,4 +138,5 @@ def _view_of(zone: str):
     return view
 
 
-__all__ = ["Bridge", "parse_bridge"]
+__all__ = ["Bridge", "BridgeInfo", "ClusterStore", "Conflict", "EngineError", "bridge_of", "is_bridged",
+           "parse_bridge", "store"]

@@ -3,7 +3,9 @@
 One small, synchronous contract; one module per engine under ``engines/``, each importing its
 engine's client (an optional extra: ``pip install 'ngxsim[cluster]'``) only inside that module,
 so a single host needs none of them. The relay (one worker per instance, under the instance-wide
-lease) is the only caller: requests never reach an engine.
+lease) is the only caller of the stream's methods, and ``ClusterStore`` (``kv.py``, for
+instance-wide jobs and services) the only caller of the key-value store's (``kv_get``,
+``kv_put``): requests never reach an engine.
 
 Positions are opaque strings the engine chose (a Redis stream id ``1712345678901-0``, a NATS
 stream sequence ``"42"``). The relay stores the last position it read, durably, and hands it
@@ -23,6 +25,29 @@ from typing import ClassVar, NamedTuple, Sequence
 class EngineError(Exception):
     """The engine could not be reached or refused an operation. The message names the engine's
     address (never its credentials) and the reason, in words fit for the error log."""
+
+
+class Conflict(EngineError):
+    """A compare-and-set lost: the key's revision was not the one expected."""
+
+
+KV_VALUE_MAX = 64 * 1024  # bytes of UTF-8 in one kv value
+KV_KEY_MAX = 256          # bytes of UTF-8 in one kv key
+
+
+def check_kv(key: str, value: str | None = None, revision: int = 0) -> None:
+    """ValueError naming what is wrong with a kv call's arguments (the caller's mistake, not the
+    engine's: never an EngineError)."""
+    if not isinstance(key, str) or not key or len(key.encode()) > KV_KEY_MAX:
+        raise ValueError(f"a kv key is a non-empty string of at most {KV_KEY_MAX} bytes of UTF-8, not {key!r:.80}")
+    if value is not None:
+        if not isinstance(value, str):
+            raise ValueError(f"a kv value is a string, not {type(value).__name__}")
+        size = len(value.encode())
+        if size > KV_VALUE_MAX:
+            raise ValueError(f"kv value of key {key!r} is {size} bytes of UTF-8, more than {KV_VALUE_MAX}")
+    if not isinstance(revision, int) or isinstance(revision, bool) or revision < 0:
+        raise ValueError(f"a kv revision is an integer >= 0, not {revision!r}")
 
 
 class Record(NamedTuple):
@@ -69,6 +94,9 @@ class Engine(ABC):
     """
 
     schemes: ClassVar[tuple[str, ...]] = ()
+    # the position before the stream's first entry: ``read(beginning)`` gives everything the
+    # stream holds (what a reader with no stored position starts from)
+    beginning: ClassVar[str] = ""
 
     def __init__(self, url: str, stream: str, *, retention: int, password: str | None = None,
                  timeout: float = 2.0):
@@ -84,6 +112,12 @@ class Engine(ABC):
         ``ngxsim -t``: no connection is made)."""
         return None
 
+    @classmethod
+    def is_position(cls, position: str) -> bool:
+        """Is ``position`` one this engine hands out (not another engine's, kept in a state
+        folder from before the bridge moved)?"""
+        return bool(position)
+
     @abstractmethod
     def connect(self) -> None:
         """Connect, authenticate and make sure the stream exists (created with ``retention``
@@ -98,11 +132,25 @@ class Engine(ABC):
     def read(self, cursor: str | None, *, block: float, limit: int = 512) -> Batch:
         """Entries after ``cursor`` in the engine's order, at most ``limit``, waiting at most
         ``block`` seconds for the first one (a push wait: the call returns when an entry
-        arrives, never by polling). ``cursor`` None: only entries appended from now on."""
+        arrives, never by polling). ``cursor`` None: only entries appended from now on, and
+        the batch's ``cursor`` is a position all the same (where "now" is, ``beginning`` on an
+        empty stream), one the caller can store; ``cursor`` ``beginning``: everything the stream
+        holds."""
 
     @abstractmethod
     def newest(self) -> str | None:
         """The position of the newest entry the stream holds (None: empty), for the lag."""
+
+    @abstractmethod
+    def kv_get(self, key: str) -> tuple[str | None, int]:
+        """The value stored under ``key`` in this cluster's store (one per stream: two clusters on
+        one engine stay apart) and its revision; (None, 0) when absent."""
+
+    @abstractmethod
+    def kv_put(self, key: str, value: str, *, revision: int) -> int:
+        """Store ``value`` (at most 64 KiB of UTF-8) under ``key`` if its revision is still
+        ``revision`` (0: only if absent); return the new revision (> revision). Raises Conflict
+        when another write came first."""
 
     @abstractmethod
     def close(self) -> None:

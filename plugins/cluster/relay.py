@@ -67,6 +67,7 @@ class Relay:
         self.caught_up = False
         self._lock = threading.Lock()
         self._pending_loss: set[str] = set()
+        self._backoff = {"out": 0.0, "in": 0.0}  # the wait before the next connect, per direction
 
     # -- shared bookkeeping ---------------------------------------------------------------------
 
@@ -74,30 +75,37 @@ class Relay:
         return self.lease.stopping.is_set()
 
     def _link(self, direction: str, ok: bool, error: str | None = None) -> None:
-        """Record a direction's connection state; the error log hears of each change once
-        (connected, unreachable), never of each retry."""
+        """Record a direction's connection state. The error log hears of each change once, never
+        of each retry: "unreachable" at a failure after the engine last worked (or at the
+        first), "connected to" when a read or append works again (``_worked``), not at a mere
+        connect (an engine that accepts connections and fails every call stays down)."""
         with self._lock:
             self.links[direction] = ok
             if error:
                 self.last_error, self.last_error_msec = error, int(time.time() * 1000)
                 self.stats["engine_errors"] += 1
-            connected = all(self.links.values())
-            went_up = connected and not self.connected
-            went_down = not ok and not self._down_logged
-            self.connected = connected
-            if went_up:
-                self._down_logged = False
+            self.connected = all(self.links.values())
+            went_down = not ok and self._said != "down"
             if went_down:
-                self._down_logged = True
-        if went_up:
-            log.log(NOTICE, "cluster: zone %s: relay (worker %d) connected to %s, stream %s, as instance %s",
-                     self.zone, os.getpid(), self.bridge.engine, self.bridge.stream, self.instance)
+                self._said = "down"
         if went_down:
             log.error("cluster: zone %s: engine %s unreachable (%s); the relay retries with backoff, "
                       "events wait in the ring meanwhile", self.zone, self.bridge.engine, error)
         self.publish_view()
 
-    _down_logged = False
+    _said: str | None = None  # what the error log said last: "up", "down"
+
+    def _worked(self, direction: str) -> None:
+        """A read or append succeeded: the next failure reconnects at once, and the log says the
+        engine works (once per change)."""
+        self._backoff[direction] = 0.0
+        if self._said == "up":
+            return
+        with self._lock:
+            went_up, self._said = self._said != "up", "up"
+        if went_up:
+            log.log(NOTICE, "cluster: zone %s: relay (worker %d) connected to %s, stream %s, as instance %s",
+                     self.zone, os.getpid(), self.bridge.engine, self.bridge.stream, self.instance)
 
     def publish_view(self) -> None:
         b = self.bridge
@@ -105,7 +113,7 @@ class Relay:
             doc = {
                 "engine": b.engine, "stream": b.stream, "instance": self.instance,
                 "channels": list(b.channels) if b.channels is not None else "*",
-                "connected": self.connected, "relay_pid": None if self._stopping() else os.getpid(),
+                "connected": self.connected, "links": dict(self.links), "relay_pid": None if self._stopping() else os.getpid(),
                 "caught_up": self.caught_up, "cursor": self.state.cursor, "relayed_generation": self.state.relayed,
                 **self.stats, "last_error": self.last_error, "last_error_msec": self.last_error_msec or None,
                 "instances": self.instances,
@@ -118,9 +126,15 @@ class Relay:
                    password=self.bridge.password(), timeout=self.bridge.timeout)
 
     def _connected_engine(self, direction: str):
-        """An engine connected, or None when told to stop; retries with backoff and jitter."""
-        delay = BACKOFF_FIRST
+        """An engine connected, or None when told to stop; retries with backoff and jitter. The
+        backoff grows with each connect that is not followed by a successful read or append
+        (``_worked``): an engine that accepts connections and then fails every call is retried
+        as slowly as one that refuses them."""
         while not self._stopping():
+            delay = self._backoff[direction]
+            if delay and self.lease.stopping.wait(delay * random.uniform(0.5, 1.5)):
+                break
+            self._backoff[direction] = min(max(delay * 2, BACKOFF_FIRST), BACKOFF_MAX)
             engine = None
             try:
                 engine = self._engine(BLOCK)
@@ -131,8 +145,6 @@ class Relay:
                 if engine is not None:
                     engine.close()
                 self._link(direction, False, str(exc))
-            self.lease.stopping.wait(delay * random.uniform(0.5, 1.5))
-            delay = min(delay * 2, BACKOFF_MAX)
         return None
 
     # -- the service ----------------------------------------------------------------------------
@@ -204,6 +216,7 @@ class Relay:
                 if records:
                     try:
                         engine.append(records)
+                        self._worked("out")
                     except EngineError as exc:
                         engine.close()
                         self._link("out", False, str(exc))
@@ -225,12 +238,15 @@ class Relay:
         st = self.state
         engine = self._connected_engine("in")
         last_look = 0.0
+        if engine is not None and st.cursor is not None and not engine.is_position(st.cursor):
+            self._foreign_cursor(engine)
         try:
             while engine is not None and st.cursor is None and not self._stopping():
                 try:  # a first start: from now on (the engine says where "now" is)
                     self._take(engine.read(None, block=0.01, limit=BATCH))
+                    self._worked("in")
                     if st.cursor is None:
-                        break  # an engine that names no position for an empty stream: read(None) again
+                        break  # (an engine that broke the contract: read(None) in the loop below)
                 except EngineError as exc:
                     engine.close()
                     self._link("in", False, str(exc))
@@ -238,6 +254,7 @@ class Relay:
             while engine is not None and not self._stopping():
                 try:
                     batch = engine.read(st.cursor, block=BLOCK, limit=BATCH)
+                    self._worked("in")
                     self._take(batch)  # first: delivery waits for nothing else
                     now = time.monotonic()
                     if now - last_look > 1.0 or not batch.entries:
@@ -251,6 +268,21 @@ class Relay:
         finally:
             if engine is not None:
                 engine.close()
+
+    def _foreign_cursor(self, engine) -> None:
+        """The stored position is not one of this engine's (the bridge moved to another engine,
+        keeping its state folder): what this instance missed is unknown, so every module gets a
+        gap, and reading starts at the stream's beginning (the watermarks drop what was
+        delivered through the previous engine)."""
+        st = self.state
+        log.warning("cluster: zone %s: the stored position %r is not one of engine %s (another engine's?): "
+                    "reading stream %s from its beginning, modules get a gap", self.zone, st.cursor,
+                    self.bridge.engine, self.bridge.stream)
+        with self._lock:
+            self.stats["gaps"] += 1
+        self.we.publish_remote_gap(self.runtime, self.zone, origin="*", first=1, last=1)
+        st.cursor = engine.beginning
+        st.save()
 
     def _take(self, batch) -> None:
         we, rt, zone, st, me = self.we, self.runtime, self.zone, self.state, self.instance

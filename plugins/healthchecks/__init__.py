@@ -14,14 +14,15 @@ upstreams follows the events. See docs/healthchecks.md.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from dataclasses import dataclass
 
-from ngxsim import FLAG, HTTP, LOCATION, ZONE_HEADER_SIZE, Directive, hookimpl, http_event_zone
+from ngxsim import FLAG, HTTP, LOCATION, ZONE_HEADER_SIZE, Directive, Subscription, hookimpl, http_event_zone
 
-from .checker import NAME, ZONE, UpstreamCheck, process_state
-from .conf import parse_health_check
+from .checker import CHANNEL, NAME, ZONE, UpstreamCheck, process_state
+from .conf import CLUSTER, parse_health_check
 from .match import Match, parse_body, parse_header, parse_status
 from .status import StatusPage
 from .store import LAYOUT_VERSION, SLOTS, zone_size
@@ -85,6 +86,8 @@ def ngxsim_postconfiguration(config):
             raise stmt.error(f'upstream "{name}" is already health-checked at {first.file}:{first.line}')
         if event_zone is None:
             event_zone = http_event_zone(config, NAME)
+        if check.scope == CLUSTER:
+            _check_cluster(config, event_zone, stmt)
         upstreams.require_health_checks(config, name, check.mandatory, where=stmt)
         checks[name] = UpstreamCheck(name, check, matches.get(check.match), event_zone)
         where[name] = stmt
@@ -97,8 +100,42 @@ def ngxsim_postconfiguration(config):
                          tag=f"{NAME} v{LAYOUT_VERSION} s{SLOTS} {_digest(names)}")
     for name, uc in checks.items():
         # a round lasts up to one timeout: the lease must outlive it, or a busy prober would look hung
-        config.jobs.declare(uc.job_name, uc.check.interval, uc.run, owner=NAME, where=where[name],
+        config.jobs.declare(uc.job_name, uc.job_interval, uc.tick, owner=NAME, where=where[name],
                             lease=2 * uc.check.interval + uc.check.timeout)
+
+
+def _check_cluster(config, event_zone: str, stmt) -> None:
+    """``scope=cluster`` needs the cluster module and the ``healthchecks`` channel of the
+    http-level event zone bridged (the verdicts cross hosts that way)."""
+    if "cluster" not in config.module_names():
+        raise stmt.error('"health_check" with "scope=cluster" needs the cluster module: add "load_module cluster;"')
+    from ngxsim_plugins import cluster
+
+    if not cluster.is_bridged(config, event_zone, CHANNEL):
+        raise stmt.error(f'"health_check" with "scope=cluster" needs the "{CHANNEL}" channel of event zone '
+                         f'"{event_zone}" bridged: add "cluster_bridge {event_zone} URL channels={CHANNEL} ..." '
+                         f'(or "{CHANNEL}" to its "channels=")')
+
+
+@hookimpl
+def ngxsim_event_subscriptions(config):
+    plan = config.stash.get(NAME)
+    zones = {uc.event_zone for uc in plan.checks.values() if uc.check.scope == CLUSTER} if plan else set()
+    return [Subscription(zone, channels=(CHANNEL,)) for zone in zones]
+
+
+@hookimpl(tryfirst=True)  # before upstreams re-reads the peer's health for the same event
+def ngxsim_event(runtime, event):
+    if event.origin is None or event.channel != CHANNEL or event.type != "peer_transition":
+        return
+    plan = runtime.config.stash.get(NAME)
+    try:
+        upstream = json.loads(event.payload).get("upstream")
+    except (ValueError, AttributeError):
+        return
+    uc = plan.checks.get(upstream) if plan and isinstance(upstream, str) else None
+    if uc is not None and uc.check.scope == CLUSTER and uc.event_zone == event.zone:
+        uc.apply_remote(runtime, event)
 
 
 def _matches(config) -> dict[str, Match]:

@@ -7,21 +7,29 @@ when the peer flipped, publish ``peer_transition`` — then ``service_transition
 lost its last healthy peer or got its first one back. The flip is found under the lock, so it is
 published exactly once for the instance even if a hung prober and its successor overlap; and
 ``set_peer_health`` comes before the event, which upstreams reacts to by re-reading health.
+
+Under ``scope=cluster`` (``UpstreamCheck.tick``) the job ticks three times an interval: each tick
+takes or renews the cluster-wide lease of the upstream in the cluster's engine, and only the
+instance holding it probes (once an interval); its events cross to the other hosts, which apply
+each ``peer_transition`` (``apply_remote``). An instance that cannot reach the engine probes by
+itself until it can again.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
 from ngxsim import NOTICE, compact_json
 
-from .conf import HealthCheck
-from .machine import PeerHealth, ProbeResult
+from .conf import CLUSTER, HealthCheck
+from .machine import HEALTHY, STATES, PeerHealth, ProbeResult, now_msec
 from .match import Match
 from .probe import probe
-from .store import HealthStore, Section, ServiceChange, Tracked
+from .store import ALONE, FOLLOWER, PROBER, HealthStore, Section, ServiceChange, Tracked
 
 NAME = "healthchecks"
 CHANNEL = "healthchecks"
@@ -37,6 +45,8 @@ class ProcessState:
         self.store = HealthStore(runtime.zone(ZONE), upstreams)
         self._executor: ThreadPoolExecutor | None = None
         self.warned: set[tuple[str, int, str]] = set()
+        self.last_round: dict[str, float] = {}  # scope=cluster: when this process last probed (monotonic)
+        self.shared: dict[str, dict] = {}       # scope=cluster: the verdicts this process last put in the engine
 
     @property
     def executor(self) -> ThreadPoolExecutor:
@@ -70,6 +80,132 @@ class UpstreamCheck:
     @property
     def job_name(self) -> str:
         return f"{NAME}.{self.upstream}"
+
+    @property
+    def job_interval(self) -> float:
+        """How often the job runs: every interval, or three times an interval under
+        ``scope=cluster`` (a lease in the engine is renewed every third of its time)."""
+        return self.check.interval / 3 if self.check.scope == CLUSTER else self.check.interval
+
+    def tick(self, runtime) -> None:
+        """The job's ``run``: under ``scope=cluster``, probe only as the cluster's prober (or
+        alone, without the engine), once an interval; else a round every time."""
+        if self.check.scope != CLUSTER:
+            return self.run(runtime)
+        from ngxsim_plugins import cluster
+
+        st = process_state(runtime)
+        store = cluster.store(runtime, self.event_zone)
+        role = self._role(store, st)
+        try:
+            if role == FOLLOWER:
+                return self._follow(runtime, store)
+            now = time.monotonic()
+            if now - st.last_round.get(self.upstream, -1e9) >= self.check.interval * 5 / 6:  # ticks jitter
+                st.last_round[self.upstream] = now
+                self.run(runtime)
+            if role == PROBER:
+                self._share(runtime, store, st)
+        except cluster.EngineError:
+            pass  # the verdicts in the engine are brought up to date at a later tick
+
+    @property
+    def verdicts_key(self) -> str:
+        return f"{NAME}.{self.upstream}.verdicts"
+
+    def _share(self, runtime, store, st) -> None:
+        """As the prober: keep the verdicts in the engine (``{server: [state, fails, passes]}``),
+        so that a host that starts, or missed events, follows them (``_follow``)."""
+        section = st.store.section(self.upstream)
+        with section.lock():
+            doc = {t.server: [t.health.state, t.health.fails, t.health.passes] for t in section.tracked()}
+        text = compact_json({"at": now_msec(), "peers": doc})
+        if st.shared.get(self.upstream) == doc:
+            return
+        _, revision = store.get(self.verdicts_key)
+        store.put(self.verdicts_key, text, revision)
+        st.shared[self.upstream] = doc
+
+    def _follow(self, runtime, store) -> None:
+        """As a follower: apply the prober's verdicts kept in the engine where this host differs
+        (it started after them, or missed their events), and tell this host's workers."""
+        value, _ = store.get(self.verdicts_key)
+        try:
+            doc = json.loads(value) if value else {}
+            at, peers = int(doc.get("at", 0)), dict(doc.get("peers", {}))
+        except (ValueError, TypeError, AttributeError):
+            return
+        for server, verdict in peers.items():
+            try:
+                to, fails, passes = str(verdict[0]), int(verdict[1]), int(verdict[2])
+            except (TypeError, ValueError, IndexError):
+                continue
+            changed = self.apply_verdict(runtime, server, to, fails, passes, at)
+            if changed is not None:  # only this host was behind: its own workers re-read the peer
+                old, peer_id = changed
+                self._publish(runtime, "peer_transition", {
+                    "upstream": self.upstream, "peer": peer_id, "server": server, "from": old, "to": to,
+                    "fails": fails, "passes": passes, "sync": True})
+
+    def _role(self, store, st) -> str:
+        """Take or renew the cluster-wide lease of this upstream's probes; say in the error log
+        when this instance's part changes to or from probing alone."""
+        held = store.lease(f"{NAME}.{self.upstream}", ttl=self.check.interval)
+        role = PROBER if held else FOLLOWER if store.connected() else ALONE
+        section = st.store.section(self.upstream)
+        with section.lock():
+            old = section.set_role(role)
+        if role == ALONE and old != ALONE:
+            log.error("healthchecks: upstream %s: the cluster's engine cannot be reached; this instance probes its "
+                      "peers by itself until it can", self.upstream)
+        elif old == ALONE and role != ALONE:
+            log.warning("healthchecks: upstream %s: the cluster's engine is reached again; %s", self.upstream,
+                        "this instance is the cluster's prober" if role == PROBER else "the cluster's prober probes")
+        return role
+
+    def apply_remote(self, runtime, event) -> None:
+        """A ``peer_transition`` of the cluster's prober on another host: apply it in this worker
+        (every worker does: the same values, written once they differ). Not one a follower
+        published after catching up from the engine (``sync``): that is this host's business."""
+        try:
+            data = json.loads(event.payload)
+            server, to = data["server"], data["to"]
+            fails, passes = int(data.get("fails", 0)), int(data.get("passes", 0))
+        except (ValueError, TypeError, KeyError):
+            return
+        if not data.get("sync"):
+            self.apply_verdict(runtime, server, to, fails, passes, event.timestamp_msec)
+
+    def apply_verdict(self, runtime, server: str, to: str, fails: int, passes: int,
+                      at_msec: int) -> tuple[str, int] | None:
+        """Record the prober's verdict on the peer at ``server`` (made at ``at_msec``) and route by
+        it in this worker; returns (the state it replaced, the peer's id here) when it changed.
+        The peer is found by its address: ids are each host's. A verdict older than this
+        instance's own last probe of the peer (one made elsewhere while the engine was away,
+        relayed when it came back) is ignored: the newer result stands."""
+        import ngxsim_plugins.upstreams as upstreams
+
+        if to not in STATES:
+            return None
+        peers = upstreams.peers(runtime, self.upstream)
+        section = process_state(runtime).store.section(self.upstream)
+        with section.lock():
+            targets, _ = section.sync(peers, self.check.mandatory)
+            found = next(((t, p) for t, p in targets if t.server == server[:128]), None)
+            if found is None or found[0].health.last_probe_msec > at_msec:
+                return None
+            tracked, peer = found
+            health, old = tracked.health, tracked.health.state
+            if (old, health.fails, health.passes) != (to, fails, passes):  # else another worker wrote it
+                if old != to:
+                    health.state, health.since_msec = to, at_msec
+                    health.transitions += 1
+                health.fails, health.passes = fails, passes
+                section.write(tracked.slot, tracked.peer_id, tracked.server, tracked.down, health)
+                section.update_service()  # the prober's own service_transition comes across: none here
+        # in every worker, whoever wrote the zone: this is what makes this worker route by it
+        upstreams.set_peer_health(runtime, self.upstream, peer.id, to == HEALTHY, fails, passes)
+        return (old, peer.id) if old != to else None
 
     def run(self, runtime) -> None:
         """One round of probes (the job's ``run``): bounded by ``timeout`` per probe."""

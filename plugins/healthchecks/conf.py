@@ -16,6 +16,7 @@ DEFAULT_TIMEOUT = 1.0
 MIN_INTERVAL, MAX_INTERVAL = 0.01, 86400.0   # the range an instance-wide periodic job accepts
 MAX_TIMEOUT = 3600.0
 MAX_COUNT = 1_000_000
+INSTANCE, CLUSTER = "instance", "cluster"  # scope=: who probes (each instance, or one for the cluster)
 
 
 @dataclass(frozen=True)
@@ -30,10 +31,12 @@ class HealthCheck:
     timeout: float = DEFAULT_TIMEOUT
     match: str | None = None
     mandatory: bool = False
+    scope: str = INSTANCE
 
     def as_json(self) -> dict:
         return {"interval": self.interval, "fails": self.fails, "passes": self.passes, "uri": self.uri,
-                "port": self.port, "timeout": self.timeout, "match": self.match, "mandatory": self.mandatory}
+                "port": self.port, "timeout": self.timeout, "match": self.match, "mandatory": self.mandatory,
+                "scope": self.scope}
 
 
 def _time(name: str, text: str, low: float, high: float, span: str) -> float:
@@ -67,7 +70,14 @@ def _match_name(text: str) -> str:
     return text
 
 
+def _scope(text: str) -> str:
+    if text not in (INSTANCE, CLUSTER):
+        raise ValueError(f'invalid value "scope={text}" in "health_check" directive: "instance" or "cluster" is required')
+    return text
+
+
 _VALUED = {
+    "scope": _scope,
     "interval": lambda v: _time("interval", v, MIN_INTERVAL, MAX_INTERVAL, "10ms to 1d"),
     "timeout": lambda v: _time("timeout", v, 0.001, MAX_TIMEOUT, "1ms to 1h"),
     "fails": lambda v: _count("fails", v, 1, MAX_COUNT),

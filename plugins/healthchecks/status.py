@@ -18,6 +18,7 @@ from ngxsim import Methods, json_response, wants_html
 from ngxsim import format_age as age  # the page's script formats ages the same way
 
 from .checker import NAME, process_state
+from .conf import CLUSTER
 from .machine import now_msec
 
 def snapshot(runtime, checks) -> dict:
@@ -31,6 +32,7 @@ def snapshot(runtime, checks) -> dict:
             with section.lock():
                 service, transitions, since = section.service()
                 tracked = section.tracked()
+                role = section.role()
             job = jobs.get(uc.job_name, {})
             upstreams[name] = {
                 "check": uc.check.as_json(),
@@ -40,6 +42,7 @@ def snapshot(runtime, checks) -> dict:
                 "prober": {"pid": job.get("holder_pid"), "runs": job.get("runs", 0),
                            "last_run_msec": job.get("last_run_msec") or None,
                            "last_duration": job.get("last_duration")},
+                **({"cluster": {"role": role}} if uc.check.scope == CLUSTER else {}),
                 "peers": [_peer(t) for t in sorted(tracked, key=lambda t: t.peer_id)],
             }
     return {"module": NAME, "now_msec": now_msec(), "upstreams": upstreams}

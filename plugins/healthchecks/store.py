@@ -6,7 +6,8 @@ and every worker reads it for ``health_check_status``.
 
 Layout of ``zone.buf``: one section per checked upstream (in the order of ``upstreams``)::
 
-    section header (64 bytes): service (0 not yet known, 1 up, 2 down), pad, pad(2),
+    section header (64 bytes): service (0 not yet known, 1 up, 2 down), role (scope=cluster:
+                               0 not yet known, 1 prober, 2 follower, 3 alone), pad(2),
                                service transitions (u32), service since (wall ms, u64)
     SLOTS peer slots of SLOT bytes (below)
 
@@ -31,6 +32,8 @@ _SLOT = struct.Struct("<BBBBIIIQQIHHQdQ128s96s")
 SLOT_SIZE = _SLOT.size
 _SERVICE = {0: None, 1: UP, 2: DOWN}
 _SERVICE_BYTE = {UP: 1, DOWN: 2}
+PROBER, FOLLOWER, ALONE = "prober", "follower", "alone"  # this instance's part under scope=cluster
+_ROLES = (None, PROBER, FOLLOWER, ALONE)
 
 
 def section_size(slots: int = SLOTS) -> int:
@@ -144,6 +147,16 @@ class Section:
         service, _, _, transitions, since = _SECTION_HEAD.unpack_from(self.zone.buf, self.offset)
         return _SERVICE.get(service), transitions, since
 
+    def role(self) -> str | None:
+        """This instance's part in probing the upstream under ``scope=cluster`` (None: not yet known)."""
+        return _ROLES[self.zone.buf[self.offset + 1]] if self.zone.buf[self.offset + 1] < len(_ROLES) else None
+
+    def set_role(self, role: str) -> str | None:
+        """Record ``role``; returns the one it replaces."""
+        old = self.role()
+        self.zone.buf[self.offset + 1] = _ROLES.index(role)
+        return old
+
     def service(self) -> tuple[str | None, int, int]:
         """(``up``/``down``/None before the first look, transitions, since wall ms)."""
         return self._head()
@@ -161,7 +174,8 @@ class Section:
             return None
         if old is not None:
             transitions += 1
-        _SECTION_HEAD.pack_into(self.zone.buf, self.offset, _SERVICE_BYTE[new], 0, 0, transitions, now_msec())
+        _SECTION_HEAD.pack_into(self.zone.buf, self.offset, _SERVICE_BYTE[new], self.zone.buf[self.offset + 1], 0,
+                                transitions, now_msec())
         if old is None:
             return None
         return ServiceChange(self.upstream, old, new, sum(t.health.healthy for t in live), len(live))

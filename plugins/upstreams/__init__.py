@@ -16,7 +16,6 @@ See docs/upstreams.md.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -27,7 +26,7 @@ from ngxsim import (
     process_alive, register_secret_arg,
 )
 
-from . import snapshots, unsupported
+from . import snapshots, sync, unsupported
 from .api import UpstreamsApi, UpstreamsSection
 from .balancer import Peer
 from .conf import (
@@ -138,6 +137,7 @@ class UpstreamsConf:
 
     bus: str | None
     upstreams: dict[str, UpstreamConf] = field(default_factory=dict)
+    cluster: bool = False  # the bus's "upstreams" channel is bridged: peers are cluster-wide (sync.py)
 
 
 @hookimpl
@@ -188,6 +188,14 @@ def ngxsim_postconfiguration(config):
                                 owner=NAME, where=block.where_of("upstream_refresh"))
     if conf.upstreams:
         config.jobs.declare("upstreams.drained", DRAIN_CHECK_INTERVAL, _drain_job, owner=NAME)
+        conf.cluster = _cluster_wide(config, bus)
+        for up in conf.upstreams.values():
+            if conf.cluster and up.refresh is not None:
+                raise up.block.error("upstream_refresh", f'"upstream_refresh" cannot be used while the "{CHANNEL}" '
+                                     f'channel of event zone "{bus}" is bridged (the peers are cluster-wide, changed '
+                                     f'through the API): remove it, or leave "{CHANNEL}" out of "cluster_bridge"')
+        if conf.cluster:
+            config.jobs.declare_service(sync.SERVICE, sync.run_service, owner=NAME)
     for loc in config.blocks(LOCATION):
         spec: ProxyPass | None = loc.get("proxy_pass")
         if spec is not None:
@@ -224,6 +232,13 @@ def _overridden(name: str, path: str, saved, block) -> list[str]:
             out.append(f'"server {spec.server}" of upstream "{name}" is overridden by the state file "{path}" '
                        f'(edit the file, or use the API) in {stmt.file}:{stmt.line}')
     return out
+
+
+def _cluster_wide(config, bus: str | None) -> bool:
+    """Whether the cluster module bridges the bus's ``upstreams`` channel (its public API)."""
+    if bus is None or "cluster" not in config.module_names():
+        return False
+    return bool(sync.cluster_api().is_bridged(config, bus, CHANNEL))
 
 
 def _drain_job(runtime) -> None:
@@ -333,6 +348,9 @@ def ngxsim_init_worker(runtime):
         _first_snapshot(conf.upstreams[name], zone, rebuild=False)  # the master hook may run in a peer worker
         zone.claim_row(process_alive)
     st.reload_all()
+    if conf.cluster:  # a new or respawned worker: what the other hosts said of their drains
+        for event, data in sync.ring_events(runtime, conf.bus, ("peer_draining", "peer_drained")):
+            _drain_event(st, conf, event, data)
 
 
 @hookimpl
@@ -357,10 +375,13 @@ def ngxsim_event(runtime, event):
     conf = runtime.config.stash.get(NAME)
     if not conf or event.zone != conf.bus:
         return
-    if event.channel == CHANNEL and event.type == "snapshot_activated":
-        name = _payload(event).get("upstream")
-        if name in conf.upstreams:
-            state(runtime).reload(name)
+    if event.channel == CHANNEL:
+        if conf.cluster:
+            _cluster_event(runtime, conf, event)
+        if event.type == "snapshot_activated" and event.origin is None:
+            name = _payload(event).get("upstream")
+            if name in conf.upstreams:
+                state(runtime).reload(name)
     elif event.channel == HEALTH_CHANNEL and event.type == "peer_transition":
         data = _payload(event)
         if data.get("upstream") in conf.upstreams and isinstance(data.get("peer"), int):
@@ -375,12 +396,33 @@ def ngxsim_event_gap(runtime, gap):
         state(runtime).reload_all()
 
 
+def _cluster_event(runtime, conf, event) -> None:
+    """Cluster-wide upstreams: hand a change to the sync service (when it runs in this worker),
+    wake the requests waiting for theirs, wake the service for a revision another host wrote, and
+    keep what each host says of its drains."""
+    data = _payload(event)
+    st = state(runtime)
+    service = runtime.stash.get(sync.STASH)
+    if event.type == "change_requested" and event.origin is None:
+        if service is not None and data.get("upstream") in conf.upstreams:
+            service.take(data)
+    elif event.type == "change_applied" and event.origin is None:
+        if isinstance(data.get("change"), str):
+            st.waiters.done(data["change"], data)
+    elif event.type == "snapshot_activated" and event.origin is not None:
+        if service is not None and data.get("upstream") in conf.upstreams and isinstance(data.get("revision"), int):
+            service.revision_heard(data["upstream"], data["revision"])
+    elif event.type in ("peer_draining", "peer_drained"):
+        _drain_event(st, conf, event, data)
+
+
+def _drain_event(st, conf, event, data: dict) -> None:
+    if data.get("upstream") in conf.upstreams and isinstance(data.get("peer"), int):
+        st.drain_heard(data["upstream"], data["peer"], event.origin, event.type == "peer_drained")
+
+
 def _payload(event) -> dict:
-    try:
-        data = json.loads(event.payload)
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
+    return sync.json_object(event.payload)
 
 
 # -- public functions ----------------------------------------------------------------------------

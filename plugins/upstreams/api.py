@@ -17,12 +17,15 @@ import time
 
 from ngxsim import ApiAnswer, ApiError, ApiRequest, ApiSection, check_key, iso_time, json_response
 
-from . import snapshots
+from . import snapshots, sync
 from .conf import _time_text
 from .state import initial_health, state
 from .zone import HEALTH_CHECKING, HEALTH_DOWN, HEALTH_NONE
 
 MAX_BODY = 4096
+# the NGINX Plus error code of a cluster-wide change refused by the sync service, by its status
+_CLUSTER_CODES = {400: "UpstreamConfFormatError", 404: "UpstreamServerNotFound",
+                  409: "UpstreamServerAlreadyExists", 500: "StateFileError"}
 
 
 class UpstreamsSection:
@@ -81,8 +84,17 @@ class UpstreamsSection:
         data = zone.read_snapshot() or {"version": 0, "peers": []}
         active = st.active(name)
         up = self.conf.upstreams[name]
-        return {"name": name, "version": data["version"], "zone": up.zone, "keepalive": 0, "zombies": 0,
-                "peers": [self._peer(zone, p, active[p["slot"]]) for p in data["peers"]]}
+        peers = [self._peer(zone, p, active[p["slot"]]) for p in data["peers"]]
+        if not self.conf.cluster:
+            return {"name": name, "version": data["version"], "zone": up.zone, "keepalive": 0, "zombies": 0,
+                    "peers": peers}
+        me = sync.instance_of(st.runtime.config, self.conf.bus)
+        for peer, p in zip(peers, data["peers"]):
+            if peer["drain"]:  # each host's drain: its own in-flight requests
+                peer["drain_hosts"] = st.drain_hosts(name, peer["id"], me, active[p["slot"]])
+        return {"name": name, "version": data["version"], "revision": data.get("revision"),
+                "cluster": "apart" if data.get("apart") else "joined", "unsynced": len(data.get("unsynced") or ()),
+                "zone": up.zone, "keepalive": 0, "zombies": 0, "peers": peers}
 
     @staticmethod
     def _peer(zone, p: dict, active: int) -> dict:
@@ -133,6 +145,8 @@ class UpstreamsSection:
 
     def post(self, req, name: str):
         fields = self._fields(req, adding=True)
+        if self.conf.cluster:
+            return self._cluster_change(req, name, "add", None, fields)
         st = state(req.runtime)
         zone = st.zone(name)
         checking = initial_health(self.conf, name) == HEALTH_CHECKING
@@ -141,6 +155,8 @@ class UpstreamsSection:
 
     def patch(self, req, name: str, peer_id: int):
         fields = self._fields(req, adding=False)
+        if self.conf.cluster:
+            return self._cluster_change(req, name, "change", peer_id, fields)
         st = state(req.runtime)
         zone = st.zone(name)
         holder = {}
@@ -159,9 +175,40 @@ class UpstreamsSection:
         return self._peer(zone, peer, st.active(name)[peer["slot"]])
 
     def delete(self, req, name: str, peer_id: int):
+        if self.conf.cluster:
+            return self._cluster_change(req, name, "delete", peer_id, {})
         st = state(req.runtime)
         self._apply(st, name, lambda cur: snapshots.delete_peer(cur, peer_id))
         return self.upstream_json(st, name)["peers"]
+
+    def _cluster_change(self, req, name: str, op: str, peer_id: int | None, fields: dict):
+        """Cluster-wide: the change goes to this instance's sync service (which alone talks to the
+        engine) as a ``change_requested`` event; the answer waits for its outcome at most
+        ``APPLY_BOUND``, else ``202`` with the change's id (it is applied later, or was lost with
+        a sync service that died: the caller checks ``GET`` and retries). Both mounts (the
+        ``api`` location's ``http/upstreams`` and ``upstreams_api``) come here."""
+        st = state(req.runtime)
+        change = {"id": sync.new_change_id(), "upstream": name, "op": op, "peer": peer_id,
+                  "fields": {k: (v if k != "fail_timeout" else float(v)) for k, v in fields.items()}}
+        waiting = st.waiters.register(change["id"])
+        try:
+            sync.publish_change(req.runtime, change)
+        except ValueError:
+            st.waiters.wait(change["id"], waiting, 0)
+            raise ApiError(413, "the change is too large to be sent to the cluster (512 bytes of JSON)",
+                           code="UpstreamConfFormatError") from None
+        result = st.waiters.wait(change["id"], waiting, sync.APPLY_BOUND)
+        if result is None:
+            return ApiAnswer(202, {"change": change["id"], "status": "pending",
+                                   "message": "the change is queued for the cluster and not applied yet"})
+        if result["status"] >= 400:
+            raise ApiError(result["status"], result.get("error", "the change was not made"),
+                           code=_CLUSTER_CODES.get(result["status"]))
+        st.reload(name)
+        up = self.upstream_json(st, name)
+        if op == "delete":
+            return up["peers"]
+        return ApiAnswer(result["status"], self._find(up["peers"], result["peer"]))
 
     @staticmethod
     def _fields(req, adding: bool) -> dict:

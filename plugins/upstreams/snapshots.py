@@ -271,3 +271,62 @@ def state_line(peer: dict) -> str:
     if peer.get("drain"):
         line = line[:-1] + " drain;"
     return f"{line} # id={peer['id']}"
+
+
+# -- the cluster's document ------------------------------------------------------------------------
+# Cluster-wide (the bus's ``upstreams`` channel bridged), an upstream's peers are one document in
+# the engine's key-value store: {"peers": [peer without "slot"], "next_id": N}. Its revision is
+# the cluster's order of changes; each host keeps the slots (its counters) of its own zone.
+
+
+def document(snapshot: dict | None) -> dict:
+    """The cluster document of a zone snapshot: its peers without their (per-host) slots."""
+    snapshot = snapshot or {"peers": [], "next_id": FIRST_ID}
+    return {"peers": [{k: v for k, v in p.items() if k not in ("slot", "checking")} for p in snapshot["peers"]],
+            "next_id": snapshot.get("next_id", FIRST_ID)}
+
+
+def apply_command(doc: dict, command: dict) -> tuple[dict, dict | None]:
+    """One API change (``{"op": "add"|"change"|"delete", "peer": ID, "fields": {...}}``) applied to
+    a cluster document: (new document, the peer added or changed, or the one deleted). Raises what
+    the API's own builders raise: Conflict (409), LookupError (404), ValueError (400)."""
+    # slots are per host: give the document's peers distinct placeholder slots for the builders
+    current = {"peers": [{**p, "slot": i} for i, p in enumerate(doc["peers"])],
+               "next_id": doc.get("next_id", FIRST_ID)}
+    op = command["op"]
+    if op == "add":
+        fields = checked_fields(command["fields"], adding=True)
+        new, peer = add_peer(current, fields, len(current["peers"]) + 1, checking=False)
+    elif op == "change":
+        new, peer, _ = change_peer(current, command["peer"], checked_fields(command["fields"], adding=False))
+    elif op == "delete":
+        new, peer = delete_peer(current, command["peer"])
+    else:
+        raise ValueError(f'unknown change "{op}"')
+    return document(new), {k: v for k, v in peer.items() if k != "slot"}
+
+
+def adopt(current: dict | None, doc: dict, slots: int, checking_new: bool = False) -> dict:
+    """The zone snapshot that routes by cluster document ``doc``: the peers and ids of the
+    document; a peer this host has already (same id and server) keeps its slot, counters and
+    in-flight accounting, a new one takes a free slot."""
+    old = {p["id"]: p for p in (current or {"peers": []})["peers"]}
+    keep, avoid = {}, set()
+    for p in doc["peers"]:
+        before = old.get(p["id"])
+        if before is not None and before["server"] == p["server"]:
+            keep[p["id"]] = before["slot"]
+        elif before is not None:
+            avoid.add(before["slot"])  # its slot still carries that id: reusing it would keep the counters
+    used = set(keep.values()) | avoid
+    peers = []
+    for p in doc["peers"]:
+        slot = keep.get(p["id"])
+        peer = {**p, "slot": slot}
+        if slot is None:
+            peer["slot"] = _free_slot(used, slots)
+            used.add(peer["slot"])
+            if checking_new:
+                peer["checking"] = True
+        peers.append(peer)
+    return {"peers": peers, "next_id": doc.get("next_id", FIRST_ID)}

@@ -12,6 +12,7 @@ import urllib3
 from ngxsim import LivenessWatch, compact_json
 
 from .balancer import Peer, Snapshot
+from .waiters import Waiters
 from .zone import HEALTH_CHECKING, HEALTH_NONE, UpstreamZone
 
 NAME = "upstreams"
@@ -29,6 +30,10 @@ class State:
         self._watch = LivenessWatch()
         # urllib3 keeps connections to each backend alive, per worker (pools are not fork-safe)
         self.pools = urllib3.PoolManager(num_pools=64, maxsize=max(4, runtime.threads), block=False)
+        # cluster-wide only: the API requests waiting for their change, and what the other hosts
+        # said of their drains, {(upstream, peer): {instance: drained?}} (sync.py)
+        self.waiters = Waiters()
+        self.drains: dict[tuple[str, int], dict[str, bool]] = {}
 
     def zone(self, name: str) -> UpstreamZone:
         return self.zones[name]
@@ -120,6 +125,17 @@ class State:
         for p in draining:
             if active[p["slot"]] == 0 and zone.take_drained_flag(p["slot"], p["id"]):
                 self.publish("peer_drained", {"upstream": upstream, "peer": p["id"], "server": p["server"]})
+
+    def drain_heard(self, upstream: str, peer: int, origin: str | None, drained: bool) -> None:
+        """``peer_draining``/``peer_drained`` of another host (this host's own drain is read live)."""
+        if origin is not None:
+            self.drains.setdefault((upstream, peer), {})[origin] = drained
+
+    def drain_hosts(self, upstream: str, peer: int, instance: str, active: int) -> dict[str, str]:
+        """Each host's drain of the peer: ``draining`` (requests in flight there) or ``drained``."""
+        hosts = {origin: "drained" if done else "draining" for origin, done in self.drains.get((upstream, peer), {}).items()}
+        hosts[instance] = "draining" if active else "drained"
+        return dict(sorted(hosts.items()))
 
     def publish(self, type_: str, payload: dict) -> int:
         return self.runtime.publish(self.conf.bus, CHANNEL, type_, compact_json(payload))

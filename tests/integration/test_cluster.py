@@ -246,7 +246,9 @@ def test_a_record_relayed_twice_is_delivered_once_and_an_older_one_of_its_origin
     append_records(engine, stream, [("Z", 7, "seven")])  # a marker: everything before it was read
     wait_for(lambda: len(ring_events(b, "Z")) >= 3, 20, what="the marker")
     assert [(e["payload"], e["origin_generation"]) for e in ring_events(b, "Z")] == [("five", 5), ("six", 6), ("seven", 7)]
-    assert b.cluster_view(API)["duplicates"] == 2
+    # the relay drops what its watermark says was delivered: the older one (Z 4) on every engine;
+    # the exact repeat (Z 5 twice) Redis stores twice, NATS once (the same Nats-Msg-Id)
+    assert b.cluster_view(API)["duplicates"] == {"redis": 2, "nats": 1}[engine_name(engine)]
     wait_all_workers(b, lambda lines: [p for _, p, _, _ in remote_events(lines, "Z")] == ["five", "six", "seven"],
                      "Z's events once each")
     assert got
@@ -269,6 +271,32 @@ def test_a_relay_that_took_over_from_a_stale_state_delivers_nothing_twice(ngxsim
     append_records(engine, stream, [("Z", 3, "three")])
     wait_for(lambda: len(ring_events(b, "Z")) >= 3, 20, what="the marker")
     assert [e["payload"] for e in ring_events(b, "Z")] == ["one", "two", "three"]
+
+
+def test_a_position_stored_for_another_engine_is_a_gap_then_the_stream_from_its_beginning(ngxsim_cluster, engine,
+                                                                                         stream, tmp_path):
+    import json
+
+    # the bridge moved engines keeping its state folder: the stored cursor is the other one's
+    foreign = {"redis": "42", "nats": "1712345678901-0#42"}[engine_name(engine)]
+    cluster = ngxsim_cluster(engine.url)
+    state = cluster.folder / "state-B"
+    state.mkdir(parents=True)
+    (state / f"cluster.bus.{stream}.json").write_text(json.dumps(
+        {"ring_birth": 0, "relayed": 0, "cursor": foreign, "seen": {"Z": 1}}))
+    append_records(engine, stream, [("Z", 1, "one"), ("Z", 2, "two")])  # on the new engine before B came
+    [b] = cluster.start(CONF, count=1, workers=2, stream=stream, names="B", placeholders=placeholders(main=REPLAY))
+    b.wait_connected(API)
+    wait_for(lambda: len(ring_events(b, "Z")) >= 1, 20, what="Z's event from the stream's beginning")
+    append_records(engine, stream, [("Z", 3, "three")])
+    wait_for(lambda: len(ring_events(b, "Z")) >= 2, 20, what="the marker")
+    assert [e["payload"] for e in ring_events(b, "Z")] == ["two", "three"]  # Z 1: delivered before (watermark)
+    view = b.cluster_view(API)
+    assert view["gaps"] == 1 and view["connected"] and engine.url in view["engine"]
+    assert len(error_lines(b, "unreachable")) == 0 and len(error_lines(b, "is not one of engine")) == 1
+    recs = wait_all_workers(b, lambda lines: len(remote_events(lines, "Z")) == 2, "Z's events")
+    for lines in recs.values():
+        assert [line for line in lines if line.startswith("G ")][0].endswith(" from *"), lines
 
 
 STATUS_CONF = CONF.replace("location /dump { recorder_dump; }", "location /dump { recorder_dump; }\n        location /status { ngxsim_status; }")
@@ -296,18 +324,30 @@ def test_the_cluster_view_in_the_status_page_and_ngxsim_status(ngxsim_cluster, e
     assert "instance" in out and " A " in out.split("instances:")[1], out
 
 
+def engine_name(server) -> str:
+    return server.url.partition("://")[0]
+
+
+def down(member, direction=None) -> bool:
+    """Has ``member``'s relay found the engine gone (one direction, or either)? (Beyond the
+    call's timeout: the NATS client rides out a shorter outage, reconnecting within a call.)"""
+    view = member.cluster_view(API)
+    return not view["links"][direction] if direction else not view["connected"]
+
+
 def error_lines(member, needle):
     return [line for line in member.server.output().splitlines() if needle in line]
 
 
-def test_an_engine_restarted_mid_flow_loses_nothing_acknowledged(ngxsim_cluster, fresh_engine, stream):
+def test_an_engine_restarted_mid_flow_loses_nothing_acknowledged(fresh_engine, ngxsim_cluster, stream):
     engine = fresh_engine()
-    a, b = start(ngxsim_cluster(engine.url), stream, count=2, main=REPLAY)
+    a, b = start(ngxsim_cluster(engine.url), stream, count=2, main=REPLAY, extra="timeout=500ms")
     publish(a, 10, prefix="one")
     wait_for(lambda: len(ring_events(b, "A")) == 10, 20, what="the first 10")
     engine.stop()
     publish(a, 10, prefix="two")  # while the engine is down: they wait in A's ring
-    wait_for(lambda: not a.cluster_view(API)["connected"], 20, what="A to see the engine gone")
+    for m in (a, b):  # down for longer than a call's timeout: both relays find it gone
+        wait_for(lambda: down(m), 20, what=f"{m.name} to see the engine gone")
     engine.start()  # same port, same data (append-only file, fsync always)
     wait_for(lambda: len(ring_events(b, "A")) == 20, 30, what="the 10 published while it was down")
     publish(a, 5, prefix="three")
@@ -321,7 +361,7 @@ def test_an_engine_restarted_mid_flow_loses_nothing_acknowledged(ngxsim_cluster,
         assert m.cluster_view(API)["last_error"]
 
 
-def test_an_engine_paused_then_resumed_delivers_what_was_published_meanwhile(ngxsim_cluster, fresh_engine, stream):
+def test_an_engine_paused_then_resumed_delivers_what_was_published_meanwhile(fresh_engine, ngxsim_cluster, stream):
     engine = fresh_engine()
     a, b = start(ngxsim_cluster(engine.url), stream, count=2, main=REPLAY, extra="timeout=300ms")
     publish(a, 2, prefix="before")
@@ -352,10 +392,13 @@ def test_two_clusters_on_one_engine_stay_apart(ngxsim_cluster, engine):
     assert ring_events(a2, "A") == [] and a2.cluster_view(API)["relayed_in"] == 0
 
 
-def test_an_unreachable_engine_does_not_stop_a_server_from_starting_and_serving(ngxsim_cluster, stream):
+@pytest.mark.parametrize("dead", ["redis://127.0.0.1:{port}/0", "nats://127.0.0.1:{port}"])
+def test_an_unreachable_engine_does_not_stop_a_server_from_starting_and_serving(ngxsim_cluster, stream, dead):
     from ngxsim.testing import free_port
 
-    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    if dead.startswith("nats"):
+        pytest.importorskip("nats", reason="nats-py is not installed: pip install 'ngxsim[cluster]'")
+    dead = dead.format(port=free_port())  # nothing listens there
     [a] = ngxsim_cluster(dead).start(CONF, count=1, stream=stream, placeholders=placeholders())
     assert publish(a, 2) == [1, 2]  # serves, publishes: the relay keeps trying in the background
     wait_for(lambda: error_lines(a, "unreachable"), 20, what="the error log to say so")
@@ -366,14 +409,15 @@ def test_an_unreachable_engine_does_not_stop_a_server_from_starting_and_serving(
 
 
 def test_events_the_origins_ring_overwrote_before_its_relay_sent_them_are_a_gap_for_the_others(
-        ngxsim_cluster, ngxsim_engine_factory, stream):
+        ngxsim_engine_factory, ngxsim_cluster, stream):
     engine = ngxsim_engine_factory()
-    a, b = start(ngxsim_cluster(engine.url), stream, count=2, main=REPLAY, ring=16)
+    a, b = start(ngxsim_cluster(engine.url), stream, count=2, main=REPLAY, ring=16, extra="timeout=500ms")
     publish(a, 1, prefix="first")
     wait_for(lambda: len(ring_events(b, "A")) == 1, 20, what="the first event")
     engine.stop()
-    wait_for(lambda: not a.cluster_view(API)["connected"], 20, what="A to see the engine gone")
+    wait_for(lambda: down(a), 20, what="A to see the engine gone")
     publish(a, 40, prefix="while")  # A's ring holds 16: 24 are overwritten before its relay can send them
+    wait_for(lambda: down(a, "out"), 20, what="A's relay to fail sending them")  # (NATS: after its timeout)
     engine.start()
     recs = wait_all_workers(b, lambda lines: any("while39" in line for line in lines), "the last event", timeout=30)
     for pid, lines in recs.items():
@@ -386,7 +430,7 @@ def test_events_the_origins_ring_overwrote_before_its_relay_sent_them_are_a_gap_
     assert b.cluster_view(API)["lost_events"] == 24
 
 
-def test_a_password_file_authenticates_and_the_password_shows_nowhere(ngxsim_cluster, ngxsim_engine_factory, stream,
+def test_a_password_file_authenticates_and_the_password_shows_nowhere(ngxsim_engine_factory, ngxsim_cluster, stream,
                                                                       tmp_path):
     engine = ngxsim_engine_factory(password="s3cret-pw")
     secret = tmp_path / "engine.pass"
@@ -396,3 +440,21 @@ def test_a_password_file_authenticates_and_the_password_shows_nowhere(ngxsim_clu
     wait_for(lambda: len(ring_events(b, "A")) == 2, 20, what="B to get A's events")
     for m in (a, b):
         assert "s3cret" not in m.server.output() and "s3cret" not in m.server.get(API).text
+
+
+def test_an_engine_that_accepts_connections_but_fails_every_read_is_retried_with_backoff(ngxsim_cluster, ngxsim_redis,
+                                                                                         stream):
+    import time
+
+    # a real engine whose reads fail right after a connect succeeds: the stream's key holds a
+    # string (WRONGTYPE). (Redis only: the backoff is the relay's, the same for every engine.)
+    ngxsim_redis.client().set(stream, "not a stream")
+    [a] = ngxsim_cluster(ngxsim_redis.url).start(CONF, count=1, workers=1, stream=stream, placeholders=placeholders())
+    first = wait_for(lambda: a.cluster_view(API).get("engine_errors"), 20, what="the first failed read")
+    time.sleep(3.0)  # a bounded window: with the backoff (50 ms doubling to 2 s) a handful of tries
+    errors = a.cluster_view(API)["engine_errors"] - first
+    assert 1 <= errors <= 15, errors  # without it: a reconnect every few ms, hundreds in the window
+    assert len(error_lines(a, "unreachable")) == 1
+    ngxsim_redis.client().delete(stream)  # the engine works again: the relay reads on
+    a.wait_connected(API, timeout=20)
+    assert publish(a, 1) == [1]

@@ -1,6 +1,6 @@
 """Three ngxsim instances bridged through a 3-node NATS cluster with an R3 stream: the stream's
 leader killed mid-flow costs the instances a pause, and nothing published is lost, doubled or
-reordered. Needs the cluster relay (skips on a checkout without it) and nats-server."""
+reordered; the cluster's key-value store (a lease) on the same R3 cluster keeps its holder. Needs the cluster relay (skips on a checkout without it) and nats-server."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import pytest
 pytest.importorskip("ngxsim_plugins.cluster.relay", reason="the cluster relay is not in this checkout")
 
 from ngxsim.testing import wait_for  # noqa: E402
+from ngxsim_plugins.cluster import ClusterStore  # noqa: E402
+from ngxsim_plugins.cluster.config import Bridge  # noqa: E402
 from ngxsim_plugins.cluster.engines.nats import stream_name  # noqa: E402
 
 CONF = """
@@ -49,7 +51,19 @@ def test_the_stream_leader_killed_mid_flow_costs_a_pause_and_loses_nothing(ngxsi
     members = ngxsim_cluster(f"{nats.url}?replicas=3").start(CONF, count=3, workers=[2, 3, 2], stream=stream)
     for member in members:
         member.wait_connected(API)
+    # the cluster's key-value store on the same R3 cluster: a lease two instances contend for
+    bridge = Bridge("bus", f"{nats.url}?replicas=3", ("c",), "/nonexistent", stream, None, timeout=2.0)
+    stores = [ClusterStore(bridge, "A"), ClusterStore(bridge, "B")]
+    try:
+        the_leader_killed_mid_flow(nats, stream, members, stores)
+    finally:
+        for store in stores:
+            store.close()
+
+
+def the_leader_killed_mid_flow(nats, stream, members, stores):
     a, b, c = members
+    assert [s.lease("job", 60) for s in stores] == [True, False]
     publish(a, "before", 20)
     leader = wait_for(lambda: nats.stream_leader(stream_name(stream)), 10, what="the stream's leader")
     leader.kill()
@@ -66,3 +80,7 @@ def test_the_stream_leader_killed_mid_flow_costs_a_pause_and_loses_nothing(ngxsi
             assert not [line for line in lines if line.startswith("G ")], lines  # no gap
         view = member.cluster_view(API)
         assert view["gaps"] == 0 and view["connected"] is True
+    # the store (R3 too) lost no node's worth of state: the lease is still A's, renewed once
+    # the bucket has a leader again, and B still does not get it
+    wait_for(lambda: stores[0].lease("job", 60) and stores[0].connected(), 30, what="A's lease renewed")
+    assert stores[1].lease("job", 60) is False and stores[1].connected()

@@ -331,7 +331,7 @@ def check_negotiation(server, a) -> None:
     doc = server.get(STATUS).json()
     up = doc["upstreams"]["backend"]
     assert up["check"] == {"interval": 0.3, "fails": 2, "passes": 2, "uri": "/health", "port": None,
-                           "timeout": 0.25, "match": "ok", "mandatory": False}
+                           "timeout": 0.25, "match": "ok", "mandatory": False, "scope": "instance"}
     assert up["service"] == "up" and up["prober"]["pid"] in server.worker_pids()
     peer = peer_status(server, a)
     assert peer["state"] == "healthy" and peer["last_status"] == 200 and peer["last_failure"] is None

@@ -25,9 +25,8 @@ from typing import Any
 
 import pytest
 
-
-
-from ngxsim.testing import Nginx, RawAnswer, RecordingOrigin, find_nginx, raw_request, start_server
+from ngxsim.testing.nginx import Nginx, find_nginx
+from ngxsim.testing import RawAnswer, RecordingOrigin, raw_request, start_server
 
 NGINX = find_nginx()
 pytestmark = pytest.mark.skipif(NGINX is None, reason="no nginx binary on PATH or in /usr/sbin "
@@ -282,7 +281,7 @@ KNOWN_DIFFERENCES = {
     "origin-204": "ngxsim drops the Content-Type and Content-Length: 0 of an origin's 204; nginx passes them",
     "lone-server-not-marked-down": "nginx never marks a lone server down; ngxsim answers 502 after an error",
     "length-added-on-hit": "an origin's answer ended by its close is cut by ngxsim's proxy (no last chunk) and so "
-                           "never stored (the hit itself is chunked as nginx's: test_cache_purge_http)",
+                           "never stored (the hit itself is chunked as nginx's: test_cache_purge_app)",
 }
 
 

@@ -37,7 +37,7 @@ CLASSES = {
     "ngxsim.worker.SyncWorker": (b"cookie=[a=1; b=2] multi=[1] b=[2]", True, False, UPPER),
     "ngxsim.worker.GThreadWorker": (b"cookie=[a=1; b=2] multi=[1] b=[2]", True, False, UPPER),
     # gunicorn's own: WSGI's joined headers only
-    "sync": (b"cookie=[a=1,b=2] multi=[1,2] b=[2]", False, False, None),
+    "gunicorn.workers.sync.SyncWorker": (b"cookie=[a=1,b=2] multi=[1,2] b=[2]", False, False, None),
 }
 
 

@@ -4,6 +4,7 @@ and the key index."""
 from __future__ import annotations
 
 import calendar
+import json
 import time
 
 import pytest
@@ -338,3 +339,16 @@ def test_after_prefix_bounds_exactly_the_prefixed_strings():
     for s in ("/a", "/a/", "/a\U0010ffff\U0010ffff", "/ab"):
         assert "/a" <= s < _after_prefix("/a")
     assert not ("/a" <= "/b" < _after_prefix("/a"))
+
+
+def test_a_purge_crossing_hosts_goes_inline_in_several_events_instead_of_a_batch_only_this_host_can_read():
+    from ngxsim_plugins.cache_purge.events import PAYLOAD_MAX, Invalidation, message, messages, parse_body
+
+    keys = tuple(f"httpbackend/static/file-{i:04d}.css" for i in range(60))
+    assert message("assets", Invalidation(keys=keys)).batch is not None  # on one host: stored, referenced
+    assert len(messages("assets", Invalidation(keys=keys))) == 1
+    sent = messages("assets", Invalidation(keys=keys), inline=True)
+    assert len(sent) > 1 and all(m.batch is None and len(m.payload.encode()) <= PAYLOAD_MAX for m in sent)
+    assert tuple(k for m in sent for k in parse_body(json.loads(m.payload)).keys) == keys
+    one_long = messages("assets", Invalidation(tags=("t" * 600,)), inline=True)
+    assert len(one_long) == 1 and one_long[0].batch is not None  # cannot be split: the others drop all

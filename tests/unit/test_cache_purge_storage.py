@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import errno
+import time
 import logging
 import sqlite3
 
 import diskcache
+from freezegun import freeze_time
 
 from ngxsim_plugins.cache_purge.storage import Reporter, StorageError, disk_failures, storage_error
 
@@ -54,3 +56,25 @@ def test_one_line_per_interval_with_the_count_of_the_others(caplog):
     with caplog.at_level(logging.CRITICAL, logger="ngxsim.cache_purge"):
         report(error, "writing", 'storing "k"')
     assert caplog.records[-1].getMessage().endswith("; 49 more cache errors in the last 3600s not logged")
+
+
+def test_entries_stored_before_a_time_are_removed_and_an_index_without_store_times_counts_as_older(tmp_path):
+    import sqlite3
+
+    from ngxsim_plugins.cache_purge.levels import KeyIndex
+
+    old = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(old)
+    db.execute("CREATE TABLE keys (key TEXT PRIMARY KEY, until REAL NOT NULL) WITHOUT ROWID")
+    db.execute("CREATE TABLE tags (tag TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (tag, key)) WITHOUT ROWID")
+    db.execute("INSERT INTO keys VALUES ('before', 9e9)")
+    db.commit()
+    db.close()
+    index = KeyIndex(str(old))
+    with freeze_time("2030-01-01 00:00:10"):
+        index.add("later", 9e9, ("t",))
+    with freeze_time("2030-01-01 00:00:05"):
+        cut = time.time()
+    assert [k for k, _ in index.take_stored_before(cut)] == ["before"]
+    assert index.take_stored_before(cut) == [] and index.count() == 1
+    index.close()

@@ -64,7 +64,7 @@ def test_every_option_and_a_password_file(state, tmp_path):
 
 
 @pytest.mark.parametrize("line, message", [
-    ("cluster_bridge bus http://h:1 channels=c state={s};", 'unknown engine scheme "http://" (known: redis://, rediss://, nats://)'),
+    ("cluster_bridge bus http://h:1 channels=c state={s};", 'unknown engine scheme "http://" (known: redis://, rediss://, nats://, tls://)'),
     ("cluster_bridge bus h:6379 channels=c state={s};", "no scheme in the engine URL"),
     ("cluster_bridge bus redis://h:99999 channels=c state={s};", "invalid engine URL"),
     ("cluster_bridge bus redis://h:port channels=c state={s};", "invalid port"),
@@ -90,6 +90,16 @@ def test_bad_bridges_fail_naming_file_and_line_and_never_show_a_password(state, 
     text = error(line.replace("{s}", state))
     assert message in text and text.endswith(" in /p/c.conf:5"), text
     assert "secret" not in text
+
+
+@pytest.mark.parametrize("url", ["nats://n1:4222,nats://n2:4222?replicas=3", "tls://n1:4222,n2:4222"])
+def test_nats_urls_plain_and_tls_are_served_by_the_nats_engine(state, url):
+    pytest.importorskip("nats", reason="nats-py is not installed: pip install 'ngxsim[cluster]'")
+    from ngxsim_plugins.cluster.engines import engine_class
+    from ngxsim_plugins.cluster.engines.nats import NatsEngine
+
+    bridge = load(f"cluster_bridge bus {url} channels=c state={state};").stash["cluster"]["bus"]["bridge"]
+    assert bridge.url == url and engine_class(url) is NatsEngine
 
 
 def test_a_second_bridge_of_one_zone_fails_at_its_own_line(state):

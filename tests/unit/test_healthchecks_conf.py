@@ -148,3 +148,24 @@ def test_a_status_location_alone_needs_nothing_else():
             "http { server { location /status { health_check_status; } } }\n")
     config = load(text=text)
     assert config.stash["healthchecks"].checks == {}
+
+
+def test_scope_cluster_needs_the_cluster_module_and_the_healthchecks_channel_bridged(tmp_path):
+    assert error("health_check scope=everywhere;") == \
+        'invalid value "scope=everywhere" in "health_check" directive: "instance" or "cluster" is required in /p/h.conf:12'
+    assert error("health_check scope=cluster;") == \
+        '"health_check" with "scope=cluster" needs the cluster module: add "load_module cluster;" in /p/h.conf:12'
+    clustered = CONF.replace("load_module healthchecks;", "load_module healthchecks;\nload_module cluster;").replace(
+        "worker_events_zone bus;", "worker_events_zone bus;\n    cluster_bridge bus redis://127.0.0.1:1 channels=%s "
+        f"state={tmp_path};")
+    with pytest.raises(ConfigError) as err:
+        load(text=clustered % ("c", "health_check scope=cluster interval=3s;", "", ""))
+    assert str(err.value) == ('"health_check" with "scope=cluster" needs the "healthchecks" channel of event zone "bus" '
+                              'bridged: add "cluster_bridge bus URL channels=healthchecks ..." (or "healthchecks" to its '
+                              '"channels=") in /p/h.conf:14')
+    config = load(text=clustered % ("healthchecks", "health_check scope=cluster interval=3s;", "", ""))
+    uc = config.stash["healthchecks"].checks["backend"]
+    assert uc.check.scope == "cluster"
+    # the job ticks three times an interval: the cluster-wide lease is renewed every third of its time
+    assert {job.name: job for job in config.jobs}["healthchecks.backend"].interval == 1.0
+    assert load("health_check;").stash["healthchecks"].checks["backend"].check.scope == "instance"

@@ -16,6 +16,7 @@ ENGINES: dict[str, tuple[str, str]] = {
     "redis": ("redis", "RedisEngine"),
     "rediss": ("redis", "RedisEngine"),
     "nats": ("nats", "NatsEngine"),
+    "tls": ("nats", "NatsEngine"),
 }
 
 

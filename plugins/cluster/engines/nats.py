@@ -36,6 +36,14 @@ reconnect across the list), so a 3-node cluster has no single point of failure.
   and made again under a live consumer is found and said the same way). A batch never spans a gap: entries
   after a jump come in the next read, with the jump reported there.
 
+- The key-value store: a JetStream key-value bucket per stream, ``<name>_kv`` (the stream's
+  name as above, then hashed the same way when too long), history 1, file storage, the
+  stream's replicas, made on the first kv call (an existing bucket is used as it is). A key
+  that is a valid KV key (dot-separated tokens of ``[A-Za-z0-9_-]``) is used as it is; any
+  other is ``=`` and its UTF-8 in hex (no two keys share an entry). Revisions are the
+  bucket's sequences; ``kv_put`` is ``create`` (revision 0) or ``update(last=revision)``, a
+  wrong last sequence is ``Conflict``.
+
 nats-py is asyncio-only; the engine owns one event loop in a daemon thread and calls into it,
 every call bounded by ``timeout``: ``connect`` by one to reach a server and one to find or
 create the stream, ``read`` by ``block`` plus one to set up its consumer and one to hear the
@@ -62,7 +70,7 @@ import nats.errors
 import nats.js.errors
 from nats.js import api
 
-from ..engine import Batch, Engine, EngineError, Entry, Record, redact_url
+from ..engine import Batch, Conflict, Engine, EngineError, Entry, Record, check_kv, redact_url
 
 _SCHEMES = ("nats", "tls")
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_-]")
@@ -76,6 +84,7 @@ _RETRY_PAUSE = 0.05
 _NO_ANSWER = (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError,
               nats.js.errors.ServiceUnavailableError)
 _STREAM_IN_USE = 10058  # JetStream's err_code: stream name already in use (another config)
+_KV_PLAIN = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 
 
 def stream_name(stream: str) -> str:
@@ -85,6 +94,12 @@ def stream_name(stream: str) -> str:
         return clean
     digest = hashlib.sha1(stream.encode()).hexdigest()[:8]
     return f"{clean[:_NAME_MAX - 9]}_{digest}"
+
+
+def kv_key(key: str) -> str:
+    """The KV bucket key for the contract's ``key``: itself when it is a plain KV key, else
+    ``=`` and its UTF-8 in hex (a plain key never starts with ``=``: no two keys meet)."""
+    return key if _KV_PLAIN.fullmatch(key) else "=" + key.encode().hex()
 
 
 def parse_url(url: str) -> tuple[list[str], dict]:
@@ -152,10 +167,7 @@ class NatsEngine(Engine):
     """JetStream through nats-py, behind the contract's synchronous calls."""
 
     schemes = _SCHEMES
-    # not in the contract (yet): the position before the first entry, for a reader that wants
-    # everything the stream holds (Redis's is "0-0"); a relay that starts on an empty stream
-    # needs one it can store
-    beginning: str = "0"
+    beginning = "0"  # the sequence before the first
 
     def __init__(self, url: str, stream: str, *, retention: int, password: str | None = None,
                  timeout: float = 2.0):
@@ -167,7 +179,13 @@ class NatsEngine(Engine):
         self._thread: threading.Thread | None = None
         self._nc = None
         self._js = None
+        self._kv = None
+        self.kv_bucket = stream_name(f"{self.name}_kv")
         self._reset_reader()
+
+    @classmethod
+    def is_position(cls, position: str) -> bool:
+        return position.isdigit() and position.isascii()
 
     @classmethod
     def check_url(cls, url: str) -> str | None:
@@ -352,7 +370,7 @@ class NatsEngine(Engine):
 
     def close(self) -> None:
         nc = self._nc
-        self._nc = self._js = None
+        self._nc = self._js = self._kv = None
         if nc is not None and self._loop is not None:
             try:
                 asyncio.run_coroutine_threadsafe(self._close_client(nc), self._loop).result(self.timeout + 0.5)
@@ -422,6 +440,51 @@ class NatsEngine(Engine):
         state = (await self._js.stream_info(self.name)).state
         return str(state.last_seq) if state.messages else None
 
+    # -- key-value store -------------------------------------------------------------------------
+
+    def kv_get(self, key: str) -> tuple[str | None, int]:
+        check_kv(key)
+        return self._run(self._kv_get(kv_key(key)), f"kv get from bucket {self.kv_bucket}")
+
+    def kv_put(self, key: str, value: str, *, revision: int) -> int:
+        check_kv(key, value, revision)
+        return self._run(self._kv_put(key, value.encode(), revision), f"kv put to bucket {self.kv_bucket}")
+
+    async def _bucket(self):
+        await self._wait_connected()
+        if self._kv is None:
+            try:
+                self._kv = await self._js.key_value(self.kv_bucket)
+            except nats.js.errors.BucketNotFoundError:
+                replicas = parse_url(self.url)[1]["replicas"]
+                config = api.KeyValueConfig(bucket=self.kv_bucket, history=1, storage=api.StorageType.FILE,
+                                            replicas=replicas)
+                try:
+                    self._kv = await self._js.create_key_value(config)
+                except nats.js.errors.BadRequestError as exc:
+                    if exc.err_code != _STREAM_IN_USE:
+                        raise
+                    self._kv = await self._js.key_value(self.kv_bucket)  # another instance made it first
+        return self._kv
+
+    async def _kv_get(self, key: str) -> tuple[str | None, int]:
+        kv = await self._bucket()
+        try:
+            entry = await kv.get(key)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return None, 0
+        return (entry.value or b"").decode(), entry.revision
+
+    async def _kv_put(self, key: str, data: bytes, revision: int) -> int:
+        kv = await self._bucket()
+        try:
+            if revision == 0:
+                return await kv.create(kv_key(key), data)
+            return await kv.update(kv_key(key), data, last=revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            now = await self._kv_get(kv_key(key))
+            raise Conflict(f"{self.describe()}: key {key!r} is at revision {now[1]}, not {revision}") from None
+
     # -- read -----------------------------------------------------------------------------------
 
     def _reset_reader(self) -> None:
@@ -436,7 +499,7 @@ class NatsEngine(Engine):
         self._sub_reconnects = 0
 
     def read(self, cursor: str | None, *, block: float, limit: int = 512) -> Batch:
-        if cursor is not None and not (cursor.isdigit() and cursor.isascii()):
+        if cursor is not None and not self.is_position(cursor):
             raise EngineError(f"{self.describe()}: read: {cursor!r} is not a position of this engine "
                               f"(a stream sequence)")
         return self._run(self._read(cursor, max(0.0, block), max(1, limit)), f"read stream {self.name}",
@@ -444,7 +507,8 @@ class NatsEngine(Engine):
 
     async def _read(self, cursor: str | None, block: float, limit: int) -> Batch:
         # at most timeout to be ready, block to wait for the first entry, timeout to hear the server
-        await asyncio.wait_for(self._ready_to_read(cursor), self.timeout)
+        if not self._reading_on(cursor):  # (the common case, the same consumer, costs no task)
+            await asyncio.wait_for(self._ready_to_read(cursor), self.timeout)
         entries: list[Entry] = []
         lost, lost_count = False, None
         if self._pending_lost is not None:
@@ -455,10 +519,10 @@ class NatsEngine(Engine):
             msg = self._held
             self._held = None
             if msg is None:
-                if entries:
-                    if self._queue.empty():
-                        break
+                if not self._queue.empty():  # (no task, no timer when one is waiting already)
                     msg = self._queue.get_nowait()
+                elif entries:
+                    break
                 else:
                     try:
                         msg = await asyncio.wait_for(self._queue.get(), max(0.0, deadline - time.monotonic()))
@@ -503,6 +567,12 @@ class NatsEngine(Engine):
         self._pending_lost = None  # said by this read
         return True
 
+    def _reading_on(self, cursor: str | None) -> bool:
+        """Is the consumer ready for a read after ``cursor`` (connected, the same consumer, the
+        caller continuing where the last batch ended)?"""
+        return (self._sub is not None and cursor == self._given and self._sub_reconnects == self._reconnects
+                and self._nc is not None and self._connected.is_set())
+
     async def _ready_to_read(self, cursor: str | None) -> None:
         """Keep the consumer while the caller continues where the last batch ended; else (or
         after a reconnect, which loses it) a new one, resuming after what was handed out."""
@@ -535,24 +605,19 @@ class NatsEngine(Engine):
             start = None
         else:
             start = int(cursor) + 1
-        if start is not None:
-            if remade or start > state.last_seq + 1:
-                # made again (past its end: the same); what the position pointed at is unknown
-                self._pending_lost = (None,)
-                start = max(1, state.first_seq)  # an empty new stream says first_seq 0
-            elif state.first_seq > start:
-                self._pending_lost = (state.first_seq - start,)
-                start = state.first_seq
-        if start is None:
-            self._last = None
-            sub = await self._js.subscribe(self.subject, stream=self.name, cb=deliver, ordered_consumer=True,
-                                           idle_heartbeat=_HEARTBEAT, deliver_policy=api.DeliverPolicy.NEW)
-        else:
-            self._last = start - 1
-            sub = await self._js.subscribe(self.subject, stream=self.name, cb=deliver, ordered_consumer=True,
-                                           idle_heartbeat=_HEARTBEAT,
-                                           deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-                                           config=api.ConsumerConfig(opt_start_seq=start))
+        if start is None:  # from now on: after the newest entry, a position the caller can keep
+            start = state.last_seq + 1
+        elif remade or start > state.last_seq + 1:
+            # made again (past its end: the same); what the position pointed at is unknown
+            self._pending_lost = (None,)
+            start = max(1, state.first_seq)  # an empty new stream says first_seq 0
+        elif state.first_seq > start:
+            self._pending_lost = (state.first_seq - start,)
+            start = state.first_seq
+        self._last = start - 1
+        sub = await self._js.subscribe(self.subject, stream=self.name, cb=deliver, ordered_consumer=True,
+                                       idle_heartbeat=_HEARTBEAT, deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                                       config=api.ConsumerConfig(opt_start_seq=start))
         self._sub, self._queue = sub, queue
         self._sub_reconnects = self._reconnects
 

@@ -13,19 +13,34 @@
   after the cursor were trimmed unread: exactly that many. (``max-deleted-entry-id`` would not
   do: trimming does not move it, only XDEL does.) A stream that vanished (the engine restarted
   without its data, ``FLUSHALL``) while the cursor pointed into it is a loss of unknown size.
+- key-value store: one hash per key, ``{STREAM}:kv:KEY`` with fields ``v`` (the value) and ``r``
+  (its revision, 1 for the first write). The ``{STREAM}`` hash tag keeps a stream's keys in one
+  slot of a Redis Cluster. ``kv_put`` is one Lua script (atomic: compare the revision, write,
+  return the new one); the data lives as long as Redis keeps its own (append-only file).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Sequence
 from urllib.parse import urlsplit
 
 import redis
 from redis import exceptions as rx
 
-from ..engine import Batch, Engine, EngineError, Entry, Record, redact_url
+from ..engine import Batch, Conflict, Engine, EngineError, Entry, Record, check_kv, redact_url
 
+_POSITION = re.compile(r"\d+-\d+(#\d+)?")
 _FIELDS = (b"o", b"g", b"c", b"t", b"p", b"ts")
+
+
+# KEYS[1]: the entry; ARGV: value, expected revision. {1, new revision} or {0, current revision}
+_CAS = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'r') or '0')
+if current ~= tonumber(ARGV[2]) then return {0, current} end
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'r', current + 1)
+return {1, current + 1}
+"""
 
 
 def _position(entry_id: bytes | str, number: int | None) -> str:
@@ -42,11 +57,17 @@ def _parse(position: str) -> tuple[str, int | None]:
 
 class RedisEngine(Engine):
     schemes = ("redis", "rediss")
+    beginning = "0-0#0"
 
     def __init__(self, url, stream, *, retention, password=None, timeout=2.0):
         super().__init__(url, stream, retention=retention, password=password, timeout=timeout)
         self._client: redis.Redis | None = None
         self._reader: redis.Redis | None = None
+        self._cas = None
+
+    @classmethod
+    def is_position(cls, position: str) -> bool:
+        return _POSITION.fullmatch(position) is not None
 
     @classmethod
     def check_url(cls, url: str) -> str | None:
@@ -130,7 +151,7 @@ class RedisEngine(Engine):
         if self._client is None:
             raise EngineError(f"{self.describe()}: not connected")
         if cursor is None:  # from now on: the newest entry is where we are
-            cursor = self.newest() or "0-0#0"
+            cursor = self.newest() or self.beginning
         last_id, number = _parse(cursor)
         reader = self._reader_for(block)
         pipe = reader.pipeline(transaction=False)
@@ -173,6 +194,35 @@ class RedisEngine(Engine):
                 entries.append(Entry(_position(position, number), record))
         return Batch(entries, _position(last_id, number), lost, lost_count)
 
+    def _kv_key(self, key: str) -> str:
+        return f"{{{self.stream}}}:kv:{key}"
+
+    def kv_get(self, key: str) -> tuple[str | None, int]:
+        check_kv(key)
+        if self._client is None:
+            raise EngineError(f"{self.describe()}: not connected")
+        try:
+            value, revision = self._client.hmget(self._kv_key(key), [b"v", b"r"])
+        except rx.RedisError as exc:
+            raise self._fail("HMGET", exc) from None
+        if revision is None:
+            return None, 0
+        return (value or b"").decode(), int(revision)
+
+    def kv_put(self, key: str, value: str, *, revision: int) -> int:
+        check_kv(key, value, revision)
+        if self._client is None:
+            raise EngineError(f"{self.describe()}: not connected")
+        if self._cas is None:
+            self._cas = self._client.register_script(_CAS)
+        try:
+            stored, now = self._cas(keys=[self._kv_key(key)], args=[value.encode(), revision])
+        except rx.RedisError as exc:
+            raise self._fail("kv put", exc) from None
+        if not stored:
+            raise Conflict(f"{self.describe()}: key {key!r} is at revision {now}, not {revision}")
+        return int(now)
+
     @staticmethod
     def _closed(client: redis.Redis | None) -> None:
         if client is not None:
@@ -189,6 +239,7 @@ class RedisEngine(Engine):
         self._drop_reader()
         self._closed(self._client)
         self._client = None
+        self._cas = None
 
 
 __all__ = ["RedisEngine", "redact_url"]
