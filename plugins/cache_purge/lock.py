@@ -67,7 +67,11 @@ class CacheLock(KeyRecords):
         """Whether this request holds the lock of ``key`` now (it was free, or older than ``age``)."""
 
         def change(old):
-            return (_HOLDER.pack(now), True) if old is None else (old, False)
+            # the age is checked from the time it was taken: keeping the record (old) renews
+            # its expiry, so the expiry alone would never come while others keep asking
+            if old is None or now - _HOLDER.unpack(old)[0] >= self.age:
+                return _HOLDER.pack(now), True
+            return old, False
 
         return self._table(runtime).update(key, change, ttl=self.age)
 

@@ -647,3 +647,14 @@ def test_keys_use_proxy_host_of_an_address_or_a_group(tmp_path, ngxsim_backend):
         assert statuses(client, "/address/a", 1) == ["MISS"]
     finally:
         app.runtime.close()
+
+
+def test_a_cache_lock_older_than_its_age_is_taken_although_others_kept_asking(app):
+    from ngxsim_plugins.cache_purge.lock import CacheLock, zone_name
+    lock = CacheLock("assets", 5.0, 5.0, (zone_name("assets"),))
+    now = time.time()
+    assert lock.take(app.runtime, "k", now)
+    assert not any(lock.take(app.runtime, "k", now + t) for t in (1.0, 2.0, 3.0, 4.0, 4.9))
+    assert lock.take(app.runtime, "k", now + 5.0)  # lock_age passed: the next request goes
+    lock.release(app.runtime, "k")
+    assert lock.take(app.runtime, "k", now + 5.1)
