@@ -119,7 +119,7 @@ def purge_latency(server, folder: Path, samples: int) -> tuple[list[float], list
         get(server.url(path))  # something to purge: a purge that matches nothing publishes nothing
         time.sleep(0.002)
         start = time.monotonic_ns()
-        answer = post(server.url("/api/cache"), {"key": f"httporigin{path}"})
+        answer = post(server.url("/api/cache"), {"key": f"http://origin{path}"})
         round_trips.append((time.monotonic_ns() - start) / 1000)
         sent[answer["generation"]] = start
     wait_for(lambda: all(len(v) == WORKERS for g, v in deliveries(folder).items() if g in sent) and

@@ -103,7 +103,7 @@ def measure(folder: Path, servers: dict, samples: int) -> dict[str, list[float]]
         time.sleep(0.004 + random.random() * 0.002)
         before = sizes_of(local + remote)
         sent = time.monotonic_ns()
-        r = servers["A"].post("/api/cache", json={"key": "httpbackend" + path})
+        r = servers["A"].post("/api/cache", json={"key": "http://backend" + path})
         answered = time.monotonic_ns()
         assert r.status_code in (200, 404), r.text
         same = wait_for(lambda: newest_after(local, before), 10, 0.0005, what="A's workers to evict")

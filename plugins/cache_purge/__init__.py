@@ -25,7 +25,7 @@ from .api import PurgeApi
 from .cache import CHANNEL, apply_event, drop_all, start, state
 from .conf import DIRECTIVES, NAME, cache_paths, check_api, check_location
 from .handlers import STATUS, CachedLocation
-from . import stats
+from . import lock, stats
 from .levels import EPOCH_ZONE_SIZE, ZONE_TAG, SharedLevel
 from .storage import StorageError
 
@@ -55,6 +55,15 @@ def ngxsim_postconfiguration(config):
         config.jobs.declare(f"{NAME}.manager.{zone}", min(MANAGER_MAX, max(MANAGER_MIN, spec.inactive / 4)),
                             _manager(zone), owner=NAME, where=stmt)
     specs = {zone: spec for zone, (spec, _) in caches.items()}
+    cached = [(location, check_location(location, specs)) for location in config.blocks(LOCATION)
+              if location["cache_purge_api"] is None]
+    locked = sorted({spec.zone for location, spec in cached if spec is not None
+                     and (location["proxy_cache_lock"] or location["proxy_cache_min_uses"] > 1
+                          or "updating" in location["proxy_cache_use_stale"])})
+    for zone in locked:  # the keys' records: proxy_cache_lock, proxy_cache_min_uses (lock.py)
+        config.zones.declare(lock.zone_name(zone), lock.zone_size(), owner=NAME, where=caches[zone][1],
+                             tag=f"{NAME} keys v1")
+    lock_zones = tuple(lock.zone_name(zone) for zone in locked)
     for location in config.blocks(LOCATION):
         api = check_api(location, specs)
         if api is not None:
@@ -64,7 +73,7 @@ def ngxsim_postconfiguration(config):
             continue  # the API's own answers are never cached
         spec = check_location(location, specs)
         if spec is not None:
-            location.stash[NAME] = CachedLocation(location, spec, config)
+            location.stash[NAME] = CachedLocation(location, spec, config, lock_zones)
     config.stash[NAME] = {"caches": specs, "bus": bus, "bridged": bool(bus) and _bridged(config, bus)}
 
 

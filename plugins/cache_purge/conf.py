@@ -18,11 +18,13 @@ import os
 import re
 from dataclasses import dataclass
 
-from ngxsim import HTTP, LOCATION, SERVER, Directive, Template, parse_size, parse_time
+from ngxsim import FLAG, HTTP, NUMBER, TIME, LOCATION, SERVER, Directive, Template, parse_size, parse_time
 
 NAME = "cache_purge"
 LEVELS = (HTTP, SERVER, LOCATION)
-DEFAULT_KEY = "$scheme$proxy_host$request_uri"
+# nginx's key without proxy_cache_key: the proxy_pass URL's "http://host" and the request URI (its cache
+# file's "KEY:" line; its documentation writes $scheme$proxy_host$request_uri, which would lack "://")
+DEFAULT_KEY = "http://$proxy_host$request_uri"
 DEFAULT_INACTIVE = 600.0           # nginx: 10m
 DEFAULT_MEM_SIZE = 16 * 1024**2    # per worker
 MIN_KEYS_ZONE = 8192               # nginx: two pages
@@ -189,6 +191,32 @@ def parse_ignore_headers(args: list[str]) -> frozenset[str]:
     return frozenset(arg.lower() for arg in args)
 
 
+# proxy_cache_use_stale's values (nginx's ngx_http_proxy_next_upstream_masks and "updating")
+STALE_CONDITIONS = ("error", "timeout", "invalid_header", "http_500", "http_502", "http_503", "http_504",
+                    "http_403", "http_404", "http_429")
+
+
+def parse_use_stale(args: list[str]) -> frozenset[str]:
+    """``proxy_cache_use_stale off | CONDITION...`` -> the conditions (empty: off)."""
+    for arg in args:
+        if arg == "off" and len(args) > 1:
+            raise ValueError('invalid value "off"')  # nginx: off stands alone
+        if arg != "off" and arg != "updating" and arg not in STALE_CONDITIONS:
+            raise ValueError(f'invalid value "{arg}"')
+    found = frozenset(a for a in args if a != "off")
+    # nginx: "error" covers "no live upstreams" too; "invalid_header" answers as an error here
+    return found
+
+
+def parse_methods(args: list[str]) -> frozenset[str]:
+    """``proxy_cache_methods GET | HEAD | POST ...`` (nginx's mask: those three; GET and HEAD
+    are always in)."""
+    for arg in args:
+        if arg not in ("GET", "HEAD", "POST"):
+            raise ValueError(f'invalid value "{arg}"')
+    return frozenset(("GET", "HEAD", *args))
+
+
 def parse_api_zone(args: list[str]) -> str:
     return args[0]
 
@@ -215,6 +243,24 @@ DIRECTIVES = (
     Directive("proxy_ignore_headers", LEVELS, (1, None), parse=parse_ignore_headers, default=frozenset(),
               doc="`FIELD...`: the storage rules leave out these origin header lines (`X-Accel-Expires`, `Expires`, "
                   "`Cache-Control`, `Set-Cookie`, `Vary`)"),
+    Directive("proxy_cache_use_stale", LEVELS, (1, None), parse=parse_use_stale, default=frozenset(),
+              doc="`off | error | timeout | invalid_header | http_500 | http_502 | http_503 | http_504 | http_403 | "
+                  "http_404 | http_429 ...`: answer with the expired entry (`STALE`) when refreshing it meets one"),
+    Directive("proxy_cache_convert_head", LEVELS, 1, type=FLAG, default=True,
+              doc="`on | off`: a HEAD that misses is fetched (and stored) as a GET (nginx's default, on)"),
+    Directive("proxy_cache_revalidate", LEVELS, 1, type=FLAG, default=False,
+              doc="`on | off`: an expired entry with an ETag or Last-Modified is asked for again conditionally; "
+                  "a 304 makes it fresh again (`REVALIDATED`)"),
+    Directive("proxy_cache_methods", LEVELS, (1, None), parse=parse_methods, default=frozenset(("GET", "HEAD")),
+              doc="`GET | HEAD | POST ...`: the methods whose answers are cached (GET and HEAD always)"),
+    Directive("proxy_cache_min_uses", LEVELS, 1, type=NUMBER, default=1, range=(1, 2**31 - 1),
+              doc="`NUMBER`: an answer is stored once its key was asked for this many times (within `inactive`)"),
+    Directive("proxy_cache_lock", LEVELS, 1, type=FLAG, default=False,
+              doc="`on | off`: of the requests that miss one key, one goes to the origin, the others wait for it"),
+    Directive("proxy_cache_lock_timeout", LEVELS, 1, type=TIME, default=5.0,
+              doc="`TIME`: a request waits for the lock this long, then goes to the origin (not stored)"),
+    Directive("proxy_cache_lock_age", LEVELS, 1, type=TIME, default=5.0,
+              doc="`TIME`: a lock older than this lets one more request go to the origin"),
     Directive("proxy_cache_purge", LEVELS, (1, None), parse=parse_purge, default=None,
               doc="`on | off | METHOD [from all | ADDR...]`: METHOD on a URL purges its key"),
     Directive("cache_purge_api", (LOCATION,), 1, parse=parse_api_zone, default=None, inherit=False,
@@ -263,7 +309,9 @@ def _make_dir(path: str, stmt) -> None:
 
 
 def cache_key(location, config) -> Template:
-    """The location's ``proxy_cache_key``, or nginx's default ``$scheme$proxy_host$request_uri``.
+    """The location's ``proxy_cache_key``, or nginx's default: ``http://$proxy_host$request_uri``
+    (for a ``proxy_pass`` with a URI part nginx's key has the URI sent to the origin; ngxsim's
+    the request URI).
 
     ``$proxy_host`` and ``$proxy_port`` come from the upstreams module, which gives them from the
     location's ``proxy_pass`` before the request is proxied (the cache's lookup runs first): the

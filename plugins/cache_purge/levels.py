@@ -31,9 +31,11 @@ import cachetools
 import diskcache
 from werkzeug.wrappers import Response
 
+from ngxsim import keep_status_line
+
 from .storage import disk_failures, reraise_as_storage_error
 
-ENTRY_FORMAT = 1
+ENTRY_FORMAT = 2  # 2: the status line as the origin sent it, whether it sent a length, its variant
 NOT_STORED, STORED, REPLACED = 0, 1, 2  # what SharedLevel.store did
 BATCH_TTL = 3600.0          # a stored purge batch outlives any worker's delivery of its event
 _EPOCH = struct.Struct("<Q")
@@ -46,6 +48,8 @@ EPOCH_ZONE_SIZE = 256       # zone header (64) + the purge epoch + the databases
 ZONE_TAG = f"cache_purge v{ENTRY_FORMAT}"
 # an entry's memory footprint beyond its body: the object, the headers, the key (an estimate)
 _ENTRY_OVERHEAD = 512
+# a variant other than the one stored under a key is stored under KEY + VARIANT + the variant
+VARIANT = "\x00variant\x00"
 
 
 def _now() -> float:
@@ -66,23 +70,30 @@ class Entry:
     valid_until: float              # fresh until (wall clock); served from no level after it
     tags: tuple[str, ...] = ()
     mem_until: float = 0.0          # how long the memory level may keep it (<= valid_until)
+    line: str = ""                  # the status line as the origin sent it ("302 Found"); "": nginx's
+    sized: bool = True              # the origin sent a Content-Length (a hit without: chunked, as nginx)
+    vary: tuple[str, ...] = ()      # the request headers its Vary names (lower case)
+    variant: str = ""               # their values in the request it answered (policy.variant)
 
     @property
     def size(self) -> int:
         return len(self.body) + _ENTRY_OVERHEAD + sum(len(k) + len(v) for k, v in self.headers)
 
     def response(self) -> Response:
-        return _Hit(self.body, status=self.status, headers=self.headers)
+        # nginx answers a hit with the status line and the framing the origin's answer had
+        response = _Hit(self.body if self.sized else iter((self.body,)), status=self.status, headers=self.headers)
+        return keep_status_line(response, self.line) if self.line else response
 
     def dump(self) -> tuple:
-        return (ENTRY_FORMAT, self.status, self.headers, self.body, self.valid_until, self.tags)
+        return (ENTRY_FORMAT, self.status, self.headers, self.body, self.valid_until, self.tags, self.line, self.sized,
+                self.vary, self.variant)
 
     @classmethod
     def load(cls, value) -> "Entry | None":
         if not isinstance(value, tuple) or not value or value[0] != ENTRY_FORMAT:
             return None  # written by another layout: treated as not cached
-        _, status, headers, body, valid_until, tags = value
-        return cls(status, headers, body, valid_until, tags)
+        _, status, headers, body, valid_until, tags, line, sized, vary, variant = value
+        return cls(status, headers, body, valid_until, tags, line=line, sized=sized, vary=tuple(vary), variant=variant)
 
 
 class MemoryLevel:
@@ -455,6 +466,7 @@ class SharedLevel:
         now = _now()
         if expire_time is not None and expire_time - now < self.inactive / 2:
             # renewed at most every inactive/2 per key: a read is not a write each time
+            self.index.add(key, now + self.inactive)  # first: the index covers what is on disk
             if self.disk.touch(key, expire=self.inactive):
                 expire_time = now + self.inactive
         # a memory copy never outlives the disk copy's expiry: a purge that finds nothing on
@@ -469,25 +481,29 @@ class SharedLevel:
         worker's memory (a bypass refresh: every worker must drop it); else ``STORED``."""
         if epoch != self.epoch():
             return NOT_STORED
-        before = self.index.add(key, entry.valid_until, entry.tags)  # first: a purge that sees the entry sees its key
+        now = _now()
+        # first: a purge that sees the entry sees its key; indexed as long as it is on disk (an
+        # expired entry may still be answered, proxy_cache_use_stale: a purge must find it)
+        before = self.index.add(key, max(entry.valid_until, now + self.inactive), entry.tags)
         self.disk.set(key, entry.dump(), expire=self.inactive)
         if epoch != self.epoch():  # a purge began meanwhile and may have missed what we just wrote
             self.disk.delete(key)
             return NOT_STORED
-        now = _now()
         entry.mem_until = min(entry.valid_until, now + self.inactive)
         return REPLACED if before is not None and before > now else STORED
 
     @_on_disk
     def remove(self, keys: list[str] | None = None, prefix: str | None = None, tags: list[str] | None = None) -> Removed:
-        """Purge: remove these keys, the keys with this prefix, or the keys with any of these
-        tags. A key counts when it may still be fresh somewhere or was on disk."""
+        """Purge: remove these keys (and their variants), the keys with this prefix, or the keys
+        with any of these tags. A key counts when it may still be fresh somewhere or was on disk."""
         self._bump_epoch()  # before anything is removed: stores in flight now undo themselves
         now = _now()
         by_tag: dict[str, list[str]] = {}
         if keys is not None:
             found = self.index.take_keys(keys)
             extra = [k for k in keys if k not in {f for f, _ in found}]
+            for k in keys:  # a key's other variants (stored with Vary) go with it
+                found += self.index.take_prefix(k + VARIANT)
         elif prefix is not None:
             found, extra = self.index.take_prefix(prefix), []
         else:

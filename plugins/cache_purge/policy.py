@@ -5,8 +5,8 @@ Decided from the header lines as the origin sent them (``ctx.upstream_headers``:
 they came, as nginx's ``ngx_http_upstream_process_set_cookie``, ``..._cache_control``,
 ``..._expires``, ``..._accel_expires`` and ``..._vary`` do:
 
-- ``Set-Cookie``: never stored. ``Vary``: never stored (nginx: ``Vary: *``; ngxsim keeps no
-  variants). A ``206``: never stored.
+- ``Set-Cookie``: never stored. ``Vary: *``: never stored; another ``Vary`` names the request
+  headers whose values make the variant (``vary``): stored per variant. A ``206``: never stored.
 - ``X-Accel-Expires`` (the first one; ASCII digits only, else ignored): ``0`` -> never stored;
   ``N`` -> N seconds, whatever ``Cache-Control`` or ``Expires`` say; ``@T`` -> until the epoch
   time T (ngxsim: not stored when T is not in the future; nginx stores it already stale).
@@ -92,7 +92,8 @@ class _Rules:
         if name == "set-cookie":
             self.cacheable = False
         elif name == "vary":
-            self.cacheable = False  # nginx: "*" only (it stores the other variants apart); ngxsim keeps none
+            if value == "*":
+                self.cacheable = False  # the other values are stored per variant (vary())
         elif name == "x-accel-expires":
             self._accel_expires(value)
         elif name == "cache-control":
@@ -145,6 +146,27 @@ class _Rules:
             if at >= 0 and _delta_seconds(value, at + len(extension)) is None:
                 self.cacheable = False
                 return
+
+
+def vary(lines: Iterable[tuple[str, str]], ignore: frozenset[str] = frozenset()) -> tuple[str, ...]:
+    """The request headers (lower case, in order, each once) the ``Vary`` lines name; none when
+    ``proxy_ignore_headers Vary``."""
+    if "vary" in ignore:
+        return ()
+    names: dict[str, None] = {}
+    for name, value in lines:
+        if name.lower() == "vary":
+            for part in value.split(","):
+                part = part.strip().translate(_ASCII_LOWER)
+                if part:
+                    names.setdefault(part, None)
+    return tuple(names)
+
+
+def variant(environ, names: tuple[str, ...]) -> str:
+    """The request's variant for those headers: each name and the value it came with (nginx's
+    ``ngx_http_file_cache_vary``)."""
+    return "\n".join(f"{name}:{environ.get('HTTP_' + name.upper().replace('-', '_'), '')}" for name in names)
 
 
 def ascii_number(text: str) -> int | None:

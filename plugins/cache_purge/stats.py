@@ -14,7 +14,7 @@ _AT = 16  # after the purge epoch and the databases' generation (levels.py)
 _STATS = struct.Struct("<20Q")
 _SIMPLE = ("hit", "stale", "updating", "revalidated")
 _WRITTEN = ("miss", "expired", "bypass")
-# $upstream_cache_status -> the API's key (STALE, UPDATING, REVALIDATED are not produced today)
+# $upstream_cache_status -> the API's key
 _KEYS = {"HIT": "hit", "STALE": "stale", "UPDATING": "updating", "REVALIDATED": "revalidated", "MISS": "miss",
          "EXPIRED": "expired", "BYPASS": "bypass"}
 

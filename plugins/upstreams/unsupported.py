@@ -75,22 +75,9 @@ ADVICE: dict[str, str] = {
         "proxy_ssl_crl", "proxy_ssl_certificate", "proxy_ssl_certificate_key", "proxy_ssl_password_file",
         "proxy_ssl_conf_command")},
     # the proxy cache (what cache_purge does not implement)
-    "proxy_cache_methods": _CACHE_ALWAYS + "caches GET and HEAD answers (nginx's default); remove it",
-    "proxy_cache_min_uses": _CACHE_ALWAYS + "stores an answer on its first use (nginx's default, 1); remove it",
     "proxy_cache_max_range_offset": _CACHE_ALWAYS + "does not serve byte ranges; remove it",
-    "proxy_cache_use_stale": (_CACHE_ALWAYS + "never serves an expired entry: an error or a timeout of the peer "
-                              "reaches the client (nginx's default, off); remove it"),
-    "proxy_cache_lock": (_CACHE_ALWAYS + "lets every request that misses go to the peer (nginx's default, off); "
-                         "remove it"),
-    "proxy_cache_lock_timeout": _CACHE_ALWAYS + "has no cache lock (proxy_cache_lock off); remove it",
-    "proxy_cache_lock_age": _CACHE_ALWAYS + "has no cache lock (proxy_cache_lock off); remove it",
-    "proxy_cache_revalidate": (_CACHE_ALWAYS + "fetches an expired entry again in full (nginx's default, off); "
-                               "remove it"),
     "proxy_cache_background_update": (_CACHE_ALWAYS + "refreshes an expired entry in the request that finds it "
                                       "(nginx's default, off); remove it"),
-    "proxy_cache_convert_head": (_CACHE_ALWAYS + "keys and fetches a HEAD as itself (docs/nginx-differences.md); "
-                                 "remove it"),
-    # ngx_http_upstream_*_module.c: balancing and connections in an upstream block
     "hash": _BALANCE,
     "ip_hash": _BALANCE,
     "least_conn": _BALANCE,

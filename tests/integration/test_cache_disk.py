@@ -98,7 +98,7 @@ def test_a_full_disk_costs_the_cache_not_the_clients(ngxsim_server, ngxsim_backe
     assert len(backend.requests_for("/c/new/0")) == 2 * WORKERS
 
     # the purge API answers JSON naming the disk and the errno; PURGE answers as ngx_cache_purge
-    r = server.post(API, json={"key": "httpbackend/c/kept"})
+    r = server.post(API, json={"key": "http://backend/c/kept"})
     assert r.status_code == 507 and r.headers["Content-Type"].startswith("application/json"), r.text
     body = r.json()
     assert (body["errno"], body["zone"]) == (errno.ENOSPC, "disk") and body["path"].startswith(str(small_disk))
@@ -115,7 +115,7 @@ def test_a_full_disk_costs_the_cache_not_the_clients(ngxsim_server, ngxsim_backe
     os.unlink(filler)
     assert server.get("/c/again").headers["X-Cache-Status"] == "MISS"
     assert {r.headers["X-Cache-Status"] for r in server.spray("/c/again", WORKERS)} == {"HIT"}
-    assert server.post(API, json={"key": "httpbackend/c/kept"}).status_code == 200
+    assert server.post(API, json={"key": "http://backend/c/kept"}).status_code == 200
 
     # a server that starts on a full disk serves too (nginx starts, its cache stores nothing)
     server.stop()
@@ -149,7 +149,7 @@ def test_a_removed_cache_folder_is_made_again_and_no_worker_keeps_what_it_lost(n
     # the memory copies went with the folder: no worker answers v1, and a purge finds the new copy
     answers = server.spray("/c/page", 3 * WORKERS)
     assert {r.content for r in answers} == {b"v2"}
-    assert server.post(API, json={"key": "httpbackend/c/page"}).json()["purged"] == 1
+    assert server.post(API, json={"key": "http://backend/c/page"}).json()["purged"] == 1
     assert {r.headers["X-Cache-Status"] for r in server.spray("/c/other", WORKERS)} == {"HIT"}  # stored anew
     lines = [line for line in server.severe_lines() if "were removed while running" in line]
     assert len(lines) == 1 and "[crit]" in lines[0] and str(cache) in lines[0], server.severe_lines()

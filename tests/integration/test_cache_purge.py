@@ -57,8 +57,8 @@ def start(ngxsim_server, backend, max_size="100m"):
 
 
 def key(path: str) -> str:
-    """nginx's default key for a proxy_pass to the group "backend": $scheme$proxy_host$request_uri."""
-    return "httpbackend" + path
+    """nginx's default key for a proxy_pass to the group "backend": http://$proxy_host$request_uri (what nginx's cache file says)."""
+    return "http://backend" + path
 
 
 def warm(server, backend, *paths):

@@ -60,7 +60,8 @@ def start(cluster, stream, backend, count=3, workers=(2, 3, 2)):
 
 
 def key(path: str) -> str:
-    return "httpbackend" + path
+    """nginx's default key for a proxy_pass to the group "backend" (its cache file's KEY: line)."""
+    return "http://backend" + path
 
 
 def warm(member, path, body):

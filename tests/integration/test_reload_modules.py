@@ -150,7 +150,7 @@ http {{
         answers = self.server.each_worker(path)
         assert {(r.text, r.headers["X-Cache-Status"]) for r in answers.values()} == {("v1", "HIT")}
         origin.respond(path, body="v2")
-        r = self.server.post("/api/cache", params={"key": "changeme"}, json={"key": "httpbackend" + path})
+        r = self.server.post("/api/cache", params={"key": "changeme"}, json={"key": "http://backend" + path})
         assert (r.status_code, r.json()["purged"]) == (200, 1), r.text
         for pid, r in self.server.each_worker(path).items():
             assert r.text == "v2", f"worker {pid} answered {r.text!r} ({r.headers['X-Cache-Status']}) after the purge"

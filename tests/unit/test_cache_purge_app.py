@@ -34,6 +34,31 @@ http {
             proxy_no_cache $arg_nostore;
             add_header X-Cache-Status $upstream_cache_status always;
         }
+        location /stale/ {
+            test_origin;
+            proxy_cache assets;
+            proxy_cache_key $uri;
+            proxy_cache_use_stale http_500 http_404;
+            proxy_cache_revalidate on;
+            add_header X-Cache-Status $upstream_cache_status always;
+        }
+        location /twice/ {
+            test_origin;
+            proxy_cache assets;
+            proxy_cache_key $uri;
+            proxy_cache_valid 200 10m;
+            proxy_cache_min_uses 3;
+            proxy_cache_methods POST;
+            add_header X-Cache-Status $upstream_cache_status always;
+        }
+        location /nohead/ {
+            test_origin;
+            proxy_cache assets;
+            proxy_cache_key $uri;
+            proxy_cache_valid 200 10m;
+            proxy_cache_convert_head off;
+            add_header X-Cache-Status $upstream_cache_status always;
+        }
         location /other/ { test_origin; add_header X-Cache-Status "[$upstream_cache_status]" always; }
         location /api/cache { cache_purge_api assets; cache_purge_key changeme; }
         location /api/open { cache_purge_api assets; }
@@ -116,13 +141,84 @@ def test_a_hit_keeps_the_stored_headers_and_adds_no_content_type(client):
     assert r.headers["X-Origin"] == "1" and r.headers["Cache-Tag"] == "t"
 
 
-def test_head_is_answered_from_a_stored_get_but_not_stored(client):
+def test_a_head_miss_is_fetched_as_a_get_and_stored(client):
     origin.ORIGIN["/static/h"] = (200, {}, b"12345")
-    assert client.head("/static/h").headers["X-Cache-Status"] == "MISS"
-    assert client.head("/static/h").headers["X-Cache-Status"] == "MISS"  # a HEAD has no body to keep
-    client.get("/static/h")
+    origin.SEEN.clear()
+    r = client.head("/static/h")  # proxy_cache_convert_head on (nginx's default)
+    assert (r.headers["X-Cache-Status"], r.data, r.headers["Content-Length"]) == ("MISS", b"", "5")
+    assert origin.SEEN == [("GET", None, None)]
     r = client.head("/static/h")
     assert (r.headers["X-Cache-Status"], r.data, r.headers["Content-Length"]) == ("HIT", b"", "5")
+    r = client.get("/static/h")
+    assert (r.headers["X-Cache-Status"], r.data) == ("HIT", b"12345")
+    assert origin.HITS["/static/h"] == 1
+
+
+TAGGED = {"ETag": '"v1"', "Last-Modified": "Mon, 01 Jan 2024 00:00:00 GMT", "Content-Type": "text/plain"}
+
+
+def test_if_none_match_gets_304_on_a_miss_and_a_hit_and_never_reaches_the_origin(client):
+    origin.ORIGIN["/static/c"] = (200, TAGGED, b"tagged")
+    origin.SEEN.clear()
+    for status in ("MISS", "HIT"):
+        r = client.get("/static/c", headers={"If-None-Match": 'W/"x", W/"v1"'})
+        assert (r.status, r.headers["X-Cache-Status"], r.data) == ("304 Not Modified", status, b"")
+        assert r.headers["ETag"] == '"v1"' and "Content-Type" not in r.headers and "Content-Length" not in r.headers
+    assert origin.SEEN == [("GET", None, None)]  # nginx's proxy sends no conditional header where it caches
+    r = client.get("/static/c", headers={"If-None-Match": '"v2"'})
+    assert (r.status_code, r.data) == (200, b"tagged")
+    r = client.get("/static/c", headers={"If-None-Match": '"v1"', "X-Keep": "1"})
+    assert r.status_code == 304
+
+
+@pytest.mark.parametrize("headers, status", [
+    ({"If-Modified-Since": "Mon, 01 Jan 2024 00:00:00 GMT"}, 304),
+    ({"If-Modified-Since": "Tue, 02 Jan 2024 00:00:00 GMT"}, 200),  # if_modified_since exact (nginx's default)
+    ({"If-Match": '"v2"'}, 412),
+    ({"If-Match": '"v1"'}, 200),
+    ({"If-Unmodified-Since": "Sun, 31 Dec 2023 00:00:00 GMT"}, 412),
+    ({"If-Unmodified-Since": "Mon, 01 Jan 2024 00:00:00 GMT"}, 200),
+])
+def test_the_other_conditions_on_a_hit(client, headers, status):
+    origin.ORIGIN["/static/d"] = (200, TAGGED, b"tagged")
+    client.get("/static/d")
+    r = client.get("/static/d", headers=headers)
+    assert (r.status_code, r.headers["X-Cache-Status"]) == (status, "HIT")
+
+
+def test_an_answer_not_stored_is_not_judged(client):
+    origin.ORIGIN["/static/n"] = (200, {**TAGGED, "Cache-Control": "no-store"}, b"tagged")
+    r = client.get("/static/n", headers={"If-None-Match": '"v1"'})
+    assert (r.status_code, r.data) == (200, b"tagged")  # nginx: disable_not_modified = !u->cacheable
+
+
+def test_a_hit_has_the_status_line_the_origin_sent(client):
+    origin.ORIGIN["/static/fine"] = ((200, "Fine"), {}, b"fine")
+    r1, r2 = client.get("/static/fine"), client.get("/static/fine")
+    assert [(r.status, r.headers["X-Cache-Status"]) for r in (r1, r2)] == [("200 Fine", "MISS"), ("200 Fine", "HIT")]
+
+
+def test_a_hit_of_an_answer_without_length_has_none(client):
+    origin.ORIGIN["/static/u"] = (200, {}, b"until-close")
+    assert client.get("/static/u?nolength=1").data == b"until-close"  # read: stored once it all went out
+    r = client.get("/static/u?nolength=1")
+    assert (r.headers["X-Cache-Status"], r.data, r.headers.get("Content-Length")) == ("HIT", b"until-close", None)
+    client.get("/static/c2")  # an answer with a length: the hit has it
+    r = client.get("/static/c2")
+    assert (r.headers["X-Cache-Status"], r.headers.get("Content-Length")) == ("HIT", "6")
+
+
+def test_an_answer_with_vary_is_stored_per_variant_and_purged_with_its_key(client):
+    origin.ORIGIN["/static/v"] = (200, {"Vary": "Accept, X-Lang"}, b"v")
+    ask = [{"Accept": "a"}, {"Accept": "b"}, {"Accept": "a", "X-Lang": "fr"}]
+    assert [client.get("/static/v", headers=h).headers["X-Cache-Status"] for h in ask] == ["MISS"] * 3
+    assert [client.get("/static/v", headers=h).headers["X-Cache-Status"] for h in ask] == ["HIT"] * 3
+    assert origin.HITS["/static/v"] == 3
+    r = client.open("/static/v", method="PURGE")
+    assert r.status_code == 200
+    assert [client.get("/static/v", headers=h).headers["X-Cache-Status"] for h in ask] == ["MISS"] * 3
+    origin.ORIGIN["/static/star"] = (200, {"Vary": "*"}, b"v")
+    assert statuses(client, "/static/star", 2) == ["MISS", "MISS"]  # nginx: Vary: * is never stored
 
 
 def test_other_methods_and_range_requests(client):
@@ -160,6 +256,59 @@ def test_a_status_no_rule_names_is_not_stored(client):
 def test_max_age_stores_what_proxy_cache_valid_does_not_name(client):
     origin.ORIGIN["/static/404"] = (404, {"Cache-Control": "max-age=60"}, b"nope")
     assert statuses(client, "/static/404") == ["MISS", "HIT", "HIT"]
+
+
+def test_use_stale_answers_the_expired_entry_when_the_origin_fails_as_named(client, app):
+    origin.ORIGIN["/stale/s"] = (200, {"Cache-Control": "max-age=1", "ETag": '"s1"'}, b"s1")
+    assert statuses(client, "/stale/s", 2) == ["MISS", "HIT"]
+    time.sleep(1.05)
+    origin.ORIGIN["/stale/s"] = (500, {}, b"broken")
+    r = client.get("/stale/s")
+    assert (r.status_code, r.headers["X-Cache-Status"], r.data) == (200, "STALE", b"s1")
+    r = client.get("/stale/s", headers={"If-None-Match": '"s1"'})  # judged as a hit is
+    assert (r.status_code, r.headers["X-Cache-Status"]) == (304, "STALE")
+    origin.ORIGIN["/stale/s"] = (503, {}, b"busy")  # not named: the origin's answer
+    r = client.get("/stale/s")
+    assert (r.status_code, r.headers["X-Cache-Status"], r.data) == (503, "EXPIRED", b"busy")
+    assert purge(client, {"prefix": "/stale/"}).json["purged"] == 1  # an expired entry is found by a prefix
+    origin.ORIGIN["/stale/s"] = (500, {}, b"broken")
+    r = client.get("/stale/s")
+    assert (r.status_code, r.headers["X-Cache-Status"]) == (500, "MISS")  # purged: nothing stale to answer
+
+
+def test_revalidate_asks_the_origin_conditionally_and_a_304_refreshes_the_entry(client):
+    stored = {"Cache-Control": "max-age=1", "ETag": '"r1"', "Last-Modified": "Mon, 01 Jan 2024 00:00:00 GMT"}
+    origin.ORIGIN["/stale/r"] = (200, stored, b"r1")
+    assert statuses(client, "/stale/r", 2) == ["MISS", "HIT"]
+    time.sleep(1.05)
+    origin.ORIGIN["/stale/r"] = (304, {"Cache-Control": "max-age=60"}, b"")
+    origin.SEEN.clear()
+    r = client.get("/stale/r", headers={"If-None-Match": '"other"'})  # the client's own stays its own
+    assert (r.status_code, r.headers["X-Cache-Status"], r.data) == (200, "REVALIDATED", b"r1")
+    assert origin.SEEN == [("GET", '"r1"', "Mon, 01 Jan 2024 00:00:00 GMT")]
+    assert statuses(client, "/stale/r", 2) == ["HIT", "HIT"]  # fresh for the 304's max-age
+    assert len(origin.SEEN) == 1
+    time.sleep(1.05)
+    assert statuses(client, "/stale/r", 1) == ["HIT"]
+
+
+def test_min_uses_stores_an_answer_once_its_key_was_asked_for_that_often(client):
+    assert statuses(client, "/twice/m", 5) == ["MISS", "MISS", "MISS", "HIT", "HIT"]
+    assert origin.HITS["/twice/m"] == 3
+
+
+def test_convert_head_off_sends_a_head_and_stores_nothing(client):
+    origin.SEEN.clear()
+    assert [client.head("/nohead/h").headers["X-Cache-Status"] for _ in range(2)] == ["MISS", "MISS"]
+    assert [method for method, _, _ in origin.SEEN] == ["HEAD", "HEAD"]
+    client.get("/nohead/h")
+    assert client.head("/nohead/h").headers["X-Cache-Status"] == "HIT"  # answered from a stored GET
+
+
+def test_cache_methods_adds_post(client):
+    assert [client.post("/twice/p").headers["X-Cache-Status"] for _ in range(4)] == ["MISS"] * 3 + ["HIT"]
+    assert client.get("/twice/p").headers["X-Cache-Status"] == "HIT"  # one key (the body is not in it)
+    assert client.put("/twice/p").headers.get("X-Cache-Status") is None
 
 
 def test_expired_after_max_age(client):
@@ -492,9 +641,20 @@ def test_keys_use_proxy_host_of_an_address_or_a_group(tmp_path, ngxsim_backend):
         client = app.test_client()
         for path in ("/address/a", "/group/a", "/own/a"):
             assert statuses(client, path, 2) == ["MISS", "HIT"], path
-        for key in (f"http{backend.address}/address/a", "httpbackend/group/a", f"{backend.address}:{backend.port}/own/a"):
+        for key in (f"http://{backend.address}/address/a", "http://backend/group/a", f"{backend.address}:{backend.port}/own/a"):
             r = purge(client, {"key": key})
             assert r.json.get("purged") == 1, (key, r.json)
         assert statuses(client, "/address/a", 1) == ["MISS"]
     finally:
         app.runtime.close()
+
+
+def test_a_cache_lock_older_than_its_age_is_taken_although_others_kept_asking(app):
+    from ngxsim_plugins.cache_purge.lock import CacheLock, zone_name
+    lock = CacheLock("assets", 5.0, 5.0, (zone_name("assets"),))
+    now = time.time()
+    assert lock.take(app.runtime, "k", now)
+    assert not any(lock.take(app.runtime, "k", now + t) for t in (1.0, 2.0, 3.0, 4.0, 4.9))
+    assert lock.take(app.runtime, "k", now + 5.0)  # lock_age passed: the next request goes
+    lock.release(app.runtime, "k")
+    assert lock.take(app.runtime, "k", now + 5.1)

@@ -58,7 +58,7 @@ def test_a_good_config_is_read_with_nginx_defaults(tmp_path):
     assert static["proxy_cache"] == "assets"
     assert static["proxy_cache_valid"] == [Valid(frozenset({200, 301}), 600.0), Valid(frozenset({404}), 60.0)]
     assert static["proxy_cache_purge"].method == "PURGE"
-    assert static.stash["cache_purge"].key.source == "$scheme$proxy_host$request_uri"  # nginx's default
+    assert static.stash["cache_purge"].key.source == "http://$proxy_host$request_uri"  # nginx's (its KEY: line)
     assert (tmp_path / "assets").is_dir()  # made at load, as nginx does (nginx -t too)
     assert "key" in config.secret_args
     assert "assets" in config.zones
@@ -121,6 +121,9 @@ def test_proxy_cache_names_an_unknown_zone(tmp_path):
     ("proxy_cache_valid 404 1m;", "proxy_cache_valid \u0662\u0660\u0660 1m;", 'invalid status "\u0662\u0660\u0660"', 14),
     ("proxy_cache_valid 404 1m;", "proxy_ignore_headers Set-Cookie Cookie;", 'invalid value "Cookie"', 14),
     ("proxy_cache_valid 404 1m;", "proxy_cache_valid;", 'invalid number of arguments in "proxy_cache_valid" directive', 14),
+    ("proxy_cache_valid 404 1m;", "proxy_cache_use_stale error http_418;", 'invalid value "http_418"', 14),
+    ("proxy_cache_valid 404 1m;", "proxy_cache_use_stale off error;", 'invalid value "off"', 14),
+    ("proxy_cache_valid 404 1m;", "proxy_cache_methods GET PUT;", 'invalid value "PUT"', 14),
     ("PURGE from 127.0.0.1 10.0.0.0/8;", "PURGE from nowhere;", 'invalid parameter "nowhere"', 15),
     ("PURGE from 127.0.0.1 10.0.0.0/8;", "PURGE from;", 'invalid parameter "from": "from" needs "all" or addresses', 15),
     ("PURGE from 127.0.0.1 10.0.0.0/8;", "PURGE to 127.0.0.1;", 'invalid parameter "to"', 15),
@@ -140,7 +143,7 @@ def test_the_default_key_needs_a_module_that_gives_proxy_host(tmp_path):
     text = (f"load_module worker_events;\nload_module cache_purge;\nhttp {{\n    worker_events_zone bus;\n"
             f"    proxy_cache_path {tmp_path}/c keys_zone=c:1m;\n"
             f"    server {{ listen 127.0.0.1:8080; location / {{ proxy_cache c; return 200; }} }}\n}}\n")
-    fails(tmp_path, text, 'the default "proxy_cache_key" ($scheme$proxy_host$request_uri) needs $proxy_host '
+    fails(tmp_path, text, 'the default "proxy_cache_key" (http://$proxy_host$request_uri) needs $proxy_host '
                           '("load_module upstreams;" and "proxy_pass"): set "proxy_cache_key" here', 6)
 
 

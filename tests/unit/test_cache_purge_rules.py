@@ -56,11 +56,19 @@ def test_max_age_and_s_maxage_win_over_proxy_cache_valid():
     assert fresh(200, Cache_Control=["public", "max-age=7"]) == 7.0  # several lines
 
 
-def test_set_cookie_vary_and_206_are_never_stored():
+def test_set_cookie_vary_star_and_206_are_never_stored():
     assert fresh(200, Set_Cookie="a=b", Cache_Control="max-age=60") is None
     assert fresh(200, Vary="*") is None
-    assert fresh(200, Vary="Accept-Encoding") is None
+    assert fresh(200, Vary="Accept-Encoding") == 600.0  # stored per variant (policy.vary)
     assert fresh(206, Cache_Control="max-age=60") is None
+
+
+def test_the_variant_is_the_values_of_the_headers_vary_names():
+    from ngxsim_plugins.cache_purge.policy import variant, vary
+    names = vary([("Vary", "Accept, X-LANG"), ("X-Other", "1"), ("vary", "accept,cookie")])
+    assert names == ("accept", "x-lang", "cookie")
+    assert vary([("Vary", "Accept")], frozenset({"vary"})) == ()  # proxy_ignore_headers Vary
+    assert variant({"HTTP_ACCEPT": "a", "HTTP_X_LANG": "fr"}, names) != variant({"HTTP_ACCEPT": "a"}, names)
 
 
 def test_x_accel_expires_and_expires():
