@@ -129,7 +129,7 @@ class ProxySettings:
     connect_timeout: float
     read_timeout: float
     next_upstream: frozenset
-    http_version: str = "1.0"  # proxy_http_version: parsed, not yet applied by the proxy
+    http_version: str = "1.0"  # proxy_http_version
 
 
 @dataclass
@@ -341,7 +341,7 @@ def ngxsim_exit_worker(runtime):
     if st is not None:
         for zone in st.zones.values():
             zone.release_row()
-        st.pools.clear()
+        st.links.clear()
 
 
 @hookimpl

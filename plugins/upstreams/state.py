@@ -7,11 +7,10 @@ import logging
 import threading
 import time
 
-import urllib3
-
 from ngxsim import LivenessWatch, compact_json
 
 from .balancer import Peer, Snapshot
+from .connections import KeptConnections
 from .zone import HEALTH_CHECKING, HEALTH_NONE, UpstreamZone
 
 NAME = "upstreams"
@@ -27,8 +26,8 @@ class State:
         self._snapshots: dict[str, Snapshot] = {}
         self._lock = threading.Lock()
         self._watch = LivenessWatch()
-        # urllib3 keeps connections to each backend alive, per worker (pools are not fork-safe)
-        self.pools = urllib3.PoolManager(num_pools=64, maxsize=max(4, runtime.threads), block=False)
+        # the idle connections to the peers of upstreams with keepalive, per worker
+        self.links = KeptConnections()
 
     def zone(self, name: str) -> UpstreamZone:
         return self.zones[name]
