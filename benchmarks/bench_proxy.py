@@ -86,8 +86,8 @@ PROBE_DEADLINE = 5.0  # seconds, per probe
 QUIET = 0.1  # seconds without requests after a quiet change
 SETTLE = 0.3  # seconds of silence before each cycle of 4 changes
 BASE_ROW = "minimal Flask + urllib3 proxy (baseline)"
-GROUP_ROW = "ngxsim proxy_pass http://backend (upstream group)"
-FIXED_ROW = "ngxsim proxy_pass http://127.0.0.1:PORT (fixed address)"
+GROUP_ROW = "ngxsim proxy_pass http://backend (upstream group, keepalive 16)"
+FIXED_ROW = "ngxsim proxy_pass http://127.0.0.1:PORT (fixed address, a connection per request)"
 
 PROXY_CONF = """
 load_module worker_events;
@@ -98,10 +98,11 @@ http {
     upstream backend {
         zone backend 256k;
         server {backend};
+        keepalive 16;
     }
     server {
         listen 127.0.0.1:{port};
-        location / { proxy_pass http://backend; }
+        location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
         location /fixed/ { proxy_pass http://{backend}; }
     }
 }
