@@ -9,9 +9,9 @@ does), none idle longer than ``keepalive_timeout``, none reused after ``keepaliv
 requests or ``keepalive_time``. Without ``keepalive`` (and always for ``proxy_pass`` to an
 address) each request has its own connection, closed after the answer, as in nginx.
 
-The request goes out as ngxsim writes it (no HTTP client adds a header); the answer is read by
-``http.client``'s parser and handed on as a urllib3 response (its framing: chunked, length,
-until the close).
+The request goes out as ngxsim writes it (no HTTP client adds a header); the answer's status
+line is read by ``http.client``, its header lines as nginx reads them (``Header``), and it is
+handed on as a urllib3 response (its framing: chunked, length, until the close).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 from collections import deque
+from http.client import CONTINUE, HTTPException, LineTooLong, UnknownProtocol
 from http.client import HTTPResponse as ClientResponse
 
 from urllib3 import HTTPHeaderDict, HTTPResponse
@@ -64,11 +65,98 @@ def exchange(link: Link, head: bytes, body: bytes, method: str, read_timeout: fl
     link.requests += 1
     link.sock.settimeout(read_timeout)
     link.sock.sendall(head + body if body else head)
-    raw = ClientResponse(link.sock, method=method)
+    raw = Answer(link.sock, method=method)
     raw.begin()
     return HTTPResponse(body=raw, headers=HTTPHeaderDict(raw.msg.items()), status=raw.status, version=raw.version,
                         reason=raw.reason, preload_content=False, decode_content=False, original_response=raw,
                         enforce_content_length=True, request_method=method)
+
+
+MAX_LINE = 65536  # http.client's: a longer line is "upstream sent too big header"
+MAX_LINES = 100
+
+
+class Header:
+    """The answer's header lines, read as nginx's ``ngx_http_parse_header_line`` reads them
+    (not as e-mail: that parser stops at a line without a colon and costs a fifth of a proxied
+    request): ``NAME: value`` with the value's spaces stripped, a bare ``NAME`` as an empty
+    header; a name with a space or a control character in it is invalid (``invalid``: that
+    line, the answer is refused). The part of ``email.message.Message`` http.client reads."""
+
+    __slots__ = ("lines", "invalid")
+
+    def __init__(self, lines: list[tuple[str, str]], invalid: str | None):
+        self.lines, self.invalid = lines, invalid
+
+    def get(self, name: str, default=None):
+        name = name.lower()
+        for key, value in self.lines:
+            if key.lower() == name:
+                return value
+        return default
+
+    def get_all(self, name: str, failobj=None):
+        name = name.lower()
+        found = [value for key, value in self.lines if key.lower() == name]
+        return found or failobj
+
+    def items(self) -> list[tuple[str, str]]:
+        return self.lines
+
+
+def read_header(fp) -> Header:
+    lines: list[tuple[str, str]] = []
+    invalid = None
+    while True:
+        raw = fp.readline(MAX_LINE + 1)
+        if len(raw) > MAX_LINE:
+            raise LineTooLong("header line")
+        if raw in (b"\r\n", b"\n", b""):
+            return Header(lines, invalid)
+        if len(lines) >= MAX_LINES:
+            raise HTTPException(f"got more than {MAX_LINES} headers")
+        if invalid is not None:
+            continue
+        line = raw.decode("latin-1").rstrip("\r\n")
+        name, colon, value = line.partition(":")
+        if not name or any(ch <= " " or ch == "\x7f" for ch in name):
+            invalid = line
+            continue
+        lines.append((name, value.strip(" \t")))
+
+
+class Answer(ClientResponse):
+    """http.client's response with nginx's reading of the header lines (``read_header``)."""
+
+    def begin(self):  # http.client's, but for the header's parser
+        if self.headers is not None:
+            return
+        while True:
+            version, status, reason = self._read_status()
+            if status != CONTINUE:
+                break
+            read_header(self.fp)  # a 100 Continue's header
+        self.code = self.status = status
+        self.reason = reason.strip()
+        if version in ("HTTP/1.0", "HTTP/0.9"):
+            self.version = 10
+        elif version.startswith("HTTP/1."):
+            self.version = 11
+        else:
+            raise UnknownProtocol(version)
+        self.headers = self.msg = read_header(self.fp)
+        encoding = self.headers.get("transfer-encoding")
+        self.chunked = bool(encoding) and encoding.lower() == "chunked"
+        self.chunk_left = None
+        self.will_close = self._check_close()
+        self.length = None
+        length = self.headers.get("content-length")
+        if length and not self.chunked and length.isascii() and length.isdigit():
+            self.length = int(length)
+        if status in (204, 304) or 100 <= status < 200 or self._method == "HEAD":
+            self.length = 0
+        if not self.will_close and not self.chunked and self.length is None:
+            self.will_close = True
 
 
 class KeptConnections:

@@ -35,9 +35,10 @@ from .balancer import Peer
 from .connections import KeptConnections, Link, connect, exchange, readable
 
 log = logging.getLogger("ngxsim")
-# RFC 9110 hop-by-hop headers: never forwarded to the client
-HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
-                        "te", "trailer", "trailers", "transfer-encoding", "upgrade"))
+# the backend's header lines nginx's upstream module never copies to the client (its
+# ngx_http_upstream_headers_in: the connection's own framing); every other one goes on, also
+# Upgrade, Proxy-Authenticate, Trailer and a header the backend's Connection names
+NOT_COPIED = frozenset(("connection", "keep-alive", "transfer-encoding"))
 # nginx's proxy_set_header defaults (ngx_http_proxy_headers), after the config's own: "" sends
 # none; a client header of any of these names is never passed. None: computed per request
 # (Host: $proxy_host; Content-Length: $proxy_internal_body_length; Transfer-Encoding: none, the
@@ -47,6 +48,7 @@ DEFAULT_SET = (("Host", None), ("Connection", "close"), ("Content-Length", None)
 # nginx's proxy_hide_header defaults: the front server sends its own Date and Server
 HIDDEN = frozenset(("date", "server", "x-pad", "x-accel-expires", "x-accel-redirect", "x-accel-limit-rate",
                     "x-accel-buffering", "x-accel-charset"))
+HIDDEN_OR_NOT_COPIED = HIDDEN | NOT_COPIED
 MAX_BUFFERED = 64 * 1024 * 1024  # the request body bound with client_max_body_size 0
 NON_IDEMPOTENT = frozenset(("POST", "LOCK", "PATCH"))
 # ngx_escape_uri's NGX_ESCAPE_URI: a URI part of proxy_pass gets escaped only controls, space,
@@ -264,13 +266,10 @@ class ProxyHandler:
                  release=None):
         self._record(ctx, addrs, statuses, times)
         ctx.upstream_headers = list(resp.headers.iteritems())  # as sent: a cache decides from these
-        headers = []
-        connection_tokens = {t.strip().lower() for t in resp.headers.get("Connection", "").split(",")}
-        for name, value in resp.headers.iteritems():
-            low = name.lower()
-            if low in HOP_BY_HOP or low in HIDDEN or low in connection_tokens:
-                continue
-            headers.append((name, value))
+        # a chunked answer with a Content-Length too: nginx 1.22 drops the length and passes the
+        # body re-chunked (current nginx refuses it as an invalid header)
+        skip = HIDDEN_OR_NOT_COPIED | {"content-length"} if resp.chunked else HIDDEN_OR_NOT_COPIED
+        headers = [(name, value) for name, value in ctx.upstream_headers if name.lower() not in skip]
         upstream = self.spec.upstream
         snapshot = state.snapshot(upstream) if upstream else None
 
@@ -327,7 +326,7 @@ def _invalid_header(resp) -> str | None:
     """nginx's reason to refuse the response header (``ngx_http_upstream_process_content_length``,
     ``..._transfer_encoding``), or None. A Content-Length must be ASCII digits only (no sign, no
     space inside; Python's ``int`` would take ``-1``, `` 1_0`` or non-ASCII digits)."""
-    unparsed = _unparsed_header(resp)
+    unparsed = resp._original_response.msg.invalid
     if unparsed:  # nginx refuses a header name with a space or a control character in it
         bad = next((i for i, ch in enumerate(unparsed) if ch <= " " or ch == "\x7f"), None)
         if bad is not None:
@@ -337,9 +336,7 @@ def _invalid_header(resp) -> str | None:
     if len(lengths) > 1:
         return (f'upstream sent duplicate header line: "Content-Length: {_text(lengths[1])}", '
                 f'previous value: "Content-Length: {_text(lengths[0])}"')
-    if lengths and encodings:
-        return 'upstream sent "Content-Length" and "Transfer-Encoding" headers at the same time'
-    if lengths:
+    if lengths and not encodings:  # with both, nginx 1.22 drops the length (_respond)
         value = lengths[0].strip(" \t")
         if not value or not value.isascii() or not value.isdigit() or len(value) > 18:
             return f'upstream sent invalid "Content-Length" header: "Content-Length: {_text(lengths[0])}"'
@@ -349,16 +346,6 @@ def _invalid_header(resp) -> str | None:
     if encodings and encodings[0].strip(" \t").lower() != "chunked":
         return f'upstream sent unknown "Transfer-Encoding": "{_text(encodings[0])}"'
     return None
-
-
-def _unparsed_header(resp) -> str:
-    """The first header line http.client could not parse (a line without a colon ends its
-    parsing: that line and the ones after it are left over), or ``""``."""
-    message = getattr(getattr(resp, "_original_response", None), "msg", None)
-    if message is None or not message.defects:
-        return ""
-    rest = message.get_payload()
-    return rest.split("\n", 1)[0].rstrip("\r") if isinstance(rest, str) else ""
 
 
 def _text(value: str) -> str:

@@ -242,13 +242,11 @@ CASES: dict[str, Case] = {
 # Where ngxsim differs today and why (issue #22; docs/nginx-differences.md). Strict: a case
 # that starts to pass fails, so the list and the docs stay true.
 KNOWN_DIFFERENCES = {
-    "hop-by-hop-response": "nginx passes Upgrade, Proxy-Authenticate, Trailer and a header named by the "
-                           "origin's Connection; ngxsim drops them",
+    "hop-by-hop-response": "nginx passes Upgrade and Proxy-Authenticate; gunicorn drops them from a WSGI "
+                           "answer (the proxy passes them, as Trailer and a header the origin's Connection names)",
     "origin-redirect-absolute": "proxy_redirect default: nginx rewrites http://up/ to the client's host; "
                                 "ngxsim leaves it",
-    "header-without-colon": "nginx answers 502 (upstream sent invalid header); ngxsim passes the answer",
     "no-status-line": "nginx relays an answer without a status line as HTTP/0.9; ngxsim answers 502",
-    "length-and-chunked": "with Content-Length and chunked nginx drops Content-Length; ngxsim differs",
     "origin-204": "ngxsim drops the Content-Type and Content-Length: 0 of an origin's 204; nginx passes them",
     "lone-server-not-marked-down": "nginx never marks a lone server down; ngxsim answers 502 after an error",
     "reason-on-hit": "a cache hit answers 302 Moved Temporarily (nginx: the origin's Found)",
