@@ -62,6 +62,12 @@ class Snapshot:
     def backups(self) -> list[Peer]:
         return [p for p in self.peers if p.backup]
 
+    @property
+    def single(self) -> bool:
+        """One peer in the group: nginx's round robin (``peers->single``) never counts its
+        failures, so a lone server is never marked unavailable."""
+        return len(self.peers) == 1
+
     def unhealthy(self, peer: Peer) -> bool:
         return self.health.get(peer.slot, 0) in (HEALTH_DOWN, HEALTH_CHECKING)
 

@@ -280,6 +280,34 @@ def parse_set_header(args: list[str]) -> SetHeader:
     return SetHeader(name, Template(value))
 
 
+@dataclass(frozen=True)
+class Redirect:
+    """One ``proxy_redirect`` line: ``default``, ``off`` or ``FROM TO`` (``to`` may name
+    variables; ``frm`` is a literal prefix)."""
+
+    kind: str  # "default", "off" or "rewrite"
+    frm: str = ""
+    to: object = None  # a Template
+
+
+def parse_redirect(args: list[str]) -> Redirect:
+    from ngxsim import Template
+
+    if len(args) == 1:
+        if args[0] not in ("default", "off"):
+            raise ValueError('invalid number of arguments in "proxy_redirect" directive')
+        return Redirect(args[0])
+    frm, to = args
+    if frm.startswith("~"):
+        raise ValueError('"proxy_redirect" with a regular expression is not supported by ngxsim: write the '
+                         'prefix it matches')
+    return Redirect("rewrite", frm, Template(to))
+
+
+def parse_header_name(args: list[str]) -> str:
+    return args[0].lower()
+
+
 @dataclass
 class UpstreamConf:
     """One ``upstream`` block after the config was checked."""

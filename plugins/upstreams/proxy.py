@@ -48,7 +48,6 @@ DEFAULT_SET = (("Host", None), ("Connection", "close"), ("Content-Length", None)
 # nginx's proxy_hide_header defaults: the front server sends its own Date and Server
 HIDDEN = frozenset(("date", "server", "x-pad", "x-accel-expires", "x-accel-redirect", "x-accel-limit-rate",
                     "x-accel-buffering", "x-accel-charset"))
-HIDDEN_OR_NOT_COPIED = HIDDEN | NOT_COPIED
 MAX_BUFFERED = 64 * 1024 * 1024  # the request body bound with client_max_body_size 0
 NON_IDEMPOTENT = frozenset(("POST", "LOCK", "PATCH"))
 # ngx_escape_uri's NGX_ESCAPE_URI: a URI part of proxy_pass gets escaped only controls, space,
@@ -97,6 +96,8 @@ class ProxyHandler:
         self.next_upstream = settings.next_upstream
         self.connect_timeout, self.read_timeout = settings.connect_timeout, settings.read_timeout
         self.version = b" HTTP/1.1\r\n" if settings.http_version == "1.1" else b" HTTP/1.0\r\n"
+        self.hidden = (HIDDEN | set(settings.hide)) - set(settings.pass_) | NOT_COPIED
+        self.redirects = _redirects(settings)
         names = {h.name.lower() for h in self.headers}
         self.defaults = [(name, value) for name, value in DEFAULT_SET if name.lower() not in names]
         self.not_passed = names | {name.lower() for name, _ in DEFAULT_SET}
@@ -268,8 +269,17 @@ class ProxyHandler:
         ctx.upstream_headers = list(resp.headers.iteritems())  # as sent: a cache decides from these
         # a chunked answer with a Content-Length too: nginx 1.22 drops the length and passes the
         # body re-chunked (current nginx refuses it as an invalid header)
-        skip = HIDDEN_OR_NOT_COPIED | {"content-length"} if resp.chunked else HIDDEN_OR_NOT_COPIED
+        skip = self.hidden | {"content-length"} if resp.chunked else self.hidden
         headers = [(name, value) for name, value in ctx.upstream_headers if name.lower() not in skip]
+        rewritten = False
+        if self.redirects:
+            for i, (name, value) in enumerate(headers):
+                if name.lower() == "location":
+                    for frm, to in self.redirects:
+                        if value.startswith(frm):
+                            headers[i] = (name, (to if isinstance(to, str) else to.render(ctx)) + value[len(frm):])
+                            rewritten = True
+                            break
         upstream = self.spec.upstream
         snapshot = state.snapshot(upstream) if upstream else None
 
@@ -284,7 +294,8 @@ class ProxyHandler:
         # not direct_passthrough: werkzeug then closes the response (and its on-close callbacks:
         # the access log line) when the server closes the body
         response = keep_status_line(Response(stream, status=resp.status, headers=headers),
-                                    f"{resp.status} {resp.reason or ''}".rstrip())  # nginx passes it on
+                                    f"{resp.status} {resp.reason or ''}".rstrip(),  # nginx passes it on
+                                    absolute_location=rewritten)
         if not any(name.lower() == "content-type" for name, _ in headers):
             del response.headers["Content-Type"]  # the backend sent none: add none
         return response
@@ -302,6 +313,24 @@ def _releaser(links: KeptConnections, keepalive, link: Link, resp):
         else:
             link.close()
     return release
+
+
+def _redirects(settings) -> list[tuple[str, object]]:
+    """``proxy_redirect``'s (FROM, TO) pairs; ``default`` is nginx's: the proxy_pass URL (with
+    ``/`` when it has no URI part) to the location's prefix (``/``); ``off``: none."""
+    out: list[tuple[str, object]] = []
+    for line in settings.redirects:
+        if line.kind == "off":
+            return []
+        if line.kind == "default":
+            spec = settings.proxy_pass
+            if spec.uri is None:
+                out.append((f"http://{spec.host}/", "/"))
+            elif settings.prefix:
+                out.append((f"http://{spec.host}{spec.uri}", settings.prefix))
+        else:
+            out.append((line.frm, line.to))
+    return out
 
 
 def _line(name: str, value: str) -> bytes:

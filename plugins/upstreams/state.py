@@ -88,6 +88,8 @@ class State:
         if upstream is None or target is None or target.peer is None:
             return
         peer, zone = target.peer, self.zones[upstream]
+        if failed and snapshot is not None and snapshot.single:
+            failed = False  # nginx never counts a lone server's failures
         zone.add_active(peer.slot, -1)
         if zone.finish(peer.slot, peer.id, failed, success, time.monotonic(), peer.max_fails, status, sent, received):
             log.warning('upstream server temporarily disabled: %s in upstream "%s"', peer.server, upstream)

@@ -314,7 +314,7 @@ def _absolute_location(ctx: RequestContext, response: Response, plan: _Plan) -> 
     location = response.headers.get("Location")
     if not location or not location.startswith("/") or not plan.absolute_redirect:
         return
-    if getattr(response, "ngxsim_status_line", False):
+    if getattr(response, "ngxsim_status_line", False) and not getattr(response, "ngxsim_absolute_location", False):
         return
     if plan.server_name_in_redirect:
         host = ctx.server_name
