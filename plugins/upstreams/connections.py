@@ -16,6 +16,7 @@ handed on as a urllib3 response (its framing: chunked, length, until the close).
 
 from __future__ import annotations
 
+import re
 import select
 import socket
 import threading
@@ -72,6 +73,7 @@ def exchange(link: Link, head: bytes, body: bytes, method: str, read_timeout: fl
                         enforce_content_length=True, request_method=method)
 
 
+_BAD_IN_NAME = re.compile("[\x00-\x20\x7f]")
 MAX_LINE = 65536  # http.client's: a longer line is "upstream sent too big header"
 MAX_LINES = 100
 
@@ -83,10 +85,10 @@ class Header:
     header; a name with a space or a control character in it is invalid (``invalid``: that
     line, the answer is refused). The part of ``email.message.Message`` http.client reads."""
 
-    __slots__ = ("lines", "invalid")
+    __slots__ = ("lines", "invalid", "size")
 
-    def __init__(self, lines: list[tuple[str, str]], invalid: str | None):
-        self.lines, self.invalid = lines, invalid
+    def __init__(self, lines: list[tuple[str, str]], invalid: str | None, size: int):
+        self.lines, self.invalid, self.size = lines, invalid, size  # size: bytes read, the blank line too
 
     def get(self, name: str, default=None):
         name = name.lower()
@@ -107,19 +109,21 @@ class Header:
 def read_header(fp) -> Header:
     lines: list[tuple[str, str]] = []
     invalid = None
+    size = 0
     while True:
         raw = fp.readline(MAX_LINE + 1)
+        size += len(raw)
         if len(raw) > MAX_LINE:
             raise LineTooLong("header line")
         if raw in (b"\r\n", b"\n", b""):
-            return Header(lines, invalid)
+            return Header(lines, invalid, size)
         if len(lines) >= MAX_LINES:
             raise HTTPException(f"got more than {MAX_LINES} headers")
         if invalid is not None:
             continue
         line = raw.decode("latin-1").rstrip("\r\n")
         name, colon, value = line.partition(":")
-        if not name or any(ch <= " " or ch == "\x7f" for ch in name):
+        if not name or _BAD_IN_NAME.search(name):
             invalid = line
             continue
         lines.append((name, value.strip(" \t")))

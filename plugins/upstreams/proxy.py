@@ -283,7 +283,7 @@ class ProxyHandler:
         upstream = self.spec.upstream
         snapshot = state.snapshot(upstream) if upstream else None
 
-        head = len(resp.reason or "") + 15 + sum(len(k) + len(v) + 4 for k, v in resp.headers.iteritems()) + 2
+        head = len(resp.reason or "") + 15 + resp._original_response.msg.size
 
         def finished() -> None:
             if not counted:
