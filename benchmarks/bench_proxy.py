@@ -15,7 +15,10 @@ file nginx serves) instead of the small fixed one.
    hit directly; gunicorn's own floor on the machine at that moment (a WSGI hello answering the
    same body, proxy_backend_app.py); a minimal Flask + urllib3 pooled proxy (bare_proxy_app.py)
    under the same gunicorn settings — the baseline; ngxsim ``proxy_pass http://backend`` (an
-   ``upstream`` group of that backend) and ``proxy_pass http://127.0.0.1:PORT``; real nginx
+   ``upstream`` group of that backend with ``keepalive 16``, ``proxy_http_version 1.1`` and
+   ``proxy_set_header Connection ""``: connections reused, as the reference nginx row) and
+   ``proxy_pass http://127.0.0.1:PORT`` (a new connection per request, as nginx without
+   ``keepalive``); real nginx
    ``proxy_pass`` with a keepalive upstream as a reference. The backend is nginx (Debian's
    nginx-light, run unprivileged from a temp folder) answering a fixed body with ``return 200``;
    without nginx a gunicorn-served WSGI app stands in and the output says so. Besides req/s,

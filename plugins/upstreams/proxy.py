@@ -355,7 +355,7 @@ def _invalid_header(resp) -> str | None:
     """nginx's reason to refuse the response header (``ngx_http_upstream_process_content_length``,
     ``..._transfer_encoding``), or None. A Content-Length must be ASCII digits only (no sign, no
     space inside; Python's ``int`` would take ``-1``, `` 1_0`` or non-ASCII digits)."""
-    unparsed = resp._original_response.msg.invalid
+    unparsed = getattr(resp._original_response.msg, "invalid", None)  # connections.Header's
     if unparsed:  # nginx refuses a header name with a space or a control character in it
         bad = next((i for i, ch in enumerate(unparsed) if ch <= " " or ch == "\x7f"), None)
         if bad is not None:
