@@ -34,8 +34,8 @@ class ServerSpec:
     fail_timeout: float = 10.0
     backup: bool = False
     down: bool = False
-    # nginx's max_conns (0: no limit). A config-only setting for now: neither the API's fields
-    # nor the state file carry it, so it takes no part in comparing two specs
+    # nginx's max_conns (0: no limit; Snapshot.usable skips a peer at it). A config-only setting:
+    # neither the API's fields nor the state file carry it, so it takes no part in comparing two specs
     max_conns: int = field(default=0, compare=False)
 
     @property

@@ -45,12 +45,14 @@ class State:
         Peers kept from the previous snapshot keep their round-robin position."""
         zone = self.zones[name]
         data = zone.read_snapshot() or {"version": 0, "peers": []}
+        limits = self.conf.upstreams[name].max_conns  # config lines only (the API has no max_conns)
         with self._lock:
             old = self._snapshots.get(name)
             previous = {p.id: p for p in old.peers} if old else {}
             peers = []
             for item in data["peers"]:
                 peer = Peer.from_json(item)
+                peer.max_conns = limits.get(peer.server, 0)
                 before = previous.get(peer.id)
                 if before is not None and before.weight == peer.weight:
                     peer.current, peer.effective = before.current, before.effective
