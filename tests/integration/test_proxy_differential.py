@@ -254,7 +254,8 @@ KNOWN_DIFFERENCES = {
     "hop-by-hop-response": "nginx passes Upgrade and Proxy-Authenticate; gunicorn drops them from a WSGI "
                            "answer (the proxy passes them, as Trailer and a header the origin's Connection names)",
     "no-status-line": "nginx relays an answer without a status line as HTTP/0.9; ngxsim answers 502",
-    "origin-204": "ngxsim drops the Content-Type and Content-Length: 0 of an origin's 204; nginx passes them",
+    "origin-204": "gunicorn drops the Content-Length: 0 of a 204 (RFC 9110); nginx passes the origin's "
+                  "(the Content-Type goes on: test_origin_204_keeps_its_type)",
     "reason-on-hit": "a cache hit answers 302 Moved Temporarily (nginx: the origin's Found)",
     "length-added-on-hit": "a cache hit adds Content-Length to an answer sent without one",
     "if-none-match-on-hit": "nginx answers 304 to If-None-Match on a hit; ngxsim 200",
@@ -327,6 +328,13 @@ def test_same_http_version_and_connection_header_to_the_origin(fronts, target):
     _, got = play(ngxsim, case)
     assert [(r["request_line"], [h for h in r["headers"] if h[0].lower() == "connection"]) for r in got] == \
         [(r["request_line"], [h for h in r["headers"] if h[0].lower() == "connection"]) for r in expected]
+
+
+def test_origin_204_keeps_its_type(fronts):
+    """An origin's 204 goes on with its Content-Type (nginx's own 204 has none)."""
+    case = one(req("/plain/nc204"), status=204)
+    got = [play(front, case)[0][0]["content-type"] for front in fronts]
+    assert got == ["text/plain", "text/plain"]
 
 
 # (location, requests, fewest and most connections for them): keepalive 4 with HTTP/1.1 and

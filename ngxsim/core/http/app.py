@@ -234,7 +234,8 @@ class HttpCore:
         code = response.status_code
         if getattr(response, "ngxsim_close", False):
             cut_connection(ctx)  # the server then fails to write the 444 and drops it
-        if code == 204:  # nginx sends 204 without a body or a type
+        if code == 204 and not getattr(response, "ngxsim_status_line", False):
+            # nginx sends its own 204 without a body or a type (an upstream's goes as it came)
             response.headers.pop("Content-Type", None)
             response.set_data(b"")
             response.headers.pop("Content-Length", None)
