@@ -15,7 +15,10 @@ file nginx serves) instead of the small fixed one.
    hit directly; gunicorn's own floor on the machine at that moment (a WSGI hello answering the
    same body, proxy_backend_app.py); a minimal Flask + urllib3 pooled proxy (bare_proxy_app.py)
    under the same gunicorn settings — the baseline; ngxsim ``proxy_pass http://backend`` (an
-   ``upstream`` group of that backend) and ``proxy_pass http://127.0.0.1:PORT``; real nginx
+   ``upstream`` group of that backend with ``keepalive 16``, ``proxy_http_version 1.1`` and
+   ``proxy_set_header Connection ""``: connections reused, as the reference nginx row) and
+   ``proxy_pass http://127.0.0.1:PORT`` (a new connection per request, as nginx without
+   ``keepalive``); real nginx
    ``proxy_pass`` with a keepalive upstream as a reference. The backend is nginx (Debian's
    nginx-light, run unprivileged from a temp folder) answering a fixed body with ``return 200``;
    without nginx a gunicorn-served WSGI app stands in and the output says so. Besides req/s,
@@ -86,8 +89,8 @@ PROBE_DEADLINE = 5.0  # seconds, per probe
 QUIET = 0.1  # seconds without requests after a quiet change
 SETTLE = 0.3  # seconds of silence before each cycle of 4 changes
 BASE_ROW = "minimal Flask + urllib3 proxy (baseline)"
-GROUP_ROW = "ngxsim proxy_pass http://backend (upstream group)"
-FIXED_ROW = "ngxsim proxy_pass http://127.0.0.1:PORT (fixed address)"
+GROUP_ROW = "ngxsim proxy_pass http://backend (upstream group, keepalive 16)"
+FIXED_ROW = "ngxsim proxy_pass http://127.0.0.1:PORT (fixed address, a connection per request)"
 
 PROXY_CONF = """
 load_module worker_events;
@@ -98,10 +101,11 @@ http {
     upstream backend {
         zone backend 256k;
         server {backend};
+        keepalive 16;
     }
     server {
         listen 127.0.0.1:{port};
-        location / { proxy_pass http://backend; }
+        location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
         location /fixed/ { proxy_pass http://{backend}; }
     }
 }

@@ -68,7 +68,8 @@ class NoClient:
 
 def now_path(resp) -> int:
     proxy._invalid_header(resp)
-    body = proxy._Body(NoClient(), resp, True, lambda: None, "http://backend/", 5.0)
+    body = proxy._Body(NoClient(), resp, True, lambda: None, lambda complete: resp.release_conn(), "http://backend/",
+                       5.0)
     pieces = sum(1 for _ in body)
     body.close()
     return pieces

@@ -30,9 +30,9 @@ from . import snapshots, sync, unsupported
 from .api import UpstreamsApi, UpstreamsSection
 from .balancer import Peer
 from .conf import (
-    NEXT_UPSTREAM, ProxyPass, UpstreamConf, parse_http_version, parse_keepalive, parse_keepalive_requests,
-    parse_keepalive_time, parse_keepalive_timeout, parse_next_upstream, parse_proxy_pass, parse_refresh, parse_server,
-    parse_set_header, parse_timeout, parse_zone,
+    NEXT_UPSTREAM, ProxyPass, Redirect, UpstreamConf, parse_header_name, parse_http_version, parse_keepalive,
+    parse_keepalive_requests, parse_keepalive_time, parse_keepalive_timeout, parse_next_upstream, parse_proxy_pass, parse_refresh, parse_server,
+    parse_redirect, parse_set_header, parse_timeout, parse_zone,
 )
 from .proxy import ProxyHandler
 from .refresh import refresh_job
@@ -77,6 +77,14 @@ def ngxsim_directives(register):
                        doc="`http://UPSTREAM[/URI]` or `http://ADDR:PORT[/URI]`"))
     register(Directive("proxy_set_header", levels, 2, parse=parse_set_header, multiple=True, default=[],
                        doc="`NAME VALUE`; an empty value removes the header; `Host` defaults to `$proxy_host`"))
+    register(Directive("proxy_redirect", levels, (1, 2), parse=parse_redirect, multiple=True,
+                       default=[Redirect("default")],
+                       doc="`default | off | FROM TO`: rewrite the peer's `Location` (default: the proxy_pass URL "
+                           "to the location's prefix)"))
+    register(Directive("proxy_hide_header", levels, 1, parse=parse_header_name, multiple=True, default=[],
+                       doc="`NAME`: a peer's response header not passed (besides Date, Server, X-Accel-...)"))
+    register(Directive("proxy_pass_header", levels, 1, parse=parse_header_name, multiple=True, default=[],
+                       doc="`NAME`: pass a peer's header hidden by default (Date, Server, X-Accel-...)"))
     register(Directive("proxy_http_version", levels, 1, parse=parse_http_version, default="1.0",
                        doc="`1.0 | 1.1`: the HTTP version of requests to the peers"))
     register(Directive("proxy_connect_timeout", levels, 1, parse=parse_timeout, default=60.0))
@@ -128,7 +136,10 @@ class ProxySettings:
     connect_timeout: float
     read_timeout: float
     next_upstream: frozenset
-    http_version: str = "1.0"  # proxy_http_version: parsed, not yet applied by the proxy
+    http_version: str = "1.0"  # proxy_http_version
+    redirects: list = field(default_factory=list)  # proxy_redirect lines
+    hide: list = field(default_factory=list)  # proxy_hide_header
+    pass_: list = field(default_factory=list)  # proxy_pass_header
 
 
 @dataclass
@@ -259,7 +270,8 @@ def ngxsim_content_handler(location, config):
     prefix = location.value.path if location.value.modifier in ("", "^~", "=") else ""
     settings = ProxySettings(spec, prefix, location["proxy_set_header"], location["proxy_connect_timeout"],
                              location["proxy_read_timeout"], location["proxy_next_upstream"],
-                             location["proxy_http_version"])
+                             location["proxy_http_version"], location["proxy_redirect"],
+                             location["proxy_hide_header"], location["proxy_pass_header"])
     return ProxyHandler(location, state, settings)
 
 
@@ -359,7 +371,7 @@ def ngxsim_exit_worker(runtime):
     if st is not None:
         for zone in st.zones.values():
             zone.release_row()
-        st.pools.clear()
+        st.links.clear()
 
 
 @hookimpl

@@ -30,6 +30,7 @@ class Peer:
     drain: bool
     current: int = 0
     effective: int = 0
+    max_conns: int = 0  # the config's server max_conns= (0: no limit)
 
     @property
     def server(self) -> str:
@@ -62,6 +63,12 @@ class Snapshot:
     def backups(self) -> list[Peer]:
         return [p for p in self.peers if p.backup]
 
+    @property
+    def single(self) -> bool:
+        """One peer in the group: nginx's round robin (``peers->single``) never counts its
+        failures, so a lone server is never marked unavailable."""
+        return len(self.peers) == 1
+
     def unhealthy(self, peer: Peer) -> bool:
         return self.health.get(peer.slot, 0) in (HEALTH_DOWN, HEALTH_CHECKING)
 
@@ -69,6 +76,8 @@ class Snapshot:
         """May ``peer`` take a new request (ignoring which ones this request already tried)?"""
         if peer.down or peer.drain or self.unhealthy(peer):
             return False
+        if peer.max_conns and zone.in_flight(peer.slot) >= peer.max_conns:
+            return False  # nginx's max_conns: every worker's requests to it count
         if peer.max_fails:
             c = zone.counters(peer.slot)
             if c.fails >= peer.max_fails and now - c.checked <= peer.fail_timeout:

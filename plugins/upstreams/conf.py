@@ -34,8 +34,8 @@ class ServerSpec:
     fail_timeout: float = 10.0
     backup: bool = False
     down: bool = False
-    # nginx's max_conns (0: no limit). A config-only setting for now: neither the API's fields
-    # nor the state file carry it, so it takes no part in comparing two specs
+    # nginx's max_conns (0: no limit; Snapshot.usable skips a peer at it). A config-only setting:
+    # neither the API's fields nor the state file carry it, so it takes no part in comparing two specs
     max_conns: int = field(default=0, compare=False)
 
     @property
@@ -278,6 +278,34 @@ def parse_set_header(args: list[str]) -> SetHeader:
     if not name or any(c in name for c in " \t:\r\n"):
         raise ValueError(f'invalid header name "{name}"')
     return SetHeader(name, Template(value))
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """One ``proxy_redirect`` line: ``default``, ``off`` or ``FROM TO`` (``to`` may name
+    variables; ``frm`` is a literal prefix)."""
+
+    kind: str  # "default", "off" or "rewrite"
+    frm: str = ""
+    to: object = None  # a Template
+
+
+def parse_redirect(args: list[str]) -> Redirect:
+    from ngxsim import Template
+
+    if len(args) == 1:
+        if args[0] not in ("default", "off"):
+            raise ValueError('invalid number of arguments in "proxy_redirect" directive')
+        return Redirect(args[0])
+    frm, to = args
+    if frm.startswith("~"):
+        raise ValueError('"proxy_redirect" with a regular expression is not supported by ngxsim: write the '
+                         'prefix it matches')
+    return Redirect("rewrite", frm, Template(to))
+
+
+def parse_header_name(args: list[str]) -> str:
+    return args[0].lower()
 
 
 @dataclass

@@ -3,8 +3,9 @@ answer back, trying the next peer as ``proxy_next_upstream`` allows.
 
 The request body is read whole first (nginx's ``proxy_request_buffering on``, bounded by
 ``client_max_body_size``) so that a retry can send it again; the response body goes on as it
-arrives, the client watched meanwhile (see ``_Body``). Connections to backends are kept alive in a
-per-worker urllib3 pool. Every fault gets nginx's answer and nginx's one error line (see
+arrives, the client watched meanwhile (see ``_Body``). The request goes out as nginx's
+``ngx_http_proxy_create_request`` writes it (``_head``); connections to backends are kept in a
+per-worker list only as nginx's ``keepalive`` keeps them (connections.py). Every fault gets nginx's answer and nginx's one error line (see
 docs/upstreams.md, "When a backend or a client misbehaves").
 """
 
@@ -13,11 +14,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import select
 import time
 from urllib.parse import quote
 
-import urllib3
 from http.client import BadStatusLine, LineTooLong, RemoteDisconnected
 from http.client import IncompleteRead as ClientIncompleteRead
 
@@ -33,17 +32,27 @@ from ngxsim import (
 )
 
 from .balancer import Peer
+from .connections import KeptConnections, Link, connect, exchange, readable
 
 log = logging.getLogger("ngxsim")
-# RFC 9110 hop-by-hop headers: never forwarded in either direction
-HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
-                        "te", "trailer", "trailers", "transfer-encoding", "upgrade"))
+# the backend's header lines nginx's upstream module never copies to the client (its
+# ngx_http_upstream_headers_in: the connection's own framing); every other one goes on, also
+# Upgrade, Proxy-Authenticate, Trailer and a header the backend's Connection names
+NOT_COPIED = frozenset(("connection", "keep-alive", "transfer-encoding"))
+# nginx's proxy_set_header defaults (ngx_http_proxy_headers), after the config's own: "" sends
+# none; a client header of any of these names is never passed. None: computed per request
+# (Host: $proxy_host; Content-Length: $proxy_internal_body_length; Transfer-Encoding: none, the
+# body is buffered)
+DEFAULT_SET = (("Host", None), ("Connection", "close"), ("Content-Length", None), ("Transfer-Encoding", ""),
+               ("TE", ""), ("Keep-Alive", ""), ("Expect", ""), ("Upgrade", ""))
 # nginx's proxy_hide_header defaults: the front server sends its own Date and Server
 HIDDEN = frozenset(("date", "server", "x-pad", "x-accel-expires", "x-accel-redirect", "x-accel-limit-rate",
                     "x-accel-buffering", "x-accel-charset"))
 MAX_BUFFERED = 64 * 1024 * 1024  # the request body bound with client_max_body_size 0
 NON_IDEMPOTENT = frozenset(("POST", "LOCK", "PATCH"))
-_URI_SAFE = "/:@!$&'()*+,;=-._~%"
+# ngx_escape_uri's NGX_ESCAPE_URI: a URI part of proxy_pass gets escaped only controls, space,
+# "#", "%", "?" and bytes above 0x7e
+_URI_SAFE = "".join(chr(c) for c in range(0x21, 0x7f) if chr(c) not in "#%?")
 _STATUS_CONDITIONS = {500: "http_500", 502: "http_502", 503: "http_503", 504: "http_504", 403: "http_403",
                       404: "http_404", 429: "http_429"}
 # what nginx counts as a peer failure among the retry conditions (403 and 404 are not)
@@ -85,7 +94,13 @@ class ProxyHandler:
         self.prefix = settings.prefix
         self.headers = settings.set_headers
         self.next_upstream = settings.next_upstream
-        self.timeout = urllib3.Timeout(connect=settings.connect_timeout, read=settings.read_timeout)
+        self.connect_timeout, self.read_timeout = settings.connect_timeout, settings.read_timeout
+        self.version = b" HTTP/1.1\r\n" if settings.http_version == "1.1" else b" HTTP/1.0\r\n"
+        self.hidden = (HIDDEN | set(settings.hide)) - set(settings.pass_) | NOT_COPIED
+        self.redirects = _redirects(settings)
+        names = {h.name.lower() for h in self.headers}
+        self.defaults = [(name, value) for name, value in DEFAULT_SET if name.lower() not in names]
+        self.not_passed = names | {name.lower() for name, _ in DEFAULT_SET}
 
     # -- the request ---------------------------------------------------------------------------
 
@@ -100,9 +115,12 @@ class ProxyHandler:
         except ApiError as exc:
             return error_page(exc.status)
         url = self._uri(ctx)
-        headers = self._headers(ctx, len(body) if body or _has_body(env) else None)
+        head = self._head(ctx, method, url, len(body) if body or _has_body(env) else None)
         # what a try sends (NGINX Plus's "sent"): the request line, the header and the body
-        sent_bytes = len(method) + len(url) + 12 + sum(len(k) + len(v) + 4 for k, v in headers.items()) + 2 + len(body)
+        sent_bytes = len(head) + len(body)
+        keepalive = state.conf.upstreams[self.spec.upstream] if self.spec.upstream else None
+        if keepalive is not None and keepalive.keepalive is None:
+            keepalive = None
         snapshot = state.snapshot(self.spec.upstream) if self.spec.upstream else None
         if snapshot is not None and snapshot.all_unhealthy():
             return self._no_live_upstreams(ctx)
@@ -125,19 +143,21 @@ class ProxyHandler:
                 tried.add(0)
                 target = Target(None, *self.spec.address)
             if last_response is not None:
-                _discard(last_response)
+                last_response[1].close()  # nginx does not keep a connection whose answer it did not read
                 last_response = None
             addrs.append(target.server)
             began = time.monotonic()
             state.begin(self.spec.upstream, target)
             sent = False
+            link = None
             try:
-                resp = self._send(state, target, method, url, body, headers)
+                link, resp = self._send(state.links, keepalive, target, method, head, body)
                 invalid = _invalid_header(resp)
                 if invalid is not None:
-                    resp.close()  # the rest of this answer cannot be framed: drop the connection
                     raise InvalidHeader(invalid)
             except (HTTPError, OSError, InvalidHeader) as exc:
+                if link is not None:
+                    link.close()  # what is left of the answer cannot be framed
                 # urllib3's NewConnectionError (refused, unreachable) is a ConnectTimeoutError too
                 sent = not isinstance(exc, (ConnectTimeoutError, NewConnectionError))
                 message, condition = describe_failure(exc, READING_HEADER if sent else CONNECTING)
@@ -148,11 +168,12 @@ class ProxyHandler:
                 times.append(f"{elapsed:.3f}")
                 condition = _STATUS_CONDITIONS.get(resp.status)
                 if condition is None or condition not in self.next_upstream:
-                    return self._respond(ctx, state, target, resp, url, addrs, statuses, times, method, sent=sent_bytes)
+                    return self._respond(ctx, state, target, resp, url, addrs, statuses, times, method, sent=sent_bytes,
+                                         release=_releaser(state.links, keepalive, link, resp))
                 # a status proxy_next_upstream retries: remember it, count a failure, go on
                 state.end(self.spec.upstream, target, failed=condition in _FAILURE_CONDITIONS, snapshot=snapshot,
                           status=resp.status, sent=sent_bytes)
-                last_response, last_failure = resp, condition
+                last_response, last_failure = (resp, link), condition
                 if not (retry_ok and (method not in NON_IDEMPOTENT or "non_idempotent" in self.next_upstream)):
                     break
                 continue
@@ -166,7 +187,9 @@ class ProxyHandler:
                 break
         self._record(ctx, addrs, statuses, times)
         if last_response is not None:  # every peer answered a retried status: send the last one on
-            return self._respond(ctx, state, None, last_response, url, addrs, statuses, times, method, counted=True)
+            resp, link = last_response
+            return self._respond(ctx, state, None, resp, url, addrs, statuses, times, method, counted=True,
+                                 release=_releaser(state.links, keepalive, link, resp))
         if not addrs:
             return self._no_live_upstreams(ctx)
         return error_page(504 if last_failure == "timeout" else 502)
@@ -180,23 +203,25 @@ class ProxyHandler:
                   error_context(ctx, f"http://{self.spec.upstream}{self._uri(ctx)}"))
         return error_page(502)
 
-    def _send(self, state, target, method, url, body, headers):
-        """One try on one peer. A kept-alive connection the backend closed while it sat idle in
-        the pool fails before any answer (the backend saw nothing, or an idempotent request may be
-        sent again): that is the pool's race, not the peer's failure, so it is retried on a new
-        connection, at most twice, without counting against the peer."""
-        pool = state.pools.connection_from_host(target.host, target.port, scheme="http")
-        for attempt in range(3):
+    def _send(self, links: KeptConnections, keepalive, target, method, head, body) -> tuple[Link, object]:
+        """One try on one peer: a kept connection (``keepalive``) or a new one. A kept one the
+        peer closed while it sat idle fails before any answer: that is the cache's race, not the
+        peer's failure, so the request goes once more on a new connection (nginx gives a try
+        back for an error on a cached connection)."""
+        link = None
+        if keepalive is not None:
+            link = links.take(self.spec.upstream, target.host, target.port, keepalive.keepalive_timeout)
+        if link is not None:
             try:
-                return pool.urlopen(method, url, body=body or None, headers=headers, retries=False, redirect=False,
-                                    assert_same_host=False, preload_content=False, decode_content=False,
-                                    timeout=self.timeout, release_conn=False)
-            except ProtocolError as exc:
-                stale = isinstance(exc.__context__ or (exc.args[1] if len(exc.args) > 1 else None),
-                                   (RemoteDisconnected, ConnectionResetError, BrokenPipeError))
-                if not stale or attempt == 2 or (method in NON_IDEMPOTENT and "non_idempotent" not in self.next_upstream):
-                    raise
-        raise AssertionError("unreachable")
+                return link, exchange(link, head, body, method, self.read_timeout)
+            except (RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                link.close()
+        link = connect(target.host, target.port, self.connect_timeout)
+        try:
+            return link, exchange(link, head, body, method, self.read_timeout)
+        except BaseException:
+            link.close()
+            raise
 
     def _uri(self, ctx) -> str:
         """nginx's rule: with a URI part in proxy_pass, the matched location prefix of the
@@ -208,29 +233,27 @@ class ProxyHandler:
         path = quote(self.spec.uri + rest, safe=_URI_SAFE)
         return path + ("?" + query if query else "")
 
-    def _headers(self, ctx, length: int | None) -> dict:
-        env = ctx.environ
-        connection_tokens = {t.strip().lower() for t in env.get("HTTP_CONNECTION", "").split(",")}
-        out: dict[str, str] = {}
-        for key, value in env.items():
-            if key.startswith("HTTP_"):
-                name = key[5:].replace("_", "-").title()
-                low = name.lower()
-                if low in HOP_BY_HOP or low in connection_tokens or low in ("host", "content-length"):
-                    continue
-                out[name] = value
-        if env.get("CONTENT_TYPE"):
-            out["Content-Type"] = env["CONTENT_TYPE"]
-        out["Host"] = self.spec.host
+    def _head(self, ctx, method: str, url: str, length: int | None) -> bytes:
+        """The request line and header nginx sends: the config's ``proxy_set_header`` lines, then
+        nginx's defaults the config did not set (``Host``, ``Connection: close``, the body's
+        length), then every client header line as the client wrote it (repeated ones apart),
+        but those of the names set above (an empty value sends none)."""
+        lines = [method.encode("ascii") + b" " + _bytes(url) + self.version]
         for header in self.headers:
             value = header.value.render(ctx)
-            for existing in [k for k in out if k.lower() == header.name.lower()]:
-                del out[existing]
-            if value:  # nginx: an empty value removes the header
-                out[header.name] = value
-        if length is not None:
-            out["Content-Length"] = str(length)
-        return out
+            if value:
+                lines.append(_line(header.name, value))
+        for name, value in self.defaults:
+            if value is None:
+                value = self.spec.host if name == "Host" else "" if length is None else str(length)
+            if value:
+                lines.append(_line(name, value))
+        skip = self.not_passed
+        for name, value in ctx.request_header_lines():
+            if name.lower() not in skip:
+                lines.append(_line(name, value))
+        lines.append(b"\r\n")
+        return b"".join(lines)
 
     @staticmethod
     def _record(ctx, addrs, statuses, times) -> None:
@@ -240,44 +263,87 @@ class ProxyHandler:
 
     # -- the response --------------------------------------------------------------------------
 
-    def _respond(self, ctx, state, target, resp, url, addrs, statuses, times, method, counted=False, sent=0):
+    def _respond(self, ctx, state, target, resp, url, addrs, statuses, times, method, counted=False, sent=0,
+                 release=None):
         self._record(ctx, addrs, statuses, times)
         ctx.upstream_headers = list(resp.headers.iteritems())  # as sent: a cache decides from these
-        headers = []
-        connection_tokens = {t.strip().lower() for t in resp.headers.get("Connection", "").split(",")}
-        for name, value in resp.headers.iteritems():
-            low = name.lower()
-            if low in HOP_BY_HOP or low in HIDDEN or low in connection_tokens:
-                continue
-            headers.append((name, value))
+        # a chunked answer with a Content-Length too: nginx 1.22 drops the length and passes the
+        # body re-chunked (current nginx refuses it as an invalid header)
+        skip = self.hidden | {"content-length"} if resp.chunked else self.hidden
+        headers = [(name, value) for name, value in ctx.upstream_headers if name.lower() not in skip]
+        rewritten = False
+        if self.redirects:
+            for i, (name, value) in enumerate(headers):
+                if name.lower() == "location":
+                    for frm, to in self.redirects:
+                        if value.startswith(frm):
+                            headers[i] = (name, (to if isinstance(to, str) else to.render(ctx)) + value[len(frm):])
+                            rewritten = True
+                            break
         upstream = self.spec.upstream
         snapshot = state.snapshot(upstream) if upstream else None
 
-        head = len(resp.reason or "") + 15 + sum(len(k) + len(v) + 4 for k, v in resp.headers.iteritems()) + 2
+        head = len(resp.reason or "") + 15 + resp._original_response.msg.size
 
         def finished() -> None:
             if not counted:
                 state.end(upstream, target, failed=False, success=True, snapshot=snapshot, status=resp.status, sent=sent,
                           received=head + stream.received)
 
-        stream = _Body(ctx, resp, method != "HEAD", finished, f"http://{addrs[-1]}{url}", self.timeout.read_timeout)
+        stream = _Body(ctx, resp, method != "HEAD", finished, release, f"http://{addrs[-1]}{url}", self.read_timeout)
         # not direct_passthrough: werkzeug then closes the response (and its on-close callbacks:
         # the access log line) when the server closes the body
         response = keep_status_line(Response(stream, status=resp.status, headers=headers),
-                                    f"{resp.status} {resp.reason or ''}".rstrip())  # nginx passes it on
+                                    f"{resp.status} {resp.reason or ''}".rstrip(),  # nginx passes it on
+                                    absolute_location=rewritten)
         if not any(name.lower() == "content-type" for name, _ in headers):
             del response.headers["Content-Type"]  # the backend sent none: add none
         return response
 
 
-def _discard(resp) -> None:
-    """A response we will not send on: read what is left so its connection can go back to the
-    pool (unread bytes would be the next request's answer), or drop the connection."""
+def _releaser(links: KeptConnections, keepalive, link: Link, resp):
+    """What ends a response's connection: ``release(complete)`` keeps it for the next request
+    when the upstream has ``keepalive``, the answer was read to its end and did not close it;
+    closes it otherwise."""
+    def release(complete: bool) -> None:
+        raw = resp._original_response
+        if keepalive is not None and complete and not raw.will_close and raw.isclosed():
+            links.keep(keepalive.name, link, keepalive.keepalive, keepalive.keepalive_requests,
+                       keepalive.keepalive_time)
+        else:
+            link.close()
+    return release
+
+
+def _redirects(settings) -> list[tuple[str, object]]:
+    """``proxy_redirect``'s (FROM, TO) pairs; ``default`` is nginx's: the proxy_pass URL (with
+    ``/`` when it has no URI part) to the location's prefix (``/``); ``off``: none."""
+    out: list[tuple[str, object]] = []
+    for line in settings.redirects:
+        if line.kind == "off":
+            return []
+        if line.kind == "default":
+            spec = settings.proxy_pass
+            if spec.uri is None:
+                out.append((f"http://{spec.host}/", "/"))
+            elif settings.prefix:
+                out.append((f"http://{spec.host}{spec.uri}", settings.prefix))
+        else:
+            out.append((line.frm, line.to))
+    return out
+
+
+def _line(name: str, value: str) -> bytes:
+    return _bytes(name) + b": " + _bytes(value) + b"\r\n"
+
+
+def _bytes(text: str) -> bytes:
+    """Header text as sent: a client's header (latin-1, as WSGI carries bytes) or a variable's
+    value (UTF-8, with the client's undecodable bytes kept)."""
     try:
-        resp.drain_conn()
-        resp.release_conn()
-    except Exception:
-        resp.close()
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape")
 
 
 class InvalidHeader(Exception):
@@ -289,7 +355,7 @@ def _invalid_header(resp) -> str | None:
     """nginx's reason to refuse the response header (``ngx_http_upstream_process_content_length``,
     ``..._transfer_encoding``), or None. A Content-Length must be ASCII digits only (no sign, no
     space inside; Python's ``int`` would take ``-1``, `` 1_0`` or non-ASCII digits)."""
-    unparsed = _unparsed_header(resp)
+    unparsed = getattr(resp._original_response.msg, "invalid", None)  # connections.Header's
     if unparsed:  # nginx refuses a header name with a space or a control character in it
         bad = next((i for i, ch in enumerate(unparsed) if ch <= " " or ch == "\x7f"), None)
         if bad is not None:
@@ -299,9 +365,7 @@ def _invalid_header(resp) -> str | None:
     if len(lengths) > 1:
         return (f'upstream sent duplicate header line: "Content-Length: {_text(lengths[1])}", '
                 f'previous value: "Content-Length: {_text(lengths[0])}"')
-    if lengths and encodings:
-        return 'upstream sent "Content-Length" and "Transfer-Encoding" headers at the same time'
-    if lengths:
+    if lengths and not encodings:  # with both, nginx 1.22 drops the length (_respond)
         value = lengths[0].strip(" \t")
         if not value or not value.isascii() or not value.isdigit() or len(value) > 18:
             return f'upstream sent invalid "Content-Length" header: "Content-Length: {_text(lengths[0])}"'
@@ -311,16 +375,6 @@ def _invalid_header(resp) -> str | None:
     if encodings and encodings[0].strip(" \t").lower() != "chunked":
         return f'upstream sent unknown "Transfer-Encoding": "{_text(encodings[0])}"'
     return None
-
-
-def _unparsed_header(resp) -> str:
-    """The first header line http.client could not parse (a line without a colon ends its
-    parsing: that line and the ones after it are left over), or ``""``."""
-    message = getattr(getattr(resp, "_original_response", None), "msg", None)
-    if message is None or not message.defects:
-        return ""
-    rest = message.get_payload()
-    return rest.split("\n", 1)[0].rstrip("\r") if isinstance(rest, str) else ""
 
 
 def _text(value: str) -> str:
@@ -381,13 +435,6 @@ def _socket_of(resp):
         return None
 
 
-def _arrived(sock) -> bool:
-    """Has the socket bytes to read (or its end) now? Never waits."""
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    return bool(poller.poll(0))
-
-
 def _in_hand(resp, sock) -> bool:
     """Has the response's reader bytes buffered (or the socket bytes ready)? Never waits: the
     socket is non-blocking for the peek."""
@@ -418,8 +465,9 @@ class _Body:
     never read) hands the connection back to the pool if the body was read to its end, drops it
     otherwise, and ends the request's accounting exactly once."""
 
-    def __init__(self, ctx, resp, send: bool, finished, upstream: str, read_timeout: float):
+    def __init__(self, ctx, resp, send: bool, finished, release, upstream: str, read_timeout: float):
         self.ctx, self.resp, self.send, self.finished, self.upstream = ctx, resp, send, finished, upstream
+        self.release = release
         self.read_timeout = read_timeout
         self.complete = not send
         self.closed = False
@@ -445,7 +493,7 @@ class _Body:
             # what has arrived meanwhile goes out with it, without waiting: fewer, fuller writes
             # (a read1 returns what one recv gives, and the first one only what came with the header)
             failure = None
-            while sock is not None and len(data) < READ_SIZE and resp.length_remaining != 0 and _arrived(sock):
+            while sock is not None and len(data) < READ_SIZE and resp.length_remaining != 0 and readable(sock):
                 try:
                     more = resp.read1(READ_SIZE - len(data), decode_content=False)
                 except (HTTPError, OSError) as exc:  # what came before the failure goes out first
@@ -493,9 +541,9 @@ class _Body:
             return
         self.closed = True
         try:
-            if self.complete:
-                self.resp.release_conn()
-            else:  # the client went away or the backend stalled: this connection is spoilt
+            if not self.complete:  # the client went away or the backend stalled: this connection is spoilt
                 self.resp.close()
+            if self.release is not None:
+                self.release(self.complete)
         finally:
             self.finished()

@@ -7,11 +7,10 @@ import logging
 import threading
 import time
 
-import urllib3
-
 from ngxsim import LivenessWatch, compact_json
 
 from .balancer import Peer, Snapshot
+from .connections import KeptConnections
 from .waiters import Waiters
 from .zone import HEALTH_CHECKING, HEALTH_NONE, UpstreamZone
 
@@ -28,8 +27,8 @@ class State:
         self._snapshots: dict[str, Snapshot] = {}
         self._lock = threading.Lock()
         self._watch = LivenessWatch()
-        # urllib3 keeps connections to each backend alive, per worker (pools are not fork-safe)
-        self.pools = urllib3.PoolManager(num_pools=64, maxsize=max(4, runtime.threads), block=False)
+        # the idle connections to the peers of upstreams with keepalive, per worker
+        self.links = KeptConnections()
         # cluster-wide only: the API requests waiting for their change, and what the other hosts
         # said of their drains, {(upstream, peer): {instance: drained?}} (sync.py)
         self.waiters = Waiters()
@@ -51,12 +50,14 @@ class State:
         Peers kept from the previous snapshot keep their round-robin position."""
         zone = self.zones[name]
         data = zone.read_snapshot() or {"version": 0, "peers": []}
+        limits = self.conf.upstreams[name].max_conns  # config lines only (the API has no max_conns)
         with self._lock:
             old = self._snapshots.get(name)
             previous = {p.id: p for p in old.peers} if old else {}
             peers = []
             for item in data["peers"]:
                 peer = Peer.from_json(item)
+                peer.max_conns = limits.get(peer.server, 0)
                 before = previous.get(peer.id)
                 if before is not None and before.weight == peer.weight:
                     peer.current, peer.effective = before.current, before.effective
@@ -94,6 +95,8 @@ class State:
         if upstream is None or target is None or target.peer is None:
             return
         peer, zone = target.peer, self.zones[upstream]
+        if failed and snapshot is not None and snapshot.single:
+            failed = False  # nginx never counts a lone server's failures
         zone.add_active(peer.slot, -1)
         if zone.finish(peer.slot, peer.id, failed, success, time.monotonic(), peer.max_fails, status, sent, received):
             log.warning('upstream server temporarily disabled: %s in upstream "%s"', peer.server, upstream)

@@ -24,9 +24,6 @@ _BALANCE = ("ngxsim balances by weighted round robin only (with backup peers); r
 _SENT_AS_IS = ("ngxsim sends the client's method, header and body as they came (change header fields with "
                "proxy_set_header); remove it")
 _CACHE_ALWAYS = "ngxsim's cache (module cache_purge) "
-_HEADERS_OUT = ("ngxsim hides a fixed set of the peer's response header fields (Date, Server and the hop-by-hop "
-                "ones, docs/upstreams.md) and passes the others; remove it (or change what the origin sends)")
-
 ADVICE: dict[str, str] = {
     # ngx_http_proxy_module.c: what the request to the peer carries
     "proxy_method": _SENT_AS_IS,
@@ -36,11 +33,6 @@ ADVICE: dict[str, str] = {
     "proxy_headers_hash_max_size": "ngxsim keeps proxy_set_header fields in a dict that needs no sizing; remove it",
     "proxy_headers_hash_bucket_size": "ngxsim keeps proxy_set_header fields in a dict that needs no sizing; remove it",
     # what the client gets back
-    "proxy_redirect": ("ngxsim passes the peer's Location and Refresh as they are (nginx's default would rewrite "
-                       "the proxy_pass URL in them, docs/nginx-differences.md); have the origin send the Location "
-                       "the client must see, and remove it"),
-    "proxy_hide_header": _HEADERS_OUT,
-    "proxy_pass_header": _HEADERS_OUT,
     "proxy_intercept_errors": "ngxsim relays the peer's error answers as they are (it has no error_page); remove it",
     "proxy_force_ranges": "ngxsim relays the peer's answer without serving byte ranges itself; remove it",
     "proxy_limit_rate": "ngxsim reads the peer's answer as fast as the client takes it; remove it",

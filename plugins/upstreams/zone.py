@@ -323,6 +323,16 @@ class UpstreamZone:
             value = struct.unpack_from("<H", self.buf, at)[0] + delta
             struct.pack_into("<H", self.buf, at, max(0, min(value, 0xFFFF)))
 
+    def in_flight(self, slot: int) -> int:
+        """Requests in flight to one slot, summed over the workers' rows (``max_conns``)."""
+        total = 0
+        offset = _ROW_HEAD.size + 2 * slot
+        for row in range(self.layout.rows):
+            at = self._row_at(row)
+            if struct.unpack_from("<I", self.buf, at)[0]:
+                total += struct.unpack_from("<H", self.buf, at + offset)[0]
+        return total
+
     def active(self, live_rows: set[int] | None = None) -> list[int]:
         """Requests in flight to each slot, summed over the rows of live workers."""
         n = self.layout.slots

@@ -25,8 +25,7 @@ from typing import Any
 
 import pytest
 
-from ngxsim.testing.nginx import Nginx, find_nginx
-from ngxsim.testing import RawAnswer, RecordingOrigin, raw_request, start_server
+from ngxsim.testing import Nginx, RawAnswer, RecordingOrigin, find_nginx, raw_request, start_server
 
 NGINX = find_nginx()
 pytestmark = pytest.mark.skipif(NGINX is None, reason="no nginx binary on PATH or in /usr/sbin "
@@ -41,6 +40,7 @@ SERVERS = r"""
 upstream up { server 127.0.0.1:{origin} max_fails=0; }
 upstream lone { server 127.0.0.1:{origin} max_fails=1 fail_timeout=30s; }
 upstream kept { server 127.0.0.1:{origin} max_fails=0; keepalive 4; }
+upstream kept2 { server 127.0.0.1:{origin} max_fails=0; keepalive 4; keepalive_requests 2; }
 proxy_cache_path {cache} keys_zone=dc:1m inactive=10m;
 
 server {
@@ -59,7 +59,12 @@ server {
         proxy_set_header Accept "";
     }
     location /nohost/ { proxy_pass http://up; proxy_set_header Host ""; }
+    location /noredir/ { proxy_pass http://up; proxy_redirect off; }
+    location /redir/ { proxy_pass http://up; proxy_redirect http://else.test/ /moved/; proxy_redirect http://up/ /; }
+    location /hide/ { proxy_pass http://up; proxy_hide_header X-Secret; proxy_pass_header X-Pad; }
     location /v11/ { proxy_pass http://kept; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    location /v11two/ { proxy_pass http://kept2; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    location /v11close/ { proxy_pass http://kept; proxy_http_version 1.1; }
     location /cache/ {
         proxy_pass http://up;
         proxy_cache dc;
@@ -215,6 +220,12 @@ CASES: dict[str, Case] = {
     "origin-204": one(req("/plain/nc"), status=204),
     "origin-redirect-relative": one(req("/plain/rel"), status=302, headers=[("Location", "/plain/there")]),
     "origin-redirect-absolute": one(req("/plain/abs"), status=302, headers=[("Location", "http://up/plain/there")]),
+    "origin-redirect-absolute-with-uri": one(req("/strip/r"), status=302, headers=[("Location", "http://up/new/z")]),
+    "origin-redirect-elsewhere": one(req("/plain/else"), status=301, headers=[("Location", "http://else.test/x")]),
+    "proxy-redirect-off": one(req("/noredir/a"), status=302, headers=[("Location", "http://up/noredir/x")]),
+    "proxy-redirect-from-to": one(req("/redir/a"), status=302, headers=[("Location", "http://else.test/y")])
+    .then(req("/redir/b"), status=302, headers=[("Location", "http://up/redir/c")]),
+    "hide-and-pass-header": one(req("/hide/a"), headers=[("X-Secret", "1"), ("X-Pad", "p"), ("X-Kept", "k")]),
     "hop-by-hop-response": one(req("/plain/hopresp"), headers=[("Upgrade", "h2c"), ("Proxy-Authenticate", "Basic"),
                                                               ("Trailer", "X-T"), ("X-Named", "1"),
                                                               ("Connection", "X-Named")]),
@@ -258,28 +269,11 @@ CASES: dict[str, Case] = {
 # Where ngxsim differs today and why (issue #22; docs/nginx-differences.md). Strict: a case
 # that starts to pass fails, so the list and the docs stay true.
 KNOWN_DIFFERENCES = {
-    "host-cleared": "ngxsim sends Host although proxy_set_header Host \"\" cleared it",
-    "no-user-agent-no-accept-encoding": "urllib3 adds Accept-Encoding: identity and User-Agent: python-urllib3 "
-                                        "when the client sent none",
-    "connection-named-header": "a client header named in Connection is passed by nginx and dropped by ngxsim",
-    "proxy-headers": "Proxy-Connection and Proxy-Authorization are passed by nginx and dropped by ngxsim",
-    "expect-continue": "ngxsim passes Expect: 100-continue on to the origin; nginx does not",
-    "repeated-header": "a repeated request header reaches ngxsim joined into one line (1,2); nginx passes both",
-    "brackets-in-path": "ngxsim re-escapes /[] as /%5B%5D",
-    "header-names-as-written": "ngxsim's proxy sends the client's header names re-cased from WSGI's HTTP_NAME "
-                               "(x-lower -> X-Lower); nginx sends them as written (ngxsim.worker.Worker hands "
-                               "them over in environ['ngxsim.headers'])",
-    "hop-by-hop-response": "nginx passes Upgrade, Proxy-Authenticate, Trailer and a header named by the "
-                           "origin's Connection; ngxsim drops them",
-    "origin-redirect-absolute": "proxy_redirect default: nginx rewrites http://up/ to the client's host; "
-                                "ngxsim leaves it",
-    "header-without-colon": "nginx answers 502 (upstream sent invalid header); ngxsim passes the answer",
+    "hop-by-hop-response": "nginx passes Upgrade and Proxy-Authenticate; gunicorn drops them from a WSGI "
+                           "answer (the proxy passes them, as Trailer and a header the origin's Connection names)",
     "no-status-line": "nginx relays an answer without a status line as HTTP/0.9; ngxsim answers 502",
-    "length-and-chunked": "with Content-Length and chunked nginx drops Content-Length; ngxsim differs",
-    "origin-closes": "ngxsim sends a GET again after the origin closed the connection (a stale pooled "
-                     "connection); nginx sends it once per peer",
-    "origin-204": "ngxsim drops the Content-Type and Content-Length: 0 of an origin's 204; nginx passes them",
-    "lone-server-not-marked-down": "nginx never marks a lone server down; ngxsim answers 502 after an error",
+    "origin-204": "gunicorn drops the Content-Length: 0 of a 204 (RFC 9110); nginx passes the origin's "
+                  "(the Content-Type goes on: test_origin_204_keeps_its_type)",
     "length-added-on-hit": "an origin's answer ended by its close is cut by ngxsim's proxy (no last chunk) and so "
                            "never stored (the hit itself is chunked as nginx's: test_cache_purge_app)",
 }
@@ -337,9 +331,7 @@ def differences(got: list[dict], expected: list[dict]) -> str:
 
 
 @pytest.mark.parametrize("target", [
-    pytest.param("/plain/version", marks=pytest.mark.xfail(
-        strict=True, reason="nginx speaks HTTP/1.0 with Connection: close to the origin unless the config says "
-                            "proxy_http_version 1.1; ngxsim always speaks HTTP/1.1 keep-alive")),
+    "/plain/version",  # HTTP/1.0 and Connection: close (nginx's default)
     "/v11/version",  # proxy_http_version 1.1 and Connection "" (with keepalive in the upstream)
 ])
 def test_same_http_version_and_connection_header_to_the_origin(fronts, target):
@@ -349,6 +341,30 @@ def test_same_http_version_and_connection_header_to_the_origin(fronts, target):
     _, got = play(ngxsim, case)
     assert [(r["request_line"], [h for h in r["headers"] if h[0].lower() == "connection"]) for r in got] == \
         [(r["request_line"], [h for h in r["headers"] if h[0].lower() == "connection"]) for r in expected]
+
+
+def test_origin_204_keeps_its_type(fronts):
+    """An origin's 204 goes on with its Content-Type (nginx's own 204 has none)."""
+    case = one(req("/plain/nc204"), status=204)
+    got = [play(front, case)[0][0]["content-type"] for front in fronts]
+    assert got == ["text/plain", "text/plain"]
+
+
+# (location, requests, fewest and most connections for them): keepalive 4 with HTTP/1.1 and
+# Connection "" reuses one connection per worker; keepalive_requests 2 closes each after two
+# requests; without Connection "" (nginx's default Connection: close) nothing is reused
+REUSE = [("/v11/", 9, 1, WORKERS), ("/v11two/", 9, 5, 9), ("/v11close/", 6, 6, 6), ("/plain/", 6, 6, 6)]
+
+
+@pytest.mark.parametrize("location, count, fewest, most", REUSE)
+def test_connections_reused_as_nginx_keepalive_reuses_them(fronts, location, count, fewest, most):
+    for front in fronts:
+        since = len(front.origin.received)
+        for i in range(count):
+            answer = front.send(req(f"{location}reuse{i}"))
+            assert answer.status == 200, (front.name, answer)
+        connections = {r.connection for r in front.origin.received[since:]}
+        assert fewest <= len(connections) <= most, (front.name, len(connections))
 
 
 # -- sequences across workers ------------------------------------------------------------------

@@ -169,8 +169,9 @@ def test_passive_failures_mark_a_peer_unavailable(start, backends):
 
 def test_uri_rules_headers_and_bodies(start, ngxsim_backend):
     be = ngxsim_backend(name="be")
-    text = conf([f"server {be.address};"], server_extra=f"""
+    text = conf([f"server {be.address};"], upstream_extra="keepalive 2;", server_extra=f"""
         location /direct/ {{ proxy_pass http://{be.address}/; }}
+        location /ka/ {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }}
         location /sub/ {{ proxy_pass http://{be.address}/other/; }}
         location /keep/ {{ proxy_pass http://{be.address}; }}
         location ~ ^/re/ {{ proxy_pass http://backend; }}
@@ -192,13 +193,14 @@ def test_uri_rules_headers_and_bodies(start, ngxsim_backend):
     be.reset()
     server.get("/keep//a/./b%20c?z=%41")  # the plugin's client sends the target as written
     assert (be.requests[-1].path, be.requests[-1].query) == ("/keep//a/./b%20c", "z=%41")
-    # default Host is $proxy_host; hop-by-hop headers and those named in Connection are dropped
+    # default Host is $proxy_host; nginx's own hop-by-hop ones (Connection, TE, Keep-Alive,
+    # Upgrade, Expect) are not passed, a header the client's Connection names is
     be.reset()
     server.get("/keep/h", headers={"Connection": "keep-alive, X-Secret-Hop", "X-Secret-Hop": "1", "X-Pass": "yes",
                                    "TE": "trailers"})
     got = be.requests[-1].headers
-    assert got["Host"] == be.address and got["X-Pass"] == "yes"
-    assert got["X-Secret-Hop"] is None and got["TE"] is None
+    assert got["Host"] == be.address and got["X-Pass"] == "yes" and got["X-Secret-Hop"] == "1"
+    assert got["TE"] is None and got["Connection"] == "close"
     be.reset()
     server.get("/hdr/x", headers={"Host": "example.test", "X-Forwarded-For": "10.1.1.1", "X-Drop": "gone"})
     got = be.requests[-1].headers
@@ -211,11 +213,15 @@ def test_uri_rules_headers_and_bodies(start, ngxsim_backend):
     assert r.headers["Content-Type"] == "text/x-made"
     got = be.requests[-1]
     assert got.method == "POST" and got.body == b"x" * 70000 and got.path == "/echo"
-    # keep-alive: many requests, few connections per worker
+    # keepalive 2 with HTTP/1.1 and Connection "": many requests, few connections per worker;
+    # without keepalive (an address) one connection per request, as nginx
     be.reset()
     before = be.connections
-    spray(server, "/keep/ka", count=40)
+    spray(server, "/ka/x", count=40)
     assert be.connections - before <= 4
+    before = be.connections
+    spray(server, "/keep/x", count=10)
+    assert be.connections - before == 10
 
 
 # -- the API ----------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from ngxsim.testing.nginx import check_config, find_nginx
+from ngxsim.testing import check_config, find_nginx
 
 from ngxsim import ConfigError
 from ngxsim.core.conf.loader import load_configuration

@@ -234,7 +234,8 @@ class HttpCore:
         code = response.status_code
         if getattr(response, "ngxsim_close", False):
             cut_connection(ctx)  # the server then fails to write the 444 and drops it
-        if code == 204:  # nginx sends 204 without a body or a type
+        if code == 204 and not getattr(response, "ngxsim_status_line", False):
+            # nginx sends its own 204 without a body or a type (an upstream's goes as it came)
             response.headers.pop("Content-Type", None)
             response.set_data(b"")
             response.headers.pop("Content-Length", None)
@@ -314,7 +315,7 @@ def _absolute_location(ctx: RequestContext, response: Response, plan: _Plan) -> 
     location = response.headers.get("Location")
     if not location or not location.startswith("/") or not plan.absolute_redirect:
         return
-    if getattr(response, "ngxsim_status_line", False):
+    if getattr(response, "ngxsim_status_line", False) and not getattr(response, "ngxsim_absolute_location", False):
         return
     if plan.server_name_in_redirect:
         host = ctx.server_name

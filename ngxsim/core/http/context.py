@@ -141,6 +141,19 @@ class RequestContext:
         want = name.lower().replace("-", "_")
         return [v for k, v in lines if k.lower().replace("-", "_") == want]
 
+    def request_header_lines(self) -> list[tuple[str, str]]:
+        """Every request header line as ``(name, value)``, in the client's order: from
+        ``environ["ngxsim.headers"]`` (names as written, repeated ones apart) under ngxsim's
+        worker classes; elsewhere rebuilt from WSGI's ``HTTP_NAME`` (names upper-cased with
+        ``-``, repeated ones joined) and ``CONTENT_TYPE``. What a proxy passes on."""
+        lines = self.environ.get(RAW_HEADERS)
+        if lines is not None:
+            return lines
+        out = [(k[5:].replace("_", "-"), v) for k, v in self.environ.items() if k.startswith("HTTP_")]
+        if self.environ.get("CONTENT_TYPE"):
+            out.append(("Content-Type", self.environ["CONTENT_TYPE"]))
+        return out
+
     def header(self, name: str) -> str:
         """``$http_NAME`` as nginx 1.22 gives it: a repeated ``Cookie`` joined with ``"; "``, a
         repeated ``X-Forwarded-For`` with ``", "``, any other header its first value."""

@@ -62,18 +62,20 @@ def status_line(code: int) -> str:
     return f"{code} {reason}" if reason else f"{code} "
 
 
-def keep_status_line(response: Response, line: str) -> Response:
+def keep_status_line(response: Response, line: str, absolute_location: bool = False) -> Response:
     """Send ``response`` with the status line ``line`` (``"200 Fine"``) as it is, as nginx's
     proxy does with an upstream's; every other response gets nginx's phrase for its code.
 
     Such a response is an upstream's, relayed: its ``Location`` is sent as the upstream sent it
     too. nginx's header filter makes a ``Location`` starting with ``/`` absolute only for the
     answers nginx makes itself (``absolute_redirect``); ngx_http_upstream leaves a relative one
-    of an upstream relative."""
+    of an upstream relative; but one the module rewrote from an absolute one (``proxy_redirect``:
+    ``absolute_location=True``) is made absolute, as nginx's header filter does then."""
     code = int(line.split(" ", 1)[0])
     response._status = line if " " in line else f"{line} "  # noqa: SLF001 - see set_status_line
     response._status_code = code  # noqa: SLF001
     response.ngxsim_status_line = True
+    response.ngxsim_absolute_location = absolute_location
     return response
 
 

@@ -1,0 +1,222 @@
+"""Connections to the peers: one per try, kept for the next request only as nginx's
+``ngx_http_upstream_keepalive_module`` keeps them.
+
+A connection is kept (per worker, per upstream) when the upstream says ``keepalive N``, the
+request went as HTTP/1.1 without ``Connection: close`` (``proxy_http_version 1.1;`` and
+``proxy_set_header Connection "";``), the answer did not close it and its body was read to the
+end; at most N idle ones per worker (the oldest is closed for a newer one, as nginx's cache
+does), none idle longer than ``keepalive_timeout``, none reused after ``keepalive_requests``
+requests or ``keepalive_time``. Without ``keepalive`` (and always for ``proxy_pass`` to an
+address) each request has its own connection, closed after the answer, as in nginx.
+
+The request goes out as ngxsim writes it (no HTTP client adds a header); the answer's status
+line is read by ``http.client``, its header lines as nginx reads them (``Header``), and it is
+handed on as a urllib3 response (its framing: chunked, length, until the close).
+"""
+
+from __future__ import annotations
+
+import re
+import select
+import socket
+import threading
+import time
+from collections import deque
+from http.client import CONTINUE, HTTPException, LineTooLong, UnknownProtocol
+from http.client import HTTPResponse as ClientResponse
+
+from urllib3 import HTTPHeaderDict, HTTPResponse
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+
+
+class Link:
+    """One connection to a peer, with what nginx's keepalive limits count."""
+
+    __slots__ = ("sock", "host", "port", "requests", "born", "idle_since")
+
+    def __init__(self, sock: socket.socket, host: str, port: int):
+        self.sock, self.host, self.port = sock, host, port
+        self.requests = 0
+        self.born = time.monotonic()
+        self.idle_since = 0.0
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def connect(host: str, port: int, timeout: float) -> Link:
+    """A new connection (``proxy_connect_timeout``); failures as urllib3 names them, so a
+    refused or timed-out connect is told from a failure after the request was sent."""
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except TimeoutError as exc:
+        raise ConnectTimeoutError(None, f"connect to {host}:{port} timed out") from exc
+    except OSError as exc:
+        raise NewConnectionError(None, f"connect to {host}:{port} failed: {exc}") from exc
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return Link(sock, host, port)
+
+
+def exchange(link: Link, head: bytes, body: bytes, method: str, read_timeout: float) -> HTTPResponse:
+    """Send the request (head and body in one write) and read the answer's status line and
+    header; the body is left to read."""
+    link.requests += 1
+    link.sock.settimeout(read_timeout)
+    link.sock.sendall(head + body if body else head)
+    raw = Answer(link.sock, method=method)
+    raw.begin()
+    return HTTPResponse(body=raw, headers=HTTPHeaderDict(raw.msg.items()), status=raw.status, version=raw.version,
+                        reason=raw.reason, preload_content=False, decode_content=False, original_response=raw,
+                        enforce_content_length=True, request_method=method)
+
+
+_BAD_IN_NAME = re.compile("[\x00-\x20\x7f]")
+MAX_LINE = 65536  # http.client's: a longer line is "upstream sent too big header"
+MAX_LINES = 100
+
+
+class Header:
+    """The answer's header lines, read as nginx's ``ngx_http_parse_header_line`` reads them
+    (not as e-mail: that parser stops at a line without a colon and costs a fifth of a proxied
+    request): ``NAME: value`` with the value's spaces stripped, a bare ``NAME`` as an empty
+    header; a name with a space or a control character in it is invalid (``invalid``: that
+    line, the answer is refused). The part of ``email.message.Message`` http.client reads."""
+
+    __slots__ = ("lines", "invalid", "size")
+
+    def __init__(self, lines: list[tuple[str, str]], invalid: str | None, size: int):
+        self.lines, self.invalid, self.size = lines, invalid, size  # size: bytes read, the blank line too
+
+    def get(self, name: str, default=None):
+        name = name.lower()
+        for key, value in self.lines:
+            if key.lower() == name:
+                return value
+        return default
+
+    def get_all(self, name: str, failobj=None):
+        name = name.lower()
+        found = [value for key, value in self.lines if key.lower() == name]
+        return found or failobj
+
+    def items(self) -> list[tuple[str, str]]:
+        return self.lines
+
+
+def read_header(fp) -> Header:
+    lines: list[tuple[str, str]] = []
+    invalid = None
+    size = 0
+    while True:
+        raw = fp.readline(MAX_LINE + 1)
+        size += len(raw)
+        if len(raw) > MAX_LINE:
+            raise LineTooLong("header line")
+        if raw in (b"\r\n", b"\n", b""):
+            return Header(lines, invalid, size)
+        if len(lines) >= MAX_LINES:
+            raise HTTPException(f"got more than {MAX_LINES} headers")
+        if invalid is not None:
+            continue
+        line = raw.decode("latin-1").rstrip("\r\n")
+        name, colon, value = line.partition(":")
+        if not name or _BAD_IN_NAME.search(name):
+            invalid = line
+            continue
+        lines.append((name, value.strip(" \t")))
+
+
+class Answer(ClientResponse):
+    """http.client's response with nginx's reading of the header lines (``read_header``)."""
+
+    def begin(self):  # http.client's, but for the header's parser
+        if self.headers is not None:
+            return
+        while True:
+            version, status, reason = self._read_status()
+            if status != CONTINUE:
+                break
+            read_header(self.fp)  # a 100 Continue's header
+        self.code = self.status = status
+        self.reason = reason.strip()
+        if version in ("HTTP/1.0", "HTTP/0.9"):
+            self.version = 10
+        elif version.startswith("HTTP/1."):
+            self.version = 11
+        else:
+            raise UnknownProtocol(version)
+        self.headers = self.msg = read_header(self.fp)
+        encoding = self.headers.get("transfer-encoding")
+        self.chunked = bool(encoding) and encoding.lower() == "chunked"
+        self.chunk_left = None
+        self.will_close = self._check_close()
+        self.length = None
+        length = self.headers.get("content-length")
+        if length and not self.chunked and length.isascii() and length.isdigit():
+            self.length = int(length)
+        if status in (204, 304) or 100 <= status < 200 or self._method == "HEAD":
+            self.length = 0
+        if not self.will_close and not self.chunked and self.length is None:
+            self.will_close = True
+
+
+class KeptConnections:
+    """This worker's idle connections of each upstream with ``keepalive`` (threads share it)."""
+
+    def __init__(self):
+        self._idle: dict[str, deque[Link]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, upstream: str, host: str, port: int, timeout: float) -> Link | None:
+        """The most recently kept idle connection to ``host:port`` still usable, or None.
+        One idle too long, or that the peer closed (or wrote to) meanwhile, is closed."""
+        now = time.monotonic()
+        dead = []
+        found = None
+        with self._lock:
+            idle = self._idle.get(upstream)
+            if not idle:
+                return None
+            for link in list(reversed(idle)):
+                if link.host == host and link.port == port:
+                    idle.remove(link)
+                    if now - link.idle_since > timeout or readable(link.sock):
+                        dead.append(link)
+                        continue
+                    found = link
+                    break
+        for link in dead:
+            link.close()
+        return found
+
+    def keep(self, upstream: str, link: Link, limit: int, requests: int, lifetime: float) -> None:
+        """Keep ``link`` idle for the next request, unless it has served ``requests`` requests
+        or lived ``lifetime`` seconds; the oldest idle one goes when ``limit`` are kept."""
+        now = time.monotonic()
+        if link.requests >= requests or now - link.born > lifetime:
+            link.close()
+            return
+        link.idle_since = now
+        with self._lock:
+            idle = self._idle.setdefault(upstream, deque())
+            idle.append(link)
+            oldest = idle.popleft() if len(idle) > limit else None
+        if oldest is not None:
+            oldest.close()
+
+    def clear(self) -> None:
+        with self._lock:
+            links = [link for idle in self._idle.values() for link in idle]
+            self._idle.clear()
+        for link in links:
+            link.close()
+
+
+def readable(sock: socket.socket) -> bool:
+    """An idle connection with something to read has been closed (or spoilt) by the peer."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
