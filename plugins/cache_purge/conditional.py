@@ -24,7 +24,8 @@ from ngxsim import error_page
 
 from .conf import NAME
 
-_KEYS = ("HTTP_IF_MODIFIED_SINCE", "HTTP_IF_UNMODIFIED_SINCE", "HTTP_IF_NONE_MATCH", "HTTP_IF_MATCH")
+_NAMES = ("If-Modified-Since", "If-Unmodified-Since", "If-None-Match", "If-Match")
+_KEYS = tuple("HTTP_" + n.upper().replace("-", "_") for n in _NAMES)
 _STASH = f"{NAME}.conditions"
 _NOT_IN_304 = frozenset(("content-type", "content-length", "accept-ranges", "content-encoding"))
 
@@ -32,9 +33,11 @@ _NOT_IN_304 = frozenset(("content-type", "content-length", "accept-ranges", "con
 def withhold(ctx) -> None:
     """Take the client's conditional headers out of the request (kept in ``ctx.stash``)."""
     env = ctx.environ
-    found = {key: env.pop(key) for key in _KEYS if key in env}
+    found = {key: env[key] for key in _KEYS if key in env}
     if found:
         ctx.stash[_STASH] = found
+        for name in _NAMES:  # out of what the proxy sends too (the header lines as written)
+            ctx.set_request_header(name, None)
 
 
 def restore(ctx) -> dict[str, str]:
@@ -42,7 +45,9 @@ def restore(ctx) -> dict[str, str]:
     found = ctx.stash.pop(_STASH, None)
     if not found:
         return {}
-    ctx.environ.update(found)
+    for name, key in zip(_NAMES, _KEYS):
+        if key in found:
+            ctx.set_request_header(name, found[key])
     return found
 
 
@@ -56,19 +61,20 @@ def ask_origin(ctx, stored: list[tuple[str, str]]) -> None:
     for name, value in stored:
         low = name.lower()
         if low == "etag":
-            asked["HTTP_IF_NONE_MATCH"] = value
+            asked["If-None-Match"] = value
         elif low == "last-modified":
-            asked["HTTP_IF_MODIFIED_SINCE"] = value
+            asked["If-Modified-Since"] = value
+    for name, value in asked.items():
+        ctx.set_request_header(name, value)
     if asked:
-        ctx.environ.update(asked)
         ctx.stash[_ASKED] = tuple(asked)
 
 
 def asked_origin(ctx) -> bool:
     """Whether the origin was asked conditionally (the headers leave the request again)."""
     asked = ctx.stash.pop(_ASKED, None)
-    for key in asked or ():
-        ctx.environ.pop(key, None)
+    for name in asked or ():
+        ctx.set_request_header(name, None)
     return asked is not None
 
 

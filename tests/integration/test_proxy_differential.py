@@ -274,8 +274,6 @@ KNOWN_DIFFERENCES = {
     "no-status-line": "nginx relays an answer without a status line as HTTP/0.9; ngxsim answers 502",
     "origin-204": "gunicorn drops the Content-Length: 0 of a 204 (RFC 9110); nginx passes the origin's "
                   "(the Content-Type goes on: test_origin_204_keeps_its_type)",
-    "length-added-on-hit": "an origin's answer ended by its close is cut by ngxsim's proxy (no last chunk) and so "
-                           "never stored (the hit itself is chunked as nginx's: test_cache_purge_app)",
 }
 
 

@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from plugins.upstreams.connections import KeptConnections, Link
+from ngxsim_plugins.upstreams.connections import KeptConnections, Link
 
 
 @pytest.fixture

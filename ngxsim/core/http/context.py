@@ -141,6 +141,23 @@ class RequestContext:
         want = name.lower().replace("-", "_")
         return [v for k, v in lines if k.lower().replace("-", "_") == want]
 
+    def set_request_header(self, name: str, value: str | None) -> None:
+        """Replace every line of request header ``name`` with one line of ``value`` (None: remove
+        them), as the later phases see the request: its variables, and what a proxy sends
+        (WSGI's ``HTTP_NAME`` and the header lines as sent, ``request_header_lines``). For a
+        module that changes the request before the content handler, as nginx's proxy cache
+        withholds the client's conditional headers from the origin."""
+        key = "HTTP_" + name.upper().replace("-", "_")
+        if value is None:
+            self.environ.pop(key, None)
+        else:
+            self.environ[key] = value
+        lines = self.environ.get(RAW_HEADERS)
+        if lines is not None:
+            want = name.lower().replace("-", "_")
+            kept = [(k, v) for k, v in lines if k.lower().replace("-", "_") != want]
+            self.environ[RAW_HEADERS] = kept if value is None else [*kept, (name, value)]
+
     def request_header_lines(self) -> list[tuple[str, str]]:
         """Every request header line as ``(name, value)``, in the client's order: from
         ``environ["ngxsim.headers"]`` (names as written, repeated ones apart) under ngxsim's
