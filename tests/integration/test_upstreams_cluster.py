@@ -21,7 +21,7 @@ from pytest_ngxsim import ENGINE_FIXTURES
 
 API = "/api/upstreams"
 EVENTS = "/ev"
-SLOW = 6.0  # seconds a request held on a backend stays in flight (far more than the checks need)
+HELD_AT_MOST = 30.0  # seconds a held request waits for the test to let it go (a bound, not a timing)
 UPSTREAMS = ("u_drain", "u_add", "u_conc", "u_restart", "u_plus")
 PLUS = "/api/8/http/upstreams"
 
@@ -136,8 +136,15 @@ def test_a_drain_on_a_stops_b_and_c_routing_to_the_peer_and_each_host_reports_it
     converged((a, b, c), "u_drain")
     # a request in flight to b2 on C when the drain starts: C's drain is not over until it ends
     # (both backends slow, so that whichever peer C's workers pick first, one soon waits on b2)
+    # held until the checks are done (a fixed delay could end before them on a loaded machine)
+    release = threading.Event()
+
+    def held(_request):
+        release.wait(HELD_AT_MOST)
+        return b"slow"
+
     for backend in (b1, b2):
-        backend.respond("/u_drain/slow", delay=SLOW)
+        backend.respond("/u_drain/slow", body=held)
     slow = [threading.Thread(target=c.server.request, args=("GET", "/u_drain/slow")) for _ in range(4)]
     for t in slow:
         t.start()
@@ -156,6 +163,7 @@ def test_a_drain_on_a_stops_b_and_c_routing_to_the_peer_and_each_host_reports_it
         assert hosts["A"] == "drained" and hosts["B"] == "drained"
         assert next(p for p in upstream(c, "u_drain")["peers"] if p["id"] == 1)["drain_hosts"]["C"] == "draining"
     finally:
+        release.set()
         for t in slow:
             t.join(30)
         for backend in (b1, b2):
