@@ -30,7 +30,7 @@ from .core.http.regex import Regex
 from .core.http.responses import compact_json, error_page, json_error, json_response, keep_status_line
 from .core.http.readable import age as format_age
 from .core.http.variables import Template, Variable
-from .core.http.waits import Delay, Park, Waker
+from .core.http.waits import Delay, Park, Waker, serving_request
 from .core.instance import LivenessWatch, process_start_time
 from .core.instance import alive as process_alive
 from .core.modules import call_impl, tracing
@@ -54,7 +54,7 @@ __all__ = [
     "read_json", "register_secret_arg", "wants_html", "__version__",
     # nginx's phases and requests that wait
     "ACCESS", "CONTENT", "LOG", "PHASES", "PRECONTENT", "PREACCESS", "REWRITE", "SERVER_REWRITE", "PhaseHandler",
-    "Delay", "Park", "Waker",
+    "Delay", "Park", "Waker", "serving_request",
     # parsing context: statements, nginx's key=value parameters
     "SharedTable", "LOG_LEVELS",
     "Statement", "check_zone_references", "declare_keyed_zones", "key_values", "number_in", "one_of",

@@ -19,6 +19,8 @@ import threading
 import time
 from typing import NamedTuple
 
+from ngxsim import serving_request
+
 from .engine import Conflict, EngineError, check_kv
 from .engines import engine_class
 
@@ -43,12 +45,8 @@ class BridgeInfo(NamedTuple):
 
 
 def on_request_thread() -> bool:
-    """Is a request being served on this thread? (Flask's request context: cheap to ask.)"""
-    try:
-        from flask import has_request_context
-    except ImportError:  # pragma: no cover - flask is ngxsim's core
-        return False
-    return has_request_context()
+    """Is a request being served on this thread? (the core says: cheap to ask)"""
+    return serving_request()
 
 
 def _refuse_requests(what: str) -> None:

@@ -9,7 +9,6 @@ import threading
 import time
 import uuid
 
-import flask
 import pytest
 
 from ngxsim.core.conf.loader import load_configuration
@@ -55,7 +54,15 @@ def test_bridge_of_and_is_bridged_say_what_the_configuration_bridges(tmp_path):
     assert not cluster.is_bridged(config, "bus", "@gap") and not cluster.is_bridged(config, "other", "c")
 
 
-def test_store_is_one_per_process_refused_on_a_request_and_for_a_zone_not_bridged(tmp_path, ngxsim_redis):
+ON_REQUEST = """load_module ngxsim_test_onrequest;
+http { server { listen 127.0.0.1:8082; location /on { test_on_request; } } }
+"""
+
+
+def test_store_is_one_per_process_refused_on_a_request_and_for_a_zone_not_bridged(tmp_path, ngxsim_redis, make_app):
+    import ngxsim_test_onrequest
+
+    on_request = make_app(ON_REQUEST)  # a core serving requests in this process: the store refuses them
     config = load_configuration("/p/c.conf", text=CONF % (ngxsim_redis.url, tmp_path, f"s.{uuid.uuid4().hex[:8]}"))
 
     class Runtime:  # what store() reads of the runtime: its configuration
@@ -70,11 +77,13 @@ def test_store_is_one_per_process_refused_on_a_request_and_for_a_zone_not_bridge
         assert one.put("k", "v", 0) == 1 and one.connected()
         with pytest.raises(ValueError, match='zone "other" is not bridged'):
             cluster.store(runtime, "other")
-        with flask.Flask(__name__).test_request_context("/"):
-            with pytest.raises(RuntimeError, match="never a request"):
-                cluster.store(runtime, "bus")
-            with pytest.raises(RuntimeError, match="never a request"):
-                one.get("k")
+        for call in (lambda: cluster.store(runtime, "bus"), lambda: one.get("k")):  # from a request's thread
+            ngxsim_test_onrequest.CALL = call
+            try:
+                answer = on_request.get("/on").get_json()
+            finally:
+                ngxsim_test_onrequest.CALL = None
+            assert answer["serving"] and "never a request" in answer["raised"], answer
         assert one.get("k") == ("v", 1)
     finally:
         one.close()

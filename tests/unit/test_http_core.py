@@ -188,3 +188,37 @@ def test_ngxsim_modules_lists_installed_and_loaded_modules(tmp_path):
     assert "worker_events        ngxsim_plugins.worker_events" in out
     assert "worker_events_api" in out and "ngxsim_publish" in out
     assert "zone bus:" in out
+
+
+ON_REQUEST = """
+load_module ngxsim_test_onrequest;
+http {
+    server {
+        listen 127.0.0.1:8080;
+        location /on { test_on_request; }
+    }
+}
+"""
+
+
+def test_serving_request_is_true_only_on_a_request_thread(make_app):
+    import ngxsim
+    import ngxsim_test_onrequest
+
+    c = make_app(ON_REQUEST)
+    assert c.get("/on").get_json() == {"serving": True}
+    assert ngxsim.serving_request() is False  # this thread, between requests
+    ngxsim_test_onrequest.CALL = ngxsim.serving_request
+    try:
+        assert c.get("/on").get_json() == {"serving": True, "returned": "True"}
+    finally:
+        ngxsim_test_onrequest.CALL = None
+    assert ngxsim.serving_request() is False
+
+
+def test_an_error_outside_a_handler_gets_nginx_500_page_not_flask_one(make_app):
+    c = make_app(ON_REQUEST)
+    r = c.get("/on?boom=1")
+    assert r.status_code == 500
+    assert b"<center><h1>500 Internal Server Error</h1></center>" in r.data and b"<hr><center>ngxsim</center>" in r.data
+    assert c.get("/on").status_code == 200  # the next request is served as usual

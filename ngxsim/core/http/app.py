@@ -12,6 +12,7 @@ was decided at load time; the hot path only looks things up.
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
 from flask import Flask, request
@@ -334,7 +335,18 @@ def _absolute_location(ctx: RequestContext, response: Response, plan: _Plan) -> 
 
 
 class NgxsimFlask(Flask):
-    """Flask without routes: every request goes to the ngxsim core's dispatch."""
+    """Flask without routes: every request goes to the ngxsim core's dispatch.
+
+    ``wsgi_app`` is Flask's documented override point for what runs per request. Flask's own
+    does, around the one view, what a routeless core never uses — an app and a request context
+    pushed and popped, a session opened, URL matching, ``before``/``after``/``teardown``
+    functions and six signals sent — and that cost more than the core's whole dispatch of a
+    cache hit (29 of 72 us per request, benchmarks/bench_cache.py). This one makes Flask's
+    ``Request`` (``ctx.request``), runs the core, and answers with the core's response; any
+    error the core's guards did not turn into nginx's answer becomes nginx's 500 page, never
+    Flask's. Modules get the request through ``ctx`` (``ctx.request``), not Flask's
+    ``flask.request`` proxy, and ask :func:`ngxsim.serving_request` where they used
+    ``flask.has_request_context``."""
 
     response_class = NginxResponse
 
@@ -346,5 +358,26 @@ class NgxsimFlask(Flask):
     def create_url_adapter(self, request):  # noqa: D401 - no routes: skip Werkzeug's matching
         return None
 
-    def dispatch_request(self):  # noqa: D401 - Flask's override point
+    def dispatch_request(self):  # noqa: D401 - Flask's override point (its test helpers)
         return self.ngxsim.handle(request.environ, request._get_current_object())
+
+    def wsgi_app(self, environ, start_response):
+        req = self.request_class(environ)
+        state = STATE
+        state.serving = True
+        try:
+            response = self.ngxsim.handle(environ, req)
+        except HTTPException as exc:  # raised outside a handler's guard (e.g. reading the target)
+            response = error_page(exc.code or 400)
+        except Exception:
+            log.exception("unhandled error in %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
+            response = error_page(500)
+        finally:
+            state.serving = False
+            req.close()  # what Flask's request context does when popped: close uploaded files
+        try:
+            return response(environ, start_response)
+        except Exception:  # a header the response cannot carry: nginx's 500, not the server's
+            log.exception("unhandled error answering %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
+            exc_info = sys.exc_info()  # start_response may have been called: replace its headers
+            return error_page(500)(environ, lambda status, headers: start_response(status, headers, exc_info))

@@ -116,9 +116,20 @@ class Parked(BaseException):
 class _ThreadState(threading.local):
     can_park = False  # the server serving this thread resumes parked requests (ngxsim.worker.Worker)
     resume: Callable[[], Any] | None = None  # the continuation of a resumed request
+    serving = False  # the core is running a request's phases on this thread (serving_request)
 
 
 STATE = _ThreadState()
+
+
+def serving_request() -> bool:
+    """Is this thread running a request's phases (a handler, a filter, a variable) right now?
+
+    What a module asks before something a request must never do (wait on a remote engine, a
+    long job): True from the moment the core takes the request until its response is made,
+    including a parked request's resumption; False on the module's own threads and jobs, and
+    while a streamed response body is being sent (as Flask's request context is gone then too)."""
+    return STATE.serving
 
 
 def take_resume() -> Callable[[], Any] | None:
