@@ -212,9 +212,17 @@ class _CountsConnections:
     every worker. The connection's number is nginx's ``*CID`` of the error-log lines written while
     it is served."""
 
+    _no_table = object()
+    _table_found = _no_table  # the worker table, looked up once the app is loaded
+
     def _table(self):
-        runtime = getattr(getattr(self, "wsgi", None), "runtime", None)
-        return runtime.stash.get("core.workers") if runtime is not None else None
+        table = self._table_found
+        if table is self._no_table:
+            runtime = getattr(getattr(self, "wsgi", None), "runtime", None)
+            if runtime is None:
+                return None  # not loaded yet: ask again
+            table = self._table_found = runtime.stash.get("core.workers")
+        return table
 
     def _conn_move(self, conn, new: str | None) -> None:
         table = self._table()

@@ -27,7 +27,7 @@ from .jsonapi import ApiError
 from .logs import AccessLog, log
 from .phases import ACCESS_PHASES, CONTENT, LOG, SERVER_REWRITE
 from .regex import to_bytes
-from .responses import NginxResponse, error_page, json_error, pad_error_page, set_status_line
+from .responses import NginxResponse, error_page, first_header, json_error, pad_error_page, set_status_line
 from .uri import BadRequest
 from .waits import STATE, Parked, Wait, take_resume
 
@@ -208,7 +208,9 @@ class HttpCore:
     def _find_config(req, plan: _Plan) -> Response | None:
         """What nginx checks once the location is chosen: ``client_max_body_size``."""
         if plan.max_body:
-            length = req.content_length
+            # Werkzeug's content_length: None without a Content-Length (asked only then: it
+            # looks up two headers that are mostly absent, each a raised KeyError)
+            length = req.content_length if "CONTENT_LENGTH" in req.environ else None
             if length is not None and length > plan.max_body:
                 log.error("client intended to send too large body: %d bytes", length)
                 return error_page(413)
@@ -247,8 +249,10 @@ class HttpCore:
         set_status_line(response)
         if plan is not None and (plan.access_log is not None or plan.log_phase):
             length = response.calculate_content_length()
-            if length is None and response.headers.get("Content-Length", "").isdigit():
-                length = int(response.headers["Content-Length"])
+            if length is None:
+                given = first_header(response.headers, "Content-Length")
+                if given is not None and given.isdigit():
+                    length = int(given)
             ctx.response = response
             if response.is_streamed:  # nginx logs once the response was sent: so do we
                 response.call_on_close(lambda: self._log_phase(ctx, response, plan, length or 0))
@@ -313,7 +317,7 @@ def _absolute_location(ctx: RequestContext, response: Response, plan: _Plan) -> 
     ``server_name_in_redirect``) and the local port unless it is 80 (``port_in_redirect``);
     not an upstream's answer relayed (``keep_status_line``), as nginx's upstream module leaves
     those alone."""
-    location = response.headers.get("Location")
+    location = first_header(response.headers, "Location")
     if not location or not location.startswith("/") or not plan.absolute_redirect:
         return
     if getattr(response, "ngxsim_status_line", False) and not getattr(response, "ngxsim_absolute_location", False):
@@ -374,7 +378,8 @@ class NgxsimFlask(Flask):
             response = error_page(500)
         finally:
             state.serving = False
-            req.close()  # what Flask's request context does when popped: close uploaded files
+            if "files" in req.__dict__:  # what Flask's request context does when popped
+                req.close()  # close the uploaded files (only a parsed form has them)
         try:
             return response(environ, start_response)
         except Exception:  # a header the response cannot carry: nginx's 500, not the server's

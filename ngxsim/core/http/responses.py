@@ -104,14 +104,39 @@ class NginxResponse(FlaskResponse):
     """
 
     def get_wsgi_headers(self, environ):
-        if self.status_code == 304:
-            return Headers(self.headers)
-        headers = super().get_wsgi_headers(environ)
-        for name in ("Location", "Content-Location"):
-            given = self.headers.get(name)
-            if given is not None:
-                headers[name] = given
+        """Werkzeug's, less what nginx does not do (one pass over the headers, as it is done
+        for every response): no ``Location``/``Content-Location`` re-encoding, a 304 as it is;
+        ``Content-Length`` dropped from a 1xx or 204 and computed for a buffered body without one."""
+        headers = Headers(self.headers)
+        status = self.status_code
+        if status == 304:
+            return headers
+        if 100 <= status < 200 or status == 204:
+            headers.remove("Content-Length")
+        elif self.automatically_set_content_length and self.is_sequence:
+            if first_header(headers, "Content-Length") is None:
+                headers["Content-Length"] = str(sum(len(x) for x in self.iter_encoded()))
         return headers
+
+    def get_app_iter(self, environ):
+        """A buffered body of bytes with nothing to run when closed goes to the server as it is
+        (Werkzeug wraps every body in a closing, encoding iterator)."""
+        body = self.response
+        if (type(body) is list and not self._on_close and environ["REQUEST_METHOD"] != "HEAD"
+                and 200 <= self.status_code and self.status_code not in (204, 304)
+                and all(type(piece) is bytes for piece in body)):
+            return body
+        return super().get_app_iter(environ)
+
+
+def first_header(headers: Headers, name: str) -> str | None:
+    """The first value of ``name`` in ``headers``, None without one: Werkzeug's ``get`` makes
+    (and drops) an exception for every name that is not there, a cost on every response."""
+    name = name.lower()
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
 
 
 def error_page(status: int, headers: dict | None = None) -> Response:
@@ -137,7 +162,7 @@ def pad_error_page(response: Response, user_agent: str) -> None:
     """nginx's ``msie_padding``: a 4xx/5xx page of its own gets comments that make MSIE and
     Chrome show it instead of their own short-page replacement."""
     if (getattr(response, "ngxsim_page", False) and response.status_code >= 400
-            and response.headers.get("Content-Type") == "text/html" and _padded_browser(user_agent)):
+            and first_header(response.headers, "Content-Type") == "text/html" and _padded_browser(user_agent)):
         response.set_data(response.get_data() + _MSIE_PADDING.encode())
 
 
