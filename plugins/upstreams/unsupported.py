@@ -68,8 +68,6 @@ ADVICE: dict[str, str] = {
         "proxy_ssl_conf_command")},
     # the proxy cache (what cache_purge does not implement)
     "proxy_cache_max_range_offset": _CACHE_ALWAYS + "does not serve byte ranges; remove it",
-    "proxy_cache_background_update": (_CACHE_ALWAYS + "refreshes an expired entry in the request that finds it "
-                                      "(nginx's default, off); remove it"),
     "hash": _BALANCE,
     "ip_hash": _BALANCE,
     "least_conn": _BALANCE,

@@ -87,7 +87,7 @@ CHECKED = "load_module worker_events;\nload_module upstreams;\nload_module cache
 @pytest.mark.parametrize("kind, body, line, name", [
     ("proxy", "  server {\n    location / {\n      proxy_buffering off;\n    }\n  }\n", 8, "proxy_buffering"),
     ("proxy-ssl", "  server {\n    proxy_ssl_verify on;\n  }\n", 7, "proxy_ssl_verify"),
-    ("proxy-cache", "  proxy_cache_background_update on;\n", 6, "proxy_cache_background_update"),
+    ("proxy-cache", "  proxy_cache_max_range_offset 10;\n", 6, "proxy_cache_max_range_offset"),
     ("upstream", "  upstream b {\n    server 127.0.0.1:1;\n    least_conn;\n  }\n", 8, "least_conn"),
     ("upstream-random", "  upstream b {\n    server 127.0.0.1:1;\n    random two;\n  }\n", 8, "random"),
 ])
