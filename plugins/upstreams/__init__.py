@@ -231,8 +231,9 @@ def ngxsim_postconfiguration(config):
                 raise loc.error("proxy_pass", '"proxy_pass" cannot have URI part in location given by regular '
                                               'expression, or inside named location, or inside "if" statement, '
                                               'or inside "limit_except" block')
-            if spec.address is not None:
-                conf.implicit.setdefault((spec.address[0].lower(), spec.address[1]), spec.address)
+            address = loc.get("proxy_pass").address  # localhost's, made above, too
+            if address is not None:
+                conf.implicit.setdefault((address[0].lower(), address[1]), address)
         if loc.get("upstreams_api") and loc.get("upstreams_api_key"):
             register_secret_arg(config, "key")
     config.stash[NAME] = conf

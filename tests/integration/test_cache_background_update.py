@@ -21,7 +21,7 @@ load_module upstreams;
 load_module cache_purge;
 http {
     worker_events_zone bus;
-    proxy_cache_path {tmp}/cache keys_zone=bg:1m;
+    proxy_cache_path {cache} keys_zone=bg:1m;
     upstream origin { server {backend}; }
     server {
         listen 127.0.0.1:{port};
@@ -36,6 +36,7 @@ http {
             proxy_cache_background_update on;
         }
         location /var/ { proxy_pass http://$arg_to; }
+        location /static-name/ { proxy_pass http://localhost:{backend_port}; }
     }
 }
 """
@@ -56,7 +57,8 @@ def backend():
 def server(request, backend, tmp_path_factory):
     folder = tmp_path_factory.mktemp("background-update")
     srv = start_server(folder, CONF, workers=WORKERS, worker_class=request.param, ready_path="/ready",
-                       placeholders={"backend": backend.address})
+                       placeholders={"backend": backend.address, "cache": folder / "cache",
+                                     "backend_port": backend.port})
     yield srv
     srv.stop()
 
@@ -133,3 +135,37 @@ def test_a_name_without_an_upstream_needs_a_resolver_nginx_says(server, backend)
     r = server.get("/var/y?to=origin")
     assert (r.status_code, r.text) == (200, "from the group")
     assert backend.requests_for("/var/y")[-1].query == "to=origin"
+    # a name and port a static proxy_pass names (nginx's implicit upstream): that address; the
+    # same name on another port needs a resolver
+    r = server.get(f"/var/y?to=localhost:{backend.port}")
+    assert (r.status_code, r.text) == (200, "from the group")
+    assert server.get("/var/y?to=localhost").status_code == 502
+
+
+def test_a_stopping_worker_finishes_its_refresh_first(backend, tmp_path):
+    """A graceful stop while a refresh is held at the backend: the worker waits for it (no
+    "[alert] ... abandoned"), and the refreshed copy is on disk for the next start."""
+    cache = tmp_path / "cache"
+
+    def start():
+        return start_server(tmp_path, CONF, workers=1, worker_class="ngxsim.worker.Worker", ready_path="/ready",
+                            placeholders={"backend": backend.address, "cache": cache,
+                                          "backend_port": backend.port})
+
+    server = start()
+    try:
+        path = "/stop/refresh"
+        expire(server, backend, path)
+        backend.respond(path, body="v2", delay=2.0, headers=FRESH)
+        before = len(backend.requests_for(path))
+        assert server.get(path).headers["X-Cache"] == "STALE"
+        backend.wait_hits(before + 1, path=path, timeout=5)
+    finally:
+        server.stop()  # SIGTERM while the refresh waits at the backend
+    assert "abandoned" not in server.output() and "Traceback" not in server.output()
+    again = start()
+    try:
+        r = again.get(path)
+        assert (r.headers["X-Cache"], r.text) == ("HIT", "v2")
+    finally:
+        again.stop()
