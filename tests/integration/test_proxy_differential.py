@@ -85,6 +85,14 @@ server {
         proxy_cache_use_stale error timeout http_500;
         add_header X-Cache $upstream_cache_status always;
     }
+    location /bg/ {
+        proxy_pass http://up;
+        proxy_cache dc;
+        proxy_cache_valid 200 1s;
+        proxy_cache_use_stale updating;
+        proxy_cache_background_update on;
+        add_header X-Cache $upstream_cache_status always;
+    }
     location /reval/ {
         proxy_pass http://up;
         proxy_cache dc;
@@ -92,6 +100,12 @@ server {
         proxy_cache_revalidate on;
         add_header X-Cache $upstream_cache_status always;
     }
+    # proxy_pass with variables: the group, an address, the URI as made, nginx's refusals
+    location /vgroup/ { proxy_pass http://$arg_to; }
+    location /vuri/ { proxy_pass http://up/made/$arg_p; }
+    location /vquery/ { proxy_pass http://up?$arg_q; }
+    location /vaddr/ { proxy_pass http://127.0.0.1:{origin}$uri; }
+    location /vbad/ { proxy_pass $arg_u; }
     location /bypass/ {
         proxy_pass http://up;
         proxy_cache dc;
@@ -214,6 +228,17 @@ CASES: dict[str, Case] = {
     "repeated-header": one(req("/plain/multi", headers="X-Multi: 1\r\nX-Multi: 2\r\n")),
     "brackets-in-path": one(req("/strip/[]")),
     "http10-client": one(req("/plain/ten", version="HTTP/1.0")),
+    # proxy_pass with variables
+    "variable-group-uri-as-sent": one(req("/vgroup/a%20b?to=up&x=1")),
+    "variable-group-any-case": one(req("/vgroup/c?to=UP")),
+    "variable-uri-part-as-made": one(req("/vuri/x/y?p=z%41&w=1")),
+    "variable-query-only": one(req("/vquery/x?q=a=1")),
+    "variable-address": one(req("/vaddr/p/q?r=1")),
+    "variable-address-port-80-not-the-group": one(req("/vgroup/d?to=up:80")),
+    "variable-unknown-name-no-resolver": one(req("/vgroup/e?to=nosuch.test")),
+    "variable-empty-host": one(req("/vgroup/f?to=")),
+    "variable-bad-port": one(req("/vgroup/g?to=127.0.0.1:99999")),
+    "variable-bad-prefix": one(req("/vbad/h?u=ftp://x")),
     # what the client gets
     "origin-status-and-headers": one(req("/plain/st"), status=404, headers=[("X-Origin", "1"), ("Set-Cookie", "s=1"),
                                                                            ("Cache-Control", "no-store")]),
@@ -453,7 +478,54 @@ def sequence_revalidate(front: Front) -> list:
     return [first, again, then, _without_version(front.received(since))]
 
 
+def settled(front: Front, data: bytes) -> dict:
+    """The first answer that is not ``UPDATING`` (bounded): nginx holds the client's connection
+    until its background update ends, ngxsim closes it at once, so its refresh may still be
+    storing when the next request comes."""
+    for _ in range(100):
+        answer = front.send(data)
+        if answer.header("X-Cache") != "UPDATING":
+            return front.comparable(answer)
+        time.sleep(0.05)
+    raise AssertionError(f"{front.name}: still UPDATING after 100 requests")
+
+
+def wait_origin_hits(front: Front, path: str, count: int) -> int:
+    deadline = time.monotonic() + 10
+    while origin_hits(front, path) < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return origin_hits(front, path)
+
+
+def sequence_background_update(front: Front) -> list:
+    """proxy_cache_background_update: an expired entry answers at once (STALE, the old copy), a
+    background subrequest refreshes it; then every worker has the new copy (HIT)."""
+    front.origin.answer("/bg/u")
+    since = len(front.origin.received)
+    first = front.comparable(front.send(req("/bg/u")))
+    time.sleep(2.1)  # proxy_cache_valid 200 1s: expired in nginx's whole seconds
+    stale = front.comparable(front.send(req("/bg/u")))
+    refreshed = wait_origin_hits(front, "/bg/u", 2)
+    return [first, stale, refreshed, settled(front, req("/bg/u")), everyone(front, req("/bg/u")),
+            origin_hits(front, "/bg/u"), _without_version(front.received(since))]
+
+
+def sequence_background_update_fails(front: Front) -> list:
+    """A background refresh the origin answers 500 (not stored: proxy_cache_valid 200): the
+    expired copy goes on answering STALE, and the next one starts a refresh again."""
+    front.origin.answer("/bg/f")
+    first = front.comparable(front.send(req("/bg/f")))
+    time.sleep(2.1)
+    front.origin.answer("/bg/f", status=500)
+    stale = front.comparable(front.send(req("/bg/f")))
+    failed = wait_origin_hits(front, "/bg/f", 2)
+    again = settled(front, req("/bg/f"))
+    return [first, stale, failed, again, wait_origin_hits(front, "/bg/f", 3)]
+
+
 SEQUENCES = {
+    "background-update": sequence_background_update,
+    "background-update-fails": sequence_background_update_fails,
     "revalidate": sequence_revalidate,
     "stale-on-error-and-500": sequence_stale,
     "hit-after-miss-on-every-worker": sequence_hit_after_miss_on_every_worker,
