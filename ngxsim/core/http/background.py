@@ -27,7 +27,7 @@ import threading
 import time
 from typing import Callable
 
-from .context import RequestContext
+from .context import RAW_HEADERS, RequestContext
 from .logs import log
 from .waits import Wait
 
@@ -127,9 +127,9 @@ def subrequest(ctx: RequestContext) -> RequestContext:
     environ = {k: v for k, v in ctx.environ.items()
                if k not in ("gunicorn.socket", "wsgi.input", "CONTENT_LENGTH", "HTTP_TRANSFER_ENCODING")}
     environ["wsgi.input"] = io.BytesIO(b"")
-    lines = environ.get("ngxsim.headers")
+    lines = environ.get(RAW_HEADERS)
     if lines is not None:
-        environ["ngxsim.headers"] = [(k, v) for k, v in lines if k.lower() not in ("content-length",
+        environ[RAW_HEADERS] = [(k, v) for k, v in lines if k.lower() not in ("content-length",
                                                                                     "transfer-encoding")]
     sub = RequestContext(environ, None, ctx.runtime)
     sub.server, sub.location = ctx.server, ctx.location
