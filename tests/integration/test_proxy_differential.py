@@ -106,6 +106,12 @@ server {
     location /vquery/ { proxy_pass http://up?$arg_q; }
     location /vaddr/ { proxy_pass http://127.0.0.1:{origin}$uri; }
     location /vbad/ { proxy_pass $arg_u; }
+    location /vcache/ {
+        proxy_pass http://$arg_to;
+        proxy_cache dc;
+        proxy_cache_valid 200 10m;
+        add_header X-Cache $upstream_cache_status always;
+    }
     location /bypass/ {
         proxy_pass http://up;
         proxy_cache dc;
@@ -130,6 +136,7 @@ class Front:
     cache: Path
     workers: int
     server: Any = None  # ngxsim's Server (each_worker), None for nginx
+    errors: Any = None  # () -> the error log's text so far
 
     def send(self, data: bytes) -> RawAnswer:
         # until the front closes: it has finished the request (stored the answer) by then
@@ -166,8 +173,8 @@ def fronts(tmp_path_factory):
             .replace("{purge}", "proxy_cache_purge PURGE from 127.0.0.1;") + "}\n"
         ngxsim = start_server(folder, text, workers=WORKERS, worker_class="ngxsim.worker.Worker")
         made.append(ngxsim)
-        yield (Front("nginx", nginx.port, origin_n, cache_n, 1),
-               Front("ngxsim", ngxsim.port, origin_x, cache_x, WORKERS, ngxsim))
+        yield (Front("nginx", nginx.port, origin_n, cache_n, 1, errors=lambda: nginx.error_log.read_text()),
+               Front("ngxsim", ngxsim.port, origin_x, cache_x, WORKERS, ngxsim, errors=ngxsim.output))
     finally:
         for thing in reversed(made):
             thing.stop()
@@ -239,6 +246,8 @@ CASES: dict[str, Case] = {
     "variable-empty-host": one(req("/vgroup/f?to=")),
     "variable-bad-port": one(req("/vgroup/g?to=127.0.0.1:99999")),
     "variable-bad-prefix": one(req("/vbad/h?u=ftp://x")),
+    "variable-cached-hit-after-miss": one(req("/vcache/a?to=up")).then(req("/vcache/a?to=up")),
+    "variable-cached-no-resolver-not-stored": one(req("/vcache/b?to=nosuch.test")).then(req("/vcache/b?to=nosuch.test")),
     # what the client gets
     "origin-status-and-headers": one(req("/plain/st"), status=404, headers=[("X-Origin", "1"), ("Set-Cookie", "s=1"),
                                                                            ("Cache-Control", "no-store")]),
@@ -371,6 +380,30 @@ def test_origin_204_keeps_its_type(fronts):
     case = one(req("/plain/nc204"), status=204)
     got = [play(front, case)[0][0]["content-type"] for front in fronts]
     assert got == ["text/plain", "text/plain"]
+
+
+@pytest.mark.parametrize("target, message", [
+    ("/vgroup/lines?to=nosuch.test", "no resolver defined to resolve nosuch.test"),
+    ("/vbad/lines?u=ftp://x", 'invalid URL prefix in "ftp://x"'),
+    ("/vgroup/lines?to=127.0.0.1:99999", 'invalid port in upstream "127.0.0.1:99999"'),
+])
+def test_variable_proxy_pass_error_line_as_nginx(fronts, target, message):
+    """The error-log line of a proxy_pass with variables that cannot be proxied: nginx's, with
+    its request context (the line from the message on: the time, pid and connection differ)."""
+    lines = []
+    for front in fronts:
+        before = len(front.errors())
+        front.send(req(target))
+        deadline = time.monotonic() + 5
+        found = []
+        while not found and time.monotonic() < deadline:
+            found = [line[line.index(message):] for line in front.errors()[before:].splitlines() if message in line]
+            time.sleep(0.02)
+        assert len(found) == 1, (front.name, found)
+        lines.append(found[0])
+    assert lines[1] == lines[0]
+    assert lines[0] == f'{message}, client: 127.0.0.1, server: front.test, request: "GET {target} HTTP/1.1", ' \
+                       'host: "front.test"'
 
 
 # (location, requests, fewest and most connections for them): keepalive 4 with HTTP/1.1 and
