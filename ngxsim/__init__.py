@@ -3,7 +3,9 @@
 The public API for module authors: the hook markers, the directive and variable declarations,
 the value types of the event hooks, value parsers, response helpers, the error a configuration
 check raises, and the toolkit of a module's JSON API endpoint (``ApiError``, ``check_key``,
-``read_json``, ``Methods``, ``query_*``). First-party modules use nothing else of ngxsim.
+``read_json``, ``Methods``, ``query_*``), and work after or beside a request
+(``run_in_background``, nginx's background ``subrequest``). First-party modules use nothing else
+of ngxsim.
 """
 
 from .core.conf.directive import (
