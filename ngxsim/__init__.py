@@ -3,7 +3,9 @@
 The public API for module authors: the hook markers, the directive and variable declarations,
 the value types of the event hooks, value parsers, response helpers, the error a configuration
 check raises, and the toolkit of a module's JSON API endpoint (``ApiError``, ``check_key``,
-``read_json``, ``Methods``, ``query_*``). First-party modules use nothing else of ngxsim.
+``read_json``, ``Methods``, ``query_*``), and work after or beside a request
+(``run_in_background``, nginx's background ``subrequest``). First-party modules use nothing else
+of ngxsim.
 """
 
 from .core.conf.directive import (
@@ -19,6 +21,7 @@ from .core.conf.zones import MAX_ZONE_SIZE
 from .core.events import Event, Gap, Subscription, http_event_zone
 from .core.http.logs import LEVELS as LOG_LEVELS
 from .core.http.api import ApiAnswer, ApiRequest, ApiSection, iso_time
+from .core.http.background import BackgroundWork, run_in_background, run_subrequest, subrequest
 from .core.http.connection import ClientGone, ResponseCut, client_gone, cut_connection, wait_readable
 from .core.http.jsonapi import (
     ApiError, Methods, check_key, query_int, query_seconds, query_str, read_body, read_json, register_secret_arg,
@@ -55,6 +58,8 @@ __all__ = [
     # nginx's phases and requests that wait
     "ACCESS", "CONTENT", "LOG", "PHASES", "PRECONTENT", "PREACCESS", "REWRITE", "SERVER_REWRITE", "PhaseHandler",
     "Delay", "Park", "Waker", "serving_request",
+    # work after or beside a request, without its client: nginx's background subrequest
+    "BackgroundWork", "run_in_background", "run_subrequest", "subrequest",
     # parsing context: statements, nginx's key=value parameters
     "SharedTable", "LOG_LEVELS",
     "Statement", "check_zone_references", "declare_keyed_zones", "key_values", "number_in", "one_of",

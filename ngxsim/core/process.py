@@ -32,6 +32,7 @@ from typing import Callable
 from .conf.errors import ConfigError
 from .conf.loader import PARAMS_FILE, Configuration, load_configuration
 from .http.app import HttpCore, NgxsimFlask
+from .http.background import BackgroundWork
 from .http.logs import log, setup_error_log
 from .jobs import JobRunner
 from .instance import MASTER, STANDALONE, WORKER, Instance, MasterGone, current_instance, gunicorn_threads
@@ -161,6 +162,8 @@ class Runtime:
         self._publish_impl = self._single_publish_impl()
         # instance-wide periodic jobs (``config.jobs``); started in workers only
         self.jobs: JobRunner | None = None
+        # this worker's background work (``ngxsim.run_in_background``); made in workers only
+        self.background: BackgroundWork | None = None
         # None while serving; "graceful" or "fast" once this worker is told to stop: a handler
         # that waits (a long-poll) answers with what it has when it sees it set
         self.stopping: str | None = None
@@ -226,6 +229,7 @@ class Runtime:
         self.threads = gunicorn_threads() or self.threads
         self.attach_zones()
         setup_error_log(self.config.main["error_log"])
+        self.background = BackgroundWork()
         self.hook.ngxsim_init_worker(runtime=self)
         if len(self.config.jobs):
             self.jobs = JobRunner(self, self.config.jobs)
@@ -239,6 +243,8 @@ class Runtime:
         if self.jobs is not None:
             self.jobs.stop()
             self.jobs = None
+        if self.background is not None:  # what runs in the background finishes before the modules exit
+            self.background.stop()
         try:
             self.hook.ngxsim_exit_worker(runtime=self)
         except Exception:  # exiting anyway: say why, do not mask the exit

@@ -246,6 +246,9 @@ DIRECTIVES = (
     Directive("proxy_cache_use_stale", LEVELS, (1, None), parse=parse_use_stale, default=frozenset(),
               doc="`off | error | timeout | invalid_header | http_500 | http_502 | http_503 | http_504 | http_403 | "
                   "http_404 | http_429 ...`: answer with the expired entry (`STALE`) when refreshing it meets one"),
+    Directive("proxy_cache_background_update", LEVELS, 1, type=FLAG, default=False,
+              doc="`on | off`: with `proxy_cache_use_stale updating`, an expired entry answers at once (`STALE`) "
+                  "and a background subrequest refreshes it"),
     Directive("proxy_cache_convert_head", LEVELS, 1, type=FLAG, default=True,
               doc="`on | off`: a HEAD that misses is fetched (and stored) as a GET (nginx's default, on)"),
     Directive("proxy_cache_revalidate", LEVELS, 1, type=FLAG, default=False,

@@ -23,7 +23,7 @@ from typing import Iterable, Iterator
 
 from werkzeug.wrappers import Response
 
-from ngxsim import Delay, error_page
+from ngxsim import Delay, error_page, run_in_background, run_subrequest, subrequest
 
 from . import conditional
 
@@ -84,6 +84,8 @@ class CachedLocation:
         self.inactive = spec.inactive
         self.updating = CacheLock(spec.zone, location["proxy_cache_lock_age"], 0.0, lock_zones) \
             if "updating" in self.use_stale else None
+        # nginx refreshes in the background only where stale answers are allowed while updating
+        self.background_update = location["proxy_cache_background_update"] and self.updating is not None
         self.lock = CacheLock(spec.zone, location["proxy_cache_lock_age"], location["proxy_cache_lock_timeout"],
                               lock_zones) if location["proxy_cache_lock"] else None
 
@@ -148,6 +150,10 @@ class CachedLocation:
             if not self.updating.take(ctx.runtime, _UPDATING + key, time.time()):
                 ctx.vars[STATUS] = "UPDATING"
                 return entry.response()
+            if self.background_update and not ctx.background \
+                    and self._update_in_background(ctx, cache, key, epoch, mem_epoch, entry):
+                ctx.vars[STATUS] = "STALE"  # nginx: the stale answer now, the refresh beside it
+                return entry.response()
             ctx.stash[_LOCKED] = (self.updating, _UPDATING + key)
         lock = self.lock
         if entry is None and lock is not None:  # proxy_cache_lock: one request fills it
@@ -162,6 +168,35 @@ class CachedLocation:
         if entry is not None and self.revalidate:
             conditional.ask_origin(ctx, entry.headers)  # proxy_cache_revalidate: a 304 refreshes it
         return None
+
+    def _update_in_background(self, ctx, cache, key: str, epoch: int, mem_epoch: int, entry: Entry) -> bool:
+        """``proxy_cache_background_update``: refresh the expired ``entry`` in a background
+        subrequest that holds the key's updating mark (the others answer ``UPDATING`` meanwhile)
+        and stores what the origin answers as a request does. False when the worker's background
+        work is at its limit: this request refreshes it itself (``EXPIRED``)."""
+        sub = subrequest(ctx)
+        sub.vars[STATUS] = "EXPIRED"  # what nginx's subrequest is: it finds the entry updating
+        sub.stash[_LOCKED] = mark = (self.updating, _UPDATING + key)
+        self._expect(sub, cache, key, epoch, mem_epoch, entry)
+        pending = sub.stash.get(NAME)
+        if self.revalidate:
+            conditional.ask_origin(sub, entry.headers)
+
+        def refresh() -> None:
+            try:
+                run_subrequest(sub)
+            finally:  # an answer not stored (a failure, a body cut short) frees the mark at once
+                held = pending.held if pending is not None else None
+                if held is not None or _LOCKED in sub.stash:
+                    if pending is not None:
+                        pending.held = None
+                    mark[0].release(ctx.runtime, mark[1])
+
+        if run_in_background(ctx.runtime, f"proxy_cache_background_update {_quoted(key)}", refresh):
+            return True
+        log.warning("[warn] cache_purge: the worker's background work is at its limit: %s is refreshed in the "
+                    "request that found it expired", _quoted(key))
+        return False
 
     @staticmethod
     def _variant(ctx, key: str, entry: Entry, get) -> tuple[str, Entry | None]:
@@ -212,7 +247,7 @@ class CachedLocation:
         response = self._stale(ctx, response)
         response, storable = self._keep(ctx, response)
         if pending is not None and pending.held is not None and not storable:
-            locked = pending.held
+            locked, pending.held = pending.held, None
         if locked is not None:  # nothing will be stored: the others need not wait
             locked[0].release(ctx.runtime, locked[1])
         hit = ctx.vars.get(STATUS) in ("HIT", "STALE", "REVALIDATED")
@@ -308,7 +343,7 @@ class CachedLocation:
         try:
             self._store_now(pending, entry, body, expected, counted)
         finally:
-            held = pending.held
+            held, pending.held = pending.held, None
             if held is not None:  # the requests waiting for it find it (or take the lock)
                 held[0].release(pending.cache.runtime, held[1])
 

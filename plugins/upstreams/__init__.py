@@ -26,7 +26,7 @@ from ngxsim import (
     process_alive, register_secret_arg,
 )
 
-from . import snapshots, sync, unsupported
+from . import dynamic, snapshots, sync, unsupported
 from .api import UpstreamsApi, UpstreamsSection
 from .balancer import Peer
 from .conf import (
@@ -114,6 +114,11 @@ def _proxy_var(field_name: str):
         spec = ctx.location.get("proxy_pass") if ctx.location is not None else None
         if spec is None:
             return ""
+        if spec.template is not None:  # evaluated once per request (a cache key needs it first)
+            conf = ctx.runtime.config.stash[NAME]
+            spec = dynamic.current(ctx, spec, conf.groups, conf.implicit)
+            if spec is None:
+                return ""
         return spec.host if field_name == "host" else str(spec.port)
 
     return get
@@ -149,6 +154,10 @@ class UpstreamsConf:
     bus: str | None
     upstreams: dict[str, UpstreamConf] = field(default_factory=dict)
     cluster: bool = False  # the bus's "upstreams" channel is bridged: peers are cluster-wide (sync.py)
+    # proxy_pass with variables (dynamic.py): the groups by their lower-case names, and the static
+    # proxy_pass addresses (nginx's implicit upstreams) by (lower-case host, port)
+    groups: dict[str, str] = field(default_factory=dict)
+    implicit: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
 
 
 @hookimpl
@@ -207,9 +216,12 @@ def ngxsim_postconfiguration(config):
                                      f'through the API): remove it, or leave "{CHANNEL}" out of "cluster_bridge"')
         if conf.cluster:
             config.jobs.declare_service(sync.SERVICE, sync.run_service, owner=NAME)
+    conf.groups = {name.lower(): name for name in conf.upstreams}
     for loc in config.blocks(LOCATION):
         spec: ProxyPass | None = loc.get("proxy_pass")
-        if spec is not None:
+        if spec is not None and spec.template is not None:
+            _check_variable_pass(loc)
+        elif spec is not None:
             if spec.upstream is not None and spec.upstream not in conf.upstreams:
                 if spec.host == "localhost":
                     loc.own["proxy_pass"] = loc.effective["proxy_pass"] = ProxyPass("localhost", None, ("localhost", 80), spec.uri)
@@ -219,9 +231,24 @@ def ngxsim_postconfiguration(config):
                 raise loc.error("proxy_pass", '"proxy_pass" cannot have URI part in location given by regular '
                                               'expression, or inside named location, or inside "if" statement, '
                                               'or inside "limit_except" block')
+            address = loc.get("proxy_pass").address  # localhost's, made above, too
+            if address is not None:
+                conf.implicit.setdefault((address[0].lower(), address[1]), address)
         if loc.get("upstreams_api") and loc.get("upstreams_api_key"):
             register_secret_arg(config, "key")
     config.stash[NAME] = conf
+
+
+def _check_variable_pass(loc) -> None:
+    """What nginx refuses beside a ``proxy_pass`` with variables: ``proxy_redirect default``
+    after it in the same location (before it, nginx says it should be placed after)."""
+    own = loc.statement.block or []
+    seen_pass = False
+    for stmt in own:
+        if stmt.name == "proxy_pass":
+            seen_pass = True
+        elif stmt.name == "proxy_redirect" and stmt.args == ["default"] and seen_pass:
+            raise stmt.error('"proxy_redirect default" cannot be used with "proxy_pass" directive with variables')
 
 
 def _server_statements(block) -> list:

@@ -176,6 +176,9 @@ class ProxyPass:
     upstream: str | None  # the group, when NAME names an upstream block
     address: tuple[str, int] | None  # the single backend otherwise
     uri: str | None  # the URI part (None: the request URI goes as is)
+    # proxy_pass with variables: the URL, evaluated per request (dynamic.py); the fields above
+    # are then those of each request's evaluation
+    template: object = None
 
     @property
     def port(self) -> int:
@@ -184,8 +187,10 @@ class ProxyPass:
 
 def parse_proxy_pass(args: list[str]) -> ProxyPass:
     url = args[0]
-    if "$" in url:
-        raise ValueError(f'variables in "proxy_pass" are not supported: "{url}"')
+    if "$" in url:  # nginx checks nothing more before the request (ngx_http_proxy_eval)
+        from ngxsim import Template
+
+        return ProxyPass("", None, None, None, Template(url))
     if url.startswith("https://"):
         raise ValueError(f'https upstreams are not supported in "proxy_pass": "{url}"')
     if not url.startswith("http://"):

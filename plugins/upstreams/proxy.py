@@ -31,6 +31,7 @@ from ngxsim import (
     read_body, wait_readable,
 )
 
+from . import dynamic
 from .balancer import Peer
 from .connections import KeptConnections, Link, connect, exchange, readable
 
@@ -106,24 +107,29 @@ class ProxyHandler:
 
     def __call__(self, ctx):
         state = self.state(ctx.runtime)
+        spec = self.spec
+        if spec.template is not None:  # proxy_pass with variables: this request's URL (dynamic.py)
+            spec = dynamic.current(ctx, spec, state.conf.groups, state.conf.implicit)
+            if spec is None:
+                return dynamic.answer(ctx)
         env = ctx.environ
         method = env["REQUEST_METHOD"]
-        ctx.vars["proxy_host"] = self.spec.host
-        ctx.vars["proxy_port"] = str(self.spec.port)
+        ctx.vars["proxy_host"] = spec.host
+        ctx.vars["proxy_port"] = str(spec.port)
         try:
             body = read_body(ctx, ctx.location["client_max_body_size"] or MAX_BUFFERED) if _has_body(env) else b""
         except ApiError as exc:
             return error_page(exc.status)
-        url = self._uri(ctx)
-        head = self._head(ctx, method, url, len(body) if body or _has_body(env) else None)
+        url = self._uri(ctx, spec)
+        head = self._head(ctx, spec, method, url, len(body) if body or _has_body(env) else None)
         # what a try sends (NGINX Plus's "sent"): the request line, the header and the body
         sent_bytes = len(head) + len(body)
-        keepalive = state.conf.upstreams[self.spec.upstream] if self.spec.upstream else None
+        keepalive = state.conf.upstreams[spec.upstream] if spec.upstream else None
         if keepalive is not None and keepalive.keepalive is None:
             keepalive = None
-        snapshot = state.snapshot(self.spec.upstream) if self.spec.upstream else None
+        snapshot = state.snapshot(spec.upstream) if spec.upstream else None
         if snapshot is not None and snapshot.all_unhealthy():
-            return self._no_live_upstreams(ctx)
+            return self._no_live_upstreams(ctx, spec)
         tried: set[int] = set()
         addrs, statuses, times = [], [], []
         last_failure = None
@@ -132,7 +138,7 @@ class ProxyHandler:
         while True:
             now = time.monotonic()
             if snapshot is not None:
-                peer = snapshot.pick(state.zone(self.spec.upstream), tried, now)
+                peer = snapshot.pick(state.zone(spec.upstream), tried, now)
                 if peer is None:
                     break
                 tried.add(peer.id)
@@ -141,17 +147,17 @@ class ProxyHandler:
                 if tried:
                     break
                 tried.add(0)
-                target = Target(None, *self.spec.address)
+                target = Target(None, *spec.address)
             if last_response is not None:
                 last_response[1].close()  # nginx does not keep a connection whose answer it did not read
                 last_response = None
             addrs.append(target.server)
             began = time.monotonic()
-            state.begin(self.spec.upstream, target)
+            state.begin(spec.upstream, target)
             sent = False
             link = None
             try:
-                link, resp = self._send(state.links, keepalive, target, method, head, body)
+                link, resp = self._send(spec, state.links, keepalive, target, method, head, body)
                 invalid = _invalid_header(resp)
                 if invalid is not None:
                     raise InvalidHeader(invalid)
@@ -168,10 +174,10 @@ class ProxyHandler:
                 times.append(f"{elapsed:.3f}")
                 condition = _STATUS_CONDITIONS.get(resp.status)
                 if condition is None or condition not in self.next_upstream:
-                    return self._respond(ctx, state, target, resp, url, addrs, statuses, times, method, sent=sent_bytes,
+                    return self._respond(ctx, spec, state, target, resp, url, addrs, statuses, times, method, sent=sent_bytes,
                                          release=_releaser(state.links, keepalive, link, resp))
                 # a status proxy_next_upstream retries: remember it, count a failure, go on
-                state.end(self.spec.upstream, target, failed=condition in _FAILURE_CONDITIONS, snapshot=snapshot,
+                state.end(spec.upstream, target, failed=condition in _FAILURE_CONDITIONS, snapshot=snapshot,
                           status=resp.status, sent=sent_bytes)
                 last_response, last_failure = (resp, link), condition
                 if not (retry_ok and (method not in NON_IDEMPOTENT or "non_idempotent" in self.next_upstream)):
@@ -180,7 +186,7 @@ class ProxyHandler:
             statuses.append("504" if condition == "timeout" else "502")
             times.append(f"{time.monotonic() - began:.3f}")
             refused = condition == "error" and not sent  # nothing reached the peer
-            state.end(self.spec.upstream, target, failed=True, snapshot=snapshot, sent=0 if refused else sent_bytes)
+            state.end(spec.upstream, target, failed=True, snapshot=snapshot, sent=0 if refused else sent_bytes)
             last_failure = condition
             may_resend = not sent or method not in NON_IDEMPOTENT or "non_idempotent" in self.next_upstream
             if not (retry_ok and condition in self.next_upstream and may_resend):
@@ -188,29 +194,29 @@ class ProxyHandler:
         self._record(ctx, addrs, statuses, times)
         if last_response is not None:  # every peer answered a retried status: send the last one on
             resp, link = last_response
-            return self._respond(ctx, state, None, resp, url, addrs, statuses, times, method, counted=True,
+            return self._respond(ctx, spec, state, None, resp, url, addrs, statuses, times, method, counted=True,
                                  release=_releaser(state.links, keepalive, link, resp))
         if not addrs:
-            return self._no_live_upstreams(ctx)
+            return self._no_live_upstreams(ctx, spec)
         return error_page(504 if last_failure == "timeout" else 502)
 
-    def _no_live_upstreams(self, ctx):
+    def _no_live_upstreams(self, ctx, spec):
         """No peer of the group can be tried: nginx's 502, its error line, and ``$upstream_addr``
         naming the group."""
-        ctx.vars["upstream_addr"] = self.spec.upstream or ""
+        ctx.vars["upstream_addr"] = spec.upstream or ""
         ctx.vars["upstream_status"] = ""
         log.error("no live upstreams while connecting to upstream%s",
-                  error_context(ctx, f"http://{self.spec.upstream}{self._uri(ctx)}"))
+                  error_context(ctx, f"http://{spec.upstream}{self._uri(ctx, spec)}"))
         return error_page(502)
 
-    def _send(self, links: KeptConnections, keepalive, target, method, head, body) -> tuple[Link, object]:
+    def _send(self, spec, links: KeptConnections, keepalive, target, method, head, body) -> tuple[Link, object]:
         """One try on one peer: a kept connection (``keepalive``) or a new one. A kept one the
         peer closed while it sat idle fails before any answer: that is the cache's race, not the
         peer's failure, so the request goes once more on a new connection (nginx gives a try
         back for an error on a cached connection)."""
         link = None
         if keepalive is not None:
-            link = links.take(self.spec.upstream, target.host, target.port, keepalive.keepalive_timeout)
+            link = links.take(spec.upstream, target.host, target.port, keepalive.keepalive_timeout)
         if link is not None:
             try:
                 return link, exchange(link, head, body, method, self.read_timeout)
@@ -223,17 +229,20 @@ class ProxyHandler:
             link.close()
             raise
 
-    def _uri(self, ctx) -> str:
+    def _uri(self, ctx, spec) -> str:
         """nginx's rule: with a URI part in proxy_pass, the matched location prefix of the
-        (normalised) URI is replaced by it; without one, the request URI goes as the client sent it."""
+        (normalised) URI is replaced by it; without one, the request URI goes as the client sent it.
+        With variables in proxy_pass a URI part is the whole URI, sent as it was made."""
         query = ctx.environ.get("QUERY_STRING", "")
-        if self.spec.uri is None:
+        if spec.uri is None:
             return ctx.request_uri
+        if self.spec.template is not None:
+            return spec.uri
         rest = ctx.uri[len(self.prefix):] if ctx.uri.startswith(self.prefix) else ctx.uri
-        path = quote(self.spec.uri + rest, safe=_URI_SAFE)
+        path = quote(spec.uri + rest, safe=_URI_SAFE)
         return path + ("?" + query if query else "")
 
-    def _head(self, ctx, method: str, url: str, length: int | None) -> bytes:
+    def _head(self, ctx, spec, method: str, url: str, length: int | None) -> bytes:
         """The request line and header nginx sends: the config's ``proxy_set_header`` lines, then
         nginx's defaults the config did not set (``Host``, ``Connection: close``, the body's
         length), then every client header line as the client wrote it (repeated ones apart),
@@ -245,7 +254,7 @@ class ProxyHandler:
                 lines.append(_line(header.name, value))
         for name, value in self.defaults:
             if value is None:
-                value = self.spec.host if name == "Host" else "" if length is None else str(length)
+                value = spec.host if name == "Host" else "" if length is None else str(length)
             if value:
                 lines.append(_line(name, value))
         skip = self.not_passed
@@ -263,7 +272,7 @@ class ProxyHandler:
 
     # -- the response --------------------------------------------------------------------------
 
-    def _respond(self, ctx, state, target, resp, url, addrs, statuses, times, method, counted=False, sent=0,
+    def _respond(self, ctx, spec, state, target, resp, url, addrs, statuses, times, method, counted=False, sent=0,
                  release=None):
         self._record(ctx, addrs, statuses, times)
         ctx.upstream_headers = list(resp.headers.iteritems())  # as sent: a cache decides from these
@@ -280,7 +289,7 @@ class ProxyHandler:
                             headers[i] = (name, (to if isinstance(to, str) else to.render(ctx)) + value[len(frm):])
                             rewritten = True
                             break
-        upstream = self.spec.upstream
+        upstream = spec.upstream
         snapshot = state.snapshot(upstream) if upstream else None
 
         head = len(resp.reason or "") + 15 + resp._original_response.msg.size
@@ -324,6 +333,8 @@ def _redirects(settings) -> list[tuple[str, object]]:
             return []
         if line.kind == "default":
             spec = settings.proxy_pass
+            if spec.template is not None:  # nginx has no default for a proxy_pass with variables
+                continue
             if spec.uri is None:
                 out.append((f"http://{spec.host}/", "/"))
             elif settings.prefix:

@@ -68,13 +68,19 @@ ADVICE: dict[str, str] = {
         "proxy_ssl_conf_command")},
     # the proxy cache (what cache_purge does not implement)
     "proxy_cache_max_range_offset": _CACHE_ALWAYS + "does not serve byte ranges; remove it",
-    "proxy_cache_background_update": (_CACHE_ALWAYS + "refreshes an expired entry in the request that finds it "
-                                      "(nginx's default, off); remove it"),
     "hash": _BALANCE,
     "ip_hash": _BALANCE,
     "least_conn": _BALANCE,
     "random": _BALANCE,
 }
+
+
+# the http core's directives a proxy_pass with variables needs in nginx for a name that is no
+# upstream group nor address (ngx_http_core_module.c): not in the proxy and upstream modules'
+# tables above, declared here because only the proxy makes them matter
+_RESOLVER = ("ngxsim resolves no names: in proxy_pass (with variables too) name an upstream group or an IP "
+             "address (a name that is neither gets nginx's 502 without a resolver); remove it")
+CORE_ADVICE: dict[str, str] = {"resolver": _RESOLVER, "resolver_timeout": _RESOLVER}
 
 
 # nginx allows these only inside an upstream block
@@ -84,4 +90,4 @@ IN_UPSTREAM = frozenset(("hash", "ip_hash", "least_conn", "random"))
 def declarations(upstream_context: str) -> list[Unsupported]:
     """One ``Unsupported`` per entry of ``ADVICE``, for ``ngxsim_directives``."""
     return [Unsupported(name, advice, (upstream_context,) if name in IN_UPSTREAM else ())
-            for name, advice in ADVICE.items()]
+            for name, advice in {**ADVICE, **CORE_ADVICE}.items()]

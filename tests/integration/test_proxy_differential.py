@@ -85,11 +85,31 @@ server {
         proxy_cache_use_stale error timeout http_500;
         add_header X-Cache $upstream_cache_status always;
     }
+    location /bg/ {
+        proxy_pass http://up;
+        proxy_cache dc;
+        proxy_cache_valid 200 1s;
+        proxy_cache_use_stale updating;
+        proxy_cache_background_update on;
+        add_header X-Cache $upstream_cache_status always;
+    }
     location /reval/ {
         proxy_pass http://up;
         proxy_cache dc;
         proxy_cache_valid 200 1s;
         proxy_cache_revalidate on;
+        add_header X-Cache $upstream_cache_status always;
+    }
+    # proxy_pass with variables: the group, an address, the URI as made, nginx's refusals
+    location /vgroup/ { proxy_pass http://$arg_to; }
+    location /vuri/ { proxy_pass http://up/made/$arg_p; }
+    location /vquery/ { proxy_pass http://up?$arg_q; }
+    location /vaddr/ { proxy_pass http://127.0.0.1:{origin}$uri; }
+    location /vbad/ { proxy_pass $arg_u; }
+    location /vcache/ {
+        proxy_pass http://$arg_to;
+        proxy_cache dc;
+        proxy_cache_valid 200 10m;
         add_header X-Cache $upstream_cache_status always;
     }
     location /bypass/ {
@@ -116,6 +136,7 @@ class Front:
     cache: Path
     workers: int
     server: Any = None  # ngxsim's Server (each_worker), None for nginx
+    errors: Any = None  # () -> the error log's text so far
 
     def send(self, data: bytes) -> RawAnswer:
         # until the front closes: it has finished the request (stored the answer) by then
@@ -152,8 +173,8 @@ def fronts(tmp_path_factory):
             .replace("{purge}", "proxy_cache_purge PURGE from 127.0.0.1;") + "}\n"
         ngxsim = start_server(folder, text, workers=WORKERS, worker_class="ngxsim.worker.Worker")
         made.append(ngxsim)
-        yield (Front("nginx", nginx.port, origin_n, cache_n, 1),
-               Front("ngxsim", ngxsim.port, origin_x, cache_x, WORKERS, ngxsim))
+        yield (Front("nginx", nginx.port, origin_n, cache_n, 1, errors=lambda: nginx.error_log.read_text()),
+               Front("ngxsim", ngxsim.port, origin_x, cache_x, WORKERS, ngxsim, errors=ngxsim.output))
     finally:
         for thing in reversed(made):
             thing.stop()
@@ -214,6 +235,19 @@ CASES: dict[str, Case] = {
     "repeated-header": one(req("/plain/multi", headers="X-Multi: 1\r\nX-Multi: 2\r\n")),
     "brackets-in-path": one(req("/strip/[]")),
     "http10-client": one(req("/plain/ten", version="HTTP/1.0")),
+    # proxy_pass with variables
+    "variable-group-uri-as-sent": one(req("/vgroup/a%20b?to=up&x=1")),
+    "variable-group-any-case": one(req("/vgroup/c?to=UP")),
+    "variable-uri-part-as-made": one(req("/vuri/x/y?p=z%41&w=1")),
+    "variable-query-only": one(req("/vquery/x?q=a=1")),
+    "variable-address": one(req("/vaddr/p/q?r=1")),
+    "variable-address-port-80-not-the-group": one(req("/vgroup/d?to=up:80")),
+    "variable-unknown-name-no-resolver": one(req("/vgroup/e?to=nosuch.test")),
+    "variable-empty-host": one(req("/vgroup/f?to=")),
+    "variable-bad-port": one(req("/vgroup/g?to=127.0.0.1:99999")),
+    "variable-bad-prefix": one(req("/vbad/h?u=ftp://x")),
+    "variable-cached-hit-after-miss": one(req("/vcache/a?to=up")).then(req("/vcache/a?to=up")),
+    "variable-cached-no-resolver-not-stored": one(req("/vcache/b?to=nosuch.test")).then(req("/vcache/b?to=nosuch.test")),
     # what the client gets
     "origin-status-and-headers": one(req("/plain/st"), status=404, headers=[("X-Origin", "1"), ("Set-Cookie", "s=1"),
                                                                            ("Cache-Control", "no-store")]),
@@ -348,6 +382,30 @@ def test_origin_204_keeps_its_type(fronts):
     assert got == ["text/plain", "text/plain"]
 
 
+@pytest.mark.parametrize("target, message", [
+    ("/vgroup/lines?to=nosuch.test", "no resolver defined to resolve nosuch.test"),
+    ("/vbad/lines?u=ftp://x", 'invalid URL prefix in "ftp://x"'),
+    ("/vgroup/lines?to=127.0.0.1:99999", 'invalid port in upstream "127.0.0.1:99999"'),
+])
+def test_variable_proxy_pass_error_line_as_nginx(fronts, target, message):
+    """The error-log line of a proxy_pass with variables that cannot be proxied: nginx's, with
+    its request context (the line from the message on: the time, pid and connection differ)."""
+    lines = []
+    for front in fronts:
+        before = len(front.errors())
+        front.send(req(target))
+        deadline = time.monotonic() + 5
+        found = []
+        while not found and time.monotonic() < deadline:
+            found = [line[line.index(message):] for line in front.errors()[before:].splitlines() if message in line]
+            time.sleep(0.02)
+        assert len(found) == 1, (front.name, found)
+        lines.append(found[0])
+    assert lines[1] == lines[0]
+    assert lines[0] == f'{message}, client: 127.0.0.1, server: front.test, request: "GET {target} HTTP/1.1", ' \
+                       'host: "front.test"'
+
+
 # (location, requests, fewest and most connections for them): keepalive 4 with HTTP/1.1 and
 # Connection "" reuses one connection per worker; keepalive_requests 2 closes each after two
 # requests; without Connection "" (nginx's default Connection: close) nothing is reused
@@ -453,7 +511,54 @@ def sequence_revalidate(front: Front) -> list:
     return [first, again, then, _without_version(front.received(since))]
 
 
+def settled(front: Front, data: bytes) -> dict:
+    """The first answer that is not ``UPDATING`` (bounded): nginx holds the client's connection
+    until its background update ends, ngxsim closes it at once, so its refresh may still be
+    storing when the next request comes."""
+    for _ in range(100):
+        answer = front.send(data)
+        if answer.header("X-Cache") != "UPDATING":
+            return front.comparable(answer)
+        time.sleep(0.05)
+    raise AssertionError(f"{front.name}: still UPDATING after 100 requests")
+
+
+def wait_origin_hits(front: Front, path: str, count: int) -> int:
+    deadline = time.monotonic() + 10
+    while origin_hits(front, path) < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return origin_hits(front, path)
+
+
+def sequence_background_update(front: Front) -> list:
+    """proxy_cache_background_update: an expired entry answers at once (STALE, the old copy), a
+    background subrequest refreshes it; then every worker has the new copy (HIT)."""
+    front.origin.answer("/bg/u")
+    since = len(front.origin.received)
+    first = front.comparable(front.send(req("/bg/u")))
+    time.sleep(2.1)  # proxy_cache_valid 200 1s: expired in nginx's whole seconds
+    stale = front.comparable(front.send(req("/bg/u")))
+    refreshed = wait_origin_hits(front, "/bg/u", 2)
+    return [first, stale, refreshed, settled(front, req("/bg/u")), everyone(front, req("/bg/u")),
+            origin_hits(front, "/bg/u"), _without_version(front.received(since))]
+
+
+def sequence_background_update_fails(front: Front) -> list:
+    """A background refresh the origin answers 500 (not stored: proxy_cache_valid 200): the
+    expired copy goes on answering STALE, and the next one starts a refresh again."""
+    front.origin.answer("/bg/f")
+    first = front.comparable(front.send(req("/bg/f")))
+    time.sleep(2.1)
+    front.origin.answer("/bg/f", status=500)
+    stale = front.comparable(front.send(req("/bg/f")))
+    failed = wait_origin_hits(front, "/bg/f", 2)
+    again = settled(front, req("/bg/f"))
+    return [first, stale, failed, again, wait_origin_hits(front, "/bg/f", 3)]
+
+
 SEQUENCES = {
+    "background-update": sequence_background_update,
+    "background-update-fails": sequence_background_update_fails,
     "revalidate": sequence_revalidate,
     "stale-on-error-and-500": sequence_stale,
     "hit-after-miss-on-every-worker": sequence_hit_after_miss_on_every_worker,

@@ -39,6 +39,25 @@ BAD = {
     "max-conns-negative": "  upstream b {\n    server 127.0.0.1:1 max_conns=-1;\n  }\n",
     "http-version-2": "  proxy_http_version 2.0;\n",
     "http-version-in-upstream": "  upstream b {\n    server 127.0.0.1:1;\n    proxy_http_version 1.1;\n  }\n",
+    # proxy_pass with variables
+    "variable-pass-redirect-default": "  server {\n    location / {\n      proxy_pass http://$host;\n"
+                                      "      proxy_redirect default;\n    }\n  }\n",
+    "variable-pass-invalid-name": "  server {\n    location / {\n      proxy_pass http://$;\n    }\n  }\n",
+    "variable-pass-unclosed": "  server {\n    location / {\n      proxy_pass http://${host;\n    }\n  }\n",
+    "variable-pass-twice": "  server {\n    location / {\n      proxy_pass http://$host;\n"
+                           "      proxy_pass http://$host;\n    }\n  }\n",
+}
+
+# the forms of proxy_pass with variables nginx -t accepts: nothing but the variables is checked
+# before a request (not the prefix, not a URI part in a regex location)
+GOOD = {
+    "group-name": "  server {\n    location / { proxy_pass http://$arg_to; }\n  }\n",
+    "host-and-uri": "  server {\n    location / { proxy_pass http://$host$request_uri; }\n  }\n",
+    "prefix-and-path": "  server {\n    location / { proxy_pass http://up_$arg_x/path; }\n  }\n",
+    "no-prefix": "  server {\n    location / { proxy_pass $arg_u; }\n  }\n",
+    "uri-in-regex-location": "  server {\n    location ~ ^/r/ { proxy_pass http://$host/x; }\n  }\n",
+    "redirect-off-and-pairs": "  server {\n    location / { proxy_pass http://$host; proxy_redirect off; }\n"
+                              "    location /p/ { proxy_pass http://$host; proxy_redirect http://a/ /; }\n  }\n",
 }
 
 
@@ -70,3 +89,14 @@ def test_the_values_are_kept_for_the_proxy():
     assert (d.keepalive, d.keepalive_requests, d.keepalive_timeout) == (None, 1000, 60.0)  # nginx's defaults
     assert {loc.value.path: loc.get("proxy_http_version") for loc in config.blocks("location")} == \
         {"/": "1.1", "/old/": "1.0"}
+
+
+@pytest.mark.skipif(NGINX is None, reason="no nginx binary on PATH or in /usr/sbin (.ci/run installs nginx-light)")
+@pytest.mark.parametrize("name", sorted(GOOD))
+def test_variable_proxy_pass_accepted_as_nginx_accepts_it(tmp_path, name):
+    ngxsim_text, nginx_text = texts(GOOD[name])
+    conf = tmp_path / "u.conf"
+    conf.write_text(nginx_text + "events {}\n")
+    assert check_config(NGINX, tmp_path / "prefix", conf) == ""
+    conf.write_text(ngxsim_text)
+    load_configuration(str(conf))  # raises ConfigError if refused

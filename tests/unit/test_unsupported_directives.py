@@ -12,7 +12,7 @@ import pytest
 
 from ngxsim import ConfigError, Unsupported
 from ngxsim.core.conf.loader import load_configuration
-from ngxsim_plugins.upstreams.unsupported import ADVICE
+from ngxsim_plugins.upstreams.unsupported import ADVICE, CORE_ADVICE
 
 COMMANDS = Path(__file__).resolve().parents[1] / "data" / "nginx-1.22.1-proxy-upstream-commands.txt"
 
@@ -87,7 +87,9 @@ CHECKED = "load_module worker_events;\nload_module upstreams;\nload_module cache
 @pytest.mark.parametrize("kind, body, line, name", [
     ("proxy", "  server {\n    location / {\n      proxy_buffering off;\n    }\n  }\n", 8, "proxy_buffering"),
     ("proxy-ssl", "  server {\n    proxy_ssl_verify on;\n  }\n", 7, "proxy_ssl_verify"),
-    ("proxy-cache", "  proxy_cache_background_update on;\n", 6, "proxy_cache_background_update"),
+    ("proxy-cache", "  proxy_cache_max_range_offset 10;\n", 6, "proxy_cache_max_range_offset"),
+    ("resolver", "  server {\n    location / {\n      resolver 127.0.0.53;\n      proxy_pass http://$host;\n"
+                 "    }\n  }\n", 8, "resolver"),
     ("upstream", "  upstream b {\n    server 127.0.0.1:1;\n    least_conn;\n  }\n", 8, "least_conn"),
     ("upstream-random", "  upstream b {\n    server 127.0.0.1:1;\n    random two;\n  }\n", 8, "random"),
 ])
@@ -97,4 +99,5 @@ def test_ngxsim_t_names_the_directive_its_advice_file_and_line(tmp_path, kind, b
     run = subprocess.run([sys.executable, "-m", "ngxsim.cli", "-t", "-c", str(conf)], capture_output=True,
                          text=True, timeout=60)
     assert run.returncode == 1
-    assert f'[emerg] "{name}" directive is not supported by ngxsim: {ADVICE[name]} in {conf}:{line}' in run.stderr
+    advice = {**ADVICE, **CORE_ADVICE}[name]
+    assert f'[emerg] "{name}" directive is not supported by ngxsim: {advice} in {conf}:{line}' in run.stderr

@@ -47,8 +47,9 @@ def error(text):
      '"proxy_pass" cannot have URI part in location given by regular expression'),
     ("http {\n worker_events_zone bus;\n server {\n  location / { proxy_pass https://127.0.0.1:1; }\n }\n}",
      'https upstreams are not supported in "proxy_pass"'),
-    ("http {\n worker_events_zone bus;\n server {\n  location / { proxy_pass http://127.0.0.1:1$uri; }\n }\n}",
-     'variables in "proxy_pass" are not supported'),
+    ("http {\n worker_events_zone bus;\n server {\n  location / {\n   proxy_pass http://127.0.0.1:1$uri;\n"
+     "   proxy_redirect default;\n  }\n }\n}",
+     '"proxy_redirect default" cannot be used with "proxy_pass" directive with variables in /p/u.conf:8'),
     ("http {\n worker_events_zone bus;\n proxy_next_upstream error sometimes;\n}",
      'invalid value "sometimes" in "proxy_next_upstream" directive in /p/u.conf:5'),
     ("http {\n worker_events_zone bus;\n proxy_read_timeout 2h;\n}", 'invalid value "2h": a time from 1ms to 1h in /p/u.conf:5'),

@@ -65,6 +65,8 @@ class RequestContext:
             (nginx reads ``u->headers_in``, not what the client gets).
         started (float): ``time.monotonic()`` when the request began.
         response: the response once it was made (None before): what ``log`` phase handlers read.
+        background (bool): a background subrequest (``ngxsim.subrequest``): nginx's
+            ``r->background``; no client waits for its answer.
     """
 
     def __init__(self, environ: dict, request: Any, runtime: "Runtime"):
@@ -101,6 +103,7 @@ class RequestContext:
         self.upstream_headers: list[tuple[str, str]] | None = None
         self.started = time.monotonic()
         self.logging = False  # rendering the access log line: secrets are masked
+        self.background = False  # a background subrequest (background.py)
 
     @cached_property
     def request_id(self) -> str:
