@@ -380,6 +380,10 @@ class NgxsimFlask(Flask):
             state.serving = False
             if "files" in req.__dict__:  # what Flask's request context does when popped
                 req.close()  # close the uploaded files (only a parsed form has them)
+        if not isinstance(response, NginxResponse):
+            # a module's Werkzeug response: sent as nginx sends it too (Flask's make_response did
+            # this before the core ran without it), e.g. an upstream's Location goes as it came
+            response = NginxResponse.force_type(response)
         try:
             return response(environ, start_response)
         except Exception:  # a header the response cannot carry: nginx's 500, not the server's
