@@ -270,13 +270,7 @@ CASES: dict[str, Case] = {
 
 # Where ngxsim differs today and why (issue #22; docs/nginx-differences.md). Strict: a case
 # that starts to pass fails, so the list and the docs stay true.
-KNOWN_DIFFERENCES = {
-    "hop-by-hop-response": "nginx passes Upgrade and Proxy-Authenticate; gunicorn drops them from a WSGI "
-                           "answer (the proxy passes them, as Trailer and a header the origin's Connection names)",
-    "no-status-line": "nginx relays an answer without a status line as HTTP/0.9; ngxsim answers 502",
-    "origin-204": "gunicorn drops the Content-Length: 0 of a 204 (RFC 9110); nginx passes the origin's "
-                  "(the Content-Type goes on: test_origin_204_keeps_its_type)",
-}
+KNOWN_DIFFERENCES: dict[str, str] = {}
 
 
 def _cases(table):

@@ -21,7 +21,7 @@ from werkzeug.wrappers import Response
 
 from ..instance import MasterGone
 from .connection import cut_connection
-from .context import RequestContext
+from .context import HTTP09, RequestContext
 from .core_module import AddHeader, Return
 from .jsonapi import ApiError
 from .logs import AccessLog, log
@@ -284,6 +284,16 @@ class HttpCore:
             header_filter(ctx, response)
 
 
+def _answer_http09(environ: dict, response: Response) -> None:
+    """A response ``as_http09`` marked: ngxsim's worker classes write its body alone (the
+    callable they put in the environ); any other server gets a 200 with the body."""
+    write_http09 = environ.get(HTTP09)
+    if write_http09 is not None:
+        write_http09()
+    else:
+        set_status_line(response, 200)
+
+
 def _master_gone(exc: MasterGone) -> Response:
     return json_error(503, str(exc), headers={"Connection": "close", "Retry-After": "1"})
 
@@ -382,8 +392,10 @@ class NgxsimFlask(Flask):
                 req.close()  # close the uploaded files (only a parsed form has them)
         if not isinstance(response, NginxResponse):
             # a module's Werkzeug response: sent as nginx sends it too (Flask's make_response did
-            # this before the core ran without it), e.g. an upstream's Location goes as it came
+            # this before the core ran without it), e.g. an upstream's 204 keeps its Content-Length
             response = NginxResponse.force_type(response)
+        if getattr(response, "ngxsim_http09", False):
+            _answer_http09(environ, response)
         try:
             return response(environ, start_response)
         except Exception:  # a header the response cannot carry: nginx's 500, not the server's
