@@ -17,6 +17,8 @@ load_module worker_events;
 load_module upstreams;
 http {
     worker_events_zone bus;
+    log_format statuses '$request_uri $status $upstream_status';
+    access_log {tmp}/access-{port}.log statuses;
     server {
         listen 127.0.0.1:{port};
         location /up/ { proxy_pass http://127.0.0.1:{origin}; }
@@ -50,8 +52,9 @@ def origin():
 
 @pytest.fixture(scope="module", params=[*NGXSIM_CLASSES, GUNICORN_SYNC])
 def served(request, origin, tmp_path_factory):
-    server = start_server(tmp_path_factory.mktemp("answers"), CONF, workers=1, worker_class=request.param,
-                          placeholders={"origin": origin.port})
+    folder = tmp_path_factory.mktemp("answers")
+    server = start_server(folder, CONF, workers=1, worker_class=request.param, placeholders={"origin": origin.port})
+    server.folder = folder
     try:
         yield request.param, server
     finally:
@@ -93,12 +96,15 @@ def test_an_upstream_204_keeps_its_length_nginx_own_has_none(served, origin):
 def test_an_answer_without_a_status_line_goes_on_as_http09(served, origin):
     worker_class, server = served
     origin.answer("/up/http09", raw=b"just bytes\nand more\n")
-    answer = raw_request(server.port, get(server.port, "/up/http09"))
+    answer = raw_request(server.port, get(server.port, "/up/http09"), wait_close=True)  # logged by then
     if worker_class == GUNICORN_SYNC:  # no way to write one there: a 200 with the bytes
         assert (answer.status, answer.body) == (200, b"just bytes\nand more\n")
     else:  # nginx relays the bytes alone (RawAnswer's status 0: no status line), then closes
         assert (answer.status, answer.headers, answer.body) == (0, [], b"just bytes\nand more\n")
     assert "upstream sent no valid HTTP/1.0 header while reading response header from upstream" in server.output()
+    # nginx logs an HTTP/0.9 answer's $status as 009 (the upstream's status is 200)
+    logged = (server.folder / f"access-{server.port}.log").read_text().splitlines()
+    assert f"/up/http09 {'200' if worker_class == GUNICORN_SYNC else '009'} 200" in logged
 
 
 def test_websocket_upgrade_stays_gunicorn_s(served):
