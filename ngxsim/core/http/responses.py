@@ -107,8 +107,8 @@ def set_status_line(response: Response, code: int | None = None) -> None:
 
 class NginxResponse(FlaskResponse):
     """A response sent the way nginx sends it. The core's Flask app uses this class for every
-    response (Flask converts a handler's plain Werkzeug response into it). Werkzeug's own
-    changes to the headers are undone:
+    response (``NgxsimFlask.wsgi_app`` makes a module's plain Werkzeug response one, with
+    ``force_type``). Werkzeug's own changes to the headers are undone:
 
     - ``Location`` and ``Content-Location`` go as they were set (Werkzeug percent-encodes
       them, ``not a url`` -> ``not%20a%20url``, and drops a trailing ``?``; nginx sends the
