@@ -234,6 +234,7 @@ CASES: dict[str, Case] = {
     "header-without-colon": one(req("/plain/nocolon"),
                                 raw=b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nNoColonHere\r\n\r\nok"),
     "no-status-line": one(req("/plain/http09"), raw=b"just bytes\n"),
+    "no-status-line-cached": one(req("/cache/http09"), raw=b"just bytes\n").then(req("/cache/http09"), raw=b"more\n"),
     "length-and-chunked": one(req("/plain/both"), raw=b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n"
                                                       b"Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
     "origin-closes": one(req("/plain/closes"), raw=b""),
