@@ -30,7 +30,7 @@ from .core.http.jsonapi import (
 from .core.http.phases import ACCESS, CONTENT, LOG, PHASES, PRECONTENT, PREACCESS, REWRITE, SERVER_REWRITE, PhaseHandler
 from .core.http.logs import ALERT, EMERG, NOTICE, error_context
 from .core.http.regex import Regex
-from .core.http.responses import compact_json, error_page, json_error, json_response, keep_status_line
+from .core.http.responses import as_http09, compact_json, error_page, json_error, json_response, keep_status_line
 from .core.http.readable import age as format_age
 from .core.http.variables import Template, Variable
 from .core.http.waits import Delay, Park, Waker, serving_request
@@ -50,7 +50,7 @@ __all__ = [
     "ZONE_HEADER_SIZE", "Wait", "Zone", "prompt_wakeups", "call_impl", "tracing", "ApiError", "ConfigError", "Directive", "Event", "Gap", "LivenessWatch", "Methods",
     "OutOfRange", "Regex", "Subscription", "Template", "Unsupported", "Variable", "check_key", "compact_json",
     "ClientGone", "ResponseCut", "client_gone", "cut_connection", "wait_readable",
-    "error_context", "error_page", "format_age",
+    "as_http09", "error_context", "error_page", "format_age",
     "hookimpl",
     "hookspec", "http_event_zone", "json_error", "json_response", "keep_status_line", "parse_number", "parse_size",
     "parse_time", "process_alive", "process_start_time", "query_int", "query_seconds", "query_str", "read_body",

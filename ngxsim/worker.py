@@ -35,6 +35,10 @@ like nginx where gunicorn would answer before or after ngxsim:
 - a request gunicorn cannot parse (a malformed request line, method, version or header line, a
   request line too long, an HTTP major version above 1) gets nginx's HTML page (400, 414, 505)
   instead of gunicorn's;
+- the answer is written by ``ngxsim.writer.ResponseWriter``: gunicorn's framing, but the
+  headers gunicorn would drop as hop-by-hop (an upstream's ``Upgrade``, ``Proxy-Authenticate``,
+  ...) and a relayed 204's ``Content-Length`` go on as nginx passes them, and an answer the core
+  marks HTTP/0.9 (``ngxsim.as_http09``) goes without a status line or header;
 - this class only, since it reads the request itself: a request target with raw bytes above
   0x7f (UTF-8 paths, which nginx serves and gunicorn refuses) reaches gunicorn's parser with
   those bytes percent-encoded, and the core sees the target as sent (``RAW_URI``,
@@ -69,6 +73,7 @@ from .core.http.context import RAW_HEADERS
 from .core.http.logs import set_connection
 from .core.http.responses import compact_json, error_page
 from .core.http.waits import STATE, Parked
+from .writer import write_as_nginx
 
 # bodies of a declared length up to this are read in the event loop, larger ones by the thread
 PREREAD_MAX = 64 * 1024
@@ -151,7 +156,7 @@ def nginx_page(status: int) -> bytes:
 class _WithRawRequest:
     """The served WSGI app, with the request gunicorn parsed (set by the worker per thread)
     handed over in the environ: the header lines as sent and, when the worker rewrote it, the
-    request target as sent."""
+    request target as sent; its answer written by ngxsim.writer's ``ResponseWriter``."""
 
     def __init__(self, app, current: threading.local):
         self.app = app
@@ -166,7 +171,7 @@ class _WithRawRequest:
             if raw_target is not None:
                 environ["RAW_URI"] = raw_target
                 environ["QUERY_STRING"] = raw_target.partition("?")[2]
-        return self.app(environ, start_response)
+        return self.app(environ, write_as_nginx(environ, start_response))
 
     def __getattr__(self, name):  # the runtime, and whatever else gunicorn or ngxsim reads
         return getattr(self.app, name)

@@ -11,7 +11,9 @@ address) each request has its own connection, closed after the answer, as in ngi
 
 The request goes out as ngxsim writes it (no HTTP client adds a header); the answer's status
 line is read by ``http.client``, its header lines as nginx reads them (``Header``), and it is
-handed on as a urllib3 response (its framing: chunked, length, until the close).
+handed on as a urllib3 response (its framing: chunked, length, until the close). An answer
+whose first bytes are no status line is an HTTP/0.9 one (version ``HTTP_09``): all its bytes
+are the body, to the close.
 """
 
 from __future__ import annotations
@@ -73,6 +75,12 @@ def exchange(link: Link, head: bytes, body: bytes, method: str, read_timeout: fl
                         enforce_content_length=True, request_method=method)
 
 
+HTTP_09 = 9  # an answer's version (http.client's number) when it had no status line
+# nginx's status line (ngx_http_parse_status_line): a whole one (without its LF), and what can
+# begin one when its end has not arrived yet
+_STATUS_LINE = re.compile(rb"HTTP/[1-9][0-9]?\.[0-9]+ +[0-9]{3}(?:[ .][^\r]*)?\r?")
+_STATUS_LINE_START = re.compile(rb"(?:H(?:T(?:T(?:P(?:/(?:[1-9][0-9]?(?:\.(?:[0-9]+(?: +(?:[0-9]{0,2}|[0-9]{3}"
+                                rb"(?:[ .][^\r]*)?\r?))?)?)?)?)?)?)?)?)?")
 _BAD_IN_NAME = re.compile("[\x00-\x20\x7f]")
 MAX_LINE = 65536  # http.client's: a longer line is "upstream sent too big header"
 MAX_LINES = 100
@@ -132,8 +140,13 @@ def read_header(fp) -> Header:
 class Answer(ClientResponse):
     """http.client's response with nginx's reading of the header lines (``read_header``)."""
 
-    def begin(self):  # http.client's, but for the header's parser
+    def begin(self):  # http.client's, but for the header's parser and HTTP/0.9
         if self.headers is not None:
+            return
+        if self._without_status_line():  # nginx 1.22 relays it as HTTP/0.9: every byte, to the close
+            self.code, self.status, self.reason, self.version = 200, 200, "", HTTP_09
+            self.headers = self.msg = Header([], None, 0)
+            self.chunked, self.chunk_left, self.will_close, self.length = False, None, True, None
             return
         while True:
             version, status, reason = self._read_status()
@@ -161,6 +174,13 @@ class Answer(ClientResponse):
             self.length = 0
         if not self.will_close and not self.chunked and self.length is None:
             self.will_close = True
+
+    def _without_status_line(self) -> bool:
+        """Do the answer's first bytes (those at hand, none consumed) fail to be, or begin, a
+        status line as nginx reads one? (Nothing at all: the peer closed, http.client says so.)"""
+        first = self.fp.peek(1)
+        line, end, _ = first.partition(b"\n")
+        return bool(first) and not (_STATUS_LINE if end else _STATUS_LINE_START).fullmatch(line)
 
 
 class KeptConnections:

@@ -27,13 +27,13 @@ from urllib3.exceptions import (
 from werkzeug.wrappers import Response
 
 from ngxsim import (
-    ApiError, ClientGone, ResponseCut, client_gone, cut_connection, error_context, error_page, keep_status_line,
-    read_body, wait_readable,
+    ApiError, ClientGone, ResponseCut, as_http09, client_gone, cut_connection, error_context, error_page,
+    keep_status_line, read_body, wait_readable,
 )
 
 from . import dynamic
 from .balancer import Peer
-from .connections import KeptConnections, Link, connect, exchange, readable
+from .connections import HTTP_09, KeptConnections, Link, connect, exchange, readable
 
 log = logging.getLogger("ngxsim")
 # the backend's header lines nginx's upstream module never copies to the client (its
@@ -292,7 +292,8 @@ class ProxyHandler:
         upstream = spec.upstream
         snapshot = state.snapshot(upstream) if upstream else None
 
-        head = len(resp.reason or "") + 15 + resp._original_response.msg.size
+        http09 = resp.version == HTTP_09
+        head = 0 if http09 else len(resp.reason or "") + 15 + resp._original_response.msg.size
 
         def finished() -> None:
             if not counted:
@@ -300,6 +301,10 @@ class ProxyHandler:
                           received=head + stream.received)
 
         stream = _Body(ctx, resp, method != "HEAD", finished, release, f"http://{addrs[-1]}{url}", self.read_timeout)
+        if http09:  # no status line: nginx 1.22 says so and relays the bytes as an HTTP/0.9 answer
+            log.error("upstream sent no valid HTTP/1.0 header while %s%s", READING_HEADER,
+                      error_context(ctx, stream.upstream))
+            return as_http09(Response(stream))
         # not direct_passthrough: werkzeug then closes the response (and its on-close callbacks:
         # the access log line) when the server closes the body
         response = keep_status_line(Response(stream, status=resp.status, headers=headers),

@@ -21,7 +21,7 @@ from werkzeug.wrappers import Response
 
 from ..instance import MasterGone
 from .connection import cut_connection
-from .context import RequestContext
+from .context import HTTP09, RequestContext
 from .core_module import AddHeader, Return
 from .jsonapi import ApiError
 from .logs import AccessLog, log
@@ -237,6 +237,8 @@ class HttpCore:
         code = response.status_code
         if getattr(response, "ngxsim_close", False):
             cut_connection(ctx)  # the server then fails to write the 444 and drops it
+        if getattr(response, "ngxsim_http09", False):
+            _answer_http09(ctx.environ, response)  # nginx's header filter sends no header then
         if code == 204 and not getattr(response, "ngxsim_status_line", False):
             # nginx sends its own 204 without a body or a type (an upstream's goes as it came)
             response.headers.pop("Content-Type", None)
@@ -282,6 +284,16 @@ class HttpCore:
                         response.headers.add(h.name, _header_value(value))
         for header_filter in plan.filters:
             header_filter(ctx, response)
+
+
+def _answer_http09(environ: dict, response: Response) -> None:
+    """A response ``as_http09`` marked: ngxsim's worker classes write its body alone (the
+    callable they put in the environ); any other server gets a 200 with the body (logged so)."""
+    write_http09 = environ.get(HTTP09)
+    if write_http09 is not None:
+        write_http09()
+    else:
+        set_status_line(response, 200)
 
 
 def _master_gone(exc: MasterGone) -> Response:
@@ -380,6 +392,10 @@ class NgxsimFlask(Flask):
             state.serving = False
             if "files" in req.__dict__:  # what Flask's request context does when popped
                 req.close()  # close the uploaded files (only a parsed form has them)
+        if not isinstance(response, NginxResponse):
+            # a module's Werkzeug response: sent as nginx sends it too (Flask's make_response did
+            # this before the core ran without it), e.g. an upstream's 204 keeps its Content-Length
+            response = NginxResponse.force_type(response)
         try:
             return response(environ, start_response)
         except Exception:  # a header the response cannot carry: nginx's 500, not the server's

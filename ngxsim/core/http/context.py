@@ -19,6 +19,9 @@ if TYPE_CHECKING:  # pragma: no cover
 # the WSGI environ key under which ngxsim's worker classes hand over the request's header
 # lines as sent (ngxsim.worker)
 RAW_HEADERS = "ngxsim.headers"
+# the WSGI environ key of the callable (set by ngxsim's worker classes, ngxsim.writer) that has
+# the server write the request's answer as HTTP/0.9 (responses.as_http09)
+HTTP09 = "ngxsim.http09"
 # the headers whose repeated lines nginx 1.22 joins for $http_NAME (ngx_http_variables.c:
 # ngx_http_variable_cookies, ngx_http_variable_headers); every other one gives its first value
 _JOINED = {"cookie": "; ", "x_forwarded_for": ", "}

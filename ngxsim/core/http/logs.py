@@ -120,7 +120,7 @@ class AccessLog:
         if self._pid != os.getpid():
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
             self._pid = os.getpid()
-        ctx.vars["status"] = str(status)
+        ctx.vars["status"] = f"{status:03d}"  # nginx's: an HTTP/0.9 answer (code 9) is "009"
         ctx.vars["body_bytes_sent"] = str(length)
         ctx.logging = True
         try:

@@ -79,6 +79,20 @@ def keep_status_line(response: Response, line: str, absolute_location: bool = Fa
     return response
 
 
+def as_http09(response: Response) -> Response:
+    """Send only ``response``'s body, as an HTTP/0.9 answer: no status line, no header, the
+    connection closed after the body. nginx's proxy relays an upstream's answer without a
+    status line so. Its code is the one nginx logs for it, 9 (``$status`` is ``009``): no
+    header filter takes it for a 200 (``add_header`` without ``always``, a cache).
+
+    ngxsim's worker classes write it (``environ["ngxsim.http09"]``); a server that cannot
+    (gunicorn's own worker classes, a test client) gets it as a ``200`` with the body."""
+    response._status, response._status_code = "009 ", 9  # noqa: SLF001 - see set_status_line
+    response.ngxsim_status_line = True  # set_status_line leaves it
+    response.ngxsim_http09 = True
+    return response
+
+
 def set_status_line(response: Response, code: int | None = None) -> None:
     """Give ``response`` nginx's status line (all of ngxsim's answers carry nginx's phrases,
     except one a module kept with ``keep_status_line``)."""
@@ -93,25 +107,28 @@ def set_status_line(response: Response, code: int | None = None) -> None:
 
 class NginxResponse(FlaskResponse):
     """A response sent the way nginx sends it. The core's Flask app uses this class for every
-    response (Flask converts a handler's plain Werkzeug response into it). Werkzeug's own
-    changes to the headers are undone:
+    response (``NgxsimFlask.wsgi_app`` makes a module's plain Werkzeug response one, with
+    ``force_type``). Werkzeug's own changes to the headers are undone:
 
     - ``Location`` and ``Content-Location`` go as they were set (Werkzeug percent-encodes
       them, ``not a url`` -> ``not%20a%20url``, and drops a trailing ``?``; nginx sends the
       bytes it has);
     - a 304 keeps what the response has (Werkzeug drops its entity headers, ``Content-Type``
-      and ``Content-Length`` among them; nginx's ``return 304`` sends ``Content-Length: 0``).
+      and ``Content-Length`` among them; nginx's ``return 304`` sends ``Content-Length: 0``);
+    - a 204 relayed from an upstream (``keep_status_line``) keeps its ``Content-Length``, as
+      nginx's header filter leaves a response with the upstream's status line alone.
     """
 
     def get_wsgi_headers(self, environ):
         """Werkzeug's, less what nginx does not do (one pass over the headers, as it is done
         for every response): no ``Location``/``Content-Location`` re-encoding, a 304 as it is;
-        ``Content-Length`` dropped from a 1xx or 204 and computed for a buffered body without one."""
+        ``Content-Length`` dropped from a 1xx or ngxsim's own 204 and computed for a buffered
+        body without one."""
         headers = Headers(self.headers)
         status = self.status_code
         if status == 304:
             return headers
-        if 100 <= status < 200 or status == 204:
+        if 100 <= status < 200 or (status == 204 and not getattr(self, "ngxsim_status_line", False)):
             headers.remove("Content-Length")
         elif self.automatically_set_content_length and self.is_sequence:
             if first_header(headers, "Content-Length") is None:
