@@ -50,6 +50,7 @@ http {
             add_header X-Upstream-Status $upstream_status always;
         }
         location /patient/ { proxy_pass http://{backend}/; proxy_read_timeout 60s; }
+        location /logged/ { proxy_pass http://{backend}/; proxy_read_timeout 60s; access_log {tmp}/access.log; }
     }
 }
 """ % (READ_TIMEOUT, READ_TIMEOUT)
@@ -380,6 +381,25 @@ def test_a_client_that_leaves_while_the_backend_stalls_frees_its_thread_at_once(
             sock.close()
     settle(server, backend, baseline)
     assert "Traceback" not in log.new() and log.error_lines() == []
+
+
+def test_an_access_log_holds_back_no_streamed_answer(server, backend, baseline):
+    """With an access log the answer still streams (the log line waits for the end of the body,
+    not the body for the log line): the backend's first part reaches the client while the backend
+    stalls, and the line logged once the client left counts the bytes it got."""
+    access = server.conf.parent / "access.log"
+    before = access.read_text() if access.exists() else ""
+    sock = _send(server, "/logged/body-stall")
+    try:
+        answer = b""
+        while PART not in answer:  # a body read whole first would come after the 30 s stall: recv times out
+            answer += sock.recv(4096)
+    finally:
+        sock.close()
+    settle(server, backend, baseline)
+    wait_for(lambda: access.exists() and access.read_text() != before, 10, what="the access log line")
+    (line,) = access.read_text()[len(before):].splitlines()
+    assert '"GET /logged/body-stall HTTP/1.1" 200 10 ' in line, line
 
 
 def test_no_traceback_anywhere_in_the_server_log(server, backend, baseline):

@@ -250,16 +250,13 @@ class HttpCore:
             self._headers(ctx, response, plan)
         set_status_line(response)
         if plan is not None and (plan.access_log is not None or plan.log_phase):
-            length = response.calculate_content_length()
-            if length is None:
-                given = first_header(response.headers, "Content-Length")
-                if given is not None and given.isdigit():
-                    length = int(given)
             ctx.response = response
-            if response.is_streamed:  # nginx logs once the response was sent: so do we
-                response.call_on_close(lambda: self._log_phase(ctx, response, plan, length or 0))
-            else:
-                self._log_phase(ctx, response, plan, length or 0)
+            if response.is_sequence:
+                self._log_phase(ctx, response, plan, response.calculate_content_length() or 0)
+            else:  # nginx logs once the response was sent, with the body bytes sent: so do we
+                # (Werkzeug's calculate_content_length would read a streamed body whole first)
+                body = response.response = _Counted(response.response)
+                response.call_on_close(lambda: self._log_phase(ctx, response, plan, body.sent))
         return response
 
     @staticmethod
@@ -294,6 +291,26 @@ def _answer_http09(environ: dict, response: Response) -> None:
         write_http09()
     else:
         set_status_line(response, 200)
+
+
+class _Counted:
+    """A streamed body that counts the bytes the server took from it (``$body_bytes_sent``)."""
+
+    __slots__ = ("body", "sent")
+
+    def __init__(self, body):
+        self.body = body
+        self.sent = 0
+
+    def __iter__(self):
+        for piece in self.body:
+            self.sent += len(piece.encode() if isinstance(piece, str) else piece)
+            yield piece
+
+    def close(self) -> None:
+        close = getattr(self.body, "close", None)
+        if close is not None:
+            close()
 
 
 def _master_gone(exc: MasterGone) -> Response:
