@@ -34,7 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import median, percentile, ratio_rows, table, throughput_args, wrk  # noqa: E402
+from common import median, percentile, ratio_rows, table, throughput_args, wrk_run  # noqa: E402
 
 from ngxsim.testing import start_server, wait_for  # noqa: E402
 
@@ -220,10 +220,17 @@ def main() -> None:
                 "ngxsim shared-level hit": ngx.url("/disk/a.css"),
                 "ngxsim uncached (proxied to the bare app)": ngx.url("/proxy/a.css"),
             }
+            servers = {name: bare if url.startswith(bare.url("")) else ngx for name, url in urls.items()}
             results: dict[str, list[float]] = {name: [] for name in urls}
-            for _ in range(args.rounds):
-                for name, url in urls.items():
-                    results[name].append(wrk(url, args.seconds))
+            worker_cpu: dict[str, list[float]] = {name: [] for name in urls}
+            for r in range(args.rounds):
+                order = list(urls.items())
+                if r % 2:
+                    order.reverse()  # who follows whom changes each round
+                for name, url in order:
+                    run = wrk_run(url, args.seconds, pids=servers[name].worker_pids())
+                    results[name].append(run.rps)
+                    worker_cpu[name].append(run.cpu_us_per_request)
             round_trips, purges, publishes = purge_latency(ngx, evict, args.samples)
             cpu = cpu_per_request(folder, conf, env, args.rounds)
         finally:
@@ -231,9 +238,15 @@ def main() -> None:
                 if server is not None:
                     server.stop()
     rows = ratio_rows(results, "bare Flask, same bytes")
+    base_cpu = median(worker_cpu["bare Flask, same bytes"])
+    for row in rows:
+        cpu_us = median(worker_cpu[row[0]])
+        row += [f"{cpu_us:,.0f}", f"{base_cpu / cpu_us:.0%}"]
     print(table(f"req/s for a {BODY_BYTES}-byte asset, gunicorn -w {WORKERS} sync, wrk -t2 -c8, "
-                f"{args.seconds:g}s x {args.rounds} rounds (medians)", ["request", "req/s", "vs bare Flask"], rows))
-    print("goal: memory-level hit >= 90% of bare Flask")
+                f"{args.seconds:g}s x {args.rounds} rounds (medians)",
+                ["request", "req/s", "vs bare Flask", "worker CPU us/req", "CPU throughput vs bare"], rows))
+    print("goal: memory-level hit >= 90% of bare Flask. Worker CPU per request: utime + stime of the server's "
+          "workers over the run / requests (what other load on the machine moves far less than req/s)")
     base = median(cpu["bare Flask view, same bytes"])
     rows = [[name, f"{median(v):,.0f}", f"{base / median(v):.0%}"] for name, v in cpu.items()]
     print(table(f"CPU per request in one process, WSGI call without HTTP (time.process_time), {args.rounds} rounds "
