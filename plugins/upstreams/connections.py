@@ -102,10 +102,9 @@ class Whole:
         self.size = size  # the header lines' bytes, the blank line too (as Header.size)
 
 
-# header lines nginx takes as they are: NAME (no space nor control character) ":" value; the
-# value's spaces and tabs around it are not part of it
+# header lines nginx takes as they are: NAME (no space nor control character) ":" value, each
+# ended by CRLF (no bare CR or LF anywhere)
 _PLAIN_LINES = re.compile("(?:[^\x00-\x20\x7f:]+:[^\r\n]*\r\n)*")
-_LINE = re.compile("([^\x00-\x20\x7f:]+):[ \t]*([^\r\n]*?)[ \t]*\r\n")
 
 
 def whole(data: bytes, method: str) -> Whole | None:
@@ -118,23 +117,25 @@ def whole(data: bytes, method: str) -> Whole | None:
     if end < 0 or method == "HEAD" or not data.startswith(b"HTTP/1.1 "):
         return None
     text = data[:end + 2].decode("latin-1")
-    bare = text.replace("\r\n", "")
-    if "\r" in bare or "\n" in bare:
-        return None  # a bare CR or LF: read_header's line rules apply
     line_end = text.find("\r\n")
-    code = text[9:12]
+    status = text[:line_end]
+    code = status[9:12]
     if not ("200" <= code <= "599" and code.isdigit()) or code in ("204", "304") or \
-            (line_end > 12 and text[12] != " "):
+            (line_end > 12 and status[12] != " ") or "\n" in status or "\r" in status:
         return None
     lines = text[line_end + 2:]
     if _PLAIN_LINES.fullmatch(lines) is None:
         return None
-    headers = _LINE.findall(lines)
-    if len(headers) > MAX_LINES:
+    split = lines.split("\r\n")
+    if len(split) > MAX_LINES + 1:  # the last is the empty rest after the last CRLF
         return None
+    headers = []
     length = None
     connection = None
-    for name, value in headers:
+    for line in split[:-1]:
+        name, _, value = line.partition(":")
+        value = value.strip(" \t")
+        headers.append((name, value))
         low = name.lower()
         if low == "content-length":
             if length is not None or not (value.isascii() and value.isdigit()) or len(value) > 18:
@@ -147,7 +148,7 @@ def whole(data: bytes, method: str) -> Whole | None:
     body = data[end + 4:]
     if length != len(body):
         return None
-    return Whole(int(code), text[13:line_end].strip(), headers, body,
+    return Whole(int(code), status[13:].strip(), headers, body,
                  connection is not None and "close" in connection.lower(), end + 4 - line_end - 2)
 
 

@@ -126,12 +126,13 @@ class ProxyHandler:
         method = env["REQUEST_METHOD"]
         ctx.vars["proxy_host"] = self.spec.host
         ctx.vars["proxy_port"] = self.port
+        has_body = _has_body(env)
         try:
-            body = read_body(ctx, ctx.location["client_max_body_size"] or MAX_BUFFERED) if _has_body(env) else b""
+            body = read_body(ctx, ctx.location["client_max_body_size"] or MAX_BUFFERED) if has_body else b""
         except ApiError as exc:
             return error_page(exc.status)
         url = self._uri(ctx)
-        head = self._head(ctx, method, url, len(body) if body or _has_body(env) else None)
+        head = self._head(ctx, method, url, len(body) if has_body else None)
         # what a try sends (NGINX Plus's "sent"): the request line, the header and the body
         sent_bytes = len(head) + len(body)
         keepalive = state.conf.upstreams[self.spec.upstream] if self.spec.upstream else None
