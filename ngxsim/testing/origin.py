@@ -88,7 +88,9 @@ class Received:
 class Answer:
     """What the origin answers a path with. ``body=None``: ``"NAME PATH #N\\n"`` (N counts the
     requests for the path). ``raw``: these bytes exactly, then the connection is closed.
-    ``close``: close the connection after the answer (with ``Connection: close``)."""
+    ``close``: close the connection after the answer (with ``Connection: close``). ``split``:
+    send the bytes before that index (as a slice's), then, SPLIT_PAUSE later, the rest, so that
+    a proxy reads the answer in two parts."""
 
     status: int = 200
     reason: str = ""
@@ -96,6 +98,7 @@ class Answer:
     body: bytes | None = None
     raw: bytes | None = None
     close: bool = False
+    split: int | None = None
 
 
 _REASONS = {200: "OK", 204: "No Content", 301: "Moved Permanently", 302: "Found", 304: "Not Modified",
@@ -122,12 +125,12 @@ class RecordingOrigin:
     # -- scripting -----------------------------------------------------------------------------
 
     def answer(self, path: str | None = None, status: int = 200, headers=(), body: bytes | str | None = None,
-               reason: str = "", raw: bytes | None = None, close: bool = False) -> None:
+               reason: str = "", raw: bytes | None = None, close: bool = False, split: int | None = None) -> None:
         """Answer ``path`` (exact, without query; None: every path without its own) like this."""
         if isinstance(body, str):
             body = body.encode()
         with self._lock:
-            self._answers[path] = Answer(status, reason, tuple(headers), body, raw, close)
+            self._answers[path] = Answer(status, reason, tuple(headers), body, raw, close, split)
 
     def reset(self) -> None:
         """Forget what was received and the per-path counts (the answers stay)."""
@@ -236,7 +239,7 @@ class RecordingOrigin:
     def _send(self, conn: socket.socket, request: Received, answer: Answer, count: int) -> bool:
         """Send the answer; False when the connection is to be closed."""
         if answer.raw is not None:
-            conn.sendall(answer.raw)
+            _send_split(conn, answer.raw, answer.split)
             return False
         body = answer.body if answer.body is not None else f"{self.name} {request.path} #{count}\n".encode()
         keep = _keeps_alive(request) and not answer.close
@@ -250,8 +253,19 @@ class RecordingOrigin:
         if not keep:
             head.append("Connection: close")
         no_body = request.method == "HEAD" or answer.status in (204, 304)
-        conn.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (b"" if no_body else body))
+        _send_split(conn, ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (b"" if no_body else body), answer.split)
         return keep
+
+
+SPLIT_PAUSE = 0.2  # seconds between the two parts of a split answer
+
+
+def _send_split(conn: socket.socket, data: bytes, split: int | None) -> None:
+    if split is not None and data[:split] and data[split:]:
+        conn.sendall(data[:split])
+        time.sleep(SPLIT_PAUSE)
+        data = data[split:]
+    conn.sendall(data)
 
 
 def _keeps_alive(request: Received) -> bool:

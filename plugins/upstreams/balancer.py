@@ -55,13 +55,11 @@ class Snapshot:
     health: dict[int, int] = field(default_factory=dict)  # slot -> health, from the zone and events
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    @property
-    def primary(self) -> list[Peer]:
-        return [p for p in self.peers if not p.backup]
-
-    @property
-    def backups(self) -> list[Peer]:
-        return [p for p in self.peers if p.backup]
+    def __post_init__(self):
+        # the peers never change within a snapshot (a change is a new one): grouped once
+        self.primary: list[Peer] = [p for p in self.peers if not p.backup]
+        self.backups: list[Peer] = [p for p in self.peers if p.backup]
+        self._groups = (self.primary, self.backups)
 
     @property
     def single(self) -> bool:
@@ -79,8 +77,8 @@ class Snapshot:
         if peer.max_conns and zone.in_flight(peer.slot) >= peer.max_conns:
             return False  # nginx's max_conns: every worker's requests to it count
         if peer.max_fails:
-            c = zone.counters(peer.slot)
-            if c.fails >= peer.max_fails and now - c.checked <= peer.fail_timeout:
+            fails, checked = zone.failure_window(peer.slot)
+            if fails >= peer.max_fails and now - checked <= peer.fail_timeout:
                 return False
         return True
 
@@ -93,12 +91,11 @@ class Snapshot:
         """The next peer for a request that already tried ``tried`` (peer ids): primaries while
         any is usable, backups only after."""
         with self.lock:
-            for group in (self.primary, self.backups):
+            for group in self._groups:
                 best = self._smooth(group, zone, tried, now)
                 if best is not None:
                     if best.max_fails:
-                        c = zone.counters(best.slot)
-                        if c.fails >= best.max_fails:
+                        if zone.failure_window(best.slot)[0] >= best.max_fails:
                             zone.mark_checked(best.slot, now)  # the one request that re-tries it
                     return best
         return None

@@ -18,6 +18,7 @@ are the body, to the close.
 
 from __future__ import annotations
 
+import io
 import re
 import select
 import socket
@@ -62,13 +63,24 @@ def connect(host: str, port: int, timeout: float) -> Link:
     return Link(sock, host, port)
 
 
-def exchange(link: Link, head: bytes, body: bytes, method: str, read_timeout: float) -> HTTPResponse:
-    """Send the request (head and body in one write) and read the answer's status line and
-    header; the body is left to read."""
+def exchange(link: Link, head: bytes, body: bytes, method: str, read_timeout: float) -> HTTPResponse | Whole:
+    """Send the request (head and body in one write) and read the answer: a ``Whole`` when the
+    first read holds all of a plain answer (``whole``), else its status line and header as a
+    urllib3 response, the body left to read (the first read's bytes, or its error, come first)."""
     link.requests += 1
-    link.sock.settimeout(read_timeout)
-    link.sock.sendall(head + body if body else head)
-    raw = Answer(link.sock, method=method)
+    sock = link.sock
+    if sock.gettimeout() != read_timeout:
+        sock.settimeout(read_timeout)
+    sock.sendall(head + body if body else head)
+    try:
+        first: bytes | OSError = sock.recv(READ_SIZE)
+    except OSError as exc:  # raised where http.client would have met it: at its first read
+        first = exc
+    else:
+        answer = whole(first, method)
+        if answer is not None:
+            return answer
+    raw = Answer(_Prefetched(sock, first), method=method)
     raw.begin()
     return HTTPResponse(body=raw, headers=HTTPHeaderDict(raw.msg.items()), status=raw.status, version=raw.version,
                         reason=raw.reason, preload_content=False, decode_content=False, original_response=raw,
@@ -81,6 +93,108 @@ HTTP_09 = 9  # an answer's version (http.client's number) when it had no status 
 _STATUS_LINE = re.compile(rb"HTTP/[1-9][0-9]?\.[0-9]+ +[0-9]{3}(?:[ .][^\r]*)?\r?")
 _STATUS_LINE_START = re.compile(rb"(?:H(?:T(?:T(?:P(?:/(?:[1-9][0-9]?(?:\.(?:[0-9]+(?: +(?:[0-9]{0,2}|[0-9]{3}"
                                 rb"(?:[ .][^\r]*)?\r?))?)?)?)?)?)?)?)?)?")
+
+
+READ_SIZE = 65536  # the first read of an answer
+
+
+class Whole:
+    """An answer read whole by one recv: its status line, header lines (as sent, the values'
+    spaces stripped) and body."""
+
+    __slots__ = ("status", "reason", "headers", "body", "will_close", "size")
+    chunked = False
+
+    def __init__(self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes, will_close: bool,
+                 size: int):
+        self.status, self.reason, self.headers, self.body = status, reason, headers, body
+        self.will_close = will_close
+        self.size = size  # the header lines' bytes, the blank line too (as Header.size)
+
+
+# header lines nginx takes as they are: NAME (no space nor control character) ":" value, each
+# ended by CRLF (no bare CR or LF anywhere)
+_PLAIN_LINES = re.compile("(?:[^\x00-\x20\x7f:]+:[^\r\n]*\r\n)*")
+
+
+def whole(data: bytes, method: str) -> Whole | None:
+    """The answer in ``data`` when it is all there and plain — HTTP/1.1, a 2xx-5xx status but
+    204 and 304, CRLF line ends, valid header lines only (at most MAX_LINES), one valid
+    Content-Length, no Transfer-Encoding, the body of exactly that length, not a HEAD's — read
+    as ``Answer`` and ``read_header`` would read it; None for anything else (the streaming
+    path reads it, with all its checks and faults)."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0 or method == "HEAD" or not data.startswith(b"HTTP/1.1 "):
+        return None
+    text = data[:end + 2].decode("latin-1")
+    line_end = text.find("\r\n")
+    status = text[:line_end]
+    code = status[9:12]
+    if not ("200" <= code <= "599" and code.isdigit()) or code in ("204", "304") or \
+            (line_end > 12 and status[12] != " ") or "\n" in status or "\r" in status:
+        return None
+    lines = text[line_end + 2:]
+    if _PLAIN_LINES.fullmatch(lines) is None:
+        return None
+    split = lines.split("\r\n")
+    if len(split) > MAX_LINES + 1:  # the last is the empty rest after the last CRLF
+        return None
+    headers = []
+    length = None
+    connection = None
+    for line in split[:-1]:
+        name, _, value = line.partition(":")
+        value = value.strip(" \t")
+        headers.append((name, value))
+        low = name.lower()
+        if low == "content-length":
+            if length is not None or not (value.isascii() and value.isdigit()) or len(value) > 18:
+                return None
+            length = int(value)
+        elif low == "transfer-encoding":
+            return None
+        elif low == "connection" and connection is None:
+            connection = value
+    body = data[end + 4:]
+    if length != len(body):
+        return None
+    return Whole(int(code), status[13:].strip(), headers, body,
+                 connection is not None and "close" in connection.lower(), end + 4 - line_end - 2)
+
+
+class _Prefetched(io.RawIOBase):
+    """The connection as http.client reads it, after a first read was done: its bytes (or its
+    error) come first, then the socket's (``makefile`` gives http.client the reader)."""
+
+    def __init__(self, sock: socket.socket, first: bytes | OSError):
+        self._raw = sock.makefile("rb", buffering=0)  # a SocketIO, counted by the socket as makefile's
+        self._sock = sock
+        self._first: bytes | OSError | None = first
+
+    def makefile(self, mode: str):
+        return io.BufferedReader(self)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        first = self._first
+        if first is None:
+            return self._raw.readinto(b)
+        if isinstance(first, OSError):
+            self._first = None
+            raise first
+        n = min(len(b), len(first))
+        b[:n] = first[:n]
+        self._first = first[n:] or None
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
+
+
 _BAD_IN_NAME = re.compile("[\x00-\x20\x7f]")
 MAX_LINE = 65536  # http.client's: a longer line is "upstream sent too big header"
 MAX_LINES = 100

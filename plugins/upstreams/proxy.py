@@ -33,7 +33,7 @@ from ngxsim import (
 
 from . import dynamic
 from .balancer import Peer
-from .connections import HTTP_09, KeptConnections, Link, connect, exchange, readable
+from .connections import HTTP_09, KeptConnections, Link, Whole, connect, exchange, readable
 
 log = logging.getLogger("ngxsim")
 # the backend's header lines nginx's upstream module never copies to the client (its
@@ -102,6 +102,22 @@ class ProxyHandler:
         names = {h.name.lower() for h in self.headers}
         self.defaults = [(name, value) for name, value in DEFAULT_SET if name.lower() not in names]
         self.not_passed = names | {name.lower() for name, _ in DEFAULT_SET}
+        self.port = str(self.spec.port)
+        # the header lines before the client's, in order: as sent (bytes) where they do not
+        # depend on the request, (name, Template) where they do, None for the body's length
+        self.lines: list[bytes | tuple[str, object] | None] = []
+        for header in self.headers:
+            if not header.value.static:
+                self.lines.append((header.name, header.value))
+            elif header.value.source:
+                self.lines.append(_line(header.name, header.value.source))
+        for name, value in self.defaults:
+            if name == "Content-Length":
+                self.lines.append(None)
+            elif name == "Host":  # with variables in proxy_pass: each request's host (_head)
+                self.lines.append(_line(name, self.spec.host) if self.spec.template is None else (name, None))
+            elif value:
+                self.lines.append(_line(name, value))
 
     # -- the request ---------------------------------------------------------------------------
 
@@ -115,13 +131,14 @@ class ProxyHandler:
         env = ctx.environ
         method = env["REQUEST_METHOD"]
         ctx.vars["proxy_host"] = spec.host
-        ctx.vars["proxy_port"] = str(spec.port)
+        ctx.vars["proxy_port"] = self.port if spec is self.spec else str(spec.port)
+        has_body = _has_body(env)
         try:
-            body = read_body(ctx, ctx.location["client_max_body_size"] or MAX_BUFFERED) if _has_body(env) else b""
+            body = read_body(ctx, ctx.location["client_max_body_size"] or MAX_BUFFERED) if has_body else b""
         except ApiError as exc:
             return error_page(exc.status)
         url = self._uri(ctx, spec)
-        head = self._head(ctx, spec, method, url, len(body) if body or _has_body(env) else None)
+        head = self._head(ctx, spec, method, url, len(body) if has_body else None)
         # what a try sends (NGINX Plus's "sent"): the request line, the header and the body
         sent_bytes = len(head) + len(body)
         keepalive = state.conf.upstreams[spec.upstream] if spec.upstream else None
@@ -158,7 +175,7 @@ class ProxyHandler:
             link = None
             try:
                 link, resp = self._send(spec, state.links, keepalive, target, method, head, body)
-                invalid = _invalid_header(resp)
+                invalid = None if resp.__class__ is Whole else _invalid_header(resp)
                 if invalid is not None:
                     raise InvalidHeader(invalid)
             except (HTTPError, OSError, InvalidHeader) as exc:
@@ -174,8 +191,8 @@ class ProxyHandler:
                 times.append(f"{elapsed:.3f}")
                 condition = _STATUS_CONDITIONS.get(resp.status)
                 if condition is None or condition not in self.next_upstream:
-                    return self._respond(ctx, spec, state, target, resp, url, addrs, statuses, times, method, sent=sent_bytes,
-                                         release=_releaser(state.links, keepalive, link, resp))
+                    return self._respond(ctx, spec, state, target, resp, url, addrs, statuses, times, method,
+                                         sent=sent_bytes, link=link, keepalive=keepalive)
                 # a status proxy_next_upstream retries: remember it, count a failure, go on
                 state.end(spec.upstream, target, failed=condition in _FAILURE_CONDITIONS, snapshot=snapshot,
                           status=resp.status, sent=sent_bytes)
@@ -195,7 +212,7 @@ class ProxyHandler:
         if last_response is not None:  # every peer answered a retried status: send the last one on
             resp, link = last_response
             return self._respond(ctx, spec, state, None, resp, url, addrs, statuses, times, method, counted=True,
-                                 release=_releaser(state.links, keepalive, link, resp))
+                                 link=link, keepalive=keepalive)
         if not addrs:
             return self._no_live_upstreams(ctx, spec)
         return error_page(504 if last_failure == "timeout" else 502)
@@ -248,19 +265,25 @@ class ProxyHandler:
         length), then every client header line as the client wrote it (repeated ones apart),
         but those of the names set above (an empty value sends none)."""
         lines = [method.encode("ascii") + b" " + _bytes(url) + self.version]
-        for header in self.headers:
-            value = header.value.render(ctx)
-            if value:
-                lines.append(_line(header.name, value))
-        for name, value in self.defaults:
-            if value is None:
-                value = spec.host if name == "Host" else "" if length is None else str(length)
-            if value:
-                lines.append(_line(name, value))
+        for line in self.lines:
+            if line.__class__ is bytes:
+                lines.append(line)
+            elif line is None:
+                if length is not None:
+                    lines.append(b"Content-Length: %d\r\n" % length)
+            elif line[1] is None:  # Host of a proxy_pass with variables: this request's
+                lines.append(_line(line[0], spec.host))
+            else:
+                value = line[1].render(ctx)
+                if value:
+                    lines.append(_line(line[0], value))
         skip = self.not_passed
         for name, value in ctx.request_header_lines():
             if name.lower() not in skip:
-                lines.append(_line(name, value))
+                try:
+                    lines.append(f"{name}: {value}\r\n".encode("latin-1"))
+                except UnicodeEncodeError:
+                    lines.append(_line(name, value))
         lines.append(b"\r\n")
         return b"".join(lines)
 
@@ -273,9 +296,15 @@ class ProxyHandler:
     # -- the response --------------------------------------------------------------------------
 
     def _respond(self, ctx, spec, state, target, resp, url, addrs, statuses, times, method, counted=False, sent=0,
-                 release=None):
+                 link=None, keepalive=None):
+        """The answer to the client. One read whole (``Whole``) goes on as bytes: its connection
+        is kept (or closed) and its try counted at once, as nginx frees the peer when the
+        upstream's answer is all in; any other streams on (``_Body``) and ends both when the
+        server closes it."""
         self._record(ctx, addrs, statuses, times)
-        ctx.upstream_headers = list(resp.headers.iteritems())  # as sent: a cache decides from these
+        whole = resp.__class__ is Whole
+        # as sent: a cache decides from these
+        ctx.upstream_headers = resp.headers if whole else list(resp.headers.iteritems())
         # a chunked answer with a Content-Length too: nginx 1.22 drops the length and passes the
         # body re-chunked (current nginx refuses it as an invalid header)
         skip = self.hidden | {"content-length"} if resp.chunked else self.hidden
@@ -291,9 +320,16 @@ class ProxyHandler:
                             break
         upstream = spec.upstream
         snapshot = state.snapshot(upstream) if upstream else None
+        if whole:
+            _reuse(state.links, keepalive, link, not resp.will_close)
+            if not counted:
+                state.end(upstream, target, failed=False, success=True, snapshot=snapshot, status=resp.status,
+                          sent=sent, received=len(resp.reason) + 15 + resp.size + len(resp.body))
+            return self._relayed(ctx, resp, [resp.body], headers, rewritten)
 
         http09 = resp.version == HTTP_09
         head = 0 if http09 else len(resp.reason or "") + 15 + resp._original_response.msg.size
+        release = _releaser(state.links, keepalive, link, resp)
 
         def finished() -> None:
             if not counted:
@@ -307,26 +343,40 @@ class ProxyHandler:
             return as_http09(Response(stream))
         # not direct_passthrough: werkzeug then closes the response (and its on-close callbacks:
         # the access log line) when the server closes the body
-        response = keep_status_line(Response(stream, status=resp.status, headers=headers),
-                                    f"{resp.status} {resp.reason or ''}".rstrip(),  # nginx passes it on
-                                    absolute_location=rewritten)
-        if not any(name.lower() == "content-type" for name, _ in headers):
-            del response.headers["Content-Type"]  # the backend sent none: add none
-        return response
+        return self._relayed(ctx, resp, stream, headers, rewritten)
+
+    @staticmethod
+    def _relayed(ctx, resp, body, headers, rewritten):
+        """The client's response: the upstream's status line and header lines, and ``body``."""
+        return keep_status_line(_Relayed(body, status=resp.status, headers=headers),
+                                f"{resp.status} {resp.reason or ''}".rstrip(),  # nginx passes it on
+                                absolute_location=rewritten)
+
+
+class _Relayed(Response):
+    """An upstream's answer: the backend sent no Content-Type, none is added."""
+
+    default_mimetype = None
 
 
 def _releaser(links: KeptConnections, keepalive, link: Link, resp):
-    """What ends a response's connection: ``release(complete)`` keeps it for the next request
-    when the upstream has ``keepalive``, the answer was read to its end and did not close it;
-    closes it otherwise."""
+    """What ends a streamed response's connection: ``release(complete)`` keeps it for the next
+    request when the answer was read to its end and did not close it (``_reuse``)."""
     def release(complete: bool) -> None:
         raw = resp._original_response
-        if keepalive is not None and complete and not raw.will_close and raw.isclosed():
-            links.keep(keepalive.name, link, keepalive.keepalive, keepalive.keepalive_requests,
-                       keepalive.keepalive_time)
-        else:
-            link.close()
+        # nothing to read (HEAD, 204, 304, Content-Length: 0) leaves it reusable too, as in nginx
+        # (ngx_http_proxy_process_header); http.client marks only a body it read as closed
+        _reuse(links, keepalive, link, complete and not raw.will_close and (raw.isclosed() or raw.length == 0))
     return release
+
+
+def _reuse(links: KeptConnections, keepalive, link: Link, reusable: bool) -> None:
+    """Keep ``link`` for the next request when the upstream has ``keepalive`` and the answer
+    left it ``reusable``; close it otherwise."""
+    if keepalive is not None and reusable:
+        links.keep(keepalive.name, link, keepalive.keepalive, keepalive.keepalive_requests, keepalive.keepalive_time)
+    else:
+        link.close()
 
 
 def _redirects(settings) -> list[tuple[str, object]]:

@@ -35,6 +35,12 @@ _SLOT = struct.Struct("<IIQQIBBHIIdd")
 # unhealthy, last check passed; last selected (epoch), down since (epoch, 0: up), downtime (s)
 _STATS = struct.Struct("<QQQQQQQQQQQQddd")
 _STATS_AT = 64
+# single fields of a slot, for the per-request accounting (selected, finish): offsets in the
+# slot of _SLOT's id, requests, fails_total, fails, accessed (and checked after it), and of the
+# stats' responses, sent (received and unavail after it) and last selected
+_U16, _U32, _U64, _F64, _TWO_F64, _THREE_U64 = (struct.Struct(f) for f in ("<H", "<I", "<Q", "<d", "<dd", "<QQQ"))
+_ID_AT, _REQUESTS_AT, _FAILS_TOTAL_AT, _FAILS_AT, _ACCESSED_AT = 0, 8, 16, 24, 40
+_RESPONSES_AT, _SENT_AT, _SELECTED_AT = _STATS_AT, _STATS_AT + 40, _STATS_AT + 96
 SLOT_SIZE = 192
 ROWS = 128
 _ROW_HEAD = struct.Struct("<IIQ")
@@ -186,19 +192,23 @@ class UpstreamZone:
     def selected(self, slot: int, peer_id: int, now: float) -> None:
         """The balancer chose the peer for a request: NGINX Plus counts ``requests`` here (with
         ``active``), and remembers when (``selected``)."""
+        buf, at = self.buf, self.layout.slots_at + slot * SLOT_SIZE
         with self.zone.lock():
-            at = self._slot_at(slot)
-            values = list(_SLOT.unpack_from(self.buf, at))
-            if values[0] != _held(peer_id):
+            if _U32.unpack_from(buf, at)[0] != peer_id + 1:  # _held
                 return
-            values[2] += 1
-            _SLOT.pack_into(self.buf, at, *values)
-            self._update_stats(at, lambda v: v.__setitem__(12, now))
+            _U64.pack_into(buf, at + _REQUESTS_AT, _U64.unpack_from(buf, at + _REQUESTS_AT)[0] + 1)
+            _F64.pack_into(buf, at + _SELECTED_AT, now)
 
     def counters(self, slot: int) -> PeerCounters:
         (_, flags, requests, fails_total, fails, health, _, _, hfails, hpasses,
          accessed, checked) = _SLOT.unpack_from(self.buf, self._slot_at(slot))
         return PeerCounters(requests, fails_total, fails, health, hfails, hpasses, accessed, checked, flags)
+
+    def failure_window(self, slot: int) -> tuple[int, float]:
+        """The peer's failures in its current window and when it was last checked (what the
+        balancer asks on each pick of a peer with ``max_fails``)."""
+        at = self.layout.slots_at + slot * SLOT_SIZE
+        return _U32.unpack_from(self.buf, at + _FAILS_AT)[0], _F64.unpack_from(self.buf, at + _ACCESSED_AT + 8)[0]
 
     def health(self, slot: int) -> int:
         return self.buf[self._slot_at(slot) + 28]
@@ -236,29 +246,26 @@ class UpstreamZone:
         run nginx's passive failure accounting (``max_fails`` failures within ``fail_timeout``
         make the peer unavailable for that long). Returns True when this failure just made the
         peer unavailable."""
+        buf, at = self.buf, self.layout.slots_at + slot * SLOT_SIZE
         with self.zone.lock():
-            at = self._slot_at(slot)
-            values = list(_SLOT.unpack_from(self.buf, at))
-            if values[0] != _held(peer_id):
+            if _U32.unpack_from(buf, at)[0] != peer_id + 1:  # _held
                 return False
             tripped = False
             if failed:
-                values[3] += 1
-                values[4] += 1
-                values[10] = values[11] = now  # accessed, checked
-                tripped = bool(max_fails) and values[4] == max_fails
-            elif success and values[10] < values[11]:
-                values[4] = 0  # a success after the last failure was checked: nginx resets
-            _SLOT.pack_into(self.buf, at, *values)
-
-            def count(v):
-                if 100 <= status <= 599:
-                    v[status // 100 - 1] += 1
-                v[5] += sent
-                v[6] += received
-                v[7] += tripped
-
-            self._update_stats(at, count)
+                _U64.pack_into(buf, at + _FAILS_TOTAL_AT, _U64.unpack_from(buf, at + _FAILS_TOTAL_AT)[0] + 1)
+                fails = _U32.unpack_from(buf, at + _FAILS_AT)[0] + 1
+                _U32.pack_into(buf, at + _FAILS_AT, fails)
+                _TWO_F64.pack_into(buf, at + _ACCESSED_AT, now, now)  # accessed, checked
+                tripped = bool(max_fails) and fails == max_fails
+            elif success:
+                accessed, checked = _TWO_F64.unpack_from(buf, at + _ACCESSED_AT)
+                if accessed < checked:
+                    _U32.pack_into(buf, at + _FAILS_AT, 0)  # a success after the last failure was checked: nginx resets
+            if 100 <= status <= 599:
+                where = at + _RESPONSES_AT + 8 * (status // 100 - 1)
+                _U64.pack_into(buf, where, _U64.unpack_from(buf, where)[0] + 1)
+            total_sent, total_received, unavail = _THREE_U64.unpack_from(buf, at + _SENT_AT)
+            _THREE_U64.pack_into(buf, at + _SENT_AT, total_sent + sent, total_received + received, unavail + tripped)
             return tripped
 
     def mark_checked(self, slot: int, now: float) -> None:
@@ -320,8 +327,8 @@ class UpstreamZone:
             return
         at = self._row_at(self._row) + _ROW_HEAD.size + 2 * slot
         with self._row_lock:
-            value = struct.unpack_from("<H", self.buf, at)[0] + delta
-            struct.pack_into("<H", self.buf, at, max(0, min(value, 0xFFFF)))
+            value = _U16.unpack_from(self.buf, at)[0] + delta
+            _U16.pack_into(self.buf, at, max(0, min(value, 0xFFFF)))
 
     def in_flight(self, slot: int) -> int:
         """Requests in flight to one slot, summed over the workers' rows (``max_conns``)."""

@@ -67,10 +67,8 @@ def test_without_worker_events_the_error_names_the_module_to_load():
 class _NoZone:
     """Counters of a peer that never failed."""
 
-    def counters(self, slot):
-        from ngxsim_plugins.upstreams.zone import PeerCounters
-
-        return PeerCounters(0, 0, 0, 0, 0, 0, 0.0, 0.0, 0)
+    def failure_window(self, slot):
+        return 0, 0.0  # no failure, never checked
 
     def mark_checked(self, slot, now):
         raise AssertionError("no peer failed")
