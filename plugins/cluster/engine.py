@@ -129,13 +129,14 @@ class Engine(ABC):
         acknowledged every one (for JetStream: stored by the stream's replicas)."""
 
     @abstractmethod
-    def read(self, cursor: str | None, *, block: float, limit: int = 512) -> Batch:
+    def read(self, cursor: str | None, *, block: float, limit: int = 512, skip_origin: str | None = None) -> Batch:
         """Entries after ``cursor`` in the engine's order, at most ``limit``, waiting at most
         ``block`` seconds for the first one (a push wait: the call returns when an entry
         arrives, never by polling). ``cursor`` None: only entries appended from now on, and
         the batch's ``cursor`` is a position all the same (where "now" is, ``beginning`` on an
         empty stream), one the caller can store; ``cursor`` ``beginning``: everything the stream
-        holds."""
+        holds. ``skip_origin``: entries of that origin (the caller's own, which it would drop)
+        may be left out of ``entries`` unparsed; the ``cursor`` moves past them all the same."""
 
     @abstractmethod
     def newest(self) -> str | None:

@@ -253,7 +253,7 @@ class Relay:
                     engine = self._connected_engine("in")
             while engine is not None and not self._stopping():
                 try:
-                    batch = engine.read(st.cursor, block=BLOCK, limit=BATCH)
+                    batch = engine.read(st.cursor, block=BLOCK, limit=BATCH, skip_origin=self.instance)
                     self._worked("in")
                     self._take(batch)  # first: delivery waits for nothing else
                     now = time.monotonic()
