@@ -157,6 +157,12 @@ class Engine(ABC):
     def close(self) -> None:
         """Drop the connection; never raises. The engine may be connected again."""
 
+    def thread_cpu(self) -> float:
+        """CPU seconds used so far by threads this engine runs of its own (a client's event
+        loop): the relay counts them as its own work when it keeps to its share of the worker
+        (pace.py). 0.0 for an engine that runs none; may restart from 0 after a reconnect."""
+        return 0.0
+
     def describe(self) -> str:
         """The engine's address for logs and the API, without credentials."""
         return redact_url(self.url)

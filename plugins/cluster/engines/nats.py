@@ -214,6 +214,15 @@ class NatsEngine(Engine):
         thread.start()
         self._loop, self._thread = loop, thread
 
+    def thread_cpu(self) -> float:
+        thread = self._thread
+        if thread is None or thread.ident is None:
+            return 0.0
+        try:
+            return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+        except (OSError, AttributeError):  # gone meanwhile, or not a platform with per-thread clocks
+            return 0.0
+
     def _stop_loop(self) -> None:
         loop, thread = self._loop, self._thread
         self._loop = self._thread = None
