@@ -10,8 +10,9 @@ nginx gives such background work to processes of their own with bounded work per
 (the cache manager's ``manager_files``/``manager_sleep``); here the relay measures, after each
 piece of work, how much CPU the rest of its process used lately, and when that is more than
 ``busy`` of a core it pauses long enough to keep its own share at ``share``: the relay falls
-behind during a request's burst and catches up after it. A pause is never longer than
-``max_pause``, and there is none while the ring's unsent events fill more than half of it
+behind during a request's burst and catches up after it. A pause is never shorter than
+``min_pause`` (each time the relay takes the GIL back costs the request a switch: fewer,
+larger batches) nor longer than ``max_pause``, and there is none while the ring's unsent events fill more than half of it
 (events lost to the ring's wrap would cost more than a slower request).
 """
 
@@ -23,7 +24,8 @@ from typing import Callable
 
 SHARE = 0.1       # the relay's share of its worker while the rest of the worker is busy
 BUSY = 0.25       # the rest of the process above this many cores (over WINDOW) is "busy"
-WINDOW = 0.02     # seconds over which the rest's CPU is measured
+WINDOW = 0.005    # seconds over which the rest's CPU is measured (a request's burst is seen within it)
+MIN_PAUSE = 0.002  # the shortest pause while busy: the relay takes the GIL for batches, not for each event
 MAX_PAUSE = 0.02  # the longest single pause, seconds
 
 
@@ -32,9 +34,10 @@ class Pacer:
     time, seconds) returns how long to pause before the next (0: go on at once)."""
 
     def __init__(self, *, share: float = SHARE, busy: float = BUSY, window: float = WINDOW,
-                 max_pause: float = MAX_PAUSE, clock: Callable[[], float] = time.monotonic,
+                 min_pause: float = MIN_PAUSE, max_pause: float = MAX_PAUSE, clock: Callable[[], float] = time.monotonic,
                  process_cpu: Callable[[], float] = time.process_time):
-        self.share, self.busy, self.window, self.max_pause = share, busy, window, max_pause
+        self.share, self.busy, self.window = share, busy, window
+        self.min_pause, self.max_pause = min_pause, max_pause
         self._clock, self._process_cpu = clock, process_cpu
         self._lock = threading.Lock()
         self._since = clock()
@@ -56,6 +59,6 @@ class Pacer:
                 self._since, self._process_since, self._relay_cpu = now, process, 0.0
             if self._rest_rate <= self.busy or backlog * 2 > room:
                 return 0.0
-            pause = min(self.max_pause, cpu * (1 - self.share) / self.share)
+            pause = min(self.max_pause, max(self.min_pause, cpu * (1 - self.share) / self.share))
             self.paused += pause
             return pause

@@ -287,7 +287,7 @@ class Relay:
                     engine = self._connected_engine("in")
             while engine is not None and not self._stopping():
                 try:
-                    cpu = self._cpu(engine)
+                    cpu, before = self._cpu(engine), st.cursor
                     batch = engine.read(st.cursor, block=BLOCK, limit=BATCH, skip_origin=self.instance)
                     self._worked("in")
                     self._take(batch)  # first: delivery waits for nothing else
@@ -296,7 +296,7 @@ class Relay:
                         newest = engine.newest()
                         last_look = now
                         self.caught_up = newest is None or newest == st.cursor
-                    if batch.entries:
+                    if st.cursor != before:  # (entries read, its own skipped ones too: the same CPU)
                         self._pace(engine, cpu)
                     else:
                         self._keep(idle=True)

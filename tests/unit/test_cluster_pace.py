@@ -13,7 +13,7 @@ class Clocks:
 
     def pacer(self, **kw) -> Pacer:
         return Pacer(clock=lambda: self.now, process_cpu=lambda: self.process, share=0.1, busy=0.25, window=0.02,
-                     max_pause=0.02, **kw)
+                     min_pause=0.002, max_pause=0.02, **kw)
 
     def spend(self, seconds: float, rest: float, relay: float) -> None:
         """``seconds`` pass; the rest of the process uses ``rest`` CPU and the relay ``relay``."""
@@ -37,7 +37,8 @@ def test_a_busy_worker_makes_the_relay_pause_nine_times_its_work():
     assert abs(pacer.done(0.001) - 0.009) < 1e-9  # 1 ms of work, 9 ms of pause: a 10% share
     c.spend(0.001, rest=0.001, relay=0.005)  # within the window: the last measure holds
     assert pacer.done(0.005) == 0.02  # at most max_pause at once
-    assert abs(pacer.paused - 0.029) < 1e-9
+    assert pacer.done(0.00001) == 0.002  # at least min_pause: the next batch gathers more events
+    assert abs(pacer.paused - 0.031) < 1e-9
 
 
 def test_the_relay_s_own_work_is_not_taken_for_the_worker_s():
