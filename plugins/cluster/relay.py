@@ -71,7 +71,7 @@ class Relay:
         self._pending_loss: set[str] = set()
         self._backoff = {"out": 0.0, "in": 0.0}  # the wait before the next connect, per direction
         self.pacer = Pacer()  # a small share of the worker while its requests keep it busy (pace.py)
-        self._changed = False  # state or view not written since they changed (_keep)
+        self._changed = False  # the state file not written since the state changed (_keep)
         self._kept = 0.0
 
     # -- shared bookkeeping ---------------------------------------------------------------------
@@ -120,7 +120,8 @@ class Relay:
                 "channels": list(b.channels) if b.channels is not None else "*",
                 "connected": self.connected, "links": dict(self.links), "relay_pid": None if self._stopping() else os.getpid(),
                 "caught_up": self.caught_up, "cursor": self.state.cursor, "relayed_generation": self.state.relayed,
-                **self.stats, "paused_ms": int(self.pacer.paused * 1000), "last_error": self.last_error, "last_error_msec": self.last_error_msec or None,
+                **self.stats, "paused_ms": int(self.pacer.paused * 1000),
+                "last_error": self.last_error, "last_error_msec": self.last_error_msec or None,
                 "instances": self.instances,
             }
         self.view.write(doc)
