@@ -12,8 +12,12 @@ Streams or NATS JetStream (one ``nats-server -js`` node).
 2. Fan-out (``--fanout 2,10,25``): clusters of 2, 10, 25 instances of 1 worker each on this
    machine, latency to the last worker of all the others and the engine's CPU per event.
 3. Publish cost on a bridged channel vs an unbridged one: ``?n=5000`` publishes in a request of
-   A, alternated between the two channels, events/s. The relay is off the request path, so what
-   a bridged publish costs more is only the relay's CPU beside it (2 cores).
+   A, one burst per channel a round, the order alternated round by round, each burst started
+   with every relay idle; events/s in the request (medians), also apart for the bursts that
+   landed in the worker running A's relay and in the other (the relay shares its worker's GIL
+   and the machine's 2 cores), with CPU per event from /proc (the request's thread, A's workers,
+   B's and C's) beside it. The unbridged baseline is measured in the same run with the same
+   settings.
 
 Redis runs with ``appendfsync everysec`` (the usual production setting; the tests use
 ``always``); NATS with JetStream file storage (its default sync). Each engine's floor is one hop
@@ -206,14 +210,68 @@ def engine_hop(engine_url: str, samples: int) -> tuple[list[float], float]:
     return [n / 1000 for n in out], cpu_ns / 1000 / max(1, len(out))
 
 
-def publish_cost(servers: dict, rounds: int, n: int = 5000) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {"unbridged (local.bench)": [], "bridged (bench)": []}
-    for _ in range(rounds):
-        for label, channel in (("unbridged (local.bench)", "local.bench"), ("bridged (bench)", "bench")):
-            doc = api(servers["A"], f"/burst?n={n}&channel={channel}")
-            out[label].append(doc["count"] / doc["seconds"])
-            time.sleep(0.5)  # let the relay catch up between rounds
+def cpu_ns(pid: int) -> int:
+    """CPU time of every thread of ``pid`` so far, ns (``/proc/PID/task/*/schedstat``)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # a thread that ended meanwhile
+    return total
+
+
+def instance_cpu(server) -> int:
+    return sum(cpu_ns(pid) for pid in server.worker_pids())
+
+
+CHANNELS = (("unbridged", "local.bench"), ("bridged", "bench"))
+
+
+def publish_cost(servers: dict, rounds: int, n: int = 5000) -> list[dict]:
+    """``rounds`` rounds of one burst of ``n`` publishes on each channel in a request of A, the
+    two channels' order alternated round by round; before each burst every relay is idle (the
+    previous bridged burst relayed in by B and C). Each burst: events/s in the request, its
+    thread's CPU per publish, whether it ran in the worker that runs A's relay, and the CPU
+    (all threads, /proc schedstat) of A's workers and of B's and C's per event from the burst
+    until the others relayed it in."""
+    a = servers["A"]
+    others = [server for name, server in servers.items() if name != "A"]
+    relay = view(a)["relay_pid"]
+    out = []
+    for i in range(rounds):
+        for label, channel in (CHANNELS if i % 2 == 0 else CHANNELS[::-1]):
+            targets = [view(o)["relayed_in"] + n for o in others] if label == "bridged" else None
+            cpu_a, cpu_o = instance_cpu(a), sum(instance_cpu(o) for o in others)
+            doc = api(a, f"/burst?n={n}&channel={channel}")
+            if targets:
+                for o, target in zip(others, targets):
+                    wait_for(lambda: view(o)["relayed_in"] >= target, 60, what="the others to relay the burst in")
+            time.sleep(0.2)
+            out.append({"channel": label, "rate": doc["count"] / doc["seconds"],
+                        "request_cpu": doc["cpu_seconds"] / n * 1e6, "relay_worker": doc["pid"] == relay,
+                        "a_cpu": (instance_cpu(a) - cpu_a) / n / 1e3,
+                        "others_cpu": (sum(instance_cpu(o) for o in others) - cpu_o) / n / 1e3})
     return out
+
+
+def cost_rows(kind: str, cost: list[dict]) -> list[list[str]]:
+    """One row per channel and one of ratios: events/s medians over all bursts, and apart for
+    the bursts that ran in the relay's worker and in the other one (like with like)."""
+    def med(label, key="rate", where=None):
+        values = [c[key] for c in cost if c["channel"] == label and (where is None or c["relay_worker"] == where)]
+        return (median(values), len(values)) if values else (float("nan"), 0)
+
+    rows = []
+    for label, _ in CHANNELS:
+        (rate, k), (in_relay, k1), (elsewhere, k2) = med(label), med(label, where=True), med(label, where=False)
+        rows.append([kind, label, k, f"{rate:,.0f}", f"{in_relay:,.0f} ({k1})", f"{elsewhere:,.0f} ({k2})",
+                     f"{med(label, 'request_cpu')[0]:.1f}", f"{med(label, 'a_cpu')[0]:.1f}",
+                     f"{med(label, 'others_cpu')[0]:.1f}"])
+    ratio = [med("bridged", where=w)[0] / med("unbridged", where=w)[0] for w in (None, True, False)]
+    cpu = [med("bridged", key)[0] / med("unbridged", key)[0] for key in ("request_cpu", "a_cpu", "others_cpu")]
+    rows.append([kind, "bridged / unbridged", "", *(f"{r:.0%}" for r in ratio), *(f"{c:.2f}x" for c in cpu)])
+    return rows
 
 
 def run_engine(kind: str, folder: Path, args) -> dict:
@@ -241,7 +299,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--engine", choices=("redis", "nats", "both"), default="both")
     parser.add_argument("--samples", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--fanout", default="2,10,25", help="cluster sizes of the fan-out table ('' skips it)")
     parser.add_argument("--fanout-samples", type=int, default=200)
     args = parser.parse_args()
@@ -278,13 +336,13 @@ def main() -> None:
         print(table(f"fan-out: instances of 1 worker sharing one engine, {args.fanout_samples} events published on "
                     "the first -> ran in every worker of all the others",
                     ["engine", "instances", "receivers", "samples", "p50 µs", "p99 µs", "engine CPU µs/event"], fan))
-    cost_rows = []
-    for kind, res in results.items():
-        base = median(res["cost"]["unbridged (local.bench)"])
-        cost_rows += [[kind, k, f"{median(v):,.0f}", f"{median(v) / base:.0%}"] for k, v in res["cost"].items()]
-    if cost_rows:
-        print(table(f"publish cost in a request of A, 5,000 publishes, median of {args.rounds} rounds",
-                    ["engine", "channel", "events/s", "vs unbridged"], cost_rows))
+    rows = [row for kind, res in results.items() for row in cost_rows(kind, res["cost"])]
+    if rows:
+        print(table(f"publish cost in a request of A: 5,000 publishes a burst, {args.rounds} rounds of one burst per "
+                    "channel (order alternated), medians; the request lands in either of A's 2 workers, one of "
+                    "which runs the relay",
+                    ["engine", "channel", "bursts", "events/s", "in relay's worker", "in the other",
+                     "request CPU µs/ev", "A's workers CPU µs/ev", "B+C CPU µs/ev"], rows))
 
 
 if __name__ == "__main__":

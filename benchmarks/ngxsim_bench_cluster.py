@@ -5,7 +5,8 @@ the same machine, put its CLOCK_MONOTONIC reading in the payload) and keeps ``(s
 latency_ns, remote)`` in memory, keyed by the send time (generations differ between the
 instances' rings); an event of type ``flush`` appends them to ``$NGXSIM_BENCH_DIR/<pid>.lat``.
 ``bench_publish_burst;`` makes a location publish ``?n=`` events on channel ``?channel=`` as
-fast as it can and answer how long that took.
+fast as it can and answer how long that took (wall clock and the request thread's CPU time) and
+in which worker (``pid``).
 """
 
 from __future__ import annotations
@@ -47,9 +48,10 @@ def ngxsim_content_handler(location, config):
     def burst(ctx):
         n, channel = int(ctx.arg("n") or 1000), ctx.arg("channel") or "bench"
         publish = ctx.runtime.publish
-        start = time.perf_counter()
+        cpu, start = time.thread_time(), time.perf_counter()
         for _ in range(n):
             publish("bus", channel, "burst", "b")
-        return json_response({"count": n, "seconds": time.perf_counter() - start})
+        seconds, cpu = time.perf_counter() - start, time.thread_time() - cpu
+        return json_response({"count": n, "seconds": seconds, "cpu_seconds": cpu, "pid": os.getpid()})
 
     return burst

@@ -7,7 +7,8 @@ init_module            arbiter (``ngxsim -c``,      ``load_configuration`` + ``s
                        ``--preload``) or the first  stale files removed, zones created/kept,
                        worker to load the app       janitor started, ``ngxsim_init_master``
 init_process           ``post_fork`` / app load     ``start_worker``: ``ngxsim_init_worker``
-                       in the worker                (worker_events starts its dispatcher)
+                       in the worker                (worker_events starts its dispatcher),
+                                                    then what it holds is frozen (``gc.freeze``)
 (told to stop)         worker SIGTERM / SIGQUIT     ``begin_stop``: ``runtime.stopping`` set,
                        (ngxsim's worker classes)    ``ngxsim_worker_stopping`` (waiters wake)
 exit_process           ``worker_exit`` / atexit     ``stop_worker``: ``ngxsim_exit_worker``
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import gc
 import ipaddress
 import os
 import signal
@@ -100,6 +102,18 @@ def _check_loopback(config: Configuration, listen: str) -> None:
 
 
 _PR_SET_PDEATHSIG = 1
+
+
+def freeze_long_lived() -> None:
+    """Move what a worker holds once it is set up (the app, the configuration, every module
+    and the libraries it imported: most of the heap) out of the garbage collector's sight
+    (``gc.freeze``, after one collection so nothing dead is kept). A full collection then walks
+    only what was made since: a worker whose threads allocate steadily (the cluster relay with
+    nats-py's per-message objects) otherwise paused every few seconds for a collection of the
+    whole heap, 36-88 ms on 2 cores (benchmarks/README.md, bench_cluster), with every request
+    and thread of the worker stopped meanwhile."""
+    gc.collect()
+    gc.freeze()
 
 
 def _die_with_master(master: int) -> None:
@@ -234,6 +248,7 @@ class Runtime:
         if len(self.config.jobs):
             self.jobs = JobRunner(self, self.config.jobs)
             self.jobs.start()
+        freeze_long_lived()
         atexit.register(self.stop_worker)
 
     def stop_worker(self) -> None:

@@ -129,13 +129,14 @@ class Engine(ABC):
         acknowledged every one (for JetStream: stored by the stream's replicas)."""
 
     @abstractmethod
-    def read(self, cursor: str | None, *, block: float, limit: int = 512) -> Batch:
+    def read(self, cursor: str | None, *, block: float, limit: int = 512, skip_origin: str | None = None) -> Batch:
         """Entries after ``cursor`` in the engine's order, at most ``limit``, waiting at most
         ``block`` seconds for the first one (a push wait: the call returns when an entry
         arrives, never by polling). ``cursor`` None: only entries appended from now on, and
         the batch's ``cursor`` is a position all the same (where "now" is, ``beginning`` on an
         empty stream), one the caller can store; ``cursor`` ``beginning``: everything the stream
-        holds."""
+        holds. ``skip_origin``: entries of that origin (the caller's own, which it would drop)
+        may be left out of ``entries`` unparsed; the ``cursor`` moves past them all the same."""
 
     @abstractmethod
     def newest(self) -> str | None:
@@ -155,6 +156,12 @@ class Engine(ABC):
     @abstractmethod
     def close(self) -> None:
         """Drop the connection; never raises. The engine may be connected again."""
+
+    def thread_cpu(self) -> float:
+        """CPU seconds used so far by threads this engine runs of its own (a client's event
+        loop): the relay counts them as its own work when it keeps to its share of the worker
+        (pace.py). 0.0 for an engine that runs none; may restart from 0 after a reconnect."""
+        return 0.0
 
     def describe(self) -> str:
         """The engine's address for logs and the API, without credentials."""

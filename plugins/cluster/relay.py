@@ -33,12 +33,14 @@ from ngxsim import NOTICE
 
 from .engine import EngineError, Record
 from .engines import engine_class
+from .pace import Pacer
 from .state import RelayState, state_path
 from .view import View
 
 log = logging.getLogger("ngxsim")
 
 BLOCK = 0.5       # the longest a read or a ring wait blocks (how soon a stop is noticed)
+KEEP_EVERY = 0.05  # while events keep coming, the state file is written at most this often
 BATCH = 512
 BACKOFF_FIRST, BACKOFF_MAX = 0.05, 2.0
 GAP_CHANNEL = "@gap"
@@ -68,6 +70,9 @@ class Relay:
         self._lock = threading.Lock()
         self._pending_loss: set[str] = set()
         self._backoff = {"out": 0.0, "in": 0.0}  # the wait before the next connect, per direction
+        self.pacer = Pacer()  # a small share of the worker while its requests keep it busy (pace.py)
+        self._changed = False  # the state file not written since the state changed (_keep)
+        self._kept = 0.0
 
     # -- shared bookkeeping ---------------------------------------------------------------------
 
@@ -115,7 +120,8 @@ class Relay:
                 "channels": list(b.channels) if b.channels is not None else "*",
                 "connected": self.connected, "links": dict(self.links), "relay_pid": None if self._stopping() else os.getpid(),
                 "caught_up": self.caught_up, "cursor": self.state.cursor, "relayed_generation": self.state.relayed,
-                **self.stats, "last_error": self.last_error, "last_error_msec": self.last_error_msec or None,
+                **self.stats, "paused_ms": int(self.pacer.paused * 1000),
+                "last_error": self.last_error, "last_error_msec": self.last_error_msec or None,
                 "instances": self.instances,
             }
         self.view.write(doc)
@@ -163,6 +169,32 @@ class Relay:
                 self.connected = False
             self.publish_view()
 
+    @staticmethod
+    def _cpu(engine) -> float:
+        """This thread's CPU and that of ``engine``'s own threads so far, seconds."""
+        return time.thread_time() + engine.thread_cpu()
+
+    def _pace(self, engine, since: float, backlog: int = 0, room: int = 1) -> None:
+        """After a piece of work (the CPU ``_cpu`` counts since ``since``): pause as the pacer
+        says (a stop ends the pause)."""
+        pause = self.pacer.done(max(0.0, self._cpu(engine) - since), backlog=backlog, room=room)
+        if pause:
+            self.lease.stopping.wait(pause)
+
+    def _keep(self, changed: bool = False, idle: bool = False) -> None:
+        """After a change, the view at once; the state file at once when the thread goes idle
+        (``idle``: a read or a ring wait came back empty), else at most every KEEP_EVERY, not
+        after each batch (a batch is often one event when they come one by one: a file written
+        and renamed per event was most of a relay's CPU). What a crash loses of it is redone
+        and dropped as a duplicate (state.py)."""
+        if changed:
+            self.publish_view()
+        self._changed = self._changed or changed
+        now = time.monotonic()
+        if self._changed and (idle or now - self._kept >= KEEP_EVERY):
+            self._changed, self._kept = False, now
+            self.state.save()
+
     def _guarded(self, loop) -> None:
         # (no short time slice, unlike the dispatchers: a wake-up here parses, publishes and
         # writes its state, ~1 ms of CPU that a 0.1 ms slice would cut into many waits)
@@ -193,10 +225,12 @@ class Relay:
         birth = we.ring_birth(rt, zone)
         if st.ring_birth != birth:  # a new ring (the instance restarted): all it holds is unsent
             st.ring_birth, st.relayed = birth, 0
+        room = we.ring_capacity(rt, zone)
         engine = self._connected_engine("out")
         try:
             while engine is not None and not self._stopping():
                 we.wait_for_events(rt, zone, st.relayed, BLOCK)
+                cpu = self._cpu(engine)
                 scan = we.events_after(rt, zone, st.relayed, BATCH)
                 records = []
                 if scan.missed:  # overwritten before we read them: a gap for the others
@@ -212,6 +246,7 @@ class Relay:
                                               e.timestamp_msec))
                 last = scan.events[-1].generation if scan.events else st.relayed + scan.missed
                 if last == st.relayed:
+                    self._keep(idle=True)
                     continue
                 if records:
                     try:
@@ -226,8 +261,8 @@ class Relay:
                 if records:  # (a batch of remote events only: nothing to keep, a re-scan skips them again)
                     with self._lock:
                         self.stats["relayed_out"] += sum(r.channel != GAP_CHANNEL for r in records)
-                    st.save()
-                    self.publish_view()
+                    self._keep(changed=True)
+                    self._pace(engine, cpu, scan.newest - st.relayed, room)
         finally:
             if engine is not None:
                 engine.close()
@@ -253,7 +288,8 @@ class Relay:
                     engine = self._connected_engine("in")
             while engine is not None and not self._stopping():
                 try:
-                    batch = engine.read(st.cursor, block=BLOCK, limit=BATCH)
+                    cpu, before = self._cpu(engine), st.cursor
+                    batch = engine.read(st.cursor, block=BLOCK, limit=BATCH, skip_origin=self.instance)
                     self._worked("in")
                     self._take(batch)  # first: delivery waits for nothing else
                     now = time.monotonic()
@@ -261,6 +297,10 @@ class Relay:
                         newest = engine.newest()
                         last_look = now
                         self.caught_up = newest is None or newest == st.cursor
+                    if st.cursor != before:  # (entries read, its own skipped ones too: the same CPU)
+                        self._pace(engine, cpu)
+                    else:
+                        self._keep(idle=True)
                 except EngineError as exc:
                     engine.close()
                     self._link("in", False, str(exc))
@@ -333,6 +373,4 @@ class Relay:
         if batch.cursor is not None and batch.cursor != st.cursor:
             st.cursor = batch.cursor
             changed = True
-        if changed:
-            st.save()
-            self.publish_view()
+        self._keep(changed)

@@ -7,7 +7,8 @@
   watermark: relaying is at least once, delivery once).
 
 Written with write-then-rename, so a relay killed mid-write leaves the previous state whole.
-A write after each batch; the relay of a takeover (same instance) or of a restart reads it back.
+Written after a batch: at most every 50 ms while events keep coming, at once when the relay
+goes idle, and when it stops; the relay of a takeover (same instance) or of a restart reads it back.
 Anything lost between a batch and its write is re-done: appended again (the others' watermarks
 drop it) or read again (this instance's watermark, rebuilt also from the ring, drops it).
 """

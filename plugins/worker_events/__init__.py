@@ -285,6 +285,11 @@ def ring_birth(runtime, zone: str) -> int:
     return _ring(runtime, zone).birth_usec
 
 
+def ring_capacity(runtime, zone: str) -> int:
+    """How many events ``zone``'s ring holds before it overwrites the oldest."""
+    return _ring(runtime, zone).capacity
+
+
 VIEWS = "worker_events.views"
 
 
@@ -321,5 +326,5 @@ def wait_for_events(runtime, zone: str, after: int, timeout: float) -> int:
     return newest
 
 
-__all__ = ["Ring", "State", "state", "publish_remote", "publish_remote_gap", "events_after", "ring_birth",
+__all__ = ["Ring", "State", "state", "publish_remote", "publish_remote_gap", "events_after", "ring_birth", "ring_capacity",
            "wait_for_events", "add_zone_view", "zone_views", "REMOTE_GAP_CHANNEL"]

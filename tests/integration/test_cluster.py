@@ -413,7 +413,15 @@ def test_an_unreachable_engine_does_not_stop_a_server_from_starting_and_serving(
 def test_events_the_origins_ring_overwrote_before_its_relay_sent_them_are_a_gap_for_the_others(
         ngxsim_engine_factory, ngxsim_cluster, stream):
     engine = ngxsim_engine_factory()
-    a, b = start(ngxsim_cluster(engine.url), stream, count=2, main=REPLAY, ring=16, extra="timeout=500ms")
+    cluster = ngxsim_cluster(engine.url)
+    # A's ring is the small one; B's holds the 17 entries the relay appends at once when the
+    # engine is back (a gap and 16 events: one pipelined batch, also with NATS), which a ring of
+    # 16 would itself overwrite before B's workers read them (a local gap, not this test's)
+    a, b = (cluster.start_one(CONF, name, 2, stream, placeholders=placeholders(main=REPLAY, ring=ring,
+                                                                             extra="timeout=500ms"))
+            for name, ring in (("A", 16), ("B", 1024)))
+    for member in (a, b):
+        member.wait_connected(API)
     publish(a, 1, prefix="first")
     wait_for(lambda: len(ring_events(b, "A")) == 1, 20, what="the first event")
     engine.stop()
@@ -460,3 +468,21 @@ def test_an_engine_that_accepts_connections_but_fails_every_read_is_retried_with
     ngxsim_redis.client().delete(stream)  # the engine works again: the relay reads on
     a.wait_connected(API, timeout=20)
     assert publish(a, 1) == [1]
+
+
+def test_the_relay_leaves_its_worker_to_requests_keeping_busy_and_catches_up_after(ngxsim_cluster, engine, stream):
+    # a request publishing a burst in the relay's worker: the relay pauses (pace.py) rather than
+    # take the worker's GIL from it, and everything is relayed once the worker is idle again
+    conf = CONF.replace("load_module ngxsim_test_recorder;", "load_module ngxsim_test_recorder;\nload_module ngxsim_test_burst;")
+    conf = conf.replace("location /dump { recorder_dump; }",
+                        "location /dump { recorder_dump; }\n        location /burst { test_publish_burst; }")
+    a, b = ngxsim_cluster(engine.url).start(conf, count=2, workers=[2, 2], stream=stream, placeholders=placeholders(ring=16384))
+    for member in (a, b):
+        member.wait_connected(API)
+    relay = relay_pid(a)
+    answers = a.server.each_worker("/burst?n=4000&channel=c")  # both workers busy at once, the relay's among them
+    assert relay in {r.json()["pid"] for r in answers.values()}
+    wait_for(lambda: b.cluster_view(API)["relayed_in"] >= 8000, 60, what="B to relay in both bursts")
+    view = a.cluster_view(API)
+    assert view["paused_ms"] > 0, view
+    assert view["relayed_out"] >= 8000 and view["gaps"] == 0 and b.cluster_view(API)["gaps"] == 0

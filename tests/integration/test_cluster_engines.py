@@ -41,6 +41,27 @@ def test_append_then_read_in_order_from_a_cursor(ngxsim_engine):
         engine.close()
 
 
+def test_a_read_skipping_the_caller_s_origin_leaves_its_entries_out_and_moves_past_them(ngxsim_engine):
+    # the relay's own events come back from the engine: skipped unparsed (no echo, less CPU)
+    engine = connect(ngxsim_engine.url)
+    try:
+        start = engine.read(None, block=0.01).cursor
+        mixed = [*records(2, origin="A"), *records(1, origin="B", start=3), *records(1, origin="A", start=4),
+                 Record("A é", 5, "c", "t", "p", 1), Record('A"', 6, "c", "t", "p", 1)]
+        positions = engine.append(mixed)
+        batch = engine.read(start, block=1.0, skip_origin="A")
+        assert [e.record for e in batch.entries] == [mixed[2], mixed[4], mixed[5]]
+        assert [e.position for e in batch.entries] == [positions[2], positions[4], positions[5]]
+        assert batch.cursor == positions[-1] and not batch.lost
+        engine.append(records(2, origin="A", start=7))
+        only_own = engine.read(batch.cursor, block=1.0, skip_origin="A")
+        assert only_own.entries == [] and only_own.cursor == engine.newest() and not only_own.lost
+        assert [e.record.origin for e in engine.read(start, block=1.0, skip_origin='A"').entries] == \
+            ["A", "A", "B", "A", "A é", "A", "A"]
+    finally:
+        engine.close()
+
+
 def test_reading_from_the_beginning_gives_everything_the_stream_holds(ngxsim_engine):
     engine = connect(ngxsim_engine.url)
     try:

@@ -297,6 +297,47 @@ def test_the_same_record_appended_twice_is_stored_once(ngxsim_nats, engines):
     assert engine.newest() == first[-1]
 
 
+def test_a_batch_is_sent_at_once_each_record_stored_only_right_after_its_predecessor(ngxsim_nats, engines):
+    # pipelined (one write, not one round trip a record): each record after the first names its
+    # predecessor (Nats-Expected-Last-Msg-Id), so nothing is stored ahead of an earlier record
+    import asyncio
+
+    import nats
+
+    from ngxsim_plugins.cluster.engines.nats import msg_id
+
+    engine = engines(ngxsim_nats.url, unique_stream("pipelined"))
+    sent = records(3)
+    positions = engine.append(sent)
+    assert positions == ["1", "2", "3"]
+
+    async def stored_headers():
+        nc = await nats.connect(ngxsim_nats.url)
+        try:
+            return [(await nc.jetstream().get_msg(engine.name, seq)).headers or {} for seq in (1, 2, 3)]
+        finally:
+            await nc.close()
+
+    headers = asyncio.run(stored_headers())
+    assert "Nats-Expected-Last-Msg-Id" not in headers[0]
+    assert [h.get("Nats-Expected-Last-Msg-Id") for h in headers[1:]] == [msg_id(sent[0]), msg_id(sent[1])]
+
+
+def test_a_batch_after_another_instance_s_record_keeps_each_origin_in_order(ngxsim_nats, engines):
+    # the relay appends its batch again after a failure: the head is stored already and another
+    # instance's record came after it, so the server refuses the rest of the pipelined batch
+    # (its predecessor is not the last), and they are stored one at a time, in order
+    stream = unique_stream("interleaved")
+    ours, theirs = engines(ngxsim_nats.url, stream), engines(ngxsim_nats.url, stream)
+    sent = records(3)
+    other = records(1, origin="other-host")
+    assert ours.append(sent[:1]) == ["1"]
+    assert theirs.append(other) == ["2"]
+    assert ours.append(sent) == ["1", "3", "4"]
+    got, _ = read_all(ours, NatsEngine.beginning, 4)
+    assert [e.record for e in got] == [sent[0], other[0], sent[1], sent[2]]
+
+
 def test_an_existing_stream_is_kept_as_it_is_on_connect(ngxsim_nats, engines):
     stream = unique_stream("keep")
     engine = engines(ngxsim_nats.url, stream, retention=100)

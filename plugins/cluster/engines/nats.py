@@ -27,7 +27,10 @@ reconnect across the list), so a 3-node cluster has no single point of failure.
   publish again (a quarter of ``timeout`` per attempt, within the call's bound): a stream
   leader that steps down (a node stopped for maintenance) costs a pause, not an error. The
   timestamp keeps an instance whose generations restart (a new ring) from colliding with its
-  previous life.
+  previous life. A batch is sent pipelined (one write, the acknowledgements awaited together),
+  each record after the first with ``Nats-Expected-Last-Msg-Id`` naming its predecessor, so
+  the server stores none ahead of an earlier one it did not store; what is refused that way (a
+  record of another instance came in between) or unanswered is sent one at a time.
 - Positions are stream sequences as decimal strings. A jump between the position asked for and
   the first sequence delivered is a gap (retention removed them): ``lost_count`` is exact. A
   position past the stream's last sequence means the stream was recreated: reading restarts
@@ -48,12 +51,18 @@ nats-py is asyncio-only; the engine owns one event loop in a daemon thread and c
 every call bounded by ``timeout``: ``connect`` by one to reach a server and one to find or
 create the stream, ``read`` by ``block`` plus one to set up its consumer and one to hear the
 server when nothing came. One engine serves one caller thread at a time (the relay uses one
-engine per direction).
+engine per direction). A read of the consumer it already has does not enter the loop: the
+consumer's callback (on the loop) appends each message to an inbox (a deque) and sets a
+``threading.Event``; ``read`` takes them in the caller's thread, waiting on that event. One
+wake-up per batch and no coroutine, task or future per read (each cost CPU in the relaying
+worker and a second thread hand-off per entry); the loop is entered only to subscribe, and to
+ask the server for the stream's state when nothing came within ``block``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import hashlib
 import json
@@ -76,11 +85,12 @@ _SCHEMES = ("nats", "tls")
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 _NAME_MAX = 64
 _MAX_REPLICAS = 5
-_QUEUE_SIZE = 4096  # entries buffered ahead of read(); a full queue holds back flow control
+_QUEUE_SIZE = 4096  # entries buffered ahead of read(); a full inbox holds back flow control
 _RECONNECT_WAIT = 0.25  # seconds between two attempts at the same server (nats-py's default: 2)
 _HEARTBEAT = 2.0  # the ordered consumer's idle heartbeat: two missed ones recreate it
 _ATTEMPT = 0.25  # of timeout: one publish attempt's share of the call's bound
 _RETRY_PAUSE = 0.05
+_SURE_ROOM = 2000  # publishes a batch may have in flight without waiting (nats-py allows 4,000)
 _NO_ANSWER = (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError,
               nats.js.errors.ServiceUnavailableError)
 _STREAM_IN_USE = 10058  # JetStream's err_code: stream name already in use (another config)
@@ -159,6 +169,20 @@ def decode(data: bytes) -> Record | None:
     return Record(origin, generation, channel, type_, payload, timestamp)
 
 
+def stream_sequence(msg) -> int:
+    """A consumer's message's stream sequence, read from its reply subject
+    (``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>``, or
+    with a domain and an account hash after ``ACK`` and a token more at the end): nats-py's
+    ``msg.metadata`` builds three objects and a datetime per message (most of the relay's CPU
+    per entry, and the relaying worker's GIL); anything else goes to it."""
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
+        return int(tokens[5])
+    if len(tokens) >= 11 and tokens[0] == "$JS" and tokens[1] == "ACK":
+        return int(tokens[7])
+    return msg.metadata.sequence.stream
+
+
 def msg_id(record: Record) -> str:
     return f"{record.origin}|{record.origin_generation}|{record.timestamp_msec}"
 
@@ -204,6 +228,15 @@ class NatsEngine(Engine):
         thread = threading.Thread(target=loop.run_forever, name=f"nats engine {self.name}", daemon=True)
         thread.start()
         self._loop, self._thread = loop, thread
+
+    def thread_cpu(self) -> float:
+        thread = self._thread
+        if thread is None or thread.ident is None:
+            return 0.0
+        try:
+            return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+        except (OSError, AttributeError):  # gone meanwhile, or not a platform with per-thread clocks
+            return 0.0
 
     def _stop_loop(self) -> None:
         loop, thread = self._loop, self._thread
@@ -393,13 +426,47 @@ class NatsEngine(Engine):
         return self._run(self._append(list(records)), f"append to stream {self.name}")
 
     async def _append(self, records: list[Record]) -> list[str]:
-        # one at a time, each acknowledged before the next is sent: a failure stops the batch
-        # there, so a retry never stores a later record before an earlier one
+        # pipelined first (_pipelined); what it did not get acknowledged, one at a time, each
+        # acknowledged before the next is sent: a failure stops the batch there, so a retry
+        # never stores a later record before an earlier one
         deadline = time.monotonic() + self.timeout
-        positions = []
-        for record in records:
+        positions = await self._pipelined(records, deadline) if len(records) > 1 else []
+        for record in records[len(positions):]:
             ack = await self._publish(record, deadline)
             positions.append(str(ack.seq))
+        return positions
+
+    async def _pipelined(self, records: list[Record], deadline: float) -> list[str]:
+        """Send every record at once (one write, acknowledgements awaited together, not one
+        round trip each), each after the first with ``Nats-Expected-Last-Msg-Id``: its
+        predecessor's id. JetStream stores a record only right after its predecessor, so nothing
+        is ever stored ahead of an earlier record that was not; a record of another instance in
+        between (or a predecessor lost) makes the server refuse the rest, which ``_append``
+        then sends one at a time. Returns the positions of the acknowledged head of the batch."""
+        await self._wait_connected()
+        futures, previous = [], None
+        try:
+            for record in records:
+                headers = {api.Header.MSG_ID: msg_id(record)}
+                if previous is not None:
+                    headers[api.Header.EXPECTED_LAST_MSG_ID] = previous
+                previous = headers[api.Header.MSG_ID]
+                # (no bound while nats-py's 4,000 in flight cannot be reached: a bound costs a task each)
+                stall = None if len(futures) < _SURE_ROOM else max(0.0, deadline - time.monotonic())
+                futures.append(await self._js.publish_async(self.subject, encode(record), headers=headers,
+                                                            wait_stall=stall))
+            await asyncio.wait(futures, timeout=max(0.0, min(deadline - time.monotonic(), self.timeout * _ATTEMPT)))
+        except nats.errors.Error:
+            pass  # (what was sent and acknowledged counts; the rest goes one at a time)
+        positions = []
+        for future in futures:
+            if not future.done() or future.cancelled() or future.exception() is not None:
+                break
+            positions.append(str(future.result().seq))
+        for future in futures:
+            if future.done() and not future.cancelled():
+                future.exception()  # (retrieved: a refusal after the first is expected, not to be logged)
+            future.cancel()  # unanswered: forgotten, sent again one at a time
         return positions
 
     async def _publish(self, record: Record, deadline: float):
@@ -489,7 +556,9 @@ class NatsEngine(Engine):
 
     def _reset_reader(self) -> None:
         self._sub = None
-        self._queue: asyncio.Queue | None = None
+        self._inbox: collections.deque = collections.deque()  # filled by the consumer's callback
+        self._arrived = threading.Event()  # set when the callback appended to the inbox
+        self._space: asyncio.Event | None = None  # set (on the loop) when a full inbox has room
         self._held = None          # a message after a jump, kept for the next read
         self._last: int | None = None  # the last sequence handed out (or the cursor it started at)
         self._given: str | None = None  # the cursor the last batch returned
@@ -498,41 +567,41 @@ class NatsEngine(Engine):
         self._reconnects = 0
         self._sub_reconnects = 0
 
-    def read(self, cursor: str | None, *, block: float, limit: int = 512) -> Batch:
+    def read(self, cursor: str | None, *, block: float, limit: int = 512, skip_origin: str | None = None) -> Batch:
         if cursor is not None and not self.is_position(cursor):
             raise EngineError(f"{self.describe()}: read: {cursor!r} is not a position of this engine "
                               f"(a stream sequence)")
-        return self._run(self._read(cursor, max(0.0, block), max(1, limit)), f"read stream {self.name}",
-                         block + self.timeout * 2)
-
-    async def _read(self, cursor: str | None, block: float, limit: int) -> Batch:
-        # at most timeout to be ready, block to wait for the first entry, timeout to hear the server
-        if not self._reading_on(cursor):  # (the common case, the same consumer, costs no task)
-            await asyncio.wait_for(self._ready_to_read(cursor), self.timeout)
+        what = f"read stream {self.name}"
+        if not self._reading_on(cursor):  # (the common case, the same consumer, stays off the loop)
+            self._run(self._ready_to_read(cursor), what)
         entries: list[Entry] = []
         lost, lost_count = False, None
         if self._pending_lost is not None:
             lost, (lost_count,) = True, self._pending_lost
             self._pending_lost = None
-        deadline = time.monotonic() + block
+        inbox, arrived = self._inbox, self._arrived
+        # (a record's data starts with its origin: encode's JSON array)
+        skip = None if skip_origin is None else json.dumps([skip_origin], ensure_ascii=False)[:-1].encode() + b","
+        deadline = time.monotonic() + max(0.0, block)
+        limit = max(1, limit)
         while len(entries) < limit:
             msg = self._held
             self._held = None
             if msg is None:
-                if not self._queue.empty():  # (no task, no timer when one is waiting already)
-                    msg = self._queue.get_nowait()
+                if inbox:
+                    msg = inbox.popleft()
                 elif entries:
                     break
                 else:
-                    try:
-                        msg = await asyncio.wait_for(self._queue.get(), max(0.0, deadline - time.monotonic()))
-                    except asyncio.TimeoutError:
+                    arrived.clear()  # (then look again: an append before the clear is seen now)
+                    if not inbox and not arrived.wait(max(0.0, deadline - time.monotonic())):
                         # nothing came: the server must answer, and the stream must still be
                         # the one this consumer reads
-                        if await self._recreated_under_us():
+                        if self._run(self._recreated_under_us(), what):
                             lost, lost_count = True, None
                         break
-            seq = msg.metadata.sequence.stream
+                    continue
+            seq = stream_sequence(msg)
             if self._last is not None and seq <= self._last:
                 continue  # delivered again (the consumer was recreated): already handed out
             if self._last is not None and seq > self._last + 1:
@@ -541,11 +610,16 @@ class NatsEngine(Engine):
                     break
                 lost, lost_count = True, (lost_count or 0) + seq - self._last - 1
             self._last = seq
+            if skip is not None and msg.data.startswith(skip):
+                continue  # the caller's own: skipped unparsed
             record = decode(msg.data)
             if record is None:
                 self.skipped += 1
                 continue
             entries.append(Entry(str(seq), record))
+        space = self._space
+        if space is not None and not space.is_set() and len(inbox) < _QUEUE_SIZE // 2:
+            self._loop.call_soon_threadsafe(space.set)  # the callback waits for room: go on
         if entries:
             position = entries[-1].position
         elif self._last is not None:
@@ -590,10 +664,15 @@ class NatsEngine(Engine):
         await self._unsubscribe()
         self._held = None
         self._pending_lost = None
-        queue: asyncio.Queue = asyncio.Queue(_QUEUE_SIZE)
+        inbox, arrived, space = collections.deque(), self._arrived, asyncio.Event()
+        space.set()
 
         async def deliver(msg):
-            await queue.put(msg)  # blocks when full: flow control then holds the server back
+            inbox.append(msg)
+            arrived.set()
+            while len(inbox) >= _QUEUE_SIZE and self._inbox is inbox:
+                space.clear()  # full: wait for read to take some; flow control holds the server back
+                await space.wait()
 
         info = await self._js.stream_info(self.name)
         state = info.state
@@ -618,11 +697,14 @@ class NatsEngine(Engine):
         sub = await self._js.subscribe(self.subject, stream=self.name, cb=deliver, ordered_consumer=True,
                                        idle_heartbeat=_HEARTBEAT, deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
                                        config=api.ConsumerConfig(opt_start_seq=start))
-        self._sub, self._queue = sub, queue
+        self._sub, self._inbox, self._space = sub, inbox, space
         self._sub_reconnects = self._reconnects
 
     async def _unsubscribe(self) -> None:
         sub, self._sub = self._sub, None
+        self._inbox = collections.deque()
+        if self._space is not None:
+            self._space.set()  # a callback waiting for room gives up (its inbox is no longer read)
         if sub is not None:
             try:
                 await asyncio.wait_for(sub.unsubscribe(), self.timeout)
