@@ -44,13 +44,8 @@ class BridgeInfo(NamedTuple):
     engine: str                        # the engine's URL, credentials redacted
 
 
-def on_request_thread() -> bool:
-    """Is a request being served on this thread? (the core says: cheap to ask)"""
-    return serving_request()
-
-
 def _refuse_requests(what: str) -> None:
-    if on_request_thread():
+    if serving_request():  # a request is being served on this thread (the core says: cheap to ask)
         raise RuntimeError(f"{what} is for instance-wide jobs and services, never a request: a request must not "
                            f"wait on the cluster's engine")
 

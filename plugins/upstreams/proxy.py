@@ -93,25 +93,25 @@ class ProxyHandler:
         self.state = upstreams_state  # callable(runtime) -> this process's upstreams State
         self.spec = settings.proxy_pass
         self.prefix = settings.prefix
-        self.headers = settings.set_headers
         self.next_upstream = settings.next_upstream
         self.connect_timeout, self.read_timeout = settings.connect_timeout, settings.read_timeout
         self.version = b" HTTP/1.1\r\n" if settings.http_version == "1.1" else b" HTTP/1.0\r\n"
         self.hidden = (HIDDEN | set(settings.hide)) - set(settings.pass_) | NOT_COPIED
         self.redirects = _redirects(settings)
-        names = {h.name.lower() for h in self.headers}
-        self.defaults = [(name, value) for name, value in DEFAULT_SET if name.lower() not in names]
+        set_headers = settings.set_headers
+        names = {h.name.lower() for h in set_headers}
+        defaults = [(name, value) for name, value in DEFAULT_SET if name.lower() not in names]
         self.not_passed = names | {name.lower() for name, _ in DEFAULT_SET}
         self.port = str(self.spec.port)
         # the header lines before the client's, in order: as sent (bytes) where they do not
         # depend on the request, (name, Template) where they do, None for the body's length
         self.lines: list[bytes | tuple[str, object] | None] = []
-        for header in self.headers:
+        for header in set_headers:
             if not header.value.static:
                 self.lines.append((header.name, header.value))
             elif header.value.source:
                 self.lines.append(_line(header.name, header.value.source))
-        for name, value in self.defaults:
+        for name, value in defaults:
             if name == "Content-Length":
                 self.lines.append(None)
             elif name == "Host":  # with variables in proxy_pass: each request's host (_head)
@@ -280,10 +280,7 @@ class ProxyHandler:
         skip = self.not_passed
         for name, value in ctx.request_header_lines():
             if name.lower() not in skip:
-                try:
-                    lines.append(f"{name}: {value}\r\n".encode("latin-1"))
-                except UnicodeEncodeError:
-                    lines.append(_line(name, value))
+                lines.append(_line(name, value))
         lines.append(b"\r\n")
         return b"".join(lines)
 
@@ -400,7 +397,10 @@ def _redirects(settings) -> list[tuple[str, object]]:
 
 
 def _line(name: str, value: str) -> bytes:
-    return _bytes(name) + b": " + _bytes(value) + b"\r\n"
+    try:  # the usual line: all of it latin-1, encoded at once
+        return f"{name}: {value}\r\n".encode("latin-1")
+    except UnicodeEncodeError:
+        return _bytes(name) + b": " + _bytes(value) + b"\r\n"
 
 
 def _bytes(text: str) -> bytes:
