@@ -121,3 +121,30 @@ def test_include_in_an_included_file_is_relative_to_the_main_files_folder(tmp_pa
     main = tmp_path / "main.conf"
     main.write_text("include sites/site.conf;\n")
     assert [(s.name, s.args) for s in parse_file(str(main))] == [("worker_processes", ["3"])]
+
+
+@pytest.mark.parametrize("main_text, inc_text, where, message", [
+    # nginx runs each directive as it reads it (what real nginx 1.22 says for each of these)
+    ("http {\n  server {\n    include inc.conf;\n  }\n}\n", 'server_name a;\nbogus on;\nserver_name "x;\n',
+     "inc.conf:2", 'unknown directive "bogus"'),
+    ("http {\n  server {\n    bogus on;\n    include inc.conf;\n  }\n}\n", 'server_name a;\nserver_name "x;\n',
+     "main.conf:3", 'unknown directive "bogus"'),
+    ("http {\n  server {\n    include inc.conf;\n    bogus on;\n  }\n}\n", 'server_name a;\nserver_name "x;\n',
+     "inc.conf:3", 'unexpected end of file, expecting ";" or "}"'),
+])
+def test_a_directive_error_read_before_a_syntax_error_is_the_one_reported(tmp_path, main_text, inc_text, where,
+                                                                           message):
+    (tmp_path / "inc.conf").write_text(inc_text)
+    main = tmp_path / "main.conf"
+    main.write_text(main_text)
+    with pytest.raises(ConfigError) as err:
+        load_configuration(str(main))
+    assert str(err.value) == f"{message} in {tmp_path / where}"
+
+
+def test_a_command_line_directive_is_checked_before_the_files_syntax(tmp_path):
+    main = tmp_path / "main.conf"
+    main.write_text("http {\n")
+    with pytest.raises(ConfigError) as err:
+        load_configuration(str(main), params="worker_processes x;")
+    assert str(err.value) == '"worker_processes" directive invalid value in command line'

@@ -15,6 +15,8 @@ class ConfigError(Exception):
         self.message = message
         self.file = file
         self.line = line
+        # a syntax error: the statements read before it (see parser.py), else None
+        self.partial: list | None = None
         super().__init__(str(self))
 
     def __str__(self) -> str:

@@ -215,17 +215,73 @@ def load_configuration(path: str | None = None, text: str | None = None, params:
         if path is None:
             raise ValueError("load_configuration needs a path or a text")
         path = os.path.abspath(path)
-        tree = parse_file(path)
     else:
         path = path or "<string>"
-        tree = parse_text(text, path)
-    if params:
-        given = parse_params(params)
-        if params_replace:
-            names = {st.name for st in given}
-            tree = [st for st in tree if st.name not in names]
-        tree = given + tree
+    given = parse_params(params) if params else []
+    try:
+        tree = _with_params(parse_file(path) if text is None else parse_text(text, path), given, params_replace)
+    except ConfigError as exc:
+        if exc.partial is None:
+            raise
+        # nginx runs each directive as it reads it: a mistake in one read before the syntax
+        # error is what it reports
+        earlier = _first_directive_error(_with_params(exc.partial, given, params_replace))
+        raise (earlier or exc) from None
 
+    pm, modules, loaded_at, warnings, table, variables = _load_modules(tree)
+    with module_variables(variables):  # values that name module variables compile now
+        main = Block(MAIN, None, None)
+        _build(tree, main, table)
+        _merge(main, table)
+        config = Configuration(path=path, main=main, table=table, pm=pm, modules=modules, variables=variables,
+                               warnings=warnings)
+        # nginx's order: the core first, then modules in the order of their load_module lines, so
+        # a module can rely on what the modules loaded before it declared (e.g. their zones)
+        rank = {name: i for i, (name, _) in enumerate(modules)}
+        for impl in sorted(pm.hook.ngxsim_postconfiguration.get_hookimpls(), key=lambda i: rank[i.plugin_name]):
+            call_impl(impl, config=config)
+        unknown = variables.unknown()  # nginx's last check of the values: every variable they name exists
+        if unknown:
+            raise _unknown_variable(tree, unknown)
+        config.subscriptions = collect_subscriptions(config, loaded_at)
+        declare_once_zone(config)
+        config.jobs.declare_zone(config.zones)
+        for block in config.blocks(SERVER):
+            block.stash["core.phases"] = _phase_handlers(block, config, loaded_at)
+        for loc in config.blocks(LOCATION):
+            loc.stash["core.handler"] = pm.hook.ngxsim_content_handler(location=loc, config=config)
+            loc.stash["core.phases"] = _phase_handlers(loc, config, loaded_at)
+            # pluggy calls the last registered first: per-location filters run in load order
+            for phase, hook in (("core.body_filters", pm.hook.ngxsim_body_filter),
+                                ("core.filters", pm.hook.ngxsim_header_filter)):
+                loc.stash[phase] = [f for f in reversed(hook(location=loc, config=config)) if f is not None]
+    return config
+
+
+def _with_params(tree: list[Statement], given: list[Statement], replace: bool) -> list[Statement]:
+    """The file's statements after the ``-g`` ones (or, with ``replace``, in place of the
+    file's main-context statements of the same names)."""
+    if replace:
+        names = {st.name for st in given}
+        tree = [st for st in tree if st.name not in names]
+    return given + tree
+
+
+def _first_directive_error(partial: list[Statement]) -> ConfigError | None:
+    """The first error nginx would report among the statements read before a syntax error
+    (modules loaded, each directive checked in file order), or None."""
+    try:
+        _, _, _, _, table, variables = _load_modules(partial)
+        with module_variables(variables):
+            _build(partial, Block(MAIN, None, None), table)
+    except ConfigError as exc:
+        return exc
+    return None
+
+
+def _load_modules(tree: list[Statement]):
+    """The ``load_module`` lines of ``tree`` resolved, and what the loaded modules declare:
+    ``(pm, modules, loaded_at, warnings, table, variables)``."""
     pm = create_plugin_manager()
     modules = [("core", pm.get_plugin("core"))]
     loaded_at: dict[str, Statement] = {}  # module -> its load_module line, where its mistakes are reported
@@ -266,34 +322,7 @@ def load_configuration(path: str | None = None, text: str | None = None, params:
             call_impl(impl, register=variables.registrar(impl.plugin_name))
         except ValueError as exc:  # a duplicate: at the load_module line of the second module
             raise module_error(impl, exc) from None
-
-    with module_variables(variables):  # values that name module variables compile now
-        main = Block(MAIN, None, None)
-        _build(tree, main, table)
-        _merge(main, table)
-        config = Configuration(path=path, main=main, table=table, pm=pm, modules=modules, variables=variables,
-                               warnings=warnings)
-        # nginx's order: the core first, then modules in the order of their load_module lines, so
-        # a module can rely on what the modules loaded before it declared (e.g. their zones)
-        rank = {name: i for i, (name, _) in enumerate(modules)}
-        for impl in sorted(pm.hook.ngxsim_postconfiguration.get_hookimpls(), key=lambda i: rank[i.plugin_name]):
-            call_impl(impl, config=config)
-        unknown = variables.unknown()  # nginx's last check of the values: every variable they name exists
-        if unknown:
-            raise _unknown_variable(tree, unknown)
-        config.subscriptions = collect_subscriptions(config, loaded_at)
-        declare_once_zone(config)
-        config.jobs.declare_zone(config.zones)
-        for block in config.blocks(SERVER):
-            block.stash["core.phases"] = _phase_handlers(block, config, loaded_at)
-        for loc in config.blocks(LOCATION):
-            loc.stash["core.handler"] = pm.hook.ngxsim_content_handler(location=loc, config=config)
-            loc.stash["core.phases"] = _phase_handlers(loc, config, loaded_at)
-            # pluggy calls the last registered first: per-location filters run in load order
-            for phase, hook in (("core.body_filters", pm.hook.ngxsim_body_filter),
-                                ("core.filters", pm.hook.ngxsim_header_filter)):
-                loc.stash[phase] = [f for f in reversed(hook(location=loc, config=config)) if f is not None]
-    return config
+    return pm, modules, loaded_at, warnings, table, variables
 
 
 def _phase_handlers(block: Block, config: Configuration, loaded_at: dict[str, Statement]) -> dict:

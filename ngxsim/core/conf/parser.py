@@ -121,8 +121,21 @@ class _Parser:
 
     def parse(self) -> list[Statement]:
         """The statements of the file. Iterative (an explicit stack of open blocks): a file of a
-        thousand nested ``{`` must give a ConfigError, never exhaust Python's stack."""
+        thousand nested ``{`` must give a ConfigError, never exhaust Python's stack.
+
+        A syntax error carries the statements read before it as ``error.partial`` (the blocks
+        still open hold what was read of them): nginx runs each directive as soon as it has
+        read it, so a mistake in one of them is reported before a syntax error further on
+        (the loader checks ``partial`` first)."""
         top: list[Statement] = []
+        try:
+            self._parse(top)
+        except ConfigError as exc:
+            exc.partial = top
+            raise
+        return top
+
+    def _parse(self, top: list[Statement]) -> None:
         stmts = top  # the statement list of the innermost open block
         open_blocks: list[list[Statement]] = []  # the enclosing lists, innermost last
         words: list[Token] = []
@@ -149,14 +162,17 @@ class _Parser:
                 open_blocks.append(stmts)
                 stmts = stmt.block
             elif stmt.name == "include":
-                stmts.extend(self.include(stmt))
+                try:
+                    stmts.extend(self.include(stmt))
+                except ConfigError as exc:  # what the included files held before their error
+                    stmts.extend(exc.partial or ())
+                    raise
             else:
                 stmts.append(stmt)
         if words:
             raise ConfigError('unexpected end of file, expecting ";" or "}"', self.file, self.last_line)
         if open_blocks:
             raise ConfigError('unexpected end of file, expecting "}"', self.file, self.last_line)
-        return top
 
     def include(self, stmt: Statement) -> list[Statement]:
         if len(stmt.args) != 1:
@@ -175,5 +191,9 @@ class _Parser:
             paths = [pattern]
         out: list[Statement] = []
         for path in paths:
-            out.extend(parse_file(path, self.depth + 1, self.root, stmt))
+            try:
+                out.extend(parse_file(path, self.depth + 1, self.root, stmt))
+            except ConfigError as exc:  # the files read before, and what this one held before its error
+                exc.partial = out + (exc.partial or [])
+                raise
         return out
