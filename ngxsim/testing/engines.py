@@ -115,30 +115,87 @@ class RedisServer(EngineServer):
     binary = "redis-server"
     scheme = "redis"
 
-    def __init__(self, folder, port=None, password: str | None = None, fsync: str = "always"):
+    def __init__(self, folder, port=None, password: str | None = None, fsync: str = "always",
+                 tls: "TlsFiles | None" = None):
         super().__init__(folder, port)
         self.password = password
         self.fsync = fsync  # appendfsync: "always" (tests: nothing acknowledged is lost), "everysec"
+        self.tls = tls  # TLS only on the port (rediss://), with these files
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
 
     def command(self) -> list[str]:
-        cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+        cmd = [self.binary, "--bind", "127.0.0.1", "--dir", str(self.folder),
                "--save", "", "--appendonly", "yes", "--appendfsync", self.fsync, "--daemonize", "no",
                "--protected-mode", "no"]
+        if self.tls:
+            cmd += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", self.tls.cert,
+                    "--tls-key-file", self.tls.key, "--tls-ca-cert-file", self.tls.ca,
+                    "--tls-auth-clients", "yes" if self.tls.verify_clients else "no"]
+        else:
+            cmd += ["--port", str(self.port)]
         if self.password:
             cmd += ["--requirepass", self.password]
         return cmd
 
     def ready(self) -> bool:
+        if self.tls:  # the port answers a TLS handshake
+            return _handshakes(self.port)
         return _answers(self.port, b"PING\r\n", b"+PONG") or _answers(self.port, b"PING\r\n", b"-NOAUTH")
 
     def client(self):
         import redis
 
-        return redis.Redis(port=self.port, password=self.password, socket_timeout=5)
+        tls = {}
+        if self.tls:
+            tls = {"ssl": True, "ssl_ca_certs": self.tls.ca, "ssl_certfile": self.tls.client_cert,
+                   "ssl_keyfile": self.tls.client_key}
+        return redis.Redis(port=self.port, password=self.password, socket_timeout=5, **tls)
 
 
-__all__ = ["EngineServer", "RedisServer"]
+class TlsFiles:
+    """A private CA (``trustme``) and, in ``folder``, the files of a TLS engine on 127.0.0.1:
+    ``ca`` (what a client trusts), the server's ``cert`` and ``key``, a client's ``client_cert``
+    and ``client_key`` signed by the same CA (for an engine that verifies clients,
+    ``verify_clients``), and ``other_ca``: a CA that signed none of them. The server's
+    certificate names ``names`` (the address 127.0.0.1 alone by default: ``localhost`` is then
+    the wrong name for it)."""
+
+    def __init__(self, folder: Path | str, verify_clients: bool = False, names: tuple[str, ...] = ("127.0.0.1",)):
+        import trustme
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.verify_clients = verify_clients
+        ca = trustme.CA()
+        server = ca.issue_cert(*names)
+        client = ca.issue_cert("ngxsim-relay")
+        self.ca, self.other_ca = str(folder / "ca.pem"), str(folder / "other-ca.pem")
+        self.cert, self.key = str(folder / "server.pem"), str(folder / "server.key")
+        self.client_cert, self.client_key = str(folder / "client.pem"), str(folder / "client.key")
+        ca.cert_pem.write_to_path(self.ca)
+        trustme.CA().cert_pem.write_to_path(self.other_ca)
+        server.cert_chain_pems[0].write_to_path(self.cert)
+        server.private_key_pem.write_to_path(self.key)
+        client.cert_chain_pems[0].write_to_path(self.client_cert)
+        client.private_key_pem.write_to_path(self.client_key)
+
+
+def _handshakes(port: int) -> bool:
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            with context.wrap_socket(sock):
+                return True
+    except ssl.SSLError:  # a server asking for a client certificate may refuse the handshake: it is up
+        return True
+    except OSError:
+        return False
+
+
+__all__ = ["EngineServer", "RedisServer", "TlsFiles"]

@@ -68,6 +68,7 @@ class NatsServer:
     monitor_port: int = field(default_factory=_port)
     cluster_port: int | None = None
     routes: list[int] = field(default_factory=list)
+    tls: "object | None" = None  # ngxsim.testing.engines.TlsFiles: clients connect with TLS (tls://)
     proc: subprocess.Popen | None = None
 
     @property
@@ -76,7 +77,7 @@ class NatsServer:
 
     @property
     def url(self) -> str:
-        return f"nats://{self.address}"
+        return f"{'tls' if self.tls else 'nats'}://{self.address}"
 
     @property
     def store(self) -> Path:
@@ -99,6 +100,9 @@ class NatsServer:
             lines.append(f"authorization {{ user: {json.dumps(self.user)}, password: {json.dumps(self.password)} }}")
         elif self.token is not None:
             lines.append(f"authorization {{ token: {json.dumps(self.token)} }}")
+        if self.tls is not None:
+            lines.append(f"tls {{ cert_file: {json.dumps(self.tls.cert)}, key_file: {json.dumps(self.tls.key)}, "
+                         f"ca_file: {json.dumps(self.tls.ca)}, verify: {json.dumps(self.tls.verify_clients)} }}")
         if self.cluster_port is not None:
             routes = ", ".join(f"nats://127.0.0.1:{p}" for p in self.routes)
             lines.append(f"cluster {{ name: {json.dumps(self.cluster_name or 'ngxsim')}, "

@@ -1,11 +1,13 @@
 """``cluster_bridge``: one event zone bridged to one stream of one engine (http level).
 
     cluster_bridge ZONE URL channels=NAME[,NAME...]|* state=DIR [stream=NAME] [instance=ID]
-                   [retention=N] [password_file=PATH] [timeout=TIME];
+                   [retention=N] [password_file=PATH] [timeout=TIME]
+                   [tls_ca=PATH] [tls_cert=PATH tls_key=PATH];
 
 Everything is checked when the configuration loads (``ngxsim -t`` included) without connecting:
 the URL (scheme, host, port, database), that no password is written in it, that the password
-file and the state folder are there, the channels, the names. Errors name the file and line.
+file and the state folder are there, that the TLS files load (with a ``rediss://`` or ``tls://``
+URL only), the channels, the names. Errors name the file and line.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from __future__ import annotations
 import os
 import re
 import socket
+import ssl
 from dataclasses import dataclass, field
 
 from ngxsim import OutOfRange, parse_number, parse_time
 
-from .engine import redact_url
+from .engine import Tls, redact_url
 from .engines import engine_class
 
 DEFAULT_RETENTION = 100_000
@@ -25,7 +28,8 @@ DEFAULT_TIMEOUT = 2.0
 CHANNEL_MAX = 64
 INSTANCE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 STREAM = re.compile(r"[A-Za-z0-9._:{}-]{1,200}")  # braces: a Redis Cluster hash tag
-_PARAMS = ("channels", "state", "stream", "instance", "retention", "password_file", "timeout")
+_PARAMS = ("channels", "state", "stream", "instance", "retention", "password_file", "timeout", "tls_ca", "tls_cert",
+           "tls_key")
 
 
 @dataclass(frozen=True)
@@ -42,10 +46,16 @@ class Bridge:
     password_file: str | None = None
     timeout: float = DEFAULT_TIMEOUT
     engine: str = field(default="", compare=False)  # the URL, redacted
+    tls: Tls | None = None  # the TLS files given (None: none, the system's CAs on a TLS URL)
 
     def bridges(self, channel: str) -> bool:
         """Is ``channel`` sent across? (``@``-channels are worker_events' own: never.)"""
         return not channel.startswith("@") and (self.channels is None or channel in self.channels)
+
+    def make_engine(self):
+        """A new, unconnected engine of this bridge (its password file read now)."""
+        return engine_class(self.url)(self.url, self.stream, retention=self.retention, password=self.password(),
+                                      timeout=self.timeout, tls=self.tls)
 
     def password(self) -> str | None:
         """The password file's first line (read at each connect: a rotated password is used)."""
@@ -97,7 +107,42 @@ def parse_bridge(args: list[str]) -> Bridge:
                   _name(params.get("stream", f"ngxsim.{zone}"), STREAM, "stream", 200, ", \"{\", \"}\""),
                   _name(params["instance"], INSTANCE, "instance", 64) if "instance" in params else None,
                   _retention(params.get("retention")), _password_file(params.get("password_file")),
-                  _timeout(params.get("timeout")), engine)
+                  _timeout(params.get("timeout")), engine, _tls(params, cls.tls_schemes, url, engine))
+
+
+def _tls(params: dict[str, str], tls_schemes: tuple[str, ...], url: str, engine: str) -> Tls | None:
+    given = {name: params[name] for name in ("tls_ca", "tls_cert", "tls_key") if name in params}
+    if not given:
+        return None
+    if url.partition("://")[0].lower() not in tls_schemes:
+        named = ", ".join(f'"{name}="' for name in given)
+        raise _fail(f'{named} with "{engine}": the engine URL of a TLS connection is '
+                    f'{" or ".join(s + "://" for s in tls_schemes)}')
+    if ("tls_cert" in given) != ("tls_key" in given):
+        raise _fail('"tls_cert=" and "tls_key=" go together (this instance\'s certificate and its key)')
+    paths = {}
+    for name, path in given.items():
+        if not path:
+            raise _fail(f'empty "{name}="')
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise _fail(f'cannot read "{name}={path}" ({exc.errno}: {exc.strerror})') from None
+        paths[name] = os.path.abspath(path)
+    tls = Tls(paths.get("tls_ca"), paths.get("tls_cert"), paths.get("tls_key"))
+    if tls.ca is not None:
+        try:
+            ssl.create_default_context(cafile=tls.ca)
+        except ssl.SSLError as exc:
+            raise _fail(f'"tls_ca={given["tls_ca"]}" holds no usable certificate ({exc.reason or exc})') from None
+    if tls.cert is not None:
+        try:
+            ssl.create_default_context().load_cert_chain(tls.cert, tls.key)
+        except ssl.SSLError as exc:
+            raise _fail(f'"tls_cert={given["tls_cert"]}" and "tls_key={given["tls_key"]}" are not a certificate and '
+                        f'its key ({exc.reason or exc})') from None
+    return tls
 
 
 def _channels(text: str) -> tuple[str, ...] | None:

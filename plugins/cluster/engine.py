@@ -18,7 +18,9 @@ again. An engine never retries forever inside a call: each call is bounded by ``
 
 from __future__ import annotations
 
+import ssl
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import ClassVar, NamedTuple, Sequence
 
 
@@ -83,6 +85,26 @@ class Batch(NamedTuple):
     lost_count: int | None = None
 
 
+@dataclass(frozen=True)
+class Tls:
+    """The files of a TLS connection to an engine (``rediss://``, ``tls://``): ``ca`` the
+    certificates the engine's own is verified against (None: the system's), ``cert`` and ``key``
+    this instance's certificate, for an engine that asks clients for one (mutual TLS). The
+    engine's name is always checked against its certificate. The files are read at each connect:
+    renewed certificates are used from the next reconnect on."""
+
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    def context(self) -> ssl.SSLContext:
+        """A client context of these files (ssl.SSLError, OSError: a file that cannot be used)."""
+        context = ssl.create_default_context(cafile=self.ca)
+        if self.cert is not None:
+            context.load_cert_chain(self.cert, self.key)
+        return context
+
+
 class Engine(ABC):
     """One connection to one stream of one engine.
 
@@ -90,21 +112,25 @@ class Engine(ABC):
     ``nats://host:port[,nats://host2:port...]``), ``stream``: the stream (Redis key, JetStream
     stream name) shared by one cluster and no other, ``retention``: how many entries the engine
     keeps at least (Redis ``MAXLEN ~``, JetStream ``max_msgs``), ``password``: read from the
-    credentials file the config names, or None, ``timeout``: the bound of each call in seconds.
+    credentials file the config names, or None, ``timeout``: the bound of each call in seconds,
+    ``tls``: the TLS files of a ``tls_schemes`` URL (None there: ``Tls()``, the system's CAs).
     """
 
     schemes: ClassVar[tuple[str, ...]] = ()
+    tls_schemes: ClassVar[tuple[str, ...]] = ()  # the schemes whose connections are TLS
     # the position before the stream's first entry: ``read(beginning)`` gives everything the
     # stream holds (what a reader with no stored position starts from)
     beginning: ClassVar[str] = ""
 
     def __init__(self, url: str, stream: str, *, retention: int, password: str | None = None,
-                 timeout: float = 2.0):
+                 timeout: float = 2.0, tls: Tls | None = None):
         self.url = url
         self.stream = stream
         self.retention = retention
         self.password = password
         self.timeout = timeout
+        scheme = url.partition("://")[0].lower()
+        self.tls = (tls or Tls()) if scheme in self.tls_schemes else None
 
     @classmethod
     def check_url(cls, url: str) -> str | None:

@@ -22,7 +22,6 @@ from typing import NamedTuple
 from ngxsim import serving_request
 
 from .engine import Conflict, EngineError, check_kv
-from .engines import engine_class
 
 # seconds: a lease is taken over only this long after it expired (the hosts' clocks differ), or a
 # quarter of its time when that is shorter: a short lease (a 1 s health check's) is still taken
@@ -71,9 +70,7 @@ class ClusterStore:
         with self._lock:
             try:
                 if self._engine is None:
-                    b = self.bridge
-                    engine = engine_class(b.url)(b.url, b.stream, retention=b.retention, password=b.password(),
-                                                 timeout=b.timeout)
+                    engine = self.bridge.make_engine()
                     engine.connect()
                     self._engine = engine
                 result = what(self._engine)

@@ -32,7 +32,6 @@ import time
 from ngxsim import NOTICE
 
 from .engine import EngineError, Record
-from .engines import engine_class
 from .pace import Pacer
 from .state import RelayState, state_path
 from .view import View
@@ -126,10 +125,6 @@ class Relay:
             }
         self.view.write(doc)
 
-    def _engine(self, block: float):
-        cls = engine_class(self.bridge.url)
-        return cls(self.bridge.url, self.bridge.stream, retention=self.bridge.retention,
-                   password=self.bridge.password(), timeout=self.bridge.timeout)
 
     def _connected_engine(self, direction: str):
         """An engine connected, or None when told to stop; retries with backoff and jitter. The
@@ -143,7 +138,7 @@ class Relay:
             self._backoff[direction] = min(max(delay * 2, BACKOFF_FIRST), BACKOFF_MAX)
             engine = None
             try:
-                engine = self._engine(BLOCK)
+                engine = self.bridge.make_engine()
                 engine.connect()
                 self._link(direction, True)
                 return engine

@@ -136,3 +136,43 @@ def test_the_default_instance_id_names_every_address_as_0_0_0_0(state):
                                                                                        "listen 8082;")
     config = load_configuration("/p/c.conf", text=text)
     assert config.stash["cluster"]["bus"]["instance"] == f"{socket.gethostname().split('.')[0]}-0.0.0.0:8082"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    from ngxsim.testing.engines import TlsFiles
+
+    folder = tmp_path_factory.mktemp("pki")
+    (folder / "junk.pem").write_text("not a certificate\n")
+    return TlsFiles(folder), str(folder / "junk.pem")
+
+
+@pytest.mark.parametrize("url", ["rediss://h:6380/0", "tls://n1:4222"])
+def test_tls_files_of_a_tls_engine_url(state, pki, url):
+    files, _ = pki
+    config = load(f"cluster_bridge bus {url} channels=c state={state} tls_ca={files.ca} "
+                  f"tls_cert={files.client_cert} tls_key={files.client_key};")
+    bridge = config.stash["cluster"]["bus"]["bridge"]
+    assert (bridge.tls.ca, bridge.tls.cert, bridge.tls.key) == (files.ca, files.client_cert, files.client_key)
+    engine = bridge.make_engine()
+    assert engine.tls == bridge.tls
+    bridge = load(f"cluster_bridge bus {url} channels=c state={state};").stash["cluster"]["bus"]["bridge"]
+    assert bridge.tls is None and bridge.make_engine().tls.ca is None  # a TLS URL alone: the system's CAs
+
+
+@pytest.mark.parametrize("args, message", [
+    ("redis://h tls_ca={ca}", '"tls_ca=" with "redis://h": the engine URL of a TLS connection is rediss://'),
+    ("nats://h:4222 tls_ca={ca}", '"tls_ca=" with "nats://h:4222": the engine URL of a TLS connection is tls://'),
+    ("rediss://h tls_ca=/nonexistent/ca.pem", 'cannot read "tls_ca=/nonexistent/ca.pem" (2: No such file or directory)'),
+    ("rediss://h tls_ca=", 'empty "tls_ca="'),
+    ("rediss://h tls_ca={junk}", '"tls_ca={junk}" holds no usable certificate'),
+    ("rediss://h tls_cert={cert}", '"tls_cert=" and "tls_key=" go together'),
+    ("tls://h:4222 tls_key={key}", '"tls_cert=" and "tls_key=" go together'),
+    ("rediss://h tls_cert={cert} tls_key={junk}", 'are not a certificate and its key'),
+    ("rediss://h tls_cert={cert} tls_key={other_key}", 'are not a certificate and its key'),
+])
+def test_bad_tls_files_fail_naming_file_and_line(state, pki, args, message):
+    files, junk = pki
+    values = {"ca": files.ca, "junk": junk, "cert": files.client_cert, "key": files.client_key, "other_key": files.key}
+    text = error(f"cluster_bridge bus {args.format(**values)} channels=c state={state};")
+    assert message.format(**values) in text and text.endswith(" in /p/c.conf:5"), text

@@ -191,11 +191,12 @@ class NatsEngine(Engine):
     """JetStream through nats-py, behind the contract's synchronous calls."""
 
     schemes = _SCHEMES
+    tls_schemes = ("tls",)
     beginning = "0"  # the sequence before the first
 
     def __init__(self, url: str, stream: str, *, retention: int, password: str | None = None,
-                 timeout: float = 2.0):
-        super().__init__(url, stream, retention=retention, password=password, timeout=timeout)
+                 timeout: float = 2.0, tls=None):
+        super().__init__(url, stream, retention=retention, password=password, timeout=timeout, tls=tls)
         self.name = stream_name(stream)
         self.subject = f"ngxsim.{self.name}"
         self.skipped = 0  # entries on the subject that were not records (skipped, counted)
@@ -305,6 +306,8 @@ class NatsEngine(Engine):
             return f"timed out after {self.timeout:g}s"
         if isinstance(exc, nats.errors.ConnectionClosedError):
             return "the connection is closed"
+        if isinstance(exc, ssl.SSLCertVerificationError):  # the engine's certificate, not trusted or not its name
+            return f"TLS failed: certificate verify failed: {exc.verify_message} (check tls_ca=)"
         if isinstance(exc, ssl.SSLError):
             return f"TLS failed: {exc.reason or exc.strerror or 'handshake error'}"
         if isinstance(exc, OSError):
@@ -337,12 +340,14 @@ class NatsEngine(Engine):
             raise
 
     async def _connect(self, servers: list[str], options: dict) -> None:
-        auth = {}
+        extra = {}
         password = self.password if self.password is not None else options["password"]
         if options["user"] is not None:
-            auth = {"user": options["user"], "password": password or ""}
+            extra = {"user": options["user"], "password": password or ""}
         elif password:
-            auth = {"token": password}
+            extra = {"token": password}
+        if self.tls is not None:  # read at each connect: renewed certificates are used
+            extra["tls"] = self.tls.context()
         last_error: list[BaseException] = []
         refused = asyncio.get_running_loop().create_future()
         self._connected = asyncio.Event()
@@ -363,7 +368,7 @@ class NatsEngine(Engine):
         attempt = asyncio.ensure_future(nc.connect(
             servers, name=f"ngxsim cluster {self.name}", connect_timeout=self.timeout,
             allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=_RECONNECT_WAIT,
-            error_cb=on_error, disconnected_cb=on_disconnect, reconnected_cb=on_reconnect, **auth))
+            error_cb=on_error, disconnected_cb=on_disconnect, reconnected_cb=on_reconnect, **extra))
         done, _ = await asyncio.wait({attempt, refused}, timeout=self.timeout,
                                      return_when=asyncio.FIRST_COMPLETED)
         if attempt not in done or attempt.exception() is not None:

@@ -74,10 +74,11 @@ def _parse(position: str) -> tuple[str, int | None]:
 
 class RedisEngine(Engine):
     schemes = ("redis", "rediss")
+    tls_schemes = ("rediss",)
     beginning = "0-0#0"
 
-    def __init__(self, url, stream, *, retention, password=None, timeout=2.0):
-        super().__init__(url, stream, retention=retention, password=password, timeout=timeout)
+    def __init__(self, url, stream, *, retention, password=None, timeout=2.0, tls=None):
+        super().__init__(url, stream, retention=retention, password=password, timeout=timeout, tls=tls)
         self._client: redis.Redis | None = None
         self._reader: redis.Redis | None = None
         self._cas = None
@@ -107,9 +108,13 @@ class RedisEngine(Engine):
         return None
 
     def _make(self, socket_timeout: float) -> redis.Redis:
+        tls = {}
+        if self.tls is not None:  # redis-py checks no host name by default: here it does
+            tls = {"ssl_ca_certs": self.tls.ca, "ssl_certfile": self.tls.cert, "ssl_keyfile": self.tls.key,
+                   "ssl_cert_reqs": "required", "ssl_check_hostname": True}
         return redis.Redis.from_url(self.url, password=self.password, socket_timeout=socket_timeout,
                                     socket_connect_timeout=self.timeout, decode_responses=False,
-                                    retry_on_timeout=False)
+                                    retry_on_timeout=False, **tls)
 
     def _fail(self, what: str, exc: Exception) -> EngineError:
         reason = str(exc).replace(self.url, self.describe()) or type(exc).__name__
