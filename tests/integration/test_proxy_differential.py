@@ -272,6 +272,16 @@ CASES: dict[str, Case] = {
     "length-and-chunked": one(req("/plain/both"), raw=b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n"
                                                       b"Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
     "origin-closes": one(req("/plain/closes"), raw=b""),
+    # the origin closes inside the answer's head: nginx's 502 (the parser still wants the line's end)
+    "closes-inside-status-line": one(req("/plain/cstatus"), raw=b"HTTP/1.1 200 OK"),
+    "closes-inside-status-code": one(req("/plain/ccode"), raw=b"HTTP/1.1 20"),
+    "closes-inside-header-line": one(req("/plain/cheader"), raw=b"HTTP/1.1 200 OK\r\nContent-Ty"),
+    "closes-before-blank-line": one(req("/plain/cblank"), raw=b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"),
+    # not a status nginx parses: an HTTP/0.9 answer, every byte relayed
+    "bad-status": one(req("/plain/badstatus"), raw=b"HTTP/1.1 abc\r\n\r\n"),
+    "bad-status-then-close": one(req("/plain/badstatus2"), raw=b"HTTP/1.1 abc"),
+    "closes-inside-status-line-cached": one(req("/cache/cstatus"), raw=b"HTTP/1.1 200 OK")
+    .then(req("/cache/cstatus")),
     "lone-server-not-marked-down": one(req("/lone/a"), raw=b"").then(req("/lone/a")),
     # what is cached
     "hit-after-miss": one(req("/cache/hit")).then(req("/cache/hit")),
@@ -400,6 +410,33 @@ def test_variable_proxy_pass_error_line_as_nginx(fronts, target, message):
         lines.append(found[0])
     assert lines[1] == lines[0]
     assert lines[0] == f'{message}, client: 127.0.0.1, server: front.test, request: "GET {target} HTTP/1.1", ' \
+                       'host: "front.test"'
+
+
+@pytest.mark.parametrize("path, raw, message", [
+    ("/plain/lstatus", b"HTTP/1.1 200 OK", "upstream prematurely closed connection"),
+    ("/plain/lheader", b"HTTP/1.1 200 OK\r\nContent-Ty", "upstream prematurely closed connection"),
+    ("/plain/lblank", b"HTTP/1.1 200 OK\r\nX-A: 1\r\n", "upstream prematurely closed connection"),
+    ("/plain/lbad", b"HTTP/1.1 abc\r\n\r\n", "upstream sent no valid HTTP/1.0 header"),
+])
+def test_head_fault_error_line_as_nginx(fronts, path, raw, message):
+    """The one error line of an origin that closes inside the answer's head, or sends no status
+    line: nginx's words and request context, from the message on (ports written as {port})."""
+    lines = []
+    for front in fronts:
+        before = len(front.errors())
+        front.origin.answer(path, raw=raw)
+        front.send(req(path))
+        deadline = time.monotonic() + 5
+        found = []
+        while not found and time.monotonic() < deadline:
+            found = [line[line.index(message):] for line in front.errors()[before:].splitlines() if message in line]
+            time.sleep(0.02)
+        assert len(found) == 1, (front.name, found)
+        lines.append(found[0].replace(str(front.origin.port), "{origin}"))
+    assert lines[1] == lines[0]
+    assert lines[0] == f'{message} while reading response header from upstream, client: 127.0.0.1, server: ' \
+                       f'front.test, request: "GET {path} HTTP/1.1", upstream: "http://127.0.0.1:{{origin}}{path}", ' \
                        'host: "front.test"'
 
 

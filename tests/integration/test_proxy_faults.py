@@ -304,6 +304,11 @@ HEADER_FAULTS = [
     ("/cl-negative", 'upstream sent invalid "Content-Length" header: "Content-Length: -1"'),
     ("/header-space", r'upstream sent invalid header: "Bad\x20..."'),
     ("/header-reset", "recv() failed (104: Connection reset by peer)"),
+    # the close comes before the header's end: inside the status line, a header line, or
+    # before the blank line (nginx's parser waits for the line's end and meets the close)
+    ("/status-close", "upstream prematurely closed connection"),
+    ("/header-close", "upstream prematurely closed connection"),
+    ("/blank-close", "upstream prematurely closed connection"),
 ]
 
 
