@@ -18,6 +18,7 @@ docs/nginx-differences.md: a case that starts to pass fails, so the list stays t
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ upstream lone { server 127.0.0.1:{origin} max_fails=1 fail_timeout=30s; }
 upstream kept { server 127.0.0.1:{origin} max_fails=0; keepalive 4; }
 upstream kept2 { server 127.0.0.1:{origin} max_fails=0; keepalive 4; keepalive_requests 2; }
 proxy_cache_path {cache} keys_zone=dc:1m inactive=10m;
+{bgformat}
 
 server {
     listen 127.0.0.1:{port};
@@ -93,6 +95,16 @@ server {
         proxy_cache_background_update on;
         add_header X-Cache $upstream_cache_status always;
     }
+    # the cache statuses a background update counts: nginx's log has the subrequest's line too
+    location /bgcount/ {
+        proxy_pass http://up;
+        proxy_cache dc;
+        proxy_cache_valid 200 1s;
+        proxy_cache_use_stale updating;
+        proxy_cache_background_update on;
+        {bglog}
+    }
+    {api}
     location /reval/ {
         proxy_pass http://up;
         proxy_cache dc;
@@ -163,14 +175,18 @@ def fronts(tmp_path_factory):
         origin_n = RecordingOrigin().start()
         made.append(origin_n)
         cache_n = folder / "nginx-cache"
-        text = SERVERS.replace("{origin}", str(origin_n.port)).replace("{cache}", str(cache_n)).replace("{purge}", "")
+        text = SERVERS.replace("{origin}", str(origin_n.port)).replace("{cache}", str(cache_n)).replace("{purge}", "") \
+            .replace("{bgformat}", "log_format cachestatus '$uri $upstream_cache_status';") \
+            .replace("{bglog}", f"access_log {folder / 'nginx-bg.log'} cachestatus; log_subrequest on;") \
+            .replace("{api}", "")
         nginx = Nginx(NGINX, folder / "nginx", text, workers=2, writes_files=True).start()
         made.append(nginx)
         origin_x = RecordingOrigin().start()
         made.append(origin_x)
         cache_x = folder / "ngxsim-cache"
         text = NGXSIM_HEAD + SERVERS.replace("{origin}", str(origin_x.port)).replace("{cache}", str(cache_x)) \
-            .replace("{purge}", "proxy_cache_purge PURGE from 127.0.0.1;") + "}\n"
+            .replace("{purge}", "proxy_cache_purge PURGE from 127.0.0.1;").replace("{bgformat}", "") \
+            .replace("{bglog}", "").replace("{api}", "location /api { api; }") + "}\n"
         ngxsim = start_server(folder, text, workers=WORKERS, worker_class="ngxsim.worker.Worker")
         made.append(ngxsim)
         yield (Front("nginx", nginx.port, origin_n, cache_n, 1, errors=lambda: nginx.error_log.read_text()),
@@ -588,6 +604,59 @@ def sequence_background_update_fails(front: Front) -> list:
     failed = wait_origin_hits(front, "/bg/f", 2)
     again = settled(front, req("/bg/f"))
     return [first, stale, failed, again, wait_origin_hits(front, "/bg/f", 3)]
+
+
+def test_background_update_counted_as_nginx_counts_its_requests(fronts):
+    """A background update is two requests in nginx: the client's (``STALE``: the old copy at
+    once) and its background subrequest's (``EXPIRED``: it finds the entry updating, as the
+    background one it fetches it; ``log_subrequest on`` writes its line). ngxsim's ``http/caches``
+    counts each of them once: ``stale`` +1, ``expired`` +1 with the refreshed copy as its
+    ``responses_written`` — what nginx's requests of the sequence carry, nothing more."""
+    nginx, ngxsim = fronts
+    log = nginx.cache.parent / "nginx-bg.log"
+    before = ngxsim_cache_counts(ngxsim)
+    for front in fronts:
+        front.origin.answer("/bgcount/c")
+        assert front.send(req("/bgcount/c")).status == 200
+    time.sleep(2.1)  # proxy_cache_valid 200 1s: expired in nginx's whole seconds
+    for front in fronts:
+        assert front.send(req("/bgcount/c")).header("X-Cache") is None  # no add_header here
+        assert wait_origin_hits(front, "/bgcount/c", 2) == 2
+    deadline = time.monotonic() + 10
+    statuses: list[str] = []
+    while len(statuses) < 3 and time.monotonic() < deadline:  # the subrequest's line comes when it ends
+        statuses = [line.split()[1] for line in log.read_text().splitlines() if line.startswith("/bgcount/c ")]
+        time.sleep(0.02)
+    assert sorted(statuses) == ["EXPIRED", "MISS", "STALE"], statuses
+    expected = {status.lower(): statuses.count(status) for status in statuses}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the refresh counts (and stores) on a background thread
+        got = _delta(before, ngxsim_cache_counts(ngxsim))
+        if got.get("expired", 0) >= 1:
+            break
+        time.sleep(0.02)
+    assert {key: n for key, n in got.items() if not key.endswith("written")} == expected
+    assert (got.get("miss written"), got.get("expired written")) == (1, 1)
+
+
+def ngxsim_cache_counts(front: Front) -> dict:
+    answer = front.send(req("/api/9/http/caches"))
+    assert answer.status == 200, answer
+    return json.loads(answer.body)["dc"]
+
+
+def _delta(before: dict, after: dict) -> dict:
+    """Responses counted meanwhile, per status (``KEY written``: those stored), the non-zero ones."""
+    out = {}
+    for key in ("hit", "stale", "updating", "revalidated", "miss", "expired", "bypass"):
+        n = after[key]["responses"] - before[key]["responses"]
+        if n:
+            out[key] = n
+        if "responses_written" in after[key]:
+            n = after[key]["responses_written"] - before[key]["responses_written"]
+            if n:
+                out[f"{key} written"] = n
+    return out
 
 
 SEQUENCES = {
