@@ -104,6 +104,15 @@ server {
         proxy_cache_background_update on;
         {bglog}
     }
+    location /bgpost/ {
+        proxy_pass http://up;
+        proxy_cache dc;
+        proxy_cache_methods POST;
+        proxy_cache_valid 200 1s;
+        proxy_cache_use_stale updating;
+        proxy_cache_background_update on;
+        add_header X-Cache $upstream_cache_status always;
+    }
     {api}
     location /reval/ {
         proxy_pass http://up;
@@ -659,7 +668,23 @@ def _delta(before: dict, after: dict) -> dict:
     return out
 
 
+def sequence_background_update_of_a_post(front: Front) -> list:
+    """proxy_cache_methods POST: the background subrequest that refreshes a POST's entry goes to
+    the origin as nginx sends it: the parent's method, header lines and body (nginx reads the
+    body before it looks in the cache, and a subrequest shares its parent's)."""
+    front.origin.answer("/bgpost/p")
+    since = len(front.origin.received)
+    first = front.comparable(front.send(req("/bgpost/p", "POST", "Content-Type: text/plain\r\nContent-Length: 5\r\n",
+                                            b"hello")))
+    time.sleep(2.1)  # proxy_cache_valid 200 1s: expired in nginx's whole seconds
+    stale = front.comparable(front.send(req("/bgpost/p", "POST", "Transfer-Encoding: chunked\r\n",
+                                            b"6\r\nchunks\r\n0\r\n\r\n")))
+    refreshed = wait_origin_hits(front, "/bgpost/p", 2)
+    return [first, stale, refreshed, _without_version(front.received(since))]
+
+
 SEQUENCES = {
+    "background-update-of-a-post": sequence_background_update_of_a_post,
     "background-update": sequence_background_update,
     "background-update-fails": sequence_background_update_fails,
     "revalidate": sequence_revalidate,
