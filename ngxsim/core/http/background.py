@@ -9,9 +9,10 @@ thread serves the requests), ``GThreadWorker``, gunicorn's own classes and Flask
 at once in a worker; past that ``run_in_background`` refuses (returns False) and the caller
 does the work itself or not at all, it decides. A failure is written to the error log with its
 traceback (``[error] background work "WHAT" failed``), never lost. When the worker exits
-(``Runtime.stop_worker``) no new work starts, and what runs is waited for up to ``STOP_WAIT``
-seconds; what is still running then is named in the error log (``[alert]``) and abandoned with
-the process (the threads are daemons).
+(``Runtime.stop_worker``) no new work starts, and what runs is waited for as long as the
+worker's gunicorn ``graceful_timeout`` leaves (``Runtime.background_stop_wait``; ``STOP_WAIT``
+seconds outside gunicorn); what is still running then is named in the error log (``[alert]``) and
+abandoned with the process (the threads are daemons).
 
 ``subrequest(ctx)`` is the request a background subrequest makes: a copy of ``ctx`` (its
 method, URI, header lines, server and location, and the body ``read_body`` read, none of its
@@ -33,7 +34,7 @@ from .logs import ALERT, log
 from .waits import Wait
 
 LIMIT = 16  # pieces of background work running at once, per worker
-STOP_WAIT = 10.0  # seconds a stopping worker waits for its background work
+STOP_WAIT = 10.0  # seconds a stopping process outside gunicorn waits for its background work
 
 
 class BackgroundWork:
