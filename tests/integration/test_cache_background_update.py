@@ -171,7 +171,7 @@ def test_a_stopping_worker_finishes_its_refresh_first(backend, tmp_path):
         again.stop()
 
 
-@pytest.mark.parametrize("worker_class", ["ngxsim.worker.Worker", "gthread"])
+@pytest.mark.parametrize("worker_class", ["ngxsim.worker.Worker", "ngxsim.worker.GThreadWorker"])
 def test_a_stopping_worker_waits_for_its_refresh_only_as_long_as_its_graceful_timeout(backend, tmp_path,
                                                                                       worker_class):
     """gunicorn's master kills a worker ``graceful_timeout`` after telling it to stop: the
@@ -179,10 +179,10 @@ def test_a_stopping_worker_waits_for_its_refresh_only_as_long_as_its_graceful_ti
     it abandons (``[alert]``), instead of being killed in the middle of a fixed 10 s wait with
     nothing said."""
     server = start_server(tmp_path, CONF, workers=1, worker_class=worker_class, ready_path="/ready",
-                          extra_env={"GUNICORN_CMD_ARGS": "--graceful-timeout 2"},
+                          graceful_timeout=2,
                           placeholders={"backend": backend.address, "cache": tmp_path / "cache",
                                         "backend_port": backend.port})
-    path = f"/stop/held-{worker_class}"
+    path = f"/stop/held-{worker_class.rsplit('.', 1)[1]}"
     try:
         expire(server, backend, path)
         backend.respond(path, body="v2", delay=8.0, headers=FRESH)  # past the graceful timeout
