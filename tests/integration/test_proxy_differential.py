@@ -414,6 +414,20 @@ def test_origin_204_keeps_its_type(fronts):
     assert got == ["text/plain", "text/plain"]
 
 
+def error_line(front: Front, data: bytes, message: str) -> str:
+    """The one error-log line with ``message`` that sending ``data`` through ``front`` writes,
+    from the message on (the time, pid and connection differ)."""
+    before = len(front.errors())
+    front.send(data)
+    deadline = time.monotonic() + 5
+    found: list[str] = []
+    while not found and time.monotonic() < deadline:
+        found = [line[line.index(message):] for line in front.errors()[before:].splitlines() if message in line]
+        time.sleep(0.02)
+    assert len(found) == 1, (front.name, found)
+    return found[0]
+
+
 @pytest.mark.parametrize("target, message", [
     ("/vgroup/lines?to=nosuch.test", "no resolver defined to resolve nosuch.test"),
     ("/vbad/lines?u=ftp://x", 'invalid URL prefix in "ftp://x"'),
@@ -422,17 +436,7 @@ def test_origin_204_keeps_its_type(fronts):
 def test_variable_proxy_pass_error_line_as_nginx(fronts, target, message):
     """The error-log line of a proxy_pass with variables that cannot be proxied: nginx's, with
     its request context (the line from the message on: the time, pid and connection differ)."""
-    lines = []
-    for front in fronts:
-        before = len(front.errors())
-        front.send(req(target))
-        deadline = time.monotonic() + 5
-        found = []
-        while not found and time.monotonic() < deadline:
-            found = [line[line.index(message):] for line in front.errors()[before:].splitlines() if message in line]
-            time.sleep(0.02)
-        assert len(found) == 1, (front.name, found)
-        lines.append(found[0])
+    lines = [error_line(front, req(target), message) for front in fronts]
     assert lines[1] == lines[0]
     assert lines[0] == f'{message}, client: 127.0.0.1, server: front.test, request: "GET {target} HTTP/1.1", ' \
                        'host: "front.test"'
@@ -449,16 +453,8 @@ def test_head_fault_error_line_as_nginx(fronts, path, raw, message):
     line: nginx's words and request context, from the message on (ports written as {port})."""
     lines = []
     for front in fronts:
-        before = len(front.errors())
         front.origin.answer(path, raw=raw)
-        front.send(req(path))
-        deadline = time.monotonic() + 5
-        found = []
-        while not found and time.monotonic() < deadline:
-            found = [line[line.index(message):] for line in front.errors()[before:].splitlines() if message in line]
-            time.sleep(0.02)
-        assert len(found) == 1, (front.name, found)
-        lines.append(found[0].replace(str(front.origin.port), "{origin}"))
+        lines.append(error_line(front, req(path), message).replace(str(front.origin.port), "{origin}"))
     assert lines[1] == lines[0]
     assert lines[0] == f'{message} while reading response header from upstream, client: 127.0.0.1, server: ' \
                        f'front.test, request: "GET {path} HTTP/1.1", upstream: "http://127.0.0.1:{{origin}}{path}", ' \
