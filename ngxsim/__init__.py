@@ -25,7 +25,7 @@ from .core.http.background import BackgroundWork, run_in_background, run_subrequ
 from .core.http.connection import ClientGone, ResponseCut, client_gone, cut_connection, wait_readable
 from .core.http.jsonapi import (
     ApiError, Methods, check_key, query_int, query_seconds, query_str, read_body, read_json, register_secret_arg,
-    wants_html,
+    request_body, wants_html,
 )
 from .core.http.phases import ACCESS, CONTENT, LOG, PHASES, PRECONTENT, PREACCESS, REWRITE, SERVER_REWRITE, PhaseHandler
 from .core.http.logs import ALERT, EMERG, NOTICE, error_context
@@ -53,7 +53,7 @@ __all__ = [
     "as_http09", "error_context", "error_page", "format_age",
     "hookimpl",
     "hookspec", "http_event_zone", "json_error", "json_response", "keep_status_line", "parse_number", "parse_size",
-    "parse_time", "process_alive", "process_start_time", "query_int", "query_seconds", "query_str", "read_body",
+    "parse_time", "process_alive", "process_start_time", "query_int", "query_seconds", "query_str", "read_body", "request_body",
     "read_json", "register_secret_arg", "wants_html", "__version__",
     # nginx's phases and requests that wait
     "ACCESS", "CONTENT", "LOG", "PHASES", "PRECONTENT", "PREACCESS", "REWRITE", "SERVER_REWRITE", "PhaseHandler",

@@ -151,6 +151,13 @@ def gunicorn_threads() -> int | None:
     return 1 if cfg.worker_class_str == "sync" else max(1, int(cfg.threads))
 
 
+def gunicorn_graceful_timeout() -> float | None:
+    """The gunicorn worker's ``graceful_timeout`` (how long its master lets a stopping worker
+    run before it kills it), found as ``gunicorn_threads`` finds its setting. None outside gunicorn."""
+    obj = _gunicorn_object()
+    return None if obj is None else float(obj.cfg.graceful_timeout)
+
+
 def current_instance(role: str | None = None, master_pid: int | None = None) -> Instance:
     """The instance of this process: ask gunicorn's objects on the stack when not told."""
     if role is None:

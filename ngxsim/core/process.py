@@ -28,16 +28,20 @@ import os
 import signal
 import sys
 import threading
+import time
 from importlib import resources
 from typing import Callable
 
 from .conf.errors import ConfigError
 from .conf.loader import PARAMS_FILE, Configuration, load_configuration
 from .http.app import HttpCore, NgxsimFlask
-from .http.background import BackgroundWork
+from .http.background import STOP_WAIT, BackgroundWork
 from .http.logs import log, setup_error_log
 from .jobs import JobRunner
-from .instance import MASTER, STANDALONE, WORKER, Instance, MasterGone, current_instance, gunicorn_threads
+from .instance import (
+    MASTER, STANDALONE, WORKER, Instance, MasterGone, current_instance, gunicorn_graceful_timeout,
+    gunicorn_threads,
+)
 from .modules import tracing
 from .shm import Zone, attach_zone, ensure_janitor, remove_stale_zone_files, remove_zone_files
 
@@ -127,6 +131,10 @@ def _die_with_master(master: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+# a stopping worker stops waiting for its background work this long before its master's kill
+STOP_MARGIN = 0.5
+
+
 class Runtime:
     """One process's view of a running server: its config, its zones, its role.
 
@@ -181,6 +189,10 @@ class Runtime:
         # None while serving; "graceful" or "fast" once this worker is told to stop: a handler
         # that waits (a long-poll) answers with what it has when it sees it set
         self.stopping: str | None = None
+        self._stop_began: float | None = None  # time.monotonic() when it was told
+        # gunicorn's graceful_timeout for this worker (None outside gunicorn): its master kills
+        # the worker that far after telling it to stop, so its background work waits no longer
+        self.graceful_timeout: float | None = None
 
     def __repr__(self) -> str:  # short: it is an argument of many hooks, and shows in traces
         return f"<Runtime {self.instance.role} pid={os.getpid()}>"
@@ -241,6 +253,7 @@ class Runtime:
             self._master = self.instance.pid
             _die_with_master(self._master)
         self.threads = gunicorn_threads() or self.threads
+        self.graceful_timeout = gunicorn_graceful_timeout()
         self.attach_zones()
         setup_error_log(self.config.main["error_log"])
         self.background = BackgroundWork()
@@ -259,11 +272,21 @@ class Runtime:
             self.jobs.stop()
             self.jobs = None
         if self.background is not None:  # what runs in the background finishes before the modules exit
-            self.background.stop()
+            self.background.stop(self.background_stop_wait())
         try:
             self.hook.ngxsim_exit_worker(runtime=self)
         except Exception:  # exiting anyway: say why, do not mask the exit
             log.exception("ngxsim_exit_worker failed")
+
+    def background_stop_wait(self) -> float:
+        """How long the exiting worker waits for its background work: what is left of its
+        ``graceful_timeout`` since it was told to stop (ngxsim's worker classes say when; under
+        gunicorn's own classes it counts from now), less STOP_MARGIN so that what it abandons is named before the master kills it;
+        ``STOP_WAIT`` outside gunicorn."""
+        if self.graceful_timeout is None:
+            return STOP_WAIT
+        began = self._stop_began if self._stop_began is not None else time.monotonic()
+        return max(0.0, self.graceful_timeout - (time.monotonic() - began) - STOP_MARGIN)
 
     def begin_stop(self, fast: bool) -> threading.Thread | None:
         """This worker is told to stop (``fast``: at once, else gracefully); called from the
@@ -275,6 +298,8 @@ class Runtime:
         if self.stopping == "fast" or (self.stopping and not fast):
             return None
         self.stopping = "fast" if fast else "graceful"
+        if self._stop_began is None:
+            self._stop_began = time.monotonic()
         if self.worker_pid != os.getpid():
             return None
         thread = threading.Thread(target=self._worker_stopping, args=(fast,), name="ngxsim-stopping")

@@ -68,6 +68,19 @@ def raw_request(port: int, data: bytes, timeout: float = 5.0, wait_close: bool =
         return answer
 
 
+_STATUS_LINE = re.compile(r"HTTP/1\.[01] (\d{3})(?: (.*))?")
+# what can begin a status line whose end has not come yet
+_STATUS_LINE_START = re.compile(r"H(?:T(?:T(?:P(?:/(?:1(?:\.(?:[01](?: (?:\d(?:\d(?:\d(?: .*)?)?)?)?)?)?)?)?)?)?)?)?")
+
+
+def _may_be_status_line(buf: bytes) -> bool:
+    """Do the answer's first bytes (its first line, or what came of it) make or begin a status
+    line? Anything else is an HTTP/0.9 answer (an origin's ``HTTP/1.1 abc`` relayed by nginx)."""
+    line, end, _ = buf.partition(b"\r\n")
+    text = line.decode("latin-1")
+    return (_STATUS_LINE if end else _STATUS_LINE_START).fullmatch(text) is not None
+
+
 def _read_answer(sock: socket.socket, data: bytes, deadline: float) -> RawAnswer:
     """One answer off ``sock`` (see ``raw_request``)."""
     buf = b""
@@ -77,19 +90,17 @@ def _read_answer(sock: socket.socket, data: bytes, deadline: float) -> RawAnswer
             if not chunk:
                 if not buf:
                     return RawAnswer(None)
-                if not b"HTTP/".startswith(buf[:5]):
+                if not _may_be_status_line(buf):
                     return RawAnswer(0, "", [], buf)  # HTTP/0.9
                 raise AssertionError(f"connection closed inside the response head: {buf!r}")
             buf += chunk
-            if not b"HTTP/".startswith(buf[:5]):
+            if not _may_be_status_line(buf):
                 while chunk := _recv(sock, deadline):
                     buf += chunk
                 return RawAnswer(0, "", [], buf)  # HTTP/0.9
         head, _, rest = buf.partition(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
-        m = re.fullmatch(r"HTTP/1\.[01] (\d{3})(?: (.*))?", lines[0])
-        if not m:
-            raise AssertionError(f"not an HTTP status line: {lines[0]!r}")
+        m = _STATUS_LINE.fullmatch(lines[0])
         status, reason = int(m.group(1)), m.group(2) or ""
         if status != 100:
             break

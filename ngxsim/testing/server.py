@@ -444,7 +444,7 @@ def start_server(folder: Path, conf_text: str, workers: int | None = None, mode:
                  preload: bool = False, worker_class: str | None = None, extra_env: dict | None = None,
                  pythonpath: list[str] = (), ready_path: str = "/", wait_ready: bool = True,
                  app: str = "ngxsim.wsgi", server_class: type[Server] = Server, placeholders: dict | None = None,
-                 timeout: float = 30.0) -> Server:
+                 timeout: float = 30.0, graceful_timeout: float = 5) -> Server:
     """Write the config into ``folder`` and start a server; with ``wait_ready``, return once every
     worker answered ``ready_path`` (see ``Server.wait_ready``).
 
@@ -454,6 +454,8 @@ def start_server(folder: Path, conf_text: str, workers: int | None = None, mode:
     always loads the config in its master. ``workers`` defaults to the config's
     ``worker_processes``, else 2. The server runs in its own session and can import what this
     process can (``pythonpath`` adds folders); its output goes to ``server-PORT.log``.
+    ``graceful_timeout``: gunicorn's (``mode="gunicorn"``), how long its master lets a stopping
+    worker run before it kills it.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
@@ -475,7 +477,7 @@ def start_server(folder: Path, conf_text: str, workers: int | None = None, mode:
         # for stub_status and the api, and wake waiting handlers when stopped)
         klass = GUNICORN_WORKER_CLASSES.get(worker_class, worker_class)
         cmd = [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{port}",
-               "--graceful-timeout", "5", "--worker-class", klass, "--log-level", "info",
+               "--graceful-timeout", str(graceful_timeout), "--worker-class", klass, "--log-level", "info",
                "--logger-class", "ngxsim.glogging.Logger"]  # nginx's error log format, as under ngxsim -c
         if worker_class in ("gthread", "ngxsim"):
             cmd += ["--threads", "4"]

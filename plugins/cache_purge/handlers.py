@@ -23,7 +23,7 @@ from typing import Iterable, Iterator
 
 from werkzeug.wrappers import Response
 
-from ngxsim import Delay, error_page, run_in_background, run_subrequest, subrequest
+from ngxsim import ApiError, Delay, error_page, request_body, run_in_background, run_subrequest, subrequest
 
 from . import conditional
 
@@ -173,7 +173,13 @@ class CachedLocation:
         """``proxy_cache_background_update``: refresh the expired ``entry`` in a background
         subrequest that holds the key's updating mark (the others answer ``UPDATING`` meanwhile)
         and stores what the origin answers as a request does. False when the worker's background
-        work is at its limit: this request refreshes it itself (``EXPIRED``)."""
+        work is at its limit, or the request's body cannot be read: this request refreshes it
+        itself (``EXPIRED``; the proxy answers the body's error, as nginx does before it looks)."""
+        if ctx.environ.get("CONTENT_LENGTH") or ctx.environ.get("HTTP_TRANSFER_ENCODING"):
+            try:  # nginx reads the body before its cache looks: the subrequest sends it too
+                request_body(ctx)
+            except ApiError:
+                return False
         sub = subrequest(ctx)
         sub.vars[STATUS] = "EXPIRED"  # what nginx's subrequest is: it finds the entry updating
         sub.stash[_LOCKED] = mark = (self.updating, _UPDATING + key)

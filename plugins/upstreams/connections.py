@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 from collections import deque
-from http.client import CONTINUE, HTTPException, LineTooLong, UnknownProtocol
+from http.client import CONTINUE, BadStatusLine, HTTPException, LineTooLong, RemoteDisconnected, UnknownProtocol
 from http.client import HTTPResponse as ClientResponse
 
 from urllib3 import HTTPHeaderDict, HTTPResponse
@@ -229,6 +229,9 @@ class Header:
 
 
 def read_header(fp) -> Header:
+    """The header lines up to the blank line. The peer closing before it (inside a line, or
+    between lines) is no answer: nginx's parser still waits for the line's end and meets the
+    close (``RemoteDisconnected``: its "upstream prematurely closed connection", a 502)."""
     lines: list[tuple[str, str]] = []
     invalid = None
     size = 0
@@ -237,8 +240,10 @@ def read_header(fp) -> Header:
         size += len(raw)
         if len(raw) > MAX_LINE:
             raise LineTooLong("header line")
-        if raw in (b"\r\n", b"\n", b""):
+        if raw in (b"\r\n", b"\n"):
             return Header(lines, invalid, size)
+        if not raw.endswith(b"\n"):
+            raise RemoteDisconnected("the peer closed the connection inside the response header")
         if len(lines) >= MAX_LINES:
             raise HTTPException(f"got more than {MAX_LINES} headers")
         if invalid is not None:
@@ -288,6 +293,20 @@ class Answer(ClientResponse):
             self.length = 0
         if not self.will_close and not self.chunked and self.length is None:
             self.will_close = True
+
+    def _read_status(self):
+        """http.client's, but a status line the close cuts short (``HTTP/1.1 200 OK`` and no line
+        end) is no answer, as in nginx: its parser waits for the LF and meets the close."""
+        raw = self.fp.readline(MAX_LINE + 1)
+        if len(raw) > MAX_LINE:
+            raise LineTooLong("status line")
+        if not raw.endswith(b"\n"):
+            raise RemoteDisconnected("the peer closed the connection inside the status line")
+        version, _, rest = raw.decode("latin-1").strip().partition(" ")
+        status, _, reason = rest.lstrip(" ").partition(" ")
+        if not (version.startswith("HTTP/") and status.isascii() and status.isdigit() and len(status) == 3):
+            raise BadStatusLine(raw.decode("latin-1"))
+        return version, int(status), reason
 
     def _without_status_line(self) -> bool:
         """Do the answer's first bytes (those at hand, none consumed) fail to be, or begin, a

@@ -28,7 +28,7 @@ from werkzeug.wrappers import Response
 
 from ngxsim import (
     ApiError, ClientGone, ResponseCut, as_http09, client_gone, cut_connection, error_context, error_page,
-    keep_status_line, read_body, wait_readable,
+    keep_status_line, request_body, wait_readable,
 )
 
 from . import dynamic
@@ -49,7 +49,6 @@ DEFAULT_SET = (("Host", None), ("Connection", "close"), ("Content-Length", None)
 # nginx's proxy_hide_header defaults: the front server sends its own Date and Server
 HIDDEN = frozenset(("date", "server", "x-pad", "x-accel-expires", "x-accel-redirect", "x-accel-limit-rate",
                     "x-accel-buffering", "x-accel-charset"))
-MAX_BUFFERED = 64 * 1024 * 1024  # the request body bound with client_max_body_size 0
 NON_IDEMPOTENT = frozenset(("POST", "LOCK", "PATCH"))
 # ngx_escape_uri's NGX_ESCAPE_URI: a URI part of proxy_pass gets escaped only controls, space,
 # "#", "%", "?" and bytes above 0x7e
@@ -134,7 +133,7 @@ class ProxyHandler:
         ctx.vars["proxy_port"] = self.port if spec is self.spec else str(spec.port)
         has_body = _has_body(env)
         try:
-            body = read_body(ctx, ctx.location["client_max_body_size"] or MAX_BUFFERED) if has_body else b""
+            body = request_body(ctx) if has_body else b""
         except ApiError as exc:
             return error_page(exc.status)
         url = self._uri(ctx, spec)

@@ -38,6 +38,9 @@ SCRIPTS: dict[str, tuple[bytes, str]] = {
     "/header-space": (b"HTTP/1.1 200 OK\r\nBad Header Line\r\nContent-Length: 100\r\n\r\n" + BODY, "done"),
     "/header-token": (b"HTTP/1.1 200 OK\r\nX-No-Colon\r\nContent-Length: 100\r\n\r\n" + BODY, "done"),
     "/header-reset": (b"HTTP/1.1 200 OK\r\nContent-Ty", "reset"),
+    "/status-close": (b"HTTP/1.1 200 OK", "close"),
+    "/header-close": (b"HTTP/1.1 200 OK\r\nContent-Ty", "close"),
+    "/blank-close": (HEAD, "close"),
     "/trickle": (HEAD + b"Content-Length: 100000\r\n\r\n", "trickle"),
 }
 TRICKLE_EVERY = 0.3

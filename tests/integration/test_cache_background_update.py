@@ -169,3 +169,29 @@ def test_a_stopping_worker_finishes_its_refresh_first(backend, tmp_path):
         assert (r.headers["X-Cache"], r.text) == ("HIT", "v2")
     finally:
         again.stop()
+
+
+@pytest.mark.parametrize("worker_class", ["ngxsim.worker.Worker", "ngxsim.worker.GThreadWorker"])
+def test_a_stopping_worker_waits_for_its_refresh_only_as_long_as_its_graceful_timeout(backend, tmp_path,
+                                                                                      worker_class):
+    """gunicorn's master kills a worker ``graceful_timeout`` after telling it to stop: the
+    worker waits for a refresh held at the backend only as long as that leaves, then names what
+    it abandons (``[alert]``), instead of being killed in the middle of a fixed 10 s wait with
+    nothing said."""
+    server = start_server(tmp_path, CONF, workers=1, worker_class=worker_class, ready_path="/ready",
+                          graceful_timeout=2,
+                          placeholders={"backend": backend.address, "cache": tmp_path / "cache",
+                                        "backend_port": backend.port})
+    path = f"/stop/held-{worker_class.rsplit('.', 1)[1]}"
+    try:
+        expire(server, backend, path)
+        backend.respond(path, body="v2", delay=8.0, headers=FRESH)  # past the graceful timeout
+        before = len(backend.requests_for(path))
+        assert server.get(path).headers["X-Cache"] == "STALE"
+        backend.wait_hits(before + 1, path=path, timeout=5)
+    finally:
+        server.stop()  # SIGTERM: gunicorn's graceful stop, 2 s before the master's SIGKILL
+    alerts = [line for line in server.output().splitlines() if "[alert]" in line]
+    assert len(alerts) == 1 and alerts[0].endswith(
+        f'the worker exits with 1 background work(s) still running, abandoned: '
+        f'"proxy_cache_background_update "http://origin{path}""'), alerts

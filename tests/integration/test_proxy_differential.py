@@ -18,6 +18,7 @@ docs/nginx-differences.md: a case that starts to pass fails, so the list stays t
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ upstream lone { server 127.0.0.1:{origin} max_fails=1 fail_timeout=30s; }
 upstream kept { server 127.0.0.1:{origin} max_fails=0; keepalive 4; }
 upstream kept2 { server 127.0.0.1:{origin} max_fails=0; keepalive 4; keepalive_requests 2; }
 proxy_cache_path {cache} keys_zone=dc:1m inactive=10m;
+{bgformat}
 
 server {
     listen 127.0.0.1:{port};
@@ -93,6 +95,25 @@ server {
         proxy_cache_background_update on;
         add_header X-Cache $upstream_cache_status always;
     }
+    # the cache statuses a background update counts: nginx's log has the subrequest's line too
+    location /bgcount/ {
+        proxy_pass http://up;
+        proxy_cache dc;
+        proxy_cache_valid 200 1s;
+        proxy_cache_use_stale updating;
+        proxy_cache_background_update on;
+        {bglog}
+    }
+    location /bgpost/ {
+        proxy_pass http://up;
+        proxy_cache dc;
+        proxy_cache_methods POST;
+        proxy_cache_valid 200 1s;
+        proxy_cache_use_stale updating;
+        proxy_cache_background_update on;
+        add_header X-Cache $upstream_cache_status always;
+    }
+    {api}
     location /reval/ {
         proxy_pass http://up;
         proxy_cache dc;
@@ -163,14 +184,18 @@ def fronts(tmp_path_factory):
         origin_n = RecordingOrigin().start()
         made.append(origin_n)
         cache_n = folder / "nginx-cache"
-        text = SERVERS.replace("{origin}", str(origin_n.port)).replace("{cache}", str(cache_n)).replace("{purge}", "")
+        text = SERVERS.replace("{origin}", str(origin_n.port)).replace("{cache}", str(cache_n)).replace("{purge}", "") \
+            .replace("{bgformat}", "log_format cachestatus '$uri $upstream_cache_status';") \
+            .replace("{bglog}", f"access_log {folder / 'nginx-bg.log'} cachestatus; log_subrequest on;") \
+            .replace("{api}", "")
         nginx = Nginx(NGINX, folder / "nginx", text, workers=2, writes_files=True).start()
         made.append(nginx)
         origin_x = RecordingOrigin().start()
         made.append(origin_x)
         cache_x = folder / "ngxsim-cache"
         text = NGXSIM_HEAD + SERVERS.replace("{origin}", str(origin_x.port)).replace("{cache}", str(cache_x)) \
-            .replace("{purge}", "proxy_cache_purge PURGE from 127.0.0.1;") + "}\n"
+            .replace("{purge}", "proxy_cache_purge PURGE from 127.0.0.1;").replace("{bgformat}", "") \
+            .replace("{bglog}", "").replace("{api}", "location /api { api; }") + "}\n"
         ngxsim = start_server(folder, text, workers=WORKERS, worker_class="ngxsim.worker.Worker")
         made.append(ngxsim)
         yield (Front("nginx", nginx.port, origin_n, cache_n, 1, errors=lambda: nginx.error_log.read_text()),
@@ -272,6 +297,16 @@ CASES: dict[str, Case] = {
     "length-and-chunked": one(req("/plain/both"), raw=b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n"
                                                       b"Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
     "origin-closes": one(req("/plain/closes"), raw=b""),
+    # the origin closes inside the answer's head: nginx's 502 (the parser still wants the line's end)
+    "closes-inside-status-line": one(req("/plain/cstatus"), raw=b"HTTP/1.1 200 OK"),
+    "closes-inside-status-code": one(req("/plain/ccode"), raw=b"HTTP/1.1 20"),
+    "closes-inside-header-line": one(req("/plain/cheader"), raw=b"HTTP/1.1 200 OK\r\nContent-Ty"),
+    "closes-before-blank-line": one(req("/plain/cblank"), raw=b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"),
+    # not a status nginx parses: an HTTP/0.9 answer, every byte relayed
+    "bad-status": one(req("/plain/badstatus"), raw=b"HTTP/1.1 abc\r\n\r\n"),
+    "bad-status-then-close": one(req("/plain/badstatus2"), raw=b"HTTP/1.1 abc"),
+    "closes-inside-status-line-cached": one(req("/cache/cstatus"), raw=b"HTTP/1.1 200 OK")
+    .then(req("/cache/cstatus")),
     "lone-server-not-marked-down": one(req("/lone/a"), raw=b"").then(req("/lone/a")),
     # what is cached
     "hit-after-miss": one(req("/cache/hit")).then(req("/cache/hit")),
@@ -379,6 +414,20 @@ def test_origin_204_keeps_its_type(fronts):
     assert got == ["text/plain", "text/plain"]
 
 
+def error_line(front: Front, data: bytes, message: str) -> str:
+    """The one error-log line with ``message`` that sending ``data`` through ``front`` writes,
+    from the message on (the time, pid and connection differ)."""
+    before = len(front.errors())
+    front.send(data)
+    deadline = time.monotonic() + 5
+    found: list[str] = []
+    while not found and time.monotonic() < deadline:
+        found = [line[line.index(message):] for line in front.errors()[before:].splitlines() if message in line]
+        time.sleep(0.02)
+    assert len(found) == 1, (front.name, found)
+    return found[0]
+
+
 @pytest.mark.parametrize("target, message", [
     ("/vgroup/lines?to=nosuch.test", "no resolver defined to resolve nosuch.test"),
     ("/vbad/lines?u=ftp://x", 'invalid URL prefix in "ftp://x"'),
@@ -387,19 +436,28 @@ def test_origin_204_keeps_its_type(fronts):
 def test_variable_proxy_pass_error_line_as_nginx(fronts, target, message):
     """The error-log line of a proxy_pass with variables that cannot be proxied: nginx's, with
     its request context (the line from the message on: the time, pid and connection differ)."""
-    lines = []
-    for front in fronts:
-        before = len(front.errors())
-        front.send(req(target))
-        deadline = time.monotonic() + 5
-        found = []
-        while not found and time.monotonic() < deadline:
-            found = [line[line.index(message):] for line in front.errors()[before:].splitlines() if message in line]
-            time.sleep(0.02)
-        assert len(found) == 1, (front.name, found)
-        lines.append(found[0])
+    lines = [error_line(front, req(target), message) for front in fronts]
     assert lines[1] == lines[0]
     assert lines[0] == f'{message}, client: 127.0.0.1, server: front.test, request: "GET {target} HTTP/1.1", ' \
+                       'host: "front.test"'
+
+
+@pytest.mark.parametrize("path, raw, message", [
+    ("/plain/lstatus", b"HTTP/1.1 200 OK", "upstream prematurely closed connection"),
+    ("/plain/lheader", b"HTTP/1.1 200 OK\r\nContent-Ty", "upstream prematurely closed connection"),
+    ("/plain/lblank", b"HTTP/1.1 200 OK\r\nX-A: 1\r\n", "upstream prematurely closed connection"),
+    ("/plain/lbad", b"HTTP/1.1 abc\r\n\r\n", "upstream sent no valid HTTP/1.0 header"),
+])
+def test_head_fault_error_line_as_nginx(fronts, path, raw, message):
+    """The one error line of an origin that closes inside the answer's head, or sends no status
+    line: nginx's words and request context, from the message on (ports written as {port})."""
+    lines = []
+    for front in fronts:
+        front.origin.answer(path, raw=raw)
+        lines.append(error_line(front, req(path), message).replace(str(front.origin.port), "{origin}"))
+    assert lines[1] == lines[0]
+    assert lines[0] == f'{message} while reading response header from upstream, client: 127.0.0.1, server: ' \
+                       f'front.test, request: "GET {path} HTTP/1.1", upstream: "http://127.0.0.1:{{origin}}{path}", ' \
                        'host: "front.test"'
 
 
@@ -553,7 +611,76 @@ def sequence_background_update_fails(front: Front) -> list:
     return [first, stale, failed, again, wait_origin_hits(front, "/bg/f", 3)]
 
 
+def test_background_update_counted_as_nginx_counts_its_requests(fronts):
+    """A background update is two requests in nginx: the client's (``STALE``: the old copy at
+    once) and its background subrequest's (``EXPIRED``: it finds the entry updating, as the
+    background one it fetches it; ``log_subrequest on`` writes its line). ngxsim's ``http/caches``
+    counts each of them once: ``stale`` +1, ``expired`` +1 with the refreshed copy as its
+    ``responses_written`` — what nginx's requests of the sequence carry, nothing more."""
+    nginx, ngxsim = fronts
+    log = nginx.cache.parent / "nginx-bg.log"
+    before = ngxsim_cache_counts(ngxsim)
+    for front in fronts:
+        front.origin.answer("/bgcount/c")
+        assert front.send(req("/bgcount/c")).status == 200
+    time.sleep(2.1)  # proxy_cache_valid 200 1s: expired in nginx's whole seconds
+    for front in fronts:
+        assert front.send(req("/bgcount/c")).header("X-Cache") is None  # no add_header here
+        assert wait_origin_hits(front, "/bgcount/c", 2) == 2
+    deadline = time.monotonic() + 10
+    statuses: list[str] = []
+    while len(statuses) < 3 and time.monotonic() < deadline:  # the subrequest's line comes when it ends
+        statuses = [line.split()[1] for line in log.read_text().splitlines() if line.startswith("/bgcount/c ")]
+        time.sleep(0.02)
+    assert sorted(statuses) == ["EXPIRED", "MISS", "STALE"], statuses
+    expected = {status.lower(): statuses.count(status) for status in statuses}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the refresh counts (and stores) on a background thread
+        got = _delta(before, ngxsim_cache_counts(ngxsim))
+        if got.get("expired", 0) >= 1:
+            break
+        time.sleep(0.02)
+    assert {key: n for key, n in got.items() if not key.endswith("written")} == expected
+    assert (got.get("miss written"), got.get("expired written")) == (1, 1)
+
+
+def ngxsim_cache_counts(front: Front) -> dict:
+    answer = front.send(req("/api/9/http/caches"))
+    assert answer.status == 200, answer
+    return json.loads(answer.body)["dc"]
+
+
+def _delta(before: dict, after: dict) -> dict:
+    """Responses counted meanwhile, per status (``KEY written``: those stored), the non-zero ones."""
+    out = {}
+    for key in ("hit", "stale", "updating", "revalidated", "miss", "expired", "bypass"):
+        n = after[key]["responses"] - before[key]["responses"]
+        if n:
+            out[key] = n
+        if "responses_written" in after[key]:
+            n = after[key]["responses_written"] - before[key]["responses_written"]
+            if n:
+                out[f"{key} written"] = n
+    return out
+
+
+def sequence_background_update_of_a_post(front: Front) -> list:
+    """proxy_cache_methods POST: the background subrequest that refreshes a POST's entry goes to
+    the origin as nginx sends it: the parent's method, header lines and body (nginx reads the
+    body before it looks in the cache, and a subrequest shares its parent's)."""
+    front.origin.answer("/bgpost/p")
+    since = len(front.origin.received)
+    first = front.comparable(front.send(req("/bgpost/p", "POST", "Content-Type: text/plain\r\nContent-Length: 5\r\n",
+                                            b"hello")))
+    time.sleep(2.1)  # proxy_cache_valid 200 1s: expired in nginx's whole seconds
+    stale = front.comparable(front.send(req("/bgpost/p", "POST", "Transfer-Encoding: chunked\r\n",
+                                            b"6\r\nchunks\r\n0\r\n\r\n")))
+    refreshed = wait_origin_hits(front, "/bgpost/p", 2)
+    return [first, stale, refreshed, _without_version(front.received(since))]
+
+
 SEQUENCES = {
+    "background-update-of-a-post": sequence_background_update_of_a_post,
     "background-update": sequence_background_update,
     "background-update-fails": sequence_background_update_fails,
     "revalidate": sequence_revalidate,

@@ -6,6 +6,8 @@ from __future__ import annotations
 import socket
 import threading
 
+import pytest
+
 from ngxsim.testing import RecordingOrigin, raw_request
 
 
@@ -50,9 +52,14 @@ def test_raw_request_reads_an_http09_answer_and_skips_100_continue():
     with RecordingOrigin() as origin:
         origin.answer("/09", raw=b"just bytes\n")
         origin.answer("/continue", raw=b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok")
+        origin.answer("/bad", raw=b"HTTP/1.1 abc\r\n\r\n")  # no status: nginx relays it as HTTP/0.9
+        origin.answer("/bad-closed", raw=b"HTTP/1.1 abc")
         old = raw_request(origin.port, b"GET /09 HTTP/1.1\r\nHost: h\r\n\r\n")
+        bad = raw_request(origin.port, b"GET /bad HTTP/1.1\r\nHost: h\r\n\r\n")
+        bad_closed = raw_request(origin.port, b"GET /bad-closed HTTP/1.1\r\nHost: h\r\n\r\n")
         final = raw_request(origin.port, b"GET /continue HTTP/1.1\r\nHost: h\r\n\r\n")
     assert (old.status, old.headers, old.body) == (0, [], b"just bytes\n")
+    assert (bad.status, bad.body, bad_closed.status, bad_closed.body) == (0, b"HTTP/1.1 abc\r\n\r\n", 0, b"HTTP/1.1 abc")
     assert (final.status, final.reason, final.body) == (201, "Created", b"ok")
 
 
@@ -86,3 +93,11 @@ def test_raw_request_waits_for_the_close_when_asked():
     finally:
         thread.join(5)
         listener.close()
+
+
+def test_raw_request_refuses_a_status_line_cut_by_the_close():
+    """A front that closes inside its own status line sent no answer: that is no HTTP/0.9 one."""
+    with RecordingOrigin() as origin:
+        origin.answer("/cut", raw=b"HTTP/1.1 200 OK")
+        with pytest.raises(AssertionError, match="closed inside the response head"):
+            raw_request(origin.port, b"GET /cut HTTP/1.1\r\nHost: h\r\n\r\n")

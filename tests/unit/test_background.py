@@ -4,10 +4,16 @@ Flask's test client (proxy_cache_background_update, with a real loopback backend
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 
-from ngxsim import ALERT, BackgroundWork
+import pytest
+from werkzeug.test import EnvironBuilder
+from werkzeug.wrappers import Request
+
+from ngxsim import ALERT, ApiError, BackgroundWork, read_body, subrequest
+from ngxsim.core.http.context import RequestContext
 from ngxsim.testing import Backend
 
 
@@ -126,3 +132,39 @@ def test_a_background_refresh_under_the_test_client(make_app, tmp_path):
         assert runtime.background.wait_idle(10) and runtime.background.started == 1
         r = client.get("/t")
         assert (r.headers["X-Cache"], r.text) == ("HIT", "v2")
+
+
+def _posted(body: bytes, **headers) -> RequestContext:
+    environ = EnvironBuilder(path="/p", method="POST", data=body, headers=headers).get_environ()
+    return RequestContext(environ, Request(environ), None)
+
+
+def test_the_body_is_read_once_and_a_subrequest_carries_it():
+    """nginx's subrequest shares its parent's request body (a proxy_cache_methods POST
+    refreshed in the background is sent with it): read_body keeps what it read, subrequest
+    hands it on as a Content-Length body."""
+    ctx = _posted(b"hello", **{"Content-Type": "text/plain"})
+    assert read_body(ctx, 100) == b"hello"
+    assert read_body(ctx, 100) == b"hello"  # the stream is spent: the same bytes again
+    sub = subrequest(ctx)
+    assert (sub.environ["CONTENT_LENGTH"], sub.environ["wsgi.input"].read(), read_body(sub, 100)) == \
+        ("5", b"hello", b"hello")
+    assert sub.environ["CONTENT_TYPE"] == "text/plain"
+
+
+def test_a_subrequest_of_a_body_not_read_has_none():
+    sub = subrequest(_posted(b"hello"))
+    assert ("CONTENT_LENGTH" not in sub.environ, sub.body, sub.environ["wsgi.input"].read()) == (True, None, b"")
+
+
+def test_a_body_that_cannot_be_read_fails_the_same_on_every_read():
+    """A chunked body found too large after part of it was read: a second read does not take
+    the rest for the body."""
+    environ = EnvironBuilder(path="/p", method="POST", input_stream=io.BytesIO(b"0123456789"),
+                             headers={"Transfer-Encoding": "chunked"}).get_environ()
+    environ["wsgi.input_terminated"] = True  # as gunicorn says of a chunked body it decodes
+    ctx = RequestContext(environ, Request(environ), None)
+    for _ in range(2):
+        with pytest.raises(ApiError) as failed:
+            read_body(ctx, 5)
+        assert failed.value.status == 413

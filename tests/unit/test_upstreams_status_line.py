@@ -49,7 +49,8 @@ def test_a_status_line_is_read_as_before(sent, status, reason):
     answer.close()
 
 
-@pytest.mark.parametrize("sent", [b"H", b"HTT", b"HTTP/1.", b"HTTP/1.1 2"])
+@pytest.mark.parametrize("sent", [b"H", b"HTT", b"HTTP/1.", b"HTTP/1.1 2", b"HTTP/1.1 200 OK", b"HTTP/1.1 200 OK\r\nX-A",
+                                  b"HTTP/1.1 200 OK\r\nX-A: 1\r\n"])
 def test_a_status_line_cut_by_the_close_is_no_answer(sent):
     with pytest.raises(HTTPException):  # the proxy's 502 (nginx: the header did not arrive)
         answer_to(sent).close()

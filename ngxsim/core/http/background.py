@@ -9,12 +9,14 @@ thread serves the requests), ``GThreadWorker``, gunicorn's own classes and Flask
 at once in a worker; past that ``run_in_background`` refuses (returns False) and the caller
 does the work itself or not at all, it decides. A failure is written to the error log with its
 traceback (``[error] background work "WHAT" failed``), never lost. When the worker exits
-(``Runtime.stop_worker``) no new work starts, and what runs is waited for up to ``STOP_WAIT``
-seconds; what is still running then is named in the error log (``[alert]``) and abandoned with
-the process (the threads are daemons).
+(``Runtime.stop_worker``) no new work starts, and what runs is waited for as long as the
+worker's gunicorn ``graceful_timeout`` leaves (``Runtime.background_stop_wait``; ``STOP_WAIT``
+seconds outside gunicorn); what is still running then is named in the error log (``[alert]``) and
+abandoned with the process (the threads are daemons).
 
 ``subrequest(ctx)`` is the request a background subrequest makes: a copy of ``ctx`` (its
-method, URI, header lines, server and location, none of its per-request values or body) that
+method, URI, header lines, server and location, and the body ``read_body`` read, none of its
+per-request values) that
 ``run_subrequest`` takes through the location's content phase and body filters, reading the
 answer to its end and dropping it (nginx's ``header_only`` subrequest): no access log line, no
 client. What a module's body filter does with the answer (store it) happens as for a request.
@@ -32,7 +34,7 @@ from .logs import ALERT, log
 from .waits import Wait
 
 LIMIT = 16  # pieces of background work running at once, per worker
-STOP_WAIT = 10.0  # seconds a stopping worker waits for its background work
+STOP_WAIT = 10.0  # seconds a stopping process outside gunicorn waits for its background work
 
 
 class BackgroundWork:
@@ -121,17 +123,24 @@ def run_in_background(runtime, what: str, fn: Callable[[], object]) -> bool:
 
 def subrequest(ctx: RequestContext) -> RequestContext:
     """A background subrequest of ``ctx``: the same method, URI, header lines, server and
-    location, no body, no client connection (nothing it does watches or cuts the client's), none
-    of the request's variables' values or modules' stash. Made on the request's thread (it
-    copies the request as it is now); run with ``run_subrequest`` (on a background thread)."""
+    location, no client connection (nothing it does watches or cuts the client's), none of the
+    request's variables' values or modules' stash. Its body is the one ``read_body`` read of
+    ``ctx`` (nginx reads the body before its cache looks, and a subrequest shares its parent's:
+    a module that answers before the content phase reads it first), as a ``Content-Length``
+    body; none when it was not read. Made on the request's thread (it copies the request as it
+    is now); run with ``run_subrequest`` (on a background thread)."""
+    body = ctx.body or b""
     environ = {k: v for k, v in ctx.environ.items()
                if k not in ("gunicorn.socket", "wsgi.input", "CONTENT_LENGTH", "HTTP_TRANSFER_ENCODING")}
-    environ["wsgi.input"] = io.BytesIO(b"")
+    environ["wsgi.input"] = io.BytesIO(body)
     lines = environ.get(RAW_HEADERS)
     if lines is not None:
         environ[RAW_HEADERS] = [(k, v) for k, v in lines if k.lower() not in ("content-length",
                                                                                     "transfer-encoding")]
+    if ctx.body is not None:
+        environ["CONTENT_LENGTH"] = str(len(body))
     sub = RequestContext(environ, None, ctx.runtime)
+    sub.body = ctx.body
     sub.server, sub.location = ctx.server, ctx.location
     sub.captures, sub.named_captures = ctx.captures, dict(ctx.named_captures)
     sub.secret_args = ctx.secret_args

@@ -70,6 +70,9 @@ class RequestContext:
         response: the response once it was made (None before): what ``log`` phase handlers read.
         background (bool): a background subrequest (``ngxsim.subrequest``): nginx's
             ``r->background``; no client waits for its answer.
+        body (bytes | None): the request body once ``read_body`` read it (None before): read
+            once, every later ``read_body`` gets it (nginx's ``r->request_body``); a background
+            subrequest has its parent's.
     """
 
     def __init__(self, environ: dict, request: Any, runtime: "Runtime"):
@@ -107,6 +110,10 @@ class RequestContext:
         self.started = time.monotonic()
         self.logging = False  # rendering the access log line: secrets are masked
         self.background = False  # a background subrequest (background.py)
+        # the request body once read whole (read_body), or why it could not be: read once, as
+        # nginx's r->request_body; a background subrequest carries its parent's
+        self.body: bytes | None = None
+        self.body_error: Exception | None = None
 
     @cached_property
     def request_id(self) -> str:

@@ -72,11 +72,38 @@ def check_key(ctx: "RequestContext", key: str | None, arg: str = "key", action: 
 # -- the body ---------------------------------------------------------------------------------
 
 
+MAX_BODY = 64 * 1024 * 1024  # request_body's bound under client_max_body_size 0
+
+
+def request_body(ctx: "RequestContext") -> bytes:
+    """The whole request body as nginx reads it before it proxies (or looks in a cache): bounded
+    by the location's ``client_max_body_size`` (0: by MAX_BODY), else ``read_body``'s ApiError."""
+    return read_body(ctx, ctx.location["client_max_body_size"] or MAX_BODY)
+
+
 def read_body(ctx: "RequestContext", max_body: int) -> bytes:
     """The whole request body, at most ``max_body`` bytes, or an ``ApiError``: 413 when it is
     larger (declared or actually sent), 400 when it is shorter than its ``Content-Length`` (the
     client stopped sending) or its chunked encoding is broken, 408 when the client paused longer
-    than ``client_body_timeout`` (under ``ngxsim.worker.Worker``)."""
+    than ``client_body_timeout`` (under ``ngxsim.worker.Worker``).
+
+    The body is read once (``ctx.body``): a later call, by another module of the same request or
+    by its background subrequest, gets the same bytes, or the same error."""
+    if ctx.body is not None:
+        if len(ctx.body) > max_body:
+            raise ApiError(413, f"body is larger than {max_body} bytes")
+        return ctx.body
+    if ctx.body_error is not None:
+        raise ctx.body_error
+    try:
+        ctx.body = _read_body(ctx, max_body)
+    except ApiError as exc:
+        ctx.body_error = exc
+        raise
+    return ctx.body
+
+
+def _read_body(ctx: "RequestContext", max_body: int) -> bytes:
     req = ctx.request
     length = req.content_length
     if length is not None and length > max_body:
