@@ -24,12 +24,12 @@ from __future__ import annotations
 import logging
 import os
 import struct
-import time
+import threading
 from dataclasses import dataclass
 
-from ngxsim import (HTTP, LOCATION, LOG, LOG_LEVELS, PREACCESS, SERVER, Directive, PhaseHandler, SharedTable, TableFull,
-                    Template, Variable, check_zone_references, declare_keyed_zones, error_context, error_page, hookimpl,
-                    key_values, limit_directives, process_alive, process_start_time, require_param, zone_param)
+from ngxsim import (HTTP, LOCATION, LOG, LOG_LEVELS, PREACCESS, SERVER, Directive, LivenessWatch, PhaseHandler, SharedTable,
+                    TableFull, Template, Variable, check_zone_references, declare_keyed_zones, error_context, error_page,
+                    hookimpl, key_values, limit_directives, process_start_time, require_param, zone_param)
 
 NAME = "limit_conn"
 STATUS_VAR = "limit_conn_status"
@@ -176,28 +176,36 @@ def in_use(value: bytes) -> bool:
     return bool(overflow) or any(_alive(owner) for owner in holders)
 
 
-_ME: list = [0, (0, 0)]  # this process's pid, and its (pid, start time)
-_LIVE: dict[tuple[int, int], float] = {}  # holders seen alive, and when (a dead one stays dead)
+_ME: list = [0, (0, 0), None]  # this process's pid, its (pid, start time), its _Holders
+
+
+class _Holders:
+    """Which holders (workers that counted in) are running: every holder seen and still alive is
+    watched by one ``LivenessWatch`` (a pidfd each, one ``poll`` for all); a dead one is forgotten."""
+
+    def __init__(self) -> None:
+        self.watch = LivenessWatch()
+        self.known: set[tuple[int, int]] = set()
+        self.lock = threading.Lock()
+
+    def alive(self, owner: tuple[int, int]) -> bool:
+        with self.lock:
+            self.known.add(owner)
+            self.known = self.watch.alive(list(self.known))  # asked for all: none loses its pidfd
+            return owner in self.known
 
 
 def _me() -> tuple[int, int]:
     pid = os.getpid()
     if _ME[0] != pid:  # first use in this process (a forked worker has its own)
-        _ME[:] = [pid, (pid, process_start_time(pid) or 0)]
+        _ME[:] = [pid, (pid, process_start_time(pid) or 0), _Holders()]
     return _ME[1]
 
 
 def _alive(owner: tuple[int, int]) -> bool:
-    """Is the worker that counted in as ``owner`` running? Seen alive in the last second counts
-    (a worker that died since is dropped a second later); asked only at a limit or on eviction."""
-    now = time.monotonic()
-    if now - _LIVE.get(owner, -2.0) < 1.0:
-        return True
-    if process_alive(*owner):
-        _LIVE[owner] = now
-        return True
-    _LIVE.pop(owner, None)
-    return False
+    """Is the worker that counted in as ``owner`` running? Asked only at a limit or on eviction."""
+    _me()
+    return _ME[2].alive(owner)
 
 
 def release(ctx) -> None:
