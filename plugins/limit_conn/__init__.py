@@ -27,9 +27,10 @@ import struct
 import threading
 from dataclasses import dataclass
 
-from ngxsim import (HTTP, LOCATION, LOG, LOG_LEVELS, PREACCESS, SERVER, Directive, LivenessWatch, PhaseHandler, SharedTable,
-                    TableFull, Template, Variable, check_zone_references, declare_keyed_zones, error_context, error_page,
-                    hookimpl, key_values, limit_directives, process_start_time, require_param, zone_param)
+from ngxsim import (HTTP, LOCATION, LOG, LOG_LEVELS, PREACCESS, SERVER, Directive, LivenessWatch, PhaseHandler,
+                    SharedTable, TableFull, Template, Variable, check_zone_references, declare_keyed_zones,
+                    error_context, error_page, hookimpl, key_values, limit_directives, process_start_time,
+                    require_param, zone_param)
 
 NAME = "limit_conn"
 STATUS_VAR = "limit_conn_status"

@@ -23,10 +23,10 @@ import struct
 import time
 from dataclasses import dataclass
 
-from ngxsim import (ALERT, HTTP, LIMIT_LOG_LEVELS, LOCATION, LOG_LEVELS, PREACCESS, SERVER, Delay, Directive, PhaseHandler,
-                    SharedTable, TableFull, Template, Variable, check_zone_references, declare_keyed_zones, error_context,
-                    error_page, hookimpl, key_values, limit_directives, positive_param, rate_param, require_param,
-                    zone_name_param, zone_param)
+from ngxsim import (ALERT, HTTP, LIMIT_LOG_LEVELS, LOCATION, LOG_LEVELS, PREACCESS, SERVER, Delay, Directive,
+                    PhaseHandler, SharedTable, TableFull, Template, Variable, check_zone_references, declare_keyed_zones,
+                    error_context, error_page, hookimpl, key_values, limit_directives, positive_param, rate_param,
+                    require_param, zone_name_param, zone_param)
 
 NAME = "limit_req"
 STATUS_VAR = "limit_req_status"
