@@ -55,3 +55,23 @@ def test_a_client_that_hangs_up_during_the_delay_gets_499_and_reaches_no_backend
     assert server.logged("info", "client prematurely closed connection")
     assert backend.requests_for("/d/second") == []
     assert server.get("/").status_code == 200
+
+
+def test_a_request_sent_ahead_during_the_delay_is_no_hang_up(ngxsim_server, ngxsim_backend):
+    backend = ngxsim_backend()
+    backend.respond(body="ok")
+    server = ngxsim_server(CONF, placeholders={"backend": backend.address, "rate": "30r/m"}, mode="ngxsim")
+    assert server.get("/d/first").status_code == 200
+    with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+        sock.sendall(b"GET /d/second HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        wait_for(lambda: server.logged("warn", "delaying request"), 10, what="the request to be delayed")
+        sock.sendall(b"GET /d/third HTTP/1.1\r\nHost: localhost\r\n\r\n")  # pipelined, during the delay
+        got = b""
+        while b"\r\n\r\nok" not in got:  # the delayed request's answer (Content-Length: 2)
+            data = sock.recv(65536)
+            assert data, f"the connection closed after {got!r}"
+            got += data
+    assert got.startswith(b"HTTP/1.1 200 ")
+    assert [r.path for r in backend.requests_for()][1] == "/d/second"
+    wait_for(lambda: logged(server, "/d/second", 200), 10, what="the delayed request logged as served")
+    assert not logged(server, "/d/second", 499)
