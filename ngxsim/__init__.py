@@ -39,7 +39,7 @@ from .core.instance import alive as process_alive
 from .core.modules import call_impl, tracing
 from .core.shm import HEADER_SIZE as ZONE_HEADER_SIZE
 from .core.shm import Wait, Zone, prompt_wakeups
-from .core.table import SharedTable
+from .core.table import SharedTable, TableFull
 from .hookspecs import hookimpl, hookspec
 
 __version__ = "0.1.0"
@@ -61,7 +61,7 @@ __all__ = [
     # work after or beside a request, without its client: nginx's background subrequest
     "BackgroundWork", "run_in_background", "run_subrequest", "subrequest",
     # parsing context: statements, nginx's key=value parameters
-    "SharedTable", "LOG_LEVELS",
+    "SharedTable", "TableFull", "LOG_LEVELS",
     "Statement", "check_zone_references", "declare_keyed_zones", "key_values", "number_in", "one_of",
     "LIMIT_LOG_LEVELS", "limit_directives", "positive_param", "rate_param", "require_param", "zone_name_param", "zone_param",
 ]

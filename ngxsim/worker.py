@@ -59,6 +59,7 @@ import heapq
 import itertools
 import re
 import selectors
+import socket
 import threading
 import time
 from email.utils import formatdate
@@ -349,10 +350,10 @@ class _Replay:
 class _ParkedRequest:
     """A request set aside by a handler: its connection, gunicorn's request and the continuation."""
 
-    __slots__ = ("conn", "parked", "done")
+    __slots__ = ("conn", "parked", "done", "watched")
 
     def __init__(self, conn: TConn, parked: Parked):
-        self.conn, self.parked, self.done = conn, parked, False
+        self.conn, self.parked, self.done, self.watched = conn, parked, False, False
 
 
 class Worker(_NginxRequests, _StopsRuntime, _CountsThreadConnections, ThreadWorker):
@@ -392,11 +393,37 @@ class Worker(_NginxRequests, _StopsRuntime, _CountsThreadConnections, ThreadWork
             heapq.heappush(self.timers, (time.monotonic() + wait.seconds, next(self._timer_seq), entry))
         if wait.waker is not None:
             wait.waker.on_wake(lambda: self.method_queue.defer(self._resume, entry))
+        if not self.cfg.is_ssl:  # nginx's ngx_http_test_reading: a client that hangs up ends the wait
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._parked_readable, entry))
+            entry.watched = True
+
+    def _parked_readable(self, entry: _ParkedRequest, sock) -> None:
+        """The client of a parked request closed its end (resume it now: the core answers 499
+        without running the rest of the request) or sent bytes ahead (a pipelined request: the
+        client is there, stop watching)."""
+        try:
+            gone = not sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # reset
+            gone = True
+        self._unwatch(entry)
+        if gone:
+            self._resume(entry)
+
+    def _unwatch(self, entry: _ParkedRequest) -> None:
+        if entry.watched:
+            entry.watched = False
+            try:
+                self.poller.unregister(entry.conn.sock)
+            except (KeyError, ValueError, OSError):
+                pass
 
     def _resume(self, entry: _ParkedRequest) -> None:
         if entry.done:  # woken and timed out: resumed once
             return
         entry.done = True
+        self._unwatch(entry)  # the thread reads and writes the socket from now on
         self.in_pool += 1
         if self.in_pool >= self.cfg.threads:
             self.set_accept_enabled(False)

@@ -43,6 +43,15 @@ _FLOCK = struct.Struct("hhqqi4x")  # struct flock on Linux x86-64 / arm64
 _LONG = b"\x00sha256:"  # the tag of a key longer than key_max, stored as its SHA-256
 
 
+class TableFull(MemoryError):
+    """A new record found its stripe full of records in use (``SharedTable(in_use=...)``):
+    nothing could be evicted for it, so nothing was stored (nginx's failed ``ngx_slab_alloc``)."""
+
+    def __init__(self, zone: str):
+        super().__init__(f'no room in zone "{zone}": every record of the stripe is in use')
+        self.zone = zone
+
+
 def _pad8(n: int) -> int:
     return (n + 7) & ~7
 
@@ -55,17 +64,22 @@ class SharedTable:
     its SHA-256 (``key_max`` must then be at least 40), so any length works; values exactly
     ``value_size`` bytes (pack them with ``struct``). Times are ``time.time()`` seconds; a record
     whose expiry passed is absent. When a stripe is full, putting a new key evicts the record
-    of that stripe used least recently (an expired one first).
+    of that stripe used least recently (an expired one first) among those not in use:
+    ``in_use(value)``, when given, says whether a record may not be evicted (a count of requests
+    in progress, as nginx never frees a limit_conn node with connections). When every record of
+    the stripe is in use, the new key is refused: ``update`` raises :class:`TableFull`.
 
     Single operations (``get``, ``put``, ``delete``) take the key's stripe lock themselves.
     A read-modify-write of one key (a counter, a leaky bucket) goes through ``update``, which
     holds the lock for the whole change.
     """
 
-    def __init__(self, zone: Zone, key_max: int, value_size: int, stripes: int = 16):
+    def __init__(self, zone: Zone, key_max: int, value_size: int, stripes: int = 16,
+                 in_use: Callable[[bytes], bool] | None = None):
         if not 1 <= key_max <= 65535 or not 1 <= value_size <= 65535 or not 1 <= stripes <= 4096:
             raise ValueError("key_max and value_size must be 1 to 65535 bytes, stripes 1 to 4096")
         self.zone, self.key_max, self.value_size, self.stripes = zone, key_max, value_size, stripes
+        self.in_use = in_use
         self.slot_size = _pad8(_SLOT.size + key_max + value_size)
         per_stripe = (zone.usable - _HEADER.size) // stripes - _STRIPE.size
         self.slots = per_stripe // self.slot_size
@@ -142,14 +156,15 @@ class SharedTable:
         return data
 
     @classmethod
-    def views(cls, runtime, owner: str, names, key_max: int, value_size: int, stripes: int = 16) -> dict:
+    def views(cls, runtime, owner: str, names, key_max: int, value_size: int, stripes: int = 16,
+              in_use: Callable[[bytes], bool] | None = None) -> dict:
         """This process's tables of the zones ``names`` (made on first use, kept in
         ``runtime.stash``): what a module's handlers call per request."""
         stash_key = f"{owner}.tables"
         tables = runtime.stash.get(stash_key)
         if tables is None:
             tables = runtime.stash[stash_key] = {
-                name: cls(runtime.zone(name), key_max, value_size, stripes) for name in names}
+                name: cls(runtime.zone(name), key_max, value_size, stripes, in_use) for name in names}
         return tables
 
     def _where(self, key: bytes) -> tuple[int, int]:
@@ -175,13 +190,17 @@ class SharedTable:
         return None, free
 
     def _evict(self, stripe: int) -> int:
-        """The slot of the stripe's least recently used record, emptied for a new one."""
+        """The slot of the stripe's least recently used record not in use, emptied for a new one;
+        raises TableFull when every record is in use."""
         oldest, where = None, None
         for i in range(self.slots):
             off = self._slot_offset(stripe, i)
             state, _, _, used = _SLOT.unpack_from(self._buf, off)
-            if state == _USED and (oldest is None or used < oldest):
+            if state == _USED and (oldest is None or used < oldest) and not (
+                    self.in_use is not None and self.in_use(self._value(off))):
                 oldest, where = used, off
+        if where is None:
+            raise TableFull(self.zone.name)
         self._buf[where] = _DELETED
         self._set_count(stripe, -1)
         return where
@@ -220,7 +239,8 @@ class SharedTable:
         """Under the key's stripe lock: ``change(value or None)`` returns ``(new value, result)``;
         a new value is stored (expiring ``ttl`` seconds from now; None: never), None deletes
         the record (or stores nothing), and ``result`` is returned. ``change`` must be quick and
-        must not touch the table."""
+        must not touch the table. Raises :class:`TableFull` (nothing stored) when a new record
+        finds its stripe full of records in use."""
         data = self._key(key)
         stripe, start = self._where(data)
         now = time.time() if now is None else now

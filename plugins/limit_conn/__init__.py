@@ -8,24 +8,39 @@ info|notice|warn|error;`` (default error), ``limit_conn_dry_run on|off;``, and
 ``$limit_conn_status`` (PASSED, REJECTED, REJECTED_DRY_RUN).
 
 As ``ngx_http_limit_conn_handler``: a ``PREACCESS`` handler counts the request in for each limit
-(a record per key in a ``SharedTable``: the count), rejects it when a count is at its limit, and
-its ``LOG`` handler counts it out once the response was sent (nginx's pool cleanup); a record
-whose count reaches 0 is removed. Not loaded by default: ``load_module limit_conn;``.
+(a record per key in a ``SharedTable``), rejects it when a count is at its limit, and its ``LOG``
+handler counts it out once the response was sent (nginx's pool cleanup); a record whose count
+reaches 0 is removed. A record holds each worker's count apart (pid and start time), so the
+requests of a worker that died without counting out (SIGKILL, the OOM killer) stop counting:
+a count at its limit drops its dead holders and looks again, and eviction takes a record of dead
+holders only. A record a live worker counts in is never evicted (nginx never frees a node with
+connections); a new key whose stripe holds only such records is refused as nginx refuses one
+when the zone's slab is full (``[crit] ngx_slab_alloc() failed: no memory``, the limit's status).
+Not loaded by default: ``load_module limit_conn;``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import struct
+import threading
 from dataclasses import dataclass
 
-from ngxsim import (HTTP, LOCATION, LOG, LOG_LEVELS, PREACCESS, SERVER, Directive, PhaseHandler, SharedTable, Template,
-                    Variable, check_zone_references, declare_keyed_zones, error_context, error_page, hookimpl,
-                    key_values, limit_directives, require_param, zone_param)
+from ngxsim import (HTTP, LOCATION, LOG, LOG_LEVELS, PREACCESS, SERVER, Directive, LivenessWatch, PhaseHandler,
+                    SharedTable, TableFull, Template, Variable, check_zone_references, declare_keyed_zones,
+                    error_context, error_page, hookimpl, key_values, limit_directives, process_start_time,
+                    require_param, zone_param)
 
 NAME = "limit_conn"
 STATUS_VAR = "limit_conn_status"
-COUNT = struct.Struct("<q")
+# a record: requests counted without a holder (more live workers than HOLDERS at once), then
+# HOLDERS holders: a worker's pid, its requests in progress, its start time (0 count: unused)
+OVERFLOW_COUNT = struct.Struct("<q")
+HOLDER = struct.Struct("<IIQ")
+HOLDERS = 8
+RECORD_SIZE = OVERFLOW_COUNT.size + HOLDERS * HOLDER.size
+OVERFLOW = "overflow"
 KEY_MAX = 64  # longer keys (nginx allows 255 bytes) are stored as their SHA-256 (SharedTable does it)
 log = logging.getLogger("ngxsim")
 
@@ -73,7 +88,7 @@ def ngxsim_variables(register):
 
 @hookimpl
 def ngxsim_postconfiguration(config):
-    config.stash[NAME] = declare_keyed_zones(config, "limit_conn_zone", NAME, tag="limit_conn.1")
+    config.stash[NAME] = declare_keyed_zones(config, "limit_conn_zone", NAME, tag="limit_conn.2")
     check_zone_references(config, "limit_conn", config.stash[NAME])
 
 
@@ -86,27 +101,119 @@ def ngxsim_phase_handlers(block, config):
 
 
 def _count_in(limit: int):
+    """A change for ``SharedTable.update`` counting this worker's request in, unless the key's
+    count (its live holders') is at ``limit``: the result is where it was counted (a holder's pid
+    and start time, or OVERFLOW), or None when refused."""
+
     def change(old: bytes | None):
-        count = COUNT.unpack(old)[0] if old is not None else 0
-        if old is not None and count >= limit:
-            return old, False
-        return COUNT.pack(count + 1), True
+        overflow, holders = _unpack(old)
+        me = _me()
+        if sum(holders.values()) + overflow >= limit:
+            # at the limit: a dead worker's requests are not in progress any more (nginx would
+            # keep counting them until the zone is recreated); drop them and look again
+            dead = [owner for owner in holders if owner != me and not _alive(owner)]
+            if not dead:
+                return old, None
+            for owner in dead:
+                del holders[owner]
+            if sum(holders.values()) + overflow >= limit:
+                return _pack(overflow, holders), None
+        if me in holders or len(holders) < HOLDERS:
+            holders[me] = holders.get(me, 0) + 1
+            return _pack(overflow, holders), me
+        for owner in [owner for owner in holders if not _alive(owner)]:
+            del holders[owner]
+        if len(holders) < HOLDERS:
+            holders[me] = 1
+            return _pack(overflow, holders), me
+        return _pack(overflow + 1, holders), OVERFLOW  # more live holders than a record has room for
 
     return change
 
 
-def _count_out(old: bytes | None):
-    if old is None:
-        return None, None
-    count = COUNT.unpack(old)[0] - 1
-    return (COUNT.pack(count) if count > 0 else None), None  # nginx frees the node at 0
+def _count_out(where):
+    def change(old: bytes | None):
+        if old is None:
+            return None, None
+        overflow, holders = _unpack(old)
+        if where == OVERFLOW:
+            overflow = max(0, overflow - 1)
+        elif where in holders:
+            holders[where] -= 1
+            if not holders[where]:
+                del holders[where]
+        if not overflow and not holders:
+            return None, None  # nginx frees the node at 0
+        return _pack(overflow, holders), None
+
+    return change
+
+
+def _unpack(value: bytes | None) -> tuple[int, dict[tuple[int, int], int]]:
+    """A record: requests counted without a holder, and each holder's (pid, start time) -> count."""
+    if value is None:
+        return 0, {}
+    overflow = OVERFLOW_COUNT.unpack_from(value)[0]
+    holders = {}
+    for i in range(HOLDERS):
+        pid, count, start = HOLDER.unpack_from(value, OVERFLOW_COUNT.size + i * HOLDER.size)
+        if count:
+            holders[(pid, start)] = count
+    return overflow, holders
+
+
+def _pack(overflow: int, holders: dict[tuple[int, int], int]) -> bytes:
+    value = bytearray(RECORD_SIZE)
+    OVERFLOW_COUNT.pack_into(value, 0, overflow)
+    for i, ((pid, start), count) in enumerate(holders.items()):
+        HOLDER.pack_into(value, OVERFLOW_COUNT.size + i * HOLDER.size, pid, count, start)
+    return bytes(value)
+
+
+def in_use(value: bytes) -> bool:
+    """Does a record count a request in progress (of a live worker)? Such a record is never
+    evicted (nginx never frees a node with connections)."""
+    overflow, holders = _unpack(value)
+    return bool(overflow) or any(_alive(owner) for owner in holders)
+
+
+_ME: list = [0, (0, 0), None]  # this process's pid, its (pid, start time), its _Holders
+
+
+class _Holders:
+    """Which holders (workers that counted in) are running: every holder seen and still alive is
+    watched by one ``LivenessWatch`` (a pidfd each, one ``poll`` for all); a dead one is forgotten."""
+
+    def __init__(self) -> None:
+        self.watch = LivenessWatch()
+        self.known: set[tuple[int, int]] = set()
+        self.lock = threading.Lock()
+
+    def alive(self, owner: tuple[int, int]) -> bool:
+        with self.lock:
+            self.known.add(owner)
+            self.known = self.watch.alive(list(self.known))  # asked for all: none loses its pidfd
+            return owner in self.known
+
+
+def _me() -> tuple[int, int]:
+    pid = os.getpid()
+    if _ME[0] != pid:  # first use in this process (a forked worker has its own)
+        _ME[:] = [pid, (pid, process_start_time(pid) or 0), _Holders()]
+    return _ME[1]
+
+
+def _alive(owner: tuple[int, int]) -> bool:
+    """Is the worker that counted in as ``owner`` running? Asked only at a limit or on eviction."""
+    _me()
+    return _ME[2].alive(owner)
 
 
 def release(ctx) -> None:
     """Count the request out of every limit it was counted in (nginx's cleanup handlers)."""
     held = ctx.stash.pop(NAME, None) or ()
-    for table, key in held:
-        table.update(key, _count_out)
+    for table, key, where in held:
+        table.update(key, _count_out(where))
 
 
 class LimitConn:
@@ -133,18 +240,26 @@ class LimitConn:
                 continue
             ctx.vars[STATUS_VAR] = "PASSED"
             table = tables[spec.name]
-            if not table.update(key, _count_in(limit.conn)):
+            try:
+                where = table.update(key, _count_in(limit.conn))
+            except TableFull:  # every record of the key's stripe counts requests in progress
+                log.critical('ngx_slab_alloc() failed: no memory in limit_conn_zone "%s"', spec.name)
+                return self._reject(ctx)
+            if where is None:
                 log.log(self.level, 'limiting connections%s by zone "%s"%s', ", dry run," if self.dry_run else "",
                         spec.name, error_context(ctx))
-                release(ctx)  # ngx_http_limit_conn_cleanup_all
-                if self.dry_run:
-                    ctx.vars[STATUS_VAR] = "REJECTED_DRY_RUN"
-                    return None
-                ctx.vars[STATUS_VAR] = "REJECTED"
-                return error_page(self.status_code)
-            held.append((table, key))
+                return self._reject(ctx)
+            held.append((table, key, where))
         return None
+
+    def _reject(self, ctx):
+        release(ctx)  # ngx_http_limit_conn_cleanup_all
+        if self.dry_run:
+            ctx.vars[STATUS_VAR] = "REJECTED_DRY_RUN"
+            return None
+        ctx.vars[STATUS_VAR] = "REJECTED"
+        return error_page(self.status_code)
 
 
 def _tables(runtime) -> dict[str, SharedTable]:
-    return SharedTable.views(runtime, NAME, runtime.config.stash.get(NAME, {}), KEY_MAX, COUNT.size)
+    return SharedTable.views(runtime, NAME, runtime.config.stash.get(NAME, {}), KEY_MAX, RECORD_SIZE, in_use=in_use)

@@ -23,10 +23,10 @@ import struct
 import time
 from dataclasses import dataclass
 
-from ngxsim import (HTTP, LIMIT_LOG_LEVELS, LOCATION, LOG_LEVELS, PREACCESS, SERVER, Delay, Directive, PhaseHandler,
-                    SharedTable, Template, Variable, check_zone_references, declare_keyed_zones, error_context,
-                    error_page, hookimpl, key_values, limit_directives, positive_param, rate_param, require_param,
-                    zone_name_param, zone_param)
+from ngxsim import (ALERT, HTTP, LIMIT_LOG_LEVELS, LOCATION, LOG_LEVELS, PREACCESS, SERVER, Delay, Directive,
+                    PhaseHandler, SharedTable, TableFull, Template, Variable, check_zone_references, declare_keyed_zones,
+                    error_context, error_page, hookimpl, key_values, limit_directives, positive_param, rate_param,
+                    require_param, zone_name_param, zone_param)
 
 NAME = "limit_req"
 STATUS_VAR = "limit_req_status"
@@ -38,7 +38,7 @@ KEY_MAX = 64  # longer keys are stored as their SHA-256 (SharedTable does it)
 NODELAY = (2**63 - 1) // 1000  # nginx's NGX_MAX_INT_T_VALUE / 1000
 LEVELS = LIMIT_LOG_LEVELS
 # nginx: the rc of ngx_http_limit_req_lookup
-DECLINED, OK, AGAIN, BUSY = "declined", "ok", "again", "busy"
+DECLINED, OK, AGAIN, BUSY, ERROR = "declined", "ok", "again", "busy", "error"
 
 
 @dataclass(frozen=True)
@@ -148,16 +148,23 @@ class LimitReq:
                     "utf-8", "replace"))
                 continue
             table = tables[spec.name]
-            rc, excess = table.update(key, _lookup(limit, spec, n == last))
+            try:
+                rc, excess = table.update(key, _lookup(limit, spec, n == last))
+            except TableFull:  # nginx: ngx_http_limit_req_expire(ctx, 0) freed nothing either
+                log.log(ALERT, 'could not allocate node in limit_req zone "%s"', spec.name)
+                rc = ERROR
+                break
             if rc == AGAIN:
                 touched.append((table, key, limit, spec))
             if rc != AGAIN:
                 break
         if rc == DECLINED:
             return None
-        if rc == BUSY:
-            log.log(self.limit_level, 'limiting requests%s, excess: %d.%03d by zone "%s"%s',
-                    ", dry run" if self.dry_run else "", excess // 1000, excess % 1000, spec.name, error_context(ctx))
+        if rc in (BUSY, ERROR):
+            if rc == BUSY:
+                log.log(self.limit_level, 'limiting requests%s, excess: %d.%03d by zone "%s"%s',
+                        ", dry run" if self.dry_run else "", excess // 1000, excess % 1000, spec.name,
+                        error_context(ctx))
             for table, key, _, _ in touched:  # ngx_http_limit_req_unlock
                 table.update(key, _unlock)
             if self.dry_run:
@@ -233,4 +240,10 @@ def _account(touched, excess: int, limit: Limit, spec: ZoneSpec) -> tuple[int, i
 
 
 def _tables(runtime) -> dict[str, SharedTable]:
-    return SharedTable.views(runtime, NAME, runtime.config.stash.get(NAME, {}), KEY_MAX, RECORD.size)
+    return SharedTable.views(runtime, NAME, runtime.config.stash.get(NAME, {}), KEY_MAX, RECORD.size, in_use=in_use)
+
+
+def in_use(value: bytes) -> bool:
+    """A record counting requests between lookup and accounting is never evicted (nginx's
+    ``ngx_http_limit_req_expire`` stops at a node with ``count``)."""
+    return RECORD.unpack(value)[2] > 0

@@ -4,6 +4,7 @@ reload that keeps the zone, and a test can read it (the kit's ``attached_zone`` 
 from __future__ import annotations
 
 import struct
+import zlib
 
 import pytest
 
@@ -55,3 +56,38 @@ def test_a_reload_with_a_bad_config_is_rejected_and_the_state_kept(ngxsim_server
         server.reload(conf(503).replace("burst=2", "burst=0"))
     assert server.worker_pids() == pids
     assert server.get("/x").status_code == 503
+
+
+SMALL = """
+load_module ngxsim_test_phases;
+load_module limit_req;
+worker_processes 2;
+http {
+    limit_req_zone $arg_k zone=small:32k rate=1r/s;
+    server {
+        listen 127.0.0.1:{port};
+        location / { limit_req zone=small burst=5 nodelay; test_jobs_status; }
+    }
+}
+"""
+
+
+def test_a_record_in_use_is_never_evicted_and_a_full_stripe_refuses_a_new_key(ngxsim_server):
+    server = ngxsim_server(SMALL, mode="ngxsim")
+    with server.attached_zone("small") as zone:
+        table = SharedTable(zone, 64, RECORD.size)
+        keys, i = [], 0
+        while len(keys) < table.slots + 1:  # keys of stripe 0 (a CRC-32 of the key)
+            if zlib.crc32(f"k{i}".encode()) % table.stripes == 0:
+                keys.append(f"k{i}")
+            i += 1
+        *held, extra = keys
+        for key in held:  # what requests between lookup and accounting leave: count 1
+            table.put(key, RECORD.pack(0, 0, 1))
+    assert server.get(f"/x?k={extra}").status_code == 503
+    assert server.logged("alert", 'could not allocate node in limit_req zone "small"')
+    with server.attached_zone("small") as zone:
+        table = SharedTable(zone, 64, RECORD.size)
+        assert all(table.get(key) == RECORD.pack(0, 0, 1) for key in held)  # none evicted
+        table.put(held[0], RECORD.pack(0, 0, 0))  # that request was accounted: its record may go
+    assert server.get(f"/x?k={extra}").status_code == 200

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from ngxsim import SharedTable
+from ngxsim import SharedTable, TableFull
 from ngxsim.core.instance import STANDALONE, current_instance
 from ngxsim.core.shm import attach_zone, remove_zone_files
 
@@ -112,3 +112,17 @@ def test_a_holder_killed_with_the_stripe_lock_leaves_it_free(zone):
     worker.start()
     worker.join(10)
     assert done.is_set(), "the stripe lock stayed held after its holder was killed"
+
+
+def test_eviction_skips_records_in_use_and_a_stripe_of_them_refuses_a_new_key(zone):
+    table = SharedTable(zone, 16, 8, stripes=1, in_use=lambda value: COUNTER.unpack(value)[0] > 0)
+    keys = [f"k{i}" for i in range(table.capacity)]
+    for key in keys:
+        table.put(key, COUNTER.pack(1))  # every record counts a request in progress
+    table.put(keys[3], COUNTER.pack(0))  # but k3's ended: the only one that may go
+    table.put("new", COUNTER.pack(1))
+    assert table.get(keys[3]) is None
+    assert all(table.get(key) == COUNTER.pack(1) for key in keys if key != keys[3])  # k0 (oldest) kept
+    with pytest.raises(TableFull, match='no room in zone "table-'):
+        table.put("newer", COUNTER.pack(1))
+    assert table.get("newer") is None and len(table) == table.capacity

@@ -10,7 +10,10 @@ request waits instead: the same answers, but the thread is held.
 
 When the request resumes, ``then(ctx)`` runs if the wait has one and its result counts as the
 handler's result (None: go on with the next handler, a response, or another wait); without
-``then`` the request goes on with the next handler.
+``then`` the request goes on with the next handler. A client that closed its connection during
+the wait ends the request instead (nginx's ``ngx_http_test_reading``): nothing more of it runs,
+nothing is written, and it is logged with status 499. ngxsim's worker watches a waiting
+request's connection and resumes it as soon as its client hangs up.
 """
 
 from __future__ import annotations
