@@ -363,6 +363,80 @@ def test_an_engine_restarted_mid_flow_loses_nothing_acknowledged(fresh_engine, n
         assert m.cluster_view(API)["last_error"]
 
 
+def away(cluster, member):
+    member.server.stop()
+    cluster.members.remove(member)
+
+
+def back(cluster, name, stream, **kw):
+    member = cluster.start_one(CONF, name, 2, stream, placeholders=placeholders(main=REPLAY, **kw))
+    member.wait_connected(API)
+    return member
+
+
+def until_last(member, payload, what):
+    """Every live worker's record once each has ``payload`` from A (A's events come in order:
+    a repeat of an earlier one would have come before it)."""
+    return wait_all_workers(member, lambda lines: any(p == payload for _, p, _, _ in remote_events(lines, "A")),
+                            what, timeout=30)
+
+
+def test_entries_the_engine_lost_after_acknowledging_them_are_sent_again_and_delivered_once(
+        fresh_engine, ngxsim_cluster, stream):
+    """The engine restarted without entries it had acknowledged (taken back to a copy of its data:
+    as NATS R1 after kill -9, Redis with appendfsync everysec): the origin finds out and appends
+    them again from its ring; C, away meanwhile, gets them; B, which had them, not twice."""
+    engine = fresh_engine()
+    cluster = ngxsim_cluster(engine.url)
+    a, b, c = start(cluster, stream, main=REPLAY)
+    publish(a, 3, prefix="one")
+    for m in (b, c):
+        wait_for(lambda: len(ring_events(m, "A")) == 3, 20, what=f"{m.name} to get the first 3")
+    snapshot = engine.snapshot()
+    away(cluster, c)
+    publish(a, 4, prefix="two")  # acknowledged by the engine, read by B, then lost
+    wait_for(lambda: len(ring_events(b, "A")) == 7, 20, what="B to get the next 4")
+    engine.restart(snapshot=snapshot)
+    wait_for(lambda: a.cluster_view(API)["engine_lost"] == 4, 30, what="A to find its 4 entries lost")
+    publish(a, 2, prefix="three")
+    c = back(cluster, "C", stream)
+    ones, twos, threes = ([f"{p}{i}" for i in range(n)] for p, n in (("one", 3), ("two", 4), ("three", 2)))
+    for m, want in ((b, ones + twos + threes), (c, twos + threes)):  # (C's new ring: since it started)
+        for pid, lines in until_last(m, "three1", "A's last event").items():
+            assert [p for _, p, _, _ in remote_events(lines, "A")] == want, (m.name, pid, lines)
+        assert [e["payload"] for e in ring_events(m, "A") if e["channel"] == "c"] == want
+    assert "lost 4 acknowledged entries" in a.server.output()
+
+
+def test_entries_the_engine_lost_that_the_origins_ring_no_longer_holds_are_a_gap_naming_it(
+        fresh_engine, ngxsim_cluster, stream):
+    engine = fresh_engine()
+    cluster = ngxsim_cluster(engine.url)
+    a = cluster.start_one(CONF, "A", 2, stream, placeholders=placeholders(main=REPLAY, ring=16))
+    b, c = (back(cluster, name, stream) for name in "BC")
+    a.wait_connected(API)
+    publish(a, 2, prefix="one")
+    for m in (b, c):
+        wait_for(lambda: len(ring_events(m, "A")) == 2, 20, what=f"{m.name} to get the first 2")
+    snapshot = engine.snapshot()
+    away(cluster, c)
+    publish(a, 3, prefix="two")
+    wait_for(lambda: len(ring_events(b, "A")) == 5, 20, what="B to get the next 3")
+    lost = [e["origin_generation"] for e in ring_events(b, "A")[2:]]
+    publish(a, 20, prefix="local", path="/local")  # not bridged: A's ring of 16 no longer holds two*
+    engine.restart(snapshot=snapshot)
+    wait_for(lambda: a.cluster_view(API)["engine_lost"] == 3, 30, what="A to find its 3 entries lost")
+    publish(a, 1, prefix="three")
+    c = back(cluster, "C", stream)
+    for pid, lines in until_last(c, "three0", "A's event after the gap").items():
+        gaps = [tuple(map(int, line.split()[1:3])) for line in lines if line.startswith("G ") and line.endswith(" from A")]
+        assert any(first <= lost[0] and lost[-1] <= last for first, last in gaps), (pid, lines)
+        assert [p for _, p, _, _ in remote_events(lines, "A")] == ["three0"]
+    for pid, lines in until_last(b, "three0", "A's event after the gap").items():
+        assert [p for _, p, _, _ in remote_events(lines, "A")] == ["one0", "one1", "two0", "two1", "two2", "three0"]
+    assert c.cluster_view(API)["lost_events"] >= 3
+
+
 def test_an_engine_paused_then_resumed_delivers_what_was_published_meanwhile(fresh_engine, ngxsim_cluster, stream):
     engine = fresh_engine()
     a, b = start(ngxsim_cluster(engine.url), stream, count=2, main=REPLAY, extra="timeout=300ms")

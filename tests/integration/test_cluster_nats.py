@@ -517,21 +517,41 @@ def test_without_a_user_in_the_url_the_password_is_the_server_s_token(ngxsim_nat
 # -- the server going away ------------------------------------------------------------------------
 
 
-def test_a_server_killed_and_restarted_on_its_store_loses_nothing_acknowledged(ngxsim_nats_node, engines):
+def test_a_server_killed_loses_at_most_a_tail_of_what_it_acknowledged_and_the_writer_finds_which(
+        ngxsim_nats_node, engines):
+    """nats-server 2.9's file store writes out asynchronously (no option to sync each write
+    before 2.10's sync_interval): an R1 stream killed (-9) may lose the last entries it
+    acknowledged (3 of 20 once, on a loaded box). What it keeps is a head of them; the writer
+    finds the rest with record_at and appends them again, and a reader gets every one
+    (docs/cluster.md: R1 against R3)."""
     node = ngxsim_nats_node()
     engine = engines(node.url, unique_stream("restart"), timeout=1.0)
+    reader = engines(node.url, engine.stream, timeout=1.0)
     sent = records(20)
     acked = engine.append(sent)
-    batch = engine.read("0", block=5.0, limit=5)
+    batch = reader.read("0", block=5.0, limit=5)
+    assert [e.record for e in batch.entries] == sent[:5]
     node.kill()
     with pytest.raises(EngineError):
         engine.append(records(1, start=100))
     node.start()
     engine.close()
     engine.connect()
-    got, _ = read_all(engine, batch.cursor, 15)
-    assert [e.record for e in batch.entries + got] == sent
-    assert [e.position for e in batch.entries + got] == acked
+    held = [engine.record_at(p) for p in acked]
+    kept = held.index(None) if None in held else len(held)
+    assert held == sent[:kept] + [None] * (20 - kept)  # a head kept, a tail lost (often none of it)
+    assert engine.append(sent[kept:]) == acked[kept:]
+    got, _ = read_all(engine, "0", 20)
+    assert [e.record for e in got] == sent
+    reader.close()
+    reader.connect()  # (the same reader resumes: entries it had read and the stream lost are read again)
+    rest, cursor = [], batch.cursor
+    for _ in range(30):
+        if sum(r not in sent[:5] for r in rest) >= 15:
+            break
+        more = reader.read(cursor, block=1.0)
+        rest, cursor = rest + [e.record for e in more.entries], more.cursor
+    assert [r for r in rest if r not in sent[:5]] == sent[5:]
     assert engine.append(records(1, start=21)) == ["21"]
 
 

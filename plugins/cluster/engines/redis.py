@@ -101,7 +101,8 @@ class RedisEngine(Engine):
         self._reader: redis.Redis | None = None
         self._cas = None
         self._given: str | None = None  # the cursor the last read returned
-        self._reader_socket = None  # the reader's socket at the last read
+        self._reader_socket = None  # the reader's socket at the last read, and whether it was new
+        self._reader_new = False
         self._socket = None  # the writer's socket last seen, and how many were new since connect
         self._epoch = self._appending_epoch = 0
 
@@ -198,7 +199,10 @@ class RedisEngine(Engine):
         sent) a connection made anew since the last ``epoch()``."""
         pool = client.connection_pool
         conn = pool.get_connection()
-        if client is self._client:
+        if client is self._reader:  # (a new socket: redis-py connected again by itself)
+            sock = getattr(conn, "_sock", None)
+            self._reader_new, self._reader_socket = sock is not self._reader_socket, sock
+        elif client is self._client:
             self._noted(conn)
             if not fresh and self._epoch != self._appending_epoch:
                 pool.release(conn)
@@ -275,13 +279,16 @@ class RedisEngine(Engine):
         data = _command(b"XINFO", b"STREAM", key) + _command(
             b"XREAD", b"COUNT", b"%d" % limit, b"BLOCK", b"%d" % max(int(block * 1000), 1), b"STREAMS", key,
             last_id.encode() if isinstance(last_id, str) else last_id)
-        # a cursor this engine did not just give, or a connection made anew (Redis may have
-        # restarted meanwhile): does the stream still hold the cursor's entry?
-        check = bool(number) and (cursor != self._given or self._new_reader_connection(reader))
-        if check:
-            data = _command(b"XRANGE", key, last_id.encode(), last_id.encode()) + data
+        # a cursor this engine did not just give: does the stream still hold its entry? (also
+        # asked after a read on a connection made anew: Redis may have restarted meanwhile)
+        check = bool(number) and cursor != self._given
+        xrange = _command(b"XRANGE", key, last_id.encode(), last_id.encode())
         try:
-            held, info, answer = ([None] if not check else []) + self._exchange(reader, data, 2 + check, "XREAD")
+            held, info, answer = ([None] if not check else []) + self._exchange(
+                reader, xrange + data if check else data, 2 + check, "XREAD")
+            if bool(number) and not check and self._reader_new:
+                check = True
+                (held,) = self._exchange(reader, xrange, 1, "XRANGE")
         except EngineError:
             self._drop_reader()
             raise
@@ -334,17 +341,7 @@ class RedisEngine(Engine):
         self._given = _position(last_id, number)
         return Batch(entries, self._given, lost, lost_count)
 
-    def _new_reader_connection(self, reader: redis.Redis) -> bool:
-        """Is the reader's connection a new one since the last read (no round trip: redis-py
-        finds a closed socket and connects again when it hands it out)?"""
-        pool = reader.connection_pool
-        conn = pool.get_connection()
-        try:
-            sock = getattr(conn, "_sock", None)
-            new, self._reader_socket = sock is not self._reader_socket, sock
-            return new
-        finally:
-            pool.release(conn)
+
 
     def _kv_key(self, key: str) -> str:
         return f"{{{self.stream}}}:kv:{key}"
