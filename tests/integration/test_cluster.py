@@ -385,23 +385,28 @@ def test_entries_the_engine_lost_after_acknowledging_them_are_sent_again_and_del
         fresh_engine, ngxsim_cluster, stream):
     """The engine restarted without entries it had acknowledged (taken back to a copy of its data:
     as NATS R1 after kill -9, Redis with appendfsync everysec): the origin finds out and appends
-    them again from its ring; C, away meanwhile, gets them; B, which had them, not twice."""
+    them again from its ring. C, away meanwhile, gets them once; D, reading all along, and B,
+    away with its saved position past the restarted stream's end, had them: not twice, and every
+    new event all the same (NATS gives the new entries the sequences they had passed)."""
     engine = fresh_engine()
     cluster = ngxsim_cluster(engine.url)
-    a, b, c = start(cluster, stream, main=REPLAY)
+    a, b, c, d = start(cluster, stream, count=4, workers=(2, 2, 2, 2), main=REPLAY)
     publish(a, 3, prefix="one")
-    for m in (b, c):
+    for m in (b, c, d):
         wait_for(lambda: len(ring_events(m, "A")) == 3, 20, what=f"{m.name} to get the first 3")
     snapshot = engine.snapshot()
     away(cluster, c)
-    publish(a, 4, prefix="two")  # acknowledged by the engine, read by B, then lost
-    wait_for(lambda: len(ring_events(b, "A")) == 7, 20, what="B to get the next 4")
+    publish(a, 4, prefix="two")  # acknowledged by the engine, read by B and D, then lost
+    for m in (b, d):
+        wait_for(lambda: len(ring_events(m, "A")) == 7, 20, what=f"{m.name} to get the next 4")
+    away(cluster, b)
     engine.restart(snapshot=snapshot)
     wait_for(lambda: a.cluster_view(API)["engine_lost"] == 4, 30, what="A to find its 4 entries lost")
     publish(a, 2, prefix="three")
-    c = back(cluster, "C", stream)
+    b, c = (back(cluster, name, stream) for name in "BC")
     ones, twos, threes = ([f"{p}{i}" for i in range(n)] for p, n in (("one", 3), ("two", 4), ("three", 2)))
-    for m, want in ((b, ones + twos + threes), (c, twos + threes)):  # (C's new ring: since it started)
+    # (B's and C's rings are new: what they read since they started)
+    for m, want in ((d, ones + twos + threes), (b, threes), (c, twos + threes)):
         for pid, lines in until_last(m, "three1", "A's last event").items():
             assert [p for _, p, _, _ in remote_events(lines, "A")] == want, (m.name, pid, lines)
         assert [e["payload"] for e in ring_events(m, "A") if e["channel"] == "c"] == want
@@ -410,6 +415,9 @@ def test_entries_the_engine_lost_after_acknowledging_them_are_sent_again_and_del
 
 def test_entries_the_engine_lost_that_the_origins_ring_no_longer_holds_are_a_gap_naming_it(
         fresh_engine, ngxsim_cluster, stream):
+    """As above, but A's ring (16) overwrote the lost entries: a gap naming A instead, in one
+    entry where there were three, so the new entries take sequences B's saved position had
+    passed (NATS): B still gets every one."""
     engine = fresh_engine()
     cluster = ngxsim_cluster(engine.url)
     a = cluster.start_one(CONF, "A", 2, stream, placeholders=placeholders(main=REPLAY, ring=16))
@@ -423,17 +431,18 @@ def test_entries_the_engine_lost_that_the_origins_ring_no_longer_holds_are_a_gap
     publish(a, 3, prefix="two")
     wait_for(lambda: len(ring_events(b, "A")) == 5, 20, what="B to get the next 3")
     lost = [e["origin_generation"] for e in ring_events(b, "A")[2:]]
+    away(cluster, b)
     publish(a, 20, prefix="local", path="/local")  # not bridged: A's ring of 16 no longer holds two*
     engine.restart(snapshot=snapshot)
     wait_for(lambda: a.cluster_view(API)["engine_lost"] == 3, 30, what="A to find its 3 entries lost")
-    publish(a, 1, prefix="three")
-    c = back(cluster, "C", stream)
-    for pid, lines in until_last(c, "three0", "A's event after the gap").items():
+    publish(a, 3, prefix="three")
+    b, c = (back(cluster, name, stream) for name in "BC")
+    for pid, lines in until_last(c, "three2", "A's events after the gap").items():
         gaps = [tuple(map(int, line.split()[1:3])) for line in lines if line.startswith("G ") and line.endswith(" from A")]
         assert any(first <= lost[0] and lost[-1] <= last for first, last in gaps), (pid, lines)
-        assert [p for _, p, _, _ in remote_events(lines, "A")] == ["three0"]
-    for pid, lines in until_last(b, "three0", "A's event after the gap").items():
-        assert [p for _, p, _, _ in remote_events(lines, "A")] == ["one0", "one1", "two0", "two1", "two2", "three0"]
+        assert [p for _, p, _, _ in remote_events(lines, "A")] == ["three0", "three1", "three2"]
+    for pid, lines in until_last(b, "three2", "A's events after the gap").items():
+        assert [p for _, p, _, _ in remote_events(lines, "A")] == ["three0", "three1", "three2"]
     assert c.cluster_view(API)["lost_events"] >= 3
 
 
