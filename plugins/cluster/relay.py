@@ -234,6 +234,9 @@ class Relay:
     def _outbound(self) -> None:
         we, rt, zone, st = self.we, self.runtime, self.zone, self.state
         birth = we.ring_birth(rt, zone)
+        # what the engine acknowledged to this relay's predecessor (a takeover: the same ring; a
+        # restart: the previous one's birth), checked like the rest (_check_acked)
+        self._inherited = (st.ring_birth, *st.acked) if st.acked else None
         if st.ring_birth != birth:  # a new ring (the instance restarted): all it holds is unsent
             st.ring_birth, st.relayed = birth, 0
         room = we.ring_capacity(rt, zone)
@@ -293,6 +296,7 @@ class Relay:
                         checked = False
                         continue  # the same events again (the others' watermarks drop repeats)
                     self._acked.extend(zip(positions, (r.origin_generation - birth for r in records), records))
+                    st.acked = (positions[-1], records[-1].origin_generation)
                 st.relayed = last
                 if records:  # (a batch of remote events only: nothing to keep, a re-scan skips them again)
                     with self._lock:
@@ -313,6 +317,8 @@ class Relay:
         engine loses only a tail."""
         epoch = engine.epoch()
         acked = self._acked
+        if not acked and self._inherited:
+            self._check_inherited(engine, birth)
         if acked and not self._holds(engine, acked[-1]):
             low, high = 0, len(acked) - 1
             while low < high:
@@ -335,6 +341,33 @@ class Relay:
                         self.zone, self.bridge.engine, len(lost), " or more" if full else "", first, lost[-1][1])
             self._keep(changed=True)
         self._checked_epoch = epoch
+
+    def _check_inherited(self, engine, birth: int) -> None:
+        """The last entry the engine acknowledged to this relay's predecessor (state file): still
+        there? Else the engine lost a tail of what the predecessor sent, how much is unknown
+        here: after a takeover (the same ring) everything the ring holds goes again (the
+        others drop what they had) and what it overwrote as a gap; after a restart (a new ring)
+        the others get a gap of the previous life's generations up to that entry."""
+        before, position, generation = self._inherited
+        record = Record(self.instance, generation, "", "", "", 0)
+        if not engine.is_position(position) or self._holds(engine, (position, 0, record)):
+            self._inherited = None
+            return
+        st = self.state
+        log.warning("cluster: zone %s: engine %s no longer holds the last entry it acknowledged to this "
+                    "instance's previous relay (origin generation %d, restarted without it?): %s", self.zone,
+                    self.bridge.engine, generation,
+                    "sending again what the ring holds" if before == birth else "a gap for the others")
+        st.acked = None
+        if before == birth:
+            st.relayed = 0
+        else:
+            engine.append([Record(self.instance, generation, GAP_CHANNEL, "gap", f"{before + 1}-{generation}",
+                                  int(time.time() * 1000))])
+        with self._lock:
+            self.stats["engine_lost"] += 1
+        self._inherited = None
+        self._keep(changed=True)
 
     @staticmethod
     def _holds(engine, acked) -> bool:

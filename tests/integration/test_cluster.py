@@ -446,6 +446,30 @@ def test_entries_the_engine_lost_that_the_origins_ring_no_longer_holds_are_a_gap
     assert c.cluster_view(API)["lost_events"] >= 3
 
 
+def test_an_origin_restarted_while_the_engine_lost_its_entries_tells_the_others_of_a_gap(
+        fresh_engine, ngxsim_cluster, stream):
+    """A's relay no longer knows what the engine acknowledged but its state file's last entry,
+    and its new ring holds nothing of its previous life: the others get a gap naming A."""
+    engine = fresh_engine()
+    cluster = ngxsim_cluster(engine.url)
+    a, b = start(cluster, stream, count=2, main=REPLAY)
+    publish(a, 2, prefix="one")
+    wait_for(lambda: len(ring_events(b, "A")) == 2, 20, what="B to get the first 2")
+    snapshot = engine.snapshot()
+    away(cluster, b)
+    publish(a, 3, prefix="two")  # acknowledged, then lost, never read by B
+    wait_for(lambda: a.cluster_view(API)["relayed_out"] == 5, 20, what="A to send them")
+    away(cluster, a)
+    engine.restart(snapshot=snapshot)
+    a = back(cluster, "A", stream)
+    wait_for(lambda: a.cluster_view(API)["engine_lost"] >= 1, 30, what="A to find its entries lost")
+    b = back(cluster, "B", stream)
+    publish(a, 1, prefix="three")
+    for pid, lines in until_last(b, "three0", "A's event after the gap").items():
+        assert [p for _, p, _, _ in remote_events(lines, "A")] == ["three0"], (pid, lines)
+        assert [line for line in lines if line.startswith("G ") and line.endswith(" from A")], (pid, lines)
+
+
 def test_an_engine_paused_then_resumed_delivers_what_was_published_meanwhile(fresh_engine, ngxsim_cluster, stream):
     engine = fresh_engine()
     a, b = start(ngxsim_cluster(engine.url), stream, count=2, main=REPLAY, extra="timeout=300ms")
