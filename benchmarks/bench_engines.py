@@ -12,7 +12,8 @@
 2. NATS R3 failover: appends one after another while a node goes away, in turn: the one the
    writer is connected to killed (``SIGKILL``), the stream's leader killed, the leader stopped
    the way maintenance does (``SIGTERM``); the longest wait between two acknowledged appends (the pause), how
-   many appends raised EngineError and were retried the relay's way (close, connect), and
+   many appends raised EngineError and were retried the relay's way (close, connect; after a
+   reconnect of the client's own, Reconnected: the last acknowledged append checked, then on), and
    that nothing acknowledged is missing afterwards. Several rounds: the pause depends on where
    the stream leader was.
 
@@ -40,7 +41,7 @@ from common import percentile, table  # noqa: E402
 
 from ngxsim.testing import free_port, wait_for  # noqa: E402
 from ngxsim.testing.nats_server import nats_cluster, nats_node, nats_server_missing  # noqa: E402
-from ngxsim_plugins.cluster.engine import EngineError, Record  # noqa: E402
+from ngxsim_plugins.cluster.engine import EngineError, Reconnected, Record  # noqa: E402
 from ngxsim_plugins.cluster.engines.nats import NatsEngine, encode  # noqa: E402
 
 RETENTION = 100_000
@@ -168,7 +169,7 @@ def failover_round(folder: Path, victim: str, before: int = 200, after: int = 30
         names = [node.name for node in cluster.nodes]
         connected = [node.client_count() for node in cluster.nodes].index(1)
         doomed = connected if victim == "connected" else names.index(leader)
-        acked_at, errors, generation = [], 0, 1
+        acked_at, errors, generation, position, lost_after_reconnect = [], 0, 1, "0", 0
         while generation <= before + after:
             if generation == before + 1:
                 if victim == "leader stopped":
@@ -176,9 +177,16 @@ def failover_round(folder: Path, victim: str, before: int = 200, after: int = 30
                 else:
                     cluster.nodes[doomed].kill()
             try:
-                writer.append([record(generation)])
+                position = writer.append([record(generation)])[0]
                 acked_at.append(time.monotonic())
                 generation += 1
+            except Reconnected:  # the relay's way: the last acknowledged one still held, go on
+                try:
+                    if generation > 1 and writer.record_at(position) is None:
+                        lost_after_reconnect += 1
+                    writer.epoch()
+                except EngineError:
+                    errors += 1
             except EngineError:
                 errors += 1
                 writer.close()
@@ -196,6 +204,7 @@ def failover_round(folder: Path, victim: str, before: int = 200, after: int = 30
         gaps = [b - a for a, b in zip(acked_at, acked_at[1:])]
         roles = [role for role, yes in (("leader", names[doomed] == leader), ("writer's", doomed == connected)) if yes]
         how = "stopped (SIGTERM)" if victim == "leader stopped" else "killed"
+        assert not lost_after_reconnect, "an R3 stream lost an acknowledged append"
         return {"pause_ms": max(gaps) * 1e3, "errors": errors, "stored": stored, "acked": len(acked_at),
                 "killed": f"{' + '.join(roles) or 'other'}, {how}"}
     finally:

@@ -96,16 +96,32 @@ class EngineServer:
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
-    def restart(self, down_for: float = 0.0, wipe: bool = False) -> None:
+    def _data(self) -> list[Path]:
+        return [path for path in self.folder.iterdir() if path != self.log and not path.name.startswith("snapshot.")]
+
+    def restart(self, down_for: float = 0.0, wipe: bool = False, snapshot: Path | None = None) -> None:
         """Stop and start again on the same port; ``wipe``: without its data (an engine
-        replaced by an empty one)."""
+        replaced by an empty one); ``snapshot``: on the data ``snapshot()`` copied (an engine
+        that lost what it acknowledged since, as one that had not stored it durably)."""
         self.stop()
-        if wipe:
-            for path in self.folder.iterdir():
-                if path != self.log:
-                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if wipe or snapshot is not None:
+            for path in self._data():
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if snapshot is not None:
+            shutil.copytree(snapshot, self.folder, dirs_exist_ok=True)
         time.sleep(down_for)
         self.start()
+
+    def snapshot(self) -> Path:
+        """Stop, copy the data aside (in the server's folder), start again; the copy's path, for
+        ``restart(snapshot=...)``."""
+        self.stop()
+        copy = self.folder / f"snapshot.{time.monotonic_ns()}"
+        copy.mkdir()
+        for path in self._data():
+            (shutil.copytree if path.is_dir() else shutil.copy2)(path, copy / path.name)
+        self.start()
+        return copy
 
 
 class RedisServer(EngineServer):

@@ -173,14 +173,25 @@ class NatsServer:
         except subprocess.TimeoutExpired:
             self.kill()
 
-    def restart(self, down_for: float = 0.0, wipe: bool = False) -> None:
+    def restart(self, down_for: float = 0.0, wipe: bool = False, snapshot: Path | None = None) -> None:
         """Stop and start again on the same ports; ``wipe``: without its store (a node replaced
-        by an empty one)."""
+        by an empty one); ``snapshot``: on the store ``snapshot()`` copied (a node that lost what
+        it acknowledged since, as one killed before its file store was written out)."""
         self.stop()
-        if wipe:
+        if wipe or snapshot is not None:
             shutil.rmtree(self.store, ignore_errors=True)
+        if snapshot is not None:
+            shutil.copytree(snapshot, self.store)
         time.sleep(down_for)
         self.start()
+
+    def snapshot(self) -> Path:
+        """Stop, copy the store aside, start again; the copy's path, for ``restart(snapshot=...)``."""
+        self.stop()
+        copy = self.folder / f"snapshot.{time.monotonic_ns()}"
+        shutil.copytree(self.store, copy)
+        self.start()
+        return copy
 
     def tail(self, lines: int = 40) -> str:
         text = self.log.read_text(errors="replace") if self.log.exists() else ""

@@ -29,6 +29,11 @@ class EngineError(Exception):
     address (never its credentials) and the reason, in words fit for the error log."""
 
 
+class Reconnected(EngineError):
+    """``append`` wrote nothing: the connection reached the server anew since the caller's last
+    ``epoch()`` (see there). Not a failure of the engine: check, call ``epoch()``, append again."""
+
+
 class Conflict(EngineError):
     """A compare-and-set lost: the key's revision was not the one expected."""
 
@@ -76,7 +81,8 @@ class Batch(NamedTuple):
     ``lost``: entries after the cursor the caller gave were removed by the engine before this
     read (trimmed by retention, the stream recreated, ...). ``lost_count`` is how many, where the
     engine knows it (else None). ``cursor`` is the position to give the next read: the last
-    entry's position, or the given cursor (moved past what was lost) when there were none.
+    entry's position, or the given cursor (moved past what was lost) when there were none (an
+    engine may add to it what checks that entry: ``Engine.position_of``).
     """
 
     entries: list[Entry]
@@ -144,6 +150,13 @@ class Engine(ABC):
         folder from before the bridge moved)?"""
         return bool(position)
 
+    @classmethod
+    def position_of(cls, cursor: str) -> str:
+        """The position of the entry a cursor (``Batch.cursor``) is after: the cursor itself, or,
+        for an engine whose cursors also carry what tells it at the next read whether the stream
+        still holds that entry (NATS: ``SEQ@MICROS``, the entry's stored time), the position part."""
+        return cursor
+
     @abstractmethod
     def connect(self) -> None:
         """Connect, authenticate and make sure the stream exists (created with ``retention``
@@ -163,6 +176,22 @@ class Engine(ABC):
         empty stream), one the caller can store; ``cursor`` ``beginning``: everything the stream
         holds. ``skip_origin``: entries of that origin (the caller's own, which it would drop)
         may be left out of ``entries`` unparsed; the ``cursor`` moves past them all the same."""
+
+    @abstractmethod
+    def record_at(self, position: str) -> Record | None:
+        """The record the stream holds at ``position`` (one ``append`` returned), or None when it
+        holds none there any more (trimmed, or lost: an engine restarted without entries it had
+        acknowledged but not yet stored durably, and may since have put another one there)."""
+
+    def epoch(self) -> int:
+        """How many times the connection reached the server anew since ``connect`` (a client that
+        reconnects by itself). After a new one the server may have restarted and lost
+        acknowledged entries, so ``append`` raises Reconnected, writing nothing, once the
+        connection is newer than the last ``epoch()`` call: the caller first checks with
+        ``record_at`` what it appended before (and appends again what was lost, ahead of
+        anything new), then calls ``epoch()``. A caller that never does gets Reconnected at
+        each append after a reconnect."""
+        return 0
 
     @abstractmethod
     def newest(self) -> str | None:

@@ -23,6 +23,7 @@ published; what it overwrote before the relay read it is a counted gap.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import random
@@ -31,7 +32,7 @@ import time
 
 from ngxsim import NOTICE
 
-from .engine import EngineError, Record
+from .engine import EngineError, Reconnected, Record
 from .pace import Pacer
 from .state import RelayState, state_path
 from .view import View
@@ -59,7 +60,7 @@ class Relay:
         self.view = View(runtime.zone(view_zone))
         old = self.view.read() or {}
         self.stats = {k: old.get(k, 0) for k in ("relayed_out", "relayed_in", "duplicates", "gaps", "lost_events",
-                                                  "engine_errors")}
+                                                  "engine_errors", "engine_lost")}
         self.instances: dict[str, dict] = old.get("instances") or {}
         self.links = {"out": False, "in": False}
         self.connected = False
@@ -72,6 +73,11 @@ class Relay:
         self.pacer = Pacer()  # a small share of the worker while its requests keep it busy (pace.py)
         self._changed = False  # the state file not written since the state changed (_keep)
         self._kept = 0.0
+        self._engines: dict[str, object] = {}  # one per direction, connected again after a failure
+        # what the engine acknowledged of ours, oldest first: (position, local generation, record),
+        # at most a ring's worth (beyond it the ring could not send them again anyway)
+        self._acked: collections.deque = collections.deque()
+        self._checked_epoch = 0  # the engine's epoch() when the out thread last checked _acked
 
     # -- shared bookkeeping ---------------------------------------------------------------------
 
@@ -138,7 +144,12 @@ class Relay:
             self._backoff[direction] = min(max(delay * 2, BACKOFF_FIRST), BACKOFF_MAX)
             engine = None
             try:
-                engine = self.bridge.make_engine()
+                # the same engine connected again (an engine may keep what it knows of the stream
+                # across a reconnect: NATS, the last entry read, to check it is still there)
+                engine = self._engines.get(direction)
+                if engine is None:
+                    engine = self._engines[direction] = self.bridge.make_engine()
+                engine.password = self.bridge.password()  # (read at each connect: rotated ones too)
                 engine.connect()
                 self._link(direction, True)
                 return engine
@@ -218,13 +229,36 @@ class Relay:
     def _outbound(self) -> None:
         we, rt, zone, st = self.we, self.runtime, self.zone, self.state
         birth = we.ring_birth(rt, zone)
+        # what the engine acknowledged to this relay's predecessor (a takeover: the same ring; a
+        # restart: the previous one's birth), checked like the rest (_check_acked)
+        self._inherited = (st.ring_birth, *st.acked) if st.acked else None
         if st.ring_birth != birth:  # a new ring (the instance restarted): all it holds is unsent
             st.ring_birth, st.relayed = birth, 0
         room = we.ring_capacity(rt, zone)
+        self._acked = collections.deque(maxlen=room)
         engine = self._connected_engine("out")
+        checked = False
         try:
             while engine is not None and not self._stopping():
-                we.wait_for_events(rt, zone, st.relayed, BLOCK)
+                if not checked:  # (a new connection, or the engine reconnected by itself meanwhile)
+                    try:
+                        self._check_acked(engine, birth)
+                        checked = True
+                    except EngineError as exc:
+                        engine.close()
+                        self._link("out", False, str(exc))
+                        engine = self._connected_engine("out")
+                        continue
+                if we.wait_for_events(rt, zone, st.relayed, BLOCK) <= st.relayed:
+                    try:  # idle: did the engine reconnect by itself meanwhile? then check at once
+                        checked = engine.epoch() == self._checked_epoch
+                    except EngineError as exc:
+                        engine.close()
+                        self._link("out", False, str(exc))
+                        engine = self._connected_engine("out")
+                        checked = False
+                    if not checked:
+                        continue
                 cpu = self._cpu(engine)
                 scan = we.events_after(rt, zone, st.relayed, BATCH)
                 records = []
@@ -245,13 +279,19 @@ class Relay:
                     continue
                 if records:
                     try:
-                        engine.append(records)
+                        positions = engine.append(records)
                         self._worked("out")
+                    except Reconnected:  # (the engine works: check what it holds of ours, then go on)
+                        checked = False
+                        continue
                     except EngineError as exc:
                         engine.close()
                         self._link("out", False, str(exc))
                         engine = self._connected_engine("out")
+                        checked = False
                         continue  # the same events again (the others' watermarks drop repeats)
+                    self._acked.extend(zip(positions, (r.origin_generation - birth for r in records), records))
+                    st.acked = (positions[-1], records[-1].origin_generation)
                 st.relayed = last
                 if records:  # (a batch of remote events only: nothing to keep, a re-scan skips them again)
                     with self._lock:
@@ -261,6 +301,74 @@ class Relay:
         finally:
             if engine is not None:
                 engine.close()
+
+    def _check_acked(self, engine, birth: int) -> None:
+        """Does the engine still hold what it acknowledged of ours? An engine that restarted
+        without entries it had not stored durably (NATS R1 after kill -9, Redis with
+        ``appendfsync everysec``, a failover) lost a tail of them: the relay sends them again
+        from the ring, in order and ahead of anything new, with their origin generations (the
+        others' watermarks drop what they had already); what the ring overwrote meanwhile goes
+        as a gap (the ring scan's). Bisection over the acknowledged positions, oldest first: the
+        engine loses only a tail."""
+        epoch = engine.epoch()
+        acked = self._acked
+        if not acked and self._inherited:
+            self._check_inherited(engine, birth)
+        if acked and not self._holds(engine, acked[-1]):
+            low, high = 0, len(acked) - 1
+            while low < high:
+                middle = (low + high) // 2
+                if self._holds(engine, acked[middle]):
+                    low = middle + 1
+                else:
+                    high = middle
+            lost = [acked[i] for i in range(low, len(acked))]
+            full = len(acked) == acked.maxlen and low == 0  # (older ones of ours may be lost too)
+            for _ in lost:
+                acked.pop()
+            first = 1 if full else lost[0][1]
+            st = self.state
+            st.relayed = min(st.relayed, first - 1)
+            with self._lock:
+                self.stats["engine_lost"] += len(lost)
+            log.warning("cluster: zone %s: engine %s lost %d%s acknowledged entries of this instance "
+                        "(generations %d..%d, restarted without them?): sending them again from the ring",
+                        self.zone, self.bridge.engine, len(lost), " or more" if full else "", first, lost[-1][1])
+            self._keep(changed=True)
+        self._checked_epoch = epoch
+
+    def _check_inherited(self, engine, birth: int) -> None:
+        """The last entry the engine acknowledged to this relay's predecessor (state file): still
+        there? Else the engine lost a tail of what the predecessor sent, how much is unknown
+        here: after a takeover (the same ring) everything the ring holds goes again (the
+        others drop what they had) and what it overwrote as a gap; after a restart (a new ring)
+        the others get a gap of the previous life's generations up to that entry."""
+        before, position, generation = self._inherited
+        record = Record(self.instance, generation, "", "", "", 0)
+        if not engine.is_position(position) or self._holds(engine, (position, 0, record)):
+            self._inherited = None
+            return
+        st = self.state
+        log.warning("cluster: zone %s: engine %s no longer holds the last entry it acknowledged to this "
+                    "instance's previous relay (origin generation %d, restarted without it?): %s", self.zone,
+                    self.bridge.engine, generation,
+                    "sending again what the ring holds" if before == birth else "a gap for the others")
+        st.acked = None
+        if before == birth:
+            st.relayed = 0
+        else:
+            engine.append([Record(self.instance, generation, GAP_CHANNEL, "gap", f"{before + 1}-{generation}",
+                                  int(time.time() * 1000))])
+        with self._lock:
+            self.stats["engine_lost"] += 1
+        self._inherited = None
+        self._keep(changed=True)
+
+    @staticmethod
+    def _holds(engine, acked) -> bool:
+        position, _, record = acked
+        found = engine.record_at(position)
+        return found is not None and (found.origin, found.origin_generation) == (record.origin, record.origin_generation)
 
     # -- engine -> local ----------------------------------------------------------------------
 
@@ -291,7 +399,7 @@ class Relay:
                     if now - last_look > 1.0 or not batch.entries:
                         newest = engine.newest()
                         last_look = now
-                        self.caught_up = newest is None or newest == st.cursor
+                        self.caught_up = newest is None or newest == engine.position_of(st.cursor)
                     if st.cursor != before:  # (entries read, its own skipped ones too: the same CPU)
                         self._pace(engine, cpu)
                     else:

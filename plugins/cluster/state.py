@@ -4,7 +4,9 @@
   the ring born at ``ring_birth`` (a restarted instance has a new ring: it starts at 1 again);
 - ``cursor``: the engine position of the last entry read;
 - ``seen``: per origin, the highest origin generation delivered here (the de-duplication
-  watermark: relaying is at least once, delivery once).
+  watermark: relaying is at least once, delivery once);
+- ``acked``: the engine's position and the origin generation of the last entry of ours it
+  acknowledged: a relay that restarts (or takes over) checks that the engine still holds it.
 
 Written with write-then-rename, so a relay killed mid-write leaves the previous state whole.
 Written after a batch: at most every 50 ms while events keep coming, at once when the relay
@@ -27,6 +29,7 @@ class RelayState:
         self.relayed = 0
         self.cursor: str | None = None
         self.seen: dict[str, int] = {}
+        self.acked: tuple[str, int] | None = None
         self._lock = threading.Lock()
 
     @classmethod
@@ -44,12 +47,15 @@ class RelayState:
         state.relayed = int(doc.get("relayed", 0))
         state.cursor = doc.get("cursor")
         state.seen = {str(k): int(v) for k, v in (doc.get("seen") or {}).items()}
+        acked = doc.get("acked")
+        if isinstance(acked, list) and len(acked) == 2:
+            state.acked = (str(acked[0]), int(acked[1]))
         return state
 
     def save(self) -> None:
         with self._lock:
             doc = {"ring_birth": self.ring_birth, "relayed": self.relayed, "cursor": self.cursor,
-                   "seen": dict(self.seen)}
+                   "seen": dict(self.seen), "acked": list(self.acked) if self.acked else None}
             tmp = f"{self.path}.{os.getpid()}.{threading.get_ident()}.tmp"
             with open(tmp, "w", encoding="utf-8") as fh:
                 json.dump(doc, fh)

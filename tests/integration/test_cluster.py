@@ -363,6 +363,113 @@ def test_an_engine_restarted_mid_flow_loses_nothing_acknowledged(fresh_engine, n
         assert m.cluster_view(API)["last_error"]
 
 
+def away(cluster, member):
+    member.server.stop()
+    cluster.members.remove(member)
+
+
+def back(cluster, name, stream, **kw):
+    member = cluster.start_one(CONF, name, 2, stream, placeholders=placeholders(main=REPLAY, **kw))
+    member.wait_connected(API)
+    return member
+
+
+def until_last(member, payload, what):
+    """Every live worker's record once each has ``payload`` from A (A's events come in order:
+    a repeat of an earlier one would have come before it)."""
+    return wait_all_workers(member, lambda lines: any(p == payload for _, p, _, _ in remote_events(lines, "A")),
+                            what, timeout=30)
+
+
+def test_entries_the_engine_lost_after_acknowledging_them_are_sent_again_and_delivered_once(
+        fresh_engine, ngxsim_cluster, stream):
+    """The engine restarted without entries it had acknowledged (taken back to a copy of its data:
+    as NATS R1 after kill -9, Redis with appendfsync everysec): the origin finds out and appends
+    them again from its ring. C, away meanwhile, gets them once; D, reading all along, and B,
+    away with its saved position past the restarted stream's end, had them: not twice, and every
+    new event all the same (NATS gives the new entries the sequences they had passed)."""
+    engine = fresh_engine()
+    cluster = ngxsim_cluster(engine.url)
+    a, b, c, d = start(cluster, stream, count=4, workers=(2, 2, 2, 2), main=REPLAY)
+    publish(a, 3, prefix="one")
+    for m in (b, c, d):
+        wait_for(lambda: len(ring_events(m, "A")) == 3, 20, what=f"{m.name} to get the first 3")
+    snapshot = engine.snapshot()
+    away(cluster, c)
+    publish(a, 4, prefix="two")  # acknowledged by the engine, read by B and D, then lost
+    for m in (b, d):
+        wait_for(lambda: len(ring_events(m, "A")) == 7, 20, what=f"{m.name} to get the next 4")
+    away(cluster, b)
+    engine.restart(snapshot=snapshot)
+    wait_for(lambda: a.cluster_view(API)["engine_lost"] == 4, 30, what="A to find its 4 entries lost")
+    publish(a, 2, prefix="three")
+    b, c = (back(cluster, name, stream) for name in "BC")
+    ones, twos, threes = ([f"{p}{i}" for i in range(n)] for p, n in (("one", 3), ("two", 4), ("three", 2)))
+    # (B's and C's rings are new: what they read since they started)
+    for m, want in ((d, ones + twos + threes), (b, threes), (c, twos + threes)):
+        for pid, lines in until_last(m, "three1", "A's last event").items():
+            assert [p for _, p, _, _ in remote_events(lines, "A")] == want, (m.name, pid, lines)
+        assert [e["payload"] for e in ring_events(m, "A") if e["channel"] == "c"] == want
+    assert "lost 4 acknowledged entries" in a.server.output()
+
+
+def test_entries_the_engine_lost_that_the_origins_ring_no_longer_holds_are_a_gap_naming_it(
+        fresh_engine, ngxsim_cluster, stream):
+    """As above, but A's ring (16) overwrote the lost entries: a gap naming A instead, in one
+    entry where there were three, so the new entries take sequences B's saved position had
+    passed (NATS): B still gets every one."""
+    engine = fresh_engine()
+    cluster = ngxsim_cluster(engine.url)
+    a = cluster.start_one(CONF, "A", 2, stream, placeholders=placeholders(main=REPLAY, ring=16))
+    b, c = (back(cluster, name, stream) for name in "BC")
+    a.wait_connected(API)
+    publish(a, 2, prefix="one")
+    for m in (b, c):
+        wait_for(lambda: len(ring_events(m, "A")) == 2, 20, what=f"{m.name} to get the first 2")
+    snapshot = engine.snapshot()
+    away(cluster, c)
+    publish(a, 3, prefix="two")
+    wait_for(lambda: len(ring_events(b, "A")) == 5, 20, what="B to get the next 3")
+    lost = [e["origin_generation"] for e in ring_events(b, "A")[2:]]
+    away(cluster, b)
+    publish(a, 20, prefix="local", path="/local")  # not bridged: A's ring of 16 no longer holds two*
+    engine.restart(snapshot=snapshot)
+    wait_for(lambda: a.cluster_view(API)["engine_lost"] == 3, 30, what="A to find its 3 entries lost")
+    publish(a, 3, prefix="three")
+    b, c = (back(cluster, name, stream) for name in "BC")
+    for pid, lines in until_last(c, "three2", "A's events after the gap").items():
+        gaps = [tuple(map(int, line.split()[1:3])) for line in lines if line.startswith("G ") and line.endswith(" from A")]
+        assert any(first <= lost[0] and lost[-1] <= last for first, last in gaps), (pid, lines)
+        assert [p for _, p, _, _ in remote_events(lines, "A")] == ["three0", "three1", "three2"]
+    for pid, lines in until_last(b, "three2", "A's events after the gap").items():
+        assert [p for _, p, _, _ in remote_events(lines, "A")] == ["three0", "three1", "three2"]
+    assert c.cluster_view(API)["lost_events"] >= 3
+
+
+def test_an_origin_restarted_while_the_engine_lost_its_entries_tells_the_others_of_a_gap(
+        fresh_engine, ngxsim_cluster, stream):
+    """A's relay no longer knows what the engine acknowledged but its state file's last entry,
+    and its new ring holds nothing of its previous life: the others get a gap naming A."""
+    engine = fresh_engine()
+    cluster = ngxsim_cluster(engine.url)
+    a, b = start(cluster, stream, count=2, main=REPLAY)
+    publish(a, 2, prefix="one")
+    wait_for(lambda: len(ring_events(b, "A")) == 2, 20, what="B to get the first 2")
+    snapshot = engine.snapshot()
+    away(cluster, b)
+    publish(a, 3, prefix="two")  # acknowledged, then lost, never read by B
+    wait_for(lambda: a.cluster_view(API)["relayed_out"] == 5, 20, what="A to send them")
+    away(cluster, a)
+    engine.restart(snapshot=snapshot)
+    a = back(cluster, "A", stream)
+    wait_for(lambda: a.cluster_view(API)["engine_lost"] >= 1, 30, what="A to find its entries lost")
+    b = back(cluster, "B", stream)
+    publish(a, 1, prefix="three")
+    for pid, lines in until_last(b, "three0", "A's event after the gap").items():
+        assert [p for _, p, _, _ in remote_events(lines, "A")] == ["three0"], (pid, lines)
+        assert [line for line in lines if line.startswith("G ") and line.endswith(" from A")], (pid, lines)
+
+
 def test_an_engine_paused_then_resumed_delivers_what_was_published_meanwhile(fresh_engine, ngxsim_cluster, stream):
     engine = fresh_engine()
     a, b = start(ngxsim_cluster(engine.url), stream, count=2, main=REPLAY, extra="timeout=300ms")

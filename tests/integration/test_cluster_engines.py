@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from ngxsim_plugins.cluster.engine import Batch, Conflict, EngineError, Record
+from ngxsim_plugins.cluster.engine import Batch, Conflict, EngineError, Reconnected, Record
 from ngxsim_plugins.cluster.engines import engine_class
 
 
@@ -31,9 +31,9 @@ def test_append_then_read_in_order_from_a_cursor(ngxsim_engine):
         positions = engine.append(records(5))
         assert len(positions) == 5 and engine.newest() == positions[-1]
         batch = engine.read(first.cursor, block=1.0, limit=3)
-        assert [e.record for e in batch.entries] == records(3) and batch.cursor == positions[2]
+        assert [e.record for e in batch.entries] == records(3) and engine.position_of(batch.cursor) == positions[2]
         rest = engine.read(batch.cursor, block=1.0)
-        assert [e.record.origin_generation for e in rest.entries] == [4, 5] and rest.cursor == positions[-1]
+        assert [e.record.origin_generation for e in rest.entries] == [4, 5] and engine.position_of(rest.cursor) == positions[-1]
         began = time.monotonic()
         empty = engine.read(rest.cursor, block=0.2)  # nothing new: returns after the block, at the same place
         assert empty.entries == [] and empty.cursor == rest.cursor and time.monotonic() - began < 5
@@ -52,10 +52,10 @@ def test_a_read_skipping_the_caller_s_origin_leaves_its_entries_out_and_moves_pa
         batch = engine.read(start, block=1.0, skip_origin="A")
         assert [e.record for e in batch.entries] == [mixed[2], mixed[4], mixed[5]]
         assert [e.position for e in batch.entries] == [positions[2], positions[4], positions[5]]
-        assert batch.cursor == positions[-1] and not batch.lost
+        assert engine.position_of(batch.cursor) == positions[-1] and not batch.lost
         engine.append(records(2, origin="A", start=7))
         only_own = engine.read(batch.cursor, block=1.0, skip_origin="A")
-        assert only_own.entries == [] and only_own.cursor == engine.newest() and not only_own.lost
+        assert only_own.entries == [] and engine.position_of(only_own.cursor) == engine.newest() and not only_own.lost
         assert [e.record.origin for e in engine.read(start, block=1.0, skip_origin='A"').entries] == \
             ["A", "A", "B", "A", "A é", "A", "A"]
     finally:
@@ -68,7 +68,7 @@ def test_reading_from_the_beginning_gives_everything_the_stream_holds(ngxsim_eng
         assert type(engine).beginning and engine.read(engine.beginning, block=0.01).cursor == engine.beginning
         positions = engine.append(records(3))
         batch = engine.read(engine.beginning, block=1.0)
-        assert [e.record for e in batch.entries] == records(3) and batch.cursor == positions[-1] and not batch.lost
+        assert [e.record for e in batch.entries] == records(3) and engine.position_of(batch.cursor) == positions[-1] and not batch.lost
     finally:
         engine.close()
 
@@ -125,6 +125,100 @@ def test_an_engine_that_lost_its_data_is_a_loss_of_unknown_size(ngxsim_engine_fa
         assert [e.record.origin_generation for e in engine.read(batch.cursor, block=1.0).entries] == [10]
     finally:
         engine.close()
+
+
+def append_checked(engine, batch):
+    """``append`` the relay's way: after a reconnect (Reconnected: nothing was written) the caller
+    has checked what it appended before (the tests do that themselves), then appends again."""
+    for _ in range(3):
+        try:
+            return engine.append(batch)
+        except Reconnected:
+            engine.epoch()
+    raise AssertionError("append refused three times")
+
+
+def read_until(engine, cursor, wanted, origin):
+    """Read from ``cursor`` until ``wanted`` entries of ``origin`` came (each read bounded, 30 at
+    most); returns every batch."""
+    batches = []
+    for _ in range(30):
+        if sum(e.record.origin == origin for b in batches for e in b.entries) >= wanted:
+            break
+        batches.append(engine.read(cursor, block=1.0))
+        cursor = batches[-1].cursor
+    return batches
+
+
+def test_an_engine_restarted_without_entries_it_acknowledged_tells_its_writer(ngxsim_engine_factory):
+    """The engine's loss made certain: a copy of its data taken, entries acknowledged after it,
+    the engine restarted on the copy (as NATS R1 after kill -9, Redis with appendfsync everysec)."""
+    server = ngxsim_engine_factory()
+    writer = connect(server.url)
+    try:
+        kept = writer.append(records(3))
+        snapshot = server.snapshot()  # (a restart: the writer's connection is a new one after it)
+        with pytest.raises(Reconnected):
+            writer.append(records(3, start=4))
+        assert [writer.record_at(p) for p in kept] == records(3)  # nothing lost: the caller goes on
+        writer.epoch()
+        lost = writer.append(records(3, start=4))
+        assert [writer.record_at(p) for p in lost] == records(3, start=4)
+        server.restart(snapshot=snapshot)
+        with pytest.raises(Reconnected):  # nothing is written before the caller has checked
+            writer.append(records(1, start=7))
+        assert [writer.record_at(p) for p in kept] == records(3)
+        assert [writer.record_at(p) for p in lost] == [None, None, None]
+        writer.epoch()
+        again = writer.append(records(4, start=4))  # what was lost, then the next one
+        assert [writer.record_at(p) for p in again] == records(4, start=4)
+        batch = connect(server.url, writer.stream).read(writer.beginning, block=1.0)
+        assert [e.record for e in batch.entries] == records(3) + records(4, start=4)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("reader_is", ["the same engine", "a new engine from the saved cursor"])
+def test_a_reader_past_the_end_of_a_stream_restarted_without_entries_reads_every_new_one(ngxsim_engine_factory,
+                                                                                         reader_is):
+    """The restarted stream holds fewer entries than the reader had read, and new ones were
+    appended since (NATS gives them the sequences the reader already passed): the reader gets
+    every new one, and is told of a loss it cannot measure (what it had not read of the lost)."""
+    server = ngxsim_engine_factory()
+    writer = connect(server.url, retention=100)
+    reader = connect(server.url, writer.stream, retention=100)
+    try:
+        append_checked(writer, records(3))
+        snapshot = server.snapshot()
+        append_checked(writer, records(5, start=4))  # 4..8, lost below
+        batches = read_until(reader, reader.beginning, 8, "A")
+        assert [e.record for b in batches for e in b.entries] == records(3) + records(5, start=4)
+        cursor = batches[-1].cursor
+        server.restart(snapshot=snapshot)
+        append_checked(writer, records(8, origin="B", start=100))  # (NATS: sequences 4..11, past the reader's 8)
+        if reader_is != "the same engine":
+            reader.close()
+            reader = connect(server.url, writer.stream)
+        else:
+            reader.close()  # (what the relay does after a failed read: the same engine connected again)
+            reader.connect()
+        batches = read_until(reader, cursor, 8, "B")
+        got = [e.record for b in batches for e in b.entries]
+        assert [r for r in got if r.origin == "B"] == records(8, origin="B", start=100)
+        assert all(r in records(3) for r in got if r.origin == "A"), got  # read again: the relay drops them
+        assert batches[0].lost and batches[0].lost_count is None
+        assert not any(b.lost for b in batches[1:])  # said once
+        # and the reader counts a later loss exactly: entries trimmed by retention while it was away
+        cursor = batches[-1].cursor
+        reader.close()
+        for start in range(200, 1200, 200):
+            append_checked(writer, records(200, origin="C", start=start))
+        reader.connect()
+        batch = reader.read(cursor, block=1.0, limit=2000)
+        assert batch.lost and batch.lost_count == batch.entries[0].record.origin_generation - 200
+    finally:
+        writer.close()
+        reader.close()
 
 
 def test_an_unreachable_engine_fails_within_its_timeout_and_names_no_secret(ngxsim_engine_factory):

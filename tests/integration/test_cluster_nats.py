@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from ngxsim_plugins.cluster.engine import EngineError, Record
+from ngxsim_plugins.cluster.engine import EngineError, Reconnected, Record
 from ngxsim_plugins.cluster.engines.nats import NatsEngine
 
 _streams = itertools.count(1)
@@ -103,7 +103,7 @@ def test_append_then_read_gives_every_record_back_in_order_with_its_text(ngxsim_
     got, cursor = read_all(engine, NatsEngine.beginning, len(sent))
     assert [e.record for e in got] == sent
     assert [e.position for e in got] == positions
-    assert cursor == positions[-1]
+    assert NatsEngine.position_of(cursor) == positions[-1]
 
 
 def test_read_after_a_cursor_starts_right_after_it(ngxsim_nats, engines):
@@ -198,7 +198,7 @@ def test_a_reader_up_to_date_is_not_told_of_a_loss(ngxsim_nats, engines):
     engine = engines(ngxsim_nats.url, unique_stream("nogap"), retention=5)
     positions = engine.append(records(12))
     batch = engine.read(positions[-1], block=0.2)
-    assert not batch.lost and batch.entries == [] and batch.cursor == positions[-1]
+    assert not batch.lost and batch.entries == [] and NatsEngine.position_of(batch.cursor) == positions[-1]
     sent = records(1, start=20)
     engine.append(sent)
     batch = engine.read(batch.cursor, block=5.0)
@@ -221,7 +221,7 @@ def test_a_purged_stream_reports_what_the_reader_had_not_read_as_lost(ngxsim_nat
     asyncio.run(purge())
     batch = engine.read(positions[1], block=0.2)
     assert batch.lost and batch.lost_count == 4 and batch.entries == []
-    assert batch.cursor == positions[-1]
+    assert NatsEngine.position_of(batch.cursor) == positions[-1]
     sent = records(1, start=7)
     engine.append(sent)
     batch = engine.read(batch.cursor, block=5.0)
@@ -256,7 +256,7 @@ def test_a_stream_deleted_and_made_again_under_a_live_reader_is_a_loss_then_read
     writer = engines(ngxsim_nats.url, stream)
     first = writer.append(records(5))
     got, cursor = read_all(reader, "0", 5)
-    assert cursor == first[-1]
+    assert NatsEngine.position_of(cursor) == first[-1]
 
     async def delete():
         nc = await nats.connect(ngxsim_nats.url)
@@ -365,7 +365,7 @@ def test_entries_that_are_not_records_are_skipped_and_counted(ngxsim_nats, engin
     sent = records(1, start=2)
     engine.append(sent)
     got, cursor = read_all(engine, "1", 1)
-    assert [e.record for e in got] == sent and cursor == "3"
+    assert [e.record for e in got] == sent and NatsEngine.position_of(cursor) == "3"
     assert engine.skipped == 1
 
 
@@ -517,21 +517,41 @@ def test_without_a_user_in_the_url_the_password_is_the_server_s_token(ngxsim_nat
 # -- the server going away ------------------------------------------------------------------------
 
 
-def test_a_server_killed_and_restarted_on_its_store_loses_nothing_acknowledged(ngxsim_nats_node, engines):
+def test_a_server_killed_loses_at_most_a_tail_of_what_it_acknowledged_and_the_writer_finds_which(
+        ngxsim_nats_node, engines):
+    """nats-server 2.9's file store writes out asynchronously (no option to sync each write
+    before 2.10's sync_interval): an R1 stream killed (-9) may lose the last entries it
+    acknowledged (3 of 20 once, on a loaded box). What it keeps is a head of them; the writer
+    finds the rest with record_at and appends them again, and a reader gets every one
+    (docs/cluster.md: R1 against R3)."""
     node = ngxsim_nats_node()
     engine = engines(node.url, unique_stream("restart"), timeout=1.0)
+    reader = engines(node.url, engine.stream, timeout=1.0)
     sent = records(20)
     acked = engine.append(sent)
-    batch = engine.read("0", block=5.0, limit=5)
+    batch = reader.read("0", block=5.0, limit=5)
+    assert [e.record for e in batch.entries] == sent[:5]
     node.kill()
     with pytest.raises(EngineError):
         engine.append(records(1, start=100))
     node.start()
     engine.close()
     engine.connect()
-    got, _ = read_all(engine, batch.cursor, 15)
-    assert [e.record for e in batch.entries + got] == sent
-    assert [e.position for e in batch.entries + got] == acked
+    held = [engine.record_at(p) for p in acked]
+    kept = held.index(None) if None in held else len(held)
+    assert held == sent[:kept] + [None] * (20 - kept)  # a head kept, a tail lost (often none of it)
+    assert engine.append(sent[kept:]) == acked[kept:]
+    got, _ = read_all(engine, "0", 20)
+    assert [e.record for e in got] == sent
+    reader.close()
+    reader.connect()  # (the same reader resumes: entries it had read and the stream lost are read again)
+    rest, cursor = [], batch.cursor
+    for _ in range(30):
+        if sum(r not in sent[:5] for r in rest) >= 15:
+            break
+        more = reader.read(cursor, block=1.0)
+        rest, cursor = rest + [e.record for e in more.entries], more.cursor
+    assert [r for r in rest if r not in sent[:5]] == sent[5:]
     assert engine.append(records(1, start=21)) == ["21"]
 
 
@@ -587,6 +607,7 @@ def test_r3_stream_on_three_nodes_loses_nothing_acknowledged_when_a_node_dies(ng
 
     acked: dict[int, str] = {}
     failures = []
+    held = []  # after each reconnect: did the engine still hold the last acknowledged append?
     stop = threading.Event()
 
     def write():
@@ -594,8 +615,13 @@ def test_r3_stream_on_three_nodes_loses_nothing_acknowledged_when_a_node_dies(ng
         while not stop.is_set() and generation <= 400:
             record = records(1, start=generation)
             try:
-                acked[generation] = writer.append(record)[0]
-                generation += 1
+                try:
+                    acked[generation] = writer.append(record)[0]
+                    generation += 1
+                except Reconnected:  # the relay's way: what was acknowledged is still there, go on
+                    last = max(acked, default=0)
+                    held.append(not last or writer.record_at(acked[last]) == records(1, start=last)[0])
+                    writer.epoch()
             except EngineError as exc:  # the relay's way: close, wait, connect again, same record
                 failures.append(str(exc))
                 reconnect(writer, failures)
@@ -638,6 +664,7 @@ def test_r3_stream_on_three_nodes_loses_nothing_acknowledged_when_a_node_dies(ng
     assert not thread.is_alive() and not reading.is_alive()
     assert len(acked) >= killed_at + 100
     assert not lost
+    assert all(held), held
     if victim == "leader stopped":
         assert failures == [], "a leader handing over costs the appends a pause, not an error"
     assert seen == list(range(1, max(acked) + 1)), "the reader got every entry, in order, once"

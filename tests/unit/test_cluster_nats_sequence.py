@@ -28,3 +28,17 @@ def test_a_reply_of_another_shape_is_left_to_nats_py():
 
     with pytest.raises(Error):  # nats-py's own refusal: not a JetStream message
         stream_sequence(Msg(_client=None, subject="ngxsim.bus", reply="_INBOX.abc.1", data=b""))
+
+
+@pytest.mark.parametrize("reply", [
+    "$JS.ACK.ngxsim_bus.OrdCon123.1.4711.3.1796619036158123456.0",
+    "$JS.ACK.hub.ACCHASH.ngxsim_bus.OrdCon123.1.4711.3.1796619036158123456.0.rnd",
+    "$JS.ACK._.ACCHASH.ngxsim_bus.OrdCon123.2.90071992547409.3.1796619036158123456.12",
+])
+def test_the_stored_time_is_the_one_nats_py_reads_in_microseconds(reply):
+    """(What a reader's cursor carries, SEQ@MICROS, to find out later whether the stream still
+    holds that entry: compared with the time ``get_msg`` gives, which nats-py keeps to the µs.)"""
+    from ngxsim_plugins.cluster.engines.nats import _micros, stream_time_us
+
+    msg = Msg(_client=None, subject="ngxsim.bus", reply=reply, data=b"")
+    assert stream_time_us(msg) == _micros(msg.metadata.timestamp) == 1796619036158123

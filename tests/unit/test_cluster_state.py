@@ -28,3 +28,15 @@ def test_a_corrupt_file_is_set_aside_and_the_relay_starts_afresh(tmp_path):
     assert (tmp_path / "cluster.bus.prod.json.bad").read_text() == '{"relayed": 4'
     state.save()
     assert json.loads(open(path).read())["relayed"] == 0
+
+
+def test_the_last_acknowledged_entry_survives_a_round_trip_and_an_older_file_has_none(tmp_path):
+    path = state_path(str(tmp_path), "bus", "prod")
+    state = RelayState.load(path)
+    assert state.acked is None
+    state.acked = ("812@1796619036158123", 1796618000000912)
+    state.save()
+    assert RelayState.load(path).acked == ("812@1796619036158123", 1796618000000912)
+    with open(path, "w") as fh:
+        json.dump({"ring_birth": 1, "relayed": 2, "cursor": "3", "seen": {}}, fh)  # written before it was kept
+    assert RelayState.load(path).acked is None

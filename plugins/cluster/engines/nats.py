@@ -64,6 +64,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import datetime
 import hashlib
 import json
 import os
@@ -79,7 +80,7 @@ import nats.errors
 import nats.js.errors
 from nats.js import api
 
-from ..engine import Batch, Conflict, Engine, EngineError, Entry, Record, check_kv, redact_url
+from ..engine import Batch, Conflict, Engine, EngineError, Entry, Reconnected, Record, check_kv, redact_url
 
 _SCHEMES = ("nats", "tls")
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_-]")
@@ -94,6 +95,11 @@ _SURE_ROOM = 2000  # publishes a batch may have in flight without waiting (nats-
 _NO_ANSWER = (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError,
               nats.js.errors.ServiceUnavailableError)
 _STREAM_IN_USE = 10058  # JetStream's err_code: stream name already in use (another config)
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+# a reader whose last entry the stream lost reads again from the first entry stored later than
+# it less this (entries read twice are dropped by the relay's watermarks; the margin covers a
+# server clock stepped back across its restart)
+_CLOCK_MARGIN_US = 1_000_000
 _KV_PLAIN = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 
 
@@ -183,6 +189,21 @@ def stream_sequence(msg) -> int:
     return msg.metadata.sequence.stream
 
 
+def stream_time_us(msg) -> int:
+    """A consumer's message's stored time (µs since the epoch), from its reply subject as
+    ``stream_sequence`` reads it (the token before the pending count)."""
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
+        return int(tokens[7]) // 1000
+    if len(tokens) >= 11 and tokens[0] == "$JS" and tokens[1] == "ACK":
+        return int(tokens[9]) // 1000
+    return _micros(msg.metadata.timestamp)
+
+
+def _micros(when) -> int:
+    return (when - _EPOCH) // datetime.timedelta(microseconds=1)
+
+
 def msg_id(record: Record) -> str:
     return f"{record.origin}|{record.origin_generation}|{record.timestamp_msec}"
 
@@ -206,11 +227,20 @@ class NatsEngine(Engine):
         self._js = None
         self._kv = None
         self.kv_bucket = stream_name(f"{self.name}_kv")
+        # (sequence, stored time in µs) of the last entry a read moved past, kept across close()
+        # and connect() and written in the cursor (``SEQ@MICROS``): a reader resuming after it
+        # finds out whether the stream still holds that entry or lost it
+        self._mark: tuple[int, int] | None = None
         self._reset_reader()
 
     @classmethod
     def is_position(cls, position: str) -> bool:
-        return position.isdigit() and position.isascii()
+        seq, at, stored = position.partition("@")
+        return seq.isdigit() and seq.isascii() and (not at or (stored.isdigit() and stored.isascii()))
+
+    @classmethod
+    def position_of(cls, cursor: str) -> str:
+        return cursor.partition("@")[0]
 
     @classmethod
     def check_url(cls, url: str) -> str | None:
@@ -435,10 +465,12 @@ class NatsEngine(Engine):
         # acknowledged before the next is sent: a failure stops the batch there, so a retry
         # never stores a later record before an earlier one
         deadline = time.monotonic() + self.timeout
+        self._same_connection()
         positions = await self._pipelined(records, deadline) if len(records) > 1 else []
         for record in records[len(positions):]:
             ack = await self._publish(record, deadline)
             positions.append(str(ack.seq))
+        self._same_connection()  # (acknowledged across a reconnect: checked and sent again, stored once)
         return positions
 
     async def _pipelined(self, records: list[Record], deadline: float) -> list[str]:
@@ -449,6 +481,7 @@ class NatsEngine(Engine):
         between (or a predecessor lost) makes the server refuse the rest, which ``_append``
         then sends one at a time. Returns the positions of the acknowledged head of the batch."""
         await self._wait_connected()
+        self._same_connection()
         futures, previous = [], None
         try:
             for record in records:
@@ -481,6 +514,7 @@ class NatsEngine(Engine):
         data, headers = encode(record), {api.Header.MSG_ID: msg_id(record)}
         while True:
             await self._wait_connected()
+            self._same_connection()
             left = deadline - time.monotonic()
             if left <= 0:
                 raise asyncio.TimeoutError
@@ -503,6 +537,33 @@ class NatsEngine(Engine):
             except asyncio.TimeoutError:
                 raise EngineError(f"{self.describe()}: disconnected, no server answered within "
                                   f"{self.timeout:g}s") from None
+
+    def epoch(self) -> int:
+        self._appending_epoch = self._reconnects
+        return self._reconnects
+
+    def _same_connection(self) -> None:
+        """Append nothing on a connection made anew since the caller's last ``epoch()`` (the
+        contract): the server may have lost what was acknowledged before."""
+        if self._reconnects != self._appending_epoch:
+            raise Reconnected(f"{self.describe()}: append: reconnected to the server since the last check "
+                              f"(it may have restarted without acknowledged entries)")
+
+    def record_at(self, position: str) -> Record | None:
+        if not self.is_position(position):
+            raise EngineError(f"{self.describe()}: {position!r} is not a position of this engine")
+        msg = self._run(self._message(int(position.partition("@")[0])), f"stream {self.name} get")
+        return None if msg is None else decode(msg.data or b"")
+
+    async def _message(self, seq: int):
+        """The stream's message at ``seq``, None when it holds none there."""
+        await self._wait_connected()
+        if seq < 1:
+            return None
+        try:
+            return await self._js.get_msg(self.name, seq=seq)
+        except nats.js.errors.NotFoundError:
+            return None
 
     def newest(self) -> str | None:
         return self._run(self._newest(), f"stream {self.name} info")
@@ -571,6 +632,7 @@ class NatsEngine(Engine):
         self._created = None  # the stream's creation time when the consumer was made
         self._reconnects = 0
         self._sub_reconnects = 0
+        self._appending_epoch = 0
 
     def read(self, cursor: str | None, *, block: float, limit: int = 512, skip_origin: str | None = None) -> Batch:
         if cursor is not None and not self.is_position(cursor):
@@ -589,7 +651,10 @@ class NatsEngine(Engine):
         skip = None if skip_origin is None else json.dumps([skip_origin], ensure_ascii=False)[:-1].encode() + b","
         deadline = time.monotonic() + max(0.0, block)
         limit = max(1, limit)
+        moved = None
         while len(entries) < limit:
+            if self._sub_reconnects != self._reconnects:
+                break  # (what came after a reconnect waits for the new consumer: _ready_to_read)
             msg = self._held
             self._held = None
             if msg is None:
@@ -614,7 +679,7 @@ class NatsEngine(Engine):
                     self._held = msg  # the jump goes with the next batch
                     break
                 lost, lost_count = True, (lost_count or 0) + seq - self._last - 1
-            self._last = seq
+            self._last, moved = seq, msg
             if skip is not None and msg.data.startswith(skip):
                 continue  # the caller's own: skipped unparsed
             record = decode(msg.data)
@@ -622,13 +687,14 @@ class NatsEngine(Engine):
                 self.skipped += 1
                 continue
             entries.append(Entry(str(seq), record))
+        if moved is not None:
+            self._mark = (self._last, stream_time_us(moved))
         space = self._space
         if space is not None and not space.is_set() and len(inbox) < _QUEUE_SIZE // 2:
             self._loop.call_soon_threadsafe(space.set)  # the callback waits for room: go on
-        if entries:
-            position = entries[-1].position
-        elif self._last is not None:
-            position = str(self._last)
+        if self._last is not None:  # (past the last entry, and any of the caller's own after it)
+            mark = self._mark
+            position = f"{self._last}@{mark[1]}" if mark is not None and mark[0] == self._last else str(self._last)
         else:
             position = cursor
         self._given = position
@@ -642,9 +708,9 @@ class NatsEngine(Engine):
         info = await self._js.stream_info(self.name)
         if self._last is None or (info.created == self._created and info.state.last_seq >= self._last):
             return False
-        await self._subscribe(str(self._last), None, remade=True)
-        self._pending_lost = None  # said by this read
-        return True
+        await self._subscribe(str(self._last), None, remade=info.created != self._created)
+        lost, self._pending_lost = self._pending_lost is not None, None  # said by this read
+        return lost
 
     def _reading_on(self, cursor: str | None) -> bool:
         """Is the consumer ready for a read after ``cursor`` (connected, the same consumer, the
@@ -688,9 +754,20 @@ class NatsEngine(Engine):
         elif cursor is None:
             start = None
         else:
-            start = int(cursor) + 1
+            start = int(cursor.partition("@")[0]) + 1
+        mark = self._mark
+        if cursor is not None and "@" in cursor and resume is None:  # (the caller's, from its state)
+            mark = (start - 1, int(cursor.partition("@")[2]))
         if start is None:  # from now on: after the newest entry, a position the caller can keep
             start = state.last_seq + 1
+        elif (not remade and mark is not None and mark[0] == start - 1 and mark[0] >= state.first_seq
+              and not await self._holds(mark, state)):
+            # the stream no longer holds the last entry read (the server restarted without entries
+            # it had acknowledged, and may have stored others since under the same sequences):
+            # what came after it is found by time; what this reader had not read of the lost ones
+            # is unknown (their origins append again what they still hold)
+            self._pending_lost = (None,)
+            start = await self._first_stored_after(mark[1] - _CLOCK_MARGIN_US, state)
         elif remade or start > state.last_seq + 1:
             # made again (past its end: the same); what the position pointed at is unknown
             self._pending_lost = (None,)
@@ -699,11 +776,39 @@ class NatsEngine(Engine):
             self._pending_lost = (state.first_seq - start,)
             start = state.first_seq
         self._last = start - 1
+        if mark is not None and mark[0] == self._last:
+            self._mark = mark
+        elif self._last >= max(1, state.first_seq):
+            found = await self._message(self._last)  # (what to check the next resume against)
+            self._mark = None if found is None else (self._last, _micros(found.time))
+        else:
+            self._mark = None
         sub = await self._js.subscribe(self.subject, stream=self.name, cb=deliver, ordered_consumer=True,
                                        idle_heartbeat=_HEARTBEAT, deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
                                        config=api.ConsumerConfig(opt_start_seq=start))
         self._sub, self._inbox, self._space = sub, inbox, space
         self._sub_reconnects = self._reconnects
+
+    async def _holds(self, mark: tuple[int, int], state) -> bool:
+        """Does the stream still hold the entry ``mark`` names (its sequence, stored at that time)?"""
+        if mark[0] > state.last_seq:
+            return False
+        found = await self._message(mark[0])
+        return found is not None and _micros(found.time) == mark[1]
+
+    async def _first_stored_after(self, micros: int, state) -> int:
+        """The first sequence the stream stored after ``micros`` (µs since the epoch), by
+        bisection of its stored times; past its end when none. A sequence it does not hold
+        counts as later (a reader starts earlier: what it reads twice is dropped)."""
+        low, high = max(1, state.first_seq), state.last_seq + 1
+        while low < high:
+            middle = (low + high) // 2
+            found = await self._message(middle)
+            if found is not None and _micros(found.time) <= micros:
+                low = middle + 1
+            else:
+                high = middle
+        return low
 
     async def _unsubscribe(self) -> None:
         sub, self._sub = self._sub, None

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import redis
 from redis import exceptions as rx
 
-from ..engine import Batch, Conflict, Engine, EngineError, Entry, Record, check_kv, redact_url
+from ..engine import Batch, Conflict, Engine, EngineError, Entry, Reconnected, Record, check_kv, redact_url
 
 _POSITION = re.compile(r"\d+-\d+(#\d+)?")
 _FIELDS = (b"o", b"g", b"c", b"t", b"p", b"ts")
@@ -67,9 +67,28 @@ def _position(entry_id: bytes | str, number: int | None) -> str:
     return text if number is None else f"{text}#{number}"
 
 
+def _id(entry_id: bytes | str) -> tuple[int, int]:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
 def _parse(position: str) -> tuple[str, int | None]:
     entry_id, sep, number = position.partition("#")
     return entry_id, (int(number) if sep and number.isdigit() else (0 if entry_id == "0-0" else None))
+
+
+def _record(fields: list) -> Record | None:
+    """The record in an entry's fields, None when it is not one of ours."""
+    try:
+        if tuple(fields[::2]) == _FIELDS:  # (as append writes them)
+            o, g, c, t, p, ts = fields[1::2]
+        else:
+            named = dict(zip(fields[::2], fields[1::2]))
+            o, g, c, t, p, ts = (named[f] for f in _FIELDS)
+        return Record(o.decode(), int(g), c.decode(), t.decode(), p.decode(), int(ts))
+    except (KeyError, ValueError, UnicodeDecodeError):
+        return None
 
 
 class RedisEngine(Engine):
@@ -82,6 +101,11 @@ class RedisEngine(Engine):
         self._client: redis.Redis | None = None
         self._reader: redis.Redis | None = None
         self._cas = None
+        self._given: str | None = None  # the cursor the last read returned
+        self._reader_socket = None  # the reader's socket at the last read, and whether it was new
+        self._reader_new = False
+        self._socket = None  # the writer's socket last seen, and how many were new since connect
+        self._epoch = self._appending_epoch = 0
 
     @classmethod
     def is_position(cls, position: str) -> bool:
@@ -125,6 +149,8 @@ class RedisEngine(Engine):
         try:
             self._client = self._make(self.timeout)
             self._client.ping()
+            self.epoch()  # (the socket of this connect: not a new one)
+            self._epoch = self._appending_epoch = 0
         except rx.RedisError as exc:
             self.close()
             raise self._fail("connect", exc) from None
@@ -134,12 +160,59 @@ class RedisEngine(Engine):
             self._reader = self._make(block + self.timeout)
         return self._reader
 
-    def _exchange(self, client: redis.Redis, data: bytes, answers: int, what: str) -> list:
+    def _noted(self, conn) -> None:
+        """Count a writer connection redis-py made anew (it reconnects by itself when it finds
+        its socket closed: the server may have restarted meanwhile)."""
+        sock = getattr(conn, "_sock", None)
+        if sock is not self._socket:
+            self._socket = sock
+            self._epoch += 1
+
+    def epoch(self) -> int:
+        if self._client is None:
+            raise EngineError(f"{self.describe()}: not connected")
+        pool = self._client.connection_pool
+        try:
+            conn = pool.get_connection()  # (a closed socket is found, and made anew, here: no round trip)
+        except rx.RedisError as exc:
+            raise self._fail("connect", exc) from None
+        try:
+            self._noted(conn)
+        finally:
+            pool.release(conn)
+        self._appending_epoch = self._epoch
+        return self._epoch
+
+    def record_at(self, position: str) -> Record | None:
+        if self._client is None:
+            raise EngineError(f"{self.describe()}: not connected")
+        if not self.is_position(position):
+            raise EngineError(f"{self.describe()}: {position!r} is not a position of this engine")
+        entry_id = _parse(position)[0].encode()
+        (answer,) = self._exchange(self._client, _command(b"XRANGE", self.stream.encode(), entry_id, entry_id),
+                                   1, "XRANGE")
+        if isinstance(answer, Exception):
+            raise self._fail("XRANGE", answer)
+        for _, fields in answer or ():
+            return _record(fields)
+        return None
+
+    def _exchange(self, client: redis.Redis, data: bytes, answers: int, what: str, fresh: bool = True) -> list:
         """Send ``data`` (commands in RESP) on one of ``client``'s connections and read
         ``answers`` raw answers; an error answer is a ResponseError in the list, a connection
-        that fails is dropped and an EngineError."""
+        that fails is dropped and an EngineError. ``fresh`` False: refuse (EngineError, nothing
+        sent) a connection made anew since the last ``epoch()``."""
         pool = client.connection_pool
         conn = pool.get_connection()
+        if client is self._reader:  # (a new socket: redis-py connected again by itself)
+            sock = getattr(conn, "_sock", None)
+            self._reader_new, self._reader_socket = sock is not self._reader_socket, sock
+        elif client is self._client:
+            self._noted(conn)
+            if not fresh and self._epoch != self._appending_epoch:
+                pool.release(conn)
+                raise Reconnected(f"{self.describe()}: {what}: reconnected to the server since the last check "
+                                  f"(it may have restarted without acknowledged entries)")
         try:
             conn.send_packed_command([data])
             out = []
@@ -173,7 +246,7 @@ class RedisEngine(Engine):
                       b"$1\r\nc\r\n", _bulk(r.channel.encode()), b"$1\r\nt\r\n", _bulk(r.type.encode()),
                       b"$1\r\np\r\n", _bulk(r.payload.encode()), b"$2\r\nts\r\n", _bulk(b"%d" % r.timestamp_msec))
         parts += (_command(b"XINFO", b"STREAM", key), _command(b"EXEC"))
-        answers = self._exchange(self._client, b"".join(parts), len(records) + 3, "XADD")
+        answers = self._exchange(self._client, b"".join(parts), len(records) + 3, "XADD", fresh=False)
         answer = answers[-1]
         for item in [*answers, *(answer if isinstance(answer, list) else ())]:
             if isinstance(item, Exception):
@@ -211,15 +284,23 @@ class RedisEngine(Engine):
         data = _command(b"XINFO", b"STREAM", key) + _command(
             b"XREAD", b"COUNT", b"%d" % limit, b"BLOCK", b"%d" % max(int(block * 1000), 1), b"STREAMS", key,
             last_id.encode() if isinstance(last_id, str) else last_id)
+        # a cursor this engine did not just give: does the stream still hold its entry? (also
+        # asked after a read on a connection made anew: Redis may have restarted meanwhile)
+        check = bool(number) and cursor != self._given
+        xrange = _command(b"XRANGE", key, last_id.encode(), last_id.encode())
         try:
-            info, answer = self._exchange(reader, data, 2, "XREAD")
+            held, info, answer = ([None] if not check else []) + self._exchange(
+                reader, xrange + data if check else data, 2 + check, "XREAD")
+            if bool(number) and not check and self._reader_new:
+                check = True
+                (held,) = self._exchange(reader, xrange, 1, "XRANGE")
         except EngineError:
             self._drop_reader()
             raise
         if isinstance(answer, Exception):
             self._drop_reader()
             raise self._fail("XREAD", answer)
-        lost, lost_count = False, None
+        lost, lost_count, renumber = False, None, None
         if isinstance(info, Exception):
             if "no such key" not in str(info).lower():
                 raise self._fail("XINFO STREAM", info)
@@ -233,28 +314,39 @@ class RedisEngine(Engine):
             if number is not None and first > number + 1:
                 lost, lost_count = True, first - number - 1
                 number = first - 1
-            elif number is not None and info["entries-added"] < number:
-                lost, number = True, 0  # a younger stream of the same name: what we read is gone
+            elif number is not None and (info["entries-added"] < number or (check and not held and first <= number)):
+                # the stream no longer holds what we read last: restarted without entries it had
+                # acknowledged (an append-only file fsynced every second, a failover), or a younger
+                # stream of the same name. What this reader had not read of what was lost is
+                # unknown (their origins append again what they still hold); what came since has
+                # later ids (XADD * takes the clock, past the lost ones): read on from the cursor,
+                # numbered again once the reader reaches the stream's newest entry
+                lost, number = True, None
+            if number is None:  # numbered again at the stream's newest entry (at XINFO's time)
+                newest = _id(info["last-generated-id"])
+                if newest == _id(last_id):
+                    number = info["entries-added"]
+                else:
+                    renumber = (newest, info["entries-added"])
         entries = []
         skip = skip_origin.encode() if skip_origin is not None else None
         for _, items in (answer.items() if isinstance(answer, dict) else answer or ()):
             for position, fields in items:
                 if number is not None:
                     number += 1
+                elif renumber is not None and _id(position) == renumber[0]:
+                    number = renumber[1]
                 last_id = position
                 if fields[1:2] == [skip] and fields[0] == b"o":
                     continue  # the caller's own: skipped unparsed
-                try:
-                    if tuple(fields[::2]) == _FIELDS:  # (as append writes them)
-                        o, g, c, t, p, ts = fields[1::2]
-                    else:
-                        named = dict(zip(fields[::2], fields[1::2]))
-                        o, g, c, t, p, ts = (named[f] for f in _FIELDS)
-                    record = Record(o.decode(), int(g), c.decode(), t.decode(), p.decode(), int(ts))
-                except (KeyError, ValueError, UnicodeDecodeError):
+                record = _record(fields)
+                if record is None:
                     continue  # not one of ours (another writer on this key): skip it
                 entries.append(Entry(_position(position, number), record))
-        return Batch(entries, _position(last_id, number), lost, lost_count)
+        self._given = _position(last_id, number)
+        return Batch(entries, self._given, lost, lost_count)
+
+
 
     def _kv_key(self, key: str) -> str:
         return f"{{{self.stream}}}:kv:{key}"
