@@ -62,7 +62,7 @@ def test_a_read_skipping_the_caller_s_origin_leaves_its_entries_out_and_moves_pa
         engine.close()
 
 
-def read_until(engine, cursor, last_generation, block=1.0, limit=2000, within=20.0):
+def read_through(engine, cursor, last_generation, block=1.0, limit=2000, within=20.0):
     """Reads from ``cursor`` until the entry of ``last_generation`` came (a read returns what has
     arrived so far: a NATS consumer may hand a batch over in parts): one Batch of every entry
     read, the first read's ``lost``/``lost_count``, the last read's cursor."""
@@ -81,7 +81,7 @@ def test_reading_from_the_beginning_gives_everything_the_stream_holds(ngxsim_eng
     try:
         assert type(engine).beginning and engine.read(engine.beginning, block=0.01).cursor == engine.beginning
         positions = engine.append(records(3))
-        batch = read_until(engine, engine.beginning, records(3)[-1].origin_generation)
+        batch = read_through(engine, engine.beginning, records(3)[-1].origin_generation)
         assert [e.record for e in batch.entries] == records(3) and engine.position_of(batch.cursor) == positions[-1] and not batch.lost
     finally:
         engine.close()
@@ -111,7 +111,7 @@ def test_entries_trimmed_before_they_were_read_are_a_counted_loss(ngxsim_engine)
             writer.append(records(200, start=start))
         writer.close()
         engine.connect()
-        batch = read_until(engine, cursor, 1001)
+        batch = read_through(engine, cursor, 1001)
         assert batch.lost and batch.lost_count and batch.entries
         first = batch.entries[0].record.origin_generation
         assert batch.lost_count == first - 2  # exactly what was trimmed between the cursor and the first kept
