@@ -176,10 +176,10 @@ class Relay:
 
     def _pace(self, engine, since: float, backlog: int = 0, room: int = 1) -> None:
         """After a piece of work (the CPU ``_cpu`` counts since ``since``): pause as the pacer
-        says (a stop ends the pause)."""
+        says, the engine's own threads too (a stop ends the pause)."""
         pause = self.pacer.done(max(0.0, self._cpu(engine) - since), backlog=backlog, room=room)
         if pause:
-            self.lease.stopping.wait(pause)
+            engine.pause(pause, self.lease.stopping)  # (its client's own threads pause with it)
 
     def _keep(self, changed: bool = False, idle: bool = False) -> None:
         """After a change, the view at once; the state file at once when the thread goes idle
