@@ -152,16 +152,22 @@ def parse_url(url: str) -> tuple[list[str], dict]:
     return servers, options
 
 
+# made once: json.dumps/loads with options (or bytes) set up an encoder or sniff the encoding
+# at each call, ~1.3 and ~3 us of the relaying worker's CPU per record
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_DECODER = json.JSONDecoder()
+
+
 def encode(record: Record) -> bytes:
-    return json.dumps([record.origin, record.origin_generation, record.channel, record.type,
-                       record.timestamp_msec, record.payload], ensure_ascii=False, separators=(",", ":")).encode()
+    return _ENCODER.encode([record.origin, record.origin_generation, record.channel, record.type,
+                            record.timestamp_msec, record.payload]).encode()
 
 
 def decode(data: bytes) -> Record | None:
     """The record in an entry's data, or None when it is not one (something else published on
     the stream's subject)."""
     try:
-        origin, generation, channel, type_, timestamp, payload = json.loads(data)
+        origin, generation, channel, type_, timestamp, payload = _DECODER.decode(data.decode())
     except (ValueError, TypeError):
         return None
     if not (isinstance(origin, str) and isinstance(generation, int) and isinstance(channel, str)
