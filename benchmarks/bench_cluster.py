@@ -16,7 +16,8 @@ Streams or NATS JetStream (one ``nats-server -js`` node).
    with every relay idle; events/s in the request (medians), also apart for the bursts that
    landed in the worker running A's relay and in the other (the relay shares its worker's GIL
    and the machine's 2 cores), with CPU per event from /proc (the request's thread, A's workers,
-   B's and C's) beside it. The unbridged baseline is measured in the same run with the same
+   B's and C's) beside it, and for the bursts in the relay's worker the CPU its other threads
+   (the relay's, the dispatcher's) spent while the request ran. The unbridged baseline is measured in the same run with the same
    settings. Each round measures both channels twice: **plain** (every process at the same
    priority, as it has always been measured), and with **B, C and the engine at nice 19**, as
    if they were the other hosts they stand for (in production they do not share A's cores; at
@@ -216,15 +217,20 @@ def engine_hop(engine_url: str, samples: int) -> tuple[list[float], float]:
     return [n / 1000 for n in out], cpu_ns / 1000 / max(1, len(out))
 
 
-def cpu_ns(pid: int) -> int:
-    """CPU time of every thread of ``pid`` so far, ns (``/proc/PID/task/*/schedstat``)."""
-    total = 0
+def thread_cpu_ns(pid: int) -> dict[int, int]:
+    """CPU time of each thread of ``pid`` so far, ns (``/proc/PID/task/*/schedstat``)."""
+    out = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            total += int((task / "schedstat").read_text().split()[0])
+            out[int(task.name)] = int((task / "schedstat").read_text().split()[0])
         except (OSError, ValueError, IndexError):
             pass  # a thread that ended meanwhile
-    return total
+    return out
+
+
+def cpu_ns(pid: int) -> int:
+    """CPU time of every thread of ``pid`` so far, ns."""
+    return sum(thread_cpu_ns(pid).values())
 
 
 def instance_cpu(server) -> int:
@@ -271,13 +277,19 @@ def publish_cost(servers: dict, rounds: int, engine, modes=(PLAIN, NICED), n: in
                 for label, channel in (CHANNELS if i % 2 == 0 else CHANNELS[::-1]):
                     targets = [view(o)["relayed_in"] + n for o in others] if label == "bridged" else None
                     cpu_a, cpu_o = instance_cpu(a), sum(instance_cpu(o) for o in others)
+                    threads = thread_cpu_ns(relay)
                     doc = api(a, f"/burst?n={n}&channel={channel}")
+                    # the CPU the relay's worker spent beside the request (its relay's threads, its
+                    # dispatcher), when the burst ran there: from the burst's start to its answer
+                    beside = sum(ns - threads.get(tid, 0) for tid, ns in thread_cpu_ns(relay).items()
+                                 if tid != doc["tid"]) / 1e6
                     if targets:
                         for o, target in zip(others, targets):
                             wait_for(lambda: view(o)["relayed_in"] >= target, 60, what="the others to relay the burst in")
                     time.sleep(0.2)
                     out.append({"mode": mode, "channel": label, "rate": doc["count"] / doc["seconds"],
                                 "request_cpu": doc["cpu_seconds"] / n * 1e6, "relay_worker": doc["pid"] == relay,
+                                "beside_ms": beside,
                                 "a_cpu": (instance_cpu(a) - cpu_a) / n / 1e3,
                                 "others_cpu": (sum(instance_cpu(o) for o in others) - cpu_o) / n / 1e3})
     finally:
@@ -298,11 +310,11 @@ def cost_rows(kind: str, cost: list[dict]) -> list[list[str]]:
         for label, _ in CHANNELS:
             (rate, k), (in_relay, k1), (elsewhere, k2) = med(label), med(label, where=True), med(label, where=False)
             rows.append([kind, mode, label, k, f"{rate:,.0f}", f"{in_relay:,.0f} ({k1})", f"{elsewhere:,.0f} ({k2})",
-                         f"{med(label, 'request_cpu')[0]:.1f}", f"{med(label, 'a_cpu')[0]:.1f}",
-                         f"{med(label, 'others_cpu')[0]:.1f}"])
+                         f"{med(label, 'beside_ms', where=True)[0]:.1f}", f"{med(label, 'request_cpu')[0]:.1f}",
+                         f"{med(label, 'a_cpu')[0]:.1f}", f"{med(label, 'others_cpu')[0]:.1f}"])
         ratio = [med("bridged", where=w)[0] / med("unbridged", where=w)[0] for w in (None, True, False)]
         cpu = [med("bridged", key)[0] / med("unbridged", key)[0] for key in ("request_cpu", "a_cpu")]
-        rows.append([kind, mode, "**bridged / unbridged**", "", *(f"**{r:.0%}**" for r in ratio),
+        rows.append([kind, mode, "**bridged / unbridged**", "", *(f"**{r:.0%}**" for r in ratio), "",
                      *(f"{c:.2f}x" for c in cpu), "—"])
     return rows
 
@@ -379,7 +391,9 @@ def main() -> None:
                     f"\"{NICED}\": the processes standing for the other hosts get only what A leaves of this box's "
                     "2 cores (as on hosts of their own: not a measure of this box, shown beside the plain one)",
                     ["engine", "mode", "channel", "bursts", "events/s", "in relay's worker", "in the other",
-                     "request CPU µs/ev", "A's workers CPU µs/ev", "B+C CPU µs/ev"], rows))
+                     "beside it there, CPU ms", "request CPU µs/ev", "A's workers CPU µs/ev", "B+C CPU µs/ev"], rows))
+        print("(\"beside it there\": the CPU of the relay's worker's other threads, its relay's and its dispatcher's, "
+              "from a burst's start to its answer, for the bursts that ran in that worker, median)")
 
 
 if __name__ == "__main__":

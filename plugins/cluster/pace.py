@@ -11,8 +11,8 @@ nginx gives such background work to processes of their own with bounded work per
 piece of work, how much CPU the rest of its process used lately, and when that is more than
 ``busy`` of a core it pauses long enough to keep its own share at ``share``: the relay falls
 behind during a request's burst and catches up after it. A pause is never shorter than
-``min_pause`` (each time the relay takes the GIL back costs the request a switch and a wait to
-be scheduled again: fewer, larger batches) nor longer than ``max_pause``, and there is none while the ring's unsent events fill more than half of it
+``min_pause`` (each time the relay takes the GIL back costs the request a switch: fewer,
+larger batches) nor longer than ``max_pause``, and there is none while the ring's unsent events fill more than half of it
 (events lost to the ring's wrap would cost more than a slower request).
 """
 
@@ -25,13 +25,7 @@ from typing import Callable
 SHARE = 0.1       # the relay's share of its worker while the rest of the worker is busy
 BUSY = 0.25       # the rest of the process above this many cores (over WINDOW) is "busy"
 WINDOW = 0.005    # seconds over which the rest's CPU is measured (a request's burst is seen within it)
-# the shortest pause while busy: the relay takes the GIL for batches, not for each event. Each
-# time one of its threads takes the GIL, the request thread is switched out and must be
-# scheduled again, which costs it more than the relay's CPU on a busy box: with 2 ms the relay's
-# threads used 17-23 ms of CPU during a 5,000-publish request in its worker and the request ran
-# at 55-64% of its unbridged speed; with 10 ms, 4.6 ms and 98% (bench_cluster's NATS cluster,
-# the relay's worker alone, /proc per thread, load 2-3)
-MIN_PAUSE = 0.010
+MIN_PAUSE = 0.002  # the shortest pause while busy: the relay takes the GIL for batches, not for each event
 MAX_PAUSE = 0.02  # the longest single pause, seconds
 
 
