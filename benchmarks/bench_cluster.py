@@ -16,8 +16,15 @@ Streams or NATS JetStream (one ``nats-server -js`` node).
    with every relay idle; events/s in the request (medians), also apart for the bursts that
    landed in the worker running A's relay and in the other (the relay shares its worker's GIL
    and the machine's 2 cores), with CPU per event from /proc (the request's thread, A's workers,
-   B's and C's) beside it. The unbridged baseline is measured in the same run with the same
-   settings.
+   B's and C's) beside it, and for the bursts in the relay's worker the CPU its other threads
+   (the relay's, the dispatcher's) spent while the request ran. The unbridged baseline is measured in the same run with the same
+   settings. Each round measures both channels twice: **plain** (every process at the same
+   priority, as it has always been measured), and with **B, C and the engine at nice 19**, as
+   if they were the other hosts they stand for (in production they do not share A's cores; at
+   nice 19 they get only what A's processes leave). The two are printed side by side, modes
+   alternated round by round; the plain one is the measure, the other shows what of the loss
+   is the other hosts' work on this 2-core box and what is A's own relay (``--plain-only``
+   skips the second).
 
 Redis runs with ``appendfsync everysec`` (the usual production setting; the tests use
 ``always``); NATS with JetStream file storage (its default sync). Each engine's floor is one hop
@@ -210,15 +217,20 @@ def engine_hop(engine_url: str, samples: int) -> tuple[list[float], float]:
     return [n / 1000 for n in out], cpu_ns / 1000 / max(1, len(out))
 
 
-def cpu_ns(pid: int) -> int:
-    """CPU time of every thread of ``pid`` so far, ns (``/proc/PID/task/*/schedstat``)."""
-    total = 0
+def thread_cpu_ns(pid: int) -> dict[int, int]:
+    """CPU time of each thread of ``pid`` so far, ns (``/proc/PID/task/*/schedstat``)."""
+    out = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            total += int((task / "schedstat").read_text().split()[0])
+            out[int(task.name)] = int((task / "schedstat").read_text().split()[0])
         except (OSError, ValueError, IndexError):
             pass  # a thread that ended meanwhile
-    return total
+    return out
+
+
+def cpu_ns(pid: int) -> int:
+    """CPU time of every thread of ``pid`` so far, ns."""
+    return sum(thread_cpu_ns(pid).values())
 
 
 def instance_cpu(server) -> int:
@@ -226,51 +238,84 @@ def instance_cpu(server) -> int:
 
 
 CHANNELS = (("unbridged", "local.bench"), ("bridged", "bench"))
+PLAIN, NICED = "plain", "B, C, engine at nice 19"
 
 
-def publish_cost(servers: dict, rounds: int, n: int = 5000) -> list[dict]:
-    """``rounds`` rounds of one burst of ``n`` publishes on each channel in a request of A, the
-    two channels' order alternated round by round; before each burst every relay is idle (the
-    previous bridged burst relayed in by B and C). Each burst: events/s in the request, its
-    thread's CPU per publish, whether it ran in the worker that runs A's relay, and the CPU
+def renice(pids, value: int) -> None:
+    """Every thread of ``pids`` (Linux's nice is per thread) at nice ``value`` (lowering it back
+    needs root, which the benchmark has where it measures this)."""
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                os.setpriority(os.PRIO_PROCESS, int(task.name), value)
+            except (ProcessLookupError, FileNotFoundError):
+                pass  # a thread that ended meanwhile
+
+
+def other_hosts(servers: dict, engine) -> list[int]:
+    """The processes standing for other hosts: B's and C's masters and workers, and the engine."""
+    return [engine.proc.pid] + [pid for name, server in servers.items() if name != "A"
+                                for pid in (server.master, *server.worker_pids())]
+
+
+def publish_cost(servers: dict, rounds: int, engine, modes=(PLAIN, NICED), n: int = 5000) -> list[dict]:
+    """``rounds`` rounds of one burst of ``n`` publishes on each channel in a request of A, in
+    each of ``modes`` (the other hosts' processes at A's priority, or at nice 19), the modes'
+    and the channels' order alternated round by round; before each burst every relay is idle
+    (the previous bridged burst relayed in by B and C). Each burst: events/s in the request,
+    its thread's CPU per publish, whether it ran in the worker that runs A's relay, and the CPU
     (all threads, /proc schedstat) of A's workers and of B's and C's per event from the burst
     until the others relayed it in."""
     a = servers["A"]
     others = [server for name, server in servers.items() if name != "A"]
     relay = view(a)["relay_pid"]
     out = []
-    for i in range(rounds):
-        for label, channel in (CHANNELS if i % 2 == 0 else CHANNELS[::-1]):
-            targets = [view(o)["relayed_in"] + n for o in others] if label == "bridged" else None
-            cpu_a, cpu_o = instance_cpu(a), sum(instance_cpu(o) for o in others)
-            doc = api(a, f"/burst?n={n}&channel={channel}")
-            if targets:
-                for o, target in zip(others, targets):
-                    wait_for(lambda: view(o)["relayed_in"] >= target, 60, what="the others to relay the burst in")
-            time.sleep(0.2)
-            out.append({"channel": label, "rate": doc["count"] / doc["seconds"],
-                        "request_cpu": doc["cpu_seconds"] / n * 1e6, "relay_worker": doc["pid"] == relay,
-                        "a_cpu": (instance_cpu(a) - cpu_a) / n / 1e3,
-                        "others_cpu": (sum(instance_cpu(o) for o in others) - cpu_o) / n / 1e3})
+    try:
+        for i in range(rounds):
+            for mode in (modes if i % 2 == 0 else modes[::-1]):
+                renice(other_hosts(servers, engine), 19 if mode == NICED else 0)
+                for label, channel in (CHANNELS if i % 2 == 0 else CHANNELS[::-1]):
+                    targets = [view(o)["relayed_in"] + n for o in others] if label == "bridged" else None
+                    cpu_a, cpu_o = instance_cpu(a), sum(instance_cpu(o) for o in others)
+                    threads = thread_cpu_ns(relay)
+                    doc = api(a, f"/burst?n={n}&channel={channel}")
+                    # the CPU the relay's worker spent beside the request (its relay's threads, its
+                    # dispatcher), when the burst ran there: from the burst's start to its answer
+                    beside = sum(ns - threads.get(tid, 0) for tid, ns in thread_cpu_ns(relay).items()
+                                 if tid != doc["tid"]) / 1e6
+                    if targets:
+                        for o, target in zip(others, targets):
+                            wait_for(lambda: view(o)["relayed_in"] >= target, 60, what="the others to relay the burst in")
+                    time.sleep(0.2)
+                    out.append({"mode": mode, "channel": label, "rate": doc["count"] / doc["seconds"],
+                                "request_cpu": doc["cpu_seconds"] / n * 1e6, "relay_worker": doc["pid"] == relay,
+                                "beside_ms": beside,
+                                "a_cpu": (instance_cpu(a) - cpu_a) / n / 1e3,
+                                "others_cpu": (sum(instance_cpu(o) for o in others) - cpu_o) / n / 1e3})
+    finally:
+        renice(other_hosts(servers, engine), 0)
     return out
 
 
 def cost_rows(kind: str, cost: list[dict]) -> list[list[str]]:
-    """One row per channel and one of ratios: events/s medians over all bursts, and apart for
-    the bursts that ran in the relay's worker and in the other one (like with like)."""
-    def med(label, key="rate", where=None):
-        values = [c[key] for c in cost if c["channel"] == label and (where is None or c["relay_worker"] == where)]
-        return (median(values), len(values)) if values else (float("nan"), 0)
-
+    """Per mode, one row per channel and one of ratios: events/s medians over all bursts, and
+    apart for the bursts that ran in the relay's worker and in the other one (like with like)."""
     rows = []
-    for label, _ in CHANNELS:
-        (rate, k), (in_relay, k1), (elsewhere, k2) = med(label), med(label, where=True), med(label, where=False)
-        rows.append([kind, label, k, f"{rate:,.0f}", f"{in_relay:,.0f} ({k1})", f"{elsewhere:,.0f} ({k2})",
-                     f"{med(label, 'request_cpu')[0]:.1f}", f"{med(label, 'a_cpu')[0]:.1f}",
-                     f"{med(label, 'others_cpu')[0]:.1f}"])
-    ratio = [med("bridged", where=w)[0] / med("unbridged", where=w)[0] for w in (None, True, False)]
-    cpu = [med("bridged", key)[0] / med("unbridged", key)[0] for key in ("request_cpu", "a_cpu", "others_cpu")]
-    rows.append([kind, "bridged / unbridged", "", *(f"{r:.0%}" for r in ratio), *(f"{c:.2f}x" for c in cpu)])
+    for mode in dict.fromkeys(c["mode"] for c in cost):
+        def med(label, key="rate", where=None):
+            values = [c[key] for c in cost if c["mode"] == mode and c["channel"] == label
+                      and (where is None or c["relay_worker"] == where)]
+            return (median(values), len(values)) if values else (float("nan"), 0)
+
+        for label, _ in CHANNELS:
+            (rate, k), (in_relay, k1), (elsewhere, k2) = med(label), med(label, where=True), med(label, where=False)
+            rows.append([kind, mode, label, k, f"{rate:,.0f}", f"{in_relay:,.0f} ({k1})", f"{elsewhere:,.0f} ({k2})",
+                         f"{med(label, 'beside_ms', where=True)[0]:.1f}", f"{med(label, 'request_cpu')[0]:.1f}",
+                         f"{med(label, 'a_cpu')[0]:.1f}", f"{med(label, 'others_cpu')[0]:.1f}"])
+        ratio = [med("bridged", where=w)[0] / med("unbridged", where=w)[0] for w in (None, True, False)]
+        cpu = [med("bridged", key)[0] / med("unbridged", key)[0] for key in ("request_cpu", "a_cpu")]
+        rows.append([kind, mode, "**bridged / unbridged**", "", *(f"**{r:.0%}**" for r in ratio), "",
+                     *(f"{c:.2f}x" for c in cpu), "—"])
     return rows
 
 
@@ -281,7 +326,7 @@ def run_engine(kind: str, folder: Path, args) -> dict:
         servers = start_cluster(folder / f"run-{kind}", engine, f"{kind}{os.getpid()}")
         same, cross = delivery(folder / f"run-{kind}", servers, args.samples)
         hop, reader_cpu = engine_hop(engine.url, args.samples)
-        cost = publish_cost(servers, args.rounds)
+        cost = publish_cost(servers, args.rounds, engine, modes=(PLAIN,) if args.plain_only else (PLAIN, NICED))
     finally:
         for server in servers.values():
             server.stop()
@@ -300,6 +345,8 @@ def main() -> None:
     parser.add_argument("--engine", choices=("redis", "nats", "both"), default="both")
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--plain-only", action="store_true",
+                        help="publish cost: only the plain measure, not also with B, C and the engine at nice 19")
     parser.add_argument("--fanout", default="2,10,25", help="cluster sizes of the fan-out table ('' skips it)")
     parser.add_argument("--fanout-samples", type=int, default=200)
     args = parser.parse_args()
@@ -339,10 +386,14 @@ def main() -> None:
     rows = [row for kind, res in results.items() for row in cost_rows(kind, res["cost"])]
     if rows:
         print(table(f"publish cost in a request of A: 5,000 publishes a burst, {args.rounds} rounds of one burst per "
-                    "channel (order alternated), medians; the request lands in either of A's 2 workers, one of "
-                    "which runs the relay",
-                    ["engine", "channel", "bursts", "events/s", "in relay's worker", "in the other",
-                     "request CPU µs/ev", "A's workers CPU µs/ev", "B+C CPU µs/ev"], rows))
+                    "channel and mode (orders alternated), medians; the request lands in either of A's 2 workers, one "
+                    f"of which runs the relay. Mode \"{PLAIN}\": every process at one priority (the measure); "
+                    f"\"{NICED}\": the processes standing for the other hosts get only what A leaves of this box's "
+                    "2 cores (as on hosts of their own: not a measure of this box, shown beside the plain one)",
+                    ["engine", "mode", "channel", "bursts", "events/s", "in relay's worker", "in the other",
+                     "beside it there, CPU ms", "request CPU µs/ev", "A's workers CPU µs/ev", "B+C CPU µs/ev"], rows))
+        print("(\"beside it there\": the CPU of the relay's worker's other threads, its relay's and its dispatcher's, "
+              "from a burst's start to its answer, for the bursts that ran in that worker, median)")
 
 
 if __name__ == "__main__":

@@ -6,13 +6,14 @@ latency_ns, remote)`` in memory, keyed by the send time (generations differ betw
 instances' rings); an event of type ``flush`` appends them to ``$NGXSIM_BENCH_DIR/<pid>.lat``.
 ``bench_publish_burst;`` makes a location publish ``?n=`` events on channel ``?channel=`` as
 fast as it can and answer how long that took (wall clock and the request thread's CPU time) and
-in which worker (``pid``).
+in which worker and thread (``pid``, ``tid``).
 """
 
 from __future__ import annotations
 
 import os
 import struct
+import threading
 import time
 
 from ngxsim import FLAG, LOCATION, Directive, hookimpl, json_response
@@ -52,6 +53,7 @@ def ngxsim_content_handler(location, config):
         for _ in range(n):
             publish("bus", channel, "burst", "b")
         seconds, cpu = time.perf_counter() - start, time.thread_time() - cpu
-        return json_response({"count": n, "seconds": seconds, "cpu_seconds": cpu, "pid": os.getpid()})
+        return json_response({"count": n, "seconds": seconds, "cpu_seconds": cpu, "pid": os.getpid(),
+                              "tid": threading.get_native_id()})
 
     return burst

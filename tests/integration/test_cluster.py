@@ -577,12 +577,17 @@ def test_an_engine_that_accepts_connections_but_fails_every_read_is_retried_with
     assert publish(a, 1) == [1]
 
 
+def burst_conf() -> str:
+    """CONF with a location that publishes ``?n=`` events on ``?channel=`` in one request."""
+    conf = CONF.replace("load_module ngxsim_test_recorder;", "load_module ngxsim_test_recorder;\nload_module ngxsim_test_burst;")
+    return conf.replace("location /dump { recorder_dump; }",
+                        "location /dump { recorder_dump; }\n        location /burst { test_publish_burst; }")
+
+
 def test_the_relay_leaves_its_worker_to_requests_keeping_busy_and_catches_up_after(ngxsim_cluster, engine, stream):
     # a request publishing a burst in the relay's worker: the relay pauses (pace.py) rather than
     # take the worker's GIL from it, and everything is relayed once the worker is idle again
-    conf = CONF.replace("load_module ngxsim_test_recorder;", "load_module ngxsim_test_recorder;\nload_module ngxsim_test_burst;")
-    conf = conf.replace("location /dump { recorder_dump; }",
-                        "location /dump { recorder_dump; }\n        location /burst { test_publish_burst; }")
+    conf = burst_conf()
     a, b = ngxsim_cluster(engine.url).start(conf, count=2, workers=[2, 2], stream=stream, placeholders=placeholders(ring=16384))
     for member in (a, b):
         member.wait_connected(API)
@@ -595,3 +600,18 @@ def test_the_relay_leaves_its_worker_to_requests_keeping_busy_and_catches_up_aft
     view = wait_for(lambda: (v := a.cluster_view(API))["relayed_out"] >= 8000 and v, 20, what="A's view of both bursts")
     assert view["paused_ms"] > 0, view
     assert view["gaps"] == 0 and b.cluster_view(API)["gaps"] == 0
+
+
+def test_a_burst_on_a_channel_that_stays_home_is_paced_too(ngxsim_cluster, engine, stream):
+    # the relay wakes for every event of its zone and skips what is not bridged: that work is
+    # taken from the worker's requests as well, so it pauses the same way
+    conf = burst_conf()
+    [a] = ngxsim_cluster(engine.url).start(conf, count=1, workers=[2], stream=stream, placeholders=placeholders(ring=16384))
+    a.wait_connected(API)
+    relay = relay_pid(a)
+    answers = a.server.each_worker("/burst?n=4000&channel=local.only")  # not bridged (channels=c)
+    assert relay in {r.json()["pid"] for r in answers.values()}
+    wait_for(lambda: a.cluster_view(API)["relayed_generation"] >= 8000, 30, what="the relay to scan both bursts")
+    view = a.cluster_view(API)
+    assert view["paused_ms"] > 0, view
+    assert view["relayed_out"] == 0, view

@@ -63,3 +63,4 @@ def test_a_worker_that_was_busy_and_is_idle_again_lets_the_relay_run():
     assert pacer.done(0.001) > 0.0
     c.spend(0.03, rest=0.001, relay=0.001)
     assert pacer.done(0.001) == 0.0
+

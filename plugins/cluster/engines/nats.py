@@ -27,10 +27,12 @@ reconnect across the list), so a 3-node cluster has no single point of failure.
   publish again (a quarter of ``timeout`` per attempt, within the call's bound): a stream
   leader that steps down (a node stopped for maintenance) costs a pause, not an error. The
   timestamp keeps an instance whose generations restart (a new ring) from colliding with its
-  previous life. A batch is sent pipelined (one write, the acknowledgements awaited together),
-  each record after the first with ``Nats-Expected-Last-Msg-Id`` naming its predecessor, so
-  the server stores none ahead of an earlier one it did not store; what is refused that way (a
-  record of another instance came in between) or unanswered is sent one at a time.
+  previous life. A batch is sent pipelined (one write), each record after the first with
+  ``Nats-Expected-Last-Msg-Id`` naming its predecessor, so the server stores none ahead of an
+  earlier one it did not store, and only its first and last record ask for an acknowledgement
+  (the chain makes the last one stored say the whole batch was, in one run of sequences);
+  what is refused that way (a record of another instance came in between), a repeat or an
+  unanswered batch is sent one at a time, each acknowledged.
 - Positions are stream sequences as decimal strings. A jump between the position asked for and
   the first sequence delivered is a gap (retention removed them): ``lost_count`` is exact. A
   position past the stream's last sequence means the stream was recreated: reading restarts
@@ -91,7 +93,6 @@ _RECONNECT_WAIT = 0.25  # seconds between two attempts at the same server (nats-
 _HEARTBEAT = 2.0  # the ordered consumer's idle heartbeat: two missed ones recreate it
 _ATTEMPT = 0.25  # of timeout: one publish attempt's share of the call's bound
 _RETRY_PAUSE = 0.05
-_SURE_ROOM = 2000  # publishes a batch may have in flight without waiting (nats-py allows 4,000)
 _NO_ANSWER = (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError,
               nats.js.errors.ServiceUnavailableError)
 _STREAM_IN_USE = 10058  # JetStream's err_code: stream name already in use (another config)
@@ -157,16 +158,22 @@ def parse_url(url: str) -> tuple[list[str], dict]:
     return servers, options
 
 
+# made once: json.dumps/loads with options (or bytes) set up an encoder or sniff the encoding
+# at each call, ~1.3 and ~3 us of the relaying worker's CPU per record
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_DECODER = json.JSONDecoder()
+
+
 def encode(record: Record) -> bytes:
-    return json.dumps([record.origin, record.origin_generation, record.channel, record.type,
-                       record.timestamp_msec, record.payload], ensure_ascii=False, separators=(",", ":")).encode()
+    return _ENCODER.encode([record.origin, record.origin_generation, record.channel, record.type,
+                            record.timestamp_msec, record.payload]).encode()
 
 
 def decode(data: bytes) -> Record | None:
     """The record in an entry's data, or None when it is not one (something else published on
     the stream's subject)."""
     try:
-        origin, generation, channel, type_, timestamp, payload = json.loads(data)
+        origin, generation, channel, type_, timestamp, payload = _DECODER.decode(data.decode())
     except (ValueError, TypeError):
         return None
     if not (isinstance(origin, str) and isinstance(generation, int) and isinstance(channel, str)
@@ -268,6 +275,22 @@ class NatsEngine(Engine):
             return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
         except (OSError, AttributeError):  # gone meanwhile, or not a platform with per-thread clocks
             return 0.0
+
+    def pause(self, seconds: float, stopping: threading.Event) -> None:
+        """The caller pauses, and the engine's event loop with it: nats-py parses every message
+        the consumer pushes (the instance's own records too) and every acknowledgement on that
+        loop's thread, in the relaying worker, and a pause of the caller alone would leave that
+        work going on beside the requests. Meanwhile what the server sends waits in the socket
+        (a pause is at most pace.MAX_PAUSE: far within the server's write deadline and the
+        consumer's heartbeats)."""
+        loop, over = self._loop, threading.Event()
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(over.wait, seconds)  # (the loop's thread waits there)
+            except RuntimeError:  # closed meanwhile
+                pass
+        stopping.wait(seconds)
+        over.set()
 
     def _stop_loop(self) -> None:
         loop, thread = self._loop, self._thread
@@ -474,38 +497,47 @@ class NatsEngine(Engine):
         return positions
 
     async def _pipelined(self, records: list[Record], deadline: float) -> list[str]:
-        """Send every record at once (one write, acknowledgements awaited together, not one
-        round trip each), each after the first with ``Nats-Expected-Last-Msg-Id``: its
-        predecessor's id. JetStream stores a record only right after its predecessor, so nothing
-        is ever stored ahead of an earlier record that was not; a record of another instance in
-        between (or a predecessor lost) makes the server refuse the rest, which ``_append``
-        then sends one at a time. Returns the positions of the acknowledged head of the batch."""
+        """Send every record at once (one write, not one round trip each), each after the first
+        with ``Nats-Expected-Last-Msg-Id``: its predecessor's id. JetStream stores a record only
+        right after its predecessor, so nothing is ever stored ahead of an earlier record that
+        was not; a record of another instance in between (or a predecessor lost) makes the
+        server refuse the rest. Only the first and the last record ask for an acknowledgement:
+        the last one stored means each before it was stored right before its successor, down to
+        the first, so a first newly stored at S and a last at S + n - 1 make the batch
+        S..S + n - 1 (one acknowledgement per batch and not per record: each is a message the
+        server sends and nats-py parses on its loop's thread, in the relaying worker). Anything
+        else (a refusal, a repeat of an earlier append, no answer) gives the head known for
+        sure, and ``_append`` sends the rest one at a time, each acknowledged (a repeat with its
+        stored sequence: the positions stay exact). Returns the positions of that head."""
         await self._wait_connected()
         self._same_connection()
-        futures, previous = [], None
+        acked: list[asyncio.Future] = []
+        previous, last = None, len(records) - 1
         try:
-            for record in records:
+            for i, record in enumerate(records):
                 headers = {api.Header.MSG_ID: msg_id(record)}
                 if previous is not None:
                     headers[api.Header.EXPECTED_LAST_MSG_ID] = previous
                 previous = headers[api.Header.MSG_ID]
-                # (no bound while nats-py's 4,000 in flight cannot be reached: a bound costs a task each)
-                stall = None if len(futures) < _SURE_ROOM else max(0.0, deadline - time.monotonic())
-                futures.append(await self._js.publish_async(self.subject, encode(record), headers=headers,
-                                                            wait_stall=stall))
-            await asyncio.wait(futures, timeout=max(0.0, min(deadline - time.monotonic(), self.timeout * _ATTEMPT)))
+                if i == 0 or i == last:
+                    acked.append(await self._js.publish_async(self.subject, encode(record), headers=headers))
+                else:
+                    await self._nc.publish(self.subject, encode(record), headers=headers)
+            await asyncio.wait(acked, timeout=max(0.0, min(deadline - time.monotonic(), self.timeout * _ATTEMPT)))
         except nats.errors.Error:
             pass  # (what was sent and acknowledged counts; the rest goes one at a time)
-        positions = []
-        for future in futures:
-            if not future.done() or future.cancelled() or future.exception() is not None:
-                break
-            positions.append(str(future.result().seq))
-        for future in futures:
-            if future.done() and not future.cancelled():
-                future.exception()  # (retrieved: a refusal after the first is expected, not to be logged)
-            future.cancel()  # unanswered: forgotten, sent again one at a time
-        return positions
+        acks = []
+        for future in acked:
+            ok = future.done() and not future.cancelled() and future.exception() is None
+            acks.append(future.result() if ok else None)  # (exception() retrieved: a refusal is expected)
+            future.cancel()  # unanswered: forgotten
+        if not acks or acks[0] is None:
+            return []
+        head = acks[0]
+        tail = acks[1] if len(acks) == 2 else None
+        if tail is not None and not head.duplicate and not tail.duplicate and tail.seq - head.seq == last:
+            return [str(head.seq + i) for i in range(len(records))]
+        return [str(head.seq)]
 
     async def _publish(self, record: Record, deadline: float):
         """One acknowledged publish, sent again (same Nats-Msg-Id: stored once) when an attempt
@@ -740,7 +772,8 @@ class NatsEngine(Engine):
 
         async def deliver(msg):
             inbox.append(msg)
-            arrived.set()
+            if not arrived.is_set():  # (read clears it before it looks at the inbox: one set per wait)
+                arrived.set()
             while len(inbox) >= _QUEUE_SIZE and self._inbox is inbox:
                 space.clear()  # full: wait for read to take some; flow control holds the server back
                 await space.wait()
