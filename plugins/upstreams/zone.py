@@ -121,6 +121,7 @@ class UpstreamZone:
         self.buf = zone.buf
         self.layout = Layout.for_size(zone.usable)
         self._row: int | None = None
+        self._counts_at: int | None = None  # where this worker's row's in-flight counts start
         self._row_lock = threading.Lock()  # threads of one worker share its row
 
     # -- snapshots ---------------------------------------------------------------------------
@@ -312,7 +313,7 @@ class UpstreamZone:
                 if rpid == 0 or (rpid, rstart) == (pid, start) or not alive(rpid, rstart):
                     self.buf[at:at + self.layout.row_size] = bytes(self.layout.row_size)
                     _ROW_HEAD.pack_into(self.buf, at, pid, 0, start)
-                    self._row = row
+                    self._row, self._counts_at = row, at + _ROW_HEAD.size
                     return row
         return None
 
@@ -321,15 +322,16 @@ class UpstreamZone:
             at = self._row_at(self._row)
             with self.zone.lock():
                 self.buf[at:at + self.layout.row_size] = bytes(self.layout.row_size)
-            self._row = None
+            self._row = self._counts_at = None
 
     def add_active(self, slot: int, delta: int) -> None:
-        if self._row is None:
+        counts_at = self._counts_at
+        if counts_at is None:
             return
-        at = self._row_at(self._row) + _ROW_HEAD.size + 2 * slot
+        at, buf = counts_at + 2 * slot, self.buf
         with self._row_lock:
-            value = _U16.unpack_from(self.buf, at)[0] + delta
-            _U16.pack_into(self.buf, at, max(0, min(value, 0xFFFF)))
+            value = _U16.unpack_from(buf, at)[0] + delta
+            _U16.pack_into(buf, at, value if 0 <= value <= 0xFFFF else 0 if value < 0 else 0xFFFF)
 
     def in_flight(self, slot: int) -> int:
         """Requests in flight to one slot, summed over the workers' rows (``max_conns``)."""
