@@ -15,37 +15,14 @@ from ngxsim.core.shm import HEADER_SIZE, SHM_DIR_ENV, Wait, ZoneError, attach_zo
 
 from ngxsim.testing import wait_for
 
+from forked import child as _child, exit_status as _exit_status
+
 
 @pytest.fixture
 def instance(shm_leftovers):
     inst = current_instance(STANDALONE)
     yield inst
     remove_zone_files(inst)
-
-
-def _child(fn):
-    """Run fn in a forked child; return its pid (exit status 0 on success)."""
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            fn()
-            code = 0
-        finally:
-            os._exit(code)
-    return pid
-
-
-def _exit_status(pid, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.005)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    raise AssertionError(f"child {pid} did not finish")
 
 
 def test_a_zone_is_shared_between_processes_and_kept_on_reattach(instance):

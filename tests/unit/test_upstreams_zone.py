@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import time
 
 import pytest
 
@@ -12,6 +10,7 @@ from ngxsim.core.instance import STANDALONE, current_instance
 from ngxsim.core.shm import attach_zone, remove_zone_files
 from ngxsim_plugins.upstreams import snapshots
 from ngxsim_plugins.upstreams.conf import ServerSpec
+from forked import child, exit_status
 from ngxsim_plugins.upstreams.zone import HEALTH_CHECKING, HEALTH_DOWN, HEALTH_NONE, HEALTH_UP, UpstreamZone
 
 
@@ -88,26 +87,9 @@ def test_the_locked_writers_lose_no_counter_added_meanwhile(zone):
             zone.take_drained_flag(slot, pid_)
             zone.clear_drained_flag(slot)
 
-    children = []
-    for work in (requests, requests, reports):
-        child = os.fork()
-        if child == 0:
-            code = 1
-            try:
-                work()
-                code = 0
-            finally:
-                os._exit(code)
-        children.append(child)
+    children = [child(work) for work in (requests, requests, reports)]
     os.write(go, b"xxx")
-    deadline = time.monotonic() + 120
-    for child in children:
-        while not os.waitpid(child, os.WNOHANG)[0]:
-            if time.monotonic() > deadline:
-                for c in children:
-                    os.kill(c, signal.SIGKILL)
-                raise AssertionError("a child did not finish")
-            time.sleep(0.01)
+    assert [exit_status(pid, 120) for pid in children] == [0, 0, 0]
     os.close(go_read)
     os.close(go)
     counters, stats = zone.counters(slot), zone.stats(slot)
