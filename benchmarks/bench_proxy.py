@@ -39,8 +39,8 @@ file nginx serves) instead of the small fixed one.
    each delivery with CLOCK_MONOTONIC; the worker_events API's ``delivered_generation`` and
    ``last_delivery_msec`` (1 ms resolution) are read as a cross-check.
 3. In-process, on a real zone: what ``proxy_pass http://GROUP`` does per request beyond a fixed
-   address (unhealthy check, round-robin pick, in-flight counts, ``finish`` under the zone's
-   flock), to set against a whole proxied request's cost from part 1.
+   address (unhealthy check, round-robin pick, in-flight counts, ``finish``: atomic adds, no
+   lock), to set against a whole proxied request's cost from part 1.
 """
 
 from __future__ import annotations
@@ -508,7 +508,7 @@ def api_change(folder: Path, backends: Backends, changes: int) -> dict:
 def accounting_cost(repeat: int = 5, number: int = 20000) -> list[list[object]]:
     """What ``proxy_pass http://GROUP`` does per request beyond a fixed address — the unhealthy
     check, the round-robin pick (which reads the peer's shared counters for ``max_fails``), the
-    in-flight count up and down in the worker's row, and ``finish`` under the zone's flock — on
+    in-flight count up and down in the worker's row, and ``finish`` (atomic adds, no lock) — on
     a real zone of this process, best of ``repeat`` x ``number`` (us per request)."""
     instance = Instance(os.getpid(), process_start_time(os.getpid()), "worker")
     try:
@@ -531,7 +531,7 @@ def accounting_cost(repeat: int = 5, number: int = 20000) -> list[list[object]]:
         parts = [("all_unhealthy()", snap.all_unhealthy),
                  ("pick()", lambda: snap.pick(zone, set(), time.monotonic())),
                  ("add_active() +1 and -1", lambda: (zone.add_active(peer.slot, 1), zone.add_active(peer.slot, -1))),
-                 ("finish() under the zone's flock", lambda: zone.finish(peer.slot, peer.id, False, True, time.monotonic(), 1)),
+                 ("finish() (atomic adds, no lock)", lambda: zone.finish(peer.slot, peer.id, False, True, time.monotonic(), 1)),
                  ("all of it", whole)]
         rows = [[name, f"{min(timeit.repeat(fn, number=number, repeat=repeat)) / number * 1e6:.1f}"] for name, fn in parts]
         zone.release_row()

@@ -30,7 +30,7 @@ from .core.http.jsonapi import (
 from .core.http.phases import ACCESS, CONTENT, LOG, PHASES, PRECONTENT, PREACCESS, REWRITE, SERVER_REWRITE, PhaseHandler
 from .core.http.logs import ALERT, EMERG, NOTICE, error_context
 from .core.http.regex import Regex
-from .core.http.responses import as_http09, compact_json, error_page, json_error, json_response, keep_status_line
+from .core.http.responses import as_http09, checked_headers, compact_json, error_page, json_error, json_response, keep_status_line
 from .core.http.readable import age as format_age
 from .core.http.variables import Template, Variable
 from .core.http.waits import Delay, Park, Waker, serving_request
@@ -52,8 +52,9 @@ __all__ = [
     "ClientGone", "ResponseCut", "client_gone", "cut_connection", "wait_readable",
     "as_http09", "error_context", "error_page", "format_age",
     "hookimpl",
-    "hookspec", "http_event_zone", "json_error", "json_response", "keep_status_line", "parse_number", "parse_size",
-    "parse_time", "process_alive", "process_start_time", "query_int", "query_seconds", "query_str", "read_body", "request_body",
+    "hookspec", "http_event_zone", "json_error", "json_response", "keep_status_line", "checked_headers", "parse_number",
+    "parse_size", "parse_time", "process_alive", "process_start_time", "query_int", "query_seconds", "query_str",
+    "read_body", "request_body",
     "read_json", "register_secret_arg", "wants_html", "__version__",
     # nginx's phases and requests that wait
     "ACCESS", "CONTENT", "LOG", "PHASES", "PRECONTENT", "PREACCESS", "REWRITE", "SERVER_REWRITE", "PhaseHandler",

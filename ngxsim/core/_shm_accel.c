@@ -560,10 +560,110 @@ accel_futex_wake(PyObject *mod, PyObject *arg)
     return PyLong_FromLong(rc);
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* Counters                                                                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+/* add_u64(buffer, guard_at, guard, stamp_at, stamp, adds) -> True, or False when the guard did
+ * not hold: when the u32 at `guard_at` of `buffer` (a writable shared mapping, e.g. a zone's buf)
+ * equals `guard` (guard_at < 0: no guard), store the f64 `stamp` at `stamp_at` (< 0: none) and add
+ * each (at, delta) of `adds` (a tuple or list of pairs) to the u64 at `at` -- every access atomic
+ * (relaxed): no lock, and no update lost to another process adding at the same time. Offsets must
+ * be aligned to their field's size and inside the buffer; nothing is written otherwise. See
+ * Zone.add_u64 in shm.py. */
+static PyObject *
+accel_add_u64(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "add_u64(buffer, guard_at, guard, stamp_at, stamp, adds)");
+        return NULL;
+    }
+    Py_ssize_t guard_at = PyLong_AsSsize_t(args[1]);
+    if (guard_at == -1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t stamp_at = PyLong_AsSsize_t(args[3]);
+    if (stamp_at == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *adds = PySequence_Fast(args[5], "add_u64: adds must be a sequence of (offset, delta) pairs");
+    if (adds == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(adds);
+    Py_ssize_t offsets[16];
+    uint64_t deltas[16];
+    if (n > 16) {
+        Py_DECREF(adds);
+        PyErr_SetString(PyExc_ValueError, "add_u64: at most 16 counters per call");
+        return NULL;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *pair = PySequence_Fast_GET_ITEM(adds, k);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            Py_DECREF(adds);
+            PyErr_SetString(PyExc_TypeError, "add_u64: each add is an (offset, delta) tuple");
+            return NULL;
+        }
+        offsets[k] = PyLong_AsSsize_t(PyTuple_GET_ITEM(pair, 0));
+        deltas[k] = PyLong_AsUnsignedLongLongMask(PyTuple_GET_ITEM(pair, 1));
+        if ((offsets[k] == -1 || deltas[k] == (uint64_t)-1) && PyErr_Occurred()) {
+            Py_DECREF(adds);
+            return NULL;
+        }
+    }
+    Py_DECREF(adds);
+    unsigned long guard = 0;
+    if (guard_at >= 0) {
+        guard = PyLong_AsUnsignedLong(args[2]);
+        if (guard == (unsigned long)-1 && PyErr_Occurred())
+            return NULL;
+    }
+    double stamp = 0;
+    if (stamp_at >= 0) {
+        stamp = PyFloat_AsDouble(args[4]);
+        if (stamp == -1.0 && PyErr_Occurred())
+            return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_WRITABLE) < 0)
+        return NULL;
+    char *base = (char *)view.buf;
+    PyObject *result = NULL;
+    /* every offset checked before anything is written: all of it or none */
+    if (guard_at >= 0 && ((uintptr_t)(base + guard_at) % 4 || guard_at + 4 > view.len))
+        goto bad_offset;
+    if (stamp_at >= 0 && ((uintptr_t)(base + stamp_at) % 8 || stamp_at + 8 > view.len))
+        goto bad_offset;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        if (offsets[k] < 0 || (uintptr_t)(base + offsets[k]) % 8 || offsets[k] + 8 > view.len)
+            goto bad_offset;
+    }
+    if (guard_at >= 0 && __atomic_load_n((uint32_t *)(base + guard_at), __ATOMIC_ACQUIRE) != (uint32_t)guard) {
+        result = Py_NewRef(Py_False);
+        goto done;
+    }
+    if (stamp_at >= 0) {
+        uint64_t bits;
+        memcpy(&bits, &stamp, 8);
+        __atomic_store_n((uint64_t *)(base + stamp_at), bits, __ATOMIC_RELAXED);
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        if (deltas[k])
+            __atomic_fetch_add((uint64_t *)(base + offsets[k]), deltas[k], __ATOMIC_RELAXED);
+    }
+    result = Py_NewRef(Py_True);
+    goto done;
+bad_offset:
+    PyErr_SetString(PyExc_ValueError, "add_u64: an offset is outside the buffer or not aligned to its field");
+done:
+    PyBuffer_Release(&view);
+    return result;
+}
+
 static PyMethodDef module_methods[] = {
     {"futex_wait", (PyCFunction)(void (*)(void))accel_futex_wait, METH_FASTCALL,
      "futex_wait(address, expected, timeout) -> 0 when woken, else the errno"},
     {"futex_wake", (PyCFunction)accel_futex_wake, METH_O, "futex_wake(address) -> sleepers woken"},
+    {"add_u64", (PyCFunction)(void (*)(void))accel_add_u64, METH_FASTCALL,
+     "add_u64(buffer, guard_at, guard, stamp_at, stamp, adds) -> whether the guard held"},
     {NULL},
 };
 

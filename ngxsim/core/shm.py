@@ -70,6 +70,7 @@ HEADER_SIZE = 64
 _MAGIC = b"NGXZONE1"
 # magic(8) size(8) tag(40) doorbell word(4) sleepers(4)
 _HEADER = struct.Struct("<8sQ40sII")
+_U32, _U64, _F64 = struct.Struct("<I"), struct.Struct("<Q"), struct.Struct("<d")
 _DOORBELL_OFFSET = 56
 _SLEEPERS_OFFSET = 60
 _FILE = re.compile(r"ngxsim\.(\d+)\.(\d+)\.(.+)")
@@ -394,6 +395,40 @@ class Zone:
             if self._clock is None:
                 self._clock = self._accel.Lock(self._open_lock_fd())
             return self._clock
+
+    def add_u64(self, adds: tuple[tuple[int, int], ...], guard_at: int = -1, guard: int = 0, stamp_at: int = -1,
+                stamp: float = 0.0) -> bool:
+        """Counters in ``buf`` moved without taking the zone lock where the accelerator is built:
+        add each ``(offset, delta)`` of ``adds`` to the little-endian u64 at that offset (8-byte
+        aligned, delta >= 0; at most 16) and, with ``stamp_at`` >= 0, store the f64 ``stamp``
+        there — only if the u32 at ``guard_at`` equals ``guard`` (``guard_at`` < 0: always).
+        Returns whether the guard held (nothing is written when it did not).
+
+        With the accelerator each access is one atomic instruction, so no add is lost to another
+        process adding at the same time; the pure-Python path does the same under the zone
+        lock, with the same bytes as a result. So a field moved here must be moved only here
+        (a locked read-modify-write of it elsewhere could lose a concurrent add), and anything
+        that must stay consistent with other fields belongs under ``lock()``. The guard is read
+        once before the adds: a writer that changes it under the lock meanwhile may see one
+        add land after its change."""
+        if self._accel is not None:
+            return self._accel.add_u64(self.buf, guard_at, guard, stamp_at, stamp, adds)
+        buf = self.buf
+        if len(adds) > 16:
+            raise ValueError("add_u64: at most 16 counters per call")
+        fields = [(guard_at, 4)] if guard_at >= 0 else []
+        fields += [(stamp_at, 8)] if stamp_at >= 0 else []
+        fields += [(offset, 8) for offset, _ in adds]
+        if any(offset < 0 or offset % size or offset + size > len(buf) for offset, size in fields):
+            raise ValueError("add_u64: an offset is outside the buffer or not aligned to its field")
+        with self:
+            if guard_at >= 0 and _U32.unpack_from(buf, guard_at)[0] != guard:
+                return False
+            if stamp_at >= 0:
+                _F64.pack_into(buf, stamp_at, stamp)
+            for offset, delta in adds:
+                _U64.pack_into(buf, offset, (_U64.unpack_from(buf, offset)[0] + delta) & 0xFFFFFFFFFFFFFFFF)
+            return True
 
     def event_ring_writer(self, entries_offset: int, tags_offset: int, capacity: int, channel_max: int,
                           type_max: int, payload_max: int, origin_max: int):

@@ -83,9 +83,15 @@ class Snapshot:
         return True
 
     def all_unhealthy(self) -> bool:
-        """Every peer that is not down is reported unhealthy: answer 502 without trying."""
-        live = [p for p in self.peers if not p.down]
-        return bool(live) and all(self.unhealthy(p) for p in live)
+        """Every peer that is not down is reported unhealthy: answer 502 without trying. (Asked
+        per request: the first healthy live peer ends the look.)"""
+        live = False
+        for peer in self.peers:
+            if not peer.down:
+                if not self.unhealthy(peer):
+                    return False
+                live = True
+        return live
 
     def pick(self, zone: UpstreamZone, tried: set[int], now: float) -> Peer | None:
         """The next peer for a request that already tried ``tried`` (peer ids): primaries while

@@ -22,6 +22,7 @@ import io
 import re
 import select
 import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -35,13 +36,33 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 class Link:
     """One connection to a peer, with what nginx's keepalive limits count."""
 
-    __slots__ = ("sock", "host", "port", "requests", "born", "idle_since")
+    __slots__ = ("sock", "host", "port", "requests", "born", "idle_since", "kernel_timeout", "poller")
 
     def __init__(self, sock: socket.socket, host: str, port: int):
         self.sock, self.host, self.port = sock, host, port
         self.requests = 0
         self.born = time.monotonic()
         self.idle_since = 0.0
+        self.kernel_timeout = 0.0  # the socket's SO_RCVTIMEO/SO_SNDTIMEO while it is blocking (exchange)
+        self.poller = None  # made on the first readable() check of a kept connection
+
+    def use_kernel_timeout(self, timeout: float) -> None:
+        """Blocking calls bounded by the kernel (``SO_RCVTIMEO``, ``SO_SNDTIMEO``): CPython's own
+        timeout polls the socket before every send and recv, a system call each; a timed-out
+        call then fails with EAGAIN (``exchange`` says ``TimeoutError``, as CPython would)."""
+        sock = self.sock
+        sock.setblocking(True)
+        usec = max(1, round(timeout * 1e6))  # 0 would be no timeout at all
+        when = _TIMEVAL.pack(usec // 1000000, usec % 1000000)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, when)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, when)
+        self.kernel_timeout = timeout
+
+    def use_python_timeout(self, timeout: float) -> None:
+        """CPython's timeout (a non-blocking socket): what http.client's reader and the body's
+        waits expect (a blocking socket's EAGAIN would read as "no data yet" there)."""
+        self.sock.settimeout(timeout)
+        self.kernel_timeout = 0.0
 
     def close(self) -> None:
         try:
@@ -66,20 +87,28 @@ def connect(host: str, port: int, timeout: float) -> Link:
 def exchange(link: Link, head: bytes, body: bytes, method: str, read_timeout: float) -> HTTPResponse | Whole:
     """Send the request (head and body in one write) and read the answer: a ``Whole`` when the
     first read holds all of a plain answer (``whole``), else its status line and header as a
-    urllib3 response, the body left to read (the first read's bytes, or its error, come first)."""
+    urllib3 response, the body left to read (the first read's bytes, or its error, come first).
+    The send and the first read are blocking calls bounded by the kernel (``Link.use_kernel_timeout``);
+    what reads on does so with CPython's timeout."""
     link.requests += 1
     sock = link.sock
-    if sock.gettimeout() != read_timeout:
-        sock.settimeout(read_timeout)
-    sock.sendall(head + body if body else head)
+    if link.kernel_timeout != read_timeout:
+        link.use_kernel_timeout(read_timeout)
+    try:
+        sock.sendall(head + body if body else head)
+    except BlockingIOError as exc:  # SO_SNDTIMEO passed: what CPython's own timeout raises
+        raise TimeoutError("timed out") from exc
     try:
         first: bytes | OSError = sock.recv(READ_SIZE)
-    except OSError as exc:  # raised where http.client would have met it: at its first read
+    except BlockingIOError:  # SO_RCVTIMEO passed: raised where http.client would have met it
+        first = TimeoutError("timed out")
+    except OSError as exc:  # (at its first read)
         first = exc
     else:
         answer = whole(first, method)
         if answer is not None:
             return answer
+    link.use_python_timeout(read_timeout)
     raw = Answer(_Prefetched(sock, first), method=method)
     raw.begin()
     return HTTPResponse(body=raw, headers=HTTPHeaderDict(raw.msg.items()), status=raw.status, version=raw.version,
@@ -87,6 +116,7 @@ def exchange(link: Link, head: bytes, body: bytes, method: str, read_timeout: fl
                         enforce_content_length=True, request_method=method)
 
 
+_TIMEVAL = struct.Struct("@ll")  # struct timeval: seconds, microseconds
 HTTP_09 = 9  # an answer's version (http.client's number) when it had no status line
 # nginx's status line (ngx_http_parse_status_line): a whole one (without its LF), and what can
 # begin one when its end has not arrived yet
@@ -336,7 +366,7 @@ class KeptConnections:
             for link in list(reversed(idle)):
                 if link.host == host and link.port == port:
                     idle.remove(link)
-                    if now - link.idle_since > timeout or readable(link.sock):
+                    if now - link.idle_since > timeout or _spoilt(link):
                         dead.append(link)
                         continue
                     found = link
@@ -366,6 +396,15 @@ class KeptConnections:
             self._idle.clear()
         for link in links:
             link.close()
+
+
+def _spoilt(link: Link) -> bool:
+    """``readable`` for a kept connection, with a poll object made once for it."""
+    poller = link.poller
+    if poller is None:
+        poller = link.poller = select.poll()
+        poller.register(link.sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def readable(sock: socket.socket) -> bool:

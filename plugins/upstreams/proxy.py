@@ -27,8 +27,8 @@ from urllib3.exceptions import (
 from werkzeug.wrappers import Response
 
 from ngxsim import (
-    ApiError, ClientGone, ResponseCut, as_http09, client_gone, cut_connection, error_context, error_page,
-    keep_status_line, request_body, wait_readable,
+    ApiError, ClientGone, ResponseCut, as_http09, checked_headers, client_gone, cut_connection, error_context,
+    error_page, keep_status_line, request_body, wait_readable,
 )
 
 from . import dynamic
@@ -321,7 +321,8 @@ class ProxyHandler:
             if not counted:
                 state.end(upstream, target, failed=False, success=True, snapshot=snapshot, status=resp.status,
                           sent=sent, received=len(resp.reason) + 15 + resp.size + len(resp.body))
-            return self._relayed(ctx, resp, [resp.body], headers, rewritten)
+            # whole() let no CR or LF into a line; a rewritten Location is checked as any header is
+            return self._relayed(ctx, resp, [resp.body], headers if rewritten else checked_headers(headers), rewritten)
 
         http09 = resp.version == HTTP_09
         head = 0 if http09 else len(resp.reason or "") + 15 + resp._original_response.msg.size

@@ -13,7 +13,11 @@ Layout of ``zone.buf`` (every field little-endian)::
 
 Why this shape: a snapshot changes rarely (API, refresh) and is read whole by each worker when it
 delivers ``snapshot_activated``, so it is plain JSON under the lock. Counters change on every
-proxied request, so they are fixed-size fields. In-flight counts are per worker row (no lock: each
+proxied request, so they are fixed-size fields; the pure counters (requests, failures, responses,
+bytes, unavail) move by ``Zone.add_u64`` — atomic adds without the zone lock where the core's
+accelerator is built — and are never rewritten by a locked read-modify-write (which could lose
+a concurrent add): a locked writer writes only its own fields (the failure window, the health,
+the flags). In-flight counts are per worker row (no lock: each
 worker writes only its own row) and summed over the *live* rows, so a worker SIGKILLed mid-request
 does not leave a peer "active" forever and ``peer_drained`` still comes.
 """
@@ -35,12 +39,16 @@ _SLOT = struct.Struct("<IIQQIBBHIIdd")
 # unhealthy, last check passed; last selected (epoch), down since (epoch, 0: up), downtime (s)
 _STATS = struct.Struct("<QQQQQQQQQQQQddd")
 _STATS_AT = 64
-# single fields of a slot, for the per-request accounting (selected, finish): offsets in the
-# slot of _SLOT's id, requests, fails_total, fails, accessed (and checked after it), and of the
-# stats' responses, sent (received and unavail after it) and last selected
-_U16, _U32, _U64, _F64, _TWO_F64, _THREE_U64 = (struct.Struct(f) for f in ("<H", "<I", "<Q", "<d", "<dd", "<QQQ"))
-_ID_AT, _REQUESTS_AT, _FAILS_TOTAL_AT, _FAILS_AT, _ACCESSED_AT = 0, 8, 16, 24, 40
-_RESPONSES_AT, _SENT_AT, _SELECTED_AT = _STATS_AT, _STATS_AT + 40, _STATS_AT + 96
+# single fields of a slot, written one by one (the per-request accounting, and the locked writers,
+# which write only their own fields): offsets in the slot of _SLOT's flags, requests, fails_total,
+# fails, accessed, checked, and of the stats' responses, sent, received, unavail, health checks
+# (and the three after it), last selected and down since (and downtime after it)
+_U16, _U32, _F64, _TWO_F64 = (struct.Struct(f) for f in ("<H", "<I", "<d", "<dd"))
+_FLAGS_AT, _REQUESTS_AT, _FAILS_TOTAL_AT, _FAILS_AT, _ACCESSED_AT, _CHECKED_AT = 4, 8, 16, 24, 40, 48
+_HEALTH_AT, _HEALTH_COUNTS_AT = 28, 32  # health (u8); health check fails, passes (u32 each)
+_RESPONSES_AT, _SENT_AT, _RECEIVED_AT, _UNAVAIL_AT = _STATS_AT, _STATS_AT + 40, _STATS_AT + 48, _STATS_AT + 56
+_CHECKS_AT, _SELECTED_AT, _DOWN_AT = _STATS_AT + 64, _STATS_AT + 96, _STATS_AT + 104
+_TWO_U32, _FOUR_U64 = struct.Struct("<II"), struct.Struct("<QQQQ")
 SLOT_SIZE = 192
 ROWS = 128
 _ROW_HEAD = struct.Struct("<IIQ")
@@ -113,6 +121,7 @@ class UpstreamZone:
         self.buf = zone.buf
         self.layout = Layout.for_size(zone.usable)
         self._row: int | None = None
+        self._counts_at: int | None = None  # where this worker's row's in-flight counts start
         self._row_lock = threading.Lock()  # threads of one worker share its row
 
     # -- snapshots ---------------------------------------------------------------------------
@@ -184,20 +193,19 @@ class UpstreamZone:
         return PeerStats(tuple(v[0:5]), v[5], v[6], v[7], v[8], v[9], v[10], bool(v[11]), v[12], v[13], v[14])
 
     def _update_stats(self, at: int, change) -> None:
-        """Under the zone lock: ``change(list of the stats fields)`` edits them in place."""
+        """Under the zone lock: ``change(list of the stats fields)`` edits the health checks'
+        (checks, failed checks, times unhealthy, last check passed, down since, downtime); the
+        others are written back as they were not (the counters move by ``add_u64``)."""
         values = list(_STATS.unpack_from(self.buf, at + _STATS_AT))
         change(values)
-        _STATS.pack_into(self.buf, at + _STATS_AT, *values)
+        _FOUR_U64.pack_into(self.buf, at + _CHECKS_AT, *values[8:12])
+        _TWO_F64.pack_into(self.buf, at + _DOWN_AT, *values[13:15])
 
     def selected(self, slot: int, peer_id: int, now: float) -> None:
         """The balancer chose the peer for a request: NGINX Plus counts ``requests`` here (with
         ``active``), and remembers when (``selected``)."""
-        buf, at = self.buf, self.layout.slots_at + slot * SLOT_SIZE
-        with self.zone.lock():
-            if _U32.unpack_from(buf, at)[0] != peer_id + 1:  # _held
-                return
-            _U64.pack_into(buf, at + _REQUESTS_AT, _U64.unpack_from(buf, at + _REQUESTS_AT)[0] + 1)
-            _F64.pack_into(buf, at + _SELECTED_AT, now)
+        at = self.layout.slots_at + slot * SLOT_SIZE
+        self.zone.add_u64(((at + _REQUESTS_AT, 1),), at, peer_id + 1, at + _SELECTED_AT, now)  # guard: _held
 
     def counters(self, slot: int) -> PeerCounters:
         (_, flags, requests, fails_total, fails, health, _, _, hfails, hpasses,
@@ -219,12 +227,11 @@ class UpstreamZone:
         statistics and its downtime. False when the slot no longer holds that peer."""
         with self.zone.lock():
             at = self._slot_at(slot)
-            values = list(_SLOT.unpack_from(self.buf, at))
-            if values[0] != _held(peer_id):
+            if self._slot_id(slot) != _held(peer_id):
                 return False
-            before = values[5]
-            values[5], values[8], values[9] = health, fails, passes
-            _SLOT.pack_into(self.buf, at, *values)
+            before = self.buf[at + _HEALTH_AT]
+            self.buf[at + _HEALTH_AT] = health
+            _TWO_U32.pack_into(self.buf, at + _HEALTH_COUNTS_AT, fails, passes)
 
             def count(v):
                 v[8] += 1
@@ -246,54 +253,49 @@ class UpstreamZone:
         run nginx's passive failure accounting (``max_fails`` failures within ``fail_timeout``
         make the peer unavailable for that long). Returns True when this failure just made the
         peer unavailable."""
-        buf, at = self.buf, self.layout.slots_at + slot * SLOT_SIZE
-        with self.zone.lock():
-            if _U32.unpack_from(buf, at)[0] != peer_id + 1:  # _held
-                return False
-            tripped = False
-            if failed:
-                _U64.pack_into(buf, at + _FAILS_TOTAL_AT, _U64.unpack_from(buf, at + _FAILS_TOTAL_AT)[0] + 1)
+        buf, at, held = self.buf, self.layout.slots_at + slot * SLOT_SIZE, peer_id + 1  # _held
+        adds = [(at + _SENT_AT, sent), (at + _RECEIVED_AT, received)]
+        if 100 <= status <= 599:
+            adds.append((at + _RESPONSES_AT + 8 * (status // 100 - 1), 1))
+        tripped = False
+        if failed:  # the failure window is consistent with itself: under the lock
+            with self.zone.lock():
+                if _U32.unpack_from(buf, at)[0] != held:
+                    return False
                 fails = _U32.unpack_from(buf, at + _FAILS_AT)[0] + 1
                 _U32.pack_into(buf, at + _FAILS_AT, fails)
                 _TWO_F64.pack_into(buf, at + _ACCESSED_AT, now, now)  # accessed, checked
                 tripped = bool(max_fails) and fails == max_fails
-            elif success:
-                accessed, checked = _TWO_F64.unpack_from(buf, at + _ACCESSED_AT)
-                if accessed < checked:
-                    _U32.pack_into(buf, at + _FAILS_AT, 0)  # a success after the last failure was checked: nginx resets
-            if 100 <= status <= 599:
-                where = at + _RESPONSES_AT + 8 * (status // 100 - 1)
-                _U64.pack_into(buf, where, _U64.unpack_from(buf, where)[0] + 1)
-            total_sent, total_received, unavail = _THREE_U64.unpack_from(buf, at + _SENT_AT)
-            _THREE_U64.pack_into(buf, at + _SENT_AT, total_sent + sent, total_received + received, unavail + tripped)
-            return tripped
+            adds += ((at + _FAILS_TOTAL_AT, 1), (at + _UNAVAIL_AT, int(tripped)))
+        elif success:
+            accessed, checked = _TWO_F64.unpack_from(buf, at + _ACCESSED_AT)
+            if accessed < checked:  # a success after the last failure was checked: nginx resets
+                with self.zone.lock():  # (read again: a failure may have come meanwhile)
+                    accessed, checked = _TWO_F64.unpack_from(buf, at + _ACCESSED_AT)
+                    if _U32.unpack_from(buf, at)[0] == held and accessed < checked:
+                        _U32.pack_into(buf, at + _FAILS_AT, 0)
+        return self.zone.add_u64(adds, at, held) and tripped
 
     def mark_checked(self, slot: int, now: float) -> None:
         """nginx's retry of an unavailable peer after ``fail_timeout``: one request probes it."""
         with self.zone.lock():
-            at = self._slot_at(slot)
-            values = list(_SLOT.unpack_from(self.buf, at))
-            values[11] = now
-            _SLOT.pack_into(self.buf, at, *values)
+            _F64.pack_into(self.buf, self._slot_at(slot) + _CHECKED_AT, now)
 
     def take_drained_flag(self, slot: int, peer_id: int) -> bool:
         """True exactly once per drain of the peer: whoever sees it first publishes
         ``peer_drained``."""
         with self.zone.lock():
             at = self._slot_at(slot)
-            values = list(_SLOT.unpack_from(self.buf, at))
-            if values[0] != _held(peer_id) or values[1] & FLAG_DRAINED_PUBLISHED:
+            held, flags = _TWO_U32.unpack_from(self.buf, at)
+            if held != _held(peer_id) or flags & FLAG_DRAINED_PUBLISHED:
                 return False
-            values[1] |= FLAG_DRAINED_PUBLISHED
-            _SLOT.pack_into(self.buf, at, *values)
+            _U32.pack_into(self.buf, at + _FLAGS_AT, flags | FLAG_DRAINED_PUBLISHED)
             return True
 
     def clear_drained_flag(self, slot: int) -> None:
         with self.zone.lock():
-            at = self._slot_at(slot)
-            values = list(_SLOT.unpack_from(self.buf, at))
-            values[1] &= ~FLAG_DRAINED_PUBLISHED
-            _SLOT.pack_into(self.buf, at, *values)
+            at = self._slot_at(slot) + _FLAGS_AT
+            _U32.pack_into(self.buf, at, _U32.unpack_from(self.buf, at)[0] & ~FLAG_DRAINED_PUBLISHED)
 
     # -- in flight ---------------------------------------------------------------------------
 
@@ -311,7 +313,7 @@ class UpstreamZone:
                 if rpid == 0 or (rpid, rstart) == (pid, start) or not alive(rpid, rstart):
                     self.buf[at:at + self.layout.row_size] = bytes(self.layout.row_size)
                     _ROW_HEAD.pack_into(self.buf, at, pid, 0, start)
-                    self._row = row
+                    self._row, self._counts_at = row, at + _ROW_HEAD.size
                     return row
         return None
 
@@ -320,15 +322,16 @@ class UpstreamZone:
             at = self._row_at(self._row)
             with self.zone.lock():
                 self.buf[at:at + self.layout.row_size] = bytes(self.layout.row_size)
-            self._row = None
+            self._row = self._counts_at = None
 
     def add_active(self, slot: int, delta: int) -> None:
-        if self._row is None:
+        counts_at = self._counts_at
+        if counts_at is None:
             return
-        at = self._row_at(self._row) + _ROW_HEAD.size + 2 * slot
+        at, buf = counts_at + 2 * slot, self.buf
         with self._row_lock:
-            value = _U16.unpack_from(self.buf, at)[0] + delta
-            _U16.pack_into(self.buf, at, max(0, min(value, 0xFFFF)))
+            value = _U16.unpack_from(buf, at)[0] + delta
+            _U16.pack_into(buf, at, value if 0 <= value <= 0xFFFF else 0 if value < 0 else 0xFFFF)
 
     def in_flight(self, slot: int) -> int:
         """Requests in flight to one slot, summed over the workers' rows (``max_conns``)."""

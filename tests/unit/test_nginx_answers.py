@@ -302,3 +302,31 @@ def test_a_kept_status_line_is_sent_as_it_is_and_others_get_nginx_s_phrase():
     plain = NginxResponse(b"x", status=302)
     set_status_line(plain)
     assert plain.status == "302 Moved Temporarily"
+
+
+def test_the_wsgi_headers_are_the_responses_own_unless_they_change():
+    """The server only reads them: no copy per response, but a change never reaches the
+    response's own headers."""
+    from ngxsim.core.http.responses import NginxResponse
+
+    env = EnvironBuilder().get_environ()
+    sent = NginxResponse(b"abc", status=200)
+    assert sent.get_wsgi_headers(env) is sent.headers
+    streamed = NginxResponse(iter([b"abc"]), status=200)
+    assert streamed.get_wsgi_headers(env) is streamed.headers  # nothing to add to a stream
+    unmeasured = NginxResponse([b"ab", b"c"], status=200)
+    del unmeasured.headers["Content-Length"]
+    headers = unmeasured.get_wsgi_headers(env)
+    assert headers["Content-Length"] == "3" and "Content-Length" not in unmeasured.headers
+    informational = NginxResponse(b"", status=103)
+    assert "Content-Length" not in informational.get_wsgi_headers(env)
+    assert "Content-Length" in informational.headers
+
+
+def test_checked_headers_hold_the_pairs_as_they_are():
+    from ngxsim import checked_headers
+
+    pairs = [("X-A", " spaced "), ("x-a", "2"), ("Content-Type", "text/plain")]
+    headers = checked_headers(pairs)
+    assert headers.getlist("X-A") == [" spaced ", "2"] and headers.to_wsgi_list() == pairs
+    assert list(headers) == pairs

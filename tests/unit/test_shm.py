@@ -15,37 +15,14 @@ from ngxsim.core.shm import HEADER_SIZE, SHM_DIR_ENV, Wait, ZoneError, attach_zo
 
 from ngxsim.testing import wait_for
 
+from forked import child as _child, exit_status as _exit_status
+
 
 @pytest.fixture
 def instance(shm_leftovers):
     inst = current_instance(STANDALONE)
     yield inst
     remove_zone_files(inst)
-
-
-def _child(fn):
-    """Run fn in a forked child; return its pid (exit status 0 on success)."""
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            fn()
-            code = 0
-        finally:
-            os._exit(code)
-    return pid
-
-
-def _exit_status(pid, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.005)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    raise AssertionError(f"child {pid} did not finish")
 
 
 def test_a_zone_is_shared_between_processes_and_kept_on_reattach(instance):
@@ -288,3 +265,55 @@ def test_prompt_wakeups_asks_a_short_slice_for_the_calling_thread_only():
         pytest.skip("this kernel does not take a slice request")
     assert seen == [True, SHORT_SLICE_NS]
     assert _requested_slice() == before  # the calling thread's only
+
+
+def test_add_u64_loses_no_add_between_processes(instance, shm_path):
+    """Counters moved without the zone lock (atomic adds in C; under the lock in Python) lose
+    nothing to other processes adding to the same words at the same time."""
+    zone = attach_zone(instance, "adds", 4096)
+    word = struct.Struct("<Q")
+    rounds, procs = 20000, 4
+
+    def bump():
+        for _ in range(rounds):
+            zone.add_u64(((0, 1), (8, 3)))
+
+    pids = [_child(bump) for _ in range(procs)]
+    assert [_exit_status(p, 60) for p in pids] == [0] * procs
+    assert (word.unpack_from(zone.buf, 0)[0], word.unpack_from(zone.buf, 8)[0]) == (rounds * procs, 3 * rounds * procs)
+    zone.close()
+
+
+def test_add_u64_writes_only_when_its_guard_holds_and_nothing_on_a_bad_offset(instance, shm_path):
+    zone = attach_zone(instance, "guard", 4096)
+    struct.pack_into("<I", zone.buf, 0, 7)
+    assert zone.add_u64(((8, 5),), guard_at=0, guard=7, stamp_at=16, stamp=1.25) is True
+    assert zone.add_u64(((8, 5),), guard_at=0, guard=8, stamp_at=16, stamp=9.0) is False  # another id
+    assert struct.unpack_from("<QdQ", zone.buf, 8) == (5, 1.25, 0)
+    for bad in (((8, 1), (4, 1)), ((8, 1), (len(zone.buf), 1))):  # unaligned, outside: nothing moves
+        with pytest.raises(ValueError):
+            zone.add_u64(bad)
+    with pytest.raises(ValueError):
+        zone.add_u64(((8, 1),), stamp_at=12)
+    assert struct.unpack_from("<Q", zone.buf, 8)[0] == 5
+    zone.add_u64(((24, 2**64 - 1), (24, 2)))  # wraps as a u64 does
+    assert struct.unpack_from("<Q", zone.buf, 24)[0] == 1
+    zone.close()
+
+
+def test_add_u64_leaves_the_same_bytes_on_the_c_and_the_python_path(instance, monkeypatch):
+    from ngxsim.core import shm
+
+    if shm.accel is None:
+        pytest.skip("the C accelerator ngxsim.core._shm_accel is not built here (no compiler at install)")
+    fast = attach_zone(instance, "c-path", 4096)
+    monkeypatch.setattr(shm, "accel", None)
+    slow = attach_zone(instance, "python-path", 4096)
+    for zone in (fast, slow):
+        struct.pack_into("<I", zone.buf, 64, 3)
+        for i in range(50):
+            zone.add_u64(((72 + 8 * (i % 5), i), (0, 1)), guard_at=64, guard=3 if i % 7 else 4,
+                         stamp_at=128, stamp=i / 3)
+    assert bytes(fast.buf) == bytes(slow.buf) and any(fast.buf)
+    fast.close()
+    slow.close()

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from ngxsim.core.instance import STANDALONE, current_instance
 from ngxsim.core.shm import attach_zone, remove_zone_files
 from ngxsim_plugins.upstreams import snapshots
 from ngxsim_plugins.upstreams.conf import ServerSpec
-from ngxsim_plugins.upstreams.zone import HEALTH_CHECKING, HEALTH_NONE, UpstreamZone
+from forked import child, exit_status
+from ngxsim_plugins.upstreams.zone import HEALTH_CHECKING, HEALTH_DOWN, HEALTH_NONE, HEALTH_UP, UpstreamZone
 
 
 @pytest.fixture
-def zone(shm_leftovers):
+def zone(shm_leftovers, shm_path):
+    """An upstream zone on the core's C path and on the pure-Python one (each test runs on both)."""
     instance = current_instance(STANDALONE)
     zone = attach_zone(instance, "up", 256 * 1024)
     yield UpstreamZone(zone)
@@ -31,3 +35,64 @@ def test_a_checking_peer_starts_checking_and_the_stored_snapshot_does_not_say_so
     zone.update(lambda cur: snapshots.from_specs(specs, cur, zone.layout.slots, checking_new=False))
     assert [zone.health(p["slot"]) for p in zone.read_snapshot()["peers"]] == [HEALTH_CHECKING, HEALTH_CHECKING,
                                                                                HEALTH_NONE]
+
+
+def _peers(zone, count=2):
+    specs = [ServerSpec("127.0.0.1", port) for port in range(1, count + 1)]
+    new, _ = zone.update(lambda cur: snapshots.from_specs(specs, cur, zone.layout.slots))
+    return new["peers"]
+
+
+def test_a_try_is_counted_into_its_peer_and_a_failure_into_its_window(zone):
+    a, b = _peers(zone)
+    zone.selected(a["slot"], a["id"], 1000.5)
+    assert zone.finish(a["slot"], a["id"], failed=False, success=True, now=1.0, max_fails=1, status=204, sent=10,
+                       received=20) is False
+    zone.selected(a["slot"], a["id"], 1001.5)
+    assert zone.finish(a["slot"], a["id"], failed=True, success=False, now=2.0, max_fails=2, status=502, sent=7) is False
+    zone.selected(a["slot"], a["id"], 1002.5)
+    assert zone.finish(a["slot"], a["id"], failed=True, success=False, now=3.0, max_fails=2) is True  # tripped
+    zone.selected(b["slot"], b["id"] + 1, 9.0)  # a slot that holds another peer counts nothing
+    assert zone.finish(b["slot"], b["id"] + 1, failed=True, success=False, now=3.0, max_fails=1, status=200) is False
+    counters, stats = zone.counters(a["slot"]), zone.stats(a["slot"])
+    assert (counters.requests, counters.fails_total, counters.fails, counters.accessed, counters.checked) == (3, 2, 2, 3.0, 3.0)
+    assert (stats.responses, stats.sent, stats.received, stats.unavail, stats.selected) == ((0, 1, 0, 0, 1), 17, 20, 1, 1002.5)
+    assert zone.counters(b["slot"]).requests == 0 and zone.stats(b["slot"]).selected == 0
+    zone.mark_checked(a["slot"], 4.0)  # after fail_timeout one request re-tries it; its success resets the window
+    zone.finish(a["slot"], a["id"], failed=False, success=True, now=5.0, max_fails=2, status=200)
+    assert zone.counters(a["slot"]).fails == 0 and zone.stats(a["slot"]).responses == (0, 2, 0, 0, 1)
+
+
+def test_the_locked_writers_lose_no_counter_added_meanwhile(zone):
+    """The pure counters move without the zone lock (add_u64): health reports, the failure
+    window's check and the drain flag, written under the lock meanwhile, write only their own
+    fields, so no request, response or byte is lost to them."""
+    (peer,) = _peers(zone, 1)
+    slot, pid_ = peer["slot"], peer["id"]
+    rounds = 20000
+    go_read, go = os.pipe()
+
+    def requests():
+        os.read(go_read, 1)  # all three start together
+        for i in range(rounds):
+            zone.selected(slot, pid_, float(i))
+            zone.finish(slot, pid_, failed=False, success=True, now=float(i), max_fails=0, status=200, sent=3,
+                        received=5)
+
+    def reports():
+        os.read(go_read, 1)
+        for i in range(rounds):
+            zone.set_health(slot, pid_, HEALTH_DOWN if i % 2 else HEALTH_UP, i % 2, 1 - i % 2, float(i))
+            zone.mark_checked(slot, float(i))
+            zone.take_drained_flag(slot, pid_)
+            zone.clear_drained_flag(slot)
+
+    children = [child(work) for work in (requests, requests, reports)]
+    os.write(go, b"xxx")
+    assert [exit_status(pid, 120) for pid in children] == [0, 0, 0]
+    os.close(go_read)
+    os.close(go)
+    counters, stats = zone.counters(slot), zone.stats(slot)
+    assert (counters.requests, stats.responses[1], stats.sent, stats.received) == (2 * rounds, 2 * rounds,
+                                                                                  6 * rounds, 10 * rounds)
+    assert (stats.checks, stats.check_fails, zone.health(slot)) == (rounds, rounds // 2, HEALTH_DOWN)

@@ -79,6 +79,16 @@ def keep_status_line(response: Response, line: str, absolute_location: bool = Fa
     return response
 
 
+def checked_headers(pairs: list[tuple[str, str]]) -> Headers:
+    """Werkzeug ``Headers`` that hold ``pairs`` (the list itself, not a copy): ``(name, value)``
+    strings the caller has checked as nginx checks an upstream's header lines — no CR or LF in
+    either, a name without spaces or controls — e.g. an upstream's answer relayed. Werkzeug's own
+    constructor checks and copies each pair again (a few microseconds per response)."""
+    headers = Headers()
+    headers._list = pairs  # noqa: SLF001 - Werkzeug's storage: a list of (name, value) pairs
+    return headers
+
+
 def as_http09(response: Response) -> Response:
     """Send only ``response``'s body, as an HTTP/0.9 answer: no status line, no header, the
     connection closed after the body. nginx's proxy relays an upstream's answer without a
@@ -123,15 +133,18 @@ class NginxResponse(FlaskResponse):
         """Werkzeug's, less what nginx does not do (one pass over the headers, as it is done
         for every response): no ``Location``/``Content-Location`` re-encoding, a 304 as it is;
         ``Content-Length`` dropped from a 1xx or ngxsim's own 204 and computed for a buffered
-        body without one."""
-        headers = Headers(self.headers)
+        body without one. The response's own headers when nothing changes (the server only
+        reads them: ``get_wsgi_response`` makes its list), else a copy changed."""
+        headers = self.headers
         status = self.status_code
         if status == 304:
             return headers
         if 100 <= status < 200 or (status == 204 and not getattr(self, "ngxsim_status_line", False)):
+            headers = Headers(headers)
             headers.remove("Content-Length")
         elif self.automatically_set_content_length and self.is_sequence:
             if first_header(headers, "Content-Length") is None:
+                headers = Headers(headers)
                 headers["Content-Length"] = str(sum(len(x) for x in self.iter_encoded()))
         return headers
 
