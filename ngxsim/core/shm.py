@@ -63,6 +63,10 @@ else:
         from . import _shm_accel as accel
     except ImportError:  # built without a compiler: the pure-Python path
         accel = None
+    # an accelerator built from older sources (an editable install not rebuilt after an update)
+    # lacks what newer code calls: the pure-Python path then, never an error per request
+    if accel is not None and not hasattr(accel, "add_u64"):
+        accel = None
 
 SHM_DIR_ENV = "NGXSIM_SHM_DIR"
 PREFIX = "ngxsim."
