@@ -5,17 +5,20 @@ ngxsim's own."""
 
 from __future__ import annotations
 
+import calendar
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from collections import Counter
+from unittest.mock import ANY
 
 import pytest
 import requests
 
-from ngxsim.testing import free_port, wait_for
+from ngxsim.testing import ReloadRejected, free_port, wait_for
 
 EXPORTER = shutil.which("prometheus-nginx-exporter") or "/usr/bin/prometheus-nginx-exporter"
 CONF = """
@@ -142,6 +145,64 @@ def test_stub_status_counts_every_workers_connections(ngxsim_server, ngxsim_back
     assert after["active"] == after["reading"] + after["writing"] + after["waiting"]
     api = server.get("/api/8/connections").json()
     assert api["accepted"] == after["accepts"] + 1 and api["active"] >= 1
+
+
+NGINX_CONF = """
+load_module worker_events;
+http {
+    worker_events_zone bus;
+    server {
+        listen 127.0.0.1:{port};
+        location /api { api; }
+        location = /ev { worker_events_api; worker_events_channel ops; }
+    }
+}
+"""
+
+
+def _nginx_of_every_worker(server) -> dict[int, dict]:
+    return {pid: r.json() for pid, r in server.each_worker("/api/8/nginx").items()}
+
+
+def _epoch(iso: str) -> float:
+    return calendar.timegm(time.strptime(iso[:19], "%Y-%m-%dT%H:%M:%S")) + int(iso[20:23]) / 1000
+
+
+def test_generation_counts_accepted_reloads_in_every_worker_a_respawned_one_too(ngxsim_server):
+    """NGINX Plus's ``generation`` counts the reloads and ``load_timestamp`` is the last one's
+    time; a rejected reload keeps both. The master decides them: every worker reports the same,
+    a worker respawned after the reload too."""
+    before_start = time.time()
+    server = ngxsim_server(NGINX_CONF, mode="ngxsim", workers=3, ready_path="/api/")
+    first = _nginx_of_every_worker(server)
+    assert len(first) == 3 and {(n["generation"], n["load_timestamp"], n["ppid"]) for n in first.values()} == \
+        {(1, first[min(first)]["load_timestamp"], server.master)}
+    assert {pid: n["pid"] for pid, n in first.items()} == {pid: pid for pid in first}
+    loaded = _epoch(first[min(first)]["load_timestamp"])
+    assert before_start - 0.001 <= loaded <= time.time()
+
+    good = server.conf.read_text()
+    hup = time.time()
+    new = server.reload(good.replace("location /api { api; }", "location /api { api; }  # reloaded"))
+    accepted = time.time()
+    second = _nginx_of_every_worker(server)
+    assert sorted(second) == new
+    stamps = {n["load_timestamp"] for n in second.values()}
+    assert {n["generation"] for n in second.values()} == {2} and len(stamps) == 1
+    reloaded = _epoch(stamps.pop())
+    assert hup - 0.001 <= reloaded <= accepted and reloaded > loaded
+
+    with pytest.raises(ReloadRejected, match=r'unknown directive "bogus"'):
+        server.reload(good.replace("location /api { api; }", "location /api { api; bogus; }"))
+    assert server.worker_pids() == new  # the old workers serve on, with the old generation
+    assert _nginx_of_every_worker(server) == {pid: {**n, "timestamp": ANY} for pid, n in second.items()}
+
+    assert server.get("/api/8/processes").json() == {"respawned": 0}
+    replacement = server.kill_worker(new[0])
+    third = _nginx_of_every_worker(server)
+    assert replacement in third and {(n["generation"], _epoch(n["load_timestamp"])) for n in third.values()} == \
+        {(2, reloaded)}
+    assert server.get("/api/8/processes").json() == {"respawned": 1}
 
 
 # -- read by the real Prometheus exporter -----------------------------------------------------------
