@@ -100,8 +100,8 @@ class UpstreamsSection:
     def _peer(zone, p: dict, active: int) -> dict:
         """A peer as NGINX Plus shows it (``id`` ... ``downtime``, ``selected``), with ngxsim's
         own fields (``max_fails``, ``fail_timeout``, ``down``, ``drain``, ``health``)."""
-        c = zone.counters(p["slot"])
-        stats = zone.stats(p["slot"])
+        c, stats = zone.peer_state(p["slot"])  # the health and the downtime of one moment
+        now = time.time()
         unavail = bool(p["max_fails"]) and c.fails >= p["max_fails"] and time.monotonic() - c.checked <= p["fail_timeout"]
         if p["down"]:
             state_ = "down"
@@ -123,14 +123,14 @@ class UpstreamsSection:
                 "responses": {**responses, "total": sum(stats.responses)}, "sent": stats.sent,
                 "received": stats.received, "fails": c.fails_total, "unavail": stats.unavail,
                 "health_checks": {"checks": stats.checks, "fails": stats.check_fails, "unhealthy": stats.unhealthy},
-                "downtime": stats.downtime_ms(time.time()),
+                "downtime": stats.downtime_ms(c.health, now),
                 "max_fails": p["max_fails"], "fail_timeout": _time_text(p["fail_timeout"]), "down": p["down"],
                 "drain": p.get("drain", False), "health": health}
         if stats.checks:
             peer["health_checks"]["last_passed"] = stats.last_passed
         if stats.selected:
             peer["selected"] = iso_time(stats.selected)
-        if stats.down_since:
+        if stats.downstart(c.health, now):
             peer["downstart"] = iso_time(stats.down_since)
         return peer
 

@@ -98,7 +98,8 @@ class State:
         if failed and snapshot is not None and snapshot.single:
             failed = False  # nginx never counts a lone server's failures
         zone.add_active(peer.slot, -1)
-        if zone.finish(peer.slot, peer.id, failed, success, time.monotonic(), peer.max_fails, status, sent, received):
+        if zone.finish(peer.slot, peer.id, failed, success, time.monotonic(), peer.max_fails, status, sent, received,
+                       peer.fail_timeout):
             log.warning('upstream server temporarily disabled: %s in upstream "%s"', peer.server, upstream)
         if failed and snapshot is not None:
             snapshot.failed(peer)

@@ -125,6 +125,36 @@ def test_api_tree_counts_shared_by_every_worker_writes_and_errors(ngxsim_server,
     assert cache["bypass"]["responses"] == 1 and cache["size"] > 0
 
 
+def test_downtime_of_an_unavail_peer_is_the_same_clock_in_every_worker(ngxsim_server, ngxsim_backend):
+    """NGINX Plus's ``downtime`` counts ``unavail`` (max_fails) too, kept in shared memory: every
+    worker reports the interval since the failure that made the peer unavailable."""
+    a, c = ngxsim_backend(name="a"), ngxsim_backend(name="c")
+    server = start(ngxsim_server, [a, c], workers=3)
+    server.spray("/x", 6)
+    assert {p["downtime"] for p in peers(server).values()} == {0}
+    c.stop()
+    first_failure_possible = time.time()
+
+    def unavail():
+        server.get("/x")  # answered by a after c fails (proxy_next_upstream)
+        return peers(server)[c.address]["state"] == "unavail"
+
+    wait_for(unavail, 20, what=f"{c.address} to become unavail")
+    certainly_down = time.time()
+    time.sleep(0.5)  # long enough for the bounds below to tell a count from none
+    asked = time.time()
+    seen = {pid: r.json() for pid, r in server.each_worker(f"{UPS}/servers/{peers(server)[c.address]['id']}").items()}
+    answered = time.time()
+    assert len(seen) == 3
+    for peer in seen.values():
+        assert peer["state"] == "unavail" and peer["unavail"] == 1
+        assert (asked - certainly_down) * 1000 - 1 <= peer["downtime"] <= (answered - first_failure_possible) * 1000 + 1
+    starts = {peer["downstart"] for peer in seen.values()}
+    assert len(starts) == 1
+    assert first_failure_possible - 0.001 <= _epoch(starts.pop()) <= certainly_down
+    assert "downstart" not in peers(server)[a.address] and peers(server)[a.address]["downtime"] == 0
+
+
 @pytest.mark.ngxsim_modes()
 def test_stub_status_counts_every_workers_connections(ngxsim_server, ngxsim_backend):
     a = ngxsim_backend(name="a")
