@@ -84,7 +84,7 @@ class UpstreamsSection:
         data = zone.read_snapshot() or {"version": 0, "peers": []}
         active = st.active(name)
         up = self.conf.upstreams[name]
-        peers = [self._peer(zone, p, active[p["slot"]]) for p in data["peers"]]
+        peers = [self._peer(zone, p, active[p["slot"]], up.max_conns) for p in data["peers"]]
         if not self.conf.cluster:
             return {"name": name, "version": data["version"], "zone": up.zone, "keepalive": 0, "zombies": 0,
                     "peers": peers}
@@ -97,9 +97,10 @@ class UpstreamsSection:
                 "zone": up.zone, "keepalive": 0, "zombies": 0, "peers": peers}
 
     @staticmethod
-    def _peer(zone, p: dict, active: int) -> dict:
-        """A peer as NGINX Plus shows it (``id`` ... ``downtime``, ``selected``), with ngxsim's
-        own fields (``max_fails``, ``fail_timeout``, ``down``, ``drain``, ``health``)."""
+    def _peer(zone, p: dict, active: int, max_conns: dict[str, int]) -> dict:
+        """A peer as NGINX Plus shows it (``id`` ... ``downtime``, ``selected``, ``max_conns``:
+        the config's, by server, as the balancer applies it), with ngxsim's own fields
+        (``max_fails``, ``fail_timeout``, ``down``, ``drain``, ``health``)."""
         c, stats = zone.peer_state(p["slot"])  # the health and the downtime of one moment
         now = time.time()
         unavail = bool(p["max_fails"]) and c.fails >= p["max_fails"] and time.monotonic() - c.checked <= p["fail_timeout"]
@@ -121,7 +122,8 @@ class UpstreamsSection:
         peer = {"id": p["id"], "server": p["server"], "name": p["server"], "backup": p["backup"], "weight": p["weight"],
                 "state": state_, "active": active, "requests": c.requests,
                 "responses": {**responses, "total": sum(stats.responses)}, "sent": stats.sent,
-                "received": stats.received, "fails": c.fails_total, "unavail": stats.unavail,
+                "received": stats.received, "max_conns": max_conns.get(p["server"], 0), "fails": c.fails_total,
+                "unavail": stats.unavail,
                 "health_checks": {"checks": stats.checks, "fails": stats.check_fails, "unhealthy": stats.unhealthy},
                 "downtime": stats.downtime_ms(c.health, now),
                 "max_fails": p["max_fails"], "fail_timeout": _time_text(p["fail_timeout"]), "down": p["down"],
@@ -151,7 +153,7 @@ class UpstreamsSection:
         zone = st.zone(name)
         checking = initial_health(self.conf, name) == HEALTH_CHECKING
         new = self._apply(st, name, lambda cur: snapshots.add_peer(cur, fields, zone.layout.slots, checking))
-        return ApiAnswer(201, self._peer(zone, new[1], 0))
+        return ApiAnswer(201, self._peer(zone, new[1], 0, self.conf.upstreams[name].max_conns))
 
     def patch(self, req, name: str, peer_id: int):
         fields = self._fields(req, adding=False)
@@ -172,7 +174,7 @@ class UpstreamsSection:
             zone.clear_drained_flag(peer["slot"])
             st.publish("peer_draining", {"upstream": name, "peer": peer["id"], "server": peer["server"]})
             st.check_drained(name)
-        return self._peer(zone, peer, st.active(name)[peer["slot"]])
+        return self._peer(zone, peer, st.active(name)[peer["slot"]], self.conf.upstreams[name].max_conns)
 
     def delete(self, req, name: str, peer_id: int):
         if self.conf.cluster:

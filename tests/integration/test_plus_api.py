@@ -45,8 +45,9 @@ http {
 UPS = "/api/8/http/upstreams/backend"
 
 
-def start(ngxsim_server, backends, **kw):
-    servers = " ".join(f"server {b.address} max_fails=1 fail_timeout=30s;" for b in backends)
+def start(ngxsim_server, backends, params: str = "", **kw):
+    servers = " ".join(f"server {b.address} max_fails=1 fail_timeout=30s{params if i == 0 else ''};"
+                       for i, b in enumerate(backends))
     return ngxsim_server(CONF % {"servers": servers}, ready_path="/api/", **kw)
 
 
@@ -129,9 +130,10 @@ def test_downtime_of_an_unavail_peer_is_the_same_clock_in_every_worker(ngxsim_se
     """NGINX Plus's ``downtime`` counts ``unavail`` (max_fails) too, kept in shared memory: every
     worker reports the interval since the failure that made the peer unavailable."""
     a, c = ngxsim_backend(name="a"), ngxsim_backend(name="c")
-    server = start(ngxsim_server, [a, c], workers=3)
+    server = start(ngxsim_server, [a, c], params=" max_conns=7", workers=3)
     server.spray("/x", 6)
     assert {p["downtime"] for p in peers(server).values()} == {0}
+    assert {s: p["max_conns"] for s, p in peers(server).items()} == {a.address: 7, c.address: 0}
     c.stop()
     first_failure_possible = time.time()
 
