@@ -7,7 +7,8 @@ Layout of ``zone.buf`` (every field little-endian)::
                   accessed, checked) and the health healthchecks reports; then NGINX Plus's
                   peer statistics (responses by class, bytes sent and received, unavail, health
                   check totals, last selected, downtime: see ``PeerStats``)
-    W worker rows (16 + 2N each) pid, start time, and the requests it has in flight to each slot
+    W worker rows (16 + 2N each) pid, its idle kept connections to the upstream, start time, and
+                  the requests it has in flight to each slot
     2 areas       snapshot JSON, double-buffered: a new one is written into the idle area and
                   activated by one header write, under the zone lock
 
@@ -46,7 +47,8 @@ _ID_AT, _REQUESTS_AT, _FAILS_TOTAL_AT, _FAILS_AT, _ACCESSED_AT = 0, 8, 16, 24, 4
 _RESPONSES_AT, _SENT_AT, _SELECTED_AT = _STATS_AT, _STATS_AT + 40, _STATS_AT + 96
 SLOT_SIZE = 192
 ROWS = 128
-_ROW_HEAD = struct.Struct("<IIQ")
+_ROW_HEAD = struct.Struct("<IIQ")  # pid, idle kept connections (keepalive), start time
+_IDLE_AT = 4
 HEALTH_NONE, HEALTH_UP, HEALTH_DOWN, HEALTH_CHECKING = 0, 1, 2, 3
 FLAG_DRAINED_PUBLISHED = 1
 
@@ -400,6 +402,15 @@ class UpstreamZone:
         with self._row_lock:
             value = _U16.unpack_from(self.buf, at)[0] + delta
             _U16.pack_into(self.buf, at, max(0, min(value, 0xFFFF)))
+
+    def set_idle(self, count: int) -> None:
+        """How many idle connections to the upstream's peers this worker keeps (``keepalive``)."""
+        if self._row is not None:
+            _U32.pack_into(self.buf, self._row_at(self._row) + _IDLE_AT, min(count, 0xFFFFFFFF))
+
+    def idle(self, live_rows: set[int]) -> int:
+        """Idle kept connections, summed over the rows of live workers (NGINX Plus's ``keepalive``)."""
+        return sum(_U32.unpack_from(self.buf, self._row_at(row) + _IDLE_AT)[0] for row in live_rows)
 
     def in_flight(self, slot: int) -> int:
         """Requests in flight to one slot, summed over the workers' rows (``max_conns``)."""

@@ -157,6 +157,34 @@ def test_downtime_of_an_unavail_peer_is_the_same_clock_in_every_worker(ngxsim_se
     assert "downstart" not in peers(server)[a.address] and peers(server)[a.address]["downtime"] == 0
 
 
+KEEPALIVE_CONF = """
+load_module worker_events; load_module upstreams;
+http {
+    worker_events_zone bus;
+    upstream backend { zone backend 256k; server {backend}; keepalive 4; }
+    server {
+        listen 127.0.0.1:{port};
+        location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
+        location /api { api; }
+    }
+}
+"""
+
+
+def test_keepalive_counts_the_idle_connections_of_every_live_worker(ngxsim_server, ngxsim_backend):
+    """NGINX Plus's upstream ``keepalive``: the idle connections kept to its peers, every worker's."""
+    be = ngxsim_backend(name="be")
+    server = ngxsim_server(KEEPALIVE_CONF, workers=3, ready_path="/api/", placeholders={"backend": be.address})
+    assert server.get("/api/8/http/upstreams/backend").json()["keepalive"] == 0
+    server.each_worker("/x")  # one request at a time in each worker: each keeps the one connection it used
+    wait_for(lambda: server.get("/api/8/http/upstreams/backend").json()["keepalive"] == 3, 10,
+             what="3 idle connections, one per worker")
+    assert be.connections == 3
+    server.kill_worker(path="/x")  # its kept connection dies with it; its replacement keeps one of its own
+    wait_for(lambda: server.get("/api/8/http/upstreams/backend").json()["keepalive"] == 3, 10,
+             what="3 idle connections of the live workers")
+
+
 @pytest.mark.ngxsim_modes()
 def test_stub_status_counts_every_workers_connections(ngxsim_server, ngxsim_backend):
     a = ngxsim_backend(name="a")
