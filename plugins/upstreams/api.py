@@ -85,16 +85,20 @@ class UpstreamsSection:
         active = st.active(name)
         up = self.conf.upstreams[name]
         peers = [self._peer(zone, p, active[p["slot"]], up.max_conns) for p in data["peers"]]
+        # NGINX Plus's zombies: peers removed while requests to them still run (their slots'
+        # in-flight counts outlive them)
+        held = {p["slot"] for p in data["peers"]}
+        zombies = sum(1 for slot, n in enumerate(active) if n and slot not in held)
         if not self.conf.cluster:
             return {"name": name, "version": data["version"], "zone": up.zone, "keepalive": st.idle(name),
-                    "zombies": 0, "peers": peers}
+                    "zombies": zombies, "peers": peers}
         me = sync.instance_of(st.runtime.config, self.conf.bus)
         for peer, p in zip(peers, data["peers"]):
             if peer["drain"]:  # each host's drain: its own in-flight requests
                 peer["drain_hosts"] = st.drain_hosts(name, peer["id"], me, active[p["slot"]])
         return {"name": name, "version": data["version"], "revision": data.get("revision"),
                 "cluster": "apart" if data.get("apart") else "joined", "unsynced": len(data.get("unsynced") or ()),
-                "zone": up.zone, "keepalive": st.idle(name), "zombies": 0, "peers": peers}
+                "zone": up.zone, "keepalive": st.idle(name), "zombies": zombies, "peers": peers}
 
     @staticmethod
     def _peer(zone, p: dict, active: int, max_conns: dict[str, int]) -> dict:

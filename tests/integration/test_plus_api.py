@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from unittest.mock import ANY
@@ -166,6 +167,7 @@ http {
         listen 127.0.0.1:{port};
         location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
         location /api { api; }
+        location /rw { api write=on; }
     }
 }
 """
@@ -183,6 +185,30 @@ def test_keepalive_counts_the_idle_connections_of_every_live_worker(ngxsim_serve
     server.kill_worker(path="/x")  # its kept connection dies with it; its replacement keeps one of its own
     wait_for(lambda: server.get("/api/8/http/upstreams/backend").json()["keepalive"] == 3, 10,
              what="3 idle connections of the live workers")
+
+
+def test_a_peer_removed_while_a_request_to_it_runs_is_a_zombie_until_it_ends(ngxsim_server, ngxsim_backend):
+    be = ngxsim_backend(name="be")
+    release = threading.Event()
+    be.respond("/slow", body=lambda r: "late" if release.wait(20) else "never released")
+    server = ngxsim_server(KEEPALIVE_CONF, workers=2, ready_path="/api/", placeholders={"backend": be.address})
+    upstream = "/api/8/http/upstreams/backend"
+    assert server.get(upstream).json()["zombies"] == 0
+    answers = []
+    slow = threading.Thread(target=lambda: answers.append(server.get("/slow", timeout=30)))
+    slow.start()
+    try:
+        be.wait_hits(1, path="/slow")
+        (peer,) = server.get(upstream).json()["peers"]
+        assert peer["active"] == 1
+        assert server.request("DELETE", f"/rw/8/http/upstreams/backend/servers/{peer['id']}").status_code == 200
+        gone = server.get(upstream).json()
+        assert gone["peers"] == [] and gone["zombies"] == 1
+    finally:
+        release.set()
+        slow.join(30)
+    assert answers[0].text == "late"
+    wait_for(lambda: server.get(upstream).json()["zombies"] == 0, 10, what="the zombie to go")
 
 
 @pytest.mark.ngxsim_modes()
