@@ -156,7 +156,8 @@ class UpstreamsSection:
         st = state(req.runtime)
         zone = st.zone(name)
         checking = initial_health(self.conf, name) == HEALTH_CHECKING
-        new = self._apply(st, name, lambda cur: snapshots.add_peer(cur, fields, zone.layout.slots, checking))
+        busy = frozenset(slot for slot, n in enumerate(st.active(name)) if n)  # a held slot is skipped anyway
+        new = self._apply(st, name, lambda cur: snapshots.add_peer(cur, fields, zone.layout.slots, checking, busy))
         return ApiAnswer(201, self._peer(zone, new[1], 0, self.conf.upstreams[name].max_conns))
 
     def patch(self, req, name: str, peer_id: int):

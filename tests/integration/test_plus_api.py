@@ -204,6 +204,11 @@ def test_a_peer_removed_while_a_request_to_it_runs_is_a_zombie_until_it_ends(ngx
         assert server.request("DELETE", f"/rw/8/http/upstreams/backend/servers/{peer['id']}").status_code == 200
         gone = server.get(upstream).json()
         assert gone["peers"] == [] and gone["zombies"] == 1
+        # a peer added meanwhile does not take the zombie's slot (it would inherit its request)
+        added = server.request("POST", "/rw/8/http/upstreams/backend/servers", json={"server": be.address})
+        assert added.status_code == 201 and added.json()["active"] == 0
+        now = server.get(upstream).json()
+        assert now["zombies"] == 1 and [p["active"] for p in now["peers"]] == [0]
     finally:
         release.set()
         slow.join(30)
