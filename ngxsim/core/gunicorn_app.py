@@ -23,6 +23,7 @@ import os
 import signal
 import socket
 import sys
+import time
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
@@ -227,6 +228,9 @@ class NgxsimApplication(BaseApplication):
             remove_zone_files(runtime.instance, keep={spec.name for spec in runtime.config.zones} | {JANITOR_MARKER})
             for zone in self.runtime.zones.values():
                 zone.close()
+            # NGINX Plus's generation and load_timestamp: counted here, in the master, so every
+            # worker forked from now on (a respawned one too) inherits the same
+            runtime.generation, runtime.loaded_at = self.runtime.generation + 1, time.time()
             self.runtime = runtime
             try:  # accepted: modules may now change what the running workers share
                 runtime.hook.ngxsim_reload_accepted(runtime=runtime)

@@ -160,6 +160,13 @@ class Runtime:
         stopping (str | None): None while the worker serves; ``"graceful"`` or ``"fast"`` once
             it is told to stop (``ngxsim_worker_stopping``): a handler that waits answers with
             what it has when it sees it set.
+        generation (int): which configuration of the instance this is: 1 for the one it started
+            with, one more for each accepted reload (a rejected one changes nothing). Decided by
+            the master of ``ngxsim -c`` and inherited by every worker it forks, a respawned one
+            too (NGINX Plus's ``generation``).
+        loaded_at (float): when this configuration was loaded (epoch seconds; for a reload, when
+            it was accepted): NGINX Plus's ``load_timestamp``. A worker of plain gunicorn
+            (no ``--preload``) loads the configuration itself: it has its own time here.
     """
 
     def __init__(self, config: Configuration, instance: Instance):
@@ -193,6 +200,9 @@ class Runtime:
         # gunicorn's graceful_timeout for this worker (None outside gunicorn): its master kills
         # the worker that far after telling it to stop, so its background work waits no longer
         self.graceful_timeout: float | None = None
+        # the master's facts about this configuration (set again by an accepted reload)
+        self.generation = 1
+        self.loaded_at = time.time()
 
     def __repr__(self) -> str:  # short: it is an argument of many hooks, and shows in traces
         return f"<Runtime {self.instance.role} pid={os.getpid()}>"

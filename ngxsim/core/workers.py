@@ -10,7 +10,8 @@ its slot, shown as not alive, until the table needs the room: what a person look
 wants to see is that a worker died.
 
 Header: connections accepted u64 (nginx's connection number: taken under the zone lock, so
-unique in the instance), requests of the slots freed or taken over u64 (totals never go back).
+unique in the instance), requests of the slots freed or taken over u64, dead workers' slots taken
+over u64 (totals never go back).
 Slot: pid u32, pad u32, start time u64 (clock ticks, with the pid names the process), started
 msec u64, requests u64, last request msec u64, then the worker's connections now: active,
 reading, writing, waiting (u32 each), 8 bytes unused. Gauges are summed over live workers only:
@@ -41,6 +42,8 @@ _COUNTS_OFF = 24
 _GAUGES = struct.Struct("<IIII")  # active, reading, writing, waiting
 _GAUGES_OFF = 40
 _TOTALS = struct.Struct("<QQ")  # connections accepted, requests of freed slots
+_TAKEN_OVER = struct.Struct("<Q")  # dead workers' slots taken over (each one a worker that died)
+_TAKEN_OVER_OFF = 16
 STATES = ("reading", "writing", "waiting")
 
 
@@ -84,8 +87,10 @@ class WorkerTable:
             if not free:
                 return None
             self.slot = free[0]
-            if self.slot in records:  # a dead worker's: its requests stay in the total
+            if self.slot in records:  # a dead worker's: its requests stay in the total, its death counted
                 self._retire(records[self.slot].requests)
+                taken = _TAKEN_OVER.unpack_from(self.buf, _TAKEN_OVER_OFF)[0]
+                _TAKEN_OVER.pack_into(self.buf, _TAKEN_OVER_OFF, taken + 1)
             _SLOT.pack_into(self.buf, self._at(self.slot), pid, 0, start, int(time.time() * 1000), 0, 0)
             _GAUGES.pack_into(self.buf, self._at(self.slot) + _GAUGES_OFF, 0, 0, 0, 0)
         return self.slot
@@ -165,6 +170,14 @@ class WorkerTable:
             if fields[0]:
                 out[index] = WorkerRecord(fields[0], fields[2], fields[3], fields[4], fields[5], False)
         return out
+
+    def died(self) -> int:
+        """How many workers of the instance died without stopping cleanly (killed, crashed):
+        the dead ones listed, and those whose slot a later worker took over. A worker that
+        stops cleanly (a reload's old ones, a stop) frees its slot and is not counted."""
+        with self.zone.lock():  # a slot taken over meanwhile would be counted in neither
+            taken = _TAKEN_OVER.unpack_from(self.buf, _TAKEN_OVER_OFF)[0]
+            return taken + sum(1 for w in self.workers() if not w.alive)
 
     def workers(self) -> list[WorkerRecord]:
         """Every listed worker, alive or not, oldest start first."""

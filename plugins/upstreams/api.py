@@ -84,24 +84,29 @@ class UpstreamsSection:
         data = zone.read_snapshot() or {"version": 0, "peers": []}
         active = st.active(name)
         up = self.conf.upstreams[name]
-        peers = [self._peer(zone, p, active[p["slot"]]) for p in data["peers"]]
+        peers = [self._peer(zone, p, active[p["slot"]], up.max_conns) for p in data["peers"]]
+        # NGINX Plus's zombies: peers removed while requests to them still run (their slots'
+        # in-flight counts outlive them)
+        held = {p["slot"] for p in data["peers"]}
+        zombies = sum(1 for slot, n in enumerate(active) if n and slot not in held)
         if not self.conf.cluster:
-            return {"name": name, "version": data["version"], "zone": up.zone, "keepalive": 0, "zombies": 0,
-                    "peers": peers}
+            return {"name": name, "version": data["version"], "zone": up.zone, "keepalive": st.idle(name),
+                    "zombies": zombies, "peers": peers}
         me = sync.instance_of(st.runtime.config, self.conf.bus)
         for peer, p in zip(peers, data["peers"]):
             if peer["drain"]:  # each host's drain: its own in-flight requests
                 peer["drain_hosts"] = st.drain_hosts(name, peer["id"], me, active[p["slot"]])
         return {"name": name, "version": data["version"], "revision": data.get("revision"),
                 "cluster": "apart" if data.get("apart") else "joined", "unsynced": len(data.get("unsynced") or ()),
-                "zone": up.zone, "keepalive": 0, "zombies": 0, "peers": peers}
+                "zone": up.zone, "keepalive": st.idle(name), "zombies": zombies, "peers": peers}
 
     @staticmethod
-    def _peer(zone, p: dict, active: int) -> dict:
-        """A peer as NGINX Plus shows it (``id`` ... ``downtime``, ``selected``), with ngxsim's
-        own fields (``max_fails``, ``fail_timeout``, ``down``, ``drain``, ``health``)."""
-        c = zone.counters(p["slot"])
-        stats = zone.stats(p["slot"])
+    def _peer(zone, p: dict, active: int, max_conns: dict[str, int]) -> dict:
+        """A peer as NGINX Plus shows it (``id`` ... ``downtime``, ``selected``, ``max_conns``:
+        the config's, by server, as the balancer applies it), with ngxsim's own fields
+        (``max_fails``, ``fail_timeout``, ``down``, ``drain``, ``health``)."""
+        c, stats = zone.peer_state(p["slot"])  # the health and the downtime of one moment
+        now = time.time()
         unavail = bool(p["max_fails"]) and c.fails >= p["max_fails"] and time.monotonic() - c.checked <= p["fail_timeout"]
         if p["down"]:
             state_ = "down"
@@ -121,16 +126,17 @@ class UpstreamsSection:
         peer = {"id": p["id"], "server": p["server"], "name": p["server"], "backup": p["backup"], "weight": p["weight"],
                 "state": state_, "active": active, "requests": c.requests,
                 "responses": {**responses, "total": sum(stats.responses)}, "sent": stats.sent,
-                "received": stats.received, "fails": c.fails_total, "unavail": stats.unavail,
+                "received": stats.received, "max_conns": max_conns.get(p["server"], 0), "fails": c.fails_total,
+                "unavail": stats.unavail,
                 "health_checks": {"checks": stats.checks, "fails": stats.check_fails, "unhealthy": stats.unhealthy},
-                "downtime": stats.downtime_ms(time.time()),
+                "downtime": stats.downtime_ms(c.health, now),
                 "max_fails": p["max_fails"], "fail_timeout": _time_text(p["fail_timeout"]), "down": p["down"],
                 "drain": p.get("drain", False), "health": health}
         if stats.checks:
             peer["health_checks"]["last_passed"] = stats.last_passed
         if stats.selected:
             peer["selected"] = iso_time(stats.selected)
-        if stats.down_since:
+        if stats.downstart(c.health, now):
             peer["downstart"] = iso_time(stats.down_since)
         return peer
 
@@ -150,8 +156,9 @@ class UpstreamsSection:
         st = state(req.runtime)
         zone = st.zone(name)
         checking = initial_health(self.conf, name) == HEALTH_CHECKING
-        new = self._apply(st, name, lambda cur: snapshots.add_peer(cur, fields, zone.layout.slots, checking))
-        return ApiAnswer(201, self._peer(zone, new[1], 0))
+        busy = frozenset(slot for slot, n in enumerate(st.active(name)) if n)  # a held slot is skipped anyway
+        new = self._apply(st, name, lambda cur: snapshots.add_peer(cur, fields, zone.layout.slots, checking, busy))
+        return ApiAnswer(201, self._peer(zone, new[1], 0, self.conf.upstreams[name].max_conns))
 
     def patch(self, req, name: str, peer_id: int):
         fields = self._fields(req, adding=False)
@@ -172,7 +179,7 @@ class UpstreamsSection:
             zone.clear_drained_flag(peer["slot"])
             st.publish("peer_draining", {"upstream": name, "peer": peer["id"], "server": peer["server"]})
             st.check_drained(name)
-        return self._peer(zone, peer, st.active(name)[peer["slot"]])
+        return self._peer(zone, peer, st.active(name)[peer["slot"]], self.conf.upstreams[name].max_conns)
 
     def delete(self, req, name: str, peer_id: int):
         if self.conf.cluster:

@@ -102,7 +102,7 @@ class Snapshot:
                 if best is not None:
                     if best.max_fails:
                         if zone.failure_window(best.slot)[0] >= best.max_fails:
-                            zone.mark_checked(best.slot, now)  # the one request that re-tries it
+                            zone.mark_checked(best.slot, now, best.fail_timeout)  # the one request that re-tries it
                     return best
         return None
 

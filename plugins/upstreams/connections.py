@@ -347,11 +347,13 @@ class Answer(ClientResponse):
 
 
 class KeptConnections:
-    """This worker's idle connections of each upstream with ``keepalive`` (threads share it)."""
+    """This worker's idle connections of each upstream with ``keepalive`` (threads share it).
+    ``counted(upstream, n)``, when given, hears how many an upstream keeps after each change."""
 
-    def __init__(self):
+    def __init__(self, counted=None):
         self._idle: dict[str, deque[Link]] = {}
         self._lock = threading.Lock()
+        self._counted = counted or (lambda upstream, n: None)
 
     def take(self, upstream: str, host: str, port: int, timeout: float) -> Link | None:
         """The most recently kept idle connection to ``host:port`` still usable, or None.
@@ -371,6 +373,7 @@ class KeptConnections:
                         continue
                     found = link
                     break
+            self._counted(upstream, len(idle))
         for link in dead:
             link.close()
         return found
@@ -387,12 +390,15 @@ class KeptConnections:
             idle = self._idle.setdefault(upstream, deque())
             idle.append(link)
             oldest = idle.popleft() if len(idle) > limit else None
+            self._counted(upstream, len(idle))
         if oldest is not None:
             oldest.close()
 
     def clear(self) -> None:
         with self._lock:
             links = [link for idle in self._idle.values() for link in idle]
+            for upstream in self._idle:
+                self._counted(upstream, 0)
             self._idle.clear()
         for link in links:
             link.close()

@@ -159,14 +159,21 @@ def _seconds(value) -> float:
                      f'not {_shown(value)}')
 
 
-def add_peer(current: dict, fields: dict, slots: int, checking: bool) -> tuple[dict, dict]:
+def add_peer(current: dict, fields: dict, slots: int, checking: bool,
+             busy: frozenset[int] = frozenset()) -> tuple[dict, dict]:
+    """``busy``: slots with requests in flight though no peer holds them (a removed peer's,
+    NGINX Plus's zombies), taken only when no other is free: a new peer does not inherit them."""
     peers = _clean(current["peers"])
     if any(p["server"] == fields["server"] for p in peers):
         raise Conflict(f'server "{fields["server"]}" is already in the upstream')
     defaults = ServerSpec("h", 1).params()
     item = {**defaults, **fields}
     spec = spec_of({**item, "server": fields["server"]})
-    slot = _free_slot({p["slot"] for p in peers}, slots)
+    used = {p["slot"] for p in peers}
+    try:
+        slot = _free_slot(used | busy, slots)
+    except ValueError:
+        slot = _free_slot(used, slots)
     new_peer = peer_json(spec, current.get("next_id", FIRST_ID), slot)
     if checking:
         new_peer["checking"] = True

@@ -28,7 +28,7 @@ class State:
         self._lock = threading.Lock()
         self._watch = LivenessWatch()
         # the idle connections to the peers of upstreams with keepalive, per worker
-        self.links = KeptConnections()
+        self.links = KeptConnections(lambda upstream, n: self.zones[upstream].set_idle(n))
         # cluster-wide only: the API requests waiting for their change, and what the other hosts
         # said of their drains, {(upstream, peer): {instance: drained?}} (sync.py)
         self.waiters = Waiters()
@@ -98,7 +98,8 @@ class State:
         if failed and snapshot is not None and snapshot.single:
             failed = False  # nginx never counts a lone server's failures
         zone.add_active(peer.slot, -1)
-        if zone.finish(peer.slot, peer.id, failed, success, time.monotonic(), peer.max_fails, status, sent, received):
+        if zone.finish(peer.slot, peer.id, failed, success, time.monotonic(), peer.max_fails, status, sent, received,
+                       peer.fail_timeout):
             log.warning('upstream server temporarily disabled: %s in upstream "%s"', peer.server, upstream)
         if failed and snapshot is not None:
             snapshot.failed(peer)
@@ -109,6 +110,11 @@ class State:
         rows = zone.rows()
         alive = self._watch.alive([(pid, start) for _, pid, start in rows])
         return {row for row, pid, start in rows if (pid, start) in alive}
+
+    def idle(self, upstream: str) -> int:
+        """The idle connections every live worker keeps to the upstream's peers."""
+        zone = self.zones[upstream]
+        return zone.idle(self.live_rows(zone))
 
     def active(self, upstream: str) -> list[int]:
         zone = self.zones[upstream]

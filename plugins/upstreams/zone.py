@@ -6,8 +6,9 @@ Layout of ``zone.buf`` (every field little-endian)::
     N peer slots  (192 each) peer id, flags, requests, fails, the passive-failure window (fails,
                   accessed, checked) and the health healthchecks reports; then NGINX Plus's
                   peer statistics (responses by class, bytes sent and received, unavail, health
-                  check totals, last selected, downtime)
-    W worker rows (16 + 2N each) pid, start time, and the requests it has in flight to each slot
+                  check totals, last selected, downtime: see ``PeerStats``)
+    W worker rows (16 + 2N each) pid, its idle kept connections to the upstream, start time, and
+                  the requests it has in flight to each slot
     2 areas       snapshot JSON, double-buffered: a new one is written into the idle area and
                   activated by one header write, under the zone lock
 
@@ -28,6 +29,7 @@ import json
 import os
 import struct
 import threading
+import time
 from dataclasses import dataclass
 
 from ngxsim import process_start_time
@@ -36,8 +38,10 @@ _MAGIC = b"UPSZONE1"
 _HEADER = struct.Struct("<8sQIIIII")  # magic, version, active area, length, slots, rows, area size
 _SLOT = struct.Struct("<IIQQIBBHIIdd")
 # at slot + 64: responses 1xx..5xx, sent, received, unavail, health checks, failed checks, times
-# unhealthy, last check passed; last selected (epoch), down since (epoch, 0: up), downtime (s)
-_STATS = struct.Struct("<QQQQQQQQQQQQddd")
+# unhealthy, last check passed; last selected (epoch), down since (epoch, 0: up), downtime (s),
+# unavail until (epoch, 0: not unavail)
+_STATS = struct.Struct("<QQQQQQQQQQQQdddd")
+_DOWN_SINCE, _DOWNTIME, _UNAVAIL_UNTIL = 13, 14, 15  # their indexes in _STATS
 _STATS_AT = 64
 # single fields of a slot, written one by one (the per-request accounting, and the locked writers,
 # which write only their own fields): offsets in the slot of _SLOT's flags, requests, fails_total,
@@ -48,10 +52,11 @@ _FLAGS_AT, _REQUESTS_AT, _FAILS_TOTAL_AT, _FAILS_AT, _ACCESSED_AT, _CHECKED_AT =
 _HEALTH_AT, _HEALTH_COUNTS_AT = 28, 32  # health (u8); health check fails, passes (u32 each)
 _RESPONSES_AT, _SENT_AT, _RECEIVED_AT, _UNAVAIL_AT = _STATS_AT, _STATS_AT + 40, _STATS_AT + 48, _STATS_AT + 56
 _CHECKS_AT, _SELECTED_AT, _DOWN_AT = _STATS_AT + 64, _STATS_AT + 96, _STATS_AT + 104
-_TWO_U32, _FOUR_U64 = struct.Struct("<II"), struct.Struct("<QQQQ")
+_TWO_U32, _FOUR_U64, _THREE_F64 = struct.Struct("<II"), struct.Struct("<QQQQ"), struct.Struct("<ddd")
 SLOT_SIZE = 192
 ROWS = 128
-_ROW_HEAD = struct.Struct("<IIQ")
+_ROW_HEAD = struct.Struct("<IIQ")  # pid, idle kept connections (keepalive), start time
+_IDLE_AT = 4
 HEALTH_NONE, HEALTH_UP, HEALTH_DOWN, HEALTH_CHECKING = 0, 1, 2, 3
 FLAG_DRAINED_PUBLISHED = 1
 
@@ -108,9 +113,46 @@ class PeerStats:
     selected: float  # epoch seconds, 0: never
     down_since: float  # epoch seconds, 0: not down
     downtime: float  # seconds down before down_since
+    unavail_until: float  # epoch seconds: the end of the max_fails window, 0: not unavail
 
-    def downtime_ms(self, now: float) -> int:
-        return int((self.downtime + (now - self.down_since if self.down_since else 0.0)) * 1000)
+    # NGINX Plus's ``downtime`` is the time a peer spent in the states ``unavail`` (max_fails
+    # failures within fail_timeout), ``checking`` and ``unhealthy`` (health checks), and
+    # ``downstart`` when it last entered them. The causes overlap (a peer can be unhealthy and
+    # unavail at once): one interval is kept, open from the first cause to the end of the last.
+    # A health state ends by an event (set_health); ``unavail`` by one (a success resets the
+    # failures) or by time passing (unavail_until): such an interval is closed when next looked
+    # at, at unavail_until.
+
+    def down_end(self, health: int, now: float) -> float:
+        """When the open down interval ended, or ``now`` if it goes on (``health``: the slot's)."""
+        if health in (HEALTH_DOWN, HEALTH_CHECKING) or self.unavail_until > now:
+            return now
+        return self.unavail_until
+
+    def downtime_ms(self, health: int, now: float) -> int:
+        """``downtime`` at ``now``, in milliseconds."""
+        open_ = max(0.0, self.down_end(health, now) - self.down_since) if self.down_since else 0.0
+        return int((self.downtime + open_) * 1000)
+
+    def downstart(self, health: int, now: float) -> float:
+        """When the peer became down, if it is now (epoch seconds), else 0."""
+        return self.down_since if self.down_since and self.down_end(health, now) >= now else 0.0
+
+
+def _settle(v: list, health: int, now: float, ended: float = 0.0) -> None:
+    """Close the open down interval of the stats fields ``v`` if no cause holds at ``now``:
+    at ``ended`` (a health state that ends now) or when the unavail window ran out."""
+    if not v[_DOWN_SINCE] or health in (HEALTH_DOWN, HEALTH_CHECKING) or v[_UNAVAIL_UNTIL] > now:
+        return
+    v[_DOWNTIME] += max(0.0, max(v[_UNAVAIL_UNTIL], ended) - v[_DOWN_SINCE])
+    v[_DOWN_SINCE] = v[_UNAVAIL_UNTIL] = 0.0
+
+
+def _unavail(v: list, health: int, now: float, until: float) -> None:
+    """The max_fails window (re)starts at ``now``: the peer is unavail until ``until``."""
+    _settle(v, health, now)  # an earlier window that ran out is a closed interval
+    v[_DOWN_SINCE] = v[_DOWN_SINCE] or now
+    v[_UNAVAIL_UNTIL] = max(v[_UNAVAIL_UNTIL], until)
 
 
 class UpstreamZone:
@@ -183,23 +225,31 @@ class UpstreamZone:
         return struct.unpack_from("<I", self.buf, self._slot_at(slot))[0]
 
     def _reset_slot(self, slot: int, peer_id: int | None, health: int = HEALTH_NONE) -> None:
-        """Fresh counters for ``peer_id`` (None: the slot is empty)."""
+        """Fresh counters for ``peer_id`` (None: the slot is empty); a peer that starts
+        ``checking`` starts down."""
         at = self._slot_at(slot)
         self.buf[at:at + SLOT_SIZE] = bytes(SLOT_SIZE)
         _SLOT.pack_into(self.buf, at, 0 if peer_id is None else _held(peer_id), 0, 0, 0, 0, health, 0, 0, 0, 0, 0.0, 0.0)
+        if health == HEALTH_CHECKING:
+            _F64.pack_into(self.buf, at + _STATS_AT + 8 * _DOWN_SINCE, time.time())
 
     def stats(self, slot: int) -> PeerStats:
         v = _STATS.unpack_from(self.buf, self._slot_at(slot) + _STATS_AT)
-        return PeerStats(tuple(v[0:5]), v[5], v[6], v[7], v[8], v[9], v[10], bool(v[11]), v[12], v[13], v[14])
+        return PeerStats(tuple(v[0:5]), v[5], v[6], v[7], v[8], v[9], v[10], bool(v[11]), v[12], v[13], v[14], v[15])
+
+    def peer_state(self, slot: int) -> tuple[PeerCounters, PeerStats]:
+        """A slot's counters and statistics, read together (under the zone lock)."""
+        with self.zone.lock():
+            return self.counters(slot), self.stats(slot)
 
     def _update_stats(self, at: int, change) -> None:
         """Under the zone lock: ``change(list of the stats fields)`` edits the health checks'
-        (checks, failed checks, times unhealthy, last check passed, down since, downtime); the
-        others are written back as they were not (the counters move by ``add_u64``)."""
+        (checks, failed checks, times unhealthy, last check passed, down since, downtime, unavail
+        until); the others are written back as they were not (the counters move by ``add_u64``)."""
         values = list(_STATS.unpack_from(self.buf, at + _STATS_AT))
         change(values)
         _FOUR_U64.pack_into(self.buf, at + _CHECKS_AT, *values[8:12])
-        _TWO_F64.pack_into(self.buf, at + _DOWN_AT, *values[13:15])
+        _THREE_F64.pack_into(self.buf, at + _DOWN_AT, *values[_DOWN_SINCE:_UNAVAIL_UNTIL + 1])
 
     def selected(self, slot: int, peer_id: int, now: float) -> None:
         """The balancer chose the peer for a request: NGINX Plus counts ``requests`` here (with
@@ -239,20 +289,23 @@ class UpstreamZone:
                 v[11] = int(fails == 0)
                 if health == HEALTH_DOWN and before != HEALTH_DOWN:
                     v[10] += 1
-                    v[13] = v[13] or now
-                elif health == HEALTH_UP and v[13]:
-                    v[14] += max(0.0, now - v[13])
-                    v[13] = 0.0
+                if health in (HEALTH_DOWN, HEALTH_CHECKING):
+                    _settle(v, before, now)  # an unavail window that ran out before is its own interval
+                    v[_DOWN_SINCE] = v[_DOWN_SINCE] or now
+                elif before in (HEALTH_DOWN, HEALTH_CHECKING):
+                    _settle(v, health, now, ended=now)
 
             self._update_stats(at, count)
             return True
 
     def finish(self, slot: int, peer_id: int, failed: bool, success: bool, now: float, max_fails: int,
-               status: int = 0, sent: int = 0, received: int = 0) -> bool:
+               status: int = 0, sent: int = 0, received: int = 0, fail_timeout: float = 0.0,
+               wall: float | None = None) -> bool:
         """A try on the peer ended: count its response (``status``, 0 for none) and bytes, and
         run nginx's passive failure accounting (``max_fails`` failures within ``fail_timeout``
-        make the peer unavailable for that long). Returns True when this failure just made the
-        peer unavailable."""
+        make the peer unavailable for that long; ``now`` is ``time.monotonic()``, ``wall``
+        ``time.time()`` for the downtime). Returns True when this failure just made the peer
+        unavailable."""
         buf, at, held = self.buf, self.layout.slots_at + slot * SLOT_SIZE, peer_id + 1  # _held
         adds = [(at + _SENT_AT, sent), (at + _RECEIVED_AT, received)]
         if 100 <= status <= 599:
@@ -266,6 +319,8 @@ class UpstreamZone:
                 _U32.pack_into(buf, at + _FAILS_AT, fails)
                 _TWO_F64.pack_into(buf, at + _ACCESSED_AT, now, now)  # accessed, checked
                 tripped = bool(max_fails) and fails == max_fails
+                if max_fails and fails >= max_fails:  # unavail from now for fail_timeout (API: "unavail")
+                    self._down_window(at, wall, fail_timeout)
             adds += ((at + _FAILS_TOTAL_AT, 1), (at + _UNAVAIL_AT, int(tripped)))
         elif success:
             accessed, checked = _TWO_F64.unpack_from(buf, at + _ACCESSED_AT)
@@ -274,12 +329,31 @@ class UpstreamZone:
                     accessed, checked = _TWO_F64.unpack_from(buf, at + _ACCESSED_AT)
                     if _U32.unpack_from(buf, at)[0] == held and accessed < checked:
                         _U32.pack_into(buf, at + _FAILS_AT, 0)
+                        self._down_window(at, wall, None)
         return self.zone.add_u64(adds, at, held) and tripped
 
-    def mark_checked(self, slot: int, now: float) -> None:
-        """nginx's retry of an unavailable peer after ``fail_timeout``: one request probes it."""
+    def _down_window(self, at: int, wall: float | None, fail_timeout: float | None) -> None:
+        """Under the zone lock: the slot at ``at`` is unavail from ``wall`` for ``fail_timeout``
+        (None: its failures were just reset, the window ends now) — counted into its downtime."""
+        wall = time.time() if wall is None else wall
+        health = self.buf[at + 28]
+        values = list(_STATS.unpack_from(self.buf, at + _STATS_AT))
+        if fail_timeout is not None:
+            _unavail(values, health, wall, wall + fail_timeout)
+        elif values[_UNAVAIL_UNTIL] > wall:
+            values[_UNAVAIL_UNTIL] = wall
+            _settle(values, health, wall)
+        else:
+            return
+        _THREE_F64.pack_into(self.buf, at + _DOWN_AT, *values[_DOWN_SINCE:_UNAVAIL_UNTIL + 1])  # its own fields only
+
+    def mark_checked(self, slot: int, now: float, fail_timeout: float = 0.0, wall: float | None = None) -> None:
+        """nginx's retry of an unavailable peer after ``fail_timeout``: one request probes it
+        (and the API shows the peer ``unavail`` again until that request's end says more)."""
         with self.zone.lock():
-            _F64.pack_into(self.buf, self._slot_at(slot) + _CHECKED_AT, now)
+            at = self._slot_at(slot)
+            _F64.pack_into(self.buf, at + _CHECKED_AT, now)
+            self._down_window(at, wall, fail_timeout)
 
     def take_drained_flag(self, slot: int, peer_id: int) -> bool:
         """True exactly once per drain of the peer: whoever sees it first publishes
@@ -332,6 +406,15 @@ class UpstreamZone:
         with self._row_lock:
             value = _U16.unpack_from(buf, at)[0] + delta
             _U16.pack_into(buf, at, value if 0 <= value <= 0xFFFF else 0 if value < 0 else 0xFFFF)
+
+    def set_idle(self, count: int) -> None:
+        """How many idle connections to the upstream's peers this worker keeps (``keepalive``)."""
+        if self._row is not None:
+            _U32.pack_into(self.buf, self._row_at(self._row) + _IDLE_AT, min(count, 0xFFFFFFFF))
+
+    def idle(self, live_rows: set[int]) -> int:
+        """Idle kept connections, summed over the rows of live workers (NGINX Plus's ``keepalive``)."""
+        return sum(_U32.unpack_from(self.buf, self._row_at(row) + _IDLE_AT)[0] for row in live_rows)
 
     def in_flight(self, slot: int) -> int:
         """Requests in flight to one slot, summed over the workers' rows (``max_conns``)."""

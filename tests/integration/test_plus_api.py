@@ -5,17 +5,21 @@ ngxsim's own."""
 
 from __future__ import annotations
 
+import calendar
 import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
+from unittest.mock import ANY
 
 import pytest
 import requests
 
-from ngxsim.testing import free_port, wait_for
+from ngxsim.testing import ReloadRejected, free_port, wait_for
 
 EXPORTER = shutil.which("prometheus-nginx-exporter") or "/usr/bin/prometheus-nginx-exporter"
 CONF = """
@@ -42,8 +46,9 @@ http {
 UPS = "/api/8/http/upstreams/backend"
 
 
-def start(ngxsim_server, backends, **kw):
-    servers = " ".join(f"server {b.address} max_fails=1 fail_timeout=30s;" for b in backends)
+def start(ngxsim_server, backends, params: str = "", **kw):
+    servers = " ".join(f"server {b.address} max_fails=1 fail_timeout=30s{params if i == 0 else ''};"
+                       for i, b in enumerate(backends))
     return ngxsim_server(CONF % {"servers": servers}, ready_path="/api/", **kw)
 
 
@@ -122,6 +127,95 @@ def test_api_tree_counts_shared_by_every_worker_writes_and_errors(ngxsim_server,
     assert cache["bypass"]["responses"] == 1 and cache["size"] > 0
 
 
+def test_downtime_of_an_unavail_peer_is_the_same_clock_in_every_worker(ngxsim_server, ngxsim_backend):
+    """NGINX Plus's ``downtime`` counts ``unavail`` (max_fails) too, kept in shared memory: every
+    worker reports the interval since the failure that made the peer unavailable."""
+    a, c = ngxsim_backend(name="a"), ngxsim_backend(name="c")
+    server = start(ngxsim_server, [a, c], params=" max_conns=7", workers=3)
+    server.spray("/x", 6)
+    assert {p["downtime"] for p in peers(server).values()} == {0}
+    assert {s: p["max_conns"] for s, p in peers(server).items()} == {a.address: 7, c.address: 0}
+    c.stop()
+    first_failure_possible = time.time()
+
+    def unavail():
+        server.get("/x")  # answered by a after c fails (proxy_next_upstream)
+        return peers(server)[c.address]["state"] == "unavail"
+
+    wait_for(unavail, 20, what=f"{c.address} to become unavail")
+    certainly_down = time.time()
+    time.sleep(0.5)  # long enough for the bounds below to tell a count from none
+    asked = time.time()
+    seen = {pid: r.json() for pid, r in server.each_worker(f"{UPS}/servers/{peers(server)[c.address]['id']}").items()}
+    answered = time.time()
+    assert len(seen) == 3
+    for peer in seen.values():
+        assert peer["state"] == "unavail" and peer["unavail"] == 1
+        assert (asked - certainly_down) * 1000 - 1 <= peer["downtime"] <= (answered - first_failure_possible) * 1000 + 1
+    starts = {peer["downstart"] for peer in seen.values()}
+    assert len(starts) == 1
+    assert first_failure_possible - 0.001 <= _epoch(starts.pop()) <= certainly_down
+    assert "downstart" not in peers(server)[a.address] and peers(server)[a.address]["downtime"] == 0
+
+
+KEEPALIVE_CONF = """
+load_module worker_events; load_module upstreams;
+http {
+    worker_events_zone bus;
+    upstream backend { zone backend 256k; server {backend}; keepalive 4; }
+    server {
+        listen 127.0.0.1:{port};
+        location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
+        location /api { api; }
+        location /rw { api write=on; }
+    }
+}
+"""
+
+
+def test_keepalive_counts_the_idle_connections_of_every_live_worker(ngxsim_server, ngxsim_backend):
+    """NGINX Plus's upstream ``keepalive``: the idle connections kept to its peers, every worker's."""
+    be = ngxsim_backend(name="be")
+    server = ngxsim_server(KEEPALIVE_CONF, workers=3, ready_path="/api/", placeholders={"backend": be.address})
+    assert server.get("/api/8/http/upstreams/backend").json()["keepalive"] == 0
+    server.each_worker("/x")  # one request at a time in each worker: each keeps the one connection it used
+    wait_for(lambda: server.get("/api/8/http/upstreams/backend").json()["keepalive"] == 3, 10,
+             what="3 idle connections, one per worker")
+    assert be.connections == 3
+    server.kill_worker(path="/x")  # its kept connection dies with it; its replacement keeps one of its own
+    wait_for(lambda: server.get("/api/8/http/upstreams/backend").json()["keepalive"] == 3, 10,
+             what="3 idle connections of the live workers")
+
+
+def test_a_peer_removed_while_a_request_to_it_runs_is_a_zombie_until_it_ends(ngxsim_server, ngxsim_backend):
+    be = ngxsim_backend(name="be")
+    release = threading.Event()
+    be.respond("/slow", body=lambda r: "late" if release.wait(20) else "never released")
+    server = ngxsim_server(KEEPALIVE_CONF, workers=2, ready_path="/api/", placeholders={"backend": be.address})
+    upstream = "/api/8/http/upstreams/backend"
+    assert server.get(upstream).json()["zombies"] == 0
+    answers = []
+    slow = threading.Thread(target=lambda: answers.append(server.get("/slow", timeout=30)))
+    slow.start()
+    try:
+        be.wait_hits(1, path="/slow")
+        (peer,) = server.get(upstream).json()["peers"]
+        assert peer["active"] == 1
+        assert server.request("DELETE", f"/rw/8/http/upstreams/backend/servers/{peer['id']}").status_code == 200
+        gone = server.get(upstream).json()
+        assert gone["peers"] == [] and gone["zombies"] == 1
+        # a peer added meanwhile does not take the zombie's slot (it would inherit its request)
+        added = server.request("POST", "/rw/8/http/upstreams/backend/servers", json={"server": be.address})
+        assert added.status_code == 201 and added.json()["active"] == 0
+        now = server.get(upstream).json()
+        assert now["zombies"] == 1 and [p["active"] for p in now["peers"]] == [0]
+    finally:
+        release.set()
+        slow.join(30)
+    assert answers[0].text == "late"
+    wait_for(lambda: server.get(upstream).json()["zombies"] == 0, 10, what="the zombie to go")
+
+
 @pytest.mark.ngxsim_modes()
 def test_stub_status_counts_every_workers_connections(ngxsim_server, ngxsim_backend):
     a = ngxsim_backend(name="a")
@@ -142,6 +236,64 @@ def test_stub_status_counts_every_workers_connections(ngxsim_server, ngxsim_back
     assert after["active"] == after["reading"] + after["writing"] + after["waiting"]
     api = server.get("/api/8/connections").json()
     assert api["accepted"] == after["accepts"] + 1 and api["active"] >= 1
+
+
+NGINX_CONF = """
+load_module worker_events;
+http {
+    worker_events_zone bus;
+    server {
+        listen 127.0.0.1:{port};
+        location /api { api; }
+        location = /ev { worker_events_api; worker_events_channel ops; }
+    }
+}
+"""
+
+
+def _nginx_of_every_worker(server) -> dict[int, dict]:
+    return {pid: r.json() for pid, r in server.each_worker("/api/8/nginx").items()}
+
+
+def _epoch(iso: str) -> float:
+    return calendar.timegm(time.strptime(iso[:19], "%Y-%m-%dT%H:%M:%S")) + int(iso[20:23]) / 1000
+
+
+def test_generation_counts_accepted_reloads_in_every_worker_a_respawned_one_too(ngxsim_server):
+    """NGINX Plus's ``generation`` counts the reloads and ``load_timestamp`` is the last one's
+    time; a rejected reload keeps both. The master decides them: every worker reports the same,
+    a worker respawned after the reload too."""
+    before_start = time.time()
+    server = ngxsim_server(NGINX_CONF, mode="ngxsim", workers=3, ready_path="/api/")
+    first = _nginx_of_every_worker(server)
+    assert len(first) == 3 and {(n["generation"], n["load_timestamp"], n["ppid"]) for n in first.values()} == \
+        {(1, first[min(first)]["load_timestamp"], server.master)}
+    assert {pid: n["pid"] for pid, n in first.items()} == {pid: pid for pid in first}
+    loaded = _epoch(first[min(first)]["load_timestamp"])
+    assert before_start - 0.001 <= loaded <= time.time()
+
+    good = server.conf.read_text()
+    hup = time.time()
+    new = server.reload(good.replace("location /api { api; }", "location /api { api; }  # reloaded"))
+    accepted = time.time()
+    second = _nginx_of_every_worker(server)
+    assert sorted(second) == new
+    stamps = {n["load_timestamp"] for n in second.values()}
+    assert {n["generation"] for n in second.values()} == {2} and len(stamps) == 1
+    reloaded = _epoch(stamps.pop())
+    assert hup - 0.001 <= reloaded <= accepted and reloaded > loaded
+
+    with pytest.raises(ReloadRejected, match=r'unknown directive "bogus"'):
+        server.reload(good.replace("location /api { api; }", "location /api { api; bogus; }"))
+    assert server.worker_pids() == new  # the old workers serve on, with the old generation
+    assert _nginx_of_every_worker(server) == {pid: {**n, "timestamp": ANY} for pid, n in second.items()}
+
+    assert server.get("/api/8/processes").json() == {"respawned": 0}
+    replacement = server.kill_worker(new[0])
+    third = _nginx_of_every_worker(server)
+    assert replacement in third and {(n["generation"], _epoch(n["load_timestamp"])) for n in third.values()} == \
+        {(2, reloaded)}
+    assert server.get("/api/8/processes").json() == {"respawned": 1}
 
 
 # -- read by the real Prometheus exporter -----------------------------------------------------------

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..instance import WORKER
 from ..modules import call_impl
 from ..workers import WORKERS_ZONE, WorkerTable
 from .jsonapi import ApiError, read_json
@@ -201,16 +202,19 @@ def _nginx(req: ApiRequest) -> dict:
     from ... import __version__  # the package imports this module: read its version when asked
 
     runtime = req.runtime
-    # the running configuration was loaded when its oldest live worker started
-    started = [w.started_msec for w in worker_table(runtime).workers() if w.alive]
-    loaded = min(started) / 1000 if started else time.time()
+    loaded = runtime.loaded_at
+    if runtime.instance.role == WORKER:
+        # plain gunicorn: each worker loaded the configuration itself; the instance's oldest
+        # live worker says when the running one was (gunicorn's master knows no generation)
+        started = [w.started_msec for w in worker_table(runtime).workers() if w.alive]
+        loaded = min(started) / 1000 if started else loaded
     return {"version": __version__, "build": f"ngxsim {__version__}", "address": req.ctx.local_addr[0],
-            "generation": 1, "load_timestamp": iso_time(loaded), "timestamp": iso_time(time.time()),
+            "generation": runtime.generation, "load_timestamp": iso_time(loaded), "timestamp": iso_time(time.time()),
             "pid": os.getpid(), "ppid": runtime.instance.pid}
 
 
 def _processes(req: ApiRequest) -> dict:
-    return {"respawned": sum(1 for w in worker_table(req.runtime).workers() if not w.alive)}
+    return {"respawned": worker_table(req.runtime).died()}
 
 
 def _connections(req: ApiRequest) -> dict:
