@@ -22,7 +22,7 @@ from .core.events import Event, Gap, Subscription, http_event_zone
 from .core.http.logs import LEVELS as LOG_LEVELS
 from .core.http.api import ApiAnswer, ApiRequest, ApiSection, iso_time
 from .core.http.background import BackgroundWork, run_in_background, run_subrequest, subrequest
-from .core.http.connection import ClientGone, ResponseCut, client_gone, cut_connection, wait_readable
+from .core.http.connection import ClientGone, ResponseCut, client_closed, client_gone, cut_connection, wait_readable
 from .core.http.jsonapi import (
     ApiError, Methods, check_key, query_int, query_seconds, query_str, read_body, read_json, register_secret_arg,
     request_body, wants_html,
@@ -49,7 +49,7 @@ __all__ = [
     "ARGS", "FLAG", "HTTP", "LOCATION", "MAIN", "MAX_ZONE_SIZE", "NUMBER", "SERVER", "SIZE", "STRING", "TIME",
     "ZONE_HEADER_SIZE", "Wait", "Zone", "prompt_wakeups", "call_impl", "tracing", "ApiError", "ConfigError", "Directive", "Event", "Gap", "LivenessWatch", "Methods",
     "OutOfRange", "Regex", "Subscription", "Template", "Unsupported", "Variable", "check_key", "compact_json",
-    "ClientGone", "ResponseCut", "client_gone", "cut_connection", "wait_readable",
+    "ClientGone", "ResponseCut", "client_closed", "client_gone", "cut_connection", "wait_readable",
     "as_http09", "error_context", "error_page", "format_age",
     "hookimpl",
     "hookspec", "http_event_zone", "json_error", "json_response", "keep_status_line", "checked_headers", "parse_number",

@@ -18,6 +18,7 @@ are the body, to the close.
 
 from __future__ import annotations
 
+import errno
 import io
 import re
 import select
@@ -26,11 +27,14 @@ import struct
 import threading
 import time
 from collections import deque
+from typing import Callable
 from http.client import CONTINUE, BadStatusLine, HTTPException, LineTooLong, RemoteDisconnected, UnknownProtocol
 from http.client import HTTPResponse as ClientResponse
 
 from urllib3 import HTTPHeaderDict, HTTPResponse
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+
+from ngxsim import ClientGone
 
 
 class Link:
@@ -43,26 +47,26 @@ class Link:
         self.requests = 0
         self.born = time.monotonic()
         self.idle_since = 0.0
-        self.kernel_timeout = 0.0  # the socket's SO_RCVTIMEO/SO_SNDTIMEO while it is blocking (exchange)
+        # (SO_SNDTIMEO, SO_RCVTIMEO or None: the same) while the socket is blocking (exchange)
+        self.kernel_timeout: tuple[float, float | None] | None = None
         self.poller = None  # made on the first readable() check of a kept connection
 
-    def use_kernel_timeout(self, timeout: float) -> None:
-        """Blocking calls bounded by the kernel (``SO_RCVTIMEO``, ``SO_SNDTIMEO``): CPython's own
-        timeout polls the socket before every send and recv, a system call each; a timed-out
-        call then fails with EAGAIN (``exchange`` says ``TimeoutError``, as CPython would)."""
+    def use_kernel_timeout(self, timeout: float, recv: float | None = None) -> None:
+        """Blocking calls bounded by the kernel (``SO_SNDTIMEO`` ``timeout``, ``SO_RCVTIMEO``
+        ``recv``, else ``timeout`` too): CPython's own timeout polls the socket before every send
+        and recv, a system call each; a timed-out call then fails with EAGAIN (``exchange`` says
+        ``TimeoutError``, as CPython would)."""
         sock = self.sock
         sock.setblocking(True)
-        usec = max(1, round(timeout * 1e6))  # 0 would be no timeout at all
-        when = _TIMEVAL.pack(usec // 1000000, usec % 1000000)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, when)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, when)
-        self.kernel_timeout = timeout
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(timeout))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(timeout if recv is None else recv))
+        self.kernel_timeout = (timeout, recv)
 
     def use_python_timeout(self, timeout: float) -> None:
         """CPython's timeout (a non-blocking socket): what http.client's reader and the body's
         waits expect (a blocking socket's EAGAIN would read as "no data yet" there)."""
         self.sock.settimeout(timeout)
-        self.kernel_timeout = 0.0
+        self.kernel_timeout = None
 
     def close(self) -> None:
         try:
@@ -84,30 +88,53 @@ def connect(host: str, port: int, timeout: float) -> Link:
     return Link(sock, host, port)
 
 
-def exchange(link: Link, head: bytes, body: bytes, method: str, read_timeout: float) -> HTTPResponse | Whole:
+# while an answer's head is awaited, how often ``exchange`` looks whether the client has gone
+WATCH = 1.0
+
+
+def exchange(link: Link, head: bytes, body: bytes, method: str, read_timeout: float,
+             gone: Callable[[], bool] | None = None) -> HTTPResponse | Whole:
     """Send the request (head and body in one write) and read the answer: a ``Whole`` when the
     first read holds all of a plain answer (``whole``), else its status line and header as a
     urllib3 response, the body left to read (the first read's bytes, or its error, come first).
     The send and the first read are blocking calls bounded by the kernel (``Link.use_kernel_timeout``);
-    what reads on does so with CPython's timeout."""
+    what reads on does so with CPython's timeout.
+
+    ``gone``: whether the client has left. While nothing of the answer came, it is asked every
+    WATCH seconds (the first read waits that long at a time, no poll on the way of an answer that
+    comes sooner): a client that left ends the wait with ``ClientGone``, as nginx drops the
+    upstream request of a client that closed its connection."""
     link.requests += 1
     sock = link.sock
-    if link.kernel_timeout != read_timeout:
-        link.use_kernel_timeout(read_timeout)
+    watch = WATCH if gone is not None and read_timeout > WATCH else None
+    if link.kernel_timeout != (read_timeout, watch):
+        link.use_kernel_timeout(read_timeout, watch)
     try:
         sock.sendall(head + body if body else head)
     except BlockingIOError as exc:  # SO_SNDTIMEO passed: what CPython's own timeout raises
         raise TimeoutError("timed out") from exc
-    try:
-        first: bytes | OSError = sock.recv(READ_SIZE)
-    except BlockingIOError:  # SO_RCVTIMEO passed: raised where http.client would have met it
-        first = TimeoutError("timed out")
-    except OSError as exc:  # (at its first read)
-        first = exc
-    else:
-        answer = whole(first, method)
-        if answer is not None:
-            return answer
+    deadline = None
+    while True:
+        try:
+            first: bytes | OSError = sock.recv(READ_SIZE)
+        except BlockingIOError:  # SO_RCVTIMEO passed: raised where http.client would have met it
+            if watch is not None:
+                now = time.monotonic()
+                deadline = deadline or now - watch + read_timeout
+                if gone():
+                    raise ClientGone(errno.ECONNABORTED, "the client closed the connection") from None
+                if now < deadline:
+                    if deadline - now < watch:  # the last slice: up to proxy_read_timeout exactly
+                        link.use_kernel_timeout(read_timeout, deadline - now)
+                    continue
+            first = TimeoutError("timed out")
+        except OSError as exc:  # (at its first read)
+            first = exc
+        else:
+            answer = whole(first, method)
+            if answer is not None:
+                return answer
+        break
     link.use_python_timeout(read_timeout)
     raw = Answer(_Prefetched(sock, first), method=method)
     raw.begin()
@@ -117,6 +144,11 @@ def exchange(link: Link, head: bytes, body: bytes, method: str, read_timeout: fl
 
 
 _TIMEVAL = struct.Struct("@ll")  # struct timeval: seconds, microseconds
+
+
+def _timeval(seconds: float) -> bytes:
+    usec = max(1, round(seconds * 1e6))  # 0 would be no timeout at all
+    return _TIMEVAL.pack(usec // 1000000, usec % 1000000)
 HTTP_09 = 9  # an answer's version (http.client's number) when it had no status line
 # nginx's status line (ngx_http_parse_status_line): a whole one (without its LF), and what can
 # begin one when its end has not arrived yet

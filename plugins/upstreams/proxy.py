@@ -27,7 +27,8 @@ from urllib3.exceptions import (
 from werkzeug.wrappers import Response
 
 from ngxsim import (
-    ApiError, ClientGone, ResponseCut, as_http09, checked_headers, client_gone, cut_connection, error_context,
+    ApiError, ClientGone, ResponseCut, as_http09, checked_headers, client_closed, client_gone, cut_connection,
+    error_context,
     error_page, keep_status_line, request_body, wait_readable,
 )
 
@@ -173,10 +174,18 @@ class ProxyHandler:
             sent = False
             link = None
             try:
-                link, resp = self._send(spec, state.links, keepalive, target, method, head, body)
+                link, resp = self._send(ctx, spec, state.links, keepalive, target, method, head, body)
                 invalid = None if resp.__class__ is Whole else _invalid_header(resp)
                 if invalid is not None:
                     raise InvalidHeader(invalid)
+            except ClientGone:  # nginx drops the upstream request of a client that left: 499
+                statuses.append("-")
+                times.append(f"{time.monotonic() - began:.3f}")
+                state.end(spec.upstream, target, failed=False, snapshot=snapshot, sent=sent_bytes)
+                self._record(ctx, addrs, statuses, times)
+                return client_closed(ctx, "epoll_wait() reported that client prematurely closed connection, so "
+                                     f"upstream connection is closed too while {READING_HEADER}",
+                                     f"http://{target.server}{url}")
             except (HTTPError, OSError, InvalidHeader) as exc:
                 if link is not None:
                     link.close()  # what is left of the answer cannot be framed
@@ -225,22 +234,27 @@ class ProxyHandler:
                   error_context(ctx, f"http://{spec.upstream}{self._uri(ctx, spec)}"))
         return error_page(502)
 
-    def _send(self, spec, links: KeptConnections, keepalive, target, method, head, body) -> tuple[Link, object]:
+    def _send(self, ctx, spec, links: KeptConnections, keepalive, target, method, head, body) -> tuple[Link, object]:
         """One try on one peer: a kept connection (``keepalive``) or a new one. A kept one the
         peer closed while it sat idle fails before any answer: that is the cache's race, not the
         peer's failure, so the request goes once more on a new connection (nginx gives a try
-        back for an error on a cached connection)."""
+        back for an error on a cached connection). A client that leaves while the answer is
+        awaited ends the try (``ClientGone``, the connection closed)."""
+        gone = lambda: client_gone(ctx)  # noqa: E731 - asked only while a backend keeps the answer
         link = None
         if keepalive is not None:
             link = links.take(spec.upstream, target.host, target.port, keepalive.keepalive_timeout)
         if link is not None:
             try:
-                return link, exchange(link, head, body, method, self.read_timeout)
+                return link, exchange(link, head, body, method, self.read_timeout, gone)
             except (RemoteDisconnected, ConnectionResetError, BrokenPipeError):
                 link.close()
+            except BaseException:
+                link.close()
+                raise
         link = connect(target.host, target.port, self.connect_timeout)
         try:
-            return link, exchange(link, head, body, method, self.read_timeout)
+            return link, exchange(link, head, body, method, self.read_timeout, gone)
         except BaseException:
             link.close()
             raise

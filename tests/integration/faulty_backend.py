@@ -42,6 +42,7 @@ SCRIPTS: dict[str, tuple[bytes, str]] = {
     "/header-close": (b"HTTP/1.1 200 OK\r\nContent-Ty", "close"),
     "/blank-close": (HEAD, "close"),
     "/trickle": (HEAD + b"Content-Length: 100000\r\n\r\n", "trickle"),
+    "/head-stall": (b"", "stall"),  # nothing of an answer
 }
 TRICKLE_EVERY = 0.3
 

@@ -426,6 +426,30 @@ def test_an_access_log_holds_back_no_streamed_answer(server, backend, baseline):
     assert '"GET /logged/body-stall HTTP/1.1" 200 10 ' in line, line
 
 
+def test_a_client_that_leaves_before_the_answer_began_ends_the_backend_request_with_499(server, backend, baseline):
+    """The backend sends nothing, well inside a 60 s proxy_read_timeout, and the client leaves:
+    the proxy drops the backend request (within its watch interval, 1 s; nginx at once) rather
+    than hold a thread on it until the backend answers, and logs the request as nginx does, 499
+    and nothing sent."""
+    from ngxsim_plugins.upstreams.connections import WATCH
+
+    pid = worker(server)
+    access = server.conf.parent / "access.log"
+    before = access.read_text() if access.exists() else ""
+    log = Log(server)
+    sock = _send(server, "/logged/head-stall")
+    try:
+        wait_for(lambda: backend_connections(pid, backend.port) == 1, 10, what="the request to reach the backend")
+    finally:
+        sock.close()
+    assert WATCH < 10  # settle's bound: the backend itself would stall for 30 s
+    settle(server, backend, baseline, log)
+    wait_for(lambda: access.exists() and access.read_text() != before, 10, what="the access log line")
+    (line,) = access.read_text()[len(before):].splitlines()
+    assert '"GET /logged/head-stall HTTP/1.1" 499 0 ' in line, line
+    assert "Traceback" not in log.new() and log.error_lines() == []
+
+
 def test_no_traceback_anywhere_in_the_server_log(server, backend, baseline):
     """Last: the whole output of the suite's server (gunicorn's log and ngxsim's) has none."""
     output = server.output()

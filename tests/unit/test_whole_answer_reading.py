@@ -6,6 +6,7 @@ streaming read then reads it, from the bytes already received). Over real socket
 from __future__ import annotations
 
 import socket
+import time
 from http.client import RemoteDisconnected
 
 import pytest
@@ -146,6 +147,40 @@ def test_exchange_reports_a_timeout_of_the_first_read_once():
     try:
         with pytest.raises(TimeoutError):
             exchange(link, b"GET / HTTP/1.1\r\n\r\n", b"", "GET", 0.05)
+    finally:
+        link.close()
+        origin.close()
+
+
+def test_exchange_asks_every_watch_whether_the_client_left_and_times_out_at_the_read_timeout(monkeypatch):
+    from ngxsim_plugins.upstreams import connections
+
+    monkeypatch.setattr(connections, "WATCH", 0.1)
+    link, origin = _pair_link()
+    asked = []
+    try:
+        began = time.monotonic()
+        with pytest.raises(TimeoutError):  # the origin never answers: proxy_read_timeout, not the first watch
+            exchange(link, b"GET / HTTP/1.1\r\n\r\n", b"", "GET", 0.35, lambda: asked.append(1) and False)
+        # asked at each watch (0.1, 0.2, 0.3 s) and as the wait ends; the timeout is the read's, not a watch's
+        assert len(asked) >= 3 and time.monotonic() - began >= 0.3, (len(asked), time.monotonic() - began)
+    finally:
+        link.close()
+        origin.close()
+
+
+def test_exchange_ends_with_client_gone_when_the_client_left_meanwhile(monkeypatch):
+    from ngxsim import ClientGone
+    from ngxsim_plugins.upstreams import connections
+
+    monkeypatch.setattr(connections, "WATCH", 0.05)
+    link, origin = _pair_link()
+    asked = []
+    try:
+        with pytest.raises(ClientGone):
+            exchange(link, b"GET / HTTP/1.1\r\n\r\n", b"", "GET", 60, lambda: asked.append(1) or len(asked) == 2)
+        assert len(asked) == 2
+        origin.sendall(OK)  # what comes after is another exchange's: the link is closed by the caller
     finally:
         link.close()
         origin.close()

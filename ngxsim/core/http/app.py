@@ -20,11 +20,11 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from ..instance import MasterGone
-from .connection import client_gone, cut_connection
+from .connection import client_closed, client_gone, cut_connection
 from .context import HTTP09, RequestContext
 from .core_module import AddHeader, Return
 from .jsonapi import ApiError
-from .logs import AccessLog, error_context, log
+from .logs import AccessLog, log
 from .phases import ACCESS_PHASES, CONTENT, LOG, SERVER_REWRITE
 from .regex import to_bytes
 from .responses import NginxResponse, error_page, first_header, json_error, pad_error_page, set_status_line
@@ -39,7 +39,6 @@ if TYPE_CHECKING:  # pragma: no cover
 _ADD_HEADER_CODES = frozenset((200, 201, 204, 206, 301, 302, 303, 304, 307, 308))
 _REDIRECTS = frozenset((301, 302, 303, 307, 308))
 CLOSE = 444  # nginx's code for "close the connection without an answer"
-CLIENT_CLOSED = 499  # nginx's NGX_HTTP_CLIENT_CLOSED_REQUEST: the client left before the answer
 # nginx's types when a config has no types { } of its own
 DEFAULT_TYPES = {"html": "text/html", "gif": "image/gif", "jpg": "image/jpeg"}
 
@@ -166,7 +165,7 @@ class HttpCore:
             while isinstance(result, Wait):
                 yield result
                 if client_gone(ctx):  # it hung up meanwhile: nginx's ngx_http_test_reading
-                    return _client_closed(ctx)
+                    return client_closed(ctx)
                 then = result.then
                 result = self._guard(ctx, lambda: then(ctx)) if then is not None else None
             if result is not None:
@@ -284,16 +283,6 @@ class HttpCore:
                         response.headers.add(h.name, _header_value(value))
         for header_filter in plan.filters:
             header_filter(ctx, response)
-
-
-def _client_closed(ctx: RequestContext) -> Response:
-    """A request whose client closed the connection while it waited (a ``Delay``, a ``Park``):
-    nginx finalizes it with 499 — nothing more of it runs, no answer is sent (the connection is
-    cut), the access log and the log phase see 499."""
-    log.info("client prematurely closed connection%s", error_context(ctx))
-    response = error_page(CLIENT_CLOSED)
-    response.ngxsim_close = True  # _finish ends the connection: nothing is written to it
-    return response
 
 
 def _answer_http09(environ: dict, response: Response) -> None:

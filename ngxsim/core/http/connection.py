@@ -103,6 +103,24 @@ def client_gone(ctx) -> bool:
         return True
 
 
+CLIENT_CLOSED = 499  # nginx's NGX_HTTP_CLIENT_CLOSED_REQUEST: the client left before its answer
+
+
+def client_closed(ctx, why: str = "client prematurely closed connection", upstream: str | None = None):
+    """nginx's end of a request whose client closed its connection before the answer (it left
+    during a wait, or while a backend was still to answer): ``why`` in the error log at ``info``
+    (with the request's context, and ``upstream`` as ``error_context`` takes it), nothing written
+    to the connection, which is ended, and 499 in the access log and the log phase. Return it as
+    the handler's answer."""
+    from .logs import error_context, log
+    from .responses import error_page
+
+    log.info("%s%s", why, error_context(ctx, upstream))
+    response = error_page(CLIENT_CLOSED)
+    response.ngxsim_close = True  # the core ends the connection: nothing is written to it
+    return response
+
+
 def cut_connection(ctx) -> None:
     """End the client's connection now (both directions): what was written still reaches the
     client, nothing more does. nginx's ``return 444``, and the end of an answer whose body failed
