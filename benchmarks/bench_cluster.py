@@ -23,8 +23,10 @@ Streams or NATS JetStream (one ``nats-server -js`` node).
    if they were the other hosts they stand for (in production they do not share A's cores; at
    nice 19 they get only what A's processes leave). The two are printed side by side, modes
    alternated round by round; the plain one is the measure, the other shows what of the loss
-   is the other hosts' work on this 2-core box and what is A's own relay (``--plain-only``
-   skips the second).
+   is the other hosts' work on this 2-core box and what is A's own relay. A third mode pins
+   A's processes to one half of the CPUs and B's, C's and the engine's to the other (their work
+   cannot spill onto A's core at all; A's relay still shares A's core and GIL with the request,
+   which is what the goal is about). ``--plain-only`` skips both.
 
 Redis runs with ``appendfsync everysec`` (the usual production setting; the tests use
 ``always``); NATS with JetStream file storage (its default sync). Each engine's floor is one hop
@@ -238,7 +240,8 @@ def instance_cpu(server) -> int:
 
 
 CHANNELS = (("unbridged", "local.bench"), ("bridged", "bench"))
-PLAIN, NICED = "plain", "B, C, engine at nice 19"
+PLAIN, NICED, PINNED = "plain", "B, C, engine at nice 19", "B, C, engine on the other core"
+CPUS = sorted(os.sched_getaffinity(0))
 
 
 def renice(pids, value: int) -> None:
@@ -252,15 +255,41 @@ def renice(pids, value: int) -> None:
                 pass  # a thread that ended meanwhile
 
 
+def pin(pids, cpus) -> None:
+    """Every thread of ``pids`` (affinity is per thread; threads made later inherit it) to ``cpus``."""
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                os.sched_setaffinity(int(task.name), cpus)
+            except (ProcessLookupError, FileNotFoundError):
+                pass
+
+
+def place(servers: dict, engine, mode: str) -> None:
+    """The mode's placement: at nice 19 (NICED) or on the other half of the CPUs (PINNED, A's
+    processes on the first half: A's relay still shares A's cores, as on a host of its own) the
+    processes standing for the other hosts; else every process as it was."""
+    renice(other_hosts(servers, engine), 19 if mode == NICED else 0)
+    half = max(1, len(CPUS) // 2)
+    a = servers["A"]
+    own = [a.master, *a.worker_pids()]
+    if mode == PINNED and len(CPUS) > 1:
+        pin(own, CPUS[:half])
+        pin(other_hosts(servers, engine), CPUS[half:])
+    else:
+        pin(own + other_hosts(servers, engine), CPUS)
+
+
 def other_hosts(servers: dict, engine) -> list[int]:
     """The processes standing for other hosts: B's and C's masters and workers, and the engine."""
     return [engine.proc.pid] + [pid for name, server in servers.items() if name != "A"
                                 for pid in (server.master, *server.worker_pids())]
 
 
-def publish_cost(servers: dict, rounds: int, engine, modes=(PLAIN, NICED), n: int = 5000) -> list[dict]:
+def publish_cost(servers: dict, rounds: int, engine, modes=(PLAIN, NICED, PINNED), n: int = 5000) -> list[dict]:
     """``rounds`` rounds of one burst of ``n`` publishes on each channel in a request of A, in
-    each of ``modes`` (the other hosts' processes at A's priority, or at nice 19), the modes'
+    each of ``modes`` (the other hosts' processes at A's priority, at nice 19, or on the other
+    core), the modes'
     and the channels' order alternated round by round; before each burst every relay is idle
     (the previous bridged burst relayed in by B and C). Each burst: events/s in the request,
     its thread's CPU per publish, whether it ran in the worker that runs A's relay, and the CPU
@@ -273,7 +302,7 @@ def publish_cost(servers: dict, rounds: int, engine, modes=(PLAIN, NICED), n: in
     try:
         for i in range(rounds):
             for mode in (modes if i % 2 == 0 else modes[::-1]):
-                renice(other_hosts(servers, engine), 19 if mode == NICED else 0)
+                place(servers, engine, mode)
                 for label, channel in (CHANNELS if i % 2 == 0 else CHANNELS[::-1]):
                     targets = [view(o)["relayed_in"] + n for o in others] if label == "bridged" else None
                     cpu_a, cpu_o = instance_cpu(a), sum(instance_cpu(o) for o in others)
@@ -293,7 +322,7 @@ def publish_cost(servers: dict, rounds: int, engine, modes=(PLAIN, NICED), n: in
                                 "a_cpu": (instance_cpu(a) - cpu_a) / n / 1e3,
                                 "others_cpu": (sum(instance_cpu(o) for o in others) - cpu_o) / n / 1e3})
     finally:
-        renice(other_hosts(servers, engine), 0)
+        place(servers, engine, PLAIN)
     return out
 
 
@@ -326,7 +355,7 @@ def run_engine(kind: str, folder: Path, args) -> dict:
         servers = start_cluster(folder / f"run-{kind}", engine, f"{kind}{os.getpid()}")
         same, cross = delivery(folder / f"run-{kind}", servers, args.samples)
         hop, reader_cpu = engine_hop(engine.url, args.samples)
-        cost = publish_cost(servers, args.rounds, engine, modes=(PLAIN,) if args.plain_only else (PLAIN, NICED))
+        cost = publish_cost(servers, args.rounds, engine, modes=(PLAIN,) if args.plain_only else (PLAIN, NICED, PINNED))
     finally:
         for server in servers.values():
             server.stop()
@@ -346,7 +375,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--plain-only", action="store_true",
-                        help="publish cost: only the plain measure, not also with B, C and the engine at nice 19")
+                        help="publish cost: only the plain measure, not also with B, C and the engine at nice 19 "
+                             "and on the other core")
     parser.add_argument("--fanout", default="2,10,25", help="cluster sizes of the fan-out table ('' skips it)")
     parser.add_argument("--fanout-samples", type=int, default=200)
     args = parser.parse_args()
@@ -389,7 +419,9 @@ def main() -> None:
                     "channel and mode (orders alternated), medians; the request lands in either of A's 2 workers, one "
                     f"of which runs the relay. Mode \"{PLAIN}\": every process at one priority (the measure); "
                     f"\"{NICED}\": the processes standing for the other hosts get only what A leaves of this box's "
-                    "2 cores (as on hosts of their own: not a measure of this box, shown beside the plain one)",
+                    f"2 cores; \"{PINNED}\": A's processes on one core, B's, C's and the engine's on the other (as "
+                    "on hosts of their own; A's relay still shares A's core with its requests): not measures of "
+                    "this box, shown beside the plain one",
                     ["engine", "mode", "channel", "bursts", "events/s", "in relay's worker", "in the other",
                      "beside it there, CPU ms", "request CPU µs/ev", "A's workers CPU µs/ev", "B+C CPU µs/ev"], rows))
         print("(\"beside it there\": the CPU of the relay's worker's other threads, its relay's and its dispatcher's, "
