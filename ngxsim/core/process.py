@@ -291,8 +291,8 @@ class Runtime:
     def background_stop_wait(self) -> float:
         """How long the exiting worker waits for its background work: what is left of its
         ``graceful_timeout`` since it was told to stop (ngxsim's worker classes say when; under
-        gunicorn's own classes it counts from now), less STOP_MARGIN so that what it abandons is named before the master kills it;
-        ``STOP_WAIT`` outside gunicorn."""
+        gunicorn's own classes it counts from now), less STOP_MARGIN so that what it abandons is
+        named before the master kills it; ``STOP_WAIT`` outside gunicorn."""
         if self.graceful_timeout is None:
             return STOP_WAIT
         began = self._stop_began if self._stop_began is not None else time.monotonic()

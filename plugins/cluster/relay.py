@@ -132,7 +132,6 @@ class Relay:
             }
         self.view.write(doc)
 
-
     def _connected_engine(self, direction: str):
         """An engine connected, or None when told to stop; retries with backoff and jitter. The
         backoff grows with each connect that is not followed by a successful read or append
@@ -159,6 +158,13 @@ class Relay:
                     engine.close()
                 self._link(direction, False, str(exc))
         return None
+
+    def _reconnect(self, engine, direction: str, exc: EngineError):
+        """``engine`` failed with ``exc``: closed, said in the view, and connected again (None
+        when told to stop)."""
+        engine.close()
+        self._link(direction, False, str(exc))
+        return self._connected_engine(direction)
 
     # -- the service ----------------------------------------------------------------------------
 
@@ -249,17 +255,13 @@ class Relay:
                         self._check_acked(engine, birth)
                         checked = True
                     except EngineError as exc:
-                        engine.close()
-                        self._link("out", False, str(exc))
-                        engine = self._connected_engine("out")
+                        engine = self._reconnect(engine, "out", exc)
                         continue
                 if we.wait_for_events(rt, zone, st.relayed, BLOCK) <= st.relayed:
                     try:  # idle: did the engine reconnect by itself meanwhile? then check at once
                         checked = engine.epoch() == self._checked_epoch
                     except EngineError as exc:
-                        engine.close()
-                        self._link("out", False, str(exc))
-                        engine = self._connected_engine("out")
+                        engine = self._reconnect(engine, "out", exc)
                         checked = False
                     if not checked:
                         continue
@@ -289,9 +291,7 @@ class Relay:
                         checked = False
                         continue
                     except EngineError as exc:
-                        engine.close()
-                        self._link("out", False, str(exc))
-                        engine = self._connected_engine("out")
+                        engine = self._reconnect(engine, "out", exc)
                         checked = False
                         continue  # the same events again (the others' watermarks drop repeats)
                     self._acked.extend(zip(positions, (r.origin_generation - birth for r in records), records))
@@ -394,9 +394,7 @@ class Relay:
                     if st.cursor is None:
                         break  # (an engine that broke the contract: read(None) in the loop below)
                 except EngineError as exc:
-                    engine.close()
-                    self._link("in", False, str(exc))
-                    engine = self._connected_engine("in")
+                    engine = self._reconnect(engine, "in", exc)
             while engine is not None and not self._stopping():
                 try:
                     cpu, before = self._cpu(engine), st.cursor
@@ -413,9 +411,7 @@ class Relay:
                     else:
                         self._keep(idle=True)
                 except EngineError as exc:
-                    engine.close()
-                    self._link("in", False, str(exc))
-                    engine = self._connected_engine("in")
+                    engine = self._reconnect(engine, "in", exc)
         finally:
             if engine is not None:
                 engine.close()

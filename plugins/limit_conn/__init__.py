@@ -111,24 +111,28 @@ def _count_in(limit: int):
         if sum(holders.values()) + overflow >= limit:
             # at the limit: a dead worker's requests are not in progress any more (nginx would
             # keep counting them until the zone is recreated); drop them and look again
-            dead = [owner for owner in holders if owner != me and not _alive(owner)]
-            if not dead:
+            if not _forget_dead(holders, me):
                 return old, None
-            for owner in dead:
-                del holders[owner]
             if sum(holders.values()) + overflow >= limit:
                 return _pack(overflow, holders), None
         if me in holders or len(holders) < HOLDERS:
             holders[me] = holders.get(me, 0) + 1
             return _pack(overflow, holders), me
-        for owner in [owner for owner in holders if not _alive(owner)]:
-            del holders[owner]
+        _forget_dead(holders, me)
         if len(holders) < HOLDERS:
             holders[me] = 1
             return _pack(overflow, holders), me
         return _pack(overflow + 1, holders), OVERFLOW  # more live holders than a record has room for
 
     return change
+
+
+def _forget_dead(holders: dict[tuple[int, int], int], me: tuple[int, int]) -> bool:
+    """Drop the holders (but ``me``) that are no longer running; whether there were any."""
+    dead = [owner for owner in holders if owner != me and not _alive(owner)]
+    for owner in dead:
+        del holders[owner]
+    return bool(dead)
 
 
 def _count_out(where):

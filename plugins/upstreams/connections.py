@@ -27,9 +27,9 @@ import struct
 import threading
 import time
 from collections import deque
-from typing import Callable
 from http.client import CONTINUE, BadStatusLine, HTTPException, LineTooLong, RemoteDisconnected, UnknownProtocol
 from http.client import HTTPResponse as ClientResponse
+from typing import Callable
 
 from urllib3 import HTTPHeaderDict, HTTPResponse
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
@@ -149,6 +149,8 @@ _TIMEVAL = struct.Struct("@ll")  # struct timeval: seconds, microseconds
 def _timeval(seconds: float) -> bytes:
     usec = max(1, round(seconds * 1e6))  # 0 would be no timeout at all
     return _TIMEVAL.pack(usec // 1000000, usec % 1000000)
+
+
 HTTP_09 = 9  # an answer's version (http.client's number) when it had no status line
 # nginx's status line (ngx_http_parse_status_line): a whole one (without its LF), and what can
 # begin one when its end has not arrived yet

@@ -231,7 +231,7 @@ class UpstreamZone:
         self.buf[at:at + SLOT_SIZE] = bytes(SLOT_SIZE)
         _SLOT.pack_into(self.buf, at, 0 if peer_id is None else _held(peer_id), 0, 0, 0, 0, health, 0, 0, 0, 0, 0.0, 0.0)
         if health == HEALTH_CHECKING:
-            _F64.pack_into(self.buf, at + _STATS_AT + 8 * _DOWN_SINCE, time.time())
+            _F64.pack_into(self.buf, at + _DOWN_AT, time.time())  # down since
 
     def stats(self, slot: int) -> PeerStats:
         v = _STATS.unpack_from(self.buf, self._slot_at(slot) + _STATS_AT)
@@ -269,7 +269,7 @@ class UpstreamZone:
         return _U32.unpack_from(self.buf, at + _FAILS_AT)[0], _F64.unpack_from(self.buf, at + _ACCESSED_AT + 8)[0]
 
     def health(self, slot: int) -> int:
-        return self.buf[self._slot_at(slot) + 28]
+        return self.buf[self._slot_at(slot) + _HEALTH_AT]
 
     def set_health(self, slot: int, peer_id: int, health: int, fails: int, passes: int, now: float = 0.0) -> bool:
         """Record what healthchecks reports after one probe (``fails``: consecutive failed
@@ -336,7 +336,7 @@ class UpstreamZone:
         """Under the zone lock: the slot at ``at`` is unavail from ``wall`` for ``fail_timeout``
         (None: its failures were just reset, the window ends now) — counted into its downtime."""
         wall = time.time() if wall is None else wall
-        health = self.buf[at + 28]
+        health = self.buf[at + _HEALTH_AT]
         values = list(_STATS.unpack_from(self.buf, at + _STATS_AT))
         if fail_timeout is not None:
             _unavail(values, health, wall, wall + fail_timeout)

@@ -25,6 +25,9 @@ import select
 import socket
 import time
 
+from .logs import error_context, log
+from .responses import error_page
+
 
 class ResponseCut(ConnectionResetError):
     """Raised from a response body (after :func:`cut_connection`) that cannot go on: the server
@@ -112,9 +115,6 @@ def client_closed(ctx, why: str = "client prematurely closed connection", upstre
     (with the request's context, and ``upstream`` as ``error_context`` takes it), nothing written
     to the connection, which is ended, and 499 in the access log and the log phase. Return it as
     the handler's answer."""
-    from .logs import error_context, log
-    from .responses import error_page
-
     log.info("%s%s", why, error_context(ctx, upstream))
     response = error_page(CLIENT_CLOSED)
     response.ngxsim_close = True  # the core ends the connection: nothing is written to it
