@@ -148,3 +148,31 @@ def test_a_command_line_directive_is_checked_before_the_files_syntax(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_configuration(str(main), params="worker_processes x;")
     assert str(err.value) == '"worker_processes" directive invalid value in command line'
+
+
+def test_a_configuration_loads_again_from_what_its_first_load_read_not_from_the_disk(tmp_path):
+    # a service's own process (core/helper.py) serves the configuration its worker loaded, even
+    # when the files changed since: every file's text and every include glob's matches are kept
+    from ngxsim.core.conf.loader import load_again
+
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "conf.d" / "a.conf").write_text("listen 127.0.0.1:8001;\n")
+    (tmp_path / "main.conf").write_text("worker_processes 3;\nhttp {\n  server {\n    include conf.d/*.conf;\n  }\n}\n")
+    config = load_configuration(str(tmp_path / "main.conf"), params="error_log stderr notice;")
+    (tmp_path / "conf.d" / "a.conf").write_text("listen 127.0.0.1:9001;\n")
+    (tmp_path / "conf.d" / "b.conf").write_text("listen 127.0.0.1:9002;\n")  # the glob matches more now
+    (tmp_path / "main.conf").write_text("worker_processes 5;\n")
+    again = load_again(config.source)
+    assert again.worker_processes == 3
+    assert [listen.bind for listen in again.stash["core.http"].listens] == ["127.0.0.1:8001"]
+    assert again.main["error_log"] == config.main["error_log"]  # the -g directives too
+    fresh = load_configuration(str(tmp_path / "main.conf"))
+    assert fresh.worker_processes == 5  # (a load of its own reads the disk)
+
+
+def test_an_embedded_configuration_loads_again_from_its_text():
+    from ngxsim.core.conf.loader import load_again
+
+    config = load_configuration("<embedded>", text="worker_processes 4;\n", params="worker_processes 2;",
+                                params_replace=True)
+    assert load_again(config.source).worker_processes == config.worker_processes == 2

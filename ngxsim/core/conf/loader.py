@@ -21,7 +21,7 @@ from ..http.variables import VariableTable, module_variables
 from ..modules import call_impl, check_module, create_plugin_manager, load_module
 from .directive import LOCATION, MAIN, SERVER, Directive, DirectiveTable
 from .errors import ConfigError
-from .parser import Statement, parse_file, parse_text
+from .parser import SOURCES, Sources, Statement, parse_file, parse_text
 from .zones import JobSpecs, ZoneSpecs
 
 
@@ -153,6 +153,9 @@ class Configuration:
     subscriptions: dict[str, "list[Subscription] | None"] = field(default_factory=dict)
     # (zone, module, statement or None) of each config.publishes(...), checked with the subscriptions
     publications: list[tuple[str, str, Statement | None]] = field(default_factory=list)
+    # what the load read (its arguments, every file's text, every include glob's matches):
+    # ``load_again(config.source)`` loads the same configuration in another process
+    source: dict[str, Any] = field(default_factory=dict)
 
     def __repr__(self) -> str:  # short: it is an argument of many hooks, and shows in traces
         return f"<Configuration {self.path}>"
@@ -217,6 +220,30 @@ def load_configuration(path: str | None = None, text: str | None = None, params:
         path = os.path.abspath(path)
     else:
         path = path or "<string>"
+    sources = SOURCES.get()
+    if sources is not None:  # loaded again (load_again): read what the first load read
+        return _load(path, text, params, params_replace, sources)
+    sources = Sources()
+    token = SOURCES.set(sources)
+    try:
+        return _load(path, text, params, params_replace, sources)
+    finally:
+        SOURCES.reset(token)
+
+
+def load_again(source: dict) -> Configuration:
+    """The configuration ``config.source`` describes, loaded anew from what its first load read
+    (files, include globs, ``-g`` directives), not from the disk: what a service's own process
+    serves (``ngxsim/core/helper.py``). Its modules are imported in this process."""
+    sources = Sources(dict(source["files"]), {k: list(v) for k, v in source["globs"].items()}, replay=True)
+    token = SOURCES.set(sources)
+    try:
+        return load_configuration(source["path"], source["text"], source["params"], source["params_replace"])
+    finally:
+        SOURCES.reset(token)
+
+
+def _load(path: str, text: str | None, params: str | None, params_replace: bool, sources: Sources) -> Configuration:
     given = parse_params(params) if params else []
     try:
         tree = _with_params(parse_file(path) if text is None else parse_text(text, path), given, params_replace)
@@ -235,6 +262,8 @@ def load_configuration(path: str | None = None, text: str | None = None, params:
         _merge(main, table)
         config = Configuration(path=path, main=main, table=table, pm=pm, modules=modules, variables=variables,
                                warnings=warnings)
+        config.source = {"path": path, "text": text, "params": params, "params_replace": params_replace,
+                         "files": sources.files, "globs": sources.globs}
         # nginx's order: the core first, then modules in the order of their load_module lines, so
         # a module can rely on what the modules loaded before it declared (e.g. their zones)
         rank = {name: i for i, (name, _) in enumerate(modules)}

@@ -11,6 +11,7 @@ import errno
 import glob
 import os
 import stat
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -20,6 +21,22 @@ from .lexer import Token, tokenize
 MAX_INCLUDE_DEPTH = 32
 # a configuration file larger than this is refused (it is read whole, before any check)
 MAX_FILE_SIZE = 16 * 1024 * 1024
+
+
+@dataclass
+class Sources:
+    """What one load read: each file's text and each ``include`` glob's matches. Recorded by
+    every ``load_configuration``; *replayed* (``replay=True``), the same load reads these
+    instead of the disk, so a process started later (a service's own process, ``helper.py``)
+    loads the very configuration its worker serves, whatever changed on disk since."""
+
+    files: dict[str, str] = field(default_factory=dict)
+    globs: dict[str, list[str]] = field(default_factory=dict)
+    replay: bool = False
+
+
+# the load in progress's Sources (None outside a load)
+SOURCES: ContextVar[Sources | None] = ContextVar("ngxsim_config_sources", default=None)
 
 
 @dataclass
@@ -59,7 +76,16 @@ def parse_file(path: str, _depth: int = 0, _root: str | None = None, _where: Sta
     the folder of the main configuration file (``_root``; the file's own folder for the main
     file), whichever file names it. ``_where`` is the ``include`` that names the file: a file
     that cannot be read is reported at that line."""
-    return parse_text(read_config_file(path, _where), path, _depth, _root)
+    sources = SOURCES.get()
+    if sources is not None and sources.replay:
+        text = sources.files.get(path)
+        if text is None:
+            raise ConfigError(f'"{path}" is not a file of the configuration being loaded again')
+    else:
+        text = read_config_file(path, _where)
+        if sources is not None:
+            sources.files[path] = text
+    return parse_text(text, path, _depth, _root)
 
 
 def read_config_file(path: str, where: Statement | None = None) -> str:
@@ -185,8 +211,14 @@ class _Parser:
             raise stmt.error(f'open() "{shown}" failed ({errno.EINVAL}: {os.strerror(errno.EINVAL)})')
         if not os.path.isabs(pattern):
             pattern = os.path.join(self.root, pattern)
+        sources = SOURCES.get()
         if glob.has_magic(pattern):
-            paths = sorted(glob.glob(pattern))  # nginx: a glob matching nothing is fine
+            if sources is not None and sources.replay:
+                paths = sources.globs.get(pattern, [])
+            else:
+                paths = sorted(glob.glob(pattern))  # nginx: a glob matching nothing is fine
+                if sources is not None:
+                    sources.globs[pattern] = paths
         else:
             paths = [pattern]
         out: list[Statement] = []
