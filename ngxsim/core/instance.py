@@ -15,6 +15,8 @@ import threading
 from dataclasses import dataclass
 
 MASTER, WORKER, STANDALONE = "master", "worker", "standalone"
+# a service's own process, started by the worker holding its lease (helper.py)
+HELPER = "helper"
 
 
 class MasterGone(RuntimeError):

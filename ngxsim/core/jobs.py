@@ -32,6 +32,7 @@ import threading
 import time
 
 from .conf.zones import JOB_SLOT, JOBS_ZONE, JobSpec
+from .helper import run_in_process
 from .http.logs import log
 from .instance import alive, process_start_time
 
@@ -48,6 +49,26 @@ class ServiceLease:
     def __init__(self, name: str):
         self.name = name
         self.stopping = threading.Event()
+        self._on_stop: list = []
+        self._lock = threading.Lock()
+
+    def stop(self) -> None:
+        """Tell the service to return: sets ``stopping`` and runs what ``on_stop`` was given."""
+        with self._lock:
+            if self.stopping.is_set():
+                return
+            self.stopping.set()
+            callbacks, self._on_stop = self._on_stop, []
+        for callback in callbacks:
+            callback()
+
+    def on_stop(self, callback) -> None:
+        """Run ``callback()`` when the lease is told to stop (at once if it was already)."""
+        with self._lock:
+            if not self.stopping.is_set():
+                self._on_stop.append(callback)
+                return
+        callback()
 
     @property
     def held(self) -> bool:
@@ -182,13 +203,16 @@ class Job:
             elif not mine and running:
                 log.warning("service %s (module %s): this worker lost its lease, stopping it here",
                             self.spec.name, self.spec.owner)
-                self._lease.stopping.set()
+                self._lease.stop()
             stopping.wait(wait)
         self.stop_service()
 
     def _serve(self, lease: ServiceLease) -> None:
         try:
-            self.spec.run(self.runner.runtime, lease)
+            if self.spec.process:
+                run_in_process(self.runner.runtime, self.spec, lease, self.offset)
+            else:
+                self.spec.run(self.runner.runtime, lease)
         except Exception:
             self.errors += 1
             log.exception("service %s (module %s) failed", self.spec.name, self.spec.owner)
@@ -198,7 +222,7 @@ class Job:
     def stop_service(self, timeout: float = 3.0) -> None:
         """Tell the service thread to stop and wait for it (bounded)."""
         if self._lease is not None:
-            self._lease.stopping.set()
+            self._lease.stop()
         if self._service is not None and self._service is not threading.current_thread():
             self._service.join(timeout)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 
@@ -116,3 +117,74 @@ def test_a_service_runs_in_one_worker_and_moves_when_that_worker_is_killed(ngxsi
     assert log[0][0] == "start" and log[0][1] != holder and len(log) == 1
     server.stop()
     assert ("stop", log[0][1]) in service_log(tmp_path)  # told to stop when its worker stops
+
+
+HELPER_CONF = """
+load_module ngxsim_test_phases;
+test_service_process on;
+test_service_tag first;
+{extra}
+http {
+    server {
+        listen 127.0.0.1:{port};
+        location /jobs { test_jobs_status; }
+    }
+}
+"""
+
+
+def helper_log(folder):
+    """(what, pid, parent pid, nice, tag) per line of helper.log ("stop" lines: pid only)."""
+    path = folder / "helper.log"
+    lines = [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+    return [(w[0], int(w[1]), *((int(w[2]), int(w[3]), w[4]) if w[0] == "start" else ())) for w in lines]
+
+
+def helper_server(ngxsim_server, tmp_path, extra="", workers=2):
+    return ngxsim_server(HELPER_CONF.replace("{extra}", extra), workers=workers,
+                         extra_env={"NGXSIM_TEST_RECORD_DIR": str(tmp_path)})
+
+
+def test_a_process_service_runs_in_a_process_of_its_own_below_the_workers_and_comes_back_when_killed(
+        ngxsim_server, tmp_path):
+    server = helper_server(ngxsim_server, tmp_path)
+    [(_, pid, parent, nice, tag)] = wait_for(lambda: helper_log(tmp_path), 15, what="the helper to start")
+    workers = server.worker_pids()
+    assert pid not in workers and parent in workers  # none of a worker's GIL, started by one of them
+    assert server.get("/jobs").json()["jobs"][0]["holder_pid"] == parent  # the lease stays the worker's
+    assert nice == os.getpriority(os.PRIO_PROCESS, parent) + 5
+    assert tag == "first"
+    # the file changes on disk (no reload): the helper started again serves its worker's configuration
+    server.conf.write_text(server.conf.read_text().replace("test_service_tag first", "test_service_tag second"))
+    os.kill(pid, signal.SIGKILL)
+    log = wait_for(lambda: (log := helper_log(tmp_path))[1:] and log, 15, what="the helper to start again")
+    assert log[1][0] == "start" and log[1][1] != pid and log[1][2:] == (parent, nice, "first"), log
+    wait_for(lambda: server.logged("alert", f"service test.helper process {pid} exited on signal 9"), 10,
+             what="the [alert] naming the killed helper")
+    server.stop()
+    assert ("stop", log[1][1]) in helper_log(tmp_path)  # told to stop when its worker stops
+    with pytest.raises(ProcessLookupError):
+        os.kill(log[1][1], 0)
+
+
+def test_a_helper_outliving_its_killed_worker_holds_off_its_successor_until_it_is_done(ngxsim_server, tmp_path):
+    # the worker dies; its helper sees its stdin close and takes 2 s to finish; another worker
+    # takes the lease at once and starts a helper, which must not run until the old one is done
+    server = helper_server(ngxsim_server, tmp_path, extra="test_service_linger 2s;", workers=3)
+    [(_, old, parent, _, _)] = wait_for(lambda: helper_log(tmp_path), 15, what="the helper to start")
+    os.kill(parent, signal.SIGKILL)
+    log = wait_for(lambda: (log := helper_log(tmp_path))[2:] and log, 20, what="a second helper to start")
+    assert log[1] == ("stop", old), log  # the old one finished before the new one ran
+    assert log[2][0] == "start" and log[2][2] != parent, log
+    assert server.logged("warn", "service test.helper: an earlier process of it is still finishing")
+
+
+def test_a_helper_that_cannot_run_is_started_again_with_growing_pauses_and_said(ngxsim_server, tmp_path):
+    server = helper_server(ngxsim_server, tmp_path, extra="test_service_crash on;")
+    wait_for(lambda: server.output().count("exited with code 1") >= 3, 20, what="three failed starts")
+    starts = server.output().count("start service test.helper process")
+    time.sleep(3.0)
+    # without the pauses a start every ~0.6 s (an interpreter's start, then the lease's next
+    # renewal): 5 in 3 s; with them (2 s after the third failure, then 4 s) at most 2
+    assert server.output().count("start service test.helper process") - starts <= 2, server.tail(30)
+    assert server.logged("error", "service test.helper (its process) failed")

@@ -3,6 +3,11 @@
 - ``test_service on;`` (main) declares the service ``test.service`` (lease 0.8 s): it appends
   ``start <pid>`` to ``$NGXSIM_TEST_RECORD_DIR/service.log`` when it starts, ``stop <pid>`` when
   told to stop;
+- ``test_service_process on;`` (main) declares ``test.helper`` (lease 0.8 s) run in a process of
+  its own at nice 5: it appends ``start <pid> <parent pid> <nice> <test_service_tag>`` to
+  ``helper.log`` when it starts and ``stop <pid>`` when told to stop, ``test_service_linger``
+  later (a helper still finishing after its worker died); ``test_service_crash on`` makes it
+  raise at once instead (a helper that cannot run);
 - ``test_job INTERVAL;`` (main) declares the job ``test.tick``: each run appends
   ``<pid> <monotonic time>`` to ``$NGXSIM_TEST_RECORD_DIR/ticks.log``; ``test_job_sleep`` makes
   a run last that long (a hung holder); ``/jobs`` (``test_jobs_status;``) answers
@@ -27,6 +32,10 @@ def ngxsim_directives(register):
     register(Directive("test_job", (MAIN,), 1, type=TIME, default=None))
     register(Directive("test_job_sleep", (MAIN,), 1, type=TIME, default=0))
     register(Directive("test_service", (MAIN,), 1, type=FLAG, default=False))
+    register(Directive("test_service_process", (MAIN,), 1, type=FLAG, default=False))
+    register(Directive("test_service_tag", (MAIN,), 1, default="-"))
+    register(Directive("test_service_linger", (MAIN,), 1, type=TIME, default=0))
+    register(Directive("test_service_crash", (MAIN,), 1, type=FLAG, default=False))
     register(Directive("test_jobs_status", (LOCATION,), 0, type=FLAG, default=False, inherit=False))
     register(Directive("test_precontent", (LOCATION,), 1, type=FLAG, default=False))
     register(Directive("test_body_filter", (LOCATION,), 1, type=FLAG, default=False))
@@ -56,10 +65,25 @@ def _service(runtime, lease):
         fh.write(f"stop {os.getpid()}\n")
 
 
+def _helper(runtime, lease):
+    main = runtime.config.main
+    if main["test_service_crash"]:
+        raise RuntimeError("test_service_crash")
+    path = os.path.join(os.environ["NGXSIM_TEST_RECORD_DIR"], "helper.log")
+    with open(path, "a") as fh:
+        fh.write(f"start {os.getpid()} {os.getppid()} {os.getpriority(os.PRIO_PROCESS, 0)} {main['test_service_tag']}\n")
+    lease.stopping.wait()
+    time.sleep(main["test_service_linger"])
+    with open(path, "a") as fh:
+        fh.write(f"stop {os.getpid()}\n")
+
+
 @hookimpl
 def ngxsim_postconfiguration(config):
     if config.main["test_service"]:
         config.jobs.declare_service("test.service", _service, owner="ngxsim_test_phases", lease=0.8)
+    if config.main["test_service_process"]:
+        config.jobs.declare_service("test.helper", _helper, owner="ngxsim_test_phases", lease=0.8, process=True, nice=5)
     interval = config.main["test_job"]
     if interval:
         config.jobs.declare("test.tick", interval, _tick, owner="ngxsim_test_phases",

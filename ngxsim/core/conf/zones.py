@@ -100,6 +100,9 @@ class JobSpec:
     # a service: run(runtime, lease) runs for as long as the worker holds the lease (interval:
     # how often the holder renews it, and how often the others look)
     service: bool = False
+    # a service run in a process of its own (ngxsim/core/helper.py), at this nice value
+    process: bool = False
+    nice: int = 0
 
 
 class JobSpecs:
@@ -137,7 +140,7 @@ class JobSpecs:
         return spec
 
     def declare_service(self, name: str, run, owner: str, where: Statement | None = None,
-                        lease: float = 2.0) -> JobSpec:
+                        lease: float = 2.0, process: bool = False, nice: int = 0) -> JobSpec:
         """Declare instance-wide service ``name``: ``run(runtime, lease)`` runs, in a thread of its
         own, in exactly one live worker: the holder of its lease, for as long as it holds it.
 
@@ -148,9 +151,20 @@ class JobSpecs:
         (after a renewal period). When the holder dies another worker takes the lease at its
         next look (within ``lease / 4``) and starts ``run`` there; a hung holder loses it after
         ``lease`` seconds. Make ``run`` resume from durable state: a takeover starts afresh.
+
+        ``process=True``: ``run`` runs in a process of its own (nginx's cache manager is one),
+        started by the holding worker, so none of its CPU nor Python's GIL is taken from that
+        worker's requests; ``nice`` (0 to 19) is its priority below the workers'. That process
+        loads the worker's configuration again and attaches its zones; ``runtime.worker_pid``
+        is None there and no ``ngxsim_init_worker`` ran: ``run`` gets what it needs from zones
+        and other modules' public functions. It is stopped when the lease is lost or its worker
+        stops or dies, and started again (with an ``[alert]``) if it dies while the lease is held.
+        See ``ngxsim/core/helper.py``.
         """
+        if not 0 <= nice <= 19:
+            raise (where.error if where else ConfigError)(f'service "{name}": nice {nice} is outside 0..19')
         spec = self.declare(name, max(lease / 4, 0.01), run, owner, where, lease)
-        spec = JobSpec(spec.name, spec.interval, run, owner, spec.lease, service=True)
+        spec = JobSpec(spec.name, spec.interval, run, owner, spec.lease, service=True, process=process, nice=nice)
         self._specs[name] = spec
         return spec
 
