@@ -14,19 +14,17 @@ Streams or NATS JetStream (one ``nats-server -js`` node).
 3. Publish cost on a bridged channel vs an unbridged one: ``?n=5000`` publishes in a request of
    A, one burst per channel a round, the order alternated round by round, each burst started
    with every relay idle; events/s in the request (medians), also apart for the bursts that
-   landed in the worker running A's relay and in the other (the relay shares its worker's GIL
-   and the machine's 2 cores), with CPU per event from /proc (the request's thread, A's workers,
-   B's and C's) beside it, and for the bursts in the relay's worker the CPU its other threads
-   (the relay's, the dispatcher's) spent while the request ran. The unbridged baseline is measured in the same run with the same
-   settings. Each round measures both channels twice: **plain** (every process at the same
-   priority, as it has always been measured), and with **B, C and the engine at nice 19**, as
-   if they were the other hosts they stand for (in production they do not share A's cores; at
-   nice 19 they get only what A's processes leave). The two are printed side by side, modes
-   alternated round by round; the plain one is the measure, the other shows what of the loss
-   is the other hosts' work on this 2-core box and what is A's own relay. A third mode pins
-   A's processes to one half of the CPUs and B's, C's and the engine's to the other (their work
-   cannot spill onto A's core at all; A's relay still shares A's core and GIL with the request,
-   which is what the goal is about). ``--plain-only`` skips both.
+   landed in the worker holding A's relay lease (it started the relay's own process, at nice 10)
+   and in the other, with CPU per event from /proc (the request's thread; A's workers and relay
+   process; B's and C's) beside it, and the CPU A's relay process used while the request ran.
+   The unbridged baseline is measured in the same run with the same settings. Each round
+   measures both channels in three modes: **plain** (B, C and the engine at the priority they
+   were started with: the measure), with **B, C and the engine at nice 19**, as if they were the
+   other hosts they stand for (in production they do not share A's cores; at nice 19 they get
+   only what A's processes leave), and **pinned**: A's processes (its relay's too) on one half of
+   the CPUs and B's, C's and the engine's on the other (their work cannot spill onto A's core at
+   all; A's relay still shares A's core with the request, which is what the goal is about). The
+   modes alternate round by round. ``--plain-only`` skips the other two.
 
 Redis runs with ``appendfsync everysec`` (the usual production setting; the tests use
 ``always``); NATS with JetStream file storage (its default sync). Each engine's floor is one hop
@@ -54,6 +52,7 @@ from common import median, percentile, table  # noqa: E402
 from ngxsim_bench_cluster import REC  # noqa: E402
 
 from ngxsim.testing import start_server, wait_for  # noqa: E402
+from ngxsim.testing.procs import children  # noqa: E402
 from ngxsim.testing.engines import RedisServer  # noqa: E402
 from ngxsim.testing.nats_server import NatsServer, nats_server_missing  # noqa: E402
 from ngxsim_plugins.worker_events.ring import encode_event  # noqa: E402
@@ -235,8 +234,15 @@ def cpu_ns(pid: int) -> int:
     return sum(thread_cpu_ns(pid).values())
 
 
+def processes(server) -> list[int]:
+    """An instance's workers and their children (the relay's own process, started by the worker
+    holding its lease)."""
+    workers = server.worker_pids()
+    return workers + [child for pid in workers for child in children(pid)]
+
+
 def instance_cpu(server) -> int:
-    return sum(cpu_ns(pid) for pid in server.worker_pids())
+    return sum(cpu_ns(pid) for pid in processes(server))
 
 
 CHANNELS = (("unbridged", "local.bench"), ("bridged", "bench"))
@@ -244,13 +250,18 @@ PLAIN, NICED, PINNED = "plain", "B, C, engine at nice 19", "B, C, engine on the 
 CPUS = sorted(os.sched_getaffinity(0))
 
 
-def renice(pids, value: int) -> None:
-    """Every thread of ``pids`` (Linux's nice is per thread) at nice ``value`` (lowering it back
-    needs root, which the benchmark has where it measures this)."""
+_STARTED_AT: dict[int, int] = {}  # pid -> the nice it had before renice first changed it
+
+
+def renice(pids, value: int | None) -> None:
+    """Every thread of ``pids`` (Linux's nice is per thread) at nice ``value``, or (None) back at
+    the nice each process had at first (a relay's process runs at nice 10 of its own). Lowering
+    it back needs root, which the benchmark has where it measures this."""
     for pid in pids:
+        base = _STARTED_AT.setdefault(pid, os.getpriority(os.PRIO_PROCESS, pid))
         for task in Path(f"/proc/{pid}/task").iterdir():
             try:
-                os.setpriority(os.PRIO_PROCESS, int(task.name), value)
+                os.setpriority(os.PRIO_PROCESS, int(task.name), base if value is None else value)
             except (ProcessLookupError, FileNotFoundError):
                 pass  # a thread that ended meanwhile
 
@@ -269,10 +280,10 @@ def place(servers: dict, engine, mode: str) -> None:
     """The mode's placement: at nice 19 (NICED) or on the other half of the CPUs (PINNED, A's
     processes on the first half: A's relay still shares A's cores, as on a host of its own) the
     processes standing for the other hosts; else every process as it was."""
-    renice(other_hosts(servers, engine), 19 if mode == NICED else 0)
+    renice(other_hosts(servers, engine), 19 if mode == NICED else None)
     half = max(1, len(CPUS) // 2)
     a = servers["A"]
-    own = [a.master, *a.worker_pids()]
+    own = [a.master, *processes(a)]
     if mode == PINNED and len(CPUS) > 1:
         pin(own, CPUS[:half])
         pin(other_hosts(servers, engine), CPUS[half:])
@@ -283,7 +294,7 @@ def place(servers: dict, engine, mode: str) -> None:
 def other_hosts(servers: dict, engine) -> list[int]:
     """The processes standing for other hosts: B's and C's masters and workers, and the engine."""
     return [engine.proc.pid] + [pid for name, server in servers.items() if name != "A"
-                                for pid in (server.master, *server.worker_pids())]
+                                for pid in (server.master, *processes(server))]
 
 
 def publish_cost(servers: dict, rounds: int, engine, modes=(PLAIN, NICED, PINNED), n: int = 5000) -> list[dict]:
@@ -297,7 +308,7 @@ def publish_cost(servers: dict, rounds: int, engine, modes=(PLAIN, NICED, PINNED
     until the others relayed it in."""
     a = servers["A"]
     others = [server for name, server in servers.items() if name != "A"]
-    relay = view(a)["relay_pid"]
+    relay, holder = view(a)["relay_pid"], view(a)["relay_worker"]
     out = []
     try:
         for i in range(rounds):
@@ -306,18 +317,17 @@ def publish_cost(servers: dict, rounds: int, engine, modes=(PLAIN, NICED, PINNED
                 for label, channel in (CHANNELS if i % 2 == 0 else CHANNELS[::-1]):
                     targets = [view(o)["relayed_in"] + n for o in others] if label == "bridged" else None
                     cpu_a, cpu_o = instance_cpu(a), sum(instance_cpu(o) for o in others)
-                    threads = thread_cpu_ns(relay)
+                    relay_before = cpu_ns(relay)
                     doc = api(a, f"/burst?n={n}&channel={channel}")
-                    # the CPU the relay's worker spent beside the request (its relay's threads, its
-                    # dispatcher), when the burst ran there: from the burst's start to its answer
-                    beside = sum(ns - threads.get(tid, 0) for tid, ns in thread_cpu_ns(relay).items()
-                                 if tid != doc["tid"]) / 1e6
+                    # the CPU A's relay process spent while the request ran (from the burst's start
+                    # to its answer)
+                    beside = (cpu_ns(relay) - relay_before) / 1e6
                     if targets:
                         for o, target in zip(others, targets):
                             wait_for(lambda: view(o)["relayed_in"] >= target, 60, what="the others to relay the burst in")
                     time.sleep(0.2)
                     out.append({"mode": mode, "channel": label, "rate": doc["count"] / doc["seconds"],
-                                "request_cpu": doc["cpu_seconds"] / n * 1e6, "relay_worker": doc["pid"] == relay,
+                                "request_cpu": doc["cpu_seconds"] / n * 1e6, "relay_worker": doc["pid"] == holder,
                                 "beside_ms": beside,
                                 "a_cpu": (instance_cpu(a) - cpu_a) / n / 1e3,
                                 "others_cpu": (sum(instance_cpu(o) for o in others) - cpu_o) / n / 1e3})
@@ -339,7 +349,7 @@ def cost_rows(kind: str, cost: list[dict]) -> list[list[str]]:
         for label, _ in CHANNELS:
             (rate, k), (in_relay, k1), (elsewhere, k2) = med(label), med(label, where=True), med(label, where=False)
             rows.append([kind, mode, label, k, f"{rate:,.0f}", f"{in_relay:,.0f} ({k1})", f"{elsewhere:,.0f} ({k2})",
-                         f"{med(label, 'beside_ms', where=True)[0]:.1f}", f"{med(label, 'request_cpu')[0]:.1f}",
+                         f"{med(label, 'beside_ms')[0]:.1f}", f"{med(label, 'request_cpu')[0]:.1f}",
                          f"{med(label, 'a_cpu')[0]:.1f}", f"{med(label, 'others_cpu')[0]:.1f}"])
         ratio = [med("bridged", where=w)[0] / med("unbridged", where=w)[0] for w in (None, True, False)]
         cpu = [med("bridged", key)[0] / med("unbridged", key)[0] for key in ("request_cpu", "a_cpu")]
@@ -417,15 +427,16 @@ def main() -> None:
     if rows:
         print(table(f"publish cost in a request of A: 5,000 publishes a burst, {args.rounds} rounds of one burst per "
                     "channel and mode (orders alternated), medians; the request lands in either of A's 2 workers, one "
-                    f"of which runs the relay. Mode \"{PLAIN}\": every process at one priority (the measure); "
+                    "of which holds the relay's lease and started its process (nice 10). "
+                    f"Mode \"{PLAIN}\": every process at one priority (the measure); "
                     f"\"{NICED}\": the processes standing for the other hosts get only what A leaves of this box's "
                     f"2 cores; \"{PINNED}\": A's processes on one core, B's, C's and the engine's on the other (as "
                     "on hosts of their own; A's relay still shares A's core with its requests): not measures of "
                     "this box, shown beside the plain one",
-                    ["engine", "mode", "channel", "bursts", "events/s", "in relay's worker", "in the other",
-                     "beside it there, CPU ms", "request CPU µs/ev", "A's workers CPU µs/ev", "B+C CPU µs/ev"], rows))
-        print("(\"beside it there\": the CPU of the relay's worker's other threads, its relay's and its dispatcher's, "
-              "from a burst's start to its answer, for the bursts that ran in that worker, median)")
+                    ["engine", "mode", "channel", "bursts", "events/s", "in the holder's worker", "in the other",
+                     "relay process CPU ms", "request CPU µs/ev", "A's CPU µs/ev", "B+C CPU µs/ev"], rows))
+        print("(\"relay process CPU ms\": what A's relay process used from a burst's start to its answer, median; "
+              "A's and B+C's CPU: their workers and relay processes, from the burst until B and C relayed it in)")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from .view import VIEW_SIZE, View
 
 NAME = "cluster"
 LEASE = 2.0
+RELAY_NICE = 10
 
 
 @hookimpl
@@ -65,8 +66,10 @@ def ngxsim_postconfiguration(config):
         instance = bridge.instance or default_instance(config)
         planned[bridge.zone] = {"bridge": bridge, "instance": instance}
         config.zones.declare(view_zone(bridge.zone), VIEW_SIZE, owner=NAME, where=where, tag=f"{NAME} view v1")
+        # in a process of its own, below the workers' priority: none of its work is taken from
+        # a worker's requests (docs/cluster.md, "The relay's own process")
         config.jobs.declare_service(f"cluster.relay.{bridge.zone}", _relay_service(bridge.zone), owner=NAME,
-                                    where=where, lease=LEASE)
+                                    where=where, lease=LEASE, process=True, nice=RELAY_NICE)
         add_zone_view(config, bridge.zone, "cluster", _view_of(bridge.zone))
     config.stash[NAME] = planned
 

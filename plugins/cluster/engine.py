@@ -19,7 +19,6 @@ again. An engine never retries forever inside a call: each call is bounded by ``
 from __future__ import annotations
 
 import ssl
-import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple, Sequence
@@ -212,20 +211,6 @@ class Engine(ABC):
     @abstractmethod
     def close(self) -> None:
         """Drop the connection; never raises. The engine may be connected again."""
-
-    def thread_cpu(self) -> float:
-        """CPU seconds used so far by threads this engine runs of its own (a client's event
-        loop): the relay counts them as its own work when it keeps to its share of the worker
-        (pace.py). 0.0 for an engine that runs none; may restart from 0 after a reconnect."""
-        return 0.0
-
-    def pause(self, seconds: float, stopping: threading.Event) -> None:
-        """Pause the calling thread for ``seconds``, or until ``stopping`` is set: the relay
-        leaving its worker to the requests it serves (pace.py). An engine whose client runs
-        threads of its own (a client's event loop) holds them too for as long, so that none of
-        the relay's work goes on meanwhile (messages the engine pushes wait in the socket); this
-        one runs none."""
-        stopping.wait(seconds)
 
     def describe(self) -> str:
         """The engine's address for logs and the API, without credentials."""

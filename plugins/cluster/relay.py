@@ -33,7 +33,6 @@ import time
 from ngxsim import NOTICE
 
 from .engine import EngineError, Reconnected, Record
-from .pace import Pacer
 from .state import RelayState, state_path
 from .view import View
 
@@ -70,9 +69,8 @@ class Relay:
         self._lock = threading.Lock()
         self._pending_loss: set[str] = set()
         self._backoff = {"out": 0.0, "in": 0.0}  # the wait before the next connect, per direction
-        self.pacer = Pacer()  # a small share of the worker while its requests keep it busy (pace.py)
         self._changed = False  # the state file not written since the state changed (_keep)
-        self._view_due = False  # the view behind (a pause, a scan of events that stay home): shown at idle
+        self._view_due = False  # the view behind (a scan of events that stay home): shown at idle
         self._kept = 0.0
         self._engines: dict[str, object] = {}  # one per direction, connected again after a failure
         # what the engine acknowledged of ours, oldest first: (position, local generation, record),
@@ -115,8 +113,8 @@ class Relay:
         with self._lock:
             went_up, self._said = self._said != "up", "up"
         if went_up:
-            log.log(NOTICE, "cluster: zone %s: relay (worker %d) connected to %s, stream %s, as instance %s",
-                     self.zone, os.getpid(), self.bridge.engine, self.bridge.stream, self.instance)
+            log.log(NOTICE, "cluster: zone %s: relay (process %d of worker %d) connected to %s, stream %s, as instance %s",
+                     self.zone, os.getpid(), os.getppid(), self.bridge.engine, self.bridge.stream, self.instance)
 
     def publish_view(self) -> None:
         b = self.bridge
@@ -125,8 +123,10 @@ class Relay:
                 "engine": b.engine, "stream": b.stream, "instance": self.instance,
                 "channels": list(b.channels) if b.channels is not None else "*",
                 "connected": self.connected, "links": dict(self.links), "relay_pid": None if self._stopping() else os.getpid(),
+                # the worker holding the relay's lease: it started this process (ngxsim's helper)
+                "relay_worker": None if self._stopping() else os.getppid(),
                 "caught_up": self.caught_up, "cursor": self.state.cursor, "relayed_generation": self.state.relayed,
-                **self.stats, "paused_ms": int(self.pacer.paused * 1000),
+                **self.stats,
                 "last_error": self.last_error, "last_error_msec": self.last_error_msec or None,
                 "instances": self.instances,
             }
@@ -181,19 +181,6 @@ class Relay:
             with self._lock:
                 self.connected = False
             self.publish_view()
-
-    @staticmethod
-    def _cpu(engine) -> float:
-        """This thread's CPU and that of ``engine``'s own threads so far, seconds."""
-        return time.thread_time() + engine.thread_cpu()
-
-    def _pace(self, engine, since: float, backlog: int = 0, room: int = 1) -> None:
-        """After a piece of work (the CPU ``_cpu`` counts since ``since``): pause as the pacer
-        says, the engine's own threads too (a stop ends the pause)."""
-        pause = self.pacer.done(max(0.0, self._cpu(engine) - since), backlog=backlog, room=room)
-        if pause:
-            self._view_due = True  # (paused_ms: shown when the relay goes idle, not at each pause)
-            engine.pause(pause, self.lease.stopping)  # (its client's own threads pause with it)
 
     def _keep(self, changed: bool = False, idle: bool = False) -> None:
         """After a change, the view at once (what moved without one, a pause or a scan of events
@@ -265,7 +252,6 @@ class Relay:
                         checked = False
                     if not checked:
                         continue
-                cpu = self._cpu(engine)
                 scan = we.events_after(rt, zone, st.relayed, BATCH)
                 records = []
                 if scan.missed:  # overwritten before we read them: a gap for the others
@@ -302,10 +288,6 @@ class Relay:
                     with self._lock:
                         self.stats["relayed_out"] += sum(r.channel != GAP_CHANNEL for r in records)
                     self._keep(changed=True)
-                # paced whether or not anything was bridged: a burst on channels that stay on this
-                # host wakes the relay for each batch all the same (7 of a 5,000-publish request's
-                # 46 ms in the relay's worker, bench_cluster's unbridged burst)
-                self._pace(engine, cpu, scan.newest - st.relayed, room)
         finally:
             if engine is not None:
                 engine.close()
@@ -397,7 +379,7 @@ class Relay:
                     engine = self._reconnect(engine, "in", exc)
             while engine is not None and not self._stopping():
                 try:
-                    cpu, before = self._cpu(engine), st.cursor
+                    before = st.cursor
                     batch = engine.read(st.cursor, block=BLOCK, limit=BATCH, skip_origin=self.instance)
                     self._worked("in")
                     self._take(batch)  # first: delivery waits for nothing else
@@ -406,9 +388,7 @@ class Relay:
                         newest = engine.newest()
                         last_look = now
                         self.caught_up = newest is None or newest == engine.position_of(st.cursor)
-                    if st.cursor != before:  # (entries read, its own skipped ones too: the same CPU)
-                        self._pace(engine, cpu)
-                    else:
+                    if st.cursor == before:
                         self._keep(idle=True)
                 except EngineError as exc:
                     engine = self._reconnect(engine, "in", exc)

@@ -75,7 +75,13 @@ def restart(cluster, member, stream, workers=2, **kw):
     return again
 
 
-def relay_pid(member):
+def relay_worker(member):
+    """The worker holding ``member``'s relay lease (the one that started the relay's process)."""
+    return wait_for(lambda: member.cluster_view(API).get("relay_worker"), 20, what=f"{member.name}'s relay")
+
+
+def relay_process(member):
+    """The relay's own process (a child of ``relay_worker``)."""
     return wait_for(lambda: member.cluster_view(API).get("relay_pid"), 20, what=f"{member.name}'s relay")
 
 
@@ -144,7 +150,11 @@ def test_a_publish_on_one_instance_reaches_every_worker_of_the_others_once_in_or
     assert len(remote) == 20 and all(e["origin_generation"] for e in remote)
 
 
-def test_killing_either_relay_mid_flow_loses_nothing_and_delivers_nothing_twice(ngxsim_cluster, engine, stream):
+@pytest.mark.parametrize("victim", ["worker", "process"])
+def test_killing_either_relay_mid_flow_loses_nothing_and_delivers_nothing_twice(ngxsim_cluster, engine, stream,
+                                                                                 victim):
+    # "worker": SIGKILL of the worker holding the relay's lease (its relay process stops, another
+    # worker takes over); "process": SIGKILL of the relay's own process (its worker starts it again)
     import threading
     import time
 
@@ -162,25 +172,38 @@ def test_killing_either_relay_mid_flow_loses_nothing_and_delivers_nothing_twice(
         finally:
             done.set()
 
+    killed = {}
+
+    def kill(member):
+        worker, process = killed[member.name] = relay_worker(member), relay_process(member)
+        if victim == "worker":
+            member.server.kill_worker(worker)
+        else:
+            os.kill(process, signal.SIGKILL)
+
     thread = threading.Thread(target=flow)
     thread.start()
     try:
         wait_for(lambda: len(sent) >= 40, 30, what="40 publishes")
-        old_a = relay_pid(a)
-        a.server.kill_worker(old_a)  # SIGKILL the worker relaying A's events out
+        kill(a)  # the relay sending A's events out
         wait_for(lambda: len(sent) >= 90, 30, what="90 publishes")
-        old_b = relay_pid(b)
-        b.server.kill_worker(old_b)  # and the one bringing them into B
+        kill(b)  # and the one bringing them into B
     finally:
         thread.join(60)
         ring.close()
     assert done.is_set() and len(sent) == 150
-    assert relay_pid(a) != old_a and relay_pid(b) != old_b  # taken over by other workers
+    for member in (a, b):
+        worker, process = killed[member.name]
+        if victim == "worker":
+            assert relay_worker(member) != worker  # taken over by another worker
+        else:
+            wait_for(lambda: relay_process(member) != process, 20, what="the relay process to start again")
+            assert relay_worker(member) == worker  # the worker kept its lease and started it again
+            assert member.server.logged("alert", f"service cluster.relay.bus process {process} exited on signal 9")
     expected = [f"k{i}-0" for i in range(150)]
     recs = wait_all_workers(b, lambda lines: len(remote_events(lines, "A")) >= 150, "A's 150 events", timeout=40)
     for pid, lines in recs.items():
         assert [p for _, p, _, _ in remote_events(lines, "A")] == expected, (pid, lines)
-    assert [e["payload"] for e in ring_events(b, "A")] == expected  # in B's ring once each
 
 
 def test_a_restarted_instance_resumes_where_it_stopped(ngxsim_cluster, engine, stream):
@@ -264,10 +287,10 @@ def test_a_relay_that_took_over_from_a_stale_state_delivers_nothing_twice(ngxsim
     wait_for(lambda: len(ring_events(b, "Z")) == 2, 20, what="Z's events")
     # the relay is killed after it delivered, before its state said so: its successor starts
     # from the old cursor and reads both again; the ring tells it they were delivered
-    holder = relay_pid(b)
+    holder = relay_worker(b)
     state_file.write_text(json.dumps(stale))  # (the relay is idle: it writes nothing now)
     b.server.kill_worker(holder)
-    wait_for(lambda: (relay_pid(b) != holder) and b.cluster_view(API).get("connected"), 20, what="a new relay")
+    wait_for(lambda: (relay_worker(b) != holder) and b.cluster_view(API).get("connected"), 20, what="a new relay")
     append_records(engine, stream, [("Z", 3, "three")])
     wait_for(lambda: len(ring_events(b, "Z")) >= 3, 20, what="the marker")
     assert [e["payload"] for e in ring_events(b, "Z")] == ["one", "two", "three"]
@@ -584,34 +607,40 @@ def burst_conf() -> str:
                         "location /dump { recorder_dump; }\n        location /burst { test_publish_burst; }")
 
 
-def test_the_relay_leaves_its_worker_to_requests_keeping_busy_and_catches_up_after(ngxsim_cluster, engine, stream):
-    # a request publishing a burst in the relay's worker: the relay pauses (pace.py) rather than
-    # take the worker's GIL from it, and everything is relayed once the worker is idle again
+def test_the_relay_runs_in_a_process_of_its_own_below_the_workers_and_catches_up_after_bursts(
+        ngxsim_cluster, engine, stream):
+    # nginx's cache manager is a process of its own: so is the relay, started by the worker holding
+    # its lease, at nice 10 below it; a request's burst in any worker shares no GIL with it
     conf = burst_conf()
     a, b = ngxsim_cluster(engine.url).start(conf, count=2, workers=[2, 2], stream=stream, placeholders=placeholders(ring=16384))
     for member in (a, b):
         member.wait_connected(API)
-    relay = relay_pid(a)
-    answers = a.server.each_worker("/burst?n=4000&channel=c")  # both workers busy at once, the relay's among them
-    assert relay in {r.json()["pid"] for r in answers.values()}
+    relay, holder = relay_process(a), relay_worker(a)
+    workers = a.server.worker_pids()
+    assert relay not in workers and holder in workers
+    assert parent_of(relay) == holder
+    assert os.getpriority(os.PRIO_PROCESS, relay) == os.getpriority(os.PRIO_PROCESS, holder) + 10
+    answers = a.server.each_worker("/burst?n=4000&channel=c")  # both workers busy at once, the holder among them
+    assert holder in {r.json()["pid"] for r in answers.values()}
     wait_for(lambda: b.cluster_view(API)["relayed_in"] >= 8000, 60, what="B to relay in both bursts")
     # A's view is written after B may have read the last batch (the relay writes its view after
     # the batch's append returned): wait for it too
     view = wait_for(lambda: (v := a.cluster_view(API))["relayed_out"] >= 8000 and v, 20, what="A's view of both bursts")
-    assert view["paused_ms"] > 0, view
     assert view["gaps"] == 0 and b.cluster_view(API)["gaps"] == 0
+    assert view["relay_pid"] == relay  # the same process all along
 
 
-def test_a_burst_on_a_channel_that_stays_home_is_paced_too(ngxsim_cluster, engine, stream):
-    # the relay wakes for every event of its zone and skips what is not bridged: that work is
-    # taken from the worker's requests as well, so it pauses the same way
+def parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        stat = fh.read()
+    return int(stat[stat.rfind(b")") + 2:].split()[1])
+
+
+def test_a_burst_on_a_channel_that_stays_home_is_scanned_and_not_relayed(ngxsim_cluster, engine, stream):
     conf = burst_conf()
     [a] = ngxsim_cluster(engine.url).start(conf, count=1, workers=[2], stream=stream, placeholders=placeholders(ring=16384))
     a.wait_connected(API)
-    relay = relay_pid(a)
-    answers = a.server.each_worker("/burst?n=4000&channel=local.only")  # not bridged (channels=c)
-    assert relay in {r.json()["pid"] for r in answers.values()}
+    a.server.each_worker("/burst?n=4000&channel=local.only")  # not bridged (channels=c)
     wait_for(lambda: a.cluster_view(API)["relayed_generation"] >= 8000, 30, what="the relay to scan both bursts")
     view = a.cluster_view(API)
-    assert view["paused_ms"] > 0, view
     assert view["relayed_out"] == 0, view

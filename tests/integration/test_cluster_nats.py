@@ -364,30 +364,6 @@ def test_a_batch_whose_chain_breaks_midway_is_sent_on_one_at_a_time_with_exact_p
     assert [e.record for e in got] == [sent[2], sent[0], sent[1], sent[3]]
 
 
-def test_a_pause_holds_the_engine_s_loop_so_nothing_pushed_is_taken_meanwhile(ngxsim_nats, engines):
-    # the relay's pause (pace.py) must hold nats-py's work on the engine's loop thread too
-    # (parsing what the consumer pushes), not only the relay's thread
-    engine = engines(ngxsim_nats.url, unique_stream("pause"))
-    writer = engines(ngxsim_nats.url, engine.stream)
-    start = writer.append(records(1))[0]
-    engine.read(start, block=0.1)  # the consumer exists and is idle
-    stopping = threading.Event()
-    pause = threading.Thread(target=engine.pause, args=(30.0, stopping))
-    pause.start()
-    try:
-        time.sleep(0.1)  # (the loop is held from the pause's start)
-        sent = records(5, start=2)
-        writer.append(sent)  # stored, and pushed to the paused reader's socket
-        time.sleep(0.5)  # unpaused, the consumer's callback has them within milliseconds
-        assert len(engine._inbox) == 0
-    finally:
-        stopping.set()
-        pause.join(10.0)
-    assert not pause.is_alive()
-    got, _ = read_all(engine, start, 5)
-    assert [e.record for e in got] == sent
-
-
 def test_an_existing_stream_is_kept_as_it_is_on_connect(ngxsim_nats, engines):
     stream = unique_stream("keep")
     engine = engines(ngxsim_nats.url, stream, retention=100)

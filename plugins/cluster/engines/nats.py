@@ -267,31 +267,6 @@ class NatsEngine(Engine):
         thread.start()
         self._loop, self._thread = loop, thread
 
-    def thread_cpu(self) -> float:
-        thread = self._thread
-        if thread is None or thread.ident is None:
-            return 0.0
-        try:
-            return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
-        except (OSError, AttributeError):  # gone meanwhile, or not a platform with per-thread clocks
-            return 0.0
-
-    def pause(self, seconds: float, stopping: threading.Event) -> None:
-        """The caller pauses, and the engine's event loop with it: nats-py parses every message
-        the consumer pushes (the instance's own records too) and every acknowledgement on that
-        loop's thread, in the relaying worker, and a pause of the caller alone would leave that
-        work going on beside the requests. Meanwhile what the server sends waits in the socket
-        (a pause is at most pace.MAX_PAUSE: far within the server's write deadline and the
-        consumer's heartbeats)."""
-        loop, over = self._loop, threading.Event()
-        if loop is not None:
-            try:
-                loop.call_soon_threadsafe(over.wait, seconds)  # (the loop's thread waits there)
-            except RuntimeError:  # closed meanwhile
-                pass
-        stopping.wait(seconds)
-        over.set()
-
     def _stop_loop(self) -> None:
         loop, thread = self._loop, self._thread
         self._loop = self._thread = None
