@@ -368,10 +368,17 @@ def test_the_prometheus_exporter_reads_what_ngxsim_counts(ngxsim_server, ngxsim_
         assert seen[f"nginxplus_upstream_server_received{labels}"] == peer["received"]
         code = f'{{code="2xx",server="{address}",upstream="backend"}}'
         assert seen[f"nginxplus_upstream_server_responses{code}"] == peer["responses"]["2xx"]
+        # the averages of the recent responses and the responses by code (0.11 exports a fixed list of codes)
+        assert seen[f"nginxplus_upstream_server_header_time{labels}"] == peer.get("header_time", 0)
+        assert seen[f"nginxplus_upstream_server_response_time{labels}"] == peer.get("response_time", 0)
+        by_code = {name.split('"')[1]: value for name, value in seen.items()
+                   if name.startswith("nginxplus_upstream_server_responses_codes") and f'"{address}"' in name}
+        assert {c: n for c, n in by_code.items() if n} == peer["responses"]["codes"] and "200" in by_code
     states = {"up": 1, "draining": 2, "down": 3, "unavail": 4, "checking": 5, "unhealthy": 6}
     assert {a: seen[f'nginxplus_upstream_server_state{{server="{a}",upstream="backend"}}'] for a in ours} == \
         {a: states[p["state"]] for a, p in ours.items()} == {a.address: 1, b.address: 2, c.address: 4}
     assert ours[c.address]["fails"] >= 1 and ours[a.address]["requests"] == a.hits
+    assert ours[a.address]["responses"]["codes"] == {"200": a.hits} and ours[a.address]["header_time"] >= 0
 
     first = stub(server)
     seen = metrics(basic)  # the exporter's own request to stub_status comes between the two reads
@@ -380,6 +387,24 @@ def test_the_prometheus_exporter_reads_what_ngxsim_counts(ngxsim_server, ngxsim_
     assert seen["nginx_connections_accepted"] == first["accepts"] + 1
     assert seen["nginx_connections_handled"] == first["handled"] + 1
     assert stub(server)["requests"] == first["requests"] + 2
+
+
+def test_the_prometheus_exporter_reads_the_limit_req_and_limit_conn_counts(ngxsim_server, ngxsim_backend, exporter):
+    backend = ngxsim_backend()
+    server = ngxsim_server(LIMITS_CONF, workers=2, mode="ngxsim", ready_path="/api/",
+                           placeholders={"backend": backend.address})
+    plus = exporter(server.url("/api"), plus=True)
+    limited_traffic(server, backend)
+    seen = metrics(plus)
+    reqs = server.get("/api/8/http/limit_reqs").json()
+    conns = server.get("/api/8/http/limit_conns").json()
+    assert reqs["nodelay"]["rejected"] == 2 and conns["conn"]["rejected"] == 3  # (what the traffic makes)
+    for zone, counts in reqs.items():
+        for field, value in counts.items():
+            assert seen[f'nginxplus_limit_request_{field}{{zone="{zone}"}}'] == value, (zone, field)
+    for zone, counts in conns.items():
+        for field, value in counts.items():
+            assert seen[f'nginxplus_limit_connection_{field}{{zone="{zone}"}}'] == value, (zone, field)
 
 
 def test_ngxsim_status_shows_upstream_peers_and_caches(ngxsim_server, ngxsim_backend):
@@ -513,12 +538,18 @@ def test_limit_reqs_and_limit_conns_count_what_the_limits_decided(ngxsim_server,
     server.kill_worker()
     assert server.get("/api/8/http/limit_reqs").json() == reqs
     assert server.get("/api/8/http/limit_conns/conn").json() == conns["conn"]
+    # a reload keeps the counts of the zones it keeps; a zone it adds starts at 0
+    server.reload(server.conf.read_text().replace("limit_conn_zone $arg_k zone=conn:64k;",
+                                                  "limit_conn_zone $arg_k zone=conn:64k; limit_req_zone $arg_k "
+                                                  "zone=added:64k rate=1r/s;"))
+    assert server.get("/api/8/http/limit_reqs").json() == {**reqs, "added": zeros}
+    assert server.get("/api/8/http/limit_conns").json() == conns
 
     # DELETE resets one zone (NGINX Plus: 204, no body); the others keep theirs
     r = server.delete("/api/8/http/limit_reqs/nodelay")
     assert (r.status_code, r.content) == (204, b"")
     after = server.get("/api/8/http/limit_reqs").json()
-    assert after == {**reqs, "nodelay": zeros}
+    assert after == {**reqs, "nodelay": zeros, "added": zeros}
     server.get("/nodelay/x?k=c")
     assert server.get("/api/8/http/limit_reqs/nodelay").json() == {**zeros, "passed": 1}
     assert server.delete("/api/8/http/limit_conns/conndry").status_code == 204
@@ -537,3 +568,36 @@ def test_limit_reqs_and_limit_conns_count_what_the_limits_decided(ngxsim_server,
         assert r.status_code == 405 and r.json()["error"]["code"] == "MethodNotSupported"
     assert server.get("/api/8/http/limit_reqs").json()["delay"] == reqs["delay"]
 
+
+def test_peer_response_codes_and_times_come_from_real_responses(ngxsim_server, ngxsim_backend):
+    """NGINX Plus's per-peer ``responses.codes`` and ``header_time``/``response_time`` (ms, the
+    average of the recent responses), counted by every worker into the upstream's zone."""
+    a, b = ngxsim_backend(name="a"), ngxsim_backend(name="b")
+    for backend in (a, b):
+        backend.respond(body="ok")
+        backend.respond("/missing", status=404, body="no")
+        backend.respond("/slow", body="late", delay=0.3)
+    server = start(ngxsim_server, [a, b], workers=3)
+    assert all("header_time" not in p and p["responses"]["codes"] == {} for p in peers(server).values())
+    server.spray("/x", 12)
+    server.spray("/missing", 6)
+    got = peers(server)
+    for backend in (a, b):
+        peer = got[backend.address]
+        codes = Counter(str(200 if r.path != "/missing" else 404) for r in backend.requests_for())
+        assert peer["responses"]["codes"] == dict(codes) and sum(codes.values()) == peer["responses"]["total"]
+        assert peer["header_time"] >= 0 and peer["response_time"] >= peer["header_time"]
+    # slow answers raise the averages of the peer that gave them above their delay's share
+    before = peers(server)[a.address]
+    server.request("PATCH", f"{UPS}/servers/{before['id']}", json={"weight": 100})
+    slow = [r for r in server.spray("/slow", 6) if r.status_code == 200]
+    after = peers(server)[a.address]
+    timed = after["responses"]["total"]
+    slow_at_a = after["responses"]["codes"]["200"] - before["responses"]["codes"]["200"]
+    assert slow and slow_at_a >= 1
+    # every slow one took 300 ms to its header: the average holds at least their share of it
+    assert after["header_time"] >= 300 * slow_at_a // timed
+    assert after["response_time"] >= after["header_time"]
+    seen = {pid: r.json() for pid, r in server.each_worker(f"{UPS}/servers/{after['id']}").items()}
+    assert {(p["header_time"], p["response_time"], str(p["responses"]["codes"])) for p in seen.values()} == \
+        {(after["header_time"], after["response_time"], str(after["responses"]["codes"]))}
