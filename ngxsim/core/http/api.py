@@ -8,8 +8,8 @@ Paths are relative to the location: ``/`` lists the versions, ``/N/`` the top-le
 ``http/server_zones``, ``http/location_zones``; a module adds its own sections through the
 ``ngxsim_api_sections`` hook (upstreams: ``http/upstreams``, cache_purge: ``http/caches``,
 limit_req: ``http/limit_reqs``, limit_conn: ``http/limit_conns``; ``{}`` when not loaded).
-Every count is the instance's (shared memory), whichever worker answers. Errors are NGINX Plus's body: ``{"error": {"status", "text", "code"}, "request_id",
-"href"}``.
+Every count is the instance's (shared memory), whichever worker answers. Errors are NGINX
+Plus's body: ``{"error": {"status", "text", "code"}, "request_id", "href"}``.
 """
 
 from __future__ import annotations
