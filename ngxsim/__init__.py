@@ -20,7 +20,8 @@ from .core.conf.parser import Statement
 from .core.conf.zones import MAX_ZONE_SIZE
 from .core.events import Event, Gap, Subscription, http_event_zone
 from .core.http.logs import LEVELS as LOG_LEVELS
-from .core.http.api import ApiAnswer, ApiRequest, ApiSection, iso_time
+from .core.counters import CounterRows
+from .core.http.api import ApiAnswer, ApiRequest, ApiSection, counters_section, iso_time
 from .core.http.background import BackgroundWork, run_in_background, run_subrequest, subrequest
 from .core.http.connection import ClientGone, ResponseCut, client_closed, client_gone, cut_connection, wait_readable
 from .core.http.jsonapi import (
@@ -45,7 +46,7 @@ from .hookspecs import hookimpl, hookspec
 __version__ = "0.1.0"
 
 __all__ = [
-    "ALERT", "EMERG", "NOTICE", "ApiAnswer", "ApiRequest", "ApiSection", "iso_time",
+    "ALERT", "EMERG", "NOTICE", "ApiAnswer", "ApiRequest", "ApiSection", "iso_time", "CounterRows", "counters_section",
     "ARGS", "FLAG", "HTTP", "LOCATION", "MAIN", "MAX_ZONE_SIZE", "NUMBER", "SERVER", "SIZE", "STRING", "TIME",
     "ZONE_HEADER_SIZE", "Wait", "Zone", "prompt_wakeups", "call_impl", "tracing", "ApiError", "ConfigError", "Directive", "Event", "Gap", "LivenessWatch", "Methods",
     "OutOfRange", "Regex", "Subscription", "Template", "Unsupported", "Variable", "check_key", "compact_json",

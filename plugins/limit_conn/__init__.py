@@ -27,10 +27,10 @@ import struct
 import threading
 from dataclasses import dataclass
 
-from ngxsim import (HTTP, LOCATION, LOG, LOG_LEVELS, PREACCESS, SERVER, Directive, LivenessWatch, PhaseHandler,
-                    SharedTable, TableFull, Template, Variable, check_zone_references, declare_keyed_zones,
-                    error_context, error_page, hookimpl, key_values, limit_directives, process_start_time,
-                    require_param, zone_param)
+from ngxsim import (HTTP, LOCATION, LOG, LOG_LEVELS, PREACCESS, SERVER, CounterRows, Directive, LivenessWatch,
+                    PhaseHandler, SharedTable, TableFull, Template, Variable, check_zone_references, counters_section,
+                    declare_keyed_zones, error_context, error_page, hookimpl, key_values, limit_directives,
+                    process_start_time, require_param, zone_param)
 
 NAME = "limit_conn"
 STATUS_VAR = "limit_conn_status"
@@ -41,6 +41,9 @@ HOLDER = struct.Struct("<IIQ")
 HOLDERS = 8
 RECORD_SIZE = OVERFLOW_COUNT.size + HOLDERS * HOLDER.size
 OVERFLOW = "overflow"
+# NGINX Plus's statistics of each zone (/api/N/http/limit_conns), in a zone of their own
+STATS_ZONE = "limit_conn.stats"
+FIELDS = ("passed", "rejected", "rejected_dry_run")
 KEY_MAX = 64  # longer keys (nginx allows 255 bytes) are stored as their SHA-256 (SharedTable does it)
 log = logging.getLogger("ngxsim")
 
@@ -90,6 +93,22 @@ def ngxsim_variables(register):
 def ngxsim_postconfiguration(config):
     config.stash[NAME] = declare_keyed_zones(config, "limit_conn_zone", NAME, tag="limit_conn.2")
     check_zone_references(config, "limit_conn", config.stash[NAME])
+    if config.stash[NAME]:
+        CounterRows.declare(config, STATS_ZONE, NAME, config.stash[NAME], FIELDS)
+
+
+@hookimpl
+def ngxsim_api_sections(config):
+    """NGINX Plus's ``http/limit_conns``: each zone's ``passed``, ``rejected``,
+    ``rejected_dry_run``, the instance's counts; ``DELETE`` resets a zone's."""
+    zones = config.stash.get(NAME)
+    if not zones:
+        return None
+    return counters_section("http/limit_conns", zones, _stats, "limit_conn", "LimitConnNotFound")
+
+
+def _stats(runtime) -> CounterRows:
+    return CounterRows.of(runtime, STATS_ZONE, FIELDS, runtime.config.stash.get(NAME, {}))
 
 
 @hookimpl
@@ -234,6 +253,7 @@ class LimitConn:
             return None
         tables = _tables(ctx.runtime)
         held = ctx.stash.setdefault(NAME, [])
+        counted = []  # the zones the request was counted in
         for limit, spec in self.limits:
             key = spec.key.render(ctx).encode("utf-8", "surrogateescape")
             if not key:
@@ -248,16 +268,22 @@ class LimitConn:
                 where = table.update(key, _count_in(limit.conn))
             except TableFull:  # every record of the key's stripe counts requests in progress
                 log.critical('ngx_slab_alloc() failed: no memory in limit_conn_zone "%s"', spec.name)
-                return self._reject(ctx)
+                return self._reject(ctx, spec)
             if where is None:
                 log.log(self.level, 'limiting connections%s by zone "%s"%s', ", dry run," if self.dry_run else "",
                         spec.name, error_context(ctx))
-                return self._reject(ctx)
+                return self._reject(ctx, spec)
             held.append((table, key, where))
+            counted.append(spec.name)
+        stats = _stats(ctx.runtime) if counted else None
+        for name in counted:
+            stats.add(name, "passed")
         return None
 
-    def _reject(self, ctx):
+    def _reject(self, ctx, spec):
         release(ctx)  # ngx_http_limit_conn_cleanup_all
+        # counted by the zone that refused it; the others counted it out again
+        _stats(ctx.runtime).add(spec.name, "rejected_dry_run" if self.dry_run else "rejected")
         if self.dry_run:
             ctx.vars[STATUS_VAR] = "REJECTED_DRY_RUN"
             return None

@@ -23,10 +23,10 @@ import struct
 import time
 from dataclasses import dataclass
 
-from ngxsim import (ALERT, HTTP, LIMIT_LOG_LEVELS, LOCATION, LOG_LEVELS, PREACCESS, SERVER, Delay, Directive,
-                    PhaseHandler, SharedTable, TableFull, Template, Variable, check_zone_references, declare_keyed_zones,
-                    error_context, error_page, hookimpl, key_values, limit_directives, positive_param, rate_param,
-                    require_param, zone_name_param, zone_param)
+from ngxsim import (ALERT, HTTP, LIMIT_LOG_LEVELS, LOCATION, LOG_LEVELS, PREACCESS, SERVER, CounterRows, Delay,
+                    Directive, PhaseHandler, SharedTable, TableFull, Template, Variable, check_zone_references,
+                    counters_section, declare_keyed_zones, error_context, error_page, hookimpl, key_values,
+                    limit_directives, positive_param, rate_param, require_param, zone_name_param, zone_param)
 
 NAME = "limit_req"
 STATUS_VAR = "limit_req_status"
@@ -37,6 +37,9 @@ RECORD = struct.Struct("<qqq")
 KEY_MAX = 64  # longer keys are stored as their SHA-256 (SharedTable does it)
 NODELAY = (2**63 - 1) // 1000  # nginx's NGX_MAX_INT_T_VALUE / 1000
 LEVELS = LIMIT_LOG_LEVELS
+# NGINX Plus's statistics of each zone (/api/N/http/limit_reqs), in a zone of their own
+STATS_ZONE = "limit_req.stats"
+FIELDS = ("passed", "delayed", "rejected", "delayed_dry_run", "rejected_dry_run")
 # nginx: the rc of ngx_http_limit_req_lookup
 DECLINED, OK, AGAIN, BUSY, ERROR = "declined", "ok", "again", "busy", "error"
 
@@ -98,6 +101,22 @@ def ngxsim_postconfiguration(config):
     zones = declare_keyed_zones(config, "limit_req_zone", NAME, tag="limit_req.1")
     check_zone_references(config, "limit_req", zones)
     config.stash[NAME] = zones
+    if zones:
+        CounterRows.declare(config, STATS_ZONE, NAME, zones, FIELDS)
+
+
+@hookimpl
+def ngxsim_api_sections(config):
+    """NGINX Plus's ``http/limit_reqs``: each zone's ``passed``, ``delayed``, ``rejected``,
+    ``delayed_dry_run``, ``rejected_dry_run``, the instance's counts; ``DELETE`` resets a zone's."""
+    zones = config.stash.get(NAME)
+    if not zones:
+        return None
+    return counters_section("http/limit_reqs", zones, _stats, "limit_req", "LimitReqNotFound")
+
+
+def _stats(runtime) -> CounterRows:
+    return CounterRows.of(runtime, STATS_ZONE, FIELDS, runtime.config.stash.get(NAME, {}))
 
 
 @hookimpl
@@ -160,6 +179,7 @@ class LimitReq:
                 break
         if rc == DECLINED:
             return None
+        stats = _stats(ctx.runtime)
         if rc in (BUSY, ERROR):
             if rc == BUSY:
                 log.log(self.limit_level, 'limiting requests%s, excess: %d.%03d by zone "%s"%s',
@@ -167,14 +187,21 @@ class LimitReq:
                         error_context(ctx))
             for table, key, _, _ in touched:  # ngx_http_limit_req_unlock
                 table.update(key, _unlock)
+            # counted by the zone that refused it; the others' lookups were undone
+            stats.add(spec.name, "rejected_dry_run" if self.dry_run else "rejected")
             if self.dry_run:
                 ctx.vars[STATUS_VAR] = "REJECTED_DRY_RUN"
                 return None
             ctx.vars[STATUS_VAR] = "REJECTED"
             return error_page(self.status_code)
+        accounted = [other.name for _, _, _, other in touched] + ([spec.name] if rc == OK else [])
         if rc == AGAIN:
             excess = 0
-        delay, excess, spec = _account(touched, excess, limit, spec)
+        delay, excess, spec, delaying = _account(touched, excess, limit, spec)
+        # each zone that accounted the request counts what it alone decided: a delay, or passed
+        delayed = "delayed_dry_run" if self.dry_run else "delayed"
+        for name in accounted:
+            stats.add(name, delayed if delay and name in delaying else "passed")
         if not delay:
             ctx.vars[STATUS_VAR] = "PASSED"
             return None
@@ -216,9 +243,11 @@ def _unlock(old: bytes | None):
     return RECORD.pack(lr_excess, lr_last, lr_count - 1), None
 
 
-def _account(touched, excess: int, limit: Limit, spec: ZoneSpec) -> tuple[int, int, ZoneSpec]:
-    """``ngx_http_limit_req_account``: the delay in ms, and the excess and zone that set it."""
+def _account(touched, excess: int, limit: Limit, spec: ZoneSpec) -> tuple[int, int, ZoneSpec, set[str]]:
+    """``ngx_http_limit_req_account``: the delay in ms, the excess and zone that set it, and the
+    zones that would delay the request by themselves."""
     max_delay = 0 if excess <= limit.delay else (excess - limit.delay) * 1000 // spec.rate
+    delaying = {spec.name} if max_delay else set()
     for table, key, other, other_spec in reversed(touched):  # while (n--)
 
         def change(old: bytes | None, rate=other_spec.rate):
@@ -234,9 +263,11 @@ def _account(touched, excess: int, limit: Limit, spec: ZoneSpec) -> tuple[int, i
         if new_excess is None or new_excess <= other.delay:
             continue
         delay = (new_excess - other.delay) * 1000 // other_spec.rate
+        if delay:
+            delaying.add(other_spec.name)
         if delay > max_delay:
             max_delay, excess, spec = delay, new_excess, other_spec
-    return max_delay, excess, spec
+    return max_delay, excess, spec, delaying
 
 
 def _tables(runtime) -> dict[str, SharedTable]:

@@ -202,7 +202,7 @@ def ngxsim_postconfiguration(config):
             raise block.error("zone", f'zone "{zone_name}" has room for {slot_count(usable)} peers, '
                                       f'upstream "{name}" lists {len(servers)}')
         config.zones.declare(zone_name, zone_size, owner=NAME, where=block.where_of("zone") or block.statement,
-                             tag=f"{NAME} v2 {name}")
+                             tag=f"{NAME} v3 {name}")  # v3: peer slots of 416 bytes (times, codes)
         if up.refresh is not None:
             config.jobs.declare(f"upstreams.refresh.{name}", up.refresh.interval, refresh_job(name, up.refresh, {}),
                                 owner=NAME, where=block.where_of("upstream_refresh"))

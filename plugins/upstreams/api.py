@@ -132,6 +132,9 @@ class UpstreamsSection:
                 "downtime": stats.downtime_ms(c.health, now),
                 "max_fails": p["max_fails"], "fail_timeout": _time_text(p["fail_timeout"]), "down": p["down"],
                 "drain": p.get("drain", False), "health": health}
+        peer["responses"]["codes"] = stats.codes
+        if stats.header_time is not None:  # NGINX Plus: once the peer answered
+            peer["header_time"], peer["response_time"] = stats.header_time, stats.response_time
         if stats.checks:
             peer["health_checks"]["last_passed"] = stats.last_passed
         if stats.selected:

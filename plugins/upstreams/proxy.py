@@ -200,10 +200,11 @@ class ProxyHandler:
                 condition = _STATUS_CONDITIONS.get(resp.status)
                 if condition is None or condition not in self.next_upstream:
                     return self._respond(ctx, spec, state, target, resp, url, addrs, statuses, times, method,
-                                         sent=sent_bytes, link=link, keepalive=keepalive)
+                                         sent=sent_bytes, link=link, keepalive=keepalive, began=began,
+                                         header_time=elapsed)
                 # a status proxy_next_upstream retries: remember it, count a failure, go on
                 state.end(spec.upstream, target, failed=condition in _FAILURE_CONDITIONS, snapshot=snapshot,
-                          status=resp.status, sent=sent_bytes)
+                          status=resp.status, sent=sent_bytes, times=(elapsed, elapsed))
                 last_response, last_failure = (resp, link), condition
                 if not (retry_ok and (method not in NON_IDEMPOTENT or "non_idempotent" in self.next_upstream)):
                     break
@@ -306,7 +307,7 @@ class ProxyHandler:
     # -- the response --------------------------------------------------------------------------
 
     def _respond(self, ctx, spec, state, target, resp, url, addrs, statuses, times, method, counted=False, sent=0,
-                 link=None, keepalive=None):
+                 link=None, keepalive=None, began=0.0, header_time=0.0):
         """The answer to the client. One read whole (``Whole``) goes on as bytes: its connection
         is kept (or closed) and its try counted at once, as nginx frees the peer when the
         upstream's answer is all in; any other streams on (``_Body``) and ends both when the
@@ -334,7 +335,8 @@ class ProxyHandler:
             _reuse(state.links, keepalive, link, not resp.will_close)
             if not counted:
                 state.end(upstream, target, failed=False, success=True, snapshot=snapshot, status=resp.status,
-                          sent=sent, received=len(resp.reason) + 15 + resp.size + len(resp.body))
+                          sent=sent, received=len(resp.reason) + 15 + resp.size + len(resp.body),
+                          times=(header_time, time.monotonic() - began))
             # whole() let no CR or LF into a line; a rewritten Location is checked as any header is
             return self._relayed(ctx, resp, [resp.body], headers if rewritten else checked_headers(headers), rewritten)
 
@@ -345,7 +347,7 @@ class ProxyHandler:
         def finished() -> None:
             if not counted:
                 state.end(upstream, target, failed=False, success=True, snapshot=snapshot, status=resp.status, sent=sent,
-                          received=head + stream.received)
+                          received=head + stream.received, times=(header_time, time.monotonic() - began))
 
         stream = _Body(ctx, resp, method != "HEAD", finished, release, f"http://{addrs[-1]}{url}", self.read_timeout)
         if http09:  # no status line: nginx 1.22 says so and relays the bytes as an HTTP/0.9 answer

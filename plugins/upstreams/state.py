@@ -90,8 +90,9 @@ class State:
             zone.selected(target.peer.slot, target.peer.id, time.time())
 
     def end(self, upstream: str | None, target, failed: bool, snapshot: Snapshot | None, success: bool = False,
-            status: int = 0, sent: int = 0, received: int = 0) -> None:
-        """The try ended: its response's ``status`` (0: none) and the bytes it moved are counted."""
+            status: int = 0, sent: int = 0, received: int = 0, times: tuple[float, float] | None = None) -> None:
+        """The try ended: its response's ``status`` (0: none), the bytes it moved and ``times``
+        (seconds from the try's start to the response's header and to its end) are counted."""
         if upstream is None or target is None or target.peer is None:
             return
         peer, zone = target.peer, self.zones[upstream]
@@ -99,7 +100,7 @@ class State:
             failed = False  # nginx never counts a lone server's failures
         zone.add_active(peer.slot, -1)
         if zone.finish(peer.slot, peer.id, failed, success, time.monotonic(), peer.max_fails, status, sent, received,
-                       peer.fail_timeout):
+                       peer.fail_timeout, times=times):
             log.warning('upstream server temporarily disabled: %s in upstream "%s"', peer.server, upstream)
         if failed and snapshot is not None:
             snapshot.failed(peer)

@@ -3,10 +3,11 @@
 Layout of ``zone.buf`` (every field little-endian)::
 
     header (64)   magic, snapshot version, active area, snapshot length, slots N, rows W, area size
-    N peer slots  (192 each) peer id, flags, requests, fails, the passive-failure window (fails,
+    N peer slots  (416 each) peer id, flags, requests, fails, the passive-failure window (fails,
                   accessed, checked) and the health healthchecks reports; then NGINX Plus's
                   peer statistics (responses by class, bytes sent and received, unavail, health
-                  check totals, last selected, downtime: see ``PeerStats``)
+                  check totals, last selected, downtime: see ``PeerStats``); the recent
+                  responses' times (two windows); the responses by status code (16 codes)
     W worker rows (16 + 2N each) pid, its idle kept connections to the upstream, start time, and
                   the requests it has in flight to each slot
     2 areas       snapshot JSON, double-buffered: a new one is written into the idle area and
@@ -53,7 +54,17 @@ _HEALTH_AT, _HEALTH_COUNTS_AT = 28, 32  # health (u8); health check fails, passe
 _RESPONSES_AT, _SENT_AT, _RECEIVED_AT, _UNAVAIL_AT = _STATS_AT, _STATS_AT + 40, _STATS_AT + 48, _STATS_AT + 56
 _CHECKS_AT, _SELECTED_AT, _DOWN_AT = _STATS_AT + 64, _STATS_AT + 96, _STATS_AT + 104
 _TWO_U32, _FOUR_U64, _THREE_F64 = struct.Struct("<II"), struct.Struct("<QQQQ"), struct.Struct("<ddd")
-SLOT_SIZE = 192
+# at slot + 192: NGINX Plus's header_time and response_time, averages of the recent responses:
+# two buckets, one per window of TIME_WINDOW seconds (even, odd), each its tag (u32: the window's
+# and the peer's low 16 bits, so that an add lands only in its own window of its own peer), then
+# the sums of header and response times (µs) and the responses timed; the averages are over both
+_TIMES_AT, _TIME_BUCKET = 192, struct.Struct("<I4xQQQ")
+TIME_WINDOW = 10.0
+# at slot + 256: the responses by status code (NGINX Plus's responses.codes): 16 codes (u16, 0:
+# free; a code takes a free one under the zone lock), then their counts (u64, moved by add_u64)
+_CODES_AT, _CODE_COUNTS_AT, CODES = 256, 288, 16
+_CODES = struct.Struct(f"<{CODES}H")
+SLOT_SIZE = 416
 ROWS = 128
 _ROW_HEAD = struct.Struct("<IIQ")  # pid, idle kept connections (keepalive), start time
 _IDLE_AT = 4
@@ -114,6 +125,9 @@ class PeerStats:
     down_since: float  # epoch seconds, 0: not down
     downtime: float  # seconds down before down_since
     unavail_until: float  # epoch seconds: the end of the max_fails window, 0: not unavail
+    header_time: int | None = None  # ms, the average of the recent responses (None: none timed)
+    response_time: int | None = None
+    codes: dict[str, int] | None = None  # responses by status code ("200": 12)
 
     # NGINX Plus's ``downtime`` is the time a peer spent in the states ``unavail`` (max_fails
     # failures within fail_timeout), ``checking`` and ``unhealthy`` (health checks), and
@@ -234,8 +248,20 @@ class UpstreamZone:
             _F64.pack_into(self.buf, at + _DOWN_AT, time.time())  # down since
 
     def stats(self, slot: int) -> PeerStats:
-        v = _STATS.unpack_from(self.buf, self._slot_at(slot) + _STATS_AT)
-        return PeerStats(tuple(v[0:5]), v[5], v[6], v[7], v[8], v[9], v[10], bool(v[11]), v[12], v[13], v[14], v[15])
+        at = self._slot_at(slot)
+        v = _STATS.unpack_from(self.buf, at + _STATS_AT)
+        low = _U32.unpack_from(self.buf, at)[0] & 0xFFFF
+        header = response = count = 0
+        for bucket in range(2):
+            tag, header_us, response_us, timed = _TIME_BUCKET.unpack_from(self.buf, at + _TIMES_AT + 32 * bucket)
+            if timed and tag & 0xFFFF == low:  # (a bucket of an earlier peer of the slot is not this one's)
+                header, response, count = header + header_us, response + response_us, count + timed
+        counts = struct.unpack_from(f"<{CODES}Q", self.buf, at + _CODE_COUNTS_AT)
+        codes = {str(code): n for code, n in sorted(zip(_CODES.unpack_from(self.buf, at + _CODES_AT), counts))
+                 if code and n}
+        return PeerStats(tuple(v[0:5]), v[5], v[6], v[7], v[8], v[9], v[10], bool(v[11]), v[12], v[13], v[14], v[15],
+                         header // count // 1000 if count else None, response // count // 1000 if count else None,
+                         codes)
 
     def peer_state(self, slot: int) -> tuple[PeerCounters, PeerStats]:
         """A slot's counters and statistics, read together (under the zone lock)."""
@@ -300,9 +326,10 @@ class UpstreamZone:
 
     def finish(self, slot: int, peer_id: int, failed: bool, success: bool, now: float, max_fails: int,
                status: int = 0, sent: int = 0, received: int = 0, fail_timeout: float = 0.0,
-               wall: float | None = None) -> bool:
-        """A try on the peer ended: count its response (``status``, 0 for none) and bytes, and
-        run nginx's passive failure accounting (``max_fails`` failures within ``fail_timeout``
+               wall: float | None = None, times: tuple[float, float] | None = None) -> bool:
+        """A try on the peer ended: count its response (``status``, 0 for none; its class and
+        its code), its bytes and ``times`` (seconds to its header and to its end), and run
+        nginx's passive failure accounting (``max_fails`` failures within ``fail_timeout``
         make the peer unavailable for that long; ``now`` is ``time.monotonic()``, ``wall``
         ``time.time()`` for the downtime). Returns True when this failure just made the peer
         unavailable."""
@@ -310,6 +337,11 @@ class UpstreamZone:
         adds = [(at + _SENT_AT, sent), (at + _RECEIVED_AT, received)]
         if 100 <= status <= 599:
             adds.append((at + _RESPONSES_AT + 8 * (status // 100 - 1), 1))
+            code = self._code_index(at, held, status)
+            if code is not None:
+                adds.append((at + _CODE_COUNTS_AT + 8 * code, 1))
+            if times is not None:
+                self._time(at, held, now, times)
         tripped = False
         if failed:  # the failure window is consistent with itself: under the lock
             with self.zone.lock():
@@ -331,6 +363,42 @@ class UpstreamZone:
                         _U32.pack_into(buf, at + _FAILS_AT, 0)
                         self._down_window(at, wall, None)
         return self.zone.add_u64(adds, at, held) and tripped
+
+    def _code_index(self, at: int, held: int, status: int) -> int | None:
+        """Where the slot at ``at`` counts ``status`` (a free place taken under the lock the
+        first time), or None when its 16 places hold other codes."""
+        codes = _CODES.unpack_from(self.buf, at + _CODES_AT)
+        if status in codes:
+            return codes.index(status)
+        if 0 not in codes:
+            return None
+        with self.zone.lock():
+            codes = _CODES.unpack_from(self.buf, at + _CODES_AT)
+            if _U32.unpack_from(self.buf, at)[0] != held:
+                return None
+            if status in codes:
+                return codes.index(status)
+            if 0 not in codes:
+                return None
+            i = codes.index(0)
+            struct.pack_into("<H", self.buf, at + _CODES_AT + 2 * i, status)
+            return i
+
+    def _time(self, at: int, held: int, now: float, times: tuple[float, float]) -> None:
+        """Add a response's times into the bucket of the window of ``now`` (monotonic); the
+        first add of a window in a bucket empties it of the window before last, under the lock."""
+        window = int(now // TIME_WINDOW)
+        tag = (window & 0xFFFF) << 16 | held & 0xFFFF
+        bucket = at + _TIMES_AT + 32 * (window % 2)
+        adds = ((bucket + 8, int(times[0] * 1e6)), (bucket + 16, int(times[1] * 1e6)), (bucket + 24, 1))
+        if self.zone.add_u64(adds, bucket, tag):
+            return
+        with self.zone.lock():
+            if _U32.unpack_from(self.buf, at)[0] != held:
+                return
+            if _U32.unpack_from(self.buf, bucket)[0] != tag:
+                _TIME_BUCKET.pack_into(self.buf, bucket, tag, 0, 0, 0)
+        self.zone.add_u64(adds, bucket, tag)
 
     def _down_window(self, at: int, wall: float | None, fail_timeout: float | None) -> None:
         """Under the zone lock: the slot at ``at`` is unavail from ``wall`` for ``fail_timeout``

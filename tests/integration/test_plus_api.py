@@ -368,10 +368,17 @@ def test_the_prometheus_exporter_reads_what_ngxsim_counts(ngxsim_server, ngxsim_
         assert seen[f"nginxplus_upstream_server_received{labels}"] == peer["received"]
         code = f'{{code="2xx",server="{address}",upstream="backend"}}'
         assert seen[f"nginxplus_upstream_server_responses{code}"] == peer["responses"]["2xx"]
+        # the averages of the recent responses and the responses by code (0.11 exports a fixed list of codes)
+        assert seen[f"nginxplus_upstream_server_header_time{labels}"] == peer.get("header_time", 0)
+        assert seen[f"nginxplus_upstream_server_response_time{labels}"] == peer.get("response_time", 0)
+        by_code = {name.split('"')[1]: value for name, value in seen.items()
+                   if name.startswith("nginxplus_upstream_server_responses_codes") and f'"{address}"' in name}
+        assert {c: n for c, n in by_code.items() if n} == peer["responses"]["codes"] and "200" in by_code
     states = {"up": 1, "draining": 2, "down": 3, "unavail": 4, "checking": 5, "unhealthy": 6}
     assert {a: seen[f'nginxplus_upstream_server_state{{server="{a}",upstream="backend"}}'] for a in ours} == \
         {a: states[p["state"]] for a, p in ours.items()} == {a.address: 1, b.address: 2, c.address: 4}
     assert ours[c.address]["fails"] >= 1 and ours[a.address]["requests"] == a.hits
+    assert ours[a.address]["responses"]["codes"] == {"200": a.hits} and ours[a.address]["header_time"] >= 0
 
     first = stub(server)
     seen = metrics(basic)  # the exporter's own request to stub_status comes between the two reads
@@ -380,6 +387,24 @@ def test_the_prometheus_exporter_reads_what_ngxsim_counts(ngxsim_server, ngxsim_
     assert seen["nginx_connections_accepted"] == first["accepts"] + 1
     assert seen["nginx_connections_handled"] == first["handled"] + 1
     assert stub(server)["requests"] == first["requests"] + 2
+
+
+def test_the_prometheus_exporter_reads_the_limit_req_and_limit_conn_counts(ngxsim_server, ngxsim_backend, exporter):
+    backend = ngxsim_backend()
+    server = ngxsim_server(LIMITS_CONF, workers=2, mode="ngxsim", ready_path="/api/",
+                           placeholders={"backend": backend.address})
+    plus = exporter(server.url("/api"), plus=True)
+    limited_traffic(server, backend)
+    seen = metrics(plus)
+    reqs = server.get("/api/8/http/limit_reqs").json()
+    conns = server.get("/api/8/http/limit_conns").json()
+    assert reqs["nodelay"]["rejected"] == 2 and conns["conn"]["rejected"] == 3  # (what the traffic makes)
+    for zone, counts in reqs.items():
+        for field, value in counts.items():
+            assert seen[f'nginxplus_limit_request_{field}{{zone="{zone}"}}'] == value, (zone, field)
+    for zone, counts in conns.items():
+        for field, value in counts.items():
+            assert seen[f'nginxplus_limit_connection_{field}{{zone="{zone}"}}'] == value, (zone, field)
 
 
 def test_ngxsim_status_shows_upstream_peers_and_caches(ngxsim_server, ngxsim_backend):
@@ -401,3 +426,178 @@ def test_ngxsim_status_shows_upstream_peers_and_caches(ngxsim_server, ngxsim_bac
                           capture_output=True, text=True, timeout=60).stdout
     assert "upstreams:" in text and "draining" in text and b.address in text
     assert "cache_purge:" in text and "hit_ratio" in text and "0.75" in text
+
+
+# -- limit_req and limit_conn: each module answers its own section ----------------------------------
+
+LIMITS_CONF = """
+load_module worker_events; load_module upstreams; load_module limit_req; load_module limit_conn;
+worker_threads 16;
+http {
+    worker_events_zone bus;
+    log_format limits '$uri $status $limit_req_status $limit_conn_status';
+    limit_req_zone $arg_k zone=nodelay:64k rate=1r/m;
+    limit_req_zone $arg_k zone=delay:64k rate=10r/s;
+    limit_req_zone $arg_k zone=dry:64k rate=1r/m;
+    limit_req_zone $arg_k zone=first:64k rate=1r/m;
+    limit_req_zone $arg_k zone=second:64k rate=1r/m;
+    limit_conn_zone $arg_k zone=conn:64k;
+    limit_conn_zone $arg_k zone=conndry:64k;
+    server {
+        listen 127.0.0.1:{port};
+        access_log {tmp}/access.log limits;
+        location / { proxy_pass http://{backend}; }
+        location /nodelay/ { limit_req zone=nodelay burst=2 nodelay; proxy_pass http://{backend}; }
+        location /delay/ { limit_req zone=delay burst=3; proxy_pass http://{backend}; }
+        location /dry/ { limit_req zone=dry burst=1; limit_req_dry_run on; proxy_pass http://{backend}; }
+        location /both/ { limit_req zone=first burst=5 nodelay; limit_req zone=second; proxy_pass http://{backend}; }
+        location /conn/ { limit_conn conn 1; proxy_pass http://{backend}; }
+        location /conndry/ { limit_conn conndry 1; limit_conn_dry_run on; proxy_pass http://{backend}; }
+        location /api { api write=on; }
+        location /ro/ { api; }
+    }
+}
+"""
+REQ_FIELDS = {"PASSED": "passed", "DELAYED": "delayed", "REJECTED": "rejected", "DELAYED_DRY_RUN": "delayed_dry_run",
+              "REJECTED_DRY_RUN": "rejected_dry_run"}
+CONN_FIELDS = {"PASSED": "passed", "REJECTED": "rejected", "REJECTED_DRY_RUN": "rejected_dry_run"}
+
+
+def limited_traffic(server, backend) -> None:
+    """Requests that limit_req and limit_conn pass, delay and reject (their verdicts are logged)."""
+    backend.respond(body="ok")
+    backend.respond("/conn/slow", body="slow", delay=3)
+    backend.respond("/conndry/slow", body="slow", delay=3)
+    for _ in range(5):
+        server.get("/nodelay/x?k=a")  # 3 pass (burst=2 nodelay), 2 rejected
+    server.get("/nodelay/x?k=b")
+    at_once = [threading.Thread(target=server.get, args=("/delay/x?k=a",), kwargs={"timeout": 30}) for _ in range(8)]
+    for t in at_once:  # 8 at once at 10r/s burst=3: passed, delayed and rejected
+        t.start()
+    for t in at_once:
+        t.join(30)
+    for _ in range(4):
+        server.get("/dry/x?k=a")  # passed, delayed (dry run), rejected (dry run) twice: all answered
+    for _ in range(2):
+        server.get("/both/x?k=a")  # passes both; then "second" refuses it and "first" accounts nothing
+    for path in ("/conn/", "/conndry/"):
+        holder = []
+        slow = threading.Thread(target=lambda p=path: holder.append(server.get(f"{p}slow?k=a", timeout=30)))
+        slow.start()
+        backend.wait_hits(1, path=f"{path}slow")
+        for _ in range(3):
+            server.get(f"{path}fast?k=a")  # the key's one is in progress: rejected (dry run: answered)
+        slow.join(30)
+        assert holder[0].status_code == 200
+        server.get(f"{path}fast?k=a")  # nothing in progress any more: passed
+
+
+def logged_verdicts(server, prefix: str, column: int, fields: dict[str, str]) -> dict[str, int]:
+    """The access log's ``$limit_req_status`` (column 2) or ``$limit_conn_status`` (3) of the
+    requests under ``prefix``, counted as the API's fields."""
+    counts = dict.fromkeys(fields.values(), 0)
+    for line in (server.conf.parent / "access.log").read_text().splitlines():
+        words = line.split(" ")
+        if words[0].startswith(prefix):
+            counts[fields[words[column]]] += 1
+    return counts
+
+
+def test_limit_reqs_and_limit_conns_count_what_the_limits_decided(ngxsim_server, ngxsim_backend):
+    backend = ngxsim_backend()
+    server = ngxsim_server(LIMITS_CONF, workers=3, mode="ngxsim", ready_path="/api/",
+                           placeholders={"backend": backend.address})
+    zeros = {"passed": 0, "delayed": 0, "rejected": 0, "delayed_dry_run": 0, "rejected_dry_run": 0}
+    assert server.get("/api/8/http/limit_reqs").json() == dict.fromkeys(("nodelay", "delay", "dry", "first", "second"),
+                                                                        zeros)
+    assert server.get("/api/8/http/limit_conns").json() == \
+        dict.fromkeys(("conn", "conndry"), {"passed": 0, "rejected": 0, "rejected_dry_run": 0})
+    limited_traffic(server, backend)
+    expected = sum(n for n in (6, 8, 4, 2, 5, 5))
+    wait_for(lambda: len((server.conf.parent / "access.log").read_text().splitlines()) >= expected + 2, 10,
+             what="every limited request in the access log")
+
+    reqs = server.get("/api/8/http/limit_reqs").json()
+    for zone in ("nodelay", "delay", "dry"):
+        assert reqs[zone] == logged_verdicts(server, f"/{zone}/", 2, REQ_FIELDS), zone
+    assert reqs["nodelay"] == {**zeros, "passed": 4, "rejected": 2}
+    assert reqs["dry"] == {**zeros, "passed": 1, "delayed_dry_run": 1, "rejected_dry_run": 2}
+    assert reqs["delay"]["delayed"] >= 1 and reqs["delay"]["rejected"] >= 1 and sum(reqs["delay"].values()) == 8
+    # two zones on one location: each counts its own verdict; a zone whose lookup was undone
+    # (another zone refused the request) counts nothing
+    assert (reqs["first"], reqs["second"]) == ({**zeros, "passed": 1}, {**zeros, "passed": 1, "rejected": 1})
+    conns = server.get("/api/8/http/limit_conns").json()
+    for zone in ("conn", "conndry"):
+        assert conns[zone] == logged_verdicts(server, f"/{zone}/", 3, CONN_FIELDS), zone
+    assert conns == {"conn": {"passed": 2, "rejected": 3, "rejected_dry_run": 0},
+                     "conndry": {"passed": 2, "rejected": 0, "rejected_dry_run": 3}}
+
+    # the instance's counts, whichever worker answers, and a killed worker's stay
+    seen = server.each_worker("/api/8/http/limit_reqs")
+    assert len(seen) == 3 and all(r.json() == reqs for r in seen.values())
+    server.kill_worker()
+    assert server.get("/api/8/http/limit_reqs").json() == reqs
+    assert server.get("/api/8/http/limit_conns/conn").json() == conns["conn"]
+    # a reload keeps the counts of the zones it keeps; a zone it adds starts at 0
+    server.reload(server.conf.read_text().replace("limit_conn_zone $arg_k zone=conn:64k;",
+                                                  "limit_conn_zone $arg_k zone=conn:64k; limit_req_zone $arg_k "
+                                                  "zone=added:64k rate=1r/s;"))
+    assert server.get("/api/8/http/limit_reqs").json() == {**reqs, "added": zeros}
+    assert server.get("/api/8/http/limit_conns").json() == conns
+
+    # DELETE resets one zone (NGINX Plus: 204, no body); the others keep theirs
+    r = server.delete("/api/8/http/limit_reqs/nodelay")
+    assert (r.status_code, r.content) == (204, b"")
+    after = server.get("/api/8/http/limit_reqs").json()
+    assert after == {**reqs, "nodelay": zeros, "added": zeros}
+    server.get("/nodelay/x?k=c")
+    assert server.get("/api/8/http/limit_reqs/nodelay").json() == {**zeros, "passed": 1}
+    assert server.delete("/api/8/http/limit_conns/conndry").status_code == 204
+    assert server.get("/api/8/http/limit_conns").json() == \
+        {**conns, "conndry": {"passed": 0, "rejected": 0, "rejected_dry_run": 0}}
+
+    # NGINX Plus's errors
+    for section, code in (("limit_reqs", "LimitReqNotFound"), ("limit_conns", "LimitConnNotFound")):
+        for method in ("GET", "DELETE"):
+            r = server.request(method, f"/api/8/http/{section}/nope")
+            assert r.status_code == 404 and r.json()["error"]["code"] == code, (section, method)
+            assert '"nope"' in r.json()["error"]["text"]
+        r = server.delete(f"/ro/8/http/{section}/{'delay' if section == 'limit_reqs' else 'conn'}")
+        assert r.status_code == 405 and r.json()["error"]["code"] == "MethodDisabled"
+        r = server.delete(f"/api/8/http/{section}")
+        assert r.status_code == 405 and r.json()["error"]["code"] == "MethodNotSupported"
+    assert server.get("/api/8/http/limit_reqs").json()["delay"] == reqs["delay"]
+
+
+def test_peer_response_codes_and_times_come_from_real_responses(ngxsim_server, ngxsim_backend):
+    """NGINX Plus's per-peer ``responses.codes`` and ``header_time``/``response_time`` (ms, the
+    average of the recent responses), counted by every worker into the upstream's zone."""
+    a, b = ngxsim_backend(name="a"), ngxsim_backend(name="b")
+    for backend in (a, b):
+        backend.respond(body="ok")
+        backend.respond("/missing", status=404, body="no")
+        backend.respond("/slow", body="late", delay=0.3)
+    server = start(ngxsim_server, [a, b], workers=3)
+    assert all("header_time" not in p and p["responses"]["codes"] == {} for p in peers(server).values())
+    server.spray("/x", 12)
+    server.spray("/missing", 6)
+    got = peers(server)
+    for backend in (a, b):
+        peer = got[backend.address]
+        codes = Counter(str(200 if r.path != "/missing" else 404) for r in backend.requests_for())
+        assert peer["responses"]["codes"] == dict(codes) and sum(codes.values()) == peer["responses"]["total"]
+        assert peer["header_time"] >= 0 and peer["response_time"] >= peer["header_time"]
+    # slow answers raise the averages of the peer that gave them above their delay's share
+    before = peers(server)[a.address]
+    server.request("PATCH", f"{UPS}/servers/{before['id']}", json={"weight": 100})
+    slow = [r for r in server.spray("/slow", 6) if r.status_code == 200]
+    after = peers(server)[a.address]
+    timed = after["responses"]["total"]
+    slow_at_a = after["responses"]["codes"]["200"] - before["responses"]["codes"]["200"]
+    assert slow and slow_at_a >= 1
+    # every slow one took 300 ms to its header: the average holds at least their share of it
+    assert after["header_time"] >= 300 * slow_at_a // timed
+    assert after["response_time"] >= after["header_time"]
+    seen = {pid: r.json() for pid, r in server.each_worker(f"{UPS}/servers/{after['id']}").items()}
+    assert {(p["header_time"], p["response_time"], str(p["responses"]["codes"])) for p in seen.values()} == \
+        {(after["header_time"], after["response_time"], str(after["responses"]["codes"]))}

@@ -12,6 +12,7 @@ from ngxsim.core.shm import attach_zone, remove_zone_files
 from ngxsim_plugins.upstreams import snapshots
 from ngxsim_plugins.upstreams.conf import ServerSpec
 from forked import child, exit_status
+from ngxsim_plugins.upstreams import zone as zone_module
 from ngxsim_plugins.upstreams.zone import HEALTH_CHECKING, HEALTH_DOWN, HEALTH_NONE, HEALTH_UP, UpstreamZone
 
 
@@ -166,3 +167,35 @@ def test_a_peer_that_starts_checking_is_down_until_its_first_probe_passes(zone):
     zone.set_health(peer["slot"], peer["id"], HEALTH_UP, 0, 1, after + 60)
     ms, start = _down(zone, peer, after + 500)
     assert start == 0.0 and 60_000 - 1 <= ms <= (after + 60 - before) * 1000
+
+
+def test_responses_by_code_and_the_recent_responses_times(zone):
+    """NGINX Plus's ``responses.codes`` (16 codes a peer; a 17th is counted in its class only),
+    and ``header_time``/``response_time``: the averages of the responses of the last two windows."""
+    a, b = _peers(zone)
+    for status in (200, 200, 404, 503):
+        zone.finish(a["slot"], a["id"], failed=False, success=True, now=1.0, max_fails=0, status=status)
+    zone.finish(b["slot"], b["id"] + 1, failed=False, success=True, now=1.0, max_fails=0, status=201)  # not b's
+    stats = zone.stats(a["slot"])
+    assert stats.codes == {"200": 2, "404": 1, "503": 1} and stats.responses == (0, 2, 0, 1, 1)
+    assert zone.stats(b["slot"]).codes == {} and zone.stats(b["slot"]).header_time is None
+    assert stats.header_time is None  # nothing timed yet
+    for status in range(205, 222):
+        zone.finish(a["slot"], a["id"], failed=False, success=True, now=1.0, max_fails=0, status=status)
+    stats = zone.stats(a["slot"])
+    assert len(stats.codes) == 16 and "220" not in stats.codes and stats.responses[1] == 19
+
+    w = zone_module.TIME_WINDOW
+    zone.finish(a["slot"], a["id"], failed=False, success=True, now=0.5 * w, max_fails=0, status=200,
+                times=(0.010, 0.030))
+    zone.finish(a["slot"], a["id"], failed=False, success=True, now=1.5 * w, max_fails=0, status=200,
+                times=(0.020, 0.050))
+    stats = zone.stats(a["slot"])
+    assert (stats.header_time, stats.response_time) == (15, 40)  # ms, both windows
+    zone.finish(a["slot"], a["id"], failed=False, success=True, now=2.5 * w, max_fails=0, status=200,
+                times=(0.050, 0.100))  # the window before last leaves the average
+    stats = zone.stats(a["slot"])
+    assert (stats.header_time, stats.response_time) == (35, 75)
+    zone.finish(b["slot"], b["id"] + 1, failed=False, success=True, now=2.5 * w, max_fails=0, status=200,
+                times=(9.0, 9.0))  # a try counted for a peer the slot no longer holds
+    assert zone.stats(b["slot"]).header_time is None

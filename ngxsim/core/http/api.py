@@ -5,11 +5,11 @@ exporter's ``-nginx.plus`` mode, nginx-plus-go-client) read ngxsim as they read 
 Paths are relative to the location: ``/`` lists the versions, ``/N/`` the top-level sections,
 ``/N/http/`` the http ones, ``/N/SECTION/...`` a section. The core answers ``nginx``,
 ``processes``, ``connections``, ``slabs``, ``ssl``, ``resolvers``, ``http/requests``,
-``http/server_zones``, ``http/location_zones``, ``http/limit_reqs``, ``http/limit_conns``; a module
-adds its own sections through the ``ngxsim_api_sections`` hook (upstreams: ``http/upstreams``,
-cache_purge: ``http/caches``). Every count is the instance's (shared memory), whichever worker
-answers. Errors are NGINX Plus's body: ``{"error": {"status", "text", "code"}, "request_id",
-"href"}``.
+``http/server_zones``, ``http/location_zones``; a module adds its own sections through the
+``ngxsim_api_sections`` hook (upstreams: ``http/upstreams``, cache_purge: ``http/caches``,
+limit_req: ``http/limit_reqs``, limit_conn: ``http/limit_conns``; ``{}`` when not loaded).
+Every count is the instance's (shared memory), whichever worker answers. Errors are NGINX
+Plus's body: ``{"error": {"status", "text", "code"}, "request_id", "href"}``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from werkzeug.wrappers import Response
 
 from ..instance import WORKER
 from ..modules import call_impl
@@ -104,7 +106,8 @@ def core_sections() -> list[ApiSection]:
     ]
 
 
-_REPLACEABLE = ("http/upstreams", "http/caches")
+# the core answers {} until a module answers them (NGINX Plus's clients read them all)
+_REPLACEABLE = ("http/upstreams", "http/caches", "http/limit_reqs", "http/limit_conns")
 
 
 def collect_sections(config) -> dict[str, ApiSection]:
@@ -142,6 +145,8 @@ class ApiHandler:
             status, body = self._route(ctx, method, parts)
         except ApiError as exc:
             return plus_error(ctx, exc.status, exc.message, exc.code or _CODES.get(exc.status, "Error"), exc.headers)
+        if status == 204:  # NGINX Plus's reset of statistics: no body
+            return Response(status=204)
         return json_response(body, status)
 
     def _route(self, ctx, method: str, parts: list[str]):
@@ -179,6 +184,33 @@ class ApiHandler:
         if method not in ("GET", "HEAD"):
             raise ApiError(405, "method not supported", code="MethodNotSupported")
         return 200, list(body)
+
+
+def counters_section(path: str, names, counters: Callable[[Any], Any], noun: str, code: str) -> ApiSection:
+    """NGINX Plus's section of per-zone statistics (``http/limit_reqs``, ``http/limit_conns``):
+    ``GET`` answers every zone of ``names`` (``{zone: {field: count}}``) or one
+    (``.../ZONE``), ``DELETE .../ZONE`` sets its counts to 0 (204, ``api write=on``); a zone
+    not in ``names`` is 404 with NGINX Plus's ``code`` (``LimitReqNotFound``).
+    ``counters(runtime)`` is this process's ``ngxsim.CounterRows`` of the zones."""
+    names = tuple(names)
+
+    def handler(req: ApiRequest):
+        rows = counters(req.runtime)
+        if not req.parts:
+            if req.method == "DELETE":
+                raise ApiError(405, "method not supported", code="MethodNotSupported")
+            return {name: rows.read(name) for name in names}
+        name = req.parts[0]
+        if name not in names:
+            raise ApiError(404, f'{noun} "{name}" not found', code=code)
+        if len(req.parts) > 1:
+            raise ApiError(404, "path not found", code="PathNotFound")
+        if req.method == "DELETE":
+            rows.reset(name)
+            return ApiAnswer(204, None)
+        return rows.read(name)
+
+    return ApiSection(path, handler, writes=("DELETE",))
 
 
 _CODES = {400: "BadRequest", 403: "Forbidden", 404: "PathNotFound", 405: "MethodNotSupported",
