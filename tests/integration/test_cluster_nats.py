@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from ngxsim.testing import wait_for
 from ngxsim_plugins.cluster.engine import EngineError, Reconnected, Record
 from ngxsim_plugins.cluster.engines.nats import NatsEngine
 
@@ -467,7 +468,7 @@ def test_a_server_that_never_answers_is_an_engine_error_within_the_timeout(engin
 def test_a_server_without_jetstream_is_an_engine_error_saying_so(tmp_path, engines):
     import subprocess
 
-    from ngxsim.testing import free_port, wait_for
+    from ngxsim.testing import free_port
     from ngxsim.testing.nats_server import nats_server_binary, nats_server_missing
 
     if nats_server_missing():
@@ -624,8 +625,13 @@ def test_r3_stream_on_three_nodes_loses_nothing_acknowledged_when_a_node_dies(ng
     cluster = ngxsim_nats_cluster(3)
     stream = unique_stream("r3")
     writer = engines(f"{cluster.url}?replicas=3", stream, timeout=4.0)
-    assert len(cluster.nodes[0].monitor("jsz?streams=true")["account_details"][0]["stream_detail"][0]
-               ["cluster"]["replicas"]) == 2  # R3: the leader and two replicas
+
+    def placement():
+        detail = cluster.nodes[0].monitor("jsz?streams=true")["account_details"][0]["stream_detail"][0]["cluster"]
+        # (until the stream's first election is over, node 1 may list all three as replicas)
+        return detail if detail.get("leader") else None
+
+    assert len(wait_for(placement, 20, what="the R3 stream's leader")["replicas"]) == 2  # the leader and two replicas
     if victim == "connected":
         doomed = _node_of_client(cluster)
     else:
@@ -673,7 +679,6 @@ def test_r3_stream_on_three_nodes_loses_nothing_acknowledged_when_a_node_dies(ng
     reading = threading.Thread(target=read)
     reading.start()
     try:
-        from ngxsim.testing import wait_for
 
         wait_for(lambda: len(acked) >= 50, 30, what="50 acknowledged appends before the kill")
         if victim == "leader stopped":
