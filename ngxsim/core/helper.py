@@ -53,8 +53,11 @@ def run_in_process(runtime, spec, lease, slot: int) -> None:
                "instance": [runtime.instance.pid, runtime.instance.start_time], "slot": slot,
                "generation": runtime.generation, "loaded_at": runtime.loaded_at}
     began = time.monotonic()
+    # (the worker's import path: ngxsim and the modules may be found through sys.path entries a
+    # fresh interpreter would not have)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     proc = subprocess.Popen([sys.executable, "-m", "ngxsim.core.helper", spec.name], stdin=subprocess.PIPE,
-                            close_fds=True)
+                            close_fds=True, env=env)
     try:
         proc.stdin.write(json.dumps(payload).encode() + b"\n")
         proc.stdin.flush()

@@ -188,3 +188,16 @@ def test_a_helper_that_cannot_run_is_started_again_with_growing_pauses_and_said(
     # renewal): 5 in 3 s; with them (2 s after the third failure, then 4 s) at most 2
     assert server.output().count("start service test.helper process") - starts <= 2, server.tail(30)
     assert server.logged("error", "service test.helper (its process) failed")
+
+
+def test_a_reload_stops_the_old_helper_before_a_new_worker_starts_one_with_the_new_configuration(
+        ngxsim_server, tmp_path):
+    server = ngxsim_server(HELPER_CONF.replace("{extra}", ""), workers=2, mode="ngxsim",
+                           extra_env={"NGXSIM_TEST_RECORD_DIR": str(tmp_path)})
+    [(_, old, *_)] = wait_for(lambda: helper_log(tmp_path), 15, what="the helper to start")
+    server.reload(server.conf.read_text().replace("test_service_tag first", "test_service_tag second"))
+    log = wait_for(lambda: (log := helper_log(tmp_path))[2:] and log, 20, what="the new configuration's helper")
+    assert log[1] == ("stop", old), log  # the old one was told, and finished, first
+    assert log[2][0] == "start" and log[2][2] in server.worker_pids() and log[2][4] == "second", log
+    with pytest.raises(ProcessLookupError):
+        os.kill(old, 0)
