@@ -27,14 +27,13 @@ from .view import VIEW_SIZE, View
 
 NAME = "cluster"
 LEASE = 2.0
-RELAY_NICE = 10
 
 
 @hookimpl
 def ngxsim_directives(register):
     register(Directive("cluster_bridge", (HTTP,), (2, None), parse=parse_bridge, multiple=True,
                        doc="`ZONE URL channels=A,B|* state=DIR [stream=NAME] [instance=ID] [retention=N] "
-                           "[password_file=PATH] [timeout=TIME]`: bridge event zone ZONE to the engine at URL "
+                           "[password_file=PATH] [timeout=TIME] [tls_ca=PATH] [tls_cert=PATH tls_key=PATH] [relay_nice=N]`: bridge event zone ZONE to the engine at URL "
                            "(redis://, rediss://, nats://)"))
 
 
@@ -69,7 +68,7 @@ def ngxsim_postconfiguration(config):
         # in a process of its own, below the workers' priority: none of its work is taken from
         # a worker's requests (docs/cluster.md, "The relay's own process")
         config.jobs.declare_service(f"cluster.relay.{bridge.zone}", _relay_service(bridge.zone), owner=NAME,
-                                    where=where, lease=LEASE, process=True, nice=RELAY_NICE)
+                                    where=where, lease=LEASE, process=True, nice=bridge.relay_nice)
         add_zone_view(config, bridge.zone, "cluster", _view_of(bridge.zone))
     config.stash[NAME] = planned
 

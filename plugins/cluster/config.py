@@ -2,7 +2,7 @@
 
     cluster_bridge ZONE URL channels=NAME[,NAME...]|* state=DIR [stream=NAME] [instance=ID]
                    [retention=N] [password_file=PATH] [timeout=TIME]
-                   [tls_ca=PATH] [tls_cert=PATH tls_key=PATH];
+                   [tls_ca=PATH] [tls_cert=PATH tls_key=PATH] [relay_nice=N];
 
 Everything is checked when the configuration loads (``ngxsim -t`` included) without connecting:
 the URL (scheme, host, port, database), that no password is written in it, that the password
@@ -25,11 +25,14 @@ from .engines import engine_class
 
 DEFAULT_RETENTION = 100_000
 DEFAULT_TIMEOUT = 2.0
+# the relay's process runs this much below the workers' priority (docs/cluster.md, "The relay's
+# own process"): while they are busy the kernel gives it what they leave
+DEFAULT_RELAY_NICE = 10
 CHANNEL_MAX = 64
 INSTANCE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 STREAM = re.compile(r"[A-Za-z0-9._:{}-]{1,200}")  # braces: a Redis Cluster hash tag
 _PARAMS = ("channels", "state", "stream", "instance", "retention", "password_file", "timeout", "tls_ca", "tls_cert",
-           "tls_key")
+           "tls_key", "relay_nice")
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class Bridge:
     timeout: float = DEFAULT_TIMEOUT
     engine: str = field(default="", compare=False)  # the URL, redacted
     tls: Tls | None = None  # the TLS files given (None: none, the system's CAs on a TLS URL)
+    relay_nice: int = DEFAULT_RELAY_NICE  # the relay's process below the workers' priority
 
     def bridges(self, channel: str) -> bool:
         """Is ``channel`` sent across? (``@``-channels are worker_events' own: never.)"""
@@ -107,7 +111,8 @@ def parse_bridge(args: list[str]) -> Bridge:
                   _name(params.get("stream", f"ngxsim.{zone}"), STREAM, "stream", 200, ", \"{\", \"}\""),
                   _name(params["instance"], INSTANCE, "instance", 64) if "instance" in params else None,
                   _retention(params.get("retention")), _password_file(params.get("password_file")),
-                  _timeout(params.get("timeout")), engine, _tls(params, cls.tls_schemes, url, engine))
+                  _timeout(params.get("timeout")), engine, _tls(params, cls.tls_schemes, url, engine),
+                  _relay_nice(params.get("relay_nice")))
 
 
 def _tls(params: dict[str, str], tls_schemes: tuple[str, ...], url: str, engine: str) -> Tls | None:
@@ -181,6 +186,16 @@ def _timeout(text: str | None) -> float:
         return parse_time(text, 0.05, 60)
     except (OutOfRange, ValueError):
         raise _fail(f'invalid "timeout={text}": a time from 50ms to 60s') from None
+
+
+def _relay_nice(text: str | None) -> int:
+    if text is None:
+        return DEFAULT_RELAY_NICE
+    try:
+        return parse_number(text, 0, 19)
+    except (OutOfRange, ValueError):
+        raise _fail(f'invalid "relay_nice={text}": from 0 to 19 (how far below the workers\' priority the relay '
+                    'runs)') from None
 
 
 def _password_file(path: str | None) -> str | None:

@@ -56,10 +56,13 @@ def test_every_option_and_a_password_file(state, tmp_path):
     secret = tmp_path / "pw"
     secret.write_text("s3cret\n")
     config = load(f"cluster_bridge other rediss://user@h1:6380/2 channels=* state={state} stream=prod:bus "
-                  f"instance=web-1 retention=5000 password_file={secret} timeout=500ms;")
+                  f"instance=web-1 retention=5000 password_file={secret} timeout=500ms relay_nice=19;")
     bridge = config.stash["cluster"]["other"]["bridge"]
-    assert (bridge.channels, bridge.stream, bridge.instance, bridge.retention, bridge.timeout) == (
-        None, "prod:bus", "web-1", 5000, 0.5)
+    assert (bridge.channels, bridge.stream, bridge.instance, bridge.retention, bridge.timeout, bridge.relay_nice) == (
+        None, "prod:bus", "web-1", 5000, 0.5, 19)
+    [relay] = [spec for spec in config.jobs if spec.name == "cluster.relay.other"]
+    assert relay.process and relay.nice == 19  # the relay's own process, that far below the workers'
+
     assert bridge.password() == "s3cret" and bridge.bridges("anything") and bridge.engine == "rediss://***@h1:6380/2"
 
 
@@ -81,6 +84,8 @@ def test_every_option_and_a_password_file(state, tmp_path):
     ("cluster_bridge bus redis://h channels=c state={s} stream=a\\ b;", "invalid stream"),
     ("cluster_bridge bus redis://h channels=c state={s} retention=5;", 'invalid "retention=5"'),
     ("cluster_bridge bus redis://h channels=c state={s} timeout=never;", 'invalid "timeout=never"'),
+    ("cluster_bridge bus redis://h channels=c state={s} relay_nice=20;", 'invalid "relay_nice=20": from 0 to 19'),
+    ("cluster_bridge bus redis://h channels=c state={s} relay_nice=-1;", 'invalid "relay_nice=-1"'),
     ("cluster_bridge bus redis://h channels=c state={s} color=red;", 'invalid parameter "color=red"'),
     ("cluster_bridge bus redis://h channels=c state={s} stream=a stream=b;", 'duplicate parameter "stream="'),
     ("cluster_bridge nope redis://h channels=c state={s};", 'unknown event zone "nope" in "cluster_bridge" directive'),
