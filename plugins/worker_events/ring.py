@@ -35,13 +35,13 @@ start at 1 and are strictly increasing and never reused as long as the zone live
 respawns included).
 
 The words a reader reads without the lock (``newest``, ``dropped``, the last publish's time,
-each slot's seq) change by one aligned 8-byte store each, so they only move forward: a reader,
-or a writer that comes after a killed one, sees the old value or the new one, never another.
-``struct.pack_into`` does not do that: it zeroes its destination, then writes the fields, so
-a reader racing it (or a writer killed between the two) sees 0 — a newest of 0 makes the next
-publish take generation 1 again. The pure-Python writer stores these words through
-``_u64_words`` (a memoryview of 8-byte items: CPython copies an item with one 8-byte
-``memcpy``), the C one with ``store64``.
+each slot's seq, a worker's delivery counters) change by one aligned 8-byte store each, so
+they only move forward: a reader, or a writer that comes after a killed one, sees the old
+value or the new one, never another. ``struct.pack_into`` does not do that: it zeroes its
+destination, then writes the fields, so a reader racing it (or a writer killed between the
+two) sees 0 — a newest of 0 makes the next publish take generation 1 again. The Python code
+stores these words through ``_u64_words`` (a memoryview of 8-byte items: CPython copies an
+item with one 8-byte ``memcpy``), the C writer with ``store64``.
 
 A tag is trusted only for a slot no writer can have touched since the reader looked at
 ``newest``: generation g's slot is rewritten by g + capacity, so after a search the reader
@@ -77,7 +77,6 @@ CONTROL_SIZE = 64
 _KEY_OFF, _KEY_SIZE = 32, 16  # in the control block
 _BIRTH_OFF = 24  # in the control block: when the ring was first used, µs since the epoch
 _SLOT = struct.Struct("<IIQQQQQQQ")  # pid, subscribers, start, delivered, gaps, lost, last_msec, events, wakeups
-_SLOT_STATS = struct.Struct("<QQQQQQ")  # the part after pid, subscribers and start time
 SLOT_SIZE = 64
 _TAG = struct.Struct("<I")
 # time.time as Python has it is a builtin; a patched one (freezegun's) is not: call that one,
@@ -191,8 +190,9 @@ class Ring:
         # so each process serialises each one once (the API's hot path)
         self._json: dict[int, tuple[str, str]] = {}
         self._tags_off = ENTRIES_OFFSET + capacity * ENTRY_SIZE
-        # the control block and the entries as u64 words: word 0 is newest, 1 dropped, 2 the last
-        # publish's msec, a slot's seq the word at its offset / 8 (the module docstring says why)
+        # the control block, the worker slots and the entries as u64 words: word 0 is newest, 1
+        # dropped, 2 the last publish's msec, any other u64 the word at its offset / 8 (the module
+        # docstring says why)
         self._words = _u64_words(zone.buf[:self._tags_off])
         self._tags: dict[bytes | str, int] = {}  # channel -> its tag, so a publish hashes nothing
         self._key: bytes | None = None
@@ -534,9 +534,16 @@ class Ring:
         return None
 
     def update_slot(self, index: int, delivered: int, gaps: int, lost: int, last_msec: int, events: int, wakeups: int) -> None:
-        """Only the slot's own worker writes it (pid and start time stay); readers tolerate a
-        value one delivery old."""
-        _SLOT_STATS.pack_into(self.buf, self._slot_off(index) + 16, delivered, gaps, lost, last_msec, events, wakeups)
+        """Only the slot's own worker writes it (pid and start time stay), without the lock;
+        readers tolerate a value one delivery old. One 8-byte store a counter, so a reader sees
+        each at its old value or its new one, never 0 (``pack_into`` zeroes first)."""
+        words, at = self._words, (self._slot_off(index) + 16) >> 3
+        words[at] = delivered
+        words[at + 1] = gaps
+        words[at + 2] = lost
+        words[at + 3] = last_msec
+        words[at + 4] = events
+        words[at + 5] = wakeups
 
     def release_slot(self, index: int, pid: int) -> None:
         with self.zone.lock():

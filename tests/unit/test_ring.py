@@ -358,6 +358,38 @@ def test_worker_slots(make_ring):
     assert ring.live_slots() == []
 
 
+def test_a_workers_delivery_counters_never_read_back_while_it_updates_them(make_ring):
+    """A dispatcher updates its slot without the lock after each delivery while the status reads
+    it: every counter a reader sees is the old value or the new one, never 0 in between (which
+    the status would show as a lag of the whole ring)."""
+    ring = make_ring(4)
+    slot = ring.claim_slot(os.getpid(), current_instance(STANDALONE).start_time, 1, subscribers=1)
+
+    def update_forever():
+        n = 1
+        while True:
+            n += 1
+            ring.update_slot(slot, n, n, n, n, n, n)
+
+    pid = _publishing_child(update_forever)
+    try:
+        last = (1, 0, 0, 0, 0, 0)
+        advances = reads = 0
+        deadline = time.monotonic() + 60  # a bound, not a measure: ends when the writer ran enough
+        while advances < 20_000:
+            s = ring.slot(slot)
+            now = (s.delivered, s.gaps, s.lost, s.last_delivery_msec, s.events, s.wakeups)
+            assert all(a >= b for a, b in zip(now, last)), f"read {reads}: {last} -> {now}"
+            advances += now[0] > last[0]
+            last, reads = now, reads + 1
+            if not reads % 1024:
+                assert time.monotonic() < deadline, f"the worker updated its slot only {advances} times"
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        ring.release_slot(slot, os.getpid())
+
+
 def test_json_scan_matches_scan_and_its_cache_stays_bounded(make_ring, monkeypatch):
     import json
 
