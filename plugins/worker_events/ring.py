@@ -30,8 +30,18 @@ slot whose seq is not exactly 2g, and re-reads seq after copying (a seqlock), so
 returns a torn entry. A writer SIGKILLed mid-write leaves an odd seq past ``newest`` (or, killed
 between marking the slot whole and advancing ``newest``, an even one: a generation no publish
 returned, which no reader reads since it is past ``newest``); the next writer takes the same
-generation and overwrites it, and the kernel has already dropped its lock. Generations therefore start at 1 and are strictly increasing and never reused as long as
-the zone lives (worker respawns included).
+generation and overwrites it, and the kernel has already dropped its lock. Generations therefore
+start at 1 and are strictly increasing and never reused as long as the zone lives (worker
+respawns included).
+
+The words a reader reads without the lock (``newest``, ``dropped``, the last publish's time,
+each slot's seq, a worker's delivery counters) change by one aligned 8-byte store each, so
+they only move forward: a reader, or a writer that comes after a killed one, sees the old
+value or the new one, never another. ``struct.pack_into`` does not do that: it zeroes its
+destination, then writes the fields, so a reader racing it (or a writer killed between the
+two) sees 0 — a newest of 0 makes the next publish take generation 1 again. The Python code
+stores these words through ``_u64_words`` (a memoryview of 8-byte items: CPython copies an
+item with one 8-byte ``memcpy``), the C writer with ``store64``.
 
 A tag is trusted only for a slot no writer can have touched since the reader looked at
 ``newest``: generation g's slot is rewritten by g + capacity, so after a search the reader
@@ -41,8 +51,10 @@ tags may already be the next lap's); above that line a tag is the one written wi
 
 from __future__ import annotations
 
+import ctypes
 import struct
 import os
+import sys
 import time
 from hashlib import blake2b
 from dataclasses import dataclass
@@ -60,15 +72,12 @@ MAX_WORKERS = 128
 _JSON_CACHE_MAX = 16384  # events whose JSON text a process keeps for the API
 MAX_CAPACITY = 262_144  # 166 MiB of shared memory; more is a misconfiguration, not a ring
 
-_CONTROL = struct.Struct("<QQQ")  # newest, dropped, last_publish_msec
-_NEWEST = struct.Struct("<Q")
+_BIRTH = struct.Struct("<Q")
 CONTROL_SIZE = 64
 _KEY_OFF, _KEY_SIZE = 32, 16  # in the control block
 _BIRTH_OFF = 24  # in the control block: when the ring was first used, µs since the epoch
 _SLOT = struct.Struct("<IIQQQQQQQ")  # pid, subscribers, start, delivered, gaps, lost, last_msec, events, wakeups
-_SLOT_STATS = struct.Struct("<QQQQQQ")  # the part after pid, subscribers and start time
 SLOT_SIZE = 64
-_SEQ = struct.Struct("<Q")
 _TAG = struct.Struct("<I")
 # time.time as Python has it is a builtin; a patched one (freezegun's) is not: call that one,
 # else the C writer reads the same clock itself
@@ -80,10 +89,7 @@ _REMOTE_EVENT_JSON = ('{"generation":%d,"channel":%s,"type":%s,"payload":%s,"tim
 TAG_SIZE = _TAG.size
 _TAG_CACHE_MAX = 1024  # channels whose tag a process remembers (publishers use a handful)
 _BODY = struct.Struct(f"<QBBHB3xQ{CHANNEL_MAX}s{TYPE_MAX}s{PAYLOAD_MAX}s{ORIGIN_MAX}s")
-ENTRY_SIZE = _SEQ.size + _BODY.size
-# a publish writes seq (odd: in flux) and the body in one call: pack_into stores from the first
-# byte to the last, so the odd seq lands before any byte of the body (x86 keeps store order)
-_ENTRY_IN_FLUX = struct.Struct("<Q" + _BODY.format[1:])
+ENTRY_SIZE = 8 + _BODY.size  # the seq, then the body
 ENTRIES_OFFSET = CONTROL_SIZE + MAX_WORKERS * SLOT_SIZE
 LAYOUT_VERSION = 3  # 2: the channel tags after the entries; 3: the origin fields
 
@@ -95,6 +101,13 @@ def ring_bytes(capacity: int) -> int:
     return ENTRIES_OFFSET + capacity * (ENTRY_SIZE + TAG_SIZE)
 
 
+def _u64_words(buf: memoryview):
+    """``buf`` as little-endian u64 words, each read and written with one 8-byte load or store:
+    a memoryview of 8-byte items on a little-endian machine (the fastest), else an array of
+    ctypes' little-endian u64 (the layout stays little endian; the accelerator is not built there)."""
+    if sys.byteorder == "little":
+        return buf.cast("Q")
+    return (ctypes.c_uint64.__ctype_le__ * (len(buf) // 8)).from_buffer(buf)
 
 
 def encode_event(channel: str, type_: str, payload: str) -> tuple[bytes, bytes, bytes]:
@@ -177,6 +190,10 @@ class Ring:
         # so each process serialises each one once (the API's hot path)
         self._json: dict[int, tuple[str, str]] = {}
         self._tags_off = ENTRIES_OFFSET + capacity * ENTRY_SIZE
+        # the control block, the worker slots and the entries as u64 words: word 0 is newest, 1
+        # dropped, 2 the last publish's msec, any other u64 the word at its offset / 8 (the module
+        # docstring says why)
+        self._words = _u64_words(zone.buf[:self._tags_off])
         self._tags: dict[bytes | str, int] = {}  # channel -> its tag, so a publish hashes nothing
         self._key: bytes | None = None
         # the core's C publish when it is built (same bytes, same lock), else None: the Python below
@@ -194,11 +211,12 @@ class Ring:
         return self.newest_now()
 
     def _newest_python(self) -> int:
-        return _NEWEST.unpack_from(self.buf, 0)[0]
+        return self._words[0]
 
     def control(self) -> tuple[int, int, int]:
         """(newest generation, dropped events, last publish msec)."""
-        return _CONTROL.unpack_from(self.buf, 0)
+        words = self._words
+        return words[0], words[1], words[2]
 
     def oldest_for(self, newest: int) -> int:
         return max(1, newest - self.capacity + 1) if newest else 0
@@ -246,17 +264,21 @@ class Ring:
         if timestamp_msec is None:
             timestamp_msec = int(time.time() * 1000)
         origin = origin or b""
-        buf, cap, zone = self.buf, self.capacity, self.zone
+        buf, words, cap, zone = self.buf, self._words, self.capacity, self.zone
         with zone:  # the zone lock
-            newest, dropped, _ = _CONTROL.unpack_from(buf, 0)
+            newest, dropped = words[0], words[1]
             gen = newest + 1
             slot = newest % cap
             off = ENTRIES_OFFSET + slot * ENTRY_SIZE
-            _ENTRY_IN_FLUX.pack_into(buf, off, 2 * gen - 1, timestamp_msec, len(channel), len(type), len(payload),
-                                     len(origin), origin_generation if origin else 0, channel, type, payload, origin)
+            seq = off >> 3
+            words[seq] = 2 * gen - 1  # in flux, before any byte of the body (x86 keeps store order)
+            _BODY.pack_into(buf, off + 8, timestamp_msec, len(channel), len(type), len(payload), len(origin),
+                            origin_generation if origin else 0, channel, type, payload, origin)
             _TAG.pack_into(buf, self._tags_off + slot * TAG_SIZE, tag)
-            _SEQ.pack_into(buf, off, 2 * gen)
-            _CONTROL.pack_into(buf, 0, gen, dropped + (gen > cap), timestamp_msec)
+            words[seq] = 2 * gen  # whole
+            words[1] = dropped + (gen > cap)
+            words[2] = timestamp_msec
+            words[0] = gen  # last: readers trust the slot from here on
             wake = zone.doorbell.bump()
         if wake:
             zone.doorbell.wake()
@@ -281,13 +303,13 @@ class Ring:
         """When this ring was first used, in µs since the epoch: the same for every process
         while the zone lives, another one after the zone was made anew (a restart of the
         instance). With the generation it names an event across restarts."""
-        birth = _NEWEST.unpack_from(self.buf, _BIRTH_OFF)[0]
+        birth = _BIRTH.unpack_from(self.buf, _BIRTH_OFF)[0]
         if not birth:
             with self.zone.lock():
-                birth = _NEWEST.unpack_from(self.buf, _BIRTH_OFF)[0]
+                birth = _BIRTH.unpack_from(self.buf, _BIRTH_OFF)[0]
                 if not birth:
                     birth = time.time_ns() // 1000
-                    _NEWEST.pack_into(self.buf, _BIRTH_OFF, birth)
+                    _BIRTH.pack_into(self.buf, _BIRTH_OFF, birth)
         return birth
 
     def _zone_key(self) -> bytes:
@@ -311,13 +333,13 @@ class Ring:
             return self._writer.read(gen)
         if gen <= 0:
             return None  # (an unwritten slot's seq is 0: it must not pass for generation 0)
-        buf = self.buf
+        words = self._words
         off = ENTRIES_OFFSET + ((gen - 1) % self.capacity) * ENTRY_SIZE
         want = 2 * gen
-        if _SEQ.unpack_from(buf, off)[0] != want:
+        if words[off >> 3] != want:
             return None
-        ts, lc, lt, lp, lo, og, ch, ty, pl, orig = _BODY.unpack_from(buf, off + 8)
-        if _SEQ.unpack_from(buf, off)[0] != want:
+        ts, lc, lt, lp, lo, og, ch, ty, pl, orig = _BODY.unpack_from(self.buf, off + 8)
+        if words[off >> 3] != want:
             return None  # a writer lapped us while we copied: the copy may be torn
         if lo:
             return Event(gen, self.name, ch[:lc].decode(), ty[:lt].decode(), pl[:lp].decode(), ts,
@@ -512,9 +534,16 @@ class Ring:
         return None
 
     def update_slot(self, index: int, delivered: int, gaps: int, lost: int, last_msec: int, events: int, wakeups: int) -> None:
-        """Only the slot's own worker writes it (pid and start time stay); readers tolerate a
-        value one delivery old."""
-        _SLOT_STATS.pack_into(self.buf, self._slot_off(index) + 16, delivered, gaps, lost, last_msec, events, wakeups)
+        """Only the slot's own worker writes it (pid and start time stay), without the lock;
+        readers tolerate a value one delivery old. One 8-byte store a counter, so a reader sees
+        each at its old value or its new one, never 0 (``pack_into`` zeroes first)."""
+        words, at = self._words, (self._slot_off(index) + 16) >> 3
+        words[at] = delivered
+        words[at + 1] = gaps
+        words[at + 2] = lost
+        words[at + 3] = last_msec
+        words[at + 4] = events
+        words[at + 5] = wakeups
 
     def release_slot(self, index: int, pid: int) -> None:
         with self.zone.lock():
