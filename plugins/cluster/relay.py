@@ -41,6 +41,11 @@ log = logging.getLogger("ngxsim")
 BLOCK = 0.5       # the longest a read or a ring wait blocks (how soon a stop is noticed)
 KEEP_EVERY = 0.05  # while events keep coming, the state file is written at most this often
 BATCH = 512
+# a batch taken less than this after the previous one waits out the rest first (unless a whole
+# BATCH is waiting): a burst of publishes is sent in a few large appends rather than one per
+# engine round trip, each of which woke the relay (and, through the engine, its reader) anew
+# beside the requests; an event after a quiet spell goes at once
+COALESCE = 0.002
 BACKOFF_FIRST, BACKOFF_MAX = 0.05, 2.0
 GAP_CHANNEL = "@gap"
 
@@ -235,6 +240,9 @@ class Relay:
         self._acked = collections.deque(maxlen=room)
         engine = self._connected_engine("out")
         checked = False
+        taken = 0.0  # when the last batch was taken (time.monotonic())
+        waiter = we.events_waiter(rt, zone)  # counted once: its waits take no lock the publishers take
+        waiter.__enter__()
         try:
             while engine is not None and not self._stopping():
                 if not checked:  # (a new connection, or the engine reconnected by itself meanwhile)
@@ -244,7 +252,8 @@ class Relay:
                     except EngineError as exc:
                         engine = self._reconnect(engine, "out", exc)
                         continue
-                if we.wait_for_events(rt, zone, st.relayed, BLOCK) <= st.relayed:
+                newest = we.wait_for_events(rt, zone, st.relayed, BLOCK, registered=True)
+                if newest <= st.relayed:
                     try:  # idle: did the engine reconnect by itself meanwhile? then check at once
                         checked = engine.epoch() == self._checked_epoch
                     except EngineError as exc:
@@ -252,6 +261,10 @@ class Relay:
                         checked = False
                     if not checked:
                         continue
+                since = time.monotonic() - taken
+                if since < COALESCE and newest - st.relayed < BATCH:  # in a burst: let the batch fill
+                    self.lease.stopping.wait(COALESCE - since)
+                taken = time.monotonic()
                 scan = we.events_after(rt, zone, st.relayed, BATCH)
                 records = []
                 if scan.missed:  # overwritten before we read them: a gap for the others
@@ -289,6 +302,7 @@ class Relay:
                         self.stats["relayed_out"] += sum(r.channel != GAP_CHANNEL for r in records)
                     self._keep(changed=True)
         finally:
+            waiter.__exit__(None, None, None)
             if engine is not None:
                 engine.close()
 

@@ -16,6 +16,8 @@ See docs/worker_events.md for the user's guide.
 
 from __future__ import annotations
 
+import contextlib
+
 import sys
 import time
 from dataclasses import dataclass
@@ -313,18 +315,35 @@ def zone_views(runtime, zone: str) -> dict:
     return out
 
 
-def wait_for_events(runtime, zone: str, after: int, timeout: float) -> int:
+def wait_for_events(runtime, zone: str, after: int, timeout: float, *, registered: bool = False) -> int:
     """Block (on the zone's doorbell: no polling) until ``zone`` has a generation after
-    ``after`` or ``timeout`` seconds pass; returns the newest generation."""
+    ``after`` or ``timeout`` seconds pass; returns the newest generation. ``registered``: the
+    caller waits inside ``events_waiter(runtime, zone)`` (a loop that waits again and again),
+    so a wait takes no lock the publishers take."""
     ring = _ring(runtime, zone)
     bell = ring.zone.doorbell
     seen = bell.value
     newest = ring.newest
     if newest <= after:
-        bell.wait(seen, timeout)
+        bell.wait(seen, timeout, registered=registered)
         newest = ring.newest
     return newest
 
 
+@contextlib.contextmanager
+def events_waiter(runtime, zone: str):
+    """For a loop that waits on ``zone`` for as long as it runs (a bridge's relay): counted
+    once as a sleeper on the zone's doorbell, it waits with ``wait_for_events(...,
+    registered=True)``. An uncounted wait counts itself and uncounts itself under the zone's
+    lock, which every publish takes: a waiter that then lost its CPU to a busier process held
+    the publishers up."""
+    bell = _ring(runtime, zone).zone.doorbell
+    bell.register()
+    try:
+        yield
+    finally:
+        bell.unregister()
+
+
 __all__ = ["Ring", "State", "state", "publish_remote", "publish_remote_gap", "events_after", "ring_birth", "ring_capacity",
-           "wait_for_events", "add_zone_view", "zone_views", "REMOTE_GAP_CHANNEL"]
+           "wait_for_events", "events_waiter", "add_zone_view", "zone_views", "REMOTE_GAP_CHANNEL"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import time
 import uuid
 
 import pytest
@@ -644,3 +645,32 @@ def test_a_burst_on_a_channel_that_stays_home_is_scanned_and_not_relayed(ngxsim_
     wait_for(lambda: a.cluster_view(API)["relayed_generation"] >= 8000, 30, what="the relay to scan both bursts")
     view = a.cluster_view(API)
     assert view["relayed_out"] == 0, view
+
+
+def test_a_steady_stream_of_publishes_crosses_in_appends_2ms_apart_and_a_lone_event_at_once(ngxsim_cluster,
+                                                                                            ngxsim_redis, stream):
+    # each append wakes the relay (and, through the engine, its reader) anew beside the requests:
+    # a batch taken less than COALESCE after the previous one waits out the rest, so a steady
+    # stream goes in appends ~2 ms apart, not one per event; counted as Redis MULTI blocks (one
+    # per append). Redis only: NATS shows no batch boundary.
+    a, b = start(ngxsim_cluster(ngxsim_redis.url), stream, count=2, workers=(2, 2))
+    client = ngxsim_redis.client()
+
+    def appends():
+        return int(client.info("commandstats").get("cmdstat_multi", {}).get("calls", 0))
+
+    ring = a.server.zone_events("bus")
+    try:
+        before, began = appends(), time.monotonic()
+        for i in range(300):  # one every ~0.5 ms: each alone in an engine round trip otherwise
+            ring.publish("t", f"s{i}", channel="c")
+            time.sleep(0.0005)
+        wait_for(lambda: b.cluster_view(API)["relayed_in"] >= 300, 30, what="B to relay the stream in")
+        took, count = time.monotonic() - began, appends() - before
+    finally:
+        ring.close()
+    assert count <= took / 0.002 + 3 and count < 100, (count, took)
+    lone = appends()
+    assert a.server.post(API, json={"type": "t", "payload": "one"}).status_code == 201  # (API's channel: c)
+    wait_for(lambda: b.cluster_view(API)["relayed_in"] >= 301, 20, what="the lone event")
+    assert appends() - lone == 1

@@ -337,3 +337,36 @@ def test_a_remote_event_is_delivered_with_its_origin_and_a_remote_gap_as_a_gap(m
     assert gap == gen + 1 and dispatcher.cursor == local
     with pytest.raises(ValueError):
         publish_remote(app.runtime, "bus", "c", "t", "", origin="", origin_generation=1, timestamp_msec=1)
+
+
+def test_a_bridge_s_counted_waiter_waits_without_the_lock_publishers_take(make):
+    # the relay waits again and again: counted once (events_waiter), each wait takes no zone
+    # lock. An uncounted wait counts itself under the lock every publish takes, so a waiter
+    # that lost its CPU there held the publishers up
+    import threading
+
+    from ngxsim_plugins.worker_events import events_waiter, wait_for_events
+
+    app, _ = make(start_thread=False)
+    newest = app.runtime.publish("bus", "c", "t", "x")
+    zone = state(app.runtime).rings["bus"].zone
+    got = {}
+
+    def wait(registered):
+        got[registered] = wait_for_events(app.runtime, "bus", newest, 0.05, registered=registered)
+
+    with events_waiter(app.runtime, "bus"):
+        with zone.lock():  # a publisher holds the lock
+            counted = threading.Thread(target=wait, args=(True,))
+            counted.start()
+            counted.join(5)
+            assert not counted.is_alive() and got[True] == newest  # it timed out waiting, lock or not
+            uncounted = threading.Thread(target=wait, args=(False,))
+            uncounted.start()
+            uncounted.join(0.5)
+            assert uncounted.is_alive()  # it waits for the lock first
+        uncounted.join(5)
+    assert got[False] == newest
+    later = _from_another_worker(app, "c", "t", "y")
+    with events_waiter(app.runtime, "bus"):
+        assert wait_for_events(app.runtime, "bus", newest, 5, registered=True) == later
