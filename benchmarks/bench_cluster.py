@@ -58,6 +58,7 @@ from ngxsim.testing.nats_server import NatsServer, nats_server_missing  # noqa: 
 from ngxsim_plugins.worker_events.ring import encode_event  # noqa: E402
 
 WORKERS = 2
+RELAY_PARAMS = ""  # --relay-nice N: "relay_nice=N" on every instance's bridge
 RING = 8192
 CONF = f"""
 load_module worker_events;
@@ -67,7 +68,7 @@ worker_processes {WORKERS};
 http {{
     worker_events_zone bus;
     worker_events_ring_size {RING};
-    cluster_bridge bus {{engine}} channels=bench state={{state}} stream=bench.{{stream}} instance={{name}};
+    cluster_bridge bus {{engine}} channels=bench state={{state}} stream=bench.{{stream}} instance={{name}} {{relay}};
     server {{
         listen 127.0.0.1:{{port}};
         location /ev {{ worker_events_api; worker_events_channel bench; }}
@@ -104,7 +105,7 @@ def start_cluster(folder: Path, engine, stream: str, names=("A", "B", "C"), work
         servers[name] = start_server(folder, CONF.replace(f"worker_processes {WORKERS};", f"worker_processes {workers};"),
                                      workers=workers, pythonpath=[HERE], extra_env={"NGXSIM_BENCH_DIR": str(out)},
                                      placeholders={"engine": engine.url, "state": state, "stream": stream,
-                                                   "name": name})
+                                                   "name": name, "relay": RELAY_PARAMS})
     for server in servers.values():
         wait_for(lambda: view(server).get("connected") and view(server).get("cursor"), 30, what="the relays to connect")
     return servers
@@ -365,7 +366,9 @@ def run_engine(kind: str, folder: Path, args) -> dict:
         servers = start_cluster(folder / f"run-{kind}", engine, f"{kind}{os.getpid()}")
         same, cross = delivery(folder / f"run-{kind}", servers, args.samples)
         hop, reader_cpu = engine_hop(engine.url, args.samples)
-        cost = publish_cost(servers, args.rounds, engine, modes=(PLAIN,) if args.plain_only else (PLAIN, NICED, PINNED))
+        modes = {"plain": PLAIN, "niced": NICED, "pinned": PINNED}
+        cost = publish_cost(servers, args.rounds, engine,
+                            modes=(PLAIN,) if args.plain_only else tuple(modes[m] for m in args.modes.split(",")))
     finally:
         for server in servers.values():
             server.stop()
@@ -389,7 +392,13 @@ def main() -> None:
                              "and on the other core")
     parser.add_argument("--fanout", default="2,10,25", help="cluster sizes of the fan-out table ('' skips it)")
     parser.add_argument("--fanout-samples", type=int, default=200)
+    parser.add_argument("--modes", default="plain,niced,pinned",
+                        help="publish cost: which of the modes plain, niced, pinned to measure (default all three)")
+    parser.add_argument("--relay-nice", type=int, default=None,
+                        help="the relays' processes this far below the workers (cluster_bridge relay_nice=; default 10)")
     args = parser.parse_args()
+    global RELAY_PARAMS
+    RELAY_PARAMS = f"relay_nice={args.relay_nice}" if args.relay_nice is not None else ""
     kinds = ["redis", "nats"] if args.engine == "both" else [args.engine]
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
@@ -427,7 +436,7 @@ def main() -> None:
     if rows:
         print(table(f"publish cost in a request of A: 5,000 publishes a burst, {args.rounds} rounds of one burst per "
                     "channel and mode (orders alternated), medians; the request lands in either of A's 2 workers, one "
-                    "of which holds the relay's lease and started its process (nice 10). "
+                    f"of which holds the relay's lease and started its process ({RELAY_PARAMS or 'relay_nice=10'}). "
                     f"Mode \"{PLAIN}\": every process at one priority (the measure); "
                     f"\"{NICED}\": the processes standing for the other hosts get only what A leaves of this box's "
                     f"2 cores; \"{PINNED}\": A's processes on one core, B's, C's and the engine's on the other (as "
