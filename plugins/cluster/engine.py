@@ -212,9 +212,31 @@ class Engine(ABC):
     def close(self) -> None:
         """Drop the connection; never raises. The engine may be connected again."""
 
+    def tls_hint(self, text: str) -> str:
+        """``text`` (why a call failed) with what to check when the engine refused this
+        instance's TLS client certificate, or got none: the TLS alert alone names neither."""
+        if self.tls is None:
+            return text
+        low = text.lower()
+        if any(alert in low for alert in _CERT_REFUSED):
+            if self.tls.cert is None:
+                return f"{text} (the engine asks for a client certificate: give tls_cert= and tls_key=)"
+            return f"{text} (the engine refused tls_cert={self.tls.cert}: is it signed by a CA the engine trusts?)"
+        if self.tls.cert is None and any(cut in low for cut in _CUT):
+            # TLS 1.3: the server checks the client's certificate after the handshake, so its
+            # alert may be lost to the connection it closes
+            return f"{text} (if the engine asks for a client certificate: give tls_cert= and tls_key=)"
+        return text
+
     def describe(self) -> str:
         """The engine's address for logs and the API, without credentials."""
         return redact_url(self.url)
+
+
+# TLS alerts of a server that wanted a client certificate and got none, or one it does not trust
+_CERT_REFUSED = ("alert_bad_certificate", "alert_certificate_required", "alert_unknown_ca", "certificate required")
+# a TLS connection the server closed right after the handshake
+_CUT = ("eof occurred in violation of protocol", "broken pipe", "connection reset", "unexpected eof")
 
 
 def redact_url(url: str) -> str:

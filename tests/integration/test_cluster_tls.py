@@ -110,3 +110,6 @@ def test_an_engine_that_asks_for_a_client_certificate_gets_the_instances(ngxsim_
     view = wait_for(lambda: (v := lone.cluster_view(API)).get("last_error") and v, 20,
                     what="the refused connect of an instance without a client certificate")
     assert view["connected"] is False
+    # the TLS alert alone (SSLV3_ALERT_BAD_CERTIFICATE, TLSV13_ALERT_CERTIFICATE_REQUIRED) says
+    # neither what is missing nor where to give it
+    assert "client certificate: give tls_cert= and tls_key=" in view["last_error"], view

@@ -313,7 +313,7 @@ class NatsEngine(Engine):
 
     def _words(self, exc: BaseException) -> str:
         """Why ``exc`` happened, fit for the error log: no library repr, no password."""
-        text = self._why(exc)
+        text = self.tls_hint(self._why(exc))
         for secret in {self.password, self._url_password()} - {None, ""}:
             text = text.replace(secret, "***")
         return text

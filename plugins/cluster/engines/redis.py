@@ -142,7 +142,7 @@ class RedisEngine(Engine):
 
     def _fail(self, what: str, exc: Exception) -> EngineError:
         reason = str(exc).replace(self.url, self.describe()) or type(exc).__name__
-        return EngineError(f"{self.describe()}: {what}: {reason}")
+        return EngineError(f"{self.describe()}: {what}: {self.tls_hint(reason)}")
 
     def connect(self) -> None:
         self.close()
