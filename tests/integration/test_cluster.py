@@ -669,7 +669,7 @@ def test_a_steady_stream_of_publishes_crosses_in_appends_2ms_apart_and_a_lone_ev
         took, count = time.monotonic() - began, appends() - before
     finally:
         ring.close()
-    assert count <= took / 0.002 + 3 and count < 100, (count, took)
+    assert count <= took / 0.002 + 3, (count, took)
     lone = appends()
     assert a.server.post(API, json={"type": "t", "payload": "one"}).status_code == 201  # (API's channel: c)
     wait_for(lambda: b.cluster_view(API)["relayed_in"] >= 301, 20, what="the lone event")

@@ -48,7 +48,11 @@ def test_one_worker_runs_the_job_once_per_interval(start, tmp_path):
     # one holder for the whole instance, not one run per worker per interval
     assert len({pid for pid, _ in runs}) == 1, runs
     gaps = [b - a for (_, a), (_, b) in zip(runs, runs[1:])]
-    assert all(g > 0.15 for g in gaps), gaps  # never two runs for one due time
+    # never two runs for one due time: those would start within milliseconds of each other. (A
+    # run that starts late, its worker still busy starting, is closer to the next one by as much:
+    # 66 ms once under the full suite's load, so the gap alone cannot say more)
+    assert all(g > 0.03 for g in gaps), gaps
+    assert len(runs) - 1 <= (runs[-1][1] - runs[0][1]) / 0.2 + 1, runs  # one run per due time
     status = server.get("/jobs").json()["jobs"]
     assert status[0]["name"] == "test.tick" and status[0]["holder_pid"] == runs[-1][0]
     assert status[0]["runs"] >= len(runs)
