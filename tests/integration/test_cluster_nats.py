@@ -709,3 +709,33 @@ def test_r3_stream_on_three_nodes_loses_nothing_acknowledged_when_a_node_dies(ng
     assert generations == list(range(1, count + 1)), "every acknowledged append, in order, once"
     positions = {e.record.origin_generation: e.position for e in got}
     assert all(positions[g] == p for g, p in acked.items())
+
+
+def test_nothing_published_while_the_client_reconnects_reaches_the_server_it_reconnects_to(
+        ngxsim_nats_node, engines):
+    """nats-py keeps what is published while it reconnects and sends it to the server it
+    reconnects to before anyone could check what that server lost: a record of a batch would be
+    stored ahead of the acknowledged entries the relay sends again after a restart (and the
+    others' watermarks would then drop those). The engine's client keeps nothing: the publish
+    fails, and the relay sends it after its check."""
+    from ngxsim_plugins.cluster.engines.nats import encode, msg_id
+
+    node = ngxsim_nats_node()
+    engine = engines(node.url, unique_stream("buffer"), timeout=1.0)
+    sent = records(2)
+    engine.append(sent)
+    node.kill()
+    wait_for(lambda: engine._nc.is_reconnecting, 10, what="the client to see its server gone")
+    late = records(1, start=3)[0]
+    # what a pipelined batch does between two of its records: a plain publish on the client
+    with pytest.raises(EngineError):
+        engine._run(engine._nc.publish(engine.subject, encode(late), headers={"Nats-Msg-Id": msg_id(late)}),
+                    "publish")
+    node.start()
+    wait_for(lambda: engine._nc.is_connected, 20, what="the client to reconnect")
+    time.sleep(0.5)  # (a kept publish is sent at once after the reconnect)
+    engine.close()
+    engine.connect()
+    stored = [engine.record_at(str(seq)) for seq in range(1, 5)]
+    assert late not in stored, stored  # (the two before it: kept, or lost with the killed node's tail)
+    assert [r for r in stored if r is not None] == sent[:len([r for r in stored if r is not None])]

@@ -211,6 +211,20 @@ def _micros(when) -> int:
     return (when - _EPOCH) // datetime.timedelta(microseconds=1)
 
 
+def _drop_queued_publishes(nc) -> None:
+    """At a disconnect: the publishes nats-py queued and had not written yet, which it would send
+    to the server it reconnects to before the relay could check what that server lost (see
+    ``pending_size=0``). Dropped unacknowledged (the relay sends them again after its check);
+    any other command stays. nats-py keeps them in ``_pending`` (2.x): without it, nothing to do."""
+    pending = getattr(nc, "_pending", None)
+    if not isinstance(pending, list) or not pending:
+        return
+    kept = [cmd for cmd in pending if not bytes(cmd).startswith((b"PUB ", b"HPUB "))]
+    if len(kept) != len(pending):
+        nc._pending = kept
+        nc._pending_data_size = sum(len(cmd) for cmd in kept)
+
+
 def msg_id(record: Record) -> str:
     return f"{record.origin}|{record.origin_generation}|{record.timestamp_msec}"
 
@@ -387,6 +401,7 @@ class NatsEngine(Engine):
 
         async def on_disconnect():
             self._connected.clear()
+            _drop_queued_publishes(nc)
 
         async def on_reconnect():
             self._connected.set()
@@ -396,6 +411,11 @@ class NatsEngine(Engine):
         attempt = asyncio.ensure_future(nc.connect(
             servers, name=f"ngxsim cluster {self.name}", connect_timeout=self.timeout,
             allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=_RECONNECT_WAIT,
+            # nothing published while reconnecting is kept for the server it reconnects to: that
+            # one may have lost acknowledged entries (a restart), which the relay sends again
+            # first; a publish kept meanwhile would be stored ahead of them (and the others'
+            # watermarks would then drop them): it fails instead, and is sent after the check
+            pending_size=0,
             error_cb=on_error, disconnected_cb=on_disconnect, reconnected_cb=on_reconnect, **extra))
         done, _ = await asyncio.wait({attempt, refused}, timeout=self.timeout,
                                      return_when=asyncio.FIRST_COMPLETED)
