@@ -66,6 +66,10 @@ class Record(NamedTuple):
     type: str
     payload: str
     timestamp_msec: int      # when the origin published it
+    # the origin generation of the record its origin sent before this one (0: not known, a
+    # relay without a past, or a record of an older version): a receiver that last saw an
+    # earlier one from that origin knows, exactly, that what lies between never came
+    previous: int = 0
 
 
 class Entry(NamedTuple):

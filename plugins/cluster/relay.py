@@ -241,6 +241,10 @@ class Relay:
         engine = self._connected_engine("out")
         checked = False
         taken = 0.0  # when the last batch was taken (time.monotonic())
+        # the origin generation of the last record sent (each record names its predecessor: a
+        # receiver then knows exactly what of ours never came); from the durable state, so a
+        # successor or a restart goes on with the same chain
+        chain = st.acked[1] if st.acked else 0
         waiter = we.events_waiter(rt, zone)  # counted once: its waits take no lock the publishers take
         waiter.__enter__()
         try:
@@ -267,17 +271,21 @@ class Relay:
                 taken = time.monotonic()
                 scan = we.events_after(rt, zone, st.relayed, BATCH)
                 records = []
+                previous = chain
                 if scan.missed:  # overwritten before we read them: a gap for the others
                     first = st.relayed + 1
                     records.append(Record(self.instance, birth + first + scan.missed - 1, GAP_CHANNEL, "gap",
-                                          f"{birth + first}-{birth + first + scan.missed - 1}", int(time.time() * 1000)))
+                                          f"{birth + first}-{birth + first + scan.missed - 1}", int(time.time() * 1000),
+                                          previous))
+                    previous = records[-1].origin_generation
                     log.warning("cluster: zone %s: the ring overwrote generations %d..%d before the relay sent them",
                                 zone, first, first + scan.missed - 1)
                 bridges = self.bridge.bridges
                 for e in scan.events:
                     if e.origin is None and bridges(e.channel):
                         records.append(Record(self.instance, birth + e.generation, e.channel, e.type, e.payload,
-                                              e.timestamp_msec))
+                                              e.timestamp_msec, previous))
+                        previous = birth + e.generation
                 last = scan.events[-1].generation if scan.events else st.relayed + scan.missed
                 if last == st.relayed:
                     self._keep(idle=True)
@@ -295,6 +303,7 @@ class Relay:
                         continue  # the same events again (the others' watermarks drop repeats)
                     self._acked.extend(zip(positions, (r.origin_generation - birth for r in records), records))
                     st.acked = (positions[-1], records[-1].origin_generation)
+                    chain = previous
                 st.relayed = last
                 self._view_due = self._view_due or not records
                 if records:  # (a batch of remote events only: nothing to keep, a re-scan skips them again)
@@ -425,6 +434,16 @@ class Relay:
         st.cursor = engine.beginning
         st.save()
 
+    def _origin_gap(self, origin: str, first: int, last: int) -> None:
+        """Events ``first``..``last`` of ``origin`` (its generations; some of them on channels
+        that stay there) never came: the engine lost what it had acknowledged, or the origin's
+        relay sent them after later ones."""
+        with self._lock:
+            self.stats["gaps"] += 1
+        log.warning("cluster: zone %s: events of instance %s after its generation %d, up to %d, never came "
+                    "(the engine lost them)", self.zone, origin, first - 1, last)
+        self.we.publish_remote_gap(self.runtime, self.zone, origin=origin, first=first, last=last)
+
     def _take(self, batch) -> None:
         we, rt, zone, st, me = self.we, self.runtime, self.zone, self.state, self.instance
         if batch.lost:
@@ -449,7 +468,11 @@ class Relay:
             if seen is not None and r.origin_generation <= seen:
                 self.stats["duplicates"] += 1
                 continue
-            if r.origin in self._pending_loss:
+            if r.previous:  # it names its predecessor: what lies between the last one seen and it never came
+                self._pending_loss.discard(r.origin)
+                if seen is not None and r.previous > seen:
+                    self._origin_gap(r.origin, seen + 1, r.previous)
+            elif r.origin in self._pending_loss:  # (a record of an older version, after the engine dropped some)
                 self._pending_loss.discard(r.origin)
                 first = (seen or 0) + 1
                 if seen is not None and r.origin_generation > first:

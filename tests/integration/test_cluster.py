@@ -250,15 +250,16 @@ def test_an_instance_away_past_the_engines_retention_gets_a_gap_naming_the_origi
 
 
 def append_records(engine_server, stream, records):
-    """Append records straight into the engine, through the engine contract (what a relay of
-    another instance, or one that took over, would append)."""
+    """Append records ``(origin, generation, payload[, previous])`` straight into the engine,
+    through the engine contract (what a relay of another instance, or one that took over, would
+    append)."""
     from ngxsim_plugins.cluster.engine import Record
     from ngxsim_plugins.cluster.engines import engine_class
 
     engine = engine_class(engine_server.url)(engine_server.url, stream, retention=1000)
     engine.connect()
     try:
-        return engine.append([Record(o, g, "c", "t", p, 1_700_000_000_000) for o, g, p in records])
+        return engine.append([Record(o, g, "c", "t", p, 1_700_000_000_000, *previous) for o, g, p, *previous in records])
     finally:
         engine.close()
 
@@ -674,3 +675,39 @@ def test_a_steady_stream_of_publishes_crosses_in_appends_2ms_apart_and_a_lone_ev
     assert a.server.post(API, json={"type": "t", "payload": "one"}).status_code == 201  # (API's channel: c)
     wait_for(lambda: b.cluster_view(API)["relayed_in"] >= 301, 20, what="the lone event")
     assert appends() - lone == 1
+
+
+def test_a_record_that_names_its_predecessor_says_exactly_what_of_its_origin_never_came(ngxsim_cluster, engine,
+                                                                                        stream):
+    # an origin's generations jump over its events on channels that stay there: a record whose
+    # predecessor came is no gap however far it jumps; one whose predecessor did not is a gap of
+    # exactly what lies between (the engine lost acknowledged entries, or they came after it)
+    [b] = start(ngxsim_cluster(engine.url), stream, count=1, workers=(2,), main=REPLAY)
+    append_records(engine, stream, [("Z", 1, "one", 0), ("Z", 7, "seven", 1), ("Z", 12, "twelve", 9),
+                                    ("Z", 13, "thirteen", 12)])
+    recs = wait_all_workers(b, lambda lines: len(remote_events(lines, "Z")) >= 4, "Z's events")
+    for pid, lines in recs.items():
+        mine = [line for line in lines if line.startswith("G ") or (line.startswith("E ") and "from Z" in line)]
+        assert [line.split()[0] for line in mine] == ["E", "E", "G", "E", "E"], (pid, lines)
+        assert mine[2] == "G 8 9 from Z", (pid, lines)  # before "twelve", naming 8..9 only
+    assert b.cluster_view(API)["gaps"] == 1
+
+
+def test_each_relayed_record_names_the_one_its_instance_sent_before(ngxsim_cluster, engine, stream):
+    from ngxsim_plugins.cluster.engines import engine_class
+
+    a, b = start(ngxsim_cluster(engine.url), stream, count=2, workers=(2, 2))
+    for channel_path, payload in (("/ev", "x0"), ("/local", "stays"), ("/ev", "x1"), ("/local", "stays"), ("/ev", "x2")):
+        assert a.server.post(channel_path, json={"type": "t", "payload": payload}).status_code == 201
+    wait_for(lambda: b.cluster_view(API)["relayed_in"] >= 3, 20, what="B to relay A's 3 events in")
+    reader = engine_class(engine.url)(engine.url, stream, retention=1000)
+    reader.connect()
+    try:
+        got = [e.record for e in reader.read(reader.beginning, block=1.0, limit=10).entries if e.record.origin == "A"]
+    finally:
+        reader.close()
+    assert [r.payload for r in got] == ["x0", "x1", "x2"]
+    # the generations jump over the events that stayed on A; each names the one before it
+    assert got[1].origin_generation - got[0].origin_generation == 2
+    assert [r.previous for r in got[1:]] == [got[0].origin_generation, got[1].origin_generation]
+    assert b.cluster_view(API)["gaps"] == 0

@@ -165,21 +165,27 @@ _DECODER = json.JSONDecoder()
 
 
 def encode(record: Record) -> bytes:
-    return _ENCODER.encode([record.origin, record.origin_generation, record.channel, record.type,
-                            record.timestamp_msec, record.payload]).encode()
+    fields = [record.origin, record.origin_generation, record.channel, record.type, record.timestamp_msec,
+              record.payload]
+    if record.previous:
+        fields.append(record.previous)
+    return _ENCODER.encode(fields).encode()
 
 
 def decode(data: bytes) -> Record | None:
     """The record in an entry's data, or None when it is not one (something else published on
-    the stream's subject)."""
+    the stream's subject). Six fields, or seven with its predecessor's generation."""
     try:
-        origin, generation, channel, type_, timestamp, payload = _DECODER.decode(data.decode())
+        fields = _DECODER.decode(data.decode())
+        origin, generation, channel, type_, timestamp, payload, *rest = fields
     except (ValueError, TypeError):
         return None
+    previous = rest[0] if len(rest) == 1 else 0
     if not (isinstance(origin, str) and isinstance(generation, int) and isinstance(channel, str)
-            and isinstance(type_, str) and isinstance(timestamp, int) and isinstance(payload, str)):
+            and isinstance(type_, str) and isinstance(timestamp, int) and isinstance(payload, str)
+            and isinstance(previous, int) and len(rest) <= 1):
         return None
-    return Record(origin, generation, channel, type_, payload, timestamp)
+    return Record(origin, generation, channel, type_, payload, timestamp, previous)
 
 
 def stream_sequence(msg) -> int:

@@ -34,6 +34,7 @@ from ..engine import Batch, Conflict, Engine, EngineError, Entry, Reconnected, R
 
 _POSITION = re.compile(r"\d+-\d+(#\d+)?")
 _FIELDS = (b"o", b"g", b"c", b"t", b"p", b"ts")
+_PREVIOUS = b"pv"  # the record's predecessor's generation: an eighth field pair, when known
 
 
 def _bulk(value: bytes) -> bytes:
@@ -81,12 +82,14 @@ def _parse(position: str) -> tuple[str, int | None]:
 def _record(fields: list) -> Record | None:
     """The record in an entry's fields, None when it is not one of ours."""
     try:
-        if tuple(fields[::2]) == _FIELDS:  # (as append writes them)
-            o, g, c, t, p, ts = fields[1::2]
+        names = fields[::2]
+        if tuple(names[:6]) == _FIELDS and (len(names) == 6 or names[6:] == [_PREVIOUS]):  # (as append writes them)
+            o, g, c, t, p, ts, *pv = fields[1::2]
         else:
-            named = dict(zip(fields[::2], fields[1::2]))
+            named = dict(zip(names, fields[1::2]))
             o, g, c, t, p, ts = (named[f] for f in _FIELDS)
-        return Record(o.decode(), int(g), c.decode(), t.decode(), p.decode(), int(ts))
+            pv = [named[_PREVIOUS]] if _PREVIOUS in named else []
+        return Record(o.decode(), int(g), c.decode(), t.decode(), p.decode(), int(ts), int(pv[0]) if pv else 0)
     except (KeyError, ValueError, UnicodeDecodeError):
         return None
 
@@ -238,13 +241,17 @@ class RedisEngine(Engine):
             return []
         # one round trip, in MULTI so that the entries-added read after the batch numbers it
         key = self.stream.encode()
-        head = b"*18\r\n$4\r\nXADD\r\n" + _bulk(key) + b"$6\r\nMAXLEN\r\n$1\r\n~\r\n" + \
-            _bulk(str(self.retention).encode()) + b"$1\r\n*\r\n"
+        tail = b"$6\r\nMAXLEN\r\n$1\r\n~\r\n" + _bulk(str(self.retention).encode()) + b"$1\r\n*\r\n"
+        head = b"*18\r\n$4\r\nXADD\r\n" + _bulk(key) + tail
+        head_previous = b"*20\r\n$4\r\nXADD\r\n" + _bulk(key) + tail
         parts = [_command(b"MULTI")]
         for r in records:
-            parts += (head, b"$1\r\no\r\n", _bulk(r.origin.encode()), b"$1\r\ng\r\n", _bulk(b"%d" % r.origin_generation),
+            parts += (head_previous if r.previous else head, b"$1\r\no\r\n", _bulk(r.origin.encode()),
+                      b"$1\r\ng\r\n", _bulk(b"%d" % r.origin_generation),
                       b"$1\r\nc\r\n", _bulk(r.channel.encode()), b"$1\r\nt\r\n", _bulk(r.type.encode()),
                       b"$1\r\np\r\n", _bulk(r.payload.encode()), b"$2\r\nts\r\n", _bulk(b"%d" % r.timestamp_msec))
+            if r.previous:
+                parts += (b"$2\r\npv\r\n", _bulk(b"%d" % r.previous))
         parts += (_command(b"XINFO", b"STREAM", key), _command(b"EXEC"))
         answers = self._exchange(self._client, b"".join(parts), len(records) + 3, "XADD", fresh=False)
         answer = answers[-1]
