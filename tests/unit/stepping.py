@@ -24,12 +24,13 @@ class Killed(Exception):
     returns the number of instructions it ran)."""
 
 
-def each_instruction(call, look, before=None) -> int:
+def each_instruction(call, look, before=None, watch=None) -> int:
     """Fork; in the child run ``before()`` (untraced: first uses, lock fds), then ``call()`` one
     instruction at a time. After each instruction, ``look(step)`` runs here: an assertion it
     raises fails the test (the child is killed), ``Killed`` kills the child there (as a SIGKILL
-    at that instant would). Returns how many instructions ran (until the child exited or was
-    killed); the child must exit 0 otherwise."""
+    at that instant would). With ``watch`` (a slice of shared memory that holds everything
+    ``look`` reads), ``look`` runs only after the instructions that changed it. Returns how many
+    instructions ran (until the child exited or was killed); the child must exit 0 otherwise."""
     ready_r, ready_w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -59,6 +60,7 @@ def each_instruction(call, look, before=None) -> int:
         _, status = os.waitpid(pid, 0)
         assert os.WIFSTOPPED(status), f"the child did not stop: status {status}"
         signal_to_pass = 0
+        seen = None
         while steps < STEP_LIMIT:
             if _libc.ptrace(_SINGLESTEP, pid, None, ctypes.c_void_p(signal_to_pass)) != 0:
                 raise OSError(ctypes.get_errno(), "ptrace(PTRACE_SINGLESTEP)")
@@ -70,6 +72,11 @@ def each_instruction(call, look, before=None) -> int:
             stopped_by = os.WSTOPSIG(status)
             signal_to_pass = 0 if stopped_by in (signal.SIGTRAP, signal.SIGSTOP) else stopped_by
             steps += 1
+            if watch is not None:
+                now = bytes(watch)
+                if now == seen:
+                    continue
+                seen = now
             try:
                 look(steps)
             except Killed:
