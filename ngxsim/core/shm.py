@@ -361,6 +361,18 @@ def words(buf, code: str = "Q"):
     return (ctype.__ctype_le__ * (len(buf) // size)).from_buffer(buf)
 
 
+def store_words(u64, offset: int, data) -> None:
+    """Store ``data`` (bytes, a multiple of 8 of them) at byte ``offset`` (8-aligned) of ``u64``
+    (``words(buf)``), one 8-byte store a word, from the last word to the first, skipping the
+    words that do not change: a record written over its old self where a reader without the
+    lock, or the writer after a killed one, finds every word old or new, the first one (where a
+    record keeps what says it is there: its id, its state) last."""
+    new, at = words(data if isinstance(data, bytearray) else bytearray(data)), offset >> 3
+    for i in range(len(new) - 1, -1, -1):
+        if u64[at + i] != new[i]:
+            u64[at + i] = new[i]
+
+
 class ZoneError(RuntimeError):
     """A zone cannot be created or attached (e.g. the shared memory is full)."""
 

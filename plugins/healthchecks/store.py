@@ -29,7 +29,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from ngxsim import words
+from ngxsim import store_words, words
 
 from .machine import CHECKING, DOWN, STATES, UP, PeerHealth, now_msec, service_state
 
@@ -110,7 +110,7 @@ class Section:
                         min(h.fails, 0xFFFFFFFF), min(h.passes, 0xFFFFFFFF), h.checks, h.failed_checks,
                         min(h.transitions, 0xFFFFFFFF), min(h.last_status, 0xFFFF), 0, h.last_probe_msec,
                         h.last_duration, h.since_msec, server.encode()[:128], h.last_reason.encode()[:96])
-        _store(self._u64, self._slot_offset(slot), data)
+        store_words(self._u64, self._slot_offset(slot), data)
 
     def clear(self, slot: int) -> None:
         off = self._slot_offset(slot)
@@ -188,18 +188,10 @@ class Section:
             transitions += 1
         data = bytearray(_SECTION_HEAD.size)
         _SECTION_HEAD.pack_into(data, 0, _SERVICE_BYTE[new], self.zone.buf[self.offset + 1], 0, transitions, now_msec())
-        _store(self._u64, self.offset, data)
+        store_words(self._u64, self.offset, data)
         if old is None:
             return None
         return ServiceChange(self.upstream, old, new, sum(t.health.healthy for t in live), len(live))
-
-
-def _store(u64, offset: int, data: bytearray) -> None:
-    """``data`` (8-byte words) into the zone at ``offset``, one word per store, the first last."""
-    new, at = words(data), offset >> 3
-    for i in range(len(new) - 1, -1, -1):
-        if u64[at + i] != new[i]:
-            u64[at + i] = new[i]
 
 
 class HealthStore:
