@@ -124,8 +124,8 @@ class CounterRows:
             magic, nfields, rows, last = _HEADER.unpack_from(self.buf, 0)
             row_id = last % 0xFFFFFFFF + 1
             self._u64[1] = rows | row_id << 32  # the header's second half; the magic stays
-            self.buf[at:at + self.row_size] = bytes(self.row_size)
-            _ROW_HEAD.pack_into(self.buf, at, row_id, len(key), 0)
+            self.buf[at:at + self.row_size] = bytes(self.row_size)  # its old adds' guard fails from here
+            _ROW_HEAD.pack_into(self.buf, at, row_id, len(key), 0)  # (zero to begin with: no dip)
             self.buf[at + _ROW_HEAD.size:at + _ROW_HEAD.size + len(key)] = key
             self._claimed[name] = (at, row_id)
             return at, row_id

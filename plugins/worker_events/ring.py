@@ -518,6 +518,7 @@ class Ring:
             for index in range(MAX_WORKERS):
                 s = taken.get(index)
                 if s is None or s.pid == pid or not alive(s.pid, s.start_time):
+                    # made anew (free, a dead worker's, or this one's again): read as free meanwhile
                     _SLOT.pack_into(self.buf, self._slot_off(index), pid, subscribers, start_time, delivered, 0, 0, 0, 0, 0)
                     return index
         return None
