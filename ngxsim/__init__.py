@@ -39,7 +39,7 @@ from .core.instance import LivenessWatch, process_start_time
 from .core.instance import alive as process_alive
 from .core.modules import call_impl, tracing
 from .core.shm import HEADER_SIZE as ZONE_HEADER_SIZE
-from .core.shm import Wait, Zone, prompt_wakeups
+from .core.shm import Wait, Zone, prompt_wakeups, store_words, words
 from .core.table import SharedTable, TableFull
 from .hookspecs import hookimpl, hookspec
 
@@ -48,7 +48,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ALERT", "EMERG", "NOTICE", "ApiAnswer", "ApiRequest", "ApiSection", "iso_time", "CounterRows", "counters_section",
     "ARGS", "FLAG", "HTTP", "LOCATION", "MAIN", "MAX_ZONE_SIZE", "NUMBER", "SERVER", "SIZE", "STRING", "TIME",
-    "ZONE_HEADER_SIZE", "Wait", "Zone", "prompt_wakeups", "call_impl", "tracing", "ApiError", "ConfigError", "Directive", "Event", "Gap", "LivenessWatch", "Methods",
+    "ZONE_HEADER_SIZE", "Wait", "Zone", "prompt_wakeups", "store_words", "words", "call_impl", "tracing", "ApiError", "ConfigError", "Directive", "Event", "Gap", "LivenessWatch", "Methods",
     "OutOfRange", "Regex", "Subscription", "Template", "Unsupported", "Variable", "check_key", "compact_json",
     "ClientGone", "ResponseCut", "client_closed", "client_gone", "cut_connection", "wait_readable",
     "as_http09", "error_context", "error_page", "format_age",

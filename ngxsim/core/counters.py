@@ -11,7 +11,10 @@ counting into a row that changed hands loses its add instead of counting it for 
 claims no other row: its name is gone from the configuration that took the row).
 
 Layout of ``zone.buf`` (little-endian): a 16-byte header (magic, fields, rows, the last id given),
-then the rows: ``id u32, name length u16, pad u16``, the name (64 bytes), one u64 per field.
+then the rows: ``id u32, name length u16, pad u16``, the name (64 bytes), one u64 per field. A
+new id goes into the header as one 8-byte store (rows and the id), never ``struct.pack_into``
+(which zeroes first: a worker killed there left the magic at 0, and the next view made the
+zone anew, every row's counts with it); the counts are read through ``words`` (one load each).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import struct
 import threading
 from typing import Iterable
 
-from .shm import HEADER_SIZE, Zone
+from .shm import HEADER_SIZE, Zone, words
 
 _MAGIC = 0x52544E43  # "CNTR"
 _HEADER = struct.Struct("<IIII")  # magic, fields, rows, the last id given
@@ -47,6 +50,7 @@ class CounterRows:
         self._index = {f: i for i, f in enumerate(self.fields)}
         self._claimed: dict[str, tuple[int, int]] = {}  # name -> (row offset, id)
         self._lock = threading.Lock()
+        self._u64 = words(zone.buf)
         with zone.lock():
             magic, nfields, rows, _ = _HEADER.unpack_from(self.buf, 0)
             if (magic, nfields, rows) != (_MAGIC, len(self.fields), self.rows):
@@ -85,8 +89,8 @@ class CounterRows:
 
     def read(self, name: str) -> dict[str, int]:
         at, _ = self._row(name)
-        values = struct.unpack_from(f"<{len(self.fields)}Q", self.buf, at + _ROW_HEAD.size + NAME_MAX)
-        return dict(zip(self.fields, values))
+        start = (at + _ROW_HEAD.size + NAME_MAX) >> 3
+        return dict(zip(self.fields, self._u64[start:start + len(self.fields)]))
 
     def reset(self, name: str) -> None:
         at, _ = self._row(name)
@@ -119,9 +123,9 @@ class CounterRows:
                 raise ValueError(f'zone "{self.zone.name}": no row left for "{name}"')
             magic, nfields, rows, last = _HEADER.unpack_from(self.buf, 0)
             row_id = last % 0xFFFFFFFF + 1
-            _HEADER.pack_into(self.buf, 0, magic, nfields, rows, row_id)
-            self.buf[at:at + self.row_size] = bytes(self.row_size)
-            _ROW_HEAD.pack_into(self.buf, at, row_id, len(key), 0)
+            self._u64[1] = rows | row_id << 32  # the header's second half; the magic stays
+            self.buf[at:at + self.row_size] = bytes(self.row_size)  # its old adds' guard fails from here
+            _ROW_HEAD.pack_into(self.buf, at, row_id, len(key), 0)  # (zero to begin with: no dip)
             self.buf[at + _ROW_HEAD.size:at + _ROW_HEAD.size + len(key)] = key
             self._claimed[name] = (at, row_id)
             return at, row_id

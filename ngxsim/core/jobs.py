@@ -17,6 +17,11 @@ the lease and renews the lease every ``interval`` (a quarter of the lease); the 
 to stop (``lease.stopping``) when the worker finds it no longer holds it or stops. A relay or a
 watcher that must run in one worker of the instance, and move when that worker dies.
 
+A lease slot is written under the zone lock one 8-byte word at a time, the holder's pid last
+(``store_words``): ``struct.pack_into`` zeroed the slot first, so a worker killed there left the
+job with no due time (run at once by the next worker, off the instance's schedule) and its
+run count at 0, and ``status`` (no lock) read it so for an instant.
+
 Guarantees: at most one worker *starts* a run per due time; a holder that dies is replaced at its
 successor's next look (at most one interval later), one that hangs when its lease runs out
 (default two intervals). A run still going in a hung holder is not interrupted: when it ends, that
@@ -35,6 +40,7 @@ from .conf.zones import JOB_SLOT, JOBS_ZONE, JobSpec
 from .helper import run_in_process
 from .http.logs import log
 from .instance import alive, process_start_time
+from .shm import store_words, words
 
 # holder pid, pad, holder start time, lease end, next due (monotonic s), runs, last run start
 # (wall ms), last run duration (s)
@@ -82,6 +88,7 @@ class Job:
         self.runner = runner
         self.spec = spec
         self.offset = offset
+        self._u64 = words(runner.zone.buf)
         self._thread: threading.Thread | None = None
         self._service: threading.Thread | None = None
         self._lease: ServiceLease | None = None
@@ -94,7 +101,7 @@ class Job:
         return _SLOT.unpack_from(self.runner.zone.buf, self.offset)
 
     def _write(self, *values) -> None:
-        _SLOT.pack_into(self.runner.zone.buf, self.offset, *values)
+        store_words(self._u64, self.offset, _SLOT.pack(*values))
 
     def status(self) -> dict:
         pid, _, start, lease_until, due, runs, last_msec, last_dur = self._read()

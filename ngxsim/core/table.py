@@ -10,6 +10,11 @@ descriptor excludes nothing), plus a per-process thread lock: the kernel release
 holder dies, even by SIGKILL, so a killed worker never leaves a stripe locked. Records live in
 the zone, so they survive any worker; a worker killed in the middle of writing a record can
 leave that one record's value half-written (a new record becomes visible only once complete).
+The words that say which records exist and in what order they were used — a slot's state and
+key length, its expiry and last use, a stripe's clock and count — change by one aligned store
+each (``words``), never ``struct.pack_into``, which zeroes its destination first: a writer
+killed there left a record in use marked empty (ending the probe chain of the records after
+it, which a later put then duplicated) or the stripe's clock at 0 (new records oldest).
 
 Layout in ``zone.buf`` (little-endian): a 32-byte header (magic, version, stripes, slots per
 stripe, key and value sizes), then per stripe a 16-byte header (recency clock, count) and its
@@ -29,7 +34,7 @@ import time
 import zlib
 from typing import Any, Callable, Iterator
 
-from .shm import Zone
+from .shm import Zone, words
 
 _MAGIC = 0x5442544E  # "NTBT"
 _VERSION = 1
@@ -88,6 +93,7 @@ class SharedTable:
                              f'{stripes} stripes of {self.slot_size}-byte records')
         self.stripe_size = _STRIPE.size + self.slots * self.slot_size
         self._buf = zone.buf
+        self._u64 = words(zone.buf)
         self._tlocks = [threading.Lock() for _ in range(stripes)]
         self._fd = -1
         self._fd_pid = -1
@@ -206,15 +212,14 @@ class SharedTable:
         return where
 
     def _tick(self, stripe: int) -> int:
-        off = _HEADER.size + stripe * self.stripe_size
-        clock, count = _STRIPE.unpack_from(self._buf, off)
-        _STRIPE.pack_into(self._buf, off, clock + 1, count)
-        return clock + 1
+        at = (_HEADER.size + stripe * self.stripe_size) >> 3
+        clock = self._u64[at] + 1
+        self._u64[at] = clock
+        return clock
 
     def _set_count(self, stripe: int, delta: int) -> None:
-        off = _HEADER.size + stripe * self.stripe_size
-        clock, count = _STRIPE.unpack_from(self._buf, off)
-        _STRIPE.pack_into(self._buf, off, clock, max(0, count + delta))
+        at = (_HEADER.size + stripe * self.stripe_size + 8) >> 3  # count u32, then 4 zero bytes
+        self._u64[at] = max(0, (self._u64[at] & 0xFFFFFFFF) + delta)
 
     def _value(self, off: int) -> bytes:
         start = off + _SLOT.size + self.key_max
@@ -232,7 +237,10 @@ class SharedTable:
             self._buf[off] = _EMPTY if self._buf[off] == _EMPTY else _DELETED
             self._buf[start: start + len(key)] = key
         self._buf[start + self.key_max: start + self.key_max + self.value_size] = value
-        _SLOT.pack_into(self._buf, off, _USED, len(key), expires, self._tick(stripe))
+        at = off >> 3
+        self._u64[at + 1] = expires
+        self._u64[at + 2] = self._tick(stripe)
+        self._u64[at] = _USED | len(key) << 16  # state, key length: last, one store
 
     def update(self, key: bytes | str, change: Callable[[bytes | None], tuple[bytes | None, Any]],
                ttl: float | None = None, now: float | None = None) -> Any:
@@ -278,5 +286,5 @@ class SharedTable:
         """Records in use (expired ones not yet reused included)."""
         total = 0
         for stripe in range(self.stripes):
-            total += _STRIPE.unpack_from(self._buf, _HEADER.size + stripe * self.stripe_size)[1]
+            total += self._u64[(_HEADER.size + stripe * self.stripe_size + 8) >> 3] & 0xFFFFFFFF
         return total

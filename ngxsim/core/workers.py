@@ -11,7 +11,10 @@ wants to see is that a worker died.
 
 Header: connections accepted u64 (nginx's connection number: taken under the zone lock, so
 unique in the instance), requests of the slots freed or taken over u64, dead workers' slots taken
-over u64 (totals never go back).
+over u64 (totals never go back). What a reader reads without the lock — the totals, a slot's
+requests and last request time, its gauges — changes by one aligned store each (``words``, never
+``struct.pack_into``, which zeroes its destination first: a reader saw the totals at 0, and a
+worker killed there left them at 0, connection numbers starting over at 1).
 Slot: pid u32, pad u32, start time u64 (clock ticks, with the pid names the process), started
 msec u64, requests u64, last request msec u64, then the worker's connections now: active,
 reading, writing, waiting (u32 each), 8 bytes unused. Gauges are summed over live workers only:
@@ -27,7 +30,7 @@ import time
 from dataclasses import dataclass
 
 from .instance import LivenessWatch, process_start_time
-from .shm import HEADER_SIZE
+from .shm import HEADER_SIZE, words
 
 WORKERS_ZONE = "@workers"  # not a valid zone name for modules, so never one of theirs
 MAX_WORKERS = 128
@@ -37,13 +40,12 @@ ZONE_BYTES = TABLE_AT + MAX_WORKERS * SLOT_SIZE
 ZONE_SIZE = HEADER_SIZE + ZONE_BYTES  # a zone's declared size includes the core's header
 LAYOUT_TAG = "workers v2"
 _SLOT = struct.Struct("<IIQQQQ")  # pid, pad, start time, started msec, requests, last request msec
-_COUNTS = struct.Struct("<QQ")  # requests, last request msec
-_COUNTS_OFF = 24
+_COUNTS_OFF = 24  # requests u64, last request msec u64
 _GAUGES = struct.Struct("<IIII")  # active, reading, writing, waiting
 _GAUGES_OFF = 40
-_TOTALS = struct.Struct("<QQ")  # connections accepted, requests of freed slots
-_TAKEN_OVER = struct.Struct("<Q")  # dead workers' slots taken over (each one a worker that died)
-_TAKEN_OVER_OFF = 16
+# header u64 words: connections accepted, requests of freed slots, dead workers' slots taken over
+# (each one a worker that died)
+_ACCEPTED, _RETIRED, _TAKEN_OVER = 0, 1, 2
 STATES = ("reading", "writing", "waiting")
 
 
@@ -67,6 +69,7 @@ class WorkerTable:
     def __init__(self, zone):
         self.zone = zone
         self.buf = zone.buf
+        self._u64 = words(zone.buf[:ZONE_BYTES])
         self.slot: int | None = None
         self._requests = 0
         self._count_lock = threading.Lock()
@@ -89,8 +92,8 @@ class WorkerTable:
             self.slot = free[0]
             if self.slot in records:  # a dead worker's: its requests stay in the total, its death counted
                 self._retire(records[self.slot].requests)
-                taken = _TAKEN_OVER.unpack_from(self.buf, _TAKEN_OVER_OFF)[0]
-                _TAKEN_OVER.pack_into(self.buf, _TAKEN_OVER_OFF, taken + 1)
+                self._u64[_TAKEN_OVER] += 1
+            # (a slot made anew: free or a dead worker's already retired, it may read as free meanwhile)
             _SLOT.pack_into(self.buf, self._at(self.slot), pid, 0, start, int(time.time() * 1000), 0, 0)
             _GAUGES.pack_into(self.buf, self._at(self.slot) + _GAUGES_OFF, 0, 0, 0, 0)
         return self.slot
@@ -101,7 +104,9 @@ class WorkerTable:
             return
         with self._count_lock:  # threads of one worker: the stored count never goes back
             self._requests += 1
-            _COUNTS.pack_into(self.buf, self._at(self.slot) + _COUNTS_OFF, self._requests, int(time.time() * 1000))
+            at = (self._at(self.slot) + _COUNTS_OFF) >> 3
+            self._u64[at] = self._requests
+            self._u64[at + 1] = int(time.time() * 1000)
 
     def release(self) -> None:
         if self.slot is None:
@@ -117,17 +122,16 @@ class WorkerTable:
 
     def _retire(self, requests: int) -> None:
         """Under the zone lock: a slot's requests go into the total before the slot is reused."""
-        accepted, retired = _TOTALS.unpack_from(self.buf, 0)
-        _TOTALS.pack_into(self.buf, 0, accepted, retired + requests)
+        self._u64[_RETIRED] += requests
 
     # -- connections (nginx's stub_status) ------------------------------------------------------
 
     def accepted(self) -> int:
         """A client connection was accepted: its number (nginx's ``*CID``), unique in the instance."""
         with self.zone.lock():
-            accepted, retired = _TOTALS.unpack_from(self.buf, 0)
-            _TOTALS.pack_into(self.buf, 0, accepted + 1, retired)
-        return accepted + 1
+            accepted = self._u64[_ACCEPTED] + 1
+            self._u64[_ACCEPTED] = accepted
+        return accepted
 
     def move(self, old: str | None, new: str | None) -> None:
         """A connection of this worker goes from state ``old`` to ``new`` (``reading``,
@@ -143,12 +147,15 @@ class WorkerTable:
                 gauges[0] -= 1
             else:
                 gauges[1 + STATES.index(new)] += 1
-            if self.slot is not None:
-                _GAUGES.pack_into(self.buf, self._at(self.slot) + _GAUGES_OFF, *(max(0, g) for g in gauges))
+            if self.slot is not None:  # two u64 stores of two u32 gauges each (little endian)
+                active, reading, writing, waiting = (max(0, g) for g in gauges)
+                at = (self._at(self.slot) + _GAUGES_OFF) >> 3
+                self._u64[at] = active | reading << 32
+                self._u64[at + 1] = writing | waiting << 32
 
     def connections(self) -> dict:
         """The instance's connection counters as nginx's ``stub_status`` has them."""
-        accepted, retired = _TOTALS.unpack_from(self.buf, 0)
+        accepted, retired = self._u64[_ACCEPTED], self._u64[_RETIRED]
         table = bytes(self.buf[:ZONE_BYTES])
         records = self._records()
         live = self._watch.alive([(r.pid, r.start_time) for r in records.values()])
@@ -176,7 +183,7 @@ class WorkerTable:
         the dead ones listed, and those whose slot a later worker took over. A worker that
         stops cleanly (a reload's old ones, a stop) frees its slot and is not counted."""
         with self.zone.lock():  # a slot taken over meanwhile would be counted in neither
-            taken = _TAKEN_OVER.unpack_from(self.buf, _TAKEN_OVER_OFF)[0]
+            taken = self._u64[_TAKEN_OVER]
             return taken + sum(1 for w in self.workers() if not w.alive)
 
     def workers(self) -> list[WorkerRecord]:

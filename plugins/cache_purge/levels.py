@@ -22,7 +22,6 @@ import functools
 import os
 import secrets
 import sqlite3
-import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -31,18 +30,21 @@ import cachetools
 import diskcache
 from werkzeug.wrappers import Response
 
-from ngxsim import keep_status_line
+from ngxsim import keep_status_line, words
 
 from .storage import disk_failures, reraise_as_storage_error
 
 ENTRY_FORMAT = 2  # 2: the status line as the origin sent it, whether it sent a length, its variant
 NOT_STORED, STORED, REPLACED = 0, 1, 2  # what SharedLevel.store did
 BATCH_TTL = 3600.0          # a stored purge batch outlives any worker's delivery of its event
-_EPOCH = struct.Struct("<Q")
-# the keys zone after the epoch: the generation of the databases (0: none opened yet by this
-# instance; 1: the first, which any worker may make; each folder made again after that, +1):
-# a worker whose databases are of an older generation reopens at once
-_GENERATION, _GENERATION_AT = struct.Struct("<Q"), 8
+# the keys zone's u64 words (ngxsim.words): 0 the purge epoch, 1 the generation of the
+# databases (0: none opened yet by this instance; 1: the first, which any worker may make; each
+# folder made again after that, +1): a worker whose databases are of an older generation reopens
+# at once. Both are read without the lock (every store, every shared-level access) and must
+# never go back, even under a writer SIGKILLed mid-change: one 8-byte store each, never
+# struct.pack_into (which zeroes first: a purge killed there left the epoch at 0, to count up
+# again through values stores in flight had read — a stale store then passed for a fresh one)
+_EPOCH_WORD, _GENERATION_WORD = 0, 1
 EPOCH_ZONE_SIZE = 256       # zone header (64) + the purge epoch + the databases' generation + the
                             # statistics (stats.py)
 ZONE_TAG = f"cache_purge v{ENTRY_FORMAT}"
@@ -354,6 +356,7 @@ class SharedLevel:
         self.index: KeyIndex | None = None
         self._ids: tuple | None = None
         self._generation = 0
+        self._words = words(zone.buf[:16])  # the purge epoch and the databases' generation
         self._checked = 0.0
         with disk_failures(spec.path):
             self._current()
@@ -420,18 +423,24 @@ class SharedLevel:
                 self.close()
             self.disk, self.index, made = self._open(self.spec)
             self._ids = self._identity()
-            with self.zone.lock():
-                generation = self._zone_generation()
-                recreated = made and generation > 0  # made after some process had them open
-                if recreated or generation == 0:
-                    generation += 1
-                    _GENERATION.pack_into(self.zone.buf, _GENERATION_AT, generation)
-                self._generation = generation
+            recreated = self._record_generation(made)
         if recreated and self.on_recreated is not None:
             self.on_recreated()
 
+    def _record_generation(self, made: bool) -> bool:
+        """This process's databases are the zone's generation, the next one when it ``made``
+        their folder after some process had them open (returns whether it did so)."""
+        with self.zone.lock():
+            generation = self._zone_generation()
+            recreated = made and generation > 0  # made after some process had them open
+            if recreated or generation == 0:
+                generation += 1
+                self._words[_GENERATION_WORD] = generation
+            self._generation = generation
+        return recreated
+
     def _zone_generation(self) -> int:
-        return _GENERATION.unpack_from(self.zone.buf, _GENERATION_AT)[0]
+        return self._words[_GENERATION_WORD]
 
     @classmethod
     def prepare(cls, spec) -> None:
@@ -445,11 +454,12 @@ class SharedLevel:
     # -- the purge epoch (keys zone) ------------------------------------------------------------
 
     def epoch(self) -> int:
-        return _EPOCH.unpack_from(self.zone.buf, 0)[0]
+        return self._words[_EPOCH_WORD]
 
     def _bump_epoch(self) -> None:
         with self.zone.lock():
-            _EPOCH.pack_into(self.zone.buf, 0, _EPOCH.unpack_from(self.zone.buf, 0)[0] + 1)
+            words = self._words
+            words[_EPOCH_WORD] = words[_EPOCH_WORD] + 1
 
     # -- entries ----------------------------------------------------------------------------------
 

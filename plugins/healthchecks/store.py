@@ -15,12 +15,21 @@ A peer slot: used, state, down, pad, peer id, consecutive fails and passes, chec
 checks, transitions, last status, pad, last probe (wall ms), last duration (s), since (wall ms),
 server (128 bytes), last failure reason (96 bytes). Zero is "no peer": a fresh zone is empty.
 A peer is its (id, server): an id reused for another server starts afresh.
+
+Everything is read and written under the lock, but a prober SIGKILLed while it writes must not
+lose what it overwrites: ``struct.pack_into`` zeroes its destination before writing it, so a
+prober killed there left a peer's slot unused (its counts gone, a down peer back as new) or the
+service unknown (its next flip recorded without a ``service_transition``). Slots and section
+headers are stored one u64 word at a time (``ngxsim.words``), the word that says a slot is used
+(or what the service is) last: each word is its old value or its new one.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+
+from ngxsim import store_words, words
 
 from .machine import CHECKING, DOWN, STATES, UP, PeerHealth, now_msec, service_state
 
@@ -76,6 +85,7 @@ class Section:
         self.offset = offset
         self.upstream = upstream
         self.slots = slots
+        self._u64 = words(zone.buf)
 
     def lock(self):
         return self.zone.lock()
@@ -95,10 +105,12 @@ class Section:
         return Tracked(slot, peer_id, _text(server), bool(down), health)
 
     def write(self, slot: int, peer_id: int, server: str, down: bool, h: PeerHealth) -> None:
-        _SLOT.pack_into(self.zone.buf, self._slot_offset(slot), 1, STATES.index(h.state) + 1, int(down), 0, peer_id,
+        data = bytearray(SLOT_SIZE)
+        _SLOT.pack_into(data, 0, 1, STATES.index(h.state) + 1, int(down), 0, peer_id,
                         min(h.fails, 0xFFFFFFFF), min(h.passes, 0xFFFFFFFF), h.checks, h.failed_checks,
                         min(h.transitions, 0xFFFFFFFF), min(h.last_status, 0xFFFF), 0, h.last_probe_msec,
                         h.last_duration, h.since_msec, server.encode()[:128], h.last_reason.encode()[:96])
+        store_words(self._u64, self._slot_offset(slot), data)
 
     def clear(self, slot: int) -> None:
         off = self._slot_offset(slot)
@@ -174,8 +186,9 @@ class Section:
             return None
         if old is not None:
             transitions += 1
-        _SECTION_HEAD.pack_into(self.zone.buf, self.offset, _SERVICE_BYTE[new], self.zone.buf[self.offset + 1], 0,
-                                transitions, now_msec())
+        data = bytearray(_SECTION_HEAD.size)
+        _SECTION_HEAD.pack_into(data, 0, _SERVICE_BYTE[new], self.zone.buf[self.offset + 1], 0, transitions, now_msec())
+        store_words(self._u64, self.offset, data)
         if old is None:
             return None
         return ServiceChange(self.upstream, old, new, sum(t.health.healthy for t in live), len(live))

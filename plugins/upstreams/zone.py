@@ -22,6 +22,14 @@ a concurrent add): a locked writer writes only its own fields (the failure windo
 the flags). In-flight counts are per worker row (no lock: each
 worker writes only its own row) and summed over the *live* rows, so a worker SIGKILLed mid-request
 does not leave a peer "active" forever and ``peer_drained`` still comes.
+
+Every field some process reads without the lock (the balancer's in-flight counts and failure
+window, the API's statistics, the flags) or that must outlive a writer SIGKILLed under it (the
+header's active area) changes by one aligned store of its own size (``ngxsim.words``), never by
+``struct.pack_into``: that zeroes its destination before writing it, so the balancer saw a peer
+at 0 requests in flight (past ``max_conns``) or at 0 failures (back from ``max_fails`` before
+``fail_timeout``), and a worker killed there left it so. ``pack_into`` writes only fields made
+from zero (a slot or a row reset, a new code, a new time window).
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from ngxsim import process_start_time
+from ngxsim import process_start_time, words
 
 _MAGIC = b"UPSZONE1"
 _HEADER = struct.Struct("<8sQIIIII")  # magic, version, active area, length, slots, rows, area size
@@ -48,12 +56,12 @@ _STATS_AT = 64
 # which write only their own fields): offsets in the slot of _SLOT's flags, requests, fails_total,
 # fails, accessed, checked, and of the stats' responses, sent, received, unavail, health checks
 # (and the three after it), last selected and down since (and downtime after it)
-_U16, _U32, _F64, _TWO_F64 = (struct.Struct(f) for f in ("<H", "<I", "<d", "<dd"))
+_U32, _F64 = struct.Struct("<I"), struct.Struct("<d")
 _FLAGS_AT, _REQUESTS_AT, _FAILS_TOTAL_AT, _FAILS_AT, _ACCESSED_AT, _CHECKED_AT = 4, 8, 16, 24, 40, 48
 _HEALTH_AT, _HEALTH_COUNTS_AT = 28, 32  # health (u8); health check fails, passes (u32 each)
 _RESPONSES_AT, _SENT_AT, _RECEIVED_AT, _UNAVAIL_AT = _STATS_AT, _STATS_AT + 40, _STATS_AT + 48, _STATS_AT + 56
 _CHECKS_AT, _SELECTED_AT, _DOWN_AT = _STATS_AT + 64, _STATS_AT + 96, _STATS_AT + 104
-_TWO_U32, _FOUR_U64, _THREE_F64 = struct.Struct("<II"), struct.Struct("<QQQQ"), struct.Struct("<ddd")
+_TWO_U32 = struct.Struct("<II")
 # at slot + 192: NGINX Plus's header_time and response_time, averages of the recent responses:
 # two buckets, one per window of TIME_WINDOW seconds (even, odd), each its tag (u32: the window's
 # and the peer's low 16 bits, so that an add lands only in its own window of its own peer), then
@@ -175,6 +183,8 @@ class UpstreamZone:
     def __init__(self, zone):
         self.zone = zone
         self.buf = zone.buf
+        # the zone as items of each size: item i is at byte i * size (so at offset o, o // size)
+        self._u16, self._u32, self._u64, self._f64 = (words(zone.buf, code) for code in "HIQd")
         self.layout = Layout.for_size(zone.usable)
         self._row: int | None = None
         self._counts_at: int | None = None  # where this worker's row's in-flight counts start
@@ -226,9 +236,18 @@ class UpstreamZone:
                 if self._slot_id(peer["slot"]) != _held(peer["id"]):
                     # a new peer: fresh counters; "checking" when mandatory health checks must pass first
                     self._reset_slot(peer["slot"], peer["id"], HEALTH_CHECKING if peer["id"] in checking else HEALTH_NONE)
-            _HEADER.pack_into(self.buf, 0, _MAGIC, version, idle, len(text), self.layout.slots, self.layout.rows,
-                              self.layout.area_size)
+            self._activate(magic == _MAGIC, version, idle, len(text))
             return new, extra
+
+    def _activate(self, initialised: bool, version: int, area: int, length: int) -> None:
+        """Under the zone lock: the snapshot of ``length`` bytes in ``area`` is the active one."""
+        if not initialised:  # the first snapshot: nothing to lose, the magic last
+            _HEADER.pack_into(self.buf, 0, bytes(8), version, area, length, self.layout.slots, self.layout.rows,
+                              self.layout.area_size)
+            self.buf[:8] = _MAGIC
+        else:  # the version, then the active area with its length in one store: a writer killed
+            self._u64[1] = version  # anywhere leaves the old snapshot or the new, whole
+            self._u64[2] = area | length << 32
 
     # -- peer slots --------------------------------------------------------------------------
 
@@ -274,8 +293,15 @@ class UpstreamZone:
         until); the others are written back as they were not (the counters move by ``add_u64``)."""
         values = list(_STATS.unpack_from(self.buf, at + _STATS_AT))
         change(values)
-        _FOUR_U64.pack_into(self.buf, at + _CHECKS_AT, *values[8:12])
-        _THREE_F64.pack_into(self.buf, at + _DOWN_AT, *values[_DOWN_SINCE:_UNAVAIL_UNTIL + 1])
+        u64, checks = self._u64, (at + _CHECKS_AT) >> 3
+        for i in range(4):
+            u64[checks + i] = values[8 + i]
+        self._store_down(at, values)
+
+    def _store_down(self, at: int, values: list) -> None:
+        """Down since, downtime, unavail until of the stats fields ``values`` into the slot at ``at``."""
+        f64, down = self._f64, (at + _DOWN_AT) >> 3
+        f64[down], f64[down + 1], f64[down + 2] = values[_DOWN_SINCE:_UNAVAIL_UNTIL + 1]
 
     def selected(self, slot: int, peer_id: int, now: float) -> None:
         """The balancer chose the peer for a request: NGINX Plus counts ``requests`` here (with
@@ -292,7 +318,7 @@ class UpstreamZone:
         """The peer's failures in its current window and when it was last checked (what the
         balancer asks on each pick of a peer with ``max_fails``)."""
         at = self.layout.slots_at + slot * SLOT_SIZE
-        return _U32.unpack_from(self.buf, at + _FAILS_AT)[0], _F64.unpack_from(self.buf, at + _ACCESSED_AT + 8)[0]
+        return self._u32[(at + _FAILS_AT) >> 2], self._f64[(at + _CHECKED_AT) >> 3]
 
     def health(self, slot: int) -> int:
         return self.buf[self._slot_at(slot) + _HEALTH_AT]
@@ -307,7 +333,8 @@ class UpstreamZone:
                 return False
             before = self.buf[at + _HEALTH_AT]
             self.buf[at + _HEALTH_AT] = health
-            _TWO_U32.pack_into(self.buf, at + _HEALTH_COUNTS_AT, fails, passes)
+            self._u32[(at + _HEALTH_COUNTS_AT) >> 2] = fails
+            self._u32[(at + _HEALTH_COUNTS_AT + 4) >> 2] = passes
 
             def count(v):
                 v[8] += 1
@@ -347,20 +374,21 @@ class UpstreamZone:
             with self.zone.lock():
                 if _U32.unpack_from(buf, at)[0] != held:
                     return False
-                fails = _U32.unpack_from(buf, at + _FAILS_AT)[0] + 1
-                _U32.pack_into(buf, at + _FAILS_AT, fails)
-                _TWO_F64.pack_into(buf, at + _ACCESSED_AT, now, now)  # accessed, checked
+                fails = self._u32[(at + _FAILS_AT) >> 2] + 1
+                self._u32[(at + _FAILS_AT) >> 2] = fails
+                self._f64[(at + _ACCESSED_AT) >> 3] = now  # accessed
+                self._f64[(at + _CHECKED_AT) >> 3] = now
                 tripped = bool(max_fails) and fails == max_fails
                 if max_fails and fails >= max_fails:  # unavail from now for fail_timeout (API: "unavail")
                     self._down_window(at, wall, fail_timeout)
             adds += ((at + _FAILS_TOTAL_AT, 1), (at + _UNAVAIL_AT, int(tripped)))
         elif success:
-            accessed, checked = _TWO_F64.unpack_from(buf, at + _ACCESSED_AT)
-            if accessed < checked:  # a success after the last failure was checked: nginx resets
+            f64, accessed_at = self._f64, (at + _ACCESSED_AT) >> 3
+            if f64[accessed_at] < f64[accessed_at + 1]:  # a success after the last failure was checked: nginx resets
                 with self.zone.lock():  # (read again: a failure may have come meanwhile)
-                    accessed, checked = _TWO_F64.unpack_from(buf, at + _ACCESSED_AT)
+                    accessed, checked = f64[accessed_at], f64[accessed_at + 1]
                     if _U32.unpack_from(buf, at)[0] == held and accessed < checked:
-                        _U32.pack_into(buf, at + _FAILS_AT, 0)
+                        self._u32[(at + _FAILS_AT) >> 2] = 0
                         self._down_window(at, wall, None)
         return self.zone.add_u64(adds, at, held) and tripped
 
@@ -396,7 +424,7 @@ class UpstreamZone:
         with self.zone.lock():
             if _U32.unpack_from(self.buf, at)[0] != held:
                 return
-            if _U32.unpack_from(self.buf, bucket)[0] != tag:
+            if _U32.unpack_from(self.buf, bucket)[0] != tag:  # (emptied: zeroed first is fine)
                 _TIME_BUCKET.pack_into(self.buf, bucket, tag, 0, 0, 0)
         self.zone.add_u64(adds, bucket, tag)
 
@@ -413,14 +441,14 @@ class UpstreamZone:
             _settle(values, health, wall)
         else:
             return
-        _THREE_F64.pack_into(self.buf, at + _DOWN_AT, *values[_DOWN_SINCE:_UNAVAIL_UNTIL + 1])  # its own fields only
+        self._store_down(at, values)  # its own fields only
 
     def mark_checked(self, slot: int, now: float, fail_timeout: float = 0.0, wall: float | None = None) -> None:
         """nginx's retry of an unavailable peer after ``fail_timeout``: one request probes it
         (and the API shows the peer ``unavail`` again until that request's end says more)."""
         with self.zone.lock():
             at = self._slot_at(slot)
-            _F64.pack_into(self.buf, at + _CHECKED_AT, now)
+            self._f64[(at + _CHECKED_AT) >> 3] = now
             self._down_window(at, wall, fail_timeout)
 
     def take_drained_flag(self, slot: int, peer_id: int) -> bool:
@@ -431,13 +459,13 @@ class UpstreamZone:
             held, flags = _TWO_U32.unpack_from(self.buf, at)
             if held != _held(peer_id) or flags & FLAG_DRAINED_PUBLISHED:
                 return False
-            _U32.pack_into(self.buf, at + _FLAGS_AT, flags | FLAG_DRAINED_PUBLISHED)
+            self._u32[(at + _FLAGS_AT) >> 2] = flags | FLAG_DRAINED_PUBLISHED
             return True
 
     def clear_drained_flag(self, slot: int) -> None:
         with self.zone.lock():
-            at = self._slot_at(slot) + _FLAGS_AT
-            _U32.pack_into(self.buf, at, _U32.unpack_from(self.buf, at)[0] & ~FLAG_DRAINED_PUBLISHED)
+            at = (self._slot_at(slot) + _FLAGS_AT) >> 2
+            self._u32[at] = self._u32[at] & ~FLAG_DRAINED_PUBLISHED
 
     # -- in flight ---------------------------------------------------------------------------
 
@@ -470,15 +498,15 @@ class UpstreamZone:
         counts_at = self._counts_at
         if counts_at is None:
             return
-        at, buf = counts_at + 2 * slot, self.buf
+        at, u16 = (counts_at >> 1) + slot, self._u16
         with self._row_lock:
-            value = _U16.unpack_from(buf, at)[0] + delta
-            _U16.pack_into(buf, at, value if 0 <= value <= 0xFFFF else 0 if value < 0 else 0xFFFF)
+            value = u16[at] + delta
+            u16[at] = value if 0 <= value <= 0xFFFF else 0 if value < 0 else 0xFFFF
 
     def set_idle(self, count: int) -> None:
         """How many idle connections to the upstream's peers this worker keeps (``keepalive``)."""
         if self._row is not None:
-            _U32.pack_into(self.buf, self._row_at(self._row) + _IDLE_AT, min(count, 0xFFFFFFFF))
+            self._u32[(self._row_at(self._row) + _IDLE_AT) >> 2] = min(count, 0xFFFFFFFF)
 
     def idle(self, live_rows: set[int]) -> int:
         """Idle kept connections, summed over the rows of live workers (NGINX Plus's ``keepalive``)."""
@@ -487,11 +515,11 @@ class UpstreamZone:
     def in_flight(self, slot: int) -> int:
         """Requests in flight to one slot, summed over the workers' rows (``max_conns``)."""
         total = 0
-        offset = _ROW_HEAD.size + 2 * slot
+        u32, u16, offset = self._u32, self._u16, _ROW_HEAD.size + 2 * slot
         for row in range(self.layout.rows):
             at = self._row_at(row)
-            if struct.unpack_from("<I", self.buf, at)[0]:
-                total += struct.unpack_from("<H", self.buf, at + offset)[0]
+            if u32[at >> 2]:  # a claimed row (its pid)
+                total += u16[(at + offset) >> 1]
         return total
 
     def active(self, live_rows: set[int] | None = None) -> list[int]:

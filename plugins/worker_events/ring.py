@@ -40,7 +40,7 @@ they only move forward: a reader, or a writer that comes after a killed one, see
 value or the new one, never another. ``struct.pack_into`` does not do that: it zeroes its
 destination, then writes the fields, so a reader racing it (or a writer killed between the
 two) sees 0 — a newest of 0 makes the next publish take generation 1 again. The Python code
-stores these words through ``_u64_words`` (a memoryview of 8-byte items: CPython copies an
+stores these words through ``ngxsim.words`` (a memoryview of 8-byte items: CPython copies an
 item with one 8-byte ``memcpy``), the C writer with ``store64``.
 
 A tag is trusted only for a slot no writer can have touched since the reader looked at
@@ -51,10 +51,8 @@ tags may already be the next lap's); above that line a tag is the one written wi
 
 from __future__ import annotations
 
-import ctypes
 import struct
 import os
-import sys
 import time
 from hashlib import blake2b
 from dataclasses import dataclass
@@ -64,7 +62,7 @@ from json.encoder import encode_basestring as _json_str  # a JSON string, non-AS
 
 from ngxsim import LivenessWatch
 from ngxsim import process_alive as alive
-from ngxsim import Zone
+from ngxsim import Zone, words
 
 CHANNEL_MAX, TYPE_MAX, PAYLOAD_MAX = 64, 64, 512
 ORIGIN_MAX = 64  # an instance id of a cluster (see docs/cluster.md)
@@ -99,15 +97,6 @@ assert ENTRY_SIZE == 736 and ENTRY_SIZE % 8 == 0
 def ring_bytes(capacity: int) -> int:
     """Bytes of zone memory (after the core's zone header) a ring of ``capacity`` needs."""
     return ENTRIES_OFFSET + capacity * (ENTRY_SIZE + TAG_SIZE)
-
-
-def _u64_words(buf: memoryview):
-    """``buf`` as little-endian u64 words, each read and written with one 8-byte load or store:
-    a memoryview of 8-byte items on a little-endian machine (the fastest), else an array of
-    ctypes' little-endian u64 (the layout stays little endian; the accelerator is not built there)."""
-    if sys.byteorder == "little":
-        return buf.cast("Q")
-    return (ctypes.c_uint64.__ctype_le__ * (len(buf) // 8)).from_buffer(buf)
 
 
 def encode_event(channel: str, type_: str, payload: str) -> tuple[bytes, bytes, bytes]:
@@ -193,7 +182,7 @@ class Ring:
         # the control block, the worker slots and the entries as u64 words: word 0 is newest, 1
         # dropped, 2 the last publish's msec, any other u64 the word at its offset / 8 (the module
         # docstring says why)
-        self._words = _u64_words(zone.buf[:self._tags_off])
+        self._words = words(zone.buf[:self._tags_off])
         self._tags: dict[bytes | str, int] = {}  # channel -> its tag, so a publish hashes nothing
         self._key: bytes | None = None
         # the core's C publish when it is built (same bytes, same lock), else None: the Python below
@@ -529,6 +518,7 @@ class Ring:
             for index in range(MAX_WORKERS):
                 s = taken.get(index)
                 if s is None or s.pid == pid or not alive(s.pid, s.start_time):
+                    # made anew (free, a dead worker's, or this one's again): read as free meanwhile
                     _SLOT.pack_into(self.buf, self._slot_off(index), pid, subscribers, start_time, delivered, 0, 0, 0, 0, 0)
                     return index
         return None

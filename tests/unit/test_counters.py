@@ -5,12 +5,15 @@ are lost, never counted for the new name)."""
 from __future__ import annotations
 
 import os
+import struct
 
 import pytest
 
 from ngxsim import CounterRows
 from ngxsim.core.instance import STANDALONE, current_instance
 from ngxsim.core.shm import attach_zone, remove_zone_files
+
+import stepping
 
 FIELDS = ("passed", "rejected")
 
@@ -51,3 +54,20 @@ def test_a_dropped_names_row_is_taken_over_and_its_old_holder_counts_nothing_the
     assert all(new.read(f"n{i}") == {"passed": 0, "rejected": 0} for i in range(new.rows - 1))  # nor take a row
     with pytest.raises(ValueError, match='no row left for "late"'):  # every row held by a name kept
         CounterRows(zone, FIELDS, keep=[f"n{i}" for i in range(new.rows - 1)] + ["fresh"]).read("late")
+
+
+def test_a_worker_killed_at_any_instant_of_claiming_a_row_leaves_the_zone_and_its_counts(zone):
+    """A row claimed for a new name takes the next id from the header: ``struct.pack_into``
+    rewrote the whole header, magic first zeroed, so a worker killed there (found by stepping it
+    one instruction at a time) left a zone the next view took for an unformatted one: made anew,
+    every row's counts gone."""
+    rows = CounterRows(zone, FIELDS, keep=("a", "b"))
+    rows.add("a", "passed", 5)
+
+    def look(step):
+        assert struct.unpack_from("<III", zone.buf, 0) == (0x52544E43, 2, rows.rows), f"instruction {step}"
+        assert rows.read("a") == {"passed": 5, "rejected": 0}, f"instruction {step}"
+
+    stepping.each_instruction(lambda: rows._row("b"), look, before=zone.lock, watch=zone.buf[:256])
+    again = CounterRows(zone, FIELDS, keep=("a", "b"))  # a worker starting now: the same rows
+    assert again.read("a") == {"passed": 5, "rejected": 0} and again._row("b")[1] == 2

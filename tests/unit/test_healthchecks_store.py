@@ -14,6 +14,8 @@ from ngxsim.core.shm import HEADER_SIZE, attach_zone, remove_zone_files
 from ngxsim_plugins.healthchecks.machine import CHECKING, DOWN, HEALTHY, UNHEALTHY, UP, ProbeResult
 from ngxsim_plugins.healthchecks.store import SLOT_SIZE, HealthStore, ServiceChange, zone_size
 
+import stepping
+
 OK = ProbeResult(True, 0.001, 200)
 BAD = ProbeResult(False, 0.001, 503, "status 503")
 
@@ -157,3 +159,44 @@ def test_a_successor_process_continues_from_the_same_counts(zone, section):
 def test_slot_layout_size_is_what_the_zone_size_accounts_for():
     assert SLOT_SIZE == 288
     assert zone_size(1) == 64 + 256 * SLOT_SIZE
+
+
+def test_a_prober_killed_at_any_instant_of_a_write_leaves_the_peer_and_the_service_known(section):
+    """Stepped one instruction at a time (what a SIGKILL there would leave): while a probe's
+    result is written, the peer's slot stays used with its old counts or its new ones, and while
+    the service flips it reads up or down. ``struct.pack_into`` zeroed the slot first (the peer
+    forgotten: a down peer came back as new) and the section's header (the service unknown: the
+    next flip went unannounced)."""
+    with section.lock():
+        tracked, _ = section.sync([Peer(0, "127.0.0.1:1")], mandatory=False)
+    peer = tracked[0][0]
+    probe_once(section, peer, BAD, fails=1)  # unhealthy: the service is down
+    assert section.service()[0] == DOWN
+    before = section.read(peer.slot).health
+
+    def look(step):
+        now = section.read(peer.slot)
+        assert now is not None and now.peer_id == 0 and now.server == "127.0.0.1:1", f"instruction {step}: {now}"
+        assert now.health.checks in (before.checks, before.checks + 1), f"instruction {step}: {now.health}"
+        assert section.service()[0] in (DOWN, UP), f"instruction {step}: {section.service()}"
+
+    health = section.read(peer.slot).health
+    assert health.apply(OK, 1, 1) is not None  # healthy again: written back, then the service flips
+
+    def write():
+        with section.lock():
+            section.write(peer.slot, 0, "127.0.0.1:1", False, health)
+
+    def flip():
+        with section.lock():
+            assert section.update_service() is not None
+
+    for call in (write, flip):
+        steps = stepping.each_instruction(call, look, before=section.lock, watch=zone_view(section))
+        assert steps > 100
+    with section.lock():
+        assert section.read(peer.slot).health.checks == before.checks + 1 and section.service()[0] == UP
+
+
+def zone_view(section):
+    return section.zone.buf[section.offset:section.offset + 64 + section.slots * SLOT_SIZE]

@@ -11,11 +11,14 @@ import time
 import pytest
 
 from ngxsim.core.instance import STANDALONE, Instance, current_instance, process_start_time
-from ngxsim.core.shm import HEADER_SIZE, SHM_DIR_ENV, Wait, ZoneError, attach_zone, remove_stale_zone_files, remove_zone_files, zone_path
+from ngxsim.core.shm import (HEADER_SIZE, SHM_DIR_ENV, Wait, ZoneError, attach_zone, remove_stale_zone_files, remove_zone_files,
+                              words, zone_path)
 
 from ngxsim.testing import wait_for
 
 from forked import child as _child, exit_status as _exit_status
+
+import stepping
 
 
 @pytest.fixture
@@ -282,6 +285,45 @@ def test_add_u64_loses_no_add_between_processes(instance, shm_path):
     assert [_exit_status(p, 60) for p in pids] == [0] * procs
     assert (word.unpack_from(zone.buf, 0)[0], word.unpack_from(zone.buf, 8)[0]) == (rounds * procs, 3 * rounds * procs)
     zone.close()
+
+
+def test_add_u64_counters_and_stamp_never_read_as_0_at_any_instant_of_an_add(instance, shm_path):
+    """Readers of add_u64's counters take no lock (and the C path takes none to add): stepped one
+    instruction at a time, an add shows each counter and the stamp at the old value or the new,
+    never 0 — the pure-Python path's ``struct.pack_into`` zeroed each first, and a process killed
+    there left a counter at 0 for good."""
+    zone = attach_zone(instance, "add-steps", 4096)
+    zone.add_u64(((8, 5), (16, 7)), stamp_at=24, stamp=1.5)
+    u64 = words(zone.buf)
+
+    def look(step):
+        assert (u64[1], u64[2]) in ((5, 7), (6, 7), (6, 9)), f"instruction {step}: {u64[1]}, {u64[2]}"
+        assert struct.unpack_from("<d", zone.buf, 24)[0] in (1.5, 2.5), f"instruction {step}"
+
+    stepping.each_instruction(lambda: zone.add_u64(((8, 1), (16, 2)), stamp_at=24, stamp=2.5), look,
+                              before=lambda: zone.add_u64(((0, 1),)))
+    assert (u64[1], u64[2]) == (6, 9)
+    u64.release()
+    zone.close()
+
+
+def test_words_are_little_endian_items_on_any_machine(monkeypatch):
+    """``ngxsim.words``: item i of code c is the little-endian value at byte i * size, through a
+    memoryview on a little-endian machine, through ctypes' little-endian items elsewhere (run here
+    with ``sys.byteorder`` set to "big"): the same bytes either way."""
+    import sys
+
+    import ngxsim
+
+    for byteorder in ("little", "big"):
+        monkeypatch.setattr(sys, "byteorder", byteorder)
+        data = bytearray(35)
+        q, i, h, d = (ngxsim.words(data, code) for code in "QIHd")
+        assert (len(q), len(i), len(h), len(d)) == (4, 8, 17, 4)  # a short tail is left out
+        q[1], i[4], h[10], d[3] = 2**64 - 2, 0x01020304, 0xBEEF, -0.5
+        assert struct.unpack_from("<QIHxxd", data, 8) == (2**64 - 2, 0x01020304, 0xBEEF, -0.5)
+        assert (q[1], i[4], h[10], d[3]) == (2**64 - 2, 0x01020304, 0xBEEF, -0.5)
+        assert isinstance(q, memoryview) == (byteorder == "little")
 
 
 def test_add_u64_writes_only_when_its_guard_holds_and_nothing_on_a_bad_offset(instance, shm_path):

@@ -14,6 +14,8 @@ from ngxsim import SharedTable, TableFull
 from ngxsim.core.instance import STANDALONE, current_instance
 from ngxsim.core.shm import attach_zone, remove_zone_files
 
+import stepping
+
 COUNTER = struct.Struct("<q")
 
 
@@ -126,3 +128,41 @@ def test_eviction_skips_records_in_use_and_a_stripe_of_them_refuses_a_new_key(zo
     with pytest.raises(TableFull, match='no room in zone "table-'):
         table.put("newer", COUNTER.pack(1))
     assert table.get("newer") is None and len(table) == table.capacity
+
+
+def test_a_writer_killed_at_any_instant_of_an_update_leaves_every_record_findable(zone):
+    """Lookups, and the writer after a killed one, trust a slot's state word and its stripe's
+    clock and count. Stepped one instruction at a time through an update of record A, with B
+    past A in the same probe chain: A and B stay findable with the old value or the new at every
+    instruction (what a SIGKILL there would leave), the stripe's clock never goes back and its
+    count stays 2. ``struct.pack_into`` zeroed A's state (EMPTY: the chain ended before B, and a
+    put of B then made a second B) and the clock and count."""
+    table = SharedTable(zone, 16, 8, stripes=1)
+    by_start: dict[int, bytes] = {}
+    for i in range(1000):  # two keys that start at the same slot: B is found past A
+        key = b"k%d" % i
+        stripe, start = table._where(key)
+        if start in by_start:
+            a, b = by_start[start], key
+            break
+        by_start[start] = key
+    table.put(a, COUNTER.pack(1), now=1000.0)
+    table.put(b, COUNTER.pack(2), now=1000.0)
+    clock_at = 32 + stripe * table.stripe_size  # the stripe's header: clock u64, count u32
+
+    def clock_now():  # (the child is stopped while this reads)
+        return struct.unpack_from("<Q", zone.buf, clock_at)[0]
+
+    clock = clock_now()
+
+    def look(step):
+        found_a, _ = table._find(stripe, start, a, 1000_000)  # no lock: the child holds it
+        found_b, _ = table._find(stripe, start, b, 1000_000)
+        assert found_a is not None and found_b is not None, f"instruction {step}: A {found_a}, B {found_b}"
+        assert table._value(found_a) in (COUNTER.pack(1), COUNTER.pack(3)), f"instruction {step}"
+        assert clock_now() in (clock, clock + 1) and len(table) == 2, f"instruction {step}"
+
+    stepping.each_instruction(lambda: table.put(a, COUNTER.pack(3), now=1000.0), look,
+                              before=lambda: table.get(b"warm"))
+    assert table.get(a, now=1000.0) == COUNTER.pack(3) and table.get(b, now=1000.0) == COUNTER.pack(2)
+    assert clock_now() == clock + 1

@@ -12,6 +12,7 @@ from ngxsim.core.shm import attach_zone, remove_zone_files
 from ngxsim_plugins.upstreams import snapshots
 from ngxsim_plugins.upstreams.conf import ServerSpec
 from forked import child, exit_status
+import stepping
 from ngxsim_plugins.upstreams import zone as zone_module
 from ngxsim_plugins.upstreams.zone import HEALTH_CHECKING, HEALTH_DOWN, HEALTH_NONE, HEALTH_UP, UpstreamZone
 
@@ -199,3 +200,72 @@ def test_responses_by_code_and_the_recent_responses_times(zone):
     zone.finish(b["slot"], b["id"] + 1, failed=False, success=True, now=2.5 * w, max_fails=0, status=200,
                 times=(9.0, 9.0))  # a try counted for a peer the slot no longer holds
     assert zone.stats(b["slot"]).header_time is None
+
+
+# -- what lock-free readers see, a writer stepped one instruction at a time --------------------
+# (what a SIGKILL at that instruction would leave, too)
+
+
+def test_the_requests_in_flight_the_balancer_reads_for_max_conns_never_drop_at_any_instant(zone):
+    """The balancer sums every worker's in-flight count without a lock to enforce ``max_conns``:
+    a count read at 0 while a worker adds one (``struct.pack_into`` zeroed it first) let a
+    request past the limit."""
+    a, _ = _peers(zone)
+
+    def busy_worker():
+        zone.claim_row(lambda pid, start: True)
+        for _ in range(3):
+            zone.add_active(a["slot"], +1)
+
+    def look(step):
+        assert zone.in_flight(a["slot"]) in (3, 4), f"instruction {step}: {zone.in_flight(a['slot'])} in flight"
+
+    stepping.each_instruction(lambda: zone.add_active(a["slot"], +1), look, before=busy_worker,
+                              watch=zone.buf[zone.layout.rows_at:zone.layout.areas_at])
+    assert zone.in_flight(a["slot"]) == 4
+
+
+def test_a_failure_shows_the_failure_window_and_the_statistics_old_or_new_at_any_instant(zone):
+    """``max_fails``: the balancer reads a peer's failures and when they were last checked
+    without the lock (a peer at 0 failures, or checked at 0, is available again at once), the API
+    its statistics; a failure stores each of them once."""
+    a, _ = _peers(zone)
+    slot, peer = a["slot"], a["id"]
+    zone.finish(slot, peer, failed=True, success=False, now=2.0, max_fails=3, status=502, sent=7, wall=100.0,
+                fail_timeout=10.0)
+    zone.set_health(slot, peer, HEALTH_UP, fails=0, passes=2, now=100.0)
+    before = (zone.stats(slot), zone.counters(slot))
+
+    def look(step):
+        fails, checked = zone.failure_window(slot)
+        assert fails in (1, 2) and checked in (2.0, 3.0), f"instruction {step}: {fails}, {checked}"
+        stats, counters = zone.stats(slot), zone.counters(slot)
+        assert stats.checks == 1 and stats.sent in (7, 14) and stats.responses[4] in (1, 2), f"instruction {step}"
+        assert counters.requests == 0 and counters.fails_total in (1, 2) and counters.health_passes == 2, (
+            f"instruction {step}: {counters}")
+        assert counters.flags == 0 and counters.accessed in (2.0, 3.0)
+
+    at = zone._slot_at(slot)
+    stepping.each_instruction(
+        lambda: zone.finish(slot, peer, failed=True, success=False, now=3.0, max_fails=3, status=502, sent=7,
+                            wall=101.0, fail_timeout=10.0), look, before=zone.zone.lock,
+        watch=zone.buf[at:at + zone_module.SLOT_SIZE])
+    assert zone.failure_window(slot) == (2, 3.0) and before[0].sent == 7
+
+
+def test_an_update_killed_at_any_instant_leaves_the_old_snapshot_or_the_new(zone):
+    """A new snapshot is written into the idle area and made active by the header: a writer
+    killed while ``struct.pack_into`` rewrote the header (zeroing it first, magic included) left
+    the zone with no snapshot at all, the API's changes gone. Stepped through the activation of
+    the next snapshot, what is active is the old snapshot or the new at every instruction."""
+    _peers(zone, 2)
+    text = b'{"version":2,"peers":[]}'
+    zone.buf[zone.layout.areas_at + zone.layout.area_size:][:len(text)] = text  # the idle area: 1
+
+    def look(step):
+        held = zone._read_locked()  # (the child holds the lock; it is stopped while this reads)
+        assert held is not None and held["version"] in (1, 2), f"instruction {step}: {held}"
+
+    stepping.each_instruction(lambda: zone._activate(True, 2, 1, len(text)), look, before=zone.zone.lock,
+                              watch=zone.buf[:64])
+    assert zone.read_snapshot() == {"version": 2, "peers": []}
