@@ -309,7 +309,8 @@ def publish_cost(servers: dict, rounds: int, engine, modes=(PLAIN, NICED, PINNED
     until the others relayed it in."""
     a = servers["A"]
     others = [server for name, server in servers.items() if name != "A"]
-    relay, holder = view(a)["relay_pid"], view(a)["relay_worker"]
+    doc = view(a)
+    relay, holder = doc["relay_pid"], doc["relay_worker"]
     out = []
     try:
         for i in range(rounds):

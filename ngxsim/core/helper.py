@@ -44,12 +44,12 @@ _failures: dict[str, int] = {}  # service -> quick failures in a row (in the wor
 def run_in_process(runtime, spec, lease, slot: int) -> None:
     """In the worker holding ``spec``'s lease: start its helper process and wait for it to end;
     stop it when ``lease.stopping`` is set. Returns when the helper has exited."""
-    payload = {"service": spec.name, "sys_path": sys.path, "source": runtime.config.source,
+    payload = {"service": spec.name, "source": runtime.config.source,
                "instance": [runtime.instance.pid, runtime.instance.start_time], "slot": slot,
                "generation": runtime.generation, "loaded_at": runtime.loaded_at}
     began = time.monotonic()
-    # (the worker's import path: ngxsim and the modules may be found through sys.path entries a
-    # fresh interpreter would not have)
+    # the worker's import path, in its order: ngxsim and the modules may be found through sys.path
+    # entries a fresh interpreter would not have (and ``-m`` needs ngxsim before any code runs)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     proc = subprocess.Popen([sys.executable, "-m", "ngxsim.core.service_process", spec.name], stdin=subprocess.PIPE,
                             close_fds=True, env=env)

@@ -88,7 +88,6 @@ class Job:
         self.runner = runner
         self.spec = spec
         self.offset = offset
-        self._u64 = words(runner.zone.buf)
         self._thread: threading.Thread | None = None
         self._service: threading.Thread | None = None
         self._lease: ServiceLease | None = None
@@ -101,7 +100,7 @@ class Job:
         return _SLOT.unpack_from(self.runner.zone.buf, self.offset)
 
     def _write(self, *values) -> None:
-        store_words(self._u64, self.offset, _SLOT.pack(*values))
+        store_words(self.runner.u64, self.offset, _SLOT.pack(*values))
 
     def status(self) -> dict:
         pid, _, start, lease_until, due, runs, last_msec, last_dur = self._read()
@@ -255,6 +254,7 @@ class JobRunner:
         self.runtime = runtime
         self.specs = list(specs)
         self.zone = runtime.zone(JOBS_ZONE) if self.specs else None
+        self.u64 = words(self.zone.buf) if self.zone is not None else None  # the lease slots' words, one view
         self.pid = os.getpid()
         self.start_time = process_start_time(self.pid) or 0
         self.stopping = threading.Event()

@@ -65,7 +65,6 @@ def main(argv: list[str]) -> int:
     payload = json.loads(sys.stdin.buffer.readline() or b"null")
     if not payload:
         return 2
-    sys.path[:] = payload["sys_path"]
 
     name = payload["service"]
     lease = ServiceLease(name)

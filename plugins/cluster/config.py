@@ -110,9 +110,14 @@ def parse_bridge(args: list[str]) -> Bridge:
     return Bridge(zone, url, _channels(params["channels"]), _state_dir(params["state"]),
                   _name(params.get("stream", f"ngxsim.{zone}"), STREAM, "stream", 200, ", \"{\", \"}\""),
                   _name(params["instance"], INSTANCE, "instance", 64) if "instance" in params else None,
-                  _retention(params.get("retention")), _password_file(params.get("password_file")),
-                  _timeout(params.get("timeout")), engine, _tls(params, cls.tls_schemes, url, engine),
-                  _relay_nice(params.get("relay_nice")))
+                  _value(params, "retention", DEFAULT_RETENTION, lambda t: parse_number(t, 100, 1_000_000_000),
+                         "a number of entries from 100 to 1000000000"),
+                  _password_file(params.get("password_file")),
+                  _value(params, "timeout", DEFAULT_TIMEOUT, lambda t: parse_time(t, 0.05, 60),
+                         "a time from 50ms to 60s"),
+                  engine, _tls(params, cls.tls_schemes, url, engine),
+                  _value(params, "relay_nice", DEFAULT_RELAY_NICE, lambda t: parse_number(t, 0, 19),
+                         "from 0 to 19 (how far below the workers' priority the relay runs)"))
 
 
 def _tls(params: dict[str, str], tls_schemes: tuple[str, ...], url: str, engine: str) -> Tls | None:
@@ -170,32 +175,16 @@ def _name(text: str, pattern: re.Pattern, what: str, most: int, more: str = "") 
     return text
 
 
-def _retention(text: str | None) -> int:
+def _value(params: dict[str, str], name: str, default, parse, expected: str):
+    """Parameter ``name=`` parsed (``default`` when not given), or the error saying what is
+    ``expected`` of it."""
+    text = params.get(name)
     if text is None:
-        return DEFAULT_RETENTION
+        return default
     try:
-        return parse_number(text, 100, 1_000_000_000)
-    except ValueError:
-        raise _fail(f'invalid "retention={text}": a number of entries from 100 to 1000000000') from None
-
-
-def _timeout(text: str | None) -> float:
-    if text is None:
-        return DEFAULT_TIMEOUT
-    try:
-        return parse_time(text, 0.05, 60)
+        return parse(text)
     except (OutOfRange, ValueError):
-        raise _fail(f'invalid "timeout={text}": a time from 50ms to 60s') from None
-
-
-def _relay_nice(text: str | None) -> int:
-    if text is None:
-        return DEFAULT_RELAY_NICE
-    try:
-        return parse_number(text, 0, 19)
-    except (OutOfRange, ValueError):
-        raise _fail(f'invalid "relay_nice={text}": from 0 to 19 (how far below the workers\' priority the relay '
-                    'runs)') from None
+        raise _fail(f'invalid "{name}={text}": {expected}') from None
 
 
 def _password_file(path: str | None) -> str | None:

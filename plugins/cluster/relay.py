@@ -118,8 +118,9 @@ class Relay:
         with self._lock:
             went_up, self._said = self._said != "up", "up"
         if went_up:
-            log.log(NOTICE, "cluster: zone %s: relay (process %d of worker %d) connected to %s, stream %s, as instance %s",
-                     self.zone, os.getpid(), os.getppid(), self.bridge.engine, self.bridge.stream, self.instance)
+            log.log(NOTICE, "cluster: zone %s: relay (process %d of worker %d) connected to %s, stream %s, as "
+                     "instance %s", self.zone, os.getpid(), os.getppid(), self.bridge.engine, self.bridge.stream,
+                     self.instance)
 
     def publish_view(self) -> None:
         b = self.bridge
@@ -188,8 +189,8 @@ class Relay:
             self.publish_view()
 
     def _keep(self, changed: bool = False, idle: bool = False) -> None:
-        """After a change, the view at once (what moved without one, a pause or a scan of events
-        that stay home, when the thread goes idle); the state file at once when the thread goes idle
+        """After a change, the view at once (what moved without one, a scan of events that stay
+        home, when the thread goes idle); the state file at once when the thread goes idle
         (``idle``: a read or a ring wait came back empty), else at most every KEEP_EVERY, not
         after each batch (a batch is often one event when they come one by one: a file written
         and renamed per event was most of a relay's CPU). What a crash loses of it is redone
@@ -245,75 +246,73 @@ class Relay:
         # receiver then knows exactly what of ours never came); from the durable state, so a
         # successor or a restart goes on with the same chain
         chain = st.acked[1] if st.acked else 0
-        waiter = we.events_waiter(rt, zone)  # counted once: its waits take no lock the publishers take
-        waiter.__enter__()
-        try:
-            while engine is not None and not self._stopping():
-                if not checked:  # (a new connection, or the engine reconnected by itself meanwhile)
-                    try:
-                        self._check_acked(engine, birth)
-                        checked = True
-                    except EngineError as exc:
-                        engine = self._reconnect(engine, "out", exc)
+        with we.events_waiter(rt, zone):  # counted once: its waits take no lock the publishers take
+            try:
+                while engine is not None and not self._stopping():
+                    if not checked:  # (a new connection, or the engine reconnected by itself meanwhile)
+                        try:
+                            self._check_acked(engine, birth)
+                            checked = True
+                        except EngineError as exc:
+                            engine = self._reconnect(engine, "out", exc)
+                            continue
+                    newest = we.wait_for_events(rt, zone, st.relayed, BLOCK, registered=True)
+                    if newest <= st.relayed:
+                        try:  # idle: did the engine reconnect by itself meanwhile? then check at once
+                            checked = engine.epoch() == self._checked_epoch
+                        except EngineError as exc:
+                            engine = self._reconnect(engine, "out", exc)
+                            checked = False
+                        if not checked:
+                            continue
+                    since = time.monotonic() - taken
+                    if since < COALESCE and newest - st.relayed < BATCH:  # in a burst: let the batch fill
+                        self.lease.stopping.wait(COALESCE - since)
+                    taken = time.monotonic()
+                    scan = we.events_after(rt, zone, st.relayed, BATCH)
+                    records = []
+                    previous = chain
+                    if scan.missed:  # overwritten before we read them: a gap for the others
+                        first = st.relayed + 1
+                        gap = f"{birth + first}-{birth + first + scan.missed - 1}"
+                        records.append(Record(self.instance, birth + first + scan.missed - 1, GAP_CHANNEL, "gap", gap,
+                                              int(time.time() * 1000), previous))
+                        previous = records[-1].origin_generation
+                        log.warning("cluster: zone %s: the ring overwrote generations %d..%d before the relay sent "
+                                    "them", zone, first, first + scan.missed - 1)
+                    bridges = self.bridge.bridges
+                    for e in scan.events:
+                        if e.origin is None and bridges(e.channel):
+                            records.append(Record(self.instance, birth + e.generation, e.channel, e.type, e.payload,
+                                                  e.timestamp_msec, previous))
+                            previous = birth + e.generation
+                    last = scan.events[-1].generation if scan.events else st.relayed + scan.missed
+                    if last == st.relayed:
+                        self._keep(idle=True)
                         continue
-                newest = we.wait_for_events(rt, zone, st.relayed, BLOCK, registered=True)
-                if newest <= st.relayed:
-                    try:  # idle: did the engine reconnect by itself meanwhile? then check at once
-                        checked = engine.epoch() == self._checked_epoch
-                    except EngineError as exc:
-                        engine = self._reconnect(engine, "out", exc)
-                        checked = False
-                    if not checked:
-                        continue
-                since = time.monotonic() - taken
-                if since < COALESCE and newest - st.relayed < BATCH:  # in a burst: let the batch fill
-                    self.lease.stopping.wait(COALESCE - since)
-                taken = time.monotonic()
-                scan = we.events_after(rt, zone, st.relayed, BATCH)
-                records = []
-                previous = chain
-                if scan.missed:  # overwritten before we read them: a gap for the others
-                    first = st.relayed + 1
-                    records.append(Record(self.instance, birth + first + scan.missed - 1, GAP_CHANNEL, "gap",
-                                          f"{birth + first}-{birth + first + scan.missed - 1}", int(time.time() * 1000),
-                                          previous))
-                    previous = records[-1].origin_generation
-                    log.warning("cluster: zone %s: the ring overwrote generations %d..%d before the relay sent them",
-                                zone, first, first + scan.missed - 1)
-                bridges = self.bridge.bridges
-                for e in scan.events:
-                    if e.origin is None and bridges(e.channel):
-                        records.append(Record(self.instance, birth + e.generation, e.channel, e.type, e.payload,
-                                              e.timestamp_msec, previous))
-                        previous = birth + e.generation
-                last = scan.events[-1].generation if scan.events else st.relayed + scan.missed
-                if last == st.relayed:
-                    self._keep(idle=True)
-                    continue
-                if records:
-                    try:
-                        positions = engine.append(records)
-                        self._worked("out")
-                    except Reconnected:  # (the engine works: check what it holds of ours, then go on)
-                        checked = False
-                        continue
-                    except EngineError as exc:
-                        engine = self._reconnect(engine, "out", exc)
-                        checked = False
-                        continue  # the same events again (the others' watermarks drop repeats)
-                    self._acked.extend(zip(positions, (r.origin_generation - birth for r in records), records))
-                    st.acked = (positions[-1], records[-1].origin_generation)
-                    chain = previous
-                st.relayed = last
-                self._view_due = self._view_due or not records
-                if records:  # (a batch of remote events only: nothing to keep, a re-scan skips them again)
-                    with self._lock:
-                        self.stats["relayed_out"] += sum(r.channel != GAP_CHANNEL for r in records)
-                    self._keep(changed=True)
-        finally:
-            waiter.__exit__(None, None, None)
-            if engine is not None:
-                engine.close()
+                    if records:
+                        try:
+                            positions = engine.append(records)
+                            self._worked("out")
+                        except Reconnected:  # (the engine works: check what it holds of ours, then go on)
+                            checked = False
+                            continue
+                        except EngineError as exc:
+                            engine = self._reconnect(engine, "out", exc)
+                            checked = False
+                            continue  # the same events again (the others' watermarks drop repeats)
+                        self._acked.extend(zip(positions, (r.origin_generation - birth for r in records), records))
+                        st.acked = (positions[-1], records[-1].origin_generation)
+                        chain = previous
+                    st.relayed = last
+                    self._view_due = self._view_due or not records
+                    if records:  # (a batch of remote events only: nothing to keep, a re-scan skips them again)
+                        with self._lock:
+                            self.stats["relayed_out"] += sum(r.channel != GAP_CHANNEL for r in records)
+                        self._keep(changed=True)
+            finally:
+                if engine is not None:
+                    engine.close()
 
     def _check_acked(self, engine, birth: int) -> None:
         """Does the engine still hold what it acknowledged of ours? An engine that restarted
