@@ -20,6 +20,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from . import procs
 from .server import free_port, wait_for
 
 
@@ -74,7 +75,8 @@ class EngineServer:
         return self
 
     def pause(self) -> None:
-        os.kill(self.proc.pid, signal.SIGSTOP)
+        """``SIGSTOP``, returning once every thread of the server is stopped (see ``procs.stop``)."""
+        procs.stop(self.proc.pid)
 
     def resume(self) -> None:
         os.kill(self.proc.pid, signal.SIGCONT)

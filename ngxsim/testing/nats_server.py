@@ -20,6 +20,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import procs
 from .server import free_port, wait_for
 
 _handed: set[int] = set()
@@ -157,7 +158,10 @@ class NatsServer:
             self.proc.wait(10)
 
     def pause(self) -> None:
-        self.signal(signal.SIGSTOP)
+        """``SIGSTOP``, returning once every thread of the node is stopped (``kill()`` alone
+        returns before: a node woken by a request may still answer it, see ``procs.stop``)."""
+        if self.running():
+            procs.stop(self.proc.pid)
 
     def resume(self) -> None:
         self.signal(signal.SIGCONT)

@@ -11,8 +11,10 @@ costs ~10 ms on a box with a thousand sockets, so it is only the fallback).
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import struct
+import time
 from collections.abc import Iterable
 
 _SOCK_DIAG_BY_FAMILY = 20
@@ -34,6 +36,33 @@ def _stat_fields(pid: int) -> list[bytes] | None:
 def _live(pid: int) -> bool:
     fields = _stat_fields(pid)
     return fields is not None and fields[0] not in (b"Z", b"X")
+
+
+def stopped(pid: int) -> bool:
+    """Is every thread of ``pid`` stopped (state ``T``, or ``t`` under a tracer)? False once
+    it is gone."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    states = [_stat_fields(int(tid)) for tid in tasks]
+    return bool(states) and all(fields is not None and fields[0] in (b"T", b"t") for fields in states)
+
+
+def stop(pid: int, timeout: float = 10.0) -> None:
+    """``SIGSTOP`` ``pid`` and return once every thread of it is stopped. ``kill()`` returns when
+    the signal is queued: the process stops later, thread by thread, and meanwhile a thread woken
+    by its socket still answers (nats-server, a Go program, answered a request sent right after
+    ``kill()`` in 1 of 60 tries here). Raises ``TimeoutError`` if it did not stop within
+    ``timeout``, ``ProcessLookupError`` if it is gone."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+    while not stopped(pid):
+        if not _live(pid):
+            raise ProcessLookupError(f"process {pid} exited")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"process {pid} did not stop within {timeout:g}s of SIGSTOP")
+        time.sleep(0.001)
 
 
 def children(pid: int) -> list[int]:

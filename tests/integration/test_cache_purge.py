@@ -9,7 +9,7 @@ import json
 import os
 import signal
 
-from ngxsim.testing import wait_for
+from ngxsim.testing import procs, wait_for
 
 API = "/api/cache?key=changeme"
 WORKERS = 4
@@ -194,9 +194,9 @@ def test_a_burst_that_overflows_the_ring_makes_each_worker_drop_its_memory(ngxsi
         assert server.get(path).status_code == 200
     workers = server.worker_pids()
     serving, stopped = workers[0], workers[1:]
-    for pid in stopped:
-        os.kill(pid, signal.SIGSTOP)
     try:
+        for pid in stopped:
+            procs.stop(pid)
         backend.respond("/static/hot", body="new")
         hot = purge(server, {"key": key("/static/hot")})  # only the running worker can answer
         assert (hot.status_code, hot.worker_pid) == (200, serving), hot.text

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from browser import Chromium, chromium_path
-from ngxsim.testing import start_server, stop_all, wait_for
+from ngxsim.testing import procs, start_server, stop_all, wait_for
 
 KEY = "s3cret-publish-key"
 RING = 16
@@ -205,7 +205,7 @@ def test_status_shows_workers_zones_and_each_workers_delivery_lag_and_losses(ser
     stopped = min(pids)
     server.events().wait_delivered()
     mark = server.events().newest()
-    os.kill(stopped, signal.SIGSTOP)
+    procs.stop(stopped)
     try:
         with server.zone_events("bus") as bus:
             for i in range(RING + 4):

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from ngxsim.testing import wait_for
+from ngxsim.testing import procs, wait_for
 
 CONF = """
 load_module worker_events;
@@ -91,10 +91,9 @@ def test_a_burst_larger_than_the_ring_gives_every_worker_a_gap_of_the_right_size
     wait_records(server, lambda lines: lines == ["E 1 cache.invalidate t first"], "the first event everywhere")
     ring = server.zone_events("bus")  # the test process attaches the ring like one more worker
     pids = server.worker_pids()
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
     try:
-        wait_for(lambda: all(_state(pid) == "T" for pid in pids), 10, what="the workers to be stopped")
+        for pid in pids:
+            procs.stop(pid)  # every thread stopped, the dispatcher's too
         for i in range(2, 102):  # 100 events into a ring of 16 while no worker can run
             ring.publish("burst", str(i), channel="cache.invalidate")
     finally:
@@ -107,12 +106,6 @@ def test_a_burst_larger_than_the_ring_gives_every_worker_a_gap_of_the_right_size
         assert lines == expected, pid
     workers = server.get(API).json()["workers"]
     assert len(workers) == 4 and all((w["gaps"], w["lost_events"]) == (1, 84) for w in workers)
-
-
-def _state(pid):
-    with open(f"/proc/{pid}/stat", "rb") as fh:
-        stat = fh.read()
-    return stat[stat.rfind(b")") + 2 :].split()[0].decode()
 
 
 @pytest.mark.parametrize("replay", [False, True], ids=["from-newest", "replay"])
