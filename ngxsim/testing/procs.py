@@ -33,7 +33,8 @@ def _stat_fields(pid: int) -> list[bytes] | None:
     return stat[stat.rfind(b")") + 2 :].split()
 
 
-def _live(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Is ``pid`` a process that runs (not gone, not a zombie)?"""
     fields = _stat_fields(pid)
     return fields is not None and fields[0] not in (b"Z", b"X")
 
@@ -58,7 +59,7 @@ def stop(pid: int, timeout: float = 10.0) -> None:
     os.kill(pid, signal.SIGSTOP)
     deadline = time.monotonic() + timeout
     while not stopped(pid):
-        if not _live(pid):
+        if not alive(pid):
             raise ProcessLookupError(f"process {pid} exited")
         if time.monotonic() > deadline:
             raise TimeoutError(f"process {pid} did not stop within {timeout:g}s of SIGSTOP")
@@ -81,7 +82,7 @@ def children(pid: int) -> list[int]:
                     found.append(int(entry))
     except OSError:
         return []
-    return sorted(c for c in set(found) if _live(c))
+    return sorted(c for c in set(found) if alive(c))
 
 
 def _diag_inode(local: tuple[str, int], remote: tuple[str, int]) -> int | None:

@@ -18,7 +18,8 @@ from these two threads.
 
 When the engine is unreachable each thread reconnects with exponential backoff and jitter; the
 error log says so once per change of state, never per retry. Meanwhile the ring keeps what is
-published; what it overwrote before the relay read it is a counted gap.
+published; what it overwrote before the relay read it is a counted gap. Told to stop, the relay
+first sends what the ring still holds (``_drain``, bounded), and says what it could not.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ BATCH = 512
 COALESCE = 0.002
 BACKOFF_FIRST, BACKOFF_MAX = 0.05, 2.0
 GAP_CHANNEL = "@gap"
+# a relay told to stop sends what the ring still holds for at most this long (the worker kills
+# its process ngxsim.core.helper.STOP_WAIT, 2.5 s, after telling it)
+DRAIN = 1.5
 
 
 class Relay:
@@ -269,50 +273,89 @@ class Relay:
                     if since < COALESCE and newest - st.relayed < BATCH:  # in a burst: let the batch fill
                         self.lease.stopping.wait(COALESCE - since)
                     taken = time.monotonic()
-                    scan = we.events_after(rt, zone, st.relayed, BATCH)
-                    records = []
-                    previous = chain
-                    if scan.missed:  # overwritten before we read them: a gap for the others
-                        first = st.relayed + 1
-                        gap = f"{birth + first}-{birth + first + scan.missed - 1}"
-                        records.append(Record(self.instance, birth + first + scan.missed - 1, GAP_CHANNEL, "gap", gap,
-                                              int(time.time() * 1000), previous))
-                        previous = records[-1].origin_generation
-                        log.warning("cluster: zone %s: the ring overwrote generations %d..%d before the relay sent "
-                                    "them", zone, first, first + scan.missed - 1)
-                    bridges = self.bridge.bridges
-                    for e in scan.events:
-                        if e.origin is None and bridges(e.channel):
-                            records.append(Record(self.instance, birth + e.generation, e.channel, e.type, e.payload,
-                                                  e.timestamp_msec, previous))
-                            previous = birth + e.generation
-                    last = scan.events[-1].generation if scan.events else st.relayed + scan.missed
-                    if last == st.relayed:
-                        self._keep(idle=True)
-                        continue
-                    if records:
-                        try:
-                            positions = engine.append(records)
-                            self._worked("out")
-                        except Reconnected:  # (the engine works: check what it holds of ours, then go on)
-                            checked = False
-                            continue
-                        except EngineError as exc:
-                            engine = self._reconnect(engine, "out", exc)
-                            checked = False
-                            continue  # the same events again (the others' watermarks drop repeats)
-                        self._acked.extend(zip(positions, (r.origin_generation - birth for r in records), records))
-                        st.acked = (positions[-1], records[-1].origin_generation)
-                        chain = previous
-                    st.relayed = last
-                    self._view_due = self._view_due or not records
-                    if records:  # (a batch of remote events only: nothing to keep, a re-scan skips them again)
-                        with self._lock:
-                            self.stats["relayed_out"] += sum(r.channel != GAP_CHANNEL for r in records)
-                        self._keep(changed=True)
+                    try:
+                        chain = self._send_batch(engine, birth, chain)
+                    except Reconnected:  # (the engine works: check what it holds of ours, then go on)
+                        checked = False
+                    except EngineError as exc:
+                        engine = self._reconnect(engine, "out", exc)
+                        checked = False  # the same events again (the others' watermarks drop repeats)
+                if engine is not None and checked:
+                    self._drain(engine, birth, chain)
+                self._say_unsent()
             finally:
                 if engine is not None:
                     engine.close()
+
+    def _send_batch(self, engine, birth: int, chain: int) -> int:
+        """Send what the ring holds after ``state.relayed`` (at most BATCH events), each record
+        naming its predecessor (``chain``: the origin generation of the last record sent);
+        returns the new chain. The append's ``EngineError`` (or ``Reconnected``) is raised with
+        nothing recorded as sent."""
+        we, rt, zone, st = self.we, self.runtime, self.zone, self.state
+        scan = we.events_after(rt, zone, st.relayed, BATCH)
+        records = []
+        previous = chain
+        if scan.missed:  # overwritten before we read them: a gap for the others
+            first = st.relayed + 1
+            gap = f"{birth + first}-{birth + first + scan.missed - 1}"
+            records.append(Record(self.instance, birth + first + scan.missed - 1, GAP_CHANNEL, "gap", gap,
+                                  int(time.time() * 1000), previous))
+            previous = records[-1].origin_generation
+            log.warning("cluster: zone %s: the ring overwrote generations %d..%d before the relay sent "
+                        "them", zone, first, first + scan.missed - 1)
+        bridges = self.bridge.bridges
+        for e in scan.events:
+            if e.origin is None and bridges(e.channel):
+                records.append(Record(self.instance, birth + e.generation, e.channel, e.type, e.payload,
+                                      e.timestamp_msec, previous))
+                previous = birth + e.generation
+        last = scan.events[-1].generation if scan.events else st.relayed + scan.missed
+        if last == st.relayed:
+            self._keep(idle=True)
+            return chain
+        if records:
+            positions = engine.append(records)
+            self._worked("out")
+            self._acked.extend(zip(positions, (r.origin_generation - birth for r in records), records))
+            st.acked = (positions[-1], records[-1].origin_generation)
+            chain = previous
+        st.relayed = last
+        self._view_due = self._view_due or not records
+        if records:  # (a batch of remote events only: nothing to keep, a re-scan skips them again)
+            with self._lock:
+                self.stats["relayed_out"] += sum(r.channel != GAP_CHANNEL for r in records)
+            self._keep(changed=True)
+        return chain
+
+    def _drain(self, engine, birth: int, chain: int) -> None:
+        """Told to stop (the instance stops, or its worker gives the lease up): what the ring
+        holds unsent goes now, on the connection that works, for at most DRAIN seconds. An
+        instance that stops takes its ring with it: the events its requests published last
+        would otherwise never leave the host."""
+        deadline = time.monotonic() + DRAIN
+        newest = self.we.events_after(self.runtime, self.zone, self.state.relayed, 1).newest
+        while self.state.relayed < newest and time.monotonic() < deadline:
+            try:
+                chain = self._send_batch(engine, birth, chain)
+            except EngineError:  # (Reconnected too): what is left is said below
+                return
+
+    def _say_unsent(self) -> None:
+        """The relay stops: the events of bridged channels it could not send are said, not lost
+        silently (a relay of this instance that takes over sends them, while the ring holds
+        them; an instance that stops loses them)."""
+        unsent, after = 0, self.state.relayed
+        while True:
+            scan = self.we.events_after(self.runtime, self.zone, after, BATCH)
+            unsent += scan.missed + sum(e.origin is None and self.bridge.bridges(e.channel) for e in scan.events)
+            if not scan.events:
+                break
+            after = scan.events[-1].generation
+        if unsent:
+            log.warning("cluster: zone %s: the relay stops with %d event(s) not sent to engine %s: a relay of this "
+                        "instance that takes over sends them; they are lost if the instance stops", self.zone, unsent,
+                        self.bridge.engine)
 
     def _check_acked(self, engine, birth: int) -> None:
         """Does the engine still hold what it acknowledged of ours? An engine that restarted
@@ -435,8 +478,8 @@ class Relay:
 
     def _origin_gap(self, origin: str, first: int, last: int) -> None:
         """Events ``first``..``last`` of ``origin`` (its generations; some of them on channels
-        that stay there) never came: the engine lost what it had acknowledged, or the origin's
-        relay sent them after later ones."""
+        that stay there) never came: the engine lost what it had acknowledged or dropped what
+        this instance had not read, or the origin's relay sent them after later ones."""
         with self._lock:
             self.stats["gaps"] += 1
         log.warning("cluster: zone %s: events of instance %s after its generation %d, up to %d, never came "
@@ -471,11 +514,10 @@ class Relay:
                 self._pending_loss.discard(r.origin)
                 if seen is not None and r.previous > seen:
                     self._origin_gap(r.origin, seen + 1, r.previous)
-            elif r.origin in self._pending_loss:  # (a record of an older version, after the engine dropped some)
+            elif r.origin in self._pending_loss:  # (naming no predecessor, after the engine dropped some)
                 self._pending_loss.discard(r.origin)
-                first = (seen or 0) + 1
-                if seen is not None and r.origin_generation > first:
-                    we.publish_remote_gap(rt, zone, origin=r.origin, first=first, last=r.origin_generation - 1)
+                if seen is not None and r.origin_generation > seen + 1:
+                    self._origin_gap(r.origin, seen + 1, r.origin_generation - 1)
             try:
                 if r.channel == GAP_CHANNEL:
                     first, _, last = r.payload.partition("-")

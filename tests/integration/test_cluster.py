@@ -7,12 +7,13 @@ from __future__ import annotations
 import os
 import re
 import signal
+import threading
 import time
 import uuid
 
 import pytest
 
-from ngxsim.testing import wait_for
+from ngxsim.testing import procs, wait_for
 
 
 CONF = """
@@ -249,14 +250,39 @@ def test_an_instance_away_past_the_engines_retention_gets_a_gap_naming_the_origi
     assert view["gaps"] >= 1
 
 
-def append_records(engine_server, stream, records):
+def test_after_the_engine_dropped_entries_an_origins_first_record_without_a_predecessor_is_a_counted_gap(
+        ngxsim_cluster, engine, stream):
+    # records that name no predecessor (a relay without a past, an older version): after the
+    # engine dropped entries B had not read, what lies between the last one of Z that B saw and
+    # Z's next one is a gap naming Z, counted in the view and said in the error log like any gap
+    cluster = ngxsim_cluster(engine.url)
+    [b] = start(cluster, stream, count=1, workers=(2,), main=REPLAY, extra="retention=100")
+    append_records(engine, stream, [("Z", 1, "one"), ("Z", 2, "two")], retention=100)
+    wait_for(lambda: len(ring_events(b, "Z")) == 2, 20, what="B to get Z's first events")
+    b.server.stop()
+    cluster.members.remove(b)
+    append_records(engine, stream, [("Z", g, f"g{g}") for g in range(3, 403)], retention=100)  # B away
+    b = cluster.start_one(CONF, b.name, 2, stream, placeholders=placeholders(main=REPLAY, extra="retention=100"))
+    b.wait_connected(API)
+    recs = wait_all_workers(b, lambda lines: any(line.endswith(" g402 from Z#402") for line in lines), "Z's last")
+    first = min(g for _, _, _, g in remote_events(next(iter(recs.values())), "Z") if g > 2)
+    assert first > 3  # the engine dropped some
+    for pid, lines in recs.items():
+        assert f"G 3 {first - 1} from Z" in lines, (pid, lines)
+    view = b.cluster_view(API)
+    assert view["gaps"] == 2, view  # the engine's drop (every origin) and Z's own
+    assert b.server.logged("warn", f"cluster: zone bus: events of instance Z after its generation 2, up to {first - 1}, "
+                                   "never came")
+
+
+def append_records(engine_server, stream, records, retention=1000):
     """Append records ``(origin, generation, payload[, previous])`` straight into the engine,
     through the engine contract (what a relay of another instance, or one that took over, would
     append)."""
     from ngxsim_plugins.cluster.engine import Record
     from ngxsim_plugins.cluster.engines import engine_class
 
-    engine = engine_class(engine_server.url)(engine_server.url, stream, retention=1000)
+    engine = engine_class(engine_server.url)(engine_server.url, stream, retention=retention)
     engine.connect()
     try:
         return engine.append([Record(o, g, "c", "t", p, 1_700_000_000_000, *previous) for o, g, p, *previous in records])
@@ -509,6 +535,56 @@ def test_an_engine_paused_then_resumed_delivers_what_was_published_meanwhile(fre
         engine.resume()
     got = wait_for(lambda: (lambda e: e if len(e) >= 7 else None)(ring_events(b, "A")), 30, what="the paused events")
     assert [e["payload"] for e in got] == ["before0", "before1", "during0"] + [f"during{i}" for i in range(4)]
+
+
+def test_events_published_just_before_an_instance_stops_still_reach_the_others(fresh_engine, ngxsim_cluster, stream):
+    # a relay told to stop sends what its ring still holds before it exits (bounded): the ring
+    # goes with the instance, so the events its requests published last would never leave it.
+    # Made certain here: the relay is held in an append (the engine paused) while more events
+    # come, the instance stops, then the engine answers
+    engine = fresh_engine()
+    a, b = start(ngxsim_cluster(engine.url), stream, count=2, main=REPLAY, extra="timeout=10s")
+    publish(a, 1, prefix="first")
+    wait_for(lambda: len(ring_events(b, "A")) == 1, 20, what="the first event")
+    relay = relay_process(a)
+    holder = relay_worker(a)
+    engine.pause()
+    stopping = None
+    try:
+        publish(a, 1, prefix="held")
+        time.sleep(0.3)  # the relay takes it and waits for the engine's answer
+        publish(a, 4, prefix="last")
+        # the workers exit; the relay's waits for its relay (at most 2.5 s) after telling it to stop
+        stopping = threading.Thread(target=a.server.stop)
+        stopping.start()
+        wait_for(lambda: a.server.logged("info", f"Worker exiting (pid: {holder})"), 10, 0.01,
+                 what="the relay's worker to stop")
+    finally:
+        engine.resume()
+        if stopping is not None:
+            stopping.join(30)
+    got = wait_for(lambda: (lambda e: e if len(e) >= 6 else None)(ring_events(b, "A")), 20, what="A's last events")
+    assert [e["payload"] for e in got] == ["first0", "held0"] + [f"last{i}" for i in range(4)]
+    wait_for(lambda: not procs.alive(relay), 10, what="A's relay to exit")
+
+
+def test_a_relay_that_cannot_send_when_it_stops_says_how_many_events_it_leaves(fresh_engine, ngxsim_cluster,
+                                                                               stream):
+    engine = fresh_engine()
+    a, _ = start(ngxsim_cluster(engine.url), stream, count=2, extra="timeout=500ms")
+    relay = relay_process(a)
+    engine.pause()  # for good: the relay's append fails, and so does every connect after it
+    try:
+        publish(a, 1, prefix="held")
+        time.sleep(0.3)  # the relay takes it and waits for the engine's answer
+        publish(a, 4, prefix="last")
+        publish(a, 2, prefix="home", path="/local")  # (a channel that stays home is not counted)
+        a.server.stop()
+    finally:
+        engine.resume()
+    wait_for(lambda: not procs.alive(relay), 10, what="A's relay to exit")
+    assert a.server.logged("warn", "cluster: zone bus: the relay stops with 5 event(s) not sent to engine ")
+    assert not a.server.logged("alert", "service cluster.relay.bus")  # it stopped in time: not killed
 
 
 def test_two_clusters_on_one_engine_stay_apart(ngxsim_cluster, engine):
