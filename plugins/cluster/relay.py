@@ -345,10 +345,12 @@ class Relay:
         """The relay stops: the events of bridged channels it could not send are said, not lost
         silently (a relay of this instance that takes over sends them, while the ring holds
         them; an instance that stops loses them)."""
-        unsent, after = 0, self.state.relayed
-        while True:
+        unsent, after, newest = 0, self.state.relayed, None
+        while newest is None or after < newest:  # (up to what the ring held when this began)
             scan = self.we.events_after(self.runtime, self.zone, after, BATCH)
-            unsent += scan.missed + sum(e.origin is None and self.bridge.bridges(e.channel) for e in scan.events)
+            newest = scan.newest if newest is None else newest
+            unsent += scan.missed + sum(e.origin is None and self.bridge.bridges(e.channel)
+                                        for e in scan.events if e.generation <= newest)
             if not scan.events:
                 break
             after = scan.events[-1].generation
