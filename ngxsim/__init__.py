@@ -41,9 +41,8 @@ from .core.modules import call_impl, tracing
 from .core.shm import HEADER_SIZE as ZONE_HEADER_SIZE
 from .core.shm import Wait, Zone, prompt_wakeups, store_words, words
 from .core.table import SharedTable, TableFull
+from ._version import __version__
 from .hookspecs import hookimpl, hookspec
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ALERT", "EMERG", "NOTICE", "ApiAnswer", "ApiRequest", "ApiSection", "iso_time", "CounterRows", "counters_section",

@@ -1,4 +1,5 @@
-"""Every Python version pyproject declares has a nox session that runs the suite on it."""
+"""Every Python version pyproject declares has a nox session that runs the suite on it; the
+package says the version pyproject declares."""
 
 from __future__ import annotations
 
@@ -16,3 +17,11 @@ def test_nox_sessions_cover_the_declared_python_versions():
     assert declared and eval(sessions) == declared  # noqa: S307 - a literal list in our own file
     low = re.fullmatch(r">=(3\.\d+)", project["requires-python"]).group(1)
     assert declared[0] == low
+
+
+def test_the_package_says_the_version_pyproject_declares():
+    import ngxsim
+    from ngxsim.core.http import api, status
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert ngxsim.__version__ == api.__version__ == status.__version__ == version

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from werkzeug.wrappers import Response
 
+from ..._version import __version__
 from ..instance import WORKER
 from ..modules import call_impl
 from ..workers import WORKERS_ZONE, WorkerTable
@@ -231,8 +232,6 @@ def worker_table(runtime) -> WorkerTable:
 
 
 def _nginx(req: ApiRequest) -> dict:
-    from ... import __version__  # the package imports this module: read its version when asked
-
     runtime = req.runtime
     loaded = runtime.loaded_at
     if runtime.instance.role == WORKER:

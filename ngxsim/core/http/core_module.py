@@ -10,7 +10,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from ... import hookimpl
+from ...hookspecs import hookimpl
 from ..conf.directive import FLAG, HTTP, LOCATION, MAIN, MAX_TIME, SERVER, SIZE, STRING, TIME, Directive, parse_number
 from ..workers import LAYOUT_TAG as WORKERS_TAG
 from ..workers import WORKERS_ZONE, ZONE_SIZE, WorkerTable

@@ -23,7 +23,7 @@ from html import escape
 
 from werkzeug.wrappers import Response
 
-from ... import __version__
+from ..._version import __version__
 from ..modules import call_impl
 from ..workers import WORKERS_ZONE, WorkerTable
 from .jsonapi import Methods, wants_html
