@@ -554,7 +554,7 @@ def test_events_published_just_before_an_instance_stops_still_reach_the_others(f
         publish(a, 1, prefix="held")
         time.sleep(0.3)  # the relay takes it and waits for the engine's answer
         publish(a, 4, prefix="last")
-        # the workers exit; the relay's waits for its relay (at most 2.5 s) after telling it to stop
+        # the workers exit; the relay's worker, having told it to stop, waits for it (at most 2.5 s)
         stopping = threading.Thread(target=a.server.stop)
         stopping.start()
         wait_for(lambda: a.server.logged("info", f"Worker exiting (pid: {holder})"), 10, 0.01,
