@@ -221,12 +221,20 @@ class Relay:
     def _recover_watermarks(self) -> None:
         """What this instance's ring holds of remote events counts as delivered: a relay killed
         after publishing and before saving its state must not publish them again."""
-        seen, after = self.state.seen, 0
-        while True:
-            scan = self.we.events_after(self.runtime, self.zone, after, BATCH)
-            for event in scan.events:
+        seen = self.state.seen
+        for _, events in self._scans(0):
+            for event in events:
                 if event.origin is not None and event.origin_generation > seen.get(event.origin, 0):
                     seen[event.origin] = event.origin_generation
+
+    def _scans(self, after: int):
+        """Read what the ring holds after generation ``after``, up to its newest at the first
+        read: per read, how many generations it no longer held and the events it did."""
+        newest = None
+        while newest is None or after < newest:
+            scan = self.we.events_after(self.runtime, self.zone, after, BATCH)
+            newest = scan.newest if newest is None else newest
+            yield scan.missed, [e for e in scan.events if e.generation <= newest]
             if not scan.events:
                 return
             after = scan.events[-1].generation
@@ -345,15 +353,8 @@ class Relay:
         """The relay stops: the events of bridged channels it could not send are said, not lost
         silently (a relay of this instance that takes over sends them, while the ring holds
         them; an instance that stops loses them)."""
-        unsent, after, newest = 0, self.state.relayed, None
-        while newest is None or after < newest:  # (up to what the ring held when this began)
-            scan = self.we.events_after(self.runtime, self.zone, after, BATCH)
-            newest = scan.newest if newest is None else newest
-            unsent += scan.missed + sum(e.origin is None and self.bridge.bridges(e.channel)
-                                        for e in scan.events if e.generation <= newest)
-            if not scan.events:
-                break
-            after = scan.events[-1].generation
+        unsent = sum(missed + sum(e.origin is None and self.bridge.bridges(e.channel) for e in events)
+                     for missed, events in self._scans(self.state.relayed))
         if unsent:
             log.warning("cluster: zone %s: the relay stops with %d event(s) not sent to engine %s: a relay of this "
                         "instance that takes over sends them; they are lost if the instance stops", self.zone, unsent,
